@@ -1,0 +1,180 @@
+//! Types shared by the eBPF programs (`enforcer-ebpf`) and userspace (`enforcer`).
+//!
+//! Every struct here crosses the kernel/user boundary through a map or the ring buffer, so each is
+//! `#[repr(C)]`, has explicit padding fields (the verifier rejects reads of uninitialised stack
+//! bytes, and hash map keys must not carry garbage), and a compile-time size check.
+#![no_std]
+
+/// Map names, so both sides agree on them.
+pub mod maps {
+    /// `LruHashMap<FlowKey, FlowState>`: every TCP 4-tuple attributed to a TLS library.
+    pub const FLOWS: &str = "FLOWS";
+    /// `HashMap<FlowKey, u8>`: 4-tuples whose packets XDP and tc drop.
+    pub const BLOCKLIST: &str = "BLOCKLIST";
+    /// `HashMap<u32, u8>`: library id → `action::*`, written by userspace from the policy.
+    pub const LIB_ACTIONS: &str = "LIB_ACTIONS";
+    /// `Array<u32>` of one element: `mode::*`. A map rather than a global so it can change at run time.
+    pub const MODE: &str = "MODE";
+    /// `RingBuf` of `TlsEvent`.
+    pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuArray<u64>` indexed by `stat::*`.
+    pub const STATS: &str = "STATS";
+}
+
+/// Name of the load-time global holding the `SockOffsets` (see `EbpfLoader::override_global`).
+pub const SOCK_OFFSETS_GLOBAL: &str = "SOCK_OFFSETS";
+
+/// Address family as stored in `FlowKey::family`.
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// A TCP connection seen from this host: local and remote end.
+///
+/// Ports are in host byte order. Addresses are in network byte order; an IPv4 address fills the
+/// first four bytes and the rest stay zero. IPv4-mapped IPv6 sockets (`::ffff:a.b.c.d`) are
+/// recorded as IPv4, because that is what their packets carry on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// What the library call was doing; part of the uprobe cookie.
+pub mod op {
+    pub const HANDSHAKE: u8 = 0;
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+}
+
+/// Kernel TCP direction that revealed the 4-tuple.
+pub mod direction {
+    pub const SEND: u8 = 0;
+    pub const RECV: u8 = 1;
+}
+
+/// What the policy says about one library (value of `LIB_ACTIONS`).
+pub mod action {
+    /// Connections are recorded, never blocked.
+    pub const ALLOW: u8 = 0;
+    /// Connections are blocked in enforce mode and reported as would-block in audit mode.
+    pub const DENY: u8 = 1;
+    /// Connections are reported at warn level but never blocked.
+    pub const AUDIT: u8 = 2;
+}
+
+/// Agent-wide mode (value of `MODE[0]`).
+pub mod mode {
+    pub const AUDIT: u32 = 0;
+    pub const ENFORCE: u32 = 1;
+}
+
+/// Outcome recorded for a flow and reported in its event.
+pub mod verdict {
+    pub const ALLOWED: u8 = 0;
+    /// Denied library, enforce mode: the 4-tuple is in the blocklist.
+    pub const BLOCKED: u8 = 1;
+    /// Denied library, audit mode: reported only.
+    pub const WOULD_BLOCK: u8 = 2;
+    /// The library's rule says audit: reported only.
+    pub const AUDITED: u8 = 3;
+    /// The library id has no entry in `LIB_ACTIONS` (should not happen): let through, reported.
+    pub const UNKNOWN_LIBRARY: u8 = 4;
+    /// The blocklist was full: the flow could not be blocked (fail-open, reported loudly).
+    pub const BLOCKLIST_FULL: u8 = 5;
+}
+
+/// Indices into the `STATS` per-CPU counters.
+pub mod stat {
+    pub const XDP_DROPS: u32 = 0;
+    pub const TC_DROPS: u32 = 1;
+    pub const EVENTS_LOST: u32 = 2;
+    pub const FLOWS_ATTRIBUTED: u32 = 3;
+    pub const BLOCKLIST_FULL: u32 = 4;
+    pub const TLS_STACK_OVERFLOW: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// The uprobe attach cookie: which library, and what the probed function does.
+pub mod cookie {
+    pub const fn encode(lib_id: u32, op: u8) -> u64 {
+        ((op as u64) << 32) | lib_id as u64
+    }
+    pub const fn lib_id(cookie: u64) -> u32 {
+        cookie as u32
+    }
+    pub const fn op(cookie: u64) -> u8 {
+        (cookie >> 32) as u8
+    }
+}
+
+/// One entry of `FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub first_seen_ns: u64,
+    pub lib_id: u32,
+    pub verdict: u8,
+    pub op: u8,
+    pub direction: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
+
+/// Reported once per (flow, library): the first time a library's call moves bytes on a 4-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub lib_id: u32,
+    pub verdict: u8,
+    pub op: u8,
+    pub direction: u8,
+    pub _pad: u8,
+    pub comm: [u8; 16],
+    pub flow: FlowKey,
+}
+const _: () = assert!(core::mem::size_of::<TlsEvent>() == 80);
+
+/// Byte offsets of the `struct sock` fields the kernel hooks read, taken from the running
+/// kernel's BTF at start (rustc emits no CO-RE relocations, so nothing here is compiled in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `__sk_common.skc_family` (u16).
+    pub family: u32,
+    /// `__sk_common.skc_num` (u16, local port, host order).
+    pub num: u32,
+    /// `__sk_common.skc_dport` (__be16).
+    pub dport: u32,
+    /// `__sk_common.skc_rcv_saddr` (__be32).
+    pub rcv_saddr: u32,
+    /// `__sk_common.skc_daddr` (__be32).
+    pub daddr: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (struct in6_addr).
+    pub v6_rcv_saddr: u32,
+    /// `__sk_common.skc_v6_daddr` (struct in6_addr).
+    pub v6_daddr: u32,
+    /// `sk_protocol` (u16).
+    pub protocol: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, without implicit padding, valid for any bit pattern.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::TlsEvent {}
+    unsafe impl aya::Pod for super::SockOffsets {}
+}
