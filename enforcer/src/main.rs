@@ -1,1 +1,12 @@
+//! enforcer: decides by TLS library which TCP connections may talk, in the kernel.
+
+mod btf;
+mod catalog;
+mod family;
+mod iface;
+mod libraries;
+mod policy;
+mod sock_destroy;
+mod tc;
+
 fn main() {}
