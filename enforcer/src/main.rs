@@ -1,4 +1,5 @@
 //! enforcer: decides by TLS library which TCP connections may talk, in the kernel.
+//! (temporary while modules are written in parallel)
 
 mod btf;
 mod catalog;

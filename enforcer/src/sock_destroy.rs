@@ -1,1 +1,313 @@
-//! (being written)
+//! Abort a local TCP socket by its 4-tuple: sock_diag `SOCK_DESTROY` over `NETLINK_SOCK_DIAG`
+//! (what `ss -K` does). The owner's next call fails with `ECONNABORTED` and the peer gets a RST.
+//!
+//! The kernel looks the socket up in the caller's network namespace only: the agent must run in
+//! the namespace of the sockets it destroys (the host namespace). A socket bound to a device
+//! (`SO_BINDTODEVICE`) is not found, because the lookup is made for interface 0.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use enforcer_common::FlowKey;
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_HDRLEN: usize = 16;
+/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then `inet_diag_sockid`.
+const REQ_LEN: usize = 56;
+/// `struct inet_diag_msg`: family, state, timer, retrans, `inet_diag_sockid`, five u32.
+const MSG_LEN: usize = 72;
+/// Offset of `inet_diag_sockid` in both structs; inside it: sport 0, dport 2, src 4, dst 20,
+/// if 36, cookie 40.
+const REQ_ID: usize = 8;
+const MSG_ID: usize = 4;
+const TCP_LISTEN: u8 = 10;
+
+/// Why a socket could not be destroyed. `flow` reads like `127.0.0.1:40000 -> 10.0.0.1:443`.
+#[derive(Debug, thiserror::Error)]
+pub enum SockDestroyError {
+    #[error("no TCP socket {flow} in this network namespace (already closed?)")]
+    NotFound { flow: String },
+    #[error("the kernel cannot destroy sockets: it was built without CONFIG_INET_DIAG_DESTROY")]
+    Unsupported,
+    #[error("not allowed to destroy TCP socket {flow}: needs CAP_NET_ADMIN (run as root)")]
+    PermissionDenied { flow: String },
+    #[error("invalid flow key: {0}")]
+    InvalidFlow(String),
+    #[error("sock_diag {step} for TCP socket {flow} failed: {source}")]
+    Netlink {
+        step: &'static str,
+        flow: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Destroys the local TCP socket whose local end is `flow.local_*` and remote end
+/// `flow.remote_*`. Listening sockets are never touched.
+///
+/// Two steps, because a `SOCK_DESTROY` for a 4-tuple without an established socket falls back
+/// (like packet demultiplexing) to the *listener* on the local port and would abort it: first
+/// look the socket up and check it really has this 4-tuple, then destroy it by its cookie, so
+/// a socket that replaced it in between is not hit either.
+pub fn destroy(flow: &FlowKey) -> Result<(), SockDestroyError> {
+    let (local, remote) = endpoints(flow)?;
+    let shown = format!("{local} -> {remote}");
+    let fail = |step| {
+        let flow = shown.clone();
+        move |source| SockDestroyError::Netlink { step, flow, source }
+    };
+    let not_found = || SockDestroyError::NotFound { flow: shown.clone() };
+
+    let sock = open().map_err(fail("socket"))?;
+    let mut req = request(local, remote);
+    let found = match exchange(&sock, SOCK_DIAG_BY_FAMILY, &req) {
+        Ok(Some(msg)) => msg,
+        Ok(None) => return Err(fail("lookup")(io::Error::other("no reply message"))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(not_found()),
+        Err(e) => return Err(fail("lookup")(e)),
+    };
+    let (state, found_local, found_remote, cookie) = parse_msg(&found)
+        .ok_or_else(|| fail("lookup")(io::Error::other("malformed inet_diag_msg")))?;
+    if state == TCP_LISTEN || found_local != local || found_remote != remote {
+        return Err(not_found());
+    }
+    req[REQ_ID + 40..REQ_ID + 48].copy_from_slice(&cookie);
+    match exchange(&sock, SOCK_DESTROY, &req) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match e.raw_os_error() {
+            Some(libc::ENOENT) => not_found(),
+            Some(libc::EOPNOTSUPP) => SockDestroyError::Unsupported,
+            Some(libc::EPERM | libc::EACCES) => SockDestroyError::PermissionDenied { flow: shown },
+            _ => fail("destroy")(e),
+        }),
+    }
+}
+
+/// Local and remote socket addresses of `flow`; IPv4-mapped IPv6 addresses count as IPv4.
+fn endpoints(flow: &FlowKey) -> Result<(SocketAddr, SocketAddr), SockDestroyError> {
+    let ip = |bytes: &[u8; 16]| -> Result<IpAddr, SockDestroyError> {
+        match flow.family {
+            4 => Ok(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+            6 => Ok(Ipv6Addr::from(*bytes).to_canonical()),
+            other => Err(SockDestroyError::InvalidFlow(format!(
+                "address family {other} (expected 4 or 6)"
+            ))),
+        }
+    };
+    let local = SocketAddr::new(ip(&flow.local_addr)?, flow.local_port);
+    let remote = SocketAddr::new(ip(&flow.remote_addr)?, flow.remote_port);
+    if local.is_ipv4() != remote.is_ipv4() {
+        let why = format!("{local} -> {remote} mixes IPv4 and IPv6");
+        return Err(SockDestroyError::InvalidFlow(why));
+    }
+    Ok((local, remote))
+}
+
+/// The `inet_diag_req_v2` for this 4-tuple, with `INET_DIAG_NOCOOKIE`. IPv4 goes as AF_INET
+/// (address in `src[0]`), which also finds AF_INET6 sockets talking IPv4-mapped addresses.
+fn request(local: SocketAddr, remote: SocketAddr) -> [u8; REQ_LEN] {
+    let mut req = [0u8; REQ_LEN];
+    req[0] = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
+    req[1] = libc::IPPROTO_TCP as u8;
+    req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: all
+    let id = &mut req[REQ_ID..];
+    id[0..2].copy_from_slice(&local.port().to_be_bytes());
+    id[2..4].copy_from_slice(&remote.port().to_be_bytes());
+    put_addr(&mut id[4..20], local.ip());
+    put_addr(&mut id[20..36], remote.ip());
+    id[40..48].copy_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+    req
+}
+
+fn put_addr(out: &mut [u8], ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.copy_from_slice(&v6.octets()),
+    }
+}
+
+/// `(state, local, remote, cookie)` of an `inet_diag_msg`.
+fn parse_msg(msg: &[u8]) -> Option<(u8, SocketAddr, SocketAddr, [u8; 8])> {
+    let id = msg.get(MSG_ID..MSG_LEN)?;
+    let addr = |a: &[u8]| -> Option<IpAddr> {
+        let a: [u8; 16] = a.try_into().ok()?;
+        match i32::from(msg[0]) {
+            libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+            libc::AF_INET6 => Some(Ipv6Addr::from(a).to_canonical()),
+            _ => None,
+        }
+    };
+    let port = |p: &[u8]| u16::from_be_bytes([p[0], p[1]]);
+    let local = SocketAddr::new(addr(&id[4..20])?, port(&id[0..2]));
+    let remote = SocketAddr::new(addr(&id[20..36])?, port(&id[2..4]));
+    Some((msg[1], local, remote, id[40..48].try_into().ok()?))
+}
+
+fn open() -> io::Result<OwnedFd> {
+    let flags = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
+    // SAFETY: plain socket(2) call; the fd is owned right after the check.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, flags, libc::NETLINK_SOCK_DIAG) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The kernel answers within sendmsg(); the timeout only guards against a lost reply.
+    let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    // SAFETY: `tv` is a valid timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+/// Sends `req` as `nlmsg_type` with `NLM_F_ACK` and reads until the kernel's ACK or error.
+/// Returns the payload of the reply message that came before the ACK, if any.
+fn exchange(sock: &OwnedFd, nlmsg_type: u16, req: &[u8; REQ_LEN]) -> io::Result<Option<Vec<u8>>> {
+    static SEQ: AtomicU32 = AtomicU32::new(1);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut out = Vec::with_capacity(NLMSG_HDRLEN + REQ_LEN);
+    out.extend_from_slice(&((NLMSG_HDRLEN + REQ_LEN) as u32).to_ne_bytes());
+    out.extend_from_slice(&nlmsg_type.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: let the kernel fill it
+    out.extend_from_slice(req);
+    // SAFETY: `sockaddr_nl` is plain data; all-zero is valid, family set below.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `out` and `kernel` are valid for the lengths passed.
+    let sent = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            out.as_ptr().cast(),
+            out.len(),
+            0,
+            (&raw const kernel).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut reply = None;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        let mut rest = &buf[..n];
+        while rest.len() >= NLMSG_HDRLEN {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len < NLMSG_HDRLEN || len > rest.len() {
+                return Err(io::Error::other("truncated netlink message"));
+            }
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            let msg_seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
+            let payload = &rest[NLMSG_HDRLEN..len];
+            if msg_seq == seq {
+                if kind == NLMSG_ERROR {
+                    let code = payload.get(..4).ok_or_else(|| io::Error::other("short NLMSG_ERROR"))?;
+                    let errno = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+                    return match errno {
+                        0 => Ok(reply),
+                        e => Err(io::Error::from_raw_os_error(-e)),
+                    };
+                }
+                reply = Some(payload.to_vec());
+            }
+            // Messages are padded to 4 bytes (NLMSG_ALIGN).
+            rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Needs root (CAP_NET_ADMIN) and CONFIG_INET_DIAG_DESTROY: fails, never skips, without them.
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    fn key(local: SocketAddr, remote: SocketAddr) -> FlowKey {
+        let mut k = FlowKey::default();
+        let put = |out: &mut [u8; 16], ip: IpAddr| match ip.to_canonical() {
+            IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => *out = v6.octets(),
+        };
+        k.family = if local.ip().to_canonical().is_ipv4() { 4 } else { 6 };
+        (k.local_port, k.remote_port) = (local.port(), remote.port());
+        put(&mut k.local_addr, local.ip());
+        put(&mut k.remote_addr, remote.ip());
+        k
+    }
+
+    /// Connects a client to a fresh listener on `listen`, destroys the client's socket by its
+    /// 4-tuple and checks its next read fails with ECONNABORTED within a second.
+    fn destroy_client(listen: &str, connect_ip: &str) {
+        let listener = TcpListener::bind(listen).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut client = TcpStream::connect((connect_ip, port)).expect("connect");
+        let (_server, _) = listener.accept().expect("accept");
+        let flow = key(client.local_addr().expect("local"), client.peer_addr().expect("peer"));
+        destroy(&flow).expect("destroy");
+        client.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+        let err = client.read(&mut [0u8; 16]).expect_err("read after destroy must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
+        // The listener is untouched.
+        TcpStream::connect((connect_ip, port)).expect("listener still accepts");
+    }
+
+    #[test]
+    fn destroys_ipv4_socket() {
+        destroy_client("127.0.0.1:0", "127.0.0.1");
+    }
+
+    #[test]
+    fn destroys_ipv6_socket() {
+        destroy_client("[::1]:0", "::1");
+    }
+
+    #[test]
+    fn destroys_ipv4_mapped_socket_given_as_ipv4() {
+        // An AF_INET6 client talking to 127.0.0.1: FlowKey records it as family 4.
+        destroy_client("127.0.0.1:0", "::ffff:127.0.0.1");
+    }
+
+    #[test]
+    fn unknown_tuple_is_not_found_and_listener_survives() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let local = listener.local_addr().expect("addr");
+        // Nobody is connected from 127.0.0.1:1: a bare SOCK_DESTROY would hit the listener.
+        let remote: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let err = destroy(&key(local, remote)).expect_err("no such socket");
+        assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
+        let mut c = TcpStream::connect(local).expect("listener still accepts");
+        c.write_all(b"x").expect("write");
+        let unused: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let err = destroy(&key(unused, remote)).expect_err("no such socket");
+        assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn invalid_flows_are_rejected() {
+        let mut k = FlowKey::default();
+        k.family = 5;
+        assert!(matches!(destroy(&k), Err(SockDestroyError::InvalidFlow(_))));
+    }
+}

@@ -1,1 +1,328 @@
-//! (being written)
+//! Egress attachment of a BPF classifier: a `clsact` qdisc plus a direct-action `cls_bpf` filter,
+//! made over rtnetlink (neither aya's tc helpers nor the `tc` command).
+//!
+//! The equivalent commands: `tc qdisc add dev X clsact` and
+//! `tc filter add dev X egress pref 50 handle 1 protocol all bpf direct-action fd N name NAME`.
+//! netlink-packet-route 0.34 has typed `cls_bpf` options (`TcFilterBpfOption`), so no raw
+//! `DefaultNla` is needed.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use futures::StreamExt;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::tc::{
+    TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
+};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+
+use crate::iface::{describe, netlink_io};
+
+/// Priority ("pref") of our egress filter, so it is easy to find:
+/// `tc filter show dev X egress pref 50`. Lower runs first: this is below the priorities the
+/// kernel hands out to filters added without one (from 0xC000 downwards), so we see packets
+/// before them, and it stays clear of 1, which other BPF tools commonly take.
+pub const FILTER_PRIORITY: u16 = 50;
+/// Handle of our filter within [`FILTER_PRIORITY`].
+pub const FILTER_HANDLE: u32 = 1;
+
+const ETH_P_ALL: u16 = 0x0003;
+const CLSACT: &str = "clsact";
+/// The clsact qdisc sits where the ingress qdisc would, with handle ffff:0.
+const CLSACT_HANDLE: TcHandle = TcHandle { major: 0xffff, minor: 0 };
+const EGRESS: TcHandle = TcHandle { major: 0xffff, minor: TcHandle::MIN_EGRESS };
+const INGRESS: TcHandle = TcHandle { major: 0xffff, minor: TcHandle::MIN_INGRESS };
+
+/// Why a tc operation failed. `iface` reads like `'eth0' (index 2)`.
+#[derive(Debug, thiserror::Error)]
+pub enum TcError {
+    #[error("invalid tc filter name {0:?}: it must be non-empty and contain no NUL byte")]
+    InvalidName(String),
+    #[error(
+        "interface {iface} has a classic 'ingress' qdisc, which has no egress hook: replace it \
+         with clsact (`tc qdisc del dev <iface> ingress`) and retry"
+    )]
+    IngressQdiscInTheWay { iface: String },
+    #[error(
+        "interface {iface} already has an egress filter pref {FILTER_PRIORITY} handle \
+         {FILTER_HANDLE}: a previous agent left it behind; remove it (remove_stale) and retry"
+    )]
+    FilterExists { iface: String },
+    #[error("{action} on interface {iface} failed: {source}{}", hint(.source))]
+    Netlink {
+        action: &'static str,
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn hint(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EPERM) => " (needs CAP_NET_ADMIN: run as root)",
+        Some(libc::ENODEV) => " (the interface is gone)",
+        _ => "",
+    }
+}
+
+fn netlink(action: &'static str, ifindex: u32) -> impl FnOnce(io::Error) -> TcError {
+    move |source| TcError::Netlink { action, iface: describe(ifindex), source }
+}
+
+/// Our filter on an interface's egress hook. Dropping it leaves the filter in place (there is
+/// no async drop): call [`EgressFilter::detach`], or [`remove_stale`] at the next start.
+#[derive(Debug)]
+#[must_use = "the filter stays attached until detach() is called"]
+pub struct EgressFilter {
+    ifindex: u32,
+    priority: u16,
+    handle: u32,
+    created_qdisc: bool,
+}
+
+impl EgressFilter {
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+    /// `(priority, handle)` of the filter, as `tc filter show` prints `pref` and `handle`.
+    pub fn id(&self) -> (u16, u32) {
+        (self.priority, self.handle)
+    }
+    /// Whether [`attach_egress`] created the clsact qdisc (and detach may remove it).
+    pub fn created_qdisc(&self) -> bool {
+        self.created_qdisc
+    }
+
+    /// Deletes our filter, then the clsact qdisc if we created it and no filter is left on
+    /// either of its hooks. A filter already gone (interface or qdisc deleted) is not an error.
+    pub async fn detach(self, handle: &rtnetlink::Handle) -> Result<(), TcError> {
+        let msg = filter_msg(self.ifindex, self.priority, self.handle, None);
+        match request(handle, RouteNetlinkMessage::DelTrafficFilter(msg), 0).await {
+            Ok(()) => {}
+            Err(e) if is_gone(handle, self.ifindex, &e).await => {
+                tracing::warn!(iface = %describe(self.ifindex), "egress filter was already gone");
+                return Ok(());
+            }
+            Err(e) => return Err(netlink("deleting the egress filter", self.ifindex)(e)),
+        }
+        if !self.created_qdisc {
+            return Ok(());
+        }
+        // Not atomic: a filter added by someone else right now would go with the qdisc.
+        for hook in [EGRESS, INGRESS] {
+            let left = dump_filters(handle, self.ifindex, hook).await;
+            if !left.map_err(netlink("listing filters", self.ifindex))?.is_empty() {
+                tracing::info!(iface = %describe(self.ifindex), "other tc filters remain: keeping clsact");
+                return Ok(());
+            }
+        }
+        delete_clsact(handle, self.ifindex)
+            .await
+            .map_err(netlink("deleting the clsact qdisc", self.ifindex))
+    }
+}
+
+/// Attaches `prog_fd` (a `BPF_PROG_TYPE_SCHED_CLS` program) to the egress hook of `ifindex` as a
+/// direct-action cls_bpf filter called `name`, at [`FILTER_PRIORITY`] / [`FILTER_HANDLE`], for
+/// all protocols. Creates the clsact qdisc if the interface has none. Call [`remove_stale`] first.
+pub async fn attach_egress(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    prog_fd: BorrowedFd<'_>,
+    name: &str,
+) -> Result<EgressFilter, TcError> {
+    if name.is_empty() || name.contains('\0') {
+        return Err(TcError::InvalidName(name.to_owned()));
+    }
+    let created_qdisc = ensure_clsact(handle, ifindex).await?;
+    let mut msg = filter_msg(ifindex, FILTER_PRIORITY, FILTER_HANDLE, Some(ETH_P_ALL));
+    let fd = u32::try_from(prog_fd.as_raw_fd()).unwrap_or(u32::MAX); // fds are never negative
+    msg.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    let add = RouteNetlinkMessage::NewTrafficFilter(msg);
+    if let Err(e) = request(handle, add, NLM_F_CREATE | NLM_F_EXCL).await {
+        if created_qdisc {
+            // Leave the interface as we found it.
+            if let Err(undo) = delete_clsact(handle, ifindex).await {
+                tracing::warn!(iface = %describe(ifindex), "could not remove our clsact qdisc: {undo}");
+            }
+        }
+        return Err(match e.raw_os_error() {
+            Some(libc::EEXIST) => TcError::FilterExists { iface: describe(ifindex) },
+            _ => netlink("adding the egress bpf filter", ifindex)(e),
+        });
+    }
+    Ok(EgressFilter { ifindex, priority: FILTER_PRIORITY, handle: FILTER_HANDLE, created_qdisc })
+}
+
+/// Deletes every cls_bpf filter on the egress hook of `ifindex` whose name starts with
+/// `name_prefix` (left behind by an agent killed with SIGKILL). Returns how many went.
+/// An interface without a clsact qdisc has none: 0.
+pub async fn remove_stale(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    name_prefix: &str,
+) -> Result<usize, TcError> {
+    let filters = dump_filters(handle, ifindex, EGRESS).await;
+    let mut removed = 0;
+    for filter in filters.map_err(netlink("listing egress filters", ifindex))? {
+        if !is_bpf_named(&filter, name_prefix) {
+            continue;
+        }
+        let mut del = TcMessage::with_index(filter.header.index);
+        del.header.parent = EGRESS;
+        del.header.handle = filter.header.handle;
+        del.header.info = filter.header.info; // priority << 16 | protocol, as dumped
+        del.attributes.push(TcAttribute::Kind(TcFilterBpf::KIND.to_owned()));
+        if let Some(chain) = filter.attributes.iter().find_map(|a| match a {
+            TcAttribute::Chain(c) => Some(*c),
+            _ => None,
+        }) {
+            del.attributes.push(TcAttribute::Chain(chain));
+        }
+        match request(handle, RouteNetlinkMessage::DelTrafficFilter(del), 0).await {
+            Ok(()) => removed += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {} // someone else was faster
+            Err(e) => return Err(netlink("deleting a stale egress filter", ifindex)(e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// A cls_bpf filter message (not the per-priority header the dump also sends) named `prefix*`.
+fn is_bpf_named(filter: &TcMessage, prefix: &str) -> bool {
+    let is_bpf = filter
+        .attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Kind(k) if k == TcFilterBpf::KIND));
+    is_bpf
+        && filter.attributes.iter().any(|a| match a {
+            TcAttribute::Options(opts) => opts.iter().any(|o| {
+                matches!(o, TcOption::Bpf(TcFilterBpfOption::ProgName(n)) if n.starts_with(prefix))
+            }),
+            _ => false,
+        })
+}
+
+/// A filter request on the egress hook. `tcm_info` packs the priority (high 16 bits) and the
+/// protocol (low 16 bits), which the kernel compares with `skb->protocol` and therefore wants in
+/// network byte order (iproute2 does `htons(ETH_P_ALL)` too). Protocol 0 on delete matches any.
+fn filter_msg(ifindex: u32, priority: u16, handle: u32, protocol: Option<u16>) -> TcMessage {
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.parent = EGRESS;
+    msg.header.handle = handle.into();
+    let proto = protocol.map_or(0, u16::to_be);
+    msg.header.info = (u32::from(priority) << 16) | u32::from(proto);
+    msg.attributes.push(TcAttribute::Kind(TcFilterBpf::KIND.to_owned()));
+    msg
+}
+
+/// Creates the clsact qdisc; `Ok(false)` when a clsact qdisc was already there.
+async fn ensure_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> Result<bool, TcError> {
+    let add = RouteNetlinkMessage::NewQueueDiscipline(clsact_msg(ifindex));
+    let err = match request(handle, add, NLM_F_CREATE | NLM_F_EXCL).await {
+        Ok(()) => return Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => e,
+        Err(e) => return Err(netlink("creating the clsact qdisc", ifindex)(e)),
+    };
+    // EEXIST only says *a* qdisc holds ffff:, and a classic ingress qdisc holds it too.
+    match existing_clsact_slot_kind(handle, ifindex).await {
+        Ok(Some(kind)) if kind == CLSACT => Ok(false),
+        Ok(Some(kind)) if kind == "ingress" => {
+            Err(TcError::IngressQdiscInTheWay { iface: describe(ifindex) })
+        }
+        Ok(_) => Err(netlink("creating the clsact qdisc", ifindex)(err)),
+        Err(e) => Err(netlink("listing qdiscs", ifindex)(e)),
+    }
+}
+
+/// Kind of the qdisc at ffff:fff1 (clsact or ingress) of `ifindex`, if any.
+async fn existing_clsact_slot_kind(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+) -> io::Result<Option<String>> {
+    // The dump covers every interface unless the socket has strict checking on: filter here.
+    let all = dump(handle, RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default())).await?;
+    Ok(all
+        .into_iter()
+        .filter(|q| q.header.index == ifindex as i32 && q.header.parent == TcHandle::CLSACT)
+        .find_map(|q| {
+            q.attributes.into_iter().find_map(|a| match a {
+                TcAttribute::Kind(kind) => Some(kind),
+                _ => None,
+            })
+        }))
+}
+
+fn clsact_msg(ifindex: u32) -> TcMessage {
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.parent = TcHandle::CLSACT;
+    msg.header.handle = CLSACT_HANDLE;
+    // With the kind set, the kernel refuses (EINVAL) to delete an ingress qdisc in its place.
+    msg.attributes.push(TcAttribute::Kind(CLSACT.to_owned()));
+    msg
+}
+
+async fn delete_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> io::Result<()> {
+    request(handle, RouteNetlinkMessage::DelQueueDiscipline(clsact_msg(ifindex)), 0).await
+}
+
+/// Whether a failed filter delete means our filter no longer exists: the interface (ENODEV),
+/// the filter (ENOENT) or the clsact qdisc (EINVAL "parent qdisc doesn't exist") is gone.
+async fn is_gone(handle: &rtnetlink::Handle, ifindex: u32, err: &io::Error) -> bool {
+    match err.raw_os_error() {
+        Some(libc::ENODEV | libc::ENOENT) => true,
+        Some(libc::EINVAL) => {
+            matches!(existing_clsact_slot_kind(handle, ifindex).await, Ok(k) if k.as_deref() != Some(CLSACT))
+        }
+        _ => false,
+    }
+}
+
+/// All filters on one clsact hook of `ifindex`, every chain. Empty without a clsact qdisc.
+async fn dump_filters(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    hook: TcHandle,
+) -> io::Result<Vec<TcMessage>> {
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.parent = hook;
+    dump(handle, RouteNetlinkMessage::GetTrafficFilter(msg)).await
+}
+
+async fn dump(handle: &rtnetlink::Handle, msg: RouteNetlinkMessage) -> io::Result<Vec<TcMessage>> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut replies = handle.clone().request(req).map_err(netlink_io)?;
+    let mut out = Vec::new();
+    while let Some(reply) = replies.next().await {
+        match reply.payload {
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewTrafficFilter(m) | RouteNetlinkMessage::NewQueueDiscipline(m),
+            ) => out.push(m),
+            NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Sends one request with `NLM_F_ACK` and waits for the kernel's answer.
+async fn request(handle: &rtnetlink::Handle, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    let mut replies = handle.clone().request(req).map_err(netlink_io)?;
+    while let Some(reply) = replies.next().await {
+        if let NetlinkPayload::Error(e) = reply.payload {
+            if e.code.is_some() {
+                return Err(e.to_io());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,123 @@
-fn main() {}
+//! `cargo xtask <command>`: set up the toolchain, build, run and test enforcer.
+
+mod setup;
+mod test;
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "enforcer developer tasks")]
+enum Cmd {
+    /// Install what building and testing need (Debian packages, rust-src, bpf-linker, mounts).
+    /// Idempotent; a no-op when everything is in place.
+    Setup,
+    /// Setup, then build the enforcer binary (its build.rs builds the eBPF object).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build (release), then run `enforcer attach [ARGS]` (root only).
+    Run {
+        /// Arguments for `enforcer attach`, e.g. `-- --iface eth0 --mode enforce`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, unit and integration tests, rustfmt and clippy (root only).
+    Test,
+}
+
+fn main() -> ExitCode {
+    // Children (cargo, aya-build) must find the bpf-linker that setup installs.
+    let bin = setup::cargo_home().join("bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if !dirs.contains(&bin) {
+        dirs.insert(0, bin);
+        let joined = std::env::join_paths(dirs).expect("PATH entries are joinable");
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("PATH", joined) };
+    }
+    let result = match Cmd::parse() {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build { release } => setup::setup().and_then(|()| build(release)),
+        Cmd::Run { args } => run(&args),
+        Cmd::Test => return test::test(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (parent of this crate's manifest directory).
+pub fn root() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The cargo target directory: `$CARGO_TARGET_DIR` if set, else `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
+pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`cargo xtask {what}` must run as root: it loads eBPF programs, attaches XDP/tc and \
+             creates network namespaces (try `sudo -E cargo xtask {what}`)"
+        );
+    }
+    Ok(())
+}
+
+/// `cargo <args>` in the workspace root; Err if it cannot start or exits non-zero.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new("cargo")
+        .args(args)
+        .current_dir(root())
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut args = vec!["build", "-p", "enforcer"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)
+}
+
+fn run(args: &[String]) -> Result<()> {
+    require_root("run")?;
+    setup::setup()?;
+    build(true)?;
+    let bin = target_dir().join("release/enforcer");
+    if !Path::new(&bin).exists() {
+        bail!("{} was not built", bin.display());
+    }
+    let err = Command::new(&bin).arg("attach").args(args).exec();
+    Err(err).with_context(|| format!("cannot exec {}", bin.display()))
+}

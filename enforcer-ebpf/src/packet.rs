@@ -1,0 +1,165 @@
+//! The 4-tuple of an Ethernet frame, for XDP and tc. Packets come from the wire: every read is
+//! bounds-checked against `end`, every loop has a constant bound, offsets are capped so the
+//! verifier can track them.
+
+use core::mem::size_of;
+
+use enforcer_common::{FlowKey, family};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+/// IPv6 extension headers we walk past; anything else ends the walk.
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DSTOPTS: u8 = 60;
+const MAX_VLAN_TAGS: usize = 2;
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Headers past this offset are not parsed (verifier-friendly bound; real headers are far smaller).
+const MAX_L4_OFFSET: usize = 512;
+const TCP_FLAG_RST: u8 = 0x04;
+
+/// A TCP segment's addressing, as on the wire (source / destination).
+pub struct Segment {
+    pub family: u8,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub rst: bool,
+}
+
+impl Segment {
+    /// The flow key when this host is the sender (egress).
+    #[inline(always)]
+    pub fn as_sender(&self) -> FlowKey {
+        FlowKey {
+            family: self.family,
+            _pad: [0; 3],
+            local_port: self.src_port,
+            remote_port: self.dst_port,
+            local_addr: self.src_addr,
+            remote_addr: self.dst_addr,
+        }
+    }
+
+    /// The flow key when this host is the receiver (ingress).
+    #[inline(always)]
+    pub fn as_receiver(&self) -> FlowKey {
+        FlowKey {
+            family: self.family,
+            _pad: [0; 3],
+            local_port: self.dst_port,
+            remote_port: self.src_port,
+            local_addr: self.dst_addr,
+            remote_addr: self.src_addr,
+        }
+    }
+}
+
+#[inline(always)]
+fn load<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
+    if offset > MAX_L4_OFFSET + 64 || start + offset + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: bounds checked against the packet end just above.
+    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+}
+
+/// `None` for anything that is not a TCP segment with a readable header: non-IP, non-TCP,
+/// truncated, non-first fragments (they carry no ports), or headers nested too deep.
+#[inline(always)]
+pub fn parse(start: usize, end: usize) -> Option<Segment> {
+    let mut offset = ETH_HLEN;
+    let mut ethertype = u16::from_be(load::<u16>(start, end, 12)?);
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = u16::from_be(load::<u16>(start, end, offset + 2)?);
+        offset += 4;
+    }
+    let mut seg = Segment {
+        family: 0,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        rst: false,
+    };
+    let l4 = match ethertype {
+        ETH_P_IP => ipv4(start, end, offset, &mut seg)?,
+        ETH_P_IPV6 => ipv6(start, end, offset, &mut seg)?,
+        _ => return None,
+    };
+    seg.src_port = u16::from_be(load::<u16>(start, end, l4)?);
+    seg.dst_port = u16::from_be(load::<u16>(start, end, l4 + 2)?);
+    seg.rst = load::<u8>(start, end, l4 + 13)? & TCP_FLAG_RST != 0;
+    Some(seg)
+}
+
+/// Returns the offset of the TCP header.
+#[inline(always)]
+fn ipv4(start: usize, end: usize, l3: usize, seg: &mut Segment) -> Option<usize> {
+    let version_ihl = load::<u8>(start, end, l3)?;
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 {
+        return None;
+    }
+    if load::<u8>(start, end, l3 + 9)? != IPPROTO_TCP {
+        return None;
+    }
+    // Fragment offset (low 13 bits): a non-first fragment has no TCP header.
+    if u16::from_be(load::<u16>(start, end, l3 + 6)?) & 0x1fff != 0 {
+        return None;
+    }
+    seg.family = family::V4;
+    let src: [u8; 4] = load(start, end, l3 + 12)?;
+    let dst: [u8; 4] = load(start, end, l3 + 16)?;
+    seg.src_addr[..4].copy_from_slice(&src);
+    seg.dst_addr[..4].copy_from_slice(&dst);
+    Some(l3 + ihl)
+}
+
+/// Returns the offset of the TCP header, after walking extension headers.
+#[inline(always)]
+fn ipv6(start: usize, end: usize, l3: usize, seg: &mut Segment) -> Option<usize> {
+    if load::<u8>(start, end, l3)? >> 4 != 6 {
+        return None;
+    }
+    seg.family = family::V6;
+    seg.src_addr = load(start, end, l3 + 8)?;
+    seg.dst_addr = load(start, end, l3 + 24)?;
+    let mut next = load::<u8>(start, end, l3 + 6)?;
+    let mut offset = l3 + 40;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if next == IPPROTO_TCP {
+            return Some(offset);
+        }
+        let header_next = load::<u8>(start, end, offset)?;
+        let len_field = load::<u8>(start, end, offset + 1)? as usize;
+        let len = match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => (len_field + 1) * 8,
+            IPV6_AH => (len_field + 2) * 4,
+            IPV6_FRAGMENT => {
+                // Offset in the upper 13 bits of bytes 2..4: non-first fragments carry no ports.
+                if u16::from_be(load::<u16>(start, end, offset + 2)?) & 0xfff8 != 0 {
+                    return None;
+                }
+                8
+            }
+            _ => return None,
+        };
+        next = header_next;
+        offset += len;
+        if offset > MAX_L4_OFFSET {
+            return None;
+        }
+    }
+    if next == IPPROTO_TCP { Some(offset) } else { None }
+}

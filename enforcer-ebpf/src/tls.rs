@@ -1,0 +1,101 @@
+//! Uprobes on TLS library functions: while a thread is inside `SSL_write`, `gnutls_record_recv`,
+//! ... we remember which library (and which kind of call) it is in, so the kernel TCP hooks can
+//! attribute the socket the thread touches. The library id and call kind arrive as the attach
+//! cookie (`enforcer_common::cookie`), set per attached file by userspace.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    maps::LruHashMap,
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+};
+use enforcer_common::stat;
+
+use crate::stats;
+
+/// Calls nest (`SSL_connect` → `SSL_do_handshake`, or a compat layer calling another library):
+/// the innermost call is the one moving bytes. Deeper nesting keeps counting but attributes to
+/// the deepest recorded frame.
+const MAX_DEPTH: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallStack {
+    cookies: [u64; MAX_DEPTH],
+    depth: u32,
+    _pad: u32,
+}
+
+/// Thread id → TLS calls in progress. LRU so a thread that died inside a call (its uretprobe never
+/// ran) cannot fill the map; `sched_process_exit` below also removes it eagerly.
+#[map(name = "TLS_CALLS")]
+static TLS_CALLS: LruHashMap<u32, CallStack> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn current_tid() -> u32 {
+    // Lower 32 bits: the thread id (the kernel's pid).
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[uprobe]
+pub fn tls_enter(ctx: ProbeContext) -> u32 {
+    // SAFETY: a uprobe context is a valid argument for this helper.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let tid = current_tid();
+    match TLS_CALLS.get_ptr_mut(tid) {
+        Some(stack) => {
+            // SAFETY: map value pointer, valid for this program run; only this thread writes it.
+            let stack = unsafe { &mut *stack };
+            let depth = stack.depth as usize;
+            match stack.cookies.get_mut(depth) {
+                Some(slot) => *slot = cookie,
+                None => stats::bump(stat::TLS_STACK_OVERFLOW),
+            }
+            stack.depth = stack.depth.saturating_add(1);
+        }
+        None => {
+            let mut stack = CallStack { cookies: [0; MAX_DEPTH], depth: 1, _pad: 0 };
+            stack.cookies[0] = cookie;
+            // Failure (map full even after LRU eviction) means this call goes unattributed:
+            // fail-open, nothing else we could do here.
+            let _ = TLS_CALLS.insert(tid, stack, 0);
+        }
+    }
+    0
+}
+
+#[uretprobe]
+pub fn tls_exit(_ctx: RetProbeContext) -> u32 {
+    let tid = current_tid();
+    if let Some(stack) = TLS_CALLS.get_ptr_mut(tid) {
+        // SAFETY: as in tls_enter.
+        let stack = unsafe { &mut *stack };
+        stack.depth = stack.depth.saturating_sub(1);
+        if stack.depth == 0 {
+            let _ = TLS_CALLS.remove(tid);
+        }
+    }
+    0
+}
+
+/// A thread that exits inside a TLS call never returns from it: forget its stack so a later
+/// thread reusing the id is not attributed to that library.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn tls_thread_exit(_ctx: RawTracePointContext) -> i32 {
+    let _ = TLS_CALLS.remove(current_tid());
+    0
+}
+
+/// The cookie of the innermost TLS call the current thread is in, if any.
+#[inline(always)]
+pub fn innermost_call() -> Option<u64> {
+    // SAFETY: the value is copied out immediately.
+    let stack = unsafe { TLS_CALLS.get(current_tid()) }?;
+    let depth = stack.depth as usize;
+    if depth == 0 {
+        return None;
+    }
+    let top = if depth > MAX_DEPTH { MAX_DEPTH - 1 } else { depth - 1 };
+    stack.cookies.get(top).copied()
+}

@@ -1,0 +1,174 @@
+//! The event pipeline: drains the `EVENTS` ring buffer, aborts the local socket of every blocked
+//! flow, and reports each attributed connection once (text through `tracing`, or JSON lines).
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use enforcer_common::{FlowKey, TlsEvent, direction, family, op, verdict};
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+use tracing::{info, warn};
+
+use crate::{family::Family, sock_destroy};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventFormat {
+    /// Human-readable log lines on stderr.
+    Text,
+    /// One JSON object per line on stdout (see docs/events.md).
+    Json,
+}
+
+/// What the event reader needs to know about an attached library.
+#[derive(Clone, Debug)]
+pub struct LibInfo {
+    pub family: Family,
+    pub path: String,
+}
+
+pub struct Reporter {
+    pub libs: HashMap<u32, LibInfo>,
+    pub format: EventFormat,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
+    boot_offset_ns: i128,
+}
+
+impl Reporter {
+    pub fn new(libs: HashMap<u32, LibInfo>, format: EventFormat) -> Self {
+        Self { libs, format, boot_offset_ns: realtime_minus_monotonic() }
+    }
+
+    /// Prints a non-connection record (`ready`, ...) in the chosen format.
+    pub fn lifecycle(&self, record: serde_json::Value) {
+        if self.format == EventFormat::Json {
+            print_json(&record);
+        }
+    }
+
+    fn handle(&self, event: &TlsEvent) {
+        let aborted = (event.verdict == verdict::BLOCKED).then(|| sock_destroy::destroy(&event.flow));
+        let lib = self.libs.get(&event.lib_id);
+        let family = lib.map_or("unknown", |l| l.family.name());
+        let path = lib.map_or("?", |l| l.path.as_str());
+        let comm = comm(&event.comm);
+        let (local, remote) = endpoints(&event.flow);
+        let verdict_name = verdict_name(event.verdict);
+        let time = self.wall_clock(event.ts_ns);
+        match self.format {
+            EventFormat::Json => print_json(&json!({
+                "type": "connection",
+                "time": humantime::format_rfc3339_millis(time).to_string(),
+                "pid": event.pid,
+                "tid": event.tid,
+                "comm": comm,
+                "library": { "id": event.lib_id, "family": family, "path": path },
+                "local": { "addr": local.0.to_string(), "port": local.1 },
+                "remote": { "addr": remote.0.to_string(), "port": remote.1 },
+                "direction": if event.direction == direction::SEND { "send" } else { "recv" },
+                "call": op_name(event.op),
+                "verdict": verdict_name,
+                "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
+            })),
+            EventFormat::Text => {
+                let local = sockaddr(local);
+                let remote = sockaddr(remote);
+                if event.verdict == verdict::ALLOWED {
+                    info!(pid = event.pid, comm, library = family, path, local, remote, verdict = verdict_name, "TLS connection");
+                } else {
+                    warn!(pid = event.pid, comm, library = family, path, local, remote, verdict = verdict_name, "TLS policy violation");
+                }
+            }
+        }
+        if let Some(Err(err)) = aborted {
+            if !matches!(err, sock_destroy::SockDestroyError::NotFound) {
+                warn!(%err, "blocked flow: could not abort the local socket; its packets are still dropped");
+            }
+        }
+    }
+
+    fn wall_clock(&self, ts_ns: u64) -> SystemTime {
+        let ns = (ts_ns as i128 + self.boot_offset_ns).max(0);
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns.min(u64::MAX as i128) as u64)
+    }
+}
+
+/// Runs until the ring buffer's fd fails (which only happens if the map goes away).
+pub async fn run(ring: RingBuf<MapData>, reporter: Reporter) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
+    let mut fd = unsafe { AsyncFd::register(ring) }?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<TlsEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole TlsEvent (repr(C), any bit pattern valid).
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const TlsEvent) };
+            drop(item);
+            reporter.handle(&event);
+        }
+        guard.clear_ready();
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout is not a reason to stop enforcing.
+    let _ = writeln!(out, "{value}").and_then(|()| out.flush());
+}
+
+fn realtime_minus_monotonic() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+pub fn endpoints(flow: &FlowKey) -> ((IpAddr, u16), (IpAddr, u16)) {
+    let addr = |bytes: &[u8; 16]| -> IpAddr {
+        if flow.family == family::V4 {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*bytes))
+        }
+    };
+    ((addr(&flow.local_addr), flow.local_port), (addr(&flow.remote_addr), flow.remote_port))
+}
+
+fn sockaddr((addr, port): (IpAddr, u16)) -> String {
+    std::net::SocketAddr::new(addr, port).to_string()
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+pub fn verdict_name(v: u8) -> &'static str {
+    match v {
+        verdict::ALLOWED => "allowed",
+        verdict::BLOCKED => "blocked",
+        verdict::WOULD_BLOCK => "would-block",
+        verdict::AUDITED => "audited",
+        verdict::BLOCKLIST_FULL => "blocklist-full",
+        _ => "unknown-library",
+    }
+}
+
+fn op_name(v: u8) -> &'static str {
+    match v {
+        op::HANDSHAKE => "handshake",
+        op::READ => "read",
+        op::WRITE => "write",
+        _ => "unknown",
+    }
+}

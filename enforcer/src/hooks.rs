@@ -1,0 +1,257 @@
+//! The kernel TCP hook: three interchangeable forms, described as data. `auto` tries them from
+//! the cheapest and keeps the first whose programs all load and attach.
+
+use std::{fmt, path::Path};
+
+use aya::{
+    Btf, Ebpf,
+    programs::{FEntry, KProbe, ProgramError, RawTracePoint},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookChoice {
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookForm {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl HookForm {
+    /// Cheapest first: this is the order `auto` tries.
+    pub const ALL: [HookForm; 3] = [HookForm::Fentry, HookForm::Kprobe, HookForm::Tracepoint];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HookForm::Fentry => "fentry",
+            HookForm::Kprobe => "kprobe",
+            HookForm::Tracepoint => "tracepoint",
+        }
+    }
+
+    fn programs(self) -> &'static [HookProgram] {
+        match self {
+            HookForm::Fentry => &FENTRY,
+            HookForm::Kprobe => &KPROBE,
+            HookForm::Tracepoint => &TRACEPOINT,
+        }
+    }
+}
+
+impl fmt::Display for HookForm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Fentry,
+    Kprobe,
+    RawTracepoint,
+}
+
+/// One program of a form, and where it attaches: the first target that attaches wins (later
+/// ones are fallbacks for kernels that lack the earlier).
+struct HookProgram {
+    program: &'static str,
+    kind: Kind,
+    targets: &'static [&'static str],
+}
+
+const FENTRY: [HookProgram; 2] = [
+    HookProgram { program: "fentry_tcp_sendmsg", kind: Kind::Fentry, targets: &["tcp_sendmsg"] },
+    HookProgram { program: "fentry_tcp_cleanup_rbuf", kind: Kind::Fentry, targets: &["tcp_cleanup_rbuf"] },
+];
+const KPROBE: [HookProgram; 2] = [
+    HookProgram { program: "kprobe_tcp_sendmsg", kind: Kind::Kprobe, targets: &["tcp_sendmsg"] },
+    HookProgram { program: "kprobe_tcp_cleanup_rbuf", kind: Kind::Kprobe, targets: &["tcp_cleanup_rbuf"] },
+];
+const TRACEPOINT: [HookProgram; 2] = [
+    HookProgram {
+        program: "tp_tcp_send",
+        kind: Kind::RawTracepoint,
+        targets: &["tcp_sendmsg_locked", "sock_send_length"],
+    },
+    HookProgram {
+        program: "tp_tcp_recv",
+        kind: Kind::RawTracepoint,
+        targets: &["sock_recv_length", "tcp_rcv_space_adjust"],
+    },
+];
+
+/// Tracepoints every form needs: connection close and thread exit bookkeeping.
+pub const ALWAYS: [(&str, &str); 2] =
+    [("tp_sock_state", "inet_sock_set_state"), ("tls_thread_exit", "sched_process_exit")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("program {0} is missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("{program}: loading failed: {source}{hint}")]
+    Load { program: &'static str, source: ProgramError, hint: Hint },
+    #[error("{program}: attaching to {targets} failed: {source}{hint}")]
+    Attach { program: &'static str, targets: String, source: ProgramError, hint: Hint },
+    #[error("no kernel hook form could be attached:\n  {}", .0.iter().map(|(f, e)| format!("{f}: {e}")).collect::<Vec<_>>().join("\n  "))]
+    NoneWorked(Vec<(HookForm, HookError)>),
+}
+
+/// What to do about a failure, when we can tell.
+#[derive(Debug, Default)]
+pub struct Hint(Option<&'static str>);
+
+impl fmt::Display for Hint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(text) => write!(f, " ({text})"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn hint_for(kind: Kind, stage: &str, err: &ProgramError) -> Hint {
+    let text = format!("{err:?}");
+    Hint(match (kind, stage) {
+        (Kind::Kprobe, "attach") if !Path::new("/sys/bus/event_source/devices/kprobe").exists() => {
+            Some("this kernel has no kprobes (CONFIG_KPROBES is not set); use --kernel-hook tracepoint")
+        }
+        (Kind::Fentry, "load") if text.contains("EPERM") || text.contains("os error 1)") => Some(
+            "the kernel refused a BPF trampoline (EPERM: lockdown or no trampoline support); \
+             use --kernel-hook kprobe or tracepoint",
+        ),
+        (Kind::Fentry, "load") if text.contains("Btf") => {
+            Some("fentry needs kernel BTF at /sys/kernel/btf/vmlinux")
+        }
+        _ => None,
+    })
+}
+
+/// Loads and attaches every program of `form`. On error, whatever this call attached is
+/// detached again (programs are unloaded), so a failed form leaves nothing behind.
+pub fn attach_form(ebpf: &mut Ebpf, form: HookForm, btf: Option<&Btf>) -> Result<Vec<String>, HookError> {
+    let mut attached = Vec::new();
+    for spec in form.programs() {
+        match attach_program(ebpf, spec, btf) {
+            Ok(target) => attached.push(target),
+            Err(err) => {
+                detach_form(ebpf, form);
+                return Err(err);
+            }
+        }
+    }
+    Ok(attached)
+}
+
+/// `auto`: the first form that works, with the reasons the cheaper ones did not.
+pub fn attach_choice(
+    ebpf: &mut Ebpf,
+    choice: HookChoice,
+    btf: Option<&Btf>,
+) -> Result<(HookForm, Vec<String>, Vec<(HookForm, HookError)>), HookError> {
+    let forms: Vec<HookForm> = match choice {
+        HookChoice::Auto => HookForm::ALL.to_vec(),
+        HookChoice::Fentry => vec![HookForm::Fentry],
+        HookChoice::Kprobe => vec![HookForm::Kprobe],
+        HookChoice::Tracepoint => vec![HookForm::Tracepoint],
+    };
+    let mut failures = Vec::new();
+    for form in forms {
+        match attach_form(ebpf, form, btf) {
+            Ok(targets) => return Ok((form, targets, failures)),
+            Err(err) if choice == HookChoice::Auto => failures.push((form, err)),
+            Err(err) => return Err(err),
+        }
+    }
+    Err(HookError::NoneWorked(failures))
+}
+
+fn attach_program(ebpf: &mut Ebpf, spec: &HookProgram, btf: Option<&Btf>) -> Result<String, HookError> {
+    let name = spec.program;
+    let program = ebpf.program_mut(name).ok_or(HookError::Missing(name))?;
+    let load_err = |source| HookError::Load { program: name, hint: hint_for(spec.kind, "load", &source), source };
+    let mut last = None;
+    match spec.kind {
+        Kind::Fentry => {
+            let p: &mut FEntry = program.try_into().map_err(load_err)?;
+            let Some(btf) = btf else {
+                return Err(load_err(ProgramError::UnexpectedProgramType));
+            };
+            p.load(spec.targets[0], btf).map_err(load_err)?;
+            match p.attach() {
+                Ok(_) => return Ok(spec.targets[0].to_string()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Kind::Kprobe => {
+            let p: &mut KProbe = program.try_into().map_err(load_err)?;
+            p.load().map_err(load_err)?;
+            for target in spec.targets {
+                match p.attach(target, 0) {
+                    Ok(_) => return Ok(target.to_string()),
+                    Err(e) => last = Some(e),
+                }
+            }
+        }
+        Kind::RawTracepoint => {
+            let p: &mut RawTracePoint = program.try_into().map_err(load_err)?;
+            p.load().map_err(load_err)?;
+            for target in spec.targets {
+                match p.attach(target) {
+                    Ok(_) => return Ok(target.to_string()),
+                    Err(e) => last = Some(e),
+                }
+            }
+        }
+    }
+    let source = last.unwrap_or(ProgramError::UnexpectedProgramType);
+    Err(HookError::Attach {
+        program: name,
+        targets: spec.targets.join(" | "),
+        hint: hint_for(spec.kind, "attach", &source),
+        source,
+    })
+}
+
+/// Detaches and unloads every program of `form`.
+pub fn detach_form(ebpf: &mut Ebpf, form: HookForm) {
+    for spec in form.programs() {
+        unload(ebpf, spec);
+    }
+}
+
+fn unload(ebpf: &mut Ebpf, spec: &HookProgram) {
+    let Some(program) = ebpf.program_mut(spec.program) else { return };
+    // Unloading detaches every link the program has; a program never loaded reports an error
+    // we have nothing to do about.
+    let _ = match spec.kind {
+        Kind::Fentry => <&mut FEntry>::try_from(program).map(|p| p.unload()),
+        Kind::Kprobe => <&mut KProbe>::try_from(program).map(|p| p.unload()),
+        Kind::RawTracepoint => <&mut RawTracePoint>::try_from(program).map(|p| p.unload()),
+    };
+}
+
+/// Attaches the bookkeeping tracepoints (`ALWAYS`).
+pub fn attach_always(ebpf: &mut Ebpf) -> Result<(), HookError> {
+    for (name, target) in ALWAYS {
+        let program = ebpf.program_mut(name).ok_or(HookError::Missing(name))?;
+        let p: &mut RawTracePoint = program.try_into().map_err(|source| HookError::Load {
+            program: name,
+            source,
+            hint: Hint::default(),
+        })?;
+        p.load().map_err(|source| HookError::Load { program: name, source, hint: Hint::default() })?;
+        p.attach(target).map_err(|source| HookError::Attach {
+            program: name,
+            targets: target.to_string(),
+            source,
+            hint: Hint::default(),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! Policy errors: turning serde_yaml's messages into `FILE:LINE:COL: KEY: what is wrong`, and
+//! locating nodes (rules, duplicate keys) that serde does not report positions for.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_path_to_error::Segment;
+
+use super::{Action, MAX_POLICY_BYTES, Mode};
+use crate::family::Family;
+
+/// Keys of the top-level mapping and of a rule, as error messages list them.
+pub(super) const TOP_KEYS: [&str; 3] = ["mode", "default", "libraries"];
+pub(super) const RULE_KEYS: [&str; 2] = ["family", "action"];
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    /// The file was read but is not a valid policy. Displays as `FILE:LINE:COL: MESSAGE`, or
+    /// `FILE: MESSAGE` when no position applies (empty or oversized file, several documents).
+    #[error("{}", format_invalid(file, *line, *column, message))]
+    Invalid { file: String, line: Option<usize>, column: Option<usize>, message: String },
+}
+
+fn format_invalid(file: &str, line: Option<usize>, column: Option<usize>, msg: &str) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!("{file}:{l}:{c}: {msg}"),
+        (Some(l), None) => format!("{file}:{l}: {msg}"),
+        _ => format!("{file}: {msg}"),
+    }
+}
+
+pub(super) fn too_large(file: &str, size: u64) -> PolicyError {
+    PolicyError::Invalid {
+        file: file.to_owned(),
+        line: None,
+        column: None,
+        message: format!(
+            "policy is {size} bytes, more than the limit of {MAX_POLICY_BYTES} bytes (1 MiB)"
+        ),
+    }
+}
+
+/// One step of a path into the document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    /// The `nth` (0-based) occurrence of a key in a mapping.
+    Key(String, usize),
+    Index(usize),
+}
+
+fn render(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(k, _) if out.is_empty() => out.push_str(&show(k)),
+            Step::Key(k, _) => {
+                out.push('.');
+                out.push_str(&show(k));
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// A user-supplied string fit for a one-line message: control characters escaped, at most 60
+/// characters.
+fn show(s: &str) -> String {
+    show_max(s, 60)
+}
+
+fn show_max(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn alternatives(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// What belongs at `path`, for messages.
+fn expected_for_path(path: &[Step]) -> Option<String> {
+    fn key(s: &Step) -> Option<&str> {
+        match s {
+            Step::Key(k, _) => Some(k),
+            Step::Index(_) => None,
+        }
+    }
+    let names = |v: &[&str]| alternatives(v);
+    Some(match path {
+        [] => top_level_expected(),
+        [m] if key(m) == Some("mode") => names(&Mode::ALL.map(Mode::name)),
+        [d] if key(d) == Some("default") => names(&Action::ALL.map(Action::name)),
+        [l] if key(l) == Some("libraries") => {
+            format!("a list of rules (mappings with keys {})", RULE_KEYS.join(", "))
+        }
+        [l, Step::Index(_)] if key(l) == Some("libraries") => {
+            format!("a mapping with keys {}", RULE_KEYS.join(", "))
+        }
+        [_, Step::Index(_), f] if key(f) == Some("family") => {
+            names(&Family::ALL.map(Family::name))
+        }
+        [_, Step::Index(_), a] if key(a) == Some("action") => {
+            names(&Action::ALL.map(Action::name))
+        }
+        _ => return None,
+    })
+}
+
+/// What the top level of a policy must be.
+pub(super) fn top_level_expected() -> String {
+    format!("a mapping with keys {}", TOP_KEYS.join(", "))
+}
+
+/// Items quoted in backticks, as serde lists expected fields and variants.
+fn backticked(s: &str) -> Vec<&str> {
+    s.split('`').skip(1).step_by(2).collect()
+}
+
+fn found(unexpected: &str) -> String {
+    match unexpected {
+        "sequence" => "a list".to_owned(),
+        "map" => "a mapping".to_owned(),
+        "unit value" => "an empty value".to_owned(),
+        s => match s.strip_prefix("string \"").and_then(|r| r.strip_suffix('"')) {
+            Some(inner) => format!("the string '{}'", show(inner)),
+            None => show(s),
+        },
+    }
+}
+
+/// Converts a serde_yaml error into a [`PolicyError::Invalid`] naming file, line, column, key.
+pub(super) fn from_yaml(
+    err: serde_path_to_error::Error<serde_yaml::Error>,
+    file: &str,
+    text: &str,
+) -> PolicyError {
+    let mut path: Vec<Step> = Vec::new();
+    for segment in err.path().iter() {
+        match segment {
+            Segment::Seq { index } => path.push(Step::Index(*index)),
+            Segment::Map { key } => path.push(Step::Key(key.clone(), 0)),
+            Segment::Enum { variant } => path.push(Step::Key(variant.clone(), 0)),
+            Segment::Unknown => break,
+        }
+    }
+    let inner = err.into_inner();
+    let mut line = inner.location().map(|l| l.line());
+    let mut column = inner.location().map(|l| l.column());
+    let full = inner.to_string();
+
+    // serde_yaml writes "PATH: MESSAGE at line L column C", or for syntax errors
+    // "PROBLEM at line L column C, while CONTEXT at line ...": drop what the prefix repeats.
+    let full = match (line, column) {
+        (Some(l), Some(c)) => {
+            let at = format!(" at line {l} column {c}");
+            match full.strip_suffix(&at) {
+                Some(core) => core.to_owned(),
+                None => full.replacen(&at, "", 1),
+            }
+        }
+        _ => full,
+    };
+    let mut core = full.as_str();
+    let parent = &path[..path.len().saturating_sub(1)];
+    for prefix in [render(&path), render(parent)] {
+        if !prefix.is_empty() {
+            if let Some(rest) = core.strip_prefix(&format!("{prefix}: ")) {
+                core = rest;
+                break;
+            }
+        }
+    }
+    let at = |p: &[Step], msg: String| {
+        if p.is_empty() { msg } else { format!("{}: {msg}", render(p)) }
+    };
+
+    let message = if let Some(rest) = core.strip_prefix("unknown field `") {
+        // The path ends with the unknown key itself.
+        let (raw_key, tail) = rest.rsplit_once("`, expected ").unwrap_or((rest, ""));
+        let key = match path.last() {
+            Some(Step::Key(k, _)) => show(k),
+            _ => show(raw_key),
+        };
+        let known = backticked(tail);
+        let expected = if known.is_empty() {
+            "no keys are allowed here".to_owned()
+        } else {
+            format!("expected one of: {}", known.join(", "))
+        };
+        at(parent, format!("unknown key '{key}' ({expected})"))
+    } else if let Some(rest) = core.strip_prefix("missing field `") {
+        at(&path, format!("missing key '{}'", show(rest.trim_end_matches('`'))))
+    } else if let Some(rest) = core.strip_prefix("duplicate field `") {
+        let key = rest.trim_end_matches('`').to_owned();
+        let mut second = path.clone();
+        second.push(Step::Key(key.clone(), 1));
+        if let Some((l, c)) = locate(text, &second) {
+            (line, column) = (Some(l), Some(c));
+        }
+        at(&path, format!("duplicate key '{}'", show(&key)))
+    } else if let Some(rest) = core.strip_prefix("unknown variant `") {
+        let (value, tail) = rest.rsplit_once("`, expected ").unwrap_or((rest, ""));
+        let expected =
+            expected_for_path(&path).unwrap_or_else(|| alternatives(&backticked(tail)));
+        if value.is_empty() {
+            at(&path, format!("expected {expected}, found an empty value"))
+        } else {
+            at(&path, format!("unknown value '{}' (expected {expected})", show(value)))
+        }
+    } else if let Some(rest) = core.strip_prefix("invalid type: ") {
+        let (unexpected, serde_expected) = rest.rsplit_once(", expected ").unwrap_or((rest, ""));
+        let expected = expected_for_path(&path).unwrap_or_else(|| show(serde_expected));
+        if path.is_empty() {
+            format!("top level must be {expected}, found {}", found(unexpected))
+        } else {
+            at(&path, format!("expected {expected}, found {}", found(unexpected)))
+        }
+    } else if core.starts_with("invalid value: ") || core.starts_with("invalid length ") {
+        at(&path, show(&core.replace('`', "'")))
+    } else if core.starts_with("deserializing from YAML containing more than one document") {
+        "a policy file must hold exactly one YAML document".to_owned()
+    } else {
+        // libyaml's own errors (syntax): their path is meaningless, their text is the message.
+        format!("invalid YAML: {}", show_max(core, 200))
+    };
+    PolicyError::Invalid { file: file.to_owned(), line, column, message }
+}
+
+/// Line and column (1-based) of the `index`-th rule of `libraries:`, for a text that parsed.
+/// Returns (0, 0) if it cannot be found, which cannot happen for a document that deserialized.
+pub(super) fn locate_rule(text: &str, index: usize) -> (usize, usize) {
+    locate(text, &[Step::Key("libraries".to_owned(), 0), Step::Index(index)]).unwrap_or((0, 0))
+}
+
+/// serde reports no positions for nodes that parse fine, but serde_yaml stamps every error with
+/// the position of the node being read when it was raised: re-read the document, fail on
+/// purpose at `path`, and take the error's position.
+fn locate(text: &str, path: &[Step]) -> Option<(usize, usize)> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    match (Probe { path }).deserialize(de) {
+        Ok(()) => None,
+        Err(e) => e.location().map(|l| (l.line(), l.column())),
+    }
+}
+
+struct Probe<'p> {
+    path: &'p [Step],
+}
+
+impl<'de> DeserializeSeed<'de> for Probe<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Probe<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the node being located")
+    }
+
+    // Scalars: reached only at the end of the path, where the default impls fail as wanted.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some((Step::Key(want, nth), rest)) = self.path.split_first() else {
+            return Err(de::Error::custom("located"));
+        };
+        let mut seen = 0;
+        while let Some(key) = map.next_key::<serde_yaml::Value>()? {
+            if key.as_str() == Some(want.as_str()) {
+                if seen == *nth {
+                    return map.next_value_seed(Probe { path: rest });
+                }
+                seen += 1;
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some((Step::Index(want), rest)) = self.path.split_first() else {
+            return Err(de::Error::custom("located"));
+        };
+        for _ in 0..*want {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+        }
+        seq.next_element_seed(Probe { path: rest }).map(|_| ())
+    }
+}

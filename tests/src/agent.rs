@@ -1,0 +1,192 @@
+//! `Agent`: a running `enforcer attach --events json`, its events read on a thread.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::server::Capture;
+
+/// `$ENFORCER_BIN`, else `<workspace>/target/debug/enforcer`; panics if it does not exist.
+pub fn enforcer_bin() -> PathBuf {
+    let bin = std::env::var_os("ENFORCER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace().join("target/debug/enforcer"));
+    assert!(
+        bin.is_file(),
+        "enforcer binary {} not found: build it (`cargo build -p enforcer`) or set ENFORCER_BIN \
+         (`cargo xtask test` does both)",
+        bin.display()
+    );
+    bin
+}
+
+/// The agent process. Drop: SIGTERM, up to 5 s to exit, then SIGKILL.
+pub struct Agent {
+    child: Option<Child>,
+    rx: mpsc::Receiver<Value>,
+    /// Every stdout line so far, in order (lines that are not JSON as strings).
+    events: Vec<Value>,
+    /// `matched[i]`: `events[i]` was already returned by `wait_for`.
+    matched: Vec<bool>,
+    stderr: Capture,
+    _policy_dir: Option<tempfile::TempDir>,
+}
+
+impl Agent {
+    /// `enforcer attach --iface <iface> --policy <policy> --events json <extra...>`.
+    pub fn start(iface: &str, policy: &Path, extra: &[&str]) -> Agent {
+        let mut cmd = Command::new(enforcer_bin());
+        cmd.args(["attach", "--iface", iface, "--policy"])
+            .arg(policy);
+        cmd.args(["--events", "json"]).args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Like [`Agent::start`] with the policy given as YAML text (written to a temp file).
+    pub fn with_policy(iface: &str, policy_yaml: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("enforcer-policy-")
+            .tempdir()
+            .expect("temp dir");
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, policy_yaml).expect("cannot write the policy");
+        let mut agent = Self::start(iface, &file, extra);
+        agent._policy_dir = Some(dir);
+        agent
+    }
+
+    /// Runs a prepared command (e.g. with extra env) as the agent: stdout is read as events.
+    pub fn spawn(mut cmd: Command) -> Agent {
+        crate::tie_to_parent(&mut cmd, libc::SIGTERM, false);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let stderr = Capture::spawn(child.stderr.take().expect("stderr is piped"));
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        Agent {
+            child: Some(child),
+            rx,
+            events: vec![],
+            matched: vec![],
+            stderr,
+            _policy_dir: None,
+        }
+    }
+
+    /// Waits for `{"type":"ready",...}`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Value {
+        self.wait_for(|v| v["type"] == "ready", timeout)
+    }
+
+    /// The first event, in arrival order, that matches `pred` and no earlier `wait_for` returned
+    /// (so events that came while waiting for others are not lost). Panics at the deadline, or
+    /// when the agent exits first, with the events seen and the agent's stderr.
+    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut next = 0;
+        loop {
+            while next < self.events.len() {
+                if !self.matched[next] && pred(&self.events[next]) {
+                    self.matched[next] = true;
+                    return self.events[next].clone();
+                }
+                next += 1;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => self.push(v),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("no matching event within {timeout:?}"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                    let status = status.map_or("unknown status".into(), |s| s.to_string());
+                    // Its last words may still be in the pipe.
+                    let _ = self.stderr.wait_for(None, Duration::from_secs(1));
+                    self.fail(&format!(
+                        "the agent exited ({status}) before a matching event"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// All events received so far.
+    pub fn events(&mut self) -> &[Value] {
+        while let Ok(v) = self.rx.try_recv() {
+            self.push(v);
+        }
+        &self.events
+    }
+
+    /// The agent's stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        self.stderr.text()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM, up to 5 s for a clean exit, then SIGKILL. Returns how it exited.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own, not yet reaped child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("agent {} ignored SIGTERM for 5 s; killing it", child.id());
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    fn push(&mut self, v: Value) {
+        self.events.push(v);
+        self.matched.push(false);
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        self.events();
+        let events: Vec<String> = self.events.iter().map(Value::to_string).collect();
+        let stderr = self.stderr();
+        let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "agent: {why}\n--- {} events seen:\n{}\n--- agent stderr (last {} lines):\n{}",
+            events.len(),
+            events.join("\n"),
+            tail.len(),
+            tail.join("\n")
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

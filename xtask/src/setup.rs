@@ -1,0 +1,235 @@
+//! `cargo xtask setup`: everything a fresh machine of this image needs, checked before done.
+
+use std::{
+    fmt, fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "openssl",
+    "curl",
+    "gnutls-bin",
+    "libnss3-tools",
+    "golang-go",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "bpftool",
+    "python3",
+];
+
+enum Status {
+    Already,
+    Installed,
+    Skipped(String),
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Already => f.write_str("ok (already)"),
+            Status::Installed => f.write_str("installed"),
+            Status::Skipped(why) => write!(f, "skipped ({why})"),
+        }
+    }
+}
+
+pub fn setup() -> Result<()> {
+    step("debian packages", packages)?;
+    step("rust-src (nightly)", rust_src)?;
+    step("bpf-linker 0.13", bpf_linker)?;
+    step("tracefs + bpffs mounts", mounts)?;
+    Ok(())
+}
+
+fn step(name: &str, f: fn() -> Result<Status>) -> Result<()> {
+    let t = Instant::now();
+    let status = f().with_context(|| format!("setup step `{name}` failed"))?;
+    match status {
+        Status::Installed => println!("setup: {name:<24} {status} ({:.1?})", t.elapsed()),
+        _ => println!("setup: {name:<24} {status}"),
+    }
+    Ok(())
+}
+
+/// `$CARGO_HOME`, else `$HOME/.cargo`.
+pub fn cargo_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("CARGO_HOME") {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cargo")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn packages() -> Result<Status> {
+    // One dpkg-query for all; it exits 1 when some are unknown but still prints the known ones.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\n"])
+        .args(PACKAGES)
+        .output()
+        .context("cannot run dpkg-query (is this Debian?)")?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !listed
+                .lines()
+                .any(|l| l == format!("{p} install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(Status::Already);
+    }
+    println!("setup: installing Debian packages: {}", missing.join(" "));
+    if !is_root() {
+        bail!(
+            "packages missing ({}) and not root to install them",
+            missing.join(" ")
+        );
+    }
+    let apt = |args: &[&str]| {
+        run(Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    apt(&["update"])?;
+    apt(&[&["install", "-y"][..], &missing].concat())?;
+    Ok(Status::Installed)
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("`rustc +nightly --print sysroot` failed: is the nightly toolchain installed?")?;
+    Ok(PathBuf::from(sysroot))
+}
+
+fn rust_src() -> Result<Status> {
+    let core = nightly_sysroot()?.join("lib/rustlib/src/rust/library/core/Cargo.toml");
+    if core.exists() {
+        return Ok(Status::Already);
+    }
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    Ok(Status::Installed)
+}
+
+/// `bpf-linker --version` of the copy in `$CARGO_HOME/bin`, else of the one on PATH.
+fn bpf_linker_version() -> Option<String> {
+    let local = cargo_home().join("bin/bpf-linker");
+    [local.as_os_str(), "bpf-linker".as_ref()]
+        .into_iter()
+        .find_map(|bin| output(Command::new(bin).arg("--version")))
+}
+
+fn bpf_linker() -> Result<Status> {
+    if bpf_linker_version().is_some_and(|v| v.starts_with("bpf-linker 0.13.")) {
+        return Ok(Status::Already);
+    }
+    // Build against rustc's own LLVM: P/lib/{libLLVM.so, libLLVM.so.<ver>} -> the sysroot's copy.
+    let lib = nightly_sysroot()?.join("lib");
+    let name = fs::read_dir(&lib)
+        .with_context(|| format!("cannot list {}", lib.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: nightly without LLVM?",
+                lib.display()
+            )
+        })?;
+    // libLLVM.so.22.1-rust-1.97.0-nightly -> llvm-22
+    let major = name["libLLVM.so.".len()..]
+        .split(['.', '-'])
+        .next()
+        .unwrap_or_default();
+    if major.is_empty() || !major.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("cannot read the LLVM major version from {name}");
+    }
+    let prefix = cargo_home().join("enforcer-llvm");
+    let plib = prefix.join("lib");
+    fs::create_dir_all(&plib).with_context(|| format!("cannot create {}", plib.display()))?;
+    for link in ["libLLVM.so", name.as_str()] {
+        symlink(&lib.join(&name), &plib.join(link))?;
+    }
+    let features = format!("llvm-{major}");
+    println!(
+        "setup: building bpf-linker 0.13 against {} (takes ~80 s)",
+        lib.join(&name).display()
+    );
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "~0.13",
+            "--no-default-features",
+        ])
+        .args(["--features", &features, "--locked"])
+        .env("LLVM_PREFIX", &prefix))?;
+    match bpf_linker_version() {
+        Some(v) if v.starts_with("bpf-linker 0.13.") => Ok(Status::Installed),
+        v => bail!("bpf-linker installed but `bpf-linker --version` says {v:?}"),
+    }
+}
+
+/// Make `link` a symlink to `target`, replacing whatever is there.
+fn symlink(target: &Path, link: &Path) -> Result<()> {
+    if fs::read_link(link).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    let _ = fs::remove_file(link);
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("cannot link {} -> {}", link.display(), target.display()))
+}
+
+fn mounts() -> Result<Status> {
+    let table = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    let mounted = |dir: &str, fstype: &str| {
+        table.lines().any(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            f.next() == Some(dir) && f.next() == Some(fstype)
+        })
+    };
+    let wanted = [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")];
+    let missing: Vec<_> = wanted.iter().filter(|(t, d)| !mounted(d, t)).collect();
+    if missing.is_empty() {
+        return Ok(Status::Already);
+    }
+    if !is_root() {
+        return Ok(Status::Skipped("not root".into()));
+    }
+    // Only for debugging (trace_pipe, bpftool map dump): failure is reported, not fatal.
+    for (fstype, dir) in missing {
+        if let Err(e) = run(Command::new("mount").args(["-t", fstype, fstype, dir])) {
+            return Ok(Status::Skipped(format!("{e:#}")));
+        }
+    }
+    Ok(Status::Installed)
+}
