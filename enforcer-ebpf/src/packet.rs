@@ -1,8 +1,12 @@
 //! The 4-tuple of an Ethernet frame, for XDP and tc. Packets come from the wire: every read is
-//! bounds-checked against `end`, every loop has a constant bound, offsets are capped so the
-//! verifier can track them.
+//! bounds-checked, every loop has a constant bound, offsets are capped.
+//!
+//! Reads go through `bpf_xdp_load_bytes` / `bpf_skb_load_bytes` rather than direct packet
+//! pointers: with variable offsets (IPv4 options, IPv6 extension headers) LLVM puts the bounds
+//! check and the access on different registers and the verifier rejects the program. The helpers
+//! take a scalar offset and check bounds themselves; for tc they also read paged skb data.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use enforcer_common::{FlowKey, family};
 
@@ -62,26 +66,35 @@ impl Segment {
     }
 }
 
+/// Copies `len` packet bytes at `offset` into `dst`; false if the packet is shorter.
+pub trait Packet {
+    fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+}
+
 #[inline(always)]
-fn load<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
-    if offset > MAX_L4_OFFSET + 64 || start + offset + size_of::<T>() > end {
+fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
+    if offset > MAX_L4_OFFSET + 64 {
         return None;
     }
-    // SAFETY: bounds checked against the packet end just above.
-    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+    let mut value = MaybeUninit::<T>::uninit();
+    if !packet.load_bytes(offset as u32, value.as_mut_ptr() as *mut u8, size_of::<T>() as u32) {
+        return None;
+    }
+    // SAFETY: the helper filled all size_of::<T>() bytes; T is plain data.
+    Some(unsafe { value.assume_init() })
 }
 
 /// `None` for anything that is not a TCP segment with a readable header: non-IP, non-TCP,
 /// truncated, non-first fragments (they carry no ports), or headers nested too deep.
 #[inline(always)]
-pub fn parse(start: usize, end: usize) -> Option<Segment> {
+pub fn parse<P: Packet>(packet: &P) -> Option<Segment> {
     let mut offset = ETH_HLEN;
-    let mut ethertype = u16::from_be(load::<u16>(start, end, 12)?);
+    let mut ethertype = u16::from_be(load::<u16, P>(packet, 12)?);
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        ethertype = u16::from_be(load::<u16>(start, end, offset + 2)?);
+        ethertype = u16::from_be(load::<u16, P>(packet, offset + 2)?);
         offset += 4;
     }
     let mut seg = Segment {
@@ -93,34 +106,34 @@ pub fn parse(start: usize, end: usize) -> Option<Segment> {
         rst: false,
     };
     let l4 = match ethertype {
-        ETH_P_IP => ipv4(start, end, offset, &mut seg)?,
-        ETH_P_IPV6 => ipv6(start, end, offset, &mut seg)?,
+        ETH_P_IP => ipv4(packet, offset, &mut seg)?,
+        ETH_P_IPV6 => ipv6(packet, offset, &mut seg)?,
         _ => return None,
     };
-    seg.src_port = u16::from_be(load::<u16>(start, end, l4)?);
-    seg.dst_port = u16::from_be(load::<u16>(start, end, l4 + 2)?);
-    seg.rst = load::<u8>(start, end, l4 + 13)? & TCP_FLAG_RST != 0;
+    seg.src_port = u16::from_be(load::<u16, P>(packet, l4)?);
+    seg.dst_port = u16::from_be(load::<u16, P>(packet, l4 + 2)?);
+    seg.rst = load::<u8, P>(packet, l4 + 13)? & TCP_FLAG_RST != 0;
     Some(seg)
 }
 
 /// Returns the offset of the TCP header.
 #[inline(always)]
-fn ipv4(start: usize, end: usize, l3: usize, seg: &mut Segment) -> Option<usize> {
-    let version_ihl = load::<u8>(start, end, l3)?;
+fn ipv4<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
+    let version_ihl = load::<u8, P>(packet, l3)?;
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if version_ihl >> 4 != 4 || ihl < 20 {
         return None;
     }
-    if load::<u8>(start, end, l3 + 9)? != IPPROTO_TCP {
+    if load::<u8, P>(packet, l3 + 9)? != IPPROTO_TCP {
         return None;
     }
     // Fragment offset (low 13 bits): a non-first fragment has no TCP header.
-    if u16::from_be(load::<u16>(start, end, l3 + 6)?) & 0x1fff != 0 {
+    if u16::from_be(load::<u16, P>(packet, l3 + 6)?) & 0x1fff != 0 {
         return None;
     }
     seg.family = family::V4;
-    let src: [u8; 4] = load(start, end, l3 + 12)?;
-    let dst: [u8; 4] = load(start, end, l3 + 16)?;
+    let src: [u8; 4] = load(packet, l3 + 12)?;
+    let dst: [u8; 4] = load(packet, l3 + 16)?;
     seg.src_addr[..4].copy_from_slice(&src);
     seg.dst_addr[..4].copy_from_slice(&dst);
     Some(l3 + ihl)
@@ -128,27 +141,27 @@ fn ipv4(start: usize, end: usize, l3: usize, seg: &mut Segment) -> Option<usize>
 
 /// Returns the offset of the TCP header, after walking extension headers.
 #[inline(always)]
-fn ipv6(start: usize, end: usize, l3: usize, seg: &mut Segment) -> Option<usize> {
-    if load::<u8>(start, end, l3)? >> 4 != 6 {
+fn ipv6<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
+    if load::<u8, P>(packet, l3)? >> 4 != 6 {
         return None;
     }
     seg.family = family::V6;
-    seg.src_addr = load(start, end, l3 + 8)?;
-    seg.dst_addr = load(start, end, l3 + 24)?;
-    let mut next = load::<u8>(start, end, l3 + 6)?;
+    seg.src_addr = load(packet, l3 + 8)?;
+    seg.dst_addr = load(packet, l3 + 24)?;
+    let mut next = load::<u8, P>(packet, l3 + 6)?;
     let mut offset = l3 + 40;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if next == IPPROTO_TCP {
             return Some(offset);
         }
-        let header_next = load::<u8>(start, end, offset)?;
-        let len_field = load::<u8>(start, end, offset + 1)? as usize;
+        let header_next = load::<u8, P>(packet, offset)?;
+        let len_field = load::<u8, P>(packet, offset + 1)? as usize;
         let len = match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => (len_field + 1) * 8,
             IPV6_AH => (len_field + 2) * 4,
             IPV6_FRAGMENT => {
                 // Offset in the upper 13 bits of bytes 2..4: non-first fragments carry no ports.
-                if u16::from_be(load::<u16>(start, end, offset + 2)?) & 0xfff8 != 0 {
+                if u16::from_be(load::<u16, P>(packet, offset + 2)?) & 0xfff8 != 0 {
                     return None;
                 }
                 8

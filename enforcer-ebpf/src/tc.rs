@@ -9,19 +9,11 @@ use enforcer_common::stat;
 
 use crate::{packet, stats, verdict::BLOCKLIST};
 
-/// Bytes of headers we want in the linear part of the skb (Ethernet + VLANs + IPv6 + ext + TCP).
-const HEADER_BYTES: u32 = 256;
-
 /// Fail-open like the XDP program, with one deliberate exception to dropping: a bare RST of a
 /// blocked flow goes out, so the peer forgets a connection we aborted (it carries no data).
 #[classifier]
 pub fn enforcer_egress(ctx: TcContext) -> i32 {
-    let linear = (ctx.data_end() - ctx.data()) as u32;
-    if linear < HEADER_BYTES && ctx.len() > linear {
-        // Headers may sit in paged data; pulling is best effort (failure → parse sees less).
-        let _ = ctx.pull_data(ctx.len().min(HEADER_BYTES));
-    }
-    let Some(segment) = packet::parse(ctx.data(), ctx.data_end()) else {
+    let Some(segment) = packet::parse(&ctx) else {
         return TC_ACT_OK;
     };
     // SAFETY: only existence is checked.
@@ -30,4 +22,14 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     TC_ACT_OK
+}
+
+impl packet::Packet for TcContext {
+    #[inline(always)]
+    fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: dst points at `len` writable stack bytes; bpf_skb_load_bytes also reads paged data.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_skb_load_bytes(self.skb.skb as *const _, offset, dst.cast(), len) == 0
+        }
+    }
 }

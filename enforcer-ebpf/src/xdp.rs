@@ -1,6 +1,11 @@
 //! Ingress: drop packets of blocklisted flows before the stack sees them.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    helpers::generated::bpf_xdp_load_bytes,
+    macros::xdp,
+    programs::XdpContext,
+};
 use enforcer_common::stat;
 
 use crate::{packet, stats, verdict::BLOCKLIST};
@@ -9,7 +14,7 @@ use crate::{packet, stats, verdict::BLOCKLIST};
 /// the kernel hooks put in the blocklist is dropped.
 #[xdp]
 pub fn enforcer_ingress(ctx: XdpContext) -> u32 {
-    let Some(segment) = packet::parse(ctx.data(), ctx.data_end()) else {
+    let Some(segment) = packet::parse(&ctx) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: only existence is checked.
@@ -18,4 +23,12 @@ pub fn enforcer_ingress(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_PASS
+}
+
+impl packet::Packet for XdpContext {
+    #[inline(always)]
+    fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: ctx is the program's xdp_md; dst points at `len` writable stack bytes.
+        unsafe { bpf_xdp_load_bytes(self.ctx as *mut xdp_md, offset, dst.cast(), len) == 0 }
+    }
 }

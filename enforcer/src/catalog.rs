@@ -63,22 +63,56 @@ pub struct Profile {
 }
 
 const OPENSSL_PROBES: &[ProbeSpec] = &[
-    ProbeSpec { symbol: "SSL_write", op: op::WRITE },
-    ProbeSpec { symbol: "SSL_write_ex", op: op::WRITE },
-    ProbeSpec { symbol: "SSL_read", op: op::READ },
-    ProbeSpec { symbol: "SSL_read_ex", op: op::READ },
-    ProbeSpec { symbol: "SSL_do_handshake", op: op::HANDSHAKE },
-    ProbeSpec { symbol: "SSL_connect", op: op::HANDSHAKE },
-    ProbeSpec { symbol: "SSL_accept", op: op::HANDSHAKE },
+    ProbeSpec {
+        symbol: "SSL_write",
+        op: op::WRITE,
+    },
+    ProbeSpec {
+        symbol: "SSL_write_ex",
+        op: op::WRITE,
+    },
+    ProbeSpec {
+        symbol: "SSL_read",
+        op: op::READ,
+    },
+    ProbeSpec {
+        symbol: "SSL_read_ex",
+        op: op::READ,
+    },
+    ProbeSpec {
+        symbol: "SSL_do_handshake",
+        op: op::HANDSHAKE,
+    },
+    ProbeSpec {
+        symbol: "SSL_connect",
+        op: op::HANDSHAKE,
+    },
+    ProbeSpec {
+        symbol: "SSL_accept",
+        op: op::HANDSHAKE,
+    },
 ];
 
 /// Defined by libraries that offer an OpenSSL-like API but are not OpenSSL (see the module docs).
-const NOT_OPENSSL: &[&str] = &["gnutls_global_init", "wolfSSL_Init", "SSL_CTX_set_select_certificate_cb"];
+const NOT_OPENSSL: &[&str] = &[
+    "gnutls_global_init",
+    "wolfSSL_Init",
+    "SSL_CTX_set_select_certificate_cb",
+];
 
 const GNUTLS_PROBES: &[ProbeSpec] = &[
-    ProbeSpec { symbol: "gnutls_record_send", op: op::WRITE },
-    ProbeSpec { symbol: "gnutls_record_recv", op: op::READ },
-    ProbeSpec { symbol: "gnutls_handshake", op: op::HANDSHAKE },
+    ProbeSpec {
+        symbol: "gnutls_record_send",
+        op: op::WRITE,
+    },
+    ProbeSpec {
+        symbol: "gnutls_record_recv",
+        op: op::READ,
+    },
+    ProbeSpec {
+        symbol: "gnutls_handshake",
+        op: op::HANDSHAKE,
+    },
 ];
 
 static PROFILES: [Profile; 3] = [
@@ -117,7 +151,13 @@ pub fn interesting_symbols() -> &'static [&'static str] {
         let mut names: Vec<&'static str> = Vec::new();
         for p in profiles() {
             let probes = p.probes.iter().map(|s| s.symbol);
-            for name in p.identify_all.iter().chain(p.exclude_any).copied().chain(probes) {
+            for name in p
+                .identify_all
+                .iter()
+                .chain(p.exclude_any)
+                .copied()
+                .chain(probes)
+            {
                 if !names.contains(&name) {
                     names.push(name);
                 }
@@ -129,9 +169,9 @@ pub fn interesting_symbols() -> &'static [&'static str] {
 
 /// The first profile the file matches, given a predicate telling whether it defines a symbol.
 pub fn match_profile(defines: impl Fn(&str) -> bool) -> Option<&'static Profile> {
-    profiles()
-        .iter()
-        .find(|p| p.identify_all.iter().all(|s| defines(s)) && !p.exclude_any.iter().any(|s| defines(s)))
+    profiles().iter().find(|p| {
+        p.identify_all.iter().all(|s| defines(s)) && !p.exclude_any.iter().any(|s| defines(s))
+    })
 }
 
 #[cfg(test)]
@@ -145,26 +185,55 @@ mod tests {
         let names: Vec<_> = p.probes.iter().map(|s| s.symbol).collect();
         assert_eq!(
             names,
-            ["SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_do_handshake", "SSL_connect", "SSL_accept"]
+            [
+                "SSL_write",
+                "SSL_write_ex",
+                "SSL_read",
+                "SSL_read_ex",
+                "SSL_do_handshake",
+                "SSL_connect",
+                "SSL_accept"
+            ]
         );
         let ops: Vec<_> = p.probes.iter().map(|s| s.op).collect();
-        assert_eq!(ops, [op::WRITE, op::WRITE, op::READ, op::READ, op::HANDSHAKE, op::HANDSHAKE, op::HANDSHAKE]);
+        assert_eq!(
+            ops,
+            [
+                op::WRITE,
+                op::WRITE,
+                op::READ,
+                op::READ,
+                op::HANDSHAKE,
+                op::HANDSHAKE,
+                op::HANDSHAKE
+            ]
+        );
     }
 
     #[test]
     fn gnutls_probes() {
-        let p = profiles().iter().find(|p| p.family == Family::Gnutls).unwrap();
+        let p = profiles()
+            .iter()
+            .find(|p| p.family == Family::Gnutls)
+            .unwrap();
         let got: Vec<_> = p.probes.iter().map(|s| (s.symbol, s.op)).collect();
         assert_eq!(
             got,
-            [("gnutls_record_send", op::WRITE), ("gnutls_record_recv", op::READ), ("gnutls_handshake", op::HANDSHAKE)]
+            [
+                ("gnutls_record_send", op::WRITE),
+                ("gnutls_record_recv", op::READ),
+                ("gnutls_handshake", op::HANDSHAKE)
+            ]
         );
     }
 
     #[test]
     fn every_family_has_a_profile_and_profiles_are_sane() {
         for f in Family::ALL {
-            assert!(profiles().iter().any(|p| p.family == f), "{f} has no profile");
+            assert!(
+                profiles().iter().any(|p| p.family == f),
+                "{f} has no profile"
+            );
         }
         for p in profiles() {
             assert!(!p.identify_all.is_empty());
@@ -195,24 +264,60 @@ mod tests {
 
     #[test]
     fn matching() {
-        let v3 = ["OPENSSL_init_ssl", "SSL_CTX_new", "SSL_CTX_new_ex", "SSL_write"];
-        assert_eq!(match_profile(|s| v3.contains(&s)).map(|p| p.family), Some(Family::Openssl));
-        let v10 = ["SSL_library_init", "SSL_CTX_ctrl", "SSL_CTX_new", "SSL_write"];
-        assert_eq!(match_profile(|s| v10.contains(&s)).map(|p| p.family), Some(Family::Openssl));
-        let boring = ["OPENSSL_init_ssl", "SSL_CTX_new", "SSL_CTX_set_select_certificate_cb"];
+        let v3 = [
+            "OPENSSL_init_ssl",
+            "SSL_CTX_new",
+            "SSL_CTX_new_ex",
+            "SSL_write",
+        ];
+        assert_eq!(
+            match_profile(|s| v3.contains(&s)).map(|p| p.family),
+            Some(Family::Openssl)
+        );
+        let v10 = [
+            "SSL_library_init",
+            "SSL_CTX_ctrl",
+            "SSL_CTX_new",
+            "SSL_write",
+        ];
+        assert_eq!(
+            match_profile(|s| v10.contains(&s)).map(|p| p.family),
+            Some(Family::Openssl)
+        );
+        let boring = [
+            "OPENSSL_init_ssl",
+            "SSL_CTX_new",
+            "SSL_CTX_set_select_certificate_cb",
+        ];
         assert_eq!(match_profile(|s| boring.contains(&s)), None);
         let gnutls = ["gnutls_global_init", "gnutls_check_version"];
-        assert_eq!(match_profile(|s| gnutls.contains(&s)).map(|p| p.family), Some(Family::Gnutls));
+        assert_eq!(
+            match_profile(|s| gnutls.contains(&s)).map(|p| p.family),
+            Some(Family::Gnutls)
+        );
         // Statically linked GnuTLS + its compat layer: GnuTLS, not OpenSSL.
-        let both = ["gnutls_global_init", "gnutls_check_version", "SSL_library_init", "SSL_CTX_ctrl"];
-        assert_eq!(match_profile(|s| both.contains(&s)).map(|p| p.family), Some(Family::Gnutls));
+        let both = [
+            "gnutls_global_init",
+            "gnutls_check_version",
+            "SSL_library_init",
+            "SSL_CTX_ctrl",
+        ];
+        assert_eq!(
+            match_profile(|s| both.contains(&s)).map(|p| p.family),
+            Some(Family::Gnutls)
+        );
     }
 
     #[test]
     fn interesting_symbols_cover_everything_once() {
         let names = interesting_symbols();
         for p in profiles() {
-            for s in p.identify_all.iter().chain(p.exclude_any).chain(p.probes.iter().map(|s| &s.symbol)) {
+            for s in p
+                .identify_all
+                .iter()
+                .chain(p.exclude_any)
+                .chain(p.probes.iter().map(|s| &s.symbol))
+            {
                 assert_eq!(names.iter().filter(|n| *n == s).count(), 1, "{s}");
             }
         }

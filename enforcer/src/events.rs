@@ -85,7 +85,7 @@ impl Reporter {
             }
         }
         if let Some(Err(err)) = aborted {
-            if !matches!(err, sock_destroy::SockDestroyError::NotFound) {
+            if !matches!(err, sock_destroy::SockDestroyError::NotFound { .. }) {
                 warn!(%err, "blocked flow: could not abort the local socket; its packets are still dropped");
             }
         }

@@ -116,16 +116,19 @@ impl fmt::Display for Hint {
 }
 
 fn hint_for(kind: Kind, stage: &str, err: &ProgramError) -> Hint {
-    let text = format!("{err:?}");
+    let errno = match err {
+        ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+        _ => None,
+    };
     Hint(match (kind, stage) {
         (Kind::Kprobe, "attach") if !Path::new("/sys/bus/event_source/devices/kprobe").exists() => {
             Some("this kernel has no kprobes (CONFIG_KPROBES is not set); use --kernel-hook tracepoint")
         }
-        (Kind::Fentry, "load") if text.contains("EPERM") || text.contains("os error 1)") => Some(
+        (Kind::Fentry, "load") if errno == Some(libc::EPERM) => Some(
             "the kernel refused a BPF trampoline (EPERM: lockdown or no trampoline support); \
              use --kernel-hook kprobe or tracepoint",
         ),
-        (Kind::Fentry, "load") if text.contains("Btf") => {
+        (Kind::Fentry, "load") if matches!(err, ProgramError::Btf(_)) => {
             Some("fentry needs kernel BTF at /sys/kernel/btf/vmlinux")
         }
         _ => None,

@@ -187,9 +187,17 @@ pub(crate) mod tests {
 
     /// Runs a shell command, panicking with its output when it fails.
     pub(crate) fn sh(cmd: &str) -> String {
-        let out = Command::new("sh").arg("-c").arg(cmd).output().expect("spawn sh");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .expect("spawn sh");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "`{cmd}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         text
     }
 
@@ -237,7 +245,10 @@ pub(crate) mod tests {
     where
         Fut: Future<Output = T>,
     {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
         rt.block_on(async {
             let (conn, handle, _) = rtnetlink::new_connection().expect("rtnetlink socket");
             tokio::spawn(conn);
@@ -270,10 +281,19 @@ pub(crate) mod tests {
     fn loopback_and_missing_names() {
         assert_eq!(ifindex("lo").expect("lo exists"), 1);
         let err = ifindex("enf-no-such0").expect_err("must not exist");
-        assert!(err.to_string().contains("'enf-no-such0' does not exist"), "{err}");
+        assert!(
+            err.to_string().contains("'enf-no-such0' does not exist"),
+            "{err}"
+        );
         assert!(matches!(ifindex(""), Err(IfaceError::InvalidName { .. })));
-        assert!(matches!(ifindex("a\0b"), Err(IfaceError::InvalidName { .. })));
-        assert!(matches!(ifindex("x".repeat(16).as_str()), Err(IfaceError::InvalidName { .. })));
+        assert!(matches!(
+            ifindex("a\0b"),
+            Err(IfaceError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            ifindex("x".repeat(16).as_str()),
+            Err(IfaceError::InvalidName { .. })
+        ));
         assert_eq!(name_of(1).as_deref(), Some("lo"));
     }
 
@@ -285,13 +305,17 @@ pub(crate) mod tests {
             sh(&format!("ip -n {n} link add v4a type veth peer name v4b"));
             sh(&format!("ip -n {n} link set v4a up"));
             sh(&format!("ip -n {n} addr add 10.99.0.1/24 dev v4a"));
-            sh(&format!("ip -n {n} route add default via 10.99.0.254 dev v4a onlink"));
+            sh(&format!(
+                "ip -n {n} route add default via 10.99.0.254 dev v4a onlink"
+            ));
         }
         if v6 {
             sh(&format!("ip -n {n} link add v6a type veth peer name v6b"));
             sh(&format!("ip -n {n} link set v6a up"));
             sh(&format!("ip -n {n} -6 addr add fd99::1/64 dev v6a nodad"));
-            sh(&format!("ip -n {n} -6 route add default via fd99::fe dev v6a onlink"));
+            sh(&format!(
+                "ip -n {n} -6 route add default via fd99::fe dev v6a onlink"
+            ));
         }
         ns
     }

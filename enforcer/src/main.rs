@@ -1,13 +1,107 @@
 //! enforcer: decides by TLS library which TCP connections may talk, in the kernel.
-//! (temporary while modules are written in parallel)
 
+mod attach;
 mod btf;
 mod catalog;
+mod events;
 mod family;
+mod hooks;
 mod iface;
+mod kernel_check;
 mod libraries;
+mod loader;
 mod policy;
 mod sock_destroy;
 mod tc;
+mod uprobes;
 
-fn main() {}
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Kernel-enforced firewall that decides by TLS library")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Probe the TLS libraries of this host and filter the interfaces until SIGINT/SIGTERM.
+    Attach {
+        /// Interface to filter (repeatable). Default: the interface of the default route.
+        #[arg(long = "iface", value_name = "IFACE")]
+        ifaces: Vec<String>,
+        /// Policy file. Default: the embedded default policy (audit mode, allow OpenSSL).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Audit only: report what would be blocked, block nothing (overrides the policy's mode).
+        #[arg(long)]
+        dry_run: bool,
+        /// Kernel TCP hook form; `auto` takes the cheapest that works here.
+        #[arg(long, value_enum, default_value = "auto")]
+        kernel_hook: hooks::HookChoice,
+        /// Event output: text log lines on stderr, or JSON lines on stdout.
+        #[arg(long, value_enum, default_value = "text")]
+        events: events::EventFormat,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Which kernel TCP hook forms load and attach on this kernel, and why not.
+    CheckKernel,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse and validate a policy file; print what it says.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if !is_root() {
+                eprintln!("hint: enforcer loads eBPF programs and changes interfaces: run it as root");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Attach { ifaces, policy, dry_run, kernel_hook, events } => {
+            let args = attach::AttachArgs { ifaces, policy, dry_run, kernel_hook, events };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(attach::run(args))
+        }
+        Command::Policy { command: PolicyCommand::Check { file } } => {
+            let policy = policy::load(&file)?;
+            print!("{}", policy::check_report(&policy));
+            Ok(())
+        }
+        Command::CheckKernel => kernel_check::run(),
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

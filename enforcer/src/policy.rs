@@ -136,8 +136,14 @@ impl Policy {
     /// The action for a library of `family`: its rule if there is one, else `default`.
     pub fn decide(&self, family: Family) -> Decision {
         match self.libraries.iter().find(|r| r.family == family) {
-            Some(rule) => Decision { action: rule.action, rule_line: Some(rule.line) },
-            None => Decision { action: self.default, rule_line: None },
+            Some(rule) => Decision {
+                action: rule.action,
+                rule_line: Some(rule.line),
+            },
+            None => Decision {
+                action: self.default,
+                rule_line: None,
+            },
         }
     }
 
@@ -202,15 +208,27 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
                 ),
             });
         }
-        libraries.push(Rule { family: rule.family, action: rule.action, line });
+        libraries.push(Rule {
+            family: rule.family,
+            action: rule.action,
+            line,
+        });
     }
-    Ok(Policy { mode: raw.mode, default: raw.default, libraries, source: source.to_owned() })
+    Ok(Policy {
+        mode: raw.mode,
+        default: raw.default,
+        libraries,
+        source: source.to_owned(),
+    })
 }
 
 /// Reads and parses the policy at `path`.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     let name = path.display().to_string();
-    let io_err = |error| PolicyError::Io { path: path.to_owned(), error };
+    let io_err = |error| PolicyError::Io {
+        path: path.to_owned(),
+        error,
+    };
     let file = std::fs::File::open(path).map_err(io_err)?;
     let size = file.metadata().map_err(io_err)?.len();
     if size > MAX_POLICY_BYTES as u64 {
@@ -218,7 +236,9 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     }
     // Files in /proc and pipes report size 0: the read itself is capped too.
     let mut bytes = Vec::new();
-    file.take(MAX_POLICY_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(io_err)?;
+    file.take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
     if bytes.len() > MAX_POLICY_BYTES {
         return Err(error::too_large(&name, bytes.len() as u64));
     }
@@ -250,10 +270,18 @@ pub fn check_report(p: &Policy) -> String {
     };
     let _ = writeln!(out, "{}: valid policy", p.source);
     let _ = writeln!(out, "mode: {} ({mode_note})", p.mode);
-    let _ = writeln!(out, "default: {} (for TLS libraries no rule matches)", p.default);
+    let _ = writeln!(
+        out,
+        "default: {} (for TLS libraries no rule matches)",
+        p.default
+    );
     let _ = writeln!(out, "rules: {}", p.libraries.len());
     for rule in &p.libraries {
-        let _ = writeln!(out, "  line {}: {} -> {}", rule.line, rule.family, rule.action);
+        let _ = writeln!(
+            out,
+            "  line {}: {} -> {}",
+            rule.line, rule.family, rule.action
+        );
     }
     let _ = writeln!(out, "effective:");
     for family in Family::ALL {

@@ -53,6 +53,8 @@ pub enum SockDestroyError {
 /// (like packet demultiplexing) to the *listener* on the local port and would abort it: first
 /// look the socket up and check it really has this 4-tuple, then destroy it by its cookie, so
 /// a socket that replaced it in between is not hit either.
+///
+/// Blocking, but only for two netlink round trips the kernel answers within `sendmsg()`.
 pub fn destroy(flow: &FlowKey) -> Result<(), SockDestroyError> {
     let (local, remote) = endpoints(flow)?;
     let shown = format!("{local} -> {remote}");
@@ -60,7 +62,9 @@ pub fn destroy(flow: &FlowKey) -> Result<(), SockDestroyError> {
         let flow = shown.clone();
         move |source| SockDestroyError::Netlink { step, flow, source }
     };
-    let not_found = || SockDestroyError::NotFound { flow: shown.clone() };
+    let not_found = || SockDestroyError::NotFound {
+        flow: shown.clone(),
+    };
 
     let sock = open().map_err(fail("socket"))?;
     let mut req = request(local, remote);
@@ -91,7 +95,9 @@ pub fn destroy(flow: &FlowKey) -> Result<(), SockDestroyError> {
 fn endpoints(flow: &FlowKey) -> Result<(SocketAddr, SocketAddr), SockDestroyError> {
     let ip = |bytes: &[u8; 16]| -> Result<IpAddr, SockDestroyError> {
         match flow.family {
-            4 => Ok(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+            4 => Ok(IpAddr::V4(Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ))),
             6 => Ok(Ipv6Addr::from(*bytes).to_canonical()),
             other => Err(SockDestroyError::InvalidFlow(format!(
                 "address family {other} (expected 4 or 6)"
@@ -111,7 +117,11 @@ fn endpoints(flow: &FlowKey) -> Result<(SocketAddr, SocketAddr), SockDestroyErro
 /// (address in `src[0]`), which also finds AF_INET6 sockets talking IPv4-mapped addresses.
 fn request(local: SocketAddr, remote: SocketAddr) -> [u8; REQ_LEN] {
     let mut req = [0u8; REQ_LEN];
-    req[0] = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
+    req[0] = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    } as u8;
     req[1] = libc::IPPROTO_TCP as u8;
     req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: all
     let id = &mut req[REQ_ID..];
@@ -157,7 +167,10 @@ fn open() -> io::Result<OwnedFd> {
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // The kernel answers within sendmsg(); the timeout only guards against a lost reply.
-    let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
     // SAFETY: `tv` is a valid timeval of the size passed.
     let rc = unsafe {
         libc::setsockopt(
@@ -221,7 +234,9 @@ fn exchange(sock: &OwnedFd, nlmsg_type: u16, req: &[u8; REQ_LEN]) -> io::Result<
             let payload = &rest[NLMSG_HDRLEN..len];
             if msg_seq == seq {
                 if kind == NLMSG_ERROR {
-                    let code = payload.get(..4).ok_or_else(|| io::Error::other("short NLMSG_ERROR"))?;
+                    let code = payload
+                        .get(..4)
+                        .ok_or_else(|| io::Error::other("short NLMSG_ERROR"))?;
                     let errno = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
                     return match errno {
                         0 => Ok(reply),
@@ -250,7 +265,11 @@ mod tests {
             IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
             IpAddr::V6(v6) => *out = v6.octets(),
         };
-        k.family = if local.ip().to_canonical().is_ipv4() { 4 } else { 6 };
+        k.family = if local.ip().to_canonical().is_ipv4() {
+            4
+        } else {
+            6
+        };
         (k.local_port, k.remote_port) = (local.port(), remote.port());
         put(&mut k.local_addr, local.ip());
         put(&mut k.remote_addr, remote.ip());
@@ -264,10 +283,17 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let mut client = TcpStream::connect((connect_ip, port)).expect("connect");
         let (_server, _) = listener.accept().expect("accept");
-        let flow = key(client.local_addr().expect("local"), client.peer_addr().expect("peer"));
+        let flow = key(
+            client.local_addr().expect("local"),
+            client.peer_addr().expect("peer"),
+        );
         destroy(&flow).expect("destroy");
-        client.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
-        let err = client.read(&mut [0u8; 16]).expect_err("read after destroy must fail");
+        client
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let err = client
+            .read(&mut [0u8; 16])
+            .expect_err("read after destroy must fail");
         assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
         // The listener is untouched.
         TcpStream::connect((connect_ip, port)).expect("listener still accepts");
@@ -306,8 +332,10 @@ mod tests {
 
     #[test]
     fn invalid_flows_are_rejected() {
-        let mut k = FlowKey::default();
-        k.family = 5;
+        let k = FlowKey {
+            family: 5,
+            ..Default::default()
+        };
         assert!(matches!(destroy(&k), Err(SockDestroyError::InvalidFlow(_))));
     }
 }

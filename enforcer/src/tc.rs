@@ -30,10 +30,11 @@ pub const FILTER_HANDLE: u32 = 1;
 
 const ETH_P_ALL: u16 = 0x0003;
 const CLSACT: &str = "clsact";
-/// The clsact qdisc sits where the ingress qdisc would, with handle ffff:0.
-const CLSACT_HANDLE: TcHandle = TcHandle { major: 0xffff, minor: 0 };
-const EGRESS: TcHandle = TcHandle { major: 0xffff, minor: TcHandle::MIN_EGRESS };
-const INGRESS: TcHandle = TcHandle { major: 0xffff, minor: TcHandle::MIN_INGRESS };
+/// The clsact qdisc takes the ingress qdisc's place (parent ffff:fff1), with handle ffff:0.
+const CLSACT_HANDLE: u32 = 0xffff_0000;
+/// Parents of the filters on clsact's two hooks: ffff:fff3 (egress) and ffff:fff2 (ingress).
+const EGRESS: u32 = 0xffff_fff3;
+const INGRESS: u32 = 0xffff_fff2;
 
 /// Why a tc operation failed. `iface` reads like `'eth0' (index 2)`.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +69,11 @@ fn hint(err: &io::Error) -> &'static str {
 }
 
 fn netlink(action: &'static str, ifindex: u32) -> impl FnOnce(io::Error) -> TcError {
-    move |source| TcError::Netlink { action, iface: describe(ifindex), source }
+    move |source| TcError::Netlink {
+        action,
+        iface: describe(ifindex),
+        source,
+    }
 }
 
 /// Our filter on an interface's egress hook. Dropping it leaves the filter in place (there is
@@ -98,7 +103,7 @@ impl EgressFilter {
     /// Deletes our filter, then the clsact qdisc if we created it and no filter is left on
     /// either of its hooks. A filter already gone (interface or qdisc deleted) is not an error.
     pub async fn detach(self, handle: &rtnetlink::Handle) -> Result<(), TcError> {
-        let msg = filter_msg(self.ifindex, self.priority, self.handle, None);
+        let msg = filter_msg(self.ifindex, self.priority, self.handle, ETH_P_ALL);
         match request(handle, RouteNetlinkMessage::DelTrafficFilter(msg), 0).await {
             Ok(()) => {}
             Err(e) if is_gone(handle, self.ifindex, &e).await => {
@@ -113,7 +118,8 @@ impl EgressFilter {
         // Not atomic: a filter added by someone else right now would go with the qdisc.
         for hook in [EGRESS, INGRESS] {
             let left = dump_filters(handle, self.ifindex, hook).await;
-            if !left.map_err(netlink("listing filters", self.ifindex))?.is_empty() {
+            let left = left.map_err(netlink("listing filters", self.ifindex))?;
+            if !left.is_empty() {
                 tracing::info!(iface = %describe(self.ifindex), "other tc filters remain: keeping clsact");
                 return Ok(());
             }
@@ -137,7 +143,7 @@ pub async fn attach_egress(
         return Err(TcError::InvalidName(name.to_owned()));
     }
     let created_qdisc = ensure_clsact(handle, ifindex).await?;
-    let mut msg = filter_msg(ifindex, FILTER_PRIORITY, FILTER_HANDLE, Some(ETH_P_ALL));
+    let mut msg = filter_msg(ifindex, FILTER_PRIORITY, FILTER_HANDLE, ETH_P_ALL);
     let fd = u32::try_from(prog_fd.as_raw_fd()).unwrap_or(u32::MAX); // fds are never negative
     msg.attributes.push(TcAttribute::Options(vec![
         TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
@@ -153,11 +159,18 @@ pub async fn attach_egress(
             }
         }
         return Err(match e.raw_os_error() {
-            Some(libc::EEXIST) => TcError::FilterExists { iface: describe(ifindex) },
+            Some(libc::EEXIST) => TcError::FilterExists {
+                iface: describe(ifindex),
+            },
             _ => netlink("adding the egress bpf filter", ifindex)(e),
         });
     }
-    Ok(EgressFilter { ifindex, priority: FILTER_PRIORITY, handle: FILTER_HANDLE, created_qdisc })
+    Ok(EgressFilter {
+        ifindex,
+        priority: FILTER_PRIORITY,
+        handle: FILTER_HANDLE,
+        created_qdisc,
+    })
 }
 
 /// Deletes every cls_bpf filter on the egress hook of `ifindex` whose name starts with
@@ -171,14 +184,17 @@ pub async fn remove_stale(
     let filters = dump_filters(handle, ifindex, EGRESS).await;
     let mut removed = 0;
     for filter in filters.map_err(netlink("listing egress filters", ifindex))? {
-        if !is_bpf_named(&filter, name_prefix) {
+        // Handle 0 would make the kernel delete every filter of that priority.
+        let ours = bpf_name(&filter).is_some_and(|n| n.starts_with(name_prefix));
+        if !ours || u32::from(filter.header.handle) == 0 {
             continue;
         }
         let mut del = TcMessage::with_index(filter.header.index);
-        del.header.parent = EGRESS;
+        del.header.parent = EGRESS.into();
         del.header.handle = filter.header.handle;
         del.header.info = filter.header.info; // priority << 16 | protocol, as dumped
-        del.attributes.push(TcAttribute::Kind(TcFilterBpf::KIND.to_owned()));
+        del.attributes
+            .push(TcAttribute::Kind(TcFilterBpf::KIND.to_owned()));
         if let Some(chain) = filter.attributes.iter().find_map(|a| match a {
             TcAttribute::Chain(c) => Some(*c),
             _ => None,
@@ -194,31 +210,30 @@ pub async fn remove_stale(
     Ok(removed)
 }
 
-/// A cls_bpf filter message (not the per-priority header the dump also sends) named `prefix*`.
-fn is_bpf_named(filter: &TcMessage, prefix: &str) -> bool {
-    let is_bpf = filter
-        .attributes
-        .iter()
-        .any(|a| matches!(a, TcAttribute::Kind(k) if k == TcFilterBpf::KIND));
-    is_bpf
-        && filter.attributes.iter().any(|a| match a {
-            TcAttribute::Options(opts) => opts.iter().any(|o| {
-                matches!(o, TcOption::Bpf(TcFilterBpfOption::ProgName(n)) if n.starts_with(prefix))
-            }),
-            _ => false,
-        })
+/// `TCA_BPF_NAME` of a cls_bpf filter (the per-priority header the dump also sends has none).
+fn bpf_name(filter: &TcMessage) -> Option<&str> {
+    let options = filter.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(options) => Some(options),
+        _ => None,
+    })?;
+    // netlink-packet-route parses options as `TcOption::Bpf` only for kind "bpf".
+    options.iter().find_map(|o| match o {
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name)) => Some(name.as_str()),
+        _ => None,
+    })
 }
 
 /// A filter request on the egress hook. `tcm_info` packs the priority (high 16 bits) and the
 /// protocol (low 16 bits), which the kernel compares with `skb->protocol` and therefore wants in
-/// network byte order (iproute2 does `htons(ETH_P_ALL)` too). Protocol 0 on delete matches any.
-fn filter_msg(ifindex: u32, priority: u16, handle: u32, protocol: Option<u16>) -> TcMessage {
+/// network byte order (iproute2 does `htons(ETH_P_ALL)` too). On delete, the kind and the
+/// protocol must match too, so another tool's filter at the same place is never removed.
+fn filter_msg(ifindex: u32, priority: u16, handle: u32, protocol: u16) -> TcMessage {
     let mut msg = TcMessage::with_index(ifindex as i32);
-    msg.header.parent = EGRESS;
+    msg.header.parent = EGRESS.into();
     msg.header.handle = handle.into();
-    let proto = protocol.map_or(0, u16::to_be);
-    msg.header.info = (u32::from(priority) << 16) | u32::from(proto);
-    msg.attributes.push(TcAttribute::Kind(TcFilterBpf::KIND.to_owned()));
+    msg.header.info = (u32::from(priority) << 16) | u32::from(protocol.to_be());
+    msg.attributes
+        .push(TcAttribute::Kind(TcFilterBpf::KIND.to_owned()));
     msg
 }
 
@@ -233,9 +248,9 @@ async fn ensure_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> Result<bool,
     // EEXIST only says *a* qdisc holds ffff:, and a classic ingress qdisc holds it too.
     match existing_clsact_slot_kind(handle, ifindex).await {
         Ok(Some(kind)) if kind == CLSACT => Ok(false),
-        Ok(Some(kind)) if kind == "ingress" => {
-            Err(TcError::IngressQdiscInTheWay { iface: describe(ifindex) })
-        }
+        Ok(Some(kind)) if kind == "ingress" => Err(TcError::IngressQdiscInTheWay {
+            iface: describe(ifindex),
+        }),
         Ok(_) => Err(netlink("creating the clsact qdisc", ifindex)(err)),
         Err(e) => Err(netlink("listing qdiscs", ifindex)(e)),
     }
@@ -247,7 +262,8 @@ async fn existing_clsact_slot_kind(
     ifindex: u32,
 ) -> io::Result<Option<String>> {
     // The dump covers every interface unless the socket has strict checking on: filter here.
-    let all = dump(handle, RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default())).await?;
+    let get = RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default());
+    let all = dump(handle, get).await?;
     Ok(all
         .into_iter()
         .filter(|q| q.header.index == ifindex as i32 && q.header.parent == TcHandle::CLSACT)
@@ -262,14 +278,15 @@ async fn existing_clsact_slot_kind(
 fn clsact_msg(ifindex: u32) -> TcMessage {
     let mut msg = TcMessage::with_index(ifindex as i32);
     msg.header.parent = TcHandle::CLSACT;
-    msg.header.handle = CLSACT_HANDLE;
+    msg.header.handle = CLSACT_HANDLE.into();
     // With the kind set, the kernel refuses (EINVAL) to delete an ingress qdisc in its place.
     msg.attributes.push(TcAttribute::Kind(CLSACT.to_owned()));
     msg
 }
 
 async fn delete_clsact(handle: &rtnetlink::Handle, ifindex: u32) -> io::Result<()> {
-    request(handle, RouteNetlinkMessage::DelQueueDiscipline(clsact_msg(ifindex)), 0).await
+    let del = RouteNetlinkMessage::DelQueueDiscipline(clsact_msg(ifindex));
+    request(handle, del, 0).await
 }
 
 /// Whether a failed filter delete means our filter no longer exists: the interface (ENODEV),
@@ -288,10 +305,10 @@ async fn is_gone(handle: &rtnetlink::Handle, ifindex: u32, err: &io::Error) -> b
 async fn dump_filters(
     handle: &rtnetlink::Handle,
     ifindex: u32,
-    hook: TcHandle,
+    hook: u32,
 ) -> io::Result<Vec<TcMessage>> {
     let mut msg = TcMessage::with_index(ifindex as i32);
-    msg.header.parent = hook;
+    msg.header.parent = hook.into();
     dump(handle, RouteNetlinkMessage::GetTrafficFilter(msg)).await
 }
 
@@ -303,7 +320,8 @@ async fn dump(handle: &rtnetlink::Handle, msg: RouteNetlinkMessage) -> io::Resul
     while let Some(reply) = replies.next().await {
         match reply.payload {
             NetlinkPayload::InnerMessage(
-                RouteNetlinkMessage::NewTrafficFilter(m) | RouteNetlinkMessage::NewQueueDiscipline(m),
+                RouteNetlinkMessage::NewTrafficFilter(m)
+                | RouteNetlinkMessage::NewQueueDiscipline(m),
             ) => out.push(m),
             NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
             _ => {}
@@ -313,16 +331,231 @@ async fn dump(handle: &rtnetlink::Handle, msg: RouteNetlinkMessage) -> io::Resul
 }
 
 /// Sends one request with `NLM_F_ACK` and waits for the kernel's answer.
-async fn request(handle: &rtnetlink::Handle, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+async fn request(
+    handle: &rtnetlink::Handle,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> io::Result<()> {
     let mut req = NetlinkMessage::from(msg);
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
     let mut replies = handle.clone().request(req).map_err(netlink_io)?;
     while let Some(reply) = replies.next().await {
-        if let NetlinkPayload::Error(e) = reply.payload {
-            if e.code.is_some() {
-                return Err(e.to_io());
-            }
+        if let NetlinkPayload::Error(e) = reply.payload
+            && e.code.is_some()
+        {
+            return Err(e.to_io());
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Needs root: veth pairs in the current namespace, raw bpf(2), `tc` from iproute2.
+    use super::*;
+    use crate::iface::tests::{VethGuard, sh, with_handle};
+    use std::future::Future;
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    /// `r0 = -1 (TC_ACT_UNSPEC); exit` loaded as SCHED_CLS with a raw BPF_PROG_LOAD.
+    fn load_prog() -> OwnedFd {
+        #[repr(C)]
+        struct Insn(u8, u8, i16, i32); // opcode, dst/src registers, offset, immediate
+        #[repr(C)]
+        #[derive(Default)]
+        struct ProgLoadAttr {
+            prog_type: u32,
+            insn_cnt: u32,
+            insns: u64,
+            license: u64,
+            log: [u32; 4], // log_level, log_size, log_buf
+            kern_version: u32,
+            prog_flags: u32,
+            prog_name: [u8; 16],
+        }
+        // BPF_ALU64|BPF_MOV|BPF_K r0, -1 ; BPF_JMP|BPF_EXIT
+        let insns = [Insn(0xb7, 0, 0, -1), Insn(0x95, 0, 0, 0)];
+        let attr = ProgLoadAttr {
+            prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: c"GPL".as_ptr() as u64,
+            prog_name: *b"enf_tc_test\0\0\0\0\0",
+            ..Default::default()
+        };
+        let size = size_of::<ProgLoadAttr>();
+        // SAFETY: `attr` and what it points to outlive the call; 5 is BPF_PROG_LOAD.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, &raw const attr, size) };
+        assert!(fd >= 0, "BPF_PROG_LOAD: {}", io::Error::last_os_error());
+        // SAFETY: a fresh fd owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    struct Ctx {
+        dev: String,
+        ifindex: u32,
+        prog: OwnedFd,
+        h: rtnetlink::Handle,
+    }
+    impl Ctx {
+        async fn attach(&self) -> Result<EgressFilter, TcError> {
+            attach_egress(
+                &self.h,
+                self.ifindex,
+                self.prog.as_fd(),
+                "enforcer_tc_egress",
+            )
+            .await
+        }
+        fn filters(&self) -> String {
+            sh(&format!("tc filter show dev {} egress", self.dev))
+        }
+        fn qdiscs(&self) -> String {
+            sh(&format!("tc qdisc show dev {}", self.dev))
+        }
+        /// Adds another eBPF filter named `name` at pref 60, as another tool would.
+        async fn add_other(&self, name: &str) {
+            let mut msg = filter_msg(self.ifindex, 60, 1, ETH_P_ALL);
+            msg.attributes.push(TcAttribute::Options(vec![
+                TcOption::Bpf(TcFilterBpfOption::ProgFd(self.prog.as_raw_fd() as u32)),
+                TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
+                TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+            ]));
+            let add = RouteNetlinkMessage::NewTrafficFilter(msg);
+            let added = request(&self.h, add, NLM_F_CREATE | NLM_F_EXCL).await;
+            added.expect("add other filter");
+        }
+    }
+
+    /// Runs `test` against a fresh veth `<tag><pid>` (with `setup` shell commands run first).
+    fn on_veth<Fut: Future<Output = ()>>(tag: &str, setup: &[&str], test: impl FnOnce(Ctx) -> Fut) {
+        let veth = VethGuard::new(tag);
+        for cmd in setup {
+            sh(&cmd.replace("DEV", &veth.0));
+        }
+        let (dev, ifindex, prog) = (veth.0.clone(), veth.ifindex(), load_prog());
+        with_handle(|h| {
+            test(Ctx {
+                dev,
+                ifindex,
+                prog,
+                h,
+            })
+        });
+    }
+
+    const HAS_CLSACT: &str = "qdisc clsact ffff:";
+
+    #[test]
+    fn attach_then_detach_leaves_nothing() {
+        on_veth("enftca", &[], |c| async move {
+            assert_eq!(
+                remove_stale(&c.h, c.ifindex, "enforcer_")
+                    .await
+                    .expect("stale"),
+                0
+            );
+            let f = c.attach().await.expect("attach");
+            assert!(f.created_qdisc() && c.qdiscs().contains(HAS_CLSACT));
+            let shown = c.filters();
+            for want in [
+                "protocol all pref 50 bpf",
+                "handle 0x1 enforcer_tc_egress",
+                "direct-action",
+            ] {
+                assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
+            }
+            f.detach(&c.h).await.expect("detach");
+            assert_eq!(c.filters().trim(), "");
+            assert!(!c.qdiscs().contains(HAS_CLSACT), "clsact left behind");
+        });
+    }
+
+    #[test]
+    fn detach_keeps_a_preexisting_clsact() {
+        on_veth("enftcb", &["tc qdisc add dev DEV clsact"], |c| async move {
+            let f = c.attach().await.expect("attach");
+            assert!(!f.created_qdisc());
+            f.detach(&c.h).await.expect("detach");
+            assert_eq!(c.filters().trim(), "");
+            assert!(
+                c.qdiscs().contains(HAS_CLSACT),
+                "pre-existing clsact was removed"
+            );
+        });
+    }
+
+    #[test]
+    fn detach_keeps_our_clsact_while_other_filters_use_it() {
+        on_veth("enftcc", &[], |c| async move {
+            let f = c.attach().await.expect("attach");
+            c.add_other("someone_else").await;
+            f.detach(&c.h).await.expect("detach");
+            let shown = c.filters();
+            assert!(
+                shown.contains("someone_else") && !shown.contains("enforcer_tc"),
+                "{shown}"
+            );
+            assert!(c.qdiscs().contains(HAS_CLSACT));
+        });
+    }
+
+    #[test]
+    fn remove_stale_removes_only_our_prefix() {
+        on_veth("enftcd", &[], |c| async move {
+            // An agent killed with SIGKILL: the filter stays, nobody detaches it.
+            drop(c.attach().await.expect("attach"));
+            c.add_other("someone_else").await;
+            let cbpf = "bpf bytecode '1,6 0 0 0,'"; // classic BPF, no name
+            sh(&format!(
+                "tc filter add dev {} egress pref 70 {cbpf}",
+                c.dev
+            ));
+            let again = c.attach().await;
+            assert!(
+                matches!(again, Err(TcError::FilterExists { .. })),
+                "{again:?}"
+            );
+            assert_eq!(
+                remove_stale(&c.h, c.ifindex, "enforcer_")
+                    .await
+                    .expect("stale"),
+                1
+            );
+            let shown = c.filters();
+            assert!(!shown.contains("enforcer_tc"), "{shown}");
+            assert!(
+                shown.contains("someone_else") && shown.contains("pref 70"),
+                "{shown}"
+            );
+            assert_eq!(
+                remove_stale(&c.h, c.ifindex, "enforcer_")
+                    .await
+                    .expect("stale"),
+                0
+            );
+            assert!(
+                !c.attach()
+                    .await
+                    .expect("attach after cleanup")
+                    .created_qdisc()
+            );
+        });
+    }
+
+    #[test]
+    fn ingress_qdisc_in_the_way_is_explained() {
+        on_veth(
+            "enftce",
+            &["tc qdisc add dev DEV ingress"],
+            |c| async move {
+                let err = c.attach().await.expect_err("ingress qdisc must be refused");
+                assert!(matches!(err, TcError::IngressQdiscInTheWay { .. }), "{err}");
+                assert!(err.to_string().contains(&c.dev), "{err}");
+                assert!(c.qdiscs().contains("qdisc ingress"));
+                let bad = attach_egress(&c.h, c.ifindex, c.prog.as_fd(), "").await;
+                assert!(matches!(bad, Err(TcError::InvalidName(_))));
+            },
+        );
+    }
 }

@@ -73,8 +73,8 @@ where
     c
 }
 
-/// Children die with the test process (SIGKILL/SIGTERM via `PR_SET_PDEATHSIG`), so an aborted
-/// test run leaves no servers behind. `group`: also put the child in its own process group.
+/// Children die with the thread that spawned them (`PR_SET_PDEATHSIG`: the test's thread), so
+/// an aborted test run leaves no servers or agents behind. `group`: also put the child in its own process group.
 pub(crate) fn tie_to_parent(c: &mut Command, signal: libc::c_int, group: bool) {
     use std::os::unix::process::CommandExt;
     if group {

@@ -121,3 +121,30 @@ fn run(args: &[String]) -> Result<()> {
     let err = Command::new(&bin).arg("attach").args(args).exec();
     Err(err).with_context(|| format!("cannot exec {}", bin.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cmd;
+    use clap::Parser;
+
+    fn run_args(argv: &[&str]) -> Vec<String> {
+        match Cmd::try_parse_from(argv).expect("parses") {
+            Cmd::Run { args } => args,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn run_forwards_enforcer_args() {
+        let want = ["--iface", "eth0", "--mode", "enforce"];
+        assert_eq!(
+            run_args(&["xtask", "run", "--", "--iface", "eth0", "--mode", "enforce"]),
+            want
+        );
+        assert_eq!(
+            run_args(&["xtask", "run", "--iface", "eth0", "--mode", "enforce"]),
+            want
+        );
+        assert!(run_args(&["xtask", "run"]).is_empty());
+    }
+}

@@ -25,7 +25,7 @@ use std::path::Path;
 
 use object::elf;
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
-use object::read::{ReadCache, ReadCacheOps, StringTable};
+use object::read::{ReadCache, ReadCacheOps};
 use object::{Endianness, FileKind};
 
 use super::{Identified, LibraryError, ProbeTarget};
@@ -60,11 +60,16 @@ impl ReadCacheOps for CappedFile {
 
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, ()> {
         let remaining = self.len.saturating_sub(self.pos);
-        let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         if want == 0 {
             return Ok(0);
         }
-        let n = self.file.read_at(&mut buf[..want], self.pos).map_err(|_| ())?;
+        let n = self
+            .file
+            .read_at(&mut buf[..want], self.pos)
+            .map_err(|_| ())?;
         self.pos = self.pos.checked_add(n as u64).ok_or(())?;
         Ok(n)
     }
@@ -98,14 +103,25 @@ enum Table {
 }
 
 /// Identify an already opened regular file of `len` bytes (`len <= MAX_FILE_SIZE`).
-pub(super) fn identify_file(file: File, len: u64, path: &Path) -> Result<Option<Identified>, LibraryError> {
-    let malformed = |e: object::Error| LibraryError::Malformed { path: path.to_owned(), reason: e.to_string() };
+pub(super) fn identify_file(
+    file: File,
+    len: u64,
+    path: &Path,
+) -> Result<Option<Identified>, LibraryError> {
+    let malformed = |e: object::Error| LibraryError::Malformed {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
     // Shorter than the magic, or not ELF at all: not a library we can probe.
     let mut magic = [0u8; 4];
     if len < 4 {
         return Ok(None);
     }
-    file.read_exact_at(&mut magic, 0).map_err(|source| LibraryError::Io { path: path.to_owned(), source })?;
+    file.read_exact_at(&mut magic, 0)
+        .map_err(|source| LibraryError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
     if magic != *b"\x7fELF" {
         return Ok(None);
     }
@@ -122,12 +138,18 @@ fn scan<Elf: FileHeader<Endian = Endianness>>(
     len: u64,
     path: &Path,
 ) -> Result<Option<Identified>, LibraryError> {
-    let malformed = |e: object::Error| LibraryError::Malformed { path: path.to_owned(), reason: e.to_string() };
+    let malformed = |e: object::Error| LibraryError::Malformed {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
     let header = Elf::parse(data).map_err(malformed)?;
     let endian = header.endian().map_err(malformed)?;
     let shnum = header.shnum(endian, data).map_err(malformed)?;
     if shnum > MAX_SECTIONS {
-        return Err(LibraryError::Malformed { path: path.to_owned(), reason: format!("{shnum} section headers") });
+        return Err(LibraryError::Malformed {
+            path: path.to_owned(),
+            reason: format!("{shnum} section headers"),
+        });
     }
     let sections = header.section_headers(endian, data).map_err(malformed)?;
     let segments: Vec<Segment> = header
@@ -145,11 +167,18 @@ fn scan<Elf: FileHeader<Endian = Endianness>>(
 
     // The dynamic symbol table first (what a shared library exports); then `.symtab`, which an
     // unstripped executable with a statically linked TLS library still carries.
-    for (sh_type, table) in [(elf::SHT_DYNSYM, Table::Dynamic), (elf::SHT_SYMTAB, Table::Static)] {
+    for (sh_type, table) in [
+        (elf::SHT_DYNSYM, Table::Dynamic),
+        (elf::SHT_SYMTAB, Table::Static),
+    ] {
         let Some(symtab) = sections.iter().find(|s| s.sh_type(endian) == sh_type) else {
             continue;
         };
-        let versyms = if table == Table::Dynamic { versyms::<Elf>(endian, data, sections) } else { None };
+        let versyms = if table == Table::Dynamic {
+            versyms::<Elf>(endian, data, sections)
+        } else {
+            None
+        };
         let Some(found) = collect::<Elf>(endian, data, sections, symtab, versyms, path)? else {
             continue;
         };
@@ -165,7 +194,10 @@ fn scan<Elf: FileHeader<Endian = Endianness>>(
             return Ok(None);
         }
         tracing::trace!(path = %path.display(), family = %profile.family, ?table, probes = probes.len(), "identified");
-        return Ok(Some(Identified { family: profile.family, probes }));
+        return Ok(Some(Identified {
+            family: profile.family,
+            probes,
+        }));
     }
     Ok(None)
 }
@@ -176,7 +208,9 @@ fn versyms<'d, Elf: FileHeader<Endian = Endianness>>(
     data: &'d ReadCache<CappedFile>,
     sections: &'d [Elf::SectionHeader],
 ) -> Option<&'d [elf::Versym<Endianness>]> {
-    let shdr = sections.iter().find(|s| s.sh_type(endian) == elf::SHT_GNU_VERSYM)?;
+    let shdr = sections
+        .iter()
+        .find(|s| s.sh_type(endian) == elf::SHT_GNU_VERSYM)?;
     if shdr.sh_size(endian).into() > MAX_TABLE_BYTES {
         return None;
     }
@@ -192,10 +226,17 @@ fn collect<'d, Elf: FileHeader<Endian = Endianness>>(
     versyms: Option<&'d [elf::Versym<Endianness>]>,
     path: &Path,
 ) -> Result<Option<HashMap<&'static str, Found>>, LibraryError> {
-    let malformed = |e: object::Error| LibraryError::Malformed { path: path.to_owned(), reason: e.to_string() };
-    let strtab = usize::try_from(symtab.sh_link(endian)).ok().and_then(|i| sections.get(i)).ok_or_else(|| {
-        LibraryError::Malformed { path: path.to_owned(), reason: "symbol table links no string table".into() }
-    })?;
+    let malformed = |e: object::Error| LibraryError::Malformed {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let strtab = usize::try_from(symtab.sh_link(endian))
+        .ok()
+        .and_then(|i| sections.get(i))
+        .ok_or_else(|| LibraryError::Malformed {
+            path: path.to_owned(),
+            reason: "symbol table links no string table".into(),
+        })?;
     let sizes = (symtab.sh_size(endian).into(), strtab.sh_size(endian).into());
     if sizes.0 > MAX_TABLE_BYTES || sizes.1 > MAX_TABLE_BYTES {
         tracing::debug!(path = %path.display(), ?sizes, limit = MAX_TABLE_BYTES, "symbol table too large: skipped");
@@ -203,31 +244,37 @@ fn collect<'d, Elf: FileHeader<Endian = Endianness>>(
     }
     let symbols: &[Elf::Sym] = symtab.data_as_array(endian, data).map_err(malformed)?;
     let strings: &[u8] = strtab.data(endian, data).map_err(malformed)?;
-    let strings = StringTable::new(strings, 0, strings.len() as u64);
     // Versions are only meaningful if there is one per symbol.
     let versyms = versyms.filter(|v| v.len() == symbols.len());
     if symbols.len() > MAX_SYMBOLS {
         tracing::debug!(path = %path.display(), symbols = symbols.len(), limit = MAX_SYMBOLS, "only the first symbols are looked at");
     }
 
-    let interesting = catalog::interesting_symbols();
+    let names = Names::new();
     let mut found = HashMap::new();
     for (index, sym) in symbols.iter().enumerate().take(MAX_SYMBOLS) {
         let shndx = sym.st_shndx(endian);
         if shndx == elf::SHN_UNDEF {
             continue; // imported, not defined here
         }
-        let Ok(name) = strings.get(sym.st_name(endian)) else {
+        let Some(name) = usize::try_from(sym.st_name(endian))
+            .ok()
+            .and_then(|o| strings.get(o..))
+        else {
             continue;
         };
-        let (base, mut default_version) = split_version(name);
-        let Some(&key) = interesting.iter().find(|n| n.as_bytes() == base) else {
+        let Some((key, mut default_version)) = names.lookup(name) else {
             continue;
         };
         if let Some(v) = versyms.and_then(|v| v.get(index)) {
             default_version &= v.0.get(endian) & elf::VERSYM_HIDDEN == 0;
         }
-        let new = Found { value: sym.st_value(endian).into(), st_type: sym.st_type(), shndx, default_version };
+        let new = Found {
+            value: sym.st_value(endian).into(),
+            st_type: sym.st_type(),
+            shndx,
+            default_version,
+        };
         match found.entry(key) {
             Entry::Vacant(e) => {
                 e.insert(new);
@@ -243,12 +290,45 @@ fn collect<'d, Elf: FileHeader<Endian = Endianness>>(
     Ok(Some(found))
 }
 
-/// `SSL_write@@OPENSSL_3.0.0` → (`SSL_write`, default); `SSL_write@OPENSSL_1.0` → (…, hidden).
-/// `.dynsym` names carry no suffix (versions live in `.gnu.version`); `.symtab` names may.
-fn split_version(name: &[u8]) -> (&[u8], bool) {
-    match name.iter().position(|&b| b == b'@') {
-        None => (name, true),
-        Some(at) => (&name[..at], name.get(at + 1) == Some(&b'@')),
+/// Matches names from a string table against [`catalog::interesting_symbols`] without scanning
+/// for the terminating NUL of the (mostly uninteresting) names first: this loop runs over every
+/// defined symbol of every candidate file.
+struct Names {
+    interesting: &'static [&'static str],
+    first_bytes: [bool; 256],
+}
+
+impl Names {
+    fn new() -> Self {
+        let interesting = catalog::interesting_symbols();
+        let mut first_bytes = [false; 256];
+        for n in interesting {
+            if let Some(&b) = n.as_bytes().first() {
+                first_bytes[usize::from(b)] = true;
+            }
+        }
+        Names {
+            interesting,
+            first_bytes,
+        }
+    }
+
+    /// `rest` is the string table from a symbol's name on. Returns the interesting name it
+    /// starts with and whether it is a default version: `SSL_write` and `SSL_write@@OPENSSL_3.0.0`
+    /// are, `SSL_write@OPENSSL_1.0.0` is not (`.dynsym` names carry no suffix, their versions live
+    /// in `.gnu.version`; `.symtab` names may carry one).
+    fn lookup(&self, rest: &[u8]) -> Option<(&'static str, bool)> {
+        if !self.first_bytes[usize::from(*rest.first()?)] {
+            return None;
+        }
+        self.interesting.iter().find_map(|&n| {
+            let tail = rest.strip_prefix(n.as_bytes())?;
+            match tail.first() {
+                None | Some(0) => Some((n, true)), // (a table missing its final NUL ends the name too)
+                Some(b'@') => Some((n, tail.get(1) == Some(&b'@'))),
+                Some(_) => None, // a longer name: `SSL_write_ex` is not `SSL_write`
+            }
+        })
     }
 }
 
@@ -267,7 +347,9 @@ pub(super) struct Segment {
 pub(super) fn file_offset(segments: &[Segment], addr: u64) -> Option<u64> {
     segments.iter().filter(|s| s.executable).find_map(|s| {
         let delta = addr.checked_sub(s.vaddr)?;
-        (delta < s.filesz).then(|| s.offset.checked_add(delta)).flatten()
+        (delta < s.filesz)
+            .then(|| s.offset.checked_add(delta))
+            .flatten()
     })
 }
 
@@ -314,7 +396,11 @@ fn probe_targets(
             tracing::debug!(path = %path.display(), symbol = spec.symbol, alias_of = %other.symbol, "alias: not probed twice");
             continue;
         }
-        probes.push(ProbeTarget { symbol: spec.symbol.to_owned(), op: spec.op, file_offset: offset });
+        probes.push(ProbeTarget {
+            symbol: spec.symbol.to_owned(),
+            op: spec.op,
+            file_offset: offset,
+        });
     }
     probes
 }
@@ -324,27 +410,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_versions() {
-        assert_eq!(split_version(b"SSL_write"), (&b"SSL_write"[..], true));
-        assert_eq!(split_version(b"SSL_write@@OPENSSL_3.0.0"), (&b"SSL_write"[..], true));
-        assert_eq!(split_version(b"SSL_write@OPENSSL_1.0.0"), (&b"SSL_write"[..], false));
-        assert_eq!(split_version(b"@"), (&b""[..], false));
+    fn name_lookup() {
+        let names = Names::new();
+        assert_eq!(names.lookup(b"SSL_write\0next"), Some(("SSL_write", true)));
+        assert_eq!(
+            names.lookup(b"SSL_write_ex\0"),
+            Some(("SSL_write_ex", true))
+        );
+        assert_eq!(
+            names.lookup(b"SSL_write@@OPENSSL_3.0.0\0"),
+            Some(("SSL_write", true))
+        );
+        assert_eq!(
+            names.lookup(b"SSL_write@OPENSSL_1.0.0\0"),
+            Some(("SSL_write", false))
+        );
+        assert_eq!(names.lookup(b"SSL_write"), Some(("SSL_write", true)));
+        assert_eq!(names.lookup(b"SSL_writex\0"), None);
+        assert_eq!(names.lookup(b"SSL_writ\0"), None);
+        assert_eq!(names.lookup(b"malloc\0"), None);
+        assert_eq!(names.lookup(b""), None);
+        assert_eq!(names.lookup(b"\0"), None);
     }
 
     #[test]
     fn offsets_through_segments() {
         // Shaped like libssl.so.3's segments, with the data segment's usual vaddr != offset.
         let segs = [
-            Segment { vaddr: 0, offset: 0, filesz: 0x1e9b0, executable: false },
-            Segment { vaddr: 0x1f000, offset: 0x1f000, filesz: 0x5cff1, executable: true },
-            Segment { vaddr: 0x9b810, offset: 0x9a810, filesz: 0xd020, executable: true },
+            Segment {
+                vaddr: 0,
+                offset: 0,
+                filesz: 0x1e9b0,
+                executable: false,
+            },
+            Segment {
+                vaddr: 0x1f000,
+                offset: 0x1f000,
+                filesz: 0x5cff1,
+                executable: true,
+            },
+            Segment {
+                vaddr: 0x9b810,
+                offset: 0x9a810,
+                filesz: 0xd020,
+                executable: true,
+            },
         ];
         assert_eq!(file_offset(&segs, 0x359c0), Some(0x359c0));
         assert_eq!(file_offset(&segs, 0x9b820), Some(0x9a820));
         assert_eq!(file_offset(&segs, 0x100), None, "not executable");
-        assert_eq!(file_offset(&segs, 0x1f000 + 0x5cff1), None, "one past the end");
+        assert_eq!(
+            file_offset(&segs, 0x1f000 + 0x5cff1),
+            None,
+            "one past the end"
+        );
         assert_eq!(file_offset(&segs, u64::MAX), None);
-        let hostile = [Segment { vaddr: 0, offset: u64::MAX, filesz: u64::MAX, executable: true }];
+        let hostile = [Segment {
+            vaddr: 0,
+            offset: u64::MAX,
+            filesz: u64::MAX,
+            executable: true,
+        }];
         assert_eq!(file_offset(&hostile, 0), Some(u64::MAX));
         assert_eq!(file_offset(&hostile, 1), None, "overflow is no offset");
     }

@@ -52,11 +52,17 @@ pub(super) struct Resolved {
 /// Executable file mappings of every process in `proc_root` (normally `/proc`). Processes that
 /// exit while being read are skipped silently; unreadable ones with a debug log.
 pub(super) fn exec_mappings(proc_root: &Path) -> Result<Vec<ExecMapping>, LibraryError> {
-    let entries = fs::read_dir(proc_root)
-        .map_err(|source| LibraryError::Proc { path: proc_root.to_owned(), source })?;
+    let entries = fs::read_dir(proc_root).map_err(|source| LibraryError::Proc {
+        path: proc_root.to_owned(),
+        source,
+    })?;
     let mut out = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let maps = entry.path().join("maps");
@@ -76,7 +82,9 @@ pub(super) fn vanished(e: &io::Error) -> bool {
 
 /// The executable, file-backed mappings in the text of one `/proc/<pid>/maps`.
 pub(super) fn parse_maps(pid: u32, text: &[u8]) -> Vec<ExecMapping> {
-    text.split(|&b| b == b'\n').filter_map(|line| parse_line(pid, line)).collect()
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| parse_line(pid, line))
+        .collect()
 }
 
 // `7f3c1a21f000-7f3c1a27c000 r-xp 0001f000 fe:01 1234567     /usr/lib/x86_64-linux-gnu/libssl.so.3`
@@ -101,7 +109,10 @@ fn parse_line(pid: u32, line: &[u8]) -> Option<ExecMapping> {
         pid,
         start: hex(start)?,
         end: hex(end)?,
-        dev: (u32::try_from(hex(major)?).ok()?, u32::try_from(hex(minor)?).ok()?),
+        dev: (
+            u32::try_from(hex(major)?).ok()?,
+            u32::try_from(hex(minor)?).ok()?,
+        ),
         inode,
         path: PathBuf::from(std::ffi::OsStr::from_bytes(path)),
     })
@@ -114,7 +125,10 @@ fn trim_start(s: &[u8]) -> &[u8] {
 
 fn field<'a>(rest: &mut &'a [u8]) -> &'a [u8] {
     let s = trim_start(rest);
-    let end = s.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(s.len());
     let (f, r) = s.split_at(end);
     *rest = r;
     f
@@ -133,8 +147,14 @@ fn hex(s: &[u8]) -> Option<u64> {
 /// docs). Tries a few of the mapping processes, since any of them may have exited meanwhile.
 pub(super) fn resolve(group: &[&ExecMapping]) -> Option<Resolved> {
     for m in group.iter().take(8) {
-        let map_files = PathBuf::from(format!("/proc/{}/map_files/{:x}-{:x}", m.pid, m.start, m.end));
-        let truth = fs::metadata(&map_files).ok().filter(|md| md.is_file()).map(|md| (md.dev(), md.ino()));
+        let map_files = PathBuf::from(format!(
+            "/proc/{}/map_files/{:x}-{:x}",
+            m.pid, m.start, m.end
+        ));
+        let truth = fs::metadata(&map_files)
+            .ok()
+            .filter(|md| md.is_file())
+            .map(|md| (md.dev(), md.ino()));
         let same_file = |md: &fs::Metadata| match truth {
             Some(t) => (md.dev(), md.ino()) == t,
             None => {
@@ -142,17 +162,26 @@ pub(super) fn resolve(group: &[&ExecMapping]) -> Option<Resolved> {
                 md.ino() == m.inode && (libc::major(dev), libc::minor(dev)) == m.dev
             }
         };
-        let rooted = Path::new(&format!("/proc/{}/root", m.pid)).join(m.path.strip_prefix("/").unwrap_or(&m.path));
+        let rooted = Path::new(&format!("/proc/{}/root", m.pid))
+            .join(m.path.strip_prefix("/").unwrap_or(&m.path));
         for candidate in [&m.path, &rooted] {
             match fs::metadata(candidate) {
                 Ok(md) if md.is_file() && same_file(&md) => {
-                    return Some(Resolved { path: candidate.clone(), dev: md.dev(), ino: md.ino() });
+                    return Some(Resolved {
+                        path: candidate.clone(),
+                        dev: md.dev(),
+                        ino: md.ino(),
+                    });
                 }
                 _ => {}
             }
         }
         if let Some((dev, ino)) = truth {
-            return Some(Resolved { path: map_files, dev, ino });
+            return Some(Resolved {
+                path: map_files,
+                dev,
+                ino,
+            });
         }
     }
     let m = group.first()?;
@@ -182,7 +211,12 @@ garbage
         let paths: Vec<_> = got.iter().map(|m| m.path.to_str().unwrap()).collect();
         assert_eq!(
             paths,
-            ["/usr/bin/python3.11", "/usr/bin/dbus-daemon", "/tmp/dir with space/libfoo.so.9", "/memfd:tls (deleted)"]
+            [
+                "/usr/bin/python3.11",
+                "/usr/bin/dbus-daemon",
+                "/tmp/dir with space/libfoo.so.9",
+                "/memfd:tls (deleted)"
+            ]
         );
         assert_eq!(
             got[1],
@@ -204,9 +238,15 @@ garbage
         let text = fs::read("/proc/self/maps").unwrap();
         let me = std::process::id();
         let maps = parse_maps(me, &text);
-        let libc = maps.iter().find(|m| m.path.to_string_lossy().contains("libc.so")).expect("libc mapped");
+        let libc = maps
+            .iter()
+            .find(|m| m.path.to_string_lossy().contains("libc.so"))
+            .expect("libc mapped");
         let r = resolve(&[libc]).expect("resolvable");
-        assert_eq!(r.path, libc.path, "a real path is preferred over /proc ones");
+        assert_eq!(
+            r.path, libc.path,
+            "a real path is preferred over /proc ones"
+        );
         let md = fs::metadata(&libc.path).unwrap();
         assert_eq!((r.dev, r.ino), (md.dev(), md.ino()));
     }

@@ -27,7 +27,12 @@ pub enum PolicyError {
     /// The file was read but is not a valid policy. Displays as `FILE:LINE:COL: MESSAGE`, or
     /// `FILE: MESSAGE` when no position applies (empty or oversized file, several documents).
     #[error("{}", format_invalid(file, *line, *column, message))]
-    Invalid { file: String, line: Option<usize>, column: Option<usize>, message: String },
+    Invalid {
+        file: String,
+        line: Option<usize>,
+        column: Option<usize>,
+        message: String,
+    },
 }
 
 fn format_invalid(file: &str, line: Option<usize>, column: Option<usize>, msg: &str) -> String {
@@ -116,17 +121,16 @@ fn expected_for_path(path: &[Step]) -> Option<String> {
         [m] if key(m) == Some("mode") => names(&Mode::ALL.map(Mode::name)),
         [d] if key(d) == Some("default") => names(&Action::ALL.map(Action::name)),
         [l] if key(l) == Some("libraries") => {
-            format!("a list of rules (mappings with keys {})", RULE_KEYS.join(", "))
+            format!(
+                "a list of rules (mappings with keys {})",
+                RULE_KEYS.join(", ")
+            )
         }
         [l, Step::Index(_)] if key(l) == Some("libraries") => {
             format!("a mapping with keys {}", RULE_KEYS.join(", "))
         }
-        [_, Step::Index(_), f] if key(f) == Some("family") => {
-            names(&Family::ALL.map(Family::name))
-        }
-        [_, Step::Index(_), a] if key(a) == Some("action") => {
-            names(&Action::ALL.map(Action::name))
-        }
+        [_, Step::Index(_), f] if key(f) == Some("family") => names(&Family::ALL.map(Family::name)),
+        [_, Step::Index(_), a] if key(a) == Some("action") => names(&Action::ALL.map(Action::name)),
         _ => return None,
     })
 }
@@ -146,7 +150,10 @@ fn found(unexpected: &str) -> String {
         "sequence" => "a list".to_owned(),
         "map" => "a mapping".to_owned(),
         "unit value" => "an empty value".to_owned(),
-        s => match s.strip_prefix("string \"").and_then(|r| r.strip_suffix('"')) {
+        s => match s
+            .strip_prefix("string \"")
+            .and_then(|r| r.strip_suffix('"'))
+        {
             Some(inner) => format!("the string '{}'", show(inner)),
             None => show(s),
         },
@@ -188,15 +195,19 @@ pub(super) fn from_yaml(
     let mut core = full.as_str();
     let parent = &path[..path.len().saturating_sub(1)];
     for prefix in [render(&path), render(parent)] {
-        if !prefix.is_empty() {
-            if let Some(rest) = core.strip_prefix(&format!("{prefix}: ")) {
-                core = rest;
-                break;
-            }
+        if !prefix.is_empty()
+            && let Some(rest) = core.strip_prefix(&format!("{prefix}: "))
+        {
+            core = rest;
+            break;
         }
     }
     let at = |p: &[Step], msg: String| {
-        if p.is_empty() { msg } else { format!("{}: {msg}", render(p)) }
+        if p.is_empty() {
+            msg
+        } else {
+            format!("{}: {msg}", render(p))
+        }
     };
 
     let message = if let Some(rest) = core.strip_prefix("unknown field `") {
@@ -214,7 +225,10 @@ pub(super) fn from_yaml(
         };
         at(parent, format!("unknown key '{key}' ({expected})"))
     } else if let Some(rest) = core.strip_prefix("missing field `") {
-        at(&path, format!("missing key '{}'", show(rest.trim_end_matches('`'))))
+        at(
+            &path,
+            format!("missing key '{}'", show(rest.trim_end_matches('`'))),
+        )
     } else if let Some(rest) = core.strip_prefix("duplicate field `") {
         let key = rest.trim_end_matches('`').to_owned();
         let mut second = path.clone();
@@ -225,12 +239,14 @@ pub(super) fn from_yaml(
         at(&path, format!("duplicate key '{}'", show(&key)))
     } else if let Some(rest) = core.strip_prefix("unknown variant `") {
         let (value, tail) = rest.rsplit_once("`, expected ").unwrap_or((rest, ""));
-        let expected =
-            expected_for_path(&path).unwrap_or_else(|| alternatives(&backticked(tail)));
+        let expected = expected_for_path(&path).unwrap_or_else(|| alternatives(&backticked(tail)));
         if value.is_empty() {
             at(&path, format!("expected {expected}, found an empty value"))
         } else {
-            at(&path, format!("unknown value '{}' (expected {expected})", show(value)))
+            at(
+                &path,
+                format!("unknown value '{}' (expected {expected})", show(value)),
+            )
         }
     } else if let Some(rest) = core.strip_prefix("invalid type: ") {
         let (unexpected, serde_expected) = rest.rsplit_once(", expected ").unwrap_or((rest, ""));
@@ -238,7 +254,10 @@ pub(super) fn from_yaml(
         if path.is_empty() {
             format!("top level must be {expected}, found {}", found(unexpected))
         } else {
-            at(&path, format!("expected {expected}, found {}", found(unexpected)))
+            at(
+                &path,
+                format!("expected {expected}, found {}", found(unexpected)),
+            )
         }
     } else if core.starts_with("invalid value: ") || core.starts_with("invalid length ") {
         at(&path, show(&core.replace('`', "'")))
@@ -248,13 +267,22 @@ pub(super) fn from_yaml(
         // libyaml's own errors (syntax): their path is meaningless, their text is the message.
         format!("invalid YAML: {}", show_max(core, 200))
     };
-    PolicyError::Invalid { file: file.to_owned(), line, column, message }
+    PolicyError::Invalid {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    }
 }
 
 /// Line and column (1-based) of the `index`-th rule of `libraries:`, for a text that parsed.
 /// Returns (0, 0) if it cannot be found, which cannot happen for a document that deserialized.
 pub(super) fn locate_rule(text: &str, index: usize) -> (usize, usize) {
-    locate(text, &[Step::Key("libraries".to_owned(), 0), Step::Index(index)]).unwrap_or((0, 0))
+    locate(
+        text,
+        &[Step::Key("libraries".to_owned(), 0), Step::Index(index)],
+    )
+    .unwrap_or((0, 0))
 }
 
 /// serde reports no positions for nodes that parse fine, but serde_yaml stamps every error with

@@ -27,8 +27,16 @@ fn parses_full_policy_with_rule_lines() {
     assert_eq!(
         p.libraries,
         vec![
-            Rule { family: Family::Openssl, action: Action::Allow, line: 5 },
-            Rule { family: Family::Gnutls, action: Action::Audit, line: 7 },
+            Rule {
+                family: Family::Openssl,
+                action: Action::Allow,
+                line: 5
+            },
+            Rule {
+                family: Family::Gnutls,
+                action: Action::Audit,
+                line: 7
+            },
         ]
     );
 }
@@ -36,24 +44,51 @@ fn parses_full_policy_with_rule_lines() {
 #[test]
 fn optional_keys_take_their_defaults() {
     let p = parse("default: allow\n", "p").unwrap();
-    assert_eq!((p.mode, p.default, p.libraries.len()), (Mode::Audit, Action::Allow, 0));
+    assert_eq!(
+        (p.mode, p.default, p.libraries.len()),
+        (Mode::Audit, Action::Allow, 0)
+    );
 }
 
 #[test]
 fn flow_style_rules_get_lines() {
     let text = "default: deny\nlibraries: [\n  {family: gnutls, action: deny},\n\n  {family: openssl, action: allow}]\n";
     let p = parse(text, "p").unwrap();
-    assert_eq!(p.libraries.iter().map(|r| r.line).collect::<Vec<_>>(), [3, 5]);
+    assert_eq!(
+        p.libraries.iter().map(|r| r.line).collect::<Vec<_>>(),
+        [3, 5]
+    );
 }
 
 #[test]
 fn decide_uses_rule_then_default() {
-    let p = parse("mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n", "p")
-        .unwrap();
-    assert_eq!(p.decide(Family::Openssl), Decision { action: Action::Allow, rule_line: Some(4) });
-    assert_eq!(p.decide(Family::Gnutls), Decision { action: Action::Deny, rule_line: None });
+    let p = parse(
+        "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n",
+        "p",
+    )
+    .unwrap();
+    assert_eq!(
+        p.decide(Family::Openssl),
+        Decision {
+            action: Action::Allow,
+            rule_line: Some(4)
+        }
+    );
+    assert_eq!(
+        p.decide(Family::Gnutls),
+        Decision {
+            action: Action::Deny,
+            rule_line: None
+        }
+    );
     let p = parse("default: audit\n", "p").unwrap();
-    assert_eq!(p.decide(Family::Openssl), Decision { action: Action::Audit, rule_line: None });
+    assert_eq!(
+        p.decide(Family::Openssl),
+        Decision {
+            action: Action::Audit,
+            rule_line: None
+        }
+    );
 }
 
 #[test]
@@ -66,13 +101,21 @@ fn dry_run_forces_audit() {
 #[test]
 fn every_value_name_parses_to_itself() {
     for m in Mode::ALL {
-        assert_eq!(parse(&format!("mode: {m}\ndefault: deny\n"), "p").unwrap().mode, m);
+        assert_eq!(
+            parse(&format!("mode: {m}\ndefault: deny\n"), "p")
+                .unwrap()
+                .mode,
+            m
+        );
     }
     for a in Action::ALL {
         assert_eq!(parse(&format!("default: {a}\n"), "p").unwrap().default, a);
     }
     for f in Family::ALL {
-        let p = parse(&format!("default: deny\nlibraries:\n- family: {f}\n  action: allow\n"), "p");
+        let p = parse(
+            &format!("default: deny\nlibraries:\n- family: {f}\n  action: allow\n"),
+            "p",
+        );
         assert_eq!(p.unwrap().libraries[0].family, f);
     }
 }
@@ -82,7 +125,13 @@ fn embedded_default_parses() {
     let p = embedded_default();
     assert_eq!((p.mode, p.default), (Mode::Audit, Action::Deny));
     assert_eq!(p.decide(Family::Openssl).action, Action::Allow);
-    assert_eq!(p.decide(Family::Gnutls), Decision { action: Action::Deny, rule_line: None });
+    assert_eq!(
+        p.decide(Family::Gnutls),
+        Decision {
+            action: Action::Deny,
+            rule_line: None
+        }
+    );
 }
 
 #[test]
@@ -137,7 +186,10 @@ fn missing_keys() {
         err("default: deny\nlibraries:\n  - family: openssl\n"),
         "policy.yaml:3:5: libraries[0]: missing key 'action'"
     );
-    assert_eq!(err("# header\nmode: enforce\n"), "policy.yaml:2:1: missing key 'default'");
+    assert_eq!(
+        err("# header\nmode: enforce\n"),
+        "policy.yaml:2:1: missing key 'default'"
+    );
 }
 
 #[test]
@@ -154,7 +206,10 @@ fn wrong_types() {
         err("default: [deny]\n"),
         "policy.yaml:1:10: default: expected allow, deny or audit, found a list"
     );
-    assert_eq!(err("mode:\ndefault: deny\n"), "policy.yaml:1:6: mode: expected enforce or audit, found an empty value");
+    assert_eq!(
+        err("mode:\ndefault: deny\n"),
+        "policy.yaml:1:6: mode: expected enforce or audit, found an empty value"
+    );
 }
 
 #[test]
@@ -175,7 +230,9 @@ fn empty_and_non_mapping_top_level() {
 #[test]
 fn duplicate_rules_name_both_lines() {
     assert_eq!(
-        err("default: deny\nlibraries:\n  - family: openssl\n    action: allow\n  - family: gnutls\n    action: deny\n  - family: openssl\n    action: deny\n"),
+        err(
+            "default: deny\nlibraries:\n  - family: openssl\n    action: allow\n  - family: gnutls\n    action: deny\n  - family: openssl\n    action: deny\n"
+        ),
         "policy.yaml:7:5: libraries[2]: duplicate rule for family 'openssl' (first rule at line 3)"
     );
 }
@@ -187,7 +244,9 @@ fn duplicate_keys_point_at_the_second() {
         "policy.yaml:3:7: duplicate key 'mode'"
     );
     assert_eq!(
-        err("default: deny\nlibraries:\n  - family: openssl\n    action: allow\n    action: deny\n"),
+        err(
+            "default: deny\nlibraries:\n  - family: openssl\n    action: allow\n    action: deny\n"
+        ),
         "policy.yaml:5:13: libraries[0]: duplicate key 'action'"
     );
 }
@@ -209,7 +268,10 @@ fn size_is_capped() {
     let big = format!("default: deny\n#{}\n", "x".repeat(MAX_POLICY_BYTES));
     assert_eq!(
         err(&big),
-        format!("policy.yaml: policy is {} bytes, more than the limit of 1048576 bytes (1 MiB)", big.len())
+        format!(
+            "policy.yaml: policy is {} bytes, more than the limit of 1048576 bytes (1 MiB)",
+            big.len()
+        )
     );
 }
 
@@ -220,19 +282,33 @@ fn load_names_the_path() {
     let missing = dir.join("missing.yaml");
     assert_eq!(
         load(&missing).unwrap_err().to_string(),
-        format!("cannot read {}: No such file or directory (os error 2)", missing.display())
+        format!(
+            "cannot read {}: No such file or directory (os error 2)",
+            missing.display()
+        )
     );
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, b"default: d\xffny\n").unwrap();
-    assert_eq!(load(&bad).unwrap_err().to_string(), format!("{}: not valid UTF-8 (byte 10)", bad.display()));
+    assert_eq!(
+        load(&bad).unwrap_err().to_string(),
+        format!("{}: not valid UTF-8 (byte 10)", bad.display())
+    );
     std::fs::write(&bad, "default: deny\nmode: on\n").unwrap();
     assert_eq!(
         load(&bad).unwrap_err().to_string(),
-        format!("{}:2:7: mode: unknown value 'on' (expected enforce or audit)", bad.display())
+        format!(
+            "{}:2:7: mode: unknown value 'on' (expected enforce or audit)",
+            bad.display()
+        )
     );
     let big = dir.join("big.yaml");
     std::fs::write(&big, vec![b'#'; MAX_POLICY_BYTES + 1]).unwrap();
-    assert!(load(&big).unwrap_err().to_string().ends_with("more than the limit of 1048576 bytes (1 MiB)"));
+    assert!(
+        load(&big)
+            .unwrap_err()
+            .to_string()
+            .ends_with("more than the limit of 1048576 bytes (1 MiB)")
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -250,11 +326,26 @@ fn hostile_input_errors_without_panicking() {
         err("default: deny\n\"a\\nb\": 1\n"),
         "policy.yaml:2:1: unknown key 'a\\nb' (expected one of: mode, default, libraries)"
     );
-    let deep = format!("default: deny\nlibraries: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    let deep = format!(
+        "default: deny\nlibraries: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     assert!(parse(&deep, "p").is_err());
     let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ndefault: deny\n";
     assert!(parse(bomb, "p").is_err());
-    for junk in ["\0", "{", "]", ":", "- - -", "? ? ?", "!!binary AAAA", "default: !allow x", "*x", "&a"] {
+    for junk in [
+        "\0",
+        "{",
+        "]",
+        ":",
+        "- - -",
+        "? ? ?",
+        "!!binary AAAA",
+        "default: !allow x",
+        "*x",
+        "&a",
+    ] {
         assert!(parse(junk, "p").is_err(), "{junk:?}");
     }
 }
@@ -277,6 +368,36 @@ effective:
 "
     );
     let p = parse("default: allow\n", "p").unwrap();
-    assert!(check_report(&p).contains("mode: audit (nothing is blocked; denied connections are reported as would-block)\n"));
-    assert!(check_report(&p).ends_with("rules: 0\neffective:\n  openssl: allow (default)\n  gnutls: allow (default)\n"));
+    assert!(check_report(&p).contains(
+        "mode: audit (nothing is blocked; denied connections are reported as would-block)\n"
+    ));
+    assert!(check_report(&p).ends_with(
+        "rules: 0\neffective:\n  openssl: allow (default)\n  gnutls: allow (default)\n"
+    ));
+}
+
+#[test]
+fn many_rules_stop_at_the_first_duplicate() {
+    let mut text = String::from("default: deny\nlibraries:\n");
+    while text.len() < MAX_POLICY_BYTES - 40 {
+        text.push_str("  - family: openssl\n    action: allow\n");
+    }
+    assert_eq!(
+        err(&text),
+        "policy.yaml:5:5: libraries[1]: duplicate rule for family 'openssl' (first rule at line 3)"
+    );
+}
+
+#[test]
+fn docs_show_the_real_check_report() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc = std::fs::read_to_string(root.join("docs/policy.md")).unwrap();
+    let intro = "`enforcer policy check policies/audit-gnutls.yaml` prints:\n\n```\n";
+    let start = doc.find(intro).expect("check example in docs/policy.md") + intro.len();
+    let shown = &doc[start..start + doc[start..].find("```").unwrap()];
+    let text = std::fs::read_to_string(root.join("policies/audit-gnutls.yaml")).unwrap();
+    assert_eq!(
+        shown,
+        check_report(&parse(&text, "policies/audit-gnutls.yaml").unwrap())
+    );
 }
