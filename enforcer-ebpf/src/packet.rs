@@ -77,7 +77,11 @@ fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
         return None;
     }
     let mut value = MaybeUninit::<T>::uninit();
-    if !packet.load_bytes(offset as u32, value.as_mut_ptr() as *mut u8, size_of::<T>() as u32) {
+    if !packet.load_bytes(
+        offset as u32,
+        value.as_mut_ptr() as *mut u8,
+        size_of::<T>() as u32,
+    ) {
         return None;
     }
     // SAFETY: the helper filled all size_of::<T>() bytes; T is plain data.
@@ -174,5 +178,9 @@ fn ipv6<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
             return None;
         }
     }
-    if next == IPPROTO_TCP { Some(offset) } else { None }
+    if next == IPPROTO_TCP {
+        Some(offset)
+    } else {
+        None
+    }
 }

@@ -55,7 +55,11 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
             stack.depth = stack.depth.saturating_add(1);
         }
         None => {
-            let mut stack = CallStack { cookies: [0; MAX_DEPTH], depth: 1, _pad: 0 };
+            let mut stack = CallStack {
+                cookies: [0; MAX_DEPTH],
+                depth: 1,
+                _pad: 0,
+            };
             stack.cookies[0] = cookie;
             // Failure (map full even after LRU eviction) means this call goes unattributed:
             // fail-open, nothing else we could do here.
@@ -96,6 +100,10 @@ pub fn innermost_call() -> Option<u64> {
     if depth == 0 {
         return None;
     }
-    let top = if depth > MAX_DEPTH { MAX_DEPTH - 1 } else { depth - 1 };
+    let top = if depth > MAX_DEPTH {
+        MAX_DEPTH - 1
+    } else {
+        depth - 1
+    };
     stack.cookies.get(top).copied()
 }

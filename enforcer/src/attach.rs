@@ -66,11 +66,12 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let covered = attach_libraries(&mut ebpf, &policy, &libs)?;
 
     let btf = Btf::from_sys_fs().ok();
-    let (form, targets, unavailable) = hooks::attach_choice(&mut ebpf, args.kernel_hook, btf.as_ref())?;
-    for (cheaper, why) in &unavailable {
+    let hook = hooks::attach_choice(&mut ebpf, args.kernel_hook, btf.as_ref())?;
+    let form = hook.form;
+    for (cheaper, why) in &hook.skipped {
         info!(form = %cheaper, "kernel hook form unavailable: {why}");
     }
-    info!(form = %form, targets = ?targets, "kernel TCP hook attached");
+    info!(form = %form, targets = ?hook.targets, "kernel TCP hook attached");
     hooks::attach_always(&mut ebpf)?;
 
     let mut filters = Vec::new();
@@ -115,7 +116,10 @@ fn attach_libraries(
         match uprobes::attach_library(ebpf, lib) {
             Ok(functions) => {
                 info!(id = lib.id, family = %lib.family, path = %lib.path.display(), functions, action = %decision.action, "library probed");
-                let info = LibInfo { family: lib.family, path: lib.path.display().to_string() };
+                let info = LibInfo {
+                    family: lib.family,
+                    path: lib.path.display().to_string(),
+                };
                 covered.insert(lib.id, info);
             }
             Err(err) => error!("library not covered: {err}"),

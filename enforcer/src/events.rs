@@ -40,7 +40,11 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(libs: HashMap<u32, LibInfo>, format: EventFormat) -> Self {
-        Self { libs, format, boot_offset_ns: realtime_minus_monotonic() }
+        Self {
+            libs,
+            format,
+            boot_offset_ns: realtime_minus_monotonic(),
+        }
     }
 
     /// Prints a non-connection record (`ready`, ...) in the chosen format.
@@ -51,7 +55,8 @@ impl Reporter {
     }
 
     fn handle(&self, event: &TlsEvent) {
-        let aborted = (event.verdict == verdict::BLOCKED).then(|| sock_destroy::destroy(&event.flow));
+        let aborted =
+            (event.verdict == verdict::BLOCKED).then(|| sock_destroy::destroy(&event.flow));
         let lib = self.libs.get(&event.lib_id);
         let family = lib.map_or("unknown", |l| l.family.name());
         let path = lib.map_or("?", |l| l.path.as_str());
@@ -78,16 +83,34 @@ impl Reporter {
                 let local = sockaddr(local);
                 let remote = sockaddr(remote);
                 if event.verdict == verdict::ALLOWED {
-                    info!(pid = event.pid, comm, library = family, path, local, remote, verdict = verdict_name, "TLS connection");
+                    info!(
+                        pid = event.pid,
+                        comm,
+                        library = family,
+                        path,
+                        local,
+                        remote,
+                        verdict = verdict_name,
+                        "TLS connection"
+                    );
                 } else {
-                    warn!(pid = event.pid, comm, library = family, path, local, remote, verdict = verdict_name, "TLS policy violation");
+                    warn!(
+                        pid = event.pid,
+                        comm,
+                        library = family,
+                        path,
+                        local,
+                        remote,
+                        verdict = verdict_name,
+                        "TLS policy violation"
+                    );
                 }
             }
         }
-        if let Some(Err(err)) = aborted {
-            if !matches!(err, sock_destroy::SockDestroyError::NotFound { .. }) {
-                warn!(%err, "blocked flow: could not abort the local socket; its packets are still dropped");
-            }
+        if let Some(Err(err)) = aborted
+            && !matches!(err, sock_destroy::SockDestroyError::NotFound { .. })
+        {
+            warn!(%err, "blocked flow: could not abort the local socket; its packets are still dropped");
         }
     }
 
@@ -125,7 +148,10 @@ fn print_json(value: &serde_json::Value) {
 
 fn realtime_minus_monotonic() -> i128 {
     let now = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid pointer to a timespec.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -141,7 +167,10 @@ pub fn endpoints(flow: &FlowKey) -> ((IpAddr, u16), (IpAddr, u16)) {
             IpAddr::V6(Ipv6Addr::from(*bytes))
         }
     };
-    ((addr(&flow.local_addr), flow.local_port), (addr(&flow.remote_addr), flow.remote_port))
+    (
+        (addr(&flow.local_addr), flow.local_port),
+        (addr(&flow.remote_addr), flow.remote_port),
+    )
 }
 
 fn sockaddr((addr, port): (IpAddr, u16)) -> String {

@@ -3,7 +3,9 @@
 use std::fmt;
 
 /// A TLS implementation, as named in policies and reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// OpenSSL 1.1 / 3.x `libssl`.

@@ -66,12 +66,28 @@ struct HookProgram {
 }
 
 const FENTRY: [HookProgram; 2] = [
-    HookProgram { program: "fentry_tcp_sendmsg", kind: Kind::Fentry, targets: &["tcp_sendmsg"] },
-    HookProgram { program: "fentry_tcp_cleanup_rbuf", kind: Kind::Fentry, targets: &["tcp_cleanup_rbuf"] },
+    HookProgram {
+        program: "fentry_tcp_sendmsg",
+        kind: Kind::Fentry,
+        targets: &["tcp_sendmsg"],
+    },
+    HookProgram {
+        program: "fentry_tcp_cleanup_rbuf",
+        kind: Kind::Fentry,
+        targets: &["tcp_cleanup_rbuf"],
+    },
 ];
 const KPROBE: [HookProgram; 2] = [
-    HookProgram { program: "kprobe_tcp_sendmsg", kind: Kind::Kprobe, targets: &["tcp_sendmsg"] },
-    HookProgram { program: "kprobe_tcp_cleanup_rbuf", kind: Kind::Kprobe, targets: &["tcp_cleanup_rbuf"] },
+    HookProgram {
+        program: "kprobe_tcp_sendmsg",
+        kind: Kind::Kprobe,
+        targets: &["tcp_sendmsg"],
+    },
+    HookProgram {
+        program: "kprobe_tcp_cleanup_rbuf",
+        kind: Kind::Kprobe,
+        targets: &["tcp_cleanup_rbuf"],
+    },
 ];
 const TRACEPOINT: [HookProgram; 2] = [
     HookProgram {
@@ -87,17 +103,28 @@ const TRACEPOINT: [HookProgram; 2] = [
 ];
 
 /// Tracepoints every form needs: connection close and thread exit bookkeeping.
-pub const ALWAYS: [(&str, &str); 2] =
-    [("tp_sock_state", "inet_sock_set_state"), ("tls_thread_exit", "sched_process_exit")];
+pub const ALWAYS: [(&str, &str); 2] = [
+    ("tp_sock_state", "inet_sock_set_state"),
+    ("tls_thread_exit", "sched_process_exit"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error("program {0} is missing from the eBPF object")]
     Missing(&'static str),
     #[error("{program}: loading failed: {source}{hint}")]
-    Load { program: &'static str, source: ProgramError, hint: Hint },
+    Load {
+        program: &'static str,
+        source: Box<ProgramError>,
+        hint: Hint,
+    },
     #[error("{program}: attaching to {targets} failed: {source}{hint}")]
-    Attach { program: &'static str, targets: String, source: ProgramError, hint: Hint },
+    Attach {
+        program: &'static str,
+        targets: String,
+        source: Box<ProgramError>,
+        hint: Hint,
+    },
     #[error("no kernel hook form could be attached:\n  {}", .0.iter().map(|(f, e)| format!("{f}: {e}")).collect::<Vec<_>>().join("\n  "))]
     NoneWorked(Vec<(HookForm, HookError)>),
 }
@@ -122,7 +149,9 @@ fn hint_for(kind: Kind, stage: &str, err: &ProgramError) -> Hint {
     };
     Hint(match (kind, stage) {
         (Kind::Kprobe, "attach") if !Path::new("/sys/bus/event_source/devices/kprobe").exists() => {
-            Some("this kernel has no kprobes (CONFIG_KPROBES is not set); use --kernel-hook tracepoint")
+            Some(
+                "this kernel has no kprobes (CONFIG_KPROBES is not set); use --kernel-hook tracepoint",
+            )
         }
         (Kind::Fentry, "load") if errno == Some(libc::EPERM) => Some(
             "the kernel refused a BPF trampoline (EPERM: lockdown or no trampoline support); \
@@ -137,7 +166,11 @@ fn hint_for(kind: Kind, stage: &str, err: &ProgramError) -> Hint {
 
 /// Loads and attaches every program of `form`. On error, whatever this call attached is
 /// detached again (programs are unloaded), so a failed form leaves nothing behind.
-pub fn attach_form(ebpf: &mut Ebpf, form: HookForm, btf: Option<&Btf>) -> Result<Vec<String>, HookError> {
+pub fn attach_form(
+    ebpf: &mut Ebpf,
+    form: HookForm,
+    btf: Option<&Btf>,
+) -> Result<Vec<String>, HookError> {
     let mut attached = Vec::new();
     for spec in form.programs() {
         match attach_program(ebpf, spec, btf) {
@@ -151,12 +184,21 @@ pub fn attach_form(ebpf: &mut Ebpf, form: HookForm, btf: Option<&Btf>) -> Result
     Ok(attached)
 }
 
+/// The kernel hook in place.
+pub struct AttachedHook {
+    pub form: HookForm,
+    /// What each program attached to.
+    pub targets: Vec<String>,
+    /// With `auto`: the cheaper forms that did not work, and why.
+    pub skipped: Vec<(HookForm, HookError)>,
+}
+
 /// `auto`: the first form that works, with the reasons the cheaper ones did not.
 pub fn attach_choice(
     ebpf: &mut Ebpf,
     choice: HookChoice,
     btf: Option<&Btf>,
-) -> Result<(HookForm, Vec<String>, Vec<(HookForm, HookError)>), HookError> {
+) -> Result<AttachedHook, HookError> {
     let forms: Vec<HookForm> = match choice {
         HookChoice::Auto => HookForm::ALL.to_vec(),
         HookChoice::Fentry => vec![HookForm::Fentry],
@@ -166,7 +208,7 @@ pub fn attach_choice(
     let mut failures = Vec::new();
     for form in forms {
         match attach_form(ebpf, form, btf) {
-            Ok(targets) => return Ok((form, targets, failures)),
+            Ok(targets) => return Ok(AttachedHook { form, targets, skipped: failures }),
             Err(err) if choice == HookChoice::Auto => failures.push((form, err)),
             Err(err) => return Err(err),
         }
@@ -174,10 +216,18 @@ pub fn attach_choice(
     Err(HookError::NoneWorked(failures))
 }
 
-fn attach_program(ebpf: &mut Ebpf, spec: &HookProgram, btf: Option<&Btf>) -> Result<String, HookError> {
+fn attach_program(
+    ebpf: &mut Ebpf,
+    spec: &HookProgram,
+    btf: Option<&Btf>,
+) -> Result<String, HookError> {
     let name = spec.program;
     let program = ebpf.program_mut(name).ok_or(HookError::Missing(name))?;
-    let load_err = |source| HookError::Load { program: name, hint: hint_for(spec.kind, "load", &source), source };
+    let load_err = |source| HookError::Load {
+        program: name,
+        hint: hint_for(spec.kind, "load", &source),
+        source: Box::new(source),
+    };
     let mut last = None;
     match spec.kind {
         Kind::Fentry => {
@@ -217,7 +267,7 @@ fn attach_program(ebpf: &mut Ebpf, spec: &HookProgram, btf: Option<&Btf>) -> Res
         program: name,
         targets: spec.targets.join(" | "),
         hint: hint_for(spec.kind, "attach", &source),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -229,7 +279,9 @@ pub fn detach_form(ebpf: &mut Ebpf, form: HookForm) {
 }
 
 fn unload(ebpf: &mut Ebpf, spec: &HookProgram) {
-    let Some(program) = ebpf.program_mut(spec.program) else { return };
+    let Some(program) = ebpf.program_mut(spec.program) else {
+        return;
+    };
     // Unloading detaches every link the program has; a program never loaded reports an error
     // we have nothing to do about.
     let _ = match spec.kind {
@@ -243,16 +295,17 @@ fn unload(ebpf: &mut Ebpf, spec: &HookProgram) {
 pub fn attach_always(ebpf: &mut Ebpf) -> Result<(), HookError> {
     for (name, target) in ALWAYS {
         let program = ebpf.program_mut(name).ok_or(HookError::Missing(name))?;
-        let p: &mut RawTracePoint = program.try_into().map_err(|source| HookError::Load {
+        let load_err = |source| HookError::Load {
             program: name,
-            source,
+            source: Box::new(source),
             hint: Hint::default(),
-        })?;
-        p.load().map_err(|source| HookError::Load { program: name, source, hint: Hint::default() })?;
+        };
+        let p: &mut RawTracePoint = program.try_into().map_err(load_err)?;
+        p.load().map_err(load_err)?;
         p.attach(target).map_err(|source| HookError::Attach {
             program: name,
             targets: target.to_string(),
-            source,
+            source: Box::new(source),
             hint: Hint::default(),
         })?;
     }

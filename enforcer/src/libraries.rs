@@ -87,13 +87,6 @@ pub enum LibraryError {
 
 /// Identify one file: its TLS family and where to probe it, or `None` if it is not a TLS library
 /// (not ELF, not a regular file, no matching profile, or nothing probe-able in it).
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "API for checking one file; nothing outside the tests calls it yet"
-    )
-)]
 pub fn identify(path: &Path) -> Result<Option<Identified>, LibraryError> {
     let (file, md) = open(path)?;
     if !md.is_file() {

@@ -17,7 +17,10 @@ pub enum LoadError {
     #[error("loading the eBPF object failed: {0}")]
     Object(#[from] aya::EbpfError),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
 }
@@ -31,8 +34,11 @@ pub fn load(offsets: &SockOffsets) -> Result<Ebpf, LoadError> {
 pub fn set_mode(ebpf: &mut Ebpf, value: Mode) -> Result<(), LoadError> {
     let name = maps::MODE;
     let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
-    let mut array: Array<_, u32> = Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
-    array.set(0, value.code(), 0).map_err(|source| LoadError::Map { name, source })
+    let mut array: Array<_, u32> =
+        Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
+    array
+        .set(0, value.code(), 0)
+        .map_err(|source| LoadError::Map { name, source })
 }
 
 pub fn set_library_action(ebpf: &mut Ebpf, lib_id: u32, value: Action) -> Result<(), LoadError> {
@@ -40,5 +46,7 @@ pub fn set_library_action(ebpf: &mut Ebpf, lib_id: u32, value: Action) -> Result
     let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
     let mut actions: HashMap<_, u32, u8> =
         HashMap::try_from(map).map_err(|source| LoadError::Map { name, source })?;
-    actions.insert(lib_id, value.code(), 0).map_err(|source| LoadError::Map { name, source })
+    actions
+        .insert(lib_id, value.code(), 0)
+        .map_err(|source| LoadError::Map { name, source })
 }

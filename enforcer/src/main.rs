@@ -1,26 +1,15 @@
-//! enforcer: decides by TLS library which TCP connections may talk, in the kernel.
-
-mod attach;
-mod btf;
-mod catalog;
-mod events;
-mod family;
-mod hooks;
-mod iface;
-mod kernel_check;
-mod libraries;
-mod loader;
-mod policy;
-mod sock_destroy;
-mod tc;
-mod uprobes;
+//! The `enforcer` command line.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use enforcer::{attach, events, hooks, kernel_check, policy};
 
 #[derive(Parser)]
-#[command(version, about = "Kernel-enforced firewall that decides by TLS library")]
+#[command(
+    version,
+    about = "Kernel-enforced firewall that decides by TLS library"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,7 +64,9 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("error: {err:#}");
             if !is_root() {
-                eprintln!("hint: enforcer loads eBPF programs and changes interfaces: run it as root");
+                eprintln!(
+                    "hint: enforcer loads eBPF programs and changes interfaces: run it as root"
+                );
             }
             ExitCode::FAILURE
         }
@@ -84,15 +75,29 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Attach { ifaces, policy, dry_run, kernel_hook, events } => {
-            let args = attach::AttachArgs { ifaces, policy, dry_run, kernel_hook, events };
+        Command::Attach {
+            ifaces,
+            policy,
+            dry_run,
+            kernel_hook,
+            events,
+        } => {
+            let args = attach::AttachArgs {
+                ifaces,
+                policy,
+                dry_run,
+                kernel_hook,
+                events,
+            };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?
                 .block_on(attach::run(args))
         }
-        Command::Policy { command: PolicyCommand::Check { file } } => {
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => {
             let policy = policy::load(&file)?;
             print!("{}", policy::check_report(&policy));
             Ok(())

@@ -21,22 +21,38 @@ pub enum UprobeError {
     #[error("program {0} is missing from the eBPF object")]
     Missing(&'static str),
     #[error("loading {program} failed: {source}")]
-    Load { program: &'static str, source: ProgramError },
+    Load {
+        program: &'static str,
+        source: Box<ProgramError>,
+    },
     #[error("{path}: attaching to {symbol} (file offset {offset:#x}) failed: {source}")]
-    Attach { path: String, symbol: String, offset: u64, source: ProgramError },
+    Attach {
+        path: String,
+        symbol: String,
+        offset: u64,
+        source: Box<ProgramError>,
+    },
 }
 
 /// Loads both programs. Called once, before any `attach_library`.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), UprobeError> {
     for name in [ENTRY, RETURN] {
-        program(ebpf, name)?.load().map_err(|source| UprobeError::Load { program: name, source })?;
+        program(ebpf, name)?
+            .load()
+            .map_err(|source| UprobeError::Load {
+                program: name,
+                source: Box::new(source),
+            })?;
     }
     Ok(())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, UprobeError> {
     let program = ebpf.program_mut(name).ok_or(UprobeError::Missing(name))?;
-    program.try_into().map_err(|source| UprobeError::Load { program: name, source })
+    program.try_into().map_err(|source| UprobeError::Load {
+        program: name,
+        source: Box::new(source),
+    })
 }
 
 /// Attaches entry and return probes to every probe target of `lib`; returns how many functions
@@ -65,7 +81,7 @@ pub fn attach_library(ebpf: &mut Ebpf, lib: &Library) -> Result<usize, UprobeErr
                         path: lib.path.display().to_string(),
                         symbol: target.symbol.clone(),
                         offset: target.file_offset,
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }

@@ -12,8 +12,10 @@ use std::{
 use enforcer_tests::{Agent, Cert, NetNs, Server, cmd, require_root, run_with_timeout};
 use serde_json::Value;
 
-const OPENSSL_ONLY_ENFORCE: &str = "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n";
-const OPENSSL_ONLY_AUDIT: &str = "mode: audit\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n";
+const OPENSSL_ONLY_ENFORCE: &str =
+    "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n";
+const OPENSSL_ONLY_AUDIT: &str =
+    "mode: audit\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n";
 const READY: Duration = Duration::from_secs(60);
 const EVENT: Duration = Duration::from_secs(10);
 const CLIENT: Duration = Duration::from_secs(15);
@@ -36,7 +38,12 @@ fn start_agent(ns: &NetNs, policy: &str, extra: &[&str]) -> Agent {
 }
 
 /// A connection event of `comm` to `remote`, from `local_ip`.
-fn connection(agent: &mut Agent, comm: &str, local_ip: IpAddr, remote: std::net::SocketAddr) -> Value {
+fn connection(
+    agent: &mut Agent,
+    comm: &str,
+    local_ip: IpAddr,
+    remote: std::net::SocketAddr,
+) -> Value {
     let (comm, local_ip) = (comm.to_string(), local_ip.to_string());
     agent.wait_for(
         move |v| {
@@ -51,17 +58,32 @@ fn connection(agent: &mut Agent, comm: &str, local_ip: IpAddr, remote: std::net:
 }
 
 fn curl(url: &str) -> enforcer_tests::Outcome {
-    run_with_timeout(&mut cmd("curl", ["-sk", "--max-time", "10", url]), b"", CLIENT)
+    run_with_timeout(
+        &mut cmd("curl", ["-sk", "--max-time", "10", url]),
+        b"",
+        CLIENT,
+    )
 }
 
 fn s_client(addr: &str, input: &[u8]) -> enforcer_tests::Outcome {
-    run_with_timeout(&mut cmd("openssl", ["s_client", "-quiet", "-no_ign_eof", "-connect", addr]), input, CLIENT)
+    run_with_timeout(
+        &mut cmd(
+            "openssl",
+            ["s_client", "-quiet", "-no_ign_eof", "-connect", addr],
+        ),
+        input,
+        CLIENT,
+    )
 }
 
 fn gnutls_cli(ip: IpAddr, port: u16, input: &[u8]) -> enforcer_tests::Outcome {
     let port = port.to_string();
     let host = ip.to_string();
-    run_with_timeout(&mut cmd("gnutls-cli", ["--insecure", "--port", &port, &host]), input, CLIENT)
+    run_with_timeout(
+        &mut cmd("gnutls-cli", ["--insecure", "--port", &port, &host]),
+        input,
+        CLIENT,
+    )
 }
 
 fn enforce_case(v6: bool) {
@@ -78,7 +100,11 @@ fn enforce_case(v6: bool) {
 
     // OpenSSL clients complete and are reported as allowed.
     let out = curl(&www.url());
-    assert!(out.success() && out.stdout_str().contains("s_server"), "curl must complete: {out:?}\n{}", agent.stderr());
+    assert!(
+        out.success() && out.stdout_str().contains("s_server"),
+        "curl must complete: {out:?}\n{}",
+        agent.stderr()
+    );
     let event = connection(&mut agent, "curl", local, www.addr());
     assert_eq!(event["verdict"], "allowed", "{event}");
     assert_eq!(event["library"]["family"], "openssl", "{event}");
@@ -87,22 +113,35 @@ fn enforce_case(v6: bool) {
     let out = s_client(&plain.addr().to_string(), line);
     assert!(out.success(), "s_client must complete: {out:?}");
     plain.wait_received(line, EVENT);
-    assert_eq!(connection(&mut agent, "openssl", local, plain.addr())["verdict"], "allowed");
+    assert_eq!(
+        connection(&mut agent, "openssl", local, plain.addr())["verdict"],
+        "allowed"
+    );
 
     // GnuTLS: refused within 2 s, and not one application byte reaches the peer.
     let marker = b"GNUTLS-MUST-NOT-ARRIVE\n";
     let out = gnutls_cli(peer, PLAIN_PORT, marker);
     assert!(!out.success(), "gnutls-cli must fail: {out:?}");
-    assert!(out.elapsed < Duration::from_secs(2), "gnutls-cli took {:?} to fail: {out:?}", out.elapsed);
+    assert!(
+        out.elapsed < Duration::from_secs(2),
+        "gnutls-cli took {:?} to fail: {out:?}",
+        out.elapsed
+    );
     let event = connection(&mut agent, "gnutls-cli", local, plain.addr());
     assert_eq!(event["verdict"], "blocked", "{event}");
     assert_eq!(event["library"]["family"], "gnutls", "{event}");
     assert_eq!(event["socket_aborted"], true, "{event}");
     let received = String::from_utf8_lossy(&plain.received()).into_owned();
-    assert!(!received.contains("GNUTLS-MUST-NOT-ARRIVE"), "the peer received GnuTLS data: {received:?}");
+    assert!(
+        !received.contains("GNUTLS-MUST-NOT-ARRIVE"),
+        "the peer received GnuTLS data: {received:?}"
+    );
 
     // The block is per connection: OpenSSL still works afterwards.
-    assert!(curl(&www.url()).success(), "curl after the block must complete");
+    assert!(
+        curl(&www.url()).success(),
+        "curl after the block must complete"
+    );
     drop(agent);
 }
 
@@ -138,15 +177,29 @@ fn audit_case(v6: bool, policy: &str, extra: &[&str]) {
     let mut agent = start_agent(&ns, policy, extra);
 
     // Both libraries complete.
-    assert!(curl(&www.url()).success(), "curl must complete in audit mode");
-    assert_eq!(connection(&mut agent, "curl", local, www.addr())["verdict"], "allowed");
+    assert!(
+        curl(&www.url()).success(),
+        "curl must complete in audit mode"
+    );
+    assert_eq!(
+        connection(&mut agent, "curl", local, www.addr())["verdict"],
+        "allowed"
+    );
     let out = gnutls_cli(peer, WWW_PORT, b"GET / HTTP/1.0\r\n\r\n");
-    assert!(out.success() && out.stdout_str().contains("s_server"), "gnutls-cli must complete in audit mode: {out:?}");
+    assert!(
+        out.success() && out.stdout_str().contains("s_server"),
+        "gnutls-cli must complete in audit mode: {out:?}"
+    );
 
     // A GnuTLS connection held open: its event must carry exactly the 4-tuple the peer sees.
     let started = Instant::now();
     let client = Command::new("gnutls-cli")
-        .args(["--insecure", "--port", &PLAIN_PORT.to_string(), &peer.to_string()])
+        .args([
+            "--insecure",
+            "--port",
+            &PLAIN_PORT.to_string(),
+            &peer.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -163,7 +216,9 @@ fn audit_case(v6: bool, policy: &str, extra: &[&str]) {
         IpAddr::V6(a) => format!("[{a}]:{local_port}"),
     };
     assert!(
-        seen_by_peer.lines().any(|l| l.contains(&expected) && l.contains(&format!(":{PLAIN_PORT}"))),
+        seen_by_peer
+            .lines()
+            .any(|l| l.contains(&expected) && l.contains(&format!(":{PLAIN_PORT}"))),
         "the peer has no connection from {expected} (event {event}); peer sockets:\n{seen_by_peer}"
     );
     assert!(started.elapsed() < EVENT);

@@ -1,0 +1,18 @@
+//! enforcer: decides by TLS library which TCP connections may talk, in the kernel.
+//!
+//! The library holds every part; `main.rs` is only the command line. See docs/architecture.md.
+
+pub mod attach;
+pub mod btf;
+pub mod catalog;
+pub mod events;
+pub mod family;
+pub mod hooks;
+pub mod iface;
+pub mod kernel_check;
+pub mod libraries;
+pub mod loader;
+pub mod policy;
+pub mod sock_destroy;
+pub mod tc;
+pub mod uprobes;
