@@ -36,7 +36,8 @@ fn read<T>(sk: *const u8, offset: u32) -> Option<T> {
 }
 
 /// The flow of a TCP socket, from this host's point of view. `None` for non-TCP sockets (the
-/// generic `sock_*_length` tracepoints fire for every socket), unknown families, or read errors.
+/// generic `sock_*_length` tracepoints fire for every socket), unconnected sockets, unknown
+/// families, or read errors.
 #[inline(always)]
 pub fn flow_of(sk: *const u8) -> Option<FlowKey> {
     let o = offsets();
@@ -48,6 +49,11 @@ pub fn flow_of(sk: *const u8) -> Option<FlowKey> {
         remote_port: u16::from_be(read::<u16>(sk, o.dport)?),
         ..FlowKey::default()
     };
+    // A socket that is not connected (or was just aborted and unhashed: the kernel clears its
+    // local port) names no flow; writes on it go nowhere.
+    if key.local_port == 0 || key.remote_port == 0 {
+        return None;
+    }
     match read::<u16>(sk, o.family)? {
         AF_INET => {
             key.family = family::V4;
