@@ -17,7 +17,7 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     // SAFETY: only existence is checked.
-    if !segment.rst && unsafe { BLOCKLIST.get(&segment.as_sender()) }.is_some() {
+    if !segment.rst && unsafe { BLOCKLIST.get(segment.as_sender()) }.is_some() {
         stats::bump(stat::TC_DROPS);
         return TC_ACT_SHOT;
     }

@@ -44,7 +44,7 @@ pub fn on_tcp_io(sk: *const u8, direction: u8) {
     };
     let lib_id = cookie::lib_id(call);
     // SAFETY: copied out at once.
-    if let Some(known) = unsafe { FLOWS.get(&flow) } {
+    if let Some(known) = unsafe { FLOWS.get(flow) } {
         // Same library again, or already blocked: nothing new to decide or report.
         if known.lib_id == lib_id || known.verdict == verdict::BLOCKED {
             return;
@@ -62,7 +62,7 @@ pub fn on_tcp_io(sk: *const u8, direction: u8) {
         _pad: 0,
     };
     // LRU insert cannot fail for lack of room.
-    let _ = FLOWS.insert(&flow, &state, 0);
+    let _ = FLOWS.insert(flow, state, 0);
     stats::bump(stat::FLOWS_ATTRIBUTED);
     report(&flow, &state, now);
 }
@@ -70,13 +70,13 @@ pub fn on_tcp_io(sk: *const u8, direction: u8) {
 #[inline(always)]
 fn decide(flow: &FlowKey, lib_id: u32) -> u8 {
     // SAFETY: copied out at once.
-    let lib_action = unsafe { LIB_ACTIONS.get(&lib_id) }.copied();
+    let lib_action = unsafe { LIB_ACTIONS.get(lib_id) }.copied();
     let enforcing = MODE.get(0).copied() == Some(mode::ENFORCE);
     match lib_action {
         Some(action::ALLOW) => verdict::ALLOWED,
         Some(action::AUDIT) => verdict::AUDITED,
         Some(action::DENY) if enforcing => {
-            if BLOCKLIST.insert(flow, &1, 0).is_ok() {
+            if BLOCKLIST.insert(flow, 1, 0).is_ok() {
                 verdict::BLOCKED
             } else {
                 // Fail-open: the packets go out, but userspace warns loudly and counts it.
@@ -116,7 +116,7 @@ fn report(flow: &FlowKey, state: &FlowState, now: u64) {
 #[inline(always)]
 pub fn forget(sk: *const u8) {
     if let Some(flow) = sock::flow_of(sk) {
-        let _ = FLOWS.remove(&flow);
-        let _ = BLOCKLIST.remove(&flow);
+        let _ = FLOWS.remove(flow);
+        let _ = BLOCKLIST.remove(flow);
     }
 }

@@ -1,10 +1,7 @@
 //! Ingress: drop packets of blocklisted flows before the stack sees them.
 
 use aya_ebpf::{
-    bindings::{xdp_action, xdp_md},
-    helpers::generated::bpf_xdp_load_bytes,
-    macros::xdp,
-    programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, macros::xdp, programs::XdpContext,
 };
 use enforcer_common::stat;
 
@@ -18,7 +15,7 @@ pub fn enforcer_ingress(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: only existence is checked.
-    if unsafe { BLOCKLIST.get(&segment.as_receiver()) }.is_some() {
+    if unsafe { BLOCKLIST.get(segment.as_receiver()) }.is_some() {
         stats::bump(stat::XDP_DROPS);
         return xdp_action::XDP_DROP;
     }
@@ -29,6 +26,6 @@ impl packet::Packet for XdpContext {
     #[inline(always)]
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         // SAFETY: ctx is the program's xdp_md; dst points at `len` writable stack bytes.
-        unsafe { bpf_xdp_load_bytes(self.ctx as *mut xdp_md, offset, dst.cast(), len) == 0 }
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst.cast(), len) == 0 }
     }
 }

@@ -62,11 +62,28 @@ pub fn test() -> ExitCode {
         "--workspace",
         "--exclude",
         "enforcer-ebpf",
+        "--all-targets",
         "--",
         "-D",
         "warnings",
     ];
     t.step("clippy", || cargo(&clippy).is_ok());
+    // The eBPF crate is linted for its real target (nightly, build-std), like it is built.
+    let clippy_ebpf = [
+        "+nightly",
+        "clippy",
+        "--manifest-path",
+        "enforcer-ebpf/Cargo.toml",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    t.step("clippy (eBPF)", || cargo(&clippy_ebpf).is_ok());
 
     for s in &t.failed_steps {
         println!("xtask: step failed: {s}");
