@@ -23,6 +23,12 @@ pub enum IfaceError {
     IndexNotFound { ifindex: u32 },
     #[error("no default route: pass --iface")]
     NoDefaultRoute,
+    #[error(
+        "interface '{name}' is not Ethernet (link type {link_type}): enforcer's XDP and tc \
+         programs parse Ethernet frames and would enforce nothing there; pick an Ethernet \
+         interface (tun, WireGuard and other layer-3 devices are not supported yet)"
+    )]
+    NotEthernet { name: String, link_type: String },
     #[error("{what} over rtnetlink failed: {source}")]
     Netlink {
         what: &'static str,
@@ -49,6 +55,28 @@ pub fn ifindex(name: &str) -> Result<u32, IfaceError> {
         });
     }
     Ok(index)
+}
+
+/// Refuses interfaces whose frames do not start with an Ethernet header: the packet programs would
+/// parse garbage and fail open, silently enforcing nothing. Loopback frames carry a (zeroed)
+/// Ethernet header and are accepted.
+pub fn require_ethernet(name: &str) -> Result<(), IfaceError> {
+    const ARPHRD_ETHER: &str = "1";
+    const ARPHRD_LOOPBACK: &str = "772";
+    let path = format!("/sys/class/net/{name}/type");
+    let link_type = std::fs::read_to_string(&path)
+        .map_err(|_| IfaceError::NotFound {
+            name: name.to_owned(),
+        })?
+        .trim()
+        .to_owned();
+    match link_type.as_str() {
+        ARPHRD_ETHER | ARPHRD_LOOPBACK => Ok(()),
+        _ => Err(IfaceError::NotEthernet {
+            name: name.to_owned(),
+            link_type,
+        }),
+    }
 }
 
 /// The name of interface `ifindex` in the caller's namespace, if it exists (`if_indextoname(3)`).

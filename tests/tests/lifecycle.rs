@@ -6,7 +6,8 @@ use std::{process::Command, time::Duration};
 use enforcer_tests::{Agent, NetNs, cmd, enforcer_bin, require_root, run_with_timeout, sh};
 
 const READY: Duration = Duration::from_secs(60);
-const POLICY: &str = "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n";
+const POLICY: &str =
+    "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n";
 
 /// What enforcer may have put on an interface, as `ip` and `tc` report it.
 #[derive(Debug, PartialEq)]
@@ -20,17 +21,35 @@ fn state(iface: &str) -> IfaceState {
     let link = sh(&mut cmd("ip", ["-d", "link", "show", "dev", iface]));
     let qdiscs = sh(&mut cmd("tc", ["qdisc", "show", "dev", iface]));
     let filters = sh(&mut cmd("tc", ["filter", "show", "dev", iface, "egress"]));
-    IfaceState { xdp: link.contains("xdp"), clsact: qdiscs.contains("clsact"), egress_filters: filters.trim().to_string() }
+    IfaceState {
+        xdp: link.contains("xdp"),
+        clsact: qdiscs.contains("clsact"),
+        egress_filters: filters.trim().to_string(),
+    }
 }
 
 fn clean() -> IfaceState {
-    IfaceState { xdp: false, clsact: false, egress_filters: String::new() }
+    IfaceState {
+        xdp: false,
+        clsact: false,
+        egress_filters: String::new(),
+    }
 }
 
 fn enforcer_programs_loaded() -> Vec<String> {
     let out = sh(&mut cmd("bpftool", ["prog", "show"]));
     out.lines()
-        .filter(|l| ["enforcer_ingres", "enforcer_egress", "tls_enter", "tls_exit", "tp_tcp_send"].iter().any(|n| l.contains(n)))
+        .filter(|l| {
+            [
+                "enforcer_ingres",
+                "enforcer_egress",
+                "tls_enter",
+                "tls_exit",
+                "tp_tcp_send",
+            ]
+            .iter()
+            .any(|n| l.contains(n))
+        })
         .map(str::to_string)
         .collect()
 }
@@ -39,7 +58,10 @@ fn attached_agent(ns: &NetNs) -> Agent {
     let mut agent = Agent::with_policy(&ns.host_if, POLICY, &[]);
     agent.wait_ready(READY);
     let st = state(&ns.host_if);
-    assert!(st.xdp && st.clsact && st.egress_filters.contains("enforcer_egress"), "not attached: {st:?}");
+    assert!(
+        st.xdp && st.clsact && st.egress_filters.contains("enforcer_egress"),
+        "not attached: {st:?}"
+    );
     agent
 }
 
@@ -50,9 +72,17 @@ fn exit_leaves_nothing(signal: libc::c_int) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.pid() as libc::pid_t, signal) };
     let status = agent.stop().expect("agent was running");
-    assert!(status.success(), "agent exited with {status:?} on signal {signal}: {}", agent.stderr());
+    assert!(
+        status.success(),
+        "agent exited with {status:?} on signal {signal}: {}",
+        agent.stderr()
+    );
     assert_eq!(state(&ns.host_if), clean(), "left behind on {}", ns.host_if);
-    assert!(enforcer_programs_loaded().is_empty(), "programs left loaded: {:?}", enforcer_programs_loaded());
+    assert!(
+        enforcer_programs_loaded().is_empty(),
+        "programs left loaded: {:?}",
+        enforcer_programs_loaded()
+    );
 }
 
 #[test]
@@ -73,11 +103,26 @@ fn failed_attach_rolls_back() {
     let (a, b) = (NetNs::new(), NetNs::new());
     let _holder = attached_agent(&b);
     let mut second = Command::new(enforcer_bin());
-    second.args(["attach", "--iface", &a.host_if, "--iface", &b.host_if, "--events", "json"]);
+    second.args([
+        "attach", "--iface", &a.host_if, "--iface", &b.host_if, "--events", "json",
+    ]);
     let out = run_with_timeout(&mut second, b"", Duration::from_secs(60));
-    assert!(!out.success() && !out.timed_out, "the second agent must fail: {out:?}");
-    assert!(out.stderr_str().contains(&b.host_if), "the error must name {}: {}", b.host_if, out.stderr_str());
-    assert_eq!(state(&a.host_if), clean(), "rollback left state on {}", a.host_if);
+    assert!(
+        !out.success() && !out.timed_out,
+        "the second agent must fail: {out:?}"
+    );
+    assert!(
+        out.stderr_str().contains(&b.host_if),
+        "the error must name {}: {}",
+        b.host_if,
+        out.stderr_str()
+    );
+    assert_eq!(
+        state(&a.host_if),
+        clean(),
+        "rollback left state on {}",
+        a.host_if
+    );
 }
 
 /// After SIGKILL the tc filter (a netlink object) survives; the next agent removes it instead of
@@ -91,54 +136,98 @@ fn stale_filter_after_sigkill_is_replaced() {
     unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGKILL) };
     first.stop();
     let st = state(&ns.host_if);
-    assert!(!st.xdp, "XDP is a BPF link and must go with the process: {st:?}");
-    assert!(st.egress_filters.contains("enforcer_egress"), "expected the stale filter: {st:?}");
+    assert!(
+        !st.xdp,
+        "XDP is a BPF link and must go with the process: {st:?}"
+    );
+    assert!(
+        st.egress_filters.contains("enforcer_egress"),
+        "expected the stale filter: {st:?}"
+    );
 
     let mut second = attached_agent(&ns);
     let filters = state(&ns.host_if).egress_filters;
-    let ours = filters.lines().filter(|l| l.contains("enforcer_egress")).count();
+    let ours = filters
+        .lines()
+        .filter(|l| l.contains("enforcer_egress"))
+        .count();
     assert_eq!(ours, 1, "filters stacked: {filters}");
-    assert!(second.stderr().contains("removed tc filters left by an earlier agent"), "{}", second.stderr());
+    assert!(
+        second
+            .stderr()
+            .contains("removed tc filters left by an earlier agent"),
+        "{}",
+        second.stderr()
+    );
     second.stop();
     // The clsact was created by the first agent, so the second does not own it; the filter is gone.
-    assert!(state(&ns.host_if).egress_filters.is_empty(), "{:?}", state(&ns.host_if));
+    assert!(
+        state(&ns.host_if).egress_filters.is_empty(),
+        "{:?}",
+        state(&ns.host_if)
+    );
 }
 
 #[test]
 fn missing_interface_is_a_clear_error() {
     require_root();
     let out = run_with_timeout(
-        &mut cmd(enforcer_bin().to_str().unwrap(), ["attach", "--iface", "enf-nosuch0"]),
+        &mut cmd(
+            enforcer_bin().to_str().unwrap(),
+            ["attach", "--iface", "enf-nosuch0"],
+        ),
         b"",
         Duration::from_secs(30),
     );
     assert!(!out.success(), "{out:?}");
     let err = out.stderr_str();
-    assert!(err.contains("interface 'enf-nosuch0' does not exist") && err.contains("ip link"), "{err}");
-    assert!(enforcer_programs_loaded().is_empty(), "programs loaded for a failed start");
+    assert!(
+        err.contains("interface 'enf-nosuch0' does not exist") && err.contains("ip link"),
+        "{err}"
+    );
+    assert!(
+        enforcer_programs_loaded().is_empty(),
+        "programs loaded for a failed start"
+    );
 }
 
 #[test]
 fn policy_check_names_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
-    std::fs::write(&file, "mode: enforce\ndefault: deny\nlibraries:\n  - fmaily: openssl\n    action: allow\n").unwrap();
+    std::fs::write(
+        &file,
+        "mode: enforce\ndefault: deny\nlibraries:\n  - fmaily: openssl\n    action: allow\n",
+    )
+    .unwrap();
     let out = run_with_timeout(
-        &mut cmd(enforcer_bin().to_str().unwrap(), ["policy", "check", file.to_str().unwrap()]),
+        &mut cmd(
+            enforcer_bin().to_str().unwrap(),
+            ["policy", "check", file.to_str().unwrap()],
+        ),
         b"",
         Duration::from_secs(10),
     );
     assert!(!out.success(), "{out:?}");
     let err = out.stderr_str();
-    assert!(err.contains("bad.yaml:4:") && err.contains("fmaily"), "error must name line 4 and the key: {err}");
+    assert!(
+        err.contains("bad.yaml:4:") && err.contains("fmaily"),
+        "error must name line 4 and the key: {err}"
+    );
 
     let good = enforcer_tests::workspace().join("policies/openssl-only.yaml");
     let out = run_with_timeout(
-        &mut cmd(enforcer_bin().to_str().unwrap(), ["policy", "check", good.to_str().unwrap()]),
+        &mut cmd(
+            enforcer_bin().to_str().unwrap(),
+            ["policy", "check", good.to_str().unwrap()],
+        ),
         b"",
         Duration::from_secs(10),
     );
-    assert!(out.success() && out.stdout_str().contains("enforce"), "{out:?}");
+    assert!(
+        out.success() && out.stdout_str().contains("enforce"),
+        "{out:?}"
+    );
 }
 
 /// Every form either attaches, or says precisely why not. On this kernel family: kprobes are
@@ -147,18 +236,63 @@ fn policy_check_names_line_and_key() {
 #[test]
 fn check_kernel_explains_every_hook_form() {
     require_root();
-    let out = run_with_timeout(&mut cmd(enforcer_bin().to_str().unwrap(), ["check-kernel"]), b"", Duration::from_secs(60));
+    let out = run_with_timeout(
+        &mut cmd(enforcer_bin().to_str().unwrap(), ["check-kernel"]),
+        b"",
+        Duration::from_secs(60),
+    );
     let text = out.stdout_str();
     assert!(out.success(), "no hook form works? {out:?}");
-    let line = |form: &str| text.lines().find(|l| l.starts_with(&format!("{form}:"))).unwrap_or_else(|| panic!("no {form} line: {text}")).to_string();
+    let line = |form: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{form}:")))
+            .unwrap_or_else(|| panic!("no {form} line: {text}"))
+            .to_string()
+    };
     assert!(line("tracepoint").contains("attaches"), "{text}");
     let kprobe = line("kprobe");
     if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-        assert!(kprobe.contains("attaches"), "the kernel has kprobes: {kprobe}");
+        assert!(
+            kprobe.contains("attaches"),
+            "the kernel has kprobes: {kprobe}"
+        );
     } else {
-        assert!(kprobe.contains("loads, cannot attach") && kprobe.contains("CONFIG_KPROBES"), "{kprobe}");
+        assert!(
+            kprobe.contains("loads, cannot attach") && kprobe.contains("CONFIG_KPROBES"),
+            "{kprobe}"
+        );
     }
     let fentry = line("fentry");
-    assert!(fentry.contains("attaches") || fentry.contains("EPERM") || fentry.contains("BTF"), "fentry must attach or say why: {fentry}");
+    assert!(
+        fentry.contains("attaches") || fentry.contains("EPERM") || fentry.contains("BTF"),
+        "fentry must attach or say why: {fentry}"
+    );
     assert!(line("auto").len() > "auto: ".len());
+}
+
+/// A layer-3 device has no Ethernet header: the agent must refuse it rather than attach programs
+/// that would parse garbage and enforce nothing.
+#[test]
+fn non_ethernet_interface_is_refused() {
+    require_root();
+    let name = format!("enftun{}", std::process::id() % 100_000);
+    sh(&mut cmd(
+        "ip",
+        ["tuntap", "add", "dev", &name, "mode", "tun"],
+    ));
+    let out = run_with_timeout(
+        &mut cmd(
+            enforcer_bin().to_str().unwrap(),
+            ["attach", "--iface", &name],
+        ),
+        b"",
+        Duration::from_secs(30),
+    );
+    let _ = Command::new("ip").args(["link", "del", &name]).status();
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr_str().contains("is not Ethernet"),
+        "{}",
+        out.stderr_str()
+    );
 }

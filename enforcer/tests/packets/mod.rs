@@ -58,7 +58,11 @@ pub fn tcp(src_port: u16, dst_port: u16, flags: u8) -> Vec<u8> {
     h.extend_from_slice(&src_port.to_be_bytes());
     h.extend_from_slice(&dst_port.to_be_bytes());
     h.extend_from_slice(&0x1000_0000u32.to_be_bytes()); // sequence number
-    let ack = if flags & TCP_ACK != 0 { 0x2000_0000u32 } else { 0 };
+    let ack = if flags & TCP_ACK != 0 {
+        0x2000_0000u32
+    } else {
+        0
+    };
     h.extend_from_slice(&ack.to_be_bytes());
     h.push(5 << 4); // data offset 5 words
     h.push(flags);
@@ -190,7 +194,7 @@ impl Ipv4 {
     /// Header (with a correct checksum) followed by `payload`.
     pub fn build(&self, payload: &[u8]) -> Vec<u8> {
         let mut options = self.options.clone();
-        while options.len() % 4 != 0 {
+        while !options.len().is_multiple_of(4) {
             options.push(0x00);
         }
         assert!(options.len() <= 40, "IPv4 options longer than 40 bytes");
@@ -245,9 +249,9 @@ impl Ext {
     /// Size on the wire, in bytes.
     pub fn len(self) -> usize {
         match self {
-            Ext::HopByHop { len_units } | Ext::Routing { len_units } | Ext::DestOpts { len_units } => {
-                (usize::from(len_units) + 1) * 8
-            }
+            Ext::HopByHop { len_units }
+            | Ext::Routing { len_units }
+            | Ext::DestOpts { len_units } => (usize::from(len_units) + 1) * 8,
             Ext::Fragment { .. } => 8,
             Ext::Ah { icv_words } => 12 + 4 * usize::from(icv_words),
         }
@@ -334,8 +338,8 @@ impl Ipv6 {
 
     /// Fixed header, extension headers, then `payload` of upper-layer protocol `protocol`.
     pub fn build(&self, protocol: u8, payload: &[u8]) -> Vec<u8> {
-        let payload_len = u16::try_from(self.header_len() - 40 + payload.len())
-            .expect("IPv6 payload too long");
+        let payload_len =
+            u16::try_from(self.header_len() - 40 + payload.len()).expect("IPv6 payload too long");
         let first_next = self.exts.first().map_or(protocol, |e| e.protocol());
         let mut h = Vec::with_capacity(self.header_len() + payload.len());
         h.extend_from_slice(&(u32::from(self.version) << 28).to_be_bytes()); // version, class, label
