@@ -54,7 +54,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     };
     let ifaces = names
         .iter()
-        .map(|name| Ok((name.clone(), iface::ifindex(name)?)))
+        .map(|name| {
+            let index = iface::ifindex(name)?;
+            iface::require_ethernet(name)?;
+            Ok((name.clone(), index))
+        })
         .collect::<Result<Vec<_>>>()?;
     let offsets = btf::sock_offsets()?;
     let libs = tokio::task::spawn_blocking(|| libraries::discover(&DiscoverOptions::default()))
