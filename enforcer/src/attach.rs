@@ -126,7 +126,7 @@ fn attach_libraries(
                 };
                 covered.insert(lib.id, info);
             }
-            Err(err) => error!("library not covered: {err}"),
+            Err(err) => error!("library not covered: {:#}", anyhow::Error::from(err)),
         }
     }
     if covered.is_empty() {

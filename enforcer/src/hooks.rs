@@ -208,7 +208,13 @@ pub fn attach_choice(
     let mut failures = Vec::new();
     for form in forms {
         match attach_form(ebpf, form, btf) {
-            Ok(targets) => return Ok(AttachedHook { form, targets, skipped: failures }),
+            Ok(targets) => {
+                return Ok(AttachedHook {
+                    form,
+                    targets,
+                    skipped: failures,
+                });
+            }
             Err(err) if choice == HookChoice::Auto => failures.push((form, err)),
             Err(err) => return Err(err),
         }
