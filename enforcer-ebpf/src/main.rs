@@ -11,9 +11,12 @@
 //! | `xdp.rs`     | ingress drop                               | —                                   |
 //! | `tc.rs`      | egress drop                                | —                                   |
 //! | `stats.rs`   | (helpers) counters                         | `STATS`                             |
+//! | `exec.rs`    | new executable files: mmap / exec hooks    | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod exec;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]

@@ -19,10 +19,13 @@ use crate::stats;
 /// the deepest recorded frame.
 const MAX_DEPTH: usize = 4;
 
+/// `cookies[d]` is the call at depth `d` (1-based; slot 0 stays unused), so the innermost
+/// call is `cookies[min(depth, MAX_DEPTH)]`: an index the verifier of older kernels (6.1) can
+/// bound, unlike `depth - 1` after a `depth == 0` check, which it does not narrow.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CallStack {
-    cookies: [u64; MAX_DEPTH],
+    cookies: [u64; MAX_DEPTH + 1],
     depth: u32,
     _pad: u32,
 }
@@ -47,7 +50,7 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
         Some(stack) => {
             // SAFETY: map value pointer, valid for this program run; only this thread writes it.
             let stack = unsafe { &mut *stack };
-            let depth = stack.depth as usize;
+            let depth = stack.depth as usize + 1;
             match stack.cookies.get_mut(depth) {
                 Some(slot) => *slot = cookie,
                 None => stats::bump(stat::TLS_STACK_OVERFLOW),
@@ -56,11 +59,11 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
         }
         None => {
             let mut stack = CallStack {
-                cookies: [0; MAX_DEPTH],
+                cookies: [0; MAX_DEPTH + 1],
                 depth: 1,
                 _pad: 0,
             };
-            stack.cookies[0] = cookie;
+            stack.cookies[1] = cookie;
             // Failure (map full even after LRU eviction) means this call goes unattributed:
             // fail-open, nothing else we could do here.
             let _ = TLS_CALLS.insert(tid, stack, 0);
@@ -100,10 +103,5 @@ pub fn innermost_call() -> Option<u64> {
     if depth == 0 {
         return None;
     }
-    let top = if depth > MAX_DEPTH {
-        MAX_DEPTH - 1
-    } else {
-        depth - 1
-    };
-    stack.cookies.get(top).copied()
+    stack.cookies.get(depth.min(MAX_DEPTH)).copied()
 }

@@ -10,7 +10,7 @@ use std::{collections::HashMap, os::fd::AsFd, path::PathBuf};
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf,
-    maps::RingBuf,
+    maps::{MapData, RingBuf},
     programs::{SchedClassifier, Xdp, XdpMode},
 };
 use enforcer_common::maps;
@@ -25,6 +25,7 @@ use crate::{
     iface,
     libraries::{self, DiscoverOptions},
     loader, policy, tc, uprobes,
+    watcher::{self, Watcher},
 };
 
 /// Name of our tc filter; also the prefix `remove_stale` looks for after a SIGKILL.
@@ -61,7 +62,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let offsets = btf::sock_offsets()?;
-    let libs = tokio::task::spawn_blocking(|| libraries::discover(&DiscoverOptions::default()))
+    let opts = DiscoverOptions {
+        catalog: policy.catalog.clone(),
+        ..DiscoverOptions::default()
+    };
+    let libs = tokio::task::spawn_blocking(move || libraries::discover(&opts))
         .await
         .context("library discovery panicked")??;
 
@@ -78,29 +83,48 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     info!(form = %form, targets = ?hook.targets, "kernel TCP hook attached");
     hooks::attach_always(&mut ebpf)?;
 
+    let ring = take_events(&mut ebpf)?;
     let mut filters = Vec::new();
     let result = attach_interfaces(&mut ebpf, &handle, &ifaces, &mut filters).await;
-    let result = match result {
+    let (result, watcher) = match result {
         Ok(()) => {
             let reporter = Reporter::new(covered, args.events);
+            // From here on the watcher owns the object: it probes library files that appear
+            // later, pausing the processes that map them until they are probed.
+            let mut watcher = Watcher::start(
+                ebpf,
+                watcher::Setup {
+                    policy: &policy,
+                    libraries: &libs,
+                    reporter: reporter.clone(),
+                    pause: true,
+                },
+            );
             reporter.lifecycle(json!({
                 "type": "ready",
                 "interfaces": names,
                 "mode": mode.name(),
                 "policy": policy.source,
                 "kernel_hook": form.name(),
-                "libraries": reporter.libs.len(),
+                "libraries": reporter.library_count(),
+                "new_files": watcher.status.name(),
             }));
-            info!(interfaces = ?names, mode = %mode, kernel_hook = %form, libraries = reporter.libs.len(), "enforcer ready");
-            serve(&mut ebpf, reporter).await
+            info!(interfaces = ?names, mode = %mode, kernel_hook = %form, libraries = reporter.library_count(), new_files = watcher.status.name(), "enforcer ready");
+            let result = serve(ring, reporter).await;
+            // Hooks off and every paused process resumed before anything is taken down.
+            tokio::task::block_in_place(|| watcher.stop());
+            (result, watcher)
         }
-        Err(err) => Err(err),
+        Err(err) => (Err(err), Watcher::hold(ebpf)),
     };
     for filter in filters {
         if let Err(err) = filter.detach(&handle).await {
             error!("detaching the tc filter failed: {err}");
         }
     }
+    // Dropping the object (the watcher owns it) detaches the uprobes, hooks and XDP links (this is where exit time
+    // goes: the kernel unregisters uprobes one grace period at a time).
+    drop(watcher);
     info!("detached");
     result
 }
@@ -115,14 +139,16 @@ fn attach_libraries(
     uprobes::load(ebpf)?;
     let mut covered = HashMap::new();
     for lib in libs {
-        let decision = policy.decide(lib.family);
+        let decision = policy.decide(lib);
         loader::set_library_action(ebpf, lib.id, decision.action)?;
         match uprobes::attach_library(ebpf, lib) {
             Ok(functions) => {
-                info!(id = lib.id, family = %lib.family, path = %lib.path.display(), functions, action = %decision.action, "library probed");
+                let version = lib.identity.version.as_deref().unwrap_or("unknown");
+                info!(id = lib.id, family = %lib.family, version, path = %lib.path.display(), functions, action = %decision.action, rule_line = ?decision.rule_line, "library probed");
                 let info = LibInfo {
-                    family: lib.family,
+                    family: lib.family.clone(),
                     path: lib.path.display().to_string(),
+                    version: lib.identity.version.clone(),
                 };
                 covered.insert(lib.id, info);
             }
@@ -174,9 +200,12 @@ where
     Ok(program.try_into()?)
 }
 
-async fn serve(ebpf: &mut Ebpf, reporter: Reporter) -> Result<()> {
+fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
     let map = ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?;
-    let ring = RingBuf::try_from(map)?;
+    Ok(RingBuf::try_from(map)?)
+}
+
+async fn serve(ring: RingBuf<MapData>, reporter: Reporter) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     tokio::select! {

@@ -18,6 +18,10 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const MAX_BTF_BYTES: u64 = 256 << 20;
 /// Nesting of anonymous structs/unions, and chains of typedef/const/volatile, followed at most.
 const MAX_DEPTH: usize = 32;
+/// Members looked at by one member search, anonymous members' members included: without a cap,
+/// anonymous members that share a type make the search exponential in the nesting depth (found
+/// while fuzzing, see docs/fuzzing.md). The kernel's `struct sock` needs a few hundred.
+const MAX_MEMBERS_SEARCHED: usize = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -54,6 +58,38 @@ fn malformed(what: impl Into<String>) -> BtfError {
 
 /// Offsets of the socket fields in the running kernel.
 pub fn sock_offsets() -> Result<SockOffsets, BtfError> {
+    sock_offsets_from(&read_vmlinux()?)
+}
+
+/// One whole, byte-aligned member to locate: `strukt.field` (also inside anonymous members),
+/// expected to be `size` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldSpec {
+    pub strukt: &'static str,
+    pub field: &'static str,
+    pub size: u64,
+}
+
+/// Byte offsets of `fields` in the running kernel, in the same order.
+pub fn field_offsets(fields: &[FieldSpec]) -> Result<Vec<u32>, BtfError> {
+    field_offsets_from(&read_vmlinux()?, fields)
+}
+
+/// Byte offsets of `fields` in raw BTF `bytes`, in the same order.
+pub fn field_offsets_from(bytes: &[u8], fields: &[FieldSpec]) -> Result<Vec<u32>, BtfError> {
+    let btf = Btf::parse(bytes)?;
+    fields
+        .iter()
+        .map(|f| {
+            let id = btf
+                .find_struct(f.strukt)
+                .ok_or(BtfError::MissingStruct(f.strukt))?;
+            btf.field(id, f.strukt, f.field, f.size, 0)
+        })
+        .collect()
+}
+
+fn read_vmlinux() -> Result<Vec<u8>, BtfError> {
     let file = std::fs::File::open(VMLINUX_BTF).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => BtfError::NoBtf,
         _ => BtfError::Io(e),
@@ -67,7 +103,7 @@ pub fn sock_offsets() -> Result<SockOffsets, BtfError> {
             "{VMLINUX_BTF} is larger than {MAX_BTF_BYTES} bytes"
         )));
     }
-    sock_offsets_from(&bytes)
+    Ok(bytes)
 }
 
 /// Offsets of the socket fields described by raw BTF `bytes` (the format of
@@ -236,22 +272,22 @@ impl<'a> Btf<'a> {
             .ok_or_else(|| malformed(format!("type id {id} out of range")))
     }
 
-    fn name(&self, off: u32) -> Result<&'a [u8], BtfError> {
+    /// True if the name at `off` is exactly `want`. Reads `want.len() + 1` bytes, never the
+    /// rest of a long or unterminated name: scanning each name for its NUL made a search over
+    /// many types sharing one long name quadratic.
+    fn name_is(&self, off: u32, want: &[u8]) -> Result<bool, BtfError> {
         let rest = self
             .strings
             .get(off as usize..)
             .ok_or_else(|| malformed("name outside strings"))?;
-        let end = rest
-            .iter()
-            .position(|&c| c == 0)
-            .ok_or_else(|| malformed("unterminated name"))?;
-        Ok(&rest[..end])
+        Ok(rest.get(..want.len()) == Some(want) && rest.get(want.len()) == Some(&0))
     }
 
     fn find_struct(&self, name: &str) -> Option<u32> {
         (1..self.types.len()).find_map(|id| {
             let t = &self.types[id];
-            let hit = t.kind == STRUCT && self.name(t.name_off).ok() == Some(name.as_bytes());
+            let hit =
+                t.kind == STRUCT && self.name_is(t.name_off, name.as_bytes()).is_ok_and(|x| x);
             hit.then_some(id as u32)
         })
     }
@@ -284,6 +320,17 @@ impl<'a> Btf<'a> {
     /// The member `name` of struct/union `id`, looking into anonymous members (their offsets
     /// added up).
     fn find_member(&self, id: u32, name: &str, depth: usize) -> Result<Option<Member>, BtfError> {
+        let mut budget = MAX_MEMBERS_SEARCHED;
+        self.find_member_within(id, name, depth, &mut budget)
+    }
+
+    fn find_member_within(
+        &self,
+        id: u32,
+        name: &str,
+        depth: usize,
+        budget: &mut usize,
+    ) -> Result<Option<Member>, BtfError> {
         if depth > MAX_DEPTH {
             return Err(malformed("anonymous members nested too deep"));
         }
@@ -292,22 +339,27 @@ impl<'a> Btf<'a> {
             return Ok(None);
         }
         for m in t.extra.chunks_exact(12) {
+            *budget = budget.checked_sub(1).ok_or_else(|| {
+                malformed(format!(
+                    "searched {MAX_MEMBERS_SEARCHED} members for {name}"
+                ))
+            })?;
             let word = |i: usize| u32_at(m, 4 * i, self.little).unwrap_or(0);
             let (name_off, type_id, offset) = (word(0), word(1), word(2));
             let (bits, bitfield_size) = match t.kind_flag {
                 true => (u64::from(offset & 0xff_ffff), offset >> 24),
                 false => (u64::from(offset), 0),
             };
-            let member_name = self.name(name_off)?;
-            if member_name == name.as_bytes() {
+            if self.name_is(name_off, name.as_bytes())? {
                 return Ok(Some(Member {
                     bits,
                     type_id,
                     bitfield_size,
                 }));
             }
-            if member_name.is_empty()
-                && let Some(inner) = self.find_member(self.resolve(type_id)?, name, depth + 1)?
+            if self.name_is(name_off, b"")?
+                && let Some(inner) =
+                    self.find_member_within(self.resolve(type_id)?, name, depth + 1, budget)?
             {
                 return Ok(Some(Member {
                     bits: bits + inner.bits,

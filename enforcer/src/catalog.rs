@@ -1,325 +1,189 @@
-//! What identifies each TLS library family in an ELF file, and which of its functions to probe.
+//! The catalog: what identifies each TLS library family in an ELF file, which of its functions to
+//! probe, and where it states its version. It is data: `catalog/default.yaml` is embedded in the
+//! binary, and a policy may extend it with a `catalog:` section of the same shape (families it
+//! defines are tried first; one with a built-in id replaces the built-in definition).
 //!
-//! A family is recognised by the **defined** symbols of a file (dynamic symbol table, or `.symtab`
-//! for unstripped static builds), never by its file name: a vendored or renamed `libssl` is still
-//! OpenSSL, and a file called `libssl*.so` may be something else entirely (NSS ships
-//! `libssl3.so`, which defines no OpenSSL API at all).
+//! A file belongs to a family when it matches one `identify` alternative: it **defines** every
+//! symbol of `all` and none of `none` (dynamic symbol table, or `.symtab` for unstripped static
+//! builds), never by its file name: a vendored or renamed `libssl` is still OpenSSL, and a file
+//! called `libssl3.so` is NSS, not OpenSSL. Families are tried in order; the first match wins.
+//! See the comments in `catalog/default.yaml` for why each symbol was chosen.
 //!
-//! A file matches a [`Profile`] when it defines **every** symbol of `identify_all` and **none** of
-//! `exclude_any`. Profiles are tried in order; the first match wins. It is then probed at every
-//! symbol of `probes` it defines (one that lacks a few, e.g. OpenSSL 1.1.0 without `SSL_write_ex`,
-//! still counts).
-//!
-//! ## Why these identifying symbols (checked with `nm -D --defined-only` on Debian bookworm)
-//!
-//! - `SSL_write`, `SSL_read`, `SSL_connect`, `SSL_CTX_new` and even `SSL_library_init` are **not**
-//!   proof of OpenSSL: GnuTLS's OpenSSL compatibility layer `libgnutls-openssl.so.27` defines all
-//!   of them (its `SSL_write` is a wrapper around `gnutls_record_send`, which the GnuTLS profile
-//!   already probes inside `libgnutls.so.30`). That file defines no `gnutls_*` symbol itself (it
-//!   imports them), so it matches no profile and is not probed at all, which is what we want: its
-//!   traffic is attributed to GnuTLS, the library that really does the TLS.
-//! - `OpenSSL_version` / `OpenSSL_version_num` live in **libcrypto**, not libssl, so they cannot
-//!   identify the file that holds `SSL_write`.
-//! - OpenSSL 1.1.0 and later (3.x included) define the function `OPENSSL_init_ssl` in libssl
-//!   (`SSL_library_init` became a macro over it). 3.x additionally defines `SSL_CTX_new_ex`, but
-//!   requiring it would lose 1.1, so the modern profile asks for `OPENSSL_init_ssl` +
-//!   `SSL_CTX_new`.
-//! - OpenSSL 1.0.x has no `OPENSSL_init_ssl`; its libssl defines `SSL_library_init` and
-//!   `SSL_CTX_ctrl` (every `SSL_CTX_set_*` option setter is a macro over the latter). The GnuTLS
-//!   compat layer defines `SSL_library_init` but not `SSL_CTX_ctrl`, so the pair separates them.
-//!   1.0.x is long out of support, which is exactly why a policy wants to see (and deny) it.
-//! - Excluded, because they implement (parts of) the OpenSSL API but are different libraries that
-//!   [`Family`] does not name yet: anything defining `gnutls_global_init` (GnuTLS, also when
-//!   statically linked together with its compat layer), `wolfSSL_Init` (wolfSSL's OpenSSL
-//!   compatibility build) and `SSL_CTX_set_select_certificate_cb` (BoringSSL and AWS-LC; OpenSSL
-//!   has `SSL_CTX_set_client_hello_cb` instead). LibreSSL and quictls are API- and ABI-compatible
-//!   forks that define `OPENSSL_init_ssl` and are reported as OpenSSL.
-//! - GnuTLS: `gnutls_global_init` and `gnutls_check_version` are defined only by `libgnutls`
-//!   itself; its satellites (`libgnutls-dane`, `libgnutlsxx`, `libgnutls-openssl`) import them.
+//! Some libraries do their work through a second file, the **companion**: OpenSSL's version text
+//! is in libcrypto, NSS's I/O goes through NSPR's `PR_Write`/`PR_Read` in libnspr4. A family
+//! names the symbols its companion defines; probes and version texts may be looked for `in:
+//! companion`. Which file is the companion of which library is decided by discovery
+//! ([`crate::libraries`]).
 
-use enforcer_common::op;
+mod schema;
+
+use std::sync::{Arc, OnceLock};
+
+pub use schema::{CatalogError, RawCatalog, Seg};
 
 use crate::family::Family;
 
+/// Where a probe or version text is looked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    /// The library file itself.
+    #[default]
+    #[serde(rename = "self")]
+    SelfFile,
+    /// The library's companion file.
+    Companion,
+}
+
+/// One identify alternative.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alternative {
+    pub all: Vec<String>,
+    pub none: Vec<String>,
+}
+
 /// One function to put a uprobe (and uretprobe) on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ProbeSpec {
     /// Symbol name without version suffix (`SSL_write`, not `SSL_write@@OPENSSL_3.0.0`).
-    pub symbol: &'static str,
+    pub symbol: String,
     /// What the function does: one of `enforcer_common::op::*`.
     pub op: u8,
+    pub place: Place,
 }
 
-/// How to recognise one family (or one generation of it) and what to probe in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Profile {
+/// A version text: `prefix` followed by a version, in the read-only data of `place`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionSpec {
+    pub place: Place,
+    pub prefix: String,
+}
+
+/// Where a family definition came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Builtin,
+    /// A policy file's `catalog:` section; `line` of the family's mapping.
+    Policy {
+        source: String,
+        line: usize,
+    },
+}
+
+/// How to recognise one family and what to probe in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyDef {
     pub family: Family,
-    /// The file must define every one of these symbols.
-    pub identify_all: &'static [&'static str],
-    /// The file must define none of these symbols.
-    pub exclude_any: &'static [&'static str],
-    /// Functions to probe, where defined.
-    pub probes: &'static [ProbeSpec],
+    pub description: String,
+    pub identify: Vec<Alternative>,
+    /// Symbols the companion file defines (all of them); empty: no companion.
+    pub companion: Vec<String>,
+    pub probes: Vec<ProbeSpec>,
+    pub version: Vec<VersionSpec>,
+    pub origin: Origin,
 }
 
-const OPENSSL_PROBES: &[ProbeSpec] = &[
-    ProbeSpec {
-        symbol: "SSL_write",
-        op: op::WRITE,
-    },
-    ProbeSpec {
-        symbol: "SSL_write_ex",
-        op: op::WRITE,
-    },
-    ProbeSpec {
-        symbol: "SSL_read",
-        op: op::READ,
-    },
-    ProbeSpec {
-        symbol: "SSL_read_ex",
-        op: op::READ,
-    },
-    ProbeSpec {
-        symbol: "SSL_do_handshake",
-        op: op::HANDSHAKE,
-    },
-    ProbeSpec {
-        symbol: "SSL_connect",
-        op: op::HANDSHAKE,
-    },
-    ProbeSpec {
-        symbol: "SSL_accept",
-        op: op::HANDSHAKE,
-    },
-];
+impl FamilyDef {
+    /// True if the file (given by a predicate telling whether it defines a symbol) matches.
+    pub fn matches(&self, defines: &impl Fn(&str) -> bool) -> bool {
+        self.identify
+            .iter()
+            .any(|a| a.all.iter().all(|s| defines(s)) && !a.none.iter().any(|s| defines(s)))
+    }
 
-/// Defined by libraries that offer an OpenSSL-like API but are not OpenSSL (see the module docs).
-const NOT_OPENSSL: &[&str] = &[
-    "gnutls_global_init",
-    "wolfSSL_Init",
-    "SSL_CTX_set_select_certificate_cb",
-];
-
-const GNUTLS_PROBES: &[ProbeSpec] = &[
-    ProbeSpec {
-        symbol: "gnutls_record_send",
-        op: op::WRITE,
-    },
-    ProbeSpec {
-        symbol: "gnutls_record_recv",
-        op: op::READ,
-    },
-    ProbeSpec {
-        symbol: "gnutls_handshake",
-        op: op::HANDSHAKE,
-    },
-];
-
-static PROFILES: [Profile; 3] = [
-    // OpenSSL 1.1.0 and later, 3.x included.
-    Profile {
-        family: Family::Openssl,
-        identify_all: &["OPENSSL_init_ssl", "SSL_CTX_new"],
-        exclude_any: NOT_OPENSSL,
-        probes: OPENSSL_PROBES,
-    },
-    // OpenSSL 1.0.x (no `*_ex` functions; they are simply absent and not probed).
-    Profile {
-        family: Family::Openssl,
-        identify_all: &["SSL_library_init", "SSL_CTX_ctrl"],
-        exclude_any: NOT_OPENSSL,
-        probes: OPENSSL_PROBES,
-    },
-    Profile {
-        family: Family::Gnutls,
-        identify_all: &["gnutls_global_init", "gnutls_check_version"],
-        exclude_any: &[],
-        probes: GNUTLS_PROBES,
-    },
-];
-
-/// Every known profile, in the order they are tried.
-pub fn profiles() -> &'static [Profile] {
-    &PROFILES
+    /// True if the file defines every companion symbol (false when there is no companion).
+    pub fn is_companion(&self, defines: &impl Fn(&str) -> bool) -> bool {
+        !self.companion.is_empty() && self.companion.iter().all(|s| defines(s))
+    }
 }
 
-/// Every symbol name any profile looks at (identifying, excluding or probed), without duplicates.
-/// A symbol table scan only has to remember these.
-pub fn interesting_symbols() -> &'static [&'static str] {
-    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| {
-        let mut names: Vec<&'static str> = Vec::new();
-        for p in profiles() {
-            let probes = p.probes.iter().map(|s| s.symbol);
-            for name in p
-                .identify_all
+/// A validated catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Catalog {
+    families: Vec<FamilyDef>,
+    /// Every symbol any family looks at, sorted, without duplicates.
+    symbols: Vec<String>,
+}
+
+/// Name under which the embedded catalog reports itself.
+pub const EMBEDDED_SOURCE: &str = "<embedded catalog/default.yaml>";
+const EMBEDDED_TEXT: &str = include_str!("../../catalog/default.yaml");
+
+impl Catalog {
+    /// The built-in catalog (`catalog/default.yaml`).
+    pub fn embedded() -> Arc<Catalog> {
+        static CATALOG: OnceLock<Arc<Catalog>> = OnceLock::new();
+        CATALOG
+            .get_or_init(|| {
+                // A unit test parses the same text, so this cannot fail in a tested build.
+                let raw: RawCatalog = serde_yaml::from_str(EMBEDDED_TEXT)
+                    .unwrap_or_else(|e| panic!("{EMBEDDED_SOURCE}: {e}"));
+                let families = schema::validate(raw, &|_| Origin::Builtin)
+                    .unwrap_or_else(|e| panic!("{EMBEDDED_SOURCE}: {e}"));
+                Arc::new(Catalog::new(families))
+            })
+            .clone()
+    }
+
+    fn new(families: Vec<FamilyDef>) -> Catalog {
+        let mut symbols: Vec<String> = families
+            .iter()
+            .flat_map(|f| {
+                let ids = f.identify.iter().flat_map(|a| a.all.iter().chain(&a.none));
+                ids.chain(&f.companion)
+                    .chain(f.probes.iter().map(|p| &p.symbol))
+            })
+            .cloned()
+            .collect();
+        symbols.sort();
+        symbols.dedup();
+        Catalog { families, symbols }
+    }
+
+    /// This catalog extended by a policy's `catalog:` section: its families are tried first, in
+    /// file order, and replace built-in families of the same id. `line_of(index)` gives the line
+    /// of the section's `index`-th family, for reports.
+    pub fn extend(
+        &self,
+        raw: RawCatalog,
+        source: &str,
+        line_of: &dyn Fn(usize) -> usize,
+    ) -> Result<Catalog, CatalogError> {
+        let added = schema::validate(raw, &|index| Origin::Policy {
+            source: source.to_owned(),
+            line: line_of(index),
+        })?;
+        let mut families = added.clone();
+        families.extend(
+            self.families
                 .iter()
-                .chain(p.exclude_any)
-                .copied()
-                .chain(probes)
-            {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
-        names
-    })
-}
+                .filter(|f| !added.iter().any(|a| a.family == f.family))
+                .cloned(),
+        );
+        schema::check_count(families.len())?;
+        Ok(Catalog::new(families))
+    }
 
-/// The first profile the file matches, given a predicate telling whether it defines a symbol.
-pub fn match_profile(defines: impl Fn(&str) -> bool) -> Option<&'static Profile> {
-    profiles().iter().find(|p| {
-        p.identify_all.iter().all(|s| defines(s)) && !p.exclude_any.iter().any(|s| defines(s))
-    })
+    pub fn families(&self) -> &[FamilyDef] {
+        &self.families
+    }
+
+    /// The family with this id.
+    pub fn family(&self, id: &str) -> Option<&FamilyDef> {
+        self.families.iter().find(|f| f.family == id)
+    }
+
+    /// Every symbol any family looks at (identifying, excluding, companion or probed), sorted and
+    /// without duplicates. A symbol table scan only has to remember these.
+    pub fn symbols(&self) -> &[String] {
+        &self.symbols
+    }
+
+    /// The first family the file matches, given a predicate telling whether it defines a symbol.
+    pub fn match_file(&self, defines: impl Fn(&str) -> bool) -> Option<&FamilyDef> {
+        self.families.iter().find(|f| f.matches(&defines))
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn openssl_probes_all_seven_functions() {
-        let p = &profiles()[0];
-        assert_eq!(p.family, Family::Openssl);
-        let names: Vec<_> = p.probes.iter().map(|s| s.symbol).collect();
-        assert_eq!(
-            names,
-            [
-                "SSL_write",
-                "SSL_write_ex",
-                "SSL_read",
-                "SSL_read_ex",
-                "SSL_do_handshake",
-                "SSL_connect",
-                "SSL_accept"
-            ]
-        );
-        let ops: Vec<_> = p.probes.iter().map(|s| s.op).collect();
-        assert_eq!(
-            ops,
-            [
-                op::WRITE,
-                op::WRITE,
-                op::READ,
-                op::READ,
-                op::HANDSHAKE,
-                op::HANDSHAKE,
-                op::HANDSHAKE
-            ]
-        );
-    }
-
-    #[test]
-    fn gnutls_probes() {
-        let p = profiles()
-            .iter()
-            .find(|p| p.family == Family::Gnutls)
-            .unwrap();
-        let got: Vec<_> = p.probes.iter().map(|s| (s.symbol, s.op)).collect();
-        assert_eq!(
-            got,
-            [
-                ("gnutls_record_send", op::WRITE),
-                ("gnutls_record_recv", op::READ),
-                ("gnutls_handshake", op::HANDSHAKE)
-            ]
-        );
-    }
-
-    #[test]
-    fn every_family_has_a_profile_and_profiles_are_sane() {
-        for f in Family::ALL {
-            assert!(
-                profiles().iter().any(|p| p.family == f),
-                "{f} has no profile"
-            );
-        }
-        for p in profiles() {
-            assert!(!p.identify_all.is_empty());
-            assert!(!p.probes.is_empty());
-            // A symbol cannot be both required and excluded.
-            assert!(p.identify_all.iter().all(|s| !p.exclude_any.contains(s)));
-            for s in p.probes {
-                assert!(!s.symbol.contains('@'));
-                assert!(matches!(s.op, op::HANDSHAKE | op::READ | op::WRITE));
-            }
-        }
-    }
-
-    #[test]
-    fn gnutls_openssl_compat_layer_is_not_openssl() {
-        // Defined symbols of /usr/lib/x86_64-linux-gnu/libgnutls-openssl.so.27 that matter here.
-        let compat = [
-            "SSL_library_init",
-            "SSL_CTX_new",
-            "SSL_write",
-            "SSL_read",
-            "SSL_connect",
-            "SSL_accept",
-            "SSL_CTX_set_options",
-        ];
-        assert_eq!(match_profile(|s| compat.contains(&s)), None);
-    }
-
-    #[test]
-    fn matching() {
-        let v3 = [
-            "OPENSSL_init_ssl",
-            "SSL_CTX_new",
-            "SSL_CTX_new_ex",
-            "SSL_write",
-        ];
-        assert_eq!(
-            match_profile(|s| v3.contains(&s)).map(|p| p.family),
-            Some(Family::Openssl)
-        );
-        let v10 = [
-            "SSL_library_init",
-            "SSL_CTX_ctrl",
-            "SSL_CTX_new",
-            "SSL_write",
-        ];
-        assert_eq!(
-            match_profile(|s| v10.contains(&s)).map(|p| p.family),
-            Some(Family::Openssl)
-        );
-        let boring = [
-            "OPENSSL_init_ssl",
-            "SSL_CTX_new",
-            "SSL_CTX_set_select_certificate_cb",
-        ];
-        assert_eq!(match_profile(|s| boring.contains(&s)), None);
-        let gnutls = ["gnutls_global_init", "gnutls_check_version"];
-        assert_eq!(
-            match_profile(|s| gnutls.contains(&s)).map(|p| p.family),
-            Some(Family::Gnutls)
-        );
-        // Statically linked GnuTLS + its compat layer: GnuTLS, not OpenSSL.
-        let both = [
-            "gnutls_global_init",
-            "gnutls_check_version",
-            "SSL_library_init",
-            "SSL_CTX_ctrl",
-        ];
-        assert_eq!(
-            match_profile(|s| both.contains(&s)).map(|p| p.family),
-            Some(Family::Gnutls)
-        );
-    }
-
-    #[test]
-    fn interesting_symbols_cover_everything_once() {
-        let names = interesting_symbols();
-        for p in profiles() {
-            for s in p
-                .identify_all
-                .iter()
-                .chain(p.exclude_any)
-                .chain(p.probes.iter().map(|s| &s.symbol))
-            {
-                assert_eq!(names.iter().filter(|n| *n == s).count(), 1, "{s}");
-            }
-        }
-    }
-}
+mod tests;

@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{Arc, PoisonError, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -29,10 +30,14 @@ pub enum EventFormat {
 pub struct LibInfo {
     pub family: Family,
     pub path: String,
+    /// The version the library states about itself, if found.
+    pub version: Option<String>,
 }
 
+/// Cheap to clone: clones share the library table (the watcher adds libraries found later).
+#[derive(Clone)]
 pub struct Reporter {
-    pub libs: HashMap<u32, LibInfo>,
+    libs: Arc<RwLock<HashMap<u32, LibInfo>>>,
     pub format: EventFormat,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
     boot_offset_ns: i128,
@@ -41,10 +46,24 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(libs: HashMap<u32, LibInfo>, format: EventFormat) -> Self {
         Self {
-            libs,
+            libs: Arc::new(RwLock::new(libs)),
             format,
             boot_offset_ns: realtime_minus_monotonic(),
         }
+    }
+
+    /// How many libraries are known.
+    pub fn library_count(&self) -> usize {
+        self.libs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// A library probed after start (see `watcher`); its events are reported with this.
+    pub fn add_library(&self, id: u32, info: LibInfo) {
+        let mut libs = self.libs.write().unwrap_or_else(PoisonError::into_inner);
+        libs.insert(id, info);
     }
 
     /// Prints a non-connection record (`ready`, ...) in the chosen format.
@@ -57,9 +76,14 @@ impl Reporter {
     fn handle(&self, event: &TlsEvent) {
         let aborted =
             (event.verdict == verdict::BLOCKED).then(|| sock_destroy::destroy(&event.flow));
-        let lib = self.libs.get(&event.lib_id);
+        let lib = {
+            let libs = self.libs.read().unwrap_or_else(PoisonError::into_inner);
+            libs.get(&event.lib_id).cloned()
+        };
+        let lib = lib.as_ref();
         let family = lib.map_or("unknown", |l| l.family.name());
         let path = lib.map_or("?", |l| l.path.as_str());
+        let version = lib.and_then(|l| l.version.as_deref());
         let comm = comm(&event.comm);
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
@@ -71,7 +95,7 @@ impl Reporter {
                 "pid": event.pid,
                 "tid": event.tid,
                 "comm": comm,
-                "library": { "id": event.lib_id, "family": family, "path": path },
+                "library": { "id": event.lib_id, "family": family, "path": path, "version": version },
                 "local": { "addr": local.0.to_string(), "port": local.1 },
                 "remote": { "addr": remote.0.to_string(), "port": remote.1 },
                 "direction": if event.direction == direction::SEND { "send" } else { "recv" },
@@ -87,6 +111,7 @@ impl Reporter {
                         pid = event.pid,
                         comm,
                         library = family,
+                        version = version.unwrap_or("unknown"),
                         path,
                         local,
                         remote,
@@ -98,6 +123,7 @@ impl Reporter {
                         pid = event.pid,
                         comm,
                         library = family,
+                        version = version.unwrap_or("unknown"),
                         path,
                         local,
                         remote,
@@ -193,7 +219,7 @@ pub fn verdict_name(v: u8) -> &'static str {
     }
 }
 
-fn op_name(v: u8) -> &'static str {
+pub fn op_name(v: u8) -> &'static str {
     match v {
         op::HANDSHAKE => "handshake",
         op::READ => "read",

@@ -1,27 +1,42 @@
-//! TLS library files on this host: find them, identify their family, resolve probe offsets.
+//! TLS library files on this host: find them, identify their family, resolve probe offsets, and
+//! establish their identity (build-id, SHA-256, stated version).
 //!
 //! Candidates are shared-object-like files in the library directories plus every file-backed
 //! executable mapping of every process, whatever its name. Each file (by device and inode, which
-//! is what a uprobe attaches to) is identified once from its symbols (see [`crate::catalog`]), and
-//! the functions to probe are translated to file offsets.
+//! is what a uprobe attaches to) is identified once from its symbols against the catalog in force
+//! (see [`crate::catalog`]), and the functions to probe are translated to file offsets.
 //!
-//! Everything read here may be hostile or vanish at any moment; see [`elf`] and [`procfs`] for how
-//! reading is bounded. A file that cannot be read or parsed is skipped with a debug log: it must
-//! never fail a whole scan.
+//! A family may name a **companion** file (OpenSSL's libcrypto for its version text, NSS's
+//! libnspr4 for its I/O functions). The companion of a library is a file that defines every
+//! companion symbol of its family and is, in this order of preference: mapped by the processes
+//! that map the library (most shared processes first), in the library's own directory, or, when
+//! [`identify_with`] looks at a single file, in that file's directory. See [`build`].
+//!
+//! Everything read here may be hostile or vanish at any moment; see [`elf`], [`identity`] and
+//! [`procfs`] for how reading is bounded. A file that cannot be read or parsed is skipped with a
+//! debug log: it must never fail a whole scan.
 
+mod build;
 mod elf;
+mod identity;
 mod procfs;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_identity;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::catalog::Catalog;
 use crate::family::Family;
+
+pub use identity::{MAX_HASH_BYTES, MAX_RODATA_BYTES};
 
 /// One TLS library file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +55,36 @@ pub struct Library {
     pub probes: Vec<ProbeTarget>,
     /// Processes that had it mapped during the scan, ascending.
     pub pids: Vec<u32>,
+    /// The names processes map it under (`/proc/<pid>/maps`, relative to each process's mount
+    /// namespace), sorted, at most [`MAX_MAPPED_NAMES`].
+    pub mapped_as: Vec<PathBuf>,
+    pub identity: Identity,
+    /// The companion file, if the family has one and it was found.
+    pub companion: Option<FileRef>,
+}
+
+/// At most this many distinct mapped names are kept per library.
+pub const MAX_MAPPED_NAMES: usize = 8;
+
+/// What identifies a library file's contents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    /// Size in bytes when it was read.
+    pub size: u64,
+    /// GNU build-id, lowercase hex.
+    pub build_id: Option<String>,
+    /// SHA-256 of the contents, lowercase hex (`None` above [`MAX_HASH_BYTES`] or unreadable).
+    pub sha256: Option<String>,
+    /// The version the library states about itself (`3.0.15`, `1.1.1w`), if found.
+    pub version: Option<String>,
+}
+
+/// A file by path and inode.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FileRef {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// One function of a library to probe.
@@ -51,6 +96,19 @@ pub struct ProbeTarget {
     pub op: u8,
     /// Offset of the function's first instruction in the file, as a uprobe wants it.
     pub file_offset: u64,
+    /// The function is in the library's companion file (NSS's `PR_Write` in libnspr4), not in
+    /// the library itself.
+    pub in_companion: bool,
+}
+
+impl Library {
+    /// The file a probe goes into: the library, or its companion.
+    pub fn probe_path(&self, target: &ProbeTarget) -> &Path {
+        match (&self.companion, target.in_companion) {
+            (Some(c), true) => &c.path,
+            _ => &self.path,
+        }
+    }
 }
 
 /// What [`identify`] found in a file.
@@ -59,6 +117,8 @@ pub struct Identified {
     pub family: Family,
     /// Never empty.
     pub probes: Vec<ProbeTarget>,
+    pub identity: Identity,
+    pub companion: Option<FileRef>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,14 +145,47 @@ pub enum LibraryError {
     },
 }
 
-/// Identify one file: its TLS family and where to probe it, or `None` if it is not a TLS library
-/// (not ELF, not a regular file, no matching profile, or nothing probe-able in it).
+/// Identify one file with the embedded catalog: see [`identify_with`].
 pub fn identify(path: &Path) -> Result<Option<Identified>, LibraryError> {
+    identify_with(path, &Catalog::embedded())
+}
+
+/// Identify one file: its TLS family, where to probe it and its identity, or `None` if it is not
+/// a TLS library (not ELF, not a regular file, no matching family, or nothing probe-able in it).
+/// A companion is looked for in the file's directory.
+pub fn identify_with(path: &Path, catalog: &Catalog) -> Result<Option<Identified>, LibraryError> {
     let (file, md) = open(path)?;
     if !md.is_file() {
         return Ok(None);
     }
-    elf::identify_file(file, md.len(), path)
+    let key = (md.dev(), md.ino());
+    let Some(scanned) = build::scan(file, &md, path, catalog, false)? else {
+        return Ok(None);
+    };
+    let wants_companion = scanned
+        .family
+        .is_some_and(|f| !catalog.families()[f].companion.is_empty());
+    let mut files = vec![scanned];
+    if wants_companion && let Some(dir) = path.parent() {
+        let mut extra = HashMap::new();
+        scan_dir(dir, &mut extra);
+        for (k, c) in extra {
+            if k != key
+                && let Ok(Some(s)) = build::scan_path(&c.path, k, catalog, true)
+            {
+                files.push(s);
+            }
+        }
+    }
+    Ok(build::libraries(files, catalog)
+        .into_iter()
+        .find(|l| (l.dev, l.ino) == key)
+        .map(|l| Identified {
+            family: l.family,
+            probes: l.probes,
+            identity: l.identity,
+            companion: l.companion,
+        }))
 }
 
 /// Opens for reading without following into FIFOs or devices that would block, and checks the
@@ -129,13 +222,15 @@ pub struct DiscoverOptions {
     pub library_dirs: Vec<PathBuf>,
     /// Also consider every file-backed executable mapping in `/proc/*/maps`.
     pub scan_proc: bool,
+    /// What identifies a TLS library (the embedded catalog, possibly extended by the policy).
+    pub catalog: Arc<Catalog>,
 }
 
 impl Default for DiscoverOptions {
     /// `/lib`, `/lib64`, `/usr/lib`, `/usr/lib64`, `/usr/local/lib`, the same three plus the
     /// multiarch triplet of this build (`/usr/lib/x86_64-linux-gnu`, ...), then every directory
     /// named in `/etc/ld.so.conf` and its `include`s (read now, so the default reflects this
-    /// host); `scan_proc` on. Missing directories are skipped at scan time.
+    /// host); `scan_proc` on; the embedded catalog. Missing directories are skipped at scan time.
     fn default() -> Self {
         let mut library_dirs: Vec<PathBuf> =
             ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"]
@@ -153,6 +248,7 @@ impl Default for DiscoverOptions {
         DiscoverOptions {
             library_dirs,
             scan_proc: true,
+            catalog: Catalog::embedded(),
         }
     }
 }
@@ -237,6 +333,7 @@ fn looks_like_shared_object(name: &[u8]) -> bool {
 struct Candidate {
     path: PathBuf,
     pids: BTreeSet<u32>,
+    mapped_as: BTreeSet<PathBuf>,
 }
 
 /// Paths under `/proc` only live as long as a process; any other path is preferred.
@@ -245,7 +342,7 @@ fn is_proc_path(path: &Path) -> bool {
 }
 
 /// Every TLS library file on this host that `opts` reaches, each once (by device and inode),
-/// with ids 1, 2, ... in path order. Fails only if `/proc` cannot be listed while `scan_proc`
+/// with ids 1, 2, ... in path order, with its identity and companion. Fails only if `/proc` cannot be listed while `scan_proc`
 /// is on; unreadable directories and files are skipped with a debug log.
 pub fn discover(opts: &DiscoverOptions) -> Result<Vec<Library>, LibraryError> {
     let started = Instant::now();
@@ -279,50 +376,35 @@ pub fn discover(opts: &DiscoverOptions) -> Result<Vec<Library>, LibraryError> {
             let c = files.entry((r.dev, r.ino)).or_insert_with(|| Candidate {
                 path: r.path.clone(),
                 pids: BTreeSet::new(),
+                mapped_as: BTreeSet::new(),
             });
             if is_proc_path(&c.path) && !is_proc_path(&r.path) {
                 c.path = r.path;
             }
             c.pids.extend(group.iter().map(|m| m.pid));
+            for m in group {
+                if c.mapped_as.len() < MAX_MAPPED_NAMES {
+                    c.mapped_as.insert(m.path.clone());
+                }
+            }
         }
     }
     let candidates = files.len();
 
-    let mut libraries = Vec::new();
+    let catalog = &opts.catalog;
+    let mut scanned = Vec::new();
     for ((dev, ino), c) in files {
-        let (file, md) = match open(&c.path) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "skipped");
-                continue;
+        match build::scan_path(&c.path, (dev, ino), catalog, false) {
+            Ok(Some(mut f)) => {
+                f.pids = c.pids;
+                f.mapped_as = c.mapped_as;
+                scanned.push(f);
             }
-        };
-        if !md.is_file() || (md.dev(), md.ino()) != (dev, ino) {
-            tracing::debug!(path = %c.path.display(), "file replaced while scanning: skipped");
-            continue;
-        }
-        match elf::identify_file(file, md.len(), &c.path) {
-            Ok(Some(id)) => libraries.push(Library {
-                id: 0,
-                family: id.family,
-                path: c.path,
-                dev,
-                ino,
-                probes: id.probes,
-                pids: c.pids.into_iter().collect(),
-            }),
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "not identified"),
         }
     }
-    libraries.sort_by(|a, b| {
-        a.path
-            .cmp(&b.path)
-            .then((a.dev, a.ino).cmp(&(b.dev, b.ino)))
-    });
-    for (i, lib) in libraries.iter_mut().enumerate() {
-        lib.id = u32::try_from(i + 1).unwrap_or(u32::MAX);
-    }
+    let libraries = build::libraries(scanned, catalog);
     tracing::debug!(
         from_dirs, mappings, candidates, libraries = libraries.len(), elapsed = ?started.elapsed(),
         "TLS library discovery done"
@@ -357,6 +439,7 @@ fn scan_dir(dir: &Path, files: &mut HashMap<(u64, u64), Candidate>) {
             .or_insert_with(|| Candidate {
                 path: fs::canonicalize(&path).unwrap_or(path),
                 pids: BTreeSet::new(),
+                mapped_as: BTreeSet::new(),
             });
     }
 }

@@ -10,7 +10,8 @@ use enforcer_common::{SOCK_OFFSETS_GLOBAL, SockOffsets, maps};
 use crate::policy::{Action, Mode};
 
 /// The eBPF object built by `build.rs`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use enforcer::{attach, events, hooks, kernel_check, policy};
+use enforcer::{attach, events, explain, hooks, inventory, kernel_check, policy};
 
 #[derive(Parser)]
 #[command(
@@ -42,12 +42,28 @@ enum Command {
     },
     /// Which kernel TCP hook forms load and attach on this kernel, and why not.
     CheckKernel,
+    /// Every TLS library file on this host: family, version, build-id, SHA-256, processes, verdict.
+    Libs {
+        /// Policy that gives the verdicts (and may extend the catalog). Default: the embedded one.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// One JSON document on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Parse and validate a policy file; print what it says.
     Check { file: PathBuf },
+    /// For each TLS library on this host, the rule of FILE it hits (by line) and why.
+    Explain {
+        file: PathBuf,
+        /// One JSON document on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -101,6 +117,29 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let policy = policy::load(&file)?;
             print!("{}", policy::check_report(&policy));
+            Ok(())
+        }
+        Command::Policy {
+            command: PolicyCommand::Explain { file, json },
+        } => {
+            let policy = policy::load(&file)?;
+            let libs = inventory::discover(&policy)?;
+            match json {
+                true => println!("{}", explain::json(&libs, &policy)),
+                false => print!("{}", explain::text(&libs, &policy)),
+            }
+            Ok(())
+        }
+        Command::Libs { policy, json } => {
+            let policy = match policy {
+                Some(path) => policy::load(&path)?,
+                None => policy::embedded_default(),
+            };
+            let libs = inventory::discover(&policy)?;
+            match json {
+                true => println!("{}", inventory::json(&libs, &policy)),
+                false => print!("{}", inventory::text(&libs, &policy)),
+            }
             Ok(())
         }
         Command::CheckKernel => kernel_check::run(),

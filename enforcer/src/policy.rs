@@ -6,28 +6,45 @@
 //! mode: enforce          # enforce | audit   (--dry-run forces audit)
 //! default: deny          # action for a TLS library no rule matches
 //! libraries:
-//!   - family: openssl    # openssl | gnutls
+//!   - family: openssl    # a catalog family id
+//!     version: ">=3.0.9, <4"
 //!     action: allow      # allow | deny | audit
+//!   - path: "/opt/vendor/**"
+//!     action: deny
+//! catalog:               # optional: more families, same shape as catalog/default.yaml
+//!   families: []
 //! ```
 //!
-//! The file is untrusted input: it is size-capped, parsed without panics, and every error names
-//! the file, the line and column, and the key (see [`PolicyError`]).
+//! The most specific matching rule decides (see [`rules`]). The file is untrusted input: it is
+//! size-capped, parsed without panics, and every error names the file, the line and column, and
+//! the key (see [`PolicyError`]).
 
 mod error;
+mod report;
+pub mod rules;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rules;
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::Read as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::family::Family;
+use crate::catalog::{Catalog, RawCatalog, Seg};
+use crate::libraries::Library;
+use crate::version::VersionReq;
 pub use error::PolicyError;
+pub use report::check_report;
+pub use rules::{Match, PathGlob, Rule, Subject};
 
 /// Largest policy accepted, in bytes: a real policy is a few hundred bytes.
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
+/// Most rules a policy may hold (each rule's line is located by re-reading the document).
+pub const MAX_RULES: usize = 256;
 
 /// Agent-wide mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -51,22 +68,15 @@ pub enum Action {
     Audit,
 }
 
-/// One entry of `libraries:`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
-    pub family: Family,
-    pub action: Action,
-    /// 1-based line of the rule in the policy file.
-    pub line: usize,
-}
-
 /// A parsed, validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub mode: Mode,
     pub default: Action,
-    /// At most one rule per family (checked by [`parse`]).
+    /// In file order.
     pub libraries: Vec<Rule>,
+    /// The embedded catalog, extended by the policy's `catalog:` section.
+    pub catalog: Arc<Catalog>,
     /// Where the policy came from (file path, or the embedded default's name).
     pub source: String,
 }
@@ -133,12 +143,16 @@ impl fmt::Display for Action {
 }
 
 impl Policy {
-    /// The action for a library of `family`: its rule if there is one, else `default`.
-    pub fn decide(&self, family: Family) -> Decision {
-        match self.libraries.iter().find(|r| r.family == family) {
-            Some(rule) => Decision {
-                action: rule.action,
-                rule_line: Some(rule.line),
+    /// The action for a library: the most specific matching rule, else `default`.
+    pub fn decide(&self, lib: &Library) -> Decision {
+        self.decide_subject(&subject(lib))
+    }
+
+    pub fn decide_subject(&self, s: &Subject) -> Decision {
+        match rules::matching(&self.libraries, s).first() {
+            Some(m) => Decision {
+                action: m.action,
+                rule_line: Some(m.line),
             },
             None => Decision {
                 action: self.default,
@@ -147,9 +161,26 @@ impl Policy {
         }
     }
 
+    /// Every rule that matches, most specific (the deciding one) first.
+    pub fn explain(&self, lib: &Library) -> Vec<Match> {
+        rules::matching(&self.libraries, &subject(lib))
+    }
+
     /// The mode in force: `--dry-run` overrides the file and forces audit.
     pub fn effective_mode(&self, dry_run: bool) -> Mode {
         if dry_run { Mode::Audit } else { self.mode }
+    }
+}
+
+/// The facts about `lib` that rules match on.
+pub fn subject(lib: &Library) -> Subject<'_> {
+    let mut paths: Vec<&Path> = vec![&lib.path];
+    paths.extend(lib.mapped_as.iter().map(|p| p.as_path()));
+    Subject {
+        family: &lib.family,
+        version: lib.identity.version.as_deref(),
+        paths,
+        sha256: lib.identity.sha256.as_deref(),
     }
 }
 
@@ -162,12 +193,21 @@ struct RawPolicy {
     default: Action,
     #[serde(default)]
     libraries: Vec<RawRule>,
+    #[serde(default)]
+    catalog: Option<RawCatalog>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
-    family: Family,
+    #[serde(default)]
+    family: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
     action: Action,
 }
 
@@ -191,33 +231,127 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
     let de = serde_yaml::Deserializer::from_str(text);
     let raw: RawPolicy =
         serde_path_to_error::deserialize(de).map_err(|e| error::from_yaml(e, source, text))?;
+    let invalid = |path: &[Seg], message: String| error::at_node(source, text, path, message);
 
-    // Valid policies have at most one rule per family, so this locates at most
-    // `Family::ALL.len() + 1` rules (one re-parse each) before it returns.
-    let mut libraries: Vec<Rule> = Vec::with_capacity(raw.libraries.len().min(Family::ALL.len()));
-    for (index, rule) in raw.libraries.into_iter().enumerate() {
-        let (line, column) = error::locate_rule(text, index);
-        if let Some(first) = libraries.iter().find(|r| r.family == rule.family) {
-            return Err(PolicyError::Invalid {
-                file: source.to_owned(),
-                line: Some(line),
-                column: Some(column),
-                message: format!(
-                    "libraries[{index}]: duplicate rule for family '{}' (first rule at line {})",
-                    rule.family, first.line
-                ),
-            });
+    let catalog = match raw.catalog {
+        None => Catalog::embedded(),
+        Some(c) => {
+            let line_of = |i: usize| {
+                let path = [Seg::Key("catalog"), Seg::Key("families"), Seg::Index(i)];
+                error::locate_segs(text, &path).map_or(0, |(l, _)| l)
+            };
+            let extended = Catalog::embedded()
+                .extend(c, source, &line_of)
+                .map_err(|e| {
+                    let mut path = vec![Seg::Key("catalog")];
+                    path.extend(e.path.iter().cloned());
+                    invalid(&path, format!("catalog.{e}"))
+                })?;
+            Arc::new(extended)
         }
-        libraries.push(Rule {
-            family: rule.family,
-            action: rule.action,
+    };
+
+    if raw.libraries.len() > MAX_RULES {
+        return Err(invalid(
+            &[Seg::Key("libraries")],
+            format!(
+                "libraries: {} rules, more than the limit of {MAX_RULES}",
+                raw.libraries.len()
+            ),
+        ));
+    }
+    let mut libraries: Vec<Rule> = Vec::with_capacity(raw.libraries.len());
+    for (index, r) in raw.libraries.into_iter().enumerate() {
+        let key = |k: &'static str| [Seg::Key("libraries"), Seg::Index(index), Seg::Key(k)];
+        let here = format!("libraries[{index}]");
+        let family =
+            match &r.family {
+                None => None,
+                Some(id) => Some(catalog.family(id).map(|f| f.family.clone()).ok_or_else(
+                    || {
+                        let known: Vec<&str> =
+                            catalog.families().iter().map(|f| f.family.name()).collect();
+                        invalid(
+                            &key("family"),
+                            format!(
+                                "{here}.family: unknown value '{}' (expected {})",
+                                error::show(id),
+                                error::alternatives(&known)
+                            ),
+                        )
+                    },
+                )?),
+            };
+        let version = match &r.version {
+            None => None,
+            Some(_) if family.is_none() => {
+                return Err(invalid(
+                    &key("version"),
+                    format!(
+                        "{here}.version: a version range needs 'family' (versions are compared within one family)"
+                    ),
+                ));
+            }
+            Some(v) => Some(
+                VersionReq::parse(v)
+                    .map_err(|e| invalid(&key("version"), format!("{here}.version: {e}")))?,
+            ),
+        };
+        let path = match &r.path {
+            None => None,
+            Some(p) => Some(PathGlob::new(p).map_err(|e| {
+                invalid(
+                    &key("path"),
+                    format!("{here}.path: invalid glob '{}': {e}", error::show(p)),
+                )
+            })?),
+        };
+        let sha256 = match &r.sha256 {
+            None => None,
+            Some(h) => Some(rules::parse_sha256(h).ok_or_else(|| {
+                invalid(
+                    &key("sha256"),
+                    format!(
+                        "{here}.sha256: expected 64 hexadecimal digits, found '{}'",
+                        error::show(h)
+                    ),
+                )
+            })?),
+        };
+        let (line, column) = error::locate_rule(text, index);
+        let at_rule = |message: String| PolicyError::Invalid {
+            file: source.to_owned(),
+            line: Some(line),
+            column: Some(column),
+            message,
+        };
+        if family.is_none() && path.is_none() && sha256.is_none() {
+            return Err(at_rule(format!(
+                "{here}: a rule needs at least one of family, path, sha256"
+            )));
+        }
+        let rule = Rule {
+            family,
+            version,
+            path,
+            sha256,
+            action: r.action,
             line,
-        });
+        };
+        if let Some(first) = libraries.iter().find(|o| o.same_matchers(&rule)) {
+            return Err(at_rule(format!(
+                "{here}: duplicate rule for {} (first rule at line {})",
+                rule.describe(),
+                first.line
+            )));
+        }
+        libraries.push(rule);
     }
     Ok(Policy {
         mode: raw.mode,
         default: raw.default,
         libraries,
+        catalog,
         source: source.to_owned(),
     })
 }
@@ -259,40 +393,6 @@ pub fn embedded_default() -> Policy {
     const TEXT: &str = include_str!("../../policies/default.yaml");
     // A unit test parses the same text, so this cannot fail in a tested build.
     parse(TEXT, EMBEDDED_SOURCE).unwrap_or_else(|e| panic!("embedded default policy: {e}"))
-}
-
-/// The summary printed by `enforcer policy check FILE`.
-pub fn check_report(p: &Policy) -> String {
-    let mut out = String::new();
-    let mode_note = match p.mode {
-        Mode::Enforce => "connections of denied libraries are blocked",
-        Mode::Audit => "nothing is blocked; denied connections are reported as would-block",
-    };
-    let _ = writeln!(out, "{}: valid policy", p.source);
-    let _ = writeln!(out, "mode: {} ({mode_note})", p.mode);
-    let _ = writeln!(
-        out,
-        "default: {} (for TLS libraries no rule matches)",
-        p.default
-    );
-    let _ = writeln!(out, "rules: {}", p.libraries.len());
-    for rule in &p.libraries {
-        let _ = writeln!(
-            out,
-            "  line {}: {} -> {}",
-            rule.line, rule.family, rule.action
-        );
-    }
-    let _ = writeln!(out, "effective:");
-    for family in Family::ALL {
-        let d = p.decide(family);
-        let why = match d.rule_line {
-            Some(line) => format!("rule at line {line}"),
-            None => "default".to_owned(),
-        };
-        let _ = writeln!(out, "  {family}: {} ({why})", d.action);
-    }
-    out
 }
 
 /// True if the text holds no YAML content: only blank lines, comments and document markers.

@@ -36,21 +36,39 @@ fn clean() -> IfaceState {
     }
 }
 
-fn enforcer_programs_loaded() -> Vec<String> {
-    let out = sh(&mut cmd("bpftool", ["prog", "show"]));
-    out.lines()
-        .filter(|l| {
-            [
-                "enforcer_ingres",
-                "enforcer_egress",
-                "tls_enter",
-                "tls_exit",
-                "tp_tcp_send",
-            ]
-            .iter()
-            .any(|n| l.contains(n))
+const OUR_PROGRAMS: [&str; 5] = [
+    "enforcer_ingres",
+    "enforcer_egress",
+    "tls_enter",
+    "tls_exit",
+    "tp_tcp_send",
+];
+
+/// Ids of enforcer's programs loaded in the kernel now, with whether a live process holds them.
+fn enforcer_programs() -> Vec<(u64, String, bool)> {
+    let out = sh(&mut cmd("bpftool", ["-j", "prog", "show"]));
+    let progs: serde_json::Value = serde_json::from_str(&out).expect("bpftool -j prints JSON");
+    progs
+        .as_array()
+        .expect("a list of programs")
+        .iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            OUR_PROGRAMS.iter().any(|n| name.starts_with(n)).then(|| {
+                let held = p["pids"].as_array().is_some_and(|pids| !pids.is_empty());
+                (p["id"].as_u64().unwrap_or(0), name.to_string(), held)
+            })
         })
-        .map(str::to_string)
+        .collect()
+}
+
+/// Programs of ours that appeared after `before` was taken and that no process holds: left
+/// behind (attached by netlink or pinned). Programs of other agents running at the same time are
+/// held by those agents and do not count.
+fn orphans_since(before: &[(u64, String, bool)]) -> Vec<(u64, String, bool)> {
+    enforcer_programs()
+        .into_iter()
+        .filter(|(id, _, held)| !held && !before.iter().any(|(b, _, _)| b == id))
         .collect()
 }
 
@@ -68,6 +86,7 @@ fn attached_agent(ns: &NetNs) -> Agent {
 fn exit_leaves_nothing(signal: libc::c_int) {
     require_root();
     let ns = NetNs::new();
+    let before = enforcer_programs();
     let mut agent = attached_agent(&ns);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.pid() as libc::pid_t, signal) };
@@ -78,11 +97,8 @@ fn exit_leaves_nothing(signal: libc::c_int) {
         agent.stderr()
     );
     assert_eq!(state(&ns.host_if), clean(), "left behind on {}", ns.host_if);
-    assert!(
-        enforcer_programs_loaded().is_empty(),
-        "programs left loaded: {:?}",
-        enforcer_programs_loaded()
-    );
+    let left = orphans_since(&before);
+    assert!(left.is_empty(), "programs left loaded: {left:?}");
 }
 
 #[test]
@@ -171,6 +187,7 @@ fn stale_filter_after_sigkill_is_replaced() {
 #[test]
 fn missing_interface_is_a_clear_error() {
     require_root();
+    let before = enforcer_programs();
     let out = run_with_timeout(
         &mut cmd(
             enforcer_bin().to_str().unwrap(),
@@ -185,10 +202,8 @@ fn missing_interface_is_a_clear_error() {
         err.contains("interface 'enf-nosuch0' does not exist") && err.contains("ip link"),
         "{err}"
     );
-    assert!(
-        enforcer_programs_loaded().is_empty(),
-        "programs loaded for a failed start"
-    );
+    let left = orphans_since(&before);
+    assert!(left.is_empty(), "programs left by a failed start: {left:?}");
 }
 
 #[test]

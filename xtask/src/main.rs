@@ -1,7 +1,10 @@
 //! `cargo xtask <command>`: set up the toolchain, build, run and test enforcer.
 
+mod bench;
+mod fuzz;
 mod setup;
 mod test;
+mod vm;
 
 use std::{
     os::unix::process::CommandExt,
@@ -31,6 +34,36 @@ enum Cmd {
     },
     /// Setup, build, unit and integration tests, rustfmt and clippy (root only).
     Test,
+    /// Measure what enforcement costs (root only): writes bench/REPORT.md and bench/report.json.
+    /// Never fails on slow numbers, only when a figure cannot be measured. See docs/benchmarks.md.
+    Bench {
+        /// Each figure once with small counts, to check that they still run; writes to
+        /// target/bench/quick/ unless --out is given.
+        #[arg(long)]
+        quick: bool,
+        /// Only these figures (1-6), e.g. `--only 1,4`.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<u32>,
+        /// Directory to write REPORT.md and report.json to.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Use this enforcer binary instead of building target/release/enforcer.
+        #[arg(long)]
+        enforcer: Option<PathBuf>,
+    },
+    /// Run the cargo-fuzz targets (policy_parse, elf_identify, btf_offsets) for N seconds each;
+    /// installs cargo-fuzz if missing. See docs/fuzzing.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Boot Debian's stock kernels (6.1, 6.12) in QEMU and run the end-to-end enforcement
+    /// tests inside with each kernel TCP hook form; prints kernel x hook x test.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +82,19 @@ fn main() -> ExitCode {
         Cmd::Build { release } => setup::setup().and_then(|()| build(release)),
         Cmd::Run { args } => run(&args),
         Cmd::Test => return test::test(),
+        Cmd::Fuzz { seconds, target } => fuzz::run(&fuzz::Options { seconds, target }),
+        Cmd::Bench {
+            quick,
+            only,
+            out,
+            enforcer,
+        } => bench::run(bench::Options {
+            quick,
+            only,
+            out,
+            enforcer,
+        }),
+        Cmd::Vm(args) => vm::vm(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

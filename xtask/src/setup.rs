@@ -21,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "cpio",
     "bpftool",
     "python3",
+    "libssl-dev", // tests/tests/new_libraries.rs builds a TLS client with gcc
 ];
 
 enum Status {

@@ -54,6 +54,36 @@ pub fn test() -> ExitCode {
         "--test-threads=1",
     ];
     t.cargo_test("integration tests", &integ, bin);
+    // Benchmarks still run (each figure once, small counts; never judged on numbers).
+    t.step("bench --quick", || {
+        crate::bench::run(crate::bench::Options {
+            quick: true,
+            only: vec![],
+            out: None,
+            enforcer: Some(target_dir().join("debug/enforcer")),
+        })
+        .map_err(|e| eprintln!("xtask: bench --quick: {e:#}"))
+        .is_ok()
+    });
+    // Debian's 6.1 and 6.12 kernels in QEMU, every hook form (docs/kernel-support.md).
+    println!("xtask: === vm kernel matrix");
+    match crate::vm::ci() {
+        Ok(c) => {
+            t.passed += c.passed;
+            t.failed += c.failed;
+            t.ignored += c.unsupported;
+        }
+        Err(e) => {
+            eprintln!("xtask: vm kernel matrix: {e:#}");
+            t.failed_steps.push("vm kernel matrix".into());
+        }
+    }
+    // Each cargo-fuzz target for a short, bounded time (docs/fuzzing.md).
+    t.step("fuzz smoke", || {
+        crate::fuzz::smoke()
+            .inspect_err(|e| eprintln!("xtask: fuzz smoke: {e:#}"))
+            .is_ok()
+    });
     t.step("rustfmt", || {
         cargo(&["fmt", "--all", "--", "--check"]).is_ok()
     });

@@ -349,3 +349,56 @@ fn running_kernel_matches_bpftool() {
     };
     assert_eq!(got, want);
 }
+
+/// Found while fuzzing (docs/fuzzing.md): anonymous members that share a type, nested 31 deep with
+/// two members each, made the member search visit 2^31 paths. The search is capped instead.
+#[test]
+fn shared_anonymous_members_do_not_explode() {
+    let mut b = Builder::new();
+    let levels = 31;
+    // Type ids are assigned in order: `sock` is 1, level i is i + 1, the innermost one last.
+    let sock = b.compound(STRUCT, "sock", 8, &[("", 2, 0, 0), ("", 2, 0, 0)]);
+    assert_eq!(sock, 1);
+    for level in 2..=levels {
+        let next = level + 1;
+        b.compound(STRUCT, "", 8, &[("", next, 0, 0), ("", next, 0, 0)]);
+    }
+    let int = b.int("int", 4);
+    b.compound(STRUCT, "", 8, &[("x", int, 0, 0)]);
+    let started = std::time::Instant::now();
+    let err = sock_offsets_from(&b.finish()).unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("members for __sk_common"), "{err}");
+}
+
+/// Many types sharing one long name: each comparison reads the few bytes it compares, not the
+/// whole name (a NUL search per type made this quadratic).
+#[test]
+fn long_shared_names_are_not_rescanned() {
+    let mut b = Builder::new();
+    let long = "s".repeat(1 << 20);
+    let int = b.int(&long, 4);
+    let name = b.types[..4].to_vec(); // the INT's name offset
+    for _ in 0..20_000 {
+        b.types.extend_from_slice(&name);
+        b.types
+            .extend_from_slice(&(u32::from(STRUCT) << 24).to_le_bytes());
+        b.types.extend_from_slice(&4u32.to_le_bytes());
+        b.next_id += 1;
+    }
+    let _ = int;
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        sock_offsets_from(&b.finish()),
+        Err(BtfError::MissingStruct("sock"))
+    ));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}

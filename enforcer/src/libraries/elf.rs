@@ -14,22 +14,28 @@
 //!   `pread` come up short, which is an error, not a crash). Symbol and string tables larger than
 //!   [`MAX_TABLE_BYTES`] are skipped, at most [`MAX_SYMBOLS`] symbols of a table are looked at,
 //!   and all address arithmetic is checked.
-//! - **Cheap.** Only names listed in [`catalog::interesting_symbols`] are remembered; a symbol is
-//!   looked up in the string table only if it is defined.
+//! - **Cheap.** Only names listed in [`Catalog::symbols`] are remembered; a symbol is looked up
+//!   in the string table only if it is defined.
+//! - **Build-id.** The GNU build-id comes from the `.note.gnu.build-id` note (or a `PT_NOTE`
+//!   segment), at most [`MAX_NOTES_BYTES`] of notes. (Version texts and hashes: `identity.rs`.)
+
+mod symbols;
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use object::elf;
-use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::read::{ReadCache, ReadCacheOps};
 use object::{Endianness, FileKind};
 
-use super::{Identified, LibraryError, ProbeTarget};
-use crate::catalog::{self, Profile};
+use super::{LibraryError, ProbeTarget};
+use crate::catalog::{Catalog, ProbeSpec};
+#[cfg(test)]
+use symbols::Names;
+use symbols::{Found, collect, versyms};
 
 /// Files larger than this are not parsed (the largest shared object on a Debian host is libLLVM,
 /// ~100 MiB; unstripped static binaries can approach this).
@@ -40,12 +46,20 @@ pub(super) const MAX_TABLE_BYTES: u64 = 64 << 20;
 pub(super) const MAX_SYMBOLS: usize = 1 << 21;
 /// At most this many section headers are read.
 const MAX_SECTIONS: usize = 1 << 16;
+/// Notes larger than this are not read for a build-id.
+pub(super) const MAX_NOTES_BYTES: u64 = 64 << 10;
 
 /// A file read with `pread`, with a length fixed when it was opened.
-struct CappedFile {
+pub(super) struct CappedFile {
     file: File,
     len: u64,
     pos: u64,
+}
+
+impl CappedFile {
+    pub(super) fn new(file: File, len: u64) -> Self {
+        CappedFile { file, len, pos: 0 }
+    }
 }
 
 impl ReadCacheOps for CappedFile {
@@ -85,16 +99,6 @@ impl ReadCacheOps for CappedFile {
     }
 }
 
-/// One interesting symbol as found in a table.
-#[derive(Clone, Copy, Debug)]
-struct Found {
-    value: u64,
-    st_type: u8,
-    shndx: u16,
-    /// Default version (`name@@VER`, or unversioned), as opposed to a hidden `name@VER`.
-    default_version: bool,
-}
-
 /// Which symbol table a name set came from (for logs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Table {
@@ -102,12 +106,52 @@ enum Table {
     Static,
 }
 
-/// Identify an already opened regular file of `len` bytes (`len <= MAX_FILE_SIZE`).
-pub(super) fn identify_file(
+/// What one ELF file defines that the catalog cares about.
+#[derive(Clone, Debug)]
+pub(super) struct ElfInfo {
+    /// Interesting defined symbols of the table used, by index into [`Catalog::symbols`].
+    found: HashMap<usize, Found>,
+    segments: Vec<Segment>,
+    pub build_id: Option<String>,
+    table: Table,
+}
+
+impl ElfInfo {
+    /// True if the file defines `name` (an interesting symbol of the catalog it was read with).
+    pub fn defines(&self, catalog: &Catalog, name: &str) -> bool {
+        catalog
+            .symbols()
+            .binary_search_by(|s| s.as_str().cmp(name))
+            .is_ok_and(|i| self.found.contains_key(&i))
+    }
+
+    /// Where to probe the functions of `specs` that this file defines (see [`probe_targets`]).
+    pub fn probe_targets<'a>(
+        &self,
+        catalog: &Catalog,
+        specs: impl Iterator<Item = &'a ProbeSpec>,
+        in_companion: bool,
+        len: u64,
+        path: &Path,
+    ) -> Vec<ProbeTarget> {
+        probe_targets(self, catalog, specs, in_companion, len, path)
+    }
+}
+
+/// Says whether a symbol table is worth keeping, given a predicate telling whether it defines a
+/// symbol.
+pub(super) type Useful<'a> = dyn Fn(&dyn Fn(&str) -> bool) -> bool + 'a;
+
+/// Reads an already opened regular file of `len` bytes (`len <= MAX_FILE_SIZE`): the interesting
+/// symbols of the first symbol table (`.dynsym`, then `.symtab`) for which `useful` says yes, and
+/// the build-id. `None` if it is not ELF or no table is useful.
+pub(super) fn read_file(
     file: File,
     len: u64,
     path: &Path,
-) -> Result<Option<Identified>, LibraryError> {
+    catalog: &Catalog,
+    useful: &Useful<'_>,
+) -> Result<Option<ElfInfo>, LibraryError> {
     let malformed = |e: object::Error| LibraryError::Malformed {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -126,210 +170,141 @@ pub(super) fn identify_file(
         return Ok(None);
     }
     let cache = ReadCache::new(CappedFile { file, len, pos: 0 });
+    let scan = Scan {
+        path,
+        catalog,
+        useful,
+    };
     match FileKind::parse(&cache).map_err(malformed)? {
-        FileKind::Elf64 => scan::<elf::FileHeader64<Endianness>>(&cache, len, path),
-        FileKind::Elf32 => scan::<elf::FileHeader32<Endianness>>(&cache, len, path),
+        FileKind::Elf64 => scan.run::<elf::FileHeader64<Endianness>>(&cache),
+        FileKind::Elf32 => scan.run::<elf::FileHeader32<Endianness>>(&cache),
         _ => Ok(None),
     }
 }
 
-fn scan<Elf: FileHeader<Endian = Endianness>>(
+struct Scan<'a> {
+    path: &'a Path,
+    catalog: &'a Catalog,
+    useful: &'a Useful<'a>,
+}
+
+impl Scan<'_> {
+    fn malformed(&self, reason: impl ToString) -> LibraryError {
+        LibraryError::Malformed {
+            path: self.path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn run<Elf: FileHeader<Endian = Endianness>>(
+        &self,
+        data: &ReadCache<CappedFile>,
+    ) -> Result<Option<ElfInfo>, LibraryError> {
+        let m = |e: object::Error| self.malformed(e);
+        let header = Elf::parse(data).map_err(m)?;
+        let endian = header.endian().map_err(m)?;
+        let shnum = header.shnum(endian, data).map_err(m)?;
+        if shnum > MAX_SECTIONS {
+            return Err(self.malformed(format!("{shnum} section headers")));
+        }
+        let sections = header.section_headers(endian, data).map_err(m)?;
+        let phdrs = header.program_headers(endian, data).map_err(m)?;
+        let segments: Vec<Segment> = phdrs
+            .iter()
+            .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+            .map(|ph| Segment {
+                vaddr: ph.p_vaddr(endian).into(),
+                offset: ph.p_offset(endian).into(),
+                filesz: ph.p_filesz(endian).into(),
+                executable: ph.p_flags(endian) & elf::PF_X != 0,
+            })
+            .collect();
+
+        // The dynamic symbol table first (what a shared library exports); then `.symtab`, which
+        // an unstripped executable with a statically linked TLS library still carries.
+        for (sh_type, table) in [
+            (elf::SHT_DYNSYM, Table::Dynamic),
+            (elf::SHT_SYMTAB, Table::Static),
+        ] {
+            let Some(symtab) = sections.iter().find(|s| s.sh_type(endian) == sh_type) else {
+                continue;
+            };
+            let versyms = if table == Table::Dynamic {
+                versyms::<Elf>(endian, data, sections)
+            } else {
+                None
+            };
+            let Some(found) = collect::<Elf>(
+                endian,
+                data,
+                sections,
+                symtab,
+                versyms,
+                self.path,
+                self.catalog,
+            )?
+            else {
+                continue;
+            };
+            let symbols = self.catalog.symbols();
+            let defines = |name: &str| {
+                symbols
+                    .binary_search_by(|s| s.as_str().cmp(name))
+                    .is_ok_and(|i| found.contains_key(&i))
+            };
+            if !(self.useful)(&defines) {
+                continue;
+            }
+            let build_id = build_id::<Elf>(endian, data, sections, phdrs);
+            tracing::trace!(path = %self.path.display(), ?table, symbols = found.len(), "catalog symbols found");
+            return Ok(Some(ElfInfo {
+                found,
+                segments,
+                build_id,
+                table,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// The GNU build-id, lowercase hex, from a `SHT_NOTE` section or else a `PT_NOTE` segment.
+fn build_id<Elf: FileHeader<Endian = Endianness>>(
+    endian: Endianness,
     data: &ReadCache<CappedFile>,
-    len: u64,
-    path: &Path,
-) -> Result<Option<Identified>, LibraryError> {
-    let malformed = |e: object::Error| LibraryError::Malformed {
-        path: path.to_owned(),
-        reason: e.to_string(),
+    sections: &[Elf::SectionHeader],
+    phdrs: &[Elf::ProgramHeader],
+) -> Option<String> {
+    let from_notes = |mut notes: object::read::elf::NoteIterator<'_, Elf>| {
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == elf::ELF_NOTE_GNU && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+                let desc = note.desc();
+                if !desc.is_empty() && desc.len() <= 64 {
+                    return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
+                }
+            }
+        }
+        None
     };
-    let header = Elf::parse(data).map_err(malformed)?;
-    let endian = header.endian().map_err(malformed)?;
-    let shnum = header.shnum(endian, data).map_err(malformed)?;
-    if shnum > MAX_SECTIONS {
-        return Err(LibraryError::Malformed {
-            path: path.to_owned(),
-            reason: format!("{shnum} section headers"),
-        });
-    }
-    let sections = header.section_headers(endian, data).map_err(malformed)?;
-    let segments: Vec<Segment> = header
-        .program_headers(endian, data)
-        .map_err(malformed)?
-        .iter()
-        .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
-        .map(|ph| Segment {
-            vaddr: ph.p_vaddr(endian).into(),
-            offset: ph.p_offset(endian).into(),
-            filesz: ph.p_filesz(endian).into(),
-            executable: ph.p_flags(endian) & elf::PF_X != 0,
-        })
-        .collect();
-
-    // The dynamic symbol table first (what a shared library exports); then `.symtab`, which an
-    // unstripped executable with a statically linked TLS library still carries.
-    for (sh_type, table) in [
-        (elf::SHT_DYNSYM, Table::Dynamic),
-        (elf::SHT_SYMTAB, Table::Static),
-    ] {
-        let Some(symtab) = sections.iter().find(|s| s.sh_type(endian) == sh_type) else {
-            continue;
-        };
-        let versyms = if table == Table::Dynamic {
-            versyms::<Elf>(endian, data, sections)
-        } else {
-            None
-        };
-        let Some(found) = collect::<Elf>(endian, data, sections, symtab, versyms, path)? else {
-            continue;
-        };
-        let Some(profile) = catalog::match_profile(|s| found.contains_key(s)) else {
-            continue;
-        };
-        let probes = probe_targets(profile, &found, &segments, len, path);
-        if probes.is_empty() {
-            tracing::debug!(
-                path = %path.display(), family = %profile.family, ?table,
-                "identified, but none of its probe functions can be probed: skipped"
-            );
-            return Ok(None);
-        }
-        tracing::trace!(path = %path.display(), family = %profile.family, ?table, probes = probes.len(), "identified");
-        return Ok(Some(Identified {
-            family: profile.family,
-            probes,
-        }));
-    }
-    Ok(None)
-}
-
-/// `.gnu.version`, if present and consistent with `.dynsym`.
-fn versyms<'d, Elf: FileHeader<Endian = Endianness>>(
-    endian: Endianness,
-    data: &'d ReadCache<CappedFile>,
-    sections: &'d [Elf::SectionHeader],
-) -> Option<&'d [elf::Versym<Endianness>]> {
-    let shdr = sections
-        .iter()
-        .find(|s| s.sh_type(endian) == elf::SHT_GNU_VERSYM)?;
-    if shdr.sh_size(endian).into() > MAX_TABLE_BYTES {
-        return None;
-    }
-    shdr.data_as_array(endian, data).ok()
-}
-
-/// The interesting defined symbols of one table, by name; `None` if the table is too large.
-fn collect<'d, Elf: FileHeader<Endian = Endianness>>(
-    endian: Endianness,
-    data: &'d ReadCache<CappedFile>,
-    sections: &'d [Elf::SectionHeader],
-    symtab: &'d Elf::SectionHeader,
-    versyms: Option<&'d [elf::Versym<Endianness>]>,
-    path: &Path,
-) -> Result<Option<HashMap<&'static str, Found>>, LibraryError> {
-    let malformed = |e: object::Error| LibraryError::Malformed {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    };
-    let strtab = usize::try_from(symtab.sh_link(endian))
-        .ok()
-        .and_then(|i| sections.get(i))
-        .ok_or_else(|| LibraryError::Malformed {
-            path: path.to_owned(),
-            reason: "symbol table links no string table".into(),
-        })?;
-    let sizes = (symtab.sh_size(endian).into(), strtab.sh_size(endian).into());
-    if sizes.0 > MAX_TABLE_BYTES || sizes.1 > MAX_TABLE_BYTES {
-        tracing::debug!(path = %path.display(), ?sizes, limit = MAX_TABLE_BYTES, "symbol table too large: skipped");
-        return Ok(None);
-    }
-    let symbols: &[Elf::Sym] = symtab.data_as_array(endian, data).map_err(malformed)?;
-    let strings: &[u8] = strtab.data(endian, data).map_err(malformed)?;
-    // Versions are only meaningful if there is one per symbol.
-    let versyms = versyms.filter(|v| v.len() == symbols.len());
-    if symbols.len() > MAX_SYMBOLS {
-        tracing::debug!(path = %path.display(), symbols = symbols.len(), limit = MAX_SYMBOLS, "only the first symbols are looked at");
-    }
-
-    let names = Names::new();
-    let mut found = HashMap::new();
-    for (index, sym) in symbols.iter().enumerate().take(MAX_SYMBOLS) {
-        let shndx = sym.st_shndx(endian);
-        if shndx == elf::SHN_UNDEF {
-            continue; // imported, not defined here
-        }
-        let Some(name) = usize::try_from(sym.st_name(endian))
-            .ok()
-            .and_then(|o| strings.get(o..))
-        else {
-            continue;
-        };
-        let Some((key, mut default_version)) = names.lookup(name) else {
-            continue;
-        };
-        if let Some(v) = versyms.and_then(|v| v.get(index)) {
-            default_version &= v.0.get(endian) & elf::VERSYM_HIDDEN == 0;
-        }
-        let new = Found {
-            value: sym.st_value(endian).into(),
-            st_type: sym.st_type(),
-            shndx,
-            default_version,
-        };
-        match found.entry(key) {
-            Entry::Vacant(e) => {
-                e.insert(new);
-            }
-            // `SSL_write@@OPENSSL_3.0.0` beats an older `SSL_write@OPENSSL_1.1.0` kept for ABI
-            // compatibility: the default version is what newly linked programs call.
-            Entry::Occupied(mut e) if new.default_version && !e.get().default_version => {
-                e.insert(new);
-            }
-            Entry::Occupied(_) => {}
+    for s in sections {
+        if s.sh_type(endian) == elf::SHT_NOTE
+            && s.sh_size(endian).into() <= MAX_NOTES_BYTES
+            && let Ok(Some(notes)) = s.notes(endian, data)
+            && let Some(id) = from_notes(notes)
+        {
+            return Some(id);
         }
     }
-    Ok(Some(found))
-}
-
-/// Matches names from a string table against [`catalog::interesting_symbols`] without scanning
-/// for the terminating NUL of the (mostly uninteresting) names first: this loop runs over every
-/// defined symbol of every candidate file.
-struct Names {
-    interesting: &'static [&'static str],
-    first_bytes: [bool; 256],
-}
-
-impl Names {
-    fn new() -> Self {
-        let interesting = catalog::interesting_symbols();
-        let mut first_bytes = [false; 256];
-        for n in interesting {
-            if let Some(&b) = n.as_bytes().first() {
-                first_bytes[usize::from(b)] = true;
-            }
-        }
-        Names {
-            interesting,
-            first_bytes,
+    for ph in phdrs {
+        if ph.p_type(endian) == elf::PT_NOTE
+            && ph.p_filesz(endian).into() <= MAX_NOTES_BYTES
+            && let Ok(Some(notes)) = ph.notes(endian, data)
+            && let Some(id) = from_notes(notes)
+        {
+            return Some(id);
         }
     }
-
-    /// `rest` is the string table from a symbol's name on. Returns the interesting name it
-    /// starts with and whether it is a default version: `SSL_write` and `SSL_write@@OPENSSL_3.0.0`
-    /// are, `SSL_write@OPENSSL_1.0.0` is not (`.dynsym` names carry no suffix, their versions live
-    /// in `.gnu.version`; `.symtab` names may carry one).
-    fn lookup(&self, rest: &[u8]) -> Option<(&'static str, bool)> {
-        if !self.first_bytes[usize::from(*rest.first()?)] {
-            return None;
-        }
-        self.interesting.iter().find_map(|&n| {
-            let tail = rest.strip_prefix(n.as_bytes())?;
-            match tail.first() {
-                None | Some(0) => Some((n, true)), // (a table missing its final NUL ends the name too)
-                Some(b'@') => Some((n, tail.get(1) == Some(&b'@'))),
-                Some(_) => None, // a longer name: `SSL_write_ex` is not `SSL_write`
-            }
-        })
-    }
+    None
 }
 
 /// A `PT_LOAD` segment.
@@ -353,21 +328,29 @@ pub(super) fn file_offset(segments: &[Segment], addr: u64) -> Option<u64> {
     })
 }
 
-fn probe_targets(
-    profile: &Profile,
-    found: &HashMap<&'static str, Found>,
-    segments: &[Segment],
+fn probe_targets<'a>(
+    info: &ElfInfo,
+    catalog: &Catalog,
+    specs: impl Iterator<Item = &'a ProbeSpec>,
+    in_companion: bool,
     len: u64,
     path: &Path,
 ) -> Vec<ProbeTarget> {
+    let (found, segments) = (&info.found, &info.segments);
+    let index = |name: &str| {
+        catalog
+            .symbols()
+            .binary_search_by(|s| s.as_str().cmp(name))
+            .ok()
+    };
     let mut probes: Vec<ProbeTarget> = Vec::new();
-    for spec in profile.probes {
-        let Some(sym) = found.get(spec.symbol) else {
+    for spec in specs {
+        let Some(sym) = index(&spec.symbol).and_then(|i| found.get(&i)) else {
             tracing::trace!(path = %path.display(), symbol = spec.symbol, "not defined: not probed");
             continue;
         };
         let skip = |why: &str| {
-            tracing::debug!(path = %path.display(), symbol = spec.symbol, value = sym.value, "{why}: not probed");
+            tracing::debug!(path = %path.display(), symbol = spec.symbol, value = sym.value, table = ?info.table, "{why}: not probed");
         };
         match sym.st_type {
             elf::STT_FUNC => {}
@@ -397,81 +380,14 @@ fn probe_targets(
             continue;
         }
         probes.push(ProbeTarget {
-            symbol: spec.symbol.to_owned(),
+            symbol: spec.symbol.clone(),
             op: spec.op,
             file_offset: offset,
+            in_companion,
         });
     }
     probes
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn name_lookup() {
-        let names = Names::new();
-        assert_eq!(names.lookup(b"SSL_write\0next"), Some(("SSL_write", true)));
-        assert_eq!(
-            names.lookup(b"SSL_write_ex\0"),
-            Some(("SSL_write_ex", true))
-        );
-        assert_eq!(
-            names.lookup(b"SSL_write@@OPENSSL_3.0.0\0"),
-            Some(("SSL_write", true))
-        );
-        assert_eq!(
-            names.lookup(b"SSL_write@OPENSSL_1.0.0\0"),
-            Some(("SSL_write", false))
-        );
-        assert_eq!(names.lookup(b"SSL_write"), Some(("SSL_write", true)));
-        assert_eq!(names.lookup(b"SSL_writex\0"), None);
-        assert_eq!(names.lookup(b"SSL_writ\0"), None);
-        assert_eq!(names.lookup(b"malloc\0"), None);
-        assert_eq!(names.lookup(b""), None);
-        assert_eq!(names.lookup(b"\0"), None);
-    }
-
-    #[test]
-    fn offsets_through_segments() {
-        // Shaped like libssl.so.3's segments, with the data segment's usual vaddr != offset.
-        let segs = [
-            Segment {
-                vaddr: 0,
-                offset: 0,
-                filesz: 0x1e9b0,
-                executable: false,
-            },
-            Segment {
-                vaddr: 0x1f000,
-                offset: 0x1f000,
-                filesz: 0x5cff1,
-                executable: true,
-            },
-            Segment {
-                vaddr: 0x9b810,
-                offset: 0x9a810,
-                filesz: 0xd020,
-                executable: true,
-            },
-        ];
-        assert_eq!(file_offset(&segs, 0x359c0), Some(0x359c0));
-        assert_eq!(file_offset(&segs, 0x9b820), Some(0x9a820));
-        assert_eq!(file_offset(&segs, 0x100), None, "not executable");
-        assert_eq!(
-            file_offset(&segs, 0x1f000 + 0x5cff1),
-            None,
-            "one past the end"
-        );
-        assert_eq!(file_offset(&segs, u64::MAX), None);
-        let hostile = [Segment {
-            vaddr: 0,
-            offset: u64::MAX,
-            filesz: u64::MAX,
-            executable: true,
-        }];
-        assert_eq!(file_offset(&hostile, 0), Some(u64::MAX));
-        assert_eq!(file_offset(&hostile, 1), None, "overflow is no offset");
-    }
-}
+mod tests;

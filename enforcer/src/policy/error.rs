@@ -8,11 +8,11 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde_path_to_error::Segment;
 
 use super::{Action, MAX_POLICY_BYTES, Mode};
-use crate::family::Family;
+use crate::catalog::{Catalog, Seg};
 
 /// Keys of the top-level mapping and of a rule, as error messages list them.
-pub(super) const TOP_KEYS: [&str; 3] = ["mode", "default", "libraries"];
-pub(super) const RULE_KEYS: [&str; 2] = ["family", "action"];
+pub(super) const TOP_KEYS: [&str; 4] = ["mode", "default", "libraries", "catalog"];
+pub(super) const RULE_KEYS: [&str; 5] = ["family", "version", "path", "sha256", "action"];
 
 /// Why a policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,9 @@ pub enum PolicyError {
 }
 
 fn format_invalid(file: &str, line: Option<usize>, column: Option<usize>, msg: &str) -> String {
+    // Messages quote the policy (a version, a glob, a catalog name): escape control characters
+    // so that a hostile policy cannot make its error span lines or forge log lines.
+    let msg = show_max(msg, usize::MAX);
     match (line, column) {
         (Some(l), Some(c)) => format!("{file}:{l}:{c}: {msg}"),
         (Some(l), None) => format!("{file}:{l}: {msg}"),
@@ -79,7 +82,7 @@ fn render(path: &[Step]) -> String {
 
 /// A user-supplied string fit for a one-line message: control characters escaped, at most 60
 /// characters.
-fn show(s: &str) -> String {
+pub(super) fn show(s: &str) -> String {
     show_max(s, 60)
 }
 
@@ -99,7 +102,7 @@ fn show_max(s: &str, max: usize) -> String {
     out
 }
 
-fn alternatives(names: &[&str]) -> String {
+pub(super) fn alternatives(names: &[&str]) -> String {
     match names {
         [] => String::new(),
         [one] => (*one).to_owned(),
@@ -129,8 +132,24 @@ fn expected_for_path(path: &[Step]) -> Option<String> {
         [l, Step::Index(_)] if key(l) == Some("libraries") => {
             format!("a mapping with keys {}", RULE_KEYS.join(", "))
         }
-        [_, Step::Index(_), f] if key(f) == Some("family") => names(&Family::ALL.map(Family::name)),
-        [_, Step::Index(_), a] if key(a) == Some("action") => names(&Action::ALL.map(Action::name)),
+        [l, Step::Index(_), f] if key(l) == Some("libraries") && key(f) == Some("family") => {
+            let catalog = Catalog::embedded();
+            let ids: Vec<&str> = catalog.families().iter().map(|f| f.family.name()).collect();
+            format!("a family ({})", names(&ids))
+        }
+        [l, Step::Index(_), v] if key(l) == Some("libraries") && key(v) == Some("version") => {
+            "a version range in quotes, such as \">=3.0.9, <4\"".to_owned()
+        }
+        [l, Step::Index(_), p] if key(l) == Some("libraries") && key(p) == Some("path") => {
+            "a path glob, such as \"/usr/lib/**\"".to_owned()
+        }
+        [l, Step::Index(_), h] if key(l) == Some("libraries") && key(h) == Some("sha256") => {
+            "64 hexadecimal digits".to_owned()
+        }
+        [l, Step::Index(_), a] if key(l) == Some("libraries") && key(a) == Some("action") => {
+            names(&Action::ALL.map(Action::name))
+        }
+        [c] if key(c) == Some("catalog") => "a mapping with key families".to_owned(),
         _ => return None,
     })
 }
@@ -273,6 +292,30 @@ pub(super) fn from_yaml(
         column,
         message,
     }
+}
+
+/// An error at the node `path` (found by re-reading `text`), or without position if it cannot be
+/// found.
+pub(super) fn at_node(file: &str, text: &str, path: &[Seg], message: String) -> PolicyError {
+    let at = locate_segs(text, path);
+    PolicyError::Invalid {
+        file: file.to_owned(),
+        line: at.map(|a| a.0),
+        column: at.map(|a| a.1),
+        message,
+    }
+}
+
+/// Line and column (1-based) of the node at `path`.
+pub(super) fn locate_segs(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
+    let steps: Vec<Step> = path
+        .iter()
+        .map(|s| match s {
+            Seg::Key(k) => Step::Key((*k).to_owned(), 0),
+            Seg::Index(i) => Step::Index(*i),
+        })
+        .collect();
+    locate(text, &steps)
 }
 
 /// Line and column (1-based) of the `index`-th rule of `libraries:`, for a text that parsed.

@@ -1,0 +1,85 @@
+//! `enforcer policy explain FILE`: for each TLS library on this host, the rule of FILE it hits
+//! (by line) and why, and the other rules that match it but lose on specificity or order.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::libraries::Library;
+use crate::policy::Policy;
+
+/// The explanation for people.
+pub fn text(libs: &[Library], policy: &Policy) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: {} rule{}, default {}, mode {}; {} TLS librar{} on this host",
+        policy.source,
+        policy.libraries.len(),
+        if policy.libraries.len() == 1 { "" } else { "s" },
+        policy.default,
+        policy.mode,
+        libs.len(),
+        if libs.len() == 1 { "y" } else { "ies" },
+    );
+    for lib in libs {
+        let version = lib.identity.version.as_deref().unwrap_or("version unknown");
+        let _ = writeln!(out, "\n{} ({} {version})", lib.path.display(), lib.family);
+        let matches = policy.explain(lib);
+        let Some(first) = matches.first() else {
+            let _ = writeln!(out, "  -> {}: default (no rule matches)", policy.default);
+            continue;
+        };
+        let rule = &policy.libraries[first.index];
+        let _ = writeln!(
+            out,
+            "  -> {}: rule at line {} ({}): {}",
+            first.action,
+            first.line,
+            rule.describe(),
+            first.reasons.join("; ")
+        );
+        for m in &matches[1..] {
+            let other = &policy.libraries[m.index];
+            let lost = if other.specificity() == rule.specificity() {
+                "as specific, later in the file"
+            } else {
+                "less specific"
+            };
+            let _ = writeln!(
+                out,
+                "     also matches line {} ({}) -> {}: {lost}",
+                m.line,
+                other.describe(),
+                m.action
+            );
+        }
+    }
+    out
+}
+
+/// The same as JSON: one object per library with the deciding rule and every match.
+pub fn json(libs: &[Library], policy: &Policy) -> Value {
+    let items: Vec<Value> = libs
+        .iter()
+        .map(|lib| {
+            let matches = policy.explain(lib);
+            let d = policy.decide(lib);
+            json!({
+                "path": lib.path.display().to_string(),
+                "family": lib.family,
+                "version": lib.identity.version,
+                "sha256": lib.identity.sha256,
+                "action": d.action.name(),
+                "rule_line": d.rule_line,
+                "matches": matches.iter().map(|m| json!({
+                    "line": m.line,
+                    "rule": policy.libraries[m.index].describe(),
+                    "action": m.action.name(),
+                    "reasons": m.reasons,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "policy": policy.source, "libraries": items })
+}

@@ -1,0 +1,249 @@
+//! From scanned candidate files to [`Library`] values: family, companion, probe targets,
+//! identity, ids.
+//!
+//! **Companion choice.** For a library of a family with `companion` symbols, the companion is a
+//! scanned file (not the library itself) that defines all of them and is mapped by the most of
+//! the library's processes; without shared processes, one in the library's directory; else none
+//! (its companion probes and version texts are then missing, and it says so in a debug log).
+//!
+//! **Shared companions.** A uprobe lives on an inode and carries one library id. Two libraries of
+//! one family sharing a companion (a copied `libssl3.so` using the system `libnspr4.so`) cannot
+//! both own the companion's probes, or every call would be attributed twice and the innermost
+//! (last attached) would win at random: the first library in path order keeps them, the others
+//! lose their companion probes with a warning.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::elf::{self, ElfInfo};
+use super::{FileRef, Identity, Library, LibraryError, identity, open};
+use crate::catalog::{Catalog, Place};
+
+/// One candidate file that the catalog cares about.
+pub(super) struct Scanned {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub pids: BTreeSet<u32>,
+    pub mapped_as: BTreeSet<PathBuf>,
+    info: ElfInfo,
+    /// Index of the family it belongs to, in the catalog's order.
+    pub family: Option<usize>,
+    /// Indexes of the families it is a companion for.
+    companion_of: Vec<usize>,
+}
+
+/// Opens `path`, checks it is still the file `key` names, and scans it.
+pub(super) fn scan_path(
+    path: &Path,
+    key: (u64, u64),
+    catalog: &Catalog,
+    companion_only: bool,
+) -> Result<Option<Scanned>, LibraryError> {
+    let (file, md) = open(path)?;
+    if !md.is_file() || (md.dev(), md.ino()) != key {
+        tracing::debug!(path = %path.display(), "file replaced while scanning: skipped");
+        return Ok(None);
+    }
+    scan(file, &md, path, catalog, companion_only)
+}
+
+/// Scans an opened regular file: `None` unless it belongs to a family or is a companion (only
+/// the latter with `companion_only`).
+pub(super) fn scan(
+    file: File,
+    md: &fs::Metadata,
+    path: &Path,
+    catalog: &Catalog,
+    companion_only: bool,
+) -> Result<Option<Scanned>, LibraryError> {
+    let useful = |defines: &dyn Fn(&str) -> bool| {
+        (!companion_only && catalog.match_file(defines).is_some())
+            || catalog.families().iter().any(|f| f.is_companion(&defines))
+    };
+    let Some(info) = elf::read_file(file, md.len(), path, catalog, &useful)? else {
+        return Ok(None);
+    };
+    let defines = |s: &str| info.defines(catalog, s);
+    let family = match companion_only {
+        true => None,
+        false => catalog.families().iter().position(|f| f.matches(&defines)),
+    };
+    let companion_of = (0..catalog.families().len())
+        .filter(|&i| catalog.families()[i].is_companion(&defines))
+        .collect();
+    Ok(Some(Scanned {
+        path: path.to_owned(),
+        dev: md.dev(),
+        ino: md.ino(),
+        len: md.len(),
+        pids: BTreeSet::new(),
+        mapped_as: BTreeSet::new(),
+        info,
+        family,
+        companion_of,
+    }))
+}
+
+/// The libraries among `files`, sorted by path, with ids 1, 2, ...
+pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> {
+    let mut versions = VersionCache::default();
+    let mut out = Vec::new();
+    for (index, file) in files.iter().enumerate() {
+        let Some(fi) = file.family else { continue };
+        let def = &catalog.families()[fi];
+        let companion = choose_companion(&files, index, fi);
+        let own = def.probes.iter().filter(|p| p.place == Place::SelfFile);
+        let mut probes = file
+            .info
+            .probe_targets(catalog, own, false, file.len, &file.path);
+        if let Some(c) = companion {
+            let theirs = def.probes.iter().filter(|p| p.place == Place::Companion);
+            probes.extend(c.info.probe_targets(catalog, theirs, true, c.len, &c.path));
+        } else if !def.companion.is_empty() {
+            tracing::debug!(path = %file.path.display(), family = %def.family, "no companion found");
+        }
+        if probes.is_empty() {
+            tracing::debug!(
+                path = %file.path.display(), family = %def.family,
+                "identified, but none of its probe functions can be probed: skipped"
+            );
+            continue;
+        }
+        let mut version = None;
+        for spec in &def.version {
+            let target = match spec.place {
+                Place::SelfFile => Some(file),
+                Place::Companion => companion,
+            };
+            if let Some(t) = target {
+                let prefixes = def.version.iter().filter(|v| v.place == spec.place);
+                let prefixes: Vec<&str> = prefixes.map(|v| v.prefix.as_str()).collect();
+                version = versions.get(t, &prefixes, &spec.prefix);
+            }
+            if version.is_some() {
+                break;
+            }
+        }
+        let (sha256, size) = hash(file);
+        out.push(Library {
+            id: 0,
+            family: def.family.clone(),
+            path: file.path.clone(),
+            dev: file.dev,
+            ino: file.ino,
+            probes,
+            pids: file.pids.iter().copied().collect(),
+            mapped_as: file.mapped_as.iter().cloned().collect(),
+            identity: Identity {
+                size,
+                build_id: file.info.build_id.clone(),
+                sha256,
+                version,
+            },
+            companion: companion.map(|c| FileRef {
+                path: c.path.clone(),
+                dev: c.dev,
+                ino: c.ino,
+            }),
+        });
+    }
+    out.sort_by(|a, b| {
+        a.path
+            .cmp(&b.path)
+            .then((a.dev, a.ino).cmp(&(b.dev, b.ino)))
+    });
+    let mut owners: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    out.retain_mut(|lib| {
+        let Some(c) = &lib.companion else { return true };
+        if !lib.probes.iter().any(|p| p.in_companion) {
+            return true;
+        }
+        match owners.get(&(c.dev, c.ino)) {
+            None => {
+                owners.insert((c.dev, c.ino), lib.path.clone());
+            }
+            Some(owner) => {
+                tracing::warn!(
+                    library = %lib.path.display(), companion = %c.path.display(), owner = %owner.display(),
+                    "companion already probed for another library: its calls are attributed to that one"
+                );
+                lib.probes.retain(|p| !p.in_companion);
+            }
+        }
+        !lib.probes.is_empty()
+    });
+    for (i, lib) in out.iter_mut().enumerate() {
+        lib.id = u32::try_from(i + 1).unwrap_or(u32::MAX);
+    }
+    out
+}
+
+fn choose_companion(files: &[Scanned], index: usize, family: usize) -> Option<&Scanned> {
+    let lib = &files[index];
+    let dir = lib.path.parent();
+    files
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *i != index && f.companion_of.contains(&family))
+        .map(|(_, f)| {
+            let shared = f.pids.intersection(&lib.pids).count();
+            let same_dir = f.path.parent() == dir;
+            (f, shared, same_dir)
+        })
+        .filter(|(_, shared, same_dir)| *shared > 0 || *same_dir)
+        // Most shared processes, then same directory, then the smallest path (deterministic).
+        .max_by(|a, b| {
+            (a.1, a.2)
+                .cmp(&(b.1, b.2))
+                .then_with(|| b.0.path.cmp(&a.0.path))
+        })
+        .map(|(f, _, _)| f)
+}
+
+fn hash(file: &Scanned) -> (Option<String>, u64) {
+    let hashed = open(&file.path).and_then(|(f, md)| {
+        if (md.dev(), md.ino()) != (file.dev, file.ino) {
+            return Ok(None);
+        }
+        identity::sha256(&f, md.len())
+            .map(|h| h.map(|h| (h, md.len())))
+            .map_err(|source| LibraryError::Io {
+                path: file.path.clone(),
+                source,
+            })
+    });
+    match hashed {
+        Ok(Some((h, len))) => (Some(h), len),
+        Ok(None) => (None, file.len),
+        Err(e) => {
+            tracing::debug!(error = %e, "not hashed");
+            (None, file.len)
+        }
+    }
+}
+
+/// Version texts per (file, prefix set): many libraries share one libcrypto.
+#[derive(Default)]
+struct VersionCache(HashMap<(u64, u64, Vec<String>), Vec<Option<String>>>);
+
+impl VersionCache {
+    fn get(&mut self, file: &Scanned, prefixes: &[&str], want: &str) -> Option<String> {
+        let key = (
+            file.dev,
+            file.ino,
+            prefixes.iter().map(|p| p.to_string()).collect(),
+        );
+        let texts = self.0.entry(key).or_insert_with(|| match open(&file.path) {
+            Ok((f, md)) if (md.dev(), md.ino()) == (file.dev, file.ino) => {
+                identity::version_texts(f, md.len(), prefixes)
+            }
+            _ => vec![None; prefixes.len()],
+        });
+        let i = prefixes.iter().position(|p| *p == want)?;
+        texts.get(i).cloned().flatten()
+    }
+}

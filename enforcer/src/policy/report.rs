@@ -1,0 +1,66 @@
+//! `enforcer policy check FILE`: what a valid policy says, in words.
+
+use std::fmt::Write as _;
+
+use super::{Mode, Policy};
+use crate::catalog::Origin;
+
+/// The summary printed by `enforcer policy check FILE`.
+pub fn check_report(p: &Policy) -> String {
+    let mut out = String::new();
+    let mode_note = match p.mode {
+        Mode::Enforce => "connections of denied libraries are blocked",
+        Mode::Audit => "nothing is blocked; denied connections are reported as would-block",
+    };
+    let _ = writeln!(out, "{}: valid policy", p.source);
+    let _ = writeln!(out, "mode: {} ({mode_note})", p.mode);
+    let _ = writeln!(
+        out,
+        "default: {} (for TLS libraries no rule matches)",
+        p.default
+    );
+    let added: Vec<String> = p
+        .catalog
+        .families()
+        .iter()
+        .filter_map(|f| match &f.origin {
+            Origin::Policy { line, .. } => Some(format!("{} (line {line})", f.family)),
+            Origin::Builtin => None,
+        })
+        .collect();
+    if !added.is_empty() {
+        let _ = writeln!(out, "catalog: adds or replaces {}", added.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "rules: {} (the most specific matching rule decides: sha256, then path, then version, then family)",
+        p.libraries.len()
+    );
+    for rule in &p.libraries {
+        let _ = writeln!(
+            out,
+            "  line {}: {} -> {}",
+            rule.line,
+            rule.describe(),
+            rule.action
+        );
+    }
+    let _ = writeln!(
+        out,
+        "by family (where no sha256, path or version rule matches):"
+    );
+    for def in p.catalog.families() {
+        let family_only = p.libraries.iter().find(|r| {
+            r.family.as_ref() == Some(&def.family)
+                && r.version.is_none()
+                && r.path.is_none()
+                && r.sha256.is_none()
+        });
+        let (action, why) = match family_only {
+            Some(r) => (r.action, format!("rule at line {}", r.line)),
+            None => (p.default, "default".to_owned()),
+        };
+        let _ = writeln!(out, "  {}: {action} ({why})", def.family);
+    }
+    out
+}

@@ -1,0 +1,200 @@
+//! Policy rules: what a rule matches, how specific it is, and which rule decides a library.
+//!
+//! A rule matches a library when **every** key it has matches:
+//!
+//! | key | matches when |
+//! | --- | --- |
+//! | `family` | the library's family is this id |
+//! | `version` | the library stated a version and it lies in the range (`">=3.0.9, <4"`) |
+//! | `path` | the glob matches the library's path on this host, or a name a process maps it under |
+//! | `sha256` | the SHA-256 of the library's contents is this one |
+//!
+//! **Specificity.** Among the rules that match, the most specific wins. A rule's specificity is
+//! the tuple (has `sha256`, has `path`, has `version`, has `family`), compared in that order:
+//! any rule with `sha256` beats any without; then `path`; then `version`; then `family`. Two
+//! matching rules of equal specificity: the first in the file wins (rules with identical keys and
+//! values are rejected when the policy is parsed, so this only happens with overlapping globs or
+//! ranges, and `enforcer policy explain` shows it).
+
+use std::path::Path;
+
+use globset::GlobMatcher;
+
+use super::Action;
+use crate::family::Family;
+use crate::version::{Version, VersionReq};
+
+/// A path glob, as written and compiled (`*` does not cross `/`; `**` does).
+#[derive(Clone, Debug)]
+pub struct PathGlob {
+    pub text: String,
+    matcher: GlobMatcher,
+}
+
+impl PathGlob {
+    pub fn new(text: &str) -> Result<PathGlob, String> {
+        if !text.starts_with('/') && !text.starts_with('*') {
+            return Err("a path glob must be absolute (start with '/' or '*')".into());
+        }
+        let glob = globset::GlobBuilder::new(text)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| e.kind().to_string())?;
+        Ok(PathGlob {
+            text: text.to_owned(),
+            matcher: glob.compile_matcher(),
+        })
+    }
+
+    pub fn is_match(&self, path: &Path) -> bool {
+        self.matcher.is_match(path)
+    }
+}
+
+impl PartialEq for PathGlob {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for PathGlob {}
+
+/// One entry of `libraries:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub family: Option<Family>,
+    pub version: Option<VersionReq>,
+    pub path: Option<PathGlob>,
+    /// Lowercase hex.
+    pub sha256: Option<String>,
+    pub action: Action,
+    /// 1-based line of the rule in the policy file.
+    pub line: usize,
+}
+
+/// What a policy decides on: the facts about one library.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject<'a> {
+    pub family: &'a Family,
+    pub version: Option<&'a str>,
+    /// The host path first, then the names processes map it under.
+    pub paths: Vec<&'a Path>,
+    pub sha256: Option<&'a str>,
+}
+
+/// (sha256, path, version, family): compared lexicographically.
+pub type Specificity = (bool, bool, bool, bool);
+
+impl Rule {
+    pub fn specificity(&self) -> Specificity {
+        (
+            self.sha256.is_some(),
+            self.path.is_some(),
+            self.version.is_some(),
+            self.family.is_some(),
+        )
+    }
+
+    /// True if both rules have the same keys with the same values.
+    pub fn same_matchers(&self, other: &Rule) -> bool {
+        self.family == other.family
+            && self.version.as_ref().map(ToString::to_string)
+                == other.version.as_ref().map(ToString::to_string)
+            && self.path == other.path
+            && self.sha256 == other.sha256
+    }
+
+    /// Why the rule matches `s` (one reason per key), or `None` if it does not.
+    pub fn matches(&self, s: &Subject) -> Option<Vec<String>> {
+        let mut why = Vec::new();
+        if let Some(sha) = &self.sha256 {
+            if s.sha256 != Some(sha.as_str()) {
+                return None;
+            }
+            why.push(format!("sha256 is {}", short(sha)));
+        }
+        if let Some(glob) = &self.path {
+            let hit = s.paths.iter().find(|p| glob.is_match(p))?;
+            why.push(format!("path {} matches '{}'", hit.display(), glob.text));
+        }
+        if let Some(f) = &self.family {
+            if f != s.family {
+                return None;
+            }
+            why.push(format!("family is {f}"));
+        }
+        if let Some(req) = &self.version {
+            let v = Version::parse_lenient(s.version?).ok()?;
+            if !req.matches(&v) {
+                return None;
+            }
+            why.push(format!("version {v} is in '{req}'"));
+        }
+        Some(why)
+    }
+
+    /// The rule's keys, for reports: `family=openssl version=">=3.0.9, <4"`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(f) = &self.family {
+            parts.push(format!("family={f}"));
+        }
+        if let Some(v) = &self.version {
+            parts.push(format!("version=\"{v}\""));
+        }
+        if let Some(p) = &self.path {
+            parts.push(format!("path=\"{}\"", p.text));
+        }
+        if let Some(h) = &self.sha256 {
+            parts.push(format!("sha256={}", short(h)));
+        }
+        parts.join(" ")
+    }
+}
+
+/// The first 16 hex digits of a hash, for one-line reports.
+fn short(hash: &str) -> String {
+    match hash.get(..16) {
+        Some(head) if hash.len() > 16 => format!("{head}..."),
+        _ => hash.to_owned(),
+    }
+}
+
+/// A 64-digit hex SHA-256, lowercased.
+pub fn parse_sha256(s: &str) -> Option<String> {
+    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
+}
+
+/// One rule that matched, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Match {
+    /// Index into the policy's rules.
+    pub index: usize,
+    pub line: usize,
+    pub action: Action,
+    pub reasons: Vec<String>,
+}
+
+/// Every rule that matches `s`, most specific first (ties: file order); the first one decides.
+pub fn matching(rules: &[Rule], s: &Subject) -> Vec<Match> {
+    let mut hits: Vec<(Specificity, Match)> = rules
+        .iter()
+        .enumerate()
+        .filter_map(|(index, r)| {
+            let reasons = r.matches(s)?;
+            Some((
+                r.specificity(),
+                Match {
+                    index,
+                    line: r.line,
+                    action: r.action,
+                    reasons,
+                },
+            ))
+        })
+        .collect();
+    // Stable: equal specificity keeps file order.
+    hits.sort_by_key(|h| std::cmp::Reverse(h.0));
+    hits.into_iter().map(|(_, m)| m).collect()
+}

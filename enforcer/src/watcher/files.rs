@@ -1,0 +1,196 @@
+//! Finding the file behind a hook's event, and the files the start-up sweep looks at.
+//!
+//! The event names a process, an fd (or "its new program") and the key the hook read from the
+//! inode. While the process is paused its fd stays open and `/proc/<pid>/fd/<n>` (or
+//! `/proc/<pid>/exe`) reaches the very file, wherever it lives (another mount namespace, deleted,
+//! a memfd). The name the link shows is only trusted as a path when `stat` says it is that same
+//! file.
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use enforcer_common::{FileKey, watch::kind};
+
+/// A file to examine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Where to read it and attach probes: its real path when that reaches the same file, else
+    /// a `/proc/<pid>/...` path (valid while that process lives).
+    pub path: PathBuf,
+    /// The name the process knows it by (the link's target, or the name in `maps`).
+    pub name: PathBuf,
+    pub st_dev: u64,
+    pub st_ino: u64,
+}
+
+/// The file an event is about, `None` if the process is gone or the file cannot be reached.
+pub fn find(proc_root: &Path, pid: u32, how: u8, fd: i32, key: &FileKey) -> Option<Found> {
+    let dir = proc_root.join(pid.to_string());
+    let link = match how {
+        kind::EXEC => dir.join("exe"),
+        _ => dir.join("fd").join(fd.to_string()),
+    };
+    if let Some(found) = reach(&dir, &link, key) {
+        return Some(found);
+    }
+    // The fd was closed or reused by another thread meanwhile: look for the mapping instead.
+    let maps = fs::read(dir.join("maps")).ok()?;
+    parse_exec_maps(&maps)
+        .into_iter()
+        .filter(|m| m.inode == key.ino)
+        .find_map(|m| {
+            let link = dir
+                .join("map_files")
+                .join(format!("{:x}-{:x}", m.start, m.end));
+            reach(&dir, &link, key)
+        })
+}
+
+/// `link` (a `/proc` magic link) if it leads to a regular file with the key's inode number.
+fn reach(pid_dir: &Path, link: &Path, key: &FileKey) -> Option<Found> {
+    let md = fs::metadata(link).ok()?;
+    if !md.is_file() || md.ino() != key.ino {
+        return None;
+    }
+    let name = fs::read_link(link).unwrap_or_else(|_| link.to_owned());
+    let same = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (md.dev(), md.ino()))
+    };
+    let rooted = pid_dir
+        .join("root")
+        .join(name.strip_prefix("/").unwrap_or(&name));
+    let path = if name.is_absolute() && same(&name) {
+        name.clone()
+    } else if name.is_absolute() && same(&rooted) {
+        rooted
+    } else {
+        link.to_owned()
+    };
+    Some(Found {
+        path,
+        name,
+        st_dev: md.dev(),
+        st_ino: md.ino(),
+    })
+}
+
+/// One executable, file-backed line of `/proc/<pid>/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecMapping {
+    pub start: u64,
+    pub end: u64,
+    pub inode: u64,
+    pub name: PathBuf,
+}
+
+/// The executable, file-backed mappings in the text of a `maps` file.
+pub fn parse_exec_maps(text: &[u8]) -> Vec<ExecMapping> {
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let mut fields = line
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|f| !f.is_empty());
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let _offset = fields.next()?;
+            let _dev = fields.next()?;
+            let inode: u64 = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+            if perms.get(2) != Some(&b'x') || inode == 0 {
+                return None;
+            }
+            // The name is the rest of the line after the inode (it may contain spaces).
+            let at = line.iter().position(|&b| b == b'/')?;
+            let name = PathBuf::from(std::ffi::OsStr::from_bytes(&line[at..]));
+            let dash = range.iter().position(|&b| b == b'-')?;
+            let hex = |s: &[u8]| u64::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok();
+            Some(ExecMapping {
+                start: hex(&range[..dash])?,
+                end: hex(&range[dash + 1..])?,
+                inode,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// Every file executable-mapped by a process right now, once per (dev, ino).
+pub fn mapped_now(proc_root: &Path) -> Vec<Found> {
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = proc_root.join(pid.to_string());
+        let Ok(maps) = fs::read(dir.join("maps")) else {
+            continue;
+        };
+        for m in parse_exec_maps(&maps) {
+            let link = dir
+                .join("map_files")
+                .join(format!("{:x}-{:x}", m.start, m.end));
+            let key = FileKey {
+                ino: m.inode,
+                ..FileKey::default()
+            };
+            if let Some(found) = reach(&dir, &link, &key)
+                && seen.insert((found.st_dev, found.st_ino))
+            {
+                out.push(found);
+            }
+        }
+    }
+    out
+}
+
+/// Regular files in `dirs` (not recursive) that a process could map or run: shared objects
+/// (`*.so`, `*.so.*`) and files with an execute bit. Once per (dev, ino), in `dirs` order.
+pub fn in_dirs(dirs: &[PathBuf]) -> Vec<Found> {
+    let mut seen_dirs = HashSet::new();
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(real) = fs::canonicalize(dir) else {
+            continue;
+        };
+        if !seen_dirs.insert(real.clone()) {
+            continue;
+        }
+        let Ok(entries) = fs::read_dir(&real) else {
+            continue;
+        };
+        let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        names.sort();
+        for path in names {
+            let Ok(md) = fs::metadata(&path) else {
+                continue;
+            };
+            let file_name = path.file_name().map(OsStrExt::as_bytes).unwrap_or(b"");
+            let shared = file_name.ends_with(b".so") || file_name.windows(4).any(|w| w == b".so.");
+            if !md.is_file() || !(shared || md.mode() & 0o111 != 0) {
+                continue;
+            }
+            if seen.insert((md.dev(), md.ino())) {
+                let real = fs::canonicalize(&path).unwrap_or(path);
+                out.push(Found {
+                    name: real.clone(),
+                    path: real,
+                    st_dev: md.dev(),
+                    st_ino: md.ino(),
+                });
+            }
+        }
+    }
+    out
+}

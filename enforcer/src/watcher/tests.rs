@@ -1,0 +1,206 @@
+use std::{fs, os::unix::fs::MetadataExt, path::Path};
+
+use enforcer_common::{FileKey, watch};
+
+use super::{files, kernel};
+
+/// A fresh directory under the temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("enforcer-watcher-{tag}-{}-{n}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+const MMAP_FORMAT: &str = "\
+name: sys_enter_mmap
+ID: 174
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:unsigned long addr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:unsigned long len;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:unsigned long prot;\toffset:32;\tsize:8;\tsigned:0;
+\tfield:unsigned long flags;\toffset:40;\tsize:8;\tsigned:0;
+\tfield:unsigned long fd;\toffset:48;\tsize:8;\tsigned:0;
+\tfield:unsigned long off;\toffset:56;\tsize:8;\tsigned:0;
+
+print fmt: \"addr: 0x%08lx\"
+";
+
+#[test]
+fn mmap_format_is_read_not_assumed() {
+    let f = kernel::parse_format(MMAP_FORMAT).unwrap();
+    assert_eq!((f.prot, f.flags, f.fd), (32, 40, 48));
+    // Moved fields are followed.
+    let moved = MMAP_FORMAT.replace("offset:48", "offset:64");
+    assert_eq!(kernel::parse_format(&moved).unwrap().fd, 64);
+    // A field that is missing or not 8 bytes is refused, by name.
+    let narrow = MMAP_FORMAT.replace("fd;\toffset:48;\tsize:8", "fd;\toffset:48;\tsize:4");
+    assert_eq!(kernel::parse_format(&narrow), Err("fd"));
+    let missing = MMAP_FORMAT.replace("unsigned long prot;", "unsigned long protection;");
+    assert_eq!(kernel::parse_format(&missing), Err("prot"));
+    assert_eq!(kernel::parse_format(""), Err("prot"));
+}
+
+#[test]
+fn running_kernel_has_what_the_hooks_read() {
+    // BTF and tracefs of this machine: the offsets the hooks get must exist and differ.
+    let Ok(cfg) = kernel::config() else {
+        // No BTF or no tracefs here: the watcher reports itself off; nothing more to check.
+        return;
+    };
+    assert_eq!(
+        (cfg.enabled, cfg.pause),
+        (0, 0),
+        "switched on only by the watcher"
+    );
+    assert_ne!(cfg.inode_ino, cfg.inode_sb);
+    assert_ne!(cfg.task_files, cfg.task_ptrace);
+    assert!(cfg.mmap_fd > cfg.mmap_prot);
+}
+
+#[test]
+fn kernel_dev_matches_the_kernel_encoding() {
+    // MKDEV(254, 0) and MKDEV(8, 17): what super_block::s_dev holds.
+    assert_eq!(watch::kernel_dev(254, 0), 254 << 20);
+    assert_eq!(watch::kernel_dev(8, 17), (8 << 20) | 17);
+    // st_dev uses another encoding (major 254 minor 0 is 0xfe00): re-encoded.
+    let key = kernel::key_from_stat(0xfe00, 42, 7);
+    assert_eq!(
+        key,
+        FileKey {
+            dev: 254 << 20,
+            generation: 7,
+            ino: 42
+        }
+    );
+    // Large minors (st_dev keeps bits 8..19 of the minor elsewhere).
+    let st_dev = libc::makedev(259, 0x1234);
+    assert_eq!(
+        kernel::key_from_stat(st_dev, 1, 0).dev,
+        (259 << 20) | 0x1234
+    );
+}
+
+#[test]
+fn key_of_a_real_file() {
+    let exe = std::env::current_exe().unwrap();
+    let md = fs::metadata(&exe).unwrap();
+    let key = kernel::key_of_path(&exe).unwrap();
+    assert_eq!(key.ino, md.ino());
+    assert_eq!(
+        key.dev,
+        watch::kernel_dev(libc::major(md.dev()), libc::minor(md.dev()))
+    );
+    assert!(kernel::key_of_path(Path::new("/nonexistent/enforcer")).is_none());
+}
+
+#[test]
+fn parses_exec_mappings() {
+    let text = b"\
+55d0c0a00000-55d0c0a22000 r--p 00000000 fe:01 131090                     /usr/bin/python3.11
+55d0c0a22000-55d0c0c00000 r-xp 00022000 fe:01 131090                     /usr/bin/python3.11
+7f3c1a21f000-7f3c1a27c000 r-xp 0001f000 fe:01 1234567                    /tmp/dir with space/libssl.so.3
+7f3c1a300000-7f3c1a301000 r-xp 00000000 00:01 2048                       /memfd:tls (deleted)
+7f3c1a400000-7f3c1a401000 r-xp 00000000 00:00 0
+7ffd4d5f0000-7ffd4d5f2000 r-xp 00000000 00:00 0                          [vdso]
+garbage
+";
+    let got = files::parse_exec_maps(text);
+    let names: Vec<_> = got.iter().map(|m| m.name.to_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "/usr/bin/python3.11",
+            "/tmp/dir with space/libssl.so.3",
+            "/memfd:tls (deleted)"
+        ]
+    );
+    assert_eq!(got[1].inode, 1234567);
+    assert_eq!((got[1].start, got[1].end), (0x7f3c1a21f000, 0x7f3c1a27c000));
+}
+
+#[test]
+fn finds_a_file_through_proc() {
+    // Our own program, as an exec event for this process would name it.
+    let me = std::process::id();
+    let exe = fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+    let md = fs::metadata(&exe).unwrap();
+    let key = FileKey {
+        ino: md.ino(),
+        ..FileKey::default()
+    };
+    let found = files::find(Path::new("/proc"), me, watch::kind::EXEC, -1, &key).unwrap();
+    assert_eq!(found.path, exe, "the real path, not /proc/<pid>/exe");
+    assert_eq!((found.st_dev, found.st_ino), (md.dev(), md.ino()));
+
+    // An mmap event names an fd; while it is open it leads to the file.
+    let dir = TempDir::new("find");
+    let lib = dir.path().join("libfresh.so.1");
+    fs::copy(&exe, &lib).unwrap();
+    let file = fs::File::open(&lib).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let key = FileKey {
+        ino: file.metadata().unwrap().ino(),
+        ..FileKey::default()
+    };
+    let found = files::find(Path::new("/proc"), me, watch::kind::MMAP, fd, &key).unwrap();
+    assert_eq!(found.path, fs::canonicalize(&lib).unwrap());
+
+    // Deleted while open: still reachable, through /proc only.
+    fs::remove_file(&lib).unwrap();
+    let found = files::find(Path::new("/proc"), me, watch::kind::MMAP, fd, &key).unwrap();
+    assert!(found.path.starts_with("/proc"), "{}", found.path.display());
+    assert!(found.name.to_string_lossy().ends_with("(deleted)"));
+
+    // Another inode behind the fd: not that file, and no mapping of it either.
+    let other = FileKey {
+        ino: key.ino + 1,
+        ..key
+    };
+    assert!(files::find(Path::new("/proc"), me, watch::kind::MMAP, fd, &other).is_none());
+    drop(file);
+    assert!(files::find(Path::new("/proc"), me, watch::kind::MMAP, fd, &key).is_none());
+}
+
+#[test]
+fn directory_candidates_are_shared_objects_and_programs() {
+    let dir = TempDir::new("dirs");
+    let p = dir.path();
+    fs::write(p.join("libx.so.1"), b"x").unwrap();
+    fs::write(p.join("notes.txt"), b"x").unwrap();
+    fs::write(p.join("tool"), b"x").unwrap();
+    let mut perms = fs::metadata(p.join("tool")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(p.join("tool"), perms).unwrap();
+    std::os::unix::fs::symlink(p.join("libx.so.1"), p.join("libx.so")).unwrap();
+    let found = files::in_dirs(&[p.to_path_buf(), p.to_path_buf()]);
+    let mut names: Vec<_> = found
+        .iter()
+        .map(|f| f.path.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["libx.so.1", "tool"], "once per file, not notes.txt");
+}

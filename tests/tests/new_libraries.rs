@@ -1,0 +1,509 @@
+//! New library files are instrumented as they appear (issue 4, point 5): a process that starts
+//! after the agent and loads a libssl file the agent has never seen (a fresh copy in a temp
+//! dir, loaded through `LD_LIBRARY_PATH`) has its *first* TLS connection attributed to that
+//! copy, and the policy applies to it (a path rule denies copies in one directory).
+//!
+//! The client is a small C program built here against the system OpenSSL (`gcc`, `libssl-dev`):
+//! it prints which libssl the dynamic loader gave it, connects at once, and does one TLS
+//! exchange. The measurement: 100 such processes, each with its own fresh copy, started at the
+//! same moment: 100 of 100 must be attributed to their own copy from the handshake on.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+    net::IpAddr,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{Agent, Cert, NetNs, Server, cmd, require_root, run_with_timeout, sh};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(60);
+const EVENT: Duration = Duration::from_secs(20);
+const CLIENT: Duration = Duration::from_secs(30);
+const PORT: u16 = 8443;
+const PROCESSES: usize = 100;
+/// All 100 processes, from the first start to the last exit.
+const BURST_BOUND: Duration = Duration::from_secs(90);
+
+const CLIENT_C: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int tcp(const char *addr, const char *port) {
+    struct addrinfo hints = {0}, *res;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    if (getaddrinfo(addr, port, &hints, &res) != 0) return -1;
+    int fd = socket(res->ai_family, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, res->ai_addr, res->ai_addrlen) != 0) return -1;
+    freeaddrinfo(res);
+    return fd;
+}
+
+static int local_port(int fd) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &len);
+    return ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                          : ((struct sockaddr_in *)&ss)->sin_port);
+}
+
+/* ADDR PORT [plain]: TLS to ADDR:PORT at once; with "plain", afterwards one plain TCP
+   connection to the same port, outside any TLS call. */
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    Dl_info where;
+    if (dladdr((void *)SSL_connect, &where) && where.dli_fname)
+        printf("libssl=%s\n", where.dli_fname);
+    int fd = tcp(argv[1], argv[2]);
+    if (fd < 0) { perror("connect"); return 3; }
+    printf("tls_local_port=%d\n", local_port(fd));
+    fflush(stdout);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) != 1) { ERR_print_errors_fp(stderr); return 4; }
+    const char *req = "GET / HTTP/1.0\r\n\r\n";
+    if (SSL_write(ssl, req, (int)strlen(req)) <= 0) { ERR_print_errors_fp(stderr); return 5; }
+    if (argc > 3 && strcmp(argv[3], "plain") == 0) {
+        int p = tcp(argv[1], argv[2]);
+        if (p < 0) { perror("plain connect"); return 6; }
+        printf("plain_local_port=%d\n", local_port(p));
+        if (send(p, "PLAIN-AFTER-TLS\n", 16, 0) != 16) { perror("send"); return 7; }
+        close(p);
+    }
+    printf("ok\n");
+    fflush(stdout);
+    SSL_shutdown(ssl);
+    return 0;
+}
+"#;
+
+/// `--kernel-hook` for the agent: `ENFORCER_TEST_KERNEL_HOOK` (the VM matrix sets it), else auto.
+fn hook_args() -> Vec<String> {
+    let form = std::env::var("ENFORCER_TEST_KERNEL_HOOK").unwrap_or_else(|_| "auto".into());
+    vec!["--kernel-hook".into(), form]
+}
+
+fn start_agent(ns: &NetNs, policy: &str) -> Agent {
+    let args = hook_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
+    let ready = agent.wait_ready(READY);
+    assert_eq!(
+        ready["new_files"],
+        "pause",
+        "the agent must watch for new library files: {ready}\n{}",
+        agent.stderr()
+    );
+    agent
+}
+
+/// The system's `libssl.so.3` (what `-lssl` links against).
+fn system_libssl() -> PathBuf {
+    let listed = sh(&mut cmd("/sbin/ldconfig", ["-p"]));
+    let from_cache = listed
+        .lines()
+        .filter(|l| l.trim_start().starts_with("libssl.so.3 ") && l.contains("x86-64"))
+        .filter_map(|l| l.rsplit("=> ").next())
+        .map(|p| PathBuf::from(p.trim()))
+        .find(|p| p.is_file());
+    let path = from_cache
+        .or_else(|| {
+            [
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib64",
+                "/lib64",
+                "/usr/lib",
+            ]
+            .iter()
+            .map(|d| Path::new(d).join("libssl.so.3"))
+            .find(|p| p.is_file())
+        })
+        .expect("no libssl.so.3 on this host (install libssl3; `cargo xtask setup`)");
+    fs::canonicalize(path).expect("libssl.so.3 resolves")
+}
+
+/// A directory holding a fresh copy of libssl named `libssl.so.3` (a new file: new inode,
+/// never seen by the agent). Removed on drop.
+fn fresh_copy(prefix: &str, libssl: &Path) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir");
+    fs::copy(libssl, dir.path().join("libssl.so.3")).expect("copy libssl");
+    dir
+}
+
+fn copy_path(dir: &tempfile::TempDir) -> String {
+    fs::canonicalize(dir.path().join("libssl.so.3"))
+        .expect("copy exists")
+        .display()
+        .to_string()
+}
+
+/// Compiles the client into `dir`; panics with gcc's message (and the fix) if it cannot.
+fn build_client(dir: &Path) -> PathBuf {
+    let src = dir.join("tls_client.c");
+    let bin = dir.join("tls_client");
+    fs::write(&src, CLIENT_C).expect("write client source");
+    let out = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .args(["-lssl", "-lcrypto"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run gcc ({e}): `cargo xtask setup` installs it"));
+    assert!(
+        out.status.success(),
+        "gcc failed (libssl-dev missing? `cargo xtask setup` installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+fn field(stdout: &str, key: &str) -> Option<String> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
+}
+
+fn is_connection_of(v: &Value, local_port: u16) -> bool {
+    v["type"] == "connection" && v["comm"] == "tls_client" && v["local"]["port"] == local_port
+}
+
+/// A copy loaded by a process started after the agent: attributed from its first TLS call,
+/// allowed or blocked by the path rule; and once the calls returned, the thread's plain TCP is
+/// not attributed (the return probes of the new library work).
+#[test]
+fn fresh_libssl_copy_is_attributed_from_the_first_connection() {
+    require_root();
+    let libssl = system_libssl();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let www = Server::www(&ns, peer, PORT, &cert);
+    let tmp = fs::canonicalize(std::env::temp_dir()).expect("temp dir");
+    let policy = format!(
+        "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n  \
+         - path: \"{}/enforcer-newlib-deny-*/**\"\n    action: deny\n",
+        tmp.display()
+    );
+    let mut agent = start_agent(&ns, &policy);
+    let work = tempfile::Builder::new()
+        .prefix("enforcer-newlib-client-")
+        .tempdir()
+        .expect("temp dir");
+    let client = build_client(work.path());
+    let (addr, port) = (peer.to_string(), PORT.to_string());
+
+    // Allowed: a copy in a directory no rule names (it is OpenSSL by its symbols).
+    let ok = fresh_copy("enforcer-newlib-ok-", &libssl);
+    let mut run = Command::new(&client);
+    run.args([&addr, &port, "plain"])
+        .env("LD_LIBRARY_PATH", ok.path());
+    let out = run_with_timeout(&mut run, b"", CLIENT);
+    let stdout = out.stdout_str();
+    assert!(out.success(), "client with the fresh copy failed: {out:?}");
+    let loaded = field(&stdout, "libssl").expect("client names its libssl");
+    assert_eq!(
+        fs::canonicalize(&loaded).unwrap().display().to_string(),
+        copy_path(&ok),
+        "the loader must have used the copy"
+    );
+    let tls_port: u16 = field(&stdout, "tls_local_port").unwrap().parse().unwrap();
+    let event = agent.wait_for(|v| is_connection_of(v, tls_port), EVENT);
+    assert_eq!(event["library"]["path"], copy_path(&ok), "{event}");
+    assert_eq!(event["library"]["family"], "openssl", "{event}");
+    assert_eq!(event["verdict"], "allowed", "{event}");
+    assert_eq!(
+        event["call"], "handshake",
+        "the first TLS call (the handshake) must already be attributed: {event}"
+    );
+    let record = agent.wait_for(
+        |v| v["type"] == "library" && v["path"] == copy_path(&ok).as_str(),
+        EVENT,
+    );
+    assert_eq!(record["via"], "mmap", "{record}");
+    assert_eq!(record["action"], "allow", "{record}");
+    // The plain connection came after every TLS call had returned.
+    let plain_port: u16 = field(&stdout, "plain_local_port").unwrap().parse().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let wrong: Vec<&Value> = agent
+        .events()
+        .iter()
+        .filter(|v| v["type"] == "connection" && v["local"]["port"] == plain_port)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "plain TCP after the TLS calls returned was attributed: {wrong:?}"
+    );
+
+    // Denied by path: blocked from the first connection, in a process that started after the
+    // agent, with a file the agent had never seen.
+    let deny = fresh_copy("enforcer-newlib-deny-", &libssl);
+    let mut run = Command::new(&client);
+    run.args([&addr, &port]).env("LD_LIBRARY_PATH", deny.path());
+    let out = run_with_timeout(&mut run, b"", CLIENT);
+    assert!(
+        !out.success(),
+        "the denied copy's connection must fail: {out:?}"
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "took {:?} to fail: {out:?}",
+        out.elapsed
+    );
+    let tls_port: u16 = field(&out.stdout_str(), "tls_local_port")
+        .expect("connected before the handshake")
+        .parse()
+        .unwrap();
+    let event = agent.wait_for(|v| is_connection_of(v, tls_port), EVENT);
+    assert_eq!(event["library"]["path"], copy_path(&deny), "{event}");
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    assert_eq!(event["call"], "handshake", "{event}");
+    drop(www);
+}
+
+/// Kills the remaining clients (their process groups) on drop.
+struct Clients(Vec<Child>);
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SAFETY: signalling the process group we created for this child.
+            unsafe { libc::kill(-(c.id() as libc::pid_t), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The measurement: 100 processes started at once, each loading its own fresh copy and
+/// connecting at once. Every one is attributed to its own copy from its handshake on, no pause
+/// runs out of budget, and every client completes.
+#[test]
+fn hundred_processes_with_fresh_copies_all_attributed() {
+    require_root();
+    let libssl = system_libssl();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let www = Server::www(&ns, peer, PORT, &cert);
+    let mut agent = start_agent(
+        &ns,
+        "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n",
+    );
+    let work = tempfile::Builder::new()
+        .prefix("enforcer-newlib-client-")
+        .tempdir()
+        .expect("temp dir");
+    let client = build_client(work.path());
+    let copies: Vec<tempfile::TempDir> = (0..PROCESSES)
+        .map(|_| fresh_copy("enforcer-newlib-many-", &libssl))
+        .collect();
+    let (addr, port) = (peer.to_string(), PORT.to_string());
+
+    let started = Instant::now();
+    let mut clients = Clients(Vec::new());
+    let mut copy_of = HashMap::new();
+    for dir in &copies {
+        let child = Command::new(&client)
+            .args([&addr, &port])
+            .env("LD_LIBRARY_PATH", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("start client");
+        copy_of.insert(child.id(), copy_path(dir));
+        clients.0.push(child);
+    }
+    let mut failed = Vec::new();
+    for child in std::mem::take(&mut clients.0) {
+        let pid = child.id();
+        let deadline = BURST_BOUND.saturating_sub(started.elapsed());
+        let out = wait_output(child, deadline);
+        match out {
+            Some(out) if out.status.success() => {}
+            other => failed.push((pid, other)),
+        }
+    }
+    let burst = started.elapsed();
+    assert!(failed.is_empty(), "clients failed: {failed:?}");
+    assert!(burst < BURST_BOUND, "100 clients took {burst:?}");
+
+    // Each process's first connection event names its own copy and comes from the handshake.
+    let deadline = Instant::now() + EVENT;
+    let mut first: BTreeMap<u32, Value> = BTreeMap::new();
+    loop {
+        for v in agent.events() {
+            let pid = v["pid"].as_u64().unwrap_or(0) as u32;
+            if v["type"] == "connection" && copy_of.contains_key(&pid) {
+                first.entry(pid).or_insert_with(|| v.clone());
+            }
+        }
+        if first.len() == PROCESSES || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let attributed: Vec<u32> = first
+        .iter()
+        .filter(|(pid, v)| {
+            v["library"]["path"] == copy_of[pid].as_str() && v["call"] == "handshake"
+        })
+        .map(|(pid, _)| *pid)
+        .collect();
+    let wrong: Vec<&Value> = first
+        .iter()
+        .filter(|(pid, _)| !attributed.contains(pid))
+        .map(|(_, v)| v)
+        .collect();
+
+    // Pauses: how long each process was held, from the hook's stop to our SIGCONT.
+    let mut paused_us: HashMap<u32, u64> = HashMap::new();
+    let mut over_budget = Vec::new();
+    for v in agent.events() {
+        let pid = v["pid"].as_u64().unwrap_or(0) as u32;
+        if v["type"] == "resumed" && copy_of.contains_key(&pid) {
+            *paused_us.entry(pid).or_default() += v["paused_us"].as_u64().unwrap_or(0);
+            if v["why"] != "examined" && v["why"] != "known" {
+                over_budget.push(v.clone());
+            }
+        }
+    }
+    let mut pauses: Vec<u64> = paused_us.values().copied().collect();
+    pauses.sort_unstable();
+    let pct = |p: usize| pauses.get((pauses.len() * p / 100).min(pauses.len().saturating_sub(1)));
+    eprintln!(
+        "new libraries: {} of {PROCESSES} processes attributed to their own fresh copy from the \
+         first connection; burst {burst:?}; pause per process: median {:?} us, p90 {:?} us, max \
+         {:?} us ({} processes paused)",
+        attributed.len(),
+        pct(50),
+        pct(90),
+        pauses.last(),
+        pauses.len(),
+    );
+    assert_eq!(
+        attributed.len(),
+        PROCESSES,
+        "attributed {} of {PROCESSES}; wrong or missing first events: {wrong:?}; pids without \
+         any event: {:?}",
+        attributed.len(),
+        copy_of
+            .keys()
+            .filter(|p| !first.contains_key(p))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        over_budget.is_empty(),
+        "processes resumed before their file was probed: {over_budget:?}"
+    );
+    let paused: HashSet<u32> = paused_us.keys().copied().collect();
+    assert_eq!(
+        paused.len(),
+        PROCESSES,
+        "every process was paused for its new file"
+    );
+    drop(www);
+}
+
+/// Waits for `child` to exit within `timeout`, then collects its output.
+fn wait_output(mut child: Child, timeout: Duration) -> Option<std::process::Output> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().ok(),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                // SAFETY: signalling the process group we created for this child.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// The agent dies (SIGKILL) while a process is paused for a new file: the helper it left
+/// behind resumes the process once the agent is gone.
+#[test]
+fn paused_process_is_resumed_when_the_agent_dies() {
+    require_root();
+    let libssl = system_libssl();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let www = Server::www(&ns, peer, PORT, &cert);
+    let agent = start_agent(
+        &ns,
+        "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n",
+    );
+    let work = tempfile::Builder::new()
+        .prefix("enforcer-newlib-client-")
+        .tempdir()
+        .expect("temp dir");
+    let client = build_client(work.path());
+    let copy = fresh_copy("enforcer-newlib-orphan-", &libssl);
+
+    // Freeze the agent: the hooks still stop the client, nobody answers.
+    let agent_pid = agent.pid() as libc::pid_t;
+    // SAFETY: signalling our own agent child.
+    unsafe { libc::kill(agent_pid, libc::SIGSTOP) };
+    let child = Command::new(&client)
+        .args([&peer.to_string(), &PORT.to_string()])
+        .env("LD_LIBRARY_PATH", copy.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("start client");
+    let pid = child.id();
+    let mut clients = Clients(vec![child]);
+    let stopped = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(50));
+        process_state(pid) == Some('T')
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(agent_pid, libc::SIGKILL) };
+    assert!(
+        stopped,
+        "the client was not paused (state {:?})",
+        process_state(pid)
+    );
+
+    let child = clients.0.pop().expect("one client");
+    // The helper resumes it as soon as the agent starts dying (not minutes later, when the
+    // kernel has released all of the agent's uprobes).
+    let out = wait_output(child, Duration::from_secs(30))
+        .expect("the paused client was not resumed within 30 s of the agent's death");
+    assert!(
+        out.status.success(),
+        "client failed after resuming: {out:?}"
+    );
+    drop(agent);
+    drop(www);
+}
+
+/// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T` stopped, ...).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}

@@ -1,0 +1,314 @@
+//! `cargo xtask bench`: what enforcement costs, measured against a baseline (and a peer) in one
+//! run, written to `bench/REPORT.md` and `bench/report.json`. Method: `docs/benchmarks.md`.
+//!
+//! Benchmarks are not tests: no figure fails on a slow number. The command fails only when
+//! something is broken (a tool does not start, a program returns the wrong verdict); the other
+//! figures still run and the report says which one could not be measured and why.
+
+mod bpf;
+mod env;
+mod figures;
+mod report;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{require_root, root, setup, target_dir};
+use report::{Figure, fmt_duration, fmt_num, median};
+
+pub struct Options {
+    /// Each figure once, small counts (does it still run?).
+    pub quick: bool,
+    /// Figures to run (1..=6); empty: all.
+    pub only: Vec<u32>,
+    /// Directory for REPORT.md and report.json. Default: `bench/` (full run) or
+    /// `target/bench/quick/` (quick run, so the committed report is not overwritten).
+    pub out: Option<PathBuf>,
+    /// The enforcer binary. Default: build and use `target/release/enforcer`.
+    pub enforcer: Option<PathBuf>,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    require_root("bench")?;
+    let started = Instant::now();
+    for id in &opts.only {
+        if !(1..=6).contains(id) {
+            bail!("there is no figure {id} (figures are 1 to 6)");
+        }
+    }
+    let enforcer = match &opts.enforcer {
+        Some(p) => p.clone(),
+        None => {
+            setup::setup()?;
+            crate::cargo(&["build", "--release", "-p", "enforcer"])?;
+            target_dir().join("release/enforcer")
+        }
+    };
+    if !enforcer.is_file() {
+        bail!("{} does not exist", enforcer.display());
+    }
+    env::ensure_packages()?;
+    let tlsperf = env::build_tlsperf()?;
+    let bcc_src = env::bcc_kernel_source().map_err(|e| format!("{e:#}"));
+    let ns = catch_unwind(enforcer_tests::NetNs::new)
+        .map_err(|_| anyhow::anyhow!("cannot create the bench's network namespace"))?;
+    let ctx = figures::Ctx {
+        quick: opts.quick,
+        enforcer: enforcer.clone(),
+        tlsperf: tlsperf.clone(),
+        ns,
+        bcc_src,
+    };
+    let mut machine = env::machine(&enforcer);
+    match figures::calibrate(&tlsperf) {
+        Ok((sys, trap)) => {
+            machine.fields.push((
+                "trap costs (tlsperf calib)".into(),
+                format!(
+                    "syscall (getppid) {} ns; int3 breakpoint + SIGTRAP delivery {} ns",
+                    fmt_num(sys),
+                    fmt_num(trap)
+                ),
+            ));
+        }
+        Err(e) => eprintln!("bench: calibration failed: {e:#}"),
+    }
+    if let Err(e) = &ctx.bcc_src {
+        machine
+            .fields
+            .push(("BCC kernel headers".into(), format!("none: {e}")));
+    }
+    let wanted = |id: u32| opts.only.is_empty() || opts.only.contains(&id);
+
+    let mut figures: Vec<Figure> = vec![];
+    let mut broken: Vec<String> = vec![];
+    type Job<'a> = (
+        Vec<u32>,
+        &'a str,
+        Box<dyn Fn(&figures::Ctx) -> Result<Vec<Figure>>>,
+    );
+    let jobs: Vec<Job> = vec![
+        (
+            vec![1, 2],
+            "TLS over loopback",
+            Box::new(|c| figures::tls_loopback(c).map(|(a, b)| vec![a, b])),
+        ),
+        (
+            vec![3],
+            "packets",
+            Box::new(|c| figures::packets(c).map(|f| vec![f])),
+        ),
+        (
+            vec![4],
+            "leak",
+            Box::new(|c| figures::leak(c).map(|f| vec![f])),
+        ),
+        (
+            vec![5],
+            "churn",
+            Box::new(|c| figures::churn(c).map(|f| vec![f])),
+        ),
+        (
+            vec![6],
+            "start-up",
+            Box::new(|c| figures::startup(c).map(|f| vec![f])),
+        ),
+    ];
+    for (ids, name, job) in jobs {
+        if !ids.iter().any(|&i| wanted(i)) {
+            continue;
+        }
+        println!("bench: === figure(s) {ids:?}: {name}");
+        let t = Instant::now();
+        env::NOISY_BLOCKS.store(0, Ordering::Relaxed);
+        let load0 = env::load_average();
+        let watch = ForeignAgents::watch();
+        let result = catch_unwind(AssertUnwindSafe(|| job(&ctx)));
+        let foreign = watch.stop();
+        let secs = t.elapsed().as_secs_f64();
+        let noisy = env::NOISY_BLOCKS.load(Ordering::Relaxed);
+        let load = format!(
+            "Load average (1 min) {load0:.1} at the start, {:.1} at the end (2 CPUs).",
+            env::load_average()
+        );
+        match result {
+            Ok(Ok(figs)) => {
+                let n = figs.len().max(1) as f64;
+                for mut f in figs.into_iter().filter(|f| wanted(f.id)) {
+                    f.seconds = secs / n;
+                    f.foreign_agents = foreign;
+                    f.notes.push(load.clone());
+                    if noisy > 0 {
+                        f.notes.push(format!(
+                            "{noisy} measurement block(s) started while another session's \
+                             enforcer was still running after a 30 s wait."
+                        ));
+                    }
+                    figures.push(f);
+                }
+            }
+            Ok(Err(e)) => {
+                let e = format!("{e:#}");
+                eprintln!("bench: figure(s) {ids:?} broken: {e}");
+                broken.push(format!("{ids:?}: {e}"));
+                for id in ids.into_iter().filter(|&i| wanted(i)) {
+                    figures.push(Figure {
+                        id,
+                        title: name.into(),
+                        error: Some(e.clone()),
+                        seconds: secs,
+                        foreign_agents: foreign,
+                        ..Default::default()
+                    });
+                }
+            }
+            Err(_) => {
+                broken.push(format!("{ids:?}: panicked (see above)"));
+                for id in ids.into_iter().filter(|&i| wanted(i)) {
+                    figures.push(Figure {
+                        id,
+                        title: name.into(),
+                        error: Some("panicked; the message is in the bench's output".into()),
+                        seconds: secs,
+                        foreign_agents: foreign,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    drop(ctx);
+
+    let out = opts.out.clone().unwrap_or_else(|| {
+        if opts.quick {
+            target_dir().join("bench/quick")
+        } else {
+            root().join("bench")
+        }
+    });
+    fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut command = String::from("cargo xtask bench");
+    if opts.quick {
+        command.push_str(" --quick");
+    }
+    if !opts.only.is_empty() {
+        let ids: Vec<String> = opts.only.iter().map(u32::to_string).collect();
+        command.push_str(&format!(" --only {}", ids.join(",")));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let json = report::to_json(&machine, &figures, opts.quick, &command, secs);
+    fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    let md = report::to_markdown(
+        &machine,
+        &figures,
+        opts.quick,
+        &command,
+        secs,
+        &summary(&figures),
+    );
+    fs::write(out.join("REPORT.md"), &md)?;
+    println!("{}", summary(&figures));
+    println!(
+        "bench: wrote {} and {} in {}",
+        out.join("REPORT.md").display(),
+        out.join("report.json").display(),
+        fmt_duration(secs)
+    );
+    if !broken.is_empty() {
+        bail!(
+            "{} figure group(s) could not be measured: {}",
+            broken.len(),
+            broken.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// One line per (figure, metric, configuration): median and ratio; the report's overview.
+fn summary(figures: &[Figure]) -> String {
+    let mut s = String::from(
+        "## Summary\n\n| figure | metric | configuration | median | ratio to baseline |\n\
+         | --- | --- | --- | ---: | ---: |\n",
+    );
+    for f in figures {
+        if let Some(e) = &f.error {
+            s.push_str(&format!(
+                "| {} | {} | could not be measured: {e} | | |\n",
+                f.id, f.title
+            ));
+            continue;
+        }
+        for m in &f.metrics {
+            for (i, r) in m.rows.iter().enumerate() {
+                let med = median(&r.samples)
+                    .map_or_else(|| "–".into(), |x| format!("{} {}", fmt_num(x), m.unit));
+                let ratio = if m.baseline && i == 0 {
+                    "baseline".into()
+                } else {
+                    m.ratio(r).map_or(String::new(), |x| format!("{x:.3}"))
+                };
+                s.push_str(&format!(
+                    "| {} | {} | {} | {med} | {ratio} |\n",
+                    f.id, m.name, r.config
+                ));
+            }
+        }
+    }
+    s.push('\n');
+    s
+}
+
+/// Samples, once a second, the `enforcer` processes that are not the bench's children.
+struct ForeignAgents {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<BTreeSet<u32>>>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl ForeignAgents {
+    fn watch() -> ForeignAgents {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let me = std::process::id();
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                for pid in env::foreign_agents(&[]) {
+                    let ppid = fs::read_to_string(format!("/proc/{pid}/status"))
+                        .ok()
+                        .and_then(|t| {
+                            t.lines()
+                                .find_map(|l| l.strip_prefix("PPid:"))
+                                .and_then(|p| p.trim().parse::<u32>().ok())
+                        });
+                    if ppid.is_some_and(|p| p != me) {
+                        v.lock().expect("not poisoned").insert(pid);
+                    }
+                }
+                thread::sleep(Duration::from_secs(1));
+            }
+        });
+        ForeignAgents { stop, seen, thread }
+    }
+
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.seen.lock().expect("not poisoned").len()
+    }
+}

@@ -1,0 +1,398 @@
+//! The few `bpf(2)` commands the bench needs, as raw syscalls: find the running agent's XDP and tc
+//! programs and its maps (through `/proc/PID/fdinfo`), run a program with
+//! `BPF_PROG_TEST_RUN` + repeat, write and read map entries, and load an empty program as the
+//! per-packet baseline.
+//!
+//! Raw syscalls rather than aya through the `enforcer` library: xtask must build before
+//! `cargo xtask setup` has installed bpf-linker, and `enforcer`'s build script needs it.
+//! Measuring the agent's own loaded programs is also exactly what enforces.
+
+use std::{
+    fs,
+    os::fd::{FromRawFd, OwnedFd, RawFd},
+};
+
+use anyhow::{Context, Result, bail};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+
+pub const PROG_TYPE_SCHED_CLS: u32 = 3;
+pub const PROG_TYPE_XDP: u32 = 6;
+const MAP_TYPE_HASH: u32 = 1;
+const MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const MAP_TYPE_LRU_HASH: u32 = 9;
+
+/// `union bpf_attr` is at most this big for the commands used here; the kernel wants the unused
+/// tail zeroed.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Attr {
+        Attr([0; 128])
+    }
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().expect("4 bytes"))
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<libc::c_long> {
+    // SAFETY: attr is a zero-padded bpf_attr of the layout `cmd` expects, and every pointer in it
+    // points at memory that outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            std::mem::size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn fd_result(r: libc::c_long) -> OwnedFd {
+    // SAFETY: the kernel just returned this new descriptor to us.
+    unsafe { OwnedFd::from_raw_fd(r as RawFd) }
+}
+
+/// The BPF objects one process holds, from its `/proc/PID/fdinfo`.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// (prog_type, prog_id)
+    pub progs: Vec<(u32, u32)>,
+    /// (map_type, key_size, value_size, max_entries, map_id)
+    pub maps: Vec<(u32, u32, u32, u32, u32)>,
+}
+
+pub fn held_by(pid: u32) -> Result<Held> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut held = Held::default();
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
+        let Ok(text) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |name: &str| -> Option<u32> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        if let (Some(t), Some(id)) = (field("prog_type:"), field("prog_id:")) {
+            held.progs.push((t, id));
+        } else if let (Some(t), Some(k), Some(v), Some(n), Some(id)) = (
+            field("map_type:"),
+            field("key_size:"),
+            field("value_size:"),
+            field("max_entries:"),
+            field("map_id:"),
+        ) {
+            held.maps.push((t, k, v, n, id));
+        }
+    }
+    Ok(held)
+}
+
+impl Held {
+    /// The one program of this type (the agent loads one XDP and one tc program).
+    pub fn prog(&self, prog_type: u32) -> Result<Prog> {
+        let ids: Vec<u32> = self
+            .progs
+            .iter()
+            .filter(|(t, _)| *t == prog_type)
+            .map(|(_, id)| *id)
+            .collect();
+        match ids[..] {
+            [id] => Prog::by_id(id),
+            _ => bail!(
+                "expected one program of type {prog_type} in the agent, found {}",
+                ids.len()
+            ),
+        }
+    }
+
+    /// `BLOCKLIST`: the hash map keyed by a 40-byte `FlowKey` with a 1-byte value.
+    pub fn blocklist(&self) -> Result<Map> {
+        self.map(
+            |&(t, k, v, _, _)| t == MAP_TYPE_HASH && k == 40 && v == 1,
+            "BLOCKLIST",
+        )
+    }
+
+    /// `FLOWS`: the LRU hash keyed by a 40-byte `FlowKey` with a 16-byte `FlowState`.
+    pub fn flows(&self) -> Result<Map> {
+        self.map(
+            |&(t, k, v, _, _)| t == MAP_TYPE_LRU_HASH && k == 40 && v == 16,
+            "FLOWS",
+        )
+    }
+
+    /// `STATS`: the per-CPU array of u64 counters.
+    pub fn stats(&self, entries: u32) -> Result<Map> {
+        self.map(
+            |&(t, k, v, n, _)| t == MAP_TYPE_PERCPU_ARRAY && k == 4 && v == 8 && n == entries,
+            "STATS",
+        )
+    }
+
+    fn map(&self, pred: impl Fn(&(u32, u32, u32, u32, u32)) -> bool, name: &str) -> Result<Map> {
+        let found: Vec<_> = self.maps.iter().filter(|m| pred(m)).collect();
+        match found[..] {
+            [m] => Map::by_id(m.4, m.1, m.2),
+            _ => bail!(
+                "expected one {name} map in the agent, found {}",
+                found.len()
+            ),
+        }
+    }
+}
+
+pub struct Prog {
+    fd: OwnedFd,
+}
+
+impl Prog {
+    fn by_id(id: u32) -> Result<Prog> {
+        let mut a = Attr::new();
+        a.u32(0, id);
+        let r = bpf(BPF_PROG_GET_FD_BY_ID, &mut a).with_context(|| format!("program id {id}"))?;
+        Ok(Prog { fd: fd_result(r) })
+    }
+
+    /// `r0 = retval; exit`: the least any program of this type costs.
+    pub fn trivial(prog_type: u32, retval: i32) -> Result<Prog> {
+        let mut insns = [0u8; 16];
+        insns[0] = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
+        insns[4..8].copy_from_slice(&retval.to_le_bytes());
+        insns[8] = 0x95; // BPF_JMP | BPF_EXIT
+        let license = b"GPL\0";
+        let mut a = Attr::new();
+        a.u32(0, prog_type)
+            .u32(4, 2)
+            .u64(8, insns.as_ptr() as u64)
+            .u64(16, license.as_ptr() as u64);
+        let name = b"bench_empty";
+        a.0[48..48 + name.len()].copy_from_slice(name);
+        let r = bpf(BPF_PROG_LOAD, &mut a).context("loading the empty baseline program")?;
+        Ok(Prog { fd: fd_result(r) })
+    }
+
+    /// Runs the program `repeat` times on `packet`; returns (return value, mean ns per run).
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<(u32, u32)> {
+        use std::os::fd::AsRawFd;
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut a = Attr::new();
+        a.u32(0, self.fd.as_raw_fd() as u32)
+            .u32(8, packet.len() as u32)
+            .u32(12, out.len() as u32)
+            .u64(16, packet.as_ptr() as u64)
+            .u64(24, out.as_mut_ptr() as u64)
+            .u32(32, repeat);
+        bpf(BPF_PROG_TEST_RUN, &mut a).context("BPF_PROG_TEST_RUN")?;
+        Ok((a.get_u32(4), a.get_u32(36)))
+    }
+}
+
+pub struct Map {
+    fd: OwnedFd,
+    key_size: u32,
+    value_size: u32,
+}
+
+impl Map {
+    fn by_id(id: u32, key_size: u32, value_size: u32) -> Result<Map> {
+        let mut a = Attr::new();
+        a.u32(0, id);
+        let r = bpf(BPF_MAP_GET_FD_BY_ID, &mut a).with_context(|| format!("map id {id}"))?;
+        Ok(Map {
+            fd: fd_result(r),
+            key_size,
+            value_size,
+        })
+    }
+
+    fn elem(&self, cmd: libc::c_long, key: &[u8], value: Option<&mut [u8]>) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        if key.len() != self.key_size as usize {
+            bail!(
+                "key is {} bytes, the map wants {}",
+                key.len(),
+                self.key_size
+            );
+        }
+        let mut a = Attr::new();
+        a.u32(0, self.fd.as_raw_fd() as u32)
+            .u64(8, key.as_ptr() as u64);
+        if let Some(v) = value {
+            a.u64(16, v.as_mut_ptr() as u64);
+        }
+        bpf(cmd, &mut a)?;
+        Ok(())
+    }
+
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut v = value.to_vec();
+        if v.len() != self.value_size as usize {
+            bail!(
+                "value is {} bytes, the map wants {}",
+                v.len(),
+                self.value_size
+            );
+        }
+        self.elem(BPF_MAP_UPDATE_ELEM, key, Some(&mut v))
+            .context("map update")
+    }
+
+    pub fn remove(&self, key: &[u8]) -> Result<()> {
+        self.elem(BPF_MAP_DELETE_ELEM, key, None)
+            .context("map delete")
+    }
+
+    /// Number of entries (walks the keys with BPF_MAP_GET_NEXT_KEY; a map changing meanwhile
+    /// gives an approximate count).
+    pub fn count(&self) -> Result<u64> {
+        use std::os::fd::AsRawFd;
+        let mut key = vec![0u8; self.key_size as usize];
+        let mut next = vec![0u8; self.key_size as usize];
+        let mut n = 0u64;
+        let mut first = true;
+        loop {
+            let mut a = Attr::new();
+            a.u32(0, self.fd.as_raw_fd() as u32)
+                .u64(8, if first { 0 } else { key.as_ptr() as u64 })
+                .u64(16, next.as_mut_ptr() as u64);
+            match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+                Ok(_) => {
+                    n += 1;
+                    std::mem::swap(&mut key, &mut next);
+                    first = false;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+                Err(e) => return Err(e).context("map get_next_key"),
+            }
+            if n > 10_000_000 {
+                bail!("map walk does not end");
+            }
+        }
+    }
+
+    /// One entry of a per-CPU array of u64, summed over the possible CPUs.
+    pub fn percpu_sum(&self, index: u32) -> Result<u64> {
+        let cpus = possible_cpus()?;
+        let mut v = vec![0u8; cpus * 8];
+        self.elem(BPF_MAP_LOOKUP_ELEM, &index.to_ne_bytes(), Some(&mut v))
+            .context("map lookup")?;
+        Ok(v.chunks(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+            .sum())
+    }
+}
+
+/// Number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-1`): the per-CPU value
+/// size the kernel copies out.
+fn possible_cpus() -> Result<usize> {
+    let text = fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let mut n = 0;
+    for part in text.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>()? - a.parse::<usize>()? + 1,
+            None => 1,
+        };
+    }
+    Ok(n)
+}
+
+/// `enforcer_common::FlowKey` in its `#[repr(C)]` layout: family, 3 pad bytes, local port,
+/// remote port (host order), local address, remote address (16 bytes each, network order).
+pub fn flow_key(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    let addr = |ip: std::net::IpAddr| -> [u8; 16] {
+        let mut a = [0u8; 16];
+        match ip {
+            std::net::IpAddr::V4(v4) => a[..4].copy_from_slice(&v4.octets()),
+            std::net::IpAddr::V6(v6) => a = v6.octets(),
+        }
+        a
+    };
+    k[0] = if local.is_ipv4() { 4 } else { 6 };
+    k[4..6].copy_from_slice(&local.port().to_ne_bytes());
+    k[6..8].copy_from_slice(&remote.port().to_ne_bytes());
+    k[8..24].copy_from_slice(&addr(local.ip()));
+    k[24..40].copy_from_slice(&addr(remote.ip()));
+    k
+}
+
+/// An Ethernet + IPv4/IPv6 + TCP (PSH|ACK) frame with `payload` zero bytes, from `src` to `dst`.
+pub fn tcp_frame(src: std::net::SocketAddr, dst: std::net::SocketAddr, payload: usize) -> Vec<u8> {
+    use std::net::IpAddr;
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+    let tcp_len = 20 + payload;
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let total = (20 + tcp_len) as u16;
+            f.extend_from_slice(&[0x45, 0]);
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&[0x86, 0xdd]);
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+            f.extend_from_slice(&[6, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    f.extend_from_slice(&src.port().to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    f.resize(f.len() + payload, 0);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_keys_have_the_wire_layout() {
+        let a: std::net::SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        let b: std::net::SocketAddr = "198.51.100.1:443".parse().unwrap();
+        let f = tcp_frame(a, b, 10);
+        assert_eq!(f.len(), 14 + 20 + 20 + 10);
+        assert_eq!(&f[12..14], &[0x08, 0x00]);
+        assert_eq!(&f[26..30], &[192, 0, 2, 1]);
+        assert_eq!(u16::from_be_bytes([f[34], f[35]]), 40000);
+        let k = flow_key(a, b);
+        assert_eq!(k[0], 4);
+        assert_eq!(u16::from_ne_bytes([k[4], k[5]]), 40000);
+        assert_eq!(&k[24..28], &[198, 51, 100, 1]);
+        let v6 = tcp_frame(
+            "[2001:db8::1]:1".parse().unwrap(),
+            "[2001:db8::2]:2".parse().unwrap(),
+            0,
+        );
+        assert_eq!(v6.len(), 14 + 40 + 20);
+    }
+}
