@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "xz-utils", // cargo xtask vm unpacks the 6.12 kernel modules (.ko.xz)
     "bpftool",
     "python3",
     "libssl-dev", // tests/tests/new_libraries.rs builds a TLS client with gcc
