@@ -147,7 +147,7 @@ fn check(cfg: &WatchConfig, file: u64, how: u8, fd: i32) {
         return;
     };
     // SAFETY: only existence is checked.
-    if unsafe { KNOWN_FILES.get(&key) }.is_some() {
+    if unsafe { KNOWN_FILES.get(key) }.is_some() {
         return;
     }
     // Reserve first: a thread is only stopped if its event is sure to reach userspace.
@@ -191,7 +191,7 @@ fn pause_current(cfg: &WatchConfig, tgid: u32, now: u64) -> u8 {
         return pause::TRACED;
     }
     // Recorded before the stop, so a helper that outlives a dead agent can resume it.
-    if PAUSED.insert(&tgid, &now, 0).is_err() {
+    if PAUSED.insert(tgid, now, 0).is_err() {
         bump(stat::NOT_PAUSED);
         return pause::FAILED;
     }
