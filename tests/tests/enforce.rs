@@ -86,16 +86,48 @@ fn gnutls_cli(ip: IpAddr, port: u16, input: &[u8]) -> enforcer_tests::Outcome {
     )
 }
 
+/// A network namespace with a `-www` and a plain `openssl s_server`, over one address family.
+/// Field order is drop order: servers before the certificate and the namespace.
+struct Peer {
+    www: Server,
+    plain: Server,
+    _cert: Cert,
+    ns: NetNs,
+    local: IpAddr,
+    peer: IpAddr,
+}
+
+impl Peer {
+    fn new(v6: bool) -> Peer {
+        require_root();
+        let ns = NetNs::new();
+        let (local, peer) = match v6 {
+            false => (IpAddr::V4(ns.host_v4), IpAddr::V4(ns.peer_v4)),
+            true => (IpAddr::V6(ns.host_v6), IpAddr::V6(ns.peer_v6)),
+        };
+        let cert = Cert::new(&[peer]);
+        let www = Server::www(&ns, peer, WWW_PORT, &cert);
+        let plain = Server::plain(&ns, peer, PLAIN_PORT, &cert);
+        Peer {
+            www,
+            plain,
+            _cert: cert,
+            ns,
+            local,
+            peer,
+        }
+    }
+}
+
 fn enforce_case(v6: bool) {
-    require_root();
-    let ns = NetNs::new();
-    let (local, peer) = match v6 {
-        false => (IpAddr::V4(ns.host_v4), IpAddr::V4(ns.peer_v4)),
-        true => (IpAddr::V6(ns.host_v6), IpAddr::V6(ns.peer_v6)),
-    };
-    let cert = Cert::new(&[peer]);
-    let www = Server::www(&ns, peer, WWW_PORT, &cert);
-    let plain = Server::plain(&ns, peer, PLAIN_PORT, &cert);
+    let Peer {
+        ns,
+        local,
+        peer,
+        www,
+        plain,
+        _cert,
+    } = Peer::new(v6);
     let mut agent = start_agent(&ns, OPENSSL_ONLY_ENFORCE, &[]);
 
     // OpenSSL clients complete and are reported as allowed.
@@ -165,15 +197,14 @@ impl Drop for Running {
 }
 
 fn audit_case(v6: bool, policy: &str, extra: &[&str]) {
-    require_root();
-    let ns = NetNs::new();
-    let (local, peer) = match v6 {
-        false => (IpAddr::V4(ns.host_v4), IpAddr::V4(ns.peer_v4)),
-        true => (IpAddr::V6(ns.host_v6), IpAddr::V6(ns.peer_v6)),
-    };
-    let cert = Cert::new(&[peer]);
-    let www = Server::www(&ns, peer, WWW_PORT, &cert);
-    let plain = Server::plain(&ns, peer, PLAIN_PORT, &cert);
+    let Peer {
+        ns,
+        local,
+        peer,
+        www,
+        plain,
+        _cert,
+    } = Peer::new(v6);
     let mut agent = start_agent(&ns, policy, extra);
 
     // Both libraries complete.
