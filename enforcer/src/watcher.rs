@@ -81,7 +81,7 @@ use multi::MultiPrograms;
 use resume::{Pidfd, Resumer};
 
 /// Longest a process stays paused: past it, it is resumed even if its file is not probed yet.
-pub const PAUSE_BUDGET: Duration = Duration::from_secs(5);
+pub const PAUSE_BUDGET: Duration = Duration::from_secs(10);
 /// How often the event thread looks at pause budgets when nothing happens.
 const TICK: Duration = Duration::from_millis(100);
 /// Program directories swept at start, besides the library directories.
@@ -371,8 +371,7 @@ fn arm(shared: &Arc<Shared>, maps: Maps, libs: &[Library], pause: bool) -> Resul
         );
     }
     drop(done_tx);
-    kernel::attach(&mut lock(&shared.ebpf))?;
-    let mut event_loop = EventLoop {
+    let event_loop = EventLoop {
         shared: shared.clone(),
         ring,
         paused,
@@ -386,9 +385,16 @@ fn arm(shared: &Arc<Shared>, maps: Maps, libs: &[Library], pause: bool) -> Resul
         wake: wake.clone(),
         stop: stop.clone(),
     };
+    // The event thread runs before the hooks attach: nothing is paused with nobody listening.
     let events = thread::Builder::new()
         .name("new-files".into())
         .spawn(move || event_loop.run())?;
+    if let Err(err) = kernel::attach(&mut lock(&shared.ebpf)) {
+        stop.store(true, Ordering::SeqCst);
+        wake.signal();
+        let _ = events.join();
+        return Err(err.into());
+    }
     let sweep = {
         let (shared, stop) = (shared.clone(), stop.clone());
         thread::Builder::new()
@@ -730,18 +736,15 @@ struct EventLoop {
 }
 
 impl EventLoop {
-    fn run(&mut self) {
-        // Whatever happens here (even a panic), the hooks must not keep pausing processes that
-        // nobody resumes: `Disarm` turns them off and resumes everyone on the way out.
-        let guard = Disarm(self);
-        let this = &mut *guard.0;
-        while !this.stop.load(Ordering::SeqCst) {
-            this.wait();
-            this.drain_ring();
-            this.drain_done();
-            this.check_budgets();
+    /// Until `stop`. Whatever happens here (even a panic), dropping the loop turns the hooks off
+    /// and resumes everyone (`Drop`).
+    fn run(mut self) {
+        while !self.stop.load(Ordering::SeqCst) {
+            self.wait();
+            self.drain_ring();
+            self.drain_done();
+            self.check_budgets();
         }
-        drop(guard);
     }
 
     fn wait(&self) {
@@ -972,11 +975,9 @@ impl EventLoop {
     }
 }
 
-struct Disarm<'a>(&'a mut EventLoop);
-
-impl Drop for Disarm<'_> {
+impl Drop for EventLoop {
     fn drop(&mut self) {
-        self.0.disarm();
+        self.disarm();
     }
 }
 

@@ -29,6 +29,8 @@ const PORT: u16 = 8443;
 const PROCESSES: usize = 100;
 /// All 100 processes, from the first start to the last exit.
 const BURST_BOUND: Duration = Duration::from_secs(90);
+/// How long the measurement waits for other sessions' agents to exit.
+const OTHER_AGENTS_WAIT: Duration = Duration::from_secs(180);
 
 const CLIENT_C: &str = r#"
 #define _GNU_SOURCE
@@ -296,7 +298,6 @@ impl Drop for Clients {
 /// connecting at once. Every one is attributed to its own copy from its handshake on, no pause
 /// runs out of budget, and every client completes.
 #[test]
-#[ignore = "issue 4 point 5 not met yet: 47 of 100 fresh libssl copies attributed on the last run; run with --ignored"]
 fn hundred_processes_with_fresh_copies_all_attributed() {
     require_root();
     let libssl = system_libssl();
@@ -317,6 +318,10 @@ fn hundred_processes_with_fresh_copies_all_attributed() {
         .map(|_| fresh_copy("enforcer-newlib-many-", &libssl))
         .collect();
     let (addr, port) = (peer.to_string(), PORT.to_string());
+    // Another agent on the host (another session's tests or benchmarks) would pause and resume
+    // our clients on its own schedule: whichever agent resumes first lets the process run, and
+    // ours may not have probed its copy yet. The measurement needs the host to itself.
+    let others = other_agents_gone(agent.pid(), OTHER_AGENTS_WAIT);
 
     let started = Instant::now();
     let mut clients = Clients(Vec::new());
@@ -405,7 +410,7 @@ fn hundred_processes_with_fresh_copies_all_attributed() {
         attributed.len(),
         PROCESSES,
         "attributed {} of {PROCESSES}; wrong or missing first events: {wrong:?}; pids without \
-         any event: {:?}",
+         any event: {:?}; other agents running during the burst: {others:?}",
         attributed.len(),
         copy_of
             .keys()
@@ -423,6 +428,52 @@ fn hundred_processes_with_fresh_copies_all_attributed() {
         "every process was paused for its new file"
     );
     drop(www);
+}
+
+/// Waits up to `timeout` until no `enforcer attach` other than `ours` runs on the host; returns
+/// the command lines of those still running.
+fn other_agents_gone(ours: u32, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut told = false;
+    loop {
+        let others = other_agents(ours);
+        if others.is_empty() || Instant::now() > deadline {
+            return others;
+        }
+        if !told {
+            eprintln!("waiting (up to {timeout:?}) for other agents to exit: {others:?}");
+            told = true;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn other_agents(ours: u32) -> Vec<String> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            if pid == ours || process_state(pid) == Some('Z') {
+                return None;
+            }
+            // An agent's helper is a fork of it (same command line), not another agent.
+            let comm = fs::read_to_string(e.path().join("comm")).ok()?;
+            if comm.trim() == "enforcer-resume" {
+                return None;
+            }
+            let raw = fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_agent = args.first().is_some_and(|a| a.ends_with("enforcer"))
+                && args.get(1).is_some_and(|a| a == "attach");
+            is_agent.then(|| format!("{pid}: {}", args.join(" ")))
+        })
+        .collect()
 }
 
 /// Waits for `child` to exit within `timeout`, then collects its output.
