@@ -167,8 +167,11 @@ pub struct SockOffsets {
     pub v6_daddr: u32,
     /// `sk_protocol` (u16).
     pub protocol: u32,
+    /// `inet_sock.inet_sport` (__be16, local port). Unlike `skc_num` it is not cleared when the
+    /// socket is unhashed, so it still names the flow when the socket reaches TCP_CLOSE.
+    pub sport: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 36);
 
 #[cfg(feature = "user")]
 mod pod {

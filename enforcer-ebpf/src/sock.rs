@@ -16,6 +16,7 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     v6_rcv_saddr: 0,
     v6_daddr: 0,
     protocol: 0,
+    sport: 0,
 };
 
 const AF_INET: u16 = 2;
@@ -40,12 +41,26 @@ fn read<T>(sk: *const u8, offset: u32) -> Option<T> {
 /// families, or read errors.
 #[inline(always)]
 pub fn flow_of(sk: *const u8) -> Option<FlowKey> {
+    let local_port = read::<u16>(sk, offsets().num)?;
+    flow_with_local_port(sk, local_port)
+}
+
+/// The flow of a socket reaching TCP_CLOSE. By then the kernel may have unhashed it and cleared
+/// `skc_num`, so the local port comes from `inet_sport`, which keeps it.
+#[inline(always)]
+pub fn closing_flow_of(sk: *const u8) -> Option<FlowKey> {
+    let local_port = u16::from_be(read::<u16>(sk, offsets().sport)?);
+    flow_with_local_port(sk, local_port)
+}
+
+#[inline(always)]
+fn flow_with_local_port(sk: *const u8, local_port: u16) -> Option<FlowKey> {
     let o = offsets();
     if read::<u16>(sk, o.protocol)? != IPPROTO_TCP {
         return None;
     }
     let mut key = FlowKey {
-        local_port: read::<u16>(sk, o.num)?,
+        local_port,
         remote_port: u16::from_be(read::<u16>(sk, o.dport)?),
         ..FlowKey::default()
     };

@@ -115,7 +115,7 @@ fn report(flow: &FlowKey, state: &FlowState, now: u64) {
 /// afresh (and an allowed library is not dropped because of a dead denied one).
 #[inline(always)]
 pub fn forget(sk: *const u8) {
-    if let Some(flow) = sock::flow_of(sk) {
+    if let Some(flow) = sock::closing_flow_of(sk) {
         let _ = FLOWS.remove(flow);
         let _ = BLOCKLIST.remove(flow);
     }

@@ -136,6 +136,13 @@ pub fn sock_offsets_from(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
         v6_rcv_saddr: f("skc_v6_rcv_saddr", 16)?,
         v6_daddr: f("skc_v6_daddr", 16)?,
         protocol: btf.field(sock, "sock", "sk_protocol", 2, 0)?,
+        // `struct inet_sock` starts with `struct sock sk`: its offsets are offsets into the sock.
+        sport: {
+            let inet = btf
+                .find_struct("inet_sock")
+                .ok_or(BtfError::MissingStruct("inet_sock"))?;
+            btf.field(inet, "inet_sock", "inet_sport", 2, 0)?
+        },
     })
 }
 

@@ -169,6 +169,10 @@ fn enforce_case(v6: bool) {
         "the peer received GnuTLS data: {received:?}"
     );
 
+    // The aborted connection is closed, so its 4-tuple leaves the blocklist (a later connection
+    // reusing it is judged afresh, and the map cannot fill up with dead flows).
+    wait_blocklist_empty();
+
     // The block is per connection: OpenSSL still works afterwards.
     assert!(
         curl(&www.url()).success(),
@@ -185,6 +189,28 @@ fn enforce_ipv4_openssl_allowed_gnutls_blocked() {
 #[test]
 fn enforce_ipv6_openssl_allowed_gnutls_blocked() {
     enforce_case(true);
+}
+
+/// Entries of the agent's `BLOCKLIST` map, as `bpftool` dumps them.
+fn blocklist_entries() -> usize {
+    let out = enforcer_tests::sh(&mut cmd(
+        "bpftool",
+        ["-j", "map", "dump", "name", "BLOCKLIST"],
+    ));
+    let dump: Value = serde_json::from_str(&out).expect("bpftool -j prints JSON");
+    dump.as_array().map_or(0, Vec::len)
+}
+
+fn wait_blocklist_empty() {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocklist_entries() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "closed blocked flows stay in BLOCKLIST: {} entries",
+            blocklist_entries()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Kills a long-running client on drop.

@@ -142,7 +142,7 @@ fn synthetic(old: bool, dport_size: u32) -> Vec<u8> {
     } else {
         ("sk_protocol", u16_, 4112, 0)
     };
-    b.compound(
+    let sock = b.compound(
         STRUCT,
         "sock",
         800,
@@ -151,6 +151,12 @@ fn synthetic(old: bool, dport_size: u32) -> Vec<u8> {
             ("sk_type", u16_, 4096, 0),
             proto,
         ],
+    );
+    b.compound(
+        STRUCT,
+        "inet_sock",
+        840,
+        &[("sk", sock, 0, 0), ("inet_sport", be16, 6400, 0)],
     );
     b.finish()
 }
@@ -167,6 +173,7 @@ fn synthetic_sock_walks_anonymous_members() {
         v6_rcv_saddr: 72,
         v6_daddr: 56,
         protocol: 514,
+        sport: 800,
     };
     assert_eq!(o, want);
 }
@@ -346,6 +353,14 @@ fn running_kernel_matches_bpftool() {
         v6_rcv_saddr: c("skc_v6_rcv_saddr"),
         v6_daddr: c("skc_v6_daddr"),
         protocol: (walk(&dump, sock, "sk_protocol").unwrap() / 8) as u32,
+        sport: {
+            let inet = dump
+                .iter()
+                .find(|(_, t)| t.0 == "STRUCT" && t.1 == "inet_sock")
+                .unwrap()
+                .0;
+            (walk(&dump, *inet, "inet_sport").unwrap() / 8) as u32
+        },
     };
     assert_eq!(got, want);
 }
