@@ -10,7 +10,7 @@
  *         E  echo: read `size` bytes, write them back, until the client closes (request/response)
  *         S  sink: read `count` bytes, then write 1 byte (bulk throughput)
  *         C  churn: read `size` bytes, write them back, close
- *       Prints "listening" on stdout once bound.
+ *       Prints "listening PORT" on stdout once bound (PORT 0: the kernel picks a free one).
  *   tlsperf count ADDR PORT CERT KEY
  *       Leak peer: one thread per connection; counts the raw bytes read from the socket before
  *       the TLS handshake completes (handshake bytes) and after it (TLS record bytes carrying
@@ -238,7 +238,13 @@ static int serve(int argc, char **argv, void *(*handler)(void *)) {
     }
     SSL_CTX *ctx = server_ctx(argv[4], argv[5]);
     int lfd = listen_on(argv[2], argv[3]);
-    printf("listening\n");
+    /* PORT 0 picks a free port: print the one bound. */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(lfd, (struct sockaddr *)&ss, &sl);
+    int port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    printf("listening %d\n", port);
     fflush(stdout);
     pthread_attr_t attr;
     pthread_attr_init(&attr);

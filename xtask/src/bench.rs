@@ -153,7 +153,7 @@ pub fn run(opts: Options) -> Result<()> {
                     if noisy > 0 {
                         f.notes.push(format!(
                             "{noisy} measurement block(s) started while another session's \
-                             enforcer was still running after a 30 s wait."
+                             enforcer was still running after a 60 s wait."
                         ));
                     }
                     figures.push(f);

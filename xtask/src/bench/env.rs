@@ -238,7 +238,8 @@ impl Lines {
 }
 
 /// `tlsperf server|count ADDR PORT CERT KEY`, optionally inside a namespace; returns when
-/// it listens, with its stdout lines. Tries three times (a port may still be held for a moment
+/// it listens, with its stdout lines and the port (PORT 0: one the kernel picked, so that
+/// concurrent bench runs, e.g. a CI run's `--quick`, never collide). Tries three times (a port may still be held for a moment
 /// by a server of an earlier block).
 pub fn tls_server(
     tlsperf: &Path,
@@ -247,7 +248,7 @@ pub fn tls_server(
     addr: &str,
     port: u16,
     cert: &enforcer_tests::Cert,
-) -> Result<(Proc, Lines)> {
+) -> Result<(Proc, Lines, u16)> {
     let mut last = None;
     for _ in 0..3 {
         let mut cmd = match netns {
@@ -268,7 +269,14 @@ pub fn tls_server(
         let lines = Lines::new(p.child.stdout.take().expect("piped"));
         let errors = Lines::new(p.child.stderr.take().expect("piped"));
         match lines.wait_for("listening", Duration::from_secs(10)) {
-            Ok(_) => return Ok((p, lines)),
+            Ok(l) => {
+                let bound = l
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(port);
+                return Ok((p, lines, bound));
+            }
             Err(e) => {
                 thread::sleep(Duration::from_millis(100));
                 last = Some(format!("{e}: {}", errors.drain().join(" / ")));
@@ -333,7 +341,21 @@ impl Agent {
         let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             inner.wait_ready(Duration::from_secs(120))
         }))
-        .map_err(|_| anyhow::anyhow!("the agent did not get ready (see its log above)"))?;
+        .map_err(|_| {
+            let pid = inner.pid();
+            let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+            let state = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|x| x.1.trim_start().chars().take(1).collect::<String>())
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "the agent did not get ready (see its log above); it was in state {state:?}, \
+                 waiting in the kernel in {wchan:?}"
+            )
+        })?;
         Ok(Agent {
             startup: started.elapsed(),
             inner,
@@ -366,12 +388,22 @@ impl Agent {
         // SAFETY: signalling our own child, not yet reaped.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         let mut waits: std::collections::BTreeMap<String, u32> = Default::default();
+        // The group leader turns zombie as soon as the main thread is done, while the last
+        // thread may still be closing the descriptors: wait for every thread.
+        let exited = || -> bool {
+            let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+                return true;
+            };
+            tasks.flatten().all(|t| {
+                let state = fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(')').map(|x| x.1.trim_start().chars().next()))
+                    .flatten();
+                matches!(state, None | Some('Z') | Some('X'))
+            })
+        };
         let done = loop {
-            let state = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').map(|x| x.1.trim_start().chars().next()))
-                .flatten();
-            if matches!(state, None | Some('Z') | Some('X')) {
+            if exited() {
                 break Some(t.elapsed());
             }
             if t.elapsed() > max {

@@ -54,14 +54,12 @@ impl Ctx {
 }
 
 const LOOPBACK: &str = "127.0.0.1";
-const RR_PORT: u16 = 18443;
-const CHURN_PORT: u16 = 18500;
 const LEAK_PORT: u16 = 19443;
 const IPERF_PORT: u16 = 19201;
 /// Request and response size of figure 1.
 const RR_SIZE: u32 = 64;
 /// How long a measurement block waits for other sessions' agents to go.
-const QUIESCE: Duration = Duration::from_secs(30);
+const QUIESCE: Duration = Duration::from_secs(60);
 /// SSL_write size of figure 2: one full TLS record.
 const BULK_RECORD: u32 = 16384;
 
@@ -71,12 +69,12 @@ fn f(v: &serde_json::Value, key: &str) -> Result<f64> {
         .with_context(|| format!("no number {key:?} in {v}"))
 }
 
-fn rr_once(ctx: &Ctx, secs: f64) -> Result<f64> {
+fn rr_once(ctx: &Ctx, port: u16, secs: f64) -> Result<f64> {
     let v = env::run_json(
         ctx.tlsperf().args([
             "rr",
             LOOPBACK,
-            &RR_PORT.to_string(),
+            &port.to_string(),
             &RR_SIZE.to_string(),
             &secs.to_string(),
         ]),
@@ -85,12 +83,12 @@ fn rr_once(ctx: &Ctx, secs: f64) -> Result<f64> {
     f(&v, "rate")
 }
 
-fn bulk_once(ctx: &Ctx, bytes: u64) -> Result<f64> {
+fn bulk_once(ctx: &Ctx, port: u16, bytes: u64) -> Result<f64> {
     let v = env::run_json(
         ctx.tlsperf().args([
             "bulk",
             LOOPBACK,
-            &RR_PORT.to_string(),
+            &port.to_string(),
             &BULK_RECORD.to_string(),
             &bytes.to_string(),
         ]),
@@ -156,7 +154,7 @@ pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
     let rr_secs = if ctx.quick { 0.5 } else { 2.0 };
     let bulk_bytes: u64 = if ctx.quick { 32 << 20 } else { 512 << 20 };
     let cert = Cert::new(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-    let (_server, _) = env::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, RR_PORT, &cert)?;
+    let (_server, _, port) = env::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, 0, &cert)?;
     let veth = ctx.ns.host_if.clone();
 
     const BASE: &str = "baseline: no enforcer";
@@ -193,8 +191,8 @@ pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
         ctx.quiesce();
         println!("bench: figures 1-2, {name}");
         for _ in 0..rounds {
-            rr[idx(name)].1.push(rr_once(ctx, rr_secs)?);
-            bulk[idx(name)].1.push(bulk_once(ctx, bulk_bytes)?);
+            rr[idx(name)].1.push(rr_once(ctx, port, rr_secs)?);
+            bulk[idx(name)].1.push(bulk_once(ctx, port, bulk_bytes)?);
         }
         Ok(())
     };
@@ -586,7 +584,7 @@ pub fn leak(ctx: &Ctx) -> Result<Figure> {
     let ns = &ctx.ns;
     let peer = IpAddr::V4(ns.peer_v4);
     let cert = Cert::new(&[peer]);
-    let (_server, lines) = env::tls_server(
+    let (_server, lines, _) = env::tls_server(
         &ctx.tlsperf,
         Some(&ns.name),
         "count",
@@ -788,16 +786,14 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
         )?;
         Ok((f(&v, "rate")?, f(&v, "connections")?, f(&v, "seconds")?))
     };
-    // A fresh server port per run: the 4-tuples of one run's TIME_WAIT sockets never collide
-    // with the next run's.
-    let mut port = CHURN_PORT;
+    // A fresh server (and port, picked by the kernel) per run: one run's closed 4-tuples never
+    // collide with the next run's.
     let mut base_rate = vec![];
     ctx.quiesce();
     for r in 0..runs {
         println!("bench: figure 5, baseline run {}/{runs}", r + 1);
-        let (_server, _) = env::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, port, &cert)?;
+        let (_server, _, port) = env::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, 0, &cert)?;
         base_rate.push(churn_once(port)?.0);
-        port += 1;
     }
 
     ctx.quiesce();
@@ -814,7 +810,7 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
     let mut seen = agent.connections().len();
     for r in 0..runs {
         println!("bench: figure 5, with enforcer run {}/{runs}", r + 1);
-        let (_server, _) = env::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, port, &cert)?;
+        let (_server, _, port) = env::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, 0, &cert)?;
         let (cpu0, _, _) = env::proc_usage(pid)?;
         let lost0 = stats.percpu_sum(2)?;
         let attr0 = stats.percpu_sum(3)?;
@@ -843,7 +839,6 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
         cpu_s.push(cpu1 - cpu0);
         cpu_pct.push((cpu1 - cpu0) / elapsed * 100.0);
         hwm.push(hwm1 as f64 / 1048576.0);
-        port += 1;
     }
     agent.stop_timed(Duration::from_secs(600));
 
@@ -941,7 +936,7 @@ pub fn startup(ctx: &Ctx) -> Result<Figure> {
     let copies: u64 = if ctx.quick { 2 } else { 50 };
     // The +50 case can take minutes per run to exit on a loaded host: runs stop once the
     // figure has spent this long (at least one run is always made).
-    let budget = Duration::from_secs(if ctx.quick { 120 } else { 360 });
+    let budget = Duration::from_secs(if ctx.quick { 120 } else { 240 });
     let exit_cap = Duration::from_secs(if ctx.quick { 120 } else { 300 });
     let started = Instant::now();
     let iface = ctx.ns.host_if.clone();
