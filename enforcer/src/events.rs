@@ -106,30 +106,26 @@ impl Reporter {
             EventFormat::Text => {
                 let local = sockaddr(local);
                 let remote = sockaddr(remote);
+                // tracing takes the level at compile time: one macro, two levels.
+                macro_rules! log_connection {
+                    ($level:ident, $message:literal) => {
+                        $level!(
+                            pid = event.pid,
+                            comm,
+                            library = family,
+                            version = version.unwrap_or("unknown"),
+                            path,
+                            local,
+                            remote,
+                            verdict = verdict_name,
+                            $message
+                        )
+                    };
+                }
                 if event.verdict == verdict::ALLOWED {
-                    info!(
-                        pid = event.pid,
-                        comm,
-                        library = family,
-                        version = version.unwrap_or("unknown"),
-                        path,
-                        local,
-                        remote,
-                        verdict = verdict_name,
-                        "TLS connection"
-                    );
+                    log_connection!(info, "TLS connection");
                 } else {
-                    warn!(
-                        pid = event.pid,
-                        comm,
-                        library = family,
-                        version = version.unwrap_or("unknown"),
-                        path,
-                        local,
-                        remote,
-                        verdict = verdict_name,
-                        "TLS policy violation"
-                    );
+                    log_connection!(warn, "TLS policy violation");
                 }
             }
         }

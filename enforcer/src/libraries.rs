@@ -19,7 +19,7 @@
 mod build;
 mod elf;
 mod identity;
-mod procfs;
+pub(crate) mod procfs;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -23,7 +23,7 @@ use super::LibraryError;
 
 /// One executable, file-backed mapping of one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct ExecMapping {
+pub(crate) struct ExecMapping {
     pub pid: u32,
     pub start: u64,
     pub end: u64,
@@ -51,7 +51,7 @@ pub(super) struct Resolved {
 
 /// Executable file mappings of every process in `proc_root` (normally `/proc`). Processes that
 /// exit while being read are skipped silently; unreadable ones with a debug log.
-pub(super) fn exec_mappings(proc_root: &Path) -> Result<Vec<ExecMapping>, LibraryError> {
+pub(crate) fn exec_mappings(proc_root: &Path) -> Result<Vec<ExecMapping>, LibraryError> {
     let entries = fs::read_dir(proc_root).map_err(|source| LibraryError::Proc {
         path: proc_root.to_owned(),
         source,
@@ -81,7 +81,7 @@ pub(super) fn vanished(e: &io::Error) -> bool {
 }
 
 /// The executable, file-backed mappings in the text of one `/proc/<pid>/maps`.
-pub(super) fn parse_maps(pid: u32, text: &[u8]) -> Vec<ExecMapping> {
+pub(crate) fn parse_maps(pid: u32, text: &[u8]) -> Vec<ExecMapping> {
     text.split(|&b| b == b'\n')
         .filter_map(|line| parse_line(pid, line))
         .collect()

@@ -15,6 +15,8 @@ use std::{
 
 use enforcer_common::{FileKey, watch::kind};
 
+use crate::libraries::procfs;
+
 /// A file to examine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {
@@ -39,7 +41,7 @@ pub fn find(proc_root: &Path, pid: u32, how: u8, fd: i32, key: &FileKey) -> Opti
     }
     // The fd was closed or reused by another thread meanwhile: look for the mapping instead.
     let maps = fs::read(dir.join("maps")).ok()?;
-    parse_exec_maps(&maps)
+    procfs::parse_maps(pid, &maps)
         .into_iter()
         .filter(|m| m.inode == key.ino)
         .find_map(|m| {
@@ -78,77 +80,25 @@ fn reach(pid_dir: &Path, link: &Path, key: &FileKey) -> Option<Found> {
     })
 }
 
-/// One executable, file-backed line of `/proc/<pid>/maps`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExecMapping {
-    pub start: u64,
-    pub end: u64,
-    pub inode: u64,
-    pub name: PathBuf,
-}
-
-/// The executable, file-backed mappings in the text of a `maps` file.
-pub fn parse_exec_maps(text: &[u8]) -> Vec<ExecMapping> {
-    text.split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let mut fields = line
-                .split(|b| b.is_ascii_whitespace())
-                .filter(|f| !f.is_empty());
-            let range = fields.next()?;
-            let perms = fields.next()?;
-            let _offset = fields.next()?;
-            let _dev = fields.next()?;
-            let inode: u64 = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
-            if perms.get(2) != Some(&b'x') || inode == 0 {
-                return None;
-            }
-            // The name is the rest of the line after the inode (it may contain spaces).
-            let at = line.iter().position(|&b| b == b'/')?;
-            let name = PathBuf::from(std::ffi::OsStr::from_bytes(&line[at..]));
-            let dash = range.iter().position(|&b| b == b'-')?;
-            let hex = |s: &[u8]| u64::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok();
-            Some(ExecMapping {
-                start: hex(&range[..dash])?,
-                end: hex(&range[dash + 1..])?,
-                inode,
-                name,
-            })
-        })
-        .collect()
-}
-
 /// Every file executable-mapped by a process right now, once per (dev, ino).
 pub fn mapped_now(proc_root: &Path) -> Vec<Found> {
-    let Ok(entries) = fs::read_dir(proc_root) else {
-        return Vec::new();
-    };
+    // An unreadable /proc means nothing is found, as for any single process that vanished.
+    let mappings = procfs::exec_mappings(proc_root).unwrap_or_default();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
+    for m in mappings {
+        let dir = proc_root.join(m.pid.to_string());
+        let link = dir
+            .join("map_files")
+            .join(format!("{:x}-{:x}", m.start, m.end));
+        let key = FileKey {
+            ino: m.inode,
+            ..FileKey::default()
         };
-        let dir = proc_root.join(pid.to_string());
-        let Ok(maps) = fs::read(dir.join("maps")) else {
-            continue;
-        };
-        for m in parse_exec_maps(&maps) {
-            let link = dir
-                .join("map_files")
-                .join(format!("{:x}-{:x}", m.start, m.end));
-            let key = FileKey {
-                ino: m.inode,
-                ..FileKey::default()
-            };
-            if let Some(found) = reach(&dir, &link, &key)
-                && seen.insert((found.st_dev, found.st_ino))
-            {
-                out.push(found);
-            }
+        if let Some(found) = reach(&dir, &link, &key)
+            && seen.insert((found.st_dev, found.st_ino))
+        {
+            out.push(found);
         }
     }
     out

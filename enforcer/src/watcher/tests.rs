@@ -128,8 +128,8 @@ fn parses_exec_mappings() {
 7ffd4d5f0000-7ffd4d5f2000 r-xp 00000000 00:00 0                          [vdso]
 garbage
 ";
-    let got = files::parse_exec_maps(text);
-    let names: Vec<_> = got.iter().map(|m| m.name.to_str().unwrap()).collect();
+    let got = crate::libraries::procfs::parse_maps(0, text);
+    let names: Vec<_> = got.iter().map(|m| m.path.to_str().unwrap()).collect();
     assert_eq!(
         names,
         [
