@@ -41,6 +41,7 @@ pub struct Agent {
     matched: Vec<bool>,
     stderr: Capture,
     _policy_dir: Option<tempfile::TempDir>,
+    _host: crate::HostLock,
 }
 
 impl Agent {
@@ -68,6 +69,7 @@ impl Agent {
 
     /// Runs a prepared command (e.g. with extra env) as the agent: stdout is read as events.
     pub fn spawn(mut cmd: Command) -> Agent {
+        let host = crate::host_lock();
         crate::tie_to_parent(&mut cmd, libc::SIGTERM, false);
         let mut child = cmd
             .stdin(Stdio::null())
@@ -93,6 +95,7 @@ impl Agent {
             matched: vec![],
             stderr,
             _policy_dir: None,
+            _host: host,
         }
     }
 

@@ -6,12 +6,14 @@
 
 mod agent;
 mod cert;
+mod host_lock;
 mod netns;
 mod process;
 mod server;
 
 pub use agent::{Agent, enforcer_bin};
 pub use cert::Cert;
+pub use host_lock::{HostLock, host_lock};
 pub use netns::{NetNs, link_exists, netns_exists};
 pub use process::{Outcome, run_with_timeout};
 pub use server::{Mode, Server};
