@@ -251,7 +251,12 @@ fn read_server_name<P: Packet>(
 
 /// `None`: a read failed (the ClientHello goes on past this segment) or a length is inconsistent.
 #[inline(always)]
-fn walk<P: Packet>(packet: &P, payload: usize, len: usize, name: &mut [u8; 256]) -> Option<(u8, usize)> {
+fn walk<P: Packet>(
+    packet: &P,
+    payload: usize,
+    len: usize,
+    name: &mut [u8; 256],
+) -> Option<(u8, usize)> {
     // Record header (5) and handshake header (4): type 1, then a 24-bit length.
     let record_len = be16(load(packet, payload + 3)?);
     let hs: [u8; 4] = load(packet, payload + 5)?;

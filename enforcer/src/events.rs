@@ -13,7 +13,9 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use enforcer_common::{FlowKey, HelloEvent, TlsEvent, direction, family, hello_verdict, op, verdict};
+use enforcer_common::{
+    FlowKey, HelloEvent, TlsEvent, direction, family, hello_verdict, op, verdict,
+};
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};

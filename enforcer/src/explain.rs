@@ -56,7 +56,10 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
                 scope.base, scope.nameless
             );
         }
-        for m in matches.iter().filter(|m| Some(m.index) != deciding.map(|d| d.index)) {
+        for m in matches
+            .iter()
+            .filter(|m| Some(m.index) != deciding.map(|d| d.index))
+        {
             let other = &policy.libraries[m.index];
             let lost = if other.is_scoped() {
                 "only for its server names (see above)"

@@ -340,7 +340,9 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
             Some(list) if list.is_empty() => {
                 return Err(invalid(
                     &key("server_names"),
-                    format!("{here}.server_names: an empty list scopes the rule to nothing; remove the key to apply the rule to every server"),
+                    format!(
+                        "{here}.server_names: an empty list scopes the rule to nothing; remove the key to apply the rule to every server"
+                    ),
                 ));
             }
             Some(list) if list.len() > scope::MAX_NAMES_PER_RULE => {

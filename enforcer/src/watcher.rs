@@ -595,7 +595,8 @@ fn probe_new_library(shared: &Shared, lib: &Library, origin: &Origin<'_>) {
     let version = lib.identity.version.clone();
     let path = lib.path.display().to_string();
     // Action and name first: the first connection may follow the probes within microseconds.
-    let ready = loader::apply_library_policy(&mut lock(&shared.ebpf), &shared.policy, lib).map(|_| ());
+    let ready =
+        loader::apply_library_policy(&mut lock(&shared.ebpf), &shared.policy, lib).map(|_| ());
     let decision = shared.policy.decide(lib);
     shared.reporter.add_library(
         lib.id,

@@ -93,7 +93,9 @@ impl Reporter {
         let name_len = (event.name_len as usize).min(event.name.len());
         let server_name = (event.sni == hello::sni::PRESENT)
             .then(|| String::from_utf8_lossy(&event.name[..name_len]).into_owned());
-        let lib = (!unattributed).then(|| self.library(event.lib_id)).flatten();
+        let lib = (!unattributed)
+            .then(|| self.library(event.lib_id))
+            .flatten();
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.ts_ns);
@@ -120,16 +122,43 @@ impl Reporter {
             super::EventFormat::Text => {
                 let server_name = server_name.as_deref().unwrap_or(sni_status(event.sni));
                 let family = lib.as_ref().map_or(
-                    if unattributed { "none (unattributed)" } else { "unknown" },
+                    if unattributed {
+                        "none (unattributed)"
+                    } else {
+                        "unknown"
+                    },
                     |l| l.family.name(),
                 );
                 let pid = owner.as_ref().map(|o| o.pid);
                 let comm = owner.as_ref().map_or("unknown", |o| o.comm.as_str());
                 let (local, remote) = (sockaddr(local), sockaddr(remote));
                 if unattributed || event.verdict != verdict::ALLOWED {
-                    warn!(?pid, comm, library = family, server_name, local, remote, verdict = verdict_name, "TLS ClientHello {}", if unattributed { "no probed library claimed" } else { "judged by server name" });
+                    warn!(
+                        ?pid,
+                        comm,
+                        library = family,
+                        server_name,
+                        local,
+                        remote,
+                        verdict = verdict_name,
+                        "TLS ClientHello {}",
+                        if unattributed {
+                            "no probed library claimed"
+                        } else {
+                            "judged by server name"
+                        }
+                    );
                 } else {
-                    info!(?pid, comm, library = family, server_name, local, remote, verdict = verdict_name, "TLS ClientHello");
+                    info!(
+                        ?pid,
+                        comm,
+                        library = family,
+                        server_name,
+                        local,
+                        remote,
+                        verdict = verdict_name,
+                        "TLS ClientHello"
+                    );
                 }
             }
         }
@@ -151,7 +180,11 @@ pub fn owner_of_inode(inode: u64) -> Option<Owner> {
     let target = format!("socket:[{inode}]");
     let deadline = Instant::now() + WALK_BUDGET;
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if Instant::now() > deadline {

@@ -81,8 +81,20 @@ pub fn check_report(p: &Policy) -> String {
             "server names: judged at each ClientHello; names no pattern matches get the library's other rules; a ClientHello without a readable name gets the strictest action the library's rules could give"
         );
         for r in scoped {
-            let names: Vec<&str> = r.server_names.iter().flatten().map(|n| n.text.as_str()).collect();
-            let _ = writeln!(out, "  line {}: {} -> {} only for {}", r.line, r.describe(), r.action, names.join(", "));
+            let names: Vec<&str> = r
+                .server_names
+                .iter()
+                .flatten()
+                .map(|n| n.text.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "  line {}: {} -> {} only for {}",
+                r.line,
+                r.describe(),
+                r.action,
+                names.join(", ")
+            );
         }
     }
     out

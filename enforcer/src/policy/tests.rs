@@ -227,8 +227,7 @@ fn wrong_types() {
 
 #[test]
 fn empty_and_non_mapping_top_level() {
-    let empty =
-        "policy.yaml: empty policy: expected a mapping with keys mode, default, unattributed_tls, libraries, catalog";
+    let empty = "policy.yaml: empty policy: expected a mapping with keys mode, default, unattributed_tls, libraries, catalog";
     assert_eq!(err(""), empty);
     assert_eq!(err("\n  \n# only a comment\n---\n"), empty);
     assert_eq!(

@@ -58,7 +58,8 @@ fn server_names_errors_name_line_and_key() {
     assert!(e.contains("p.yaml:4"), "{e}");
     assert!(e.contains("libraries[0].server_names[1]"), "{e}");
     assert!(e.contains("empty label"), "{e}");
-    let text = "default: deny\nlibraries:\n  - family: gnutls\n    server_names: []\n    action: allow\n";
+    let text =
+        "default: deny\nlibraries:\n  - family: gnutls\n    server_names: []\n    action: allow\n";
     let e = parse(text, "p.yaml").unwrap_err().to_string();
     assert!(e.contains("p.yaml:4") && e.contains("empty list"), "{e}");
     let text = "default: deny\nlibraries:\n  - family: gnutls\n    server_names: \"x.example\"\n    action: allow\n";
@@ -72,9 +73,18 @@ fn allow_only_to_internal_names() {
     let p = parse(text, "p.yaml").unwrap();
     let gnutls = library("gnutls");
     assert_eq!(p.decide(&gnutls).action, Action::Deny);
-    assert_eq!(p.decide_connection(&gnutls, Some("db.internal.example")), Action::Allow);
-    assert_eq!(p.decide_connection(&gnutls, Some("internal.example")), Action::Deny);
-    assert_eq!(p.decide_connection(&gnutls, Some("evil.example")), Action::Deny);
+    assert_eq!(
+        p.decide_connection(&gnutls, Some("db.internal.example")),
+        Action::Allow
+    );
+    assert_eq!(
+        p.decide_connection(&gnutls, Some("internal.example")),
+        Action::Deny
+    );
+    assert_eq!(
+        p.decide_connection(&gnutls, Some("evil.example")),
+        Action::Deny
+    );
     assert_eq!(p.decide_connection(&gnutls, None), Action::Deny);
     assert_eq!(scope_of(text, "openssl"), None);
     let s = scope_of(text, "gnutls").unwrap();
@@ -98,8 +108,14 @@ fn trie_entries_follow_rule_specificity_not_pattern_length() {
     assert_eq!(entry("*.example"), Action::Deny);
     assert_eq!(entry("*.internal.example"), Action::Deny);
     let p = parse(text, "p.yaml").unwrap();
-    assert_eq!(p.decide_connection(&library("gnutls"), Some("a.internal.example")), Action::Deny);
-    assert_eq!(p.decide_connection(&library("gnutls"), Some("a.other")), Action::Allow);
+    assert_eq!(
+        p.decide_connection(&library("gnutls"), Some("a.internal.example")),
+        Action::Deny
+    );
+    assert_eq!(
+        p.decide_connection(&library("gnutls"), Some("a.other")),
+        Action::Allow
+    );
 }
 
 #[test]
@@ -109,8 +125,13 @@ fn check_report_and_duplicates() {
     let report = check_report(&p);
     assert!(report.contains("unattributed_tls: deny"), "{report}");
     assert!(report.contains("line 3: family=gnutls server_names=[*.internal.example] -> allow only for *.internal.example"), "{report}");
-    assert!(report.contains("gnutls: audit (rule at line 6)"), "{report}");
-    let dup = format!("{text}  - family: gnutls\n    server_names: [\"*.internal.example\"]\n    action: deny\n");
+    assert!(
+        report.contains("gnutls: audit (rule at line 6)"),
+        "{report}"
+    );
+    let dup = format!(
+        "{text}  - family: gnutls\n    server_names: [\"*.internal.example\"]\n    action: deny\n"
+    );
     let e = parse(&dup, "p.yaml").unwrap_err().to_string();
     assert!(e.contains("duplicate rule"), "{e}");
 }
