@@ -23,7 +23,7 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     }
     // SAFETY: only existence is checked.
-    if unsafe { BLOCKLIST.get(&flow) }.is_some() {
+    if unsafe { BLOCKLIST.get(flow) }.is_some() {
         stats::bump(stat::TC_DROPS);
         return TC_ACT_SHOT;
     }
