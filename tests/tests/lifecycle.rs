@@ -66,13 +66,24 @@ fn enforcer_programs() -> Vec<(u64, String, bool)> {
 
 /// Programs of ours that appeared after `before` was taken and that no process holds: left
 /// behind (attached by netlink or pinned). Programs of other agents running at the same time are
-/// held by those agents and do not count.
+/// held by those agents and do not count. A released `uprobe_multi` link frees its program only
+/// after an RCU-tasks-trace grace period, so such programs may linger briefly after the agent is
+/// gone: this waits up to `RELEASE_GRACE` for them to go before reporting what is left.
 fn orphans_since(before: &[(u64, String, bool)]) -> Vec<(u64, String, bool)> {
-    enforcer_programs()
-        .into_iter()
-        .filter(|(id, _, held)| !held && !before.iter().any(|(b, _, _)| b == id))
-        .collect()
+    let deadline = std::time::Instant::now() + RELEASE_GRACE;
+    loop {
+        let left: Vec<_> = enforcer_programs()
+            .into_iter()
+            .filter(|(id, _, held)| !held && !before.iter().any(|(b, _, _)| b == id))
+            .collect();
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
+
+const RELEASE_GRACE: Duration = Duration::from_secs(5);
 
 fn attached_agent(ns: &NetNs) -> Agent {
     let mut agent = Agent::with_policy(&ns.host_if, POLICY, &[]);
