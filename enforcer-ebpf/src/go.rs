@@ -17,6 +17,7 @@
 //! to equal such a `g` is misattributed the same way; C-ABI library calls of the thread are
 //! looked up first.
 
+use aya_ebpf::bindings::pt_regs;
 use aya_ebpf::{
     EbpfContext,
     helpers::{
@@ -27,7 +28,6 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::ProbeContext,
 };
-use aya_ebpf::bindings::pt_regs;
 
 use crate::tls::{self, CallStack};
 

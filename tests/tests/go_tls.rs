@@ -4,46 +4,16 @@
 //! client is built after the agent started, so the watcher finds it at `exec` and probes it
 //! (entry after the stack check, a uprobe on every `RET`) before it runs.
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{net::IpAddr, process::Command, time::Duration};
 
-use enforcer_tests::{Agent, Cert, NetNs, Server, cmd, require_root, run_with_timeout, sh};
+use enforcer_tests::programs::{build_go, go_version};
+use enforcer_tests::{Agent, Cert, NetNs, Server, require_root, run_with_timeout};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(60);
 const EVENT: Duration = Duration::from_secs(10);
 const CLIENT: Duration = Duration::from_secs(15);
 const PORT: u16 = 8453;
-
-/// `1.19.8` for Debian bookworm's `go`.
-fn go_version() -> String {
-    let v = sh(&mut cmd("go", ["env", "GOVERSION"]));
-    v.trim().trim_start_matches("go").to_owned()
-}
-
-/// Builds tests/programs/go-tls-client as `dir/name` with `ldflags`, offline: no module
-/// download, caches in `dir`.
-fn build_go(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
-    let src = enforcer_tests::workspace().join("tests/programs/go-tls-client");
-    let out = dir.join(name);
-    let mut go = Command::new("go");
-    go.current_dir(&src)
-        .args(["build", "-trimpath", &format!("-ldflags={ldflags}"), "-o"])
-        .arg(&out)
-        .arg(".")
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0");
-    sh(&mut go);
-    out
-}
 
 struct Setup {
     server: Server,
@@ -116,7 +86,11 @@ fn go_client_allowed_and_attributed_stripped_or_not() {
         let event = connection(&mut agent, name, s.local, &s.server);
         assert_eq!(event["verdict"], "allowed", "{name}: {event}");
         assert_eq!(event["library"]["family"], "go", "{name}: {event}");
-        assert_eq!(event["library"]["version"], version.as_str(), "{name}: {event}");
+        assert_eq!(
+            event["library"]["version"],
+            version.as_str(),
+            "{name}: {event}"
+        );
         assert_eq!(
             event["library"]["path"],
             exe.to_str().unwrap(),

@@ -228,7 +228,11 @@ pub(super) fn validate(
             });
         }
         if f.abi == Abi::Go && (has_companion || !f.version.is_empty()) {
-            let key = if has_companion { "companion" } else { "version" };
+            let key = if has_companion {
+                "companion"
+            } else {
+                "version"
+            };
             return Err(err(
                 at(&[Seg::Key(key)]),
                 "a family with 'abi: go' has no companion and takes its version from the Go build info",

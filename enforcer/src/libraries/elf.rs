@@ -38,7 +38,6 @@ use crate::catalog::{Abi, Catalog, ProbeSpec};
 use symbols::Names;
 use symbols::{Found, collect, versyms};
 
-
 /// Files larger than this are not parsed (the largest shared object on a Debian host is libLLVM,
 /// ~100 MiB; unstripped static binaries can approach this).
 pub(super) const MAX_FILE_SIZE: u64 = 512 << 20;
@@ -235,8 +234,7 @@ impl Scan<'_> {
         };
         // A Go binary's functions come from its own table first: even unstripped, only that
         // table says where each function ends (which the return probes need).
-        if let Some((found, extents)) =
-            go::functions(header, endian, data, self.catalog, self.path)
+        if let Some((found, extents)) = go::functions(header, endian, data, self.catalog, self.path)
             && (self.useful)(&|name| defines_in(&found, name))
         {
             let go = go::info(header, endian, data, &segments, &extents, self.path);

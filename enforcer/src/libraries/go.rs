@@ -16,13 +16,13 @@ pub mod pclntab;
 use std::collections::HashMap;
 use std::path::Path;
 
+use object::Endianness;
 use object::elf;
 use object::read::elf::{FileHeader, SectionHeader};
 use object::read::{ReadCache, ReadRef};
-use object::Endianness;
 
-use super::elf::{CappedFile, Segment, file_offset};
 use super::elf::symbols::Found;
+use super::elf::{CappedFile, Segment, file_offset};
 use crate::catalog::{Abi, Catalog};
 
 /// A `.gopclntab` larger than this is not read.

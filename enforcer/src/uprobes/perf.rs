@@ -74,7 +74,10 @@ pub fn attach_library(ebpf: &mut Ebpf, lib: &Library) -> Result<usize, UprobeErr
         // plain uprobe on each return instruction.
         let points: Vec<(&'static str, u64)> = if target.is_go() {
             let exits = target.return_offsets.iter().map(|&o| (GO_RETURN, o));
-            [(GO_ENTRY, target.file_offset)].into_iter().chain(exits).collect()
+            [(GO_ENTRY, target.file_offset)]
+                .into_iter()
+                .chain(exits)
+                .collect()
         } else {
             vec![(ENTRY, target.file_offset), (RETURN, target.file_offset)]
         };

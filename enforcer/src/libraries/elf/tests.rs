@@ -39,7 +39,11 @@ fn name_lookup() {
         Some(("SSL_write_ex", true))
     );
     assert_eq!(lookup(b"aws_lc_0_28_0_\0"), None);
-    assert_eq!(lookup(b"aws_lc_SSL_write\0"), None, "the version is required");
+    assert_eq!(
+        lookup(b"aws_lc_SSL_write\0"),
+        None,
+        "the version is required"
+    );
     assert_eq!(lookup(b"aws_lc_0_28_0_SSL_writex\0"), None);
     assert_eq!(lookup(b"aws_lc_0_28_0_malloc\0"), None);
 }

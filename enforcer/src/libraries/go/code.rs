@@ -147,10 +147,7 @@ mod tests {
         assert_eq!(points(&[0x90, 0x90], 0), Err(CodeError::NoReturn));
         assert_eq!(points(&[], 0), Err(CodeError::NoReturn));
         // Cut inside an instruction.
-        assert_eq!(
-            points(&[0xc3, 0x48, 0x89], 0),
-            Err(CodeError::Invalid(1))
-        );
+        assert_eq!(points(&[0xc3, 0x48, 0x89], 0), Err(CodeError::Invalid(1)));
         assert_eq!(
             points(&vec![0x90; MAX_CODE + 1], 0),
             Err(CodeError::TooLarge(MAX_CODE + 1))

@@ -74,7 +74,9 @@ pub struct Func {
 /// Parses the header of a `.gopclntab`. `text_start` is the address of the text the 1.18+ entry
 /// offsets are relative to (ignored by older layouts).
 pub fn parse(data: &[u8], text_start: u64) -> Result<Table<'_>, PclnError> {
-    let head = data.get(..8).ok_or(PclnError::Header("shorter than 8 bytes"))?;
+    let head = data
+        .get(..8)
+        .ok_or(PclnError::Header("shorter than 8 bytes"))?;
     let le = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let be = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     let layout_of = |m: u32| match m {
@@ -110,7 +112,11 @@ pub fn parse(data: &[u8], text_start: u64) -> Result<Table<'_>, PclnError> {
         names: 0,
         text_start: 0,
     };
-    let word = |n: usize| table.uint(8 + n * ptr, ptr).ok_or(PclnError::OutOfBounds("header"));
+    let word = |n: usize| {
+        table
+            .uint(8 + n * ptr, ptr)
+            .ok_or(PclnError::OutOfBounds("header"))
+    };
     let nfunc = word(0)?;
     let offset = |n: usize| {
         word(n).and_then(|v| {
@@ -146,7 +152,6 @@ impl<'a> Table<'a> {
         self.nfunc
     }
 
-
     /// Size of one functab field: a pointer before 1.18, a u32 offset since.
     fn field_size(&self) -> usize {
         match self.layout {
@@ -159,7 +164,11 @@ impl<'a> Table<'a> {
         let b = self.data.get(at..at.checked_add(size)?)?;
         let mut v = 0u64;
         for i in 0..size {
-            let byte = if self.big_endian { b[i] } else { b[size - 1 - i] };
+            let byte = if self.big_endian {
+                b[i]
+            } else {
+                b[size - 1 - i]
+            };
             v = (v << 8) | u64::from(byte);
         }
         Some(v)

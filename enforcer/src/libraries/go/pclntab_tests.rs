@@ -67,7 +67,12 @@ pub(crate) fn build(layout: Layout, funcs: &[(&str, u64)], end: u64, text: u64) 
         put(&mut out, func, rel(*entry), field);
         put(&mut out, func + field, name_offs[i] as u64, 4);
         put(&mut out, functab + 2 * i * field, rel(*entry), field);
-        put(&mut out, functab + (2 * i + 1) * field, (func - base) as u64, field);
+        put(
+            &mut out,
+            functab + (2 * i + 1) * field,
+            (func - base) as u64,
+            field,
+        );
     }
     put(&mut out, functab + 2 * funcs.len() * field, rel(end), field);
     out
