@@ -100,6 +100,6 @@ pub fn innermost_call() -> Option<u64> {
         return None;
     }
     // SAFETY: copied out at once.
-    let stack = unsafe { GO_CALLS.get(&key(g)) }?;
+    let stack = unsafe { GO_CALLS.get(key(g)) }?;
     tls::innermost(stack)
 }

@@ -74,7 +74,7 @@ fn go_client_allowed_and_attributed_stripped_or_not() {
     for (name, ldflags) in [("go-plain", ""), ("go-stripped", "-s -w")] {
         let exe = build_go(s.dir.path(), name, ldflags);
         let out = run_with_timeout(
-            &mut Command::new(&exe).arg(s.server.addr().to_string()),
+            Command::new(&exe).arg(s.server.addr().to_string()),
             b"",
             CLIENT,
         );
@@ -105,7 +105,7 @@ fn go_client_denied_fails_fast() {
     let mut agent = agent(&s.ns, "deny");
     let exe = build_go(s.dir.path(), "go-denied", "-s -w");
     let out = run_with_timeout(
-        &mut Command::new(&exe).arg(s.server.addr().to_string()),
+        Command::new(&exe).arg(s.server.addr().to_string()),
         b"",
         CLIENT,
     );

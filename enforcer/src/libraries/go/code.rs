@@ -153,7 +153,7 @@ mod tests {
             Err(CodeError::TooLarge(MAX_CODE + 1))
         );
         assert_eq!(
-            points(&vec![0xc3; MAX_RETURNS + 1], 0),
+            points(&[0xc3; MAX_RETURNS + 1], 0),
             Err(CodeError::TooManyReturns)
         );
     }
