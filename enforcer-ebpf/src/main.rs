@@ -4,6 +4,7 @@
 //! | file         | programs                                   | maps it owns                        |
 //! | ------------ | ------------------------------------------ | ----------------------------------- |
 //! | `tls.rs`     | uprobe/uretprobe on TLS library functions  | `TLS_CALLS` (per-thread call stack) |
+//! | `go.rs`      | Go crypto/tls entry and RET uprobes        | `GO_CALLS` (per-goroutine call stack) |
 //! | `tcp.rs`     | kernel TCP send/receive hooks, 3 forms     | —                                   |
 //! | `verdict.rs` | (called by `tcp.rs`) attribution, verdict  | `FLOWS`, `BLOCKLIST`, `LIB_ACTIONS`, `MODE`, `EVENTS` |
 //! | `sock.rs`    | (helpers) 4-tuple of a `struct sock`       | global `SOCK_OFFSETS`               |
@@ -20,6 +21,8 @@
 mod client_hello;
 #[cfg(target_arch = "bpf")]
 mod exec;
+#[cfg(target_arch = "bpf")]
+mod go;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use enforcer_common::stat;
 
-use crate::stats;
+use crate::{go, stats};
 
 /// Calls nest (`SSL_connect` → `SSL_do_handshake`, or a compat layer calling another library):
 /// the innermost call is the one moving bytes. Deeper nesting keeps counting but attributes to
@@ -45,10 +45,23 @@ fn current_tid() -> u32 {
 pub fn tls_enter(ctx: ProbeContext) -> u32 {
     // SAFETY: a uprobe context is a valid argument for this helper.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let tid = current_tid();
-    match TLS_CALLS.get_ptr_mut(tid) {
+    push(&TLS_CALLS, &current_tid(), cookie);
+    0
+}
+
+#[uretprobe]
+pub fn tls_exit(_ctx: RetProbeContext) -> u32 {
+    pop(&TLS_CALLS, &current_tid());
+    0
+}
+
+/// Records a call entered by whoever `key` names (a thread, or a goroutine: `go.rs`).
+#[inline(always)]
+pub fn push<K>(map: &LruHashMap<K, CallStack>, key: &K, cookie: u64) {
+    match map.get_ptr_mut(key) {
         Some(stack) => {
-            // SAFETY: map value pointer, valid for this program run; only this thread writes it.
+            // SAFETY: map value pointer, valid for this program run; only the key's owner (one
+            // thread, or one goroutine, which runs on one thread at a time) writes it.
             let stack = unsafe { &mut *stack };
             let depth = stack.depth as usize + 1;
             match stack.cookies.get_mut(depth) {
@@ -66,24 +79,32 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
             stack.cookies[1] = cookie;
             // Failure (map full even after LRU eviction) means this call goes unattributed:
             // fail-open, nothing else we could do here.
-            let _ = TLS_CALLS.insert(tid, stack, 0);
+            let _ = map.insert(key, stack, 0);
         }
     }
-    0
 }
 
-#[uretprobe]
-pub fn tls_exit(_ctx: RetProbeContext) -> u32 {
-    let tid = current_tid();
-    if let Some(stack) = TLS_CALLS.get_ptr_mut(tid) {
-        // SAFETY: as in tls_enter.
+/// Ends the innermost call of `key`; the entry goes when none is left.
+#[inline(always)]
+pub fn pop<K>(map: &LruHashMap<K, CallStack>, key: &K) {
+    if let Some(stack) = map.get_ptr_mut(key) {
+        // SAFETY: as in `push`.
         let stack = unsafe { &mut *stack };
         stack.depth = stack.depth.saturating_sub(1);
         if stack.depth == 0 {
-            let _ = TLS_CALLS.remove(tid);
+            let _ = map.remove(key);
         }
     }
-    0
+}
+
+/// The cookie of the innermost call recorded in `stack`.
+#[inline(always)]
+pub fn innermost(stack: &CallStack) -> Option<u64> {
+    let depth = stack.depth as usize;
+    if depth == 0 {
+        return None;
+    }
+    stack.cookies.get(depth.min(MAX_DEPTH)).copied()
 }
 
 /// A thread that exits inside a TLS call never returns from it: forget its stack so a later
@@ -94,14 +115,13 @@ pub fn tls_thread_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The cookie of the innermost TLS call the current thread is in, if any.
+/// The cookie of the innermost TLS call the current thread is in, if any: a C-ABI library call
+/// of this thread, else a Go `crypto/tls` call of the goroutine running on it.
 #[inline(always)]
 pub fn innermost_call() -> Option<u64> {
     // SAFETY: the value is copied out immediately.
-    let stack = unsafe { TLS_CALLS.get(current_tid()) }?;
-    let depth = stack.depth as usize;
-    if depth == 0 {
-        return None;
+    match unsafe { TLS_CALLS.get(current_tid()) }.and_then(innermost) {
+        Some(cookie) => Some(cookie),
+        None => go::innermost_call(),
     }
-    stack.cookies.get(depth.min(MAX_DEPTH)).copied()
 }

@@ -35,6 +35,55 @@ pub enum Place {
     Companion,
 }
 
+/// How the family's functions are called, and so how they are found and probed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Abi {
+    /// The platform C ABI: symbols from `.dynsym` / `.symtab`, a uretprobe on each function,
+    /// calls tracked per thread.
+    #[default]
+    C,
+    /// Go's register ABI (amd64, Go 1.17+): function names from Go's own table `.gopclntab`
+    /// (stripped binaries keep it), uprobes on the function's return instructions instead of
+    /// uretprobes, calls tracked per goroutine, version from the Go build info. See
+    /// `crate::libraries::go`.
+    Go,
+}
+
+/// A prefix some builds put before every symbol: `head`, then (if `tail` is set) a run of digits
+/// and underscores, then `tail`. `aws_lc_*_` matches `aws_lc_0_28_0_SSL_write`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymbolPrefix {
+    pub head: String,
+    pub tail: Option<String>,
+}
+
+impl SymbolPrefix {
+    /// Longest run the `*` stands for.
+    pub const MAX_RUN: usize = 32;
+
+    /// The candidate rests of `name` once this prefix is taken off, longest prefix first (a
+    /// `*` may stop at several places: `aws_lc_0_28_0_` or `aws_lc_0_28_`). Never empty rests.
+    pub fn strip<'n>(&self, name: &'n [u8]) -> Vec<&'n [u8]> {
+        let Some(rest) = name.strip_prefix(self.head.as_bytes()) else {
+            return Vec::new();
+        };
+        let Some(tail) = &self.tail else {
+            return [rest].into_iter().filter(|r| !r.is_empty()).collect();
+        };
+        let run = rest
+            .iter()
+            .take(Self::MAX_RUN)
+            .take_while(|b| b.is_ascii_digit() || **b == b'_')
+            .count();
+        (1..=run)
+            .rev()
+            .filter_map(|k| rest[k..].strip_prefix(tail.as_bytes()))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+}
+
 /// One identify alternative.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alternative {
@@ -80,6 +129,7 @@ pub struct FamilyDef {
     pub companion: Vec<String>,
     pub probes: Vec<ProbeSpec>,
     pub version: Vec<VersionSpec>,
+    pub abi: Abi,
     pub origin: Origin,
 }
 
@@ -103,6 +153,8 @@ pub struct Catalog {
     families: Vec<FamilyDef>,
     /// Every symbol any family looks at, sorted, without duplicates.
     symbols: Vec<String>,
+    /// Prefixes a defined symbol may carry and still count as the unprefixed name.
+    prefixes: Vec<SymbolPrefix>,
 }
 
 /// Name under which the embedded catalog reports itself.
@@ -118,14 +170,16 @@ impl Catalog {
                 // A unit test parses the same text, so this cannot fail in a tested build.
                 let raw: RawCatalog = serde_yaml::from_str(EMBEDDED_TEXT)
                     .unwrap_or_else(|e| panic!("{EMBEDDED_SOURCE}: {e}"));
+                let prefixes = schema::symbol_prefixes(&raw.symbol_prefixes)
+                    .unwrap_or_else(|e| panic!("{EMBEDDED_SOURCE}: {e}"));
                 let families = schema::validate(raw, &|_| Origin::Builtin)
                     .unwrap_or_else(|e| panic!("{EMBEDDED_SOURCE}: {e}"));
-                Arc::new(Catalog::new(families))
+                Arc::new(Catalog::new(families, prefixes))
             })
             .clone()
     }
 
-    fn new(families: Vec<FamilyDef>) -> Catalog {
+    fn new(families: Vec<FamilyDef>, prefixes: Vec<SymbolPrefix>) -> Catalog {
         let mut symbols: Vec<String> = families
             .iter()
             .flat_map(|f| {
@@ -137,7 +191,11 @@ impl Catalog {
             .collect();
         symbols.sort();
         symbols.dedup();
-        Catalog { families, symbols }
+        Catalog {
+            families,
+            symbols,
+            prefixes,
+        }
     }
 
     /// This catalog extended by a policy's `catalog:` section: its families are tried first, in
@@ -149,6 +207,14 @@ impl Catalog {
         source: &str,
         line_of: &dyn Fn(usize) -> usize,
     ) -> Result<Catalog, CatalogError> {
+        let mut prefixes = schema::symbol_prefixes(&raw.symbol_prefixes)?;
+        let builtin: Vec<SymbolPrefix> = self
+            .prefixes
+            .iter()
+            .filter(|p| !prefixes.contains(p))
+            .cloned()
+            .collect();
+        prefixes.extend(builtin);
         let added = schema::validate(raw, &|index| Origin::Policy {
             source: source.to_owned(),
             line: line_of(index),
@@ -161,7 +227,7 @@ impl Catalog {
                 .cloned(),
         );
         schema::check_count(families.len())?;
-        Ok(Catalog::new(families))
+        Ok(Catalog::new(families, prefixes))
     }
 
     pub fn families(&self) -> &[FamilyDef] {
@@ -177,6 +243,16 @@ impl Catalog {
     /// without duplicates. A symbol table scan only has to remember these.
     pub fn symbols(&self) -> &[String] {
         &self.symbols
+    }
+
+    /// Symbol prefixes (policy ones first).
+    pub fn symbol_prefixes(&self) -> &[SymbolPrefix] {
+        &self.prefixes
+    }
+
+    /// True if some family uses Go's ABI (then Go binaries' function tables are read).
+    pub fn has_go(&self) -> bool {
+        self.families.iter().any(|f| f.abi == Abi::Go)
     }
 
     /// The first family the file matches, given a predicate telling whether it defines a symbol.

@@ -18,6 +18,7 @@
 
 mod build;
 mod elf;
+mod go;
 mod identity;
 pub(crate) mod procfs;
 #[cfg(test)]
@@ -99,6 +100,18 @@ pub struct ProbeTarget {
     /// The function is in the library's companion file (NSS's `PR_Write` in libnspr4), not in
     /// the library itself.
     pub in_companion: bool,
+    /// Empty: the exit is caught by a return probe (uretprobe). Otherwise (Go, see
+    /// [`crate::catalog::Abi::Go`]) the file offsets of the function's return instructions,
+    /// each of which gets a plain uprobe, and `file_offset` is the instruction after the
+    /// function's stack check; calls are then tracked per goroutine.
+    pub return_offsets: Vec<u64>,
+}
+
+impl ProbeTarget {
+    /// Probed the Go way: entry and return-instruction uprobes, keyed by goroutine.
+    pub fn is_go(&self) -> bool {
+        !self.return_offsets.is_empty()
+    }
 }
 
 impl Library {

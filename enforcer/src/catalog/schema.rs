@@ -7,7 +7,7 @@ use std::fmt;
 use enforcer_common::op;
 use serde::Deserialize;
 
-use super::{Alternative, FamilyDef, Origin, Place, ProbeSpec, VersionSpec};
+use super::{Abi, Alternative, FamilyDef, Origin, Place, ProbeSpec, SymbolPrefix, VersionSpec};
 use crate::family::{Family, MAX_ID_LEN};
 
 /// Most families a catalog may hold (built-in and added together).
@@ -24,6 +24,9 @@ pub const MAX_PREFIX_LEN: usize = 64;
 #[serde(deny_unknown_fields)]
 pub struct RawCatalog {
     pub families: Vec<RawFamily>,
+    /// Prefixes some builds put before every symbol name (`aws_lc_*_`, a `BORINGSSL_PREFIX`).
+    #[serde(default)]
+    pub symbol_prefixes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -38,6 +41,8 @@ pub struct RawFamily {
     probes: Vec<RawProbe>,
     #[serde(default)]
     version: Vec<RawVersion>,
+    #[serde(default)]
+    abi: Abi,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -222,6 +227,17 @@ pub(super) fn validate(
                 place: p.place,
             });
         }
+        if f.abi == Abi::Go && (has_companion || !f.version.is_empty()) {
+            let key = if has_companion {
+                "companion"
+            } else {
+                "version"
+            };
+            return Err(err(
+                at(&[Seg::Key(key)]),
+                "a family with 'abi: go' has no companion and takes its version from the Go build info",
+            ));
+        }
         list_len(f.version.len(), at(&[Seg::Key("version")]))?;
         let mut version = Vec::new();
         for (k, v) in f.version.into_iter().enumerate() {
@@ -253,8 +269,41 @@ pub(super) fn validate(
             companion: f.companion,
             probes,
             version,
+            abi: f.abi,
             origin: origin(i),
         });
+    }
+    Ok(out)
+}
+
+/// Validates `symbol_prefixes`: each 1 to [`MAX_PREFIX_LEN`] printable characters without `@`,
+/// with at most one `*` (a run of digits and underscores, as in `aws_lc_0_28_0_`).
+pub(super) fn symbol_prefixes(raw: &[String]) -> Result<Vec<SymbolPrefix>, CatalogError> {
+    let path = vec![Seg::Key("symbol_prefixes")];
+    list_len(raw.len(), path.clone())?;
+    let mut out = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let mut here = path.clone();
+        here.push(Seg::Index(i));
+        let ok = !p.is_empty()
+            && p.len() <= MAX_PREFIX_LEN
+            && p.bytes().all(|b| b.is_ascii_graphic() && b != b'@')
+            && p.bytes().filter(|&b| b == b'*').count() <= 1
+            && p != "*";
+        if !ok {
+            return Err(err(
+                here,
+                format!(
+                    "invalid symbol prefix '{}' (expected 1 to {MAX_PREFIX_LEN} printable ASCII characters without '@' or spaces, at most one '*', not only '*')",
+                    quoted(p)
+                ),
+            ));
+        }
+        let (head, tail) = match p.split_once('*') {
+            Some((h, t)) => (h.to_owned(), Some(t.to_owned())),
+            None => (p.clone(), None),
+        };
+        out.push(SymbolPrefix { head, tail });
     }
     Ok(out)
 }

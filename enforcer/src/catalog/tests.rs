@@ -22,7 +22,8 @@ fn embedded_catalog_has_every_family() {
             "gnutls",
             "nss",
             "wolfssl",
-            "mbedtls"
+            "mbedtls",
+            "go"
         ]
     );
     for f in c.families() {

@@ -99,10 +99,13 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
         let own = def.probes.iter().filter(|p| p.place == Place::SelfFile);
         let mut probes = file
             .info
-            .probe_targets(catalog, own, false, file.len, &file.path);
+            .probe_targets(catalog, own, false, def.abi, file.len, &file.path);
         if let Some(c) = companion {
             let theirs = def.probes.iter().filter(|p| p.place == Place::Companion);
-            probes.extend(c.info.probe_targets(catalog, theirs, true, c.len, &c.path));
+            probes.extend(
+                c.info
+                    .probe_targets(catalog, theirs, true, def.abi, c.len, &c.path),
+            );
         } else if !def.companion.is_empty() {
             tracing::debug!(path = %file.path.display(), family = %def.family, "no companion found");
         }
@@ -113,7 +116,8 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
             );
             continue;
         }
-        let mut version = None;
+        // A Go binary states its version in its build info, not in a text.
+        let mut version = file.info.go.as_ref().and_then(|g| g.version.clone());
         for spec in &def.version {
             let target = match spec.place {
                 Place::SelfFile => Some(file),

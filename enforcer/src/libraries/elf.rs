@@ -19,7 +19,7 @@
 //! - **Build-id.** The GNU build-id comes from the `.note.gnu.build-id` note (or a `PT_NOTE`
 //!   segment), at most [`MAX_NOTES_BYTES`] of notes. (Version texts and hashes: `identity.rs`.)
 
-mod symbols;
+pub(super) mod symbols;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,8 +31,9 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::read::{ReadCache, ReadCacheOps};
 use object::{Endianness, FileKind};
 
+use super::go::{self, GoInfo};
 use super::{LibraryError, ProbeTarget};
-use crate::catalog::{Catalog, ProbeSpec};
+use crate::catalog::{Abi, Catalog, ProbeSpec};
 #[cfg(test)]
 use symbols::Names;
 use symbols::{Found, collect, versyms};
@@ -104,6 +105,8 @@ impl ReadCacheOps for CappedFile {
 enum Table {
     Dynamic,
     Static,
+    /// Go's function table (`.gopclntab`).
+    Go,
 }
 
 /// What one ELF file defines that the catalog cares about.
@@ -114,6 +117,8 @@ pub(super) struct ElfInfo {
     segments: Vec<Segment>,
     pub build_id: Option<String>,
     table: Table,
+    /// Set when the symbols came from a Go function table.
+    pub(super) go: Option<GoInfo>,
 }
 
 impl ElfInfo {
@@ -131,10 +136,11 @@ impl ElfInfo {
         catalog: &Catalog,
         specs: impl Iterator<Item = &'a ProbeSpec>,
         in_companion: bool,
+        abi: Abi,
         len: u64,
         path: &Path,
     ) -> Vec<ProbeTarget> {
-        probe_targets(self, catalog, specs, in_companion, len, path)
+        probe_targets(self, catalog, specs, in_companion, abi, len, path)
     }
 }
 
@@ -220,6 +226,29 @@ impl Scan<'_> {
             })
             .collect();
 
+        let defines_in = |found: &HashMap<usize, Found>, name: &str| {
+            self.catalog
+                .symbols()
+                .binary_search_by(|s| s.as_str().cmp(name))
+                .is_ok_and(|i| found.contains_key(&i))
+        };
+        // A Go binary's functions come from its own table first: even unstripped, only that
+        // table says where each function ends (which the return probes need).
+        if let Some((found, extents)) = go::functions(header, endian, data, self.catalog, self.path)
+            && (self.useful)(&|name| defines_in(&found, name))
+        {
+            let go = go::info(header, endian, data, &segments, &extents, self.path);
+            let build_id = build_id::<Elf>(endian, data, sections, phdrs);
+            tracing::trace!(path = %self.path.display(), symbols = found.len(), version = ?go.version, "Go functions found");
+            return Ok(Some(ElfInfo {
+                found,
+                segments,
+                build_id,
+                table: Table::Go,
+                go: Some(go),
+            }));
+        }
+
         // The dynamic symbol table first (what a shared library exports); then `.symtab`, which
         // an unstripped executable with a statically linked TLS library still carries.
         for (sh_type, table) in [
@@ -246,13 +275,7 @@ impl Scan<'_> {
             else {
                 continue;
             };
-            let symbols = self.catalog.symbols();
-            let defines = |name: &str| {
-                symbols
-                    .binary_search_by(|s| s.as_str().cmp(name))
-                    .is_ok_and(|i| found.contains_key(&i))
-            };
-            if !(self.useful)(&defines) {
+            if !(self.useful)(&|name| defines_in(&found, name)) {
                 continue;
             }
             let build_id = build_id::<Elf>(endian, data, sections, phdrs);
@@ -262,6 +285,7 @@ impl Scan<'_> {
                 segments,
                 build_id,
                 table,
+                go: None,
             }));
         }
         Ok(None)
@@ -333,6 +357,7 @@ fn probe_targets<'a>(
     catalog: &Catalog,
     specs: impl Iterator<Item = &'a ProbeSpec>,
     in_companion: bool,
+    abi: Abi,
     len: u64,
     path: &Path,
 ) -> Vec<ProbeTarget> {
@@ -345,10 +370,28 @@ fn probe_targets<'a>(
     };
     let mut probes: Vec<ProbeTarget> = Vec::new();
     for spec in specs {
-        let Some(sym) = index(&spec.symbol).and_then(|i| found.get(&i)) else {
+        let Some((i, sym)) = index(&spec.symbol).and_then(|i| Some((i, found.get(&i)?))) else {
             tracing::trace!(path = %path.display(), symbol = spec.symbol, "not defined: not probed");
             continue;
         };
+        if abi == Abi::Go {
+            // Never a uretprobe on Go code: only functions whose return instructions are known.
+            let Some(p) = info.go.as_ref().and_then(|g| g.points.get(&i)) else {
+                tracing::debug!(path = %path.display(), symbol = spec.symbol, "Go function without probe points: not probed");
+                continue;
+            };
+            if p.entry >= len || p.returns.iter().any(|&r| r >= len) {
+                continue;
+            }
+            probes.push(ProbeTarget {
+                symbol: spec.symbol.clone(),
+                op: spec.op,
+                file_offset: p.entry,
+                in_companion,
+                return_offsets: p.returns.clone(),
+            });
+            continue;
+        }
         let skip = |why: &str| {
             tracing::debug!(path = %path.display(), symbol = spec.symbol, value = sym.value, table = ?info.table, "{why}: not probed");
         };
@@ -384,6 +427,7 @@ fn probe_targets<'a>(
             op: spec.op,
             file_offset: offset,
             in_companion,
+            return_offsets: Vec::new(),
         });
     }
     probes

@@ -185,7 +185,7 @@ fn unknown_values() {
     );
     assert_eq!(
         err("default: deny\nlibraries:\n  - family: nsss\n    action: allow\n"),
-        "policy.yaml:3:13: libraries[0].family: unknown value 'nsss' (expected aws-lc, boringssl, libressl, openssl, gnutls, nss, wolfssl or mbedtls)"
+        "policy.yaml:3:13: libraries[0].family: unknown value 'nsss' (expected aws-lc, boringssl, libressl, openssl, gnutls, nss, wolfssl, mbedtls or go)"
     );
     assert_eq!(
         err("default: deny\nlibraries:\n  - family: gnutls\n    action: permit\n"),
@@ -385,6 +385,7 @@ by family (where no sha256, path or version rule matches):
   nss: deny (default)
   wolfssl: deny (default)
   mbedtls: deny (default)
+  go: deny (default)
 "
     );
     let p = parse("default: allow\n", "p").unwrap();
@@ -392,7 +393,7 @@ by family (where no sha256, path or version rule matches):
         "mode: audit (nothing is blocked; denied connections are reported as would-block)\n"
     ));
     assert!(check_report(&p).contains("rules: 0 ("));
-    assert!(check_report(&p).ends_with("  mbedtls: allow (default)\n"));
+    assert!(check_report(&p).ends_with("  go: allow (default)\n"));
 }
 
 #[test]

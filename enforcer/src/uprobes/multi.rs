@@ -10,7 +10,7 @@
 //! released with one grace period, without `event_mutex`: releases from several threads overlap.
 //!
 //! The programs are ones aya already loaded as plain uprobes (`tls_enter` / `tls_exit` of
-//! `enforcer-ebpf/src/tls.rs`, or any other), loaded a second time with the attach type
+//! `enforcer-ebpf/src/tls.rs`, `go_enter` / `go_exit` of `go.rs`, or any other), loaded a second time with the attach type
 //! `uprobe_multi` needs (aya 0.14 cannot load that type). They use the maps aya created (found
 //! through the ids of aya's own copies of the programs), so both copies share their maps.
 //!
@@ -34,8 +34,7 @@ use enforcer_common::cookie;
 
 use crate::libraries::Library;
 
-const ENTRY: &str = "tls_enter";
-const RETURN: &str = "tls_exit";
+use super::perf::{ENTRY, GO_ENTRY, GO_RETURN, RETURN};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -122,18 +121,26 @@ pub fn link(
     })
 }
 
-/// `tls_enter` and `tls_exit`, loaded for `uprobe_multi` links.
+/// `tls_enter` / `tls_exit` and `go_enter` / `go_exit`, loaded for `uprobe_multi` links.
 pub struct TlsPrograms {
     enter: OwnedFd,
     exit: OwnedFd,
+    go_enter: OwnedFd,
+    go_exit: OwnedFd,
 }
 
 impl TlsPrograms {
-    /// Aya's own `tls_enter` / `tls_exit` must be loaded (`uprobes::load`).
+    /// Aya's own copies of the four programs must be loaded (`uprobes::load`).
     pub fn load(ebpf: &Ebpf, object: &[u8]) -> Result<TlsPrograms, MultiError> {
-        let mut fds = load_programs(ebpf, object, &[ENTRY, RETURN])?.into_iter();
-        match (fds.next(), fds.next()) {
-            (Some(enter), Some(exit)) => Ok(TlsPrograms { enter, exit }),
+        let mut fds =
+            load_programs(ebpf, object, &[ENTRY, RETURN, GO_ENTRY, GO_RETURN])?.into_iter();
+        match (fds.next(), fds.next(), fds.next(), fds.next()) {
+            (Some(enter), Some(exit), Some(go_enter), Some(go_exit)) => Ok(TlsPrograms {
+                enter,
+                exit,
+                go_enter,
+                go_exit,
+            }),
             _ => Err(MultiError::NotLoaded(ENTRY)),
         }
     }
@@ -141,25 +148,47 @@ impl TlsPrograms {
     /// Entry and return links on every probe target of `lib` (one pair per file: the library,
     /// and its companion if some functions live there). All or nothing, like
     /// `uprobes::attach_library`.
+    ///
+    /// Go functions (`ProbeTarget::is_go`) get a `go_enter` link on their entries and a `go_exit`
+    /// link (entry-type, not return) on all their return instructions.
     pub fn attach(&self, lib: &Library) -> Result<Vec<OwnedFd>, MultiError> {
-        let mut by_file: Vec<(&Path, Vec<u64>, Vec<u64>)> = Vec::new();
-        for target in &lib.probes {
-            let file = lib.probe_path(target);
-            let at = match by_file.iter().position(|(f, _, _)| *f == file) {
+        // Programs by index, and whether their links are return probes.
+        let programs = [
+            (&self.enter, false),
+            (&self.exit, true),
+            (&self.go_enter, false),
+            (&self.go_exit, false),
+        ];
+        // (file, program index) → offsets and cookies.
+        let mut groups: Vec<(&Path, usize, Vec<u64>, Vec<u64>)> = Vec::new();
+        let mut add = |file, prog: usize, offset: u64, cookie: u64| {
+            let at = match groups.iter().position(|g| g.0 == file && g.1 == prog) {
                 Some(at) => at,
                 None => {
-                    by_file.push((file, Vec::new(), Vec::new()));
-                    by_file.len() - 1
+                    groups.push((file, prog, Vec::new(), Vec::new()));
+                    groups.len() - 1
                 }
             };
-            by_file[at].1.push(target.file_offset);
-            by_file[at].2.push(cookie::encode(lib.id, target.op));
+            groups[at].2.push(offset);
+            groups[at].3.push(cookie);
+        };
+        for target in &lib.probes {
+            let file = lib.probe_path(target);
+            let value = cookie::encode(lib.id, target.op);
+            if target.is_go() {
+                add(file, 2, target.file_offset, value);
+                for &r in &target.return_offsets {
+                    add(file, 3, r, value);
+                }
+            } else {
+                add(file, 0, target.file_offset, value);
+                add(file, 1, target.file_offset, value);
+            }
         }
         let mut links = Vec::new();
-        for (file, offsets, cookies) in &by_file {
-            for (prog, ret) in [(&self.enter, false), (&self.exit, true)] {
-                links.push(link(prog, file, offsets, cookies, ret)?);
-            }
+        for (file, prog, offsets, cookies) in &groups {
+            let (fd, ret) = programs[*prog];
+            links.push(link(fd, file, offsets, cookies, ret)?);
         }
         Ok(links)
     }

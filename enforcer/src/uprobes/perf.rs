@@ -16,6 +16,9 @@ use crate::libraries::Library;
 
 pub(super) const ENTRY: &str = "tls_enter";
 pub(super) const RETURN: &str = "tls_exit";
+/// Go functions: entry (after the stack check) and each `RET`, both plain uprobes.
+pub(super) const GO_ENTRY: &str = "go_enter";
+pub(super) const GO_RETURN: &str = "go_exit";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UprobeError {
@@ -35,9 +38,9 @@ pub enum UprobeError {
     },
 }
 
-/// Loads both programs. Called once, before any `attach_library`.
+/// Loads the four programs. Called once, before any `attach_library`.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), UprobeError> {
-    for name in [ENTRY, RETURN] {
+    for name in [ENTRY, RETURN, GO_ENTRY, GO_RETURN] {
         program(ebpf, name)?
             .load()
             .map_err(|source| UprobeError::Load {
@@ -67,9 +70,20 @@ pub fn attach_library(ebpf: &mut Ebpf, lib: &Library) -> Result<usize, UprobeErr
     let mut links = Vec::new();
     for target in &lib.probes {
         let value = cookie::encode(lib.id, target.op);
-        for name in [ENTRY, RETURN] {
+        // C ABI: entry and return probe (uretprobe) on the function. Go: entry probe, and a
+        // plain uprobe on each return instruction.
+        let points: Vec<(&'static str, u64)> = if target.is_go() {
+            let exits = target.return_offsets.iter().map(|&o| (GO_RETURN, o));
+            [(GO_ENTRY, target.file_offset)]
+                .into_iter()
+                .chain(exits)
+                .collect()
+        } else {
+            vec![(ENTRY, target.file_offset), (RETURN, target.file_offset)]
+        };
+        for (name, offset) in points {
             let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(target.file_offset),
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
                 cookie: Some(value),
             };
             let file = lib.probe_path(target);
@@ -85,7 +99,7 @@ pub fn attach_library(ebpf: &mut Ebpf, lib: &Library) -> Result<usize, UprobeErr
                     return Err(UprobeError::Attach {
                         path: file.display().to_string(),
                         symbol: target.symbol.clone(),
-                        offset: target.file_offset,
+                        offset,
                         source: Box::new(source),
                     });
                 }

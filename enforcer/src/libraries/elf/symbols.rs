@@ -10,12 +10,12 @@ use object::read::ReadCache;
 use object::read::elf::{FileHeader, SectionHeader, Sym};
 
 use super::{CappedFile, MAX_SYMBOLS, MAX_TABLE_BYTES};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, SymbolPrefix};
 use crate::libraries::LibraryError;
 
 /// One interesting symbol as found in a table.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Found {
+pub(in crate::libraries) struct Found {
     pub value: u64,
     pub st_type: u8,
     pub shndx: u16,
@@ -72,7 +72,7 @@ pub(super) fn collect<'d, Elf: FileHeader<Endian = Endianness>>(
         tracing::debug!(path = %path.display(), symbols = symbols.len(), limit = MAX_SYMBOLS, "only the first symbols are looked at");
     }
 
-    let names = Names::new(catalog.symbols());
+    let names = Names::new(catalog.symbols(), catalog.symbol_prefixes());
     let mut found = HashMap::new();
     for (index, sym) in symbols.iter().enumerate().take(MAX_SYMBOLS) {
         let shndx = sym.st_shndx(endian);
@@ -117,31 +117,56 @@ pub(super) fn collect<'d, Elf: FileHeader<Endian = Endianness>>(
 /// symbol of every candidate file.
 pub(super) struct Names<'c> {
     interesting: &'c [String],
+    prefixes: &'c [SymbolPrefix],
     first_bytes: [bool; 256],
 }
 
 impl<'c> Names<'c> {
-    pub(super) fn new(interesting: &'c [String]) -> Self {
+    pub(super) fn new(interesting: &'c [String], prefixes: &'c [SymbolPrefix]) -> Self {
         let mut first_bytes = [false; 256];
         for n in interesting {
             if let Some(&b) = n.as_bytes().first() {
                 first_bytes[usize::from(b)] = true;
             }
         }
+        for p in prefixes {
+            match p.head.as_bytes().first() {
+                Some(&b) => first_bytes[usize::from(b)] = true,
+                // `*_`: the name starts with the run of digits and underscores.
+                None => {
+                    for b in b"0123456789_" {
+                        first_bytes[usize::from(*b)] = true;
+                    }
+                }
+            }
+        }
         Names {
             interesting,
+            prefixes,
             first_bytes,
         }
+    }
+
+    /// As [`Self::exact`], also for names carrying one of the catalog's symbol prefixes
+    /// (`aws_lc_0_28_0_SSL_write` counts as `SSL_write`).
+    pub(super) fn lookup(&self, rest: &[u8]) -> Option<(usize, bool)> {
+        if !self.first_bytes[usize::from(*rest.first()?)] {
+            return None;
+        }
+        if let Some(hit) = self.exact(rest) {
+            return Some(hit);
+        }
+        self.prefixes
+            .iter()
+            .flat_map(|p| p.strip(rest))
+            .find_map(|r| self.exact(r))
     }
 
     /// `rest` is the string table from a symbol's name on. Returns the index of the interesting
     /// name it starts with and whether it is a default version: `SSL_write` and `SSL_write@@OPENSSL_3.0.0`
     /// are, `SSL_write@OPENSSL_1.0.0` is not (`.dynsym` names carry no suffix, their versions live
     /// in `.gnu.version`; `.symtab` names may carry one).
-    pub(super) fn lookup(&self, rest: &[u8]) -> Option<(usize, bool)> {
-        if !self.first_bytes[usize::from(*rest.first()?)] {
-            return None;
-        }
+    pub(super) fn exact(&self, rest: &[u8]) -> Option<(usize, bool)> {
         self.interesting.iter().enumerate().find_map(|(i, n)| {
             let tail = rest.strip_prefix(n.as_bytes())?;
             match tail.first() {

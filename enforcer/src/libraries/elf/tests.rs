@@ -3,7 +3,7 @@ use super::*;
 #[test]
 fn name_lookup() {
     let catalog = Catalog::embedded();
-    let names = Names::new(catalog.symbols());
+    let names = Names::new(catalog.symbols(), catalog.symbol_prefixes());
     let lookup = |s: &[u8]| {
         names
             .lookup(s)
@@ -25,6 +25,27 @@ fn name_lookup() {
     assert_eq!(lookup(b"malloc\0"), None);
     assert_eq!(lookup(b""), None);
     assert_eq!(lookup(b"\0"), None);
+    // Prefixed builds (aws-lc-sys, aws-lc-fips-sys).
+    assert_eq!(
+        lookup(b"aws_lc_0_28_0_SSL_write\0"),
+        Some(("SSL_write", true))
+    );
+    assert_eq!(
+        lookup(b"aws_lc_fips_0_13_2_SSL_CTX_new\0"),
+        Some(("SSL_CTX_new", true))
+    );
+    assert_eq!(
+        lookup(b"aws_lc_1_SSL_write_ex\0"),
+        Some(("SSL_write_ex", true))
+    );
+    assert_eq!(lookup(b"aws_lc_0_28_0_\0"), None);
+    assert_eq!(
+        lookup(b"aws_lc_SSL_write\0"),
+        None,
+        "the version is required"
+    );
+    assert_eq!(lookup(b"aws_lc_0_28_0_SSL_writex\0"), None);
+    assert_eq!(lookup(b"aws_lc_0_28_0_malloc\0"), None);
 }
 
 #[test]

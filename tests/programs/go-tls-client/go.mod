@@ -1,0 +1,3 @@
+module enforcer.test/go-tls-client
+
+go 1.17

@@ -1,0 +1,84 @@
+//! Test programs built at test time from `tests/programs/`: a Go HTTPS client (Debian's
+//! `golang-go`, offline, standard library only) and a C client linked statically against
+//! Debian's `libssl.a` / `libcrypto.a` (plus a copy whose symbols carry aws-lc-sys's prefix).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{cmd, sh};
+
+/// `1.19.8` for Debian bookworm's `go`.
+pub fn go_version() -> String {
+    let v = sh(&mut cmd("go", ["env", "GOVERSION"]));
+    v.trim().trim_start_matches("go").to_owned()
+}
+
+/// Builds tests/programs/go-tls-client as `dir/name` with `ldflags`, offline: no module
+/// download, build cache in `dir`.
+pub fn build_go(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
+    let src = crate::workspace().join("tests/programs/go-tls-client");
+    let out = dir.join(name);
+    let mut go = Command::new("go");
+    go.current_dir(&src)
+        .args(["build", "-trimpath", &format!("-ldflags={ldflags}"), "-o"])
+        .arg(&out)
+        .arg(".")
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0");
+    sh(&mut go);
+    out
+}
+
+/// Links tests/programs/static-tls-client against libssl.a and libcrypto.a as `dir/name`.
+pub fn build_static_openssl(dir: &Path, name: &str) -> PathBuf {
+    let src = crate::workspace().join("tests/programs/static-tls-client/client.c");
+    let out = dir.join(name);
+    let lib = "/usr/lib/x86_64-linux-gnu";
+    let mut cc = Command::new("cc");
+    cc.args(["-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg(format!("{lib}/libssl.a"))
+        .arg(format!("{lib}/libcrypto.a"))
+        .args(["-lpthread", "-ldl"]);
+    sh(&mut cc);
+    out
+}
+
+/// A copy of `exe` as `dir/name` whose defined `.symtab` symbols are renamed
+/// `aws_lc_0_28_0_NAME`, as aws-lc-sys (under aws-lc-rs) names every symbol it defines.
+pub fn with_aws_lc_prefix(exe: &Path, dir: &Path, name: &str) -> PathBuf {
+    let mut nm = Command::new("nm");
+    nm.arg("--defined-only").arg(exe);
+    // Local symbols may repeat (one per object file): each name once.
+    let mut names = std::collections::BTreeSet::new();
+    for line in sh(&mut nm).lines() {
+        let mut f = line.split_whitespace().skip(1);
+        if let (Some(kind), Some(sym)) = (f.next(), f.next())
+            && "TtDdBbRr".contains(kind)
+            && !sym.starts_with('_')
+            && !sym.contains('@')
+            && sym != "main"
+        {
+            names.insert(sym.to_owned());
+        }
+    }
+    let map_file = dir.join(format!("{name}.map"));
+    let map: String = names
+        .iter()
+        .map(|n| format!("{n} aws_lc_0_28_0_{n}\n"))
+        .collect();
+    std::fs::write(&map_file, map).expect("write the rename map");
+    let out = dir.join(name);
+    let mut objcopy = Command::new("objcopy");
+    objcopy
+        .arg(format!("--redefine-syms={}", map_file.display()))
+        .arg(exe)
+        .arg(&out);
+    sh(&mut objcopy);
+    out
+}

@@ -1,0 +1,128 @@
+//! Go's `crypto/tls`, compiled into a program: a Go HTTPS client built here from Debian's
+//! `golang-go` (offline, standard library only) is attributed to the family `go` with its Go
+//! version, stripped (`-ldflags=-s -w`) or not, and allowed or dropped as the policy says. The
+//! client is built after the agent started, so the watcher finds it at `exec` and probes it
+//! (entry after the stack check, a uprobe on every `RET`) before it runs.
+
+use std::{net::IpAddr, process::Command, time::Duration};
+
+use enforcer_tests::programs::{build_go, go_version};
+use enforcer_tests::{Agent, Cert, NetNs, Server, require_root, run_with_timeout};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(60);
+const EVENT: Duration = Duration::from_secs(10);
+const CLIENT: Duration = Duration::from_secs(15);
+const PORT: u16 = 8453;
+
+struct Setup {
+    server: Server,
+    _cert: Cert,
+    ns: NetNs,
+    local: IpAddr,
+    dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    require_root();
+    let ns = NetNs::new();
+    let (local, peer) = (IpAddr::V4(ns.host_v4), IpAddr::V4(ns.peer_v4));
+    let cert = Cert::new(&[peer]);
+    let server = Server::www(&ns, peer, PORT, &cert);
+    let dir = tempfile::Builder::new()
+        .prefix("enforcer-go-")
+        .tempdir()
+        .expect("temp dir");
+    Setup {
+        server,
+        _cert: cert,
+        ns,
+        local,
+        dir,
+    }
+}
+
+fn agent(ns: &NetNs, go_action: &str) -> Agent {
+    let policy = format!(
+        "mode: enforce\ndefault: deny\nlibraries:\n  - family: go\n    action: {go_action}\n  - family: openssl\n    action: allow\n"
+    );
+    let mut agent = Agent::with_policy(&ns.host_if, &policy, &[]);
+    agent.wait_ready(READY);
+    agent
+}
+
+/// The connection event of the process `comm` to the server.
+fn connection(agent: &mut Agent, comm: &str, local: IpAddr, server: &Server) -> Value {
+    let (comm, local, remote) = (comm.to_owned(), local.to_string(), server.addr());
+    agent.wait_for(
+        move |v| {
+            v["type"] == "connection"
+                && v["comm"] == comm.as_str()
+                && v["local"]["addr"] == local.as_str()
+                && v["remote"]["addr"] == remote.ip().to_string().as_str()
+                && v["remote"]["port"] == remote.port()
+        },
+        EVENT,
+    )
+}
+
+#[test]
+fn go_client_allowed_and_attributed_stripped_or_not() {
+    let s = setup();
+    let mut agent = agent(&s.ns, "allow");
+    let version = go_version();
+    for (name, ldflags) in [("go-plain", ""), ("go-stripped", "-s -w")] {
+        let exe = build_go(s.dir.path(), name, ldflags);
+        let out = run_with_timeout(
+            Command::new(&exe).arg(s.server.addr().to_string()),
+            b"",
+            CLIENT,
+        );
+        assert!(
+            out.success() && out.stdout_str().contains("s_server"),
+            "{name} must complete: {out:?}\n{}",
+            agent.stderr()
+        );
+        let event = connection(&mut agent, name, s.local, &s.server);
+        assert_eq!(event["verdict"], "allowed", "{name}: {event}");
+        assert_eq!(event["library"]["family"], "go", "{name}: {event}");
+        assert_eq!(
+            event["library"]["version"],
+            version.as_str(),
+            "{name}: {event}"
+        );
+        assert_eq!(
+            event["library"]["path"],
+            exe.to_str().unwrap(),
+            "{name}: {event}"
+        );
+    }
+}
+
+#[test]
+fn go_client_denied_fails_fast() {
+    let s = setup();
+    let mut agent = agent(&s.ns, "deny");
+    let exe = build_go(s.dir.path(), "go-denied", "-s -w");
+    let out = run_with_timeout(
+        Command::new(&exe).arg(s.server.addr().to_string()),
+        b"",
+        CLIENT,
+    );
+    assert!(
+        !out.success(),
+        "the denied Go client must fail: {}\n{}\nevents: {:?}",
+        out.stderr_str(),
+        agent.stderr(),
+        agent.events()
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(2),
+        "the denied Go client took {:?} to fail: {out:?}",
+        out.elapsed
+    );
+    let event = connection(&mut agent, "go-denied", s.local, &s.server);
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    assert_eq!(event["library"]["family"], "go", "{event}");
+    assert_eq!(event["call"], "handshake", "{event}");
+}
