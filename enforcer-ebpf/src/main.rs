@@ -12,9 +12,12 @@
 //! | `tc.rs`      | egress drop                                | —                                   |
 //! | `stats.rs`   | (helpers) counters                         | `STATS`                             |
 //! | `exec.rs`    | new executable files: mmap / exec hooks    | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
+//! | `discover.rs`| `enforcer discover`: uprobes on every function | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod discover;
 #[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]
