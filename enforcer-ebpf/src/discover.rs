@@ -136,25 +136,28 @@ pub fn discover_enter(ctx: ProbeContext) -> u32 {
     // Frames below this call's stack pointer belong to calls that are over (their return probe
     // did not run). Equal stack pointers stay: a tail call enters with its caller's.
     for _ in 0..MAX_DEPTH {
-        let Some(top) = (stack.depth as usize)
-            .checked_sub(1)
-            .and_then(|i| stack.frames.get(i))
-        else {
-            break;
-        };
-        if top.sp >= sp {
+        let depth = stack.depth as usize;
+        if depth == 0 || depth > MAX_DEPTH || stack.frames[slot_of(depth - 1)].sp >= sp {
             break;
         }
         stack.depth -= 1;
     }
-    match stack.frames.get_mut(stack.depth as usize) {
-        Some(frame) => {
-            *frame = Frame { sp, slot, flags };
-            stack.depth += 1;
-        }
-        None => bump_stat(stat::OVERFLOW),
+    let depth = stack.depth as usize;
+    if depth < MAX_DEPTH {
+        stack.frames[slot_of(depth)] = Frame { sp, slot, flags };
+        stack.depth += 1;
+    } else {
+        bump_stat(stat::OVERFLOW);
     }
     0
+}
+
+/// `i` masked into the frame array. The compiler's bounds checks compare one copy of a register
+/// and index with another, which the verifier cannot connect; a mask bounds the index itself
+/// (MAX_DEPTH is a power of two, and callers check `i < MAX_DEPTH` first).
+#[inline(always)]
+fn slot_of(i: usize) -> usize {
+    i & (MAX_DEPTH - 1)
 }
 
 #[uretprobe]
@@ -169,12 +172,11 @@ pub fn discover_exit(ctx: RetProbeContext) -> u32 {
     // Returning pops this call's frame (entered at or below the stack pointer it returns to),
     // the frames of tail calls sharing it, and any deeper leftovers.
     for _ in 0..MAX_DEPTH {
-        let Some(top) = (stack.depth as usize)
-            .checked_sub(1)
-            .and_then(|i| stack.frames.get(i))
-        else {
+        let depth = stack.depth as usize;
+        if depth == 0 || depth > MAX_DEPTH {
             break;
-        };
+        }
+        let top = &stack.frames[slot_of(depth - 1)];
         if top.sp > sp {
             break;
         }
@@ -227,9 +229,7 @@ pub fn on_tcp_io(sk: *const u8, direction: u8) {
         if i >= depth {
             break;
         }
-        let Some(frame) = stack.frames.get_mut(i) else {
-            break;
-        };
+        let frame = &mut stack.frames[slot_of(i)];
         frame.flags |= bit;
         if let Some(h) = hits(frame.slot) {
             h.enclosed[d] += 1;
