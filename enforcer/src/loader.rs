@@ -5,7 +5,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapError},
 };
-use enforcer_common::{SOCK_OFFSETS_GLOBAL, SockOffsets, maps};
+use enforcer_common::{SOCK_OFFSETS_GLOBAL, SockOffsets, discover, maps};
 
 use crate::policy::{Action, Mode};
 
@@ -29,6 +29,9 @@ pub enum LoadError {
 pub fn load(offsets: &SockOffsets) -> Result<Ebpf, LoadError> {
     Ok(EbpfLoader::new()
         .override_global(SOCK_OFFSETS_GLOBAL, offsets, true)
+        // `enforcer discover`'s maps, unused by the agent: one entry each instead of megabytes.
+        .set_max_entries(discover::HITS, 1)
+        .set_max_entries(discover::STACKS, 1)
         .load(OBJECT)?)
 }
 

@@ -184,7 +184,7 @@ fn attach_multi(
                 };
                 AttachFailure {
                     errno,
-                    message: e.to_string(),
+                    message: with_hint(e.to_string(), errno),
                 }
             })?;
             done.links.push(link);
@@ -209,10 +209,9 @@ fn attach_perf(ebpf: &mut Ebpf, targets: &[Target], done: &mut Attached) -> Resu
                 Err(err) => {
                     return Err(AttachFailure {
                         errno: errno_of(&err),
-                        message: format!(
-                            "{}: uprobe at offset {:#x}: {err}",
-                            t.file.display(),
-                            t.offset
+                        message: with_hint(
+                            format!("{}: uprobe at offset {:#x}: {err}", t.file.display(), t.offset),
+                            errno_of(&err),
                         ),
                     });
                 }
@@ -220,6 +219,20 @@ fn attach_perf(ebpf: &mut Ebpf, targets: &[Target], done: &mut Attached) -> Resu
         }
     }
     Ok(())
+}
+
+/// Linux's internal ENOTSUPP, which uprobe registration returns for an instruction it cannot
+/// single-step or emulate.
+const ENOTSUPP: i32 = 524;
+
+fn with_hint(message: String, errno: Option<i32>) -> String {
+    match errno {
+        Some(ENOTSUPP) => format!(
+            "{message}: the kernel cannot probe the first instruction of this function"
+        ),
+        Some(libc::EINVAL) => format!("{message}: the kernel rejects this offset"),
+        _ => message,
+    }
 }
 
 /// The OS error somewhere in `err`'s chain of sources.

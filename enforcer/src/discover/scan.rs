@@ -64,6 +64,8 @@ impl Pass<'_> {
         let mut result = PassResult::default();
         let mut pos = 0;
         let mut with_io = 0;
+        // Every called function's counters on stderr (for debugging a workload).
+        let dump = std::env::var_os("ENFORCER_DISCOVER_DUMP").is_some();
         while pos < indices.len() {
             if let Some(signal) = super::workload::interrupted() {
                 return Err(ScanError::Interrupted(signal));
@@ -123,6 +125,12 @@ impl Pass<'_> {
             for (slot, hits) in read_hits(loaded, slice.len())?.into_iter().enumerate() {
                 if hits.enclosed[0] + hits.enclosed[1] > 0 {
                     with_io += 1;
+                }
+                if dump && hits.calls > 0 {
+                    eprintln!(
+                        "[discover] {}: {hits:?}",
+                        self.scanned.functions[slice[slot]].function.name
+                    );
                 }
                 result.hits.push((slice[slot], hits));
             }
