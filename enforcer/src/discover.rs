@@ -109,7 +109,10 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<()> {
         started,
     };
     let all: Vec<usize> = (0..scanned.functions.len()).collect();
-    let first = pass.run(&mut loaded, &all, &mut chunk)?;
+    let first = match pass.run(&mut loaded, &all, &mut chunk) {
+        Ok(r) => r,
+        Err(e) => return Err(stopped(e, loaded, started)),
+    };
     let candidates: Vec<usize> = first
         .hits
         .iter()
@@ -131,7 +134,10 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<()> {
         label: "final pass",
         ..pass
     };
-    let last = final_pass.run(&mut loaded, &candidates, &mut chunk)?;
+    let last = match final_pass.run(&mut loaded, &candidates, &mut chunk) {
+        Ok(r) => r,
+        Err(e) => return Err(stopped(e, loaded, started)),
+    };
     let hook_form = loaded.hook.form;
     let backend = loaded.backend.name();
     // Closing every link and program before saying how long it took.
@@ -168,6 +174,15 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A scan that ended early: everything is released first, then the error says so.
+fn stopped(err: ScanError, loaded: probes::Loaded, started: Instant) -> anyhow::Error {
+    drop(loaded);
+    anyhow::anyhow!(
+        "{err} after {:.1} s; the workload was killed and every probe removed",
+        started.elapsed().as_secs_f64()
+    )
 }
 
 fn canonical(path: &Path) -> anyhow::Result<PathBuf> {
