@@ -121,8 +121,9 @@ pub fn discover_enter(ctx: ProbeContext) -> u32 {
             };
             // SAFETY: per-CPU scratch, ours for this run.
             unsafe { (*fresh).depth = 0 };
-            // SAFETY: as above; the map copies the value.
-            if DISCOVER_STACKS.insert(tid, unsafe { &*fresh }, 0).is_err() {
+            // SAFETY: as above. By reference: a copy would not fit the 512-byte eBPF stack.
+            let fresh: &Stack = unsafe { &*fresh };
+            if DISCOVER_STACKS.insert(tid, fresh, 0).is_err() {
                 bump_stat(stat::NO_STACK);
                 return 0;
             }

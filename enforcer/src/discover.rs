@@ -81,16 +81,21 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<()> {
     };
     for (i, path) in files.iter().enumerate() {
         let f = symbols::read(path)?;
-        scanned.functions.extend(f.functions.iter().map(|function| ScannedFunction {
-            file: i,
-            function: function.clone(),
-        }));
+        scanned
+            .functions
+            .extend(f.functions.iter().map(|function| ScannedFunction {
+                file: i,
+                function: function.clone(),
+            }));
         scanned.symbols.push(f);
     }
     // Our own mapping of each file: registering a uprobe then checks its instruction at once,
     // so a function that cannot be probed fails its chunk (and is bisected out) instead of being
     // skipped silently when the workload maps the file.
-    let _mappings: Vec<Mapping> = files.iter().map(|p| Mapping::new(p)).collect::<Result<_, _>>()?;
+    let _mappings: Vec<Mapping> = files
+        .iter()
+        .map(|p| Mapping::new(p))
+        .collect::<Result<_, _>>()?;
     raise_fd_limit();
 
     let workload = workload::Workload {
@@ -167,7 +172,10 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.policy_out {
         std::fs::write(path, &text.policy)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("[discover] policy with the profile written to {}", path.display());
+        eprintln!(
+            "[discover] policy with the profile written to {}",
+            path.display()
+        );
     }
     eprintln!(
         "[discover] done in {:.1} s; every probe removed",
@@ -212,9 +220,16 @@ impl Mapping {
             )
         };
         if addr == libc::MAP_FAILED {
-            anyhow::bail!("cannot map {}: {}", path.display(), std::io::Error::last_os_error());
+            anyhow::bail!(
+                "cannot map {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
         }
-        Ok(Mapping { addr, len: len.max(1) })
+        Ok(Mapping {
+            addr,
+            len: len.max(1),
+        })
     }
 }
 

@@ -30,8 +30,8 @@ pub fn load(offsets: &SockOffsets) -> Result<Ebpf, LoadError> {
     Ok(EbpfLoader::new()
         .override_global(SOCK_OFFSETS_GLOBAL, offsets, true)
         // `enforcer discover`'s maps, unused by the agent: one entry each instead of megabytes.
-        .set_max_entries(discover::HITS, 1)
-        .set_max_entries(discover::STACKS, 1)
+        .map_max_entries(discover::HITS, 1)
+        .map_max_entries(discover::STACKS, 1)
         .load(OBJECT)?)
 }
 

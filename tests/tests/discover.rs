@@ -77,29 +77,44 @@ fn discovers_openssl_and_the_profile_attributes_its_connections() {
         names(&candidates(&report, "read")),
     );
     assert!(
-        handshake.iter().any(|n| n == "SSL_connect" || n == "SSL_do_handshake"),
+        handshake
+            .iter()
+            .any(|n| n == "SSL_connect" || n == "SSL_do_handshake"),
         "no handshake entry in {handshake:?}:\n{report}"
     );
     assert!(
-        write.iter().any(|n| n == "SSL_write" || n == "SSL_write_ex"),
+        write
+            .iter()
+            .any(|n| n == "SSL_write" || n == "SSL_write_ex"),
         "no SSL_write in {write:?}:\n{report}"
     );
     assert!(
         read.iter().any(|n| n == "SSL_read" || n == "SSL_read_ex"),
         "no SSL_read in {read:?}:\n{report}"
     );
-    assert!(report.contains("took "), "it says how long it took:\n{report}");
-    assert!(out.stderr_str().contains("chunk 1 of"), "progress: {}", out.stderr_str());
+    assert!(
+        report.contains("took "),
+        "it says how long it took:\n{report}"
+    );
+    assert!(
+        out.stderr_str().contains("chunk 1 of"),
+        "progress: {}",
+        out.stderr_str()
+    );
     eprintln!("discover took {took:?}");
 
     // The generated policy is accepted as is.
     let check = run_with_timeout(
-        &mut cmd(enforcer_bin().to_str().unwrap(), ["policy", "check"]).arg(&policy),
+        cmd(enforcer_bin().to_str().unwrap(), ["policy", "check"]).arg(&policy),
         b"",
         Duration::from_secs(10),
     );
     assert!(check.success(), "policy check: {}", check.stderr_str());
-    assert!(check.stdout_str().contains(FAMILY), "{}", check.stdout_str());
+    assert!(
+        check.stdout_str().contains(FAMILY),
+        "{}",
+        check.stdout_str()
+    );
 
     // An agent with it attributes curl's connection to the discovered family: the policy's
     // catalog families are tried before the built-in `openssl`, which identifies the same file.
@@ -123,7 +138,11 @@ fn discovers_openssl_and_the_profile_attributes_its_connections() {
     );
     assert_eq!(event["library"]["family"], FAMILY, "{event}");
     assert_eq!(event["library"]["path"], LIBSSL, "{event}");
-    assert_eq!(event["local"]["addr"], ns.host_v4.to_string().as_str(), "{event}");
+    assert_eq!(
+        event["local"]["addr"],
+        ns.host_v4.to_string().as_str(),
+        "{event}"
+    );
     assert!(event["local"]["port"].as_u64().unwrap_or(0) > 0, "{event}");
     assert_eq!(event["verdict"], "allowed", "{event}");
 }
@@ -135,7 +154,9 @@ fn interrupted_scan_kills_its_workload_and_leaves_no_probe() {
     // A workload that outlives the test unless it is killed; its argument makes it findable.
     let marker = format!("{}.25", 4000 + std::process::id() % 1000);
     let mut child = Command::new(enforcer_bin())
-        .args(["discover", "--lib", LIBSSL, "--chunk", "64", "--", "sleep", &marker])
+        .args([
+            "discover", "--lib", LIBSSL, "--chunk", "64", "--", "sleep", &marker,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -148,8 +169,11 @@ fn interrupted_scan_kills_its_workload_and_leaves_no_probe() {
     });
     // Mid-scan: the first chunk is probed and its workload runs.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !(sleep_running(&marker) && !discover_programs().is_empty()) {
-        assert!(Instant::now() < deadline, "the scan never reached its workload");
+    while !sleep_running(&marker) || discover_programs().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the scan never reached its workload"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: plain syscall on our child.
@@ -159,7 +183,10 @@ fn interrupted_scan_kills_its_workload_and_leaves_no_probe() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(stopped.elapsed() < Duration::from_secs(10), "no exit after SIGINT");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "no exit after SIGINT"
+        );
         thread::sleep(Duration::from_millis(10));
     };
     let text = reader.join().unwrap();
@@ -208,7 +235,14 @@ mod bpf {
 
     fn sys(cmd: i64, attr: &mut [u64; 16]) -> i64 {
         // SAFETY: attr is a zeroed, large enough bpf_attr for these commands.
-        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of::<[u64; 16]>()) }
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr.as_mut_ptr(),
+                size_of::<[u64; 16]>(),
+            )
+        }
     }
 
     pub fn program_names() -> Vec<String> {
@@ -247,5 +281,8 @@ mod bpf {
 
 #[test]
 fn libssl_is_where_the_test_expects_it() {
-    assert!(Path::new(LIBSSL).exists(), "{LIBSSL} missing: install libssl3");
+    assert!(
+        Path::new(LIBSSL).exists(),
+        "{LIBSSL} missing: install libssl3"
+    );
 }

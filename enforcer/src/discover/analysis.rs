@@ -135,12 +135,12 @@ mod tests {
     #[test]
     fn curl_like_run() {
         let hits = [
-            (1, h([3, 4], 2, 0, 1), true), // SSL_connect: handshake
-            (2, h([1, 0], 0, 1, 0), true), // SSL_write
-            (3, h([0, 5], 0, 0, 5), true), // SSL_read
-            (4, h([1, 0], 0, 1, 0), true), // SSL_shutdown: a write too
+            (1, h([3, 4], 2, 0, 1), true),  // SSL_connect: handshake
+            (2, h([1, 0], 0, 1, 0), true),  // SSL_write
+            (3, h([0, 5], 0, 0, 5), true),  // SSL_read
+            (4, h([1, 0], 0, 1, 0), true),  // SSL_shutdown: a write too
             (5, h([9, 9], 0, 0, 0), false), // inner, never outermost in reality: not exported
-            (6, h([0, 0], 0, 0, 0), true), // never credited
+            (6, h([0, 0], 0, 0, 0), true),  // never credited
         ];
         let e = entries(&hits);
         let roles: Vec<(usize, Role, bool)> = e.iter().map(|e| (e.index, e.role, e.kept)).collect();
@@ -163,7 +163,11 @@ mod tests {
             (2, h([2, 0], 0, 2, 0), true),
             (3, h([5, 0], 0, 5, 0), true),
         ];
-        let kept: Vec<usize> = entries(&hits).iter().filter(|e| e.kept).map(|e| e.index).collect();
+        let kept: Vec<usize> = entries(&hits)
+            .iter()
+            .filter(|e| e.kept)
+            .map(|e| e.index)
+            .collect();
         assert_eq!(kept, vec![1, 3]);
     }
 

@@ -74,8 +74,7 @@ pub fn load(choice: HookChoice) -> anyhow::Result<Loaded> {
     for name in [ENTER, EXIT] {
         uprobe(&mut ebpf, name)?.load()?;
     }
-    let (backend, multi_error) = match multi::load_programs(&ebpf, loader::OBJECT, &[ENTER, EXIT])
-    {
+    let (backend, multi_error) = match multi::load_programs(&ebpf, loader::OBJECT, &[ENTER, EXIT]) {
         Ok(fds) => {
             let mut fds = fds.into_iter();
             match (fds.next(), fds.next()) {
@@ -144,10 +143,7 @@ impl AttachFailure {
 
 /// Entry and return probes on all `targets`, or none (whatever this call attached is released
 /// on failure).
-pub fn attach(
-    loaded: &mut Loaded,
-    targets: &[Target],
-) -> Result<Attached, AttachFailure> {
+pub fn attach(loaded: &mut Loaded, targets: &[Target]) -> Result<Attached, AttachFailure> {
     let mut done = Attached::default();
     let result = match &loaded.backend {
         Backend::Multi { enter, exit } => attach_multi(enter, exit, targets, &mut done),
@@ -193,7 +189,11 @@ fn attach_multi(
     Ok(())
 }
 
-fn attach_perf(ebpf: &mut Ebpf, targets: &[Target], done: &mut Attached) -> Result<(), AttachFailure> {
+fn attach_perf(
+    ebpf: &mut Ebpf,
+    targets: &[Target],
+    done: &mut Attached,
+) -> Result<(), AttachFailure> {
     for t in targets {
         for name in [ENTER, EXIT] {
             let point = UProbeAttachPoint {
@@ -210,7 +210,11 @@ fn attach_perf(ebpf: &mut Ebpf, targets: &[Target], done: &mut Attached) -> Resu
                     return Err(AttachFailure {
                         errno: errno_of(&err),
                         message: with_hint(
-                            format!("{}: uprobe at offset {:#x}: {err}", t.file.display(), t.offset),
+                            format!(
+                                "{}: uprobe at offset {:#x}: {err}",
+                                t.file.display(),
+                                t.offset
+                            ),
                             errno_of(&err),
                         ),
                     });
@@ -227,9 +231,9 @@ const ENOTSUPP: i32 = 524;
 
 fn with_hint(message: String, errno: Option<i32>) -> String {
     match errno {
-        Some(ENOTSUPP) => format!(
-            "{message}: the kernel cannot probe the first instruction of this function"
-        ),
+        Some(ENOTSUPP) => {
+            format!("{message}: the kernel cannot probe the first instruction of this function")
+        }
         Some(libc::EINVAL) => format!("{message}: the kernel rejects this offset"),
         _ => message,
     }

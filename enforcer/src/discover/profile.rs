@@ -40,7 +40,13 @@ pub fn default_id(file_name: &str) -> String {
     let clean: String = stem
         .chars()
         .map(|c| c.to_ascii_lowercase())
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let mut id = format!("discovered-{clean}");
     id.truncate(MAX_ID_LEN);
@@ -71,7 +77,12 @@ fn list(items: &[String]) -> String {
 
 /// The `catalog:` section.
 pub fn render(input: &ProfileInput) -> String {
-    let defines_lib = |s: &str| input.lib_exported.binary_search_by(|n| n.as_str().cmp(s)).is_ok();
+    let defines_lib = |s: &str| {
+        input
+            .lib_exported
+            .binary_search_by(|n| n.as_str().cmp(s))
+            .is_ok()
+    };
     let defines_comp = |s: &str| {
         input
             .companion_exported
@@ -99,12 +110,20 @@ pub fn render(input: &ProfileInput) -> String {
     let _ = writeln!(out, "catalog:\n  families:\n    - id: {}", input.id);
     let _ = writeln!(out, "      description: {}", quote(&input.description));
     let _ = writeln!(out, "      identify:");
-    match known.and_then(|f| f.identify.iter().find(|a| {
-        a.all.iter().all(|s| defines_lib(s)) && !a.none.iter().any(|s| defines_lib(s))
-    })) {
+    match known.and_then(|f| {
+        f.identify.iter().find(|a| {
+            a.all.iter().all(|s| defines_lib(s)) && !a.none.iter().any(|s| defines_lib(s))
+        })
+    }) {
         Some(alt) => {
             let mut all = alt.all.clone();
-            all.extend(self_probes.iter().filter(|s| !all.contains(s)).cloned().collect::<Vec<_>>());
+            all.extend(
+                self_probes
+                    .iter()
+                    .filter(|s| !all.contains(s))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
             let _ = writeln!(
                 out,
                 "        # what the built-in family '{}' recognises, plus the probed symbols",
@@ -134,14 +153,24 @@ pub fn render(input: &ProfileInput) -> String {
         None => true,
     };
     if builtin_companion_usable {
-        companion.extend(builtin_companion.iter().filter(|s| !companion.contains(s)).cloned().collect::<Vec<_>>());
+        companion.extend(
+            builtin_companion
+                .iter()
+                .filter(|s| !companion.contains(s))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
     }
     if !companion.is_empty() {
         let _ = writeln!(out, "      companion: {}", list(&companion));
     }
     let _ = writeln!(out, "      probes:");
     for p in input.probes {
-        let place = if p.in_companion { ", in: companion" } else { "" };
+        let place = if p.in_companion {
+            ", in: companion"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
             "        - {{ symbol: {}, op: {}{place} }}   # {}",
@@ -154,7 +183,9 @@ pub fn render(input: &ProfileInput) -> String {
         .map(|f| f.version.clone())
         .unwrap_or_default()
         .into_iter()
-        .filter(|v| v.place == Place::SelfFile || (builtin_companion_usable && !companion.is_empty()))
+        .filter(|v| {
+            v.place == Place::SelfFile || (builtin_companion_usable && !companion.is_empty())
+        })
         .collect();
     if !versions.is_empty() {
         let _ = writeln!(out, "      version:");
@@ -163,7 +194,11 @@ pub fn render(input: &ProfileInput) -> String {
                 Place::SelfFile => "self",
                 Place::Companion => "companion",
             };
-            let _ = writeln!(out, "        - {{ in: {place}, prefix: {} }}", quote(&v.prefix));
+            let _ = writeln!(
+                out,
+                "        - {{ in: {place}, prefix: {} }}",
+                quote(&v.prefix)
+            );
         }
     }
     out
@@ -191,7 +226,13 @@ mod tests {
 
     #[test]
     fn openssl_profile_is_a_valid_catalog_that_wins_over_the_builtin() {
-        let lib = names(&["OPENSSL_init_ssl", "SSL_CTX_new", "SSL_write", "SSL_read", "SSL_connect"]);
+        let lib = names(&[
+            "OPENSSL_init_ssl",
+            "SSL_CTX_new",
+            "SSL_write",
+            "SSL_read",
+            "SSL_connect",
+        ]);
         let probes = [
             probe("SSL_connect", "handshake", false),
             probe("SSL_write", "write", false),
@@ -205,7 +246,9 @@ mod tests {
             probes: &probes,
             header: &["a header".into()],
         });
-        let doc = format!("mode: audit\ndefault: deny\nlibraries:\n  - family: discovered-libssl\n    action: allow\n{text}");
+        let doc = format!(
+            "mode: audit\ndefault: deny\nlibraries:\n  - family: discovered-libssl\n    action: allow\n{text}"
+        );
         let p = policy::parse(&doc, "test.yaml").unwrap_or_else(|e| panic!("{e}\n{doc}"));
         let cat = &p.catalog;
         let fam = cat
@@ -239,7 +282,13 @@ mod tests {
         let fam = p.catalog.family("discovered-libssl3").unwrap().clone();
         assert!(fam.companion.contains(&"PR_Write".to_string()));
         assert!(fam.companion.contains(&"PR_GetVersion".to_string()));
-        assert_eq!(fam.probes.iter().filter(|p| p.place == Place::Companion).count(), 2);
+        assert_eq!(
+            fam.probes
+                .iter()
+                .filter(|p| p.place == Place::Companion)
+                .count(),
+            2
+        );
     }
 
     #[test]

@@ -30,7 +30,11 @@ pub fn header(scanned: &Scanned, loaded: &Loaded, workload: &Workload) {
             s.functions.len(),
             exported,
             s.functions.len() - exported,
-            if s.has_symtab { " from .symtab" } else { "; no .symtab" },
+            if s.has_symtab {
+                " from .symtab"
+            } else {
+                "; no .symtab"
+            },
             s.skipped_ifunc,
             s.skipped_no_code,
             s.aliases
@@ -171,7 +175,10 @@ impl Report<'_> {
             .filter(|(_, h)| h.innermost[0] + h.innermost[1] > 0)
             .collect();
         inner.sort_by_key(|(i, h)| (std::cmp::Reverse(h.innermost[0] + h.innermost[1]), *i));
-        let _ = writeln!(w, "\ninnermost probed functions at the TCP calls (internal):");
+        let _ = writeln!(
+            w,
+            "\ninnermost probed functions at the TCP calls (internal):"
+        );
         for (i, h) in inner.iter().take(8) {
             let _ = writeln!(
                 w,
@@ -188,7 +195,10 @@ impl Report<'_> {
             self.first.unprobeable.len() + ifunc
         );
         if !self.single_chunk_final {
-            let _ = writeln!(w, "note: the final pass needed several chunks; roles are per chunk.");
+            let _ = writeln!(
+                w,
+                "note: the final pass needed several chunks; roles are per chunk."
+            );
         }
         if probes.is_empty() {
             anyhow::bail!("{out}\nno exported entry point was found: no profile can name one");

@@ -81,7 +81,11 @@ impl Pass<'_> {
                         file: self.scanned.files[f.file].clone(),
                         offset: f.function.offset,
                         cookie: slot as u64
-                            | if f.function.exported { COOKIE_EXPORTED } else { 0 },
+                            | if f.function.exported {
+                                COOKIE_EXPORTED
+                            } else {
+                                0
+                            },
                     }
                 })
                 .collect();
@@ -188,7 +192,11 @@ fn reset(loaded: &mut Loaded, slots: usize) -> anyhow::Result<()> {
     let mut hits: PerCpuArray<&mut MapData, FnHits> =
         PerCpuArray::try_from(map(loaded, discover::HITS)?)?;
     for slot in 0..slots as u32 {
-        hits.set(slot, PerCpuValues::try_from(vec![FnHits::default(); cpus])?, 0)?;
+        hits.set(
+            slot,
+            PerCpuValues::try_from(vec![FnHits::default(); cpus])?,
+            0,
+        )?;
     }
     let mut stats: PerCpuArray<&mut MapData, u64> =
         PerCpuArray::try_from(map(loaded, discover::STATS)?)?;
