@@ -130,9 +130,16 @@ pub fn parse(data: &[u8]) -> Result<Functions, String> {
                 out.skipped_no_code += 1;
                 continue;
             };
-            if let Some(existing) = by_offset.get(&offset) {
+            if let Some(existing) = by_offset.get_mut(&offset) {
                 if existing.name != name {
                     out.aliases += 1;
+                    // The name a caller would use: exported, and public (`write`, not `__write`).
+                    let better = (exported, !name.starts_with('_'))
+                        > (existing.exported, !existing.name.starts_with('_'));
+                    if better {
+                        existing.name = name.to_owned();
+                        existing.exported = exported;
+                    }
                 }
                 continue;
             }
