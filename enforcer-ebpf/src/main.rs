@@ -14,11 +14,14 @@
 //! | `client_hello.rs` | (called by `tc.rs`) ClientHello: SNI, unattributed TLS, name scopes | `SERVER_NAME_RULES`, `HELLOS_SEEN`, `HELLO_SCRATCH` |
 //! | `stats.rs`   | (helpers) counters                         | `STATS`                             |
 //! | `exec.rs`    | new executable files: mmap / exec hooks    | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
+//! | `discover.rs`| `enforcer discover`: uprobes on every function | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod client_hello;
+#[cfg(target_arch = "bpf")]
+mod discover;
 #[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]

@@ -48,6 +48,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Called by every kernel TCP hook form with the socket being read or written.
 #[inline(always)]
 pub fn on_tcp_io(sk: *const u8, direction: u8) {
+    // `enforcer discover` only; pruned by the verifier in the agent.
+    crate::discover::on_tcp_io(sk, direction);
     // Fast path: most TCP I/O happens outside any probed TLS call.
     let Some(call) = tls::innermost_call() else {
         return;

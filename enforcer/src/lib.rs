@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod btf;
 pub mod catalog;
+pub mod discover;
 pub mod events;
 pub mod explain;
 pub mod family;

@@ -8,7 +8,9 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use enforcer_common::{HelloPolicy, SOCK_OFFSETS_GLOBAL, ServerNameKey, SockOffsets, hello, maps};
+use enforcer_common::{
+    HelloPolicy, SOCK_OFFSETS_GLOBAL, ServerNameKey, SockOffsets, discover, hello, maps,
+};
 
 use crate::libraries::Library;
 use crate::policy::{Action, Decision, Mode, Policy};
@@ -33,6 +35,9 @@ pub enum LoadError {
 pub fn load(offsets: &SockOffsets) -> Result<Ebpf, LoadError> {
     Ok(EbpfLoader::new()
         .override_global(SOCK_OFFSETS_GLOBAL, offsets, true)
+        // `enforcer discover`'s maps, unused by the agent: one entry each instead of megabytes.
+        .map_max_entries(discover::HITS, 1)
+        .map_max_entries(discover::STACKS, 1)
         .load(OBJECT)?)
 }
 
