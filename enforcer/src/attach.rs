@@ -145,12 +145,7 @@ fn attach_libraries(
             Ok(functions) => {
                 let version = lib.identity.version.as_deref().unwrap_or("unknown");
                 info!(id = lib.id, family = %lib.family, version, path = %lib.path.display(), functions, action = %decision.action, rule_line = ?decision.rule_line, "library probed");
-                let info = LibInfo {
-                    family: lib.family.clone(),
-                    path: lib.path.display().to_string(),
-                    version: lib.identity.version.clone(),
-                };
-                covered.insert(lib.id, info);
+                covered.insert(lib.id, LibInfo::of(lib));
             }
             Err(err) => error!("library not covered: {:#}", anyhow::Error::from(err)),
         }
