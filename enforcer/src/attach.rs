@@ -24,7 +24,8 @@ use crate::{
     hooks::{self, HookChoice},
     iface,
     libraries::{self, DiscoverOptions},
-    loader, policy, tc, uprobes,
+    loader, policy, tc,
+    uprobes::Prober,
     watcher::{self, Watcher},
 };
 
@@ -72,7 +73,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
 
     let mut ebpf = loader::load(&offsets)?;
     loader::set_mode(&mut ebpf, mode)?;
-    let covered = attach_libraries(&mut ebpf, &policy, &libs)?;
+    let prober = Prober::new(&mut ebpf)?;
+    let covered = attach_libraries(&mut ebpf, &prober, &policy, &libs)?;
 
     let btf = Btf::from_sys_fs().ok();
     let hook = hooks::attach_choice(&mut ebpf, args.kernel_hook, btf.as_ref())?;
@@ -98,6 +100,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     libraries: &libs,
                     reporter: reporter.clone(),
                     pause: true,
+                    prober,
                 },
             );
             reporter.lifecycle(json!({
@@ -115,15 +118,14 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             tokio::task::block_in_place(|| watcher.stop());
             (result, watcher)
         }
-        Err(err) => (Err(err), Watcher::hold(ebpf)),
+        Err(err) => (Err(err), Watcher::hold(ebpf, prober)),
     };
     for filter in filters {
         if let Err(err) = filter.detach(&handle).await {
             error!("detaching the tc filter failed: {err}");
         }
     }
-    // Dropping the object (the watcher owns it) detaches the uprobes, hooks and XDP links (this is where exit time
-    // goes: the kernel unregisters uprobes one grace period at a time).
+    // Dropping the watcher drops the object and the prober: uprobes, hooks and XDP links go.
     drop(watcher);
     info!("detached");
     result
@@ -133,21 +135,21 @@ pub async fn run(args: AttachArgs) -> Result<()> {
 /// reported and left out; the run goes on for the others.
 fn attach_libraries(
     ebpf: &mut Ebpf,
+    prober: &Prober,
     policy: &policy::Policy,
     libs: &[libraries::Library],
 ) -> Result<HashMap<u32, LibInfo>> {
-    uprobes::load(ebpf)?;
     let mut covered = HashMap::new();
     for lib in libs {
         let decision = policy.decide(lib);
         loader::set_library_action(ebpf, lib.id, decision.action)?;
-        match uprobes::attach_library(ebpf, lib) {
+        match prober.attach(lib, || &mut *ebpf) {
             Ok(functions) => {
                 let version = lib.identity.version.as_deref().unwrap_or("unknown");
                 info!(id = lib.id, family = %lib.family, version, path = %lib.path.display(), functions, action = %decision.action, rule_line = ?decision.rule_line, "library probed");
                 covered.insert(lib.id, LibInfo::of(lib));
             }
-            Err(err) => error!("library not covered: {:#}", anyhow::Error::from(err)),
+            Err(err) => error!("library not covered: {err:#}"),
         }
     }
     if covered.is_empty() {

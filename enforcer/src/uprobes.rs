@@ -1,97 +1,112 @@
-//! Attaches the TLS uprobes: for each library file, an entry and a return probe on each of its
-//! TLS functions, with the library id and call kind as the attach cookie. A uprobe lives on the
-//! file (inode), so every process mapping it, now or later, is covered by one attachment.
+//! Attaches the TLS uprobes of a library: an entry and a return probe on each of its TLS
+//! functions, with the library id and call kind as the attach cookie. A uprobe lives on the file
+//! (inode), so every process mapping it, now or later, is covered by one attachment.
+//!
+//! [`Prober`] takes one `uprobe_multi` link per file and direction where the kernel has them
+//! (6.6+, see `multi`), else two perf-event uprobes per function through aya (`perf`). The
+//! difference is exit time: releasing a perf-event uprobe waits a grace period under a global
+//! mutex (0.1 to 0.2 s each, one after the other), a `uprobe_multi` link one grace period for all
+//! its functions, and releases from several threads overlap.
 
-use aya::{
-    Ebpf,
-    programs::{
-        ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-    },
+pub mod multi;
+mod perf;
+
+use std::{
+    ops::DerefMut,
+    os::fd::OwnedFd,
+    sync::{Mutex, PoisonError},
+    thread,
+    time::Instant,
 };
-use enforcer_common::cookie;
 
-use crate::libraries::Library;
+use aya::Ebpf;
+use tracing::{info, warn};
 
-const ENTRY: &str = "tls_enter";
-const RETURN: &str = "tls_exit";
+pub use perf::UprobeError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum UprobeError {
-    #[error("program {0} is missing from the eBPF object")]
-    Missing(&'static str),
-    #[error("loading {program} failed: {source}")]
-    Load {
-        program: &'static str,
-        source: Box<ProgramError>,
-    },
-    #[error("{path}: attaching to {symbol} (file offset {offset:#x}) failed: {source}")]
-    Attach {
-        path: String,
-        symbol: String,
-        offset: u64,
-        source: Box<ProgramError>,
-    },
+use crate::{libraries::Library, loader};
+
+/// Threads that release `uprobe_multi` links at the end.
+const RELEASE_THREADS: usize = 32;
+
+/// Probes libraries, and owns the `uprobe_multi` links until it is dropped (perf-event uprobes
+/// belong to the `Ebpf` object).
+pub struct Prober {
+    multi: Option<multi::TlsPrograms>,
+    links: Mutex<Vec<OwnedFd>>,
 }
 
-/// Loads both programs. Called once, before any `attach_library`.
-pub fn load(ebpf: &mut Ebpf) -> Result<(), UprobeError> {
-    for name in [ENTRY, RETURN] {
-        program(ebpf, name)?
-            .load()
-            .map_err(|source| UprobeError::Load {
-                program: name,
-                source: Box::new(source),
-            })?;
-    }
-    Ok(())
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, UprobeError> {
-    let program = ebpf.program_mut(name).ok_or(UprobeError::Missing(name))?;
-    program.try_into().map_err(|source| UprobeError::Load {
-        program: name,
-        source: Box::new(source),
-    })
-}
-
-/// Attaches entry and return probes to every probe target of `lib`; returns how many functions
-/// were probed. All or nothing: a half-probed library would be attributed only some of the time,
-/// so on failure the probes already attached to it are detached and the caller reports the
-/// library as not covered.
-///
-/// Cost: each probe is a perf-event link; the kernel serialises uprobe (un)registration behind a
-/// grace period (about 0.15 s per probe on 6.18), which dominates start-up and exit time. One
-/// `uprobe_multi` link per file would batch that, but aya 0.14 cannot load a program with that
-/// attach type (see docs/architecture.md, "Known limits").
-pub fn attach_library(ebpf: &mut Ebpf, lib: &Library) -> Result<usize, UprobeError> {
-    let mut links = Vec::new();
-    for target in &lib.probes {
-        let value = cookie::encode(lib.id, target.op);
-        for name in [ENTRY, RETURN] {
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(target.file_offset),
-                cookie: Some(value),
-            };
-            let file = lib.probe_path(target);
-            let attached = program(ebpf, name)?.attach(point, file, UProbeScope::AllProcesses);
-            match attached {
-                Ok(link) => links.push((name, link)),
-                Err(source) => {
-                    for (name, link) in links {
-                        if let Ok(p) = program(ebpf, name) {
-                            let _ = p.detach(link);
-                        }
-                    }
-                    return Err(UprobeError::Attach {
-                        path: file.display().to_string(),
-                        symbol: target.symbol.clone(),
-                        offset: target.file_offset,
-                        source: Box::new(source),
-                    });
-                }
+impl Prober {
+    /// Loads the TLS programs through aya, and their `uprobe_multi` copies if the kernel takes
+    /// them (else says why and falls back to perf-event uprobes).
+    pub fn new(ebpf: &mut Ebpf) -> Result<Prober, UprobeError> {
+        perf::load(ebpf)?;
+        let multi = match multi::TlsPrograms::load(ebpf, loader::OBJECT) {
+            Ok(programs) => Some(programs),
+            Err(err) => {
+                warn!("libraries get perf-event uprobes (slow to detach): {err}");
+                None
             }
+        };
+        Ok(Prober {
+            multi,
+            links: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A prober that owns nothing and attaches with perf-event uprobes only.
+    pub fn none() -> Prober {
+        Prober {
+            multi: None,
+            links: Mutex::new(Vec::new()),
         }
     }
-    Ok(lib.probes.len())
+
+    /// `uprobe_multi` (true) or perf-event uprobes (false).
+    pub fn uses_multi(&self) -> bool {
+        self.multi.is_some()
+    }
+
+    /// Probes every target of `lib`; returns how many functions. All or nothing. `ebpf` is only
+    /// called for the perf-event fallback (those links belong to the object).
+    pub fn attach<E: DerefMut<Target = Ebpf>>(
+        &self,
+        lib: &Library,
+        ebpf: impl FnOnce() -> E,
+    ) -> anyhow::Result<usize> {
+        if let Some(programs) = &self.multi {
+            match programs.attach(lib) {
+                Ok(links) => {
+                    lock(&self.links).extend(links);
+                    return Ok(lib.probes.len());
+                }
+                Err(err) => warn!("{err}: trying perf-event uprobes"),
+            }
+        }
+        Ok(perf::attach_library(&mut ebpf(), lib)?)
+    }
+}
+
+impl Drop for Prober {
+    /// Each release waits for a grace period, and releases do not exclude each other: from many
+    /// threads at once the waits overlap.
+    fn drop(&mut self) {
+        let started = Instant::now();
+        let mut links = std::mem::take(&mut *lock(&self.links));
+        let count = links.len();
+        let per_thread = count.div_ceil(RELEASE_THREADS).max(1);
+        thread::scope(|scope| {
+            while !links.is_empty() {
+                let chunk: Vec<OwnedFd> = links.drain(..per_thread.min(links.len())).collect();
+                scope.spawn(move || drop(chunk));
+            }
+        });
+        if count > 0 {
+            info!(links = count, elapsed = ?started.elapsed(), "uprobe_multi links released");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

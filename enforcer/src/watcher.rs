@@ -41,14 +41,13 @@
 
 mod files;
 pub mod kernel;
-mod multi;
 mod resume;
 #[cfg(test)]
 mod tests;
 
 use std::{
     collections::HashMap,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     sync::{
         Arc, Condvar, Mutex, PoisonError,
@@ -73,11 +72,10 @@ use crate::{
     libraries::{self, DiscoverOptions, Library},
     loader,
     policy::Policy,
-    uprobes,
+    uprobes::Prober,
 };
 
 use files::Found;
-use multi::MultiPrograms;
 use resume::{Pidfd, Resumer};
 
 /// Longest a process stays paused: past it, it is resumed even if its file is not probed yet.
@@ -124,6 +122,8 @@ pub struct Setup<'a> {
     pub reporter: Reporter,
     /// Pause processes that map unknown files (else only report and probe them).
     pub pause: bool,
+    /// Probed the start-up libraries; probes new ones.
+    pub prober: Prober,
 }
 
 /// The running watcher. It owns the `Ebpf` object from its start on (it attaches uprobes to new
@@ -156,19 +156,12 @@ struct Shared {
     stats: Stats,
     /// Event-driven jobs queued or running: the start-up sweep waits while there are any.
     urgent: AtomicUsize,
-    /// `uprobe_multi` copies of the TLS programs (`None`: perf-event uprobes through aya).
-    multi: Option<MultiPrograms>,
-    /// The `uprobe_multi` links of new libraries.
-    links: Mutex<Vec<OwnedFd>>,
+    /// Probes new libraries; owns the `uprobe_multi` links of start-up and new libraries.
+    prober: Prober,
 }
 
 impl Shared {
-    fn new(
-        ebpf: Ebpf,
-        policy: Policy,
-        reporter: Reporter,
-        multi: Option<MultiPrograms>,
-    ) -> Arc<Shared> {
+    fn new(ebpf: Ebpf, policy: Policy, reporter: Reporter, prober: Prober) -> Arc<Shared> {
         Arc::new(Shared {
             ebpf: Mutex::new(ebpf),
             known: Mutex::new(None),
@@ -179,8 +172,7 @@ impl Shared {
             reporter,
             stats: Stats::default(),
             urgent: AtomicUsize::new(0),
-            multi,
-            links: Mutex::new(Vec::new()),
+            prober,
         })
     }
 }
@@ -224,14 +216,7 @@ impl Watcher {
             examined.insert((lib.dev, lib.ino), Examined::Library(lib.id));
         }
         let maps = take_maps(&mut ebpf);
-        let multi = match MultiPrograms::load(&ebpf, loader::OBJECT) {
-            Ok(multi) => Some(multi),
-            Err(err) => {
-                warn!("new libraries get perf-event uprobes (slow to detach): {err}");
-                None
-            }
-        };
-        let shared = Shared::new(ebpf, setup.policy.clone(), setup.reporter, multi);
+        let shared = Shared::new(ebpf, setup.policy.clone(), setup.reporter, setup.prober);
         *lock(&shared.examined) = examined;
         shared.next_id.store(next_id, Ordering::Relaxed);
         let mut watcher = Watcher {
@@ -256,13 +241,13 @@ impl Watcher {
         watcher
     }
 
-    /// A watcher that watches nothing and only holds `ebpf` (the agent is shutting down before
-    /// it was ready): dropping it drops the object.
-    pub fn hold(ebpf: Ebpf) -> Watcher {
+    /// A watcher that watches nothing and only holds `ebpf` and `prober` (the agent is shutting
+    /// down before it was ready): dropping it drops both.
+    pub fn hold(ebpf: Ebpf, prober: Prober) -> Watcher {
         let reporter = Reporter::new(HashMap::new(), crate::events::EventFormat::Text);
         Watcher {
             status: Status::Off("not started".into()),
-            shared: Shared::new(ebpf, crate::policy::embedded_default(), reporter, None),
+            shared: Shared::new(ebpf, crate::policy::embedded_default(), reporter, prober),
             running: None,
         }
     }
@@ -307,28 +292,12 @@ impl Watcher {
 }
 
 impl Drop for Watcher {
+    /// Hooks off and paused processes resumed; the object and the prober (with every uprobe) go
+    /// when the last reference to `shared` does, right after.
     fn drop(&mut self) {
         self.stop();
-        // Each release waits for a grace period, and releases do not exclude each other: from
-        // many threads at once the waits overlap.
-        let started = Instant::now();
-        let mut links = std::mem::take(&mut *lock(&self.shared.links));
-        let count = links.len();
-        let per_thread = count.div_ceil(DETACH_THREADS).max(1);
-        thread::scope(|scope| {
-            while !links.is_empty() {
-                let chunk: Vec<OwnedFd> = links.drain(..per_thread.min(links.len())).collect();
-                scope.spawn(move || drop(chunk));
-            }
-        });
-        if count > 0 {
-            info!(links = count, elapsed = ?started.elapsed(), "uprobe_multi links of new libraries released");
-        }
     }
 }
-
-/// Threads that release `uprobe_multi` links at the end.
-const DETACH_THREADS: usize = 32;
 
 struct Maps {
     ring: RingBuf<MapData>,
@@ -626,19 +595,9 @@ fn probe_new_library(shared: &Shared, lib: &Library, origin: &Origin<'_>) {
             ..LibInfo::of(lib)
         },
     );
-    let multi = shared.multi.as_ref().map(|m| m.attach(lib));
-    let probed: Result<usize> = match (ready, multi) {
-        (Err(err), _) => Err(err.into()),
-        (Ok(()), Some(Ok(links))) => {
-            lock(&shared.links).extend(links);
-            Ok(lib.probes.len())
-        }
-        (Ok(()), multi) => {
-            if let Some(Err(err)) = multi {
-                warn!("{err}: trying perf-event uprobes");
-            }
-            uprobes::attach_library(&mut lock(&shared.ebpf), lib).map_err(Into::into)
-        }
+    let probed: Result<usize> = match ready {
+        Err(err) => Err(err.into()),
+        Ok(()) => shared.prober.attach(lib, || lock(&shared.ebpf)),
     };
     let since_us = origin
         .since_ns

@@ -27,8 +27,9 @@ pub fn enforcer_bin() -> PathBuf {
     bin
 }
 
-/// How long a clean exit may take. Most of it is the kernel unregistering uprobes, one grace
-/// period (about 0.15 s on 6.18) per probe, and other tests' library copies add probes.
+/// How long a clean exit may take. With `uprobe_multi` (6.6+) about a second; on older kernels
+/// the kernel unregisters perf-event uprobes one grace period (about 0.15 s) per probe, and
+/// other tests' library copies add probes.
 const EXIT_BUDGET: Duration = Duration::from_secs(60);
 
 /// The agent process. Drop: SIGTERM, up to `EXIT_BUDGET` to exit, then SIGKILL.

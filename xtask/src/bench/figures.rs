@@ -877,13 +877,14 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
         flows_left.clone(),
     );
     let mut m_cpu = Metric::new(
-        "agent CPU (user + system, /proc/PID/stat)",
-        "s or %",
+        "agent CPU time (user + system, /proc/PID/stat)",
+        "s per run",
         Better::Neither,
         false,
     );
     m_cpu.row("CPU seconds per run", cpu_s);
-    m_cpu.row("% of one core over the run", cpu_pct);
+    let mut m_share = Metric::new("agent CPU share", "% of one core", Better::Neither, false);
+    m_share.row("over the run", cpu_pct);
     let mut m_mem = Metric::new("agent peak RSS (VmHWM)", "MiB", Better::Lower, true);
     m_mem.row("after ready (idle)", vec![hwm_ready as f64 / 1048576.0]);
     m_mem.row("after each churn run", hwm);
@@ -904,7 +905,7 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
              connections made. RSS after ready: {:.1} MiB.",
             rss_ready as f64 / 1048576.0
         ),
-        metrics: vec![m_rate, m_attr, m_lost, m_cpu, m_mem],
+        metrics: vec![m_rate, m_attr, m_lost, m_cpu, m_share, m_mem],
         ..Default::default()
     };
     if median(&flows_left).is_some_and(|x| x > 0.0) {

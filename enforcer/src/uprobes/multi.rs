@@ -9,10 +9,13 @@
 //! A `uprobe_multi` link carries all the functions of one file (each with its own cookie) and is
 //! released with one grace period, without `event_mutex`: releases from several threads overlap.
 //!
-//! The programs are the very `tls_enter` / `tls_exit` of `enforcer-ebpf/src/tls.rs`, loaded a
-//! second time with the attach type `uprobe_multi` needs (aya 0.14 cannot load that type). They
-//! use the maps aya created (found through the ids of aya's own copies of the programs), so both
-//! copies share one per-thread call stack.
+//! The programs are ones aya already loaded as plain uprobes (`tls_enter` / `tls_exit` of
+//! `enforcer-ebpf/src/tls.rs`, or any other), loaded a second time with the attach type
+//! `uprobe_multi` needs (aya 0.14 cannot load that type). They use the maps aya created (found
+//! through the ids of aya's own copies of the programs), so both copies share their maps.
+//!
+//! [`load_programs`] and [`link`] are the general pieces; [`TlsPrograms`] applies them to a
+//! library's probe targets.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -60,53 +63,79 @@ pub enum MultiError {
     Link { path: String, source: io::Error },
 }
 
+/// Loads the programs `names` of `object` (the eBPF object `ebpf` was loaded from) for
+/// `uprobe_multi` links, in the order given. Aya's own copies of them must be loaded already:
+/// they tell which maps to share.
+pub fn load_programs(
+    ebpf: &Ebpf,
+    object: &[u8],
+    names: &[&'static str],
+) -> Result<Vec<OwnedFd>, MultiError> {
+    let maps = shared_maps(ebpf, names)?;
+    let mut obj = Object::parse(object).map_err(|e| MultiError::Parse(e.to_string()))?;
+    obj.programs
+        .retain(|name, _| names.contains(&name.as_str()));
+    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+    // Maps the two programs do not use get an invalid fd: if they did use one, loading fails
+    // (and the caller falls back to perf-event uprobes), it never points at a wrong map.
+    let objmaps: Vec<(String, RawFd, aya_obj::Map)> = obj
+        .maps
+        .iter()
+        .map(|(name, map)| {
+            let fd = maps
+                .get(name.as_str())
+                .map_or(-1, |m| m.fd().as_fd().as_raw_fd());
+            (name.clone(), fd, map.clone())
+        })
+        .collect();
+    obj.relocate_maps(
+        objmaps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+        &text_sections,
+    )
+    .map_err(|e| MultiError::Relocate("maps", e.to_string()))?;
+    obj.relocate_calls(&text_sections)
+        .map_err(|e| MultiError::Relocate("calls", e.to_string()))?;
+    let load = |name: &'static str| {
+        let program = obj.programs.get(name).ok_or(MultiError::NotLoaded(name))?;
+        let function = obj
+            .functions
+            .get(&program.function_key())
+            .ok_or(MultiError::NotLoaded(name))?;
+        load_program(name, &function.instructions, &program.license)
+    };
+    names.iter().map(|name| load(name)).collect()
+}
+
+/// One `uprobe_multi` link of `prog` on `offsets` of `file`, each with its cookie; `ret`: return
+/// probes (`BPF_F_UPROBE_MULTI_RETURN`). All offsets attach or none do.
+pub fn link(
+    prog: &OwnedFd,
+    file: &Path,
+    offsets: &[u64],
+    cookies: &[u64],
+    ret: bool,
+) -> Result<OwnedFd, MultiError> {
+    let flags = if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 };
+    link_create(prog, file, offsets, cookies, flags).map_err(|source| MultiError::Link {
+        path: file.display().to_string(),
+        source,
+    })
+}
+
 /// `tls_enter` and `tls_exit`, loaded for `uprobe_multi` links.
-pub struct MultiPrograms {
+pub struct TlsPrograms {
     enter: OwnedFd,
     exit: OwnedFd,
 }
 
-impl MultiPrograms {
-    /// `object`: the eBPF object `ebpf` was loaded from. Aya's own `tls_enter` / `tls_exit` must
-    /// be loaded (they tell which maps to share).
-    pub fn load(ebpf: &Ebpf, object: &[u8]) -> Result<MultiPrograms, MultiError> {
-        let maps = shared_maps(ebpf)?;
-        let mut obj = Object::parse(object).map_err(|e| MultiError::Parse(e.to_string()))?;
-        obj.programs
-            .retain(|name, _| name == ENTRY || name == RETURN);
-        let text_sections: HashSet<usize> =
-            obj.functions.keys().map(|(section, _)| *section).collect();
-        // Maps the two programs do not use get an invalid fd: if they did use one, loading fails
-        // (and the watcher falls back to perf-event uprobes), it never points at a wrong map.
-        let objmaps: Vec<(String, RawFd, aya_obj::Map)> = obj
-            .maps
-            .iter()
-            .map(|(name, map)| {
-                let fd = maps
-                    .get(name.as_str())
-                    .map_or(-1, |m| m.fd().as_fd().as_raw_fd());
-                (name.clone(), fd, map.clone())
-            })
-            .collect();
-        obj.relocate_maps(
-            objmaps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
-            &text_sections,
-        )
-        .map_err(|e| MultiError::Relocate("maps", e.to_string()))?;
-        obj.relocate_calls(&text_sections)
-            .map_err(|e| MultiError::Relocate("calls", e.to_string()))?;
-        let load = |name: &'static str| {
-            let program = obj.programs.get(name).ok_or(MultiError::NotLoaded(name))?;
-            let function = obj
-                .functions
-                .get(&program.function_key())
-                .ok_or(MultiError::NotLoaded(name))?;
-            load_program(name, &function.instructions, &program.license)
-        };
-        Ok(MultiPrograms {
-            enter: load(ENTRY)?,
-            exit: load(RETURN)?,
-        })
+impl TlsPrograms {
+    /// Aya's own `tls_enter` / `tls_exit` must be loaded (`uprobes::load`).
+    pub fn load(ebpf: &Ebpf, object: &[u8]) -> Result<TlsPrograms, MultiError> {
+        let mut fds = load_programs(ebpf, object, &[ENTRY, RETURN])?.into_iter();
+        match (fds.next(), fds.next()) {
+            (Some(enter), Some(exit)) => Ok(TlsPrograms { enter, exit }),
+            _ => Err(MultiError::NotLoaded(ENTRY)),
+        }
     }
 
     /// Entry and return links on every probe target of `lib` (one pair per file: the library,
@@ -128,24 +157,21 @@ impl MultiPrograms {
         }
         let mut links = Vec::new();
         for (file, offsets, cookies) in &by_file {
-            for (prog, flags) in [(&self.enter, 0), (&self.exit, BPF_F_UPROBE_MULTI_RETURN)] {
-                let link = link_create(prog, file, offsets, cookies, flags).map_err(|source| {
-                    MultiError::Link {
-                        path: file.display().to_string(),
-                        source,
-                    }
-                })?;
-                links.push(link);
+            for (prog, ret) in [(&self.enter, false), (&self.exit, true)] {
+                links.push(link(prog, file, offsets, cookies, ret)?);
             }
         }
         Ok(links)
     }
 }
 
-/// The maps aya's own `tls_enter` and `tls_exit` use, by name.
-fn shared_maps(ebpf: &Ebpf) -> Result<HashMap<String, MapData>, MultiError> {
+/// The maps aya's own copies of `names` use, by name.
+fn shared_maps(
+    ebpf: &Ebpf,
+    names: &[&'static str],
+) -> Result<HashMap<String, MapData>, MultiError> {
     let mut maps = HashMap::new();
-    for name in [ENTRY, RETURN] {
+    for &name in names {
         let program = ebpf.program(name).ok_or(MultiError::NotLoaded(name))?;
         let info = program
             .info()
