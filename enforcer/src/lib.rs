@@ -2,10 +2,12 @@
 //!
 //! The library holds every part; `main.rs` is only the command line. See docs/architecture.md.
 
+pub mod agent_loop;
 pub mod attach;
 pub mod btf;
 pub mod catalog;
 pub mod control;
+pub mod detach;
 pub mod events;
 pub mod explain;
 pub mod family;

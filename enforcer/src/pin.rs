@@ -183,18 +183,6 @@ impl PinDir {
     }
 }
 
-/// Ids of links pinned under `dir` (to tell which links of ours still need pinning).
-pub fn pinned_link_ids(dir: &PinDir) -> Vec<u32> {
-    let Ok(links) = dir.pinned_links() else {
-        return Vec::new();
-    };
-    links
-        .iter()
-        .filter_map(|l| obj_get(&l.path).ok())
-        .filter_map(|fd| link_id_of(fd.as_fd()).ok())
-        .collect()
-}
-
 /// Removes a pinned link file: the link goes once nothing else holds it (detached).
 pub fn unpin(path: &Path) -> Result<(), PinError> {
     match std::fs::remove_file(path) {
@@ -327,18 +315,16 @@ fn link_fd_by_id(id: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The kernel id of the link behind `fd` (`BPF_OBJ_GET_INFO_BY_FD`).
-pub fn link_id_of(fd: BorrowedFd<'_>) -> io::Result<u32> {
+/// The kernel id of the bpf object (link or program) behind `fd` (`BPF_OBJ_GET_INFO_BY_FD`):
+/// `struct bpf_link_info` and `struct bpf_prog_info` both start with `type`, `id`.
+fn obj_id_of(fd: BorrowedFd<'_>) -> io::Result<u32> {
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    /// `struct bpf_link_info`: type, id, prog_id, then a union (largest member 32 bytes here).
+    /// The first 8 bytes of either info struct; the kernel copies at most `info_len` bytes.
     #[repr(C)]
     #[derive(Default)]
-    struct LinkInfo {
+    struct Head {
         kind: u32,
         id: u32,
-        prog_id: u32,
-        _pad: u32,
-        _union: [u64; 6],
     }
     #[repr(C)]
     #[derive(Default)]
@@ -347,14 +333,49 @@ pub fn link_id_of(fd: BorrowedFd<'_>) -> io::Result<u32> {
         info_len: u32,
         info: u64,
     }
-    let mut info = LinkInfo::default();
+    let mut head = Head::default();
     let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of::<LinkInfo>() as u32,
-        info: &mut info as *mut LinkInfo as u64,
+        info_len: size_of::<Head>() as u32,
+        info: &mut head as *mut Head as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info.id)
+    Ok(head.id)
+}
+
+pub fn link_id_of(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    obj_id_of(fd)
+}
+
+pub fn prog_id_of(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    obj_id_of(fd)
+}
+
+/// Programs whose links `--pin` keeps: every loaded program of the object except XDP (its link
+/// is pinned per interface), tc (a netlink filter, no link) and the watcher's new-file hooks
+/// (they pause processes; only a running agent resumes them), plus `extra` (the `uprobe_multi`
+/// copies of the TLS programs).
+pub fn datapath_programs(ebpf: &aya::Ebpf, extra: &[BorrowedFd<'_>]) -> Vec<u32> {
+    const NOT_PINNED: [&str; 4] = ["enforcer_ingress", "enforcer_egress", "watch_mmap", "watch_exec"];
+    let mut ids: Vec<u32> = ebpf
+        .programs()
+        .filter(|(name, _)| !NOT_PINNED.contains(name))
+        .filter_map(|(_, p)| p.info().ok())
+        .map(|info| info.id())
+        .collect();
+    ids.extend(extra.iter().filter_map(|fd| prog_id_of(*fd).ok()));
+    ids
+}
+
+/// Pins every link of `programs` not pinned yet; returns how many it pinned now.
+pub fn sweep(dir: &PinDir, programs: &[u32]) -> Result<usize, PinError> {
+    let mut pinned = 0;
+    for id in links_of_programs(programs) {
+        if dir.pin_link_id(id)? {
+            pinned += 1;
+        }
+    }
+    Ok(pinned)
 }
 
 /// Ids of every link in the kernel whose program is one of `program_ids`.

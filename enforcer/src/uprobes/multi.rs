@@ -129,6 +129,11 @@ pub struct TlsPrograms {
 }
 
 impl TlsPrograms {
+    /// Entry and return program.
+    pub fn fds(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
+        [self.enter.as_fd(), self.exit.as_fd()]
+    }
+
     /// Aya's own `tls_enter` / `tls_exit` must be loaded (`uprobes::load`).
     pub fn load(ebpf: &Ebpf, object: &[u8]) -> Result<TlsPrograms, MultiError> {
         let mut fds = load_programs(ebpf, object, &[ENTRY, RETURN])?.into_iter();
