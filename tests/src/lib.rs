@@ -9,6 +9,7 @@ mod cert;
 mod host_lock;
 mod netns;
 mod process;
+pub mod schema;
 mod server;
 
 pub use agent::{Agent, enforcer_bin};
