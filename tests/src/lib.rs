@@ -9,6 +9,7 @@ mod cert;
 mod host_lock;
 mod netns;
 mod process;
+pub mod ops;
 pub mod schema;
 mod server;
 
