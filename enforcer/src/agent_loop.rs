@@ -112,7 +112,10 @@ impl Running {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sighup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(TICK);
-        let mut fingerprint = self.reload.as_ref().and_then(|c| reload::fingerprint(&c.path));
+        let mut fingerprint = self
+            .reload
+            .as_ref()
+            .and_then(|c| reload::fingerprint(&c.path));
         let mut pressure = Pressure::default();
         let events = events::run(ring, self.reporter.clone());
         tokio::pin!(events);
@@ -169,7 +172,10 @@ impl Running {
             Ok(new) => new,
             Err(err) => {
                 let message = err.to_string();
-                error!(why, "policy reload rejected, the policy in force stays: {message}");
+                error!(
+                    why,
+                    "policy reload rejected, the policy in force stays: {message}"
+                );
                 counters.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 self.reporter
                     .lifecycle(reload::rejected_record(&config.path, &message));
@@ -184,7 +190,15 @@ impl Running {
         });
         match applied {
             Ok(summary) => {
-                info!(why, mode = summary.mode, actions_changed = summary.actions_changed, flows_reevaluated = summary.flows_reevaluated, newly_blocked = summary.newly_blocked, newly_unblocked = summary.newly_unblocked, "policy reloaded");
+                info!(
+                    why,
+                    mode = summary.mode,
+                    actions_changed = summary.actions_changed,
+                    flows_reevaluated = summary.flows_reevaluated,
+                    newly_blocked = summary.newly_blocked,
+                    newly_unblocked = summary.newly_unblocked,
+                    "policy reloaded"
+                );
                 counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 let record = reload::applied_record(&config.path, &summary);
                 self.reporter.lifecycle(record.clone());
@@ -226,7 +240,12 @@ impl Running {
         if full > pressure.full_seen {
             let failed = full - pressure.full_seen;
             pressure.full_seen = full;
-            warn!(failed, entries = blocked, max, "BLOCKLIST full: denied flows could not be blocked (fail-open); raise --blocklist-max");
+            warn!(
+                failed,
+                entries = blocked,
+                max,
+                "BLOCKLIST full: denied flows could not be blocked (fail-open); raise --blocklist-max"
+            );
             self.reporter
                 .lifecycle(record("full", json!({"failed_inserts": failed})));
         }
@@ -291,7 +310,10 @@ impl Earlier {
                 if let Err(err) =
                     tc::remove_named(handle, ifindex, crate::attach::TC_FILTER_NAME).await
                 {
-                    warn!(ifindex, "removing the earlier run's tc filter failed: {err}");
+                    warn!(
+                        ifindex,
+                        "removing the earlier run's tc filter failed: {err}"
+                    );
                 }
             }
             match pin::unpin(&link.path) {

@@ -98,7 +98,6 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             .with_context(|| format!("opening the events file {}", path.display()))?,
         None => reporter,
     };
-    let control = control::bind(&args.control_socket)?;
     let metrics = match args.metrics {
         Some(addr) => Some(
             metrics::bind(addr)
@@ -122,11 +121,19 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     };
     let mut ebpf = loader::load_with(&offsets, &load)?;
     for (map, asked, actual) in loader::pinned_size_mismatches(&ebpf, &load) {
-        warn!(map, asked, actual, "pinned map reused with its earlier size; `enforcer detach --pin` first to resize");
+        warn!(
+            map,
+            asked,
+            actual,
+            "pinned map reused with its earlier size; `enforcer detach --pin` first to resize"
+        );
     }
     let mut live = LiveMaps::open(&ebpf)?;
     // With pinned maps, library ids continue after the earlier runs' (their flows keep theirs).
-    let earlier = pin.as_ref().map(|dir| Earlier::read(dir, &live)).transpose()?;
+    let earlier = pin
+        .as_ref()
+        .map(|dir| Earlier::read(dir, &live))
+        .transpose()?;
     if let Some(earlier) = &earlier {
         for lib in &mut libs {
             lib.id += earlier.max_lib_id;
@@ -161,8 +168,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     )
     .await;
     let programs = pin::datapath_programs(&ebpf, &prober.program_fds());
+    // Bound once attached: an agent that cannot attach fails for that reason, not this one.
+    let result = result.and_then(|()| control::bind(&args.control_socket));
+    let served_control = result.is_ok();
     let (result, watcher) = match result {
-        Ok(()) => {
+        Ok(control) => {
             if let (Some(dir), Some(earlier)) = (&pin, &earlier) {
                 // Ours are attached: the earlier run's links can go (no gap), and what we have
                 // is pinned at once (a SIGKILL right after `ready` leaves enforcement in place).
@@ -216,7 +226,9 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             (Err(err), Watcher::hold(ebpf, prober))
         }
     };
-    let _ = std::fs::remove_file(&args.control_socket);
+    if served_control {
+        let _ = std::fs::remove_file(&args.control_socket);
+    }
     let persist = pin.is_some() && result.is_ok();
     if persist {
         // Pinned: the tc filter stays with the pinned links and maps (see `pin`).
@@ -233,7 +245,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     drop(watcher);
     info!(
         "{}",
-        if persist { "exited, pinned state kept" } else { "detached" }
+        if persist {
+            "exited, pinned state kept"
+        } else {
+            "detached"
+        }
     );
     result
 }
@@ -298,8 +314,9 @@ async fn attach_interfaces(
                 .with_context(|| format!("opening the pinned XDP link of {name}"))?;
             let link = XdpLink::try_from(FdLink::from(link))
                 .with_context(|| format!("pinned XDP link of {name}"))?;
-            xdp.attach_to_link(link)
-                .with_context(|| format!("replacing the program of the pinned XDP link of {name}"))?;
+            xdp.attach_to_link(link).with_context(|| {
+                format!("replacing the program of the pinned XDP link of {name}")
+            })?;
             info!(iface = %name, "XDP: took over the pinned link");
             continue;
         }
@@ -310,10 +327,9 @@ async fn attach_interfaces(
             })?,
         };
         if let Some(dir) = pin {
-            let link: FdLink = xdp
-                .take_link(id)?
-                .try_into()
-                .with_context(|| format!("XDP on {name} is not a bpf link (kernel < 5.9?): cannot pin it"))?;
+            let link: FdLink = xdp.take_link(id)?.try_into().with_context(|| {
+                format!("XDP on {name} is not a bpf link (kernel < 5.9?): cannot pin it")
+            })?;
             let path = dir.xdp_path(*index);
             // Pinned, the link outlives the fd we drop here.
             link.pin(&path)

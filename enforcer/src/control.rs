@@ -87,7 +87,8 @@ pub async fn serve(listener: UnixListener, handler: Handler) {
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
+            let mut reader =
+                tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
             let got = tokio::time::timeout(TIMEOUT, reader.read_line(&mut line)).await;
             let response = match got {
                 Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
@@ -155,7 +156,10 @@ pub fn status_text(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
     out.push_str(&format!(
         "agent pid {} up {} s, mode {}, policy {}\n",
-        v["pid"], v["uptime_s"], s("mode"), s("policy")
+        v["pid"],
+        v["uptime_s"],
+        s("mode"),
+        s("policy")
     ));
     out.push_str(&format!(
         "kernel hook: {} (targets {})\n",
@@ -172,12 +176,17 @@ pub fn status_text(v: &Value) -> String {
     ));
     out.push_str(&format!(
         "pinned: {}\n",
-        v["pin"].as_str().unwrap_or("no (everything goes when the agent exits)")
+        v["pin"]
+            .as_str()
+            .unwrap_or("no (everything goes when the agent exits)")
     ));
     let c = &v["counters"];
     out.push_str(&format!(
         "flows {} / {}, blocklist {} / {}\n",
-        v["maps"]["flows"], v["maps"]["flows_max"], v["maps"]["blocklist"], v["maps"]["blocklist_max"]
+        v["maps"]["flows"],
+        v["maps"]["flows_max"],
+        v["maps"]["blocklist"],
+        v["maps"]["blocklist_max"]
     ));
     out.push_str(&format!(
         "drops: xdp {}, tc {}; flows attributed {}; ring buffer lost {}; blocklist full {}\n",

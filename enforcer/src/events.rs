@@ -5,8 +5,8 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
     io::Write,
-    path::Path,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::{Duration, SystemTime},
 };

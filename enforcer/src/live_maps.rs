@@ -138,9 +138,7 @@ impl LiveMaps {
             ..FlowState::default()
         });
         state.verdict = verdict::BLOCKED;
-        self.flows
-            .insert(flow, state, 0)
-            .map_err(err(maps::FLOWS))
+        self.flows.insert(flow, state, 0).map_err(err(maps::FLOWS))
     }
 
     /// Takes `flow` out of the blocklist and marks it allowed in FLOWS (the kernel hook leaves a
@@ -167,9 +165,7 @@ impl LiveMaps {
             return Ok(());
         };
         state.verdict = value;
-        self.flows
-            .insert(flow, state, 0)
-            .map_err(err(maps::FLOWS))
+        self.flows.insert(flow, state, 0).map_err(err(maps::FLOWS))
     }
 
     pub fn set_action(&mut self, lib_id: u32, action: u8) -> Result<(), LiveMapError> {

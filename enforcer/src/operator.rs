@@ -119,7 +119,11 @@ impl Operator {
             let maps = self.maps();
             (maps.stats(), maps.fill())
         };
-        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let i = &self.info;
         json!({
             "ok": true,

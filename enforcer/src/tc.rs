@@ -152,7 +152,8 @@ pub async fn replace_egress(
     prog_fd: BorrowedFd<'_>,
     name: &str,
 ) -> Result<EgressFilter, TcError> {
-    let mut filter = add_egress(handle, ifindex, prog_fd, name, NLM_F_CREATE | NLM_F_REPLACE).await?;
+    let mut filter =
+        add_egress(handle, ifindex, prog_fd, name, NLM_F_CREATE | NLM_F_REPLACE).await?;
     filter.created_qdisc = false;
     Ok(filter)
 }

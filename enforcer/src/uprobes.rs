@@ -64,7 +64,9 @@ impl Prober {
 
     /// The `uprobe_multi` programs (none for the perf-event fallback): `--pin` pins their links.
     pub fn program_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
-        self.multi.as_ref().map_or_else(Vec::new, |m| m.fds().to_vec())
+        self.multi
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.fds().to_vec())
     }
 
     /// `uprobe_multi` (true) or perf-event uprobes (false).

@@ -8,8 +8,8 @@ mod agent;
 mod cert;
 mod host_lock;
 mod netns;
-mod process;
 pub mod ops;
+mod process;
 pub mod schema;
 mod server;
 

@@ -48,7 +48,10 @@ pub fn scrape(addr: &str) -> String {
     stream.read_to_string(&mut response).expect("read response");
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "metrics: {head}");
-    assert!(head.contains("text/plain; version=0.0.4"), "metrics content type: {head}");
+    assert!(
+        head.contains("text/plain; version=0.0.4"),
+        "metrics content type: {head}"
+    );
     body.to_string()
 }
 

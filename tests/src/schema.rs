@@ -20,7 +20,9 @@ pub fn validate_event(schema: &Value, record: &Value) -> Result<(), String> {
         .ok_or_else(|| format!("record without a string `type`: {record}"))?;
     let def = &schema["$defs"][kind];
     if def.is_null() {
-        return Err(format!("record type {kind:?} is not in the schema: {record}"));
+        return Err(format!(
+            "record type {kind:?} is not in the schema: {record}"
+        ));
     }
     check(def, record, kind)
 }
@@ -54,13 +56,22 @@ fn check(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
                 let (Some(n), Some(bound)) = (value.as_f64(), rule.as_f64()) else {
                     continue; // null where null is allowed
                 };
-                let ok = if key == "minimum" { n >= bound } else { n <= bound };
+                let ok = if key == "minimum" {
+                    n >= bound
+                } else {
+                    n <= bound
+                };
                 if !ok {
                     return Err(format!("{at}: {n} violates {key} {bound}"));
                 }
             }
             "required" => {
-                for name in rule.as_array().into_iter().flatten().filter_map(Value::as_str) {
+                for name in rule
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
                     if value.get(name).is_none() {
                         return Err(format!("{at}: missing key {name:?} in {value}"));
                     }

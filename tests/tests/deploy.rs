@@ -29,8 +29,11 @@ fn systemd_unit_verifies() {
     let dir = tempfile::tempdir().expect("temp dir");
     let copy = dir.path().join("enforcer.service");
     let bin = enforcer_bin();
-    std::fs::write(&copy, unit.replace("/usr/local/bin/enforcer", &bin.display().to_string()))
-        .expect("write the unit copy");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/enforcer", &bin.display().to_string()),
+    )
+    .expect("write the unit copy");
     let out = cmd("systemd-analyze", ["verify"])
         .arg(&copy)
         .output()
@@ -57,8 +60,15 @@ fn check_agent_args(args: &[&str]) {
     c.args(["--iface", "enforcer-no-such-if0"]);
     let out = c.output().expect("run enforcer");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "the agent rejected {args:?}: {stderr}");
-    assert!(!stderr.contains("Usage:"), "usage error for {args:?}: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the agent rejected {args:?}: {stderr}"
+    );
+    assert!(
+        !stderr.contains("Usage:"),
+        "usage error for {args:?}: {stderr}"
+    );
 }
 
 #[test]
@@ -74,23 +84,49 @@ fn containerfile_has_a_build_and_a_runtime_stage() {
             (op.to_string(), rest.to_string())
         })
         .collect();
-    let known = ["FROM", "RUN", "WORKDIR", "COPY", "ENTRYPOINT", "CMD", "ENV", "ARG", "LABEL"];
+    let known = [
+        "FROM",
+        "RUN",
+        "WORKDIR",
+        "COPY",
+        "ENTRYPOINT",
+        "CMD",
+        "ENV",
+        "ARG",
+        "LABEL",
+    ];
     for (op, _) in &instructions {
         assert!(known.contains(&op.as_str()), "unknown instruction {op}");
     }
-    let froms: Vec<&String> = instructions.iter().filter(|(o, _)| o == "FROM").map(|(_, r)| r).collect();
+    let froms: Vec<&String> = instructions
+        .iter()
+        .filter(|(o, _)| o == "FROM")
+        .map(|(_, r)| r)
+        .collect();
     assert_eq!(froms.len(), 2, "a build and a runtime stage: {froms:?}");
-    assert!(froms[0].ends_with("AS build"), "first stage is named build: {}", froms[0]);
     assert!(
-        instructions.iter().any(|(o, r)| o == "RUN" && r.contains("cargo build --release -p enforcer")),
+        froms[0].ends_with("AS build"),
+        "first stage is named build: {}",
+        froms[0]
+    );
+    assert!(
+        instructions
+            .iter()
+            .any(|(o, r)| o == "RUN" && r.contains("cargo build --release -p enforcer")),
         "the build stage builds the agent"
     );
     assert!(
-        instructions.iter().any(|(o, r)| o == "COPY" && r.starts_with("--from=build") && r.ends_with("/usr/local/bin/enforcer")),
+        instructions.iter().any(|(o, r)| o == "COPY"
+            && r.starts_with("--from=build")
+            && r.ends_with("/usr/local/bin/enforcer")),
         "the runtime stage copies the binary from the build stage"
     );
-    let entry = instructions.iter().find(|(o, _)| o == "ENTRYPOINT").expect("ENTRYPOINT");
-    let entry: Vec<String> = serde_json::from_str(&entry.1).expect("ENTRYPOINT in exec (JSON) form");
+    let entry = instructions
+        .iter()
+        .find(|(o, _)| o == "ENTRYPOINT")
+        .expect("ENTRYPOINT");
+    let entry: Vec<String> =
+        serde_json::from_str(&entry.1).expect("ENTRYPOINT in exec (JSON) form");
     assert_eq!(entry, ["/usr/local/bin/enforcer"]);
     let cmd_line = instructions.iter().find(|(o, _)| o == "CMD").expect("CMD");
     let args: Vec<String> = serde_json::from_str(&cmd_line.1).expect("CMD in exec (JSON) form");
@@ -115,12 +151,20 @@ fn daemonset_is_privileged_on_the_host_with_bpffs() {
     assert_eq!(spec["hostNetwork"].as_bool(), Some(true), "hostNetwork");
     assert_eq!(spec["hostPID"].as_bool(), Some(true), "hostPID");
     let container = &spec["containers"][0];
-    assert_eq!(container["securityContext"]["privileged"].as_bool(), Some(true));
+    assert_eq!(
+        container["securityContext"]["privileged"].as_bool(),
+        Some(true)
+    );
     let mounts: Vec<(&str, &str)> = container["volumeMounts"]
         .as_sequence()
         .expect("volumeMounts")
         .iter()
-        .map(|m| (m["name"].as_str().unwrap_or(""), m["mountPath"].as_str().unwrap_or("")))
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or(""),
+                m["mountPath"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     let volumes = spec["volumes"].as_sequence().expect("volumes");
     for (name, path) in &mounts {
@@ -129,15 +173,29 @@ fn daemonset_is_privileged_on_the_host_with_bpffs() {
             .find(|v| v["name"].as_str() == Some(name))
             .unwrap_or_else(|| panic!("mount {name} has no volume"));
         if let Some(host) = volume["hostPath"]["path"].as_str() {
-            assert_eq!(host, *path, "hostPath {name} is mounted where the host has it");
+            assert_eq!(
+                host, *path,
+                "hostPath {name} is mounted where the host has it"
+            );
         }
     }
-    for needed in ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/kernel/btf", "/etc/enforcer"] {
-        assert!(mounts.iter().any(|(_, p)| *p == needed), "no mount at {needed}: {mounts:?}");
+    for needed in [
+        "/sys/fs/bpf",
+        "/sys/kernel/tracing",
+        "/sys/kernel/btf",
+        "/etc/enforcer",
+    ] {
+        assert!(
+            mounts.iter().any(|(_, p)| *p == needed),
+            "no mount at {needed}: {mounts:?}"
+        );
     }
     let bpffs = container["volumeMounts"]
         .as_sequence()
-        .and_then(|m| m.iter().find(|m| m["mountPath"].as_str() == Some("/sys/fs/bpf")))
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["mountPath"].as_str() == Some("/sys/fs/bpf"))
+        })
         .expect("bpffs mount");
     assert_eq!(
         bpffs["mountPropagation"].as_str(),
@@ -156,8 +214,12 @@ fn daemonset_is_privileged_on_the_host_with_bpffs() {
         .find(|w| w[0] == "--policy")
         .map(|w| w[1])
         .expect("--policy");
-    let key = policy.strip_prefix("/etc/enforcer/").expect("policy under /etc/enforcer");
-    let embedded = docs[1]["data"][key].as_str().expect("ConfigMap holds the policy file");
+    let key = policy
+        .strip_prefix("/etc/enforcer/")
+        .expect("policy under /etc/enforcer");
+    let embedded = docs[1]["data"][key]
+        .as_str()
+        .expect("ConfigMap holds the policy file");
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join(key);
     std::fs::write(&file, embedded).expect("write policy");

@@ -50,9 +50,10 @@ fn gnutls_once(peer: SocketAddr, input: &[u8]) -> enforcer_tests::Outcome {
 }
 
 fn flow_of<'a>(flows: &'a Value, family: &str, remote: SocketAddr) -> Option<&'a Value> {
-    flows["flows"].as_array()?.iter().find(|f| {
-        f["library"]["family"] == family && f["remote"] == remote.to_string().as_str()
-    })
+    flows["flows"]
+        .as_array()?
+        .iter()
+        .find(|f| f["library"]["family"] == family && f["remote"] == remote.to_string().as_str())
 }
 
 #[test]
@@ -84,7 +85,10 @@ fn reload_operator_commands_events_file_and_metrics() {
         ],
     );
     let ready = agent.wait_ready(READY);
-    let metrics = ready["metrics"].as_str().expect("ready names the metrics address").to_string();
+    let metrics = ready["metrics"]
+        .as_str()
+        .expect("ready names the metrics address")
+        .to_string();
 
     // status: what is attached and how.
     let status = ctl(&socket, &["status"]);
@@ -97,7 +101,10 @@ fn reload_operator_commands_events_file_and_metrics() {
     let mut gnutls = LongClient::gnutls(long_gnutls.addr());
     assert!(gnutls.send(b"gnutls-before\n"));
     long_gnutls.wait_received(b"gnutls-before", EVENT);
-    let event = agent.wait_for(|v| v["type"] == "connection" && v["comm"] == "gnutls-cli", EVENT);
+    let event = agent.wait_for(
+        |v| v["type"] == "connection" && v["comm"] == "gnutls-cli",
+        EVENT,
+    );
     assert_eq!(event["verdict"], "allowed", "{event}");
     let flows = ctl(&socket, &["flows"]);
     let flow = flow_of(&flows, "gnutls", long_gnutls.addr())
@@ -113,16 +120,35 @@ fn reload_operator_commands_events_file_and_metrics() {
     let reload = agent.wait_for(|v| v["type"] == "reload", EVENT);
     assert_eq!(reload["ok"], true, "{reload}");
     assert!(reload["newly_blocked"].as_u64() >= Some(1), "{reload}");
-    assert!(gnutls.exited_within(Duration::from_secs(2)), "the established GnuTLS connection must be aborted");
+    assert!(
+        gnutls.exited_within(Duration::from_secs(2)),
+        "the established GnuTLS connection must be aborted"
+    );
     let out = gnutls_once(long_gnutls.addr(), b"GNUTLS-AFTER-RELOAD\n");
-    assert!(!out.success() && out.elapsed < Duration::from_secs(2), "{out:?}");
-    let event = agent.wait_for(|v| v["type"] == "connection" && v["comm"] == "gnutls-cli", EVENT);
+    assert!(
+        !out.success() && out.elapsed < Duration::from_secs(2),
+        "{out:?}"
+    );
+    let event = agent.wait_for(
+        |v| v["type"] == "connection" && v["comm"] == "gnutls-cli",
+        EVENT,
+    );
     assert_eq!(event["verdict"], "blocked", "{event}");
     assert!(!String::from_utf8_lossy(&long_gnutls.received()).contains("GNUTLS-AFTER-RELOAD"));
     let after = scrape(&metrics);
-    assert!(sample(&after, series) >= 1.0, "blocked connections must count: {after}");
-    assert_eq!(sample(&after, "enforcer_policy_reloads_total{result=\"ok\"}"), 1.0, "{after}");
-    assert!(sample(&after, "enforcer_libraries_probed") >= 2.0, "{after}");
+    assert!(
+        sample(&after, series) >= 1.0,
+        "blocked connections must count: {after}"
+    );
+    assert_eq!(
+        sample(&after, "enforcer_policy_reloads_total{result=\"ok\"}"),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, "enforcer_libraries_probed") >= 2.0,
+        "{after}"
+    );
 
     // A bad policy: rejected with the file's line and key, the policy in force stays.
     write_policy(&policy, BAD);
@@ -133,13 +159,22 @@ fn reload_operator_commands_events_file_and_metrics() {
         error.contains("policy.yaml:5:") && error.contains("alow"),
         "the error must say where: {error}"
     );
-    assert!(agent.stderr().contains("policy reload rejected"), "logged too");
+    assert!(
+        agent.stderr().contains("policy reload rejected"),
+        "logged too"
+    );
     let out = gnutls_once(www.addr(), b"GET / HTTP/1.0\r\n\r\n");
     assert!(!out.success(), "GnuTLS stays denied: {out:?}");
     let status = ctl(&socket, &["status"]);
     assert_eq!(status["mode"], "enforce", "{status}");
     let metrics_text = scrape(&metrics);
-    assert_eq!(sample(&metrics_text, "enforcer_policy_reloads_total{result=\"rejected\"}"), 1.0);
+    assert_eq!(
+        sample(
+            &metrics_text,
+            "enforcer_policy_reloads_total{result=\"rejected\"}"
+        ),
+        1.0
+    );
 
     // Fixed again, then SIGHUP and `enforcer reload` reload the same file.
     write_policy(&policy, GNUTLS_DENIED);
@@ -147,7 +182,10 @@ fn reload_operator_commands_events_file_and_metrics() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGHUP) };
     let hup = agent.wait_for(|v| v["type"] == "reload", EVENT);
-    assert_eq!((hup["ok"].clone(), hup["actions_changed"].clone()), (Value::Bool(true), 0.into()));
+    assert_eq!(
+        (hup["ok"].clone(), hup["actions_changed"].clone()),
+        (Value::Bool(true), 0.into())
+    );
     let answer = ctl(&socket, &["reload"]);
     assert_eq!(answer["reload"]["ok"], true, "{answer}");
 
@@ -155,7 +193,10 @@ fn reload_operator_commands_events_file_and_metrics() {
     let mut openssl = LongClient::openssl(long_openssl.addr());
     assert!(openssl.send(b"openssl-before\n"));
     long_openssl.wait_received(b"openssl-before", EVENT);
-    agent.wait_for(|v| v["type"] == "connection" && v["comm"] == "openssl", EVENT);
+    agent.wait_for(
+        |v| v["type"] == "connection" && v["comm"] == "openssl",
+        EVENT,
+    );
     let flows = ctl(&socket, &["flows"]);
     let flow = flow_of(&flows, "openssl", long_openssl.addr())
         .unwrap_or_else(|| panic!("no openssl flow: {flows}"))
@@ -165,7 +206,10 @@ fn reload_operator_commands_events_file_and_metrics() {
     let remote = flow["remote"].as_str().expect("remote").to_string();
     let answer = ctl(&socket, &["block", &local, &remote]);
     assert_eq!(answer["socket_aborted"], true, "{answer}");
-    assert!(openssl.exited_within(Duration::from_secs(2)), "the blocked connection must end");
+    assert!(
+        openssl.exited_within(Duration::from_secs(2)),
+        "the blocked connection must end"
+    );
     agent.wait_for(|v| v["type"] == "operator" && v["action"] == "block", EVENT);
 
     // unblock: a blocklist entry no socket closes (so only the operator removes it).
@@ -193,11 +237,21 @@ fn reload_operator_commands_events_file_and_metrics() {
         }
     }
     let kinds = |records: &[Value]| -> Vec<String> {
-        records.iter().filter_map(|r| r["type"].as_str().map(String::from)).collect()
+        records
+            .iter()
+            .filter_map(|r| r["type"].as_str().map(String::from))
+            .collect()
     };
-    assert_eq!(kinds(&lines), kinds(&stdout), "the file holds what stdout got");
+    assert_eq!(
+        kinds(&lines),
+        kinds(&stdout),
+        "the file holds what stdout got"
+    );
     for kind in ["ready", "connection", "reload", "operator"] {
-        assert!(kinds(&lines).iter().any(|k| k == kind), "no {kind} record in the file");
+        assert!(
+            kinds(&lines).iter().any(|k| k == kind),
+            "no {kind} record in the file"
+        );
     }
 }
 
@@ -227,24 +281,54 @@ fn full_blocklist_is_reported() {
         ],
     );
     let ready = agent.wait_ready(READY);
-    let metrics = ready["metrics"].as_str().expect("metrics address").to_string();
+    let metrics = ready["metrics"]
+        .as_str()
+        .expect("metrics address")
+        .to_string();
     let status = ctl(&socket, &["status"]);
     assert_eq!(status["maps"]["blocklist_max"], 2, "{status}");
     assert_eq!(status["maps"]["flows_max"], 1024, "{status}");
     ctl(&socket, &["block", "10.254.3.1:1", "10.254.3.2:443"]);
     ctl(&socket, &["block", "10.254.3.1:2", "10.254.3.2:443"]);
     let high = agent.wait_for(|v| v["type"] == "capacity" && v["level"] == "high", EVENT);
-    assert_eq!((high["entries"].clone(), high["max_entries"].clone()), (2.into(), 2.into()));
+    assert_eq!(
+        (high["entries"].clone(), high["max_entries"].clone()),
+        (2.into(), 2.into())
+    );
 
     let _ = gnutls_once(server.addr(), b"hello\n");
-    let event = agent.wait_for(|v| v["type"] == "connection" && v["comm"] == "gnutls-cli", EVENT);
+    let event = agent.wait_for(
+        |v| v["type"] == "connection" && v["comm"] == "gnutls-cli",
+        EVENT,
+    );
     assert_eq!(event["verdict"], "blocklist-full", "{event}");
     let full = agent.wait_for(|v| v["type"] == "capacity" && v["level"] == "full", EVENT);
     assert!(full["failed_inserts"].as_u64() >= Some(1), "{full}");
-    assert!(agent.stderr().contains("BLOCKLIST full"), "a warning is logged");
+    assert!(
+        agent.stderr().contains("BLOCKLIST full"),
+        "a warning is logged"
+    );
     let text = scrape(&metrics);
-    assert!(sample(&text, "enforcer_blocklist_insert_failures_total") >= 1.0, "{text}");
-    assert_eq!(sample(&text, "enforcer_map_max_entries{map=\"BLOCKLIST\"}"), 2.0, "{text}");
-    assert_eq!(sample(&text, "enforcer_map_entries{map=\"BLOCKLIST\"}"), 2.0, "{text}");
-    assert_eq!(sample(&text, "enforcer_connections_total{library=\"gnutls\",verdict=\"blocklist-full\"}"), 1.0, "{text}");
+    assert!(
+        sample(&text, "enforcer_blocklist_insert_failures_total") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "enforcer_map_max_entries{map=\"BLOCKLIST\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "enforcer_map_entries{map=\"BLOCKLIST\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "enforcer_connections_total{library=\"gnutls\",verdict=\"blocklist-full\"}"
+        ),
+        1.0,
+        "{text}"
+    );
 }

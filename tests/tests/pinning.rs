@@ -99,7 +99,7 @@ fn pinned_links(dir: &Path) -> usize {
 
 fn pinned_blocklist_entries(dir: &Path) -> usize {
     let path = dir.join("maps/BLOCKLIST");
-    let out = sh(&mut cmd("bpftool", ["-j", "map", "dump", "pinned"]).arg(&path));
+    let out = sh(cmd("bpftool", ["-j", "map", "dump", "pinned"]).arg(&path));
     let v: Value = serde_json::from_str(&out).expect("JSON");
     v.as_array().map_or(0, Vec::len)
 }
@@ -177,9 +177,17 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
 
     // SIGTERM with --pin persists; detach removes everything.
     let status = second.stop().expect("agent was running");
-    assert!(status.success(), "clean exit: {status:?}\n{}", second.stderr());
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        second.stderr()
+    );
     assert_eq!(xdp_programs(&ns.host_if).len(), 1, "SIGTERM keeps XDP");
-    assert_eq!(our_tc_filters(&ns.host_if), 1, "SIGTERM keeps the tc filter");
+    assert_eq!(
+        our_tc_filters(&ns.host_if),
+        1,
+        "SIGTERM keeps the tc filter"
+    );
     let out = pin.detach();
     assert!(
         out.status.success(),
@@ -187,7 +195,11 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(xdp_programs(&ns.host_if).is_empty(), "detach removes XDP");
-    assert_eq!(our_tc_filters(&ns.host_if), 0, "detach removes the tc filter");
+    assert_eq!(
+        our_tc_filters(&ns.host_if),
+        0,
+        "detach removes the tc filter"
+    );
     assert!(!pin.dir.exists(), "detach removes the pin directory");
     assert_eq!(links_of("tp_sock_state"), 0, "no close hook left");
 }
