@@ -213,3 +213,22 @@ pub fn flows_text(v: &Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let r: Request = serde_json::from_str(
+            r#"{"cmd":"block","local":"10.0.0.1:4000","remote":"[fd00::2]:443"}"#,
+        )
+        .unwrap();
+        assert!(matches!(r, Request::Block { local, .. } if local.port() == 4000));
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Request::Flows).unwrap(),
+            r#"{"cmd":"flows"}"#
+        );
+    }
+}

@@ -194,7 +194,10 @@ impl LiveMaps {
 }
 
 /// A flow key from this host's end and the peer's (both IPv4 or both IPv6).
+/// IPv4-mapped IPv6 ends (`[::ffff:a.b.c.d]:p`) are IPv4, as `FlowKey` records them.
 pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> Option<FlowKey> {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (local, remote) = (canonical(local), canonical(remote));
     let mut key = FlowKey {
         local_port: local.port(),
         remote_port: remote.port(),
@@ -214,4 +217,38 @@ pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> Option<FlowKey> {
         _ => return None,
     }
     Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_keys_match_the_kernel_layout() {
+        let key = flow_key(
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:443".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(key.family, enforcer_common::family::V4);
+        assert_eq!((key.local_port, key.remote_port), (40000, 443));
+        assert_eq!(&key.local_addr[..5], &[10, 0, 0, 1, 0]);
+        let mapped = flow_key(
+            "[::ffff:10.0.0.1]:1".parse().unwrap(),
+            "[::ffff:10.0.0.2]:2".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            mapped.family,
+            enforcer_common::family::V4,
+            "v4-mapped is IPv4 on the wire"
+        );
+        assert!(
+            flow_key(
+                "10.0.0.1:1".parse().unwrap(),
+                "[fd00::1]:2".parse().unwrap()
+            )
+            .is_none()
+        );
+    }
 }

@@ -147,3 +147,40 @@ pub fn fingerprint(path: &Path) -> Option<(u64, u64, i64, i64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_follow_action_and_mode() {
+        assert_eq!(verdict_for(Action::Allow, Mode::Enforce), verdict::ALLOWED);
+        assert_eq!(verdict_for(Action::Audit, Mode::Enforce), verdict::AUDITED);
+        assert_eq!(verdict_for(Action::Deny, Mode::Enforce), verdict::BLOCKED);
+        assert_eq!(verdict_for(Action::Deny, Mode::Audit), verdict::WOULD_BLOCK);
+    }
+
+    #[test]
+    fn a_replaced_file_changes_the_fingerprint() {
+        let dir = tempfile_dir();
+        let path = dir.join("p.yaml");
+        std::fs::write(&path, "a").unwrap();
+        let before = fingerprint(&path);
+        let tmp = dir.join("p.tmp");
+        std::fs::write(&tmp, "a").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_ne!(
+            before,
+            fingerprint(&path),
+            "same size and content, new inode"
+        );
+        assert_eq!(fingerprint(&dir.join("missing")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("enforcer-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
