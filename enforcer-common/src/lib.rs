@@ -312,3 +312,116 @@ mod watch_pod {
     unsafe impl aya::Pod for super::WatchConfig {}
     unsafe impl aya::Pod for super::NewFileEvent {}
 }
+
+/// TLS ClientHellos seen by the egress classifier (`enforcer-ebpf/src/tc.rs`,
+/// `client_hello.rs`): the server name (SNI) of every connection, TLS on flows no probed library
+/// claimed (`unattributed_tls` in the policy), and rules scoped by server name.
+pub mod hello {
+    /// `Array<HelloPolicy>` of one element, written by userspace from the policy.
+    pub const HELLO_POLICY: &str = "HELLO_POLICY";
+    /// `HashMap<u32, u8>`: library id → `action::*` for a ClientHello without a readable server
+    /// name, present only for libraries that have rules with `server_names`. A flow of such a
+    /// library is judged at its ClientHello, not at attribution.
+    pub const SCOPED_LIBS: &str = "SCOPED_LIBS";
+    /// `LpmTrie<ServerNameKey, u8>`: (library id, reversed server name) → `action::*`.
+    pub const SERVER_NAME_RULES: &str = "SERVER_NAME_RULES";
+    /// `LruHashMap<FlowKey, u32>`: flows whose ClientHello was judged, → its TCP sequence
+    /// number (a retransmission is not reported twice).
+    pub const HELLOS_SEEN: &str = "HELLOS_SEEN";
+
+    /// Library id used in `HelloEvent::lib_id` for a flow no probed library claimed.
+    pub const UNATTRIBUTED: u32 = u32::MAX;
+    /// Longest server name kept: an LPM trie key holds at most 256 data bytes (kernel
+    /// `LPM_DATA_SIZE_MAX`), 4 of which are the library id. DNS names are at most 253 bytes;
+    /// a longer one is kept by its last 252 bytes, which is what a suffix match needs.
+    pub const MAX_NAME: usize = 252;
+    /// Byte after the reversed name in a key, so a pattern without `*` matches only itself.
+    pub const NAME_END: u8 = 0;
+
+    /// What the ClientHello said about the server name (`HelloEvent::sni`).
+    pub mod sni {
+        /// A `server_name` extension with a `host_name` entry: the name is in the event.
+        pub const PRESENT: u8 = 0;
+        /// The extension list was read to its end: the client sent no server name.
+        pub const ABSENT: u8 = 1;
+        /// The name could not be read: the ClientHello continues past this segment, the
+        /// extension list is longer than the parser walks, or a length field is inconsistent.
+        pub const UNREADABLE: u8 = 2;
+    }
+}
+
+/// `HELLO_POLICY[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HelloPolicy {
+    /// `action::*` for a ClientHello on a flow no probed library claimed.
+    pub unattributed: u8,
+    /// 1 if any library has rules scoped by server name: only then does the classifier look up
+    /// `FLOWS` for data packets that are not a ClientHello (a pending flow must not slip past).
+    pub scoped: u8,
+    /// 1 if the kernel hook attributes a send only after its packets left (`sock_send_length`):
+    /// scoped libraries are then judged at attribution, without a name.
+    pub late_attribution: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<HelloPolicy>() == 4);
+
+/// Data of a `SERVER_NAME_RULES` key (the trie's key is `prefix_len: u32` followed by this;
+/// aya's `lpm_trie::Key`). The prefix counts bits from `lib_id_be` on: 32 + 8 × the bytes of the
+/// pattern. The id is big-endian so its bits come first in the trie's order. 256 bytes: the
+/// kernel's limit for LPM trie data (`LPM_DATA_SIZE_MAX`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerNameKey {
+    pub lib_id_be: u32,
+    /// Lowercased and reversed (`elpmaxe.lanretni.` for `*.internal.example`), followed by
+    /// `hello::NAME_END` for a name without `*`.
+    pub name: [u8; hello::MAX_NAME],
+}
+const _: () = assert!(core::mem::size_of::<ServerNameKey>() == 256);
+
+/// One event per ClientHello the egress classifier judged. Goes through the `EVENTS` ring
+/// buffer next to `TlsEvent`; userspace tells them apart by size (asserted to differ).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HelloEvent {
+    pub ts_ns: u64,
+    pub flow: FlowKey,
+    /// The library `FLOWS` holds for the flow, or `hello::UNATTRIBUTED`.
+    pub lib_id: u32,
+    /// `verdict::*` of the flow after this ClientHello.
+    pub verdict: u8,
+    /// `hello::sni::*`.
+    pub sni: u8,
+    /// Bytes of `name` in use.
+    pub name_len: u16,
+    /// As sent (not lowercased, not reversed); the last `MAX_NAME` bytes of a longer name.
+    pub name: [u8; 256],
+}
+const _: () = assert!(core::mem::size_of::<HelloEvent>() == 312);
+const _: () = assert!(core::mem::size_of::<HelloEvent>() != core::mem::size_of::<TlsEvent>());
+
+/// Verdicts added for ClientHello decisions (continue `verdict::*`).
+pub mod hello_verdict {
+    /// The flow's library has rules scoped by server name: it is judged at its ClientHello.
+    pub const PENDING_SERVER_NAME: u8 = 6;
+}
+
+/// Counters added for ClientHellos (continue `stat::*`; `STATS` is sized by `HELLO_STAT_COUNT`).
+pub mod hello_stat {
+    /// ClientHellos parsed by the egress classifier.
+    pub const HELLOS: u32 = 6;
+    /// ClientHellos on flows no probed library claimed.
+    pub const UNATTRIBUTED: u32 = 7;
+    /// ClientHellos dropped by the classifier's own decision (unattributed or out of scope).
+    pub const HELLO_DROPS: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+#[cfg(feature = "user")]
+mod hello_pod {
+    // SAFETY: all are repr(C), Copy, without implicit padding, valid for any bit pattern.
+    unsafe impl aya::Pod for super::HelloPolicy {}
+    unsafe impl aya::Pod for super::ServerNameKey {}
+    unsafe impl aya::Pod for super::HelloEvent {}
+}

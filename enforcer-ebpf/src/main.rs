@@ -10,11 +10,14 @@
 //! | `packet.rs`  | (helpers) 4-tuple of an Ethernet frame     | —                                   |
 //! | `xdp.rs`     | ingress drop                               | —                                   |
 //! | `tc.rs`      | egress drop                                | —                                   |
+//! | `client_hello.rs` | (called by `tc.rs`) ClientHello: SNI, unattributed TLS, name scopes | `SERVER_NAME_RULES`, `HELLOS_SEEN`, `HELLO_SCRATCH` |
 //! | `stats.rs`   | (helpers) counters                         | `STATS`                             |
 //! | `exec.rs`    | new executable files: mmap / exec hooks    | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod client_hello;
 #[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]

@@ -36,6 +36,8 @@ pub struct Segment {
     pub src_port: u16,
     pub dst_port: u16,
     pub rst: bool,
+    /// Offset of the TCP header in the frame.
+    pub l4: u16,
 }
 
 impl Segment {
@@ -108,6 +110,7 @@ pub fn parse<P: Packet>(packet: &P) -> Option<Segment> {
         src_port: 0,
         dst_port: 0,
         rst: false,
+        l4: 0,
     };
     let l4 = match ethertype {
         ETH_P_IP => ipv4(packet, offset, &mut seg)?,
@@ -117,6 +120,8 @@ pub fn parse<P: Packet>(packet: &P) -> Option<Segment> {
     seg.src_port = u16::from_be(load::<u16, P>(packet, l4)?);
     seg.dst_port = u16::from_be(load::<u16, P>(packet, l4 + 2)?);
     seg.rst = load::<u8, P>(packet, l4 + 13)? & TCP_FLAG_RST != 0;
+    // Below MAX_L4_OFFSET, so it fits.
+    seg.l4 = l4 as u16;
     Some(seg)
 }
 

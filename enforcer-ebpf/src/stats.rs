@@ -1,11 +1,11 @@
 //! Per-CPU counters read by userspace (`STATS`, indexed by `enforcer_common::stat`).
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use enforcer_common::stat;
+use enforcer_common::hello_stat;
 
-/// Drops, losses and pressure, one `u64` per `stat::*` index per CPU.
+/// Drops, losses and pressure, one `u64` per `stat::*` and `hello_stat::*` index per CPU.
 #[map(name = "STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(hello_stat::COUNT, 0);
 
 #[inline(always)]
 pub fn bump(index: u32) {

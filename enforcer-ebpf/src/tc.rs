@@ -7,21 +7,33 @@ use aya_ebpf::{
 };
 use enforcer_common::stat;
 
-use crate::{packet, stats, verdict::BLOCKLIST};
+use crate::{client_hello, packet, stats, verdict::BLOCKLIST};
 
 /// Fail-open like the XDP program, with one deliberate exception to dropping: a bare RST of a
 /// blocked flow goes out, so the peer forgets a connection we aborted (it carries no data).
+/// Segments the blocklist lets through go to the ClientHello check (`client_hello.rs`), which
+/// drops a ClientHello the policy denies (unattributed TLS, a name out of a rule's scope).
 #[classifier]
 pub fn enforcer_egress(ctx: TcContext) -> i32 {
     let Some(segment) = packet::parse(&ctx) else {
         return TC_ACT_OK;
     };
+    let flow = segment.as_sender();
+    if segment.rst {
+        return TC_ACT_OK;
+    }
     // SAFETY: only existence is checked.
-    if !segment.rst && unsafe { BLOCKLIST.get(segment.as_sender()) }.is_some() {
+    if unsafe { BLOCKLIST.get(flow) }.is_some() {
         stats::bump(stat::TC_DROPS);
         return TC_ACT_SHOT;
     }
-    TC_ACT_OK
+    match client_hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
+        client_hello::Outcome::Pass => TC_ACT_OK,
+        client_hello::Outcome::Drop => {
+            stats::bump(stat::TC_DROPS);
+            TC_ACT_SHOT
+        }
+    }
 }
 
 impl packet::Packet for TcContext {

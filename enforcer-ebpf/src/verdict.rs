@@ -7,13 +7,16 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, RingBuf},
 };
-use enforcer_common::{FlowKey, FlowState, TlsEvent, action, cookie, mode, stat, verdict};
+use enforcer_common::{
+    FlowKey, FlowState, HelloPolicy, TlsEvent, action, cookie, direction, hello_verdict, mode,
+    stat, verdict,
+};
 
 use crate::{sock, stats, tls};
 
 /// Every attributed 4-tuple and its verdict. LRU: old closed flows make room for new ones.
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
 
 /// 4-tuples whose packets XDP (ingress) and tc (egress) drop. Not LRU: a block is never evicted
 /// silently; when full, the flow is reported as `BLOCKLIST_FULL` and counted.
@@ -22,15 +25,25 @@ pub static BLOCKLIST: HashMap<FlowKey, u8> = HashMap::with_max_entries(16384, 0)
 
 /// Library id → `action::*`, from the policy.
 #[map(name = "LIB_ACTIONS")]
-static LIB_ACTIONS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static LIB_ACTIONS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// `MODE[0]` = `mode::AUDIT` | `mode::ENFORCE`.
 #[map(name = "MODE")]
 static MODE: Array<u32> = Array::with_max_entries(1, 0);
 
-/// One `TlsEvent` per newly attributed (flow, library).
+/// Library id → action for a ClientHello without a readable server name; only libraries with
+/// rules scoped by `server_names` are here, and their client flows are judged at the ClientHello
+/// (`client_hello.rs`) rather than at attribution.
+#[map(name = "SCOPED_LIBS")]
+pub static SCOPED_LIBS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// `HELLO_POLICY[0]`: `unattributed_tls` and switches, from the policy and the hook form.
+#[map(name = "HELLO_POLICY")]
+pub static HELLO_POLICY: Array<HelloPolicy> = Array::with_max_entries(1, 0);
+
+/// One `TlsEvent` per newly attributed (flow, library), one `HelloEvent` per judged ClientHello.
 #[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Called by every kernel TCP hook form with the socket being read or written.
 #[inline(always)]
@@ -50,7 +63,7 @@ pub fn on_tcp_io(sk: *const u8, direction: u8) {
             return;
         }
     }
-    let outcome = decide(&flow, lib_id);
+    let outcome = decide(&flow, lib_id, direction);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let state = FlowState {
@@ -68,9 +81,26 @@ pub fn on_tcp_io(sk: *const u8, direction: u8) {
 }
 
 #[inline(always)]
-fn decide(flow: &FlowKey, lib_id: u32) -> u8 {
+fn decide(flow: &FlowKey, lib_id: u32, dir: u8) -> u8 {
     // SAFETY: copied out at once.
-    let lib_action = unsafe { LIB_ACTIONS.get(lib_id) }.copied();
+    if let Some(nameless) = unsafe { SCOPED_LIBS.get(lib_id) }.copied() {
+        let late = HELLO_POLICY.get(0).is_some_and(|p| p.late_attribution != 0);
+        // A client's first TLS send is its ClientHello: judged there, by name, in tc. A flow
+        // whose first TLS call receives (a server) sends no ClientHello, and on the late hook
+        // form the ClientHello has already left: both are judged as if nameless (strictest).
+        if dir == direction::SEND && !late {
+            return hello_verdict::PENDING_SERVER_NAME;
+        }
+        return apply(flow, Some(nameless));
+    }
+    // SAFETY: copied out at once.
+    apply(flow, unsafe { LIB_ACTIONS.get(lib_id) }.copied())
+}
+
+/// The verdict for `lib_action` on `flow` in the current mode; blocklists the flow when denied
+/// and enforcing. Also used by the egress classifier for ClientHello decisions.
+#[inline(always)]
+pub fn apply(flow: &FlowKey, lib_action: Option<u8>) -> u8 {
     let enforcing = MODE.get(0).copied() == Some(mode::ENFORCE);
     match lib_action {
         Some(action::ALLOW) => verdict::ALLOWED,
@@ -118,5 +148,6 @@ pub fn forget(sk: *const u8) {
     if let Some(flow) = sock::closing_flow_of(sk) {
         let _ = FLOWS.remove(flow);
         let _ = BLOCKLIST.remove(flow);
+        crate::client_hello::forget(&flow);
     }
 }

@@ -168,10 +168,17 @@ impl Running {
         let Some(config) = self.reload.clone() else {
             return json!({"ok": false, "error": "the agent runs the embedded default policy (no --policy file): nothing to reload"});
         };
-        let new = match reload::read(&config) {
+        let checked = reload::read(&config)
+            .map_err(|e| e.to_string())
+            .and_then(
+                |new| match reload::unsupported_change(&new, &self.policy, &self.reporter) {
+                    Some(why) => Err(format!("{}: {why}", config.path.display())),
+                    None => Ok(new),
+                },
+            );
+        let new = match checked {
             Ok(new) => new,
-            Err(err) => {
-                let message = err.to_string();
+            Err(message) => {
                 error!(
                     why,
                     "policy reload rejected, the policy in force stays: {message}"

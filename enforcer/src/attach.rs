@@ -153,6 +153,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         info!(form = %cheaper, "kernel hook form unavailable: {why}");
     }
     info!(form = %form, targets = ?hook.targets, "kernel TCP hook attached");
+    let late = hook.targets.iter().any(|t| t == "sock_send_length");
+    let unattributed = loader::set_hello_policy(&mut ebpf, &policy, late)?;
+    if unattributed != policy.unattributed_tls {
+        warn!(policy = %policy.unattributed_tls, applied = %unattributed, "the kernel hook attributes sends only after they leave (sock_send_length): unattributed TLS is reported, not blocked, and server-name rules judge without the name");
+    }
     hooks::attach_always(&mut ebpf)?;
 
     let ring = take_events(&mut ebpf)?;
@@ -272,8 +277,7 @@ fn attach_libraries(
 ) -> Result<HashMap<u32, LibInfo>> {
     let mut covered = HashMap::new();
     for lib in libs {
-        let decision = policy.decide(lib);
-        loader::set_library_action(ebpf, lib.id, decision.action)?;
+        let decision = loader::apply_library_policy(ebpf, policy, lib)?;
         match prober.attach(lib, || &mut *ebpf) {
             Ok(functions) => {
                 let version = lib.identity.version.as_deref().unwrap_or("unknown");

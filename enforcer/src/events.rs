@@ -1,5 +1,8 @@
 //! The event pipeline: drains the `EVENTS` ring buffer, aborts the local socket of every blocked
-//! flow, and reports each attributed connection once (text through `tracing`, or JSON lines).
+//! flow, and reports each attributed connection once (text through `tracing`, or JSON lines),
+//! and each judged TLS ClientHello (`hello`).
+
+mod hello;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -12,7 +15,9 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use enforcer_common::{FlowKey, TlsEvent, direction, family, op, verdict};
+use enforcer_common::{
+    FlowKey, HelloEvent, TlsEvent, direction, family, hello_verdict, op, verdict,
+};
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
@@ -56,6 +61,8 @@ pub type ConnectionCounts = BTreeMap<(String, &'static str), u64>;
 #[derive(Clone)]
 pub struct Reporter {
     libs: Arc<RwLock<HashMap<u32, LibInfo>>>,
+    /// Recent flows' owners, for `client_hello` events.
+    recent: hello::RecentTable,
     pub format: EventFormat,
     /// `--events-file`: JSON lines appended there too, whatever `format` says.
     file: Option<Arc<Mutex<File>>>,
@@ -68,6 +75,7 @@ impl Reporter {
     pub fn new(libs: HashMap<u32, LibInfo>, format: EventFormat) -> Self {
         Self {
             libs: Arc::new(RwLock::new(libs)),
+            recent: Default::default(),
             format,
             file: None,
             counts: Arc::default(),
@@ -145,18 +153,24 @@ impl Reporter {
         }
     }
 
+    fn library(&self, id: u32) -> Option<LibInfo> {
+        let libs = self.libs.read().unwrap_or_else(PoisonError::into_inner);
+        libs.get(&id).cloned()
+    }
+
     fn handle(&self, event: &TlsEvent) {
         let aborted =
             (event.verdict == verdict::BLOCKED).then(|| sock_destroy::destroy(&event.flow));
-        let lib = {
-            let libs = self.libs.read().unwrap_or_else(PoisonError::into_inner);
-            libs.get(&event.lib_id).cloned()
-        };
+        let lib = self.library(event.lib_id);
         let lib = lib.as_ref();
         let family = lib.map_or("unknown", |l| l.family.name());
         let path = lib.map_or("?", |l| l.path.as_str());
         let version = lib.and_then(|l| l.version.as_deref());
         let comm = comm(&event.comm);
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remember(event.flow, event.pid, comm.clone());
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.ts_ns);
@@ -208,6 +222,8 @@ impl Reporter {
                 }
                 if event.verdict == verdict::ALLOWED {
                     log_connection!(info, "TLS connection");
+                } else if event.verdict == hello_verdict::PENDING_SERVER_NAME {
+                    log_connection!(info, "TLS connection (judged at its ClientHello)");
                 } else {
                     log_connection!(warn, "TLS policy violation");
                 }
@@ -234,6 +250,14 @@ pub async fn run(ring: RingBuf<MapData>, reporter: Reporter) -> std::io::Result<
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
+            // Two record types share the ring; their sizes differ (asserted in enforcer-common).
+            if item.len() == size_of::<HelloEvent>() {
+                // SAFETY: the kernel wrote a whole HelloEvent (repr(C), any bit pattern valid).
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const HelloEvent) };
+                drop(item);
+                reporter.handle_hello(&event);
+                continue;
+            }
             if item.len() < size_of::<TlsEvent>() {
                 continue;
             }
@@ -295,6 +319,7 @@ pub fn verdict_name(v: u8) -> &'static str {
         verdict::WOULD_BLOCK => "would-block",
         verdict::AUDITED => "audited",
         verdict::BLOCKLIST_FULL => "blocklist-full",
+        hello_verdict::PENDING_SERVER_NAME => "pending-server-name",
         _ => "unknown-library",
     }
 }

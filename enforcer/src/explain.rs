@@ -26,22 +26,44 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
         let version = lib.identity.version.as_deref().unwrap_or("version unknown");
         let _ = writeln!(out, "\n{} ({} {version})", lib.path.display(), lib.family);
         let matches = policy.explain(lib);
-        let Some(first) = matches.first() else {
-            let _ = writeln!(out, "  -> {}: default (no rule matches)", policy.default);
-            continue;
-        };
-        let rule = &policy.libraries[first.index];
-        let _ = writeln!(
-            out,
-            "  -> {}: rule at line {} ({}): {}",
-            first.action,
-            first.line,
-            rule.describe(),
-            first.reasons.join("; ")
-        );
-        for m in &matches[1..] {
+        let deciding = matches
+            .iter()
+            .find(|m| !policy.libraries[m.index].is_scoped());
+        let rule = deciding.map(|m| &policy.libraries[m.index]);
+        match (deciding, rule) {
+            (Some(first), Some(rule)) => {
+                let _ = writeln!(
+                    out,
+                    "  -> {}: rule at line {} ({}): {}",
+                    first.action,
+                    first.line,
+                    rule.describe(),
+                    first.reasons.join("; ")
+                );
+            }
+            _ => {
+                let _ = writeln!(out, "  -> {}: default (no rule matches)", policy.default);
+            }
+        }
+        if let Some(scope) = policy.name_scope(lib) {
+            for (pattern, action, line) in &scope.patterns {
+                let by = line.map_or("default".to_owned(), |l| format!("line {l}"));
+                let _ = writeln!(out, "     server name {pattern} -> {action} ({by})");
+            }
+            let _ = writeln!(
+                out,
+                "     other server names -> {}; no readable server name -> {}",
+                scope.base, scope.nameless
+            );
+        }
+        for m in matches
+            .iter()
+            .filter(|m| Some(m.index) != deciding.map(|d| d.index))
+        {
             let other = &policy.libraries[m.index];
-            let lost = if other.specificity() == rule.specificity() {
+            let lost = if other.is_scoped() {
+                "only for its server names (see above)"
+            } else if rule.is_some_and(|r| other.specificity() == r.specificity()) {
                 "as specific, later in the file"
             } else {
                 "less specific"
@@ -72,6 +94,13 @@ pub fn json(libs: &[Library], policy: &Policy) -> Value {
                 "sha256": lib.identity.sha256,
                 "action": d.action.name(),
                 "rule_line": d.rule_line,
+                "server_names": policy.name_scope(lib).map(|s| json!({
+                    "patterns": s.patterns.iter().map(|(p, a, line)| json!({
+                        "pattern": p.text, "action": a.name(), "rule_line": line,
+                    })).collect::<Vec<_>>(),
+                    "other_names": s.base.name(),
+                    "no_name": s.nameless.name(),
+                })),
                 "matches": matches.iter().map(|m| json!({
                     "line": m.line,
                     "rule": policy.libraries[m.index].describe(),

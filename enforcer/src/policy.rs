@@ -22,10 +22,14 @@
 mod error;
 mod report;
 pub mod rules;
+mod scope;
+pub mod server_names;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_rules;
+#[cfg(test)]
+mod tests_scope;
 
 use std::fmt;
 use std::io::Read as _;
@@ -40,6 +44,8 @@ use crate::version::VersionReq;
 pub use error::PolicyError;
 pub use report::check_report;
 pub use rules::{Match, PathGlob, Rule, Subject};
+pub use scope::NameScope;
+pub use server_names::ServerNamePattern;
 
 /// Largest policy accepted, in bytes: a real policy is a few hundred bytes.
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
@@ -73,6 +79,8 @@ pub enum Action {
 pub struct Policy {
     pub mode: Mode,
     pub default: Action,
+    /// For TLS on a connection no probed library claimed (`unattributed_tls`; absent: `default`).
+    pub unattributed_tls: Action,
     /// In file order.
     pub libraries: Vec<Rule>,
     /// The embedded catalog, extended by the policy's `catalog:` section.
@@ -143,13 +151,18 @@ impl fmt::Display for Action {
 }
 
 impl Policy {
-    /// The action for a library: the most specific matching rule, else `default`.
+    /// The action for a library's connections that no scoped rule (`server_names`) takes: the
+    /// most specific matching unscoped rule, else `default`.
     pub fn decide(&self, lib: &Library) -> Decision {
         self.decide_subject(&subject(lib))
     }
 
     pub fn decide_subject(&self, s: &Subject) -> Decision {
-        match rules::matching(&self.libraries, s).first() {
+        let matches = rules::matching(&self.libraries, s);
+        match matches
+            .iter()
+            .find(|m| !self.libraries[m.index].is_scoped())
+        {
             Some(m) => Decision {
                 action: m.action,
                 rule_line: Some(m.line),
@@ -192,6 +205,8 @@ struct RawPolicy {
     mode: Mode,
     default: Action,
     #[serde(default)]
+    unattributed_tls: Option<Action>,
+    #[serde(default)]
     libraries: Vec<RawRule>,
     #[serde(default)]
     catalog: Option<RawCatalog>,
@@ -208,6 +223,8 @@ struct RawRule {
     path: Option<String>,
     #[serde(default)]
     sha256: Option<String>,
+    #[serde(default)]
+    server_names: Option<Vec<String>>,
     action: Action,
 }
 
@@ -318,6 +335,45 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
                 )
             })?),
         };
+        let server_names = match &r.server_names {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return Err(invalid(
+                    &key("server_names"),
+                    format!(
+                        "{here}.server_names: an empty list scopes the rule to nothing; remove the key to apply the rule to every server"
+                    ),
+                ));
+            }
+            Some(list) if list.len() > scope::MAX_NAMES_PER_RULE => {
+                return Err(invalid(
+                    &key("server_names"),
+                    format!(
+                        "{here}.server_names: {} names, more than the limit of {}",
+                        list.len(),
+                        scope::MAX_NAMES_PER_RULE
+                    ),
+                ));
+            }
+            Some(list) => {
+                let mut patterns = Vec::with_capacity(list.len());
+                for (i, text) in list.iter().enumerate() {
+                    let pattern = ServerNamePattern::new(text).map_err(|e| {
+                        let mut path = key("server_names").to_vec();
+                        path.push(Seg::Index(i));
+                        invalid(
+                            &path,
+                            format!(
+                                "{here}.server_names[{i}]: invalid server name pattern '{}': {e}",
+                                error::show(text)
+                            ),
+                        )
+                    })?;
+                    patterns.push(pattern);
+                }
+                Some(patterns)
+            }
+        };
         let (line, column) = error::locate_rule(text, index);
         let at_rule = |message: String| PolicyError::Invalid {
             file: source.to_owned(),
@@ -335,6 +391,7 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
             version,
             path,
             sha256,
+            server_names,
             action: r.action,
             line,
         };
@@ -350,6 +407,7 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
     Ok(Policy {
         mode: raw.mode,
         default: raw.default,
+        unattributed_tls: raw.unattributed_tls.unwrap_or(raw.default),
         libraries,
         catalog,
         source: source.to_owned(),

@@ -45,6 +45,25 @@ pub fn read(config: &ReloadConfig) -> Result<Policy, policy::PolicyError> {
     policy::load(&config.path)
 }
 
+/// What a reload cannot change yet: the server-name scopes of the libraries probed so far and
+/// `unattributed_tls` (they live in the tc program's own maps, which only start-up writes). A
+/// policy that changes them is rejected, with this reason, and the one in force stays.
+pub fn unsupported_change(new: &Policy, old: &Policy, reporter: &Reporter) -> Option<String> {
+    if new.unattributed_tls != old.unattributed_tls {
+        return Some("`unattributed_tls` changed: restart the agent to apply it".into());
+    }
+    for info in reporter.libraries().values() {
+        let Some(lib) = &info.library else { continue };
+        if new.name_scope(lib) != old.name_scope(lib) {
+            return Some(format!(
+                "the server_names rules for {} changed: restart the agent to apply them",
+                lib.path.display()
+            ));
+        }
+    }
+    None
+}
+
 /// Applies `new` (already validated) to the kernel maps. `old`: the policy in force.
 pub fn apply(
     new: &Policy,
@@ -63,6 +82,13 @@ pub fn apply(
     for (id, info) in &libs {
         let Some(lib) = &info.library else { continue };
         let action = new.decide(lib).action;
+        if new.name_scope(lib).is_some() {
+            // Judged per server name at the ClientHello (unchanged: see `unsupported_change`);
+            // its flows are not re-judged by library alone.
+            maps.set_action(*id, action.code())?;
+            summary.libraries += 1;
+            continue;
+        }
         if old.decide(lib).action != action {
             summary.actions_changed += 1;
         }

@@ -91,6 +91,21 @@ pub fn destroy(flow: &FlowKey) -> Result<(), SockDestroyError> {
     }
 }
 
+/// The inode of the established local TCP socket of `flow`, for finding its owner in `/proc`
+/// (`events::hello`); `None` if there is none or the lookup fails.
+pub fn socket_inode(flow: &FlowKey) -> Option<u64> {
+    let (local, remote) = endpoints(flow).ok()?;
+    let sock = open().ok()?;
+    let msg = exchange(&sock, SOCK_DIAG_BY_FAMILY, &request(local, remote)).ok()??;
+    let (state, found_local, found_remote, _) = parse_msg(&msg)?;
+    if state == TCP_LISTEN || found_local != local || found_remote != remote {
+        return None;
+    }
+    // `idiag_inode`, the last of the five u32 after the socket id.
+    let inode = msg.get(MSG_LEN - 4..MSG_LEN)?;
+    Some(u32::from_ne_bytes(inode.try_into().ok()?) as u64).filter(|i| *i != 0)
+}
+
 /// Local and remote socket addresses of `flow`; IPv4-mapped IPv6 addresses count as IPv4.
 fn endpoints(flow: &FlowKey) -> Result<(SocketAddr, SocketAddr), SockDestroyError> {
     let ip = |bytes: &[u8; 16]| -> Result<IpAddr, SockDestroyError> {

@@ -583,11 +583,12 @@ fn examine(shared: &Shared, found: &Found, origin: &Origin<'_>, probe: bool) -> 
 }
 
 fn probe_new_library(shared: &Shared, lib: &Library, origin: &Origin<'_>) {
-    let decision = shared.policy().decide(lib);
+    let policy = shared.policy();
     let version = lib.identity.version.clone();
     let path = lib.path.display().to_string();
     // Action and name first: the first connection may follow the probes within microseconds.
-    let ready = loader::set_library_action(&mut lock(&shared.ebpf), lib.id, decision.action);
+    let ready = loader::apply_library_policy(&mut lock(&shared.ebpf), &policy, lib).map(|_| ());
+    let decision = policy.decide(lib);
     shared.reporter.add_library(
         lib.id,
         LibInfo {

@@ -3,7 +3,9 @@
 
 use std::{process::Command, time::Duration};
 
-use enforcer_tests::{Agent, NetNs, cmd, enforcer_bin, require_root, run_with_timeout, sh};
+use enforcer_tests::{
+    Agent, NetNs, cmd, enforcer_bin, host_lock, require_root, run_with_timeout, sh,
+};
 
 const READY: Duration = Duration::from_secs(60);
 const POLICY: &str =
@@ -86,6 +88,8 @@ fn attached_agent(ns: &NetNs) -> Agent {
 fn exit_leaves_nothing(signal: libc::c_int) {
     require_root();
     let ns = NetNs::new();
+    // Before the snapshot: programs of another test run's agent must not count as ours.
+    let _host = host_lock();
     let before = enforcer_programs();
     let mut agent = attached_agent(&ns);
     // SAFETY: signalling our own child.
@@ -187,6 +191,7 @@ fn stale_filter_after_sigkill_is_replaced() {
 #[test]
 fn missing_interface_is_a_clear_error() {
     require_root();
+    let _host = host_lock();
     let before = enforcer_programs();
     let out = run_with_timeout(
         &mut cmd(

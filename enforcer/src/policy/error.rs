@@ -11,8 +11,21 @@ use super::{Action, MAX_POLICY_BYTES, Mode};
 use crate::catalog::{Catalog, Seg};
 
 /// Keys of the top-level mapping and of a rule, as error messages list them.
-pub(super) const TOP_KEYS: [&str; 4] = ["mode", "default", "libraries", "catalog"];
-pub(super) const RULE_KEYS: [&str; 5] = ["family", "version", "path", "sha256", "action"];
+pub(super) const TOP_KEYS: [&str; 5] = [
+    "mode",
+    "default",
+    "unattributed_tls",
+    "libraries",
+    "catalog",
+];
+pub(super) const RULE_KEYS: [&str; 6] = [
+    "family",
+    "version",
+    "path",
+    "sha256",
+    "server_names",
+    "action",
+];
 
 /// Why a policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +136,7 @@ fn expected_for_path(path: &[Step]) -> Option<String> {
         [] => top_level_expected(),
         [m] if key(m) == Some("mode") => names(&Mode::ALL.map(Mode::name)),
         [d] if key(d) == Some("default") => names(&Action::ALL.map(Action::name)),
+        [u] if key(u) == Some("unattributed_tls") => names(&Action::ALL.map(Action::name)),
         [l] if key(l) == Some("libraries") => {
             format!(
                 "a list of rules (mappings with keys {})",
@@ -145,6 +159,10 @@ fn expected_for_path(path: &[Step]) -> Option<String> {
         }
         [l, Step::Index(_), h] if key(l) == Some("libraries") && key(h) == Some("sha256") => {
             "64 hexadecimal digits".to_owned()
+        }
+        [l, Step::Index(_), n, ..] if key(l) == Some("libraries") && key(n) == Some("server_names") => {
+            "a list of server names in quotes, such as [\"*.internal.example\", \"api.example.com\"]"
+                .to_owned()
         }
         [l, Step::Index(_), a] if key(l) == Some("libraries") && key(a) == Some("action") => {
             names(&Action::ALL.map(Action::name))

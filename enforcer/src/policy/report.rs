@@ -19,6 +19,17 @@ pub fn check_report(p: &Policy) -> String {
         "default: {} (for TLS libraries no rule matches)",
         p.default
     );
+    let unattributed_note = match (p.unattributed_tls, p.mode) {
+        (super::Action::Deny, Mode::Enforce) => "the ClientHello is dropped and the socket aborted",
+        (super::Action::Deny, Mode::Audit) => "reported as would-block",
+        (super::Action::Audit, _) => "reported",
+        (super::Action::Allow, _) => "reported at info level",
+    };
+    let _ = writeln!(
+        out,
+        "unattributed_tls: {} (a TLS ClientHello no probed library claimed: {unattributed_note})",
+        p.unattributed_tls
+    );
     let added: Vec<String> = p
         .catalog
         .families()
@@ -33,7 +44,7 @@ pub fn check_report(p: &Policy) -> String {
     }
     let _ = writeln!(
         out,
-        "rules: {} (the most specific matching rule decides: sha256, then path, then version, then family)",
+        "rules: {} (the most specific matching rule decides: sha256, then path, then version, then family, then server_names)",
         p.libraries.len()
     );
     for rule in &p.libraries {
@@ -55,12 +66,36 @@ pub fn check_report(p: &Policy) -> String {
                 && r.version.is_none()
                 && r.path.is_none()
                 && r.sha256.is_none()
+                && r.server_names.is_none()
         });
         let (action, why) = match family_only {
             Some(r) => (r.action, format!("rule at line {}", r.line)),
             None => (p.default, "default".to_owned()),
         };
         let _ = writeln!(out, "  {}: {action} ({why})", def.family);
+    }
+    let scoped: Vec<&super::Rule> = p.libraries.iter().filter(|r| r.is_scoped()).collect();
+    if !scoped.is_empty() {
+        let _ = writeln!(
+            out,
+            "server names: judged at each ClientHello; names no pattern matches get the library's other rules; a ClientHello without a readable name gets the strictest action the library's rules could give"
+        );
+        for r in scoped {
+            let names: Vec<&str> = r
+                .server_names
+                .iter()
+                .flatten()
+                .map(|n| n.text.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "  line {}: {} -> {} only for {}",
+                r.line,
+                r.describe(),
+                r.action,
+                names.join(", ")
+            );
+        }
     }
     out
 }

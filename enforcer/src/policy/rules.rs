@@ -8,10 +8,16 @@
 //! | `version` | the library stated a version and it lies in the range (`">=3.0.9, <4"`) |
 //! | `path` | the glob matches the library's path on this host, or a name a process maps it under |
 //! | `sha256` | the SHA-256 of the library's contents is this one |
+//! | `server_names` | (connections, not libraries) the server name the client sent matches one of the patterns (`server_names.rs`) |
+//!
+//! A rule with `server_names` is *scoped*: it decides only the connections whose ClientHello
+//! names a matching server; the library's other connections go to the next rule.
 //!
 //! **Specificity.** Among the rules that match, the most specific wins. A rule's specificity is
-//! the tuple (has `sha256`, has `path`, has `version`, has `family`), compared in that order:
-//! any rule with `sha256` beats any without; then `path`; then `version`; then `family`. Two
+//! the tuple (has `sha256`, has `path`, has `version`, has `family`, has `server_names`),
+//! compared in that order: any rule with `sha256` beats any without; then `path`; then
+//! `version`; then `family`; then `server_names` (so a scoped rule refines a rule with the same
+//! library keys, and never overrides a rule that names the library more precisely). Two
 //! matching rules of equal specificity: the first in the file wins (rules with identical keys and
 //! values are rejected when the policy is parsed, so this only happens with overlapping globs or
 //! ranges, and `enforcer policy explain` shows it).
@@ -21,6 +27,7 @@ use std::path::Path;
 use globset::GlobMatcher;
 
 use super::Action;
+use super::server_names::ServerNamePattern;
 use crate::family::Family;
 use crate::version::{Version, VersionReq};
 
@@ -68,6 +75,8 @@ pub struct Rule {
     pub path: Option<PathGlob>,
     /// Lowercase hex.
     pub sha256: Option<String>,
+    /// The server names the rule is scoped to; `None`: every connection of the library.
+    pub server_names: Option<Vec<ServerNamePattern>>,
     pub action: Action,
     /// 1-based line of the rule in the policy file.
     pub line: usize,
@@ -83,8 +92,8 @@ pub struct Subject<'a> {
     pub sha256: Option<&'a str>,
 }
 
-/// (sha256, path, version, family): compared lexicographically.
-pub type Specificity = (bool, bool, bool, bool);
+/// (sha256, path, version, family, server_names): compared lexicographically.
+pub type Specificity = (bool, bool, bool, bool, bool);
 
 impl Rule {
     pub fn specificity(&self) -> Specificity {
@@ -93,7 +102,13 @@ impl Rule {
             self.path.is_some(),
             self.version.is_some(),
             self.family.is_some(),
+            self.server_names.is_some(),
         )
+    }
+
+    /// True if the rule decides only connections to some server names.
+    pub fn is_scoped(&self) -> bool {
+        self.server_names.is_some()
     }
 
     /// True if both rules have the same keys with the same values.
@@ -103,9 +118,11 @@ impl Rule {
                 == other.version.as_ref().map(ToString::to_string)
             && self.path == other.path
             && self.sha256 == other.sha256
+            && self.server_names == other.server_names
     }
 
-    /// Why the rule matches `s` (one reason per key), or `None` if it does not.
+    /// Why the rule matches library `s` (one reason per key), or `None` if it does not.
+    /// `server_names` is not a property of a library and is not checked here.
     pub fn matches(&self, s: &Subject) -> Option<Vec<String>> {
         let mut why = Vec::new();
         if let Some(sha) = &self.sha256 {
@@ -149,6 +166,10 @@ impl Rule {
         if let Some(h) = &self.sha256 {
             parts.push(format!("sha256={}", short(h)));
         }
+        if let Some(names) = &self.server_names {
+            let names: Vec<&str> = names.iter().map(|n| n.text.as_str()).collect();
+            parts.push(format!("server_names=[{}]", names.join(", ")));
+        }
         parts.join(" ")
     }
 }
@@ -176,7 +197,8 @@ pub struct Match {
     pub reasons: Vec<String>,
 }
 
-/// Every rule that matches `s`, most specific first (ties: file order); the first one decides.
+/// Every rule that matches library `s`, scoped ones included, most specific first (ties: file
+/// order). The first unscoped one decides the library's connections that no scoped rule takes.
 pub fn matching(rules: &[Rule], s: &Subject) -> Vec<Match> {
     let mut hits: Vec<(Specificity, Match)> = rules
         .iter()

@@ -165,11 +165,11 @@ fn every_shipped_policy_parses() {
 fn unknown_keys() {
     assert_eq!(
         err("mode: enforce\ndefault: deny\nlibraries:\n  - fmaily: openssl\n    action: allow\n"),
-        "policy.yaml:4:5: libraries[0]: unknown key 'fmaily' (expected one of: family, version, path, sha256, action)"
+        "policy.yaml:4:5: libraries[0]: unknown key 'fmaily' (expected one of: family, version, path, sha256, server_names, action)"
     );
     assert_eq!(
         err("default: deny\nmdoe: audit\n"),
-        "policy.yaml:2:1: unknown key 'mdoe' (expected one of: mode, default, libraries, catalog)"
+        "policy.yaml:2:1: unknown key 'mdoe' (expected one of: mode, default, unattributed_tls, libraries, catalog)"
     );
 }
 
@@ -209,11 +209,11 @@ fn missing_keys() {
 fn wrong_types() {
     assert_eq!(
         err("default: deny\nlibraries:\n  family: openssl\n"),
-        "policy.yaml:3:3: libraries: expected a list of rules (mappings with keys family, version, path, sha256, action), found a mapping"
+        "policy.yaml:3:3: libraries: expected a list of rules (mappings with keys family, version, path, sha256, server_names, action), found a mapping"
     );
     assert_eq!(
         err("default: deny\nlibraries:\n  - openssl\n"),
-        "policy.yaml:3:5: libraries[0]: expected a mapping with keys family, version, path, sha256, action, found the string 'openssl'"
+        "policy.yaml:3:5: libraries[0]: expected a mapping with keys family, version, path, sha256, server_names, action, found the string 'openssl'"
     );
     assert_eq!(
         err("default: [deny]\n"),
@@ -227,17 +227,16 @@ fn wrong_types() {
 
 #[test]
 fn empty_and_non_mapping_top_level() {
-    let empty =
-        "policy.yaml: empty policy: expected a mapping with keys mode, default, libraries, catalog";
+    let empty = "policy.yaml: empty policy: expected a mapping with keys mode, default, unattributed_tls, libraries, catalog";
     assert_eq!(err(""), empty);
     assert_eq!(err("\n  \n# only a comment\n---\n"), empty);
     assert_eq!(
         err("# list\n- family: openssl\n"),
-        "policy.yaml:2:1: top level must be a mapping with keys mode, default, libraries, catalog, found a list"
+        "policy.yaml:2:1: top level must be a mapping with keys mode, default, unattributed_tls, libraries, catalog, found a list"
     );
     assert_eq!(
         err("enforce\n"),
-        "policy.yaml:1:1: top level must be a mapping with keys mode, default, libraries, catalog, found the string 'enforce'"
+        "policy.yaml:1:1: top level must be a mapping with keys mode, default, unattributed_tls, libraries, catalog, found the string 'enforce'"
     );
 }
 
@@ -332,13 +331,13 @@ fn hostile_input_errors_without_panicking() {
     assert_eq!(
         err(&long_key),
         format!(
-            "policy.yaml:2:1: unknown key '{}...' (expected one of: mode, default, libraries, catalog)",
+            "policy.yaml:2:1: unknown key '{}...' (expected one of: mode, default, unattributed_tls, libraries, catalog)",
             "k".repeat(60)
         )
     );
     assert_eq!(
         err("default: deny\n\"a\\nb\": 1\n"),
-        "policy.yaml:2:1: unknown key 'a\\nb' (expected one of: mode, default, libraries, catalog)"
+        "policy.yaml:2:1: unknown key 'a\\nb' (expected one of: mode, default, unattributed_tls, libraries, catalog)"
     );
     let deep = format!(
         "default: deny\nlibraries: {}{}\n",
@@ -373,7 +372,8 @@ fn check_report_lists_mode_default_rules() {
 policy.yaml: valid policy
 mode: enforce (connections of denied libraries are blocked)
 default: deny (for TLS libraries no rule matches)
-rules: 2 (the most specific matching rule decides: sha256, then path, then version, then family)
+unattributed_tls: deny (a TLS ClientHello no probed library claimed: the ClientHello is dropped and the socket aborted)
+rules: 2 (the most specific matching rule decides: sha256, then path, then version, then family, then server_names)
   line 5: family=openssl -> allow
   line 7: family=gnutls -> audit
 by family (where no sha256, path or version rule matches):

@@ -5,6 +5,12 @@
 //! length fields), so a frame that the programs drop is one the kernel would also accept.
 //! TCP/UDP/ICMP checksums are left zero: nothing on the path under test reads them.
 
+#[allow(
+    dead_code,
+    reason = "ClientHello frames are used by client_hello.rs only"
+)]
+pub mod tls;
+
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;

@@ -1,0 +1,329 @@
+//! TLS ClientHellos on egress: the server name (SNI) of every connection, TLS on flows no probed
+//! library claimed (`unattributed_tls`), and rules scoped by server name, judged before the
+//! ClientHello leaves the host.
+//!
+//! Cost on the path that is not a ClientHello: one byte load (TCP data offset) and one 6-byte
+//! load at the start of the payload, only for segments that carry data. Only a payload that
+//! starts with a handshake record (`16 03 ..`) holding a ClientHello (handshake type 1) is
+//! parsed further. With `server_names` rules in the policy, data segments also cost one `FLOWS`
+//! lookup, so a flow judged at its ClientHello cannot slip past with something else.
+//!
+//! The bytes come from the wire: every length is checked against the record, the handshake
+//! message and the segment; every loop has a constant bound; what cannot be read is reported as
+//! such (`hello::sni::UNREADABLE`), never guessed.
+
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_ns,
+    macros::map,
+    maps::{LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+};
+use enforcer_common::{
+    FlowKey, FlowState, HelloEvent, ServerNameKey, action, hello, hello_stat, hello_verdict,
+    verdict,
+};
+
+use crate::{
+    packet::{Packet, Segment},
+    stats,
+    verdict::{EVENTS, FLOWS, HELLO_POLICY, LIB_ACTIONS, SCOPED_LIBS, apply},
+};
+
+/// (library id, reversed server name) → `action::*`, from rules with `server_names`.
+#[map(name = "SERVER_NAME_RULES")]
+static SERVER_NAME_RULES: LpmTrie<ServerNameKey, u8> = LpmTrie::with_max_entries(4096, 0);
+
+/// Flows whose first ClientHello was judged → its TCP sequence number (for debugging with
+/// `bpftool map dump`). A flow here is not parsed again.
+#[map(name = "HELLOS_SEEN")]
+static HELLOS_SEEN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// The event being built and the trie key: together 572 bytes, more than the 512-byte stack.
+#[repr(C)]
+pub struct Scratch {
+    event: HelloEvent,
+    key: Key<ServerNameKey>,
+}
+
+#[map(name = "HELLO_SCRATCH")]
+static HELLO_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+const TLS_HANDSHAKE: u8 = 0x16;
+const HANDSHAKE_CLIENT_HELLO: u8 = 0x01;
+const EXT_SERVER_NAME: usize = 0;
+const SNI_HOST_NAME: u8 = 0;
+/// Extensions walked before giving up (`UNREADABLE`). Browsers send about 20; the loop body is a
+/// helper call and a few compares, so the verifier walks 64 iterations in a few thousand
+/// instructions on every kernel we support (bounded loops: 5.3+).
+const MAX_EXTENSIONS: usize = 64;
+/// Offsets past this (from the frame start) are not read: a ClientHello is a few KiB at most.
+const MAX_OFFSET: usize = 1 << 16;
+/// Longest name copied into the event (`HelloEvent::name` holds 256 bytes).
+const MAX_EVENT_NAME: usize = 255;
+
+/// What the classifier does with the segment.
+pub enum Outcome {
+    Pass,
+    Drop,
+}
+
+#[inline(always)]
+fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
+    if offset > MAX_OFFSET {
+        return None;
+    }
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    if !packet.load_bytes(
+        offset as u32,
+        value.as_mut_ptr() as *mut u8,
+        size_of::<T>() as u32,
+    ) {
+        return None;
+    }
+    // SAFETY: the helper filled all size_of::<T>() bytes; T is plain data.
+    Some(unsafe { value.assume_init() })
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> usize {
+    u16::from_be_bytes(b) as usize
+}
+
+/// Judges an egress TCP segment of `flow` that the blocklist let through. `len` is the frame's
+/// length. Fail-open where nothing is known (not a ClientHello, scratch missing), fail-closed
+/// where the policy asks for a decision it cannot take by name (see `nameless`).
+#[inline(always)]
+pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -> Outcome {
+    let l4 = seg.l4 as usize;
+    let Some(data_offset) = load::<u8, P>(packet, l4 + 12) else {
+        return Outcome::Pass;
+    };
+    let payload = l4 + ((data_offset >> 4) as usize) * 4;
+    if payload >= len {
+        return Outcome::Pass; // no data: SYN, ACK, FIN
+    }
+    let is_hello = match load::<[u8; 6], P>(packet, payload) {
+        Some(h) => h[0] == TLS_HANDSHAKE && h[1] == 3 && h[5] == HANDSHAKE_CLIENT_HELLO,
+        None => false,
+    };
+    let policy = HELLO_POLICY.get(0).copied().unwrap_or_default();
+    if !is_hello {
+        if policy.scoped == 0 {
+            return Outcome::Pass;
+        }
+        // A flow waiting for its ClientHello sent something else first: judge it nameless.
+        // SAFETY: copied out at once.
+        return match unsafe { FLOWS.get(flow) }.copied() {
+            Some(state) if state.verdict == hello_verdict::PENDING_SERVER_NAME => {
+                let decided = decide_scoped(flow, &state, None);
+                settle(flow, state, decided)
+            }
+            _ => Outcome::Pass,
+        };
+    }
+    // Only the first ClientHello of a flow is judged: a retransmission (or anything later that
+    // happens to look like one) passes; a blocked flow's never gets here (the blocklist drops it).
+    // SAFETY: only existence is checked.
+    if unsafe { HELLOS_SEEN.get(flow) }.is_some() {
+        return Outcome::Pass;
+    }
+    let seq = load::<[u8; 4], P>(packet, l4 + 4).map_or(0, u32::from_be_bytes);
+    let Some(scratch) = HELLO_SCRATCH.get_ptr_mut(0) else {
+        return Outcome::Pass;
+    };
+    // SAFETY: per-CPU map value, valid for this run; nothing else on this CPU uses it meanwhile.
+    let scratch = unsafe { &mut *scratch };
+    let (sni, name_len) = read_server_name(packet, payload, len, &mut scratch.event.name);
+    stats::bump(hello_stat::HELLOS);
+    let named = (sni == hello::sni::PRESENT)
+        .then(|| reverse_into(&scratch.event.name, &mut scratch.key, name_len));
+
+    // SAFETY: copied out at once.
+    let (lib_id, new_verdict, outcome) = match unsafe { FLOWS.get(flow) }.copied() {
+        None => {
+            stats::bump(hello_stat::UNATTRIBUTED);
+            let v = apply(flow, Some(policy.unattributed));
+            (hello::UNATTRIBUTED, v, outcome_of(v))
+        }
+        Some(state) if state.verdict == hello_verdict::PENDING_SERVER_NAME => {
+            let scoped = named.map(|()| &mut scratch.key);
+            let v = decide_scoped(flow, &state, scoped);
+            (state.lib_id, v, settle(flow, state, v))
+        }
+        // Judged at attribution already: the ClientHello only adds the name.
+        Some(state) => (state.lib_id, state.verdict, Outcome::Pass),
+    };
+    let _ = HELLOS_SEEN.insert(flow, seq, 0);
+    // SAFETY: plain helper call.
+    scratch.event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    scratch.event.flow = *flow;
+    scratch.event.lib_id = lib_id;
+    scratch.event.verdict = new_verdict;
+    scratch.event.sni = sni;
+    scratch.event.name_len = name_len as u16;
+    if EVENTS.output::<HelloEvent>(&scratch.event, 0).is_err() {
+        stats::bump(enforcer_common::stat::EVENTS_LOST);
+    }
+    outcome
+}
+
+#[inline(always)]
+fn outcome_of(v: u8) -> Outcome {
+    if v == verdict::BLOCKED {
+        stats::bump(hello_stat::HELLO_DROPS);
+        Outcome::Drop
+    } else {
+        Outcome::Pass
+    }
+}
+
+/// Records the verdict of a flow that was pending its server name.
+#[inline(always)]
+fn settle(flow: &FlowKey, mut state: FlowState, v: u8) -> Outcome {
+    state.verdict = v;
+    let _ = FLOWS.insert(flow, state, 0);
+    outcome_of(v)
+}
+
+/// A scoped library's action: the rule for the name (longest matching pattern), else the
+/// library's action for names no pattern matches; without a readable name, the strictest action
+/// any of its rules could give (`SCOPED_LIBS`), so a scoped deny cannot be dodged by hiding it.
+#[inline(always)]
+fn decide_scoped(flow: &FlowKey, state: &FlowState, key: Option<&mut Key<ServerNameKey>>) -> u8 {
+    let lib_action = match key {
+        Some(key) => {
+            key.data.lib_id_be = state.lib_id.to_be();
+            match SERVER_NAME_RULES.get(&*key).copied() {
+                Some(a) => Some(a),
+                // SAFETY: copied out at once.
+                None => unsafe { LIB_ACTIONS.get(state.lib_id) }.copied(),
+            }
+        }
+        // SAFETY: copied out at once.
+        None => unsafe { SCOPED_LIBS.get(state.lib_id) }
+            .copied()
+            .or(Some(action::DENY)),
+    };
+    apply(flow, lib_action)
+}
+
+/// Fills `key.data.name` with the lowercased, reversed `name[..len]` (its last `MAX_NAME`
+/// bytes), followed by `NAME_END` when it fits, and sets the prefix length.
+#[inline(always)]
+fn reverse_into(name: &[u8; 256], key: &mut Key<ServerNameKey>, len: usize) {
+    let out = &mut key.data.name;
+    for i in 0..hello::MAX_NAME {
+        if i >= len {
+            break;
+        }
+        // `& 0xff` keeps the index provably inside the 256-byte buffer (for rustc's bounds
+        // check and the verifier alike); `len` is at most 255, so it changes nothing.
+        out[i] = name[(len - 1 - i) & 0xff].to_ascii_lowercase();
+    }
+    let used = if len < hello::MAX_NAME {
+        out[len] = hello::NAME_END;
+        len + 1
+    } else {
+        hello::MAX_NAME
+    };
+    key.prefix_len = (32 + 8 * used) as u32;
+}
+
+/// A closed connection's ClientHello record goes with it (see `verdict::forget`).
+#[inline(always)]
+pub fn forget(flow: &FlowKey) {
+    let _ = HELLOS_SEEN.remove(flow);
+}
+
+/// Walks the ClientHello at `payload` to its `server_name` extension. Returns the `sni::*`
+/// status and the bytes of the name copied into `name` (the last 255 of a longer one).
+#[inline(always)]
+fn read_server_name<P: Packet>(
+    packet: &P,
+    payload: usize,
+    len: usize,
+    name: &mut [u8; 256],
+) -> (u8, usize) {
+    match walk(packet, payload, len, name) {
+        Some(found) => found,
+        None => (hello::sni::UNREADABLE, 0),
+    }
+}
+
+/// `None`: a read failed (the ClientHello goes on past this segment) or a length is inconsistent.
+#[inline(always)]
+fn walk<P: Packet>(
+    packet: &P,
+    payload: usize,
+    len: usize,
+    name: &mut [u8; 256],
+) -> Option<(u8, usize)> {
+    // Record header (5) and handshake header (4): type 1, then a 24-bit length.
+    let record_len = be16(load(packet, payload + 3)?);
+    let hs: [u8; 4] = load(packet, payload + 5)?;
+    let hs_len = ((hs[1] as usize) << 16) | ((hs[2] as usize) << 8) | hs[3] as usize;
+    let body = payload + 9;
+    if hs_len + 4 > record_len {
+        return None; // a ClientHello split over several records: not followed
+    }
+    let end = body + hs_len;
+    // client_version (2) and random (32), then the session id (at most 32 bytes).
+    let mut at = body + 34;
+    let session_len = load::<u8, P>(packet, at)? as usize;
+    if session_len > 32 {
+        return None;
+    }
+    at += 1 + session_len;
+    at += 2 + be16(load(packet, at)?); // cipher suites
+    at += 1 + load::<u8, P>(packet, at)? as usize; // compression methods
+    if at == end {
+        return Some((hello::sni::ABSENT, 0)); // no extensions at all
+    }
+    let ext_end = at + 2 + be16(load(packet, at)?);
+    if ext_end != end {
+        return None;
+    }
+    at += 2;
+    for _ in 0..MAX_EXTENSIONS {
+        if at == ext_end {
+            return Some((hello::sni::ABSENT, 0));
+        }
+        if at + 4 > ext_end {
+            return None;
+        }
+        let ext: [u8; 4] = load(packet, at)?;
+        let ext_len = be16([ext[2], ext[3]]);
+        let data = at + 4;
+        at = data + ext_len;
+        if at > ext_end {
+            return None;
+        }
+        if be16([ext[0], ext[1]]) != EXT_SERVER_NAME {
+            continue;
+        }
+        // server_name_list length (2), then the first entry: type (1), length (2), name.
+        let entry: [u8; 5] = load(packet, data)?;
+        let name_len = be16([entry[3], entry[4]]);
+        if entry[2] != SNI_HOST_NAME || name_len == 0 || 5 + name_len > ext_len {
+            return None;
+        }
+        let copy = name_len.min(MAX_EVENT_NAME);
+        let from = data + 5 + name_len - copy;
+        if from + copy > len || from > MAX_OFFSET {
+            return None; // the name is past the end of this segment
+        }
+        // `copy` is 1..=255, but LLVM drops checks it knows to hold and the verifier, tracking
+        // another register, then sees a size that may be 0. A volatile read hides the value
+        // from LLVM, so the bound checks stay on the very register passed to the helper.
+        let size = copy as u32;
+        // SAFETY: reads a local.
+        let size = unsafe { core::ptr::read_volatile(&size) };
+        if size == 0 || size > 256 {
+            return None;
+        }
+        if !packet.load_bytes(from as u32, name.as_mut_ptr(), size) {
+            return None;
+        }
+        return Some((hello::sni::PRESENT, copy));
+    }
+    None // more extensions than we walk
+}

@@ -1,0 +1,218 @@
+//! `client_hello` events: one per ClientHello the egress classifier judged (server name,
+//! library or none, verdict). The classifier runs where no process context is meaningful, so
+//! the owner is joined in userspace: from the `connection` event of the same 4-tuple (the
+//! attribution hook runs in the owner's thread, before the ClientHello leaves), else, for
+//! unattributed flows, from the socket's inode (sock_diag) and a bounded walk of `/proc/*/fd`.
+
+use std::{
+    collections::HashMap,
+    fs,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use enforcer_common::{FlowKey, HelloEvent, hello, verdict};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Reporter, endpoints, sockaddr, verdict_name};
+use crate::sock_destroy;
+
+/// Flows remembered for the join (cleared when full: a miss only costs the owner's name).
+const MAX_RECENT: usize = 8192;
+/// `/proc` walks per second; more unattributed ClientHellos than this are reported without owner.
+const MAX_WALKS_PER_SECOND: u32 = 20;
+/// Longest a single `/proc` walk may take.
+const WALK_BUDGET: Duration = Duration::from_millis(100);
+
+/// Who sent a flow's bytes, and how we know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+    /// `connection-event` or `socket-inode`.
+    pub source: &'static str,
+}
+
+/// The join state shared by the reporter's clones.
+#[derive(Default)]
+pub struct Recent {
+    owners: HashMap<FlowKey, Owner>,
+    walks: (Option<Instant>, u32),
+}
+
+impl Recent {
+    pub fn remember(&mut self, flow: FlowKey, pid: u32, comm: String) {
+        if self.owners.len() >= MAX_RECENT {
+            self.owners.clear();
+        }
+        let source = "connection-event";
+        self.owners.insert(flow, Owner { pid, comm, source });
+    }
+
+    /// True if another `/proc` walk fits this second's budget.
+    fn may_walk(&mut self) -> bool {
+        let now = Instant::now();
+        match self.walks.0 {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {
+                self.walks.1 += 1;
+                self.walks.1 <= MAX_WALKS_PER_SECOND
+            }
+            _ => {
+                self.walks = (Some(now), 1);
+                true
+            }
+        }
+    }
+}
+
+pub fn sni_status(v: u8) -> &'static str {
+    match v {
+        hello::sni::PRESENT => "present",
+        hello::sni::ABSENT => "absent",
+        _ => "unreadable",
+    }
+}
+
+impl Reporter {
+    pub(super) fn handle_hello(&self, event: &HelloEvent) {
+        let unattributed = event.lib_id == hello::UNATTRIBUTED;
+        let mut owner = self.recent_lock().owners.get(&event.flow).cloned();
+        // The inode must be read before the socket is destroyed; the walk can come after.
+        let inode = match owner.is_none() && self.recent_lock().may_walk() {
+            true => sock_destroy::socket_inode(&event.flow),
+            false => None,
+        };
+        let aborted =
+            (event.verdict == verdict::BLOCKED).then(|| sock_destroy::destroy(&event.flow));
+        if owner.is_none()
+            && let Some(inode) = inode
+        {
+            owner = owner_of_inode(inode);
+        }
+        let name_len = (event.name_len as usize).min(event.name.len());
+        let server_name = (event.sni == hello::sni::PRESENT)
+            .then(|| String::from_utf8_lossy(&event.name[..name_len]).into_owned());
+        let lib = (!unattributed)
+            .then(|| self.library(event.lib_id))
+            .flatten();
+        let (local, remote) = endpoints(&event.flow);
+        let verdict_name = verdict_name(event.verdict);
+        let time = self.wall_clock(event.ts_ns);
+        let record = || {
+            json!({
+                "type": "client_hello",
+                "time": humantime::format_rfc3339_millis(time).to_string(),
+                "local": { "addr": local.0.to_string(), "port": local.1 },
+                "remote": { "addr": remote.0.to_string(), "port": remote.1 },
+                "server_name": server_name,
+                "server_name_status": sni_status(event.sni),
+                "attributed": !unattributed,
+                "library": match (&lib, unattributed) {
+                    (_, true) => serde_json::Value::Null,
+                    (Some(l), false) => json!({ "id": event.lib_id, "family": l.family.name(), "path": l.path, "version": l.version }),
+                    (None, false) => json!({ "id": event.lib_id, "family": "unknown", "path": null, "version": null }),
+                },
+                "pid": owner.as_ref().map(|o| o.pid),
+                "comm": owner.as_ref().map(|o| o.comm.clone()),
+                "owner_source": owner.as_ref().map(|o| o.source),
+                "verdict": verdict_name,
+                "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
+            })
+        };
+        // JSON to stdout (`--events json`) and to the events file (`--events-file`).
+        if self.format == super::EventFormat::Json || self.file.is_some() {
+            self.emit(&record());
+        }
+        match self.format {
+            super::EventFormat::Json => {}
+            super::EventFormat::Text => {
+                let server_name = server_name.as_deref().unwrap_or(sni_status(event.sni));
+                let family = lib.as_ref().map_or(
+                    if unattributed {
+                        "none (unattributed)"
+                    } else {
+                        "unknown"
+                    },
+                    |l| l.family.name(),
+                );
+                let pid = owner.as_ref().map(|o| o.pid);
+                let comm = owner.as_ref().map_or("unknown", |o| o.comm.as_str());
+                let (local, remote) = (sockaddr(local), sockaddr(remote));
+                if unattributed || event.verdict != verdict::ALLOWED {
+                    warn!(
+                        ?pid,
+                        comm,
+                        library = family,
+                        server_name,
+                        local,
+                        remote,
+                        verdict = verdict_name,
+                        "TLS ClientHello {}",
+                        if unattributed {
+                            "no probed library claimed"
+                        } else {
+                            "judged by server name"
+                        }
+                    );
+                } else {
+                    info!(
+                        ?pid,
+                        comm,
+                        library = family,
+                        server_name,
+                        local,
+                        remote,
+                        verdict = verdict_name,
+                        "TLS ClientHello"
+                    );
+                }
+            }
+        }
+        if let Some(Err(err)) = aborted
+            && !matches!(err, sock_destroy::SockDestroyError::NotFound { .. })
+        {
+            warn!(%err, "blocked ClientHello: could not abort the local socket; its packets are still dropped");
+        }
+    }
+
+    fn recent_lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The process holding socket `inode`: the first `/proc/<pid>/fd/*` link to `socket:[inode]`
+/// found within `WALK_BUDGET`.
+pub fn owner_of_inode(inode: u64) -> Option<Owner> {
+    let target = format!("socket:[{inode}]");
+    let deadline = Instant::now() + WALK_BUDGET;
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Instant::now() > deadline {
+            return None;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
+                let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                return Some(Owner {
+                    pid,
+                    comm: comm.trim_end().to_owned(),
+                    source: "socket-inode",
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Shared between clones of the reporter.
+pub type RecentTable = std::sync::Arc<Mutex<Recent>>;
