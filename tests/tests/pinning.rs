@@ -194,6 +194,12 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
         "detach: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The link goes when its last fd closes: the agent's helper that resumes paused processes
+    // (forked at start, holding copies of its fds) may outlive the agent by a few milliseconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !xdp_programs(&ns.host_if).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(xdp_programs(&ns.host_if).is_empty(), "detach removes XDP");
     assert_eq!(
         our_tc_filters(&ns.host_if),
