@@ -1,30 +1,45 @@
-//! `enforcer attach`: load, attach everything, report until a signal, then detach everything.
+//! `enforcer attach`: load, attach everything, report until a signal, then detach everything
+//! (with `--pin`: leave the pinned state in force, see `pin`).
 //!
 //! Rollback: every piece is owned by something that undoes it. Uprobes, the kernel hook, the
 //! tracepoints and XDP are aya links owned by the `Ebpf` object (detached when it drops, and by
 //! the kernel if the process dies); the tc filters are netlink objects and are removed
 //! explicitly, on success, error and signal alike.
 
-use std::{collections::HashMap, os::fd::AsFd, path::PathBuf};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf,
     maps::{MapData, RingBuf},
-    programs::{SchedClassifier, Xdp, XdpMode},
+    programs::{
+        SchedClassifier, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use enforcer_common::maps;
-use serde_json::json;
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::{
-    btf,
-    events::{self, EventFormat, LibInfo, Reporter},
+    agent_loop::{self, Earlier},
+    btf, control,
+    events::{EventFormat, LibInfo, Reporter},
     hooks::{self, HookChoice},
     iface,
     libraries::{self, DiscoverOptions},
-    loader, policy, tc,
+    live_maps::LiveMaps,
+    loader, metrics,
+    operator::AgentInfo,
+    pin::{self, PinDir},
+    policy, reload, tc,
     uprobes::Prober,
     watcher::{self, Watcher},
 };
@@ -38,6 +53,15 @@ pub struct AttachArgs {
     pub dry_run: bool,
     pub kernel_hook: HookChoice,
     pub events: EventFormat,
+    /// JSON lines appended to this file too.
+    pub events_file: Option<PathBuf>,
+    /// Keep maps and links in this bpffs directory (see `pin`).
+    pub pin: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    pub control_socket: PathBuf,
+    pub flows_max: u32,
+    pub blocklist_max: u32,
+    pub reevaluate_established: bool,
 }
 
 pub async fn run(args: AttachArgs) -> Result<()> {
@@ -63,18 +87,64 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let offsets = btf::sock_offsets()?;
+    let pin = match &args.pin {
+        Some(dir) => Some(PinDir::create(dir)?),
+        None => None,
+    };
+    let reporter = Reporter::new(HashMap::new(), args.events);
+    let reporter = match &args.events_file {
+        Some(path) => reporter
+            .with_events_file(path)
+            .with_context(|| format!("opening the events file {}", path.display()))?,
+        None => reporter,
+    };
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}"))?,
+        ),
+        None => None,
+    };
     let opts = DiscoverOptions {
         catalog: policy.catalog.clone(),
         ..DiscoverOptions::default()
     };
-    let libs = tokio::task::spawn_blocking(move || libraries::discover(&opts))
+    let mut libs = tokio::task::spawn_blocking(move || libraries::discover(&opts))
         .await
         .context("library discovery panicked")??;
 
-    let mut ebpf = loader::load(&offsets)?;
+    let load = loader::LoadOptions {
+        flows_max: args.flows_max,
+        blocklist_max: args.blocklist_max,
+        pin: pin.clone(),
+    };
+    let mut ebpf = loader::load_with(&offsets, &load)?;
+    for (map, asked, actual) in loader::pinned_size_mismatches(&ebpf, &load) {
+        warn!(
+            map,
+            asked,
+            actual,
+            "pinned map reused with its earlier size; `enforcer detach --pin` first to resize"
+        );
+    }
+    let mut live = LiveMaps::open(&ebpf)?;
+    // With pinned maps, library ids continue after the earlier runs' (their flows keep theirs).
+    let earlier = pin
+        .as_ref()
+        .map(|dir| Earlier::read(dir, &live))
+        .transpose()?;
+    if let Some(earlier) = &earlier {
+        for lib in &mut libs {
+            lib.id += earlier.max_lib_id;
+        }
+    }
     loader::set_mode(&mut ebpf, mode)?;
     let prober = Prober::new(&mut ebpf)?;
     let covered = attach_libraries(&mut ebpf, &prober, &policy, &libs)?;
+    for (id, info) in covered {
+        reporter.add_library(id, info);
+    }
 
     let btf = Btf::from_sys_fs().ok();
     let hook = hooks::attach_choice(&mut ebpf, args.kernel_hook, btf.as_ref())?;
@@ -92,10 +162,28 @@ pub async fn run(args: AttachArgs) -> Result<()> {
 
     let ring = take_events(&mut ebpf)?;
     let mut filters = Vec::new();
-    let result = attach_interfaces(&mut ebpf, &handle, &ifaces, &mut filters).await;
+    let mut attached = Attached::default();
+    let result = attach_interfaces(
+        &mut ebpf,
+        &handle,
+        &ifaces,
+        pin.as_ref(),
+        &mut filters,
+        &mut attached,
+    )
+    .await;
+    let programs = pin::datapath_programs(&ebpf, &prober.program_fds());
+    // Bound once attached: an agent that cannot attach fails for that reason, not this one.
+    let result = result.and_then(|()| control::bind(&args.control_socket));
+    let served_control = result.is_ok();
     let (result, watcher) = match result {
-        Ok(()) => {
-            let reporter = Reporter::new(covered, args.events);
+        Ok(control) => {
+            if let (Some(dir), Some(earlier)) = (&pin, &earlier) {
+                // Ours are attached: the earlier run's links can go (no gap), and what we have
+                // is pinned at once (a SIGKILL right after `ready` leaves enforcement in place).
+                earlier.retire(dir, &handle, &ifaces, &mut live).await;
+                pin_sweep(dir, &programs);
+            }
             // From here on the watcher owns the object: it probes library files that appear
             // later, pausing the processes that map them until they are probed.
             let mut watcher = Watcher::start(
@@ -108,32 +196,75 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     prober,
                 },
             );
-            reporter.lifecycle(json!({
-                "type": "ready",
-                "interfaces": names,
-                "mode": mode.name(),
-                "policy": policy.source,
-                "kernel_hook": form.name(),
-                "libraries": reporter.library_count(),
-                "new_files": watcher.status.name(),
-            }));
-            info!(interfaces = ?names, mode = %mode, kernel_hook = %form, libraries = reporter.library_count(), new_files = watcher.status.name(), "enforcer ready");
-            let result = serve(ring, reporter).await;
+            let info = AgentInfo {
+                interfaces: names.clone(),
+                kernel_hook: form.name(),
+                kernel_hook_targets: hook.targets.iter().map(|t| t.to_string()).collect(),
+                new_files: watcher.status.name(),
+                pin: pin.as_ref().map(|d| d.root().display().to_string()),
+                started: Instant::now(),
+            };
+            let run = agent_loop::Running {
+                info,
+                reporter: reporter.clone(),
+                maps: Arc::new(Mutex::new(live)),
+                policy,
+                reload: args.policy.clone().map(|path| reload::ReloadConfig {
+                    path,
+                    dry_run: args.dry_run,
+                    reevaluate_established: args.reevaluate_established,
+                }),
+                pin: pin.clone().map(|dir| (dir, programs)),
+                control: Some(control),
+                control_path: args.control_socket.clone(),
+                metrics,
+            };
+            let result = run.serve(ring, &mut watcher).await;
             // Hooks off and every paused process resumed before anything is taken down.
             tokio::task::block_in_place(|| watcher.stop());
             (result, watcher)
         }
-        Err(err) => (Err(err), Watcher::hold(ebpf, prober)),
+        Err(err) => {
+            for path in &attached.pinned {
+                let _ = pin::unpin(path);
+            }
+            (Err(err), Watcher::hold(ebpf, prober))
+        }
     };
-    for filter in filters {
-        if let Err(err) = filter.detach(&handle).await {
-            error!("detaching the tc filter failed: {err}");
+    if served_control {
+        let _ = std::fs::remove_file(&args.control_socket);
+    }
+    let persist = pin.is_some() && result.is_ok();
+    if persist {
+        // Pinned: the tc filter stays with the pinned links and maps (see `pin`).
+        info!(pin = %args.pin.as_deref().unwrap_or(Path::new("")).display(), "pinned state left in place: enforcement goes on; `enforcer detach --pin DIR` removes it");
+    } else {
+        for filter in filters {
+            if let Err(err) = filter.detach(&handle).await {
+                error!("detaching the tc filter failed: {err}");
+            }
         }
     }
-    // Dropping the watcher drops the object and the prober: uprobes, hooks and XDP links go.
+    // Dropping the watcher drops the object and the prober: uprobes, hooks and XDP links go
+    // (pinned ones stay).
     drop(watcher);
-    info!("detached");
+    info!(
+        "{}",
+        if persist {
+            "exited, pinned state kept"
+        } else {
+            "detached"
+        }
+    );
     result
+}
+
+fn pin_sweep(dir: &PinDir, programs: &[u32]) {
+    match pin::sweep(dir, programs) {
+        Ok(n) if n > 0 => info!(links = n, "links pinned"),
+        Ok(_) => {}
+        Err(err) => warn!("pinning links failed: {err}"),
+    }
 }
 
 /// Sets each library's action from the policy and probes it. A library that cannot be probed is
@@ -151,12 +282,7 @@ fn attach_libraries(
             Ok(functions) => {
                 let version = lib.identity.version.as_deref().unwrap_or("unknown");
                 info!(id = lib.id, family = %lib.family, version, path = %lib.path.display(), functions, action = %decision.action, rule_line = ?decision.rule_line, "library probed");
-                let info = LibInfo {
-                    family: lib.family.clone(),
-                    path: lib.path.display().to_string(),
-                    version: lib.identity.version.clone(),
-                };
-                covered.insert(lib.id, info);
+                covered.insert(lib.id, LibInfo::of(lib));
             }
             Err(err) => error!("library not covered: {err:#}"),
         }
@@ -167,25 +293,63 @@ fn attach_libraries(
     Ok(covered)
 }
 
+/// What this run pinned so far (undone if the start fails).
+#[derive(Default)]
+struct Attached {
+    pinned: Vec<PathBuf>,
+}
+
 async fn attach_interfaces(
     ebpf: &mut Ebpf,
     handle: &rtnetlink::Handle,
     ifaces: &[(String, u32)],
+    pin: Option<&PinDir>,
     filters: &mut Vec<tc::EgressFilter>,
+    attached: &mut Attached,
 ) -> Result<()> {
     let xdp: &mut Xdp = program(ebpf, "enforcer_ingress")?;
     xdp.load()?;
     for (name, index) in ifaces {
-        if let Err(native) = xdp.attach_to_if_index(*index, XdpMode::Default) {
-            xdp.attach_to_if_index(*index, XdpMode::Skb).with_context(|| {
-                format!("attaching XDP to {name} failed (native: {native}); if another XDP program is attached, see `ip link show {name}`")
+        if let Some(dir) = pin
+            && dir.xdp_path(*index).exists()
+        {
+            // The earlier run's link: our program takes its place in it, atomically.
+            let link = PinnedLink::from_pin(dir.xdp_path(*index))
+                .with_context(|| format!("opening the pinned XDP link of {name}"))?;
+            let link = XdpLink::try_from(FdLink::from(link))
+                .with_context(|| format!("pinned XDP link of {name}"))?;
+            xdp.attach_to_link(link).with_context(|| {
+                format!("replacing the program of the pinned XDP link of {name}")
             })?;
+            info!(iface = %name, "XDP: took over the pinned link");
+            continue;
+        }
+        let id = match xdp.attach_to_if_index(*index, XdpMode::Default) {
+            Ok(id) => id,
+            Err(native) => xdp.attach_to_if_index(*index, XdpMode::Skb).with_context(|| {
+                format!("attaching XDP to {name} failed (native: {native}); if another XDP program is attached, see `ip link show {name}`")
+            })?,
+        };
+        if let Some(dir) = pin {
+            let link: FdLink = xdp.take_link(id)?.try_into().with_context(|| {
+                format!("XDP on {name} is not a bpf link (kernel < 5.9?): cannot pin it")
+            })?;
+            let path = dir.xdp_path(*index);
+            // Pinned, the link outlives the fd we drop here.
+            link.pin(&path)
+                .with_context(|| format!("pinning the XDP link of {name} at {}", path.display()))?;
+            attached.pinned.push(path);
         }
     }
     let classifier: &mut SchedClassifier = program(ebpf, "enforcer_egress")?;
     classifier.load()?;
     let fd = classifier.fd()?;
     for (name, index) in ifaces {
+        if pin.is_some() {
+            filters.push(tc::replace_egress(handle, *index, fd.as_fd(), TC_FILTER_NAME).await?);
+            info!(iface = %name, "XDP (ingress) and tc (egress) attached, pinned");
+            continue;
+        }
         let stale = tc::remove_stale(handle, *index, TC_FILTER_NAME).await?;
         if stale > 0 {
             warn!(iface = %name, stale, "removed tc filters left by an earlier agent");
@@ -209,14 +373,4 @@ where
 fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
     let map = ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?;
     Ok(RingBuf::try_from(map)?)
-}
-
-async fn serve(ring: RingBuf<MapData>, reporter: Reporter) -> Result<()> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    tokio::select! {
-        result = events::run(ring, reporter) => result.context("reading events"),
-        _ = sigint.recv() => { info!("SIGINT: detaching"); Ok(()) }
-        _ = sigterm.recv() => { info!("SIGTERM: detaching"); Ok(()) }
-    }
 }

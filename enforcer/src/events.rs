@@ -5,10 +5,12 @@
 mod hello;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
+    fs::File,
     io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::{Arc, PoisonError, RwLock},
+    path::Path,
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -20,7 +22,7 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
-use crate::{family::Family, sock_destroy};
+use crate::{family::Family, libraries::Library, sock_destroy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventFormat {
@@ -37,7 +39,23 @@ pub struct LibInfo {
     pub path: String,
     /// The version the library states about itself, if found.
     pub version: Option<String>,
+    /// What the policy matches on (a policy reload decides again from it).
+    pub library: Option<Arc<Library>>,
 }
+
+impl LibInfo {
+    pub fn of(lib: &Library) -> LibInfo {
+        LibInfo {
+            family: lib.family.clone(),
+            path: lib.path.display().to_string(),
+            version: lib.identity.version.clone(),
+            library: Some(Arc::new(lib.clone())),
+        }
+    }
+}
+
+/// Connections reported, by (library family, verdict name): the metrics' counters.
+pub type ConnectionCounts = BTreeMap<(String, &'static str), u64>;
 
 /// Cheap to clone: clones share the library table (the watcher adds libraries found later).
 #[derive(Clone)]
@@ -46,6 +64,9 @@ pub struct Reporter {
     /// Recent flows' owners, for `client_hello` events.
     recent: hello::RecentTable,
     pub format: EventFormat,
+    /// `--events-file`: JSON lines appended there too, whatever `format` says.
+    file: Option<Arc<Mutex<File>>>,
+    counts: Arc<Mutex<ConnectionCounts>>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
     boot_offset_ns: i128,
 }
@@ -56,8 +77,47 @@ impl Reporter {
             libs: Arc::new(RwLock::new(libs)),
             recent: Default::default(),
             format,
+            file: None,
+            counts: Arc::default(),
             boot_offset_ns: realtime_minus_monotonic(),
         }
+    }
+
+    /// Also appends every record, as one JSON line, to `path` (created 0600 if missing). Each
+    /// line goes out in one `write` on an `O_APPEND` file: lines are never interleaved or cut.
+    pub fn with_events_file(mut self, path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        self.file = Some(Arc::new(Mutex::new(file)));
+        Ok(self)
+    }
+
+    /// Connections reported so far, by (library family, verdict).
+    pub fn connection_counts(&self) -> ConnectionCounts {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every known library: id → info.
+    pub fn libraries(&self) -> HashMap<u32, LibInfo> {
+        self.libs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The family name of library `id` (`unknown` for an id of an earlier run).
+    pub fn family_of(&self, id: u32) -> String {
+        let libs = self.libs.read().unwrap_or_else(PoisonError::into_inner);
+        libs.get(&id)
+            .map_or("unknown", |l| l.family.name())
+            .to_string()
     }
 
     /// How many libraries are known.
@@ -76,8 +136,20 @@ impl Reporter {
 
     /// Prints a non-connection record (`ready`, ...) in the chosen format.
     pub fn lifecycle(&self, record: serde_json::Value) {
+        self.emit(&record);
+    }
+
+    /// A record to stdout (`--events json`) and to the events file.
+    fn emit(&self, record: &serde_json::Value) {
         if self.format == EventFormat::Json {
-            print_json(&record);
+            print_json(record);
+        }
+        if let Some(file) = &self.file {
+            let line = format!("{record}\n");
+            let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(err) = file.write_all(line.as_bytes()) {
+                warn!(%err, "writing the events file failed");
+            }
         }
     }
 
@@ -102,8 +174,14 @@ impl Reporter {
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.ts_ns);
-        match self.format {
-            EventFormat::Json => print_json(&json!({
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((family.to_string(), verdict_name))
+            .or_default() += 1;
+        let record = || {
+            json!({
                 "type": "connection",
                 "time": humantime::format_rfc3339_millis(time).to_string(),
                 "pid": event.pid,
@@ -116,7 +194,13 @@ impl Reporter {
                 "call": op_name(event.op),
                 "verdict": verdict_name,
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
-            })),
+            })
+        };
+        if self.format == EventFormat::Json || self.file.is_some() {
+            self.emit(&record());
+        }
+        match self.format {
+            EventFormat::Json => {}
             EventFormat::Text => {
                 let local = sockaddr(local);
                 let remote = sockaddr(remote);

@@ -32,13 +32,76 @@ pub enum LoadError {
     MissingMap(&'static str),
 }
 
+/// Default capacity of `FLOWS` (LRU: the least recently used flow makes room).
+pub const DEFAULT_FLOWS_MAX: u32 = 65536;
+/// Default capacity of `BLOCKLIST` (never evicts: a full blocklist is reported, fail-open).
+pub const DEFAULT_BLOCKLIST_MAX: u32 = 16384;
+
+/// Map sizes and pinning for [`load_with`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub flows_max: u32,
+    pub blocklist_max: u32,
+    /// Reuse (or create and pin) the maps of [`crate::pin::PINNED_MAPS`] there.
+    pub pin: Option<crate::pin::PinDir>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flows_max: DEFAULT_FLOWS_MAX,
+            blocklist_max: DEFAULT_BLOCKLIST_MAX,
+            pin: None,
+        }
+    }
+}
+
 pub fn load(offsets: &SockOffsets) -> Result<Ebpf, LoadError> {
-    Ok(EbpfLoader::new()
+    load_with(offsets, &LoadOptions::default())
+}
+
+/// Loads the object with the given map sizes. With a pin directory, the maps of
+/// [`crate::pin::PINNED_MAPS`] are taken from it when an earlier run pinned them (their sizes
+/// are then the earlier run's: see [`pinned_size_mismatches`]), else created and pinned.
+pub fn load_with(offsets: &SockOffsets, opts: &LoadOptions) -> Result<Ebpf, LoadError> {
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(SOCK_OFFSETS_GLOBAL, offsets, true)
+        .map_max_entries(maps::FLOWS, opts.flows_max)
+        .map_max_entries(maps::BLOCKLIST, opts.blocklist_max)
         // `enforcer discover`'s maps, unused by the agent: one entry each instead of megabytes.
         .map_max_entries(discover::HITS, 1)
-        .map_max_entries(discover::STACKS, 1)
-        .load(OBJECT)?)
+        .map_max_entries(discover::STACKS, 1);
+    if let Some(dir) = &opts.pin {
+        for name in crate::pin::PINNED_MAPS {
+            loader.map_pin_path(name, dir.map_path(name));
+        }
+    }
+    Ok(loader.load(OBJECT)?)
+}
+
+/// `(map, asked, actual)` for each sized map whose capacity is not what was asked (a pinned map
+/// reused from an earlier run keeps its size).
+pub fn pinned_size_mismatches(ebpf: &Ebpf, opts: &LoadOptions) -> Vec<(&'static str, u32, u32)> {
+    [
+        (maps::FLOWS, opts.flows_max),
+        (maps::BLOCKLIST, opts.blocklist_max),
+    ]
+    .into_iter()
+    .filter_map(|(name, asked)| {
+        let actual = max_entries(ebpf, name)?;
+        (actual != asked).then_some((name, asked, actual))
+    })
+    .collect()
+}
+
+/// The capacity of map `name` as the kernel reports it.
+pub fn max_entries(ebpf: &Ebpf, name: &str) -> Option<u32> {
+    let info = match ebpf.map(name)? {
+        aya::maps::Map::HashMap(m) | aya::maps::Map::LruHashMap(m) => m.info().ok()?,
+        _ => return None,
+    };
+    Some(info.max_entries())
 }
 
 pub fn set_mode(ebpf: &mut Ebpf, value: Mode) -> Result<(), LoadError> {

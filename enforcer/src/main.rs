@@ -1,9 +1,18 @@
 //! The `enforcer` command line.
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
-use enforcer::{attach, discover, events, explain, hooks, inventory, kernel_check, policy};
+use enforcer::{
+    attach,
+    control::{self, Request},
+    detach, discover, events, explain, hooks, inventory, kernel_check, loader, policy,
+};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +43,67 @@ enum Command {
         /// Event output: text log lines on stderr, or JSON lines on stdout.
         #[arg(long, value_enum, default_value = "text")]
         events: events::EventFormat,
+        /// Also append every event as a JSON line to FILE (docs/events.md).
+        #[arg(long, value_name = "FILE")]
+        events_file: Option<PathBuf>,
+        /// Pin maps and links under DIR (on bpffs): enforcement outlives the agent, and the next
+        /// agent with the same DIR takes it over (docs/operations.md).
+        #[arg(long, value_name = "DIR")]
+        pin: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
+        /// The operator socket (`enforcer status`, `flows`, `block`, `unblock`, `reload`).
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+        /// Capacity of the flow table (LRU).
+        #[arg(long, value_name = "N", default_value_t = loader::DEFAULT_FLOWS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+        flows_max: u32,
+        /// Capacity of the blocklist (a full blocklist is reported, never evicted).
+        #[arg(long, value_name = "N", default_value_t = loader::DEFAULT_BLOCKLIST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+        blocklist_max: u32,
+        /// On a policy reload, judge established flows again too (else only new ones).
+        #[arg(long)]
+        reevaluate_established: bool,
+    },
+    /// A running agent: what is attached, the kernel hook form, the counters.
+    Status {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// A running agent's attributed connections, with library and verdict.
+    Flows {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Block one connection now (blocklist + socket abort), by this host's end and the peer's.
+    Block {
+        /// This host's end, e.g. 10.0.0.1:40000 or [fd00::1]:40000.
+        local: SocketAddr,
+        /// The peer's end.
+        remote: SocketAddr,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Take one connection out of the blocklist; it stays allowed.
+    Unblock {
+        local: SocketAddr,
+        remote: SocketAddr,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Make a running agent reload its policy file now (as SIGHUP does); prints the outcome.
+    Reload {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Remove what an agent run with `--pin DIR` left in force (run after stopping it).
+    Detach {
+        #[arg(long, value_name = "DIR")]
+        pin: PathBuf,
+        /// Also remove our tc filter from this interface (repeatable).
+        #[arg(long = "iface", value_name = "IFACE")]
+        ifaces: Vec<String>,
     },
     /// Policy files.
     Policy {
@@ -85,6 +155,16 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct Client {
+    /// The agent's operator socket.
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print the agent's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Parse and validate a policy file; print what it says.
@@ -130,6 +210,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             dry_run,
             kernel_hook,
             events,
+            events_file,
+            pin,
+            metrics,
+            control_socket,
+            flows_max,
+            blocklist_max,
+            reevaluate_established,
         } => {
             let args = attach::AttachArgs {
                 ifaces,
@@ -137,13 +224,36 @@ fn run(command: Command) -> anyhow::Result<()> {
                 dry_run,
                 kernel_hook,
                 events,
+                events_file,
+                pin,
+                metrics,
+                control_socket,
+                flows_max,
+                blocklist_max,
+                reevaluate_established,
             };
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-                .block_on(attach::run(args))
+            runtime()?.block_on(attach::run(args))
         }
+        Command::Status { client } => ask(&client, &Request::Status, control::status_text),
+        Command::Flows { client } => ask(&client, &Request::Flows, control::flows_text),
+        Command::Block {
+            local,
+            remote,
+            client,
+        } => ask(&client, &Request::Block { local, remote }, |v| {
+            format!("blocked; socket aborted: {}\n", v["socket_aborted"])
+        }),
+        Command::Unblock {
+            local,
+            remote,
+            client,
+        } => ask(&client, &Request::Unblock { local, remote }, |v| {
+            format!("unblocked (was blocked: {})\n", v["was_blocked"])
+        }),
+        Command::Reload { client } => ask(&client, &Request::Reload, |v| {
+            format!("policy reloaded: {}\n", v["reload"])
+        }),
+        Command::Detach { pin, ifaces } => runtime()?.block_on(detach::run(&pin, &ifaces)),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => {
@@ -197,6 +307,27 @@ fn run(command: Command) -> anyhow::Result<()> {
             workload: command,
         }),
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Sends `request` to the agent; prints its answer as JSON or through `text`.
+fn ask(
+    client: &Client,
+    request: &Request,
+    text: impl Fn(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let answer = control::request(Path::new(&client.socket), request)?;
+    match client.json {
+        true => println!("{answer}"),
+        false => print!("{}", text(&answer)),
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {

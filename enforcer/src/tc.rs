@@ -15,7 +15,8 @@ use netlink_packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 
 use crate::iface::{describe, netlink_io};
@@ -139,6 +140,41 @@ pub async fn attach_egress(
     prog_fd: BorrowedFd<'_>,
     name: &str,
 ) -> Result<EgressFilter, TcError> {
+    add_egress(handle, ifindex, prog_fd, name, NLM_F_CREATE | NLM_F_EXCL).await
+}
+
+/// Like [`attach_egress`], but a filter already at our priority and handle (left by an earlier
+/// agent that pinned its state) gets the new program in place, atomically (`NLM_F_REPLACE`):
+/// egress is never unfiltered in between. The returned filter does not own the qdisc.
+pub async fn replace_egress(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    prog_fd: BorrowedFd<'_>,
+    name: &str,
+) -> Result<EgressFilter, TcError> {
+    let mut filter =
+        add_egress(handle, ifindex, prog_fd, name, NLM_F_CREATE | NLM_F_REPLACE).await?;
+    filter.created_qdisc = false;
+    Ok(filter)
+}
+
+/// Deletes our filter on `ifindex` without an [`EgressFilter`] (`enforcer detach`): every
+/// egress filter named `name_prefix`..., see [`remove_stale`].
+pub async fn remove_named(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    name_prefix: &str,
+) -> Result<usize, TcError> {
+    remove_stale(handle, ifindex, name_prefix).await
+}
+
+async fn add_egress(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    prog_fd: BorrowedFd<'_>,
+    name: &str,
+    flags: u16,
+) -> Result<EgressFilter, TcError> {
     if name.is_empty() || name.contains('\0') {
         return Err(TcError::InvalidName(name.to_owned()));
     }
@@ -151,7 +187,7 @@ pub async fn attach_egress(
         TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
     ]));
     let add = RouteNetlinkMessage::NewTrafficFilter(msg);
-    if let Err(e) = request(handle, add, NLM_F_CREATE | NLM_F_EXCL).await {
+    if let Err(e) = request(handle, add, flags).await {
         if created_qdisc {
             // Leave the interface as we found it.
             if let Err(undo) = delete_clsact(handle, ifindex).await {

@@ -62,6 +62,13 @@ impl Prober {
         }
     }
 
+    /// The `uprobe_multi` programs (none for the perf-event fallback): `--pin` pins their links.
+    pub fn program_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.multi
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.fds().to_vec())
+    }
+
     /// `uprobe_multi` (true) or perf-event uprobes (false).
     pub fn uses_multi(&self) -> bool {
         self.multi.is_some()

@@ -150,7 +150,8 @@ struct Shared {
     examined: Mutex<HashMap<(u64, u64), Examined>>,
     examined_cv: Condvar,
     next_id: AtomicU32,
-    policy: Policy,
+    /// Replaced by a policy reload ([`Watcher::set_policy`]).
+    policy: std::sync::RwLock<Policy>,
     reporter: Reporter,
     stats: Stats,
     /// Event-driven jobs queued or running: the start-up sweep waits while there are any.
@@ -167,12 +168,21 @@ impl Shared {
             examined: Mutex::new(HashMap::new()),
             examined_cv: Condvar::new(),
             next_id: AtomicU32::new(1),
-            policy,
+            policy: std::sync::RwLock::new(policy),
             reporter,
             stats: Stats::default(),
             urgent: AtomicUsize::new(0),
             prober,
         })
+    }
+}
+
+impl Shared {
+    fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -240,6 +250,17 @@ impl Watcher {
             shared: Shared::new(ebpf, crate::policy::embedded_default(), reporter, prober),
             running: None,
         }
+    }
+
+    /// Libraries found from now on are decided by `policy` (a reload; the caller rewrites the
+    /// actions of the libraries already probed). Returns the id the next library will get.
+    pub fn set_policy(&self, policy: Policy) -> u32 {
+        *self
+            .shared
+            .policy
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = policy;
+        self.shared.next_id.load(Ordering::Relaxed)
     }
 
     /// Detaches the hooks, resumes every paused process, and waits for the threads. The object
@@ -524,7 +545,8 @@ fn examine(shared: &Shared, found: &Found, origin: &Origin<'_>, probe: bool) -> 
     }
     shared.stats.examined.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let identified = libraries::identify_with(&found.path, &shared.policy.catalog);
+    let catalog = shared.policy().catalog.clone();
+    let identified = libraries::identify_with(&found.path, &catalog);
     tracing::trace!(path = %found.path.display(), elapsed = ?started.elapsed(), "identified");
     let result = match identified {
         Ok(Some(_)) if !probe => {
@@ -561,18 +583,17 @@ fn examine(shared: &Shared, found: &Found, origin: &Origin<'_>, probe: bool) -> 
 }
 
 fn probe_new_library(shared: &Shared, lib: &Library, origin: &Origin<'_>) {
+    let policy = shared.policy();
     let version = lib.identity.version.clone();
     let path = lib.path.display().to_string();
     // Action and name first: the first connection may follow the probes within microseconds.
-    let ready =
-        loader::apply_library_policy(&mut lock(&shared.ebpf), &shared.policy, lib).map(|_| ());
-    let decision = shared.policy.decide(lib);
+    let ready = loader::apply_library_policy(&mut lock(&shared.ebpf), &policy, lib).map(|_| ());
+    let decision = policy.decide(lib);
     shared.reporter.add_library(
         lib.id,
         LibInfo {
-            family: lib.family.clone(),
             path: path.clone(),
-            version: version.clone(),
+            ..LibInfo::of(lib)
         },
     );
     let probed: Result<usize> = match ready {

@@ -8,8 +8,10 @@ mod agent;
 mod cert;
 mod host_lock;
 mod netns;
+pub mod ops;
 mod process;
 pub mod programs;
+pub mod schema;
 mod server;
 
 pub use agent::{Agent, enforcer_bin};

@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "python3",
     "libssl-dev", // tests/tests/new_libraries.rs builds a TLS client with gcc
+    "systemd",    // tests/tests/deploy.rs: systemd-analyze verify deploy/enforcer.service
 ];
 
 enum Status {

@@ -15,7 +15,7 @@ use enforcer_common::{FlowKey, HelloEvent, hello, verdict};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Reporter, endpoints, print_json, sockaddr, verdict_name};
+use super::{Reporter, endpoints, sockaddr, verdict_name};
 use crate::sock_destroy;
 
 /// Flows remembered for the join (cleared when full: a miss only costs the owner's name).
@@ -99,8 +99,8 @@ impl Reporter {
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.ts_ns);
-        match self.format {
-            super::EventFormat::Json => print_json(&json!({
+        let record = || {
+            json!({
                 "type": "client_hello",
                 "time": humantime::format_rfc3339_millis(time).to_string(),
                 "local": { "addr": local.0.to_string(), "port": local.1 },
@@ -118,7 +118,14 @@ impl Reporter {
                 "owner_source": owner.as_ref().map(|o| o.source),
                 "verdict": verdict_name,
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
-            })),
+            })
+        };
+        // JSON to stdout (`--events json`) and to the events file (`--events-file`).
+        if self.format == super::EventFormat::Json || self.file.is_some() {
+            self.emit(&record());
+        }
+        match self.format {
+            super::EventFormat::Json => {}
             super::EventFormat::Text => {
                 let server_name = server_name.as_deref().unwrap_or(sni_status(event.sni));
                 let family = lib.as_ref().map_or(

@@ -130,6 +130,16 @@ pub struct TlsPrograms {
 }
 
 impl TlsPrograms {
+    /// Every program of this set (for finding their links).
+    pub fn fds(&self) -> [std::os::fd::BorrowedFd<'_>; 4] {
+        [
+            self.enter.as_fd(),
+            self.exit.as_fd(),
+            self.go_enter.as_fd(),
+            self.go_exit.as_fd(),
+        ]
+    }
+
     /// Aya's own copies of the four programs must be loaded (`uprobes::load`).
     pub fn load(ebpf: &Ebpf, object: &[u8]) -> Result<TlsPrograms, MultiError> {
         let mut fds =

@@ -1,0 +1,254 @@
+//! The agent's own handles on the maps operators look at and change while it runs: the flow
+//! table, the blocklist, the statistics, and the policy maps (a reload rewrites them).
+//!
+//! They are second file descriptors of the very maps the programs use (opened by map id), so
+//! they stay usable after the `Ebpf` object went to the watcher. Every walk is bounded by the
+//! map's capacity.
+
+use std::net::SocketAddr;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+};
+use enforcer_common::{FlowKey, FlowState, maps, stat, verdict};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveMapError {
+    #[error("map {0} is missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+}
+
+fn err(name: &'static str) -> impl FnOnce(MapError) -> LiveMapError {
+    move |source| LiveMapError::Map { name, source }
+}
+
+/// Handles on FLOWS, BLOCKLIST, STATS, LIB_ACTIONS and MODE.
+pub struct LiveMaps {
+    flows: HashMap<MapData, FlowKey, FlowState>,
+    blocklist: HashMap<MapData, FlowKey, u8>,
+    stats: PerCpuArray<MapData, u64>,
+    actions: HashMap<MapData, u32, u8>,
+    mode: Array<MapData, u32>,
+    pub flows_max: u32,
+    pub blocklist_max: u32,
+}
+
+/// Counts of the map entries, against capacity.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Fill {
+    pub flows: usize,
+    pub flows_max: u32,
+    pub blocklist: usize,
+    pub blocklist_max: u32,
+}
+
+impl LiveMaps {
+    pub fn open(ebpf: &Ebpf) -> Result<LiveMaps, LiveMapError> {
+        let data = |name: &'static str| -> Result<MapData, LiveMapError> {
+            let map = ebpf.map(name).ok_or(LiveMapError::Missing(name))?;
+            let info = match map {
+                Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) | Map::Array(m) => {
+                    m.info().map_err(err(name))?
+                }
+                _ => return Err(LiveMapError::Missing(name)),
+            };
+            MapData::from_id(info.id()).map_err(err(name))
+        };
+        let flows_data = data(maps::FLOWS)?;
+        let blocklist_data = data(maps::BLOCKLIST)?;
+        let flows_max = flows_data.info().map_err(err(maps::FLOWS))?.max_entries();
+        let blocklist_max = blocklist_data
+            .info()
+            .map_err(err(maps::BLOCKLIST))?
+            .max_entries();
+        Ok(LiveMaps {
+            flows: HashMap::try_from(Map::LruHashMap(flows_data)).map_err(err(maps::FLOWS))?,
+            blocklist: HashMap::try_from(Map::HashMap(blocklist_data))
+                .map_err(err(maps::BLOCKLIST))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(data(maps::STATS)?))
+                .map_err(err(maps::STATS))?,
+            actions: HashMap::try_from(Map::HashMap(data(maps::LIB_ACTIONS)?))
+                .map_err(err(maps::LIB_ACTIONS))?,
+            mode: Array::try_from(Map::Array(data(maps::MODE)?)).map_err(err(maps::MODE))?,
+            flows_max,
+            blocklist_max,
+        })
+    }
+
+    /// Every attributed flow (at most the map's capacity).
+    pub fn flows(&self) -> Vec<(FlowKey, FlowState)> {
+        self.flows
+            .iter()
+            .take(self.flows_max as usize)
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    pub fn blocked(&self) -> Vec<FlowKey> {
+        self.blocklist
+            .keys()
+            .take(self.blocklist_max as usize)
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    pub fn is_blocked(&self, flow: &FlowKey) -> bool {
+        self.blocklist.get(flow, 0).is_ok()
+    }
+
+    pub fn fill(&self) -> Fill {
+        Fill {
+            flows: self
+                .flows
+                .keys()
+                .take(self.flows_max as usize)
+                .filter(Result::is_ok)
+                .count(),
+            flows_max: self.flows_max,
+            blocklist: self.blocked().len(),
+            blocklist_max: self.blocklist_max,
+        }
+    }
+
+    /// `STATS`, summed over CPUs, indexed by `stat::*`.
+    pub fn stats(&self) -> [u64; stat::COUNT as usize] {
+        let mut out = [0; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.stats.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Puts `flow` in the blocklist and marks it blocked in FLOWS (so the kernel hook does not
+    /// judge it again). `lib_id`: the library to record when the flow is not attributed yet.
+    pub fn block(&mut self, flow: &FlowKey, lib_id: u32) -> Result<(), LiveMapError> {
+        self.blocklist
+            .insert(flow, 1, 0)
+            .map_err(err(maps::BLOCKLIST))?;
+        let mut state = self.flows.get(flow, 0).unwrap_or(FlowState {
+            lib_id,
+            ..FlowState::default()
+        });
+        state.verdict = verdict::BLOCKED;
+        self.flows.insert(flow, state, 0).map_err(err(maps::FLOWS))
+    }
+
+    /// Takes `flow` out of the blocklist and marks it allowed in FLOWS (the kernel hook leaves a
+    /// flow it knows alone, so the operator's decision stands for this connection). Returns
+    /// whether it was blocked.
+    pub fn unblock(&mut self, flow: &FlowKey) -> Result<bool, LiveMapError> {
+        let was = self.is_blocked(flow);
+        match self.blocklist.remove(flow) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(err(maps::BLOCKLIST)(e)),
+        }
+        if let Ok(mut state) = self.flows.get(flow, 0) {
+            state.verdict = verdict::ALLOWED;
+            self.flows
+                .insert(flow, state, 0)
+                .map_err(err(maps::FLOWS))?;
+        }
+        Ok(was)
+    }
+
+    /// Records a new verdict for a flow in FLOWS (a reload re-evaluating it).
+    pub fn set_verdict(&mut self, flow: &FlowKey, value: u8) -> Result<(), LiveMapError> {
+        let Ok(mut state) = self.flows.get(flow, 0) else {
+            return Ok(());
+        };
+        state.verdict = value;
+        self.flows.insert(flow, state, 0).map_err(err(maps::FLOWS))
+    }
+
+    pub fn set_action(&mut self, lib_id: u32, action: u8) -> Result<(), LiveMapError> {
+        self.actions
+            .insert(lib_id, action, 0)
+            .map_err(err(maps::LIB_ACTIONS))
+    }
+
+    pub fn set_mode(&mut self, mode: u32) -> Result<(), LiveMapError> {
+        self.mode.set(0, mode, 0).map_err(err(maps::MODE))
+    }
+
+    /// Library ids with an action (with pinned maps, earlier runs' too). Bounded by the map's
+    /// capacity (4096).
+    pub fn action_ids(&self) -> Vec<u32> {
+        self.actions
+            .keys()
+            .take(4096)
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    pub fn remove_action(&mut self, lib_id: u32) {
+        let _ = self.actions.remove(&lib_id);
+    }
+}
+
+/// A flow key from this host's end and the peer's (both IPv4 or both IPv6).
+/// IPv4-mapped IPv6 ends (`[::ffff:a.b.c.d]:p`) are IPv4, as `FlowKey` records them.
+pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> Option<FlowKey> {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (local, remote) = (canonical(local), canonical(remote));
+    let mut key = FlowKey {
+        local_port: local.port(),
+        remote_port: remote.port(),
+        ..FlowKey::default()
+    };
+    match (local, remote) {
+        (SocketAddr::V4(l), SocketAddr::V4(r)) => {
+            key.family = enforcer_common::family::V4;
+            key.local_addr[..4].copy_from_slice(&l.ip().octets());
+            key.remote_addr[..4].copy_from_slice(&r.ip().octets());
+        }
+        (SocketAddr::V6(l), SocketAddr::V6(r)) => {
+            key.family = enforcer_common::family::V6;
+            key.local_addr = l.ip().octets();
+            key.remote_addr = r.ip().octets();
+        }
+        _ => return None,
+    }
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_keys_match_the_kernel_layout() {
+        let key = flow_key(
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:443".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(key.family, enforcer_common::family::V4);
+        assert_eq!((key.local_port, key.remote_port), (40000, 443));
+        assert_eq!(&key.local_addr[..5], &[10, 0, 0, 1, 0]);
+        let mapped = flow_key(
+            "[::ffff:10.0.0.1]:1".parse().unwrap(),
+            "[::ffff:10.0.0.2]:2".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            mapped.family,
+            enforcer_common::family::V4,
+            "v4-mapped is IPv4 on the wire"
+        );
+        assert!(
+            flow_key(
+                "10.0.0.1:1".parse().unwrap(),
+                "[fd00::1]:2".parse().unwrap()
+            )
+            .is_none()
+        );
+    }
+}

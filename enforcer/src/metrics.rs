@@ -1,0 +1,211 @@
+//! `--metrics ADDR`: a Prometheus `/metrics` endpoint (text exposition format 0.0.4) on plain
+//! HTTP, served by a small tokio task. One request per connection, `GET /metrics` only; any other
+//! path is 404. Request heads are read up to 8 KiB and for at most 5 s.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use enforcer_common::stat;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tracing::{info, warn};
+
+use crate::{events::Reporter, live_maps::LiveMaps};
+
+/// What the endpoint reads on every scrape.
+#[derive(Clone)]
+pub struct Sources {
+    pub reporter: Reporter,
+    pub maps: Arc<Mutex<LiveMaps>>,
+    pub counters: Arc<AgentCounters>,
+}
+
+/// Agent-side counters that are not in a map.
+#[derive(Default)]
+pub struct AgentCounters {
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub blocklist_pressure_warnings: AtomicU64,
+}
+
+const MAX_REQUEST: usize = 8192;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds `addr`; the returned address is the one bound (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Serves scrapes until the task is dropped.
+pub async fn serve(listener: TcpListener, sources: Sources) {
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(%err, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let read = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream, &mut head));
+            let (status, body) = match read.await {
+                Ok(Ok(())) if is_get_metrics(&head) => {
+                    let body = tokio::task::spawn_blocking(move || render(&sources))
+                        .await
+                        .unwrap_or_default();
+                    ("200 OK", body)
+                }
+                Ok(Ok(())) => ("404 Not Found", "only GET /metrics\n".to_string()),
+                _ => return,
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(err) = stream.write_all(response.as_bytes()).await {
+                info!(%peer, %err, "metrics: writing the response failed");
+            }
+        });
+    }
+}
+
+async fn read_head(stream: &mut tokio::net::TcpStream, head: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
+}
+
+fn is_get_metrics(head: &[u8]) -> bool {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    parts.next() == Some(b"GET") && parts.next().is_some_and(|p| p == b"/metrics")
+}
+
+/// The exposition text.
+pub fn render(sources: &Sources) -> String {
+    let (stats, fill) = {
+        let maps = sources.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        (maps.stats(), maps.fill())
+    };
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        "enforcer_connections_total",
+        "counter",
+        "TLS connections attributed and reported, by library family and verdict.",
+    );
+    let mut lines = String::new();
+    for ((lib, verdict), n) in sources.reporter.connection_counts() {
+        let _ = writeln!(
+            lines,
+            "enforcer_connections_total{{library=\"{}\",verdict=\"{verdict}\"}} {n}",
+            escape(&lib)
+        );
+    }
+    out.push_str(&lines);
+    let gauge_lines = [
+        (
+            "enforcer_drops_total",
+            "counter",
+            "Packets dropped, by program (xdp: ingress, tc: egress).",
+            vec![
+                ("{program=\"xdp\"}", stats[stat::XDP_DROPS as usize]),
+                ("{program=\"tc\"}", stats[stat::TC_DROPS as usize]),
+            ],
+        ),
+        (
+            "enforcer_ring_buffer_lost_total",
+            "counter",
+            "Connection events the kernel could not queue (ring buffer full).",
+            vec![("", stats[stat::EVENTS_LOST as usize])],
+        ),
+        (
+            "enforcer_flows_attributed_total",
+            "counter",
+            "Flows the kernel tied to a TLS library (every verdict).",
+            vec![("", stats[stat::FLOWS_ATTRIBUTED as usize])],
+        ),
+        (
+            "enforcer_blocklist_insert_failures_total",
+            "counter",
+            "Denied flows that could not be blocked because the blocklist was full.",
+            vec![("", stats[stat::BLOCKLIST_FULL as usize])],
+        ),
+        (
+            "enforcer_map_entries",
+            "gauge",
+            "Entries in a map now.",
+            vec![
+                ("{map=\"FLOWS\"}", fill.flows as u64),
+                ("{map=\"BLOCKLIST\"}", fill.blocklist as u64),
+            ],
+        ),
+        (
+            "enforcer_map_max_entries",
+            "gauge",
+            "Capacity of a map.",
+            vec![
+                ("{map=\"FLOWS\"}", u64::from(fill.flows_max)),
+                ("{map=\"BLOCKLIST\"}", u64::from(fill.blocklist_max)),
+            ],
+        ),
+        (
+            "enforcer_libraries_probed",
+            "gauge",
+            "TLS library files with uprobes attached.",
+            vec![("", sources.reporter.library_count() as u64)],
+        ),
+        (
+            "enforcer_policy_reloads_total",
+            "counter",
+            "Policy reloads, by result.",
+            vec![
+                (
+                    "{result=\"ok\"}",
+                    sources.counters.reloads_ok.load(Ordering::Relaxed),
+                ),
+                (
+                    "{result=\"rejected\"}",
+                    sources.counters.reloads_failed.load(Ordering::Relaxed),
+                ),
+            ],
+        ),
+    ];
+    for (name, kind, help, values) in gauge_lines {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in values {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    }
+    out
+}
+
+/// Label values: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,182 @@
+//! The running agent's answers to operator requests (see `control`): status, flows, block,
+//! unblock. Reload requests are handed to the agent's main loop, which owns the policy.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
+
+use enforcer_common::{stat, verdict};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    control::{Handler, Request},
+    events::{self, Reporter},
+    live_maps::{self, LiveMaps},
+    sock_destroy,
+};
+
+/// Facts fixed at start (the mode and policy change with reloads: see `Live`).
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub interfaces: Vec<String>,
+    pub kernel_hook: &'static str,
+    pub kernel_hook_targets: Vec<String>,
+    pub new_files: &'static str,
+    pub pin: Option<String>,
+    pub started: Instant,
+}
+
+/// What changes while the agent runs.
+#[derive(Clone, Debug)]
+pub struct Live {
+    pub mode: &'static str,
+    pub policy: String,
+}
+
+/// A reload request from the socket, answered by the main loop.
+pub type ReloadRequest = oneshot::Sender<Value>;
+
+#[derive(Clone)]
+pub struct Operator {
+    pub info: AgentInfo,
+    pub live: Arc<Mutex<Live>>,
+    pub maps: Arc<Mutex<LiveMaps>>,
+    pub reporter: Reporter,
+    pub reload: mpsc::Sender<ReloadRequest>,
+}
+
+impl Operator {
+    pub fn handler(self) -> Handler {
+        Arc::new(move |request| {
+            let op = self.clone();
+            Box::pin(async move {
+                match request {
+                    Request::Reload => {
+                        let (tx, rx) = oneshot::channel();
+                        if op.reload.send(tx).await.is_err() {
+                            return json!({"ok": false, "error": "the agent is shutting down"});
+                        }
+                        rx.await.unwrap_or_else(
+                            |_| json!({"ok": false, "error": "the agent is shutting down"}),
+                        )
+                    }
+                    other => tokio::task::spawn_blocking(move || op.answer(other))
+                        .await
+                        .unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()})),
+                }
+            })
+        })
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, LiveMaps> {
+        self.maps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn answer(&self, request: Request) -> Value {
+        match request {
+            Request::Status => self.status(),
+            Request::Flows => self.flows(),
+            Request::Block { local, remote } => {
+                let Some(flow) = live_maps::flow_key(local, remote) else {
+                    return json!({"ok": false, "error": "local and remote must both be IPv4 or both IPv6"});
+                };
+                if let Err(err) = self.maps().block(&flow, 0) {
+                    return json!({"ok": false, "error": format!("{err} (blocklist full?)")});
+                }
+                let aborted = sock_destroy::destroy(&flow);
+                self.reporter.lifecycle(json!({
+                    "type": "operator", "action": "block",
+                    "local": local.to_string(), "remote": remote.to_string(),
+                    "socket_aborted": aborted.is_ok(),
+                }));
+                json!({"ok": true, "blocked": true, "socket_aborted": aborted.is_ok(),
+                       "socket_error": aborted.err().map(|e| e.to_string())})
+            }
+            Request::Unblock { local, remote } => {
+                let Some(flow) = live_maps::flow_key(local, remote) else {
+                    return json!({"ok": false, "error": "local and remote must both be IPv4 or both IPv6"});
+                };
+                match self.maps().unblock(&flow) {
+                    Ok(was) => {
+                        self.reporter.lifecycle(json!({
+                            "type": "operator", "action": "unblock",
+                            "local": local.to_string(), "remote": remote.to_string(),
+                            "was_blocked": was,
+                        }));
+                        json!({"ok": true, "was_blocked": was})
+                    }
+                    Err(err) => json!({"ok": false, "error": err.to_string()}),
+                }
+            }
+            Request::Reload => json!({"ok": false, "error": "internal: reload not routed"}),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let (stats, fill) = {
+            let maps = self.maps();
+            (maps.stats(), maps.fill())
+        };
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let i = &self.info;
+        json!({
+            "ok": true,
+            "pid": std::process::id(),
+            "uptime_s": i.started.elapsed().as_secs(),
+            "mode": live.mode,
+            "policy": live.policy,
+            "interfaces": i.interfaces,
+            "attached": {"ingress": "xdp", "egress": "tc cls_bpf (netlink)"},
+            "kernel_hook": i.kernel_hook,
+            "kernel_hook_targets": i.kernel_hook_targets,
+            "libraries": self.reporter.library_count(),
+            "new_files": i.new_files,
+            "pin": i.pin,
+            "maps": fill,
+            "counters": {
+                "xdp_drops": stats[stat::XDP_DROPS as usize],
+                "tc_drops": stats[stat::TC_DROPS as usize],
+                "events_lost": stats[stat::EVENTS_LOST as usize],
+                "flows_attributed": stats[stat::FLOWS_ATTRIBUTED as usize],
+                "blocklist_full": stats[stat::BLOCKLIST_FULL as usize],
+            },
+        })
+    }
+
+    fn flows(&self) -> Value {
+        let (flows, maps_blocked) = {
+            let maps = self.maps();
+            let flows = maps.flows();
+            let blocked: Vec<bool> = flows.iter().map(|(k, _)| maps.is_blocked(k)).collect();
+            (flows, blocked)
+        };
+        let libs = self.reporter.libraries();
+        let list: Vec<Value> = flows
+            .iter()
+            .zip(maps_blocked)
+            .map(|((key, state), blocked)| {
+                let (local, remote) = events::endpoints(key);
+                let lib = libs.get(&state.lib_id);
+                json!({
+                    "local": std::net::SocketAddr::new(local.0, local.1).to_string(),
+                    "remote": std::net::SocketAddr::new(remote.0, remote.1).to_string(),
+                    "library": {
+                        "id": state.lib_id,
+                        "family": lib.map_or("unknown", |l| l.family.name()),
+                        "path": lib.map(|l| l.path.clone()),
+                    },
+                    "verdict": if state.verdict == verdict::ALLOWED && blocked { "blocked" } else { events::verdict_name(state.verdict) },
+                    "blocked": blocked,
+                    "call": events::op_name(state.op),
+                })
+            })
+            .collect();
+        json!({"ok": true, "flows": list})
+    }
+}

@@ -1,0 +1,235 @@
+//! deploy/: each file parsed and validated (none of them can run here: see deploy/README.md).
+
+use std::path::PathBuf;
+
+use enforcer_tests::{cmd, enforcer_bin, workspace};
+use serde::Deserialize as _;
+use serde_yaml::Value;
+
+fn deploy(path: &str) -> PathBuf {
+    workspace().join("deploy").join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
+}
+
+/// `systemd-analyze verify` on the unit, with its `ExecStart` pointed at the binary built here
+/// (verify checks that the executable exists). Any diagnostic fails the test.
+#[test]
+fn systemd_unit_verifies() {
+    let unit = read("enforcer.service");
+    for needle in [
+        "ExecStart=/usr/local/bin/enforcer attach",
+        "--pin /sys/fs/bpf/enforcer",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(unit.contains(needle), "enforcer.service lacks {needle:?}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("enforcer.service");
+    let bin = enforcer_bin();
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/enforcer", &bin.display().to_string()),
+    )
+    .expect("write the unit copy");
+    let out = cmd("systemd-analyze", ["verify"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian package systemd; `cargo xtask setup` installs it)");
+    let diagnostics = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && diagnostics.trim().is_empty(),
+        "systemd-analyze verify: {}\n{diagnostics}",
+        out.status
+    );
+    // The command line the unit runs must parse.
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=/usr/local/bin/enforcer "))
+        .expect("ExecStart line");
+    check_agent_args(&exec.split_whitespace().collect::<Vec<_>>());
+}
+
+/// The agent's command line parser accepts `args`: a usage error exits 2, before anything else.
+/// Run with an interface that does not exist, so that the agent stops (exit 1: no such policy
+/// file, or no such interface) before it touches the kernel.
+fn check_agent_args(args: &[&str]) {
+    let mut c = cmd(enforcer_bin().to_str().expect("utf-8 path"), args);
+    c.args(["--iface", "enforcer-no-such-if0"]);
+    let out = c.output().expect("run enforcer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the agent rejected {args:?}: {stderr}"
+    );
+    assert!(
+        !stderr.contains("Usage:"),
+        "usage error for {args:?}: {stderr}"
+    );
+}
+
+#[test]
+fn containerfile_has_a_build_and_a_runtime_stage() {
+    let text = read("Containerfile");
+    let instructions: Vec<(String, String)> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+        .map(|l| {
+            let (op, rest) = l.split_once(' ').unwrap_or((l, ""));
+            (op.to_string(), rest.to_string())
+        })
+        .collect();
+    let known = [
+        "FROM",
+        "RUN",
+        "WORKDIR",
+        "COPY",
+        "ENTRYPOINT",
+        "CMD",
+        "ENV",
+        "ARG",
+        "LABEL",
+    ];
+    for (op, _) in &instructions {
+        assert!(known.contains(&op.as_str()), "unknown instruction {op}");
+    }
+    let froms: Vec<&String> = instructions
+        .iter()
+        .filter(|(o, _)| o == "FROM")
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(froms.len(), 2, "a build and a runtime stage: {froms:?}");
+    assert!(
+        froms[0].ends_with("AS build"),
+        "first stage is named build: {}",
+        froms[0]
+    );
+    assert!(
+        instructions
+            .iter()
+            .any(|(o, r)| o == "RUN" && r.contains("cargo build --release -p enforcer")),
+        "the build stage builds the agent"
+    );
+    assert!(
+        instructions.iter().any(|(o, r)| o == "COPY"
+            && r.starts_with("--from=build")
+            && r.ends_with("/usr/local/bin/enforcer")),
+        "the runtime stage copies the binary from the build stage"
+    );
+    let entry = instructions
+        .iter()
+        .find(|(o, _)| o == "ENTRYPOINT")
+        .expect("ENTRYPOINT");
+    let entry: Vec<String> =
+        serde_json::from_str(&entry.1).expect("ENTRYPOINT in exec (JSON) form");
+    assert_eq!(entry, ["/usr/local/bin/enforcer"]);
+    let cmd_line = instructions.iter().find(|(o, _)| o == "CMD").expect("CMD");
+    let args: Vec<String> = serde_json::from_str(&cmd_line.1).expect("CMD in exec (JSON) form");
+    check_agent_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[test]
+fn daemonset_is_privileged_on_the_host_with_bpffs() {
+    let text = read("kubernetes/daemonset.yaml");
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect("valid YAML document"))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["Namespace", "ConfigMap", "DaemonSet"]);
+    let ds = &docs[2];
+    assert_eq!(ds["apiVersion"].as_str(), Some("apps/v1"));
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        ds["spec"]["selector"]["matchLabels"], ds["spec"]["template"]["metadata"]["labels"],
+        "the selector must match the pod labels"
+    );
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(true), "hostNetwork");
+    assert_eq!(spec["hostPID"].as_bool(), Some(true), "hostPID");
+    let container = &spec["containers"][0];
+    assert_eq!(
+        container["securityContext"]["privileged"].as_bool(),
+        Some(true)
+    );
+    let mounts: Vec<(&str, &str)> = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or(""),
+                m["mountPath"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let volumes = spec["volumes"].as_sequence().expect("volumes");
+    for (name, path) in &mounts {
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("mount {name} has no volume"));
+        if let Some(host) = volume["hostPath"]["path"].as_str() {
+            assert_eq!(
+                host, *path,
+                "hostPath {name} is mounted where the host has it"
+            );
+        }
+    }
+    for needed in [
+        "/sys/fs/bpf",
+        "/sys/kernel/tracing",
+        "/sys/kernel/btf",
+        "/etc/enforcer",
+    ] {
+        assert!(
+            mounts.iter().any(|(_, p)| *p == needed),
+            "no mount at {needed}: {mounts:?}"
+        );
+    }
+    let bpffs = container["volumeMounts"]
+        .as_sequence()
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["mountPath"].as_str() == Some("/sys/fs/bpf"))
+        })
+        .expect("bpffs mount");
+    assert_eq!(
+        bpffs["mountPropagation"].as_str(),
+        Some("Bidirectional"),
+        "pins must reach the host's bpffs to outlive the pod"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    check_agent_args(&args);
+    let policy = args
+        .windows(2)
+        .find(|w| w[0] == "--policy")
+        .map(|w| w[1])
+        .expect("--policy");
+    let key = policy
+        .strip_prefix("/etc/enforcer/")
+        .expect("policy under /etc/enforcer");
+    let embedded = docs[1]["data"][key]
+        .as_str()
+        .expect("ConfigMap holds the policy file");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join(key);
+    std::fs::write(&file, embedded).expect("write policy");
+    let out = cmd(enforcer_bin().to_str().expect("utf-8"), ["policy", "check"])
+        .arg(&file)
+        .output()
+        .expect("run enforcer policy check");
+    assert!(
+        out.status.success(),
+        "the ConfigMap's policy is invalid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,211 @@
+//! `--pin DIR`: enforcement outlives the agent (SIGKILL and SIGTERM), the next agent takes the
+//! pinned state over instead of stacking a second copy, and `enforcer detach --pin` removes it.
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use enforcer_tests::{
+    Agent, Cert, NetNs, Server, cmd,
+    ops::{PinGuard, ctl},
+    require_root, run_with_timeout, sh,
+};
+use serde_json::Value;
+
+const POLICY: &str =
+    "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n";
+const READY: Duration = Duration::from_secs(60);
+const EVENT: Duration = Duration::from_secs(10);
+const PORT: u16 = 9446;
+/// A flow no socket has: only the operator can put it in (and take it out of) the blocklist.
+const SYNTHETIC: [&str; 2] = ["10.254.1.1:40001", "10.254.1.2:443"];
+
+fn start(ns: &NetNs, pin: &Path, socket: &Path) -> Agent {
+    let pin = pin.to_str().expect("utf-8");
+    let socket = socket.to_str().expect("utf-8");
+    let mut agent = Agent::with_policy(
+        &ns.host_if,
+        POLICY,
+        &["--pin", pin, "--control-socket", socket],
+    );
+    agent.wait_ready(READY);
+    agent
+}
+
+/// gnutls-cli to `server`: must fail without its marker reaching the peer; within 2 s when an
+/// agent runs (it aborts the socket), else when the client gives up on its dropped packets.
+fn gnutls_refused(server: &Server, peer: IpAddr, marker: &str, agent_running: bool) {
+    let out = run_with_timeout(
+        &mut cmd(
+            "gnutls-cli",
+            ["--insecure", "--port", &PORT.to_string(), &peer.to_string()],
+        ),
+        format!("{marker}\n").as_bytes(),
+        Duration::from_secs(15),
+    );
+    assert!(!out.success(), "gnutls-cli must fail: {out:?}");
+    assert!(
+        !agent_running || out.elapsed < Duration::from_secs(2),
+        "gnutls-cli took {:?}",
+        out.elapsed
+    );
+    let received = String::from_utf8_lossy(&server.received()).into_owned();
+    assert!(!received.contains(marker), "the peer received {marker}");
+}
+
+/// XDP program ids attached to `iface` (`ip -j -d link`).
+fn xdp_programs(iface: &str) -> Vec<u64> {
+    let out = sh(&mut cmd("ip", ["-j", "-d", "link", "show", "dev", iface]));
+    let v: Value = serde_json::from_str(&out).expect("ip -j prints JSON");
+    let xdp = &v[0]["xdp"];
+    let mut ids: Vec<u64> = xdp["prog"]["id"].as_u64().into_iter().collect();
+    for p in xdp["attached"].as_array().into_iter().flatten() {
+        ids.extend(p["prog"]["id"].as_u64());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn our_tc_filters(iface: &str) -> usize {
+    sh(&mut cmd("tc", ["filter", "show", "dev", iface, "egress"]))
+        .lines()
+        .filter(|l| l.contains("enforcer_egress"))
+        .count()
+}
+
+/// Links in the kernel whose program is named `name`.
+fn links_of(name: &str) -> usize {
+    let progs: Value =
+        serde_json::from_str(&sh(&mut cmd("bpftool", ["-j", "prog", "show"]))).expect("JSON");
+    let ids: Vec<u64> = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str() == Some(name))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let links: Value =
+        serde_json::from_str(&sh(&mut cmd("bpftool", ["-j", "link", "show"]))).expect("JSON");
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .count()
+}
+
+fn pinned_links(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("links")).map_or(0, |d| d.count())
+}
+
+fn pinned_blocklist_entries(dir: &Path) -> usize {
+    let path = dir.join("maps/BLOCKLIST");
+    let out = sh(cmd("bpftool", ["-j", "map", "dump", "pinned"]).arg(&path));
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    v.as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
+    require_root();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let server = Server::plain(&ns, peer, PORT, &cert);
+    let pin = PinGuard::new(&[&ns.host_if]);
+    let sockdir = tempfile::tempdir().expect("temp dir");
+    let socket = sockdir.path().join("agent.sock");
+
+    let mut first = start(&ns, &pin.dir, &socket);
+    let answer = ctl(&socket, &["block", SYNTHETIC[0], SYNTHETIC[1]]);
+    assert_eq!(answer["ok"], true, "{answer}");
+    gnutls_refused(&server, peer, "GNUTLS-FIRST-AGENT", true);
+    let blocked = first.wait_for(
+        |v| v["type"] == "connection" && v["comm"] == "gnutls-cli",
+        EVENT,
+    );
+    assert_eq!(blocked["verdict"], "blocked", "{blocked}");
+    let links_before = pinned_links(&pin.dir);
+    assert!(links_before > 1, "links pinned: {links_before}");
+
+    // SIGKILL: nothing runs its cleanup. Enforcement must go on without the agent.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGKILL) };
+    first.stop();
+    assert_eq!(xdp_programs(&ns.host_if).len(), 1, "XDP stays attached");
+    assert_eq!(our_tc_filters(&ns.host_if), 1, "the tc filter stays");
+    assert!(
+        pinned_blocklist_entries(&pin.dir) >= 1,
+        "the blocklist keeps the operator's entry"
+    );
+    // New denied connections are still attributed (pinned uprobes and hook) and dropped.
+    gnutls_refused(&server, peer, "GNUTLS-NO-AGENT", false);
+
+    // The next agent takes over: one XDP program, one tc filter, the old kernel hooks released
+    // (one link each), the blocklist entry still there.
+    let mut second = start(&ns, &pin.dir, &socket);
+    assert_eq!(xdp_programs(&ns.host_if).len(), 1, "one XDP program");
+    assert_eq!(our_tc_filters(&ns.host_if), 1, "one tc filter");
+    for hook in ["tp_sock_state", "tp_tcp_send", "tp_tcp_recv"] {
+        assert_eq!(links_of(hook), 1, "links of {hook} after the restart");
+    }
+    let flows = ctl(&socket, &["flows"]);
+    let synthetic = flows["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .find(|f| f["local"] == SYNTHETIC[0] && f["remote"] == SYNTHETIC[1])
+        .unwrap_or_else(|| panic!("the blocked flow is gone after the restart: {flows}"));
+    assert_eq!(synthetic["blocked"], true, "{synthetic}");
+    // The event of the connection dropped while no agent ran waited in the pinned ring buffer
+    // (its library id is the first run's, which this run cannot name).
+    let downtime = second.wait_for(
+        |v| v["type"] == "connection" && v["comm"] == "gnutls-cli",
+        EVENT,
+    );
+    assert_eq!(downtime["verdict"], "blocked", "{downtime}");
+    gnutls_refused(&server, peer, "GNUTLS-SECOND-AGENT", true);
+    let event = second.wait_for(
+        |v| {
+            v["type"] == "connection"
+                && v["comm"] == "gnutls-cli"
+                && v["library"]["family"] != "unknown"
+        },
+        EVENT,
+    );
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    assert_eq!(event["library"]["family"], "gnutls", "{event}");
+
+    // SIGTERM with --pin persists; detach removes everything.
+    let status = second.stop().expect("agent was running");
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        second.stderr()
+    );
+    assert_eq!(xdp_programs(&ns.host_if).len(), 1, "SIGTERM keeps XDP");
+    assert_eq!(
+        our_tc_filters(&ns.host_if),
+        1,
+        "SIGTERM keeps the tc filter"
+    );
+    let out = pin.detach();
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The link goes when its last fd closes: the agent's helper that resumes paused processes
+    // (forked at start, holding copies of its fds) may outlive the agent by a few milliseconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !xdp_programs(&ns.host_if).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(xdp_programs(&ns.host_if).is_empty(), "detach removes XDP");
+    assert_eq!(
+        our_tc_filters(&ns.host_if),
+        0,
+        "detach removes the tc filter"
+    );
+    assert!(!pin.dir.exists(), "detach removes the pin directory");
+    assert_eq!(links_of("tp_sock_state"), 0, "no close hook left");
+}
