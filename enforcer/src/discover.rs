@@ -36,16 +36,36 @@ pub use scan::ScanError;
 use symbols::Function;
 pub use workload::interrupted;
 
-/// What `enforcer discover` was asked.
+/// What `enforcer discover` was asked (its command line).
+#[derive(clap::Args)]
 pub struct DiscoverArgs {
+    /// The library to scan.
+    #[arg(long, value_name = "PATH")]
     pub lib: PathBuf,
+    /// A second file whose functions are scanned too and may be probed as `in: companion`
+    /// (NSS: libnspr4.so next to libssl3.so).
+    #[arg(long, value_name = "PATH")]
     pub companion: Option<PathBuf>,
+    /// Family id of the profile. Default: discovered-<file name stem>.
+    #[arg(long)]
     pub id: Option<String>,
+    /// Functions probed at once, to start with (halved while the kernel refuses).
+    #[arg(long, default_value_t = 4096)]
     pub chunk: usize,
+    /// Longest one run of COMMAND may take before it is killed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub timeout: Duration,
+    /// Kernel TCP hook form; `auto` takes the cheapest that works here.
+    #[arg(long, value_enum, default_value = "auto")]
     pub kernel_hook: HookChoice,
+    /// Also write an audit-mode policy holding the profile to FILE.
+    #[arg(long, value_name = "FILE")]
     pub policy_out: Option<PathBuf>,
+    /// Let COMMAND write to the terminal (default: its output is discarded).
+    #[arg(long)]
     pub show_output: bool,
+    /// The workload, run once per chunk.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
     pub workload: Vec<OsString>,
 }
 

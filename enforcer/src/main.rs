@@ -1,7 +1,6 @@
 //! The `enforcer` command line.
 
 use std::{
-    ffi::OsString,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -123,36 +122,7 @@ enum Command {
     },
     /// Find the TLS read, write and handshake functions of a library by probing all of its
     /// functions while COMMAND runs; print them and a catalog profile (docs/discover.md).
-    Discover {
-        /// The library to scan.
-        #[arg(long, value_name = "PATH")]
-        lib: PathBuf,
-        /// A second file whose functions are scanned too and may be probed as `in: companion`
-        /// (NSS: libnspr4.so next to libssl3.so).
-        #[arg(long, value_name = "PATH")]
-        companion: Option<PathBuf>,
-        /// Family id of the profile. Default: discovered-<file name stem>.
-        #[arg(long)]
-        id: Option<String>,
-        /// Functions probed at once, to start with (halved while the kernel refuses).
-        #[arg(long, default_value_t = 4096)]
-        chunk: usize,
-        /// Longest one run of COMMAND may take before it is killed.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-        timeout: std::time::Duration,
-        /// Kernel TCP hook form; `auto` takes the cheapest that works here.
-        #[arg(long, value_enum, default_value = "auto")]
-        kernel_hook: hooks::HookChoice,
-        /// Also write an audit-mode policy holding the profile to FILE.
-        #[arg(long, value_name = "FILE")]
-        policy_out: Option<PathBuf>,
-        /// Let COMMAND write to the terminal (default: its output is discarded).
-        #[arg(long)]
-        show_output: bool,
-        /// The workload, run once per chunk.
-        #[arg(last = true, required = true, value_name = "COMMAND")]
-        command: Vec<OsString>,
-    },
+    Discover(discover::DiscoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -285,27 +255,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckKernel => kernel_check::run(),
-        Command::Discover {
-            lib,
-            companion,
-            id,
-            chunk,
-            timeout,
-            kernel_hook,
-            policy_out,
-            show_output,
-            command,
-        } => discover::run(discover::DiscoverArgs {
-            lib,
-            companion,
-            id,
-            chunk,
-            timeout,
-            kernel_hook,
-            policy_out,
-            show_output,
-            workload: command,
-        }),
+        Command::Discover(args) => discover::run(args),
     }
 }
 

@@ -138,6 +138,27 @@ impl Agent {
         }
     }
 
+    /// The `connection` event of process `comm` from `local` to `remote`.
+    pub fn wait_connection(
+        &mut self,
+        comm: &str,
+        local: std::net::IpAddr,
+        remote: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Value {
+        let (comm, local) = (comm.to_owned(), local.to_string());
+        self.wait_for(
+            move |v| {
+                v["type"] == "connection"
+                    && v["comm"] == comm.as_str()
+                    && v["local"]["addr"] == local.as_str()
+                    && v["remote"]["addr"] == remote.ip().to_string().as_str()
+                    && v["remote"]["port"] == remote.port()
+            },
+            timeout,
+        )
+    }
+
     /// All events received so far.
     pub fn events(&mut self) -> &[Value] {
         while let Ok(v) = self.rx.try_recv() {

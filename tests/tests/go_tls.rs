@@ -51,19 +51,8 @@ fn agent(ns: &NetNs, go_action: &str) -> Agent {
     agent
 }
 
-/// The connection event of the process `comm` to the server.
 fn connection(agent: &mut Agent, comm: &str, local: IpAddr, server: &Server) -> Value {
-    let (comm, local, remote) = (comm.to_owned(), local.to_string(), server.addr());
-    agent.wait_for(
-        move |v| {
-            v["type"] == "connection"
-                && v["comm"] == comm.as_str()
-                && v["local"]["addr"] == local.as_str()
-                && v["remote"]["addr"] == remote.ip().to_string().as_str()
-                && v["remote"]["port"] == remote.port()
-        },
-        EVENT,
-    )
+    agent.wait_connection(comm, local, server.addr(), EVENT)
 }
 
 #[test]

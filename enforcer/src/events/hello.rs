@@ -139,33 +139,27 @@ impl Reporter {
                 let pid = owner.as_ref().map(|o| o.pid);
                 let comm = owner.as_ref().map_or("unknown", |o| o.comm.as_str());
                 let (local, remote) = (sockaddr(local), sockaddr(remote));
-                if unattributed || event.verdict != verdict::ALLOWED {
-                    warn!(
-                        ?pid,
-                        comm,
-                        library = family,
-                        server_name,
-                        local,
-                        remote,
-                        verdict = verdict_name,
-                        "TLS ClientHello {}",
-                        if unattributed {
-                            "no probed library claimed"
-                        } else {
-                            "judged by server name"
-                        }
-                    );
+                macro_rules! log_hello {
+                    ($level:ident, $message:expr) => {
+                        $level!(
+                            ?pid,
+                            comm,
+                            library = family,
+                            server_name,
+                            local,
+                            remote,
+                            verdict = verdict_name,
+                            "{}",
+                            $message
+                        )
+                    };
+                }
+                if unattributed {
+                    log_hello!(warn, "TLS ClientHello no probed library claimed");
+                } else if event.verdict != verdict::ALLOWED {
+                    log_hello!(warn, "TLS ClientHello judged by server name");
                 } else {
-                    info!(
-                        ?pid,
-                        comm,
-                        library = family,
-                        server_name,
-                        local,
-                        remote,
-                        verdict = verdict_name,
-                        "TLS ClientHello"
-                    );
+                    log_hello!(info, "TLS ClientHello");
                 }
             }
         }
