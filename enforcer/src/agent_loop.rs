@@ -168,15 +168,7 @@ impl Running {
         let Some(config) = self.reload.clone() else {
             return json!({"ok": false, "error": "the agent runs the embedded default policy (no --policy file): nothing to reload"});
         };
-        let checked = reload::read(&config)
-            .map_err(|e| e.to_string())
-            .and_then(
-                |new| match reload::unsupported_change(&new, &self.policy, &self.reporter) {
-                    Some(why) => Err(format!("{}: {why}", config.path.display())),
-                    None => Ok(new),
-                },
-            );
-        let new = match checked {
+        let new = match reload::read(&config).map_err(|e| e.to_string()) {
             Ok(new) => new,
             Err(message) => {
                 error!(
@@ -201,6 +193,8 @@ impl Running {
                     why,
                     mode = summary.mode,
                     actions_changed = summary.actions_changed,
+                    scopes_changed = summary.scopes_changed,
+                    unattributed_tls = summary.unattributed_tls,
                     flows_reevaluated = summary.flows_reevaluated,
                     newly_blocked = summary.newly_blocked,
                     newly_unblocked = summary.newly_unblocked,

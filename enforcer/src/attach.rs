@@ -213,6 +213,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     path,
                     dry_run: args.dry_run,
                     reevaluate_established: args.reevaluate_established,
+                    late_attribution: late,
                 }),
                 pin: pin.clone().map(|dir| (dir, programs)),
                 control: Some(control),

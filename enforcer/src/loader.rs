@@ -167,6 +167,20 @@ pub fn set_hello_policy(
     policy: &Policy,
     late_attribution: bool,
 ) -> Result<Action, LoadError> {
+    let (value, unattributed) = hello_policy(policy, late_attribution);
+    let name = hello::HELLO_POLICY;
+    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+    let mut array: Array<_, HelloPolicy> =
+        Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
+    array
+        .set(0, value, 0)
+        .map_err(|source| LoadError::Map { name, source })?;
+    Ok(unattributed)
+}
+
+/// The `HELLO_POLICY` value for `policy` (start-up and reload write the same), and the action
+/// applied to unattributed TLS (see [`set_hello_policy`]).
+pub fn hello_policy(policy: &Policy, late_attribution: bool) -> (HelloPolicy, Action) {
     let unattributed = match (policy.unattributed_tls, late_attribution) {
         (Action::Deny, true) => Action::Audit,
         (action, _) => action,
@@ -177,12 +191,5 @@ pub fn set_hello_policy(
         late_attribution: late_attribution as u8,
         _pad: 0,
     };
-    let name = hello::HELLO_POLICY;
-    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
-    let mut array: Array<_, HelloPolicy> =
-        Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
-    array
-        .set(0, value, 0)
-        .map_err(|source| LoadError::Map { name, source })?;
-    Ok(unattributed)
+    (value, unattributed)
 }

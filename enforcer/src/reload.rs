@@ -2,23 +2,30 @@
 //!
 //! All or nothing: the new file is parsed and validated first; a bad file changes nothing (the
 //! old policy stays in force) and is reported with the parser's error (file, line, key). A good
-//! one rewrites `LIB_ACTIONS` for every library probed so far and `MODE`, and becomes the
-//! watcher's policy for files found later. New connections are judged by it at once.
+//! one rewrites, for every library probed so far, its action (`LIB_ACTIONS`) and its
+//! server-name scope (`SCOPED_LIBS`, `SERVER_NAME_RULES`), then `MODE` and `unattributed_tls`
+//! (`HELLO_POLICY`), and becomes the watcher's policy for files found later. New connections
+//! are judged by it at once.
 //!
-//! With `--reevaluate-established`, every flow in `FLOWS` is then judged again: newly denied
-//! (enforce) → blocklist + socket abort; newly allowed or audited → out of the blocklist. The
-//! policy's `catalog:` section is read too, but a changed catalog only affects files identified
-//! from now on (libraries already probed keep their identity).
+//! With `--reevaluate-established`, every flow in `FLOWS` of a library the new policy does not
+//! scope by server name is then judged again: newly denied (enforce) → blocklist + socket abort;
+//! newly allowed or audited → out of the blocklist. Flows of a library the new policy scopes by
+//! name keep their verdict (the kernel keeps no flow's name to judge it again by), and so do
+//! unattributed flows already past their ClientHello. The policy's `catalog:` section is read
+//! too, but a changed catalog only affects files identified from now on (libraries already
+//! probed keep their identity).
 
 use std::path::{Path, PathBuf};
 
-use enforcer_common::{FlowState, verdict};
+use aya::maps::lpm_trie::Key;
+use enforcer_common::{FlowState, ServerNameKey, verdict};
 use serde_json::{Value, json};
 
 use crate::{
     events::Reporter,
-    live_maps::LiveMaps,
-    policy::{self, Action, Mode, Policy},
+    live_maps::{LiveMapError, LiveMaps},
+    loader,
+    policy::{self, Action, Mode, NameScope, Policy},
     sock_destroy,
 };
 
@@ -27,6 +34,9 @@ pub struct ReloadConfig {
     pub path: PathBuf,
     pub dry_run: bool,
     pub reevaluate_established: bool,
+    /// The kernel hook attributes sends after they leave (`sock_send_length`): start-up lowered
+    /// `unattributed_tls: deny` to audit for it, and a reload does the same.
+    pub late_attribution: bool,
 }
 
 /// What a successful reload changed.
@@ -35,6 +45,9 @@ pub struct Summary {
     pub mode: &'static str,
     pub libraries: usize,
     pub actions_changed: usize,
+    /// Libraries whose server-name scope changed (added, removed or other patterns).
+    pub scopes_changed: usize,
+    pub unattributed_tls: &'static str,
     pub flows_reevaluated: usize,
     pub newly_blocked: usize,
     pub newly_unblocked: usize,
@@ -45,25 +58,6 @@ pub fn read(config: &ReloadConfig) -> Result<Policy, policy::PolicyError> {
     policy::load(&config.path)
 }
 
-/// What a reload cannot change yet: the server-name scopes of the libraries probed so far and
-/// `unattributed_tls` (they live in the tc program's own maps, which only start-up writes). A
-/// policy that changes them is rejected, with this reason, and the one in force stays.
-pub fn unsupported_change(new: &Policy, old: &Policy, reporter: &Reporter) -> Option<String> {
-    if new.unattributed_tls != old.unattributed_tls {
-        return Some("`unattributed_tls` changed: restart the agent to apply it".into());
-    }
-    for info in reporter.libraries().values() {
-        let Some(lib) = &info.library else { continue };
-        if new.name_scope(lib) != old.name_scope(lib) {
-            return Some(format!(
-                "the server_names rules for {} changed: restart the agent to apply them",
-                lib.path.display()
-            ));
-        }
-    }
-    None
-}
-
 /// Applies `new` (already validated) to the kernel maps. `old`: the policy in force.
 pub fn apply(
     new: &Policy,
@@ -71,38 +65,49 @@ pub fn apply(
     config: &ReloadConfig,
     maps: &mut LiveMaps,
     reporter: &Reporter,
-) -> Result<Summary, crate::live_maps::LiveMapError> {
+) -> Result<Summary, LiveMapError> {
     let mode = new.effective_mode(config.dry_run);
+    let (hello, unattributed) = loader::hello_policy(new, config.late_attribution);
     let mut summary = Summary {
         mode: mode.name(),
+        unattributed_tls: unattributed.name(),
         ..Summary::default()
     };
+    // `scoped` (the classifier also watches pending flows' first non-ClientHello packet) stays
+    // on while any library may still be scoped; it takes the new policy's value at the end.
+    let mut during = hello;
+    during.scoped |= maps.hello_policy().scoped;
+    maps.set_hello_policy(during)?;
     let libs = reporter.libraries();
     let mut actions = std::collections::HashMap::new();
     for (id, info) in &libs {
         let Some(lib) = &info.library else { continue };
         let action = new.decide(lib).action;
-        if new.name_scope(lib).is_some() {
-            // Judged per server name at the ClientHello (unchanged: see `unsupported_change`);
-            // its flows are not re-judged by library alone.
-            maps.set_action(*id, action.code())?;
-            summary.libraries += 1;
-            continue;
+        let scope = new.name_scope(lib);
+        if scope != old.name_scope(lib) {
+            summary.scopes_changed += 1;
         }
         if old.decide(lib).action != action {
             summary.actions_changed += 1;
         }
-        maps.set_action(*id, action.code())?;
-        actions.insert(*id, action);
+        write_library(maps, *id, action, scope.as_ref())?;
         summary.libraries += 1;
+        if scope.is_none() {
+            // Scoped libraries' flows are judged per server name at the ClientHello, not by
+            // library alone: they are not re-judged below.
+            actions.insert(*id, action);
+        }
     }
     maps.set_mode(mode.code())?;
+    if during != hello {
+        maps.set_hello_policy(hello)?;
+    }
     if !config.reevaluate_established {
         return Ok(summary);
     }
     for (flow, state) in maps.flows() {
         let Some(action) = actions.get(&state.lib_id) else {
-            continue; // a library of an earlier run: its decision stands
+            continue; // scoped, or a library of an earlier run: its decision stands
         };
         summary.flows_reevaluated += 1;
         let wanted = verdict_for(*action, mode);
@@ -125,6 +130,68 @@ pub fn apply(
         }
     }
     Ok(summary)
+}
+
+/// Rewrites one library's action and server-name scope while its connections go on.
+///
+/// The kernel reads these maps per packet, between any two of the writes below, so their order
+/// is chosen such that every connection is judged by the old policy or by the new one, never
+/// allowed where both would deny it:
+/// - A flow of a library in `SCOPED_LIBS` waits for its ClientHello; there its name is looked
+///   up in `SERVER_NAME_RULES` (longest pattern of that library), with `LIB_ACTIONS` for names
+///   no pattern matches and the `SCOPED_LIBS` value for a ClientHello without a name. A library
+///   not in `SCOPED_LIBS` is judged at attribution by `LIB_ACTIONS`.
+/// - Scoped after the reload: the new patterns go in first (overwriting kept ones), then
+///   `SCOPED_LIBS` and `LIB_ACTIONS`, then the stale patterns go out. Meanwhile the trie holds
+///   old ∪ new patterns: a name whose longest match is a new pattern gets the new policy's
+///   action; one whose longest match is a stale pattern gets the old one's (it was the longest
+///   match in the old trie too); a name matching neither gets `LIB_ACTIONS`, old or new, each
+///   right for its policy. A library that was unscoped only becomes scoped once its patterns
+///   are in, so it is never judged by name against a partial trie.
+/// - Unscoped after the reload: `LIB_ACTIONS` first, then out of `SCOPED_LIBS` (new flows are
+///   judged at attribution by the new action), then the patterns go out. A flow attributed just
+///   before and still waiting for its ClientHello is judged by an old pattern or the new action,
+///   or, without a name, denied (the kernel's answer for a waiting flow whose library is no
+///   longer listed: stricter than either policy, never looser).
+fn write_library(
+    maps: &mut LiveMaps,
+    lib_id: u32,
+    action: Action,
+    scope: Option<&NameScope>,
+) -> Result<(), LiveMapError> {
+    let Some(scope) = scope else {
+        maps.set_action(lib_id, action.code())?;
+        maps.remove_scoped(lib_id)?;
+        for key in maps.name_rules_of(lib_id) {
+            maps.remove_name_rule(&key)?;
+        }
+        return Ok(());
+    };
+    let mut wanted = Vec::with_capacity(scope.patterns.len());
+    for (pattern, pattern_action, _) in &scope.patterns {
+        let (bits, data) = pattern.kernel_key(lib_id);
+        let key = Key::new(bits, data);
+        maps.insert_name_rule(&key, pattern_action.code())?;
+        wanted.push(key);
+    }
+    maps.set_scoped(lib_id, scope.nameless.code())?;
+    maps.set_action(lib_id, action.code())?;
+    for key in maps.name_rules_of(lib_id) {
+        if !wanted.iter().any(|w| same_key(w, &key)) {
+            maps.remove_name_rule(&key)?;
+        }
+    }
+    Ok(())
+}
+
+/// The trie compares the first `prefix_len` bits only: bytes past them do not tell keys apart.
+fn same_key(a: &Key<ServerNameKey>, b: &Key<ServerNameKey>) -> bool {
+    let (da, db) = (a.data(), b.data());
+    let used = (a.prefix_len().saturating_sub(32) / 8) as usize;
+    let used = used.min(da.name.len());
+    a.prefix_len() == b.prefix_len()
+        && da.lib_id_be == db.lib_id_be
+        && da.name[..used] == db.name[..used]
 }
 
 fn is_blocked(state: &FlowState) -> bool {
@@ -150,6 +217,8 @@ pub fn applied_record(path: &Path, summary: &Summary) -> Value {
         "mode": summary.mode,
         "libraries": summary.libraries,
         "actions_changed": summary.actions_changed,
+        "scopes_changed": summary.scopes_changed,
+        "unattributed_tls": summary.unattributed_tls,
         "flows_reevaluated": summary.flows_reevaluated,
         "newly_blocked": summary.newly_blocked,
         "newly_unblocked": summary.newly_unblocked,
