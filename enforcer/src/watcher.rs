@@ -583,19 +583,28 @@ fn examine(shared: &Shared, found: &Found, origin: &Origin<'_>, probe: bool) -> 
 }
 
 fn probe_new_library(shared: &Shared, lib: &Library, origin: &Origin<'_>) {
-    let policy = shared.policy();
     let version = lib.identity.version.clone();
     let path = lib.path.display().to_string();
-    // Action and name first: the first connection may follow the probes within microseconds.
-    let ready = loader::apply_library_policy(&mut lock(&shared.ebpf), &policy, lib).map(|_| ());
-    let decision = policy.decide(lib);
-    shared.reporter.add_library(
-        lib.id,
-        LibInfo {
-            path: path.clone(),
-            ..LibInfo::of(lib)
-        },
-    );
+    let (ready, decision) = {
+        // The policy stays read-locked until the library is listed: a reload's `set_policy`
+        // waits for it, so either the reload finds this library (and rewrites its maps) or the
+        // library is written with the new policy, never with the old one after the reload.
+        let policy = shared
+            .policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Action and scope first: the first connection may follow the probes within
+        // microseconds.
+        let ready = loader::apply_library_policy(&mut lock(&shared.ebpf), &policy, lib).map(|_| ());
+        shared.reporter.add_library(
+            lib.id,
+            LibInfo {
+                path: path.clone(),
+                ..LibInfo::of(lib)
+            },
+        );
+        (ready, policy.decide(lib))
+    };
     let probed: Result<usize> = match ready {
         Err(err) => Err(err.into()),
         Ok(()) => shared.prober.attach(lib, || lock(&shared.ebpf)),
