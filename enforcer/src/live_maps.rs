@@ -15,9 +15,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use enforcer_common::{
-    FlowKey, FlowState, HelloPolicy, ServerNameKey, hello, maps, stat, verdict,
-};
+use enforcer_common::{FlowKey, FlowState, HelloPolicy, ServerNameKey, hello, maps, stat, verdict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveMapError {
@@ -237,10 +235,7 @@ impl LiveMaps {
 
     /// `lib_id` is judged at attribution again (by `LIB_ACTIONS`).
     pub fn remove_scoped(&mut self, lib_id: u32) -> Result<(), LiveMapError> {
-        match self.scoped_libs.remove(&lib_id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(err(hello::SCOPED_LIBS)(e)),
-        }
+        absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(hello::SCOPED_LIBS))
     }
 
     /// Inserts (or overwrites) one server-name pattern of a library.
@@ -266,10 +261,16 @@ impl LiveMaps {
     }
 
     pub fn remove_name_rule(&mut self, key: &Key<ServerNameKey>) -> Result<(), LiveMapError> {
-        match self.name_rules.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(err(hello::SERVER_NAME_RULES)(e)),
-        }
+        absent_ok(self.name_rules.remove(key)).map_err(err(hello::SERVER_NAME_RULES))
+    }
+}
+
+/// A removal of a key that is not there (aya reports the syscall's ENOENT) is no error.
+fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
     }
 }
 

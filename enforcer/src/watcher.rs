@@ -589,10 +589,7 @@ fn probe_new_library(shared: &Shared, lib: &Library, origin: &Origin<'_>) {
         // The policy stays read-locked until the library is listed: a reload's `set_policy`
         // waits for it, so either the reload finds this library (and rewrites its maps) or the
         // library is written with the new policy, never with the old one after the reload.
-        let policy = shared
-            .policy
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let policy = shared.policy.read().unwrap_or_else(PoisonError::into_inner);
         // Action and scope first: the first connection may follow the probes within
         // microseconds.
         let ready = loader::apply_library_policy(&mut lock(&shared.ebpf), &policy, lib).map(|_| ());

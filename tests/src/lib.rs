@@ -13,6 +13,7 @@ mod process;
 pub mod programs;
 pub mod schema;
 mod server;
+pub mod static_client;
 
 pub use agent::{Agent, enforcer_bin};
 pub use cert::Cert;

@@ -1,7 +1,8 @@
 //! Operating a running agent: policy reload (file change, SIGHUP, `enforcer reload`) with
 //! re-evaluation of established flows and rejection of a bad policy; `enforcer status`, `flows`,
 //! `block`, `unblock`; events appended to a file and checked against docs/events.schema.json;
-//! Prometheus metrics; a full blocklist reported as an event and a metric.
+//! Prometheus metrics; a full blocklist reported as an event and a metric; a reload that changes
+//! server-name scopes and `unattributed_tls`.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -14,6 +15,7 @@ use enforcer_tests::{
     ops::{LongClient, ctl, sample, scrape},
     require_root, run_with_timeout,
     schema::{events_schema, validate_event},
+    static_client::build_static_client,
 };
 use serde_json::Value;
 
@@ -331,4 +333,131 @@ fn full_blocklist_is_reported() {
         1.0,
         "{text}"
     );
+}
+
+/// Before: unattributed TLS audited; GnuTLS allowed only to `*.internal.example`.
+const SCOPE_INTERNAL: &str = "\
+mode: enforce
+default: deny
+unattributed_tls: audit
+libraries:
+  - family: gnutls
+    server_names: [\"*.internal.example\"]
+    action: allow
+";
+/// After: unattributed TLS denied; GnuTLS allowed only to `*.other.example`.
+const SCOPE_OTHER: &str = "\
+mode: enforce
+default: deny
+unattributed_tls: deny
+libraries:
+  - family: gnutls
+    server_names: [\"*.other.example\"]
+    action: allow
+";
+const SCOPE_PORT: u16 = 9451;
+
+fn gnutls_named(peer: SocketAddr, name: &str, input: &[u8]) -> enforcer_tests::Outcome {
+    let sni = format!("--sni-hostname={name}");
+    let (port, host) = (peer.port().to_string(), peer.ip().to_string());
+    run_with_timeout(
+        &mut cmd("gnutls-cli", ["--insecure", &sni, "--port", &port, &host]),
+        input,
+        Duration::from_secs(15),
+    )
+}
+
+fn static_once(bin: &Path, peer: SocketAddr, name: &str, line: &str) -> enforcer_tests::Outcome {
+    let (host, port) = (peer.ip().to_string(), peer.port().to_string());
+    let mut c = std::process::Command::new(bin);
+    c.args([host.as_str(), port.as_str(), name, line]);
+    run_with_timeout(&mut c, b"", Duration::from_secs(15))
+}
+
+/// The verdict of the `client_hello` event for `name`.
+fn hello_verdict(agent: &mut Agent, name: &str) -> Value {
+    let name = name.to_owned();
+    let e = agent.wait_for(
+        move |v| v["type"] == "client_hello" && v["server_name"] == name.as_str(),
+        EVENT,
+    );
+    e["verdict"].clone()
+}
+
+/// A reload changes a probed library's server-name scope and `unattributed_tls`: new
+/// connections are judged by the new ones at once.
+#[test]
+fn reload_changes_server_name_scopes_and_unattributed_tls() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hidden = build_static_client(dir.path());
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let server = Server::plain(&ns, peer, SCOPE_PORT, &cert);
+    let policy = dir.path().join("policy.yaml");
+    write_policy(&policy, SCOPE_INTERNAL);
+    let socket = dir.path().join("agent.sock");
+    let mut agent = Agent::start(
+        &ns.host_if,
+        &policy,
+        &["--control-socket", socket.to_str().expect("utf-8")],
+    );
+    agent.wait_ready(READY);
+    // The late hook form lowers `unattributed_tls: deny` to audit (docs/policy.md).
+    let status = ctl(&socket, &["status"]);
+    let late = status["kernel_hook_targets"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t == "sock_send_length"));
+
+    // Before: db.other.example is outside GnuTLS's scope; the hidden client is only audited.
+    let out = gnutls_named(server.addr(), "db.other.example", b"OTHER-BEFORE\n");
+    assert!(
+        !out.success(),
+        "outside the scope before the reload: {out:?}"
+    );
+    assert_eq!(hello_verdict(&mut agent, "db.other.example"), "blocked");
+    let out = static_once(&hidden, server.addr(), "hidden.example", "HIDDEN-BEFORE\n");
+    assert!(
+        out.stdout_str().contains("handshake=ok"),
+        "audited: {out:?}"
+    );
+    assert_eq!(hello_verdict(&mut agent, "hidden.example"), "audited");
+
+    write_policy(&policy, SCOPE_OTHER);
+    let reload = agent.wait_for(|v| v["type"] == "reload", EVENT);
+    assert_eq!(reload["ok"], true, "{reload}");
+    assert!(reload["scopes_changed"].as_u64() >= Some(1), "{reload}");
+    let applied = if late { "audit" } else { "deny" };
+    assert_eq!(reload["unattributed_tls"], applied, "{reload}");
+
+    // After: db.other.example completes, db.internal.example is refused at its ClientHello.
+    let line = b"OTHER-AFTER\n";
+    let out = gnutls_named(server.addr(), "db.other.example", line);
+    server.wait_received(line, EVENT);
+    assert_eq!(
+        hello_verdict(&mut agent, "db.other.example"),
+        "allowed",
+        "{out:?}"
+    );
+    let out = gnutls_named(server.addr(), "db.internal.example", b"INTERNAL-AFTER\n");
+    assert!(
+        !out.success() && out.elapsed < Duration::from_secs(2),
+        "db.internal.example is out of the new scope: {out:?}"
+    );
+    assert_eq!(hello_verdict(&mut agent, "db.internal.example"), "blocked");
+    assert!(!String::from_utf8_lossy(&server.received()).contains("INTERNAL-AFTER"));
+
+    // unattributed_tls: deny now blocks the hidden client (on the late hook form: audited).
+    let out = static_once(&hidden, server.addr(), "hidden2.example", "HIDDEN-AFTER\n");
+    if late {
+        assert_eq!(hello_verdict(&mut agent, "hidden2.example"), "audited");
+        return;
+    }
+    assert!(
+        !out.stdout_str().contains("handshake=ok") && out.elapsed < Duration::from_secs(2),
+        "unattributed TLS is denied after the reload: {out:?}"
+    );
+    assert_eq!(hello_verdict(&mut agent, "hidden2.example"), "blocked");
+    assert!(!String::from_utf8_lossy(&server.received()).contains("HIDDEN-AFTER"));
 }
