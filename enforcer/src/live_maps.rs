@@ -169,10 +169,7 @@ impl LiveMaps {
     /// whether it was blocked.
     pub fn unblock(&mut self, flow: &FlowKey) -> Result<bool, LiveMapError> {
         let was = self.is_blocked(flow);
-        match self.blocklist.remove(flow) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(err(maps::BLOCKLIST)(e)),
-        }
+        absent_ok(self.blocklist.remove(flow)).map_err(err(maps::BLOCKLIST))?;
         if let Ok(mut state) = self.flows.get(flow, 0) {
             state.verdict = verdict::ALLOWED;
             self.flows

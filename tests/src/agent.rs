@@ -167,6 +167,14 @@ impl Agent {
         &self.events
     }
 
+    /// Whether the agent's stderr (its logs) contains `needle` within `timeout`: log lines and
+    /// events travel on different pipes, so a line may arrive after the event it accompanies.
+    pub fn stderr_contains(&self, needle: &str, timeout: Duration) -> bool {
+        self.stderr
+            .wait_for(Some(needle.as_bytes()), timeout)
+            .is_ok()
+    }
+
     /// The agent's stderr so far (its logs).
     pub fn stderr(&self) -> String {
         self.stderr.text()

@@ -171,7 +171,7 @@ fn enforce_case(v6: bool) {
 
     // The aborted connection is closed, so its 4-tuple leaves the blocklist (a later connection
     // reusing it is judged afresh, and the map cannot fill up with dead flows).
-    wait_blocklist_empty();
+    wait_blocklist_empty(agent.pid());
 
     // The block is per connection: OpenSSL still works afterwards.
     assert!(
@@ -191,23 +191,39 @@ fn enforce_ipv6_openssl_allowed_gnutls_blocked() {
     enforce_case(true);
 }
 
-/// Entries of the agent's `BLOCKLIST` map, as `bpftool` dumps them.
-fn blocklist_entries() -> usize {
+/// Entries of the `BLOCKLIST` map the agent `pid` holds, as `bpftool` dumps them (other maps of
+/// that name, e.g. pinned by another test run, do not count).
+fn blocklist_entries(pid: u32) -> usize {
+    let out = enforcer_tests::sh(&mut cmd("bpftool", ["-j", "map", "show"]));
+    let maps: Value = serde_json::from_str(&out).expect("bpftool -j prints JSON");
+    let held_by_agent = |m: &Value| {
+        m["name"] == "BLOCKLIST"
+            && m["pids"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["pid"] == pid))
+    };
+    let Some(id) = maps
+        .as_array()
+        .and_then(|maps| maps.iter().find(|m| held_by_agent(m)))
+        .and_then(|m| m["id"].as_u64())
+    else {
+        panic!("agent {pid} holds no BLOCKLIST map: {out}");
+    };
     let out = enforcer_tests::sh(&mut cmd(
         "bpftool",
-        ["-j", "map", "dump", "name", "BLOCKLIST"],
+        ["-j", "map", "dump", "id", &id.to_string()],
     ));
     let dump: Value = serde_json::from_str(&out).expect("bpftool -j prints JSON");
     dump.as_array().map_or(0, Vec::len)
 }
 
-fn wait_blocklist_empty() {
+fn wait_blocklist_empty(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while blocklist_entries() > 0 {
+    while blocklist_entries(pid) > 0 {
         assert!(
             Instant::now() < deadline,
             "closed blocked flows stay in BLOCKLIST: {} entries",
-            blocklist_entries()
+            blocklist_entries(pid)
         );
         std::thread::sleep(Duration::from_millis(50));
     }

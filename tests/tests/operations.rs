@@ -307,8 +307,9 @@ fn full_blocklist_is_reported() {
     let full = agent.wait_for(|v| v["type"] == "capacity" && v["level"] == "full", EVENT);
     assert!(full["failed_inserts"].as_u64() >= Some(1), "{full}");
     assert!(
-        agent.stderr().contains("BLOCKLIST full"),
-        "a warning is logged"
+        agent.stderr_contains("BLOCKLIST full", EVENT),
+        "a warning is logged: {}",
+        agent.stderr()
     );
     let text = scrape(&metrics);
     assert!(

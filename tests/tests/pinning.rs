@@ -4,7 +4,7 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use enforcer_tests::{
-    Agent, Cert, NetNs, Server, cmd,
+    Agent, Cert, NetNs, Server, cmd, host_lock,
     ops::{PinGuard, ctl},
     require_root, run_with_timeout, sh,
 };
@@ -107,6 +107,9 @@ fn pinned_blocklist_entries(dir: &Path) -> usize {
 #[test]
 fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
     require_root();
+    // Held across the agents' restarts: the pinned state enforces while no agent runs, and
+    // another test run's agent must not start in between.
+    let _host = host_lock();
     let ns = NetNs::new();
     let peer = IpAddr::V4(ns.peer_v4);
     let cert = Cert::new(&[peer]);
