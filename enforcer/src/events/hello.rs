@@ -176,27 +176,29 @@ impl Reporter {
 }
 
 /// The process holding socket `inode`: the first `/proc/<pid>/fd/*` link to `socket:[inode]`
-/// found within `WALK_BUDGET`.
+/// found within `WALK_BUDGET`. Newest processes first (highest pid; pids grow until they wrap):
+/// a ClientHello comes from a socket opened moments ago, most often by a process started moments
+/// ago, and on a busy host the budget may not cover every process.
 pub fn owner_of_inode(inode: u64) -> Option<Owner> {
     let target = format!("socket:[{inode}]");
     let deadline = Instant::now() + WALK_BUDGET;
-    for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    let mut pids: Vec<u32> = fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    pids.sort_unstable_by(|a, b| b.cmp(a));
+    for pid in pids {
         if Instant::now() > deadline {
             return None;
         }
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+        let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {
             if fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
-                let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
                 return Some(Owner {
                     pid,
                     comm: comm.trim_end().to_owned(),
