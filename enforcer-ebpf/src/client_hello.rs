@@ -320,6 +320,10 @@ fn walk<P: Packet>(
         if size == 0 || size > 256 {
             return None;
         }
+        // The 6.1 verifier does not narrow a register from that compound check (it rejected
+        // the helper call with "R3 min value is outside of the allowed memory range", size 0):
+        // a mask gives it 1..=256 by arithmetic. A no-op for the sizes that pass the check.
+        let size = (size.wrapping_sub(1) & 0xff) + 1;
         if !packet.load_bytes(from as u32, name.as_mut_ptr(), size) {
             return None;
         }
