@@ -192,22 +192,32 @@ fn enforce_ipv6_openssl_allowed_gnutls_blocked() {
 }
 
 /// Entries of the `BLOCKLIST` map the agent `pid` holds, as `bpftool` dumps them (other maps of
-/// that name, e.g. pinned by another test run, do not count).
+/// that name, e.g. pinned by another test run, do not count). The agent's map ids come from its
+/// fds' `/proc/PID/fdinfo` (`map_id:`), which every kernel has, unlike bpftool's pid column.
 fn blocklist_entries(pid: u32) -> usize {
+    let held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|info| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("map_id:"))
+                        .and_then(|id| id.trim().parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let out = enforcer_tests::sh(&mut cmd("bpftool", ["-j", "map", "show"]));
     let maps: Value = serde_json::from_str(&out).expect("bpftool -j prints JSON");
-    let held_by_agent = |m: &Value| {
-        m["name"] == "BLOCKLIST"
-            && m["pids"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|p| p["pid"] == pid))
-    };
     let Some(id) = maps
         .as_array()
-        .and_then(|maps| maps.iter().find(|m| held_by_agent(m)))
-        .and_then(|m| m["id"].as_u64())
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"] == "BLOCKLIST")
+        .filter_map(|m| m["id"].as_u64())
+        .find(|id| held.contains(id))
     else {
-        panic!("agent {pid} holds no BLOCKLIST map: {out}");
+        panic!("agent {pid} holds no BLOCKLIST map (its map ids: {held:?}): {out}");
     };
     let out = enforcer_tests::sh(&mut cmd(
         "bpftool",
