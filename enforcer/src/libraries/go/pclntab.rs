@@ -152,6 +152,10 @@ impl<'a> Table<'a> {
         self.nfunc
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.nfunc == 0
+    }
+
     /// Size of one functab field: a pointer before 1.18, a u32 offset since.
     fn field_size(&self) -> usize {
         match self.layout {
