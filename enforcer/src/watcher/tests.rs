@@ -228,7 +228,10 @@ fn a_reused_inode_number_is_another_file() {
         state: Examined::NotTls,
     };
     assert!(!old.is_other_file(gen_a));
-    assert!(!old.is_other_file(None), "no generation: the number decides");
+    assert!(
+        !old.is_other_file(None),
+        "no generation: the number decides"
+    );
     fs::remove_file(&a).unwrap();
     fs::copy(&exe, &b).unwrap();
     let md_b = fs::metadata(&b).unwrap();
