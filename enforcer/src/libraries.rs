@@ -18,7 +18,9 @@
 
 mod build;
 mod elf;
-mod go;
+/// Public for the fuzz targets (`fuzz/fuzz_targets/go_tables.rs`); not a stable interface.
+#[doc(hidden)]
+pub mod go;
 mod identity;
 pub(crate) mod procfs;
 #[cfg(test)]

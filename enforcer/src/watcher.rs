@@ -147,7 +147,7 @@ struct Shared {
     ebpf: Mutex<Ebpf>,
     known: Mutex<Option<BpfHashMap<MapData, FileKey, u8>>>,
     /// (st_dev, st_ino) → what examining the file found; `InProgress` while someone is at it.
-    examined: Mutex<HashMap<(u64, u64), Examined>>,
+    examined: Mutex<HashMap<(u64, u64), Entry>>,
     examined_cv: Condvar,
     next_id: AtomicU32,
     /// Replaced by a policy reload ([`Watcher::set_policy`]).
@@ -186,6 +186,24 @@ impl Shared {
     }
 }
 
+/// One examined inode. Inode numbers are reused as soon as a file is deleted (ext4 hands the
+/// number of a file just deleted to the next file created in the directory), so the generation
+/// says whether a new file with an examined number is that file: a program built while the
+/// agent runs often gets the number of a deleted file examined as not TLS. Where a generation
+/// is unknown (a filesystem without `FS_IOC_GETVERSION`), the number alone decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    generation: Option<u32>,
+    state: Examined,
+}
+
+impl Entry {
+    /// True if this entry is about another file than one of `generation` with its number.
+    fn is_other_file(&self, generation: Option<u32>) -> bool {
+        matches!((self.generation, generation), (Some(a), Some(b)) if a != b)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Examined {
     InProgress,
@@ -213,7 +231,20 @@ impl Watcher {
         let next_id = setup.libraries.iter().map(|l| l.id).max().unwrap_or(0) + 1;
         let mut examined = HashMap::new();
         for lib in setup.libraries {
-            examined.insert((lib.dev, lib.ino), Examined::Library(lib.id));
+            let generation = std::fs::metadata(&lib.path)
+                .ok()
+                .filter(|md| {
+                    use std::os::unix::fs::MetadataExt;
+                    (md.dev(), md.ino()) == (lib.dev, lib.ino)
+                })
+                .and_then(|md| files::generation_of(&lib.path, &md));
+            examined.insert(
+                (lib.dev, lib.ino),
+                Entry {
+                    generation,
+                    state: Examined::Library(lib.id),
+                },
+            );
         }
         let maps = take_maps(&mut ebpf);
         let shared = Shared::new(ebpf, setup.policy.clone(), setup.reporter, setup.prober);
@@ -525,21 +556,33 @@ struct Origin<'a> {
 /// recorded (`None`): the first process that maps it will be paused and it is probed then.
 fn examine(shared: &Shared, found: &Found, origin: &Origin<'_>, probe: bool) -> Option<Examined> {
     let inode = (found.st_dev, found.st_ino);
+    let entry = |state| Entry {
+        generation: found.generation,
+        state,
+    };
     {
         let mut examined = lock(&shared.examined);
         loop {
             match examined.get(&inode) {
-                None => {
-                    examined.insert(inode, Examined::InProgress);
-                    break;
-                }
-                Some(Examined::InProgress) => {
+                Some(Entry {
+                    state: Examined::InProgress,
+                    ..
+                }) => {
                     examined = shared
                         .examined_cv
                         .wait(examined)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
-                Some(done) => return Some(*done),
+                Some(done) if !done.is_other_file(found.generation) => return Some(done.state),
+                Some(old) => {
+                    debug!(path = %found.path.display(), old = ?old, generation = ?found.generation, "inode number reused by a new file: examining it");
+                    examined.insert(inode, entry(Examined::InProgress));
+                    break;
+                }
+                None => {
+                    examined.insert(inode, entry(Examined::InProgress));
+                    break;
+                }
             }
         }
     }
@@ -577,7 +620,7 @@ fn examine(shared: &Shared, found: &Found, origin: &Origin<'_>, probe: bool) -> 
             Examined::NotTls
         }
     };
-    lock(&shared.examined).insert(inode, result);
+    lock(&shared.examined).insert(inode, entry(result));
     shared.examined_cv.notify_all();
     Some(result)
 }
@@ -665,7 +708,10 @@ fn sweep(shared: &Shared, stop: &AtomicBool) {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        if lock(&shared.examined).contains_key(&(found.st_dev, found.st_ino)) {
+        if lock(&shared.examined)
+            .get(&(found.st_dev, found.st_ino))
+            .is_some_and(|e| !e.is_other_file(found.generation))
+        {
             continue;
         }
         fresh += 1;

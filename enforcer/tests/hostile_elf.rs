@@ -16,6 +16,8 @@
 
 #[path = "hostile_elf/builder.rs"]
 mod builder;
+#[path = "hostile_elf/go.rs"]
+mod go;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;

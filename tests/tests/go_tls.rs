@@ -115,3 +115,56 @@ fn go_client_denied_fails_fast() {
     assert_eq!(event["library"]["family"], "go", "{event}");
     assert_eq!(event["call"], "handshake", "{event}");
 }
+
+/// A Go client whose file gets the inode number of a deleted program the watcher examined (not
+/// TLS) is still probed and blocked. ext4 hands the number of a file just deleted to the next
+/// file created in the directory, and the watcher once remembered "not TLS" by (device, inode)
+/// alone: a program built while the agent ran, on the number of some deleted build helper,
+/// ran unprobed. (The first run of `go_client_denied_fails_fast` once saw exactly that.)
+#[test]
+fn go_client_on_a_reused_inode_number_is_probed() {
+    use std::os::unix::fs::MetadataExt;
+    let s = setup();
+    let built = build_go(s.dir.path(), "go-built", "-s -w");
+    let mut agent = agent(&s.ns, "deny");
+    let exe = s.dir.path().join("go-reused");
+    let mut reused = false;
+    for i in 0..20 {
+        // A program the watcher pauses and examines (a copy of `true`: not TLS), then deleted.
+        let decoy = s.dir.path().join(format!("decoy-{i}"));
+        std::fs::copy("/bin/true", &decoy).expect("copy /bin/true");
+        let out = run_with_timeout(&mut Command::new(&decoy), b"", CLIENT);
+        assert!(out.success(), "{decoy:?}: {out:?}");
+        let ino = std::fs::metadata(&decoy).unwrap().ino();
+        std::fs::remove_file(&decoy).unwrap();
+        std::fs::copy(&built, &exe).expect("copy the Go client");
+        if std::fs::metadata(&exe).unwrap().ino() == ino {
+            reused = true;
+            break;
+        }
+        std::fs::remove_file(&exe).unwrap();
+    }
+    if !reused {
+        eprintln!(
+            "skipped: the filesystem of {} did not reuse a deleted file's inode number in 20 tries \
+             (tmpfs never does), so the case cannot be set up here",
+            s.dir.path().display()
+        );
+        return;
+    }
+    let out = run_with_timeout(
+        Command::new(&exe).arg(s.server.addr().to_string()),
+        b"",
+        CLIENT,
+    );
+    assert!(
+        !out.success() && out.elapsed < Duration::from_secs(2),
+        "the denied Go client on a reused inode number must fail fast: {out:?} {}\n{}\nevents: {:?}",
+        out.stderr_str(),
+        agent.stderr(),
+        agent.events()
+    );
+    let event = connection(&mut agent, "go-reused", s.local, &s.server);
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    assert_eq!(event["library"]["family"], "go", "{event}");
+}

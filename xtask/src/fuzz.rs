@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use crate::{root, setup};
 
 /// Every fuzz target, in the order they run.
-pub const TARGETS: [&str; 3] = ["policy_parse", "elf_identify", "btf_offsets"];
+pub const TARGETS: [&str; 4] = ["policy_parse", "elf_identify", "btf_offsets", "go_tables"];
 /// Seconds per target in `cargo xtask test`.
 pub const SMOKE_SECONDS: u64 = 20;
 /// cargo-fuzz release series installed when absent (0.13.x builds with stable 1.95).
@@ -230,7 +230,7 @@ fn prepare_corpus(target: &str) -> Result<PathBuf> {
             let name = e.file_name();
             let is_script = Path::new(&name)
                 .extension()
-                .is_some_and(|x| x == "sh" || x == "md");
+                .is_some_and(|x| x == "sh" || x == "md" || x == "go");
             if is_script || !e.path().is_file() {
                 continue;
             }

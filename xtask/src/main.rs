@@ -51,7 +51,7 @@ enum Cmd {
         #[arg(long)]
         enforcer: Option<PathBuf>,
     },
-    /// Run the cargo-fuzz targets (policy_parse, elf_identify, btf_offsets) for N seconds each;
+    /// Run the cargo-fuzz targets (policy_parse, elf_identify, btf_offsets, go_tables) for N seconds each;
     /// installs cargo-fuzz if missing. See docs/fuzzing.md.
     Fuzz {
         /// Seconds per target.

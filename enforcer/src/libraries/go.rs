@@ -9,8 +9,8 @@
 //! goroutine, whose `g` pointer Go's register ABI keeps in R14 (see `enforcer-ebpf/src/go.rs`).
 //! Older or other binaries are identified (so `enforcer libs` lists them) but get no probes.
 
-mod buildinfo;
-mod code;
+pub mod buildinfo;
+pub mod code;
 pub mod pclntab;
 
 use std::collections::HashMap;
@@ -185,15 +185,24 @@ fn version<Elf: FileHeader<Endian = Endianness>>(
     let blob: &[u8] = data.read_bytes_at(offset, want).ok()?;
     // Old format: pointers to a string header and the string, anywhere in a loaded segment.
     let read = |addr: u64, len: usize| -> Option<Vec<u8>> {
-        let seg = segments
-            .iter()
-            .find(|s| addr >= s.vaddr && addr - s.vaddr + len as u64 <= s.filesz)?;
         let bytes: &[u8] = data
-            .read_bytes_at(seg.offset.checked_add(addr - seg.vaddr)?, len as u64)
+            .read_bytes_at(loaded_offset(segments, addr, len as u64)?, len as u64)
             .ok()?;
         Some(bytes.to_vec())
     };
     buildinfo::version(blob, &read)
+}
+
+/// The file offset of `len` bytes at `addr`, if they lie in one loaded segment's file bytes.
+/// `addr` and `len` come from the file: every step is checked (a pointer near `u64::MAX` must
+/// not wrap into range).
+fn loaded_offset(segments: &[Segment], addr: u64, len: u64) -> Option<u64> {
+    segments.iter().find_map(|s| {
+        let delta = addr.checked_sub(s.vaddr)?;
+        (delta.checked_add(len)? <= s.filesz)
+            .then(|| s.offset.checked_add(delta))
+            .flatten()
+    })
 }
 
 /// `1.16.15` is, `1.17`, `1.22.3` and unparsable versions (a `devel` build) are not.
@@ -207,6 +216,70 @@ fn before_register_abi(release: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::{Segment, loaded_offset};
+
+    /// Regression: a build info pointer near `u64::MAX` made `addr - vaddr + len` overflow
+    /// (a panic with overflow checks, a wrapped bounds check without).
+    #[test]
+    fn build_info_pointers_do_not_wrap() {
+        let seg = Segment {
+            vaddr: 0,
+            offset: 0x100,
+            filesz: 0x1000,
+            executable: false,
+        };
+        assert_eq!(loaded_offset(&[seg], 0x10, 16), Some(0x110));
+        assert_eq!(loaded_offset(&[seg], 0xff0, 16), Some(0x10f0));
+        assert_eq!(loaded_offset(&[seg], 0xff1, 16), None);
+        assert_eq!(loaded_offset(&[seg], u64::MAX - 3, 16), None);
+        assert_eq!(loaded_offset(&[seg], u64::MAX, u64::MAX), None);
+        let high = Segment {
+            vaddr: u64::MAX - 0xf,
+            offset: u64::MAX - 0x8,
+            filesz: 0x10,
+            executable: false,
+        };
+        assert_eq!(
+            loaded_offset(&[high], u64::MAX - 0xf, 8),
+            Some(u64::MAX - 0x8)
+        );
+        assert_eq!(loaded_offset(&[high], u64::MAX - 0x6, 8), None);
+    }
+
+    /// The go_tables fuzz seeds: a real Go 1.19 client's `.gopclntab` cut down to the catalog's
+    /// functions (real names, `_func` records and machine code), in every table layout, with
+    /// the code packed at 0x401000 (see `fuzz/seeds/go_tables/make.sh`).
+    #[test]
+    fn real_functions_in_every_layout() {
+        use super::{buildinfo, code, pclntab};
+        let seeds: [&[u8]; 4] = [
+            include_bytes!("../../../fuzz/seeds/go_tables/go12-tls-functions"),
+            include_bytes!("../../../fuzz/seeds/go_tables/go116-tls-functions"),
+            include_bytes!("../../../fuzz/seeds/go_tables/go118-tls-functions"),
+            include_bytes!("../../../fuzz/seeds/go_tables/go120-tls-functions"),
+        ];
+        let names = [
+            "crypto/tls.(*Conn).Write",
+            "crypto/tls.(*Conn).Read",
+            "crypto/tls.(*Conn).handshakeContext",
+        ];
+        for seed in seeds {
+            let n = u32::from_le_bytes(seed[..4].try_into().unwrap()) as usize;
+            let (table, text) = (&seed[4..4 + n], &seed[4 + n..]);
+            let t = pclntab::parse(table, 0x401000).unwrap();
+            for (name, f) in names.iter().zip(t.find(&names)) {
+                let f = f.unwrap_or_else(|| panic!("{:?}: {name} not found", t.layout));
+                let body = &text[(f.entry - 0x401000) as usize..(f.end - 0x401000) as usize];
+                let p = code::points(body, f.entry).unwrap();
+                assert!(p.entry > f.entry && p.entry < f.end, "{name}: {p:?}");
+                assert!(p.returns.iter().all(|r| (f.entry..f.end).contains(r)));
+            }
+        }
+        let none = |_: u64, _: usize| None;
+        let blob = include_bytes!("../../../fuzz/seeds/go_tables/buildinfo-inline");
+        assert_eq!(buildinfo::version(blob, &none).as_deref(), Some("go1.19.8"));
+    }
+
     #[test]
     fn register_abi_versions() {
         assert!(super::before_register_abi("1.16.15"));

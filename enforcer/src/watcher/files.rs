@@ -27,6 +27,8 @@ pub struct Found {
     pub name: PathBuf,
     pub st_dev: u64,
     pub st_ino: u64,
+    /// Inode generation, where the filesystem says (see [`super::kernel::generation`]).
+    pub generation: Option<u32>,
 }
 
 /// The file an event is about, `None` if the process is gone or the file cannot be reached.
@@ -58,6 +60,7 @@ fn reach(pid_dir: &Path, link: &Path, key: &FileKey) -> Option<Found> {
     if !md.is_file() || md.ino() != key.ino {
         return None;
     }
+    let generation = generation_of(link, &md);
     let name = fs::read_link(link).unwrap_or_else(|_| link.to_owned());
     let same = |p: &Path| {
         fs::metadata(p).is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (md.dev(), md.ino()))
@@ -77,7 +80,23 @@ fn reach(pid_dir: &Path, link: &Path, key: &FileKey) -> Option<Found> {
         name,
         st_dev: md.dev(),
         st_ino: md.ino(),
+        generation,
     })
+}
+
+/// The generation of the regular file at `path`, if it is still the file `md` describes.
+/// Opened non-blocking (a FIFO swapped in meanwhile must not block the caller).
+pub fn generation_of(path: &Path, md: &fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    let now = file.metadata().ok()?;
+    ((now.dev(), now.ino()) == (md.dev(), md.ino()))
+        .then(|| super::kernel::generation(&file))
+        .flatten()
 }
 
 /// Every file executable-mapped by a process right now, once per (dev, ino).
@@ -134,6 +153,7 @@ pub fn in_dirs(dirs: &[PathBuf]) -> Vec<Found> {
             if seen.insert((md.dev(), md.ino())) {
                 let real = fs::canonicalize(&path).unwrap_or(path);
                 out.push(Found {
+                    generation: generation_of(&real, &md),
                     name: real.clone(),
                     path: real,
                     st_dev: md.dev(),

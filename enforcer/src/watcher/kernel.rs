@@ -186,17 +186,23 @@ const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
 /// other devices than the inode's super block; tmpfs has no ioctl) only costs one pause the first
 /// time a process maps the file, after which the exact key the hook saw is known.
 pub fn key_of_path(path: &Path) -> Option<FileKey> {
-    use std::os::fd::AsRawFd;
     let file = fs::File::open(path).ok()?;
     let md = file.metadata().ok()?;
-    let mut generation: libc::c_long = 0;
-    // SAFETY: FS_IOC_GETVERSION writes one int through the pointer (a long is larger).
-    let ok = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETVERSION, &mut generation) } == 0;
     Some(key_from_stat(
         md.dev(),
         md.ino(),
-        if ok { generation as u32 } else { 0 },
+        generation(&file).unwrap_or(0),
     ))
+}
+
+/// The inode generation of an open file (`FS_IOC_GETVERSION`), `None` where the filesystem does
+/// not say. With the inode number it tells a file from a deleted one whose number was reused.
+pub fn generation(file: &fs::File) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut generation: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETVERSION writes one int through the pointer (a long is larger).
+    let ok = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETVERSION, &mut generation) } == 0;
+    ok.then_some(generation as u32)
 }
 
 pub fn key_from_stat(st_dev: u64, ino: u64, generation: u32) -> FileKey {

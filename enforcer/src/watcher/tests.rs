@@ -204,3 +204,44 @@ fn directory_candidates_are_shared_objects_and_programs() {
     names.sort();
     assert_eq!(names, ["libx.so.1", "tool"], "once per file, not notes.txt");
 }
+
+/// The generation tells a new file from a deleted one whose inode number it got (ext4 hands a
+/// freed number to the next file created in the directory): what the watcher's memory of
+/// examined files is keyed by besides (device, inode). See `go_tls`'s
+/// `go_client_on_a_reused_inode_number_is_probed` for the agent-level regression test.
+#[test]
+fn a_reused_inode_number_is_another_file() {
+    use super::{Entry, Examined};
+    let dir = TempDir::new("reuse");
+    let exe = std::env::current_exe().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    fs::copy(&exe, &a).unwrap();
+    let md_a = fs::metadata(&a).unwrap();
+    let gen_a = files::generation_of(&a, &md_a);
+    assert_eq!(
+        gen_a.unwrap_or(0),
+        kernel::key_of_path(&a).unwrap().generation,
+        "one source for both keys"
+    );
+    let old = Entry {
+        generation: gen_a,
+        state: Examined::NotTls,
+    };
+    assert!(!old.is_other_file(gen_a));
+    assert!(
+        !old.is_other_file(None),
+        "no generation: the number decides"
+    );
+    fs::remove_file(&a).unwrap();
+    fs::copy(&exe, &b).unwrap();
+    let md_b = fs::metadata(&b).unwrap();
+    let gen_b = files::generation_of(&b, &md_b);
+    if md_b.ino() == md_a.ino() && gen_a.is_some() {
+        assert!(old.is_other_file(gen_b), "{gen_a:?} {gen_b:?}");
+    } else {
+        eprintln!("this filesystem did not reuse the number or has no generations: half checked");
+    }
+    // Not the file `md` describes (replaced meanwhile): no generation.
+    let elsewhere = fs::metadata(dir.path()).unwrap();
+    assert_eq!(files::generation_of(&b, &elsewhere), None);
+}

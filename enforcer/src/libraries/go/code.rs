@@ -63,7 +63,9 @@ pub fn points(code: &[u8], addr: u64) -> Result<Points, CodeError> {
         if index < PROLOGUE_INSNS && entry.is_none() {
             if is_stack_check(&insn) {
                 checked_stack = true;
-            } else if checked_stack && insn.mnemonic() == Mnemonic::Jbe {
+            } else if checked_stack && insn.mnemonic() == Mnemonic::Jbe && decoder.can_decode() {
+                // The body starts after the jump; a jump that ends the code has no body after
+                // it (the probe would land past the function): no usable check, see below.
                 entry = Some(insn.next_ip());
             }
         }
@@ -152,6 +154,16 @@ mod tests {
             points(&vec![0x90; MAX_CODE + 1], 0),
             Err(CodeError::TooLarge(MAX_CODE + 1))
         );
+        // Regression: a stack check whose jump is the last instruction put the entry probe
+        // just past the function.
+        let tail_check = [
+            0xc3, // ret
+            0x49, 0x3b, 0x66, 0x10, // cmp rsp, [r14+0x10]
+            0x76, 0xf9, // jbe to the start
+        ];
+        let p = points(&tail_check, 0x1000).unwrap();
+        assert_eq!(p.entry, 0x1000);
+        assert_eq!(p.returns, vec![0x1000]);
         assert_eq!(
             points(&[0xc3; MAX_RETURNS + 1], 0),
             Err(CodeError::TooManyReturns)

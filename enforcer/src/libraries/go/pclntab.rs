@@ -152,6 +152,10 @@ impl<'a> Table<'a> {
         self.nfunc
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.nfunc == 0
+    }
+
     /// Size of one functab field: a pointer before 1.18, a u32 offset since.
     fn field_size(&self) -> usize {
         match self.layout {
@@ -181,8 +185,8 @@ impl<'a> Table<'a> {
         self.text_start.checked_add(raw)
     }
 
-    /// Name of function `i`, without its NUL.
-    fn name(&self, i: usize) -> Option<&'a [u8]> {
+    /// Where function `i`'s name starts in `data`.
+    fn name_start(&self, i: usize) -> Option<usize> {
         let field = self.field_size();
         let funcoff = self.uint(self.functab + (i * 2 + 1) * field, field)?;
         let base = match self.layout {
@@ -192,26 +196,27 @@ impl<'a> Table<'a> {
         let func = base.checked_add(usize::try_from(funcoff).ok()?)?;
         // `_func`: the entry (a pointer before 1.18, a u32 since), then nameoff (u32).
         let nameoff = self.uint(func.checked_add(field)?, 4)?;
-        let start = self.names.checked_add(usize::try_from(nameoff).ok()?)?;
-        let rest = self.data.get(start..)?;
-        let rest = &rest[..rest.len().min(MAX_NAME + 1)];
-        let len = rest.iter().position(|&b| b == 0)?;
-        Some(&rest[..len])
+        self.names.checked_add(usize::try_from(nameoff).ok()?)
     }
 
     /// For each of `wanted`, the function of that name (the first, if a corrupt table repeats
     /// it). Bounded by the table's function count, itself at most [`MAX_FUNCS`]; a slot that
     /// cannot be read is skipped, and a function whose end is not after its entry is not found.
+    /// Names are compared in place (the wanted name and its NUL), never scanned for their end:
+    /// a hostile table whose names all point at one long run without a NUL costs no more than
+    /// a real one. Wanted names longer than [`MAX_NAME`] are never found.
     pub fn find(&self, wanted: &[&str]) -> Vec<Option<Func>> {
         let mut out = vec![None; wanted.len()];
-        let mut seen = vec![false; wanted.len()];
+        let mut seen: Vec<bool> = wanted.iter().map(|w| w.len() > MAX_NAME).collect();
         for i in 0..self.nfunc {
             if seen.iter().all(|&s| s) {
                 break;
             }
-            let Some(name) = self.name(i) else { continue };
+            let Some(start) = self.name_start(i) else {
+                continue;
+            };
             for ((slot, seen), w) in out.iter_mut().zip(seen.iter_mut()).zip(wanted) {
-                if !*seen && name == w.as_bytes() {
+                if !*seen && self.name_is(start, w.as_bytes()) {
                     *seen = true;
                     if let (Some(entry), Some(end)) = (self.entry(i), self.entry(i + 1))
                         && end > entry
@@ -222,6 +227,14 @@ impl<'a> Table<'a> {
             }
         }
         out
+    }
+
+    /// True if the NUL-terminated name at `start` is `name`.
+    fn name_is(&self, start: usize, name: &[u8]) -> bool {
+        start
+            .checked_add(name.len())
+            .and_then(|nul| self.data.get(start..=nul))
+            .is_some_and(|b| b[..name.len()] == *name && b[name.len()] == 0)
     }
 }
 

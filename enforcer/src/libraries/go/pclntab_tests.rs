@@ -167,3 +167,41 @@ fn hostile_tables_are_refused_or_yield_nothing() {
     let t = parse(&unterminated, 0x401000).unwrap();
     assert_eq!(t.find(&["x"]), vec![None]);
 }
+
+/// Regression: every function's name was scanned for its NUL (up to [`MAX_NAME`] bytes), so a
+/// table of 2^20 functions whose names all point at one run without a NUL cost 4 GiB of
+/// scanning. Names are now compared in place: the cost is that of the wanted names.
+#[test]
+fn unterminated_shared_names_are_not_rescanned() {
+    const N: usize = 1 << 20;
+    let mut data = build(Layout::Go118, &[("x", 0x401000)], 0x401010, 0x401000);
+    // A function table of N slots, then one `_func` (entryoff, nameoff) that every slot points
+    // at, its name a long run of 'c'.
+    let names_at = 8 + 8 * 8;
+    let functab = data.len();
+    data[8 + 7 * 8..8 + 8 * 8].copy_from_slice(&(functab as u64).to_le_bytes());
+    data[8..16].copy_from_slice(&(N as u64).to_le_bytes());
+    let func = functab + (2 * N + 1) * 4;
+    for i in 0..=N {
+        data.extend_from_slice(&(i as u32 * 16).to_le_bytes());
+        data.extend_from_slice(&((func - functab) as u32).to_le_bytes());
+    }
+    data.truncate(func);
+    data.extend_from_slice(&0u32.to_le_bytes());
+    let run = data.len() + 4;
+    data.extend_from_slice(&((run - names_at) as u32).to_le_bytes());
+    data.resize(run + 2 * MAX_NAME, b'c');
+    let table = parse(&data, 0x401000).unwrap();
+    assert_eq!(table.len(), N);
+    let started = std::time::Instant::now();
+    let wanted = ["crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read", "c"];
+    assert_eq!(table.find(&wanted), vec![None; 3]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?} for 2^20 functions",
+        started.elapsed()
+    );
+    // A wanted name longer than MAX_NAME is never compared.
+    let long = "c".repeat(MAX_NAME + 1);
+    assert_eq!(table.find(&[&long]), vec![None]);
+}
