@@ -119,8 +119,9 @@ fn go_client_denied_fails_fast() {
 /// A Go client whose file gets the inode number of a deleted program the watcher examined (not
 /// TLS) is still probed and blocked. ext4 hands the number of a file just deleted to the next
 /// file created in the directory, and the watcher once remembered "not TLS" by (device, inode)
-/// alone: a program built while the agent ran, on the number of some deleted build helper,
-/// ran unprobed. (The first run of `go_client_denied_fails_fast` once saw exactly that.)
+/// alone: a program built while the agent ran, on the number of some deleted program, ran
+/// unprobed (found while investigating a flake of this file, whose cause was another: two
+/// agents of one test binary at once, see `enforcer_tests::host_lock`).
 #[test]
 fn go_client_on_a_reused_inode_number_is_probed() {
     use std::os::unix::fs::MetadataExt;
