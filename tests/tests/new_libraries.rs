@@ -503,9 +503,12 @@ fn paused_process_is_resumed_when_the_agent_dies() {
     let peer = IpAddr::V4(ns.peer_v4);
     let cert = Cert::new(&[peer]);
     let www = Server::www(&ns, peer, PORT, &cert);
+    // `unattributed_tls: allow`: the killed agent's tc filter stays until the next agent
+    // replaces it (netlink objects do not die with a process), and the client's copy of libssl
+    // is never probed, so with `default: deny` its ClientHello would be dropped as unattributed.
     let agent = start_agent(
         &ns,
-        "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n",
+        "mode: enforce\ndefault: deny\nunattributed_tls: allow\nlibraries:\n  - family: openssl\n    action: allow\n",
     );
     let work = tempfile::Builder::new()
         .prefix("enforcer-newlib-client-")
