@@ -162,7 +162,7 @@ fn reload_operator_commands_events_file_and_metrics() {
         "the error must say where: {error}"
     );
     assert!(
-        agent.stderr().contains("policy reload rejected"),
+        agent.stderr_contains("policy reload rejected", EVENT),
         "logged too"
     );
     let out = gnutls_once(www.addr(), b"GET / HTTP/1.0\r\n\r\n");
