@@ -153,7 +153,10 @@ impl Held {
     }
 
     fn map(&self, pred: impl Fn(&(u32, u32, u32, u32, u32)) -> bool, name: &str) -> Result<Map> {
-        let found: Vec<_> = self.maps.iter().filter(|m| pred(m)).collect();
+        // By id: the agent may hold one map through several fds (aya's and its live handles).
+        let mut found: Vec<_> = self.maps.iter().filter(|m| pred(m)).collect();
+        found.sort_by_key(|m| m.4);
+        found.dedup_by_key(|m| m.4);
         match found[..] {
             [m] => Map::by_id(m.4, m.1, m.2),
             _ => bail!(

@@ -24,6 +24,9 @@ use super::{
 };
 use crate::root;
 
+/// Entries of the agent's `STATS` map (`enforcer_common::hello_stat::COUNT`).
+const STATS_ENTRIES: u32 = 9;
+
 /// Everything the figures share.
 pub struct Ctx {
     pub quick: bool,
@@ -656,7 +659,7 @@ pub fn leak(ctx: &Ctx) -> Result<Figure> {
     println!("bench: figure 4, {n_denied} GnuTLS connections denied by policy (enforce mode)");
     let mut agent = ctx.agent(&[&ns.host_if], ENFORCE_OPENSSL_ONLY)?;
     let held = bpf::held_by(agent.pid())?;
-    let stats = held.stats(6)?;
+    let stats = held.stats(STATS_ENTRIES)?;
     let tc0 = stats.percpu_sum(1)?;
     let t0 = Instant::now();
     let denied_clients = clients(n_denied);
@@ -800,7 +803,7 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
     let mut agent = ctx.agent(&[&ctx.ns.host_if], ENFORCE_OPENSSL_ONLY)?;
     let pid = agent.pid();
     let held = bpf::held_by(pid)?;
-    let stats = held.stats(6)?;
+    let stats = held.stats(STATS_ENTRIES)?;
     let flows = held.flows()?;
     let mut flows_left = vec![];
     let (_, hwm_ready, rss_ready) = env::proc_usage(pid)?;
