@@ -47,20 +47,44 @@ use crate::{
 /// Name of our tc filter; also the prefix `remove_stale` looks for after a SIGKILL.
 pub const TC_FILTER_NAME: &str = "enforcer_egress";
 
+#[derive(clap::Args)]
 pub struct AttachArgs {
+    /// Interface to filter (repeatable). Default: the interface of the default route.
+    #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
+    /// Policy file. Default: the embedded default policy (audit mode, allow OpenSSL).
+    #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Audit only: report what would be blocked, block nothing (overrides the policy's mode).
+    #[arg(long)]
     pub dry_run: bool,
+    /// Kernel TCP hook form; `auto` takes the cheapest that works here.
+    #[arg(long, value_enum, default_value = "auto")]
     pub kernel_hook: HookChoice,
+    /// Event output: text log lines on stderr, or JSON lines on stdout.
+    #[arg(long, value_enum, default_value = "text")]
     pub events: EventFormat,
-    /// JSON lines appended to this file too.
+    /// Also append every event as a JSON line to FILE (docs/events.md).
+    #[arg(long, value_name = "FILE")]
     pub events_file: Option<PathBuf>,
-    /// Keep maps and links in this bpffs directory (see `pin`).
+    /// Pin maps and links under DIR (on bpffs): enforcement outlives the agent, and the next
+    /// agent with the same DIR takes it over (docs/operations.md).
+    #[arg(long, value_name = "DIR")]
     pub pin: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// The operator socket (`enforcer status`, `flows`, `block`, `unblock`, `reload`).
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,
+    /// Capacity of the flow table (LRU).
+    #[arg(long, value_name = "N", default_value_t = crate::loader::DEFAULT_FLOWS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub flows_max: u32,
+    /// Capacity of the blocklist (a full blocklist is reported, never evicted).
+    #[arg(long, value_name = "N", default_value_t = crate::loader::DEFAULT_BLOCKLIST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub blocklist_max: u32,
+    /// On a policy reload, judge established flows again too (else only new ones).
+    #[arg(long)]
     pub reevaluate_established: bool,
 }
 

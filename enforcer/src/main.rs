@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use enforcer::{
     attach,
     control::{self, Request},
-    detach, discover, events, explain, hooks, inventory, kernel_check, loader, policy,
+    detach, discover, explain, inventory, kernel_check, policy,
 };
 
 #[derive(Parser)]
@@ -26,45 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Probe the TLS libraries of this host and filter the interfaces until SIGINT/SIGTERM.
-    Attach {
-        /// Interface to filter (repeatable). Default: the interface of the default route.
-        #[arg(long = "iface", value_name = "IFACE")]
-        ifaces: Vec<String>,
-        /// Policy file. Default: the embedded default policy (audit mode, allow OpenSSL).
-        #[arg(long, value_name = "FILE")]
-        policy: Option<PathBuf>,
-        /// Audit only: report what would be blocked, block nothing (overrides the policy's mode).
-        #[arg(long)]
-        dry_run: bool,
-        /// Kernel TCP hook form; `auto` takes the cheapest that works here.
-        #[arg(long, value_enum, default_value = "auto")]
-        kernel_hook: hooks::HookChoice,
-        /// Event output: text log lines on stderr, or JSON lines on stdout.
-        #[arg(long, value_enum, default_value = "text")]
-        events: events::EventFormat,
-        /// Also append every event as a JSON line to FILE (docs/events.md).
-        #[arg(long, value_name = "FILE")]
-        events_file: Option<PathBuf>,
-        /// Pin maps and links under DIR (on bpffs): enforcement outlives the agent, and the next
-        /// agent with the same DIR takes it over (docs/operations.md).
-        #[arg(long, value_name = "DIR")]
-        pin: Option<PathBuf>,
-        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
-        #[arg(long, value_name = "ADDR")]
-        metrics: Option<SocketAddr>,
-        /// The operator socket (`enforcer status`, `flows`, `block`, `unblock`, `reload`).
-        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
-        control_socket: PathBuf,
-        /// Capacity of the flow table (LRU).
-        #[arg(long, value_name = "N", default_value_t = loader::DEFAULT_FLOWS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
-        flows_max: u32,
-        /// Capacity of the blocklist (a full blocklist is reported, never evicted).
-        #[arg(long, value_name = "N", default_value_t = loader::DEFAULT_BLOCKLIST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
-        blocklist_max: u32,
-        /// On a policy reload, judge established flows again too (else only new ones).
-        #[arg(long)]
-        reevaluate_established: bool,
-    },
+    Attach(attach::AttachArgs),
     /// A running agent: what is attached, the kernel hook form, the counters.
     Status {
         #[command(flatten)]
@@ -174,36 +136,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Attach {
-            ifaces,
-            policy,
-            dry_run,
-            kernel_hook,
-            events,
-            events_file,
-            pin,
-            metrics,
-            control_socket,
-            flows_max,
-            blocklist_max,
-            reevaluate_established,
-        } => {
-            let args = attach::AttachArgs {
-                ifaces,
-                policy,
-                dry_run,
-                kernel_hook,
-                events,
-                events_file,
-                pin,
-                metrics,
-                control_socket,
-                flows_max,
-                blocklist_max,
-                reevaluate_established,
-            };
-            runtime()?.block_on(attach::run(args))
-        }
+        Command::Attach(args) => runtime()?.block_on(attach::run(args)),
         Command::Status { client } => ask(&client, &Request::Status, control::status_text),
         Command::Flows { client } => ask(&client, &Request::Flows, control::flows_text),
         Command::Block {
