@@ -27,6 +27,12 @@ pub fn enforcer_bin() -> PathBuf {
     bin
 }
 
+/// `--kernel-hook` for an agent: `ENFORCER_TEST_KERNEL_HOOK` (the VM matrix sets it), else auto.
+pub fn hook_args() -> Vec<String> {
+    let form = std::env::var("ENFORCER_TEST_KERNEL_HOOK").unwrap_or_else(|_| "auto".into());
+    vec!["--kernel-hook".into(), form]
+}
+
 /// How long a clean exit may take. With `uprobe_multi` (6.6+) about a second; on older kernels
 /// the kernel unregisters perf-event uprobes one grace period (about 0.15 s) per probe, and
 /// other tests' library copies add probes.

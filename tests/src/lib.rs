@@ -15,7 +15,7 @@ pub mod schema;
 mod server;
 pub mod static_client;
 
-pub use agent::{Agent, enforcer_bin};
+pub use agent::{Agent, enforcer_bin, hook_args};
 pub use cert::Cert;
 pub use host_lock::{HostLock, host_lock};
 pub use netns::{NetNs, link_exists, netns_exists};

@@ -22,14 +22,8 @@ const CLIENT: Duration = Duration::from_secs(15);
 const WWW_PORT: u16 = 8443;
 const PLAIN_PORT: u16 = 9444;
 
-/// `--kernel-hook` for the agent: `ENFORCER_TEST_KERNEL_HOOK` (the VM matrix sets it), else auto.
-fn hook_args() -> Vec<String> {
-    let form = std::env::var("ENFORCER_TEST_KERNEL_HOOK").unwrap_or_else(|_| "auto".into());
-    vec!["--kernel-hook".into(), form]
-}
-
 fn start_agent(ns: &NetNs, policy: &str, extra: &[&str]) -> Agent {
-    let mut args: Vec<String> = hook_args();
+    let mut args: Vec<String> = enforcer_tests::hook_args();
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::with_policy(&ns.host_if, policy, &args);

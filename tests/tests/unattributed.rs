@@ -45,13 +45,8 @@ libraries:
     action: allow
 ";
 
-fn hook_args() -> Vec<String> {
-    let form = std::env::var("ENFORCER_TEST_KERNEL_HOOK").unwrap_or_else(|_| "auto".into());
-    vec!["--kernel-hook".into(), form]
-}
-
 fn start_agent(ns: &NetNs, policy: &str) -> Agent {
-    let args = hook_args();
+    let args = enforcer_tests::hook_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
     agent.wait_ready(READY);
