@@ -134,7 +134,6 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
         }
         let (sha256, size) = hash(file);
         out.push(Library {
-            id: 0,
             family: def.family.clone(),
             path: file.path.clone(),
             dev: file.dev,
@@ -180,9 +179,6 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
         }
         !lib.probes.is_empty()
     });
-    for (i, lib) in out.iter_mut().enumerate() {
-        lib.id = u32::try_from(i + 1).unwrap_or(u32::MAX);
-    }
     out
 }
 
