@@ -49,7 +49,8 @@ use crate::{
 /// start-up, its main loop and the watcher's worker threads.
 ///
 /// Fields drop in order: the object first (its links detach), the prober last (it releases the
-/// `uprobe_multi` links from many threads at once).
+/// `uprobe_multi` links from many threads at once). Locks are taken in the order `in_force`,
+/// `libraries`, `policy_maps`, and none of them is held while probing (which may lock `ebpf`).
 pub struct Datapath {
     ebpf: Mutex<Ebpf>,
     policy_maps: Mutex<PolicyMaps>,

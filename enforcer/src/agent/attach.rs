@@ -1,9 +1,8 @@
 //! `enforcer attach`: load, attach everything, report until a signal, then detach everything
 //! (with `--pin`: leave the pinned state in force, see `pin`).
 //!
-//! [`run`] goes through named steps: [`check`] (everything that needs no kernel object),
-//! [`load`], [`register_libraries`], [`attach_hook`], the interfaces ([`interfaces`]), then
-//! [`serve`] and [`teardown`].
+//! [`run`] goes through named steps: `check` (everything that needs no kernel object), `load`,
+//! `register_libraries`, `attach_hook`, `attach_interfaces`, then `serve` and `teardown`.
 //!
 //! Rollback: every piece is owned by something that undoes it. Uprobes, the kernel hook, the
 //! tracepoints and XDP are aya links owned by the `Ebpf` object in the [`Datapath`] (detached
