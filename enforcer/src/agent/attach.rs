@@ -93,8 +93,8 @@ pub struct AttachArgs {
 }
 
 pub async fn run(args: AttachArgs) -> Result<()> {
-    let mut checked = check(&args).await?;
-    let (datapath, earlier) = load(&args, &checked)?;
+    let (mut checked, policy) = check(&args).await?;
+    let (datapath, earlier) = load(&args, &checked, policy)?;
     let datapath = Arc::new(datapath);
     register_libraries(&datapath, &checked.found)?;
     let hook = attach_hook(&datapath, args.kernel_hook)?;
@@ -136,7 +136,6 @@ struct Checked {
     ifaces: Vec<(String, u32)>,
     offsets: SockOffsets,
     pin: Option<PinDir>,
-    policy: Policy,
     /// The library table the reporter reads (the datapath fills it).
     libraries: Libraries,
     reporter: Reporter,
@@ -145,7 +144,8 @@ struct Checked {
     found: Vec<Library>,
 }
 
-async fn check(args: &AttachArgs) -> Result<Checked> {
+/// Also returns the policy, which [`load`] hands to the datapath.
+async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
     let policy = match &args.policy {
         Some(path) => policy::load(path)?,
         None => policy::embedded_default(),
@@ -192,22 +192,26 @@ async fn check(args: &AttachArgs) -> Result<Checked> {
     let found = tokio::task::spawn_blocking(move || libraries::discover(&opts))
         .await
         .context("library discovery panicked")??;
-    Ok(Checked {
+    let checked = Checked {
         handle,
         names,
         ifaces,
         offsets,
         pin,
-        policy,
         libraries,
         reporter,
         metrics,
         found,
-    })
+    };
+    Ok((checked, policy))
 }
 
 /// Loads the object (reusing pinned maps) and hands it to the [`Datapath`], which writes `MODE`.
-fn load(args: &AttachArgs, checked: &Checked) -> Result<(Datapath, Option<Earlier>)> {
+fn load(
+    args: &AttachArgs,
+    checked: &Checked,
+    policy: Policy,
+) -> Result<(Datapath, Option<Earlier>)> {
     let load = loader::LoadOptions {
         flows_max: args.flows_max,
         blocklist_max: args.blocklist_max,
@@ -222,12 +226,7 @@ fn load(args: &AttachArgs, checked: &Checked) -> Result<(Datapath, Option<Earlie
             "pinned map reused with its earlier size; `enforcer detach --pin` first to resize"
         );
     }
-    let datapath = Datapath::new(
-        ebpf,
-        checked.libraries.clone(),
-        checked.policy.clone(),
-        args.dry_run,
-    )?;
+    let datapath = Datapath::new(ebpf, checked.libraries.clone(), policy, args.dry_run)?;
     let earlier = checked
         .pin
         .as_ref()
