@@ -1,5 +1,5 @@
 //! The agent's own handles on the maps operators look at and change while it runs: the flow
-//! table, the blocklist and the statistics (the policy maps are [`super::policy_maps`]).
+//! table, the blocklist and the statistics (the policy maps are in `policy_maps`).
 //!
 //! They are second file descriptors of the very maps the programs use (opened by map id), so
 //! they stay usable after the `Ebpf` object went to the watcher. Every walk is bounded by the
