@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use enforcer_common::stat;
+use enforcer_common::stat::Stat;
 use serde_json::{Value, json};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -231,7 +231,7 @@ impl Running {
             (
                 maps.blocked().len(),
                 maps.blocklist_max,
-                stats[stat::BLOCKLIST_FULL as usize],
+                stats[Stat::BlocklistFull as usize],
             )
         };
         let ratio = blocked as f64 / f64::from(max.max(1));

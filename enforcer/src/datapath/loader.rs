@@ -9,7 +9,10 @@ use aya::{
     },
 };
 use enforcer_common::{
-    HelloPolicy, SOCK_OFFSETS_GLOBAL, ServerNameKey, SockOffsets, discover, hello, maps,
+    discover,
+    flow::{SOCK_OFFSETS_GLOBAL, SockOffsets},
+    maps,
+    policy::{HelloPolicy, ServerNameKey},
 };
 
 use crate::libraries::Library;
@@ -135,7 +138,7 @@ pub fn apply_library_policy(
 ) -> Result<Decision, LoadError> {
     let decision = policy.decide(lib);
     if let Some(scope) = policy.name_scope(lib) {
-        let name = hello::SERVER_NAME_RULES;
+        let name = maps::SERVER_NAME_RULES;
         let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
         let mut trie: LpmTrie<_, ServerNameKey, u8> =
             LpmTrie::try_from(map).map_err(|source| LoadError::Map { name, source })?;
@@ -144,7 +147,7 @@ pub fn apply_library_policy(
             trie.insert(&Key::new(bits, data), action.code(), 0)
                 .map_err(|source| LoadError::Map { name, source })?;
         }
-        let name = hello::SCOPED_LIBS;
+        let name = maps::SCOPED_LIBS;
         let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
         let mut scoped: HashMap<_, u32, u8> =
             HashMap::try_from(map).map_err(|source| LoadError::Map { name, source })?;
@@ -168,7 +171,7 @@ pub fn set_hello_policy(
     late_attribution: bool,
 ) -> Result<Action, LoadError> {
     let (value, unattributed) = hello_policy(policy, late_attribution);
-    let name = hello::HELLO_POLICY;
+    let name = maps::HELLO_POLICY;
     let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
     let mut array: Array<_, HelloPolicy> =
         Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
