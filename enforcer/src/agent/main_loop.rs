@@ -97,6 +97,11 @@ impl Running {
                 },
             )))
         });
+        // Before `ready`: a SIGTERM sent as soon as the agent says it is ready must stop it
+        // cleanly (with `--pin`: persist), not kill it with the default action.
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         let i = &self.info;
         self.reporter.lifecycle(json!({
             "type": "ready",
@@ -112,9 +117,6 @@ impl Running {
         }));
         info!(interfaces = ?i.interfaces, mode = self.policy_mode(), kernel_hook = i.kernel_hook, libraries = self.reporter.library_count(), new_files = i.new_files, control = %self.control_path.display(), metrics = ?metrics_addr, "enforcer ready");
 
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sighup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(TICK);
         let mut fingerprint = self
             .reload
