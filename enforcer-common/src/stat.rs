@@ -24,8 +24,9 @@ pub enum Stat {
     UnattributedHellos = 7,
     /// ClientHellos dropped by the classifier's own decision (unattributed or out of scope).
     ClientHelloDrops = 8,
-    /// A kernel TCP hook, inside a TLS call, could not read the socket's fields: the flow went
-    /// unattributed. Non-zero means the offsets or the kernel's memory are not what we read.
+    /// A kernel hook could not read a socket's fields: inside a TLS call the flow went
+    /// unattributed; at close its entries stay until evicted. Non-zero means the socket offsets
+    /// are not what this kernel has.
     SockReadFailures = 9,
 }
 
@@ -128,7 +129,7 @@ impl Stat {
                 "sock_read_failures",
                 "enforcer_sock_read_failures_total",
                 "",
-                "Sockets a kernel TCP hook could not read inside a TLS call (left unattributed).",
+                "Sockets a kernel hook could not read (inside a TLS call: left unattributed).",
             ),
         };
         Shown {

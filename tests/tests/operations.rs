@@ -115,6 +115,15 @@ fn reload_operator_commands_events_file_and_metrics() {
     let before = scrape(&metrics);
     let series = "enforcer_connections_total{library=\"gnutls\",verdict=\"blocked\"}";
     assert_eq!(sample(&before, series), 0.0, "{before}");
+    // Its ClientHello went through the egress classifier: the ClientHello counters of STATS
+    // reach `status` and `/metrics` like the others.
+    let counters = &ctl(&socket, &["status"])["counters"];
+    assert!(counters["client_hellos"].as_u64() >= Some(1), "{counters}");
+    assert_eq!(counters["client_hello_drops"], 0, "{counters}");
+    assert!(
+        sample(&before, "enforcer_client_hellos_total") >= 1.0,
+        "{before}"
+    );
 
     // The file changes: GnuTLS denied. New connections and (--reevaluate-established) the open
     // one are blocked; the open one's socket is aborted.
