@@ -1,5 +1,6 @@
-//! Names of the datapath's maps, so both sides agree on them. The watcher's and `enforcer
-//! discover`'s maps are named in `watch` and `discover`.
+//! Names of the datapath's maps, so both sides agree on them, and which of them `--pin` keeps
+//! (`PINNED`). The watcher's and `enforcer discover`'s maps are named in `watch` and `discover`;
+//! none of them is pinned (they are per run).
 
 /// `LruHashMap<FlowKey, FlowState>`: every TCP 4-tuple attributed to a TLS library.
 pub const FLOWS: &str = "FLOWS";
@@ -25,3 +26,24 @@ pub const SERVER_NAME_RULES: &str = "SERVER_NAME_RULES";
 pub const EVENTS: &str = "EVENTS";
 /// `PerCpuArray<u64>` indexed by `stat::Stat`.
 pub const STATS: &str = "STATS";
+
+/// Maps shared by every agent run that uses the same pin directory: the flow state (so blocked
+/// flows stay blocked and a judged ClientHello is not judged again), the policy maps (in force
+/// while no agent runs; the next agent rewrites them), the counters and the event ring (events
+/// of the time without an agent are read by the next one).
+///
+/// Not pinned: the per-thread and per-goroutine call stacks (`TLS_CALLS`, `GO_CALLS`: a stack
+/// shared by an old and a new copy of the uprobes would be pushed twice and popped once while
+/// both are attached), scratch space, and the watcher's and `enforcer discover`'s maps.
+pub const PINNED: [&str; 10] = [
+    FLOWS,
+    BLOCKLIST,
+    HELLOS_SEEN,
+    LIB_ACTIONS,
+    MODE,
+    HELLO_POLICY,
+    SCOPED_LIBS,
+    SERVER_NAME_RULES,
+    STATS,
+    EVENTS,
+];

@@ -300,7 +300,7 @@ impl Earlier {
 
     /// Once this run is attached: the earlier run's links go (its XDP links on our interfaces
     /// were taken over and stay; those on other interfaces go with their tc filters), and the
-    /// actions of its libraries that no flow refers to any more.
+    /// policy of its libraries that no flow refers to any more (action, server-name scope).
     pub async fn retire(
         &self,
         dir: &PinDir,
@@ -332,6 +332,10 @@ impl Earlier {
         for id in live.action_ids() {
             if id <= self.max_lib_id && !referenced.contains(&id) {
                 live.remove_action(id);
+                let _ = live.remove_scoped(id);
+                for key in live.name_rules_of(id) {
+                    let _ = live.remove_name_rule(&key);
+                }
             }
         }
         if removed > 0 {
