@@ -314,9 +314,7 @@ impl Earlier {
                 if ifaces.iter().any(|(_, i)| *i == ifindex) {
                     continue;
                 }
-                if let Err(err) =
-                    tc::remove_named(handle, ifindex, crate::agent::attach::TC_FILTER_NAME).await
-                {
+                if let Err(err) = tc::remove_named(handle, ifindex, tc::FILTER_NAME).await {
                     warn!(
                         ifindex,
                         "removing the earlier run's tc filter failed: {err}"
