@@ -12,7 +12,7 @@ use std::{
 
 use enforcer_tests::{
     Agent, Cert, NetNs, Server, cmd,
-    ops::{LongClient, ctl, sample, scrape},
+    ops::{LongClient, ctl, gnutls_named, sample, scrape},
     require_root, run_with_timeout,
     schema::{events_schema, validate_event},
     static_client::build_static_client,
@@ -366,16 +366,6 @@ libraries:
     action: allow
 ";
 const SCOPE_PORT: u16 = 9451;
-
-fn gnutls_named(peer: SocketAddr, name: &str, input: &[u8]) -> enforcer_tests::Outcome {
-    let sni = format!("--sni-hostname={name}");
-    let (port, host) = (peer.port().to_string(), peer.ip().to_string());
-    run_with_timeout(
-        &mut cmd("gnutls-cli", ["--insecure", &sni, "--port", &port, &host]),
-        input,
-        Duration::from_secs(15),
-    )
-}
 
 fn static_once(bin: &Path, peer: SocketAddr, name: &str, line: &str) -> enforcer_tests::Outcome {
     let (host, port) = (peer.ip().to_string(), peer.port().to_string());

@@ -2,14 +2,14 @@
 //! pinned state over instead of stacking a second copy, and `enforcer detach --pin` removes it.
 
 use std::{
-    net::{IpAddr, SocketAddr},
-    path::Path,
+    net::IpAddr,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use enforcer_tests::{
-    Agent, Cert, NetNs, Server, cmd, host_lock,
-    ops::{PinGuard, ctl},
+    Agent, Cert, HostLock, NetNs, Server, cmd, host_lock,
+    ops::{PinGuard, SCOPED_ENFORCE, ctl, gnutls_named},
     require_root, run_with_timeout, sh,
 };
 use serde_json::Value;
@@ -21,6 +21,43 @@ const EVENT: Duration = Duration::from_secs(10);
 const PORT: u16 = 9446;
 /// A flow no socket has: only the operator can put it in (and take it out of) the blocklist.
 const SYNTHETIC: [&str; 2] = ["10.254.1.1:40001", "10.254.1.2:443"];
+
+/// A namespace with a TLS server, a pin directory (detached on drop) and a control socket path.
+struct Setup {
+    // Held across the agents' restarts: the pinned state enforces while no agent runs, and
+    // another test run's agent must not start in between.
+    _host: HostLock,
+    ns: NetNs,
+    peer: IpAddr,
+    _cert: Cert,
+    server: Server,
+    pin: PinGuard,
+    _sockdir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        require_root();
+        let host = host_lock();
+        let ns = NetNs::new();
+        let peer = IpAddr::V4(ns.peer_v4);
+        let cert = Cert::new(&[peer]);
+        let server = Server::plain(&ns, peer, PORT, &cert);
+        let pin = PinGuard::new(&[&ns.host_if]);
+        let sockdir = tempfile::tempdir().expect("temp dir");
+        Setup {
+            socket: sockdir.path().join("agent.sock"),
+            ns,
+            peer,
+            server,
+            pin,
+            _sockdir: sockdir,
+            _cert: cert,
+            _host: host,
+        }
+    }
+}
 
 fn start(ns: &NetNs, pin: &Path, socket: &Path) -> Agent {
     start_with(ns, POLICY, pin, socket)
@@ -120,17 +157,17 @@ fn pinned_blocklist_entries(dir: &Path) -> usize {
 
 #[test]
 fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
-    require_root();
-    // Held across the agents' restarts: the pinned state enforces while no agent runs, and
-    // another test run's agent must not start in between.
-    let _host = host_lock();
-    let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let server = Server::plain(&ns, peer, PORT, &cert);
-    let pin = PinGuard::new(&[&ns.host_if]);
-    let sockdir = tempfile::tempdir().expect("temp dir");
-    let socket = sockdir.path().join("agent.sock");
+    // Bound in this order so they drop as before: the pin directory first, the host lock last.
+    let Setup {
+        _host,
+        ns,
+        peer,
+        _cert,
+        server,
+        pin,
+        _sockdir,
+        socket,
+    } = Setup::new();
 
     let mut first = start(&ns, &pin.dir, &socket);
     let answer = ctl(&socket, &["block", SYNTHETIC[0], SYNTHETIC[1]]);
@@ -227,45 +264,15 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
     assert_eq!(links_of("tp_sock_state"), 0, "no close hook left");
 }
 
-/// GnuTLS allowed only to `*.internal.example`, TLS no probed library claims denied.
-const SCOPED: &str = "\
-mode: enforce
-default: deny
-unattributed_tls: deny
-libraries:
-  - family: openssl
-    action: allow
-  - family: gnutls
-    server_names: [\"*.internal.example\"]
-    action: allow
-";
-
-fn gnutls_named(peer: SocketAddr, name: &str, line: &str) -> enforcer_tests::Outcome {
-    let sni = format!("--sni-hostname={name}");
-    let (port, host) = (peer.port().to_string(), peer.ip().to_string());
-    run_with_timeout(
-        &mut cmd("gnutls-cli", ["--insecure", &sni, "--port", &port, &host]),
-        format!("{line}\n").as_bytes(),
-        Duration::from_secs(15),
-    )
-}
-
 /// The ClientHello policy (`unattributed_tls`, server-name scopes) is pinned with the other
 /// policy maps: it is in the pin directory after the agent exits, still enforced without an
 /// agent, and the next agent takes the maps over without keeping the first run's scopes.
 #[test]
 fn client_hello_policy_is_pinned_and_taken_over() {
-    require_root();
-    let _host = host_lock();
-    let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let server = Server::plain(&ns, peer, PORT, &cert);
-    let pin = PinGuard::new(&[&ns.host_if]);
-    let sockdir = tempfile::tempdir().expect("temp dir");
-    let socket = sockdir.path().join("agent.sock");
+    let setup = Setup::new();
+    let (ns, server, pin, socket) = (&setup.ns, &setup.server, &setup.pin, &setup.socket);
 
-    let mut first = start_with(&ns, SCOPED, &pin.dir, &socket);
+    let mut first = start_with(ns, SCOPED_ENFORCE, &pin.dir, socket);
     let status = first.stop().expect("agent was running");
     assert!(status.success(), "clean exit: {}", first.stderr());
     for map in [
@@ -289,13 +296,13 @@ fn client_hello_policy_is_pinned_and_taken_over() {
     assert!(!pinned_map(&pin.dir, "SERVER_NAME_RULES").is_empty());
 
     // The next agent reuses the pinned maps; the first run's scopes go once its own are in.
-    let mut second = start_with(&ns, SCOPED, &pin.dir, &socket);
+    let mut second = start_with(ns, SCOPED_ENFORCE, &pin.dir, socket);
     assert_eq!(
         pinned_map(&pin.dir, "SCOPED_LIBS").len(),
         scoped,
         "one scope per probed GnuTLS file, not one per run"
     );
-    let out = gnutls_named(server.addr(), "db.other.example", "OUT-OF-SCOPE-AGENT");
+    let out = gnutls_named(server.addr(), "db.other.example", b"OUT-OF-SCOPE-AGENT\n");
     assert!(
         !out.success(),
         "out of scope with the second agent: {out:?}"
@@ -309,7 +316,11 @@ fn client_hello_policy_is_pinned_and_taken_over() {
     // Without an agent, a name out of GnuTLS's scope is still refused at its ClientHello.
     let status = second.stop().expect("agent was running");
     assert!(status.success(), "clean exit: {}", second.stderr());
-    let out = gnutls_named(server.addr(), "db2.other.example", "OUT-OF-SCOPE-NO-AGENT");
+    let out = gnutls_named(
+        server.addr(),
+        "db2.other.example",
+        b"OUT-OF-SCOPE-NO-AGENT\n",
+    );
     assert!(!out.success(), "out of scope without an agent: {out:?}");
     let received = String::from_utf8_lossy(&server.received()).into_owned();
     assert!(!received.contains("OUT-OF-SCOPE"), "{received}");
