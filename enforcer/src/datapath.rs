@@ -224,8 +224,8 @@ impl Datapath {
         }
     }
 
-    /// Removes the actions of an earlier run's libraries that no flow refers to any more (once
-    /// this run is attached and the earlier run's links are gone).
+    /// Removes the policy (action, server-name scope) of an earlier run's libraries that no flow
+    /// refers to any more (once this run is attached and the earlier run's links are gone).
     pub fn retire_earlier(&self) {
         let referenced: HashSet<u32> = lock(&self.maps)
             .flows()
@@ -234,8 +234,14 @@ impl Datapath {
             .collect();
         let mut policy_maps = lock(&self.policy_maps);
         for id in policy_maps.action_ids() {
-            if id <= self.earlier_max_id && !referenced.contains(&id) {
-                policy_maps.remove_action(id);
+            if id <= self.earlier_max_id
+                && !referenced.contains(&id)
+                && let Err(err) = policy_maps.forget_library(id)
+            {
+                warn!(
+                    id,
+                    "removing an earlier run's library from the policy maps failed: {err}"
+                );
             }
         }
     }

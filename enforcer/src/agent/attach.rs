@@ -24,7 +24,7 @@ use aya::{
     Btf, Ebpf,
     maps::{MapData, RingBuf},
 };
-use enforcer_common::{SockOffsets, maps};
+use enforcer_common::{flow::SockOffsets, maps};
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info, warn};
 

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use enforcer_common::stat;
+use enforcer_common::stat::Stat;
 use serde_json::{Value, json};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -89,6 +89,11 @@ impl Running {
                 },
             )))
         });
+        // Before `ready`: a SIGTERM sent as soon as the agent says it is ready must stop it
+        // cleanly (with `--pin`: persist), not kill it with the default action.
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         let i = &self.info;
         let (mode, source) = {
             let in_force = self.datapath.policy();
@@ -110,9 +115,6 @@ impl Running {
         }));
         info!(interfaces = ?i.interfaces, mode, kernel_hook = i.kernel_hook, libraries, new_files = i.new_files, control = %self.control_path.display(), metrics = ?metrics_addr, "enforcer ready");
 
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sighup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(TICK);
         let mut fingerprint = self
             .reload
@@ -210,7 +212,7 @@ impl Running {
             (
                 maps.blocked().len(),
                 maps.blocklist_max,
-                stats[stat::BLOCKLIST_FULL as usize],
+                stats[Stat::BlocklistFull as usize],
             )
         };
         let ratio = blocked as f64 / f64::from(max.max(1));

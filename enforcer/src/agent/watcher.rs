@@ -65,7 +65,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, RingBuf},
 };
-use enforcer_common::{FileKey, WatchConfig, watch};
+use enforcer_common::watch::{self, FileKey, WatchConfig};
 use tracing::{error, info, warn};
 
 use crate::{agent::events::Reporter, datapath::Datapath, libraries::Library};

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use enforcer_common::{FlowState, verdict};
+use enforcer_common::flow::{FlowState, verdict};
 
 use super::{
     Datapath, lock,

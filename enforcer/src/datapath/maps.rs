@@ -11,7 +11,10 @@ use aya::{
     Ebpf,
     maps::{HashMap, Map, MapData, MapError, PerCpuArray},
 };
-use enforcer_common::{FlowKey, FlowState, maps, stat, verdict};
+use enforcer_common::{
+    flow::{FlowKey, FlowState, verdict},
+    maps, stat,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveMapError {
@@ -116,7 +119,7 @@ impl LiveMaps {
         }
     }
 
-    /// `STATS`, summed over CPUs, indexed by `stat::*`.
+    /// `STATS`, summed over CPUs, indexed by `stat::Stat`.
     pub fn stats(&self) -> [u64; stat::COUNT as usize] {
         let mut out = [0; stat::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -187,12 +190,12 @@ pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> Option<FlowKey> {
     };
     match (local, remote) {
         (SocketAddr::V4(l), SocketAddr::V4(r)) => {
-            key.family = enforcer_common::family::V4;
+            key.family = enforcer_common::flow::family::V4;
             key.local_addr[..4].copy_from_slice(&l.ip().octets());
             key.remote_addr[..4].copy_from_slice(&r.ip().octets());
         }
         (SocketAddr::V6(l), SocketAddr::V6(r)) => {
-            key.family = enforcer_common::family::V6;
+            key.family = enforcer_common::flow::family::V6;
             key.local_addr = l.ip().octets();
             key.remote_addr = r.ip().octets();
         }
@@ -212,7 +215,7 @@ mod tests {
             "10.0.0.2:443".parse().unwrap(),
         )
         .unwrap();
-        assert_eq!(key.family, enforcer_common::family::V4);
+        assert_eq!(key.family, enforcer_common::flow::family::V4);
         assert_eq!((key.local_port, key.remote_port), (40000, 443));
         assert_eq!(&key.local_addr[..5], &[10, 0, 0, 1, 0]);
         let mapped = flow_key(
@@ -222,7 +225,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             mapped.family,
-            enforcer_common::family::V4,
+            enforcer_common::flow::family::V4,
             "v4-mapped is IPv4 on the wire"
         );
         assert!(

@@ -10,7 +10,10 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use enforcer_common::{HelloPolicy, ServerNameKey, hello, maps};
+use enforcer_common::{
+    maps,
+    policy::{HelloPolicy, ServerNameKey},
+};
 
 use super::maps::{LiveMapError, absent_ok, err, map_data};
 use crate::policy::{Action, NameScope, Policy};
@@ -30,21 +33,21 @@ pub struct PolicyMaps {
 impl PolicyMaps {
     pub fn open(ebpf: &Ebpf) -> Result<PolicyMaps, LiveMapError> {
         let data = |name| map_data(ebpf, name);
-        let rules_data = data(hello::SERVER_NAME_RULES)?;
+        let rules_data = data(maps::SERVER_NAME_RULES)?;
         let name_rules_max = rules_data
             .info()
-            .map_err(err(hello::SERVER_NAME_RULES))?
+            .map_err(err(maps::SERVER_NAME_RULES))?
             .max_entries();
         Ok(PolicyMaps {
             actions: HashMap::try_from(Map::HashMap(data(maps::LIB_ACTIONS)?))
                 .map_err(err(maps::LIB_ACTIONS))?,
             mode: Array::try_from(Map::Array(data(maps::MODE)?)).map_err(err(maps::MODE))?,
-            hello_policy: Array::try_from(Map::Array(data(hello::HELLO_POLICY)?))
-                .map_err(err(hello::HELLO_POLICY))?,
-            scoped_libs: HashMap::try_from(Map::HashMap(data(hello::SCOPED_LIBS)?))
-                .map_err(err(hello::SCOPED_LIBS))?,
+            hello_policy: Array::try_from(Map::Array(data(maps::HELLO_POLICY)?))
+                .map_err(err(maps::HELLO_POLICY))?,
+            scoped_libs: HashMap::try_from(Map::HashMap(data(maps::SCOPED_LIBS)?))
+                .map_err(err(maps::SCOPED_LIBS))?,
             name_rules: LpmTrie::try_from(Map::LpmTrie(rules_data))
-                .map_err(err(hello::SERVER_NAME_RULES))?,
+                .map_err(err(maps::SERVER_NAME_RULES))?,
             name_rules_max,
         })
     }
@@ -62,10 +65,6 @@ impl PolicyMaps {
             .collect()
     }
 
-    pub fn remove_action(&mut self, lib_id: u32) {
-        let _ = self.actions.remove(&lib_id);
-    }
-
     pub fn hello_policy(&self) -> HelloPolicy {
         self.hello_policy.get(&0, 0).unwrap_or_default()
     }
@@ -73,7 +72,7 @@ impl PolicyMaps {
     pub fn set_hello_policy(&mut self, value: HelloPolicy) -> Result<(), LiveMapError> {
         self.hello_policy
             .set(0, value, 0)
-            .map_err(err(hello::HELLO_POLICY))
+            .map_err(err(maps::HELLO_POLICY))
     }
 
     /// Writes one library's action and server-name scope, while its connections may go on.
@@ -106,7 +105,7 @@ impl PolicyMaps {
     ) -> Result<(), LiveMapError> {
         let Some(scope) = scope else {
             self.set_action(lib_id, action)?;
-            absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(hello::SCOPED_LIBS))?;
+            absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;
             return self.remove_name_rules(lib_id, &[]);
         };
         let mut wanted = Vec::with_capacity(scope.patterns.len());
@@ -115,12 +114,12 @@ impl PolicyMaps {
             let key = Key::new(bits, data);
             self.name_rules
                 .insert(&key, pattern_action.code(), 0)
-                .map_err(err(hello::SERVER_NAME_RULES))?;
+                .map_err(err(maps::SERVER_NAME_RULES))?;
             wanted.push(key);
         }
         self.scoped_libs
             .insert(lib_id, scope.nameless.code(), 0)
-            .map_err(err(hello::SCOPED_LIBS))?;
+            .map_err(err(maps::SCOPED_LIBS))?;
         self.set_action(lib_id, action)?;
         self.remove_name_rules(lib_id, &wanted)
     }
@@ -128,7 +127,7 @@ impl PolicyMaps {
     /// Takes library `lib_id` out of every policy map (it could not be probed after all).
     pub fn forget_library(&mut self, lib_id: u32) -> Result<(), LiveMapError> {
         absent_ok(self.actions.remove(&lib_id)).map_err(err(maps::LIB_ACTIONS))?;
-        absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(hello::SCOPED_LIBS))?;
+        absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;
         self.remove_name_rules(lib_id, &[])
     }
 
@@ -155,7 +154,7 @@ impl PolicyMaps {
             .filter(|k| !keep.iter().any(|w| same_key(w, k)))
             .collect();
         for key in stale {
-            absent_ok(self.name_rules.remove(&key)).map_err(err(hello::SERVER_NAME_RULES))?;
+            absent_ok(self.name_rules.remove(&key)).map_err(err(maps::SERVER_NAME_RULES))?;
         }
         Ok(())
     }
@@ -193,12 +192,14 @@ pub fn hello_value(policy: &Policy, late_attribution: bool) -> (HelloPolicy, Act
 
 #[cfg(test)]
 mod tests {
+    use enforcer_common::policy::MAX_NAME;
+
     use super::*;
 
     fn key(lib_id: u32, bits: u32, name: &[u8]) -> Key<ServerNameKey> {
         let mut data = ServerNameKey {
             lib_id_be: lib_id.to_be(),
-            name: [0; hello::MAX_NAME],
+            name: [0; MAX_NAME],
         };
         data.name[..name.len()].copy_from_slice(name);
         Key::new(bits, data)

@@ -26,7 +26,7 @@ impl Earlier {
 
     /// Once this run is attached: the earlier run's links go (its XDP links on our interfaces
     /// were taken over and stay; those on other interfaces go with their tc filters), and the
-    /// actions of its libraries that no flow refers to any more.
+    /// policy of its libraries that no flow refers to any more (action, server-name scope).
     pub async fn retire(
         &self,
         dir: &PinDir,

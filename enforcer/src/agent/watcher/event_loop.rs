@@ -15,7 +15,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
-use enforcer_common::{FileKey, NewFileEvent, WatchConfig, watch};
+use enforcer_common::watch::{self, FileKey, NewFileEvent, WatchConfig};
 use serde_json::json;
 use tracing::{debug, warn};
 

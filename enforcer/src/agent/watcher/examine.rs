@@ -8,7 +8,7 @@ use std::{
     time::Instant,
 };
 
-use enforcer_common::{FileKey, watch};
+use enforcer_common::watch::{self, FileKey};
 use serde_json::json;
 use tracing::{debug, error, info, warn};
 
