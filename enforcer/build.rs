@@ -1,5 +1,5 @@
 //! Builds the eBPF object (`enforcer-ebpf`) with the nightly toolchain and bpf-linker, into
-//! OUT_DIR, where `src/loader.rs` embeds it. `cargo xtask setup` installs what this needs.
+//! OUT_DIR, where `src/datapath/loader.rs` embeds it. `cargo xtask setup` installs what this needs.
 
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../enforcer-ebpf");

@@ -1,31 +1,21 @@
 //! enforcer: decides by TLS library which TCP connections may talk, in the kernel.
 //!
 //! The library holds every part; `main.rs` is only the command line. See docs/architecture.md.
+//!
+//! - [`datapath`]: what is in the kernel and our handles on it (the eBPF object and its maps, the
+//!   uprobes, the TCP hook, XDP/tc on the interfaces, pinning).
+//! - [`agent`]: the running `enforcer attach`: start-up, the main loop, new-library watcher, events,
+//!   reload, the operator socket and metrics.
+//! - [`commands`]: the other subcommands (`detach`, `discover`, `libs`, `policy explain`,
+//!   `check-kernel`).
+//! - Domain: [`policy`], [`catalog`], [`libraries`] (finding and identifying TLS library files),
+//!   [`family`], [`version`]. These know nothing of the kernel.
 
-pub mod agent_loop;
-pub mod attach;
-pub mod btf;
+pub mod agent;
 pub mod catalog;
-pub mod control;
-pub mod detach;
-pub mod discover;
-pub mod events;
-pub mod explain;
+pub mod commands;
+pub mod datapath;
 pub mod family;
-pub mod hooks;
-pub mod iface;
-pub mod inventory;
-pub mod kernel_check;
 pub mod libraries;
-pub mod live_maps;
-pub mod loader;
-pub mod metrics;
-pub mod operator;
-pub mod pin;
 pub mod policy;
-pub mod reload;
-pub mod sock_destroy;
-pub mod tc;
-pub mod uprobes;
 pub mod version;
-pub mod watcher;

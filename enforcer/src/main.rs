@@ -8,9 +8,12 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use enforcer::{
-    attach,
-    control::{self, Request},
-    detach, discover, explain, inventory, kernel_check, policy,
+    agent::{
+        attach,
+        control::{self, Request},
+    },
+    commands::{detach, discover, explain, inventory, kernel_check},
+    policy,
 };
 
 #[derive(Parser)]

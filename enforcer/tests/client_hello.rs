@@ -50,8 +50,9 @@ impl Harness {
             0,
             "client_hello loads eBPF programs and needs root: run `sudo -E cargo test -p enforcer --test client_hello`"
         );
-        let offsets = enforcer::btf::sock_offsets().expect("reading struct sock offsets from BTF");
-        let mut ebpf = enforcer::loader::load(&offsets).expect("loading the eBPF object");
+        let offsets =
+            enforcer::datapath::btf::sock_offsets().expect("reading struct sock offsets from BTF");
+        let mut ebpf = enforcer::datapath::loader::load(&offsets).expect("loading the eBPF object");
         let tc: &mut SchedClassifier = ebpf.program_mut(EGRESS).unwrap().try_into().unwrap();
         tc.load().expect("loading the tc program (verifier)");
         let mut m: Array<_, u32> = Array::try_from(ebpf.map_mut(maps::MODE).unwrap()).unwrap();

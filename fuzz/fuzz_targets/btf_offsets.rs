@@ -1,4 +1,4 @@
-//! `enforcer::btf::sock_offsets_from` on arbitrary bytes: the raw BTF parser must never panic,
+//! `enforcer::datapath::btf::sock_offsets_from` on arbitrary bytes: the raw BTF parser must never panic,
 //! hang or allocate without bound, whatever `/sys/kernel/btf/vmlinux` (or a file passed for
 //! tests) holds.
 #![no_main]
@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = enforcer::btf::sock_offsets_from(data);
+    let _ = enforcer::datapath::btf::sock_offsets_from(data);
 });

@@ -44,8 +44,9 @@ impl Harness {
             euid, 0,
             "packet_filters loads eBPF programs and needs root: run `sudo -E cargo test -p enforcer --test packet_filters`"
         );
-        let offsets = enforcer::btf::sock_offsets().expect("reading struct sock offsets from BTF");
-        let mut ebpf = enforcer::loader::load(&offsets).expect("loading the eBPF object");
+        let offsets =
+            enforcer::datapath::btf::sock_offsets().expect("reading struct sock offsets from BTF");
+        let mut ebpf = enforcer::datapath::loader::load(&offsets).expect("loading the eBPF object");
         let xdp: &mut Xdp = ebpf
             .program_mut(INGRESS)
             .expect("XDP program missing")

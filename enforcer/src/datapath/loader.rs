@@ -42,8 +42,8 @@ pub const DEFAULT_BLOCKLIST_MAX: u32 = 16384;
 pub struct LoadOptions {
     pub flows_max: u32,
     pub blocklist_max: u32,
-    /// Reuse (or create and pin) the maps of [`crate::pin::PINNED_MAPS`] there.
-    pub pin: Option<crate::pin::PinDir>,
+    /// Reuse (or create and pin) the maps of [`crate::datapath::pin::PINNED_MAPS`] there.
+    pub pin: Option<crate::datapath::pin::PinDir>,
 }
 
 impl Default for LoadOptions {
@@ -61,7 +61,7 @@ pub fn load(offsets: &SockOffsets) -> Result<Ebpf, LoadError> {
 }
 
 /// Loads the object with the given map sizes. With a pin directory, the maps of
-/// [`crate::pin::PINNED_MAPS`] are taken from it when an earlier run pinned them (their sizes
+/// [`crate::datapath::pin::PINNED_MAPS`] are taken from it when an earlier run pinned them (their sizes
 /// are then the earlier run's: see [`pinned_size_mismatches`]), else created and pinned.
 pub fn load_with(offsets: &SockOffsets, opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     let mut loader = EbpfLoader::new();
@@ -73,7 +73,7 @@ pub fn load_with(offsets: &SockOffsets, opts: &LoadOptions) -> Result<Ebpf, Load
         .map_max_entries(discover::HITS, 1)
         .map_max_entries(discover::STACKS, 1);
     if let Some(dir) = &opts.pin {
-        for name in crate::pin::PINNED_MAPS {
+        for name in crate::datapath::pin::PINNED_MAPS {
             loader.map_pin_path(name, dir.map_path(name));
         }
     }

@@ -7,7 +7,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::{attach::TC_FILTER_NAME, iface, pin, tc};
+use crate::{
+    agent::attach::TC_FILTER_NAME,
+    datapath::{iface, pin, tc},
+};
 
 pub async fn run(dir: &Path, extra_ifaces: &[String]) -> Result<()> {
     let pin_dir = pin::PinDir::open(dir)?;

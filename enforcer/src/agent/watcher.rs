@@ -68,11 +68,10 @@ use serde_json::json;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    events::{LibInfo, Reporter},
+    agent::events::{LibInfo, Reporter},
+    datapath::{loader, uprobes::Prober},
     libraries::{self, DiscoverOptions, Library},
-    loader,
     policy::Policy,
-    uprobes::Prober,
 };
 
 use files::Found;
@@ -275,7 +274,7 @@ impl Watcher {
     /// A watcher that watches nothing and only holds `ebpf` and `prober` (the agent is shutting
     /// down before it was ready): dropping it drops both.
     pub fn hold(ebpf: Ebpf, prober: Prober) -> Watcher {
-        let reporter = Reporter::new(HashMap::new(), crate::events::EventFormat::Text);
+        let reporter = Reporter::new(HashMap::new(), crate::agent::events::EventFormat::Text);
         Watcher {
             status: Status::Off("not started".into()),
             shared: Shared::new(ebpf, crate::policy::embedded_default(), reporter, prober),

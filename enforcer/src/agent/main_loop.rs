@@ -20,16 +20,20 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    control, events,
-    events::Reporter,
-    live_maps::LiveMaps,
-    metrics::{self, AgentCounters},
-    operator::{AgentInfo, Live, Operator, ReloadRequest},
-    pin::{self, PinDir},
+    agent::{
+        control, events,
+        events::Reporter,
+        metrics::{self, AgentCounters},
+        operator::{AgentInfo, Live, Operator, ReloadRequest},
+        reload::{self, ReloadConfig},
+        watcher::Watcher,
+    },
+    datapath::{
+        maps::LiveMaps,
+        pin::{self, PinDir},
+        tc,
+    },
     policy::Policy,
-    reload::{self, ReloadConfig},
-    tc,
-    watcher::Watcher,
 };
 
 const TICK: Duration = Duration::from_secs(1);
@@ -309,7 +313,7 @@ impl Earlier {
                     continue;
                 }
                 if let Err(err) =
-                    tc::remove_named(handle, ifindex, crate::attach::TC_FILTER_NAME).await
+                    tc::remove_named(handle, ifindex, crate::agent::attach::TC_FILTER_NAME).await
                 {
                     warn!(
                         ifindex,

@@ -22,11 +22,13 @@ use enforcer_common::{FlowState, ServerNameKey, verdict};
 use serde_json::{Value, json};
 
 use crate::{
-    events::Reporter,
-    live_maps::{LiveMapError, LiveMaps},
-    loader,
+    agent::events::Reporter,
+    datapath::{
+        loader,
+        maps::{LiveMapError, LiveMaps},
+        sock_destroy,
+    },
     policy::{self, Action, Mode, NameScope, Policy},
-    sock_destroy,
 };
 
 #[derive(Clone, Debug)]

@@ -31,7 +31,7 @@ use std::{
 use anyhow::Context as _;
 use enforcer_common::discover::MAX_SLOTS;
 
-use crate::hooks::HookChoice;
+use crate::datapath::hooks::HookChoice;
 pub use scan::ScanError;
 use symbols::Function;
 pub use workload::interrupted;

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::events::op_name;
+use crate::agent::events::op_name;
 use crate::libraries::{self, DiscoverOptions, Library, LibraryError};
 use crate::policy::Policy;
 

@@ -11,10 +11,14 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    control::{Handler, Request},
-    events::{self, Reporter},
-    live_maps::{self, LiveMaps},
-    sock_destroy,
+    agent::{
+        control::{Handler, Request},
+        events::{self, Reporter},
+    },
+    datapath::{
+        maps::{self, LiveMaps},
+        sock_destroy,
+    },
 };
 
 /// Facts fixed at start (the mode and policy change with reloads: see `Live`).
@@ -79,7 +83,7 @@ impl Operator {
             Request::Status => self.status(),
             Request::Flows => self.flows(),
             Request::Block { local, remote } => {
-                let Some(flow) = live_maps::flow_key(local, remote) else {
+                let Some(flow) = maps::flow_key(local, remote) else {
                     return json!({"ok": false, "error": "local and remote must both be IPv4 or both IPv6"});
                 };
                 if let Err(err) = self.maps().block(&flow, 0) {
@@ -95,7 +99,7 @@ impl Operator {
                        "socket_error": aborted.err().map(|e| e.to_string())})
             }
             Request::Unblock { local, remote } => {
-                let Some(flow) = live_maps::flow_key(local, remote) else {
+                let Some(flow) = maps::flow_key(local, remote) else {
                     return json!({"ok": false, "error": "local and remote must both be IPv4 or both IPv6"});
                 };
                 match self.maps().unblock(&flow) {

@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
-use crate::{family::Family, libraries::Library, sock_destroy};
+use crate::{datapath::sock_destroy, family::Family, libraries::Library};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventFormat {

@@ -19,7 +19,7 @@ use rtnetlink::packet_core::{
     NetlinkPayload,
 };
 
-use crate::iface::{describe, netlink_io};
+use crate::datapath::iface::{describe, netlink_io};
 
 /// Priority ("pref") of our egress filter, so it is easy to find:
 /// `tc filter show dev X egress pref 50`. Lower runs first: this is below the priorities the
@@ -389,7 +389,7 @@ async fn request(
 mod tests {
     //! Needs root: veth pairs in the current namespace, raw bpf(2), `tc` from iproute2.
     use super::*;
-    use crate::iface::tests::{VethGuard, sh, with_handle};
+    use crate::datapath::iface::tests::{VethGuard, sh, with_handle};
     use std::future::Future;
     use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 

@@ -9,7 +9,7 @@ use aya::{
 };
 use enforcer_common::{FileKey, WatchConfig, watch};
 
-use crate::btf::{self, FieldSpec};
+use crate::datapath::btf::{self, FieldSpec};
 
 /// `syscalls:sys_enter_mmap`: every `mmap`, with its arguments, before it runs.
 pub const MMAP_PROGRAM: &str = "watch_mmap";

@@ -19,7 +19,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{events::Reporter, live_maps::LiveMaps};
+use crate::{agent::events::Reporter, datapath::maps::LiveMaps};
 
 /// What the endpoint reads on every scrape.
 #[derive(Clone)]

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use aya::Btf;
 
-use crate::{
+use crate::datapath::{
     btf,
     hooks::{self, HookError, HookForm},
     loader,

@@ -29,19 +29,26 @@ use enforcer_common::maps;
 use tracing::{error, info, warn};
 
 use crate::{
-    agent_loop::{self, Earlier},
-    btf, control,
-    events::{EventFormat, LibInfo, Reporter},
-    hooks::{self, HookChoice},
-    iface,
+    agent::{
+        control,
+        events::{EventFormat, LibInfo, Reporter},
+        main_loop::{self, Earlier},
+        metrics,
+        operator::AgentInfo,
+        reload,
+        watcher::{self, Watcher},
+    },
+    datapath::{
+        btf,
+        hooks::{self, HookChoice},
+        iface, loader,
+        maps::LiveMaps,
+        pin::{self, PinDir},
+        tc,
+        uprobes::Prober,
+    },
     libraries::{self, DiscoverOptions},
-    live_maps::LiveMaps,
-    loader, metrics,
-    operator::AgentInfo,
-    pin::{self, PinDir},
-    policy, reload, tc,
-    uprobes::Prober,
-    watcher::{self, Watcher},
+    policy,
 };
 
 /// Name of our tc filter; also the prefix `remove_stale` looks for after a SIGKILL.
@@ -75,13 +82,13 @@ pub struct AttachArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// The operator socket (`enforcer status`, `flows`, `block`, `unblock`, `reload`).
-    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = crate::agent::control::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,
     /// Capacity of the flow table (LRU).
-    #[arg(long, value_name = "N", default_value_t = crate::loader::DEFAULT_FLOWS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = crate::datapath::loader::DEFAULT_FLOWS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub flows_max: u32,
     /// Capacity of the blocklist (a full blocklist is reported, never evicted).
-    #[arg(long, value_name = "N", default_value_t = crate::loader::DEFAULT_BLOCKLIST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = crate::datapath::loader::DEFAULT_BLOCKLIST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub blocklist_max: u32,
     /// On a policy reload, judge established flows again too (else only new ones).
     #[arg(long)]
@@ -228,7 +235,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 pin: pin.as_ref().map(|d| d.root().display().to_string()),
                 started: Instant::now(),
             };
-            let run = agent_loop::Running {
+            let run = main_loop::Running {
                 info,
                 reporter: reporter.clone(),
                 maps: Arc::new(Mutex::new(live)),

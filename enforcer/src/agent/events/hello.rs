@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{Reporter, endpoints, sockaddr, verdict_name};
-use crate::sock_destroy;
+use crate::datapath::sock_destroy;
 
 /// Flows remembered for the join (cleared when full: a miss only costs the owner's name).
 const MAX_RECENT: usize = 8192;

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 pub use perf::UprobeError;
 
-use crate::{libraries::Library, loader};
+use crate::{datapath::loader, libraries::Library};
 
 /// Threads that release `uprobe_multi` links at the end.
 const RELEASE_THREADS: usize = 32;

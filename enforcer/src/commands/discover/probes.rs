@@ -18,7 +18,7 @@ use aya::{
 };
 use enforcer_common::{SOCK_OFFSETS_GLOBAL, discover};
 
-use crate::{
+use crate::datapath::{
     btf,
     hooks::{self, AttachedHook, HookChoice},
     loader,

@@ -1,0 +1,14 @@
+//! The running agent (`enforcer attach`).
+//!
+//! [`attach`] starts it and tears it down, [`main_loop`] runs it: [`events`] from the kernel ring,
+//! [`watcher`] for library files that appear later, [`reload`] of the policy, the operator socket
+//! ([`control`] transport, [`operator`] answers) and [`metrics`].
+
+pub mod attach;
+pub mod control;
+pub mod events;
+pub mod main_loop;
+pub mod metrics;
+pub mod operator;
+pub mod reload;
+pub mod watcher;

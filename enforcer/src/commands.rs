@@ -1,0 +1,7 @@
+//! The subcommands other than `attach` (which is [`crate::agent`]): each runs once and exits.
+
+pub mod detach;
+pub mod discover;
+pub mod explain;
+pub mod inventory;
+pub mod kernel_check;
