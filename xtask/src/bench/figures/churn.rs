@@ -151,9 +151,9 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
              back to back (closed loop: as fast as the 2 cores allow), each a full TLS 1.3 \
              handshake (no tickets, no resumption) with one 32-byte exchange and close_notify; \
              OpenSSL server. {runs} runs without and {runs} with the agent (enforce mode, \
-             filtering the bench's veth; one agent for all runs). The agent does not expose its \
-             STATS counters yet, so the bench reads the kernel map directly (by map id from \
-             /proc/PID/fdinfo) and also counts the JSON events it receives against the \
+             filtering the bench's veth; one agent for all runs). The bench reads the agent's \
+             kernel STATS map directly (by map id from /proc/PID/fdinfo; `enforcer status` shows \
+             the same counters) and also counts the JSON events it receives against the \
              connections made. RSS after ready: {:.1} MiB.",
             rss_ready as f64 / 1048576.0
         ),
@@ -162,14 +162,13 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
     };
     if median(&flows_left).is_some_and(|x| x > 0.0) {
         fig.notes.push(
-            "Why the attributed fraction is below 100 %: entries of closed connections stay in \
-             FLOWS (row above), and a new connection that reuses a closed one's 4-tuple (loopback \
-             churn reuses ephemeral ports within seconds) finds the stale entry of the same \
-             library and is neither attributed nor reported. The close hook \
-             (`inet_sock_set_state` → TCP_CLOSE → `forget`) runs when the socket has already \
-             been unhashed and its local port released (`inet_num`/`skc_num` is 0 by then), so \
-             the key it builds matches nothing. The same leaves BLOCKLIST entries of denied \
-             flows behind (figure 4)."
+            "Entries of closed connections stayed in FLOWS (row above): the close hook \
+             (`inet_sock_set_state` → TCP_CLOSE → `forget`) did not remove them. A new \
+             connection that reuses a closed one's 4-tuple (loopback churn reuses ephemeral \
+             ports within seconds) then finds the stale entry of the same library and is neither \
+             attributed nor reported, which lowers the attributed fraction. This was the bug of \
+             docs/benchmarks.md (local port read after the kernel cleared it), fixed by keying \
+             the close by `inet_sport`: seeing it again is a regression."
                 .into(),
         );
     }

@@ -208,7 +208,7 @@ pub fn leak(ctx: &Ctx) -> Result<Figure> {
          completed; {blocked} `blocked` events and {aborted} aborted sockets reported by the \
          agent; {tc_drops} packets dropped by tc (STATS[TC_DROPS]); wall time {wall:.1} s. BLOCKLIST entries left \
          after every denied connection had closed: {blocklist_left} (0 expected: the close hook \
-         removes them; see figure 5 on why it does not).",
+         removes them).",
         denied.len()
     ));
     Ok(fig)

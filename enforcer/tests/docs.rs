@@ -1,0 +1,109 @@
+//! The documentation against the code. Every `enforcer` command line that README.md, docs/*.md
+//! and deploy/README.md show parses with the agent's own clap parser (`enforcer::cli::Cli`), and
+//! so do the arguments a shown `cargo xtask run` forwards to `enforcer attach`; every event
+//! example in docs/events.md matches docs/events.schema.json. What counts as a command line, and
+//! the sample values that replace placeholders such as FILE or IFACE: `enforcer_tests::docs`.
+//! (The `cargo xtask` lines are parsed by xtask's own test, `xtask/src/docs.rs`.)
+
+use clap::Parser;
+use enforcer::cli::Cli;
+use enforcer_tests::{
+    docs::{blocks, command_lines},
+    schema::{events_schema, validate_event},
+};
+
+/// `Err` with clap's first line (what is wrong) if `enforcer ARGS` does not parse.
+fn parse(args: &[String]) -> Result<(), String> {
+    let argv = std::iter::once("enforcer").chain(args.iter().map(String::as_str));
+    match Cli::try_parse_from(argv) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string().lines().next().unwrap_or_default().to_string()),
+    }
+}
+
+#[test]
+fn every_enforcer_command_line_in_the_docs_parses() {
+    let mut failures = vec![];
+    let mut checked = 0;
+    let lines = command_lines("enforcer");
+    for line in &lines {
+        match &line.variants {
+            Err(e) => failures.push(format!("{}: `{}`: {e}", line.at, line.text)),
+            Ok(variants) => {
+                for args in variants {
+                    checked += 1;
+                    println!("{}: enforcer {}", line.at, args.join(" "));
+                    if let Err(e) = parse(args) {
+                        failures.push(format!("{}: `enforcer {}`: {e}", line.at, args.join(" ")));
+                    }
+                }
+            }
+        }
+    }
+    // `cargo xtask run [--] ARGS` runs `enforcer attach ARGS`.
+    for line in command_lines("cargo xtask") {
+        for args in line.variants.iter().flatten() {
+            let Some(forwarded) = args.strip_prefix(&["run".to_string()]) else {
+                continue;
+            };
+            let forwarded = forwarded
+                .strip_prefix(&["--".to_string()])
+                .unwrap_or(forwarded);
+            let attach: Vec<String> = std::iter::once("attach".to_string())
+                .chain(forwarded.iter().cloned())
+                .collect();
+            checked += 1;
+            println!("{}: enforcer {}", line.at, attach.join(" "));
+            if let Err(e) = parse(&attach) {
+                failures.push(format!(
+                    "{}: `cargo xtask {}` forwards `enforcer {}`: {e}",
+                    line.at,
+                    args.join(" "),
+                    attach.join(" ")
+                ));
+            }
+        }
+    }
+    assert!(
+        lines.len() >= 20,
+        "only {} enforcer command lines found in the docs: is the extractor broken?",
+        lines.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} documented command lines do not parse:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_event_example_in_events_md_matches_the_schema() {
+    let schema = events_schema();
+    let mut failures = vec![];
+    let mut types = vec![];
+    for block in blocks("docs/events.md").iter().filter(|b| b.lang == "json") {
+        for (n, text) in block.lines.iter().filter(|(_, t)| !t.trim().is_empty()) {
+            let record: serde_json::Value = match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(e) => {
+                    failures.push(format!("docs/events.md:{n}: not one JSON object: {e}"));
+                    continue;
+                }
+            };
+            types.extend(record["type"].as_str().map(str::to_string));
+            if let Err(e) = validate_event(&schema, &record) {
+                failures.push(format!("docs/events.md:{n}: {e}"));
+            }
+        }
+    }
+    assert!(
+        types.iter().any(|t| t == "connection"),
+        "docs/events.md shows no connection event example: {types:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "event examples that do not match docs/events.schema.json:\n{}",
+        failures.join("\n")
+    );
+}
