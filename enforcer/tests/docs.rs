@@ -1,14 +1,15 @@
 //! The documentation against the code. Every `enforcer` command line that README.md, docs/*.md
 //! and deploy/README.md show parses with the agent's own clap parser (`enforcer::cli::Cli`), and
 //! so do the arguments a shown `cargo xtask run` forwards to `enforcer attach`; every event
-//! example in docs/events.md matches docs/events.schema.json. What counts as a command line, and
+//! example in docs/events.md matches docs/events.schema.json; every `yaml` block is a policy the
+//! policy parser accepts. What counts as a command line, and
 //! the sample values that replace placeholders such as FILE or IFACE: `enforcer_tests::docs`.
 //! (The `cargo xtask` lines are parsed by xtask's own test, `xtask/src/docs.rs`.)
 
 use clap::Parser;
 use enforcer::cli::Cli;
 use enforcer_tests::{
-    docs::{blocks, command_lines},
+    docs::{blocks, command_lines, documents},
     schema::{events_schema, validate_event},
 };
 
@@ -104,6 +105,37 @@ fn every_event_example_in_events_md_matches_the_schema() {
     assert!(
         failures.is_empty(),
         "event examples that do not match docs/events.schema.json:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// A `yaml` block is a policy, or a part of one without `default:` (a `catalog:` section, say),
+/// which is checked with `default: deny` added.
+#[test]
+fn every_policy_example_in_the_docs_is_valid() {
+    let mut failures = vec![];
+    let mut checked = 0;
+    for doc in documents() {
+        for block in blocks(&doc).iter().filter(|b| b.lang == "yaml") {
+            let Some((first, _)) = block.lines.first() else {
+                continue;
+            };
+            let mut text: String = block.lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+            if !text.lines().any(|l| l.starts_with("default:")) {
+                text.insert_str(0, "default: deny\n");
+            }
+            checked += 1;
+            // Error positions count from the block's first line (one more with `default:` added).
+            let source = format!("{doc}, the yaml block at line {first}");
+            if let Err(e) = enforcer::policy::parse(&text, &source) {
+                failures.push(e.to_string());
+            }
+        }
+    }
+    assert!(checked >= 5, "only {checked} yaml blocks found in the docs");
+    assert!(
+        failures.is_empty(),
+        "policy examples the parser rejects:\n{}",
         failures.join("\n")
     );
 }
