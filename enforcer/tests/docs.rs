@@ -2,14 +2,14 @@
 //! and deploy/README.md show parses with the agent's own clap parser (`enforcer::cli::Cli`), and
 //! so do the arguments a shown `cargo xtask run` forwards to `enforcer attach`; every event
 //! example in docs/events.md matches docs/events.schema.json; every `yaml` block is a policy the
-//! policy parser accepts. What counts as a command line, and
+//! policy parser accepts; every repository path they name exists. What counts as a command line, and
 //! the sample values that replace placeholders such as FILE or IFACE: `enforcer_tests::docs`.
 //! (The `cargo xtask` lines are parsed by xtask's own test, `xtask/src/docs.rs`.)
 
 use clap::Parser;
 use enforcer::cli::Cli;
 use enforcer_tests::{
-    docs::{blocks, command_lines, documents},
+    docs::{blocks, command_lines, documents, repository_paths},
     schema::{events_schema, validate_event},
 };
 
@@ -137,5 +137,22 @@ fn every_policy_example_in_the_docs_is_valid() {
         failures.is_empty(),
         "policy examples the parser rejects:\n{}",
         failures.join("\n")
+    );
+}
+
+#[test]
+fn every_repository_path_in_the_docs_exists() {
+    let root = enforcer_tests::workspace();
+    let paths = repository_paths();
+    let missing: Vec<String> = paths
+        .iter()
+        .filter(|(_, path)| !root.join(path).exists())
+        .map(|(at, path)| format!("{at}: {path}"))
+        .collect();
+    assert!(paths.len() >= 50, "only {} paths found", paths.len());
+    assert!(
+        missing.is_empty(),
+        "paths named in the docs that do not exist (moved or renamed?):\n{}",
+        missing.join("\n")
     );
 }

@@ -1,7 +1,7 @@
 //! The command lines and code blocks the documentation shows, for the tests that hold them to the
 //! code: every `enforcer ...` line must parse with the agent's own clap parser
 //! (`enforcer/tests/docs.rs`), every `cargo xtask ...` line with xtask's (`xtask/src/docs.rs`),
-//! every event example must match the schema.
+//! every event example must match the schema, every repository path they name must exist.
 //!
 //! Documents: `README.md`, `docs/*.md`, `deploy/README.md`. Where a command line counts:
 //!
@@ -80,6 +80,57 @@ pub fn blocks(rel: &str) -> Vec<Block> {
                 open = Some(block);
             }
             (None, None) => {}
+        }
+    }
+    out
+}
+
+/// Top-level directories of the repository whose paths the documents name.
+const TOP_DIRS: &[&str] = &[
+    "enforcer",
+    "enforcer-ebpf",
+    "enforcer-common",
+    "xtask",
+    "tests",
+    "fuzz",
+    "bench",
+    "deploy",
+    "policies",
+    "catalog",
+    "vm",
+    "docs",
+];
+
+/// Every repository path a document names (`enforcer/src/...`, `tests/tests/x.rs`, ...), as
+/// (`file:line`, path). A path followed by `*`, `<` or `...` is a pattern, not a file, and left
+/// out.
+pub fn repository_paths() -> Vec<(String, String)> {
+    let mut out = vec![];
+    let in_path = |c: char| c.is_ascii_alphanumeric() || "_./-".contains(c);
+    for rel in documents() {
+        for (n, line) in read(rel.as_str()).lines().enumerate() {
+            let mut start = 0;
+            while let Some(i) = line[start..].find('/').map(|i| start + i) {
+                start = i + 1;
+                let begin = line[..i].rfind(|c: char| !in_path(c)).map_or(0, |b| b + 1);
+                let first = &line[begin..i];
+                if !TOP_DIRS.contains(&first) {
+                    continue;
+                }
+                let len = line[begin..]
+                    .find(|c: char| !in_path(c))
+                    .unwrap_or(line.len() - begin);
+                let raw = &line[begin..begin + len];
+                let after = &line[begin + len..];
+                start = begin + len;
+                if raw.ends_with("...") || raw.ends_with('-') || after.starts_with(['*', '<']) {
+                    continue;
+                }
+                let path = raw.trim_end_matches('.');
+                if !path.ends_with('/') || path.len() > first.len() + 1 {
+                    out.push((format!("{rel}:{}", n + 1), path.to_string()));
+                }
+            }
         }
     }
     out
