@@ -2,7 +2,8 @@
 //! and deploy/README.md show parses with the agent's own clap parser (`enforcer::cli::Cli`), and
 //! so do the arguments a shown `cargo xtask run` forwards to `enforcer attach`; every event
 //! example in docs/events.md matches docs/events.schema.json; every `yaml` block is a policy the
-//! policy parser accepts; every repository path they name exists. What counts as a command line, and
+//! policy parser accepts; every repository path they name exists; a shown `enforcer policy check`
+//! output is what that command prints. What counts as a command line, and
 //! the sample values that replace placeholders such as FILE or IFACE: `enforcer_tests::docs`.
 //! (The `cargo xtask` lines are parsed by xtask's own test, `xtask/src/docs.rs`.)
 
@@ -155,4 +156,35 @@ fn every_repository_path_in_the_docs_exists() {
         "paths named in the docs that do not exist (moved or renamed?):\n{}",
         missing.join("\n")
     );
+}
+
+/// "`enforcer policy check FILE` prints:" followed by a block: the block is today's output.
+#[test]
+fn shown_policy_check_output_is_current() {
+    let root = enforcer_tests::workspace();
+    let mut shown = 0;
+    for doc in documents() {
+        let text = std::fs::read_to_string(root.join(&doc)).expect("readable");
+        let blocks = blocks(&doc);
+        for (n, line) in text.lines().enumerate() {
+            let Some(file) = line
+                .strip_prefix("`enforcer policy check ")
+                .and_then(|rest| rest.strip_suffix("` prints:"))
+            else {
+                continue;
+            };
+            let block = blocks
+                .iter()
+                .find(|b| b.lines.first().is_some_and(|(first, _)| *first > n + 1))
+                .unwrap_or_else(|| panic!("{doc}:{}: no block after it", n + 1));
+            let want: String = block.lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+            let policy = enforcer::policy::load(&root.join(file)).expect("a valid policy");
+            // The report names the file as given on the command line.
+            let got = enforcer::policy::check_report(&policy)
+                .replace(&root.join(file).display().to_string(), file);
+            assert_eq!(got, want, "{doc}:{}: `enforcer policy check {file}`", n + 1);
+            shown += 1;
+        }
+    }
+    assert!(shown >= 1, "no `enforcer policy check FILE` prints: found");
 }
