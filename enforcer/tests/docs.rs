@@ -3,7 +3,8 @@
 //! so do the arguments a shown `cargo xtask run` forwards to `enforcer attach`; every event
 //! example in docs/events.md matches docs/events.schema.json; every `yaml` block is a policy the
 //! policy parser accepts; every repository path they name exists; a shown `enforcer policy check`
-//! output is what that command prints. What counts as a command line, and
+//! output is what that command prints; a shown log line (`INFO enforcer::module: message k=v`)
+//! comes from that module, with that message and those fields. What counts as a command line, and
 //! the sample values that replace placeholders such as FILE or IFACE: `enforcer_tests::docs`.
 //! (The `cargo xtask` lines are parsed by xtask's own test, `xtask/src/docs.rs`.)
 
@@ -187,4 +188,87 @@ fn shown_policy_check_output_is_current() {
         }
     }
     assert!(shown >= 1, "no `enforcer policy check FILE` prints: found");
+}
+
+/// A shown log line `LEVEL enforcer::a::b: message key=value ...`: `enforcer/src/a/b.rs` exists,
+/// holds a string literal the message starts with (up to the literal's first `{`, where a
+/// formatted value begins), and names every field. Catches a log target that moved with its code,
+/// a reworded message and a renamed field.
+#[test]
+fn shown_log_lines_come_from_the_code() {
+    let root = enforcer_tests::workspace();
+    let mut failures = vec![];
+    let mut shown = 0;
+    for doc in documents() {
+        for block in blocks(&doc) {
+            for (n, line) in &block.lines {
+                let Some(rest) = ["INFO ", "WARN ", "ERROR "]
+                    .iter()
+                    .find_map(|level| line.strip_prefix(level))
+                    .and_then(|r| r.strip_prefix("enforcer::"))
+                else {
+                    continue;
+                };
+                shown += 1;
+                let at = format!("{doc}:{n}");
+                let (target, text) = rest.split_once(": ").expect("TARGET: message");
+                let file = root
+                    .join("enforcer/src")
+                    .join(format!("{}.rs", target.replace("::", "/")));
+                let Ok(source) = std::fs::read_to_string(&file) else {
+                    failures.push(format!(
+                        "{at}: no module enforcer::{target} ({})",
+                        file.display()
+                    ));
+                    continue;
+                };
+                // Fields: ` key=` after the message.
+                let words: Vec<&str> = text.split(' ').collect();
+                let first_field = words
+                    .iter()
+                    .position(|w| w.split_once('=').is_some_and(|(k, _)| is_field(k)))
+                    .unwrap_or(words.len());
+                let message = words[..first_field].join(" ");
+                let literal_found = source.split('"').skip(1).step_by(2).any(|lit| {
+                    let fixed = lit.split('{').next().unwrap_or_default();
+                    !fixed.is_empty()
+                        && if lit.contains('{') {
+                            message.starts_with(fixed)
+                        } else {
+                            message == lit
+                        }
+                });
+                if !literal_found {
+                    failures.push(format!(
+                        "{at}: enforcer::{target} logs no message {message:?}"
+                    ));
+                }
+                for word in &words[first_field..] {
+                    let Some((key, _)) = word.split_once('=').filter(|(k, _)| is_field(k)) else {
+                        continue;
+                    };
+                    if !source
+                        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .any(|w| w == key)
+                    {
+                        failures.push(format!("{at}: enforcer::{target} has no field {key:?}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(shown >= 5, "only {shown} log lines found in the docs");
+    assert!(
+        failures.is_empty(),
+        "log lines shown in the docs that the code no longer writes:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// A tracing field name: lowercase letters, digits and `_`.
+fn is_field(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
