@@ -71,6 +71,20 @@ fn check_agent_args(args: &[&str]) {
     );
 }
 
+/// `enforcer policy check FILE` accepts the file (`what` names it in the failure).
+fn assert_policy_valid(file: &std::path::Path, what: &str) {
+    let out = cmd(enforcer_bin().to_str().expect("utf-8"), ["policy", "check"])
+        .arg(file)
+        .output()
+        .expect("run enforcer policy check");
+    assert!(
+        out.status.success(),
+        "{what} {} is invalid: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The Containerfile's instructions as (instruction, rest of the line); continuation lines
 /// (`&& ...`) are left out.
 fn containerfile() -> Vec<(String, String)> {
@@ -179,16 +193,7 @@ fn containerfile_default_command_names_a_policy_the_image_holds() {
         "{policy} would come from {}, which is not a file of the repository",
         source.display()
     );
-    let out = cmd(enforcer_bin().to_str().expect("utf-8"), ["policy", "check"])
-        .arg(&source)
-        .output()
-        .expect("run enforcer policy check");
-    assert!(
-        out.status.success(),
-        "the image's policy {} is invalid: {}",
-        source.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_policy_valid(&source, "the image's policy");
 }
 
 #[test]
@@ -281,13 +286,5 @@ fn daemonset_is_privileged_on_the_host_with_bpffs() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join(key);
     std::fs::write(&file, embedded).expect("write policy");
-    let out = cmd(enforcer_bin().to_str().expect("utf-8"), ["policy", "check"])
-        .arg(&file)
-        .output()
-        .expect("run enforcer policy check");
-    assert!(
-        out.status.success(),
-        "the ConfigMap's policy is invalid: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_policy_valid(&file, "the ConfigMap's policy");
 }
