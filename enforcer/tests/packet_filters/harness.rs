@@ -6,7 +6,11 @@ use aya::{
     maps::{HashMap, PerCpuArray},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use enforcer_common::{FlowKey, family, maps, stat};
+use enforcer_common::{
+    flow::{FlowKey, family},
+    maps,
+    stat::Stat,
+};
 
 use crate::packets::*;
 
@@ -92,7 +96,7 @@ impl Harness {
                 .iter()
                 .sum::<u64>()
         };
-        (sum(stat::XDP_DROPS), sum(stat::TC_DROPS))
+        (sum(Stat::XdpDrops.index()), sum(Stat::TcDrops.index()))
     }
 
     pub fn run_ingress(&self, frame: &[u8], repeat: u32) -> Result<Verdict, ProgramError> {
