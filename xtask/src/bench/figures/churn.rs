@@ -6,6 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
+use enforcer_common::stat::Stat;
 use enforcer_tests::Cert;
 
 use super::{Ctx, LOOPBACK, STATS_ENTRIES, f};
@@ -64,8 +65,8 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
         let (_server, _, port) =
             process::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, 0, &cert)?;
         let (cpu0, _, _) = agent::proc_usage(pid)?;
-        let lost0 = stats.percpu_sum(2)?;
-        let attr0 = stats.percpu_sum(3)?;
+        let lost0 = stats.percpu_sum(Stat::EventsLost as u32)?;
+        let attr0 = stats.percpu_sum(Stat::FlowsAttributed as u32)?;
         let t0 = Instant::now();
         let (rt, ok, _) = churn_once(port)?;
         agent.settle(Duration::from_millis(500), Duration::from_secs(15));
@@ -86,8 +87,8 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
         rate.push(rt);
         client_frac.push(client as f64 / ok * 100.0);
         server_frac.push(server as f64 / ok * 100.0);
-        lost.push((stats.percpu_sum(2)? - lost0) as f64);
-        attributed.push((stats.percpu_sum(3)? - attr0) as f64);
+        lost.push((stats.percpu_sum(Stat::EventsLost as u32)? - lost0) as f64);
+        attributed.push((stats.percpu_sum(Stat::FlowsAttributed as u32)? - attr0) as f64);
         cpu_s.push(cpu1 - cpu0);
         cpu_pct.push((cpu1 - cpu0) / elapsed * 100.0);
         hwm.push(hwm1 as f64 / 1048576.0);

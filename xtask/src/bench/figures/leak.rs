@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use enforcer_common::stat::Stat;
 use enforcer_tests::Cert;
 
 use super::{Ctx, STATS_ENTRIES};
@@ -105,13 +106,13 @@ pub fn leak(ctx: &Ctx) -> Result<Figure> {
     let mut agent = ctx.agent(&[&ns.host_if], ENFORCE_OPENSSL_ONLY)?;
     let held = bpf::held_by(agent.pid())?;
     let stats = held.stats(STATS_ENTRIES)?;
-    let tc0 = stats.percpu_sum(1)?;
+    let tc0 = stats.percpu_sum(Stat::TcDrops as u32)?;
     let t0 = Instant::now();
     let denied_clients = clients(n_denied);
     let wall = t0.elapsed().as_secs_f64();
     let denied = collect(n_denied)?;
     agent.settle(Duration::from_millis(500), Duration::from_secs(10));
-    let tc_drops = stats.percpu_sum(1)? - tc0;
+    let tc_drops = stats.percpu_sum(Stat::TcDrops as u32)? - tc0;
     // Every denied connection is closed by now: the close hook should have emptied BLOCKLIST.
     let blocklist_left = held.blocklist()?.count()?;
     let events = agent.connections();
