@@ -4,7 +4,8 @@
 //! example in docs/events.md matches docs/events.schema.json; every `yaml` block is a policy the
 //! policy parser accepts; every repository path they name exists; a shown `enforcer policy check`
 //! output is what that command prints; a shown log line (`INFO enforcer::module: message k=v`)
-//! comes from that module, with that message and those fields. What counts as a command line, and
+//! comes from that module, with that message and those fields; docs/events.md's key tables list
+//! the schema's keys. What counts as a command line, and
 //! the sample values that replace placeholders such as FILE or IFACE: `enforcer_tests::docs`.
 //! (The `cargo xtask` lines are parsed by xtask's own test, `xtask/src/docs.rs`.)
 
@@ -317,4 +318,54 @@ fn is_field(key: &str) -> bool {
         && key
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Each record type of docs/events.schema.json has a `## \`type\`` section in docs/events.md
+/// whose key table lists exactly the schema's top-level keys (`library.id` counts as `library`).
+#[test]
+fn events_md_tables_list_the_schema_keys() {
+    let schema = events_schema();
+    let text = std::fs::read_to_string(enforcer_tests::workspace().join("docs/events.md"))
+        .expect("docs/events.md");
+    let mut documented: Vec<(String, std::collections::BTreeSet<String>)> = vec![];
+    let mut in_table = false;
+    for line in text.lines() {
+        if let Some(kind) = line.strip_prefix("## `").and_then(|r| r.strip_suffix('`')) {
+            documented.push((kind.to_string(), Default::default()));
+            in_table = false;
+        } else if line.starts_with("| key |") {
+            in_table = true;
+        } else if in_table && line.starts_with("| ---") {
+        } else if in_table && line.starts_with('|') {
+            let cell = line.split('|').nth(1).unwrap_or_default();
+            let keys = cell.split('`').skip(1).step_by(2);
+            if let Some((_, set)) = documented.last_mut() {
+                set.extend(keys.map(|k| k.split('.').next().unwrap_or(k).to_string()));
+            }
+        } else {
+            in_table = false;
+        }
+    }
+    let defs = schema["$defs"].as_object().expect("$defs");
+    let mut failures = vec![];
+    for (kind, def) in defs {
+        let want: std::collections::BTreeSet<String> = def["properties"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        match documented.iter().find(|(k, _)| k == kind) {
+            None => failures.push(format!("no section for `{kind}`")),
+            Some((_, got)) if *got != want => failures.push(format!(
+                "`{kind}`: only in the doc {:?}, only in the schema {:?}",
+                got.difference(&want).collect::<Vec<_>>(),
+                want.difference(got).collect::<Vec<_>>()
+            )),
+            Some(_) => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "docs/events.md and docs/events.schema.json differ:\n{}",
+        failures.join("\n")
+    );
 }
