@@ -164,6 +164,37 @@ pub fn command_lines(program: &str) -> Vec<CommandLine> {
     out
 }
 
+/// Runs every argument vector of `lines` through `parse` (a clap `try_parse_from` of `program`
+/// with them); returns each failure as `file:line: \`program args\`: clap's first line`, and how
+/// many vectors were checked.
+pub fn unparsed<E: std::fmt::Display>(
+    program: &str,
+    lines: &[CommandLine],
+    parse: impl Fn(&[String]) -> Result<(), E>,
+) -> (Vec<String>, usize) {
+    let mut failures = vec![];
+    let mut checked = 0;
+    for line in lines {
+        match &line.variants {
+            Err(e) => failures.push(format!("{}: `{}`: {e}", line.at, line.text)),
+            Ok(variants) => {
+                for args in variants {
+                    checked += 1;
+                    if let Err(e) = parse(args) {
+                        let why = e.to_string().lines().next().unwrap_or_default().to_string();
+                        failures.push(format!(
+                            "{}: `{program} {}`: {why}",
+                            line.at,
+                            args.join(" ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    (failures, checked)
+}
+
 fn read(rel: &str) -> String {
     let path = crate::workspace().join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", Path::new(rel).display()))

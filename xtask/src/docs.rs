@@ -5,33 +5,17 @@
 //! placeholders are filled in: `enforcer_tests::docs`.
 
 use clap::{CommandFactory, Parser};
-use enforcer_tests::docs::command_lines;
+use enforcer_tests::docs::{command_lines, unparsed};
 
 use super::Cmd;
 
 #[test]
 fn every_cargo_xtask_line_in_the_docs_parses() {
     let lines = command_lines("cargo xtask");
-    let mut failures = vec![];
-    for line in &lines {
-        match &line.variants {
-            Err(e) => failures.push(format!("{}: `{}`: {e}", line.at, line.text)),
-            Ok(variants) => {
-                for args in variants {
-                    let argv =
-                        std::iter::once("cargo xtask").chain(args.iter().map(String::as_str));
-                    if let Err(e) = Cmd::try_parse_from(argv) {
-                        let why = e.to_string().lines().next().unwrap_or_default().to_string();
-                        failures.push(format!(
-                            "{}: `cargo xtask {}`: {why}",
-                            line.at,
-                            args.join(" ")
-                        ));
-                    }
-                }
-            }
-        }
-    }
+    let (failures, _) = unparsed("cargo xtask", &lines, |args| {
+        Cmd::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().map(String::as_str)))
+            .map(drop)
+    });
     assert!(
         lines.len() >= 10,
         "only {} cargo xtask lines found in the docs: is the extractor broken?",
