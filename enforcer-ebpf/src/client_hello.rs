@@ -10,32 +10,26 @@
 //!
 //! The bytes come from the wire: every length is checked against the record, the handshake
 //! message and the segment; every loop has a constant bound; what cannot be read is reported as
-//! such (`hello::sni::UNREADABLE`), never guessed.
+//! such (`event::sni::UNREADABLE`), never guessed.
 
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_ns,
     macros::map,
-    maps::{LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{PerCpuArray, lpm_trie::Key},
 };
 use enforcer_common::{
-    FlowKey, FlowState, HelloEvent, ServerNameKey, action, hello, hello_stat, hello_verdict,
-    verdict,
+    event::{self, HelloEvent, UNATTRIBUTED},
+    flow::{FlowKey, FlowState, verdict},
+    policy::{MAX_NAME, NAME_END, ServerNameKey, action},
+    stat::Stat,
 };
 
 use crate::{
+    events, flow,
     packet::{Packet, Segment},
+    policy::{self, apply},
     stats,
-    verdict::{EVENTS, FLOWS, HELLO_POLICY, LIB_ACTIONS, SCOPED_LIBS, apply},
 };
-
-/// (library id, reversed server name) → `action::*`, from rules with `server_names`.
-#[map(name = "SERVER_NAME_RULES")]
-static SERVER_NAME_RULES: LpmTrie<ServerNameKey, u8> = LpmTrie::with_max_entries(4096, 0);
-
-/// Flows whose first ClientHello was judged → its TCP sequence number (for debugging with
-/// `bpftool map dump`). A flow here is not parsed again.
-#[map(name = "HELLOS_SEEN")]
-static HELLOS_SEEN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(16384, 0);
 
 /// The event being built and the trie key: together 572 bytes, more than the 512-byte stack.
 #[repr(C)]
@@ -105,15 +99,14 @@ pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -
         Some(h) => h[0] == TLS_HANDSHAKE && h[1] == 3 && h[5] == HANDSHAKE_CLIENT_HELLO,
         None => false,
     };
-    let policy = HELLO_POLICY.get(0).copied().unwrap_or_default();
+    let policy = policy::hello_policy();
     if !is_hello {
         if policy.scoped == 0 {
             return Outcome::Pass;
         }
         // A flow waiting for its ClientHello sent something else first: judge it nameless.
-        // SAFETY: copied out at once.
-        return match unsafe { FLOWS.get(flow) }.copied() {
-            Some(state) if state.verdict == hello_verdict::PENDING_SERVER_NAME => {
+        return match flow::state(flow) {
+            Some(state) if state.verdict == verdict::PENDING_SERVER_NAME => {
                 let decided = decide_scoped(flow, &state, None);
                 settle(flow, state, decided)
             }
@@ -122,8 +115,7 @@ pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -
     }
     // Only the first ClientHello of a flow is judged: a retransmission (or anything later that
     // happens to look like one) passes; a blocked flow's never gets here (the blocklist drops it).
-    // SAFETY: only existence is checked.
-    if unsafe { HELLOS_SEEN.get(flow) }.is_some() {
+    if flow::hello_seen(flow) {
         return Outcome::Pass;
     }
     let seq = load::<[u8; 4], P>(packet, l4 + 4).map_or(0, u32::from_be_bytes);
@@ -133,18 +125,17 @@ pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -
     // SAFETY: per-CPU map value, valid for this run; nothing else on this CPU uses it meanwhile.
     let scratch = unsafe { &mut *scratch };
     let (sni, name_len) = read_server_name(packet, payload, len, &mut scratch.event.name);
-    stats::bump(hello_stat::HELLOS);
-    let named = (sni == hello::sni::PRESENT)
+    stats::count(Stat::ClientHellos);
+    let named = (sni == event::sni::PRESENT)
         .then(|| reverse_into(&scratch.event.name, &mut scratch.key, name_len));
 
-    // SAFETY: copied out at once.
-    let (lib_id, new_verdict, outcome) = match unsafe { FLOWS.get(flow) }.copied() {
+    let (lib_id, new_verdict, outcome) = match flow::state(flow) {
         None => {
-            stats::bump(hello_stat::UNATTRIBUTED);
+            stats::count(Stat::UnattributedHellos);
             let v = apply(flow, Some(policy.unattributed));
-            (hello::UNATTRIBUTED, v, outcome_of(v))
+            (UNATTRIBUTED, v, outcome_of(v))
         }
-        Some(state) if state.verdict == hello_verdict::PENDING_SERVER_NAME => {
+        Some(state) if state.verdict == verdict::PENDING_SERVER_NAME => {
             let scoped = named.map(|()| &mut scratch.key);
             let v = decide_scoped(flow, &state, scoped);
             (state.lib_id, v, settle(flow, state, v))
@@ -152,24 +143,21 @@ pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -
         // Judged at attribution already: the ClientHello only adds the name.
         Some(state) => (state.lib_id, state.verdict, Outcome::Pass),
     };
-    let _ = HELLOS_SEEN.insert(flow, seq, 0);
-    // SAFETY: plain helper call.
-    scratch.event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    flow::mark_hello_seen(flow, seq);
     scratch.event.flow = *flow;
     scratch.event.lib_id = lib_id;
     scratch.event.verdict = new_verdict;
     scratch.event.sni = sni;
     scratch.event.name_len = name_len as u16;
-    if EVENTS.output::<HelloEvent>(&scratch.event, 0).is_err() {
-        stats::bump(enforcer_common::stat::EVENTS_LOST);
-    }
+    // SAFETY: plain helper call.
+    events::hello(&mut scratch.event, unsafe { bpf_ktime_get_ns() });
     outcome
 }
 
 #[inline(always)]
 fn outcome_of(v: u8) -> Outcome {
     if v == verdict::BLOCKED {
-        stats::bump(hello_stat::HELLO_DROPS);
+        stats::count(Stat::ClientHelloDrops);
         Outcome::Drop
     } else {
         Outcome::Pass
@@ -180,7 +168,7 @@ fn outcome_of(v: u8) -> Outcome {
 #[inline(always)]
 fn settle(flow: &FlowKey, mut state: FlowState, v: u8) -> Outcome {
     state.verdict = v;
-    let _ = FLOWS.insert(flow, state, 0);
+    flow::record(flow, &state);
     outcome_of(v)
 }
 
@@ -192,16 +180,9 @@ fn decide_scoped(flow: &FlowKey, state: &FlowState, key: Option<&mut Key<ServerN
     let lib_action = match key {
         Some(key) => {
             key.data.lib_id_be = state.lib_id.to_be();
-            match SERVER_NAME_RULES.get(&*key).copied() {
-                Some(a) => Some(a),
-                // SAFETY: copied out at once.
-                None => unsafe { LIB_ACTIONS.get(state.lib_id) }.copied(),
-            }
+            policy::name_rule(&*key).or_else(|| policy::library_action(state.lib_id))
         }
-        // SAFETY: copied out at once.
-        None => unsafe { SCOPED_LIBS.get(state.lib_id) }
-            .copied()
-            .or(Some(action::DENY)),
+        None => policy::scoped_action(state.lib_id).or(Some(action::DENY)),
     };
     apply(flow, lib_action)
 }
@@ -211,7 +192,7 @@ fn decide_scoped(flow: &FlowKey, state: &FlowState, key: Option<&mut Key<ServerN
 #[inline(always)]
 fn reverse_into(name: &[u8; 256], key: &mut Key<ServerNameKey>, len: usize) {
     let out = &mut key.data.name;
-    for i in 0..hello::MAX_NAME {
+    for i in 0..MAX_NAME {
         if i >= len {
             break;
         }
@@ -219,19 +200,13 @@ fn reverse_into(name: &[u8; 256], key: &mut Key<ServerNameKey>, len: usize) {
         // check and the verifier alike); `len` is at most 255, so it changes nothing.
         out[i] = name[(len - 1 - i) & 0xff].to_ascii_lowercase();
     }
-    let used = if len < hello::MAX_NAME {
-        out[len] = hello::NAME_END;
+    let used = if len < MAX_NAME {
+        out[len] = NAME_END;
         len + 1
     } else {
-        hello::MAX_NAME
+        MAX_NAME
     };
     key.prefix_len = (32 + 8 * used) as u32;
-}
-
-/// A closed connection's ClientHello record goes with it (see `verdict::forget`).
-#[inline(always)]
-pub fn forget(flow: &FlowKey) {
-    let _ = HELLOS_SEEN.remove(flow);
 }
 
 /// Walks the ClientHello at `payload` to its `server_name` extension. Returns the `sni::*`
@@ -245,7 +220,7 @@ fn read_server_name<P: Packet>(
 ) -> (u8, usize) {
     match walk(packet, payload, len, name) {
         Some(found) => found,
-        None => (hello::sni::UNREADABLE, 0),
+        None => (event::sni::UNREADABLE, 0),
     }
 }
 
@@ -276,7 +251,7 @@ fn walk<P: Packet>(
     at += 2 + be16(load(packet, at)?); // cipher suites
     at += 1 + load::<u8, P>(packet, at)? as usize; // compression methods
     if at == end {
-        return Some((hello::sni::ABSENT, 0)); // no extensions at all
+        return Some((event::sni::ABSENT, 0)); // no extensions at all
     }
     let ext_end = at + 2 + be16(load(packet, at)?);
     if ext_end != end {
@@ -285,7 +260,7 @@ fn walk<P: Packet>(
     at += 2;
     for _ in 0..MAX_EXTENSIONS {
         if at == ext_end {
-            return Some((hello::sni::ABSENT, 0));
+            return Some((event::sni::ABSENT, 0));
         }
         if at + 4 > ext_end {
             return None;
@@ -327,7 +302,7 @@ fn walk<P: Packet>(
         if !packet.load_bytes(from as u32, name.as_mut_ptr(), size) {
             return None;
         }
-        return Some((hello::sni::PRESENT, copy));
+        return Some((event::sni::PRESENT, copy));
     }
     None // more extensions than we walk
 }

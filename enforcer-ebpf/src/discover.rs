@@ -2,15 +2,13 @@
 //!
 //! Userspace probes every function of the library (a chunk at a time) with `discover_enter` /
 //! `discover_exit`, the attach cookie being the function's slot in the chunk (plus
-//! `COOKIE_EXPORTED`). Each thread keeps a stack of the probed calls in progress; the kernel TCP
-//! hooks call [`on_tcp_io`], which credits every frame of the stack (`FnHits`).
+//! `COOKIE_EXPORTED`). Each thread keeps a stack of the probed calls in progress; discover's own
+//! kernel TCP hook programs (`discover_*`, the forms of `tcp.rs`) call [`on_tcp_io`], which
+//! credits every frame of the stack (`FnHits`). The agent never loads them.
 //!
 //! Frames carry the user stack pointer at entry, so the stack heals itself when a return probe
 //! never runs (`longjmp`, the kernel's per-task limit of 64 pending return probes, a thread that
 //! dies): a frame whose stack area a new call reuses, or that an outer call returns past, is gone.
-//!
-//! Only `enforcer discover` loads the object with `DISCOVER_ENABLED` set: in the agent the value
-//! is a frozen 0 and the verifier drops the call from the TCP hooks.
 
 use aya_ebpf::{
     EbpfContext,
@@ -21,11 +19,7 @@ use aya_ebpf::{
 };
 use enforcer_common::discover::{COOKIE_EXPORTED, FnHits, MAX_DEPTH, MAX_SLOTS, stat};
 
-use crate::sock;
-
-/// Set (non-zero) by userspace at load time in `enforcer discover` only.
-#[unsafe(no_mangle)]
-static DISCOVER_ENABLED: u32 = 0;
+use crate::{sock, stats, tcp::tcp_hooks};
 
 const FRAME_EXPORTED: u32 = 1;
 const FRAME_SENT: u32 = 2;
@@ -66,17 +60,8 @@ static DISCOVER_HITS: PerCpuArray<FnHits> = PerCpuArray::with_max_entries(MAX_SL
 static DISCOVER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 #[inline(always)]
-fn enabled() -> bool {
-    // Volatile: the load-time value must be read, not the initialiser.
-    unsafe { core::ptr::read_volatile(&DISCOVER_ENABLED) != 0 }
-}
-
-#[inline(always)]
 fn bump_stat(index: u32) {
-    if let Some(counter) = DISCOVER_STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *counter += 1 };
-    }
+    stats::bump(&DISCOVER_STATS, index);
 }
 
 #[inline(always)]
@@ -204,20 +189,27 @@ fn finish(frame: &Frame) {
     }
 }
 
-/// Called by the kernel TCP hooks (through `verdict::on_tcp_io`) with the socket and
-/// `direction::*`. Non-TCP sockets (the generic receive tracepoint) are ignored.
+tcp_hooks!(
+    on_tcp_io,
+    discover_fentry_send,
+    discover_fentry_recv,
+    discover_kprobe_send,
+    discover_kprobe_recv,
+    discover_tp_send,
+    discover_tp_recv
+);
+
+/// Called by discover's kernel TCP hooks with the socket and `direction::*`. Sockets that name
+/// no flow (not TCP, unconnected, unreadable) are ignored.
 #[inline(always)]
-pub fn on_tcp_io(sk: *const u8, direction: u8) {
-    if !enabled() {
-        return;
-    }
+fn on_tcp_io(sk: *const u8, direction: u8) {
     let Some(stack) = DISCOVER_STACKS.get_ptr_mut(current_tid()) else {
         return;
     };
     // SAFETY: map value of this thread, valid for this program run.
     let stack = unsafe { &mut *stack };
     let depth = (stack.depth as usize).min(MAX_DEPTH);
-    if depth == 0 || sock::flow_of(sk).is_none() {
+    if depth == 0 || sock::flow_of(sk).is_err() {
         return;
     }
     bump_stat(stat::EVENTS);

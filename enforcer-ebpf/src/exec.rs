@@ -24,10 +24,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
-use enforcer_common::{
-    FileKey, NewFileEvent, WatchConfig,
-    watch::{kind, pause, stat},
-};
+use enforcer_common::watch::{FileKey, NewFileEvent, WatchConfig, kind, pause, stat};
+
+use crate::stats;
 
 /// Files userspace has examined. Written by userspace only.
 #[map(name = "KNOWN_FILES")]
@@ -54,10 +53,7 @@ const SIGSTOP: u32 = 19;
 
 #[inline(always)]
 fn bump(index: u32) {
-    if let Some(counter) = WATCH_STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *counter += 1 };
-    }
+    stats::bump(&WATCH_STATS, index);
 }
 
 #[inline(always)]

@@ -1,33 +1,52 @@
 //! enforcer's eBPF programs. Built by `enforcer/build.rs` (aya-build, nightly, `bpfel-unknown-none`)
 //! and embedded in the `enforcer` binary; on the host this crate compiles to an empty program.
 //!
-//! | file         | programs                                   | maps it owns                        |
-//! | ------------ | ------------------------------------------ | ----------------------------------- |
-//! | `tls.rs`     | uprobe/uretprobe on TLS library functions  | `TLS_CALLS` (per-thread call stack) |
-//! | `go.rs`      | Go crypto/tls entry and RET uprobes        | `GO_CALLS` (per-goroutine call stack) |
-//! | `tcp.rs`     | kernel TCP send/receive hooks, 3 forms     | —                                   |
-//! | `verdict.rs` | (called by `tcp.rs`) attribution, verdict  | `FLOWS`, `BLOCKLIST`, `LIB_ACTIONS`, `MODE`, `EVENTS` |
-//! | `sock.rs`    | (helpers) 4-tuple of a `struct sock`       | global `SOCK_OFFSETS`               |
-//! | `packet.rs`  | (helpers) 4-tuple of an Ethernet frame     | —                                   |
-//! | `xdp.rs`     | ingress drop                               | —                                   |
-//! | `tc.rs`      | egress drop                                | —                                   |
-//! | `client_hello.rs` | (called by `tc.rs`) ClientHello: SNI, unattributed TLS, name scopes | `SERVER_NAME_RULES`, `HELLOS_SEEN`, `HELLO_SCRATCH` |
-//! | `stats.rs`   | (helpers) counters                         | `STATS`                             |
-//! | `exec.rs`    | new executable files: mmap / exec hooks    | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
-//! | `discover.rs`| `enforcer discover`: uprobes on every function | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
+//! Read in this order to follow the verdict path: `call_stack.rs` (which library call is moving
+//! bytes), `verdict.rs` (the TCP hook attributes the socket and judges it), `flow.rs` (the flow
+//! table and the blocklist), `tc.rs` / `xdp.rs` (packets of blocklisted flows dropped).
+//!
+//! | file              | programs                                    | maps it owns |
+//! | ----------------- | ------------------------------------------- | ------------ |
+//! | `tls.rs`          | uprobe/uretprobe on TLS library functions   | — |
+//! | `go.rs`           | Go crypto/tls entry and RET uprobes         | — |
+//! | `call_stack.rs`   | (helpers) per-thread and per-goroutine TLS call stacks | `TLS_CALLS`, `GO_CALLS` |
+//! | `tcp.rs`          | kernel TCP send/receive hooks, 3 forms; connection close | — |
+//! | `verdict.rs`      | (called by `tcp.rs`) attribution, verdict   | — |
+//! | `flow.rs`         | (helpers) what is known per 4-tuple; `forget` at close | `FLOWS`, `BLOCKLIST`, `HELLOS_SEEN` |
+//! | `policy.rs`       | (helpers) the policy userspace wrote; `apply` | `LIB_ACTIONS`, `MODE`, `SCOPED_LIBS`, `HELLO_POLICY`, `SERVER_NAME_RULES` |
+//! | `events.rs`       | (helpers) records for userspace             | `EVENTS` |
+//! | `sock.rs`         | (helpers) 4-tuple of a `struct sock`        | global `SOCK_OFFSETS` |
+//! | `packet.rs`       | (helpers) 4-tuple of an Ethernet frame      | — |
+//! | `xdp.rs`          | ingress drop                                | — |
+//! | `tc.rs`           | egress drop                                 | — |
+//! | `client_hello.rs` | (called by `tc.rs`) ClientHello: SNI, unattributed TLS, name scopes | `HELLO_SCRATCH` |
+//! | `stats.rs`        | (helpers) counters; the one `bump`          | `STATS` |
+//! | `exec.rs`         | new executable files: mmap / exec hooks     | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
+//! | `discover.rs`     | `enforcer discover`: uprobes on every function, its own TCP hooks | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
+//!
+//! Imports go one way (no module imports one that imports it; `enforcer/tests/import_cycles.rs`
+//! checks): programs → `verdict` / `client_hello` → `policy` → `flow` → `sock`, `stats`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod call_stack;
 #[cfg(target_arch = "bpf")]
 mod client_hello;
 #[cfg(target_arch = "bpf")]
 mod discover;
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
 mod exec;
+#[cfg(target_arch = "bpf")]
+mod flow;
 #[cfg(target_arch = "bpf")]
 mod go;
 #[cfg(target_arch = "bpf")]
 mod packet;
+#[cfg(target_arch = "bpf")]
+mod policy;
 #[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]

@@ -8,7 +8,7 @@
 
 use core::mem::{MaybeUninit, size_of};
 
-use enforcer_common::{FlowKey, family};
+use enforcer_common::flow::{FlowKey, family};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;

@@ -2,7 +2,7 @@
 //! running kernel's BTF (rustc emits no CO-RE relocations, so nothing is compiled in).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use enforcer_common::{FlowKey, SockOffsets, family};
+use enforcer_common::flow::{FlowKey, SockOffsets, family};
 
 /// Filled by userspace at load time (`EbpfLoader::override_global`, must exist). All zero would
 /// mean "not set"; userspace refuses to load without it.
@@ -30,17 +30,31 @@ fn offsets() -> SockOffsets {
     unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
 }
 
-#[inline(always)]
-fn read<T>(sk: *const u8, offset: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
-    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize) as *const T).ok() }
+/// Why a socket names no flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SockError {
+    /// Not a TCP socket (the generic `sock_*_length` tracepoints fire for every socket).
+    NotTcp,
+    /// Not connected, or aborted and unhashed (the kernel clears its local port): writes on it
+    /// go nowhere.
+    Unconnected,
+    /// An address family other than IPv4 and IPv6.
+    UnknownFamily,
+    /// `bpf_probe_read_kernel` failed on one of its fields: the socket pointer or the offsets
+    /// are not what we think. Counted by the callers (`Stat::SockReadFailures`).
+    ReadFailed,
 }
 
-/// The flow of a TCP socket, from this host's point of view. `None` for non-TCP sockets (the
-/// generic `sock_*_length` tracepoints fire for every socket), unconnected sockets, unknown
-/// families, or read errors.
 #[inline(always)]
-pub fn flow_of(sk: *const u8) -> Option<FlowKey> {
+fn read<T>(sk: *const u8, offset: u32) -> Result<T, SockError> {
+    // SAFETY: bpf_probe_read_kernel tolerates bad pointers (returns an error).
+    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize) as *const T) }
+        .map_err(|_| SockError::ReadFailed)
+}
+
+/// The flow of a TCP socket, from this host's point of view.
+#[inline(always)]
+pub fn flow_of(sk: *const u8) -> Result<FlowKey, SockError> {
     let local_port = read::<u16>(sk, offsets().num)?;
     flow_with_local_port(sk, local_port)
 }
@@ -48,26 +62,24 @@ pub fn flow_of(sk: *const u8) -> Option<FlowKey> {
 /// The flow of a socket reaching TCP_CLOSE. By then the kernel may have unhashed it and cleared
 /// `skc_num`, so the local port comes from `inet_sport`, which keeps it.
 #[inline(always)]
-pub fn closing_flow_of(sk: *const u8) -> Option<FlowKey> {
+pub fn closing_flow_of(sk: *const u8) -> Result<FlowKey, SockError> {
     let local_port = u16::from_be(read::<u16>(sk, offsets().sport)?);
     flow_with_local_port(sk, local_port)
 }
 
 #[inline(always)]
-fn flow_with_local_port(sk: *const u8, local_port: u16) -> Option<FlowKey> {
+fn flow_with_local_port(sk: *const u8, local_port: u16) -> Result<FlowKey, SockError> {
     let o = offsets();
     if read::<u16>(sk, o.protocol)? != IPPROTO_TCP {
-        return None;
+        return Err(SockError::NotTcp);
     }
     let mut key = FlowKey {
         local_port,
         remote_port: u16::from_be(read::<u16>(sk, o.dport)?),
         ..FlowKey::default()
     };
-    // A socket that is not connected (or was just aborted and unhashed: the kernel clears its
-    // local port) names no flow; writes on it go nowhere.
     if key.local_port == 0 || key.remote_port == 0 {
-        return None;
+        return Err(SockError::Unconnected);
     }
     match read::<u16>(sk, o.family)? {
         AF_INET => {
@@ -91,9 +103,9 @@ fn flow_with_local_port(sk: *const u8, local_port: u16) -> Option<FlowKey> {
                 key.remote_addr = remote;
             }
         }
-        _ => return None,
+        _ => return Err(SockError::UnknownFamily),
     }
-    Some(key)
+    Ok(key)
 }
 
 #[inline(always)]

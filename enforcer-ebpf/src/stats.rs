@@ -1,16 +1,24 @@
-//! Per-CPU counters read by userspace (`STATS`, indexed by `enforcer_common::stat`).
+//! Per-CPU counters read by userspace: `STATS` (indexed by `enforcer_common::stat::Stat`), and
+//! the one `bump` every counter map of the object uses (`WATCH_STATS`, `DISCOVER_STATS` too).
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use enforcer_common::hello_stat;
+use enforcer_common::stat::{COUNT, Stat};
 
-/// Drops, losses and pressure, one `u64` per `stat::*` and `hello_stat::*` index per CPU.
+/// Drops, losses and pressure, one `u64` per `Stat` per CPU.
 #[map(name = "STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(hello_stat::COUNT, 0);
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNT, 0);
 
+/// Adds one to `STATS[stat]` on this CPU.
 #[inline(always)]
-pub fn bump(index: u32) {
-    if let Some(counter) = STATS.get_ptr_mut(index) {
-        // Per-CPU slot: no other writer can race with us on this CPU.
+pub fn count(stat: Stat) {
+    bump(&STATS, stat.index());
+}
+
+/// Adds one to `map[index]` on this CPU (an index past the map's end is ignored).
+#[inline(always)]
+pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(counter) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot: no other writer can race with us on this CPU.
         unsafe { *counter += 1 };
     }
 }

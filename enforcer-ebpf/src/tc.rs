@@ -5,9 +5,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use enforcer_common::stat;
+use enforcer_common::stat::Stat;
 
-use crate::{client_hello, packet, stats, verdict::BLOCKLIST};
+use crate::{client_hello, flow, packet, stats};
 
 /// Fail-open like the XDP program, with one deliberate exception to dropping: a bare RST of a
 /// blocked flow goes out, so the peer forgets a connection we aborted (it carries no data).
@@ -22,15 +22,14 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
     if segment.rst {
         return TC_ACT_OK;
     }
-    // SAFETY: only existence is checked.
-    if unsafe { BLOCKLIST.get(flow) }.is_some() {
-        stats::bump(stat::TC_DROPS);
+    if flow::is_blocked(&flow) {
+        stats::count(Stat::TcDrops);
         return TC_ACT_SHOT;
     }
     match client_hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
         client_hello::Outcome::Pass => TC_ACT_OK,
         client_hello::Outcome::Drop => {
-            stats::bump(stat::TC_DROPS);
+            stats::count(Stat::TcDrops);
             TC_ACT_SHOT
         }
     }

@@ -3,9 +3,9 @@
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, macros::xdp, programs::XdpContext,
 };
-use enforcer_common::stat;
+use enforcer_common::stat::Stat;
 
-use crate::{packet, stats, verdict::BLOCKLIST};
+use crate::{flow, packet, stats};
 
 /// Fail-open: anything we cannot parse (non-TCP, truncated, fragments) passes; only a 4-tuple
 /// the kernel hooks put in the blocklist is dropped.
@@ -14,9 +14,8 @@ pub fn enforcer_ingress(ctx: XdpContext) -> u32 {
     let Some(segment) = packet::parse(&ctx) else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: only existence is checked.
-    if unsafe { BLOCKLIST.get(segment.as_receiver()) }.is_some() {
-        stats::bump(stat::XDP_DROPS);
+    if flow::is_blocked(&segment.as_receiver()) {
+        stats::count(Stat::XdpDrops);
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_PASS

@@ -96,7 +96,7 @@ pub struct Alternative {
 pub struct ProbeSpec {
     /// Symbol name without version suffix (`SSL_write`, not `SSL_write@@OPENSSL_3.0.0`).
     pub symbol: String,
-    /// What the function does: one of `enforcer_common::op::*`.
+    /// What the function does: one of `enforcer_common::flow::op::*`.
     pub op: u8,
     pub place: Place,
 }

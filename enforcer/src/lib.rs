@@ -1,6 +1,7 @@
 //! enforcer: decides by TLS library which TCP connections may talk, in the kernel.
 //!
-//! The library holds every part; `main.rs` is only the command line. See docs/architecture.md.
+//! The library holds every part; `main.rs` only parses the command line ([`cli`]), sets up logging
+//! and runs the command. See docs/architecture.md.
 //!
 //! - [`datapath`]: what is in the kernel and our handles on it (the eBPF object and its maps, the
 //!   uprobes, the TCP hook, XDP/tc on the interfaces, pinning).
@@ -13,6 +14,7 @@
 
 pub mod agent;
 pub mod catalog;
+pub mod cli;
 pub mod commands;
 pub mod datapath;
 pub mod family;

@@ -95,7 +95,7 @@ pub struct FileRef {
 pub struct ProbeTarget {
     /// Symbol name without version (`SSL_write`).
     pub symbol: String,
-    /// `enforcer_common::op::*`.
+    /// `enforcer_common::flow::op::*`.
     pub op: u8,
     /// Offset of the function's first instruction in the file, as a uprobe wants it.
     pub file_offset: u64,

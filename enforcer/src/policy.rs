@@ -108,11 +108,11 @@ impl Mode {
         }
     }
 
-    /// The value of the `MODE` map (`enforcer_common::mode`).
+    /// The value of the `MODE` map (`enforcer_common::policy::mode`).
     pub fn code(self) -> u32 {
         match self {
-            Mode::Audit => enforcer_common::mode::AUDIT,
-            Mode::Enforce => enforcer_common::mode::ENFORCE,
+            Mode::Audit => enforcer_common::policy::mode::AUDIT,
+            Mode::Enforce => enforcer_common::policy::mode::ENFORCE,
         }
     }
 }
@@ -128,12 +128,12 @@ impl Action {
         }
     }
 
-    /// The value of a `LIB_ACTIONS` entry (`enforcer_common::action`).
+    /// The value of a `LIB_ACTIONS` entry (`enforcer_common::policy::action`).
     pub fn code(self) -> u8 {
         match self {
-            Action::Allow => enforcer_common::action::ALLOW,
-            Action::Deny => enforcer_common::action::DENY,
-            Action::Audit => enforcer_common::action::AUDIT,
+            Action::Allow => enforcer_common::policy::action::ALLOW,
+            Action::Deny => enforcer_common::policy::action::DENY,
+            Action::Audit => enforcer_common::policy::action::AUDIT,
         }
     }
 }

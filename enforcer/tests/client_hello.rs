@@ -21,8 +21,10 @@ use aya::{
 };
 use enforcer::policy::ServerNamePattern;
 use enforcer_common::{
-    FlowKey, FlowState, HelloEvent, HelloPolicy, ServerNameKey, action, family, hello,
-    hello_verdict, maps, mode, verdict,
+    event::{self, HelloEvent, UNATTRIBUTED, sni},
+    flow::{FlowKey, FlowState, family, verdict},
+    maps,
+    policy::{HelloPolicy, ServerNameKey, action, mode},
 };
 use packets::tls::*;
 use packets::*;
@@ -58,7 +60,7 @@ impl Harness {
         let mut m: Array<_, u32> = Array::try_from(ebpf.map_mut(maps::MODE).unwrap()).unwrap();
         m.set(0, mode_code, 0).unwrap();
         let mut p: Array<_, HelloPolicy> =
-            Array::try_from(ebpf.map_mut(hello::HELLO_POLICY).unwrap()).unwrap();
+            Array::try_from(ebpf.map_mut(maps::HELLO_POLICY).unwrap()).unwrap();
         let policy = HelloPolicy {
             unattributed,
             scoped: 1,
@@ -95,6 +97,11 @@ impl Harness {
                 item.len(),
                 size_of::<HelloEvent>(),
                 "unexpected record in EVENTS"
+            );
+            assert_eq!(
+                item[0],
+                event::kind::HELLO,
+                "the record's header names its kind"
             );
             // SAFETY: the kernel wrote a whole HelloEvent.
             out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const HelloEvent) });
@@ -142,13 +149,13 @@ impl Harness {
     /// `LIB` is scoped: `patterns` → actions, `base` for other names, `nameless` without one.
     fn scope(&mut self, patterns: &[(&str, u8)], base: u8, nameless: u8) {
         let mut trie: LpmTrie<_, ServerNameKey, u8> =
-            LpmTrie::try_from(self.ebpf.map_mut(hello::SERVER_NAME_RULES).unwrap()).unwrap();
+            LpmTrie::try_from(self.ebpf.map_mut(maps::SERVER_NAME_RULES).unwrap()).unwrap();
         for (p, a) in patterns {
             let (bits, data) = ServerNamePattern::new(p).unwrap().kernel_key(LIB);
             trie.insert(&Key::new(bits, data), a, 0).unwrap();
         }
         let mut scoped: HashMap<_, u32, u8> =
-            HashMap::try_from(self.ebpf.map_mut(hello::SCOPED_LIBS).unwrap()).unwrap();
+            HashMap::try_from(self.ebpf.map_mut(maps::SCOPED_LIBS).unwrap()).unwrap();
         scoped.insert(LIB, nameless, 0).unwrap();
         let mut actions: HashMap<_, u32, u8> =
             HashMap::try_from(self.ebpf.map_mut(maps::LIB_ACTIONS).unwrap()).unwrap();
@@ -157,7 +164,7 @@ impl Harness {
 }
 
 fn name_of(e: &HelloEvent) -> Option<String> {
-    (e.sni == hello::sni::PRESENT)
+    (e.sni == sni::PRESENT)
         .then(|| String::from_utf8_lossy(&e.name[..e.name_len as usize]).into_owned())
 }
 
@@ -210,7 +217,7 @@ fn unattributed_hello_is_denied_in_enforce_mode_and_names_the_server() {
         TC_ACT_SHOT
     );
     let e = h.one_hello("unattributed");
-    assert_eq!(e.lib_id, hello::UNATTRIBUTED);
+    assert_eq!(e.lib_id, UNATTRIBUTED);
     assert_eq!(e.verdict, verdict::BLOCKED);
     assert_eq!(e.flow, v4_flow(40000));
     assert_eq!(name_of(&e).as_deref(), Some("api.example.com"));
@@ -293,9 +300,9 @@ fn ipv6_with_tcp_options() {
 fn hello_without_extensions_or_without_sni_is_absent() {
     let mut h = Harness::new(mode::AUDIT, action::ALLOW);
     h.run(&v4(40005, &client_hello(None)));
-    assert_eq!(h.one_hello("no extensions").sni, hello::sni::ABSENT);
+    assert_eq!(h.one_hello("no extensions").sni, sni::ABSENT);
     h.run(&v4(40006, &client_hello(Some(&filler_exts(5)))));
-    assert_eq!(h.one_hello("no sni").sni, hello::sni::ABSENT);
+    assert_eq!(h.one_hello("no sni").sni, sni::ABSENT);
 }
 
 #[test]
@@ -313,11 +320,11 @@ fn sni_at_the_end_of_long_extension_lists() {
     let mut exts = filler_exts(64);
     exts.push(server_name_ext(b"late.example"));
     h.run(&v4(40008, &client_hello(Some(&exts))));
-    assert_eq!(h.one_hello("64 + sni").sni, hello::sni::UNREADABLE);
+    assert_eq!(h.one_hello("64 + sni").sni, sni::UNREADABLE);
     // Oversized: 350 extensions (2800 bytes of list; BPF_PROG_TEST_RUN takes frames up to about
     // a page), all filler.
     h.run(&v4(40009, &client_hello(Some(&filler_exts(350)))));
-    assert_eq!(h.one_hello("350").sni, hello::sni::UNREADABLE);
+    assert_eq!(h.one_hello("350").sni, sni::UNREADABLE);
 }
 
 #[test]
@@ -330,10 +337,7 @@ fn hello_split_across_segments_is_judged_on_the_first() {
     let cut = record.len() - 8;
     assert_eq!(h.run(&v4(40010, &record[..cut])), TC_ACT_SHOT);
     let e = h.one_hello("first segment");
-    assert_eq!(
-        (e.sni, e.verdict),
-        (hello::sni::UNREADABLE, verdict::BLOCKED)
-    );
+    assert_eq!((e.sni, e.verdict), (sni::UNREADABLE, verdict::BLOCKED));
     // Allowed flow: the continuation segment does not start a record and is not parsed.
     let mut h = Harness::new(mode::AUDIT, action::ALLOW);
     h.run(&v4(40011, &record[..cut]));
@@ -411,7 +415,7 @@ fn garbage_lengths_are_unreadable_not_misread() {
     for (i, (what, frame)) in cases.iter().enumerate() {
         assert_eq!(h.run(&v4(42000 + i as u16, frame)), TC_ACT_OK, "{what}");
         let e = h.one_hello(what);
-        assert_eq!(e.sni, hello::sni::UNREADABLE, "{what}");
+        assert_eq!(e.sni, sni::UNREADABLE, "{what}");
     }
 }
 
@@ -461,7 +465,7 @@ fn scoped_library_is_judged_by_server_name() {
     ];
     for (i, (what, name, ret, v)) in cases.into_iter().enumerate() {
         let flow = v4_flow(43000 + i as u16);
-        h.attribute(flow, hello_verdict::PENDING_SERVER_NAME);
+        h.attribute(flow, verdict::PENDING_SERVER_NAME);
         let record = match name {
             Some(n) => sni_hello(n),
             None => client_hello(Some(&filler_exts(3))),
@@ -474,7 +478,7 @@ fn scoped_library_is_judged_by_server_name() {
     }
     // A pending flow that sends something else first is judged without a name (deny here).
     let flow = v4_flow(43100);
-    h.attribute(flow, hello_verdict::PENDING_SERVER_NAME);
+    h.attribute(flow, verdict::PENDING_SERVER_NAME);
     assert_eq!(h.run(&v4(43100, b"not a ClientHello")), TC_ACT_SHOT);
     assert_eq!(h.flow_verdict(&flow), Some(verdict::BLOCKED));
 }
@@ -490,7 +494,7 @@ fn long_server_names_match_by_their_last_bytes() {
     let long = format!("{}.internal.example", vec!["a".repeat(60); 4].join("."));
     assert!(long.len() > 255);
     let flow = v4_flow(44000);
-    h.attribute(flow, hello_verdict::PENDING_SERVER_NAME);
+    h.attribute(flow, verdict::PENDING_SERVER_NAME);
     assert_eq!(h.run(&v4(44000, &sni_hello(&long))), TC_ACT_OK);
     let e = h.one_hello("long");
     assert_eq!(

@@ -66,6 +66,30 @@ pub fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A policy that denies unattributed TLS and allows GnuTLS only to `*.internal.example`.
+pub const SCOPED_ENFORCE: &str = "\
+mode: enforce
+default: deny
+unattributed_tls: deny
+libraries:
+  - family: openssl
+    action: allow
+  - family: gnutls
+    server_names: [\"*.internal.example\"]
+    action: allow
+";
+
+/// `gnutls-cli` to `peer` with `name` as its server name (SNI), `input` on its stdin; given 15 s.
+pub fn gnutls_named(peer: SocketAddr, name: &str, input: &[u8]) -> crate::Outcome {
+    let sni = format!("--sni-hostname={name}");
+    let (port, host) = (peer.port().to_string(), peer.ip().to_string());
+    crate::run_with_timeout(
+        &mut cmd("gnutls-cli", ["--insecure", &sni, "--port", &port, &host]),
+        input,
+        Duration::from_secs(15),
+    )
+}
+
 /// A TLS client whose stdin stays open (so its connection stays up), killed on Drop.
 pub struct LongClient {
     child: Child,

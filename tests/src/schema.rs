@@ -65,6 +65,9 @@ fn check(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
                     return Err(format!("{at}: {n} violates {key} {bound}"));
                 }
             }
+            // As in JSON Schema, `required` constrains objects only: a nullable object's
+            // `null` (an unattributed ClientHello's `library`) has no keys to require.
+            "required" if !value.is_object() => {}
             "required" => {
                 for name in rule
                     .as_array()
@@ -115,5 +118,34 @@ fn is_type(value: &Value, t: &str) -> bool {
         "object" => value.is_object(),
         "array" => value.is_array(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::check;
+
+    #[test]
+    fn nullable_objects_need_their_keys_only_when_present() {
+        let rule = json!({
+            "type": ["object", "null"],
+            "additionalProperties": false,
+            "required": ["id"],
+            "properties": {"id": {"type": "integer"}}
+        });
+        assert_eq!(check(&rule, &json!(null), "x"), Ok(()));
+        assert_eq!(check(&rule, &json!({"id": 1}), "x"), Ok(()));
+        assert!(
+            check(&rule, &json!({}), "x")
+                .unwrap_err()
+                .contains("missing key")
+        );
+        assert!(
+            check(&rule, &json!("id"), "x")
+                .unwrap_err()
+                .contains("not of type")
+        );
     }
 }

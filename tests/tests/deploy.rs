@@ -71,10 +71,24 @@ fn check_agent_args(args: &[&str]) {
     );
 }
 
-#[test]
-fn containerfile_has_a_build_and_a_runtime_stage() {
-    let text = read("Containerfile");
-    let instructions: Vec<(String, String)> = text
+/// `enforcer policy check FILE` accepts the file (`what` names it in the failure).
+fn assert_policy_valid(file: &std::path::Path, what: &str) {
+    let out = cmd(enforcer_bin().to_str().expect("utf-8"), ["policy", "check"])
+        .arg(file)
+        .output()
+        .expect("run enforcer policy check");
+    assert!(
+        out.status.success(),
+        "{what} {} is invalid: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Containerfile's instructions as (instruction, rest of the line); continuation lines
+/// (`&& ...`) are left out.
+fn containerfile() -> Vec<(String, String)> {
+    read("Containerfile")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -83,7 +97,18 @@ fn containerfile_has_a_build_and_a_runtime_stage() {
             let (op, rest) = l.split_once(' ').unwrap_or((l, ""));
             (op.to_string(), rest.to_string())
         })
-        .collect();
+        .collect()
+}
+
+/// The `CMD` of the Containerfile (exec form).
+fn container_cmd(instructions: &[(String, String)]) -> Vec<String> {
+    let cmd_line = instructions.iter().find(|(o, _)| o == "CMD").expect("CMD");
+    serde_json::from_str(&cmd_line.1).expect("CMD in exec (JSON) form")
+}
+
+#[test]
+fn containerfile_has_a_build_and_a_runtime_stage() {
+    let instructions = containerfile();
     let known = [
         "FROM",
         "RUN",
@@ -128,9 +153,47 @@ fn containerfile_has_a_build_and_a_runtime_stage() {
     let entry: Vec<String> =
         serde_json::from_str(&entry.1).expect("ENTRYPOINT in exec (JSON) form");
     assert_eq!(entry, ["/usr/local/bin/enforcer"]);
-    let cmd_line = instructions.iter().find(|(o, _)| o == "CMD").expect("CMD");
-    let args: Vec<String> = serde_json::from_str(&cmd_line.1).expect("CMD in exec (JSON) form");
+    let args = container_cmd(&instructions);
     check_agent_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// The image's default command runs with the policy file it names: a `COPY` of the runtime stage
+/// (from the repository, not from the build stage) puts a file there, and that file is a valid
+/// policy. (Kubernetes mounts its ConfigMap over `/etc/enforcer`; a plain `podman run` does not.)
+#[test]
+fn containerfile_default_command_names_a_policy_the_image_holds() {
+    let instructions = containerfile();
+    let args = container_cmd(&instructions);
+    let policy = args
+        .windows(2)
+        .find(|w| w[0] == "--policy")
+        .map(|w| w[1].clone())
+        .expect("CMD names --policy");
+    let runtime = instructions
+        .iter()
+        .rposition(|(o, _)| o == "FROM")
+        .expect("a runtime stage");
+    let source = instructions[runtime..]
+        .iter()
+        .filter(|(o, r)| o == "COPY" && !r.starts_with("--from"))
+        .find_map(|(_, r)| {
+            let (src, dst) = r.split_once(' ').expect("COPY SRC DST");
+            let in_repo = workspace().join(src.trim_end_matches('/'));
+            match dst.strip_suffix('/') {
+                // A directory: the file is SRC/<rest of the path>.
+                Some(dir) => policy
+                    .strip_prefix(&format!("{dir}/"))
+                    .map(|rest| in_repo.join(rest)),
+                None => (dst == policy).then_some(in_repo),
+            }
+        })
+        .unwrap_or_else(|| panic!("no COPY of the runtime stage puts a file at {policy}"));
+    assert!(
+        source.is_file(),
+        "{policy} would come from {}, which is not a file of the repository",
+        source.display()
+    );
+    assert_policy_valid(&source, "the image's policy");
 }
 
 #[test]
@@ -223,13 +286,5 @@ fn daemonset_is_privileged_on_the_host_with_bpffs() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join(key);
     std::fs::write(&file, embedded).expect("write policy");
-    let out = cmd(enforcer_bin().to_str().expect("utf-8"), ["policy", "check"])
-        .arg(&file)
-        .output()
-        .expect("run enforcer policy check");
-    assert!(
-        out.status.success(),
-        "the ConfigMap's policy is invalid: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_policy_valid(&file, "the ConfigMap's policy");
 }

@@ -12,7 +12,7 @@ use std::{
 
 use enforcer_tests::{
     Agent, Cert, NetNs, Server, cmd,
-    ops::{LongClient, ctl, sample, scrape},
+    ops::{LongClient, ctl, gnutls_named, sample, scrape},
     require_root, run_with_timeout,
     schema::{events_schema, validate_event},
     static_client::build_static_client,
@@ -115,6 +115,15 @@ fn reload_operator_commands_events_file_and_metrics() {
     let before = scrape(&metrics);
     let series = "enforcer_connections_total{library=\"gnutls\",verdict=\"blocked\"}";
     assert_eq!(sample(&before, series), 0.0, "{before}");
+    // Its ClientHello went through the egress classifier: the ClientHello counters of STATS
+    // reach `status` and `/metrics` like the others.
+    let counters = &ctl(&socket, &["status"])["counters"];
+    assert!(counters["client_hellos"].as_u64() >= Some(1), "{counters}");
+    assert_eq!(counters["client_hello_drops"], 0, "{counters}");
+    assert!(
+        sample(&before, "enforcer_client_hellos_total") >= 1.0,
+        "{before}"
+    );
 
     // The file changes: GnuTLS denied. New connections and (--reevaluate-established) the open
     // one are blocked; the open one's socket is aborted.
@@ -357,16 +366,6 @@ libraries:
     action: allow
 ";
 const SCOPE_PORT: u16 = 9451;
-
-fn gnutls_named(peer: SocketAddr, name: &str, input: &[u8]) -> enforcer_tests::Outcome {
-    let sni = format!("--sni-hostname={name}");
-    let (port, host) = (peer.port().to_string(), peer.ip().to_string());
-    run_with_timeout(
-        &mut cmd("gnutls-cli", ["--insecure", &sni, "--port", &port, &host]),
-        input,
-        Duration::from_secs(15),
-    )
-}
 
 fn static_once(bin: &Path, peer: SocketAddr, name: &str, line: &str) -> enforcer_tests::Outcome {
     let (host, port) = (peer.ip().to_string(), peer.port().to_string());

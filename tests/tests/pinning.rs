@@ -1,11 +1,15 @@
 //! `--pin DIR`: enforcement outlives the agent (SIGKILL and SIGTERM), the next agent takes the
 //! pinned state over instead of stacking a second copy, and `enforcer detach --pin` removes it.
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use enforcer_tests::{
-    Agent, Cert, NetNs, Server, cmd, host_lock,
-    ops::{PinGuard, ctl},
+    Agent, Cert, HostLock, NetNs, Server, cmd, host_lock,
+    ops::{PinGuard, SCOPED_ENFORCE, ctl, gnutls_named},
     require_root, run_with_timeout, sh,
 };
 use serde_json::Value;
@@ -18,12 +22,53 @@ const PORT: u16 = 9446;
 /// A flow no socket has: only the operator can put it in (and take it out of) the blocklist.
 const SYNTHETIC: [&str; 2] = ["10.254.1.1:40001", "10.254.1.2:443"];
 
+/// A namespace with a TLS server, a pin directory (detached on drop) and a control socket path.
+struct Setup {
+    // Held across the agents' restarts: the pinned state enforces while no agent runs, and
+    // another test run's agent must not start in between.
+    _host: HostLock,
+    ns: NetNs,
+    peer: IpAddr,
+    _cert: Cert,
+    server: Server,
+    pin: PinGuard,
+    _sockdir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        require_root();
+        let host = host_lock();
+        let ns = NetNs::new();
+        let peer = IpAddr::V4(ns.peer_v4);
+        let cert = Cert::new(&[peer]);
+        let server = Server::plain(&ns, peer, PORT, &cert);
+        let pin = PinGuard::new(&[&ns.host_if]);
+        let sockdir = tempfile::tempdir().expect("temp dir");
+        Setup {
+            socket: sockdir.path().join("agent.sock"),
+            ns,
+            peer,
+            server,
+            pin,
+            _sockdir: sockdir,
+            _cert: cert,
+            _host: host,
+        }
+    }
+}
+
 fn start(ns: &NetNs, pin: &Path, socket: &Path) -> Agent {
+    start_with(ns, POLICY, pin, socket)
+}
+
+fn start_with(ns: &NetNs, policy: &str, pin: &Path, socket: &Path) -> Agent {
     let pin = pin.to_str().expect("utf-8");
     let socket = socket.to_str().expect("utf-8");
     let mut agent = Agent::with_policy(
         &ns.host_if,
-        POLICY,
+        policy,
         &["--pin", pin, "--control-socket", socket],
     );
     agent.wait_ready(READY);
@@ -97,26 +142,32 @@ fn pinned_links(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("links")).map_or(0, |d| d.count())
 }
 
-fn pinned_blocklist_entries(dir: &Path) -> usize {
-    let path = dir.join("maps/BLOCKLIST");
+/// The entries of the map pinned as `maps/<name>`, as `bpftool -j map dump` prints them.
+fn pinned_map(dir: &Path, name: &str) -> Vec<Value> {
+    let path = dir.join("maps").join(name);
+    assert!(path.exists(), "{} is not pinned", path.display());
     let out = sh(cmd("bpftool", ["-j", "map", "dump", "pinned"]).arg(&path));
     let v: Value = serde_json::from_str(&out).expect("JSON");
-    v.as_array().map_or(0, Vec::len)
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn pinned_blocklist_entries(dir: &Path) -> usize {
+    pinned_map(dir, "BLOCKLIST").len()
 }
 
 #[test]
 fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
-    require_root();
-    // Held across the agents' restarts: the pinned state enforces while no agent runs, and
-    // another test run's agent must not start in between.
-    let _host = host_lock();
-    let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let server = Server::plain(&ns, peer, PORT, &cert);
-    let pin = PinGuard::new(&[&ns.host_if]);
-    let sockdir = tempfile::tempdir().expect("temp dir");
-    let socket = sockdir.path().join("agent.sock");
+    // Bound in this order so they drop as before: the pin directory first, the host lock last.
+    let Setup {
+        _host,
+        ns,
+        peer,
+        _cert,
+        server,
+        pin,
+        _sockdir,
+        socket,
+    } = Setup::new();
 
     let mut first = start(&ns, &pin.dir, &socket);
     let answer = ctl(&socket, &["block", SYNTHETIC[0], SYNTHETIC[1]]);
@@ -211,4 +262,66 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
     );
     assert!(!pin.dir.exists(), "detach removes the pin directory");
     assert_eq!(links_of("tp_sock_state"), 0, "no close hook left");
+}
+
+/// The ClientHello policy (`unattributed_tls`, server-name scopes) is pinned with the other
+/// policy maps: it is in the pin directory after the agent exits, still enforced without an
+/// agent, and the next agent takes the maps over without keeping the first run's scopes.
+#[test]
+fn client_hello_policy_is_pinned_and_taken_over() {
+    let setup = Setup::new();
+    let (ns, server, pin, socket) = (&setup.ns, &setup.server, &setup.pin, &setup.socket);
+
+    let mut first = start_with(ns, SCOPED_ENFORCE, &pin.dir, socket);
+    let status = first.stop().expect("agent was running");
+    assert!(status.success(), "clean exit: {}", first.stderr());
+    for map in [
+        "HELLO_POLICY",
+        "SCOPED_LIBS",
+        "SERVER_NAME_RULES",
+        "HELLOS_SEEN",
+    ] {
+        assert!(
+            pin.dir.join("maps").join(map).exists(),
+            "{map} must be pinned"
+        );
+    }
+    // `HelloPolicy::unattributed` (its first byte) is not `allow` (0): deny, or audit on the
+    // late hook form.
+    let hello_policy = pinned_map(&pin.dir, "HELLO_POLICY");
+    let unattributed = hello_policy[0]["value"][0].as_str().unwrap_or_default();
+    assert_ne!(unattributed, "0x00", "{hello_policy:?}");
+    let scoped = pinned_map(&pin.dir, "SCOPED_LIBS").len();
+    assert!(scoped >= 1, "the GnuTLS files are scoped");
+    assert!(!pinned_map(&pin.dir, "SERVER_NAME_RULES").is_empty());
+
+    // The next agent reuses the pinned maps; the first run's scopes go once its own are in.
+    let mut second = start_with(ns, SCOPED_ENFORCE, &pin.dir, socket);
+    assert_eq!(
+        pinned_map(&pin.dir, "SCOPED_LIBS").len(),
+        scoped,
+        "one scope per probed GnuTLS file, not one per run"
+    );
+    let out = gnutls_named(server.addr(), "db.other.example", b"OUT-OF-SCOPE-AGENT\n");
+    assert!(
+        !out.success(),
+        "out of scope with the second agent: {out:?}"
+    );
+    let hello = second.wait_for(
+        |v| v["type"] == "client_hello" && v["server_name"] == "db.other.example",
+        EVENT,
+    );
+    assert_eq!(hello["verdict"], "blocked", "{hello}");
+
+    // Without an agent, a name out of GnuTLS's scope is still refused at its ClientHello.
+    let status = second.stop().expect("agent was running");
+    assert!(status.success(), "clean exit: {}", second.stderr());
+    let out = gnutls_named(
+        server.addr(),
+        "db2.other.example",
+        b"OUT-OF-SCOPE-NO-AGENT\n",
+    );
+    assert!(!out.success(), "out of scope without an agent: {out:?}");
+    let received = String::from_utf8_lossy(&server.received()).into_owned();
+    assert!(!received.contains("OUT-OF-SCOPE"), "{received}");
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cert, NetNs, Server, cmd, require_root, run_with_timeout,
+    Agent, Cert, NetNs, Server, cmd, ops::SCOPED_ENFORCE, require_root, run_with_timeout,
     static_client::build_static_client,
 };
 use serde_json::Value;
@@ -24,18 +24,6 @@ const EVENT: Duration = Duration::from_secs(10);
 const CLIENT: Duration = Duration::from_secs(15);
 const PORT: u16 = 9445;
 
-/// Denies unattributed TLS; GnuTLS only to `*.internal.example`.
-const SCOPED_ENFORCE: &str = "\
-mode: enforce
-default: deny
-unattributed_tls: deny
-libraries:
-  - family: openssl
-    action: allow
-  - family: gnutls
-    server_names: [\"*.internal.example\"]
-    action: allow
-";
 const UNATTRIBUTED_AUDIT: &str = "\
 mode: enforce
 default: deny

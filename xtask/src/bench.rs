@@ -5,9 +5,11 @@
 //! something is broken (a tool does not start, a program returns the wrong verdict); the other
 //! figures still run and the report says which one could not be measured and why.
 
+mod agent;
 mod bpf;
 mod env;
 mod figures;
+mod process;
 mod report;
 
 use std::{
@@ -132,13 +134,13 @@ pub fn run(opts: Options) -> Result<()> {
         }
         println!("bench: === figure(s) {ids:?}: {name}");
         let t = Instant::now();
-        env::NOISY_BLOCKS.store(0, Ordering::Relaxed);
+        agent::NOISY_BLOCKS.store(0, Ordering::Relaxed);
         let load0 = env::load_average();
         let watch = ForeignAgents::watch();
         let result = catch_unwind(AssertUnwindSafe(|| job(&ctx)));
         let foreign = watch.stop();
         let secs = t.elapsed().as_secs_f64();
-        let noisy = env::NOISY_BLOCKS.load(Ordering::Relaxed);
+        let noisy = agent::NOISY_BLOCKS.load(Ordering::Relaxed);
         let load = format!(
             "Load average (1 min) {load0:.1} at the start, {:.1} at the end (2 CPUs).",
             env::load_average()
@@ -288,7 +290,7 @@ impl ForeignAgents {
         let me = std::process::id();
         let thread = thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                for pid in env::foreign_agents(&[]) {
+                for pid in agent::foreign_agents(&[]) {
                     let ppid = fs::read_to_string(format!("/proc/{pid}/status"))
                         .ok()
                         .and_then(|t| {

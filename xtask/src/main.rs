@@ -1,6 +1,8 @@
 //! `cargo xtask <command>`: set up the toolchain, build, run and test enforcer.
 
 mod bench;
+#[cfg(test)]
+mod docs;
 mod fuzz;
 mod setup;
 mod test;
@@ -28,7 +30,7 @@ enum Cmd {
     },
     /// Setup, build (release), then run `enforcer attach [ARGS]` (root only).
     Run {
-        /// Arguments for `enforcer attach`, e.g. `-- --iface eth0 --mode enforce`.
+        /// Arguments for `enforcer attach`, e.g. `-- --iface eth0 --policy policies/openssl-only.yaml`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -182,13 +184,13 @@ mod tests {
 
     #[test]
     fn run_forwards_enforcer_args() {
-        let want = ["--iface", "eth0", "--mode", "enforce"];
+        let want = ["--iface", "eth0", "--dry-run"];
         assert_eq!(
-            run_args(&["xtask", "run", "--", "--iface", "eth0", "--mode", "enforce"]),
+            run_args(&["xtask", "run", "--", "--iface", "eth0", "--dry-run"]),
             want
         );
         assert_eq!(
-            run_args(&["xtask", "run", "--iface", "eth0", "--mode", "enforce"]),
+            run_args(&["xtask", "run", "--iface", "eth0", "--dry-run"]),
             want
         );
         assert!(run_args(&["xtask", "run"]).is_empty());

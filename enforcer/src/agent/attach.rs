@@ -51,9 +51,6 @@ use crate::{
     policy,
 };
 
-/// Name of our tc filter; also the prefix `remove_stale` looks for after a SIGKILL.
-pub const TC_FILTER_NAME: &str = "enforcer_egress";
-
 #[derive(clap::Args)]
 pub struct AttachArgs {
     /// Interface to filter (repeatable). Default: the interface of the default route.
@@ -378,15 +375,15 @@ async fn attach_interfaces(
     let fd = classifier.fd()?;
     for (name, index) in ifaces {
         if pin.is_some() {
-            filters.push(tc::replace_egress(handle, *index, fd.as_fd(), TC_FILTER_NAME).await?);
+            filters.push(tc::replace_egress(handle, *index, fd.as_fd(), tc::FILTER_NAME).await?);
             info!(iface = %name, "XDP (ingress) and tc (egress) attached, pinned");
             continue;
         }
-        let stale = tc::remove_stale(handle, *index, TC_FILTER_NAME).await?;
+        let stale = tc::remove_stale(handle, *index, tc::FILTER_NAME).await?;
         if stale > 0 {
             warn!(iface = %name, stale, "removed tc filters left by an earlier agent");
         }
-        filters.push(tc::attach_egress(handle, *index, fd.as_fd(), TC_FILTER_NAME).await?);
+        filters.push(tc::attach_egress(handle, *index, fd.as_fd(), tc::FILTER_NAME).await?);
         info!(iface = %name, "XDP (ingress) and tc (egress) attached");
     }
     Ok(())

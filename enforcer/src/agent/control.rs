@@ -192,6 +192,14 @@ pub fn status_text(v: &Value) -> String {
         "drops: xdp {}, tc {}; flows attributed {}; ring buffer lost {}; blocklist full {}\n",
         c["xdp_drops"], c["tc_drops"], c["flows_attributed"], c["events_lost"], c["blocklist_full"]
     ));
+    out.push_str(&format!(
+        "client hellos: {} ({} unattributed), dropped {}; TLS stack overflows {}; socket read failures {}\n",
+        c["client_hellos"],
+        c["unattributed_hellos"],
+        c["client_hello_drops"],
+        c["tls_stack_overflow"],
+        c["sock_read_failures"]
+    ));
     out
 }
 
@@ -217,6 +225,19 @@ pub fn flows_text(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_text_shows_every_counter() {
+        let counters: serde_json::Map<String, Value> = enforcer_common::stat::ALL
+            .iter()
+            .map(|c| (c.shown().name.to_owned(), Value::from(1000 + *c as u64)))
+            .collect();
+        let text = status_text(&serde_json::json!({ "counters": counters }));
+        for c in enforcer_common::stat::ALL {
+            let value = (1000 + c as u64).to_string();
+            assert!(text.contains(&value), "{c:?} ({value}) missing:\n{text}");
+        }
+    }
 
     #[test]
     fn requests_are_tagged_json() {

@@ -16,7 +16,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use enforcer_common::{
-    FlowKey, HelloEvent, TlsEvent, direction, family, hello_verdict, op, verdict,
+    event::{self, HelloEvent, TlsEvent},
+    flow::{FlowKey, direction, family, op, verdict},
 };
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
@@ -173,7 +174,7 @@ impl Reporter {
             .remember(event.flow, event.pid, comm.clone());
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
-        let time = self.wall_clock(event.ts_ns);
+        let time = self.wall_clock(event.header.ts_ns);
         *self
             .counts
             .lock()
@@ -222,7 +223,7 @@ impl Reporter {
                 }
                 if event.verdict == verdict::ALLOWED {
                     log_connection!(info, "TLS connection");
-                } else if event.verdict == hello_verdict::PENDING_SERVER_NAME {
+                } else if event.verdict == verdict::PENDING_SERVER_NAME {
                     log_connection!(info, "TLS connection (judged at its ClientHello)");
                 } else {
                     log_connection!(warn, "TLS policy violation");
@@ -246,28 +247,67 @@ impl Reporter {
 pub async fn run(ring: RingBuf<MapData>, reporter: Reporter) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut fd = unsafe { AsyncFd::register(ring) }?;
+    let mut skipped: u64 = 0;
     loop {
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            // Two record types share the ring; their sizes differ (asserted in enforcer-common).
-            if item.len() == size_of::<HelloEvent>() {
-                // SAFETY: the kernel wrote a whole HelloEvent (repr(C), any bit pattern valid).
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const HelloEvent) };
-                drop(item);
-                reporter.handle_hello(&event);
-                continue;
-            }
-            if item.len() < size_of::<TlsEvent>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a whole TlsEvent (repr(C), any bit pattern valid).
-            let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const TlsEvent) };
+            let record = decode(&item);
             drop(item);
-            reporter.handle(&event);
+            match record {
+                Ok(Record::Tls(event)) => reporter.handle(&event),
+                Ok(Record::Hello(event)) => reporter.handle_hello(&event),
+                Err(why) => {
+                    skipped += 1;
+                    // The first, then every 1024th: a kernel object and a binary that disagree
+                    // would otherwise flood the log.
+                    if skipped % 1024 == 1 {
+                        warn!(skipped, "EVENTS record skipped: {why}");
+                    }
+                }
+            }
         }
         guard.clear_ready();
     }
+}
+
+/// A record of the `EVENTS` ring buffer, by the kind in its header.
+#[derive(Debug)]
+pub enum Record {
+    Tls(TlsEvent),
+    Hello(Box<HelloEvent>),
+}
+
+/// Why a ring record was not decoded.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Skipped {
+    #[error(
+        "kind {0} is not one this agent knows (kernel object and binary of different versions?)"
+    )]
+    UnknownKind(u8),
+    #[error("kind {kind}: {len} bytes, shorter than its record")]
+    Short { kind: u8, len: usize },
+}
+
+/// Decodes one ring record by `event::Header::kind`; never reads past `bytes`.
+pub fn decode(bytes: &[u8]) -> Result<Record, Skipped> {
+    let kind = *bytes.first().ok_or(Skipped::Short { kind: 0, len: 0 })?;
+    match kind {
+        event::kind::TLS => read(bytes).map(Record::Tls),
+        event::kind::HELLO => read(bytes).map(|e| Record::Hello(Box::new(e))),
+        other => Err(Skipped::UnknownKind(other)),
+    }
+}
+
+fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, Skipped> {
+    if bytes.len() < size_of::<T>() {
+        return Err(Skipped::Short {
+            kind: bytes[0],
+            len: bytes.len(),
+        });
+    }
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes; T is Pod (any bit pattern valid).
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -319,7 +359,7 @@ pub fn verdict_name(v: u8) -> &'static str {
         verdict::WOULD_BLOCK => "would-block",
         verdict::AUDITED => "audited",
         verdict::BLOCKLIST_FULL => "blocklist-full",
-        hello_verdict::PENDING_SERVER_NAME => "pending-server-name",
+        verdict::PENDING_SERVER_NAME => "pending-server-name",
         _ => "unknown-library",
     }
 }
@@ -330,5 +370,78 @@ pub fn op_name(v: u8) -> &'static str {
         op::READ => "read",
         op::WRITE => "write",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::event::Header;
+
+    use super::*;
+
+    fn bytes_of<T: aya::Pod>(value: &T) -> Vec<u8> {
+        // SAFETY: T is Pod: every byte is initialised (explicit padding).
+        unsafe { std::slice::from_raw_parts(value as *const T as *const u8, size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn records_are_told_apart_by_their_kind() {
+        let tls = TlsEvent {
+            header: Header::new(event::kind::TLS, 7),
+            lib_id: 3,
+            ..TlsEvent::default()
+        };
+        match decode(&bytes_of(&tls)) {
+            Ok(Record::Tls(e)) => assert_eq!((e.header.ts_ns, e.lib_id), (7, 3)),
+            other => panic!("{other:?}"),
+        }
+        let hello = HelloEvent {
+            header: Header::new(event::kind::HELLO, 9),
+            flow: FlowKey::default(),
+            lib_id: event::UNATTRIBUTED,
+            verdict: verdict::BLOCKED,
+            sni: event::sni::ABSENT,
+            name_len: 0,
+            name: [0; 256],
+        };
+        // A ring record may be longer than the struct (the kernel rounds sizes up).
+        let mut padded = bytes_of(&hello);
+        padded.extend([0; 8]);
+        match decode(&padded) {
+            Ok(Record::Hello(e)) => assert_eq!(e.lib_id, event::UNATTRIBUTED),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_skipped() {
+        let hello_sized = vec![0u8; size_of::<HelloEvent>()];
+        assert_eq!(
+            decode(&hello_sized).unwrap_err(),
+            Skipped::UnknownKind(0),
+            "a zeroed record is no event, whatever its size"
+        );
+        let mut unknown = bytes_of(&TlsEvent::default());
+        unknown[0] = 200;
+        assert_eq!(decode(&unknown).unwrap_err(), Skipped::UnknownKind(200));
+        // A HelloEvent header on a TlsEvent-sized record is not read past its end.
+        let mut short = bytes_of(&TlsEvent::default());
+        short[0] = event::kind::HELLO;
+        assert_eq!(
+            decode(&short).unwrap_err(),
+            Skipped::Short {
+                kind: event::kind::HELLO,
+                len: size_of::<TlsEvent>()
+            }
+        );
+        assert_eq!(
+            decode(&[event::kind::TLS]).unwrap_err(),
+            Skipped::Short {
+                kind: event::kind::TLS,
+                len: 1
+            }
+        );
+        assert!(decode(&[]).is_err());
     }
 }

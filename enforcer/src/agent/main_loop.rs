@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use enforcer_common::stat;
+use enforcer_common::stat::Stat;
 use serde_json::{Value, json};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -97,6 +97,11 @@ impl Running {
                 },
             )))
         });
+        // Before `ready`: a SIGTERM sent as soon as the agent says it is ready must stop it
+        // cleanly (with `--pin`: persist), not kill it with the default action.
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         let i = &self.info;
         self.reporter.lifecycle(json!({
             "type": "ready",
@@ -112,9 +117,6 @@ impl Running {
         }));
         info!(interfaces = ?i.interfaces, mode = self.policy_mode(), kernel_hook = i.kernel_hook, libraries = self.reporter.library_count(), new_files = i.new_files, control = %self.control_path.display(), metrics = ?metrics_addr, "enforcer ready");
 
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sighup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(TICK);
         let mut fingerprint = self
             .reload
@@ -231,7 +233,7 @@ impl Running {
             (
                 maps.blocked().len(),
                 maps.blocklist_max,
-                stats[stat::BLOCKLIST_FULL as usize],
+                stats[Stat::BlocklistFull as usize],
             )
         };
         let ratio = blocked as f64 / f64::from(max.max(1));
@@ -298,7 +300,7 @@ impl Earlier {
 
     /// Once this run is attached: the earlier run's links go (its XDP links on our interfaces
     /// were taken over and stay; those on other interfaces go with their tc filters), and the
-    /// actions of its libraries that no flow refers to any more.
+    /// policy of its libraries that no flow refers to any more (action, server-name scope).
     pub async fn retire(
         &self,
         dir: &PinDir,
@@ -312,9 +314,7 @@ impl Earlier {
                 if ifaces.iter().any(|(_, i)| *i == ifindex) {
                     continue;
                 }
-                if let Err(err) =
-                    tc::remove_named(handle, ifindex, crate::agent::attach::TC_FILTER_NAME).await
-                {
+                if let Err(err) = tc::remove_named(handle, ifindex, tc::FILTER_NAME).await {
                     warn!(
                         ifindex,
                         "removing the earlier run's tc filter failed: {err}"
@@ -330,6 +330,10 @@ impl Earlier {
         for id in live.action_ids() {
             if id <= self.max_lib_id && !referenced.contains(&id) {
                 live.remove_action(id);
+                let _ = live.remove_scoped(id);
+                for key in live.name_rules_of(id) {
+                    let _ = live.remove_name_rule(&key);
+                }
             }
         }
         if removed > 0 {

@@ -125,34 +125,18 @@ pub fn render(sources: &Sources) -> String {
         );
     }
     out.push_str(&lines);
+    // The kernel's counters, one family per `Shown::metric` (consecutive counters may share it).
+    let mut last = "";
+    for counter in stat::ALL {
+        let shown = counter.shown();
+        let (name, help) = (shown.metric, shown.help);
+        if name != last {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            last = name;
+        }
+        let _ = writeln!(out, "{name}{} {}", shown.labels, stats[counter as usize]);
+    }
     let gauge_lines = [
-        (
-            "enforcer_drops_total",
-            "counter",
-            "Packets dropped, by program (xdp: ingress, tc: egress).",
-            vec![
-                ("{program=\"xdp\"}", stats[stat::XDP_DROPS as usize]),
-                ("{program=\"tc\"}", stats[stat::TC_DROPS as usize]),
-            ],
-        ),
-        (
-            "enforcer_ring_buffer_lost_total",
-            "counter",
-            "Connection events the kernel could not queue (ring buffer full).",
-            vec![("", stats[stat::EVENTS_LOST as usize])],
-        ),
-        (
-            "enforcer_flows_attributed_total",
-            "counter",
-            "Flows the kernel tied to a TLS library (every verdict).",
-            vec![("", stats[stat::FLOWS_ATTRIBUTED as usize])],
-        ),
-        (
-            "enforcer_blocklist_insert_failures_total",
-            "counter",
-            "Denied flows that could not be blocked because the blocklist was full.",
-            vec![("", stats[stat::BLOCKLIST_FULL as usize])],
-        ),
         (
             "enforcer_map_entries",
             "gauge",

@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use enforcer_common::{stat, verdict};
+use enforcer_common::{flow::verdict, stat};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -143,13 +143,10 @@ impl Operator {
             "new_files": i.new_files,
             "pin": i.pin,
             "maps": fill,
-            "counters": {
-                "xdp_drops": stats[stat::XDP_DROPS as usize],
-                "tc_drops": stats[stat::TC_DROPS as usize],
-                "events_lost": stats[stat::EVENTS_LOST as usize],
-                "flows_attributed": stats[stat::FLOWS_ATTRIBUTED as usize],
-                "blocklist_full": stats[stat::BLOCKLIST_FULL as usize],
-            },
+            "counters": stat::ALL
+                .iter()
+                .map(|c| (c.shown().name.to_owned(), Value::from(stats[*c as usize])))
+                .collect::<serde_json::Map<_, _>>(),
         })
     }
 

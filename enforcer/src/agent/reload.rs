@@ -18,7 +18,10 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::Key;
-use enforcer_common::{FlowState, ServerNameKey, verdict};
+use enforcer_common::{
+    flow::{FlowState, verdict},
+    policy::ServerNameKey,
+};
 use serde_json::{Value, json};
 
 use crate::{

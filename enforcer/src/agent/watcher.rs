@@ -63,7 +63,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, RingBuf},
 };
-use enforcer_common::{FileKey, NewFileEvent, WatchConfig, watch};
+use enforcer_common::watch::{self, FileKey, NewFileEvent, WatchConfig};
 use serde_json::json;
 use tracing::{debug, error, info, warn};
 

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use enforcer_common::op;
+use enforcer_common::flow::op;
 use serde::Deserialize;
 
 use super::{Abi, Alternative, FamilyDef, Origin, Place, ProbeSpec, SymbolPrefix, VersionSpec};

@@ -1,4 +1,4 @@
-use enforcer_common::op;
+use enforcer_common::flow::op;
 
 use super::*;
 

@@ -7,10 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::{
-    agent::attach::TC_FILTER_NAME,
-    datapath::{iface, pin, tc},
-};
+use crate::datapath::{iface, pin, tc};
 
 pub async fn run(dir: &Path, extra_ifaces: &[String]) -> Result<()> {
     let pin_dir = pin::PinDir::open(dir)?;
@@ -26,7 +23,7 @@ pub async fn run(dir: &Path, extra_ifaces: &[String]) -> Result<()> {
     let mut filters = 0;
     for ifindex in ifindexes {
         // An interface deleted since is not an error: its filters went with it.
-        match tc::remove_named(&handle, ifindex, TC_FILTER_NAME).await {
+        match tc::remove_named(&handle, ifindex, tc::FILTER_NAME).await {
             Ok(n) => filters += n,
             Err(err) => tracing::warn!(ifindex, "removing the tc filter: {err}"),
         }

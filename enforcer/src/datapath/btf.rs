@@ -2,7 +2,7 @@
 //!
 //! rustc emits no CO-RE relocations, so the eBPF programs cannot let the loader fix up the
 //! offsets of the socket fields they read: userspace reads them from `/sys/kernel/btf/vmlinux` at
-//! start and hands them to the programs as a global ([`enforcer_common::SockOffsets`]).
+//! start and hands them to the programs as a global ([`enforcer_common::flow::SockOffsets`]).
 //!
 //! A small parser of the raw BTF format (header, type and string sections; see the kernel's
 //! `Documentation/bpf/btf.rst`). The bytes are treated as untrusted: every read is bounds-checked,
@@ -10,7 +10,7 @@
 
 use std::io::Read as _;
 
-use enforcer_common::SockOffsets;
+use enforcer_common::flow::SockOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 

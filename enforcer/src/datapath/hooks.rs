@@ -35,7 +35,7 @@ impl HookForm {
         }
     }
 
-    fn programs(self) -> &'static [HookProgram] {
+    fn specs(self) -> &'static [HookProgram] {
         match self {
             HookForm::Fentry => &FENTRY,
             HookForm::Kprobe => &KPROBE,
@@ -57,46 +57,61 @@ enum Kind {
     RawTracepoint,
 }
 
+/// Whose TCP hooks: the agent's (attribution and verdict) or `enforcer discover`'s (its own
+/// programs of the same forms, so the agent's hot path runs no discovery code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookSet {
+    Agent,
+    Discover,
+}
+
 /// One program of a form, and where it attaches: the first target that attaches wins (later
 /// ones are fallbacks for kernels that lack the earlier).
 struct HookProgram {
-    program: &'static str,
+    /// The program's name in the agent's set and in discover's (`enforcer-ebpf/src/tcp.rs`).
+    programs: [&'static str; 2],
     kind: Kind,
     targets: &'static [&'static str],
 }
 
+impl HookProgram {
+    fn program(&self, set: HookSet) -> &'static str {
+        self.programs[set as usize]
+    }
+}
+
 const FENTRY: [HookProgram; 2] = [
     HookProgram {
-        program: "fentry_tcp_sendmsg",
+        programs: ["fentry_tcp_sendmsg", "discover_fentry_send"],
         kind: Kind::Fentry,
         targets: &["tcp_sendmsg"],
     },
     HookProgram {
-        program: "fentry_tcp_cleanup_rbuf",
+        programs: ["fentry_tcp_cleanup_rbuf", "discover_fentry_recv"],
         kind: Kind::Fentry,
         targets: &["tcp_cleanup_rbuf"],
     },
 ];
 const KPROBE: [HookProgram; 2] = [
     HookProgram {
-        program: "kprobe_tcp_sendmsg",
+        programs: ["kprobe_tcp_sendmsg", "discover_kprobe_send"],
         kind: Kind::Kprobe,
         targets: &["tcp_sendmsg"],
     },
     HookProgram {
-        program: "kprobe_tcp_cleanup_rbuf",
+        programs: ["kprobe_tcp_cleanup_rbuf", "discover_kprobe_recv"],
         kind: Kind::Kprobe,
         targets: &["tcp_cleanup_rbuf"],
     },
 ];
 const TRACEPOINT: [HookProgram; 2] = [
     HookProgram {
-        program: "tp_tcp_send",
+        programs: ["tp_tcp_send", "discover_tp_send"],
         kind: Kind::RawTracepoint,
         targets: &["tcp_sendmsg_locked", "sock_send_length"],
     },
     HookProgram {
-        program: "tp_tcp_recv",
+        programs: ["tp_tcp_recv", "discover_tp_recv"],
         kind: Kind::RawTracepoint,
         targets: &["sock_recv_length", "tcp_rcv_space_adjust"],
     },
@@ -171,12 +186,21 @@ pub fn attach_form(
     form: HookForm,
     btf: Option<&Btf>,
 ) -> Result<Vec<String>, HookError> {
+    attach_set_form(ebpf, HookSet::Agent, form, btf)
+}
+
+fn attach_set_form(
+    ebpf: &mut Ebpf,
+    set: HookSet,
+    form: HookForm,
+    btf: Option<&Btf>,
+) -> Result<Vec<String>, HookError> {
     let mut attached = Vec::new();
-    for spec in form.programs() {
-        match attach_program(ebpf, spec, btf) {
+    for spec in form.specs() {
+        match attach_program(ebpf, spec, set, btf) {
             Ok(target) => attached.push(target),
             Err(err) => {
-                detach_form(ebpf, form);
+                detach_set_form(ebpf, set, form);
                 return Err(err);
             }
         }
@@ -199,6 +223,16 @@ pub fn attach_choice(
     choice: HookChoice,
     btf: Option<&Btf>,
 ) -> Result<AttachedHook, HookError> {
+    attach_set_choice(ebpf, HookSet::Agent, choice, btf)
+}
+
+/// [`attach_choice`] for the programs of `set`.
+pub fn attach_set_choice(
+    ebpf: &mut Ebpf,
+    set: HookSet,
+    choice: HookChoice,
+    btf: Option<&Btf>,
+) -> Result<AttachedHook, HookError> {
     let forms: Vec<HookForm> = match choice {
         HookChoice::Auto => HookForm::ALL.to_vec(),
         HookChoice::Fentry => vec![HookForm::Fentry],
@@ -207,7 +241,7 @@ pub fn attach_choice(
     };
     let mut failures = Vec::new();
     for form in forms {
-        match attach_form(ebpf, form, btf) {
+        match attach_set_form(ebpf, set, form, btf) {
             Ok(targets) => {
                 return Ok(AttachedHook {
                     form,
@@ -225,9 +259,10 @@ pub fn attach_choice(
 fn attach_program(
     ebpf: &mut Ebpf,
     spec: &HookProgram,
+    set: HookSet,
     btf: Option<&Btf>,
 ) -> Result<String, HookError> {
-    let name = spec.program;
+    let name = spec.program(set);
     let program = ebpf.program_mut(name).ok_or(HookError::Missing(name))?;
     let load_err = |source| HookError::Load {
         program: name,
@@ -279,13 +314,17 @@ fn attach_program(
 
 /// Detaches and unloads every program of `form`.
 pub fn detach_form(ebpf: &mut Ebpf, form: HookForm) {
-    for spec in form.programs() {
-        unload(ebpf, spec);
+    detach_set_form(ebpf, HookSet::Agent, form);
+}
+
+fn detach_set_form(ebpf: &mut Ebpf, set: HookSet, form: HookForm) {
+    for spec in form.specs() {
+        unload(ebpf, spec, set);
     }
 }
 
-fn unload(ebpf: &mut Ebpf, spec: &HookProgram) {
-    let Some(program) = ebpf.program_mut(spec.program) else {
+fn unload(ebpf: &mut Ebpf, spec: &HookProgram, set: HookSet) {
+    let Some(program) = ebpf.program_mut(spec.program(set)) else {
         return;
     };
     // Unloading detaches every link the program has; a program never loaded reports an error

@@ -9,7 +9,10 @@ use aya::{
     },
 };
 use enforcer_common::{
-    HelloPolicy, SOCK_OFFSETS_GLOBAL, ServerNameKey, SockOffsets, discover, hello, maps,
+    discover,
+    flow::{SOCK_OFFSETS_GLOBAL, SockOffsets},
+    maps,
+    policy::{HelloPolicy, ServerNameKey},
 };
 
 use crate::libraries::Library;
@@ -42,7 +45,7 @@ pub const DEFAULT_BLOCKLIST_MAX: u32 = 16384;
 pub struct LoadOptions {
     pub flows_max: u32,
     pub blocklist_max: u32,
-    /// Reuse (or create and pin) the maps of [`crate::datapath::pin::PINNED_MAPS`] there.
+    /// Reuse (or create and pin) the maps of [`maps::PINNED`] there.
     pub pin: Option<crate::datapath::pin::PinDir>,
 }
 
@@ -61,7 +64,7 @@ pub fn load(offsets: &SockOffsets) -> Result<Ebpf, LoadError> {
 }
 
 /// Loads the object with the given map sizes. With a pin directory, the maps of
-/// [`crate::datapath::pin::PINNED_MAPS`] are taken from it when an earlier run pinned them (their sizes
+/// [`maps::PINNED`] are taken from it when an earlier run pinned them (their sizes
 /// are then the earlier run's: see [`pinned_size_mismatches`]), else created and pinned.
 pub fn load_with(offsets: &SockOffsets, opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     let mut loader = EbpfLoader::new();
@@ -73,7 +76,7 @@ pub fn load_with(offsets: &SockOffsets, opts: &LoadOptions) -> Result<Ebpf, Load
         .map_max_entries(discover::HITS, 1)
         .map_max_entries(discover::STACKS, 1);
     if let Some(dir) = &opts.pin {
-        for name in crate::datapath::pin::PINNED_MAPS {
+        for name in maps::PINNED {
             loader.map_pin_path(name, dir.map_path(name));
         }
     }
@@ -135,7 +138,7 @@ pub fn apply_library_policy(
 ) -> Result<Decision, LoadError> {
     let decision = policy.decide(lib);
     if let Some(scope) = policy.name_scope(lib) {
-        let name = hello::SERVER_NAME_RULES;
+        let name = maps::SERVER_NAME_RULES;
         let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
         let mut trie: LpmTrie<_, ServerNameKey, u8> =
             LpmTrie::try_from(map).map_err(|source| LoadError::Map { name, source })?;
@@ -144,7 +147,7 @@ pub fn apply_library_policy(
             trie.insert(&Key::new(bits, data), action.code(), 0)
                 .map_err(|source| LoadError::Map { name, source })?;
         }
-        let name = hello::SCOPED_LIBS;
+        let name = maps::SCOPED_LIBS;
         let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
         let mut scoped: HashMap<_, u32, u8> =
             HashMap::try_from(map).map_err(|source| LoadError::Map { name, source })?;
@@ -168,7 +171,7 @@ pub fn set_hello_policy(
     late_attribution: bool,
 ) -> Result<Action, LoadError> {
     let (value, unattributed) = hello_policy(policy, late_attribution);
-    let name = hello::HELLO_POLICY;
+    let name = maps::HELLO_POLICY;
     let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
     let mut array: Array<_, HelloPolicy> =
         Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;

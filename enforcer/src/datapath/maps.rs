@@ -15,7 +15,12 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use enforcer_common::{FlowKey, FlowState, HelloPolicy, ServerNameKey, hello, maps, stat, verdict};
+use enforcer_common::{
+    flow::{FlowKey, FlowState, verdict},
+    maps,
+    policy::{HelloPolicy, ServerNameKey},
+    stat,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveMapError {
@@ -78,10 +83,10 @@ impl LiveMaps {
             .info()
             .map_err(err(maps::BLOCKLIST))?
             .max_entries();
-        let rules_data = data(hello::SERVER_NAME_RULES)?;
+        let rules_data = data(maps::SERVER_NAME_RULES)?;
         let name_rules_max = rules_data
             .info()
-            .map_err(err(hello::SERVER_NAME_RULES))?
+            .map_err(err(maps::SERVER_NAME_RULES))?
             .max_entries();
         Ok(LiveMaps {
             flows: HashMap::try_from(Map::LruHashMap(flows_data)).map_err(err(maps::FLOWS))?,
@@ -92,12 +97,12 @@ impl LiveMaps {
             actions: HashMap::try_from(Map::HashMap(data(maps::LIB_ACTIONS)?))
                 .map_err(err(maps::LIB_ACTIONS))?,
             mode: Array::try_from(Map::Array(data(maps::MODE)?)).map_err(err(maps::MODE))?,
-            hello_policy: Array::try_from(Map::Array(data(hello::HELLO_POLICY)?))
-                .map_err(err(hello::HELLO_POLICY))?,
-            scoped_libs: HashMap::try_from(Map::HashMap(data(hello::SCOPED_LIBS)?))
-                .map_err(err(hello::SCOPED_LIBS))?,
+            hello_policy: Array::try_from(Map::Array(data(maps::HELLO_POLICY)?))
+                .map_err(err(maps::HELLO_POLICY))?,
+            scoped_libs: HashMap::try_from(Map::HashMap(data(maps::SCOPED_LIBS)?))
+                .map_err(err(maps::SCOPED_LIBS))?,
             name_rules: LpmTrie::try_from(Map::LpmTrie(rules_data))
-                .map_err(err(hello::SERVER_NAME_RULES))?,
+                .map_err(err(maps::SERVER_NAME_RULES))?,
             name_rules_max,
             flows_max,
             blocklist_max,
@@ -139,7 +144,7 @@ impl LiveMaps {
         }
     }
 
-    /// `STATS`, summed over CPUs, indexed by `stat::*`.
+    /// `STATS`, summed over CPUs, indexed by `stat::Stat`.
     pub fn stats(&self) -> [u64; stat::COUNT as usize] {
         let mut out = [0; stat::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -219,7 +224,7 @@ impl LiveMaps {
     pub fn set_hello_policy(&mut self, value: HelloPolicy) -> Result<(), LiveMapError> {
         self.hello_policy
             .set(0, value, 0)
-            .map_err(err(hello::HELLO_POLICY))
+            .map_err(err(maps::HELLO_POLICY))
     }
 
     /// Makes `lib_id` judged at its ClientHello (`SCOPED_LIBS`), with `nameless` for a
@@ -227,12 +232,12 @@ impl LiveMaps {
     pub fn set_scoped(&mut self, lib_id: u32, nameless: u8) -> Result<(), LiveMapError> {
         self.scoped_libs
             .insert(lib_id, nameless, 0)
-            .map_err(err(hello::SCOPED_LIBS))
+            .map_err(err(maps::SCOPED_LIBS))
     }
 
     /// `lib_id` is judged at attribution again (by `LIB_ACTIONS`).
     pub fn remove_scoped(&mut self, lib_id: u32) -> Result<(), LiveMapError> {
-        absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(hello::SCOPED_LIBS))
+        absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))
     }
 
     /// Inserts (or overwrites) one server-name pattern of a library.
@@ -243,7 +248,7 @@ impl LiveMaps {
     ) -> Result<(), LiveMapError> {
         self.name_rules
             .insert(key, action, 0)
-            .map_err(err(hello::SERVER_NAME_RULES))
+            .map_err(err(maps::SERVER_NAME_RULES))
     }
 
     /// The patterns `lib_id` has in `SERVER_NAME_RULES` (read back from the trie, so keys an
@@ -258,7 +263,7 @@ impl LiveMaps {
     }
 
     pub fn remove_name_rule(&mut self, key: &Key<ServerNameKey>) -> Result<(), LiveMapError> {
-        absent_ok(self.name_rules.remove(key)).map_err(err(hello::SERVER_NAME_RULES))
+        absent_ok(self.name_rules.remove(key)).map_err(err(maps::SERVER_NAME_RULES))
     }
 }
 
@@ -283,12 +288,12 @@ pub fn flow_key(local: SocketAddr, remote: SocketAddr) -> Option<FlowKey> {
     };
     match (local, remote) {
         (SocketAddr::V4(l), SocketAddr::V4(r)) => {
-            key.family = enforcer_common::family::V4;
+            key.family = enforcer_common::flow::family::V4;
             key.local_addr[..4].copy_from_slice(&l.ip().octets());
             key.remote_addr[..4].copy_from_slice(&r.ip().octets());
         }
         (SocketAddr::V6(l), SocketAddr::V6(r)) => {
-            key.family = enforcer_common::family::V6;
+            key.family = enforcer_common::flow::family::V6;
             key.local_addr = l.ip().octets();
             key.remote_addr = r.ip().octets();
         }
@@ -308,7 +313,7 @@ mod tests {
             "10.0.0.2:443".parse().unwrap(),
         )
         .unwrap();
-        assert_eq!(key.family, enforcer_common::family::V4);
+        assert_eq!(key.family, enforcer_common::flow::family::V4);
         assert_eq!((key.local_port, key.remote_port), (40000, 443));
         assert_eq!(&key.local_addr[..5], &[10, 0, 0, 1, 0]);
         let mapped = flow_key(
@@ -318,7 +323,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             mapped.family,
-            enforcer_common::family::V4,
+            enforcer_common::flow::family::V4,
             "v4-mapped is IPv4 on the wire"
         );
         assert!(

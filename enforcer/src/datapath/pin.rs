@@ -1,8 +1,9 @@
 //! `--pin DIR`: the agent's maps and links pinned in bpffs, so enforcement outlives the agent.
 //!
 //! Layout under `DIR` (a directory on a bpffs mount, created if missing):
-//! - `maps/<NAME>`: the maps a restarted agent reuses ([`PINNED_MAPS`]): the blocklist and the
-//!   flow table (so blocked flows stay blocked), the policy maps, the statistics and the event
+//! - `maps/<NAME>`: the maps a restarted agent reuses (`enforcer_common::maps::PINNED`): the
+//!   blocklist and the flow state (so blocked flows stay blocked), the policy maps (library
+//!   actions, mode, the ClientHello policy and server-name scopes), the statistics and the event
 //!   ring (events of the time the agent was down are read by the next one).
 //! - `links/xdp_<ifindex>`: the XDP link of each filtered interface. A restarted agent swaps
 //!   its own program into this very link (`bpf_link_update`), so the interface never runs
@@ -28,22 +29,6 @@ use std::{
     },
     path::{Path, PathBuf},
 };
-
-use enforcer_common::maps;
-
-/// Maps shared by every agent run that uses the same pin directory.
-///
-/// Not pinned: `TLS_CALLS` (per-thread call stacks; a stack shared by an old and a new copy of
-/// the uprobes would be pushed twice and popped once while both are attached) and the watcher's
-/// maps (per run).
-pub const PINNED_MAPS: [&str; 6] = [
-    maps::FLOWS,
-    maps::BLOCKLIST,
-    maps::LIB_ACTIONS,
-    maps::MODE,
-    maps::STATS,
-    maps::EVENTS,
-];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_OBJ_PIN: libc::c_long = 6;

@@ -28,6 +28,8 @@ use crate::datapath::iface::{describe, netlink_io};
 pub const FILTER_PRIORITY: u16 = 50;
 /// Handle of our filter within [`FILTER_PRIORITY`].
 pub const FILTER_HANDLE: u32 = 1;
+/// Name of our filter; also the prefix [`remove_stale`] looks for after a SIGKILL.
+pub const FILTER_NAME: &str = "enforcer_egress";
 
 const ETH_P_ALL: u16 = 0x0003;
 const CLSACT: &str = "clsact";

@@ -19,6 +19,7 @@
 //! - **Build-id.** The GNU build-id comes from the `.note.gnu.build-id` note (or a `PT_NOTE`
 //!   segment), at most [`MAX_NOTES_BYTES`] of notes. (Version texts and hashes: `identity.rs`.)
 
+pub(super) mod file;
 pub(super) mod symbols;
 
 use std::collections::HashMap;
@@ -27,13 +28,14 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use object::elf;
+use object::read::ReadCache;
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
-use object::read::{ReadCache, ReadCacheOps};
 use object::{Endianness, FileKind};
 
 use super::go::{self, GoInfo};
 use super::{LibraryError, ProbeTarget};
 use crate::catalog::{Abi, Catalog, ProbeSpec};
+use file::{CappedFile, Segment, file_offset};
 #[cfg(test)]
 use symbols::Names;
 use symbols::{Found, collect, versyms};
@@ -49,56 +51,6 @@ pub(super) const MAX_SYMBOLS: usize = 1 << 21;
 const MAX_SECTIONS: usize = 1 << 16;
 /// Notes larger than this are not read for a build-id.
 pub(super) const MAX_NOTES_BYTES: u64 = 64 << 10;
-
-/// A file read with `pread`, with a length fixed when it was opened.
-pub(super) struct CappedFile {
-    file: File,
-    len: u64,
-    pos: u64,
-}
-
-impl CappedFile {
-    pub(super) fn new(file: File, len: u64) -> Self {
-        CappedFile { file, len, pos: 0 }
-    }
-}
-
-impl ReadCacheOps for CappedFile {
-    fn len(&mut self) -> Result<u64, ()> {
-        Ok(self.len)
-    }
-
-    fn seek(&mut self, pos: u64) -> Result<u64, ()> {
-        self.pos = pos;
-        Ok(pos)
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, ()> {
-        let remaining = self.len.saturating_sub(self.pos);
-        let want = usize::try_from(remaining)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self
-            .file
-            .read_at(&mut buf[..want], self.pos)
-            .map_err(|_| ())?;
-        self.pos = self.pos.checked_add(n as u64).ok_or(())?;
-        Ok(n)
-    }
-
-    fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), ()> {
-        while !buf.is_empty() {
-            match self.read(buf)? {
-                0 => return Err(()), // the file shrank, or the range was past the end
-                n => buf = &mut buf[n..],
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Which symbol table a name set came from (for logs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +127,7 @@ pub(super) fn read_file(
     if magic != *b"\x7fELF" {
         return Ok(None);
     }
-    let cache = ReadCache::new(CappedFile { file, len, pos: 0 });
+    let cache = ReadCache::new(CappedFile::new(file, len));
     let scan = Scan {
         path,
         catalog,
@@ -329,27 +281,6 @@ fn build_id<Elf: FileHeader<Endian = Endianness>>(
         }
     }
     None
-}
-
-/// A `PT_LOAD` segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Segment {
-    pub vaddr: u64,
-    pub offset: u64,
-    pub filesz: u64,
-    pub executable: bool,
-}
-
-/// The file offset the virtual address `addr` is loaded from, if it lies in the file-backed part
-/// of an executable `PT_LOAD` segment. This is what a uprobe wants: the kernel places it at
-/// `offset` within the file's page cache, wherever the file is mapped.
-pub(super) fn file_offset(segments: &[Segment], addr: u64) -> Option<u64> {
-    segments.iter().filter(|s| s.executable).find_map(|s| {
-        let delta = addr.checked_sub(s.vaddr)?;
-        (delta < s.filesz)
-            .then(|| s.offset.checked_add(delta))
-            .flatten()
-    })
 }
 
 fn probe_targets<'a>(

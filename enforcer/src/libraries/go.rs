@@ -21,8 +21,8 @@ use object::elf;
 use object::read::elf::{FileHeader, SectionHeader};
 use object::read::{ReadCache, ReadRef};
 
+use super::elf::file::{CappedFile, Segment, file_offset};
 use super::elf::symbols::Found;
-use super::elf::{CappedFile, Segment, file_offset};
 use crate::catalog::{Abi, Catalog};
 
 /// A `.gopclntab` larger than this is not read.

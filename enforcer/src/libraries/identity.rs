@@ -24,7 +24,7 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::{Endianness, FileKind};
 use sha2::{Digest, Sha256};
 
-use super::elf::{CappedFile, MAX_FILE_SIZE};
+use super::elf::{MAX_FILE_SIZE, file::CappedFile};
 use crate::version::Version;
 
 /// Files larger than this are not hashed.

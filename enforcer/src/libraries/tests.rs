@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use enforcer_common::op;
+use enforcer_common::flow::op;
 
 use super::*;
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use enforcer_common::op;
+use enforcer_common::flow::op;
 
 use super::*;
 

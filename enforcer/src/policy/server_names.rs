@@ -8,11 +8,11 @@
 //! and `api.internal.example` as `elpmaxe.lanretni.ipa` followed by a 0 byte, so the longest
 //! matching prefix is the most precise pattern.
 
-use enforcer_common::{ServerNameKey, hello};
+use enforcer_common::policy::{self as kernel, ServerNameKey};
 
 /// Longest pattern accepted: its kernel form (reversed, plus the end byte of an exact name) must
-/// fit the trie key's `hello::MAX_NAME` bytes.
-pub const MAX_PATTERN: usize = hello::MAX_NAME - 1;
+/// fit the trie key's `kernel::MAX_NAME` bytes.
+pub const MAX_PATTERN: usize = kernel::MAX_NAME - 1;
 
 /// One entry of `server_names`, validated and lowercased.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl ServerNamePattern {
             Some(dot_suffix) => dot_suffix.bytes().rev().collect(),
             None => {
                 let mut bytes: Vec<u8> = self.text.bytes().rev().collect();
-                bytes.push(hello::NAME_END);
+                bytes.push(kernel::NAME_END);
                 bytes
             }
         }
@@ -92,9 +92,9 @@ impl ServerNamePattern {
     /// The `SERVER_NAME_RULES` key of this pattern for library `lib_id`: (prefix bits, data).
     pub fn kernel_key(&self, lib_id: u32) -> (u32, ServerNameKey) {
         let bytes = self.kernel_bytes();
-        let mut name = [0u8; hello::MAX_NAME];
+        let mut name = [0u8; kernel::MAX_NAME];
         // new() caps the text so the kernel form fits.
-        let used = bytes.len().min(hello::MAX_NAME);
+        let used = bytes.len().min(kernel::MAX_NAME);
         name[..used].copy_from_slice(&bytes[..used]);
         let key = ServerNameKey {
             lib_id_be: lib_id.to_be(),

@@ -1,4 +1,4 @@
-//! A small builder for the frames `packet_filters.rs` feeds to the XDP and tc programs.
+//! A small builder for the frames `packet_filters.rs` (and `client_hello.rs`) feed to the XDP and tc programs.
 //!
 //! Every header is laid out byte by byte as on the wire (network byte order), lengths are
 //! consistent (IPv4 total length and header checksum, IPv6 payload length, extension header

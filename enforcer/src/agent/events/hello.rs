@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_common::{FlowKey, HelloEvent, hello, verdict};
+use enforcer_common::{
+    event::{HelloEvent, UNATTRIBUTED, sni},
+    flow::{FlowKey, verdict},
+};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -68,15 +71,15 @@ impl Recent {
 
 pub fn sni_status(v: u8) -> &'static str {
     match v {
-        hello::sni::PRESENT => "present",
-        hello::sni::ABSENT => "absent",
+        sni::PRESENT => "present",
+        sni::ABSENT => "absent",
         _ => "unreadable",
     }
 }
 
 impl Reporter {
     pub(super) fn handle_hello(&self, event: &HelloEvent) {
-        let unattributed = event.lib_id == hello::UNATTRIBUTED;
+        let unattributed = event.lib_id == UNATTRIBUTED;
         let mut owner = self.recent_lock().owners.get(&event.flow).cloned();
         // The inode must be read before the socket is destroyed; the walk can come after.
         let inode = match owner.is_none() && self.recent_lock().may_walk() {
@@ -91,14 +94,14 @@ impl Reporter {
             owner = owner_of_inode(inode);
         }
         let name_len = (event.name_len as usize).min(event.name.len());
-        let server_name = (event.sni == hello::sni::PRESENT)
+        let server_name = (event.sni == sni::PRESENT)
             .then(|| String::from_utf8_lossy(&event.name[..name_len]).into_owned());
         let lib = (!unattributed)
             .then(|| self.library(event.lib_id))
             .flatten();
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
-        let time = self.wall_clock(event.ts_ns);
+        let time = self.wall_clock(event.header.ts_ns);
         let record = || {
             json!({
                 "type": "client_hello",

@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use enforcer_common::{FileKey, watch::kind};
+use enforcer_common::watch::{FileKey, kind};
 
 use crate::libraries::procfs;
 

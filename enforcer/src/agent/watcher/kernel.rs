@@ -7,7 +7,7 @@ use aya::{
     Ebpf,
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
-use enforcer_common::{FileKey, WatchConfig, watch};
+use enforcer_common::watch::{self, FileKey, WatchConfig};
 
 use crate::datapath::btf::{self, FieldSpec};
 

@@ -1,6 +1,6 @@
 use std::{fs, os::unix::fs::MetadataExt, path::Path};
 
-use enforcer_common::{FileKey, watch};
+use enforcer_common::watch::{self, FileKey};
 
 use super::{files, kernel};
 

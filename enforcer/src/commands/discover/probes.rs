@@ -16,11 +16,11 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
-use enforcer_common::{SOCK_OFFSETS_GLOBAL, discover};
+use enforcer_common::flow::SOCK_OFFSETS_GLOBAL;
 
 use crate::datapath::{
     btf,
-    hooks::{self, AttachedHook, HookChoice},
+    hooks::{self, AttachedHook, HookChoice, HookSet},
     loader,
     uprobes::multi,
 };
@@ -60,17 +60,16 @@ pub struct Loaded {
     pub multi_error: Option<String>,
 }
 
-/// Loads the object with discovery enabled, attaches the kernel TCP hook (`choice`), and loads
-/// the uprobe programs (and their `uprobe_multi` copies if the kernel takes them).
+/// Loads the object, attaches discover's own kernel TCP hook programs (`choice`: the form), and
+/// loads the uprobe programs (and their `uprobe_multi` copies if the kernel takes them). The
+/// agent's programs stay unloaded.
 pub fn load(choice: HookChoice) -> anyhow::Result<Loaded> {
     let offsets = btf::sock_offsets()?;
-    let enabled: u32 = 1;
     let mut ebpf = EbpfLoader::new()
         .override_global(SOCK_OFFSETS_GLOBAL, &offsets, true)
-        .override_global(discover::ENABLED_GLOBAL, &enabled, true)
         .load(loader::OBJECT)?;
     let kernel_btf = Btf::from_sys_fs().ok();
-    let hook = hooks::attach_choice(&mut ebpf, choice, kernel_btf.as_ref())?;
+    let hook = hooks::attach_set_choice(&mut ebpf, HookSet::Discover, choice, kernel_btf.as_ref())?;
     for name in [ENTER, EXIT] {
         uprobe(&mut ebpf, name)?.load()?;
     }

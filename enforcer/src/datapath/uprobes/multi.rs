@@ -30,7 +30,7 @@ use std::{
 
 use aya::{Ebpf, maps::MapData};
 use aya_obj::{Object, generated::bpf_insn};
-use enforcer_common::cookie;
+use enforcer_common::flow::cookie;
 
 use crate::libraries::Library;
 

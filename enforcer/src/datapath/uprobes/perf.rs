@@ -10,7 +10,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
-use enforcer_common::cookie;
+use enforcer_common::flow::cookie;
 
 use crate::libraries::Library;
 

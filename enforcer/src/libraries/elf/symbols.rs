@@ -9,7 +9,7 @@ use object::elf;
 use object::read::ReadCache;
 use object::read::elf::{FileHeader, SectionHeader, Sym};
 
-use super::{CappedFile, MAX_SYMBOLS, MAX_TABLE_BYTES};
+use super::{MAX_SYMBOLS, MAX_TABLE_BYTES, file::CappedFile};
 use crate::catalog::{Catalog, SymbolPrefix};
 use crate::libraries::LibraryError;
 

@@ -1,0 +1,96 @@
+//! The records of the `EVENTS` ring buffer. Every record starts with a `Header` whose `kind`
+//! says which struct follows; userspace dispatches on it (and skips, counting, a record whose
+//! kind it does not know or that is shorter than its kind's struct), never on the size.
+
+/// `Header::kind`. 0 is never written: a zeroed record is not mistaken for an event.
+pub mod kind {
+    /// A `TlsEvent`.
+    pub const TLS: u8 = 1;
+    /// A `HelloEvent`.
+    pub const HELLO: u8 = 2;
+}
+
+/// The start of every `EVENTS` record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// `kind::*`.
+    pub kind: u8,
+    pub _pad: [u8; 7],
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Header>() == 16);
+
+impl Header {
+    pub const fn new(kind: u8, ts_ns: u64) -> Header {
+        Header {
+            kind,
+            _pad: [0; 7],
+            ts_ns,
+        }
+    }
+}
+
+/// Reported once per (flow, library): the first time a library's call moves bytes on a 4-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsEvent {
+    /// `kind::TLS`.
+    pub header: Header,
+    pub pid: u32,
+    pub tid: u32,
+    pub lib_id: u32,
+    /// `flow::verdict::*`.
+    pub verdict: u8,
+    /// `flow::op::*`.
+    pub op: u8,
+    /// `flow::direction::*`.
+    pub direction: u8,
+    pub _pad: u8,
+    pub comm: [u8; 16],
+    pub flow: crate::flow::FlowKey,
+}
+const _: () = assert!(core::mem::size_of::<TlsEvent>() == 88);
+
+/// Library id used in `HelloEvent::lib_id` for a flow no probed library claimed.
+pub const UNATTRIBUTED: u32 = u32::MAX;
+
+/// What the ClientHello said about the server name (`HelloEvent::sni`).
+pub mod sni {
+    /// A `server_name` extension with a `host_name` entry: the name is in the event.
+    pub const PRESENT: u8 = 0;
+    /// The extension list was read to its end: the client sent no server name.
+    pub const ABSENT: u8 = 1;
+    /// The name could not be read: the ClientHello continues past this segment, the
+    /// extension list is longer than the parser walks, or a length field is inconsistent.
+    pub const UNREADABLE: u8 = 2;
+}
+
+/// One event per ClientHello the egress classifier judged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HelloEvent {
+    /// `kind::HELLO`.
+    pub header: Header,
+    pub flow: crate::flow::FlowKey,
+    /// The library `FLOWS` holds for the flow, or `UNATTRIBUTED`.
+    pub lib_id: u32,
+    /// `flow::verdict::*` of the flow after this ClientHello.
+    pub verdict: u8,
+    /// `sni::*`.
+    pub sni: u8,
+    /// Bytes of `name` in use.
+    pub name_len: u16,
+    /// As sent (not lowercased, not reversed); the last 255 bytes of a longer name.
+    pub name: [u8; 256],
+}
+const _: () = assert!(core::mem::size_of::<HelloEvent>() == 320);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, without implicit padding, valid for any bit pattern.
+    unsafe impl aya::Pod for super::Header {}
+    unsafe impl aya::Pod for super::TlsEvent {}
+    unsafe impl aya::Pod for super::HelloEvent {}
+}

@@ -1,0 +1,123 @@
+//! A TCP connection as the datapath knows it: its 4-tuple (`FlowKey`), the library it was
+//! attributed to and the verdict (`FlowState`, the value of `FLOWS`), and how the kernel hooks
+//! find it (the uprobe cookie, the `struct sock` offsets).
+
+/// Address family as stored in `FlowKey::family`.
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// A TCP connection seen from this host: local and remote end.
+///
+/// Ports are in host byte order. Addresses are in network byte order; an IPv4 address fills the
+/// first four bytes and the rest stay zero. IPv4-mapped IPv6 sockets (`::ffff:a.b.c.d`) are
+/// recorded as IPv4, because that is what their packets carry on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// What the library call was doing; part of the uprobe cookie.
+pub mod op {
+    pub const HANDSHAKE: u8 = 0;
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+}
+
+/// Kernel TCP direction that revealed the 4-tuple.
+pub mod direction {
+    pub const SEND: u8 = 0;
+    pub const RECV: u8 = 1;
+}
+
+/// Outcome recorded for a flow (`FlowState::verdict`) and reported in its events.
+pub mod verdict {
+    pub const ALLOWED: u8 = 0;
+    /// Denied library, enforce mode: the 4-tuple is in the blocklist.
+    pub const BLOCKED: u8 = 1;
+    /// Denied library, audit mode: reported only.
+    pub const WOULD_BLOCK: u8 = 2;
+    /// The library's rule says audit: reported only.
+    pub const AUDITED: u8 = 3;
+    /// The library id has no entry in `LIB_ACTIONS` (should not happen): let through, reported.
+    pub const UNKNOWN_LIBRARY: u8 = 4;
+    /// The blocklist was full: the flow could not be blocked (fail-open, reported loudly).
+    pub const BLOCKLIST_FULL: u8 = 5;
+    /// The flow's library has rules scoped by server name: it is judged at its ClientHello.
+    pub const PENDING_SERVER_NAME: u8 = 6;
+}
+
+/// The uprobe attach cookie: which library, and what the probed function does.
+pub mod cookie {
+    pub const fn encode(lib_id: u32, op: u8) -> u64 {
+        ((op as u64) << 32) | lib_id as u64
+    }
+    pub const fn lib_id(cookie: u64) -> u32 {
+        cookie as u32
+    }
+    pub const fn op(cookie: u64) -> u8 {
+        (cookie >> 32) as u8
+    }
+}
+
+/// One entry of `FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub first_seen_ns: u64,
+    pub lib_id: u32,
+    /// `verdict::*`.
+    pub verdict: u8,
+    /// `op::*`.
+    pub op: u8,
+    /// `direction::*`.
+    pub direction: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
+
+/// Name of the load-time global holding the `SockOffsets` (see `EbpfLoader::override_global`).
+pub const SOCK_OFFSETS_GLOBAL: &str = "SOCK_OFFSETS";
+
+/// Byte offsets of the `struct sock` fields the kernel hooks read, taken from the running
+/// kernel's BTF at start (rustc emits no CO-RE relocations, so nothing here is compiled in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `__sk_common.skc_family` (u16).
+    pub family: u32,
+    /// `__sk_common.skc_num` (u16, local port, host order).
+    pub num: u32,
+    /// `__sk_common.skc_dport` (__be16).
+    pub dport: u32,
+    /// `__sk_common.skc_rcv_saddr` (__be32).
+    pub rcv_saddr: u32,
+    /// `__sk_common.skc_daddr` (__be32).
+    pub daddr: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (struct in6_addr).
+    pub v6_rcv_saddr: u32,
+    /// `__sk_common.skc_v6_daddr` (struct in6_addr).
+    pub v6_daddr: u32,
+    /// `sk_protocol` (u16).
+    pub protocol: u32,
+    /// `inet_sock.inet_sport` (__be16, local port). Unlike `skc_num` it is not cleared when the
+    /// socket is unhashed, so it still names the flow when the socket reaches TCP_CLOSE.
+    pub sport: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 36);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, without implicit padding, valid for any bit pattern.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::SockOffsets {}
+}

@@ -1,0 +1,51 @@
+//! The `EVENTS` ring buffer: one `TlsEvent` per newly attributed (flow, library), one
+//! `HelloEvent` per judged ClientHello, each behind an `event::Header` naming its kind.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::map,
+    maps::RingBuf,
+};
+use enforcer_common::{
+    event::{Header, HelloEvent, TlsEvent, kind},
+    flow::{FlowKey, FlowState},
+    stat::Stat,
+};
+
+use crate::stats;
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Reports that the current task's library call attributed `flow` (`state`, taken at `now`).
+#[inline(always)]
+pub fn attributed(flow: &FlowKey, state: &FlowState, now: u64) {
+    let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
+        stats::count(Stat::EventsLost);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    entry.write(TlsEvent {
+        header: Header::new(kind::TLS, now),
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        lib_id: state.lib_id,
+        verdict: state.verdict,
+        op: state.op,
+        direction: state.direction,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        flow: *flow,
+    });
+    entry.submit(0);
+}
+
+/// Reports a judged ClientHello. The event is built in per-CPU scratch (it is larger than the
+/// 512-byte eBPF stack), so it is copied (`output`) rather than reserved; its header is set here.
+#[inline(always)]
+pub fn hello(event: &mut HelloEvent, now: u64) {
+    event.header = Header::new(kind::HELLO, now);
+    if EVENTS.output::<HelloEvent>(event, 0).is_err() {
+        stats::count(Stat::EventsLost);
+    }
+}

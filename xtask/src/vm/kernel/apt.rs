@@ -1,0 +1,163 @@
+//! What apt knows: the package a meta package depends on, the sources it reads, and adding
+//! bookworm-backports when the 6.12 kernel is only there.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use super::{is_root, output};
+
+/// The `Depends:` of `apt-cache depends <meta>` that names a kernel image of the series.
+pub fn resolve_meta(meta: &str, prefix: &str) -> Option<String> {
+    let out = output(Command::new("apt-cache").args(["depends", meta])).ok()?;
+    pick_dependency(&out, prefix)
+}
+
+fn pick_dependency(apt_depends: &str, prefix: &str) -> Option<String> {
+    apt_depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(|d| d.trim().trim_matches(|c| c == '<' || c == '>').to_string())
+        .find(|d| {
+            d.starts_with(prefix)
+                && d.ends_with("-amd64")
+                && !d.ends_with("-dbg")
+                && !d.contains("unsigned")
+        })
+}
+
+/// `/etc/apt/sources.list` and the `.list` / `.sources` files beside it.
+fn apt_source_files() -> Vec<PathBuf> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources")),
+        );
+    }
+    files
+}
+
+/// Whether some apt source already lists `suite` (deb822 `Suites:` or one-line `deb`).
+pub fn apt_source_has(suite: &str) -> bool {
+    apt_source_files().iter().any(|f| {
+        fs::read_to_string(f).is_ok_and(|t| {
+            t.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .any(|l| l.split_whitespace().any(|w| w == suite))
+        })
+    })
+}
+
+/// The Debian mirror apt already uses for bookworm, so backports comes from the same place.
+fn debian_mirror() -> String {
+    for f in apt_source_files() {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        if let Some(uri) = mirror_of(&text, "bookworm") {
+            return uri;
+        }
+    }
+    "http://deb.debian.org/debian".to_string()
+}
+
+fn mirror_of(sources: &str, suite: &str) -> Option<String> {
+    for block in sources.split("\n\n") {
+        let field = |k: &str| block.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+        if field("Suites:").is_some_and(|s| s.split_whitespace().any(|w| w == suite))
+            && let Some(uri) = field("URIs:").and_then(|u| u.split_whitespace().next())
+        {
+            return Some(uri.to_string());
+        }
+    }
+    for l in sources.lines() {
+        let Some(rest) = l.trim().strip_prefix("deb ") else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let rest = match rest.strip_prefix('[') {
+            Some(r) => r.split_once(']').map_or("", |(_, r)| r),
+            None => rest,
+        };
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        if w.get(1) == Some(&suite) {
+            return Some(w[0].to_string());
+        }
+    }
+    None
+}
+
+pub const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/enforcer-bookworm-backports.sources";
+
+/// Adds bookworm-backports (same mirror as bookworm) and refreshes apt's lists.
+pub fn add_backports() -> Result<()> {
+    if !is_root() {
+        bail!("bookworm-backports is not an apt source and adding it needs root");
+    }
+    let text = format!(
+        "# Added by `cargo xtask vm` (enforcer): Debian's 6.12 kernel for the VM kernel matrix.\n\
+         Types: deb\nURIs: {}\nSuites: bookworm-backports\nComponents: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        debian_mirror()
+    );
+    fs::write(BACKPORTS_SOURCE, text)
+        .with_context(|| format!("cannot write {BACKPORTS_SOURCE}"))?;
+    println!("vm: added {BACKPORTS_SOURCE}; apt-get update");
+    apt_update()
+}
+
+pub fn apt_update() -> Result<()> {
+    let out = Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .context("cannot run apt-get")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("apt-get update failed: {}", err.trim());
+    }
+    // apt-get update exits 0 even when a source is unreachable: pass its warnings on.
+    for l in err
+        .lines()
+        .filter(|l| l.starts_with("W:") || l.starts_with("E:"))
+    {
+        println!("vm: apt: {l}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_image_of_the_series() {
+        let out =
+            "linux-image-6.12-cloud-amd64\n  Depends: linux-image-6.12.117+deb12-cloud-amd64\n";
+        assert_eq!(
+            pick_dependency(out, "linux-image-6.12."),
+            Some("linux-image-6.12.117+deb12-cloud-amd64".into())
+        );
+        let bpo = "linux-image-cloud-amd64\n  Depends: linux-image-6.12.95+bpo-cloud-amd64\n";
+        assert_eq!(pick_dependency(bpo, "linux-image-6.1."), None);
+        assert_eq!(pick_dependency("", "linux-image-6.1."), None);
+    }
+
+    #[test]
+    fn finds_the_mirror() {
+        let deb822 = "Types: deb\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\n\n\
+                      Types: deb\nURIs: http://s.example/sec\nSuites: bookworm-security\n";
+        assert_eq!(
+            mirror_of(deb822, "bookworm").as_deref(),
+            Some("http://m.example/debian")
+        );
+        let one = "# x\ndeb [arch=amd64 signed-by=/k.gpg] http://o.example/d bookworm main\n";
+        assert_eq!(
+            mirror_of(one, "bookworm").as_deref(),
+            Some("http://o.example/d")
+        );
+        assert_eq!(mirror_of(one, "trixie"), None);
+    }
+}
