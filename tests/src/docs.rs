@@ -112,7 +112,12 @@ pub fn repository_paths() -> Vec<(String, String)> {
             let mut start = 0;
             while let Some(i) = line[start..].find('/').map(|i| start + i) {
                 start = i + 1;
-                let begin = line[..i].rfind(|c: char| !in_path(c)).map_or(0, |b| b + 1);
+                // A byte index past the whole character: docs hold `µ`, `→`, `×`.
+                let begin = line[..i]
+                    .char_indices()
+                    .rev()
+                    .find(|&(_, c)| !in_path(c))
+                    .map_or(0, |(b, c)| b + c.len_utf8());
                 let first = &line[begin..i];
                 if !TOP_DIRS.contains(&first) {
                     continue;
