@@ -9,8 +9,9 @@
 //!   and section headers, the symbol table, its string table and `.gnu.version`), so a 5 MB
 //!   library costs a few hundred KB of reads and the thousands of `.so` files in `/usr/lib` are
 //!   cheap to pre-filter.
-//! - **Bounded.** The length is fixed from `fstat` when the file is opened and capped at
-//!   [`MAX_FILE_SIZE`]; every read is checked against it (a file that shrinks mid-read makes
+//! - **Bounded.** The length is fixed from `fstat` when the file is opened, whatever it is (a
+//!   library padded to gigabytes with `truncate` costs the same reads as the original); every
+//!   read is checked against it (a file that shrinks mid-read makes
 //!   `pread` come up short, which is an error, not a crash). Symbol and string tables larger than
 //!   [`MAX_TABLE_BYTES`] are skipped, at most [`MAX_SYMBOLS`] symbols of a table are looked at,
 //!   and all address arithmetic is checked.
@@ -46,9 +47,6 @@ use file::{CappedFile, Segment, file_offset};
 use symbols::Names;
 use symbols::{Found, collect, collect_from, versyms};
 
-/// Files larger than this are not parsed (the largest shared object on a Debian host is libLLVM,
-/// ~100 MiB; unstripped static binaries can approach this).
-pub(super) const MAX_FILE_SIZE: u64 = 512 << 20;
 /// Symbol tables and their string tables larger than this are skipped.
 pub(super) const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// At most this many symbols of one table are looked at.
@@ -106,7 +104,7 @@ impl ElfInfo {
 /// symbol.
 pub(super) type Useful<'a> = dyn Fn(&dyn Fn(&str) -> bool) -> bool + 'a;
 
-/// Reads an already opened regular file of `len` bytes (`len <= MAX_FILE_SIZE`): the interesting
+/// Reads an already opened regular file of `len` bytes (any length): the interesting
 /// symbols of the first symbol table (`.dynsym`, then `.symtab`) for which `useful` says yes, and
 /// the build-id. `None` if it is not ELF or no table is useful.
 pub(super) fn read_file(
