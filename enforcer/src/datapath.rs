@@ -1,18 +1,265 @@
 //! The datapath: the eBPF object in the kernel and our typed handles on it.
 //!
-//! [`loader`] loads the object, [`maps`] holds the maps the agent reads and writes while it runs,
-//! [`uprobes`] and [`hooks`] attach the programs that attribute a flow to a library (the TLS
-//! uprobes and the kernel TCP hook), [`iface`] and [`tc`] put the blocklist filters on the
-//! interfaces (XDP ingress, tc egress), [`pin`] keeps all of it in force past the agent, and
-//! [`sock_destroy`] aborts a blocked socket. [`btf`] is here, not with the domain modules: it reads
-//! the running kernel's `struct sock` layout, which only the eBPF programs consume.
+//! [`Datapath`] is its one owner: the object, the [`Prober`], the policy maps, the library
+//! table with its id allocator, and the policy in force. Start-up, the new-file watcher and
+//! policy reloads all go through it ([`Datapath::register`], [`Datapath::apply`]).
+//!
+//! [`loader`] loads the object, [`maps`] holds the maps the agent reads and writes while it runs
+//! and [`policy_maps`] those that hold the policy, [`uprobes`] and [`hooks`] attach the programs
+//! that attribute a flow to a library (the TLS uprobes and the kernel TCP hook), [`iface`] and
+//! [`tc`] put the blocklist filters on the interfaces (XDP ingress, tc egress), [`pin`] keeps all
+//! of it in force past the agent, and [`sock_destroy`] aborts a blocked socket. [`btf`] is here,
+//! not with the domain modules: it reads the running kernel's `struct sock` layout, which only the
+//! eBPF programs consume.
 
+mod apply;
 pub mod btf;
 pub mod hooks;
 pub mod iface;
 pub mod loader;
 pub mod maps;
 pub mod pin;
+pub mod policy_maps;
 pub mod sock_destroy;
+pub mod table;
 pub mod tc;
 pub mod uprobes;
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard},
+};
+
+use aya::Ebpf;
+use tracing::warn;
+
+pub use apply::{Summary, verdict_for};
+use maps::{LiveMapError, LiveMaps};
+use policy_maps::PolicyMaps;
+use table::{Ids, LibInfo, Libraries};
+use uprobes::Prober;
+
+use crate::{
+    catalog::Catalog,
+    libraries::Library,
+    policy::{Action, Decision, Mode, Policy},
+};
+
+/// The eBPF object and everything that writes the policy into it. Shared (`Arc`) by the agent's
+/// start-up, its main loop and the watcher's worker threads.
+///
+/// Fields drop in order: the object first (its links detach), the prober last (it releases the
+/// `uprobe_multi` links from many threads at once). Locks are taken in the order `in_force`,
+/// `libraries`, `policy_maps`, and none of them is held while probing (which may lock `ebpf`).
+pub struct Datapath {
+    ebpf: Mutex<Ebpf>,
+    policy_maps: Mutex<PolicyMaps>,
+    maps: Arc<Mutex<LiveMaps>>,
+    /// Read-locked by a registration until the library is in the table, write-locked by a
+    /// reload while it writes the maps: a library registered during a reload is either listed
+    /// (and rewritten by it) or written with the new policy, never with the old one after it.
+    in_force: Arc<RwLock<InForce>>,
+    libraries: Libraries,
+    ids: Ids,
+    /// The largest library id an earlier run left in the pinned `LIB_ACTIONS` (0: none).
+    earlier_max_id: u32,
+    prober: Prober,
+}
+
+/// The policy in force and the settings it is applied with.
+#[derive(Clone, Debug)]
+pub struct InForce {
+    pub policy: Policy,
+    /// `--dry-run`: the mode is audit whatever the policy says.
+    pub dry_run: bool,
+    /// The kernel hook attributes sends only after they leave (`sock_send_length`): see
+    /// [`policy_maps::hello_value`].
+    pub late_attribution: bool,
+}
+
+impl InForce {
+    pub fn mode(&self) -> Mode {
+        self.policy.effective_mode(self.dry_run)
+    }
+}
+
+/// A read-only view of the policy in force (the operator's `status`, the `ready` record).
+#[derive(Clone)]
+pub struct PolicyView(Arc<RwLock<InForce>>);
+
+impl PolicyView {
+    pub fn read(&self) -> RwLockReadGuard<'_, InForce> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A library registered and probed.
+#[derive(Debug)]
+pub struct Registered {
+    pub id: u32,
+    pub decision: Decision,
+    /// How many functions got probes.
+    pub functions: usize,
+}
+
+/// A library that could not be registered; nothing of it is left in the maps or the table.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The policy maps could not be written (the datapath is in trouble, not the library).
+    #[error("writing the policy of library {id}: {source}")]
+    Maps { id: u32, source: LiveMapError },
+    #[error("probing library {id}: {source:#}")]
+    Probe { id: u32, source: anyhow::Error },
+}
+
+impl Datapath {
+    /// Takes over a loaded object: opens its maps, writes `MODE`, loads the TLS programs. Library
+    /// ids continue after the largest an earlier run left in pinned maps.
+    pub fn new(
+        mut ebpf: Ebpf,
+        libraries: Libraries,
+        policy: Policy,
+        dry_run: bool,
+    ) -> anyhow::Result<Datapath> {
+        let mut policy_maps = PolicyMaps::open(&ebpf)?;
+        let maps = LiveMaps::open(&ebpf)?;
+        let earlier_max_id = policy_maps.action_ids().into_iter().max().unwrap_or(0);
+        let in_force = InForce {
+            policy,
+            dry_run,
+            late_attribution: false,
+        };
+        policy_maps.set_mode(in_force.mode().code())?;
+        let prober = Prober::new(&mut ebpf)?;
+        Ok(Datapath {
+            ebpf: Mutex::new(ebpf),
+            policy_maps: Mutex::new(policy_maps),
+            maps: Arc::new(Mutex::new(maps)),
+            in_force: Arc::new(RwLock::new(in_force)),
+            libraries,
+            ids: Ids::after(earlier_max_id),
+            earlier_max_id,
+            prober,
+        })
+    }
+
+    /// The object, for attaching programs and taking maps (hold it briefly: workers probing
+    /// with perf-event uprobes wait for it).
+    pub fn ebpf(&self) -> MutexGuard<'_, Ebpf> {
+        lock(&self.ebpf)
+    }
+
+    /// The flow table, blocklist and statistics (the operator, the metrics).
+    pub fn maps(&self) -> Arc<Mutex<LiveMaps>> {
+        self.maps.clone()
+    }
+
+    pub fn libraries(&self) -> &Libraries {
+        &self.libraries
+    }
+
+    pub fn policy(&self) -> PolicyView {
+        PolicyView(self.in_force.clone())
+    }
+
+    /// The catalog files are identified with (the policy's, so it follows reloads).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.read().policy.catalog.clone()
+    }
+
+    pub fn earlier_max_id(&self) -> u32 {
+        self.earlier_max_id
+    }
+
+    /// The ids of the programs whose links `--pin` pins.
+    pub fn pinned_program_ids(&self) -> Vec<u32> {
+        pin::datapath_programs(&self.ebpf(), &self.prober.program_fds())
+    }
+
+    /// Once the kernel hook is attached: whether it attributes late, and `HELLO_POLICY` written
+    /// accordingly. Returns the action applied to unattributed TLS.
+    pub fn set_late_attribution(&self, late: bool) -> Result<Action, LiveMapError> {
+        let mut in_force = self
+            .in_force
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        in_force.late_attribution = late;
+        let (value, unattributed) = policy_maps::hello_value(&in_force.policy, late);
+        lock(&self.policy_maps).set_hello_policy(value)?;
+        Ok(unattributed)
+    }
+
+    /// Gives `lib` the next id, writes its action and server-name scope (before its probes: the
+    /// first connection may follow them within microseconds), lists it in the table (so its
+    /// first events are reported with it), and probes it. If it cannot be probed, it leaves the
+    /// table and the maps again.
+    pub fn register(&self, lib: Library) -> Result<Registered, RegisterError> {
+        let id = self.ids.next();
+        let decision = {
+            let in_force = self.read();
+            let decision = in_force.policy.decide(&lib);
+            let scope = in_force.policy.name_scope(&lib);
+            let written =
+                lock(&self.policy_maps).write_library(id, decision.action, scope.as_ref());
+            if let Err(source) = written {
+                self.forget(id);
+                return Err(RegisterError::Maps { id, source });
+            }
+            self.libraries.insert(id, LibInfo::of(&lib));
+            decision
+        };
+        match self.prober.attach(id, &lib, || lock(&self.ebpf)) {
+            Ok(functions) => Ok(Registered {
+                id,
+                decision,
+                functions,
+            }),
+            Err(source) => {
+                // Under the read lock: a reload does not write this library again after it.
+                let _in_force = self.read();
+                self.libraries.remove(id);
+                self.forget(id);
+                Err(RegisterError::Probe { id, source })
+            }
+        }
+    }
+
+    /// Removes the policy (action, server-name scope) of an earlier run's libraries that no flow
+    /// refers to any more (once this run is attached and the earlier run's links are gone).
+    pub fn retire_earlier(&self) {
+        let referenced: HashSet<u32> = lock(&self.maps)
+            .flows()
+            .iter()
+            .map(|(_, s)| s.lib_id)
+            .collect();
+        let mut policy_maps = lock(&self.policy_maps);
+        for id in policy_maps.action_ids() {
+            if id <= self.earlier_max_id
+                && !referenced.contains(&id)
+                && let Err(err) = policy_maps.forget_library(id)
+            {
+                warn!(
+                    id,
+                    "removing an earlier run's library from the policy maps failed: {err}"
+                );
+            }
+        }
+    }
+
+    fn forget(&self, id: u32) {
+        if let Err(err) = lock(&self.policy_maps).forget_library(id) {
+            warn!(
+                id,
+                "removing an unprobed library from the policy maps failed: {err}"
+            );
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, InForce> {
+        self.in_force.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -41,11 +41,10 @@ use crate::family::Family;
 
 pub use identity::{MAX_HASH_BYTES, MAX_RODATA_BYTES};
 
-/// One TLS library file.
+/// One TLS library file. Its id (in uprobe cookies and events) is the datapath's to give: see
+/// [`crate::datapath::Datapath::register`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Library {
-    /// 1, 2, ... in the order of `path`; the library id in uprobe cookies and events.
-    pub id: u32,
     pub family: Family,
     /// A path that reaches the file: its real path when there is one, else a `/proc/<pid>/...`
     /// path that only lives as long as that process (deleted-but-mapped files, other mount
@@ -64,6 +63,24 @@ pub struct Library {
     pub identity: Identity,
     /// The companion file, if the family has one and it was found.
     pub companion: Option<FileRef>,
+}
+
+#[cfg(test)]
+impl Library {
+    /// A library of `family` at `path`, nothing else known (for tests).
+    pub(crate) fn bare(family: &str, path: &str) -> Library {
+        Library {
+            family: Family::new(family).unwrap(),
+            path: path.into(),
+            dev: 0,
+            ino: 0,
+            probes: Vec::new(),
+            pids: Vec::new(),
+            mapped_as: Vec::new(),
+            identity: Identity::default(),
+            companion: None,
+        }
+    }
 }
 
 /// At most this many distinct mapped names are kept per library.
@@ -346,8 +363,8 @@ fn is_proc_path(path: &Path) -> bool {
 }
 
 /// Every TLS library file on this host that `opts` reaches, each once (by device and inode),
-/// with ids 1, 2, ... in path order, with its identity and companion. Fails only if `/proc` cannot be listed while `scan_proc`
-/// is on; unreadable directories and files are skipped with a debug log.
+/// in path order, with its identity and companion. Fails only if `/proc` cannot be listed while
+/// `scan_proc` is on; unreadable directories and files are skipped with a debug log.
 pub fn discover(opts: &DiscoverOptions) -> Result<Vec<Library>, LibraryError> {
     let started = Instant::now();
     let mut files: HashMap<(u64, u64), Candidate> = HashMap::new();

@@ -1,55 +1,55 @@
 //! `enforcer attach`: load, attach everything, report until a signal, then detach everything
 //! (with `--pin`: leave the pinned state in force, see `pin`).
 //!
+//! [`run`] goes through named steps: `check` (everything that needs no kernel object), `load`,
+//! `register_libraries`, `attach_hook`, `attach_interfaces`, then `serve` and `teardown`.
+//!
 //! Rollback: every piece is owned by something that undoes it. Uprobes, the kernel hook, the
-//! tracepoints and XDP are aya links owned by the `Ebpf` object (detached when it drops, and by
-//! the kernel if the process dies); the tc filters are netlink objects and are removed
-//! explicitly, on success, error and signal alike.
+//! tracepoints and XDP are aya links owned by the `Ebpf` object in the [`Datapath`] (detached
+//! when it drops, and by the kernel if the process dies); the tc filters are netlink objects and
+//! are removed explicitly, on success, error and signal alike.
+
+mod earlier;
+mod interfaces;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
-    os::fd::AsFd,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Instant,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aya::{
     Btf, Ebpf,
     maps::{MapData, RingBuf},
-    programs::{
-        SchedClassifier, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
 };
-use enforcer_common::maps;
+use enforcer_common::{flow::SockOffsets, maps};
+use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info, warn};
 
 use crate::{
     agent::{
         control,
-        events::{EventFormat, LibInfo, Reporter},
-        main_loop::{self, Earlier},
-        metrics,
+        events::{EventFormat, Reporter},
+        main_loop, metrics,
         operator::AgentInfo,
         reload,
         watcher::{self, Watcher},
     },
     datapath::{
-        btf,
-        hooks::{self, HookChoice},
+        Datapath, RegisterError, btf,
+        hooks::{self, AttachedHook, HookChoice},
         iface, loader,
-        maps::LiveMaps,
         pin::{self, PinDir},
-        tc,
-        uprobes::Prober,
+        table::Libraries,
     },
-    libraries::{self, DiscoverOptions},
-    policy,
+    libraries::{self, DiscoverOptions, Library},
+    policy::{self, Policy},
 };
+
+use earlier::Earlier;
+use interfaces::Attached;
 
 #[derive(clap::Args)]
 pub struct AttachArgs {
@@ -93,15 +93,65 @@ pub struct AttachArgs {
 }
 
 pub async fn run(args: AttachArgs) -> Result<()> {
+    let (mut checked, policy) = check(&args).await?;
+    let (datapath, earlier) = load(&args, &checked, policy)?;
+    let datapath = Arc::new(datapath);
+    register_libraries(&datapath, &checked.found)?;
+    let hook = attach_hook(&datapath, args.kernel_hook)?;
+    let ring = take_events(&mut datapath.ebpf())?;
+    let mut attached = Attached::default();
+    let result = attach_interfaces(&datapath, &checked, &mut attached).await;
+    let programs = datapath.pinned_program_ids();
+    // Bound once attached: an agent that cannot attach fails for that reason, not this one.
+    let result = result.and_then(|()| control::bind(&args.control_socket));
+    let served_control = result.is_ok();
+    let result = match result {
+        Ok(control) => {
+            let ready = Ready {
+                datapath: &datapath,
+                hook: &hook,
+                earlier: earlier.as_ref(),
+                programs,
+                control,
+            };
+            serve(&args, &mut checked, ready, ring).await
+        }
+        Err(err) => {
+            for path in &attached.pinned {
+                let _ = pin::unpin(path);
+            }
+            Err(err)
+        }
+    };
+    if served_control {
+        let _ = std::fs::remove_file(&args.control_socket);
+    }
+    teardown(&args, &checked.handle, datapath, attached, result).await
+}
+
+/// What [`check`] found: everything that can be checked without touching the kernel.
+struct Checked {
+    handle: rtnetlink::Handle,
+    names: Vec<String>,
+    ifaces: Vec<(String, u32)>,
+    offsets: SockOffsets,
+    pin: Option<PinDir>,
+    /// The library table the reporter reads (the datapath fills it).
+    libraries: Libraries,
+    reporter: Reporter,
+    metrics: Option<(TcpListener, SocketAddr)>,
+    /// Every library discovery found (the watcher will not examine them again).
+    found: Vec<Library>,
+}
+
+/// Also returns the policy, which [`load`] hands to the datapath.
+async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
     let policy = match &args.policy {
         Some(path) => policy::load(path)?,
         None => policy::embedded_default(),
     };
-    let mode = policy.effective_mode(args.dry_run);
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
-
-    // Everything that can be checked without touching the kernel is checked first.
     let names = match args.ifaces.is_empty() {
         true => vec![iface::default_route_interface(&handle).await?],
         false => args.ifaces.clone(),
@@ -119,7 +169,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         Some(dir) => Some(PinDir::create(dir)?),
         None => None,
     };
-    let reporter = Reporter::new(HashMap::new(), args.events);
+    let libraries = Libraries::default();
+    let reporter = Reporter::new(libraries.clone(), args.events);
     let reporter = match &args.events_file {
         Some(path) => reporter
             .with_events_file(path)
@@ -138,16 +189,35 @@ pub async fn run(args: AttachArgs) -> Result<()> {
         catalog: policy.catalog.clone(),
         ..DiscoverOptions::default()
     };
-    let mut libs = tokio::task::spawn_blocking(move || libraries::discover(&opts))
+    let found = tokio::task::spawn_blocking(move || libraries::discover(&opts))
         .await
         .context("library discovery panicked")??;
+    let checked = Checked {
+        handle,
+        names,
+        ifaces,
+        offsets,
+        pin,
+        libraries,
+        reporter,
+        metrics,
+        found,
+    };
+    Ok((checked, policy))
+}
 
+/// Loads the object (reusing pinned maps) and hands it to the [`Datapath`], which writes `MODE`.
+fn load(
+    args: &AttachArgs,
+    checked: &Checked,
+    policy: Policy,
+) -> Result<(Datapath, Option<Earlier>)> {
     let load = loader::LoadOptions {
         flows_max: args.flows_max,
         blocklist_max: args.blocklist_max,
-        pin: pin.clone(),
+        pin: checked.pin.clone(),
     };
-    let mut ebpf = loader::load_with(&offsets, &load)?;
+    let ebpf = loader::load_with(&checked.offsets, &load)?;
     for (map, asked, actual) in loader::pinned_size_mismatches(&ebpf, &load) {
         warn!(
             map,
@@ -156,127 +226,155 @@ pub async fn run(args: AttachArgs) -> Result<()> {
             "pinned map reused with its earlier size; `enforcer detach --pin` first to resize"
         );
     }
-    let mut live = LiveMaps::open(&ebpf)?;
-    // With pinned maps, library ids continue after the earlier runs' (their flows keep theirs).
-    let earlier = pin
+    let datapath = Datapath::new(ebpf, checked.libraries.clone(), policy, args.dry_run)?;
+    let earlier = checked
+        .pin
         .as_ref()
-        .map(|dir| Earlier::read(dir, &live))
+        .map(|dir| Earlier::read(dir, datapath.earlier_max_id()))
         .transpose()?;
-    if let Some(earlier) = &earlier {
-        for lib in &mut libs {
-            lib.id += earlier.max_lib_id;
+    Ok((datapath, earlier))
+}
+
+/// Registers (policy, then probes) each library discovery found. A library that cannot be
+/// probed is reported and left out; the run goes on for the others.
+fn register_libraries(datapath: &Datapath, found: &[Library]) -> Result<()> {
+    for lib in found {
+        match datapath.register(lib.clone()) {
+            Ok(r) => {
+                let version = lib.identity.version.as_deref().unwrap_or("unknown");
+                info!(id = r.id, family = %lib.family, version, path = %lib.path.display(), functions = r.functions, action = %r.decision.action, rule_line = ?r.decision.rule_line, "library probed");
+            }
+            Err(err @ RegisterError::Maps { .. }) => return Err(err.into()),
+            Err(err) => error!("library not covered: {err:#}"),
         }
     }
-    loader::set_mode(&mut ebpf, mode)?;
-    let prober = Prober::new(&mut ebpf)?;
-    let covered = attach_libraries(&mut ebpf, &prober, &policy, &libs)?;
-    for (id, info) in covered {
-        reporter.add_library(id, info);
+    if datapath.libraries().is_empty() {
+        warn!("no TLS library could be probed: no connection will be attributed");
     }
+    Ok(())
+}
 
+/// The kernel TCP hook (the cheapest form that works with `auto`), then `HELLO_POLICY` for it,
+/// then the always-on tracepoints.
+fn attach_hook(datapath: &Datapath, choice: HookChoice) -> Result<AttachedHook> {
     let btf = Btf::from_sys_fs().ok();
-    let hook = hooks::attach_choice(&mut ebpf, args.kernel_hook, btf.as_ref())?;
-    let form = hook.form;
+    let hook = hooks::attach_choice(&mut datapath.ebpf(), choice, btf.as_ref())?;
     for (cheaper, why) in &hook.skipped {
         info!(form = %cheaper, "kernel hook form unavailable: {why}");
     }
-    info!(form = %form, targets = ?hook.targets, "kernel TCP hook attached");
+    info!(form = %hook.form, targets = ?hook.targets, "kernel TCP hook attached");
     let late = hook.targets.iter().any(|t| t == "sock_send_length");
-    let unattributed = loader::set_hello_policy(&mut ebpf, &policy, late)?;
-    if unattributed != policy.unattributed_tls {
-        warn!(policy = %policy.unattributed_tls, applied = %unattributed, "the kernel hook attributes sends only after they leave (sock_send_length): unattributed TLS is reported, not blocked, and server-name rules judge without the name");
+    let unattributed = datapath.set_late_attribution(late)?;
+    let wanted = datapath.policy().read().policy.unattributed_tls;
+    if unattributed != wanted {
+        warn!(policy = %wanted, applied = %unattributed, "the kernel hook attributes sends only after they leave (sock_send_length): unattributed TLS is reported, not blocked, and server-name rules judge without the name");
     }
-    hooks::attach_always(&mut ebpf)?;
+    hooks::attach_always(&mut datapath.ebpf())?;
+    Ok(hook)
+}
 
-    let ring = take_events(&mut ebpf)?;
-    let mut filters = Vec::new();
-    let mut attached = Attached::default();
-    let result = attach_interfaces(
-        &mut ebpf,
-        &handle,
-        &ifaces,
-        pin.as_ref(),
-        &mut filters,
-        &mut attached,
+async fn attach_interfaces(
+    datapath: &Datapath,
+    checked: &Checked,
+    attached: &mut Attached,
+) -> Result<()> {
+    let pin = checked.pin.as_ref();
+    let classifier = interfaces::attach_xdp(&mut datapath.ebpf(), &checked.ifaces, pin, attached)?;
+    interfaces::attach_tc(
+        &checked.handle,
+        &checked.ifaces,
+        &classifier,
+        pin.is_some(),
+        attached,
     )
-    .await;
-    let programs = pin::datapath_programs(&ebpf, &prober.program_fds());
-    // Bound once attached: an agent that cannot attach fails for that reason, not this one.
-    let result = result.and_then(|()| control::bind(&args.control_socket));
-    let served_control = result.is_ok();
-    let (result, watcher) = match result {
-        Ok(control) => {
-            if let (Some(dir), Some(earlier)) = (&pin, &earlier) {
-                // Ours are attached: the earlier run's links can go (no gap), and what we have
-                // is pinned at once (a SIGKILL right after `ready` leaves enforcement in place).
-                earlier.retire(dir, &handle, &ifaces, &mut live).await;
-                pin_sweep(dir, &programs);
-            }
-            // From here on the watcher owns the object: it probes library files that appear
-            // later, pausing the processes that map them until they are probed.
-            let mut watcher = Watcher::start(
-                ebpf,
-                watcher::Setup {
-                    policy: &policy,
-                    libraries: &libs,
-                    reporter: reporter.clone(),
-                    pause: true,
-                    prober,
-                },
-            );
-            let info = AgentInfo {
-                interfaces: names.clone(),
-                kernel_hook: form.name(),
-                kernel_hook_targets: hook.targets.iter().map(|t| t.to_string()).collect(),
-                new_files: watcher.status.name(),
-                pin: pin.as_ref().map(|d| d.root().display().to_string()),
-                started: Instant::now(),
-            };
-            let run = main_loop::Running {
-                info,
-                reporter: reporter.clone(),
-                maps: Arc::new(Mutex::new(live)),
-                policy,
-                reload: args.policy.clone().map(|path| reload::ReloadConfig {
-                    path,
-                    dry_run: args.dry_run,
-                    reevaluate_established: args.reevaluate_established,
-                    late_attribution: late,
-                }),
-                pin: pin.clone().map(|dir| (dir, programs)),
-                control: Some(control),
-                control_path: args.control_socket.clone(),
-                metrics,
-            };
-            let result = run.serve(ring, &mut watcher).await;
-            // Hooks off and every paused process resumed before anything is taken down.
-            tokio::task::block_in_place(|| watcher.stop());
-            (result, watcher)
-        }
-        Err(err) => {
-            for path in &attached.pinned {
-                let _ = pin::unpin(path);
-            }
-            (Err(err), Watcher::hold(ebpf, prober))
-        }
-    };
-    if served_control {
-        let _ = std::fs::remove_file(&args.control_socket);
+    .await
+}
+
+/// What [`serve`] needs besides the checked start-up values.
+struct Ready<'a> {
+    datapath: &'a Arc<Datapath>,
+    hook: &'a AttachedHook,
+    earlier: Option<&'a Earlier>,
+    /// Programs whose links `--pin` pins.
+    programs: Vec<u32>,
+    control: UnixListener,
+}
+
+/// Retires the earlier run's pinned state, starts the watcher, and runs the main loop until a
+/// signal. Returns once every paused process is resumed and the watcher's hooks are off.
+async fn serve(
+    args: &AttachArgs,
+    checked: &mut Checked,
+    ready: Ready<'_>,
+    ring: RingBuf<MapData>,
+) -> Result<()> {
+    let datapath = ready.datapath;
+    if let (Some(dir), Some(earlier)) = (&checked.pin, ready.earlier) {
+        // Ours are attached: the earlier run's links can go (no gap), and what we have is
+        // pinned at once (a SIGKILL right after `ready` leaves enforcement in place).
+        earlier
+            .retire(dir, &checked.handle, &checked.ifaces, datapath)
+            .await;
+        pin_sweep(dir, &ready.programs);
     }
-    let persist = pin.is_some() && result.is_ok();
+    // From here on the watcher probes library files that appear later, pausing the processes
+    // that map them until they are probed.
+    let mut watcher = Watcher::start(
+        datapath.clone(),
+        watcher::Setup {
+            libraries: &checked.found,
+            reporter: checked.reporter.clone(),
+            pause: true,
+        },
+    );
+    let info = AgentInfo {
+        interfaces: checked.names.clone(),
+        kernel_hook: ready.hook.form.name(),
+        kernel_hook_targets: ready.hook.targets.iter().map(|t| t.to_string()).collect(),
+        new_files: watcher.status.name(),
+        pin: checked.pin.as_ref().map(|d| d.root().display().to_string()),
+        started: Instant::now(),
+    };
+    let run = main_loop::Running {
+        info,
+        reporter: checked.reporter.clone(),
+        datapath: datapath.clone(),
+        reload: args.policy.clone().map(|path| reload::ReloadConfig {
+            path,
+            reevaluate_established: args.reevaluate_established,
+        }),
+        pin: checked.pin.clone().map(|dir| (dir, ready.programs)),
+        control: Some(ready.control),
+        control_path: args.control_socket.clone(),
+        metrics: checked.metrics.take(),
+    };
+    let result = run.serve(ring).await;
+    // Hooks off and every paused process resumed before anything is taken down.
+    tokio::task::block_in_place(|| watcher.stop());
+    result
+}
+
+/// Removes the tc filters (unless pinned state is kept), then drops the datapath: uprobes, hooks
+/// and XDP links go (pinned ones stay).
+async fn teardown(
+    args: &AttachArgs,
+    handle: &rtnetlink::Handle,
+    datapath: Arc<Datapath>,
+    attached: Attached,
+    result: Result<()>,
+) -> Result<()> {
+    let persist = args.pin.is_some() && result.is_ok();
     if persist {
         // Pinned: the tc filter stays with the pinned links and maps (see `pin`).
         info!(pin = %args.pin.as_deref().unwrap_or(Path::new("")).display(), "pinned state left in place: enforcement goes on; `enforcer detach --pin DIR` removes it");
     } else {
-        for filter in filters {
-            if let Err(err) = filter.detach(&handle).await {
+        for filter in attached.filters {
+            if let Err(err) = filter.detach(handle).await {
                 error!("detaching the tc filter failed: {err}");
             }
         }
     }
-    // Dropping the watcher drops the object and the prober: uprobes, hooks and XDP links go
-    // (pinned ones stay).
-    drop(watcher);
+    drop(datapath);
     info!(
         "{}",
         if persist {
@@ -294,109 +392,6 @@ fn pin_sweep(dir: &PinDir, programs: &[u32]) {
         Ok(_) => {}
         Err(err) => warn!("pinning links failed: {err}"),
     }
-}
-
-/// Sets each library's action from the policy and probes it. A library that cannot be probed is
-/// reported and left out; the run goes on for the others.
-fn attach_libraries(
-    ebpf: &mut Ebpf,
-    prober: &Prober,
-    policy: &policy::Policy,
-    libs: &[libraries::Library],
-) -> Result<HashMap<u32, LibInfo>> {
-    let mut covered = HashMap::new();
-    for lib in libs {
-        let decision = loader::apply_library_policy(ebpf, policy, lib)?;
-        match prober.attach(lib, || &mut *ebpf) {
-            Ok(functions) => {
-                let version = lib.identity.version.as_deref().unwrap_or("unknown");
-                info!(id = lib.id, family = %lib.family, version, path = %lib.path.display(), functions, action = %decision.action, rule_line = ?decision.rule_line, "library probed");
-                covered.insert(lib.id, LibInfo::of(lib));
-            }
-            Err(err) => error!("library not covered: {err:#}"),
-        }
-    }
-    if covered.is_empty() {
-        warn!("no TLS library could be probed: no connection will be attributed");
-    }
-    Ok(covered)
-}
-
-/// What this run pinned so far (undone if the start fails).
-#[derive(Default)]
-struct Attached {
-    pinned: Vec<PathBuf>,
-}
-
-async fn attach_interfaces(
-    ebpf: &mut Ebpf,
-    handle: &rtnetlink::Handle,
-    ifaces: &[(String, u32)],
-    pin: Option<&PinDir>,
-    filters: &mut Vec<tc::EgressFilter>,
-    attached: &mut Attached,
-) -> Result<()> {
-    let xdp: &mut Xdp = program(ebpf, "enforcer_ingress")?;
-    xdp.load()?;
-    for (name, index) in ifaces {
-        if let Some(dir) = pin
-            && dir.xdp_path(*index).exists()
-        {
-            // The earlier run's link: our program takes its place in it, atomically.
-            let link = PinnedLink::from_pin(dir.xdp_path(*index))
-                .with_context(|| format!("opening the pinned XDP link of {name}"))?;
-            let link = XdpLink::try_from(FdLink::from(link))
-                .with_context(|| format!("pinned XDP link of {name}"))?;
-            xdp.attach_to_link(link).with_context(|| {
-                format!("replacing the program of the pinned XDP link of {name}")
-            })?;
-            info!(iface = %name, "XDP: took over the pinned link");
-            continue;
-        }
-        let id = match xdp.attach_to_if_index(*index, XdpMode::Default) {
-            Ok(id) => id,
-            Err(native) => xdp.attach_to_if_index(*index, XdpMode::Skb).with_context(|| {
-                format!("attaching XDP to {name} failed (native: {native}); if another XDP program is attached, see `ip link show {name}`")
-            })?,
-        };
-        if let Some(dir) = pin {
-            let link: FdLink = xdp.take_link(id)?.try_into().with_context(|| {
-                format!("XDP on {name} is not a bpf link (kernel < 5.9?): cannot pin it")
-            })?;
-            let path = dir.xdp_path(*index);
-            // Pinned, the link outlives the fd we drop here.
-            link.pin(&path)
-                .with_context(|| format!("pinning the XDP link of {name} at {}", path.display()))?;
-            attached.pinned.push(path);
-        }
-    }
-    let classifier: &mut SchedClassifier = program(ebpf, "enforcer_egress")?;
-    classifier.load()?;
-    let fd = classifier.fd()?;
-    for (name, index) in ifaces {
-        if pin.is_some() {
-            filters.push(tc::replace_egress(handle, *index, fd.as_fd(), tc::FILTER_NAME).await?);
-            info!(iface = %name, "XDP (ingress) and tc (egress) attached, pinned");
-            continue;
-        }
-        let stale = tc::remove_stale(handle, *index, tc::FILTER_NAME).await?;
-        if stale > 0 {
-            warn!(iface = %name, stale, "removed tc filters left by an earlier agent");
-        }
-        filters.push(tc::attach_egress(handle, *index, fd.as_fd(), tc::FILTER_NAME).await?);
-        info!(iface = %name, "XDP (ingress) and tc (egress) attached");
-    }
-    Ok(())
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let Some(program) = ebpf.program_mut(name) else {
-        bail!("program {name} is missing from the eBPF object");
-    };
-    Ok(program.try_into()?)
 }
 
 fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {

@@ -5,12 +5,12 @@
 mod hello;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fs::File,
     io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime},
 };
 
@@ -23,7 +23,10 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
-use crate::{datapath::sock_destroy, family::Family, libraries::Library};
+use crate::datapath::{
+    sock_destroy,
+    table::{LibInfo, Libraries},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventFormat {
@@ -33,35 +36,13 @@ pub enum EventFormat {
     Json,
 }
 
-/// What the event reader needs to know about an attached library.
-#[derive(Clone, Debug)]
-pub struct LibInfo {
-    pub family: Family,
-    pub path: String,
-    /// The version the library states about itself, if found.
-    pub version: Option<String>,
-    /// What the policy matches on (a policy reload decides again from it).
-    pub library: Option<Arc<Library>>,
-}
-
-impl LibInfo {
-    pub fn of(lib: &Library) -> LibInfo {
-        LibInfo {
-            family: lib.family.clone(),
-            path: lib.path.display().to_string(),
-            version: lib.identity.version.clone(),
-            library: Some(Arc::new(lib.clone())),
-        }
-    }
-}
-
 /// Connections reported, by (library family, verdict name): the metrics' counters.
 pub type ConnectionCounts = BTreeMap<(String, &'static str), u64>;
 
-/// Cheap to clone: clones share the library table (the watcher adds libraries found later).
+/// Cheap to clone: clones share the datapath's library table (a read-only view).
 #[derive(Clone)]
 pub struct Reporter {
-    libs: Arc<RwLock<HashMap<u32, LibInfo>>>,
+    libs: Libraries,
     /// Recent flows' owners, for `client_hello` events.
     recent: hello::RecentTable,
     pub format: EventFormat,
@@ -73,9 +54,9 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(libs: HashMap<u32, LibInfo>, format: EventFormat) -> Self {
+    pub fn new(libs: Libraries, format: EventFormat) -> Self {
         Self {
-            libs: Arc::new(RwLock::new(libs)),
+            libs,
             recent: Default::default(),
             format,
             file: None,
@@ -105,34 +86,9 @@ impl Reporter {
             .clone()
     }
 
-    /// Every known library: id → info.
-    pub fn libraries(&self) -> HashMap<u32, LibInfo> {
-        self.libs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The family name of library `id` (`unknown` for an id of an earlier run).
-    pub fn family_of(&self, id: u32) -> String {
-        let libs = self.libs.read().unwrap_or_else(PoisonError::into_inner);
-        libs.get(&id)
-            .map_or("unknown", |l| l.family.name())
-            .to_string()
-    }
-
     /// How many libraries are known.
     pub fn library_count(&self) -> usize {
-        self.libs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// A library probed after start (see `watcher`); its events are reported with this.
-    pub fn add_library(&self, id: u32, info: LibInfo) {
-        let mut libs = self.libs.write().unwrap_or_else(PoisonError::into_inner);
-        libs.insert(id, info);
+        self.libs.len()
     }
 
     /// Prints a non-connection record (`ready`, ...) in the chosen format.
@@ -155,8 +111,7 @@ impl Reporter {
     }
 
     fn library(&self, id: u32) -> Option<LibInfo> {
-        let libs = self.libs.read().unwrap_or_else(PoisonError::into_inner);
-        libs.get(&id).cloned()
+        self.libs.get(id)
     }
 
     fn handle(&self, event: &TlsEvent) {

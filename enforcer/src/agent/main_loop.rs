@@ -3,9 +3,8 @@
 //! pinning links of libraries probed since the last tick).
 
 use std::{
-    collections::HashSet,
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
+    sync::{Arc, PoisonError, atomic::Ordering},
     time::Duration,
 };
 
@@ -24,16 +23,13 @@ use crate::{
         control, events,
         events::Reporter,
         metrics::{self, AgentCounters},
-        operator::{AgentInfo, Live, Operator, ReloadRequest},
+        operator::{AgentInfo, Operator, ReloadRequest},
         reload::{self, ReloadConfig},
-        watcher::Watcher,
     },
     datapath::{
-        maps::LiveMaps,
+        Datapath,
         pin::{self, PinDir},
-        tc,
     },
-    policy::Policy,
 };
 
 const TICK: Duration = Duration::from_secs(1);
@@ -46,8 +42,7 @@ const PRESSURE_LOW: f64 = 0.7;
 pub struct Running {
     pub info: AgentInfo,
     pub reporter: Reporter,
-    pub maps: Arc<Mutex<LiveMaps>>,
-    pub policy: Policy,
+    pub datapath: Arc<Datapath>,
     /// `None`: the embedded default policy (nothing to reload).
     pub reload: Option<ReloadConfig>,
     /// The pin directory and the programs whose links are pinned.
@@ -68,17 +63,14 @@ impl Drop for Task {
 
 impl Running {
     /// Reports `ready`, then serves until SIGINT/SIGTERM (or the ring buffer fails).
-    pub async fn serve(mut self, ring: RingBuf<MapData>, watcher: &mut Watcher) -> Result<()> {
+    pub async fn serve(mut self, ring: RingBuf<MapData>) -> Result<()> {
         let counters = Arc::new(AgentCounters::default());
-        let live = Arc::new(Mutex::new(Live {
-            mode: self.policy_mode(),
-            policy: self.policy.source.clone(),
-        }));
         let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
         let operator = Operator {
             info: self.info.clone(),
-            live: live.clone(),
-            maps: self.maps.clone(),
+            policy: self.datapath.policy(),
+            maps: self.datapath.maps(),
+            libraries: self.datapath.libraries().clone(),
             reporter: self.reporter.clone(),
             reload: reload_tx,
         };
@@ -92,7 +84,7 @@ impl Running {
                 listener,
                 metrics::Sources {
                     reporter: self.reporter.clone(),
-                    maps: self.maps.clone(),
+                    maps: self.datapath.maps(),
                     counters: counters.clone(),
                 },
             )))
@@ -103,19 +95,25 @@ impl Running {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sighup = signal(SignalKind::hangup())?;
         let i = &self.info;
+        let (mode, source) = {
+            let in_force = self.datapath.policy();
+            let in_force = in_force.read();
+            (in_force.mode().name(), in_force.policy.source.clone())
+        };
+        let libraries = self.datapath.libraries().len();
         self.reporter.lifecycle(json!({
             "type": "ready",
             "interfaces": i.interfaces,
-            "mode": self.policy_mode(),
-            "policy": self.policy.source,
+            "mode": mode,
+            "policy": source,
             "kernel_hook": i.kernel_hook,
-            "libraries": self.reporter.library_count(),
+            "libraries": libraries,
             "new_files": i.new_files,
             "pin": i.pin,
             "control_socket": self.control_path.display().to_string(),
             "metrics": metrics_addr.map(|a| a.to_string()),
         }));
-        info!(interfaces = ?i.interfaces, mode = self.policy_mode(), kernel_hook = i.kernel_hook, libraries = self.reporter.library_count(), new_files = i.new_files, control = %self.control_path.display(), metrics = ?metrics_addr, "enforcer ready");
+        info!(interfaces = ?i.interfaces, mode, kernel_hook = i.kernel_hook, libraries, new_files = i.new_files, control = %self.control_path.display(), metrics = ?metrics_addr, "enforcer ready");
 
         let mut tick = tokio::time::interval(TICK);
         let mut fingerprint = self
@@ -131,10 +129,10 @@ impl Running {
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()) }
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
                 _ = sighup.recv() => {
-                    self.reload_now("SIGHUP", watcher, &counters, &live);
+                    self.reload_now("SIGHUP", &counters);
                 }
                 Some(reply) = reload_rx.recv() => {
-                    let answer = self.reload_now("operator request", watcher, &counters, &live);
+                    let answer = self.reload_now("operator request", &counters);
                     let _ = reply.send(answer);
                 }
                 _ = tick.tick() => {
@@ -142,7 +140,7 @@ impl Running {
                         let now = reload::fingerprint(&config.path);
                         if now != fingerprint {
                             fingerprint = now;
-                            self.reload_now("policy file changed", watcher, &counters, &live);
+                            self.reload_now("policy file changed", &counters);
                         }
                     }
                     self.housekeeping(&mut pressure, &counters);
@@ -157,20 +155,9 @@ impl Running {
         result
     }
 
-    fn policy_mode(&self) -> &'static str {
-        let dry_run = self.reload.as_ref().is_some_and(|c| c.dry_run);
-        self.policy.effective_mode(dry_run).name()
-    }
-
     /// Reads, validates and applies the policy file; reports the outcome as a `reload` event,
     /// a log line, and the returned answer. A bad file changes nothing.
-    fn reload_now(
-        &mut self,
-        why: &str,
-        watcher: &Watcher,
-        counters: &AgentCounters,
-        live: &Mutex<Live>,
-    ) -> Value {
+    fn reload_now(&self, why: &str, counters: &AgentCounters) -> Value {
         let Some(config) = self.reload.clone() else {
             return json!({"ok": false, "error": "the agent runs the embedded default policy (no --policy file): nothing to reload"});
         };
@@ -187,12 +174,8 @@ impl Running {
                 return json!({"ok": false, "error": format!("policy rejected, the one in force stays: {message}")});
             }
         };
-        // The watcher first: a library found meanwhile is decided by the new policy.
-        watcher.set_policy(new.clone());
-        let applied = tokio::task::block_in_place(|| {
-            let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
-            reload::apply(&new, &self.policy, &config, &mut maps, &self.reporter)
-        });
+        let applied =
+            tokio::task::block_in_place(|| self.datapath.apply(new, config.reevaluate_established));
         match applied {
             Ok(summary) => {
                 info!(
@@ -209,11 +192,6 @@ impl Running {
                 counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 let record = reload::applied_record(&config.path, &summary);
                 self.reporter.lifecycle(record.clone());
-                *live.lock().unwrap_or_else(PoisonError::into_inner) = Live {
-                    mode: summary.mode,
-                    policy: new.source.clone(),
-                };
-                self.policy = new;
                 json!({"ok": true, "reload": record})
             }
             Err(err) => {
@@ -228,7 +206,8 @@ impl Running {
 
     fn housekeeping(&self, pressure: &mut Pressure, counters: &AgentCounters) {
         let (blocked, max, full) = {
-            let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+            let maps = self.datapath.maps();
+            let maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
             let stats = maps.stats();
             (
                 maps.blocked().len(),
@@ -279,65 +258,4 @@ impl Running {
 struct Pressure {
     high: bool,
     full_seen: u64,
-}
-
-/// What an earlier run left pinned, read before this run attaches.
-pub struct Earlier {
-    /// The largest library id of earlier runs: ours continue after it.
-    pub max_lib_id: u32,
-    links: Vec<pin::PinnedLink>,
-}
-
-impl Earlier {
-    pub fn read(dir: &PinDir, live: &LiveMaps) -> Result<Earlier> {
-        let links = dir.pinned_links()?;
-        let max_lib_id = live.action_ids().into_iter().max().unwrap_or(0);
-        if !links.is_empty() {
-            info!(links = links.len(), max_lib_id, pin = %dir.root().display(), "taking over the state an earlier agent pinned");
-        }
-        Ok(Earlier { max_lib_id, links })
-    }
-
-    /// Once this run is attached: the earlier run's links go (its XDP links on our interfaces
-    /// were taken over and stay; those on other interfaces go with their tc filters), and the
-    /// policy of its libraries that no flow refers to any more (action, server-name scope).
-    pub async fn retire(
-        &self,
-        dir: &PinDir,
-        handle: &rtnetlink::Handle,
-        ifaces: &[(String, u32)],
-        live: &mut LiveMaps,
-    ) {
-        let mut removed = 0;
-        for link in &self.links {
-            if let Some(ifindex) = link.xdp_ifindex {
-                if ifaces.iter().any(|(_, i)| *i == ifindex) {
-                    continue;
-                }
-                if let Err(err) = tc::remove_named(handle, ifindex, tc::FILTER_NAME).await {
-                    warn!(
-                        ifindex,
-                        "removing the earlier run's tc filter failed: {err}"
-                    );
-                }
-            }
-            match pin::unpin(&link.path) {
-                Ok(()) => removed += 1,
-                Err(err) => warn!("removing an earlier run's link failed: {err}"),
-            }
-        }
-        let referenced: HashSet<u32> = live.flows().iter().map(|(_, s)| s.lib_id).collect();
-        for id in live.action_ids() {
-            if id <= self.max_lib_id && !referenced.contains(&id) {
-                live.remove_action(id);
-                let _ = live.remove_scoped(id);
-                for key in live.name_rules_of(id) {
-                    let _ = live.remove_name_rule(&key);
-                }
-            }
-        }
-        if removed > 0 {
-            info!(links = removed, pin = %dir.root().display(), "the earlier run's links released");
-        }
-    }
 }

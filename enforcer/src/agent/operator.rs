@@ -1,5 +1,5 @@
 //! The running agent's answers to operator requests (see `control`): status, flows, block,
-//! unblock. Reload requests are handed to the agent's main loop, which owns the policy.
+//! unblock. Reload requests are handed to the agent's main loop, which applies them.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -16,12 +16,14 @@ use crate::{
         events::{self, Reporter},
     },
     datapath::{
+        PolicyView,
         maps::{self, LiveMaps},
         sock_destroy,
+        table::Libraries,
     },
 };
 
-/// Facts fixed at start (the mode and policy change with reloads: see `Live`).
+/// Facts fixed at start (the mode and policy change with reloads: see [`PolicyView`]).
 #[derive(Clone, Debug)]
 pub struct AgentInfo {
     pub interfaces: Vec<String>,
@@ -32,21 +34,15 @@ pub struct AgentInfo {
     pub started: Instant,
 }
 
-/// What changes while the agent runs.
-#[derive(Clone, Debug)]
-pub struct Live {
-    pub mode: &'static str,
-    pub policy: String,
-}
-
 /// A reload request from the socket, answered by the main loop.
 pub type ReloadRequest = oneshot::Sender<Value>;
 
 #[derive(Clone)]
 pub struct Operator {
     pub info: AgentInfo,
-    pub live: Arc<Mutex<Live>>,
+    pub policy: PolicyView,
     pub maps: Arc<Mutex<LiveMaps>>,
+    pub libraries: Libraries,
     pub reporter: Reporter,
     pub reload: mpsc::Sender<ReloadRequest>,
 }
@@ -123,23 +119,22 @@ impl Operator {
             let maps = self.maps();
             (maps.stats(), maps.fill())
         };
-        let live = self
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let (mode, policy) = {
+            let in_force = self.policy.read();
+            (in_force.mode().name(), in_force.policy.source.clone())
+        };
         let i = &self.info;
         json!({
             "ok": true,
             "pid": std::process::id(),
             "uptime_s": i.started.elapsed().as_secs(),
-            "mode": live.mode,
-            "policy": live.policy,
+            "mode": mode,
+            "policy": policy,
             "interfaces": i.interfaces,
             "attached": {"ingress": "xdp", "egress": "tc cls_bpf (netlink)"},
             "kernel_hook": i.kernel_hook,
             "kernel_hook_targets": i.kernel_hook_targets,
-            "libraries": self.reporter.library_count(),
+            "libraries": self.libraries.len(),
             "new_files": i.new_files,
             "pin": i.pin,
             "maps": fill,
@@ -157,7 +152,7 @@ impl Operator {
             let blocked: Vec<bool> = flows.iter().map(|(k, _)| maps.is_blocked(k)).collect();
             (flows, blocked)
         };
-        let libs = self.reporter.libraries();
+        let libs = self.libraries.snapshot();
         let list: Vec<Value> = flows
             .iter()
             .zip(maps_blocked)

@@ -21,8 +21,9 @@ pub fn discover(policy: &Policy) -> Result<Vec<Library>, LibraryError> {
     })
 }
 
-/// One library as a JSON object (the `--json` format, see docs/policy.md "Inventory").
-pub fn library_json(lib: &Library, policy: &Policy) -> Value {
+/// One library as a JSON object (the `--json` format, see docs/policy.md "Inventory"). `number`:
+/// its place in the listing, from 1 (the id an agent started now would give it).
+pub fn library_json(lib: &Library, number: usize, policy: &Policy) -> Value {
     let d = policy.decide(lib);
     let probes: Vec<Value> = lib
         .probes
@@ -37,7 +38,7 @@ pub fn library_json(lib: &Library, policy: &Policy) -> Value {
         })
         .collect();
     json!({
-        "id": lib.id,
+        "id": number,
         "family": lib.family,
         "version": lib.identity.version,
         "path": lib.path.display().to_string(),
@@ -60,7 +61,7 @@ pub fn json(libs: &[Library], policy: &Policy) -> Value {
         "policy": policy.source,
         "mode": policy.mode.name(),
         "default": policy.default.name(),
-        "libraries": libs.iter().map(|l| library_json(l, policy)).collect::<Vec<_>>(),
+        "libraries": libs.iter().zip(1..).map(|(l, n)| library_json(l, n, policy)).collect::<Vec<_>>(),
     })
 }
 
@@ -75,7 +76,7 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
         policy.source,
         policy.mode
     );
-    for lib in libs {
+    for (lib, number) in libs.iter().zip(1..) {
         let d = policy.decide(lib);
         let why = match d.rule_line {
             Some(l) => format!("rule at line {l}"),
@@ -84,8 +85,7 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
         let unknown = || "unknown".to_owned();
         let _ = writeln!(
             out,
-            "\n[{}] {} {}: {} ({why})",
-            lib.id,
+            "\n[{number}] {} {}: {} ({why})",
             lib.family,
             lib.identity.version.clone().unwrap_or_else(unknown),
             d.action

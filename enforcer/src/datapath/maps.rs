@@ -1,6 +1,5 @@
 //! The agent's own handles on the maps operators look at and change while it runs: the flow
-//! table, the blocklist, the statistics, and the policy maps (a reload rewrites them: library
-//! actions, mode, `unattributed_tls` and the server-name scopes).
+//! table, the blocklist and the statistics (the policy maps are in `policy_maps`).
 //!
 //! They are second file descriptors of the very maps the programs use (opened by map id), so
 //! they stay usable after the `Ebpf` object went to the watcher. Every walk is bounded by the
@@ -10,16 +9,11 @@ use std::net::SocketAddr;
 
 use aya::{
     Ebpf,
-    maps::{
-        Array, HashMap, Map, MapData, MapError, PerCpuArray,
-        lpm_trie::{Key, LpmTrie},
-    },
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use enforcer_common::{
     flow::{FlowKey, FlowState, verdict},
-    maps,
-    policy::{HelloPolicy, ServerNameKey},
-    stat,
+    maps, stat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,22 +27,15 @@ pub enum LiveMapError {
     },
 }
 
-fn err(name: &'static str) -> impl FnOnce(MapError) -> LiveMapError {
+pub(super) fn err(name: &'static str) -> impl FnOnce(MapError) -> LiveMapError {
     move |source| LiveMapError::Map { name, source }
 }
 
-/// Handles on FLOWS, BLOCKLIST, STATS, LIB_ACTIONS, MODE, HELLO_POLICY, SCOPED_LIBS and
-/// SERVER_NAME_RULES.
+/// Handles on FLOWS, BLOCKLIST and STATS.
 pub struct LiveMaps {
     flows: HashMap<MapData, FlowKey, FlowState>,
     blocklist: HashMap<MapData, FlowKey, u8>,
     stats: PerCpuArray<MapData, u64>,
-    actions: HashMap<MapData, u32, u8>,
-    mode: Array<MapData, u32>,
-    hello_policy: Array<MapData, HelloPolicy>,
-    scoped_libs: HashMap<MapData, u32, u8>,
-    name_rules: LpmTrie<MapData, ServerNameKey, u8>,
-    name_rules_max: u32,
     pub flows_max: u32,
     pub blocklist_max: u32,
 }
@@ -62,20 +49,23 @@ pub struct Fill {
     pub blocklist_max: u32,
 }
 
+/// A second file descriptor of map `name` of `ebpf` (opened by its id).
+pub(super) fn map_data(ebpf: &Ebpf, name: &'static str) -> Result<MapData, LiveMapError> {
+    let map = ebpf.map(name).ok_or(LiveMapError::Missing(name))?;
+    let info = match map {
+        Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::Array(m)
+        | Map::LpmTrie(m) => m.info().map_err(err(name))?,
+        _ => return Err(LiveMapError::Missing(name)),
+    };
+    MapData::from_id(info.id()).map_err(err(name))
+}
+
 impl LiveMaps {
     pub fn open(ebpf: &Ebpf) -> Result<LiveMaps, LiveMapError> {
-        let data = |name: &'static str| -> Result<MapData, LiveMapError> {
-            let map = ebpf.map(name).ok_or(LiveMapError::Missing(name))?;
-            let info = match map {
-                Map::HashMap(m)
-                | Map::LruHashMap(m)
-                | Map::PerCpuArray(m)
-                | Map::Array(m)
-                | Map::LpmTrie(m) => m.info().map_err(err(name))?,
-                _ => return Err(LiveMapError::Missing(name)),
-            };
-            MapData::from_id(info.id()).map_err(err(name))
-        };
+        let data = |name| map_data(ebpf, name);
         let flows_data = data(maps::FLOWS)?;
         let blocklist_data = data(maps::BLOCKLIST)?;
         let flows_max = flows_data.info().map_err(err(maps::FLOWS))?.max_entries();
@@ -83,27 +73,12 @@ impl LiveMaps {
             .info()
             .map_err(err(maps::BLOCKLIST))?
             .max_entries();
-        let rules_data = data(maps::SERVER_NAME_RULES)?;
-        let name_rules_max = rules_data
-            .info()
-            .map_err(err(maps::SERVER_NAME_RULES))?
-            .max_entries();
         Ok(LiveMaps {
             flows: HashMap::try_from(Map::LruHashMap(flows_data)).map_err(err(maps::FLOWS))?,
             blocklist: HashMap::try_from(Map::HashMap(blocklist_data))
                 .map_err(err(maps::BLOCKLIST))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(data(maps::STATS)?))
                 .map_err(err(maps::STATS))?,
-            actions: HashMap::try_from(Map::HashMap(data(maps::LIB_ACTIONS)?))
-                .map_err(err(maps::LIB_ACTIONS))?,
-            mode: Array::try_from(Map::Array(data(maps::MODE)?)).map_err(err(maps::MODE))?,
-            hello_policy: Array::try_from(Map::Array(data(maps::HELLO_POLICY)?))
-                .map_err(err(maps::HELLO_POLICY))?,
-            scoped_libs: HashMap::try_from(Map::HashMap(data(maps::SCOPED_LIBS)?))
-                .map_err(err(maps::SCOPED_LIBS))?,
-            name_rules: LpmTrie::try_from(Map::LpmTrie(rules_data))
-                .map_err(err(maps::SERVER_NAME_RULES))?,
-            name_rules_max,
             flows_max,
             blocklist_max,
         })
@@ -192,83 +167,10 @@ impl LiveMaps {
         state.verdict = value;
         self.flows.insert(flow, state, 0).map_err(err(maps::FLOWS))
     }
-
-    pub fn set_action(&mut self, lib_id: u32, action: u8) -> Result<(), LiveMapError> {
-        self.actions
-            .insert(lib_id, action, 0)
-            .map_err(err(maps::LIB_ACTIONS))
-    }
-
-    pub fn set_mode(&mut self, mode: u32) -> Result<(), LiveMapError> {
-        self.mode.set(0, mode, 0).map_err(err(maps::MODE))
-    }
-
-    /// Library ids with an action (with pinned maps, earlier runs' too). Bounded by the map's
-    /// capacity (4096).
-    pub fn action_ids(&self) -> Vec<u32> {
-        self.actions
-            .keys()
-            .take(4096)
-            .filter_map(Result::ok)
-            .collect()
-    }
-
-    pub fn remove_action(&mut self, lib_id: u32) {
-        let _ = self.actions.remove(&lib_id);
-    }
-
-    pub fn hello_policy(&self) -> HelloPolicy {
-        self.hello_policy.get(&0, 0).unwrap_or_default()
-    }
-
-    pub fn set_hello_policy(&mut self, value: HelloPolicy) -> Result<(), LiveMapError> {
-        self.hello_policy
-            .set(0, value, 0)
-            .map_err(err(maps::HELLO_POLICY))
-    }
-
-    /// Makes `lib_id` judged at its ClientHello (`SCOPED_LIBS`), with `nameless` for a
-    /// ClientHello without a readable name.
-    pub fn set_scoped(&mut self, lib_id: u32, nameless: u8) -> Result<(), LiveMapError> {
-        self.scoped_libs
-            .insert(lib_id, nameless, 0)
-            .map_err(err(maps::SCOPED_LIBS))
-    }
-
-    /// `lib_id` is judged at attribution again (by `LIB_ACTIONS`).
-    pub fn remove_scoped(&mut self, lib_id: u32) -> Result<(), LiveMapError> {
-        absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))
-    }
-
-    /// Inserts (or overwrites) one server-name pattern of a library.
-    pub fn insert_name_rule(
-        &mut self,
-        key: &Key<ServerNameKey>,
-        action: u8,
-    ) -> Result<(), LiveMapError> {
-        self.name_rules
-            .insert(key, action, 0)
-            .map_err(err(maps::SERVER_NAME_RULES))
-    }
-
-    /// The patterns `lib_id` has in `SERVER_NAME_RULES` (read back from the trie, so keys an
-    /// earlier policy or run wrote are found too). Bounded by the trie's capacity.
-    pub fn name_rules_of(&self, lib_id: u32) -> Vec<Key<ServerNameKey>> {
-        self.name_rules
-            .keys()
-            .take(self.name_rules_max as usize)
-            .filter_map(Result::ok)
-            .filter(|k| k.data().lib_id_be == lib_id.to_be())
-            .collect()
-    }
-
-    pub fn remove_name_rule(&mut self, key: &Key<ServerNameKey>) -> Result<(), LiveMapError> {
-        absent_ok(self.name_rules.remove(key)).map_err(err(maps::SERVER_NAME_RULES))
-    }
 }
 
 /// A removal of a key that is not there (aya reports the syscall's ENOENT) is no error.
-fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

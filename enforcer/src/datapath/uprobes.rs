@@ -74,15 +74,17 @@ impl Prober {
         self.multi.is_some()
     }
 
-    /// Probes every target of `lib`; returns how many functions. All or nothing. `ebpf` is only
-    /// called for the perf-event fallback (those links belong to the object).
+    /// Probes every target of `lib` with `id` in the cookies; returns how many functions. All or
+    /// nothing. `ebpf` is only called for the perf-event fallback (those links belong to the
+    /// object).
     pub fn attach<E: DerefMut<Target = Ebpf>>(
         &self,
+        id: u32,
         lib: &Library,
         ebpf: impl FnOnce() -> E,
     ) -> anyhow::Result<usize> {
         if let Some(programs) = &self.multi {
-            match programs.attach(lib) {
+            match programs.attach(id, lib) {
                 Ok(links) => {
                     lock(&self.links).extend(links);
                     return Ok(lib.probes.len());
@@ -90,7 +92,7 @@ impl Prober {
                 Err(err) => warn!("{err}: trying perf-event uprobes"),
             }
         }
-        Ok(perf::attach_library(&mut ebpf(), lib)?)
+        Ok(perf::attach_library(&mut ebpf(), id, lib)?)
     }
 }
 

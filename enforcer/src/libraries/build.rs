@@ -183,7 +183,6 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
             }
         }
         out.push(Library {
-            id: 0,
             family: def.family.clone(),
             path: file.path.clone(),
             dev: file.dev,
@@ -229,9 +228,6 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
         }
         !lib.probes.is_empty()
     });
-    for (i, lib) in out.iter_mut().enumerate() {
-        lib.id = u32::try_from(i + 1).unwrap_or(u32::MAX);
-    }
     out
 }
 

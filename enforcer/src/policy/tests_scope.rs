@@ -1,27 +1,11 @@
 //! `unattributed_tls` and `server_names`: parsing, errors, and the kernel tables they become.
 
 use super::*;
-use crate::libraries::{Identity, Library};
+use crate::libraries::Library;
 
 /// A library of `family` at `/nowhere/lib.so`, nothing else known.
 fn library(family: &str) -> Library {
-    Library {
-        id: 1,
-        family: crate::family::Family::new(family).unwrap(),
-        path: "/nowhere/lib.so".into(),
-        dev: 0,
-        ino: 0,
-        probes: Vec::new(),
-        pids: Vec::new(),
-        mapped_as: Vec::new(),
-        identity: Identity {
-            size: 0,
-            build_id: None,
-            sha256: None,
-            version: None,
-        },
-        companion: None,
-    }
+    Library::bare(family, "/nowhere/lib.so")
 }
 
 fn scope_of(text: &str, family: &str) -> Option<NameScope> {

@@ -155,13 +155,13 @@ impl TlsPrograms {
         }
     }
 
-    /// Entry and return links on every probe target of `lib` (one pair per file: the library,
+    /// Entry and return links on every probe target of `lib`, library `id` (one pair per file: the library,
     /// and its companion if some functions live there). All or nothing, like
     /// `uprobes::attach_library`.
     ///
     /// Go functions (`ProbeTarget::is_go`) get a `go_enter` link on their entries and a `go_exit`
     /// link (entry-type, not return) on all their return instructions.
-    pub fn attach(&self, lib: &Library) -> Result<Vec<OwnedFd>, MultiError> {
+    pub fn attach(&self, id: u32, lib: &Library) -> Result<Vec<OwnedFd>, MultiError> {
         // Programs by index, and whether their links are return probes.
         let programs = [
             (&self.enter, false),
@@ -184,7 +184,7 @@ impl TlsPrograms {
         };
         for target in &lib.probes {
             let file = lib.probe_path(target);
-            let value = cookie::encode(lib.id, target.op);
+            let value = cookie::encode(id, target.op);
             if target.is_go() {
                 add(file, 2, target.file_offset, value);
                 for &r in &target.return_offsets {

@@ -59,17 +59,17 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe,
     })
 }
 
-/// Attaches entry and return probes to every probe target of `lib`; returns how many functions
+/// Attaches entry and return probes to every probe target of `lib`, library `id`; returns how many functions
 /// were probed. All or nothing: a half-probed library would be attributed only some of the time,
 /// so on failure the probes already attached to it are detached and the caller reports the
 /// library as not covered.
 ///
 /// Cost: each probe is a perf-event link; the kernel serialises uprobe (un)registration behind a
 /// grace period (about 0.15 s per probe on 6.18), which is why `Prober` prefers `uprobe_multi`.
-pub fn attach_library(ebpf: &mut Ebpf, lib: &Library) -> Result<usize, UprobeError> {
+pub fn attach_library(ebpf: &mut Ebpf, id: u32, lib: &Library) -> Result<usize, UprobeError> {
     let mut links = Vec::new();
     for target in &lib.probes {
-        let value = cookie::encode(lib.id, target.op);
+        let value = cookie::encode(id, target.op);
         // C ABI: entry and return probe (uretprobe) on the function. Go: entry probe, and a
         // plain uprobe on each return instruction.
         let points: Vec<(&'static str, u64)> = if target.is_go() {

@@ -1,0 +1,207 @@
+//! The workers: a file to examine is found through `/proc`, identified against the catalog,
+//! and, if it is a TLS library, registered with the datapath (policy, then probes). Each file
+//! once: concurrent callers for the same inode wait for the first.
+
+use std::{
+    path::Path,
+    sync::{Mutex, PoisonError, atomic::Ordering, mpsc},
+    time::Instant,
+};
+
+use enforcer_common::watch::{self, FileKey};
+use serde_json::json;
+use tracing::{debug, error, info, warn};
+
+use super::{Entry, EventFd, Examined, Shared, files, files::Found, lock, monotonic_ns};
+use crate::libraries::{self, Library};
+
+/// A file to examine, for the processes waiting on it.
+pub(super) struct Job {
+    pub key: FileKey,
+    pub pid: u32,
+    pub fd: i32,
+    pub kind: u8,
+    pub comm: String,
+    pub ts_ns: u64,
+}
+
+pub(super) struct Done {
+    pub key: FileKey,
+    /// `None`: the file could not be reached (its process is gone): not marked known.
+    pub result: Option<Examined>,
+}
+
+pub(super) fn worker(
+    shared: &Shared,
+    jobs: &Mutex<mpsc::Receiver<Job>>,
+    done: &mpsc::Sender<Done>,
+    wake: &EventFd,
+) {
+    loop {
+        let job = match lock(jobs).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let result =
+            files::find(Path::new("/proc"), job.pid, job.kind, job.fd, &job.key).map(|found| {
+                let via = if job.kind == watch::kind::EXEC {
+                    "exec"
+                } else {
+                    "mmap"
+                };
+                let origin = Origin {
+                    via,
+                    pid: Some(job.pid),
+                    comm: &job.comm,
+                    since_ns: Some(job.ts_ns),
+                };
+                examine(shared, &found, &origin, true)
+            });
+        let result = result.flatten();
+        if result.is_some() {
+            mark_known(shared, job.key);
+        }
+        shared.urgent.fetch_sub(1, Ordering::SeqCst);
+        if done
+            .send(Done {
+                key: job.key,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+        wake.signal();
+    }
+}
+
+pub(super) fn mark_known(shared: &Shared, key: FileKey) {
+    if let Some(known) = lock(&shared.known).as_mut()
+        && let Err(err) = known.insert(key, 1, 0)
+    {
+        warn!(?key, "cannot mark a file as known: {err}");
+    }
+}
+
+/// Who brought a file to our attention.
+pub(super) struct Origin<'a> {
+    /// `mmap`, `exec` or `scan`.
+    pub via: &'static str,
+    pub pid: Option<u32>,
+    pub comm: &'a str,
+    /// When the hook saw it (`CLOCK_MONOTONIC` ns).
+    pub since_ns: Option<u64>,
+}
+
+/// Identifies `found` (once per file: concurrent callers for the same file wait for the first)
+/// and, if it is a TLS library, probes it. With `probe` off a TLS library is left alone and not
+/// recorded (`None`): the first process that maps it will be paused and it is probed then.
+pub(super) fn examine(
+    shared: &Shared,
+    found: &Found,
+    origin: &Origin<'_>,
+    probe: bool,
+) -> Option<Examined> {
+    let inode = (found.st_dev, found.st_ino);
+    let entry = |state| Entry {
+        generation: found.generation,
+        state,
+    };
+    {
+        let mut examined = lock(&shared.examined);
+        loop {
+            match examined.get(&inode) {
+                Some(Entry {
+                    state: Examined::InProgress,
+                    ..
+                }) => {
+                    examined = shared
+                        .examined_cv
+                        .wait(examined)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                Some(done) if !done.is_other_file(found.generation) => return Some(done.state),
+                Some(old) => {
+                    debug!(path = %found.path.display(), old = ?old, generation = ?found.generation, "inode number reused by a new file: examining it");
+                    examined.insert(inode, entry(Examined::InProgress));
+                    break;
+                }
+                None => {
+                    examined.insert(inode, entry(Examined::InProgress));
+                    break;
+                }
+            }
+        }
+    }
+    shared.stats.examined.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let catalog = shared.datapath.catalog();
+    let identified = libraries::identify_with(&found.path, &catalog);
+    tracing::trace!(path = %found.path.display(), elapsed = ?started.elapsed(), "identified");
+    let result = match identified {
+        Ok(Some(_)) if !probe => {
+            lock(&shared.examined).remove(&inode);
+            shared.examined_cv.notify_all();
+            return None;
+        }
+        Ok(Some(identified)) => {
+            let lib = Library {
+                family: identified.family,
+                path: found.path.clone(),
+                dev: found.st_dev,
+                ino: found.st_ino,
+                probes: identified.probes,
+                pids: origin.pid.into_iter().collect(),
+                mapped_as: vec![found.name.clone()],
+                identity: identified.identity,
+                companion: identified.companion,
+            };
+            register(shared, lib, origin);
+            Examined::Library
+        }
+        Ok(None) => Examined::NotTls,
+        Err(err) => {
+            debug!(path = %found.path.display(), "not identified: {err}");
+            Examined::NotTls
+        }
+    };
+    lock(&shared.examined).insert(inode, entry(result));
+    shared.examined_cv.notify_all();
+    Some(result)
+}
+
+/// Registers a new TLS library with the datapath (policy, table, probes) and reports it.
+fn register(shared: &Shared, lib: Library, origin: &Origin<'_>) {
+    let version = lib.identity.version.clone();
+    let path = lib.path.display().to_string();
+    let family = lib.family.clone();
+    let registered = shared.datapath.register(lib);
+    let since_us = origin
+        .since_ns
+        .map(|t| monotonic_ns().saturating_sub(t) / 1000);
+    match registered {
+        Ok(r) => {
+            shared.stats.libraries.fetch_add(1, Ordering::Relaxed);
+            info!(
+                id = r.id, family = %family, version = version.as_deref().unwrap_or("unknown"),
+                path, functions = r.functions, action = %r.decision.action, via = origin.via,
+                pid = origin.pid, comm = origin.comm, "new library probed"
+            );
+            shared.reporter.lifecycle(json!({
+                "type": "library",
+                "id": r.id,
+                "family": family.name(),
+                "version": version,
+                "path": path,
+                "action": r.decision.action.name(),
+                "rule_line": r.decision.rule_line,
+                "functions": r.functions,
+                "via": origin.via,
+                "pid": origin.pid,
+                "comm": origin.comm,
+                "probed_after_us": since_us,
+            }));
+        }
+        Err(err) => error!(path, "new library not covered: {err}"),
+    }
+}
