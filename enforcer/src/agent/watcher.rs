@@ -52,7 +52,7 @@ use std::{
     collections::HashMap,
     os::fd::{AsFd, AsRawFd},
     sync::{
-        Arc, Condvar, Mutex, PoisonError,
+        Arc, Condvar, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc,
     },
@@ -68,7 +68,11 @@ use aya::{
 use enforcer_common::watch::{self, FileKey, WatchConfig};
 use tracing::{error, info, warn};
 
-use crate::{agent::events::Reporter, datapath::Datapath, libraries::Library};
+use crate::{
+    agent::events::Reporter,
+    datapath::{Datapath, lock},
+    libraries::Library,
+};
 
 use event_loop::EventLoop;
 use examine::{Done, Job, worker};
@@ -362,10 +366,6 @@ fn arm(shared: &Arc<Shared>, maps: Maps, libs: &[Library], pause: bool) -> Resul
         events,
         sweep,
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.

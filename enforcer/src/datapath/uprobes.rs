@@ -11,20 +11,17 @@
 pub mod multi;
 mod perf;
 
-use std::{
-    ops::DerefMut,
-    os::fd::OwnedFd,
-    sync::{Mutex, PoisonError},
-    thread,
-    time::Instant,
-};
+use std::{ops::DerefMut, os::fd::OwnedFd, sync::Mutex, thread, time::Instant};
 
 use aya::Ebpf;
 use tracing::{info, warn};
 
 pub use perf::UprobeError;
 
-use crate::{datapath::loader, libraries::Library};
+use crate::{
+    datapath::{loader, lock},
+    libraries::Library,
+};
 
 /// Threads that release `uprobe_multi` links at the end.
 const RELEASE_THREADS: usize = 32;
@@ -114,8 +111,4 @@ impl Drop for Prober {
             info!(links = count, elapsed = ?started.elapsed(), "uprobe_multi links released");
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
