@@ -27,7 +27,7 @@ pub mod uprobes;
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
 use aya::Ebpf;
@@ -179,10 +179,7 @@ impl Datapath {
     /// Once the kernel hook is attached: whether it attributes late, and `HELLO_POLICY` written
     /// accordingly. Returns the action applied to unattributed TLS.
     pub fn set_late_attribution(&self, late: bool) -> Result<Action, LiveMapError> {
-        let mut in_force = self
-            .in_force
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut in_force = self.write();
         in_force.late_attribution = late;
         let (value, unattributed) = policy_maps::hello_value(&in_force.policy, late);
         lock(&self.policy_maps).set_hello_policy(value)?;
@@ -257,6 +254,13 @@ impl Datapath {
 
     fn read(&self) -> RwLockReadGuard<'_, InForce> {
         self.in_force.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The policy in force, to replace or re-apply it (registrations wait meanwhile).
+    fn write(&self) -> RwLockWriteGuard<'_, InForce> {
+        self.in_force
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -52,7 +52,7 @@ impl Datapath {
     /// stays the one in force (libraries registered later get it).
     pub fn apply(&self, new: Policy, reevaluate: bool) -> Result<Summary, LiveMapError> {
         let (mut summary, actions, mode) = {
-            let mut in_force = self.in_force.write().unwrap_or_else(|e| e.into_inner());
+            let mut in_force = self.write();
             let old = std::mem::replace(&mut in_force.policy, new);
             let mode = in_force.mode();
             let (hello, unattributed) =
