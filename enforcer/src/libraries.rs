@@ -161,8 +161,12 @@ pub enum LibraryError {
         #[source]
         source: io::Error,
     },
-    #[error("{} changed while it was read", path.display())]
-    Changed { path: PathBuf },
+    #[error("{} is {size} bytes, more than the {limit} bytes enforcer reads of an ELF file", path.display())]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("{}: malformed ELF: {reason}", path.display())]
     Malformed { path: PathBuf, reason: String },
     #[error("cannot list processes in {}: {source}", path.display())]
@@ -216,8 +220,8 @@ pub fn identify_with(path: &Path, catalog: &Catalog) -> Result<Option<Identified
         }))
 }
 
-/// Opens for reading without following into FIFOs or devices that would block. Any size: only
-/// the parts that identify a file are read, by offset (see [`elf`]).
+/// Opens for reading without following into FIFOs or devices that would block, and checks the
+/// size limit.
 fn open(path: &Path) -> Result<(File, fs::Metadata), LibraryError> {
     let io_err = |source| LibraryError::Io {
         path: path.to_owned(),
@@ -229,6 +233,13 @@ fn open(path: &Path) -> Result<(File, fs::Metadata), LibraryError> {
         .open(path)
         .map_err(io_err)?;
     let md = file.metadata().map_err(io_err)?;
+    if md.is_file() && md.len() > elf::MAX_FILE_SIZE {
+        return Err(LibraryError::TooLarge {
+            path: path.to_owned(),
+            size: md.len(),
+            limit: elf::MAX_FILE_SIZE,
+        });
+    }
     Ok((file, md))
 }
 
