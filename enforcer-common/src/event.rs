@@ -47,7 +47,9 @@ pub struct TlsEvent {
     pub op: u8,
     /// `flow::direction::*`.
     pub direction: u8,
-    pub _pad: u8,
+    /// `hello::evidence::*`. With `RANDOM` (found by the egress classifier), `pid` is the
+    /// process that made the random, `tid` is 0 and `comm` is empty.
+    pub evidence: u8,
     pub comm: [u8; 16],
     pub flow: crate::flow::FlowKey,
 }
@@ -67,7 +69,16 @@ pub mod sni {
     pub const UNREADABLE: u8 = 2;
 }
 
-/// One event per ClientHello the egress classifier judged.
+/// Which hello a `HelloEvent` is about (`HelloEvent::hello`).
+pub mod hello {
+    /// A ClientHello: this host is the client.
+    pub const CLIENT: u8 = 1;
+    /// A ServerHello: this host is the server.
+    pub const SERVER: u8 = 2;
+}
+
+/// One event per ClientHello the egress classifier judged, and per ServerHello it judged
+/// unattributed (a ServerHello made by a probed library is reported as the flow's connection).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct HelloEvent {
@@ -84,8 +95,15 @@ pub struct HelloEvent {
     pub name_len: u16,
     /// As sent (not lowercased, not reversed); the last 255 bytes of a longer name.
     pub name: [u8; 256],
+    /// `hello::*`.
+    pub hello: u8,
+    /// `hello::evidence::*`: `RANDOM` when the random was made by `lib_id`.
+    pub evidence: u8,
+    pub _pad: [u8; 2],
+    /// The process that made the random (`evidence::RANDOM`), else 0.
+    pub producer_pid: u32,
 }
-const _: () = assert!(core::mem::size_of::<HelloEvent>() == 320);
+const _: () = assert!(core::mem::size_of::<HelloEvent>() == 328);
 
 #[cfg(feature = "user")]
 mod pod {

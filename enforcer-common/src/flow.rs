@@ -30,6 +30,16 @@ pub mod op {
     pub const HANDSHAKE: u8 = 0;
     pub const READ: u8 = 1;
     pub const WRITE: u8 = 2;
+    /// A random source whose output may be a hello's random (`hello.rs`): the output buffer is
+    /// argument 0 and its length argument 1 (`RAND_bytes(buf, num)`) ...
+    pub const RANDOM_BUFFER_ARG0: u8 = 3;
+    /// ... or the buffer is argument 1 and the length argument 2 (`RAND_bytes_ex(ctx, buf,
+    /// num, strength)`, `gnutls_rnd(level, data, len)`).
+    pub const RANDOM_BUFFER_ARG1: u8 = 4;
+
+    pub const fn is_random(op: u8) -> bool {
+        op == RANDOM_BUFFER_ARG0 || op == RANDOM_BUFFER_ARG1
+    }
 }
 
 /// Kernel TCP direction that revealed the 4-tuple.
@@ -66,6 +76,7 @@ pub mod cookie {
     pub const fn op(cookie: u64) -> u8 {
         (cookie >> 32) as u8
     }
+
 }
 
 /// One entry of `FLOWS`.
@@ -80,7 +91,8 @@ pub struct FlowState {
     pub op: u8,
     /// `direction::*`.
     pub direction: u8,
-    pub _pad: u8,
+    /// `hello::evidence::*`.
+    pub evidence: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
 

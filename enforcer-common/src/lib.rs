@@ -7,6 +7,7 @@
 //! | module     | what                                                                     |
 //! | ---------- | ------------------------------------------------------------------------ |
 //! | `flow`     | a TCP 4-tuple and what is known about it: `FlowKey`, `FlowState`, verdicts |
+//! | `hello`    | content-bound attribution: hello randoms, flow heads, evidence       |
 //! | `policy`   | what userspace writes from the policy: actions, mode, ClientHello scopes |
 //! | `event`    | the records of the `EVENTS` ring buffer, each behind one `Header`        |
 //! | `stat`     | the `STATS` counters: one enumeration, its size and its names            |
@@ -18,6 +19,7 @@
 pub mod discover;
 pub mod event;
 pub mod flow;
+pub mod hello;
 pub mod maps;
 pub mod policy;
 pub mod stat;

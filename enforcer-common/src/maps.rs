@@ -28,17 +28,21 @@ pub const EVENTS: &str = "EVENTS";
 pub const STATS: &str = "STATS";
 
 /// Maps shared by every agent run that uses the same pin directory: the flow state (so blocked
-/// flows stay blocked and a judged ClientHello is not judged again), the policy maps (in force
+/// flows stay blocked, a judged ClientHello is not judged again, a hello being collected or a
+/// random made meanwhile is still known), the policy maps (in force
 /// while no agent runs; the next agent rewrites them), the counters and the event ring (events
 /// of the time without an agent are read by the next one).
 ///
 /// Not pinned: the per-thread and per-goroutine call stacks (`TLS_CALLS`, `GO_CALLS`: a stack
 /// shared by an old and a new copy of the uprobes would be pushed twice and popped once while
 /// both are attached), scratch space, and the watcher's and `enforcer discover`'s maps.
-pub const PINNED: [&str; 10] = [
+pub const PINNED: [&str; 13] = [
     FLOWS,
     BLOCKLIST,
     HELLOS_SEEN,
+    crate::hello::FLOW_HEADS,
+    crate::hello::HELLO_RANDOMS,
+    crate::hello::RANDOM_LIBS,
     LIB_ACTIONS,
     MODE,
     HELLO_POLICY,

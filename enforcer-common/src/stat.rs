@@ -28,10 +28,18 @@ pub enum Stat {
     /// unattributed; at close its entries stay until evicted. Non-zero means the socket offsets
     /// are not what this kernel has.
     SockReadFailures = 9,
+    /// Outputs of a probed random source recorded as possible hello randoms.
+    RandomsRecorded = 10,
+    /// Outputs of a probed random source that could not be read at its return.
+    RandomsUnreadable = 11,
+    /// Hellos (Client or Server) whose random a probed library made: attributed by content.
+    HellosByRandom = 12,
+    /// Hellos whose first 43 bytes came in more than one segment (collected by `FLOW_HEADS`).
+    HellosSplit = 13,
 }
 
 /// Entries of `STATS`.
-pub const COUNT: u32 = 10;
+pub const COUNT: u32 = 14;
 
 /// Every counter, in index order.
 pub const ALL: [Stat; COUNT as usize] = [
@@ -45,6 +53,10 @@ pub const ALL: [Stat; COUNT as usize] = [
     Stat::UnattributedHellos,
     Stat::ClientHelloDrops,
     Stat::SockReadFailures,
+    Stat::RandomsRecorded,
+    Stat::RandomsUnreadable,
+    Stat::HellosByRandom,
+    Stat::HellosSplit,
 ];
 const _: () = {
     let mut i = 0;
@@ -130,6 +142,30 @@ impl Stat {
                 "enforcer_sock_read_failures_total",
                 "",
                 "Sockets a kernel hook could not read (inside a TLS call: left unattributed).",
+            ),
+            Stat::RandomsRecorded => (
+                "randoms_recorded",
+                "enforcer_hello_randoms_recorded_total",
+                "",
+                "Outputs of the libraries' random sources recorded as possible hello randoms.",
+            ),
+            Stat::RandomsUnreadable => (
+                "randoms_unreadable",
+                "enforcer_hello_randoms_unreadable_total",
+                "",
+                "Outputs of the libraries' random sources that could not be read.",
+            ),
+            Stat::HellosByRandom => (
+                "hellos_by_random",
+                "enforcer_hellos_attributed_by_random_total",
+                "",
+                "TLS hellos attributed to a library by the random it made.",
+            ),
+            Stat::HellosSplit => (
+                "hellos_split",
+                "enforcer_hellos_split_total",
+                "",
+                "TLS hellos whose first 43 bytes came in more than one segment.",
             ),
         };
         Shown {

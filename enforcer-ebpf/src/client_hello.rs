@@ -13,20 +13,19 @@
 //! such (`event::sni::UNREADABLE`), never guessed.
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_ns,
     macros::map,
     maps::{PerCpuArray, lpm_trie::Key},
 };
 use enforcer_common::{
-    event::{self, HelloEvent, UNATTRIBUTED},
+    event::{self, HelloEvent},
     flow::{FlowKey, FlowState, verdict},
     policy::{MAX_NAME, NAME_END, ServerNameKey, action},
     stat::Stat,
 };
 
 use crate::{
-    events, flow,
-    packet::{Packet, Segment},
+    flow,
+    packet::Packet,
     policy::{self, apply},
     stats,
 };
@@ -34,15 +33,13 @@ use crate::{
 /// The event being built and the trie key: together 572 bytes, more than the 512-byte stack.
 #[repr(C)]
 pub struct Scratch {
-    event: HelloEvent,
-    key: Key<ServerNameKey>,
+    pub event: HelloEvent,
+    pub key: Key<ServerNameKey>,
 }
 
 #[map(name = "HELLO_SCRATCH")]
-static HELLO_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static HELLO_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-const TLS_HANDSHAKE: u8 = 0x16;
-const HANDSHAKE_CLIENT_HELLO: u8 = 0x01;
 const EXT_SERVER_NAME: usize = 0;
 const SNI_HOST_NAME: u8 = 0;
 /// Extensions walked before giving up (`UNREADABLE`). Browsers send about 20; the loop body is a
@@ -61,7 +58,7 @@ pub enum Outcome {
 }
 
 #[inline(always)]
-fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
+pub fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
     if offset > MAX_OFFSET {
         return None;
     }
@@ -82,80 +79,8 @@ fn be16(b: [u8; 2]) -> usize {
     u16::from_be_bytes(b) as usize
 }
 
-/// Judges an egress TCP segment of `flow` that the blocklist let through. `len` is the frame's
-/// length. Fail-open where nothing is known (not a ClientHello, scratch missing), fail-closed
-/// where the policy asks for a decision it cannot take by name (see `nameless`).
 #[inline(always)]
-pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -> Outcome {
-    let l4 = seg.l4 as usize;
-    let Some(data_offset) = load::<u8, P>(packet, l4 + 12) else {
-        return Outcome::Pass;
-    };
-    let payload = l4 + ((data_offset >> 4) as usize) * 4;
-    if payload >= len {
-        return Outcome::Pass; // no data: SYN, ACK, FIN
-    }
-    let is_hello = match load::<[u8; 6], P>(packet, payload) {
-        Some(h) => h[0] == TLS_HANDSHAKE && h[1] == 3 && h[5] == HANDSHAKE_CLIENT_HELLO,
-        None => false,
-    };
-    let policy = policy::hello_policy();
-    if !is_hello {
-        if policy.scoped == 0 {
-            return Outcome::Pass;
-        }
-        // A flow waiting for its ClientHello sent something else first: judge it nameless.
-        return match flow::state(flow) {
-            Some(state) if state.verdict == verdict::PENDING_SERVER_NAME => {
-                let decided = decide_scoped(flow, &state, None);
-                settle(flow, state, decided)
-            }
-            _ => Outcome::Pass,
-        };
-    }
-    // Only the first ClientHello of a flow is judged: a retransmission (or anything later that
-    // happens to look like one) passes; a blocked flow's never gets here (the blocklist drops it).
-    if flow::hello_seen(flow) {
-        return Outcome::Pass;
-    }
-    let seq = load::<[u8; 4], P>(packet, l4 + 4).map_or(0, u32::from_be_bytes);
-    let Some(scratch) = HELLO_SCRATCH.get_ptr_mut(0) else {
-        return Outcome::Pass;
-    };
-    // SAFETY: per-CPU map value, valid for this run; nothing else on this CPU uses it meanwhile.
-    let scratch = unsafe { &mut *scratch };
-    let (sni, name_len) = read_server_name(packet, payload, len, &mut scratch.event.name);
-    stats::count(Stat::ClientHellos);
-    let named = (sni == event::sni::PRESENT)
-        .then(|| reverse_into(&scratch.event.name, &mut scratch.key, name_len));
-
-    let (lib_id, new_verdict, outcome) = match flow::state(flow) {
-        None => {
-            stats::count(Stat::UnattributedHellos);
-            let v = apply(flow, Some(policy.unattributed));
-            (UNATTRIBUTED, v, outcome_of(v))
-        }
-        Some(state) if state.verdict == verdict::PENDING_SERVER_NAME => {
-            let scoped = named.map(|()| &mut scratch.key);
-            let v = decide_scoped(flow, &state, scoped);
-            (state.lib_id, v, settle(flow, state, v))
-        }
-        // Judged at attribution already: the ClientHello only adds the name.
-        Some(state) => (state.lib_id, state.verdict, Outcome::Pass),
-    };
-    flow::mark_hello_seen(flow, seq);
-    scratch.event.flow = *flow;
-    scratch.event.lib_id = lib_id;
-    scratch.event.verdict = new_verdict;
-    scratch.event.sni = sni;
-    scratch.event.name_len = name_len as u16;
-    // SAFETY: plain helper call.
-    events::hello(&mut scratch.event, unsafe { bpf_ktime_get_ns() });
-    outcome
-}
-
-#[inline(always)]
-fn outcome_of(v: u8) -> Outcome {
+pub fn outcome_of(v: u8) -> Outcome {
     if v == verdict::BLOCKED {
         stats::count(Stat::ClientHelloDrops);
         Outcome::Drop
@@ -166,7 +91,7 @@ fn outcome_of(v: u8) -> Outcome {
 
 /// Records the verdict of a flow that was pending its server name.
 #[inline(always)]
-fn settle(flow: &FlowKey, mut state: FlowState, v: u8) -> Outcome {
+pub fn settle(flow: &FlowKey, mut state: FlowState, v: u8) -> Outcome {
     state.verdict = v;
     flow::record(flow, &state);
     outcome_of(v)
@@ -176,7 +101,7 @@ fn settle(flow: &FlowKey, mut state: FlowState, v: u8) -> Outcome {
 /// library's action for names no pattern matches; without a readable name, the strictest action
 /// any of its rules could give (`SCOPED_LIBS`), so a scoped deny cannot be dodged by hiding it.
 #[inline(always)]
-fn decide_scoped(flow: &FlowKey, state: &FlowState, key: Option<&mut Key<ServerNameKey>>) -> u8 {
+pub fn decide_scoped(flow: &FlowKey, state: &FlowState, key: Option<&mut Key<ServerNameKey>>) -> u8 {
     let lib_action = match key {
         Some(key) => {
             key.data.lib_id_be = state.lib_id.to_be();
@@ -190,7 +115,7 @@ fn decide_scoped(flow: &FlowKey, state: &FlowState, key: Option<&mut Key<ServerN
 /// Fills `key.data.name` with the lowercased, reversed `name[..len]` (its last `MAX_NAME`
 /// bytes), followed by `NAME_END` when it fits, and sets the prefix length.
 #[inline(always)]
-fn reverse_into(name: &[u8; 256], key: &mut Key<ServerNameKey>, len: usize) {
+pub fn reverse_into(name: &[u8; 256], key: &mut Key<ServerNameKey>, len: usize) {
     let out = &mut key.data.name;
     for i in 0..MAX_NAME {
         if i >= len {
@@ -212,7 +137,7 @@ fn reverse_into(name: &[u8; 256], key: &mut Key<ServerNameKey>, len: usize) {
 /// Walks the ClientHello at `payload` to its `server_name` extension. Returns the `sni::*`
 /// status and the bytes of the name copied into `name` (the last 255 of a longer one).
 #[inline(always)]
-fn read_server_name<P: Packet>(
+pub fn read_server_name<P: Packet>(
     packet: &P,
     payload: usize,
     len: usize,

@@ -33,8 +33,31 @@ pub fn attributed(flow: &FlowKey, state: &FlowState, now: u64) {
         verdict: state.verdict,
         op: state.op,
         direction: state.direction,
-        _pad: 0,
+        evidence: state.evidence,
         comm: bpf_get_current_comm().unwrap_or_default(),
+        flow: *flow,
+    });
+    entry.submit(0);
+}
+
+/// Reports that the egress classifier attributed `flow` to the library that made its hello's
+/// random, in process `producer` (this runs in softirq context: no current task to name).
+#[inline(always)]
+pub fn attributed_by_random(flow: &FlowKey, state: &FlowState, producer: u32, now: u64) {
+    let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
+        stats::count(Stat::EventsLost);
+        return;
+    };
+    entry.write(TlsEvent {
+        header: Header::new(kind::TLS, now),
+        pid: producer,
+        tid: 0,
+        lib_id: state.lib_id,
+        verdict: state.verdict,
+        op: state.op,
+        direction: state.direction,
+        evidence: state.evidence,
+        comm: [0; 16],
         flow: *flow,
     });
     entry.submit(0);

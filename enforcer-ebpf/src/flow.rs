@@ -11,6 +11,7 @@ use enforcer_common::flow::{FlowKey, FlowState};
 use enforcer_common::stat::Stat;
 
 use crate::{
+    flow_head,
     sock::{self, SockError},
     stats,
 };
@@ -76,6 +77,7 @@ pub fn forget(sk: *const u8) {
             let _ = FLOWS.remove(flow);
             let _ = BLOCKLIST.remove(flow);
             let _ = HELLOS_SEEN.remove(flow);
+            flow_head::forget(&flow);
         }
         // The entries stay until evicted (FLOWS, HELLOS_SEEN) or unblocked (BLOCKLIST).
         Err(SockError::ReadFailed) => stats::count(Stat::SockReadFailures),

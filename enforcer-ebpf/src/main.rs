@@ -7,7 +7,8 @@
 //!
 //! | file              | programs                                    | maps it owns |
 //! | ----------------- | ------------------------------------------- | ------------ |
-//! | `tls.rs`          | uprobe/uretprobe on TLS library functions   | — |
+//! | `tls.rs`          | uprobe/uretprobe on TLS library functions (and their random sources) | — |
+//! | `random.rs`       | (called by `tls.rs`) hello randoms where they are made | `HELLO_RANDOMS`, `RANDOM_LIBS`, `RANDOM_CALLS` |
 //! | `go.rs`           | Go crypto/tls entry and RET uprobes         | — |
 //! | `call_stack.rs`   | (helpers) per-thread and per-goroutine TLS call stacks | `TLS_CALLS`, `GO_CALLS` |
 //! | `tcp.rs`          | kernel TCP send/receive hooks, 3 forms; connection close | — |
@@ -19,13 +20,16 @@
 //! | `packet.rs`       | (helpers) 4-tuple of an Ethernet frame      | — |
 //! | `xdp.rs`          | ingress drop                                | — |
 //! | `tc.rs`           | egress drop                                 | — |
-//! | `client_hello.rs` | (called by `tc.rs`) ClientHello: SNI, unattributed TLS, name scopes | `HELLO_SCRATCH` |
+//! | `hello.rs`        | (called by `tc.rs`) hellos judged by their random; unattributed TLS | — |
+//! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS` |
+//! | `client_hello.rs` | (called by `hello.rs`) ClientHello: SNI, name scopes | `HELLO_SCRATCH` |
 //! | `stats.rs`        | (helpers) counters; the one `bump`          | `STATS` |
 //! | `exec.rs`         | new executable files: mmap / exec hooks     | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
 //! | `discover.rs`     | `enforcer discover`: uprobes on every function, its own TCP hooks | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
 //!
 //! Imports go one way (no module imports one that imports it; `enforcer/tests/import_cycles.rs`
-//! checks): programs → `verdict` / `client_hello` → `policy` → `flow` → `sock`, `stats`.
+//! checks): programs → `verdict` / `hello` → `client_hello`, `random`, `flow_head` → `policy` →
+//! `flow` → `sock`, `stats`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -42,11 +46,17 @@ mod exec;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
+mod flow_head;
+#[cfg(target_arch = "bpf")]
 mod go;
+#[cfg(target_arch = "bpf")]
+mod hello;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod policy;
+#[cfg(target_arch = "bpf")]
+mod random;
 #[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]

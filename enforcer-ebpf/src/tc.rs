@@ -7,12 +7,12 @@ use aya_ebpf::{
 };
 use enforcer_common::stat::Stat;
 
-use crate::{client_hello, flow, packet, stats};
+use crate::{client_hello, flow, hello, packet, stats};
 
 /// Fail-open like the XDP program, with one deliberate exception to dropping: a bare RST of a
 /// blocked flow goes out, so the peer forgets a connection we aborted (it carries no data).
-/// Segments the blocklist lets through go to the ClientHello check (`client_hello.rs`), which
-/// drops a ClientHello the policy denies (unattributed TLS, a name out of a rule's scope).
+/// Segments the blocklist lets through go to the hello judge (`hello.rs`), which drops a hello
+/// the policy denies (its random's library is denied, unattributed TLS, a name out of scope).
 #[classifier]
 pub fn enforcer_egress(ctx: TcContext) -> i32 {
     let Some(segment) = packet::parse(&ctx) else {
@@ -26,7 +26,7 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
         stats::count(Stat::TcDrops);
         return TC_ACT_SHOT;
     }
-    match client_hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
+    match hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
         client_hello::Outcome::Pass => TC_ACT_OK,
         client_hello::Outcome::Drop => {
             stats::count(Stat::TcDrops);

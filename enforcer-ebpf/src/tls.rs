@@ -3,27 +3,36 @@
 //! kernel TCP hooks can attribute the socket the thread touches. The library id and call kind
 //! arrive as the attach cookie (`enforcer_common::flow::cookie`), set per attached file by
 //! userspace.
+//!
+//! The same two programs probe the libraries' random sources (`op::is_random`, `random.rs`):
+//! one pair of programs per file keeps one `uprobe_multi` link per file and direction.
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::bpf_get_attach_cookie,
     macros::{raw_tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
+use enforcer_common::flow::{cookie, op};
 
-use crate::call_stack;
+use crate::{call_stack, random};
 
 #[uprobe]
 pub fn tls_enter(ctx: ProbeContext) -> u32 {
-    // SAFETY: a uprobe context is a valid argument for this helper.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    call_stack::thread_enter(cookie);
+    let cookie = random::attach_cookie(&ctx);
+    if op::is_random(cookie::op(cookie)) {
+        random::enter(&ctx, cookie);
+    } else {
+        call_stack::thread_enter(cookie);
+    }
     0
 }
 
 #[uretprobe]
-pub fn tls_exit(_ctx: RetProbeContext) -> u32 {
-    call_stack::thread_exit();
+pub fn tls_exit(ctx: RetProbeContext) -> u32 {
+    if op::is_random(cookie::op(random::attach_cookie(&ctx))) {
+        random::exit();
+    } else {
+        call_stack::thread_exit();
+    }
     0
 }
 

@@ -5,6 +5,7 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use enforcer_common::{
     flow::{FlowKey, FlowState, cookie, direction, verdict},
+    hello::evidence,
     stat::Stat,
 };
 
@@ -47,7 +48,7 @@ pub fn on_tcp_io(sk: *const u8, direction: u8) {
         verdict: outcome,
         op: cookie::op(call),
         direction,
-        _pad: 0,
+        evidence: evidence::THREAD,
     };
     flow::record(&flow, &state);
     stats::count(Stat::FlowsAttributed);

@@ -31,6 +31,7 @@ use std::{
 };
 
 use aya::Ebpf;
+use enforcer_common::flow::op;
 use tracing::warn;
 
 pub use apply::{Summary, verdict_for};
@@ -206,11 +207,20 @@ impl Datapath {
             decision
         };
         match self.prober.attach(id, &lib, || lock(&self.ebpf)) {
-            Ok(functions) => Ok(Registered {
-                id,
-                decision,
-                functions,
-            }),
+            Ok(functions) => {
+                if lib.probes.iter().any(|p| op::is_random(p.op))
+                    && let Err(err) = lock(&self.policy_maps).bind_hellos(id)
+                {
+                    // Its flows stay judged by the thread that touched them (as without the
+                    // random source): fail-open, but said.
+                    warn!(id, path = %lib.path.display(), "hellos not bound to the library's randoms: {err}");
+                }
+                Ok(Registered {
+                    id,
+                    decision,
+                    functions,
+                })
+            }
             Err(source) => {
                 // Under the read lock: a reload does not write this library again after it.
                 let _in_force = self.read();

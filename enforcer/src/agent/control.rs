@@ -200,6 +200,10 @@ pub fn status_text(v: &Value) -> String {
         c["tls_stack_overflow"],
         c["sock_read_failures"]
     ));
+    out.push_str(&format!(
+        "hello randoms: recorded {}, unreadable {}; hellos attributed by random {}, split {}\n",
+        c["randoms_recorded"], c["randoms_unreadable"], c["hellos_by_random"], c["hellos_split"]
+    ));
     out
 }
 

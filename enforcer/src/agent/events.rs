@@ -18,6 +18,7 @@ use aya::maps::{MapData, RingBuf};
 use enforcer_common::{
     event::{self, HelloEvent, TlsEvent},
     flow::{FlowKey, direction, family, op, verdict},
+    hello::evidence,
 };
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
@@ -122,11 +123,16 @@ impl Reporter {
         let family = lib.map_or("unknown", |l| l.family.name());
         let path = lib.map_or("?", |l| l.path.as_str());
         let version = lib.and_then(|l| l.version.as_deref());
-        let comm = comm(&event.comm);
+        let by_random = event.evidence == evidence::RANDOM;
+        // Attributed by the egress classifier (no process context): `pid` made the random.
+        let (comm, source) = match by_random {
+            true => (hello::process_comm(event.pid), "hello-random"),
+            false => (comm(&event.comm), "connection-event"),
+        };
         self.recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remember(event.flow, event.pid, comm.clone());
+            .remember(event.flow, event.pid, comm.clone(), source);
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.header.ts_ns);
@@ -148,6 +154,7 @@ impl Reporter {
                 "remote": { "addr": remote.0.to_string(), "port": remote.1 },
                 "direction": if event.direction == direction::SEND { "send" } else { "recv" },
                 "call": op_name(event.op),
+                "evidence": if by_random { "random" } else { "thread" },
                 "verdict": verdict_name,
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
             })
@@ -359,6 +366,10 @@ mod tests {
             sni: event::sni::ABSENT,
             name_len: 0,
             name: [0; 256],
+            hello: event::hello::CLIENT,
+            evidence: 0,
+            _pad: [0; 2],
+            producer_pid: 0,
         };
         // A ring record may be longer than the struct (the kernel rounds sizes up).
         let mut padded = bytes_of(&hello);

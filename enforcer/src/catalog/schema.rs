@@ -59,6 +59,7 @@ enum OpName {
     Handshake,
     Read,
     Write,
+    Random,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -66,6 +67,9 @@ enum OpName {
 struct RawProbe {
     symbol: String,
     op: OpName,
+    /// `op: random` only: which argument (0-based) is the output buffer; its length is the next.
+    #[serde(default)]
+    buffer: Option<u8>,
     #[serde(default, rename = "in")]
     place: Place,
 }
@@ -216,11 +220,31 @@ pub(super) fn validate(
                     "'in: companion' needs the family's 'companion' symbols",
                 ));
             }
-            let op = match p.op {
-                OpName::Handshake => op::HANDSHAKE,
-                OpName::Read => op::READ,
-                OpName::Write => op::WRITE,
+            let op = match (p.op, p.buffer) {
+                (OpName::Random, Some(0)) => op::RANDOM_BUFFER_ARG0,
+                (OpName::Random, Some(1)) => op::RANDOM_BUFFER_ARG1,
+                (OpName::Random, Some(_)) => {
+                    return Err(err(
+                        here("buffer"),
+                        "the output buffer must be argument 0 or 1 (its length the next one)",
+                    ));
+                }
+                (OpName::Random, None) => {
+                    return Err(err(
+                        here("op"),
+                        "'op: random' needs 'buffer': the argument (0 or 1) that is the output",
+                    ));
+                }
+                (_, Some(_)) => {
+                    return Err(err(here("buffer"), "'buffer' is for 'op: random' only"));
+                }
+                (OpName::Handshake, None) => op::HANDSHAKE,
+                (OpName::Read, None) => op::READ,
+                (OpName::Write, None) => op::WRITE,
             };
+            if f.abi == Abi::Go && op::is_random(op) {
+                return Err(err(here("op"), "'op: random' is for C-ABI libraries"));
+            }
             probes.push(ProbeSpec {
                 symbol: p.symbol,
                 op,

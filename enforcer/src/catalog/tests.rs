@@ -47,7 +47,7 @@ fn embedded_catalog_has_every_family() {
 }
 
 #[test]
-fn openssl_probes_seven_functions() {
+fn openssl_probes_seven_functions_and_the_random_source() {
     let c = Catalog::embedded();
     let p = c.family("openssl").unwrap();
     let got: Vec<_> = p.probes.iter().map(|s| (s.symbol.as_str(), s.op)).collect();
@@ -60,10 +60,21 @@ fn openssl_probes_seven_functions() {
             ("SSL_read_ex", op::READ),
             ("SSL_do_handshake", op::HANDSHAKE),
             ("SSL_connect", op::HANDSHAKE),
-            ("SSL_accept", op::HANDSHAKE)
+            ("SSL_accept", op::HANDSHAKE),
+            ("RAND_bytes_ex", op::RANDOM_BUFFER_ARG1),
+            ("RAND_bytes", op::RANDOM_BUFFER_ARG0),
+            ("RAND_pseudo_bytes", op::RANDOM_BUFFER_ARG0),
+            ("RAND_bytes_ex", op::RANDOM_BUFFER_ARG1),
+            ("RAND_bytes", op::RANDOM_BUFFER_ARG0),
+            ("RAND_pseudo_bytes", op::RANDOM_BUFFER_ARG0)
         ]
     );
-    assert!(p.probes.iter().all(|s| s.place == Place::SelfFile));
+    // The TLS functions are libssl's; the random source is libcrypto's (companion), or the
+    // executable's own when OpenSSL is linked in.
+    let places: Vec<Place> = p.probes.iter().map(|s| s.place).collect();
+    assert!(places[..7].iter().all(|&p| p == Place::SelfFile));
+    assert!(places[7..10].iter().all(|&p| p == Place::Companion));
+    assert!(places[10..].iter().all(|&p| p == Place::SelfFile));
 }
 
 #[test]

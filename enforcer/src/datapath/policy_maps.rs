@@ -1,5 +1,7 @@
 //! Typed handles on the maps that hold the policy in the kernel, opened once: `LIB_ACTIONS`,
-//! `MODE`, `HELLO_POLICY`, `SCOPED_LIBS` and `SERVER_NAME_RULES`. Only the
+//! `MODE`, `HELLO_POLICY`, `SCOPED_LIBS`, `SERVER_NAME_RULES`, and `RANDOM_LIBS` (which
+//! libraries' hellos must carry a random they made: a fact of their probes, kept beside their
+//! action because both are written and forgotten together). Only the
 //! [`Datapath`](super::Datapath) writes them: at start-up, for each library it registers, and on
 //! a policy reload.
 
@@ -11,7 +13,7 @@ use aya::{
     },
 };
 use enforcer_common::{
-    maps,
+    hello, maps,
     policy::{HelloPolicy, ServerNameKey},
 };
 
@@ -28,6 +30,7 @@ pub struct PolicyMaps {
     scoped_libs: HashMap<MapData, u32, u8>,
     name_rules: LpmTrie<MapData, ServerNameKey, u8>,
     name_rules_max: u32,
+    random_libs: HashMap<MapData, u32, u8>,
 }
 
 impl PolicyMaps {
@@ -49,7 +52,18 @@ impl PolicyMaps {
             name_rules: LpmTrie::try_from(Map::LpmTrie(rules_data))
                 .map_err(err(maps::SERVER_NAME_RULES))?,
             name_rules_max,
+            random_libs: HashMap::try_from(Map::HashMap(data(hello::RANDOM_LIBS)?))
+                .map_err(err(hello::RANDOM_LIBS))?,
         })
+    }
+
+    /// From now on, a hello on a flow a thread of `lib_id` attributed must carry a random that
+    /// `lib_id` made. Written once its random source is probed, never before (a hello made
+    /// meanwhile would find no random and be unattributed).
+    pub fn bind_hellos(&mut self, lib_id: u32) -> Result<(), LiveMapError> {
+        self.random_libs
+            .insert(lib_id, 1, 0)
+            .map_err(err(hello::RANDOM_LIBS))
     }
 
     pub fn set_mode(&mut self, mode: u32) -> Result<(), LiveMapError> {
@@ -128,6 +142,7 @@ impl PolicyMaps {
     pub fn forget_library(&mut self, lib_id: u32) -> Result<(), LiveMapError> {
         absent_ok(self.actions.remove(&lib_id)).map_err(err(maps::LIB_ACTIONS))?;
         absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;
+        absent_ok(self.random_libs.remove(&lib_id)).map_err(err(hello::RANDOM_LIBS))?;
         self.remove_name_rules(lib_id, &[])
     }
 

@@ -107,13 +107,11 @@ fn expected_offsets(path: &Path) -> HashMap<String, u64> {
 
 fn assert_probes(got: &Identified, path: &Path, want: &[(&str, u8)]) {
     let expected = expected_offsets(path);
-    let names: Vec<(&str, u8)> = got
-        .probes
-        .iter()
-        .map(|p| (p.symbol.as_str(), p.op))
-        .collect();
+    // The file's own functions; companion probes (libcrypto's random source) are checked apart.
+    let own: Vec<&ProbeTarget> = got.probes.iter().filter(|p| !p.in_companion).collect();
+    let names: Vec<(&str, u8)> = own.iter().map(|p| (p.symbol.as_str(), p.op)).collect();
     assert_eq!(names, want, "{}", path.display());
-    for p in &got.probes {
+    for p in own {
         assert_eq!(
             Some(&p.file_offset),
             expected.get(&p.symbol),
@@ -125,6 +123,11 @@ fn assert_probes(got: &Identified, path: &Path, want: &[(&str, u8)]) {
     }
 }
 
+/// The probes in the file itself (not its companion's).
+fn own_probes(probes: &[ProbeTarget]) -> Vec<ProbeTarget> {
+    probes.iter().filter(|p| !p.in_companion).cloned().collect()
+}
+
 const OPENSSL_7: [(&str, u8); 7] = [
     ("SSL_write", op::WRITE),
     ("SSL_write_ex", op::WRITE),
@@ -134,10 +137,11 @@ const OPENSSL_7: [(&str, u8); 7] = [
     ("SSL_connect", op::HANDSHAKE),
     ("SSL_accept", op::HANDSHAKE),
 ];
-const GNUTLS_3: [(&str, u8); 3] = [
+const GNUTLS_4: [(&str, u8); 4] = [
     ("gnutls_record_send", op::WRITE),
     ("gnutls_record_recv", op::READ),
     ("gnutls_handshake", op::HANDSHAKE),
+    ("gnutls_rnd", op::RANDOM_BUFFER_ARG1),
 ];
 
 #[test]
@@ -146,16 +150,31 @@ fn libssl3_is_openssl_with_all_seven_offsets() {
     let id = identify(&path).unwrap().expect("libssl.so.3 identified");
     assert_eq!(id.family, "openssl");
     assert_probes(&id, &path, &OPENSSL_7);
+    // The hello random's source, in libcrypto (the companion).
+    let random: Vec<(&str, u8)> = id
+        .probes
+        .iter()
+        .filter(|p| p.in_companion)
+        .map(|p| (p.symbol.as_str(), p.op))
+        .collect();
+    assert_eq!(
+        random,
+        [
+            ("RAND_bytes_ex", op::RANDOM_BUFFER_ARG1),
+            ("RAND_bytes", op::RANDOM_BUFFER_ARG0),
+            ("RAND_pseudo_bytes", op::RANDOM_BUFFER_ARG0)
+        ]
+    );
 }
 
 #[test]
-fn libgnutls_is_gnutls_with_three_offsets() {
+fn libgnutls_is_gnutls_with_four_offsets() {
     let path = lib("libgnutls.so.30");
     let id = identify(&path)
         .unwrap()
         .expect("libgnutls.so.30 identified");
     assert_eq!(id.family, "gnutls");
-    assert_probes(&id, &path, &GNUTLS_3);
+    assert_probes(&id, &path, &GNUTLS_4);
 }
 
 #[test]
@@ -192,7 +211,8 @@ fn renamed_copy_is_still_openssl() {
     let id = identify(&copy).unwrap().expect("renamed libssl identified");
     assert_eq!(id.family, "openssl");
     let system = identify(&lib("libssl.so.3")).unwrap().unwrap();
-    assert_eq!(id.probes, system.probes);
+    // The copy has no libcrypto beside it, so no companion (random source) probes.
+    assert_eq!(own_probes(&id.probes), own_probes(&system.probes));
     assert_eq!(id.identity.sha256, system.identity.sha256);
     assert_eq!(id.identity.build_id, system.identity.build_id);
     // Alone in its directory, with no process mapping it: no libcrypto beside it to state the
@@ -428,7 +448,7 @@ fn discover_finds_renamed_and_deleted_copies_mapped_by_a_process() {
     assert_eq!(r.len(), 1, "renamed copy found once");
     assert_eq!(r[0].path, renamed, "by its real path");
     assert_eq!(r[0].family, "openssl");
-    assert_eq!(r[0].probes, system.probes);
+    assert_eq!(own_probes(&r[0].probes), own_probes(&system.probes));
     assert!(r[0].pids.contains(&pid));
 
     let d: Vec<_> = libs
@@ -444,5 +464,6 @@ fn discover_finds_renamed_and_deleted_copies_mapped_by_a_process() {
     assert_eq!(d[0].family, "openssl");
     assert_eq!(d[0].pids, vec![pid]);
     // The /proc path reaches the deleted file (what the attacher will hand to the kernel).
-    assert_eq!(identify(&d[0].path).unwrap().unwrap().probes, system.probes);
+    let via_proc = identify(&d[0].path).unwrap().unwrap();
+    assert_eq!(own_probes(&via_proc.probes), own_probes(&system.probes));
 }

@@ -12,8 +12,9 @@ use std::{
 };
 
 use enforcer_common::{
-    event::{HelloEvent, UNATTRIBUTED, sni},
+    event::{HelloEvent, UNATTRIBUTED, hello, sni},
     flow::{FlowKey, verdict},
+    hello::evidence,
 };
 use serde_json::json;
 use tracing::{info, warn};
@@ -33,7 +34,8 @@ const WALK_BUDGET: Duration = Duration::from_millis(100);
 pub struct Owner {
     pub pid: u32,
     pub comm: String,
-    /// `connection-event` or `socket-inode`.
+    /// `connection-event`, `hello-random` (the process that made the hello's random) or
+    /// `socket-inode`.
     pub source: &'static str,
 }
 
@@ -45,11 +47,10 @@ pub struct Recent {
 }
 
 impl Recent {
-    pub fn remember(&mut self, flow: FlowKey, pid: u32, comm: String) {
+    pub fn remember(&mut self, flow: FlowKey, pid: u32, comm: String, source: &'static str) {
         if self.owners.len() >= MAX_RECENT {
             self.owners.clear();
         }
-        let source = "connection-event";
         self.owners.insert(flow, Owner { pid, comm, source });
     }
 
@@ -80,7 +81,16 @@ pub fn sni_status(v: u8) -> &'static str {
 impl Reporter {
     pub(super) fn handle_hello(&self, event: &HelloEvent) {
         let unattributed = event.lib_id == UNATTRIBUTED;
+        let server = event.hello == hello::SERVER;
+        let by_random = event.evidence == evidence::RANDOM && !unattributed;
         let mut owner = self.recent_lock().owners.get(&event.flow).cloned();
+        if owner.is_none() && by_random && event.producer_pid != 0 {
+            owner = Some(Owner {
+                pid: event.producer_pid,
+                comm: process_comm(event.producer_pid),
+                source: "hello-random",
+            });
+        }
         // The inode must be read before the socket is destroyed; the walk can come after.
         let inode = match owner.is_none() && self.recent_lock().may_walk() {
             true => sock_destroy::socket_inode(&event.flow),
@@ -105,6 +115,12 @@ impl Reporter {
         let record = || {
             json!({
                 "type": "client_hello",
+                "hello": if server { "server" } else { "client" },
+                "evidence": match (unattributed, by_random) {
+                    (true, _) => serde_json::Value::Null,
+                    (false, true) => json!("random"),
+                    (false, false) => json!("thread"),
+                },
                 "time": humantime::format_rfc3339_millis(time).to_string(),
                 "local": { "addr": local.0.to_string(), "port": local.1 },
                 "remote": { "addr": remote.0.to_string(), "port": remote.1 },
@@ -157,8 +173,10 @@ impl Reporter {
                         )
                     };
                 }
-                if unattributed {
-                    log_hello!(warn, "TLS ClientHello no probed library claimed");
+                if unattributed && server {
+                    log_hello!(warn, "TLS ServerHello no probed library made");
+                } else if unattributed {
+                    log_hello!(warn, "TLS ClientHello no probed library made");
                 } else if event.verdict != verdict::ALLOWED {
                     log_hello!(warn, "TLS ClientHello judged by server name");
                 } else {
@@ -215,3 +233,10 @@ pub fn owner_of_inode(inode: u64) -> Option<Owner> {
 
 /// Shared between clones of the reporter.
 pub type RecentTable = std::sync::Arc<Mutex<Recent>>;
+
+/// The command name of process `pid` (`/proc/PID/comm`), empty if it is gone.
+pub fn process_comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,236 @@
+//! The head of each new flow's byte stream, as it leaves: the first 43 bytes (record header,
+//! handshake header, version, random) collected from however many segments the sender split them
+//! into (`socat -b1` sends one byte per segment), so a hello is judged by its random and a split
+//! one cannot pass unseen (`hello.rs`).
+//!
+//! A head starts when the flow's SYN (this host is the client) or SYN-ACK (the server) leaves,
+//! so a SYN's own data (TCP Fast Open) is stream offset 0. Flows with no head (started before
+//! the agent, or on an interface added later) are judged by a hello at the start of a segment,
+//! as before. A segment adds the bytes at offsets `count..HEAD_LEN` it carries; a gap (loss,
+//! reordering) adds nothing and waits for the retransmission; bytes already collected are not
+//! read again, so a retransmission cannot change them.
+//!
+//! After a TLS 1.3 HelloRetryRequest (a ServerHello with a fixed random, made by no library) the
+//! head moves past it, and past a ChangeCipherSpec record, to the real ServerHello.
+//!
+//! Segments of one flow are handled one after another on the sending CPU in practice (the
+//! socket lock serialises a socket's transmits); nothing here relies on it for memory safety.
+
+use aya_ebpf::{macros::map, maps::LruHashMap};
+use enforcer_common::{
+    flow::FlowKey,
+    hello::{FlowHead, HEAD_LEN, HELLO_RETRY_RANDOM, KEY_FROM, KEY_LEN, RANDOM_AT, RandomKey},
+};
+
+use crate::packet::Packet;
+
+/// Flows whose head is being collected. LRU: a flow that never sends is evicted by newer ones.
+#[map(name = "FLOW_HEADS")]
+static FLOW_HEADS: LruHashMap<FlowKey, FlowHead> = LruHashMap::with_max_entries(65536, 0);
+
+const TLS_HANDSHAKE: u8 = 0x16;
+const TLS_CHANGE_CIPHER_SPEC: u8 = 0x14;
+pub const CLIENT_HELLO: u8 = 1;
+pub const SERVER_HELLO: u8 = 2;
+/// Collect-and-look rounds per segment: the hello, or a HelloRetryRequest, then a
+/// ChangeCipherSpec, then the hello.
+const ROUNDS: usize = 3;
+/// Payload offsets past this (from the frame start) are not read.
+const MAX_OFFSET: usize = 1 << 16;
+
+/// A data segment as the classifier sees it.
+pub struct Data {
+    /// Sequence number of its first payload byte.
+    pub seq: u32,
+    /// Offset of the payload in the frame, and the frame's length.
+    pub payload: usize,
+    pub end: usize,
+}
+
+/// A hello found at a stream head (or at the start of a segment).
+pub struct Hello {
+    /// `CLIENT_HELLO` or `SERVER_HELLO`.
+    pub kind: u8,
+    pub key: RandomKey,
+    /// The hello record starts at this segment's payload (its extensions can be read here).
+    pub starts_here: bool,
+    /// A HelloRetryRequest that is not followed by a real ServerHello in time: nothing to look up.
+    pub retry: bool,
+}
+
+/// What the head of the flow says about this segment.
+pub enum Head {
+    /// The flow has no head: judge by the start of the segment.
+    Untracked,
+    /// More bytes are needed (or this segment added none).
+    Waiting,
+    /// The stream does not start with a hello: the head is dropped.
+    NotHello,
+    Hello(Hello),
+}
+
+/// The flow's SYN or SYN-ACK (sequence number `isn`) leaves: its stream starts at `isn + 1`.
+#[inline(always)]
+pub fn start(flow: &FlowKey, isn: u32) {
+    let head = FlowHead {
+        base: isn.wrapping_add(1),
+        count: 0,
+        retries: 0,
+        _pad: [0; 3],
+        bytes: [0; HEAD_LEN + 1],
+        _pad2: [0; 4],
+    };
+    // LRU: cannot fail for lack of room.
+    let _ = FLOW_HEADS.insert(flow, &head, 0);
+}
+
+/// Forgets the head of `flow` (connection closed, or judged).
+#[inline(always)]
+pub fn forget(flow: &FlowKey) {
+    let _ = FLOW_HEADS.remove(flow);
+}
+
+/// Adds the segment to the flow's head and says whether a hello is now complete.
+#[inline(always)]
+pub fn feed<P: Packet>(packet: &P, flow: &FlowKey, data: &Data) -> Head {
+    let Some(head) = FLOW_HEADS.get_ptr_mut(flow) else {
+        return Head::Untracked;
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    let head = unsafe { &mut *head };
+    let plen = data.end.saturating_sub(data.payload);
+    for round in 0..ROUNDS {
+        // Where the segment starts relative to the head's base (negative: it starts before).
+        let rel = data.seq.wrapping_sub(head.base) as i32 as i64;
+        let starts_here = rel == 0 && head.count == 0 && round == 0;
+        if !collect(packet, head, rel, data.payload, plen) {
+            return Head::Waiting;
+        }
+        match look(head) {
+            Look::Waiting => return Head::Waiting,
+            // Start again after the HelloRetryRequest (or ChangeCipherSpec) record, which may
+            // go on in this very segment.
+            Look::Retry => {}
+            Look::NotHello => {
+                forget(flow);
+                return Head::NotHello;
+            }
+            Look::Hello(mut hello) => {
+                hello.starts_here = starts_here;
+                forget(flow);
+                return Head::Hello(hello);
+            }
+        }
+    }
+    Head::Waiting
+}
+
+/// Copies the bytes at head offsets `count..HEAD_LEN` that the segment carries; false if it
+/// carries none of them (a gap before them, or only bytes already collected).
+#[inline(always)]
+fn collect<P: Packet>(packet: &P, head: &mut FlowHead, rel: i64, payload: usize, plen: usize) -> bool {
+    let count = head.count as i64;
+    if count >= HEAD_LEN as i64 {
+        return true;
+    }
+    if rel > count || rel + (plen as i64) <= count {
+        return false;
+    }
+    // Common case: the whole head in this segment, from its first byte: one load.
+    if count == 0 && rel == 0 && plen >= HEAD_LEN {
+        let mut bytes = [0u8; HEAD_LEN];
+        if payload > MAX_OFFSET || !packet.load_bytes(payload as u32, bytes.as_mut_ptr(), HEAD_LEN as u32) {
+            return false;
+        }
+        head.bytes[..HEAD_LEN].copy_from_slice(&bytes);
+        head.count = HEAD_LEN as u32;
+        return true;
+    }
+    // Split head: byte by byte (at most 43 loads, on a flow's first segments only).
+    let from = payload as i64 + (count - rel);
+    let mut added = false;
+    for i in 0..HEAD_LEN {
+        let at = head.count as usize;
+        if at >= HEAD_LEN {
+            break;
+        }
+        let offset = from + i as i64;
+        if offset >= data_end(payload, plen) as i64 || offset < 0 || offset > MAX_OFFSET as i64 {
+            break;
+        }
+        let mut byte = 0u8;
+        if !packet.load_bytes(offset as u32, &mut byte, 1) {
+            break;
+        }
+        match head.bytes.get_mut(at) {
+            Some(slot) => *slot = byte,
+            None => break,
+        }
+        head.count += 1;
+        added = true;
+    }
+    added
+}
+
+#[inline(always)]
+fn data_end(payload: usize, plen: usize) -> usize {
+    payload + plen
+}
+
+enum Look {
+    Waiting,
+    Retry,
+    NotHello,
+    Hello(Hello),
+}
+
+/// What a complete head holds; moves the head past a HelloRetryRequest or a ChangeCipherSpec.
+#[inline(always)]
+fn look(head: &mut FlowHead) -> Look {
+    if (head.count as usize) < HEAD_LEN {
+        return Look::Waiting;
+    }
+    let b = &head.bytes;
+    // A ChangeCipherSpec record (`14 03 03 00 01 01`) before the hello: only after a retry.
+    if b[0] == TLS_CHANGE_CIPHER_SPEC && head.retries > 0 {
+        if b[3] != 0 || b[4] != 1 {
+            return Look::NotHello;
+        }
+        head.base = head.base.wrapping_add(6);
+        let mut i = 0;
+        while i + 6 < HEAD_LEN {
+            head.bytes[i] = head.bytes[i + 6];
+            i += 1;
+        }
+        head.count = (HEAD_LEN - 6) as u32;
+        return Look::Retry;
+    }
+    let kind = b[5];
+    if b[0] != TLS_HANDSHAKE || b[1] != 3 || (kind != CLIENT_HELLO && kind != SERVER_HELLO) {
+        return Look::NotHello;
+    }
+    let mut random = [0u8; 32];
+    random.copy_from_slice(&b[RANDOM_AT..RANDOM_AT + 32]);
+    let retry = kind == SERVER_HELLO && random == HELLO_RETRY_RANDOM;
+    if retry && head.retries == 0 {
+        head.retries = 1;
+        let record_len = u16::from_be_bytes([b[3], b[4]]) as u32;
+        head.base = head.base.wrapping_add(5 + record_len);
+        head.count = 0;
+        return Look::Retry;
+    }
+    Look::Hello(Hello {
+        kind,
+        key: key_of(&random),
+        starts_here: false,
+        retry,
+    })
+}
+
+/// The lookup key of a 32-byte random (`hello::KEY_FROM..KEY_FROM + KEY_LEN`).
+#[inline(always)]
+pub fn key_of(random: &[u8; 32]) -> RandomKey {
+    let mut key = [0u8; KEY_LEN];
+    key.copy_from_slice(&random[KEY_FROM..KEY_FROM + KEY_LEN]);
+    RandomKey(key)
+}

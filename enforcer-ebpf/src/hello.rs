@@ -1,0 +1,227 @@
+//! The egress judge of TLS hellos: every ClientHello (this host is the client) and ServerHello
+//! (this host is the server) leaving an enforced interface is attributed to the library that made
+//! its random (`random.rs`), whichever thread, process or relay sends it, and judged by that
+//! library's rule; a hello no probed library made is unattributed TLS (`unattributed_tls`).
+//! Hellos split over segments are collected first (`flow_head.rs`). Called by `tc.rs` for every
+//! segment the blocklist lets through.
+//!
+//! Evidence order: a found random decides the flow's library (`evidence::RANDOM`). Without one,
+//! a flow a thread of a library attributed (`verdict.rs`) keeps that verdict, unless the library
+//! makes its own randoms (`RANDOM_LIBS`): then the hello on its socket is not its own (an
+//! allowed `SSL_read` on the socket, then someone else's ClientHello) and is unattributed.
+//!
+//! Cost on a segment that is not a flow's first: one 10-byte load (sequence number, data offset,
+//! flags), one `FLOW_HEADS` lookup, one 6-byte load at the payload start.
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use enforcer_common::{
+    event::{self, UNATTRIBUTED, hello as hello_kind},
+    flow::{FlowKey, FlowState, direction, op, verdict},
+    hello::{HEAD_LEN, RANDOM_AT, evidence},
+    stat::Stat,
+};
+
+use crate::{
+    client_hello::{self, HELLO_SCRATCH, Outcome, load},
+    events, flow,
+    flow_head::{self, CLIENT_HELLO, Data, Head, Hello},
+    packet::{Packet, Segment},
+    policy::{self, apply},
+    random, stats,
+};
+
+const TCP_FLAG_SYN: u8 = 0x02;
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Judges an egress TCP segment of `flow` that the blocklist let through. `len` is the frame's
+/// length. Fail-open where nothing is known (not a hello, scratch missing), fail-closed where the
+/// policy asks for a decision it cannot take (an unattributed hello, a nameless scoped one).
+#[inline(always)]
+pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -> Outcome {
+    let l4 = seg.l4 as usize;
+    // Sequence number (4), acknowledgment (4), data offset (1), flags (1).
+    let Some(tcp) = load::<[u8; 10], P>(packet, l4 + 4) else {
+        return Outcome::Pass;
+    };
+    let seq = u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]);
+    let syn = tcp[9] & TCP_FLAG_SYN != 0;
+    if syn {
+        flow_head::start(flow, seq);
+    }
+    let payload = l4 + ((tcp[8] >> 4) as usize) * 4;
+    if payload >= len {
+        return Outcome::Pass; // no data: SYN, ACK, FIN
+    }
+    let data = Data {
+        // A SYN's data (TCP Fast Open) starts after the SYN's own sequence number.
+        seq: seq.wrapping_add(syn as u32),
+        payload,
+        end: len,
+    };
+    let hello = match flow_head::feed(packet, flow, &data) {
+        Head::Untracked => at_segment_start(packet, payload, len),
+        Head::Waiting => return Outcome::Pass,
+        Head::NotHello => None,
+        Head::Hello(hello) => {
+            if !hello.starts_here {
+                stats::count(Stat::HellosSplit);
+            }
+            Some(hello)
+        }
+    };
+    match hello {
+        Some(hello) => judge_hello(packet, flow, &hello, payload, len),
+        None => not_a_hello(flow),
+    }
+}
+
+/// A hello at the start of this segment's payload, for flows without a head.
+#[inline(always)]
+fn at_segment_start<P: Packet>(packet: &P, payload: usize, len: usize) -> Option<Hello> {
+    let start: [u8; 6] = load(packet, payload)?;
+    let kind = start[5];
+    if start[0] != TLS_HANDSHAKE || start[1] != 3 || (kind != CLIENT_HELLO && kind != flow_head::SERVER_HELLO) {
+        return None;
+    }
+    // The random, if this segment holds it (else the hello is judged without it: unattributed
+    // unless a thread attributed the flow).
+    let random = if payload + HEAD_LEN <= len {
+        load::<[u8; 32], P>(packet, payload + RANDOM_AT)
+    } else {
+        None
+    };
+    let retry = random.is_none_or(|r| r == enforcer_common::hello::HELLO_RETRY_RANDOM);
+    Some(Hello {
+        kind,
+        key: flow_head::key_of(&random.unwrap_or([0; 32])),
+        starts_here: true,
+        retry,
+    })
+}
+
+/// A segment that is not a hello: a flow waiting for its ClientHello's server name sent
+/// something else first, and is judged nameless.
+#[inline(always)]
+fn not_a_hello(flow: &FlowKey) -> Outcome {
+    if policy::hello_policy().scoped == 0 {
+        return Outcome::Pass;
+    }
+    match flow::state(flow) {
+        Some(state) if state.verdict == verdict::PENDING_SERVER_NAME => {
+            let decided = client_hello::decide_scoped(flow, &state, None);
+            client_hello::settle(flow, state, decided)
+        }
+        _ => Outcome::Pass,
+    }
+}
+
+#[inline(always)]
+fn judge_hello<P: Packet>(
+    packet: &P,
+    flow: &FlowKey,
+    hello: &Hello,
+    payload: usize,
+    len: usize,
+) -> Outcome {
+    // Only the first hello of a flow is judged: a retransmission (or anything later that
+    // happens to look like one) passes; a blocked flow's never gets here (the blocklist drops it).
+    if flow::hello_seen(flow) {
+        return Outcome::Pass;
+    }
+    let Some(scratch) = HELLO_SCRATCH.get_ptr_mut(0) else {
+        return Outcome::Pass;
+    };
+    // SAFETY: per-CPU map value, valid for this run; nothing else on this CPU uses it meanwhile.
+    let scratch = unsafe { &mut *scratch };
+    let client = hello.kind == CLIENT_HELLO;
+    let (sni, name_len) = if client && hello.starts_here {
+        client_hello::read_server_name(packet, payload, len, &mut scratch.event.name)
+    } else if client {
+        (event::sni::UNREADABLE, 0) // began in an earlier segment
+    } else {
+        (event::sni::ABSENT, 0)
+    };
+    if client {
+        stats::count(Stat::ClientHellos);
+    }
+    let named = (sni == event::sni::PRESENT)
+        .then(|| client_hello::reverse_into(&scratch.event.name, &mut scratch.key, name_len));
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let policy = policy::hello_policy();
+    let origin = if hello.retry {
+        None
+    } else {
+        random::origin(&hello.key)
+    };
+    let known = flow::state(flow);
+    let (lib_id, new_verdict, outcome) = match (origin, known) {
+        (Some(origin), known) => {
+            stats::count(Stat::HellosByRandom);
+            let mut state = FlowState {
+                first_seen_ns: now,
+                lib_id: origin.lib_id,
+                verdict: verdict::ALLOWED,
+                op: op::HANDSHAKE,
+                direction: direction::SEND,
+                evidence: evidence::RANDOM,
+            };
+            let scoped = client && policy.late_attribution == 0;
+            let v = if scoped && policy::scoped_action(origin.lib_id).is_some() {
+                client_hello::decide_scoped(flow, &state, named.map(|()| &mut scratch.key))
+            } else {
+                apply(flow, policy::library_action(origin.lib_id))
+            };
+            state.verdict = v;
+            flow::record(flow, &state);
+            if known.is_none_or(|k| k.lib_id != origin.lib_id) {
+                stats::count(Stat::FlowsAttributed);
+                events::attributed_by_random(flow, &state, origin.tgid, now);
+            }
+            (origin.lib_id, v, client_hello::outcome_of(v))
+        }
+        // The library that claimed the socket makes its own randoms, and did not make this one.
+        (None, Some(state)) if random::binds_hellos(state.lib_id) && !hello.retry => {
+            unattributed(flow, policy.unattributed, client)
+        }
+        (None, Some(state)) if state.verdict == verdict::PENDING_SERVER_NAME => {
+            let v = client_hello::decide_scoped(flow, &state, named.map(|()| &mut scratch.key));
+            (state.lib_id, v, client_hello::settle(flow, state, v))
+        }
+        // Judged at attribution already: the hello only adds the name.
+        (None, Some(state)) => (state.lib_id, state.verdict, Outcome::Pass),
+        (None, None) => unattributed(flow, policy.unattributed, client),
+    };
+    flow::mark_hello_seen(flow, 0);
+    if !client && origin.is_some() {
+        return outcome; // reported as the flow's connection (`attributed_by_random`)
+    }
+    scratch.event.hello = if client {
+        hello_kind::CLIENT
+    } else {
+        hello_kind::SERVER
+    };
+    scratch.event.evidence = if origin.is_some() {
+        evidence::RANDOM
+    } else {
+        evidence::THREAD
+    };
+    scratch.event.producer_pid = origin.map_or(0, |o| o.tgid);
+    scratch.event.flow = *flow;
+    scratch.event.lib_id = lib_id;
+    scratch.event.verdict = new_verdict;
+    scratch.event.sni = sni;
+    scratch.event.name_len = name_len as u16;
+    events::hello(&mut scratch.event, now);
+    outcome
+}
+
+/// A hello no probed library made: judged by `unattributed_tls`.
+#[inline(always)]
+fn unattributed(flow: &FlowKey, action: u8, client: bool) -> (u32, u8, Outcome) {
+    if client {
+        stats::count(Stat::UnattributedHellos);
+    }
+    let v = apply(flow, Some(action));
+    (UNATTRIBUTED, v, client_hello::outcome_of(v))
+}
