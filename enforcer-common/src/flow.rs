@@ -76,7 +76,6 @@ pub mod cookie {
     pub const fn op(cookie: u64) -> u8 {
         (cookie >> 32) as u8
     }
-
 }
 
 /// One entry of `FLOWS`.

@@ -75,10 +75,13 @@ pub struct FlowHead {
     /// HelloRetryRequests skipped (a server sends at most one).
     pub retries: u8,
     pub _pad: [u8; 3],
-    pub bytes: [u8; HEAD_LEN + 1],
-    pub _pad2: [u8; 4],
+    /// `bytes[..count]` collected. 64 bytes, not 43: the eBPF side indexes it with a mask
+    /// (`& 63`), the one bound the verifier keeps through LLVM's unrolled copy loop.
+    pub bytes: [u8; HEAD_BUFFER],
 }
-const _: () = assert!(core::mem::size_of::<FlowHead>() == 60);
+/// Size of `FlowHead::bytes` (a power of two above `HEAD_LEN`).
+pub const HEAD_BUFFER: usize = 64;
+const _: () = assert!(core::mem::size_of::<FlowHead>() == 76);
 
 /// Name of the load-time global holding the `CallerOffsets`.
 pub const CALLER_OFFSETS_GLOBAL: &str = "CALLER_OFFSETS";

@@ -101,7 +101,11 @@ pub fn settle(flow: &FlowKey, mut state: FlowState, v: u8) -> Outcome {
 /// library's action for names no pattern matches; without a readable name, the strictest action
 /// any of its rules could give (`SCOPED_LIBS`), so a scoped deny cannot be dodged by hiding it.
 #[inline(always)]
-pub fn decide_scoped(flow: &FlowKey, state: &FlowState, key: Option<&mut Key<ServerNameKey>>) -> u8 {
+pub fn decide_scoped(
+    flow: &FlowKey,
+    state: &FlowState,
+    key: Option<&mut Key<ServerNameKey>>,
+) -> u8 {
     let lib_action = match key {
         Some(key) => {
             key.data.lib_id_be = state.lib_id.to_be();

@@ -19,7 +19,10 @@
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use enforcer_common::{
     flow::FlowKey,
-    hello::{FlowHead, HEAD_LEN, HELLO_RETRY_RANDOM, KEY_FROM, KEY_LEN, RANDOM_AT, RandomKey},
+    hello::{
+        FlowHead, HEAD_BUFFER, HEAD_LEN, HELLO_RETRY_RANDOM, KEY_FROM, KEY_LEN, RANDOM_AT,
+        RandomKey,
+    },
 };
 
 use crate::packet::Packet;
@@ -77,8 +80,7 @@ pub fn start(flow: &FlowKey, isn: u32) {
         count: 0,
         retries: 0,
         _pad: [0; 3],
-        bytes: [0; HEAD_LEN + 1],
-        _pad2: [0; 4],
+        bytes: [0; HEAD_BUFFER],
     };
     // LRU: cannot fail for lack of room.
     let _ = FLOW_HEADS.insert(flow, &head, 0);
@@ -128,7 +130,13 @@ pub fn feed<P: Packet>(packet: &P, flow: &FlowKey, data: &Data) -> Head {
 /// Copies the bytes at head offsets `count..HEAD_LEN` that the segment carries; false if it
 /// carries none of them (a gap before them, or only bytes already collected).
 #[inline(always)]
-fn collect<P: Packet>(packet: &P, head: &mut FlowHead, rel: i64, payload: usize, plen: usize) -> bool {
+fn collect<P: Packet>(
+    packet: &P,
+    head: &mut FlowHead,
+    rel: i64,
+    payload: usize,
+    plen: usize,
+) -> bool {
     let count = head.count as i64;
     if count >= HEAD_LEN as i64 {
         return true;
@@ -139,7 +147,9 @@ fn collect<P: Packet>(packet: &P, head: &mut FlowHead, rel: i64, payload: usize,
     // Common case: the whole head in this segment, from its first byte: one load.
     if count == 0 && rel == 0 && plen >= HEAD_LEN {
         let mut bytes = [0u8; HEAD_LEN];
-        if payload > MAX_OFFSET || !packet.load_bytes(payload as u32, bytes.as_mut_ptr(), HEAD_LEN as u32) {
+        if payload > MAX_OFFSET
+            || !packet.load_bytes(payload as u32, bytes.as_mut_ptr(), HEAD_LEN as u32)
+        {
             return false;
         }
         head.bytes[..HEAD_LEN].copy_from_slice(&bytes);
@@ -162,10 +172,12 @@ fn collect<P: Packet>(packet: &P, head: &mut FlowHead, rel: i64, payload: usize,
         if !packet.load_bytes(offset as u32, &mut byte, 1) {
             break;
         }
-        match head.bytes.get_mut(at) {
-            Some(slot) => *slot = byte,
-            None => break,
-        }
+        // `at < HEAD_LEN` already, but LLVM folds that bound into its unrolled pointer
+        // arithmetic, where the verifier loses it. A volatile read hides the value from LLVM, so
+        // the mask (see `FlowHead::bytes`) stays on the very register that indexes.
+        // SAFETY: reads a local.
+        let at = unsafe { core::ptr::read_volatile(&at) } & (HEAD_BUFFER - 1);
+        head.bytes[at] = byte;
         head.count += 1;
         added = true;
     }

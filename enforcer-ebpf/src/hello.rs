@@ -80,7 +80,10 @@ pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -
 fn at_segment_start<P: Packet>(packet: &P, payload: usize, len: usize) -> Option<Hello> {
     let start: [u8; 6] = load(packet, payload)?;
     let kind = start[5];
-    if start[0] != TLS_HANDSHAKE || start[1] != 3 || (kind != CLIENT_HELLO && kind != flow_head::SERVER_HELLO) {
+    if start[0] != TLS_HANDSHAKE
+        || start[1] != 3
+        || (kind != CLIENT_HELLO && kind != flow_head::SERVER_HELLO)
+    {
         return None;
     }
     // The random, if this segment holds it (else the hello is judged without it: unattributed

@@ -59,15 +59,15 @@ static RANDOM_CALLS: LruHashMap<u32, PendingRandom> = LruHashMap::with_max_entri
 /// Entry of a random source (`cookie`: library, and which argument is the buffer).
 #[inline(always)]
 pub fn enter(ctx: &ProbeContext, cookie: u64) {
-    let (buffer, len): (u64, u64) = match cookie::op(cookie) {
-        op::RANDOM_BUFFER_ARG0 => match (ctx.arg(0), ctx.arg(1)) {
-            (Some(b), Some(l)) => (b, l),
-            _ => return,
-        },
-        op::RANDOM_BUFFER_ARG1 => match (ctx.arg(1), ctx.arg(2)) {
-            (Some(b), Some(l)) => (b, l),
-            _ => return,
-        },
+    // All three arguments are read, then chosen: a register picked by a runtime index would
+    // make LLVM compute the context offset, and the verifier rejects a modified ctx pointer.
+    let (Some(a0), Some(a1), Some(a2)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    else {
+        return;
+    };
+    let (buffer, len) = match cookie::op(cookie) {
+        op::RANDOM_BUFFER_ARG0 => (a0, a1),
+        op::RANDOM_BUFFER_ARG1 => (a1, a2),
         _ => return,
     };
     if !(MIN_OUTPUT as u64..=MAX_OUTPUT as u64).contains(&len) || buffer == 0 {
@@ -98,9 +98,8 @@ pub fn exit() {
     let _ = RANDOM_CALLS.remove(&tid);
     let from = key_offset_in_output(pending.len as usize) as u64;
     // SAFETY: reads user memory of the current task; a bad pointer is an error, not a fault.
-    let Ok(key) = (unsafe {
-        bpf_probe_read_user((pending.buffer + from) as *const [u8; KEY_LEN])
-    }) else {
+    let Ok(key) = (unsafe { bpf_probe_read_user((pending.buffer + from) as *const [u8; KEY_LEN]) })
+    else {
         stats::count(Stat::RandomsUnreadable);
         return;
     };

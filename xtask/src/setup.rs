@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "python3",
     "libssl-dev", // tests/tests/new_libraries.rs builds a TLS client with gcc
     "systemd",    // tests/tests/deploy.rs: systemd-analyze verify deploy/enforcer.service
+    "socat",      // tests/tests/content_attribution.rs: a local relay, and one-byte writes
 ];
 
 enum Status {
