@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "libssl-dev", // tests/tests/new_libraries.rs builds a TLS client with gcc
     "systemd",    // tests/tests/deploy.rs: systemd-analyze verify deploy/enforcer.service
     "socat",      // tests/tests/content_attribution.rs: a local relay, and one-byte writes
+    "nodejs",     // tests/tests/content_attribution.rs: Node.js with its own OpenSSL
 ];
 
 enum Status {
