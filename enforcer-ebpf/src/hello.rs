@@ -193,11 +193,16 @@ fn judge_hello<P: Packet>(
         }
         // Judged at attribution already: the hello only adds the name.
         (None, Some(state)) => (state.lib_id, state.verdict, Outcome::Pass),
-        (None, None) => unattributed(flow, policy.unattributed, client),
+        (None, None) if client => unattributed(flow, policy.unattributed, true),
+        // A ServerHello no probe saw made: not judged yet. An OpenSSL server driven through
+        // `BIO_f_ssl` makes its random outside the probed functions (docs/policy.md).
+        (None, None) => return Outcome::Pass,
     };
     flow::mark_hello_seen(flow, 0);
-    if !client && origin.is_some() {
-        return outcome; // reported as the flow's connection (`attributed_by_random`)
+    // A ServerHello is reported as the flow's connection (`attributed_by_random`, or the thread
+    // attribution before); an event of its own only when it is unattributed.
+    if !client && lib_id != UNATTRIBUTED {
+        return outcome;
     }
     scratch.event.hello = if client {
         hello_kind::CLIENT
