@@ -129,7 +129,7 @@ impl Harness {
             verdict,
             op: 0,
             direction: 0,
-            _pad: 0,
+            evidence: 0,
         };
         flows.insert(flow, state, 0).unwrap();
     }
