@@ -30,11 +30,13 @@ use crate::{
     stats,
 };
 
-/// The event being built and the trie key: together 572 bytes, more than the 512-byte stack.
+/// The event being built, the trie key and the hello found: more than the 512-byte stack.
 #[repr(C)]
 pub struct Scratch {
     pub event: HelloEvent,
     pub key: Key<ServerNameKey>,
+    /// The hello being judged (`hello.rs`).
+    pub hello: crate::flow_head::Hello,
 }
 
 #[map(name = "HELLO_SCRATCH")]

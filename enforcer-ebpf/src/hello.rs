@@ -17,12 +17,12 @@ use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use enforcer_common::{
     event::{self, UNATTRIBUTED, hello as hello_kind},
     flow::{FlowKey, FlowState, direction, op, verdict},
-    hello::{HEAD_LEN, RANDOM_AT, evidence},
+    hello::{HEAD_LEN, HELLO_RETRY_RANDOM, RANDOM_AT, evidence},
     stat::Stat,
 };
 
 use crate::{
-    client_hello::{self, HELLO_SCRATCH, Outcome, load},
+    client_hello::{self, HELLO_SCRATCH, Outcome, Scratch, load},
     events, flow,
     flow_head::{self, CLIENT_HELLO, Data, Head, Hello},
     packet::{Packet, Segment},
@@ -58,33 +58,36 @@ pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -
         payload,
         end: len,
     };
-    let hello = match flow_head::feed(packet, flow, &data) {
-        Head::Untracked => at_segment_start(packet, payload, len),
-        Head::Waiting => return Outcome::Pass,
-        Head::NotHello => None,
-        Head::Hello(hello) => {
-            if !hello.starts_here {
-                stats::count(Stat::HellosSplit);
-            }
-            Some(hello)
-        }
+    let Some(scratch) = HELLO_SCRATCH.get_ptr_mut(0) else {
+        return Outcome::Pass;
     };
-    match hello {
-        Some(hello) => judge_hello(packet, flow, &hello, payload, len),
-        None => not_a_hello(flow),
+    // SAFETY: per-CPU map value, valid for this run; nothing else on this CPU uses it meanwhile.
+    let scratch = unsafe { &mut *scratch };
+    let found = match flow_head::feed(packet, flow, &data, &mut scratch.hello) {
+        Head::Untracked => at_segment_start(packet, payload, len, &mut scratch.hello),
+        Head::Waiting => return Outcome::Pass,
+        Head::NotHello => false,
+        Head::Hello => true,
+    };
+    if found {
+        judge_hello(packet, flow, scratch, payload, len)
+    } else {
+        not_a_hello(flow)
     }
 }
 
 /// A hello at the start of this segment's payload, for flows without a head.
 #[inline(always)]
-fn at_segment_start<P: Packet>(packet: &P, payload: usize, len: usize) -> Option<Hello> {
-    let start: [u8; 6] = load(packet, payload)?;
+fn at_segment_start<P: Packet>(packet: &P, payload: usize, len: usize, out: &mut Hello) -> bool {
+    let Some(start) = load::<[u8; 6], P>(packet, payload) else {
+        return false;
+    };
     let kind = start[5];
     if start[0] != TLS_HANDSHAKE
         || start[1] != 3
         || (kind != CLIENT_HELLO && kind != flow_head::SERVER_HELLO)
     {
-        return None;
+        return false;
     }
     // The random, if this segment holds it (else the hello is judged without it: unattributed
     // unless a thread attributed the flow).
@@ -93,13 +96,16 @@ fn at_segment_start<P: Packet>(packet: &P, payload: usize, len: usize) -> Option
     } else {
         None
     };
-    let retry = random.is_none_or(|r| r == enforcer_common::hello::HELLO_RETRY_RANDOM);
-    Some(Hello {
-        kind,
-        key: flow_head::key_of(&random.unwrap_or([0; 32])),
-        starts_here: true,
-        retry,
-    })
+    out.kind = kind;
+    out.starts_here = 1;
+    match random {
+        Some(r) if r != HELLO_RETRY_RANDOM => {
+            out.retry = 0;
+            out.key = flow_head::key_of(&r);
+        }
+        _ => out.retry = 1,
+    }
+    true
 }
 
 /// A segment that is not a hello: a flow waiting for its ClientHello's server name sent
@@ -122,22 +128,18 @@ fn not_a_hello(flow: &FlowKey) -> Outcome {
 fn judge_hello<P: Packet>(
     packet: &P,
     flow: &FlowKey,
-    hello: &Hello,
+    scratch: &mut Scratch,
     payload: usize,
     len: usize,
 ) -> Outcome {
+    let hello = scratch.hello;
     // Only the first hello of a flow is judged: a retransmission (or anything later that
     // happens to look like one) passes; a blocked flow's never gets here (the blocklist drops it).
     if flow::hello_seen(flow) {
         return Outcome::Pass;
     }
-    let Some(scratch) = HELLO_SCRATCH.get_ptr_mut(0) else {
-        return Outcome::Pass;
-    };
-    // SAFETY: per-CPU map value, valid for this run; nothing else on this CPU uses it meanwhile.
-    let scratch = unsafe { &mut *scratch };
     let client = hello.kind == CLIENT_HELLO;
-    let (sni, name_len) = if client && hello.starts_here {
+    let (sni, name_len) = if client && hello.starts_here != 0 {
         client_hello::read_server_name(packet, payload, len, &mut scratch.event.name)
     } else if client {
         (event::sni::UNREADABLE, 0) // began in an earlier segment
@@ -147,12 +149,15 @@ fn judge_hello<P: Packet>(
     if client {
         stats::count(Stat::ClientHellos);
     }
+    if hello.starts_here == 0 {
+        stats::count(Stat::HellosSplit);
+    }
     let named = (sni == event::sni::PRESENT)
         .then(|| client_hello::reverse_into(&scratch.event.name, &mut scratch.key, name_len));
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let policy = policy::hello_policy();
-    let origin = if hello.retry {
+    let origin = if hello.retry != 0 {
         None
     } else {
         random::origin(&hello.key)
@@ -184,7 +189,7 @@ fn judge_hello<P: Packet>(
             (origin.lib_id, v, client_hello::outcome_of(v))
         }
         // The library that claimed the socket makes its own randoms, and did not make this one.
-        (None, Some(state)) if random::binds_hellos(state.lib_id) && !hello.retry => {
+        (None, Some(state)) if random::binds_hellos(state.lib_id) && hello.retry == 0 => {
             unattributed(flow, policy.unattributed, client)
         }
         (None, Some(state)) if state.verdict == verdict::PENDING_SERVER_NAME => {
