@@ -49,7 +49,24 @@ impl Server {
         extra: &[&str],
     ) -> Server {
         let addr = SocketAddr::new(ip, port);
-        let mut cmd = ns.exec("openssl", ["s_server", "-accept", &addr.to_string()]);
+        let cmd = ns.exec("openssl", ["s_server", "-accept", &addr.to_string()]);
+        Self::spawn(cmd, addr, cert, mode, extra)
+    }
+
+    /// `openssl s_server` in the root namespace (this host is the server), on `ip:port`.
+    pub fn on_host(ip: IpAddr, port: u16, cert: &Cert, mode: Mode, extra: &[&str]) -> Server {
+        let addr = SocketAddr::new(ip, port);
+        let cmd = crate::cmd("openssl", ["s_server", "-accept", &addr.to_string()]);
+        Self::spawn(cmd, addr, cert, mode, extra)
+    }
+
+    fn spawn(
+        mut cmd: std::process::Command,
+        addr: SocketAddr,
+        cert: &Cert,
+        mode: Mode,
+        extra: &[&str],
+    ) -> Server {
         cmd.arg("-cert")
             .arg(cert.cert_path())
             .arg("-key")

@@ -368,6 +368,64 @@ fn hello_no_library_made_is_refused_after_an_allowed_read_and_when_split() {
     drop(p.dir);
 }
 
+/// This host as the server: `openssl s_server` that accepts only P-256, and a client in the
+/// namespace that offers an X25519 key share first, so the server's first hello is a
+/// HelloRetryRequest (a fixed random, made by no library), then a ChangeCipherSpec, then the real
+/// ServerHello. The head moves past the first two and finds libssl's random in the third.
+#[test]
+fn openssl_server_after_a_hello_retry_is_judged_by_its_random() {
+    require_root();
+    let ns = NetNs::new();
+    let host = IpAddr::V4(ns.host_v4);
+    let cert = Cert::new(&[host]);
+    let server = Server::on_host(
+        host,
+        PORT,
+        &cert,
+        enforcer_tests::Mode::Plain,
+        &["-groups", "P-256"],
+    );
+    let mut agent = start_agent(&ns);
+    let before = agent_status_counter("hellos_by_random");
+    let line = "AFTER-RETRY\n";
+    let connect = format!("{host}:{PORT}");
+    let mut c = ns.exec(
+        "openssl",
+        [
+            "s_client",
+            "-quiet",
+            "-groups",
+            "X25519:P-256",
+            "-connect",
+            &connect,
+        ],
+    );
+    let _ = run_with_timeout(&mut c, line.as_bytes(), Duration::from_secs(3));
+    server.wait_received(line.as_bytes(), EVENT);
+    let e = agent.wait_for(
+        |v| {
+            v["type"] == "connection"
+                && v["library"]["family"] == "openssl"
+                && v["local"]["port"] == PORT
+        },
+        EVENT,
+    );
+    assert_eq!(e["verdict"], "allowed", "{e}");
+    let after = agent_status_counter("hellos_by_random");
+    assert!(
+        after > before,
+        "the real ServerHello after the retry was not judged by its random ({before} -> {after})"
+    );
+    assert!(
+        !agent
+            .events()
+            .iter()
+            .any(|v| v["type"] == "client_hello" && v["hello"] == "server"),
+        "no unattributed ServerHello"
+    );
+    drop(agent);
+}
+
 fn path_str(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_owned()
 }
