@@ -277,16 +277,14 @@ fn relayed_allowed_client_passes_and_one_byte_relay_cannot_split_a_denied_one() 
 
     // An unprobed (static, stripped) OpenSSL client through the same relay: unattributed.
     let client = build_static_client(p.dir.path());
-    let out = run_with_timeout(
-        &mut Command::new(&client).args([
-            "127.0.0.1",
-            &port.to_string(),
-            "split.example",
-            "HIDDEN-SPLIT\n",
-        ]),
-        b"",
-        CLIENT,
-    );
+    let mut hidden = Command::new(&client);
+    hidden.args([
+        "127.0.0.1",
+        &port.to_string(),
+        "split.example",
+        "HIDDEN-SPLIT\n",
+    ]);
+    let out = run_with_timeout(&mut hidden, b"", CLIENT);
     assert!(!out.success(), "the unattributed client must fail: {out:?}");
     let e = agent.wait_for(
         |v| v["type"] == "client_hello" && v["attributed"] == false && v["remote"]["port"] == PORT,
