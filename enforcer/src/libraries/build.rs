@@ -18,8 +18,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::elf::{self, ElfInfo};
-use super::{FileRef, Identity, Library, LibraryError, identity, open};
+use super::{FileRef, Identity, Library, LibraryError, ProbeTarget, identity, open};
 use crate::catalog::{Catalog, Place};
+use enforcer_common::flow::op;
 
 /// One candidate file that the catalog cares about.
 pub(super) struct Scanned {
@@ -160,9 +161,14 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
             .then((a.dev, a.ino).cmp(&(b.dev, b.ino)))
     });
     let mut owners: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    // A companion's I/O functions carry one library id per probe (NSS's NSPR): a second library
+    // sharing the companion loses them. Random sources are exempt: each library's probe records
+    // only randoms asked for inside its own TLS calls, so two libssl copies sharing one
+    // libcrypto each get theirs.
+    let shared = |p: &ProbeTarget| p.in_companion && !op::is_random(p.op);
     out.retain_mut(|lib| {
         let Some(c) = &lib.companion else { return true };
-        if !lib.probes.iter().any(|p| p.in_companion) {
+        if !lib.probes.iter().any(shared) {
             return true;
         }
         match owners.get(&(c.dev, c.ino)) {
@@ -174,7 +180,7 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
                     library = %lib.path.display(), companion = %c.path.display(), owner = %owner.display(),
                     "companion already probed for another library: its calls are attributed to that one"
                 );
-                lib.probes.retain(|p| !p.in_companion);
+                lib.probes.retain(|p| !shared(p));
             }
         }
         !lib.probes.is_empty()
