@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use enforcer_common::{flow::verdict, stat};
+use enforcer_common::{flow::verdict, hello::evidence, stat};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -170,6 +170,7 @@ impl Operator {
                     "verdict": if state.verdict == verdict::ALLOWED && blocked { "blocked" } else { events::verdict_name(state.verdict) },
                     "blocked": blocked,
                     "call": events::op_name(state.op),
+                    "evidence": if state.evidence == evidence::RANDOM { "random" } else { "thread" },
                 })
             })
             .collect();
