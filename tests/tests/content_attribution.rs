@@ -46,6 +46,8 @@ libraries:
 
 struct Peer {
     server: Server,
+    /// The same server's twin on the peer's IPv6 address.
+    server6: Server,
     _cert: Cert,
     ns: NetNs,
     peer: IpAddr,
@@ -57,10 +59,13 @@ fn peer() -> Peer {
     let dir = tempfile::tempdir().expect("temp dir");
     let ns = NetNs::new();
     let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
+    let peer6 = IpAddr::V6(ns.peer_v6);
+    let cert = Cert::new(&[peer, peer6]);
     let server = Server::plain(&ns, peer, PORT, &cert);
+    let server6 = Server::plain(&ns, peer6, PORT, &cert);
     Peer {
         server,
+        server6,
         _cert: cert,
         ns,
         peer,
@@ -183,48 +188,129 @@ const s = tls.connect({ host, port: +port, servername: 'node.example', rejectUna
 s.on('error', (e) => { console.error('error', e.message); process.exit(1); });
 "#;
 
+const URLLIB_CLIENT: &str = r#"
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+try:
+    urllib.request.urlopen(sys.argv[1], context=ctx, timeout=3)
+except Exception as e:
+    print("after the handshake:", type(e).__name__, flush=True)
+"#;
+
+/// Every OpenSSL client kind, over IPv4 and IPv6: each completes (the server receives its line)
+/// and its connection event names OpenSSL, the process, and the 4-tuple.
 #[test]
-fn event_loop_clients_of_allowed_openssl_are_allowed_by_their_random() {
+fn openssl_clients_of_every_kind_are_allowed_by_their_random() {
     let p = peer();
     let mut agent = start_agent(&p.ns);
-    let host = p.peer.to_string();
-    let port = PORT.to_string();
+    for (server, local) in [
+        (&p.server, IpAddr::V4(p.ns.host_v4)),
+        (&p.server6, IpAddr::V6(p.ns.host_v6)),
+    ] {
+        let to = server.addr();
+        let host = to.ip().to_string();
+        let port = to.port().to_string();
+        let url_host = match to.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
 
-    // Python asyncio: the system libssl over memory BIOs; the event loop writes the socket.
-    let line = "ASYNCIO-THROUGH\n";
-    let out = python(ASYNCIO_CLIENT, &[&host, &port, line]);
-    assert!(
-        out.success(),
-        "asyncio client refused: {out:?}\n{}",
-        agent.stderr()
-    );
-    p.server.wait_received(line.as_bytes(), EVENT);
-    let e = connection(&mut agent, p.server.addr(), "openssl");
-    assert_eq!(e["evidence"], "random", "{e}");
-    assert_eq!(e["verdict"], "allowed", "{e}");
-    assert_eq!(
-        e["comm"], "python3",
-        "the process that made the random: {e}"
-    );
+        // curl: the thread inside SSL_connect writes the socket (and its random names it too).
+        let line = format!("CURL-THROUGH-{host}\n");
+        let url = format!("https://{url_host}:{port}/{}", line.trim());
+        let _ = run_with_timeout(
+            &mut cmd("curl", ["-sk", "--max-time", "3", &url]),
+            b"",
+            CLIENT,
+        );
+        server.wait_received(line.trim().as_bytes(), EVENT);
+        let e = connection_from(&mut agent, to, "curl");
+        assert_eq!(e["library"]["family"], "openssl", "{e}");
+        assert_eq!(e["verdict"], "allowed", "{e}");
+        assert_eq!(e["local"]["addr"], local.to_string(), "{e}");
 
-    // Node.js: its own OpenSSL linked into the node executable; libuv writes the socket.
-    let line = "NODE-THROUGH\n";
-    let mut c = cmd("node", ["-e", NODE_CLIENT, &host, &port, line]);
-    let out = run_with_timeout(&mut c, b"", CLIENT);
-    assert!(
-        out.success(),
-        "node client refused: {out:?}\n{}",
-        agent.stderr()
-    );
-    p.server.wait_received(line.as_bytes(), EVENT);
-    let node = agent.wait_for(
-        |v| v["type"] == "connection" && v["library"]["family"] == "openssl" && v["comm"] == "node",
-        EVENT,
-    );
-    assert_eq!(node["evidence"], "random", "{node}");
-    assert_eq!(node["verdict"], "allowed", "{node}");
+        // Python urllib: the system libssl over the socket.
+        let line = format!("URLLIB-THROUGH-{host}");
+        let url = format!("https://{url_host}:{port}/{line}");
+        let out = python(URLLIB_CLIENT, &[&url]);
+        server.wait_received(line.as_bytes(), EVENT);
+        let e = connection_from(&mut agent, to, "python3");
+        assert_eq!(e["library"]["family"], "openssl", "{e} ({out:?})");
+        assert_eq!(e["verdict"], "allowed", "{e}");
+
+        // Python asyncio: the system libssl over memory BIOs; the event loop writes the socket.
+        let line = format!("ASYNCIO-THROUGH-{host}\n");
+        let out = python(ASYNCIO_CLIENT, &[&host, &port, &line]);
+        assert!(
+            out.success(),
+            "asyncio client refused: {out:?}\n{}",
+            agent.stderr()
+        );
+        server.wait_received(line.as_bytes(), EVENT);
+        let e = connection_from_port(&mut agent, to, sent_from(&out));
+        assert_eq!(e["library"]["family"], "openssl", "{e}");
+        assert_eq!(e["evidence"], "random", "{e}");
+        assert_eq!(e["verdict"], "allowed", "{e}");
+        assert_eq!(
+            e["comm"], "python3",
+            "the process that made the random: {e}"
+        );
+
+        // Node.js: its own OpenSSL linked into the node executable; libuv writes the socket.
+        let line = format!("NODE-THROUGH-{host}\n");
+        let mut c = cmd("node", ["-e", NODE_CLIENT, &host, &port, &line]);
+        let out = run_with_timeout(&mut c, b"", CLIENT);
+        assert!(
+            out.success(),
+            "node client refused: {out:?}\n{}",
+            agent.stderr()
+        );
+        server.wait_received(line.as_bytes(), EVENT);
+        let e = connection_from_port(&mut agent, to, sent_from(&out));
+        assert_eq!(e["library"]["family"], "openssl", "{e}");
+        assert_eq!(e["evidence"], "random", "{e}");
+        assert_eq!(e["verdict"], "allowed", "{e}");
+        assert_eq!(e["comm"], "node", "{e}");
+    }
     drop(agent);
     drop(p.dir);
+}
+
+/// The local port a client script printed (`sent from PORT`).
+fn sent_from(out: &Outcome) -> u16 {
+    out.stdout_str()
+        .lines()
+        .find_map(|l| l.strip_prefix("sent from ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `sent from PORT` line: {out:?}"))
+}
+
+/// The `connection` event of process `comm` towards `server`.
+fn connection_from(agent: &mut Agent, server: SocketAddr, comm: &str) -> Value {
+    let comm = comm.to_owned();
+    agent.wait_for(
+        move |v| {
+            v["type"] == "connection"
+                && v["comm"] == comm.as_str()
+                && v["remote"]["addr"] == server.ip().to_string().as_str()
+                && v["remote"]["port"] == server.port()
+        },
+        EVENT,
+    )
+}
+
+/// The `connection` event towards `server` from local port `port`.
+fn connection_from_port(agent: &mut Agent, server: SocketAddr, port: u16) -> Value {
+    agent.wait_for(
+        move |v| {
+            v["type"] == "connection"
+                && v["local"]["port"] == port
+                && v["remote"]["addr"] == server.ip().to_string().as_str()
+                && v["remote"]["port"] == server.port()
+        },
+        EVENT,
+    )
 }
 
 #[test]
@@ -420,6 +506,57 @@ fn openssl_server_after_a_hello_retry_is_judged_by_its_random() {
             .iter()
             .any(|v| v["type"] == "client_hello" && v["hello"] == "server"),
         "no unattributed ServerHello"
+    );
+    drop(agent);
+}
+
+/// This host as the server with a denied library: `gnutls-serv` refused at its ServerHello (its
+/// thread's receive, or the random it made), the client in the namespace fails at once, and
+/// nothing it sends reaches the server.
+#[test]
+fn gnutls_server_is_refused() {
+    require_root();
+    let ns = NetNs::new();
+    let host = IpAddr::V4(ns.host_v4);
+    let cert = Cert::new(&[host]);
+    let port = free_port().to_string();
+    let mut serv = Command::new("gnutls-serv");
+    serv.args(["--echo", "--port", &port, "--x509certfile"])
+        .arg(cert.cert_path())
+        .arg("--x509keyfile")
+        .arg(cert.key_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _serv = Background(serv.spawn().expect("gnutls-serv"));
+    let started = Instant::now();
+    while std::net::TcpStream::connect((ns.host_v4, port.parse::<u16>().unwrap())).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gnutls-serv never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut agent = start_agent(&ns);
+    let connect = format!("{host}:{port}");
+    let started = Instant::now();
+    let mut c = ns.exec("openssl", ["s_client", "-connect", &connect]);
+    let out = run_with_timeout(&mut c, b"TO-A-DENIED-SERVER\n", CLIENT);
+    let took = started.elapsed();
+    assert!(
+        !out.success() && out.stdout_str().contains("handshake has read 0 bytes"),
+        "the handshake with a denied server must not complete: {out:?}"
+    );
+    assert!(took < REFUSED_WITHIN, "refused after {took:?}");
+    let e = agent.wait_for(
+        |v| v["type"] == "connection" && v["library"]["family"] == "gnutls",
+        EVENT,
+    );
+    assert_eq!(e["verdict"], "blocked", "{e}");
+    assert_eq!(
+        e["local"]["port"].to_string(),
+        port,
+        "the server's end: {e}"
     );
     drop(agent);
 }
