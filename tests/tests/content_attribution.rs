@@ -132,15 +132,18 @@ fn relay(to: SocketAddr, one_byte: bool) -> (Background, u16) {
     (child, port)
 }
 
-/// The `connection` event whose remote end is the server and whose library is `family`.
-fn connection(agent: &mut Agent, server: SocketAddr, family: &str) -> Value {
-    let family = family.to_owned();
+/// The `connection` event towards `server` for which `also` holds.
+fn connection(
+    agent: &mut Agent,
+    server: SocketAddr,
+    also: impl Fn(&Value) -> bool + 'static,
+) -> Value {
     agent.wait_for(
         move |v| {
             v["type"] == "connection"
-                && v["library"]["family"] == family.as_str()
                 && v["remote"]["addr"] == server.ip().to_string().as_str()
                 && v["remote"]["port"] == server.port()
+                && also(v)
         },
         EVENT,
     )
@@ -226,7 +229,7 @@ fn openssl_clients_of_every_kind_are_allowed_by_their_random() {
             CLIENT,
         );
         server.wait_received(line.trim().as_bytes(), EVENT);
-        let e = connection_from(&mut agent, to, "curl");
+        let e = connection(&mut agent, to, |v| v["comm"] == "curl");
         assert_eq!(e["library"]["family"], "openssl", "{e}");
         assert_eq!(e["verdict"], "allowed", "{e}");
         assert_eq!(e["local"]["addr"], local.to_string(), "{e}");
@@ -236,46 +239,40 @@ fn openssl_clients_of_every_kind_are_allowed_by_their_random() {
         let url = format!("https://{url_host}:{port}/{line}");
         let out = python(URLLIB_CLIENT, &[&url]);
         server.wait_received(line.as_bytes(), EVENT);
-        let e = connection_from(&mut agent, to, "python3");
+        let e = connection(&mut agent, to, |v| v["comm"] == "python3");
         assert_eq!(e["library"]["family"], "openssl", "{e} ({out:?})");
         assert_eq!(e["verdict"], "allowed", "{e}");
 
         // Python asyncio: the system libssl over memory BIOs; the event loop writes the socket.
         let line = format!("ASYNCIO-THROUGH-{host}\n");
         let out = python(ASYNCIO_CLIENT, &[&host, &port, &line]);
-        assert!(
-            out.success(),
-            "asyncio client refused: {out:?}\n{}",
-            agent.stderr()
-        );
-        server.wait_received(line.as_bytes(), EVENT);
-        let e = connection_from_port(&mut agent, to, sent_from(&out));
-        assert_eq!(e["library"]["family"], "openssl", "{e}");
-        assert_eq!(e["evidence"], "random", "{e}");
-        assert_eq!(e["verdict"], "allowed", "{e}");
-        assert_eq!(
-            e["comm"], "python3",
-            "the process that made the random: {e}"
-        );
+        allowed_by_random(&mut agent, server, &out, &line, "python3");
 
         // Node.js: its own OpenSSL linked into the node executable; libuv writes the socket.
         let line = format!("NODE-THROUGH-{host}\n");
         let mut c = cmd("node", ["-e", NODE_CLIENT, &host, &port, &line]);
         let out = run_with_timeout(&mut c, b"", CLIENT);
-        assert!(
-            out.success(),
-            "node client refused: {out:?}\n{}",
-            agent.stderr()
-        );
-        server.wait_received(line.as_bytes(), EVENT);
-        let e = connection_from_port(&mut agent, to, sent_from(&out));
-        assert_eq!(e["library"]["family"], "openssl", "{e}");
-        assert_eq!(e["evidence"], "random", "{e}");
-        assert_eq!(e["verdict"], "allowed", "{e}");
-        assert_eq!(e["comm"], "node", "{e}");
+        allowed_by_random(&mut agent, server, &out, &line, "node");
     }
     drop(agent);
     drop(p.dir);
+}
+
+/// `out`, a client that printed `sent from PORT`, completed; the server got `line`; its
+/// connection event names OpenSSL by the random it made, in process `comm`.
+fn allowed_by_random(agent: &mut Agent, server: &Server, out: &Outcome, line: &str, comm: &str) {
+    assert!(
+        out.success(),
+        "{comm} client refused: {out:?}\n{}",
+        agent.stderr()
+    );
+    server.wait_received(line.as_bytes(), EVENT);
+    let from = sent_from(out);
+    let e = connection(agent, server.addr(), move |v| v["local"]["port"] == from);
+    assert_eq!(e["library"]["family"], "openssl", "{e}");
+    assert_eq!(e["evidence"], "random", "{e}");
+    assert_eq!(e["verdict"], "allowed", "{e}");
+    assert_eq!(e["comm"], comm, "the process that made the random: {e}");
 }
 
 /// The local port a client script printed (`sent from PORT`).
@@ -284,33 +281,6 @@ fn sent_from(out: &Outcome) -> u16 {
         .lines()
         .find_map(|l| l.strip_prefix("sent from ")?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no `sent from PORT` line: {out:?}"))
-}
-
-/// The `connection` event of process `comm` towards `server`.
-fn connection_from(agent: &mut Agent, server: SocketAddr, comm: &str) -> Value {
-    let comm = comm.to_owned();
-    agent.wait_for(
-        move |v| {
-            v["type"] == "connection"
-                && v["comm"] == comm.as_str()
-                && v["remote"]["addr"] == server.ip().to_string().as_str()
-                && v["remote"]["port"] == server.port()
-        },
-        EVENT,
-    )
-}
-
-/// The `connection` event towards `server` from local port `port`.
-fn connection_from_port(agent: &mut Agent, server: SocketAddr, port: u16) -> Value {
-    agent.wait_for(
-        move |v| {
-            v["type"] == "connection"
-                && v["local"]["port"] == port
-                && v["remote"]["addr"] == server.ip().to_string().as_str()
-                && v["remote"]["port"] == server.port()
-        },
-        EVENT,
-    )
 }
 
 #[test]
@@ -333,7 +303,7 @@ fn relayed_allowed_client_passes_and_one_byte_relay_cannot_split_a_denied_one() 
     );
     let out = run_with_timeout(&mut c, line.as_bytes(), Duration::from_secs(3));
     p.server.wait_received(line.as_bytes(), EVENT);
-    let e = connection(&mut agent, to, "openssl");
+    let e = connection(&mut agent, to, |v| v["library"]["family"] == "openssl");
     assert_eq!(e["evidence"], "random", "{e} ({out:?})");
     assert_eq!(e["verdict"], "allowed", "{e}");
     assert_eq!(
@@ -356,7 +326,7 @@ fn relayed_allowed_client_passes_and_one_byte_relay_cannot_split_a_denied_one() 
     let took = started.elapsed();
     assert!(!out.success(), "the denied client must fail: {out:?}");
     assert!(took < REFUSED_WITHIN, "refused after {took:?}");
-    let e = connection(&mut agent, to, "gnutls");
+    let e = connection(&mut agent, to, |v| v["library"]["family"] == "gnutls");
     assert_eq!(e["evidence"], "random", "{e}");
     assert_eq!(e["verdict"], "blocked", "{e}");
     assert!(!String::from_utf8_lossy(&p.server.received()).contains("GNUTLS-SPLIT"));
