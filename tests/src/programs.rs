@@ -82,3 +82,27 @@ pub fn with_aws_lc_prefix(exe: &Path, dir: &Path, name: &str) -> PathBuf {
     sh(&mut objcopy);
     out
 }
+
+/// Builds tests/programs/uring-tls-client (OpenSSL over memory BIOs, socket writes by
+/// io_uring; Debian's `liburing-dev`) as `dir/uring-tls-client`.
+pub fn build_uring_client(dir: &Path) -> PathBuf {
+    build_c(dir, "uring-tls-client", &["-luring", "-lssl", "-lcrypto"])
+}
+
+/// Builds tests/programs/nested-tls-client (a GnuTLS client whose records are sent from inside
+/// an OpenSSL call; Debian's `libgnutls28-dev`) as `dir/nested-tls-client`.
+pub fn build_nested_client(dir: &Path) -> PathBuf {
+    build_c(dir, "nested-tls-client", &["-lgnutls", "-lssl", "-lcrypto"])
+}
+
+fn build_c(dir: &Path, name: &str, libs: &[&str]) -> PathBuf {
+    let src = crate::workspace().join(format!("tests/programs/{name}/client.c"));
+    let out = dir.join(name);
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(libs);
+    sh(&mut gcc);
+    out
+}

@@ -22,10 +22,12 @@ const PACKAGES: &[&str] = &[
     "xz-utils", // cargo xtask vm unpacks the 6.12 kernel modules (.ko.xz)
     "bpftool",
     "python3",
-    "libssl-dev", // tests/tests/new_libraries.rs builds a TLS client with gcc
-    "systemd",    // tests/tests/deploy.rs: systemd-analyze verify deploy/enforcer.service
-    "socat",      // tests/tests/content_attribution.rs: a local relay, and one-byte writes
-    "nodejs",     // tests/tests/content_attribution.rs: Node.js with its own OpenSSL
+    "libssl-dev",      // tests/tests/new_libraries.rs builds a TLS client with gcc
+    "systemd",         // tests/tests/deploy.rs: systemd-analyze verify deploy/enforcer.service
+    "socat",           // tests/tests/content_attribution.rs: a local relay, and one-byte writes
+    "nodejs",          // tests/tests/content_attribution.rs: Node.js with its own OpenSSL
+    "liburing-dev",    // tests/programs/uring-tls-client
+    "libgnutls28-dev", // tests/programs/nested-tls-client
 ];
 
 enum Status {
