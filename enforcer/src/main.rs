@@ -8,6 +8,7 @@ use enforcer::{
     agent::{
         attach,
         control::{self, Request},
+        memory,
     },
     cli::{Cli, Client, Command, PolicyCommand},
     commands::{detach, discover, explain, inventory, kernel_check},
@@ -40,7 +41,11 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Attach(args) => runtime()?.block_on(attach::run(args)),
+        Command::Attach(args) => {
+            // Before the runtime's threads exist: arenas are per thread and stay.
+            memory::tune();
+            runtime()?.block_on(attach::run(args))
+        }
         Command::Status { client } => ask(&client, &Request::Status, control::status_text),
         Command::Flows { client } => ask(&client, &Request::Flows, control::flows_text),
         Command::Block {

@@ -192,6 +192,8 @@ async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
     let found = tokio::task::spawn_blocking(move || libraries::discover(&opts))
         .await
         .context("library discovery panicked")??;
+    // Discovery read every candidate's tables; what it keeps is small.
+    crate::agent::memory::trim();
     let checked = Checked {
         handle,
         names,

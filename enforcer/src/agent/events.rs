@@ -92,6 +92,13 @@ impl Reporter {
         self.libs.len()
     }
 
+    /// (flows whose owner is remembered for `client_hello` events now, owners forgotten to make
+    /// room since start): the one per-flow table of the agent, bounded by `hello::MAX_RECENT`.
+    pub fn recent_owners(&self) -> (usize, u64) {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        (recent.remembered(), recent.forgotten())
+    }
+
     /// Prints a non-connection record (`ready`, ...) in the chosen format.
     pub fn lifecycle(&self, record: serde_json::Value) {
         self.emit(&record);

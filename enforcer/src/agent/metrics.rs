@@ -136,7 +136,20 @@ pub fn render(sources: &Sources) -> String {
         }
         let _ = writeln!(out, "{name}{} {}", shown.labels, stats[counter as usize]);
     }
+    let (owners, forgotten) = sources.reporter.recent_owners();
     let gauge_lines = [
+        (
+            "enforcer_recent_owners",
+            "gauge",
+            "Flows whose owner the agent remembers for client_hello events (at most 8192).",
+            vec![("", owners as u64)],
+        ),
+        (
+            "enforcer_recent_owners_forgotten_total",
+            "counter",
+            "Remembered flow owners dropped to make room (their ClientHellos are joined by socket inode).",
+            vec![("", forgotten)],
+        ),
         (
             "enforcer_map_entries",
             "gauge",

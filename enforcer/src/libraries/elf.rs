@@ -127,8 +127,14 @@ pub(super) fn read_file(
     if magic != *b"\x7fELF" {
         return Ok(None);
     }
+    // A second handle for the tables read a page at a time rather than through the cache.
+    let paged = file.try_clone().map_err(|source| LibraryError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let cache = ReadCache::new(CappedFile::new(file, len));
     let scan = Scan {
+        file: (&paged, len),
         path,
         catalog,
         useful,
@@ -141,6 +147,7 @@ pub(super) fn read_file(
 }
 
 struct Scan<'a> {
+    file: (&'a File, u64),
     path: &'a Path,
     catalog: &'a Catalog,
     useful: &'a Useful<'a>,
@@ -186,7 +193,8 @@ impl Scan<'_> {
         };
         // A Go binary's functions come from its own table first: even unstripped, only that
         // table says where each function ends (which the return probes need).
-        if let Some((found, extents)) = go::functions(header, endian, data, self.catalog, self.path)
+        if let Some((found, extents)) =
+            go::functions(header, endian, data, self.file, self.catalog, self.path)
             && (self.useful)(&|name| defines_in(&found, name))
         {
             let go = go::info(header, endian, data, &segments, &extents, self.path);

@@ -14,6 +14,7 @@ pub mod code;
 pub mod pclntab;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::Path;
 
 use object::Endianness;
@@ -21,7 +22,7 @@ use object::elf;
 use object::read::elf::{FileHeader, SectionHeader};
 use object::read::{ReadCache, ReadRef};
 
-use super::elf::file::{CappedFile, Segment, file_offset};
+use super::elf::file::{CappedFile, Pages, Segment, file_offset};
 use super::elf::symbols::Found;
 use crate::catalog::{Abi, Catalog};
 
@@ -53,6 +54,7 @@ pub(super) fn functions<Elf: FileHeader<Endian = Endianness>>(
     header: &Elf,
     endian: Endianness,
     data: &ReadCache<CappedFile>,
+    file: (&File, u64),
     catalog: &Catalog,
     path: &Path,
 ) -> Option<(HashMap<usize, Found>, HashMap<usize, pclntab::Func>)> {
@@ -65,11 +67,20 @@ pub(super) fn functions<Elf: FileHeader<Endian = Endianness>>(
         tracing::debug!(path = %path.display(), limit = MAX_PCLNTAB, ".gopclntab too large: skipped");
         return None;
     }
-    let bytes = shdr.data(endian, data).ok()?;
+    if shdr.sh_type(endian) == elf::SHT_NOBITS {
+        return None;
+    }
+    // Read a page at a time, not whole: the largest tables are tens of MiB (docs/benchmarks.md).
+    let bytes = Pages::new(
+        file.0,
+        file.1,
+        shdr.sh_offset(endian).into(),
+        shdr.sh_size(endian).into(),
+    )?;
     let text_start = sections
         .section_by_name(endian, b".text")
         .map_or(0, |(_, s)| s.sh_addr(endian).into());
-    let table = match pclntab::parse(bytes, text_start) {
+    let table = match pclntab::parse_in(&bytes, text_start) {
         Ok(t) => t,
         Err(e) => {
             tracing::debug!(path = %path.display(), error = %e, ".gopclntab not usable");
@@ -108,6 +119,16 @@ pub(super) fn functions<Elf: FileHeader<Endian = Endianness>>(
     }
     tracing::trace!(path = %path.display(), layout = ?table.layout, functions = table.len(), found = found.len(), "Go function table read");
     Some((found, extents))
+}
+
+impl pclntab::Bytes for Pages<'_> {
+    fn len(&self) -> usize {
+        Pages::len(self)
+    }
+
+    fn read(&self, at: usize, buf: &mut [u8]) -> bool {
+        Pages::read(self, at, buf)
+    }
 }
 
 /// Version and probe points of an identified Go binary.
@@ -278,6 +299,44 @@ mod tests {
         let none = |_: u64, _: usize| None;
         let blob = include_bytes!("../../../fuzz/seeds/go_tables/buildinfo-inline");
         assert_eq!(buildinfo::version(blob, &none).as_deref(), Some("go1.19.8"));
+    }
+
+    /// The table read a few bytes a page from the file finds what the whole slice finds; a file
+    /// that shrank after it was opened reads as an unusable table, not a crash.
+    #[test]
+    fn table_read_a_page_at_a_time() {
+        use std::io::Write;
+
+        use super::{Pages, pclntab};
+        let seed = include_bytes!("../../../fuzz/seeds/go_tables/go120-tls-functions");
+        let n = u32::from_le_bytes(seed[..4].try_into().unwrap()) as usize;
+        let table = &seed[4..4 + n];
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[0xcc; 100]).unwrap();
+        file.write_all(table).unwrap();
+        let names = [
+            "crypto/tls.(*Conn).Write",
+            "crypto/tls.(*Conn).Read",
+            "nope",
+        ];
+        let whole = pclntab::parse(table, 0x401000).unwrap().find(&names);
+        assert!(whole[0].is_some() && whole[1].is_some());
+        let len = 100 + n as u64;
+        for page in [7, 64, 4096, Pages::PAGE] {
+            let pages = Pages::with_page(&file, len, 100, n as u64, page).unwrap();
+            let paged = pclntab::parse_in(&pages, 0x401000).unwrap().find(&names);
+            assert_eq!(paged, whole, "page size {page}");
+        }
+        assert!(Pages::new(&file, len, 100, n as u64 + 1).is_none());
+        assert!(Pages::new(&file, len, u64::MAX, 2).is_none());
+        // Opened at this length, then truncated: reads past the new end fail.
+        file.set_len(100 + n as u64 / 2).unwrap();
+        let pages = Pages::with_page(&file, len, 100, n as u64, 64).unwrap();
+        if let Ok(t) = pclntab::parse_in(&pages, 0x401000) {
+            for (cut, whole) in t.find(&names).iter().zip(&whole) {
+                assert!(cut.is_none() || cut == whole);
+            }
+        }
     }
 
     #[test]

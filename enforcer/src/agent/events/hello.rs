@@ -22,8 +22,11 @@ use tracing::{info, warn};
 use super::{Reporter, endpoints, sockaddr, verdict_name};
 use crate::datapath::sock_destroy;
 
-/// Flows remembered for the join (cleared when full: a miss only costs the owner's name).
-const MAX_RECENT: usize = 8192;
+/// Flows remembered for the join, at most. Kept in two halves: when the newer one is full, the
+/// older half is forgotten (counted in [`Recent::forgotten`]) and the newer takes its place, so
+/// the latest `MAX_RECENT / 2` flows are always there. A flow forgotten before its ClientHello
+/// costs only the join: its owner is then looked up by socket inode.
+pub const MAX_RECENT: usize = 8192;
 /// `/proc` walks per second; more unattributed ClientHellos than this are reported without owner.
 const MAX_WALKS_PER_SECOND: u32 = 20;
 /// Longest a single `/proc` walk may take.
@@ -42,16 +45,36 @@ pub struct Owner {
 /// The join state shared by the reporter's clones.
 #[derive(Default)]
 pub struct Recent {
+    /// Newer and older half (see [`MAX_RECENT`]).
     owners: HashMap<FlowKey, Owner>,
+    older: HashMap<FlowKey, Owner>,
+    /// Owners forgotten to make room, since start.
+    forgotten: u64,
     walks: (Option<Instant>, u32),
 }
 
 impl Recent {
     pub fn remember(&mut self, flow: FlowKey, pid: u32, comm: String, source: &'static str) {
-        if self.owners.len() >= MAX_RECENT {
-            self.owners.clear();
+        if self.owners.len() >= MAX_RECENT / 2 && !self.owners.contains_key(&flow) {
+            let dropped = std::mem::replace(&mut self.older, std::mem::take(&mut self.owners));
+            self.forgotten += dropped.len() as u64;
         }
+        self.older.remove(&flow);
         self.owners.insert(flow, Owner { pid, comm, source });
+    }
+
+    fn owner(&self, flow: &FlowKey) -> Option<&Owner> {
+        self.owners.get(flow).or_else(|| self.older.get(flow))
+    }
+
+    /// Flows remembered now (at most [`MAX_RECENT`]).
+    pub fn remembered(&self) -> usize {
+        self.owners.len() + self.older.len()
+    }
+
+    /// Owners forgotten to make room since start.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
     }
 
     /// True if another `/proc` walk fits this second's budget.
@@ -83,7 +106,7 @@ impl Reporter {
         let unattributed = event.lib_id == UNATTRIBUTED;
         let server = event.hello == hello::SERVER;
         let by_random = event.evidence == evidence::RANDOM && !unattributed;
-        let mut owner = self.recent_lock().owners.get(&event.flow).cloned();
+        let mut owner = self.recent_lock().owner(&event.flow).cloned();
         if owner.is_none() && by_random && event.producer_pid != 0 {
             owner = Some(Owner {
                 pid: event.producer_pid,
@@ -239,4 +262,44 @@ pub fn process_comm(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim_end().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(port: u16) -> FlowKey {
+        FlowKey {
+            local_port: port,
+            ..FlowKey::default()
+        }
+    }
+
+    #[test]
+    fn recent_owners_are_bounded_and_the_newest_half_kept() {
+        let mut recent = Recent::default();
+        let n = MAX_RECENT as u16 * 2 + 7;
+        for port in 0..n {
+            recent.remember(flow(port), u32::from(port), "c".into(), "connection-event");
+            assert!(recent.remembered() <= MAX_RECENT);
+        }
+        // Every one of the latest MAX_RECENT / 2 is there; what made room was counted.
+        for port in n - MAX_RECENT as u16 / 2..n {
+            assert_eq!(
+                recent.owner(&flow(port)).map(|o| o.pid),
+                Some(u32::from(port))
+            );
+        }
+        assert_eq!(
+            recent.forgotten() + recent.remembered() as u64,
+            u64::from(n)
+        );
+        // Remembering a flow again moves it, it is not held twice.
+        let again = n - MAX_RECENT as u16 / 2 - 1;
+        if recent.owner(&flow(again)).is_some() {
+            let before = recent.remembered();
+            recent.remember(flow(again), 1, "d".into(), "connection-event");
+            assert_eq!(recent.remembered(), before);
+        }
+    }
 }

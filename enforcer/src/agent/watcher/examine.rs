@@ -61,6 +61,8 @@ pub(super) fn worker(
         if result.is_some() {
             mark_known(shared, job.key);
         }
+        // The file's tables were read and freed: give the pages back.
+        crate::agent::memory::trim();
         shared.urgent.fetch_sub(1, Ordering::SeqCst);
         if done
             .send(Done {

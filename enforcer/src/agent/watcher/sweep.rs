@@ -74,5 +74,6 @@ pub(super) fn sweep(shared: &Shared, stop: &AtomicBool) {
             mark_known(shared, key);
         }
     }
+    crate::agent::memory::trim();
     info!(files = total, examined = fresh, elapsed = ?started.elapsed(), "new-file sweep done");
 }

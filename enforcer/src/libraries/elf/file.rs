@@ -77,3 +77,99 @@ pub(in crate::libraries) fn file_offset(segments: &[Segment], addr: u64) -> Opti
             .flatten()
     })
 }
+
+/// `len` bytes of a file from `base`, read a page at a time through a small cache: a table too
+/// large to hold whole (Go's `.gopclntab`, tens of MiB) that is walked in a few places moving
+/// forward at once. Holds at most [`Pages::KEPT`] pages of [`Pages::PAGE`] bytes.
+pub(in crate::libraries) struct Pages<'f> {
+    file: &'f File,
+    base: u64,
+    len: usize,
+    /// Page size: [`Pages::PAGE`] (smaller in tests).
+    page: usize,
+    /// (page number, its bytes), least recently used first.
+    kept: std::cell::RefCell<Vec<(usize, Box<[u8]>)>>,
+}
+
+impl<'f> Pages<'f> {
+    pub const PAGE: usize = 64 << 10;
+    pub const KEPT: usize = 8;
+
+    /// `None` if the range does not lie within the first `file_len` bytes of the file.
+    pub fn new(file: &'f File, file_len: u64, base: u64, len: u64) -> Option<Self> {
+        Self::with_page(file, file_len, base, len, Self::PAGE)
+    }
+
+    pub fn with_page(
+        file: &'f File,
+        file_len: u64,
+        base: u64,
+        len: u64,
+        page: usize,
+    ) -> Option<Self> {
+        base.checked_add(len).filter(|&end| end <= file_len)?;
+        Some(Pages {
+            file,
+            base,
+            len: usize::try_from(len).ok()?,
+            page: page.max(1),
+            kept: Default::default(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Fills `buf` with the bytes at `at` of the range; false if any lies past its end or
+    /// cannot be read.
+    pub fn read(&self, at: usize, buf: &mut [u8]) -> bool {
+        let Some(end) = at.checked_add(buf.len()).filter(|&end| end <= self.len) else {
+            return false;
+        };
+        let (mut pos, mut done) = (at, 0);
+        while pos < end {
+            let (page, off) = (pos / self.page, pos % self.page);
+            let n = (self.page - off).min(end - pos);
+            if !self.copy(page, off, &mut buf[done..done + n]) {
+                return false;
+            }
+            pos += n;
+            done += n;
+        }
+        true
+    }
+
+    /// Copies `buf.len()` bytes at `off` of page `page` into `buf`.
+    fn copy(&self, page: usize, off: usize, buf: &mut [u8]) -> bool {
+        let mut kept = self.kept.borrow_mut();
+        let entry = match kept.iter().position(|(p, _)| *p == page) {
+            Some(i) => kept.remove(i),
+            None => {
+                let start = page * self.page;
+                let mut bytes = vec![0; self.page.min(self.len - start)].into_boxed_slice();
+                // A file that shrank since it was opened comes up short: an error, no crash.
+                if self
+                    .file
+                    .read_exact_at(&mut bytes, self.base + start as u64)
+                    .is_err()
+                {
+                    return false;
+                }
+                if kept.len() >= Self::KEPT {
+                    kept.remove(0);
+                }
+                (page, bytes)
+            }
+        };
+        let ok = match entry.1.get(off..off + buf.len()) {
+            Some(b) => {
+                buf.copy_from_slice(b);
+                true
+            }
+            None => false,
+        };
+        kept.push(entry);
+        ok
+    }
+}

@@ -3,8 +3,9 @@
 //! traces and garbage collection.
 //!
 //! The table is hostile input (any process may map any file): [`parse`] and [`Table::find`] are
-//! pure functions over a byte slice, every offset is checked, every loop is bounded by the slice
-//! length or by [`MAX_FUNCS`], and nothing panics.
+//! pure functions over the table's bytes ([`Bytes`]: a slice, or the file read a page at a time
+//! so that a 36 MiB table is never in memory whole), every offset is checked, every loop is
+//! bounded by the table's length or by [`MAX_FUNCS`], and nothing panics.
 //!
 //! Layouts (header: 4-byte magic, two zero bytes, pc quantum, pointer size `P`):
 //!
@@ -46,10 +47,36 @@ pub enum PclnError {
     OutOfBounds(&'static str),
 }
 
+/// Random access to a table's bytes.
+pub trait Bytes {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `buf` with the bytes at `at`; false if any of them lies past the end or cannot be
+    /// read (then `buf` is unspecified).
+    fn read(&self, at: usize, buf: &mut [u8]) -> bool;
+}
+
+impl Bytes for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn read(&self, at: usize, buf: &mut [u8]) -> bool {
+        match at.checked_add(buf.len()).and_then(|end| self.get(at..end)) {
+            Some(b) => {
+                buf.copy_from_slice(b);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// A parsed header over the table's bytes.
-#[derive(Clone, Debug)]
-pub struct Table<'a> {
-    data: &'a [u8],
+pub struct Table<'a, B: Bytes + ?Sized = [u8]> {
+    data: &'a B,
     pub layout: Layout,
     big_endian: bool,
     ptr: usize,
@@ -74,9 +101,15 @@ pub struct Func {
 /// Parses the header of a `.gopclntab`. `text_start` is the address of the text the 1.18+ entry
 /// offsets are relative to (ignored by older layouts).
 pub fn parse(data: &[u8], text_start: u64) -> Result<Table<'_>, PclnError> {
-    let head = data
-        .get(..8)
-        .ok_or(PclnError::Header("shorter than 8 bytes"))?;
+    parse_in(data, text_start)
+}
+
+/// [`parse`] over any [`Bytes`].
+pub fn parse_in<B: Bytes + ?Sized>(data: &B, text_start: u64) -> Result<Table<'_, B>, PclnError> {
+    let mut head = [0u8; 8];
+    if !data.read(0, &mut head) {
+        return Err(PclnError::Header("shorter than 8 bytes"));
+    }
     let le = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let be = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     let layout_of = |m: u32| match m {
@@ -147,7 +180,7 @@ pub fn parse(data: &[u8], text_start: u64) -> Result<Table<'_>, PclnError> {
     Ok(table)
 }
 
-impl<'a> Table<'a> {
+impl<B: Bytes + ?Sized> Table<'_, B> {
     pub fn len(&self) -> usize {
         self.nfunc
     }
@@ -165,7 +198,11 @@ impl<'a> Table<'a> {
     }
 
     fn uint(&self, at: usize, size: usize) -> Option<u64> {
-        let b = self.data.get(at..at.checked_add(size)?)?;
+        let mut buf = [0u8; 8];
+        let b = buf.get_mut(..size)?;
+        if !self.data.read(at, b) {
+            return None;
+        }
         let mut v = 0u64;
         for i in 0..size {
             let byte = if self.big_endian {
@@ -208,6 +245,14 @@ impl<'a> Table<'a> {
     pub fn find(&self, wanted: &[&str]) -> Vec<Option<Func>> {
         let mut out = vec![None; wanted.len()];
         let mut seen: Vec<bool> = wanted.iter().map(|w| w.len() > MAX_NAME).collect();
+        // Each function's name is read once, as long as the longest wanted name and its NUL.
+        let longest = wanted
+            .iter()
+            .map(|w| w.len())
+            .filter(|&n| n <= MAX_NAME)
+            .max()
+            .unwrap_or(0);
+        let mut name = vec![0u8; longest + 1];
         for i in 0..self.nfunc {
             if seen.iter().all(|&s| s) {
                 break;
@@ -215,8 +260,13 @@ impl<'a> Table<'a> {
             let Some(start) = self.name_start(i) else {
                 continue;
             };
+            let n = name.len().min(self.data.len().saturating_sub(start));
+            if !self.data.read(start, &mut name[..n]) {
+                continue;
+            }
+            let name = &name[..n];
             for ((slot, seen), w) in out.iter_mut().zip(seen.iter_mut()).zip(wanted) {
-                if !*seen && self.name_is(start, w.as_bytes()) {
+                if !*seen && name_is(name, w.as_bytes()) {
                     *seen = true;
                     if let (Some(entry), Some(end)) = (self.entry(i), self.entry(i + 1))
                         && end > entry
@@ -228,14 +278,13 @@ impl<'a> Table<'a> {
         }
         out
     }
+}
 
-    /// True if the NUL-terminated name at `start` is `name`.
-    fn name_is(&self, start: usize, name: &[u8]) -> bool {
-        start
-            .checked_add(name.len())
-            .and_then(|nul| self.data.get(start..=nul))
-            .is_some_and(|b| b[..name.len()] == *name && b[name.len()] == 0)
-    }
+/// True if `bytes` (read at a name's start) hold `name` and its NUL.
+fn name_is(bytes: &[u8], name: &[u8]) -> bool {
+    bytes
+        .get(..=name.len())
+        .is_some_and(|b| b[..name.len()] == *name && b[name.len()] == 0)
 }
 
 #[cfg(test)]
