@@ -161,12 +161,8 @@ pub enum LibraryError {
         #[source]
         source: io::Error,
     },
-    #[error("{} is {size} bytes, more than the {limit} bytes enforcer reads of an ELF file", path.display())]
-    TooLarge {
-        path: PathBuf,
-        size: u64,
-        limit: u64,
-    },
+    #[error("{} changed while it was read", path.display())]
+    Changed { path: PathBuf },
     #[error("{}: malformed ELF: {reason}", path.display())]
     Malformed { path: PathBuf, reason: String },
     #[error("cannot list processes in {}: {source}", path.display())]
@@ -220,8 +216,8 @@ pub fn identify_with(path: &Path, catalog: &Catalog) -> Result<Option<Identified
         }))
 }
 
-/// Opens for reading without following into FIFOs or devices that would block, and checks the
-/// size limit.
+/// Opens for reading without following into FIFOs or devices that would block. Any size: only
+/// the parts that identify a file are read, by offset (see [`elf`]).
 fn open(path: &Path) -> Result<(File, fs::Metadata), LibraryError> {
     let io_err = |source| LibraryError::Io {
         path: path.to_owned(),
@@ -233,13 +229,6 @@ fn open(path: &Path) -> Result<(File, fs::Metadata), LibraryError> {
         .open(path)
         .map_err(io_err)?;
     let md = file.metadata().map_err(io_err)?;
-    if md.is_file() && md.len() > elf::MAX_FILE_SIZE {
-        return Err(LibraryError::TooLarge {
-            path: path.to_owned(),
-            size: md.len(),
-            limit: elf::MAX_FILE_SIZE,
-        });
-    }
     Ok((file, md))
 }
 

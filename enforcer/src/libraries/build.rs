@@ -30,6 +30,12 @@ pub(super) struct Scanned {
     pub pids: BTreeSet<u32>,
     pub mapped_as: BTreeSet<PathBuf>,
     info: ElfInfo,
+    /// The descriptor it was read through, and what `fstat` said of it when it was opened: the
+    /// version text is read through the same descriptor and kept only if the file is unchanged.
+    file: File,
+    stamp: Stamp,
+    /// Hashed through the same descriptor (libraries only, not companions).
+    sha256: Option<String>,
     /// Index of the family it belongs to, in the catalog's order.
     pub family: Option<usize>,
     /// Indexes of the families it is a companion for.
@@ -64,6 +70,11 @@ pub(super) fn scan(
         (!companion_only && catalog.match_file(defines).is_some())
             || catalog.families().iter().any(|f| f.is_companion(&defines))
     };
+    let io_err = |source| LibraryError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let kept = file.try_clone().map_err(io_err)?;
     let Some(info) = elf::read_file(file, md.len(), path, catalog, &useful)? else {
         return Ok(None);
     };
@@ -75,6 +86,18 @@ pub(super) fn scan(
     let companion_of = (0..catalog.families().len())
         .filter(|&i| catalog.families()[i].is_companion(&defines))
         .collect();
+    let sha256 = match family {
+        Some(_) => identity::sha256(&kept, md.len()).map_err(io_err)?,
+        None => None,
+    };
+    // Symbols, probes and hash all describe the file as it was opened, or it is not identified:
+    // a file rewritten in between must not get the identity of other contents.
+    let stamp = Stamp::of(md);
+    if !stamp.still(&kept) {
+        return Err(LibraryError::Changed {
+            path: path.to_owned(),
+        });
+    }
     Ok(Some(Scanned {
         path: path.to_owned(),
         dev: md.dev(),
@@ -83,9 +106,36 @@ pub(super) fn scan(
         pids: BTreeSet::new(),
         mapped_as: BTreeSet::new(),
         info,
+        file: kept,
+        stamp,
+        sha256,
         family,
         companion_of,
     }))
+}
+
+/// Size and change times of a file (`fstat`): any write or truncation changes one of them (to
+/// the resolution of the filesystem's timestamps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(md: &fs::Metadata) -> Stamp {
+        Stamp {
+            len: md.len(),
+            ctime: (md.ctime(), md.ctime_nsec()),
+            mtime: (md.mtime(), md.mtime_nsec()),
+        }
+    }
+
+    /// True if `file` still has this stamp.
+    fn still(&self, file: &File) -> bool {
+        file.metadata().is_ok_and(|md| Stamp::of(&md) == *self)
+    }
 }
 
 /// The libraries among `files`, sorted by path, with ids 1, 2, ...
@@ -132,7 +182,6 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
                 break;
             }
         }
-        let (sha256, size) = hash(file);
         out.push(Library {
             family: def.family.clone(),
             path: file.path.clone(),
@@ -142,9 +191,9 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
             pids: file.pids.iter().copied().collect(),
             mapped_as: file.mapped_as.iter().cloned().collect(),
             identity: Identity {
-                size,
+                size: file.len,
                 build_id: file.info.build_id.clone(),
-                sha256,
+                sha256: file.sha256.clone(),
                 version,
             },
             companion: companion.map(|c| FileRef {
@@ -204,28 +253,6 @@ fn choose_companion(files: &[Scanned], index: usize, family: usize) -> Option<&S
         .map(|(f, _, _)| f)
 }
 
-fn hash(file: &Scanned) -> (Option<String>, u64) {
-    let hashed = open(&file.path).and_then(|(f, md)| {
-        if (md.dev(), md.ino()) != (file.dev, file.ino) {
-            return Ok(None);
-        }
-        identity::sha256(&f, md.len())
-            .map(|h| h.map(|h| (h, md.len())))
-            .map_err(|source| LibraryError::Io {
-                path: file.path.clone(),
-                source,
-            })
-    });
-    match hashed {
-        Ok(Some((h, len))) => (Some(h), len),
-        Ok(None) => (None, file.len),
-        Err(e) => {
-            tracing::debug!(error = %e, "not hashed");
-            (None, file.len)
-        }
-    }
-}
-
 /// Version texts per (file, prefix set): many libraries share one libcrypto.
 #[derive(Default)]
 struct VersionCache(HashMap<(u64, u64, Vec<String>), Vec<Option<String>>>);
@@ -237,11 +264,18 @@ impl VersionCache {
             file.ino,
             prefixes.iter().map(|p| p.to_string()).collect(),
         );
-        let texts = self.0.entry(key).or_insert_with(|| match open(&file.path) {
-            Ok((f, md)) if (md.dev(), md.ino()) == (file.dev, file.ino) => {
-                identity::version_texts(f, md.len(), prefixes)
+        let texts = self.0.entry(key).or_insert_with(|| {
+            let texts = match file.file.try_clone() {
+                Ok(f) => identity::version_texts(f, file.len, prefixes),
+                Err(_) => vec![None; prefixes.len()],
+            };
+            match file.stamp.still(&file.file) {
+                true => texts,
+                false => {
+                    tracing::debug!(path = %file.path.display(), "changed while read: no version");
+                    vec![None; prefixes.len()]
+                }
             }
-            _ => vec![None; prefixes.len()],
         });
         let i = prefixes.iter().position(|p| *p == want)?;
         texts.get(i).cloned().flatten()

@@ -9,16 +9,23 @@
 //!   and section headers, the symbol table, its string table and `.gnu.version`), so a 5 MB
 //!   library costs a few hundred KB of reads and the thousands of `.so` files in `/usr/lib` are
 //!   cheap to pre-filter.
-//! - **Bounded.** The length is fixed from `fstat` when the file is opened and capped at
-//!   [`MAX_FILE_SIZE`]; every read is checked against it (a file that shrinks mid-read makes
+//! - **Bounded.** The length is fixed from `fstat` when the file is opened, whatever it is (a
+//!   library padded to gigabytes with `truncate` costs the same reads as the original); every
+//!   read is checked against it (a file that shrinks mid-read makes
 //!   `pread` come up short, which is an error, not a crash). Symbol and string tables larger than
 //!   [`MAX_TABLE_BYTES`] are skipped, at most [`MAX_SYMBOLS`] symbols of a table are looked at,
 //!   and all address arithmetic is checked.
+//! - **As the loader reads it.** The dynamic symbol table is found through `PT_DYNAMIC`
+//!   (`dynamic.rs`), so a library without section headers (`sstrip`) is read like any other;
+//!   section headers are used only where there is no dynamic segment (and for `.symtab`). Where
+//!   a `.dynsym` section header names another table than the dynamic segment, the loader's
+//!   table counts.
 //! - **Cheap.** Only names listed in [`Catalog::symbols`] are remembered; a symbol is looked up
 //!   in the string table only if it is defined.
 //! - **Build-id.** The GNU build-id comes from the `.note.gnu.build-id` note (or a `PT_NOTE`
 //!   segment), at most [`MAX_NOTES_BYTES`] of notes. (Version texts and hashes: `identity.rs`.)
 
+mod dynamic;
 pub(super) mod file;
 pub(super) mod symbols;
 
@@ -38,11 +45,8 @@ use crate::catalog::{Abi, Catalog, ProbeSpec};
 use file::{CappedFile, Segment, file_offset};
 #[cfg(test)]
 use symbols::Names;
-use symbols::{Found, collect, versyms};
+use symbols::{Found, collect, collect_from, versyms};
 
-/// Files larger than this are not parsed (the largest shared object on a Debian host is libLLVM,
-/// ~100 MiB; unstripped static binaries can approach this).
-pub(super) const MAX_FILE_SIZE: u64 = 512 << 20;
 /// Symbol tables and their string tables larger than this are skipped.
 pub(super) const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// At most this many symbols of one table are looked at.
@@ -100,7 +104,7 @@ impl ElfInfo {
 /// symbol.
 pub(super) type Useful<'a> = dyn Fn(&dyn Fn(&str) -> bool) -> bool + 'a;
 
-/// Reads an already opened regular file of `len` bytes (`len <= MAX_FILE_SIZE`): the interesting
+/// Reads an already opened regular file of `len` bytes (any length): the interesting
 /// symbols of the first symbol table (`.dynsym`, then `.symtab`) for which `useful` says yes, and
 /// the build-id. `None` if it is not ELF or no table is useful.
 pub(super) fn read_file(
@@ -132,6 +136,7 @@ pub(super) fn read_file(
         path,
         catalog,
         useful,
+        len,
     };
     match FileKind::parse(&cache).map_err(malformed)? {
         FileKind::Elf64 => scan.run::<elf::FileHeader64<Endianness>>(&cache),
@@ -144,6 +149,7 @@ struct Scan<'a> {
     path: &'a Path,
     catalog: &'a Catalog,
     useful: &'a Useful<'a>,
+    len: u64,
 }
 
 impl Scan<'_> {
@@ -201,30 +207,64 @@ impl Scan<'_> {
             }));
         }
 
-        // The dynamic symbol table first (what a shared library exports); then `.symtab`, which
-        // an unstripped executable with a statically linked TLS library still carries.
-        for (sh_type, table) in [
-            (elf::SHT_DYNSYM, Table::Dynamic),
-            (elf::SHT_SYMTAB, Table::Static),
-        ] {
-            let Some(symtab) = sections.iter().find(|s| s.sh_type(endian) == sh_type) else {
-                continue;
-            };
-            let versyms = if table == Table::Dynamic {
-                versyms::<Elf>(endian, data, sections)
-            } else {
-                None
-            };
-            let Some(found) = collect::<Elf>(
+        // The dynamic symbol table first (what a shared library exports), as the loader finds
+        // it; then `.symtab`, which an unstripped executable with a statically linked TLS
+        // library still carries.
+        let section_dynsym = sections
+            .iter()
+            .find(|s| s.sh_type(endian) == elf::SHT_DYNSYM);
+        let dynamic = dynamic::table(header, endian, data, phdrs, &segments, self.len)
+            .map_err(|reason| self.malformed(format!("dynamic segment: {reason}")))?;
+        let dynamic_found = match dynamic {
+            Some(t) => {
+                if let Some(s) = section_dynsym
+                    && s.sh_offset(endian).into() != t.offset
+                {
+                    // The loader reads the dynamic segment's table, so that one counts.
+                    tracing::debug!(path = %self.path.display(), "section headers disagree with the dynamic segment: its table is used");
+                }
+                Some(collect_from::<Elf>(
+                    endian,
+                    t.symbols,
+                    t.strings,
+                    t.versyms,
+                    self.path,
+                    self.catalog,
+                ))
+            }
+            None => match section_dynsym {
+                Some(symtab) => collect::<Elf>(
+                    endian,
+                    data,
+                    sections,
+                    symtab,
+                    versyms::<Elf>(endian, data, sections),
+                    self.path,
+                    self.catalog,
+                )?,
+                None => None,
+            },
+        };
+        let static_found = || match sections
+            .iter()
+            .find(|s| s.sh_type(endian) == elf::SHT_SYMTAB)
+        {
+            Some(symtab) => collect::<Elf>(
                 endian,
                 data,
                 sections,
                 symtab,
-                versyms,
+                None,
                 self.path,
                 self.catalog,
-            )?
-            else {
+            ),
+            None => Ok(None),
+        };
+        for (table, found) in [
+            (Table::Dynamic, Ok(dynamic_found)),
+            (Table::Static, static_found()),
+        ] {
+            let Some(found) = found? else {
                 continue;
             };
             if !(self.useful)(&|name| defines_in(&found, name)) {

@@ -24,11 +24,13 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::{Endianness, FileKind};
 use sha2::{Digest, Sha256};
 
-use super::elf::{MAX_FILE_SIZE, file::CappedFile};
+use super::elf::file::CappedFile;
 use crate::version::Version;
 
-/// Files larger than this are not hashed.
-pub const MAX_HASH_BYTES: u64 = MAX_FILE_SIZE;
+/// Files larger than this are not hashed (the largest shared object on a Debian host is
+/// libLLVM, ~100 MiB): hashing reads the whole file, so its time grows with a size an attacker
+/// chooses for free (`truncate -s 100G`). Identification itself reads only what it needs.
+pub const MAX_HASH_BYTES: u64 = 512 << 20;
 /// At most this much read-only data is searched for a version text.
 pub const MAX_RODATA_BYTES: u64 = 64 << 20;
 /// Reads are done in chunks of this size.

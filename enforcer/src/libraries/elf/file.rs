@@ -77,3 +77,16 @@ pub(in crate::libraries) fn file_offset(segments: &[Segment], addr: u64) -> Opti
             .flatten()
     })
 }
+
+/// The file offset of the `size` bytes loaded at `addr`, if they all lie in the file-backed part
+/// of one `PT_LOAD` segment (of any permission): where the loader reads a table it finds through
+/// the dynamic segment.
+pub(in crate::libraries) fn file_range(segments: &[Segment], addr: u64, size: u64) -> Option<u64> {
+    segments.iter().find_map(|s| {
+        let delta = addr.checked_sub(s.vaddr)?;
+        let end = delta.checked_add(size)?;
+        (end <= s.filesz)
+            .then(|| s.offset.checked_add(delta))
+            .flatten()
+    })
+}
