@@ -12,7 +12,9 @@
 //! - **Bounded.** The length is fixed from `fstat` when the file is opened, whatever it is (a
 //!   library padded to gigabytes with `truncate` costs the same reads as the original); every
 //!   read is checked against it (a file that shrinks mid-read makes
-//!   `pread` come up short, which is an error, not a crash). Symbol and string tables larger than
+//!   `pread` come up short, which is an error, not a crash). Every read goes through one
+//!   `file::Source`, which records it and verifies it with a last pass (see there): what a file
+//!   changed meanwhile gives is never used. Symbol and string tables larger than
 //!   [`MAX_TABLE_BYTES`] are skipped, at most [`MAX_SYMBOLS`] symbols of a table are looked at,
 //!   and all address arithmetic is checked.
 //! - **As the loader reads it.** The dynamic symbol table is found through `PT_DYNAMIC`
@@ -30,9 +32,8 @@ pub(super) mod file;
 pub(super) mod symbols;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::rc::Rc;
 
 use object::elf;
 use object::read::ReadCache;
@@ -42,7 +43,7 @@ use object::{Endianness, FileKind};
 use super::go::{self, GoInfo};
 use super::{LibraryError, ProbeTarget};
 use crate::catalog::{Abi, Catalog, ProbeSpec};
-use file::{CappedFile, Segment, file_offset};
+use file::{CappedFile, Segment, Source, file_offset};
 #[cfg(test)]
 use symbols::Names;
 use symbols::{Found, collect, collect_from, versyms};
@@ -104,12 +105,12 @@ impl ElfInfo {
 /// symbol.
 pub(super) type Useful<'a> = dyn Fn(&dyn Fn(&str) -> bool) -> bool + 'a;
 
-/// Reads an already opened regular file of `len` bytes (any length): the interesting
-/// symbols of the first symbol table (`.dynsym`, then `.symtab`) for which `useful` says yes, and
-/// the build-id. `None` if it is not ELF or no table is useful.
+/// Reads an already opened regular file (any length): the interesting symbols of the first
+/// symbol table (`.dynsym`, then `.symtab`) for which `useful` says yes, and the build-id.
+/// `None` if it is not ELF or no table is useful. Every read goes through `src`, which the
+/// caller verifies afterwards (see [`file::Source`]).
 pub(super) fn read_file(
-    file: File,
-    len: u64,
+    src: &Rc<Source>,
     path: &Path,
     catalog: &Catalog,
     useful: &Useful<'_>,
@@ -118,20 +119,22 @@ pub(super) fn read_file(
         path: path.to_owned(),
         reason: e.to_string(),
     };
+    let len = src.len();
     // Shorter than the magic, or not ELF at all: not a library we can probe.
     let mut magic = [0u8; 4];
     if len < 4 {
         return Ok(None);
     }
-    file.read_exact_at(&mut magic, 0)
+    let n = src
+        .read_at(&mut magic, 0)
         .map_err(|source| LibraryError::Io {
             path: path.to_owned(),
             source,
         })?;
-    if magic != *b"\x7fELF" {
+    if n < magic.len() || magic != *b"\x7fELF" {
         return Ok(None);
     }
-    let cache = ReadCache::new(CappedFile::new(file, len));
+    let cache = ReadCache::new(CappedFile::new(src.clone()));
     let scan = Scan {
         path,
         catalog,
