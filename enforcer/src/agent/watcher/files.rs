@@ -29,6 +29,14 @@ pub struct Found {
     pub st_ino: u64,
     /// Inode generation, where the filesystem says (see [`super::kernel::generation`]).
     pub generation: Option<u32>,
+    /// `ctime` (seconds, nanoseconds) when it was found: a file rewritten in place keeps its
+    /// inode and generation but not this.
+    pub ctime: Option<(i64, i64)>,
+}
+
+/// `ctime` of `md`, as [`Found::ctime`] keeps it.
+pub fn ctime(md: &fs::Metadata) -> Option<(i64, i64)> {
+    Some((md.ctime(), md.ctime_nsec()))
 }
 
 /// The file an event is about, `None` if the process is gone or the file cannot be reached.
@@ -81,6 +89,7 @@ fn reach(pid_dir: &Path, link: &Path, key: &FileKey) -> Option<Found> {
         st_dev: md.dev(),
         st_ino: md.ino(),
         generation,
+        ctime: ctime(&md),
     })
 }
 
@@ -158,6 +167,7 @@ pub fn in_dirs(dirs: &[PathBuf]) -> Vec<Found> {
                     path: real,
                     st_dev: md.dev(),
                     st_ino: md.ino(),
+                    ctime: ctime(&md),
                 });
             }
         }
