@@ -137,6 +137,42 @@ fn sstripped_real_libraries_are_identified_as_the_originals() {
     }
 }
 
+/// The fuzz seeds without section headers (`fuzz/seeds/elf_identify/make.sh`: e_shoff, e_shnum
+/// and e_shstrndx zeroed) are identified as the seeds they come from, 64- and 32-bit alike.
+#[test]
+fn sstripped_fuzz_seeds_are_identified_as_their_originals() {
+    let _s = serial();
+    let dir = TempDir::new("seeds");
+    let seeds: [(&str, &[u8], &[u8]); 4] = [
+        (
+            "openssl3",
+            include_bytes!("../../../fuzz/seeds/elf_identify/openssl3.so"),
+            include_bytes!("../../../fuzz/seeds/elf_identify/openssl3-sstripped.so"),
+        ),
+        (
+            "openssl10",
+            include_bytes!("../../../fuzz/seeds/elf_identify/openssl10.so"),
+            include_bytes!("../../../fuzz/seeds/elf_identify/openssl10-sstripped.so"),
+        ),
+        (
+            "gnutls",
+            include_bytes!("../../../fuzz/seeds/elf_identify/gnutls.so"),
+            include_bytes!("../../../fuzz/seeds/elf_identify/gnutls-sstripped.so"),
+        ),
+        (
+            "openssl-i386",
+            include_bytes!("../../../fuzz/seeds/elf_identify/openssl-i386.so"),
+            include_bytes!("../../../fuzz/seeds/elf_identify/openssl-i386-sstripped.so"),
+        ),
+    ];
+    for (name, orig, cut) in seeds {
+        assert_eq!(u16_at(cut, if cut[4] == 2 { 60 } else { 48 }), 0, "{name}");
+        let want = summary(&dir.write(&format!("{name}.so"), orig));
+        let got = summary(&dir.write(&format!("{name}-sstripped.so"), cut));
+        assert_eq!(got, want, "{name}");
+    }
+}
+
 /// Section headers that name another `.dynsym` than the dynamic segment do not hide the
 /// library: the loader's table counts.
 #[test]
