@@ -443,3 +443,31 @@ fn discover_finds_renamed_and_deleted_copies_mapped_by_a_process() {
     // The /proc path reaches the deleted file (what the attacher will hand to the kernel).
     assert_eq!(identify(&d[0].path).unwrap().unwrap().probes, system.probes);
 }
+
+/// A library renamed over after a process opened it: read through the process's descriptor
+/// (`/proc/<pid>/fd/<n>`, as the watcher does) it is still the library, by path it is the new
+/// file, and `identify_at` with the inode the hook saw refuses the file the path names now.
+#[test]
+fn identify_at_reads_the_inode_the_process_holds() {
+    let dir = TempDir::new("renamed-over");
+    let path = dir.0.join("libssl.so.3");
+    fs::copy(lib("libssl.so.3"), &path).unwrap();
+    let held = File::open(&path).unwrap();
+    let md = held.metadata().unwrap();
+    let key = (md.dev(), md.ino());
+    let other = dir.0.join(".new");
+    fs::write(&other, b"not a library any more").unwrap();
+    fs::rename(&other, &path).unwrap();
+    use std::os::fd::AsRawFd;
+    let link = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    let catalog = Catalog::embedded();
+    let via_fd = identify_at(&link, Some(&dir.0), Some(key), &catalog)
+        .unwrap()
+        .expect("the held inode is still libssl");
+    assert_eq!(via_fd.family, "openssl");
+    assert!(identify_with(&path, &catalog).unwrap().is_none());
+    assert!(matches!(
+        identify_at(&path, Some(&dir.0), Some(key), &catalog),
+        Err(LibraryError::Changed { .. })
+    ));
+}

@@ -140,13 +140,17 @@ pub(super) fn examine(
     shared.stats.examined.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let catalog = shared.datapath.catalog();
-    // A file being rewritten gets two more tries before it is unknown.
-    let mut identified = libraries::identify_with(&found.path, &catalog);
+    // Read through the link the process holds, checked to be the inode found; companions are
+    // looked for beside the name. A file being rewritten gets two more tries before it is
+    // unknown.
+    let identify =
+        || libraries::identify_at(&found.link, found.path.parent(), Some(inode), &catalog);
+    let mut identified = identify();
     for _ in 0..2 {
         if !matches!(identified, Err(LibraryError::Changed { .. })) {
             break;
         }
-        identified = libraries::identify_with(&found.path, &catalog);
+        identified = identify();
     }
     tracing::trace!(path = %found.path.display(), elapsed = ?started.elapsed(), "identified");
     let result = match identified {

@@ -25,6 +25,9 @@ pub struct Found {
     pub path: PathBuf,
     /// The name the process knows it by (the link's target, or the name in `maps`).
     pub name: PathBuf,
+    /// Where to read it: the `/proc` magic link it was reached through (the process's fd or
+    /// mapping: the very inode, whatever `path` names by then), else `path`.
+    pub link: PathBuf,
     pub st_dev: u64,
     pub st_ino: u64,
     /// Inode generation, where the filesystem says (see [`super::kernel::generation`]).
@@ -85,6 +88,7 @@ fn reach(pid_dir: &Path, link: &Path, key: &FileKey) -> Option<Found> {
     };
     Some(Found {
         path,
+        link: link.to_owned(),
         name,
         st_dev: md.dev(),
         st_ino: md.ino(),
@@ -163,6 +167,7 @@ pub fn in_dirs(dirs: &[PathBuf]) -> Vec<Found> {
                 let real = fs::canonicalize(&path).unwrap_or(path);
                 out.push(Found {
                     generation: generation_of(&real, &md),
+                    link: real.clone(),
                     name: real.clone(),
                     path: real,
                     st_dev: md.dev(),
