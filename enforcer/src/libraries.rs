@@ -161,12 +161,8 @@ pub enum LibraryError {
         #[source]
         source: io::Error,
     },
-    #[error("{} is {size} bytes, more than the {limit} bytes enforcer reads of an ELF file", path.display())]
-    TooLarge {
-        path: PathBuf,
-        size: u64,
-        limit: u64,
-    },
+    #[error("{} changed while it was read", path.display())]
+    Changed { path: PathBuf },
     #[error("{}: malformed ELF: {reason}", path.display())]
     Malformed { path: PathBuf, reason: String },
     #[error("cannot list processes in {}: {source}", path.display())]
@@ -186,23 +182,42 @@ pub fn identify(path: &Path) -> Result<Option<Identified>, LibraryError> {
 /// a TLS library (not ELF, not a regular file, no matching family, or nothing probe-able in it).
 /// A companion is looked for in the file's directory.
 pub fn identify_with(path: &Path, catalog: &Catalog) -> Result<Option<Identified>, LibraryError> {
-    let (file, md) = open(path)?;
+    identify_at(path, path.parent(), None, catalog)
+}
+
+/// Like [`identify_with`], but the file is read through `open` (a `/proc/<pid>/fd/<n>` or
+/// `/proc/<pid>/map_files/...` link reaches the very inode a process holds, whatever its name
+/// points to now), its companion is looked for in `dir`, and unless it is the inode `key` (device,
+/// inode) it is [`LibraryError::Changed`]: a file renamed over between the hook and the read is
+/// never identified in the place of the one the process maps.
+pub fn identify_at(
+    open_path: &Path,
+    dir: Option<&Path>,
+    key: Option<(u64, u64)>,
+    catalog: &Catalog,
+) -> Result<Option<Identified>, LibraryError> {
+    let (file, md) = open(open_path)?;
     if !md.is_file() {
         return Ok(None);
     }
-    let key = (md.dev(), md.ino());
-    let Some(scanned) = build::scan(file, &md, path, catalog, false)? else {
+    let found = (md.dev(), md.ino());
+    if key.is_some_and(|k| k != found) {
+        return Err(LibraryError::Changed {
+            path: open_path.to_owned(),
+        });
+    }
+    let Some(scanned) = build::scan(file, &md, open_path, catalog, false)? else {
         return Ok(None);
     };
     let wants_companion = scanned
         .family
         .is_some_and(|f| !catalog.families()[f].companion.is_empty());
     let mut files = vec![scanned];
-    if wants_companion && let Some(dir) = path.parent() {
+    if wants_companion && let Some(dir) = dir {
         let mut extra = HashMap::new();
         scan_dir(dir, &mut extra);
         for (k, c) in extra {
-            if k != key
+            if k != found
                 && let Ok(Some(s)) = build::scan_path(&c.path, k, catalog, true)
             {
                 files.push(s);
@@ -211,7 +226,7 @@ pub fn identify_with(path: &Path, catalog: &Catalog) -> Result<Option<Identified
     }
     Ok(build::libraries(files, catalog)
         .into_iter()
-        .find(|l| (l.dev, l.ino) == key)
+        .find(|l| (l.dev, l.ino) == found)
         .map(|l| Identified {
             family: l.family,
             probes: l.probes,
@@ -220,8 +235,8 @@ pub fn identify_with(path: &Path, catalog: &Catalog) -> Result<Option<Identified
         }))
 }
 
-/// Opens for reading without following into FIFOs or devices that would block, and checks the
-/// size limit.
+/// Opens for reading without following into FIFOs or devices that would block. Any size: only
+/// the parts that identify a file are read, by offset (see [`elf`]).
 fn open(path: &Path) -> Result<(File, fs::Metadata), LibraryError> {
     let io_err = |source| LibraryError::Io {
         path: path.to_owned(),
@@ -233,13 +248,6 @@ fn open(path: &Path) -> Result<(File, fs::Metadata), LibraryError> {
         .open(path)
         .map_err(io_err)?;
     let md = file.metadata().map_err(io_err)?;
-    if md.is_file() && md.len() > elf::MAX_FILE_SIZE {
-        return Err(LibraryError::TooLarge {
-            path: path.to_owned(),
-            size: md.len(),
-            limit: elf::MAX_FILE_SIZE,
-        });
-    }
     Ok((file, md))
 }
 

@@ -81,6 +81,9 @@ pub struct Policy {
     pub default: Action,
     /// For TLS on a connection no probed library claimed (`unattributed_tls`; absent: `default`).
     pub unattributed_tls: Action,
+    /// For a file a process maps that cannot be analysed (`unknown_files`; absent:
+    /// `unattributed_tls`): how the agent reports it (docs/policy.md, "Unknown files").
+    pub unknown_files: Action,
     /// In file order.
     pub libraries: Vec<Rule>,
     /// The embedded catalog, extended by the policy's `catalog:` section.
@@ -206,6 +209,8 @@ struct RawPolicy {
     default: Action,
     #[serde(default)]
     unattributed_tls: Option<Action>,
+    #[serde(default)]
+    unknown_files: Option<Action>,
     #[serde(default)]
     libraries: Vec<RawRule>,
     #[serde(default)]
@@ -408,6 +413,10 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
         mode: raw.mode,
         default: raw.default,
         unattributed_tls: raw.unattributed_tls.unwrap_or(raw.default),
+        unknown_files: raw
+            .unknown_files
+            .or(raw.unattributed_tls)
+            .unwrap_or(raw.default),
         libraries,
         catalog,
         source: source.to_owned(),

@@ -24,6 +24,8 @@ mod malformed;
 mod odd;
 #[path = "hostile_elf/races.rs"]
 mod races;
+#[path = "hostile_elf/stripped.rs"]
+mod stripped;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -147,10 +147,14 @@ struct Shared {
 /// number of a file just deleted to the next file created in the directory), so the generation
 /// says whether a new file with an examined number is that file: a program built while the
 /// agent runs often gets the number of a deleted file examined as not TLS. Where a generation
-/// is unknown (a filesystem without `FS_IOC_GETVERSION`), the number alone decides.
+/// is unknown (a filesystem without `FS_IOC_GETVERSION`), the number alone decides. A file
+/// rewritten in place keeps both: its `ctime` says it changed, and a file found not TLS or
+/// unknown is then examined again (a library keeps its probes: see [`Entry::is_stale`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     generation: Option<u32>,
+    /// `ctime` when it was found, before it was examined.
+    ctime: Option<(i64, i64)>,
     state: Examined,
 }
 
@@ -158,6 +162,15 @@ impl Entry {
     /// True if this entry is about another file than one of `generation` with its number.
     fn is_other_file(&self, generation: Option<u32>) -> bool {
         matches!((self.generation, generation), (Some(a), Some(b)) if a != b)
+    }
+
+    /// True if `found` must be examined again: another file with this number, or this file
+    /// changed since it was found not TLS or unknown. A library changed in place is not
+    /// registered twice (its uprobes stay on the inode; a second registration would probe it
+    /// twice).
+    fn is_stale(&self, generation: Option<u32>, ctime: Option<(i64, i64)>) -> bool {
+        let changed = matches!((self.ctime, ctime), (Some(a), Some(b)) if a != b);
+        self.is_other_file(generation) || (changed && self.state != Examined::Library)
     }
 }
 
@@ -167,6 +180,18 @@ enum Examined {
     /// A TLS library (probed or not).
     Library,
     NotTls,
+    /// It could not be analysed (unreadable, malformed, over a cap, changed while read): judged
+    /// by the policy's `unknown_files`, and never entered into `KNOWN_FILES`, so every process
+    /// that maps it is paused while the cached answer is looked up (or the file, if its `ctime`
+    /// changed, examined again).
+    Unknown,
+}
+
+impl Examined {
+    /// True if the file may enter `KNOWN_FILES` (never paused for again).
+    fn is_settled(self) -> bool {
+        matches!(self, Examined::Library | Examined::NotTls)
+    }
 }
 
 #[derive(Default)]
@@ -187,17 +212,18 @@ impl Watcher {
     pub fn start(datapath: Arc<Datapath>, setup: Setup<'_>) -> Watcher {
         let mut examined = HashMap::new();
         for lib in setup.libraries {
-            let generation = std::fs::metadata(&lib.path)
-                .ok()
-                .filter(|md| {
-                    use std::os::unix::fs::MetadataExt;
-                    (md.dev(), md.ino()) == (lib.dev, lib.ino)
-                })
-                .and_then(|md| files::generation_of(&lib.path, &md));
+            let md = std::fs::metadata(&lib.path).ok().filter(|md| {
+                use std::os::unix::fs::MetadataExt;
+                (md.dev(), md.ino()) == (lib.dev, lib.ino)
+            });
+            let generation = md
+                .as_ref()
+                .and_then(|md| files::generation_of(&lib.path, md));
             examined.insert(
                 (lib.dev, lib.ino),
                 Entry {
                     generation,
+                    ctime: md.as_ref().and_then(files::ctime),
                     state: Examined::Library,
                 },
             );

@@ -17,6 +17,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::elf::file::{Source, Verified};
 use super::elf::{self, ElfInfo};
 use super::{FileRef, Identity, Library, LibraryError, ProbeTarget, identity, open};
 use crate::catalog::{Catalog, Place};
@@ -31,6 +32,10 @@ pub(super) struct Scanned {
     pub pids: BTreeSet<u32>,
     pub mapped_as: BTreeSet<PathBuf>,
     info: ElfInfo,
+    /// The version text after each prefix its families look for in it (see [`wanted_prefixes`]).
+    versions: HashMap<String, Option<String>>,
+    /// Libraries only, not companions (and not above [`identity::MAX_HASH_BYTES`]).
+    sha256: Option<String>,
     /// Index of the family it belongs to, in the catalog's order.
     pub family: Option<usize>,
     /// Indexes of the families it is a companion for.
@@ -54,6 +59,11 @@ pub(super) fn scan_path(
 
 /// Scans an opened regular file: `None` unless it belongs to a family or is a companion (only
 /// the latter with `companion_only`).
+///
+/// Symbols, probes, build-id, version texts and hash all come from bytes read through one
+/// [`Source`] and verified by its last pass, or the file is [`LibraryError::Changed`]: a file
+/// rewritten meanwhile never gets the identity of other contents, and a torn read never makes a
+/// library look like "not TLS" or "malformed".
 pub(super) fn scan(
     file: File,
     md: &fs::Metadata,
@@ -65,17 +75,46 @@ pub(super) fn scan(
         (!companion_only && catalog.match_file(defines).is_some())
             || catalog.families().iter().any(|f| f.is_companion(&defines))
     };
-    let Some(info) = elf::read_file(file, md.len(), path, catalog, &useful)? else {
-        return Ok(None);
+    let io_err = |source| LibraryError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let changed = || LibraryError::Changed {
+        path: path.to_owned(),
+    };
+    let src = Source::new(file, md.len());
+    let info = match elf::read_file(&src, path, catalog, &useful) {
+        Ok(Some(info)) => info,
+        // What was read must still be there, or "not a library" may be a torn read's.
+        Ok(None) => {
+            return match src.verify(false).map_err(io_err)? {
+                Verified::Same { .. } => Ok(None),
+                Verified::Changed => Err(changed()),
+            };
+        }
+        Err(e) => {
+            return match src.verify(false) {
+                Ok(Verified::Changed) => Err(changed()),
+                _ => Err(e),
+            };
+        }
     };
     let defines = |s: &str| info.defines(catalog, s);
     let family = match companion_only {
         true => None,
         false => catalog.families().iter().position(|f| f.matches(&defines)),
     };
-    let companion_of = (0..catalog.families().len())
+    let companion_of: Vec<usize> = (0..catalog.families().len())
         .filter(|&i| catalog.families()[i].is_companion(&defines))
         .collect();
+    let prefixes = wanted_prefixes(catalog, family, &companion_of);
+    let texts = identity::version_texts(&src, &prefixes);
+    let versions = prefixes.iter().map(|p| p.to_string()).zip(texts).collect();
+    let hash = family.is_some() && md.len() <= identity::MAX_HASH_BYTES;
+    let sha256 = match src.verify(hash).map_err(io_err)? {
+        Verified::Same { sha256 } => sha256,
+        Verified::Changed => return Err(changed()),
+    };
     Ok(Some(Scanned {
         path: path.to_owned(),
         dev: md.dev(),
@@ -84,14 +123,44 @@ pub(super) fn scan(
         pids: BTreeSet::new(),
         mapped_as: BTreeSet::new(),
         info,
+        versions,
+        sha256,
         family,
         companion_of,
     }))
 }
 
+/// The version prefixes looked for in a file: its own family's (`place: self`) and those of the
+/// families it is a companion for (`place: companion`), each once.
+fn wanted_prefixes<'c>(
+    catalog: &'c Catalog,
+    family: Option<usize>,
+    companion_of: &[usize],
+) -> Vec<&'c str> {
+    let families = catalog.families();
+    let own = family.into_iter().flat_map(|f| {
+        families[f]
+            .version
+            .iter()
+            .filter(|v| v.place == Place::SelfFile)
+    });
+    let theirs = companion_of.iter().flat_map(|&f| {
+        families[f]
+            .version
+            .iter()
+            .filter(|v| v.place == Place::Companion)
+    });
+    let mut out: Vec<&str> = Vec::new();
+    for v in own.chain(theirs) {
+        if !out.contains(&v.prefix.as_str()) {
+            out.push(&v.prefix);
+        }
+    }
+    out
+}
+
 /// The libraries among `files`, sorted by path, with ids 1, 2, ...
 pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> {
-    let mut versions = VersionCache::default();
     let mut out = Vec::new();
     for (index, file) in files.iter().enumerate() {
         let Some(fi) = file.family else { continue };
@@ -125,15 +194,12 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
                 Place::Companion => companion,
             };
             if let Some(t) = target {
-                let prefixes = def.version.iter().filter(|v| v.place == spec.place);
-                let prefixes: Vec<&str> = prefixes.map(|v| v.prefix.as_str()).collect();
-                version = versions.get(t, &prefixes, &spec.prefix);
+                version = t.versions.get(&spec.prefix).cloned().flatten();
             }
             if version.is_some() {
                 break;
             }
         }
-        let (sha256, size) = hash(file);
         out.push(Library {
             family: def.family.clone(),
             path: file.path.clone(),
@@ -143,9 +209,9 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
             pids: file.pids.iter().copied().collect(),
             mapped_as: file.mapped_as.iter().cloned().collect(),
             identity: Identity {
-                size,
+                size: file.len,
                 build_id: file.info.build_id.clone(),
-                sha256,
+                sha256: file.sha256.clone(),
                 version,
             },
             companion: companion.map(|c| FileRef {
@@ -208,48 +274,4 @@ fn choose_companion(files: &[Scanned], index: usize, family: usize) -> Option<&S
                 .then_with(|| b.0.path.cmp(&a.0.path))
         })
         .map(|(f, _, _)| f)
-}
-
-fn hash(file: &Scanned) -> (Option<String>, u64) {
-    let hashed = open(&file.path).and_then(|(f, md)| {
-        if (md.dev(), md.ino()) != (file.dev, file.ino) {
-            return Ok(None);
-        }
-        identity::sha256(&f, md.len())
-            .map(|h| h.map(|h| (h, md.len())))
-            .map_err(|source| LibraryError::Io {
-                path: file.path.clone(),
-                source,
-            })
-    });
-    match hashed {
-        Ok(Some((h, len))) => (Some(h), len),
-        Ok(None) => (None, file.len),
-        Err(e) => {
-            tracing::debug!(error = %e, "not hashed");
-            (None, file.len)
-        }
-    }
-}
-
-/// Version texts per (file, prefix set): many libraries share one libcrypto.
-#[derive(Default)]
-struct VersionCache(HashMap<(u64, u64, Vec<String>), Vec<Option<String>>>);
-
-impl VersionCache {
-    fn get(&mut self, file: &Scanned, prefixes: &[&str], want: &str) -> Option<String> {
-        let key = (
-            file.dev,
-            file.ino,
-            prefixes.iter().map(|p| p.to_string()).collect(),
-        );
-        let texts = self.0.entry(key).or_insert_with(|| match open(&file.path) {
-            Ok((f, md)) if (md.dev(), md.ino()) == (file.dev, file.ino) => {
-                identity::version_texts(f, md.len(), prefixes)
-            }
-            _ => vec![None; prefixes.len()],
-        });
-        let i = prefixes.iter().position(|p| *p == want)?;
-        texts.get(i).cloned().flatten()
-    }
 }

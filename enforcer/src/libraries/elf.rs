@@ -9,23 +9,31 @@
 //!   and section headers, the symbol table, its string table and `.gnu.version`), so a 5 MB
 //!   library costs a few hundred KB of reads and the thousands of `.so` files in `/usr/lib` are
 //!   cheap to pre-filter.
-//! - **Bounded.** The length is fixed from `fstat` when the file is opened and capped at
-//!   [`MAX_FILE_SIZE`]; every read is checked against it (a file that shrinks mid-read makes
-//!   `pread` come up short, which is an error, not a crash). Symbol and string tables larger than
+//! - **Bounded.** The length is fixed from `fstat` when the file is opened, whatever it is (a
+//!   library padded to gigabytes with `truncate` costs the same reads as the original); every
+//!   read is checked against it (a file that shrinks mid-read makes
+//!   `pread` come up short, which is an error, not a crash). Every read goes through one
+//!   `file::Source`, which records it and verifies it with a last pass (see there): what a file
+//!   changed meanwhile gives is never used. Symbol and string tables larger than
 //!   [`MAX_TABLE_BYTES`] are skipped, at most [`MAX_SYMBOLS`] symbols of a table are looked at,
 //!   and all address arithmetic is checked.
+//! - **As the loader reads it.** The dynamic symbol table is found through `PT_DYNAMIC`
+//!   (`dynamic.rs`), so a library without section headers (`sstrip`) is read like any other;
+//!   section headers are used only where there is no dynamic segment (and for `.symtab`). Where
+//!   a `.dynsym` section header names another table than the dynamic segment, the loader's
+//!   table counts.
 //! - **Cheap.** Only names listed in [`Catalog::symbols`] are remembered; a symbol is looked up
 //!   in the string table only if it is defined.
 //! - **Build-id.** The GNU build-id comes from the `.note.gnu.build-id` note (or a `PT_NOTE`
 //!   segment), at most [`MAX_NOTES_BYTES`] of notes. (Version texts and hashes: `identity.rs`.)
 
+mod dynamic;
 pub(super) mod file;
 pub(super) mod symbols;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::rc::Rc;
 
 use object::elf;
 use object::read::ReadCache;
@@ -35,14 +43,11 @@ use object::{Endianness, FileKind};
 use super::go::{self, GoInfo};
 use super::{LibraryError, ProbeTarget};
 use crate::catalog::{Abi, Catalog, ProbeSpec};
-use file::{CappedFile, Segment, file_offset};
+use file::{CappedFile, Segment, Source, file_offset};
 #[cfg(test)]
 use symbols::Names;
-use symbols::{Found, collect, versyms};
+use symbols::{Found, collect, collect_from, versyms};
 
-/// Files larger than this are not parsed (the largest shared object on a Debian host is libLLVM,
-/// ~100 MiB; unstripped static binaries can approach this).
-pub(super) const MAX_FILE_SIZE: u64 = 512 << 20;
 /// Symbol tables and their string tables larger than this are skipped.
 pub(super) const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// At most this many symbols of one table are looked at.
@@ -100,12 +105,12 @@ impl ElfInfo {
 /// symbol.
 pub(super) type Useful<'a> = dyn Fn(&dyn Fn(&str) -> bool) -> bool + 'a;
 
-/// Reads an already opened regular file of `len` bytes (`len <= MAX_FILE_SIZE`): the interesting
-/// symbols of the first symbol table (`.dynsym`, then `.symtab`) for which `useful` says yes, and
-/// the build-id. `None` if it is not ELF or no table is useful.
+/// Reads an already opened regular file (any length): the interesting symbols of the first
+/// symbol table (`.dynsym`, then `.symtab`) for which `useful` says yes, and the build-id.
+/// `None` if it is not ELF or no table is useful. Every read goes through `src`, which the
+/// caller verifies afterwards (see [`file::Source`]).
 pub(super) fn read_file(
-    file: File,
-    len: u64,
+    src: &Rc<Source>,
     path: &Path,
     catalog: &Catalog,
     useful: &Useful<'_>,
@@ -114,30 +119,28 @@ pub(super) fn read_file(
         path: path.to_owned(),
         reason: e.to_string(),
     };
+    let len = src.len();
     // Shorter than the magic, or not ELF at all: not a library we can probe.
     let mut magic = [0u8; 4];
     if len < 4 {
         return Ok(None);
     }
-    file.read_exact_at(&mut magic, 0)
+    let n = src
+        .read_at(&mut magic, 0)
         .map_err(|source| LibraryError::Io {
             path: path.to_owned(),
             source,
         })?;
-    if magic != *b"\x7fELF" {
+    if n < magic.len() || magic != *b"\x7fELF" {
         return Ok(None);
     }
-    // A second handle for the tables read a page at a time rather than through the cache.
-    let paged = file.try_clone().map_err(|source| LibraryError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let cache = ReadCache::new(CappedFile::new(file, len));
+    let cache = ReadCache::new(CappedFile::new(src.clone()));
     let scan = Scan {
-        file: (&paged, len),
+        file: (&src, len),
         path,
         catalog,
         useful,
+        len,
     };
     match FileKind::parse(&cache).map_err(malformed)? {
         FileKind::Elf64 => scan.run::<elf::FileHeader64<Endianness>>(&cache),
@@ -147,10 +150,11 @@ pub(super) fn read_file(
 }
 
 struct Scan<'a> {
-    file: (&'a File, u64),
+    file: (&'a Source, u64),
     path: &'a Path,
     catalog: &'a Catalog,
     useful: &'a Useful<'a>,
+    len: u64,
 }
 
 impl Scan<'_> {
@@ -209,30 +213,64 @@ impl Scan<'_> {
             }));
         }
 
-        // The dynamic symbol table first (what a shared library exports); then `.symtab`, which
-        // an unstripped executable with a statically linked TLS library still carries.
-        for (sh_type, table) in [
-            (elf::SHT_DYNSYM, Table::Dynamic),
-            (elf::SHT_SYMTAB, Table::Static),
-        ] {
-            let Some(symtab) = sections.iter().find(|s| s.sh_type(endian) == sh_type) else {
-                continue;
-            };
-            let versyms = if table == Table::Dynamic {
-                versyms::<Elf>(endian, data, sections)
-            } else {
-                None
-            };
-            let Some(found) = collect::<Elf>(
+        // The dynamic symbol table first (what a shared library exports), as the loader finds
+        // it; then `.symtab`, which an unstripped executable with a statically linked TLS
+        // library still carries.
+        let section_dynsym = sections
+            .iter()
+            .find(|s| s.sh_type(endian) == elf::SHT_DYNSYM);
+        let dynamic = dynamic::table(header, endian, data, phdrs, &segments, self.len)
+            .map_err(|reason| self.malformed(format!("dynamic segment: {reason}")))?;
+        let dynamic_found = match dynamic {
+            Some(t) => {
+                if let Some(s) = section_dynsym
+                    && s.sh_offset(endian).into() != t.offset
+                {
+                    // The loader reads the dynamic segment's table, so that one counts.
+                    tracing::debug!(path = %self.path.display(), "section headers disagree with the dynamic segment: its table is used");
+                }
+                Some(collect_from::<Elf>(
+                    endian,
+                    t.symbols,
+                    t.strings,
+                    t.versyms,
+                    self.path,
+                    self.catalog,
+                ))
+            }
+            None => match section_dynsym {
+                Some(symtab) => collect::<Elf>(
+                    endian,
+                    data,
+                    sections,
+                    symtab,
+                    versyms::<Elf>(endian, data, sections),
+                    self.path,
+                    self.catalog,
+                )?,
+                None => None,
+            },
+        };
+        let static_found = || match sections
+            .iter()
+            .find(|s| s.sh_type(endian) == elf::SHT_SYMTAB)
+        {
+            Some(symtab) => collect::<Elf>(
                 endian,
                 data,
                 sections,
                 symtab,
-                versyms,
+                None,
                 self.path,
                 self.catalog,
-            )?
-            else {
+            ),
+            None => Ok(None),
+        };
+        for (table, found) in [
+            (Table::Dynamic, Ok(dynamic_found)),
+            (Table::Static, static_found()),
+        ] {
+            let Some(found) = found? else {
                 continue;
             };
             if !(self.useful)(&|name| defines_in(&found, name)) {

@@ -14,7 +14,6 @@ pub mod code;
 pub mod pclntab;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
 use object::Endianness;
@@ -22,7 +21,7 @@ use object::elf;
 use object::read::elf::{FileHeader, SectionHeader};
 use object::read::{ReadCache, ReadRef};
 
-use super::elf::file::{CappedFile, Pages, Segment, file_offset};
+use super::elf::file::{CappedFile, Pages, Segment, Source, file_offset};
 use super::elf::symbols::Found;
 use crate::catalog::{Abi, Catalog};
 
@@ -54,7 +53,7 @@ pub(super) fn functions<Elf: FileHeader<Endian = Endianness>>(
     header: &Elf,
     endian: Endianness,
     data: &ReadCache<CappedFile>,
-    file: (&File, u64),
+    file: (&Source, u64),
     catalog: &Catalog,
     path: &Path,
 ) -> Option<(HashMap<usize, Found>, HashMap<usize, pclntab::Func>)> {
@@ -322,16 +321,18 @@ mod tests {
         let whole = pclntab::parse(table, 0x401000).unwrap().find(&names);
         assert!(whole[0].is_some() && whole[1].is_some());
         let len = 100 + n as u64;
+        let source = super::Source::new(file.try_clone().unwrap(), len);
         for page in [7, 64, 4096, Pages::PAGE] {
-            let pages = Pages::with_page(&file, len, 100, n as u64, page).unwrap();
+            let pages = Pages::with_page(&source, len, 100, n as u64, page).unwrap();
             let paged = pclntab::parse_in(&pages, 0x401000).unwrap().find(&names);
             assert_eq!(paged, whole, "page size {page}");
         }
-        assert!(Pages::new(&file, len, 100, n as u64 + 1).is_none());
-        assert!(Pages::new(&file, len, u64::MAX, 2).is_none());
+        assert!(Pages::new(&source, len, 100, n as u64 + 1).is_none());
+        assert!(Pages::new(&source, len, u64::MAX, 2).is_none());
         // Opened at this length, then truncated: reads past the new end fail.
         file.set_len(100 + n as u64 / 2).unwrap();
-        let pages = Pages::with_page(&file, len, 100, n as u64, 64).unwrap();
+        let source = super::Source::new(file.try_clone().unwrap(), len);
+        let pages = Pages::with_page(&source, len, 100, n as u64, 64).unwrap();
         if let Ok(t) = pclntab::parse_in(&pages, 0x401000) {
             for (cut, whole) in t.find(&names).iter().zip(&whole) {
                 assert!(cut.is_none() || cut == whole);

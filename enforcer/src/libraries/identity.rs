@@ -3,9 +3,10 @@
 //!
 //! Both read a hostile file with `pread` under caps, like [`super::elf`]:
 //!
-//! - **SHA-256** is computed incrementally in chunks of [`CHUNK`] over the length fixed at open
-//!   time, at most [`MAX_HASH_BYTES`] (a larger file gets no hash); a file that shrinks while it
-//!   is read is an error, not a short hash.
+//! - **SHA-256** is computed by the last pass over the file that verifies every other read
+//!   (`Source::verify` in `elf/file.rs`), over the length fixed at open time, at most
+//!   [`MAX_HASH_BYTES`] (a larger file gets no hash); a file that changes while it is read is not
+//!   identified, never given a hash of other bytes than its symbols and version came from.
 //! - **Version text**: the catalog gives, per family, prefixes such as `"OpenSSL "` or
 //!   `"GnuTLS "`. The read-only data of the file (sections that are allocated, not writable, not
 //!   executable; or, without section headers, `PT_LOAD` segments that are only readable) is
@@ -14,21 +15,20 @@
 //!   [`Version::parse_lenient`] accepts in full). At most [`MAX_RODATA_BYTES`] are searched.
 //!   Where each family's text lives is documented in `catalog/default.yaml` and docs/policy.md.
 
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::rc::Rc;
 
 use object::elf;
 use object::read::ReadCache;
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::{Endianness, FileKind};
-use sha2::{Digest, Sha256};
 
-use super::elf::{MAX_FILE_SIZE, file::CappedFile};
+use super::elf::file::{CappedFile, Source};
 use crate::version::Version;
 
-/// Files larger than this are not hashed.
-pub const MAX_HASH_BYTES: u64 = MAX_FILE_SIZE;
+/// Files larger than this are not hashed (the largest shared object on a Debian host is
+/// libLLVM, ~100 MiB): hashing reads the whole file, so its time grows with a size an attacker
+/// chooses for free (`truncate -s 100G`). Identification itself reads only what it needs.
+pub const MAX_HASH_BYTES: u64 = 512 << 20;
 /// At most this much read-only data is searched for a version text.
 pub const MAX_RODATA_BYTES: u64 = 64 << 20;
 /// Reads are done in chunks of this size.
@@ -36,40 +36,16 @@ const CHUNK: usize = 1 << 20;
 /// Longest version taken after a prefix.
 pub const MAX_VERSION_LEN: usize = 32;
 
-/// SHA-256 of the first `len` bytes of `file`, lowercase hex; `None` if `len` is over the cap.
-pub(super) fn sha256(file: &File, len: u64) -> io::Result<Option<String>> {
-    if len > MAX_HASH_BYTES {
-        return Ok(None);
-    }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    while pos < len {
-        let want = usize::try_from(len - pos).unwrap_or(CHUNK).min(CHUNK);
-        let n = file.read_at(&mut buf[..want], pos)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file shrank while it was hashed",
-            ));
-        }
-        hasher.update(&buf[..n]);
-        pos += n as u64;
-    }
-    Ok(Some(hex(&hasher.finalize())))
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// For each prefix, the first version found right after it in the file's read-only data.
-pub(super) fn version_texts(file: File, len: u64, prefixes: &[&str]) -> Vec<Option<String>> {
+/// Reads go through `src` (and are verified with the rest, see [`Source`]): a read that fails
+/// or comes up short ends the search, and the file then counts as changed.
+pub(super) fn version_texts(src: &Rc<Source>, prefixes: &[&str]) -> Vec<Option<String>> {
     let mut found = vec![None; prefixes.len()];
     if prefixes.is_empty() {
         return found;
     }
-    let ranges = readonly_ranges(file.try_clone().ok(), len);
+    let len = src.len();
+    let ranges = readonly_ranges(src);
     let overlap = prefixes.iter().map(|p| p.len()).max().unwrap_or(0) + MAX_VERSION_LEN + 1;
     let mut budget = MAX_RODATA_BYTES;
     let mut buf = vec![0u8; CHUNK + overlap];
@@ -81,7 +57,7 @@ pub(super) fn version_texts(file: File, len: u64, prefixes: &[&str]) -> Vec<Opti
                 .unwrap_or(usize::MAX)
                 .min(CHUNK + overlap)
                 .min(usize::try_from(budget).unwrap_or(usize::MAX));
-            let Ok(n) = file.read_at(&mut buf[..want], pos) else {
+            let Ok(n) = src.read_at(&mut buf[..want], pos) else {
                 return found;
             };
             if n == 0 {
@@ -140,11 +116,8 @@ pub(super) fn find_version(hay: &[u8], prefix: &[u8], last: bool) -> Option<Stri
 }
 
 /// (file offset, size) of the read-only data of an ELF file; empty if it cannot be parsed.
-fn readonly_ranges(file: Option<File>, len: u64) -> Vec<(u64, u64)> {
-    let Some(file) = file else {
-        return Vec::new();
-    };
-    let cache = ReadCache::new(CappedFile::new(file, len));
+fn readonly_ranges(src: &Rc<Source>) -> Vec<(u64, u64)> {
+    let cache = ReadCache::new(CappedFile::new(src.clone()));
     match FileKind::parse(&cache) {
         Ok(FileKind::Elf64) => ranges::<elf::FileHeader64<Endianness>>(&cache),
         Ok(FileKind::Elf32) => ranges::<elf::FileHeader32<Endianness>>(&cache),

@@ -11,10 +11,11 @@ use super::{Action, MAX_POLICY_BYTES, Mode};
 use crate::catalog::{Catalog, Seg};
 
 /// Keys of the top-level mapping and of a rule, as error messages list them.
-pub(super) const TOP_KEYS: [&str; 5] = [
+pub(super) const TOP_KEYS: [&str; 6] = [
     "mode",
     "default",
     "unattributed_tls",
+    "unknown_files",
     "libraries",
     "catalog",
 ];
@@ -136,7 +137,9 @@ fn expected_for_path(path: &[Step]) -> Option<String> {
         [] => top_level_expected(),
         [m] if key(m) == Some("mode") => names(&Mode::ALL.map(Mode::name)),
         [d] if key(d) == Some("default") => names(&Action::ALL.map(Action::name)),
-        [u] if key(u) == Some("unattributed_tls") => names(&Action::ALL.map(Action::name)),
+        [u] if matches!(key(u), Some("unattributed_tls" | "unknown_files")) => {
+            names(&Action::ALL.map(Action::name))
+        }
         [l] if key(l) == Some("libraries") => {
             format!(
                 "a list of rules (mappings with keys {})",

@@ -30,6 +30,15 @@ pub fn check_report(p: &Policy) -> String {
         "unattributed_tls: {} (a TLS ClientHello no probed library claimed: {unattributed_note})",
         p.unattributed_tls
     );
+    let unknown_note = match p.unknown_files {
+        super::Action::Allow => "reported at info level",
+        _ => "reported as a warning",
+    };
+    let _ = writeln!(
+        out,
+        "unknown_files: {} (a mapped file that cannot be analysed: {unknown_note}; its TLS is unattributed)",
+        p.unknown_files
+    );
     let added: Vec<String> = p
         .catalog
         .families()

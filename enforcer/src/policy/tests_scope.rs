@@ -25,6 +25,25 @@ fn unattributed_tls_defaults_to_default() {
     assert_eq!(embedded_default().mode, Mode::Audit);
 }
 
+/// `unknown_files`: absent, the value of `unattributed_tls` (itself `default` when absent).
+#[test]
+fn unknown_files_defaults_to_unattributed_tls() {
+    let p = parse("default: deny\n", "p.yaml").unwrap();
+    assert_eq!(p.unknown_files, Action::Deny);
+    let p = parse("default: deny\nunattributed_tls: audit\n", "p.yaml").unwrap();
+    assert_eq!(p.unknown_files, Action::Audit);
+    let p = parse("default: deny\nunknown_files: allow\n", "p.yaml").unwrap();
+    assert_eq!(
+        (p.unattributed_tls, p.unknown_files),
+        (Action::Deny, Action::Allow)
+    );
+    assert_eq!(embedded_default().unknown_files, Action::Deny);
+    let e = parse("default: deny\nunknown_files: maybe\n", "p.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("p.yaml:2") && e.contains("unknown_files"), "{e}");
+}
+
 #[test]
 fn unattributed_tls_bad_value_names_line_and_key() {
     let e = parse("default: deny\nunattributed_tls: block\n", "p.yaml")

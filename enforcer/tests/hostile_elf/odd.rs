@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use enforcer::libraries::{self, LibraryError};
+use enforcer::libraries;
 
 use crate::builder::{self, Built, Eh, Ph, Sh};
 use crate::{
@@ -222,9 +222,9 @@ fn special_files_named_like_libraries() {
     assert_discover_finds_nothing(&dir.0);
 }
 
-/// Sparse files: 600 MiB is over the size cap (refused without reading); just under the cap, a
-/// real library at the start is identified (and hashed) in time, and one whose tables claim the
-/// far end reads only what it must.
+/// Sparse files: a library padded to 600 MiB (`truncate -s 600M`, which keeps it loadable) is
+/// identified as the original, in time, without a hash (over [`libraries::MAX_HASH_BYTES`]);
+/// at 500 MiB it is hashed too; one whose tables claim the far end reads only what it must.
 #[test]
 fn sparse_files_around_the_size_cap() {
     let _s = serial();
@@ -236,10 +236,43 @@ fn sparse_files_around_the_size_cap() {
     f.write_all_at(&b.bytes, 0).unwrap();
     f.set_len(600 << 20).unwrap();
     drop(f);
-    match identify(&big) {
-        Err(LibraryError::TooLarge { size, .. }) => assert_eq!(size, 600 << 20),
-        other => panic!("600 MiB: {other:?}"),
-    }
+    let small = identify(&dir.write("libsmall.so", &b.bytes))
+        .unwrap()
+        .unwrap();
+    let id = identify(&big).unwrap().expect("600 MiB: identified");
+    assert_eq!((&id.family, &id.probes), (&small.family, &small.probes));
+    assert_eq!(id.identity.size, 600 << 20);
+    assert_eq!(id.identity.sha256, None, "over the hash cap");
+    fs::remove_file(dir.path("libsmall.so")).unwrap();
+
+    // The same with a real library.
+    let gnutls = fs::read("/usr/lib/x86_64-linux-gnu/libgnutls.so.30").expect("libgnutls30");
+    let real = dir.write("libgnutls-copy.so", &gnutls);
+    let want = identify(&real).unwrap().expect("libgnutls identified");
+    File::options()
+        .write(true)
+        .open(&real)
+        .unwrap()
+        .set_len(600 << 20)
+        .unwrap();
+    let id = identify(&real)
+        .unwrap()
+        .expect("600 MiB libgnutls identified");
+    assert_eq!(
+        (
+            &id.family,
+            &id.probes,
+            &id.identity.version,
+            &id.identity.build_id
+        ),
+        (
+            &want.family,
+            &want.probes,
+            &want.identity.version,
+            &want.identity.build_id
+        )
+    );
+    fs::remove_file(&real).unwrap();
 
     let under = dir.path("libsparse500.so");
     let f = File::create(&under).unwrap();
@@ -270,5 +303,6 @@ fn sparse_files_around_the_size_cap() {
     let (found, took) = discover_dir(&dir.0, DISCOVER_BOUND);
     eprintln!("discover {}: {took:?}", dir.0.display());
     let names: Vec<_> = found.iter().map(|l| l.path.clone()).collect();
-    assert_eq!(names, [fs::canonicalize(&under).unwrap()]);
+    let canon = |p: &Path| fs::canonicalize(p).unwrap();
+    assert_eq!(names, [canon(&under), canon(&big)]);
 }

@@ -80,4 +80,21 @@ gcc $small -static -fno-pie -no-pie -o openssl-static "$tmp/static.c"
 fns OPENSSL_init_ssl SSL_CTX_new SSL_write SSL_read SSL_connect > "$tmp/i386.c"
 gcc $small -m32 -shared -s -o openssl-i386.so "$tmp/i386.c"
 
+# The same libraries without section headers (what `sstrip` leaves: the loader needs only the
+# program headers), so the fuzzer starts from files read through PT_DYNAMIC alone:
+# e_shoff, e_shnum and e_shstrndx zeroed (ELF64 at 40/60/62, ELF32 at 32/48/50).
+sstripped() {
+    cp "$1" "$2"
+    if [ "$(od -An -tu1 -j4 -N1 "$1" | tr -d ' ')" = 2 ]; then
+        set -- "$1" "$2" 40 8 60
+    else
+        set -- "$1" "$2" 32 4 48
+    fi
+    dd if=/dev/zero of="$2" bs=1 seek="$3" count="$4" conv=notrunc status=none
+    dd if=/dev/zero of="$2" bs=1 seek="$5" count=4 conv=notrunc status=none
+}
+for lib in openssl3 openssl10 gnutls openssl-i386; do
+    sstripped "$lib.so" "$lib-sstripped.so"
+done
+
 ls -l ./*.so openssl-static

@@ -20,7 +20,7 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use super::{
-    EventFd, PAUSE_BUDGET, Shared, TICK,
+    EventFd, Examined, PAUSE_BUDGET, Shared, TICK,
     examine::{Done, Job, mark_known},
     kernel, monotonic_ns,
     resume::{Pidfd, Resumer},
@@ -203,7 +203,8 @@ impl EventLoop {
                 Some(FileState::Pending { waiters }) => waiters,
                 _ => vec![],
             };
-            if done.result.is_some() {
+            // An unknown file stays pending-free but not done: its next event is examined again.
+            if done.result.is_some_and(Examined::is_settled) {
                 self.files.insert(done.key, FileState::Done);
             }
             for w in waiters {

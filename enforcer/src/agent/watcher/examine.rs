@@ -13,7 +13,8 @@ use serde_json::json;
 use tracing::{debug, error, info, warn};
 
 use super::{Entry, EventFd, Examined, Shared, files, files::Found, lock, monotonic_ns};
-use crate::libraries::{self, Library};
+use crate::libraries::{self, Library, LibraryError};
+use crate::policy::Action;
 
 /// A file to examine, for the processes waiting on it.
 pub(super) struct Job {
@@ -58,7 +59,7 @@ pub(super) fn worker(
                 examine(shared, &found, &origin, true)
             });
         let result = result.flatten();
-        if result.is_some() {
+        if result.is_some_and(Examined::is_settled) {
             mark_known(shared, job.key);
         }
         // The file's tables were read and freed: give the pages back.
@@ -107,6 +108,7 @@ pub(super) fn examine(
     let inode = (found.st_dev, found.st_ino);
     let entry = |state| Entry {
         generation: found.generation,
+        ctime: found.ctime,
         state,
     };
     {
@@ -122,9 +124,11 @@ pub(super) fn examine(
                         .wait(examined)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
-                Some(done) if !done.is_other_file(found.generation) => return Some(done.state),
+                Some(done) if !done.is_stale(found.generation, found.ctime) => {
+                    return Some(done.state);
+                }
                 Some(old) => {
-                    debug!(path = %found.path.display(), old = ?old, generation = ?found.generation, "inode number reused by a new file: examining it");
+                    debug!(path = %found.path.display(), old = ?old, generation = ?found.generation, ctime = ?found.ctime, "inode number reused by a new file, or the file changed: examining it");
                     examined.insert(inode, entry(Examined::InProgress));
                     break;
                 }
@@ -138,7 +142,18 @@ pub(super) fn examine(
     shared.stats.examined.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let catalog = shared.datapath.catalog();
-    let identified = libraries::identify_with(&found.path, &catalog);
+    // Read through the link the process holds, checked to be the inode found; companions are
+    // looked for beside the name. A file being rewritten gets two more tries before it is
+    // unknown.
+    let identify =
+        || libraries::identify_at(&found.link, found.path.parent(), Some(inode), &catalog);
+    let mut identified = identify();
+    for _ in 0..2 {
+        if !matches!(identified, Err(LibraryError::Changed { .. })) {
+            break;
+        }
+        identified = identify();
+    }
     tracing::trace!(path = %found.path.display(), elapsed = ?started.elapsed(), "identified");
     let result = match identified {
         Ok(Some(_)) if !probe => {
@@ -163,13 +178,40 @@ pub(super) fn examine(
         }
         Ok(None) => Examined::NotTls,
         Err(err) => {
-            debug!(path = %found.path.display(), "not identified: {err}");
-            Examined::NotTls
+            unknown(shared, found, origin, &err);
+            Examined::Unknown
         }
     };
     lock(&shared.examined).insert(inode, entry(result));
     shared.examined_cv.notify_all();
     Some(result)
+}
+
+/// Reports a file that could not be analysed, as the policy's `unknown_files` says (its TLS, if
+/// any, is unattributed: the kernel applies `unattributed_tls` to it).
+fn unknown(shared: &Shared, found: &Found, origin: &Origin<'_>, err: &LibraryError) {
+    let action = shared.datapath.policy().read().policy.unknown_files;
+    let path = found.path.display().to_string();
+    let reason = err.to_string();
+    match action {
+        Action::Allow => info!(
+            path, reason, action = %action, via = origin.via, pid = origin.pid,
+            comm = origin.comm, "file cannot be analysed: unknown (its TLS is unattributed)"
+        ),
+        Action::Audit | Action::Deny => warn!(
+            path, reason, action = %action, via = origin.via, pid = origin.pid,
+            comm = origin.comm, "file cannot be analysed: unknown (its TLS is unattributed)"
+        ),
+    }
+    shared.reporter.lifecycle(json!({
+        "type": "unknown_file",
+        "path": path,
+        "reason": reason,
+        "action": action.name(),
+        "via": origin.via,
+        "pid": origin.pid,
+        "comm": origin.comm,
+    }));
 }
 
 /// Registers a new TLS library with the datapath (policy, table, probes) and reports it.

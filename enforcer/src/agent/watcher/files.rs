@@ -25,10 +25,21 @@ pub struct Found {
     pub path: PathBuf,
     /// The name the process knows it by (the link's target, or the name in `maps`).
     pub name: PathBuf,
+    /// Where to read it: the `/proc` magic link it was reached through (the process's fd or
+    /// mapping: the very inode, whatever `path` names by then), else `path`.
+    pub link: PathBuf,
     pub st_dev: u64,
     pub st_ino: u64,
     /// Inode generation, where the filesystem says (see [`super::kernel::generation`]).
     pub generation: Option<u32>,
+    /// `ctime` (seconds, nanoseconds) when it was found: a file rewritten in place keeps its
+    /// inode and generation but not this.
+    pub ctime: Option<(i64, i64)>,
+}
+
+/// `ctime` of `md`, as [`Found::ctime`] keeps it.
+pub fn ctime(md: &fs::Metadata) -> Option<(i64, i64)> {
+    Some((md.ctime(), md.ctime_nsec()))
 }
 
 /// The file an event is about, `None` if the process is gone or the file cannot be reached.
@@ -77,10 +88,12 @@ fn reach(pid_dir: &Path, link: &Path, key: &FileKey) -> Option<Found> {
     };
     Some(Found {
         path,
+        link: link.to_owned(),
         name,
         st_dev: md.dev(),
         st_ino: md.ino(),
         generation,
+        ctime: ctime(&md),
     })
 }
 
@@ -154,10 +167,12 @@ pub fn in_dirs(dirs: &[PathBuf]) -> Vec<Found> {
                 let real = fs::canonicalize(&path).unwrap_or(path);
                 out.push(Found {
                     generation: generation_of(&real, &md),
+                    link: real.clone(),
                     name: real.clone(),
                     path: real,
                     st_dev: md.dev(),
                     st_ino: md.ino(),
+                    ctime: ctime(&md),
                 });
             }
         }

@@ -10,7 +10,7 @@ use std::{
 use tracing::info;
 
 use super::{
-    Shared,
+    Examined, Shared,
     examine::{Origin, examine, mark_known},
     files, kernel, lock,
 };
@@ -57,7 +57,7 @@ pub(super) fn sweep(shared: &Shared, stop: &AtomicBool) {
         }
         if lock(&shared.examined)
             .get(&(found.st_dev, found.st_ino))
-            .is_some_and(|e| !e.is_other_file(found.generation))
+            .is_some_and(|e| !e.is_stale(found.generation, found.ctime))
         {
             continue;
         }
@@ -68,7 +68,7 @@ pub(super) fn sweep(shared: &Shared, stop: &AtomicBool) {
             comm: "",
             since_ns: None,
         };
-        if examine(shared, &found, &origin, probe).is_some()
+        if examine(shared, &found, &origin, probe).is_some_and(Examined::is_settled)
             && let Some(key) = kernel::key_of_path(&found.path)
         {
             mark_known(shared, key);

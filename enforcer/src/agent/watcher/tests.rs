@@ -225,6 +225,7 @@ fn a_reused_inode_number_is_another_file() {
     );
     let old = Entry {
         generation: gen_a,
+        ctime: files::ctime(&md_a),
         state: Examined::NotTls,
     };
     assert!(!old.is_other_file(gen_a));
@@ -244,4 +245,51 @@ fn a_reused_inode_number_is_another_file() {
     // Not the file `md` describes (replaced meanwhile): no generation.
     let elsewhere = fs::metadata(dir.path()).unwrap();
     assert_eq!(files::generation_of(&b, &elsewhere), None);
+}
+
+/// A file rewritten in place keeps its inode and generation; its `ctime` says it changed, and a
+/// file found not TLS or unknown is then examined again. A library is not (it keeps its probes,
+/// and a second registration would probe the inode twice). Unknown files never become known to
+/// the kernel hook.
+#[test]
+fn a_file_rewritten_in_place_is_examined_again() {
+    use std::io::Write as _;
+
+    use super::{Entry, Examined};
+    let dir = TempDir::new("rewritten");
+    let path = dir.path().join("libplain.so");
+    fs::write(&path, b"not a library").unwrap();
+    let md = fs::metadata(&path).unwrap();
+    let (generation, ctime) = (files::generation_of(&path, &md), files::ctime(&md));
+    let entry = |state| Entry {
+        generation,
+        ctime,
+        state,
+    };
+    for state in [Examined::NotTls, Examined::Unknown, Examined::Library] {
+        assert!(!entry(state).is_stale(generation, ctime), "{state:?}");
+        assert!(
+            !entry(state).is_stale(generation, None),
+            "no ctime: not stale"
+        );
+    }
+    // Rewritten through the same inode (no rename): the ctime moves on.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all(b"\x7fELF now").unwrap();
+    drop(f);
+    let now = fs::metadata(&path).unwrap();
+    assert_eq!(now.ino(), md.ino(), "same inode");
+    assert_eq!(
+        files::generation_of(&path, &now),
+        generation,
+        "same generation"
+    );
+    let ctime_now = files::ctime(&now);
+    assert_ne!(ctime_now, ctime);
+    assert!(entry(Examined::NotTls).is_stale(generation, ctime_now));
+    assert!(entry(Examined::Unknown).is_stale(generation, ctime_now));
+    assert!(!entry(Examined::Library).is_stale(generation, ctime_now));
+    assert!(Examined::NotTls.is_settled() && Examined::Library.is_settled());
+    assert!(!Examined::Unknown.is_settled());
 }

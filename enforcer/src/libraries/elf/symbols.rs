@@ -38,7 +38,8 @@ pub(super) fn versyms<'d, Elf: FileHeader<Endian = Endianness>>(
     shdr.data_as_array(endian, data).ok()
 }
 
-/// The interesting defined symbols of one table, by name; `None` if the table is too large.
+/// The interesting defined symbols of the table a section header describes, by name; `None` if
+/// the table is too large.
 pub(super) fn collect<'d, Elf: FileHeader<Endian = Endianness>>(
     endian: Endianness,
     data: &'d ReadCache<CappedFile>,
@@ -66,6 +67,20 @@ pub(super) fn collect<'d, Elf: FileHeader<Endian = Endianness>>(
     }
     let symbols: &[Elf::Sym] = symtab.data_as_array(endian, data).map_err(malformed)?;
     let strings: &[u8] = strtab.data(endian, data).map_err(malformed)?;
+    Ok(Some(collect_from::<Elf>(
+        endian, symbols, strings, versyms, path, catalog,
+    )))
+}
+
+/// The interesting defined symbols of `symbols`, whose names are in `strings`, by name.
+pub(super) fn collect_from<Elf: FileHeader<Endian = Endianness>>(
+    endian: Endianness,
+    symbols: &[Elf::Sym],
+    strings: &[u8],
+    versyms: Option<&[elf::Versym<Endianness>]>,
+    path: &Path,
+    catalog: &Catalog,
+) -> HashMap<usize, Found> {
     // Versions are only meaningful if there is one per symbol.
     let versyms = versyms.filter(|v| v.len() == symbols.len());
     if symbols.len() > MAX_SYMBOLS {
@@ -109,7 +124,7 @@ pub(super) fn collect<'d, Elf: FileHeader<Endian = Endianness>>(
             Entry::Occupied(_) => {}
         }
     }
-    Ok(Some(found))
+    found
 }
 
 /// Matches names from a string table against [`Catalog::symbols`] without scanning for the

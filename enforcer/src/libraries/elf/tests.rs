@@ -89,3 +89,75 @@ fn offsets_through_segments() {
     assert_eq!(file_offset(&hostile, 0), Some(u64::MAX));
     assert_eq!(file_offset(&hostile, 1), None, "overflow is no offset");
 }
+
+/// `Source::verify` compares what was read with a last pass over the file: a change inside a
+/// range that was read, a shrunk or grown file, or a short read is `Changed`; a change outside
+/// every range read is not (the identity still describes the bytes it came from), and the hash
+/// is of the last pass.
+#[test]
+fn verify_compares_the_reads_with_a_last_pass() {
+    use std::fs::{File, OpenOptions};
+    use std::os::unix::fs::FileExt;
+
+    use file::Verified;
+    use sha2::Digest as _;
+
+    let path = std::env::temp_dir().join(format!("enforcer-verify-{}", std::process::id()));
+    let content: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+    let read = |at: u64, n: usize| {
+        std::fs::write(&path, &content).unwrap();
+        let src = Source::new(File::open(&path).unwrap(), content.len() as u64);
+        let mut buf = vec![0u8; n];
+        assert_eq!(src.read_at(&mut buf, at).unwrap(), n);
+        assert_eq!(buf, content[at as usize..at as usize + n]);
+        src
+    };
+    let writer = || OpenOptions::new().write(true).open(&path).unwrap();
+    let sha = |bytes: &[u8]| super::file::hex(&sha2::Sha256::digest(bytes));
+
+    // Unchanged: the same, with the hash of the whole file; a read across a chunk boundary.
+    let src = read((1 << 20) - 10, 100);
+    assert_eq!(
+        src.verify(true).unwrap(),
+        Verified::Same {
+            sha256: Some(sha(&content))
+        }
+    );
+    assert_eq!(src.verify(false).unwrap(), Verified::Same { sha256: None });
+
+    // A byte inside the range read: changed.
+    let src = read((1 << 20) - 10, 100);
+    writer().write_all_at(b"x", 1 << 20).unwrap();
+    assert_eq!(src.verify(false).unwrap(), Verified::Changed);
+    assert_eq!(src.verify(true).unwrap(), Verified::Changed);
+
+    // A byte outside it: the reads still hold; the hash is of what the last pass read.
+    let src = read(100, 100);
+    writer().write_all_at(b"x", 5000).unwrap();
+    let mut now = content.clone();
+    now[5000] = b'x';
+    assert_eq!(src.verify(false).unwrap(), Verified::Same { sha256: None });
+    assert_eq!(
+        src.verify(true).unwrap(),
+        Verified::Same {
+            sha256: Some(sha(&now))
+        }
+    );
+
+    // Grown, or shrunk (even outside the reads): changed.
+    let src = read(0, 10);
+    writer().set_len(content.len() as u64 + 1).unwrap();
+    assert_eq!(src.verify(false).unwrap(), Verified::Changed);
+    let src = read(0, 10);
+    writer().set_len(content.len() as u64 - 1).unwrap();
+    assert_eq!(src.verify(true).unwrap(), Verified::Changed);
+
+    // A read that came up short inside the length: changed, whatever the file is now.
+    let src = read(0, 10);
+    writer().set_len(5).unwrap();
+    let mut buf = [0u8; 10];
+    assert_eq!(src.read_at(&mut buf, 0).unwrap(), 5);
+    std::fs::write(&path, &content).unwrap();
+    assert_eq!(src.verify(false).unwrap(), Verified::Changed);
+    let _ = std::fs::remove_file(&path);
+}
