@@ -136,7 +136,7 @@ pub(super) fn read_file(
     }
     let cache = ReadCache::new(CappedFile::new(src.clone()));
     let scan = Scan {
-        file: (&src, len),
+        file: (src, len),
         path,
         catalog,
         useful,
