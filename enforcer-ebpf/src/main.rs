@@ -18,6 +18,7 @@
 //! | `events.rs`       | (helpers) records for userspace             | `EVENTS` |
 //! | `sock.rs`         | (helpers) 4-tuple of a `struct sock`        | global `SOCK_OFFSETS` |
 //! | `packet.rs`       | (helpers) 4-tuple of an Ethernet frame      | — |
+//! | `packet/direct.rs` | (helpers) its fast path: direct packet access | — |
 //! | `xdp.rs`          | ingress drop                                | — |
 //! | `tc.rs`           | egress drop                                 | — |
 //! | `hello.rs`        | (called by `tc.rs`) hellos judged by their random; unattributed TLS | — |

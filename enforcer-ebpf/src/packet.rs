@@ -1,10 +1,22 @@
 //! The 4-tuple of an Ethernet frame, for XDP and tc. Packets come from the wire: every read is
 //! bounds-checked, every loop has a constant bound, offsets are capped.
 //!
-//! Reads go through `bpf_xdp_load_bytes` / `bpf_skb_load_bytes` rather than direct packet
-//! pointers: with variable offsets (IPv4 options, IPv6 extension headers) LLVM puts the bounds
-//! check and the access on different registers and the verifier rejects the program. The helpers
-//! take a scalar offset and check bounds themselves; for tc they also read paged skb data.
+//! Two readers of the same headers, with the same answers:
+//! - `direct` (the fast path): packet pointers into the linear part of the frame (`data` ..
+//!   `data_end`), one bounds check per header, then plain loads. This is every frame the local
+//!   stack sends and almost every frame a NIC or veth delivers.
+//! - `loaded` (the fallback): `bpf_xdp_load_bytes` / `bpf_skb_load_bytes`, one helper call per
+//!   field. It runs only when `direct` finds a header reaching past `data_end`: an XDP
+//!   multi-buffer frame (`xdp.frags`) whose headers spill into a fragment, an skb whose headers
+//!   are not all in its linear head, or a truncated frame. The helpers read paged data, so
+//!   non-linear data never makes a frame pass unparsed.
+//!
+//! tc does not call `bpf_skb_pull_data` to make the headers linear instead: the local TCP stack
+//! builds its headers in the skb head, so the fallback is rare, and pulling would copy the head of
+//! every cloned skb (TCP transmits clones) and change the skb for the rest of the stack, where
+//! the helper only reads.
+
+mod direct;
 
 use core::mem::{MaybeUninit, size_of};
 
@@ -68,7 +80,9 @@ impl Segment {
     }
 }
 
-/// Copies `len` packet bytes at `offset` into `dst`; false if the packet is shorter.
+/// Copies `len` packet bytes at `offset` into `dst`; false if the packet is shorter. Reads
+/// anywhere in the frame (paged skb data, XDP fragments): the fallback here, and the reader of
+/// `client_hello.rs`.
 pub trait Packet {
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
 }
@@ -90,10 +104,26 @@ fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
     Some(unsafe { value.assume_init() })
 }
 
+/// The linear part of a frame, readable through packet pointers: all of a single-buffer XDP
+/// frame (the first buffer of a multi-buffer one), the linear head of an skb.
+pub trait Linear {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
 /// `None` for anything that is not a TCP segment with a readable header: non-IP, non-TCP,
 /// truncated, non-first fragments (they carry no ports), or headers nested too deep.
 #[inline(always)]
-pub fn parse<P: Packet>(packet: &P) -> Option<Segment> {
+pub fn parse<P: Packet + Linear>(packet: &P) -> Option<Segment> {
+    match direct::parse(packet) {
+        Ok(answer) => answer,
+        Err(direct::Short) => loaded(packet),
+    }
+}
+
+/// The fallback: `parse` through the load helpers, for headers `direct` cannot reach.
+#[inline(always)]
+fn loaded<P: Packet>(packet: &P) -> Option<Segment> {
     let mut offset = ETH_HLEN;
     let mut ethertype = u16::from_be(load::<u16, P>(packet, 12)?);
     for _ in 0..MAX_VLAN_TAGS {

@@ -35,6 +35,18 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
     }
 }
 
+impl packet::Linear for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    /// The end of the skb's linear head: paged data is helper-only.
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
 impl packet::Packet for TcContext {
     #[inline(always)]
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {

@@ -21,6 +21,18 @@ pub fn enforcer_ingress(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+impl packet::Linear for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    /// The end of the first buffer: a multi-buffer frame's fragments are helper-only.
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
 impl packet::Packet for XdpContext {
     #[inline(always)]
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {

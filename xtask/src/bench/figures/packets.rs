@@ -229,10 +229,11 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
             .into(),
     );
     fig.notes.push(
-        "The per-packet cost (~10x an empty program) is the parser: every header field is read \
-         with a `bpf_xdp_load_bytes` / `bpf_skb_load_bytes` helper call (about a dozen per \
-         frame, chosen in enforcer-ebpf/src/packet.rs to satisfy the verifier), then one hash \
-         lookup with a 40-byte key; the drop path adds only a per-CPU counter."
+        "The per-packet cost: the headers are read with direct packet access, one bounds check \
+         per header (enforcer-ebpf/src/packet/direct.rs; the load helpers only for headers past \
+         the linear part), then one hash lookup with a 40-byte key; tc adds the ClientHello \
+         check's two bpf_skb_load_bytes calls on a data segment; the drop path adds only a \
+         per-CPU counter."
             .into(),
     );
     Ok(fig)
