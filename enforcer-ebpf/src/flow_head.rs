@@ -90,7 +90,7 @@ pub fn start(flow: &FlowKey, isn: u32) {
         bytes: [0; HEAD_BUFFER],
     };
     // LRU: cannot fail for lack of room.
-    let _ = FLOW_HEADS.insert(flow, &head, 0);
+    let _ = FLOW_HEADS.insert(flow, head, 0);
 }
 
 /// Forgets the head of `flow` (connection closed, or judged).

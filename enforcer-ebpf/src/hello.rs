@@ -66,7 +66,9 @@ pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -
     let found = match flow_head::feed(packet, flow, &data, &mut scratch.hello) {
         Head::Untracked => at_segment_start(packet, payload, len, &mut scratch.hello),
         Head::Waiting => return Outcome::Pass,
-        Head::NotHello => false,
+        // The stream did not start with a hello; this segment may still begin one (STARTTLS:
+        // "STARTTLS\r\n" and the ClientHello completed the head together).
+        Head::NotHello => at_segment_start(packet, payload, len, &mut scratch.hello),
         Head::Hello => true,
     };
     if found {

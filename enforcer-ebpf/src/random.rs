@@ -84,7 +84,7 @@ pub fn enter(ctx: &ProbeContext, cookie: u64) {
         len: len as u32,
         lib_id,
     };
-    let _ = RANDOM_CALLS.insert(&(bpf_get_current_pid_tgid() as u32), &pending, 0);
+    let _ = RANDOM_CALLS.insert(bpf_get_current_pid_tgid() as u32, pending, 0);
 }
 
 /// Return of a random source: records the output if the entry kept it.
@@ -92,10 +92,10 @@ pub fn enter(ctx: &ProbeContext, cookie: u64) {
 pub fn exit() {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: copied out at once.
-    let Some(pending) = (unsafe { RANDOM_CALLS.get(&tid) }).copied() else {
+    let Some(pending) = (unsafe { RANDOM_CALLS.get(tid) }).copied() else {
         return;
     };
-    let _ = RANDOM_CALLS.remove(&tid);
+    let _ = RANDOM_CALLS.remove(tid);
     let from = key_offset_in_output(pending.len as usize) as u64;
     // SAFETY: reads user memory of the current task; a bad pointer is an error, not a fault.
     let Ok(key) = (unsafe { bpf_probe_read_user((pending.buffer + from) as *const [u8; KEY_LEN]) })
@@ -109,7 +109,7 @@ pub fn exit() {
         lib_id: pending.lib_id,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
-    let _ = HELLO_RANDOMS.insert(&RandomKey(key), &origin, 0);
+    let _ = HELLO_RANDOMS.insert(RandomKey(key), origin, 0);
     stats::count(Stat::RandomsRecorded);
 }
 
@@ -124,7 +124,7 @@ pub fn origin(key: &RandomKey) -> Option<RandomOrigin> {
 #[inline(always)]
 pub fn binds_hellos(lib_id: u32) -> bool {
     // SAFETY: only existence is checked.
-    unsafe { RANDOM_LIBS.get(&lib_id) }.is_some()
+    unsafe { RANDOM_LIBS.get(lib_id) }.is_some()
 }
 
 /// The attach cookie of the running uprobe or uretprobe.

@@ -285,3 +285,18 @@ fn the_server_hello_after_a_retry_and_a_change_cipher_spec_is_judged() {
     assert_eq!(h.run(&seg(sport, at, TCP_ACK, &rest[..20])), PASS);
     assert_eq!(h.run(&seg(sport, at + 20, TCP_ACK, &rest[20..])), DROP);
 }
+
+#[test]
+fn a_hello_that_begins_a_later_segment_is_still_judged() {
+    let h = Harness::new();
+    let sport = 41008;
+    assert_eq!(h.run(&syn(sport)), PASS);
+    // STARTTLS: a short plaintext command, then the ClientHello in the next segment; the head
+    // (10 + 33 bytes) is not a hello, the segment that completed it begins one.
+    assert_eq!(h.run(&seg(sport, ISN + 1, TCP_ACK, b"STARTTLS\r\n")), PASS);
+    assert_eq!(
+        h.run(&seg(sport, ISN + 11, TCP_ACK, &client_hello(None))),
+        DROP
+    );
+    assert!(h.blocked(sport));
+}
