@@ -36,6 +36,11 @@ pub mod op {
     /// ... or the buffer is argument 1 and the length argument 2 (`RAND_bytes_ex(ctx, buf,
     /// num, strength)`, `gnutls_rnd(level, data, len)`).
     pub const RANDOM_BUFFER_ARG1: u8 = 4;
+    /// The function every session of the library starts with (`SSL_new`, `gnutls_init`): an
+    /// entry probe only, that learns where the library's code lies in the calling process
+    /// (`hello::CODE_RANGES`), so its random source can tell the library's own calls from
+    /// other code's.
+    pub const SESSION: u8 = 5;
 
     pub const fn is_random(op: u8) -> bool {
         op == RANDOM_BUFFER_ARG0 || op == RANDOM_BUFFER_ARG1

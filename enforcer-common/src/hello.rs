@@ -1,6 +1,6 @@
 //! Content-bound attribution: a TLS hello (ClientHello or ServerHello) belongs to the library that
 //! made its 32-byte random. The random sources of the libraries (`RAND_bytes_ex`, `gnutls_rnd`,
-//! ...) are probed; a 32-byte output whose caller is the library's own file is recorded in
+//! ...) are probed; a 32-byte output whose caller is the library's own code is recorded in
 //! `HELLO_RANDOMS` (`enforcer-ebpf/src/random.rs`). The egress classifier collects the first
 //! bytes of every new flow's stream (`FlowHead`, `enforcer-ebpf/src/flow_head.rs`), however the
 //! sender split them, and looks the hello's random up: found, the flow is that library's
@@ -9,12 +9,15 @@
 
 /// `LruHashMap<RandomKey, RandomOrigin>`: randoms made by probed libraries.
 pub const HELLO_RANDOMS: &str = "HELLO_RANDOMS";
-/// `HashMap<FileKey, u32>`: the file of each library whose random source is probed → its id.
-/// A random counts only when the random source was called from that file.
-pub const RANDOM_CALLERS: &str = "RANDOM_CALLERS";
 /// `HashMap<u32, u8>`: libraries whose hellos must carry a random they made (their random
 /// source is probed): a hello on their flow with another random is unattributed.
 pub const RANDOM_LIBS: &str = "RANDOM_LIBS";
+/// `HashMap<u32, CodeSpan>`: for each library with a session probe (`op::SESSION`), where its
+/// code lies around that function. Written by userspace before the probes attach.
+pub const LIB_CODE: &str = "LIB_CODE";
+/// `LruHashMap<u32, ProcessCode>`: per process (tgid), where the code of the libraries it started
+/// sessions of lies in its address space, learned at each session probe hit.
+pub const CODE_RANGES: &str = "CODE_RANGES";
 /// `LruHashMap<FlowKey, FlowHead>`: the first bytes of flows whose SYN or SYN-ACK left.
 pub const FLOW_HEADS: &str = "FLOW_HEADS";
 
@@ -83,24 +86,41 @@ pub struct FlowHead {
 pub const HEAD_BUFFER: usize = 64;
 const _: () = assert!(core::mem::size_of::<FlowHead>() == 76);
 
-/// Name of the load-time global holding the `CallerOffsets`.
-pub const CALLER_OFFSETS_GLOBAL: &str = "CALLER_OFFSETS";
+/// The executable segment of a library's file around its session function (`op::SESSION`):
+/// `before` bytes of code precede the function's first instruction, `after` bytes follow from
+/// it. A process that calls the function at address `a` has the library's code at
+/// `a - before .. a + after`; its random source counts a caller inside that range as the library.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CodeSpan {
+    pub before: u64,
+    pub after: u64,
+}
 
-/// Byte offsets, from the running kernel's BTF, of the fields that lead from a return address's
-/// `vm_area_struct` to the `FileKey` of the file it maps (`watch::FileKey`).
+/// Libraries a process (`CODE_RANGES` key: tgid) has sessions of, with where their code lies.
+/// A process rarely has more than one TLS library; a fifth replaces the oldest slot.
+pub const CODE_SLOTS: usize = 4;
+
+/// One library's code in one process: `[start, end)`; `lib_id` 0 marks a free slot (library ids
+/// start at 1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CallerOffsets {
-    /// `vm_area_struct.vm_file`.
-    pub vma_file: u32,
-    /// `file.f_inode`, `inode.i_ino`, `inode.i_sb`, `inode.i_generation`, `super_block.s_dev`.
-    pub file_inode: u32,
-    pub inode_ino: u32,
-    pub inode_sb: u32,
-    pub inode_generation: u32,
-    pub sb_dev: u32,
+pub struct CodeRange {
+    pub start: u64,
+    pub end: u64,
+    pub lib_id: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<CallerOffsets>() == 24);
+
+/// The value of `CODE_RANGES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessCode {
+    pub slots: [CodeRange; CODE_SLOTS],
+    /// Next slot to replace when none is free or the library's own.
+    pub next: u32,
+    pub _pad: u32,
+}
 
 /// How a flow's library was found (`FlowState::evidence`, `TlsEvent::evidence`).
 pub mod evidence {
@@ -116,5 +136,6 @@ mod pod {
     unsafe impl aya::Pod for super::RandomKey {}
     unsafe impl aya::Pod for super::RandomOrigin {}
     unsafe impl aya::Pod for super::FlowHead {}
-    unsafe impl aya::Pod for super::CallerOffsets {}
+    unsafe impl aya::Pod for super::CodeSpan {}
+    unsafe impl aya::Pod for super::ProcessCode {}
 }

@@ -36,13 +36,15 @@ pub const STATS: &str = "STATS";
 /// Not pinned: the per-thread and per-goroutine call stacks (`TLS_CALLS`, `GO_CALLS`: a stack
 /// shared by an old and a new copy of the uprobes would be pushed twice and popped once while
 /// both are attached), scratch space, and the watcher's and `enforcer discover`'s maps.
-pub const PINNED: [&str; 13] = [
+pub const PINNED: [&str; 15] = [
     FLOWS,
     BLOCKLIST,
     HELLOS_SEEN,
     crate::hello::FLOW_HEADS,
     crate::hello::HELLO_RANDOMS,
     crate::hello::RANDOM_LIBS,
+    crate::hello::LIB_CODE,
+    crate::hello::CODE_RANGES,
     LIB_ACTIONS,
     MODE,
     HELLO_POLICY,

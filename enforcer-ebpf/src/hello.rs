@@ -11,7 +11,8 @@
 //! allowed `SSL_read` on the socket, then someone else's ClientHello) and is unattributed.
 //!
 //! Cost on a segment that is not a flow's first: one 10-byte load (sequence number, data offset,
-//! flags), one `FLOW_HEADS` lookup, one 6-byte load at the payload start.
+//! flags), one `FLOW_HEADS` lookup, and on a flow without a head one 11-byte load at the payload
+//! start.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use enforcer_common::{
@@ -32,6 +33,10 @@ use crate::{
 
 const TCP_FLAG_SYN: u8 = 0x02;
 const TLS_HANDSHAKE: u8 = 0x16;
+/// Record header (5), handshake header (4), the hello's version (2).
+const HEADER_BEFORE_RANDOM: usize = RANDOM_AT;
+/// A TLS record's largest length (2^14 plus the expansion RFC 5246 allows).
+const MAX_RECORD: u16 = (1 << 14) + 2048;
 
 /// Judges an egress TCP segment of `flow` that the blocklist let through. `len` is the frame's
 /// length. Fail-open where nothing is known (not a hello, scratch missing), fail-closed where the
@@ -78,16 +83,29 @@ pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -
     }
 }
 
-/// A hello at the start of this segment's payload, for flows without a head.
+/// A hello at the start of this segment's payload, for flows without a head (their SYN left
+/// before the agent attached, or another way) and after a stream head that was not a hello
+/// (STARTTLS). Where in the stream the segment lies is unknown, so a ciphertext segment could
+/// begin with any bytes: all eleven header bytes before the random must be a hello's (record
+/// type and version, a record length, the message type, a handshake length OpenSSL accepts, at
+/// most 192 KiB, the hello's version), which random data matches about once in 2^45 segments,
+/// not the once in 2^23 of the record type, version and message type alone. A segment shorter
+/// than that is not judged on such a flow (a flow with a head is judged however it is split).
 #[inline(always)]
 fn at_segment_start<P: Packet>(packet: &P, payload: usize, len: usize, out: &mut Hello) -> bool {
-    let Some(start) = load::<[u8; 6], P>(packet, payload) else {
-        return false;
+    let Some(start) = load::<[u8; HEADER_BEFORE_RANDOM], P>(packet, payload) else {
+        return false; // shorter than the header: not judged without a head
     };
     let kind = start[5];
+    let record_len = u16::from_be_bytes([start[3], start[4]]);
     if start[0] != TLS_HANDSHAKE
         || start[1] != 3
+        || start[2] > 4
+        || !(1..=MAX_RECORD).contains(&record_len)
         || (kind != CLIENT_HELLO && kind != flow_head::SERVER_HELLO)
+        || start[6] > 2
+        || start[9] != 3
+        || start[10] > 4
     {
         return false;
     }
@@ -200,10 +218,9 @@ fn judge_hello<P: Packet>(
         }
         // Judged at attribution already: the hello only adds the name.
         (None, Some(state)) => (state.lib_id, state.verdict, Outcome::Pass),
-        (None, None) if client => unattributed(flow, policy.unattributed, true),
-        // A ServerHello no probe saw made: not judged yet. An OpenSSL server driven through
-        // `BIO_f_ssl` makes its random outside the probed functions (docs/policy.md).
-        (None, None) => return Outcome::Pass,
+        // A hello no probed library made, on a flow no thread attributed: a library enforcer
+        // does not probe, or one whose probes it dodged.
+        (None, None) => unattributed(flow, policy.unattributed, client),
     };
     flow::mark_hello_seen(flow, 0);
     // A ServerHello is reported as the flow's connection (`attributed_by_random`, or the thread
@@ -231,7 +248,9 @@ fn judge_hello<P: Packet>(
     outcome
 }
 
-/// A hello no probed library made: judged by `unattributed_tls`.
+/// A hello no probed library made: judged by `unattributed_tls`. Counted when it is a
+/// ClientHello (`unattributed_hellos`); an unattributed ServerHello has its `client_hello` event
+/// (`hello: server`).
 #[inline(always)]
 fn unattributed(flow: &FlowKey, action: u8, client: bool) -> (u32, u8, Outcome) {
     if client {

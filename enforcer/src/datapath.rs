@@ -197,8 +197,13 @@ impl Datapath {
             let in_force = self.read();
             let decision = in_force.policy.decide(&lib);
             let scope = in_force.policy.name_scope(&lib);
-            let written =
-                lock(&self.policy_maps).write_library(id, decision.action, scope.as_ref());
+            let written = {
+                let mut policy_maps = lock(&self.policy_maps);
+                let code = lib.probes.iter().find_map(|p| p.code);
+                policy_maps
+                    .write_library(id, decision.action, scope.as_ref())
+                    .and_then(|()| code.map_or(Ok(()), |span| policy_maps.set_code(id, span)))
+            };
             if let Err(source) = written {
                 self.forget(id);
                 return Err(RegisterError::Maps { id, source });

@@ -124,12 +124,21 @@ pub struct ProbeTarget {
     /// each of which gets a plain uprobe, and `file_offset` is the instruction after the
     /// function's stack check; calls are then tracked per goroutine.
     pub return_offsets: Vec<u64>,
+    /// Session functions (`op::SESSION`) only: the executable segment around the function, from
+    /// which the kernel learns where the library's code lies in each process that calls it.
+    pub code: Option<enforcer_common::hello::CodeSpan>,
 }
 
 impl ProbeTarget {
     /// Probed the Go way: entry and return-instruction uprobes, keyed by goroutine.
     pub fn is_go(&self) -> bool {
         !self.return_offsets.is_empty()
+    }
+
+    /// Gets a return probe (uretprobe) beside its entry probe: every C-ABI function but the
+    /// session functions, whose entry is all that is needed.
+    pub fn wants_return(&self) -> bool {
+        !self.is_go() && self.op != enforcer_common::flow::op::SESSION
     }
 }
 

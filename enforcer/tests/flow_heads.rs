@@ -300,3 +300,45 @@ fn a_hello_that_begins_a_later_segment_is_still_judged() {
     );
     assert!(h.blocked(sport));
 }
+
+#[test]
+fn a_server_hello_no_library_made_is_unattributed_tls() {
+    let h = Harness::new();
+    // This host as the server: its SYN-ACK starts the head; the ServerHello's random was made
+    // by no probed library and no thread claimed the flow.
+    let sport = 41009;
+    assert_eq!(h.run(&seg(sport, ISN, TCP_SYN | TCP_ACK, &[])), PASS);
+    let hello = server_hello(&[0x3c; 32]);
+    assert_eq!(h.run(&seg(sport, ISN + 1, TCP_ACK, &hello[..7])), PASS);
+    assert_eq!(h.run(&seg(sport, ISN + 8, TCP_ACK, &hello[7..])), DROP);
+    assert!(h.blocked(sport));
+    // On a flow without a head (its SYN-ACK left before the agent attached), judged too.
+    let sport = 41010;
+    assert_eq!(h.run(&seg(sport, ISN + 1, TCP_ACK, &hello)), DROP);
+    assert!(h.blocked(sport));
+}
+
+#[test]
+fn ciphertext_that_begins_like_a_hello_on_a_flow_without_a_head_passes() {
+    let h = Harness::new();
+    // The record type, version and message type of a hello (which random data matches once in
+    // 2^23 segments), but no hello's handshake length or version after them.
+    let mut looks_like = server_hello(&[0x11; 32]);
+    looks_like[6] = 0x9d; // a handshake length of 10 MiB
+    let mut wrong_version = client_hello(None);
+    wrong_version[9] = 0xe1;
+    let short = [0x16, 3, 3, 0, 4, 2, 0, 0, 0, 3];
+    for (i, payload) in [&looks_like[..], &wrong_version[..], &short[..]]
+        .into_iter()
+        .enumerate()
+    {
+        let sport = 41011 + i as u16;
+        assert_eq!(
+            h.run(&seg(sport, 77_000, TCP_ACK, payload)),
+            PASS,
+            "case {i}"
+        );
+        assert!(!h.blocked(sport), "case {i}");
+        assert!(h.state(sport).is_none(), "case {i}: not judged");
+    }
+}

@@ -6,6 +6,7 @@
 
 mod agent;
 mod cert;
+pub mod content;
 pub mod docs;
 mod host_lock;
 mod netns;

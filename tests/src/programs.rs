@@ -1,6 +1,7 @@
 //! Test programs built at test time from `tests/programs/`: a Go HTTPS client (Debian's
-//! `golang-go`, offline, standard library only) and a C client linked statically against
-//! Debian's `libssl.a` / `libcrypto.a` (plus a copy whose symbols carry aws-lc-sys's prefix).
+//! `golang-go`, offline, standard library only), a C client linked statically against
+//! Debian's `libssl.a` / `libcrypto.a` (plus a copy whose symbols carry aws-lc-sys's prefix), and
+//! the C clients and server of the content-bound attribution tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -95,8 +96,32 @@ pub fn build_nested_client(dir: &Path) -> PathBuf {
     build_c(dir, "nested-tls-client", &["-lgnutls", "-lssl", "-lcrypto"])
 }
 
+/// Builds tests/programs/launder-random-client (OpenSSL's own ClientHello sent with a random
+/// the program asked libcrypto's `RAND_bytes` for) as `dir/launder-random-client`.
+pub fn build_launder_client(dir: &Path) -> PathBuf {
+    build_c(dir, "launder-random-client", &["-lssl", "-lcrypto"])
+}
+
+/// Builds tests/programs/hidden-tls-server, an OpenSSL server linked statically against
+/// Debian's `libssl.a` and stripped (no symbol left for enforcer to find), as
+/// `dir/hidden-tls-server`.
+pub fn build_hidden_server(dir: &Path) -> PathBuf {
+    let out = build_source(
+        dir,
+        "hidden-tls-server",
+        "server.c",
+        &["-static", "-l:libssl.a", "-l:libcrypto.a", "-lpthread"],
+    );
+    sh(Command::new("strip").arg("--strip-all").arg(&out));
+    out
+}
+
 fn build_c(dir: &Path, name: &str, libs: &[&str]) -> PathBuf {
-    let src = crate::workspace().join(format!("tests/programs/{name}/client.c"));
+    build_source(dir, name, "client.c", libs)
+}
+
+fn build_source(dir: &Path, name: &str, file: &str, libs: &[&str]) -> PathBuf {
+    let src = crate::workspace().join(format!("tests/programs/{name}/{file}"));
     let out = dir.join(name);
     let mut gcc = Command::new("gcc");
     gcc.args(["-O2", "-Wall", "-o"])

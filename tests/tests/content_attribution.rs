@@ -10,39 +10,28 @@
 //!   a socket an allowed `SSL_do_handshake` touched first (the thread-based attribution alone
 //!   would call that flow allowed).
 //!
-//! The peer is `openssl s_server` in a network namespace; the agent watches the host end of the
-//! veth pair; clients and relays run on the host.
+//! The peer is `openssl s_server` in a network namespace, on IPv4 and IPv6; the agent watches
+//! the host end of the veth pair; clients and relays run on the host. This host as the server:
+//! `content_servers.rs`; clients built here: `content_programs.rs`.
 
 use std::{
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use enforcer_tests::{
-    Agent, Cert, NetNs, Outcome, Server, cmd, require_root, run_with_timeout,
+    Agent, Cert, NetNs, Outcome, Server, cmd,
+    content::{Background, REFUSED_WITHIN, free_port, openssl_only_agent, status_counter},
+    require_root, run_with_timeout,
     static_client::build_static_client,
 };
 use serde_json::Value;
 
-const READY: Duration = Duration::from_secs(60);
 const EVENT: Duration = Duration::from_secs(10);
 const CLIENT: Duration = Duration::from_secs(20);
 const PORT: u16 = 9447;
-/// How soon a refused client must have given up, spawn to exit. Measured on 6.18: 11 ms for
-/// gnutls-cli through the 1-byte relay (the relay's socket is aborted, the relay closes the
-/// client's); the bound leaves room for a loaded machine.
-const REFUSED_WITHIN: Duration = Duration::from_millis(500);
-
-const OPENSSL_ONLY: &str = "\
-mode: enforce
-default: deny
-unattributed_tls: deny
-libraries:
-  - family: openssl
-    action: allow
-";
 
 struct Peer {
     server: Server,
@@ -50,7 +39,6 @@ struct Peer {
     server6: Server,
     _cert: Cert,
     ns: NetNs,
-    peer: IpAddr,
     dir: tempfile::TempDir,
 }
 
@@ -58,8 +46,7 @@ fn peer() -> Peer {
     require_root();
     let dir = tempfile::tempdir().expect("temp dir");
     let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let peer6 = IpAddr::V6(ns.peer_v6);
+    let (peer, peer6) = (IpAddr::V4(ns.peer_v4), IpAddr::V6(ns.peer_v6));
     let cert = Cert::new(&[peer, peer6]);
     let server = Server::plain(&ns, peer, PORT, &cert);
     let server6 = Server::plain(&ns, peer6, PORT, &cert);
@@ -68,39 +55,15 @@ fn peer() -> Peer {
         server6,
         _cert: cert,
         ns,
-        peer,
         dir,
     }
 }
 
-fn start_agent(ns: &NetNs) -> Agent {
-    let args = enforcer_tests::hook_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::with_policy(&ns.host_if, OPENSSL_ONLY, &args);
-    let ready = agent.wait_ready(READY);
-    CONTROL_SOCKET.with(|c| *c.borrow_mut() = ready["control_socket"].as_str().map(Into::into));
-    agent
-}
-
-thread_local! {
-    /// The running agent's control socket (from its `ready` event).
-    static CONTROL_SOCKET: std::cell::RefCell<Option<std::path::PathBuf>> = const { std::cell::RefCell::new(None) };
-}
-
-/// A background process killed on Drop (a relay).
-struct Background(Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Peer {
+    /// The IPv4 and the IPv6 server.
+    fn servers(&self) -> [&Server; 2] {
+        [&self.server, &self.server6]
     }
-}
-
-/// A free loopback port for a relay.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
 }
 
 /// `socat` listening on 127.0.0.1, relaying each connection to `to` (one byte per write with
@@ -207,7 +170,7 @@ except Exception as e:
 #[test]
 fn openssl_clients_of_every_kind_are_allowed_by_their_random() {
     let p = peer();
-    let mut agent = start_agent(&p.ns);
+    let (mut agent, _control) = openssl_only_agent(&p.ns);
     for (server, local) in [
         (&p.server, IpAddr::V4(p.ns.host_v4)),
         (&p.server6, IpAddr::V6(p.ns.host_v6)),
@@ -283,77 +246,123 @@ fn sent_from(out: &Outcome) -> u16 {
         .unwrap_or_else(|| panic!("no `sent from PORT` line: {out:?}"))
 }
 
+/// Relays in front of the clients, over IPv4 and IPv6: an allowed client's ClientHello relayed
+/// by socat is libssl's, on the relay's socket; a denied one is refused directly, through the
+/// relay, and through a relay that writes one byte per segment, and so is a client no probe sees.
 #[test]
 fn relayed_allowed_client_passes_and_one_byte_relay_cannot_split_a_denied_one() {
     let p = peer();
-    let mut agent = start_agent(&p.ns);
-    let to = p.server.addr();
+    let (mut agent, control) = openssl_only_agent(&p.ns);
+    let hidden = build_static_client(p.dir.path());
+    for server in p.servers() {
+        let to = server.addr();
+        let family = if to.is_ipv4() { "v4" } else { "v6" };
+        let local = match to.ip() {
+            IpAddr::V4(_) => p.ns.host_v4.to_string(),
+            IpAddr::V6(_) => p.ns.host_v6.to_string(),
+        };
 
-    // curl → socat → server: socat's outgoing socket carries libssl's ClientHello.
-    let (_relay, port) = relay(to, false);
-    let line = "RELAYED-OPENSSL\n";
-    let mut c = cmd(
-        "openssl",
-        [
-            "s_client",
-            "-quiet",
-            "-connect",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
-    let out = run_with_timeout(&mut c, line.as_bytes(), Duration::from_secs(3));
-    p.server.wait_received(line.as_bytes(), EVENT);
-    let e = connection(&mut agent, to, |v| v["library"]["family"] == "openssl");
-    assert_eq!(e["evidence"], "random", "{e} ({out:?})");
-    assert_eq!(e["verdict"], "allowed", "{e}");
-    assert_eq!(
-        e["local"]["addr"],
-        p.ns.host_v4.to_string(),
-        "the relay's socket: {e}"
-    );
+        // openssl s_client → socat → server: socat's outgoing socket carries libssl's hello.
+        let (_relay, port) = relay(to, false);
+        let line = format!("RELAYED-OPENSSL-{family}\n");
+        let mut c = cmd(
+            "openssl",
+            [
+                "s_client",
+                "-quiet",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+            ],
+        );
+        let out = run_with_timeout(&mut c, line.as_bytes(), Duration::from_secs(3));
+        server.wait_received(line.as_bytes(), EVENT);
+        let e = connection(&mut agent, to, |v| v["library"]["family"] == "openssl");
+        assert_eq!(e["evidence"], "random", "{e} ({out:?})");
+        assert_eq!(e["verdict"], "allowed", "{e}");
+        assert_eq!(e["local"]["addr"], local, "the relay's socket: {e}");
 
-    // gnutls-cli → socat -b1 → server: 1-byte segments, collected and judged by the random.
-    let (_split, port) = relay(to, true);
-    let started = Instant::now();
-    let out = run_with_timeout(
-        &mut cmd(
-            "gnutls-cli",
-            ["--insecure", "--port", &port.to_string(), "127.0.0.1"],
-        ),
-        b"GNUTLS-SPLIT\n",
-        CLIENT,
-    );
-    let took = started.elapsed();
-    assert!(!out.success(), "the denied client must fail: {out:?}");
-    assert!(took < REFUSED_WITHIN, "refused after {took:?}");
-    let e = connection(&mut agent, to, |v| v["library"]["family"] == "gnutls");
-    assert_eq!(e["evidence"], "random", "{e}");
-    assert_eq!(e["verdict"], "blocked", "{e}");
-    assert!(!String::from_utf8_lossy(&p.server.received()).contains("GNUTLS-SPLIT"));
+        // gnutls-cli directly, through the relay, and through socat -b1 (1-byte segments,
+        // collected and judged by the random).
+        let (_split, split_port) = relay(to, true);
+        let targets = [
+            (to.ip().to_string(), to.port(), "direct"),
+            ("127.0.0.1".to_owned(), port, "relayed"),
+            ("127.0.0.1".to_owned(), split_port, "split"),
+        ];
+        // The client alone: start, fail to connect to a closed port, exit.
+        let started = Instant::now();
+        let closed = free_port().to_string();
+        let _ = run_with_timeout(
+            &mut cmd("gnutls-cli", ["--insecure", "--port", &closed, "127.0.0.1"]),
+            b"",
+            CLIENT,
+        );
+        let baseline = started.elapsed();
+        for (host, port, how) in targets {
+            let marker = format!("GNUTLS-{how}-{family}\n");
+            let started = Instant::now();
+            let out = run_with_timeout(
+                &mut cmd(
+                    "gnutls-cli",
+                    ["--insecure", "--port", &port.to_string(), &host],
+                ),
+                marker.as_bytes(),
+                CLIENT,
+            );
+            let took = started.elapsed();
+            assert!(
+                !out.success(),
+                "{how}: the denied client must fail: {out:?}"
+            );
+            assert!(
+                took < baseline + REFUSED_WITHIN,
+                "{how} {family}: refused after {took:?} (the client alone: {baseline:?})"
+            );
+            let e = connection(&mut agent, to, |v| {
+                v["library"]["family"] == "gnutls" && v["verdict"] == "blocked"
+            });
+            if how != "direct" {
+                // The relay's socket: no GnuTLS thread touched it, its random names it.
+                assert_eq!(e["evidence"], "random", "{how}: {e}");
+            }
+            assert!(!String::from_utf8_lossy(&server.received()).contains(marker.trim()));
+        }
 
-    // An unprobed (static, stripped) OpenSSL client through the same relay: unattributed.
-    let client = build_static_client(p.dir.path());
-    let mut hidden = Command::new(&client);
-    hidden.args([
-        "127.0.0.1",
-        &port.to_string(),
-        "split.example",
-        "HIDDEN-SPLIT\n",
-    ]);
-    let out = run_with_timeout(&mut hidden, b"", CLIENT);
-    assert!(!out.success(), "the unattributed client must fail: {out:?}");
-    let e = agent.wait_for(
-        |v| v["type"] == "client_hello" && v["attributed"] == false && v["remote"]["port"] == PORT,
-        EVENT,
-    );
-    assert_eq!(e["verdict"], "blocked", "{e}");
-    assert_eq!(
-        e["server_name_status"], "unreadable",
-        "split: the name is not in one segment: {e}"
-    );
-    assert!(!String::from_utf8_lossy(&p.server.received()).contains("HIDDEN-SPLIT"));
-    let status = agent_status_counter("hellos_split");
-    assert!(status >= 2, "hellos_split = {status}");
+        // An unprobed (static, stripped) OpenSSL client through the 1-byte relay: unattributed.
+        let marker = format!("HIDDEN-SPLIT-{family}\n");
+        let mut c = Command::new(&hidden);
+        c.args([
+            "127.0.0.1",
+            &split_port.to_string(),
+            "split.example",
+            &marker,
+        ]);
+        let started = Instant::now();
+        let out = run_with_timeout(&mut c, b"", CLIENT);
+        let took = started.elapsed();
+        assert!(!out.success(), "the unattributed client must fail: {out:?}");
+        assert!(
+            took < REFUSED_WITHIN,
+            "hidden {family}: refused after {took:?}"
+        );
+        let e = agent.wait_for(
+            move |v| {
+                v["type"] == "client_hello"
+                    && v["attributed"] == false
+                    && v["remote"]["addr"] == to.ip().to_string().as_str()
+            },
+            EVENT,
+        );
+        assert_eq!(e["verdict"], "blocked", "{e}");
+        assert_eq!(e["local"]["addr"], local, "the relay's socket: {e}");
+        assert_eq!(
+            e["server_name_status"], "unreadable",
+            "split: the name is not in one segment: {e}"
+        );
+        assert!(!String::from_utf8_lossy(&server.received()).contains(marker.trim()));
+    }
+    let split = status_counter(&control, "hellos_split");
+    assert!(split >= 4, "hellos_split = {split}");
     drop(agent);
     drop(p.dir);
 }
@@ -398,148 +407,33 @@ except Exception as e:
 #[test]
 fn hello_no_library_made_is_refused_after_an_allowed_read_and_when_split() {
     let p = peer();
-    let mut agent = start_agent(&p.ns);
-    let to = p.server.addr();
-    let (host, port) = (p.peer.to_string(), PORT.to_string());
+    let (mut agent, _control) = openssl_only_agent(&p.ns);
     let cert = Cert::new(&[IpAddr::V4(p.ns.host_v4)]);
     let (cert_path, key_path) = (path_str(cert.cert_path()), path_str(cert.key_path()));
-    for how in ["laundered", "split"] {
-        let out = python(CRAFTED_HELLOS, &[&host, &port, &cert_path, &key_path, how]);
-        let stdout = out.stdout_str();
-        let local_port: u16 = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("from ")?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{how}: no local port: {out:?}"));
-        assert!(
-            !stdout.lines().any(|l| l.starts_with("answer ")),
-            "{how}: the server answered a hello no library made: {out:?}"
-        );
-        let e = hello_from(&mut agent, to, local_port);
-        assert_eq!(e["attributed"], false, "{how}: {e}");
-        assert_eq!(e["verdict"], "blocked", "{how}: {e}");
+    for server in p.servers() {
+        let to = server.addr();
+        let (host, port) = (to.ip().to_string(), to.port().to_string());
+        for how in ["laundered", "split"] {
+            let out = python(CRAFTED_HELLOS, &[&host, &port, &cert_path, &key_path, how]);
+            let stdout = out.stdout_str();
+            let local_port: u16 = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("from ")?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{how}: no local port: {out:?}"));
+            assert!(
+                !stdout.lines().any(|l| l.starts_with("answer ")),
+                "{how} {host}: the server answered a hello no library made: {out:?}"
+            );
+            let e = hello_from(&mut agent, to, local_port);
+            assert_eq!(e["attributed"], false, "{how}: {e}");
+            assert_eq!(e["verdict"], "blocked", "{how}: {e}");
+            assert_eq!(e["remote"]["addr"], host.as_str(), "{how}: {e}");
+        }
     }
     drop(agent);
     drop(p.dir);
 }
 
-/// This host as the server: `openssl s_server` that accepts only P-256, and a client in the
-/// namespace that offers an X25519 key share first, so the server's first hello is a
-/// HelloRetryRequest (a fixed random, made by no library), then a ChangeCipherSpec, then the real
-/// ServerHello. The head moves past the first two and finds libssl's random in the third.
-#[test]
-fn openssl_server_after_a_hello_retry_is_judged_by_its_random() {
-    require_root();
-    let ns = NetNs::new();
-    let host = IpAddr::V4(ns.host_v4);
-    let cert = Cert::new(&[host]);
-    let server = Server::on_host(
-        host,
-        PORT,
-        &cert,
-        enforcer_tests::Mode::Plain,
-        &["-groups", "P-256"],
-    );
-    let mut agent = start_agent(&ns);
-    let before = agent_status_counter("hellos_by_random");
-    let line = "AFTER-RETRY\n";
-    let connect = format!("{host}:{PORT}");
-    let mut c = ns.exec(
-        "openssl",
-        [
-            "s_client",
-            "-quiet",
-            "-groups",
-            "X25519:P-256",
-            "-connect",
-            &connect,
-        ],
-    );
-    let _ = run_with_timeout(&mut c, line.as_bytes(), Duration::from_secs(3));
-    server.wait_received(line.as_bytes(), EVENT);
-    let e = agent.wait_for(
-        |v| {
-            v["type"] == "connection"
-                && v["library"]["family"] == "openssl"
-                && v["local"]["port"] == PORT
-        },
-        EVENT,
-    );
-    assert_eq!(e["verdict"], "allowed", "{e}");
-    let after = agent_status_counter("hellos_by_random");
-    assert!(
-        after > before,
-        "the real ServerHello after the retry was not judged by its random ({before} -> {after})"
-    );
-    assert!(
-        !agent
-            .events()
-            .iter()
-            .any(|v| v["type"] == "client_hello" && v["hello"] == "server"),
-        "no unattributed ServerHello"
-    );
-    drop(agent);
-}
-
-/// This host as the server with a denied library: `gnutls-serv` refused at its ServerHello (its
-/// thread's receive, or the random it made), the client in the namespace fails at once, and
-/// nothing it sends reaches the server.
-#[test]
-fn gnutls_server_is_refused() {
-    require_root();
-    let ns = NetNs::new();
-    let host = IpAddr::V4(ns.host_v4);
-    let cert = Cert::new(&[host]);
-    let port = free_port().to_string();
-    let mut serv = Command::new("gnutls-serv");
-    serv.args(["--echo", "--port", &port, "--x509certfile"])
-        .arg(cert.cert_path())
-        .arg("--x509keyfile")
-        .arg(cert.key_path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _serv = Background(serv.spawn().expect("gnutls-serv"));
-    let started = Instant::now();
-    while std::net::TcpStream::connect((ns.host_v4, port.parse::<u16>().unwrap())).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "gnutls-serv never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut agent = start_agent(&ns);
-    let connect = format!("{host}:{port}");
-    let started = Instant::now();
-    let mut c = ns.exec("openssl", ["s_client", "-connect", &connect]);
-    let out = run_with_timeout(&mut c, b"TO-A-DENIED-SERVER\n", CLIENT);
-    let took = started.elapsed();
-    assert!(
-        !out.success() && out.stdout_str().contains("handshake has read 0 bytes"),
-        "the handshake with a denied server must not complete: {out:?}"
-    );
-    assert!(took < REFUSED_WITHIN, "refused after {took:?}");
-    let e = agent.wait_for(
-        |v| v["type"] == "connection" && v["library"]["family"] == "gnutls",
-        EVENT,
-    );
-    assert_eq!(e["verdict"], "blocked", "{e}");
-    assert_eq!(
-        e["local"]["port"].to_string(),
-        port,
-        "the server's end: {e}"
-    );
-    drop(agent);
-}
-
 fn path_str(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_owned()
-}
-
-/// One `STATS` counter of the running agent, from `enforcer status`.
-fn agent_status_counter(name: &str) -> u64 {
-    let socket = CONTROL_SOCKET
-        .with(|c| c.borrow().clone())
-        .expect("agent ready");
-    let status = enforcer_tests::ops::ctl(&socket, &["status"]);
-    status["counters"][name].as_u64().unwrap_or(0)
 }

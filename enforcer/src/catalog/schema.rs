@@ -60,6 +60,7 @@ enum OpName {
     Read,
     Write,
     Random,
+    Session,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -241,9 +242,13 @@ pub(super) fn validate(
                 (OpName::Handshake, None) => op::HANDSHAKE,
                 (OpName::Read, None) => op::READ,
                 (OpName::Write, None) => op::WRITE,
+                (OpName::Session, None) => op::SESSION,
             };
-            if f.abi == Abi::Go && op::is_random(op) {
-                return Err(err(here("op"), "'op: random' is for C-ABI libraries"));
+            if f.abi == Abi::Go && (op::is_random(op) || op == op::SESSION) {
+                return Err(err(
+                    here("op"),
+                    "'op: random' and 'op: session' are for C-ABI libraries",
+                ));
             }
             probes.push(ProbeSpec {
                 symbol: p.symbol,

@@ -47,7 +47,7 @@ fn embedded_catalog_has_every_family() {
 }
 
 #[test]
-fn openssl_probes_seven_functions_and_the_random_source() {
+fn openssl_probes_seven_functions_the_session_and_the_random_source() {
     let c = Catalog::embedded();
     let p = c.family("openssl").unwrap();
     let got: Vec<_> = p.probes.iter().map(|s| (s.symbol.as_str(), s.op)).collect();
@@ -61,6 +61,7 @@ fn openssl_probes_seven_functions_and_the_random_source() {
             ("SSL_do_handshake", op::HANDSHAKE),
             ("SSL_connect", op::HANDSHAKE),
             ("SSL_accept", op::HANDSHAKE),
+            ("SSL_new", op::SESSION),
             ("RAND_bytes_ex", op::RANDOM_BUFFER_ARG1),
             ("RAND_bytes", op::RANDOM_BUFFER_ARG0),
             ("RAND_pseudo_bytes", op::RANDOM_BUFFER_ARG0),
@@ -69,12 +70,12 @@ fn openssl_probes_seven_functions_and_the_random_source() {
             ("RAND_pseudo_bytes", op::RANDOM_BUFFER_ARG0)
         ]
     );
-    // The TLS functions are libssl's; the random source is libcrypto's (companion), or the
-    // executable's own when OpenSSL is linked in.
+    // The TLS functions and the session are libssl's; the random source is libcrypto's
+    // (companion), or the executable's own when OpenSSL is linked in.
     let places: Vec<Place> = p.probes.iter().map(|s| s.place).collect();
-    assert!(places[..7].iter().all(|&p| p == Place::SelfFile));
-    assert!(places[7..10].iter().all(|&p| p == Place::Companion));
-    assert!(places[10..].iter().all(|&p| p == Place::SelfFile));
+    assert!(places[..8].iter().all(|&p| p == Place::SelfFile));
+    assert!(places[8..11].iter().all(|&p| p == Place::Companion));
+    assert!(places[11..].iter().all(|&p| p == Place::SelfFile));
 }
 
 #[test]

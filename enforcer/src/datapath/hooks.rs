@@ -117,10 +117,11 @@ const TRACEPOINT: [HookProgram; 2] = [
     },
 ];
 
-/// Tracepoints every form needs: connection close and thread exit bookkeeping.
-pub const ALWAYS: [(&str, &str); 2] = [
+/// Tracepoints every form needs: connection close, thread exit and exec bookkeeping.
+pub const ALWAYS: [(&str, &str); 3] = [
     ("tp_sock_state", "inet_sock_set_state"),
     ("tls_thread_exit", "sched_process_exit"),
+    ("tls_process_exec", "sched_process_exec"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,8 @@
 //! Typed handles on the maps that hold the policy in the kernel, opened once: `LIB_ACTIONS`,
 //! `MODE`, `HELLO_POLICY`, `SCOPED_LIBS`, `SERVER_NAME_RULES`, and `RANDOM_LIBS` (which
-//! libraries' hellos must carry a random they made: a fact of their probes, kept beside their
-//! action because both are written and forgotten together). Only the
+//! libraries' hellos must carry a random they made) with `LIB_CODE` (where a library's code lies
+//! around its session function): facts of their probes, kept beside their action because they
+//! are written and forgotten together. Only the
 //! [`Datapath`](super::Datapath) writes them: at start-up, for each library it registers, and on
 //! a policy reload.
 
@@ -31,6 +32,7 @@ pub struct PolicyMaps {
     name_rules: LpmTrie<MapData, ServerNameKey, u8>,
     name_rules_max: u32,
     random_libs: HashMap<MapData, u32, u8>,
+    lib_code: HashMap<MapData, u32, hello::CodeSpan>,
 }
 
 impl PolicyMaps {
@@ -54,6 +56,8 @@ impl PolicyMaps {
             name_rules_max,
             random_libs: HashMap::try_from(Map::HashMap(data(hello::RANDOM_LIBS)?))
                 .map_err(err(hello::RANDOM_LIBS))?,
+            lib_code: HashMap::try_from(Map::HashMap(data(hello::LIB_CODE)?))
+                .map_err(err(hello::LIB_CODE))?,
         })
     }
 
@@ -64,6 +68,14 @@ impl PolicyMaps {
         self.random_libs
             .insert(lib_id, 1, 0)
             .map_err(err(hello::RANDOM_LIBS))
+    }
+
+    /// Where `lib_id`'s code lies around its session function: written before its probes
+    /// attach, so its first session already tells its random source who its callers are.
+    pub fn set_code(&mut self, lib_id: u32, span: hello::CodeSpan) -> Result<(), LiveMapError> {
+        self.lib_code
+            .insert(lib_id, span, 0)
+            .map_err(err(hello::LIB_CODE))
     }
 
     pub fn set_mode(&mut self, mode: u32) -> Result<(), LiveMapError> {
@@ -143,6 +155,7 @@ impl PolicyMaps {
         absent_ok(self.actions.remove(&lib_id)).map_err(err(maps::LIB_ACTIONS))?;
         absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;
         absent_ok(self.random_libs.remove(&lib_id)).map_err(err(hello::RANDOM_LIBS))?;
+        absent_ok(self.lib_code.remove(&lib_id)).map_err(err(hello::LIB_CODE))?;
         self.remove_name_rules(lib_id, &[])
     }
 

@@ -43,7 +43,8 @@ use object::{Endianness, FileKind};
 use super::go::{self, GoInfo};
 use super::{LibraryError, ProbeTarget};
 use crate::catalog::{Abi, Catalog, ProbeSpec};
-use file::{CappedFile, Segment, Source, file_offset};
+use enforcer_common::flow::op;
+use file::{CappedFile, Segment, Source, code_around, file_offset};
 #[cfg(test)]
 use symbols::Names;
 use symbols::{Found, collect, collect_from, versyms};
@@ -366,6 +367,7 @@ fn probe_targets<'a>(
                 file_offset: p.entry,
                 in_companion,
                 return_offsets: p.returns.clone(),
+                code: None,
             });
             continue;
         }
@@ -399,12 +401,23 @@ fn probe_targets<'a>(
             tracing::debug!(path = %path.display(), symbol = spec.symbol, alias_of = %other.symbol, "alias: not probed twice");
             continue;
         }
+        let code = match spec.op {
+            op::SESSION => match code_around(segments, sym.value) {
+                Some(span) => Some(span),
+                None => {
+                    skip("no executable segment around the session function");
+                    continue;
+                }
+            },
+            _ => None,
+        };
         probes.push(ProbeTarget {
             symbol: spec.symbol.clone(),
             op: spec.op,
             file_offset: offset,
             in_companion,
             return_offsets: Vec::new(),
+            code,
         });
     }
     probes

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use enforcer_common::flow::op;
+use enforcer_common::{flow::op, hello::CodeSpan};
 
 use super::*;
 
@@ -62,8 +62,8 @@ fn run(cmd: &str, args: &[&str]) -> String {
 
 /// Expected file offsets, independently of `object`: symbol values from `nm -D --defined-only`
 /// (default version `@@` preferred), translated through the executable `PT_LOAD` segment that
-/// `readelf -lW` shows containing them.
-fn expected_offsets(path: &Path) -> HashMap<String, u64> {
+/// `readelf -lW` shows containing them; with the segment's code before and after the symbol.
+fn expected_offsets(path: &Path) -> HashMap<String, (u64, CodeSpan)> {
     let path = path.to_str().unwrap();
     let mut values: HashMap<String, (u64, bool)> = HashMap::new();
     for line in run("nm", &["-D", "--defined-only", path]).lines() {
@@ -97,10 +97,14 @@ fn expected_offsets(path: &Path) -> HashMap<String, u64> {
     values
         .into_iter()
         .filter_map(|(name, (addr, _))| {
-            let (off, vaddr, _, _) = loads
+            let (off, vaddr, filesz, _) = loads
                 .iter()
                 .find(|(_, vaddr, filesz, x)| *x && addr >= *vaddr && addr < vaddr + filesz)?;
-            Some((name, addr - vaddr + off))
+            let span = CodeSpan {
+                before: addr - vaddr,
+                after: vaddr + filesz - addr,
+            };
+            Some((name, (addr - vaddr + off, span)))
         })
         .collect()
 }
@@ -112,14 +116,12 @@ fn assert_probes(got: &Identified, path: &Path, want: &[(&str, u8)]) {
     let names: Vec<(&str, u8)> = own.iter().map(|p| (p.symbol.as_str(), p.op)).collect();
     assert_eq!(names, want, "{}", path.display());
     for p in own {
-        assert_eq!(
-            Some(&p.file_offset),
-            expected.get(&p.symbol),
-            "{} in {}",
-            p.symbol,
-            path.display()
-        );
+        let (offset, span) = expected[&p.symbol];
+        assert_eq!(p.file_offset, offset, "{} in {}", p.symbol, path.display());
         assert_ne!(p.file_offset, 0);
+        // A session function carries its segment's extent (where the library's code lies).
+        let want_span = (p.op == op::SESSION).then_some(span);
+        assert_eq!(p.code, want_span, "{} in {}", p.symbol, path.display());
     }
 }
 
@@ -128,7 +130,7 @@ fn own_probes(probes: &[ProbeTarget]) -> Vec<ProbeTarget> {
     probes.iter().filter(|p| !p.in_companion).cloned().collect()
 }
 
-const OPENSSL_7: [(&str, u8); 7] = [
+const OPENSSL_8: [(&str, u8); 8] = [
     ("SSL_write", op::WRITE),
     ("SSL_write_ex", op::WRITE),
     ("SSL_read", op::READ),
@@ -136,20 +138,22 @@ const OPENSSL_7: [(&str, u8); 7] = [
     ("SSL_do_handshake", op::HANDSHAKE),
     ("SSL_connect", op::HANDSHAKE),
     ("SSL_accept", op::HANDSHAKE),
+    ("SSL_new", op::SESSION),
 ];
-const GNUTLS_4: [(&str, u8); 4] = [
+const GNUTLS_5: [(&str, u8); 5] = [
     ("gnutls_record_send", op::WRITE),
     ("gnutls_record_recv", op::READ),
     ("gnutls_handshake", op::HANDSHAKE),
+    ("gnutls_init", op::SESSION),
     ("gnutls_rnd", op::RANDOM_BUFFER_ARG1),
 ];
 
 #[test]
-fn libssl3_is_openssl_with_all_seven_offsets() {
+fn libssl3_is_openssl_with_all_eight_offsets() {
     let path = lib("libssl.so.3");
     let id = identify(&path).unwrap().expect("libssl.so.3 identified");
     assert_eq!(id.family, "openssl");
-    assert_probes(&id, &path, &OPENSSL_7);
+    assert_probes(&id, &path, &OPENSSL_8);
     // The hello random's source, in libcrypto (the companion).
     let random: Vec<(&str, u8)> = id
         .probes
@@ -168,13 +172,13 @@ fn libssl3_is_openssl_with_all_seven_offsets() {
 }
 
 #[test]
-fn libgnutls_is_gnutls_with_four_offsets() {
+fn libgnutls_is_gnutls_with_five_offsets() {
     let path = lib("libgnutls.so.30");
     let id = identify(&path)
         .unwrap()
         .expect("libgnutls.so.30 identified");
     assert_eq!(id.family, "gnutls");
-    assert_probes(&id, &path, &GNUTLS_4);
+    assert_probes(&id, &path, &GNUTLS_5);
 }
 
 #[test]
@@ -386,9 +390,9 @@ fn discover_finds_system_libraries_once() {
     assert_eq!(ssl.len(), 1);
     assert_eq!(ssl[0].family, "openssl");
     assert_eq!(ssl[0].path, fs::canonicalize(lib("libssl.so.3")).unwrap());
-    // Its seven functions, and libcrypto's three random sources (its companion).
-    assert_eq!(own_probes(&ssl[0].probes).len(), 7);
-    assert_eq!(ssl[0].probes.len(), 10);
+    // Its eight functions, and libcrypto's three random sources (its companion).
+    assert_eq!(own_probes(&ssl[0].probes).len(), 8);
+    assert_eq!(ssl[0].probes.len(), 11);
     let gnutls = find_file(&libs, &lib("libgnutls.so.30"));
     assert_eq!(gnutls.len(), 1);
     assert_eq!(gnutls[0].family, "gnutls");

@@ -257,6 +257,6 @@ catalog:
         err(
             "default: deny\ncatalog:\n  families:\n    - id: x\n      identify: [{all: [a]}]\n      probes: [{symbol: f, op: peek}]\n"
         ),
-        "policy.yaml:6:32: catalog.families[0].probes[0].op: unknown value 'peek' (expected handshake, read, write or random)"
+        "policy.yaml:6:32: catalog.families[0].probes[0].op: unknown value 'peek' (expected handshake, read, write, random or session)"
     );
 }

@@ -192,7 +192,9 @@ impl TlsPrograms {
                 }
             } else {
                 add(file, 0, target.file_offset, value);
-                add(file, 1, target.file_offset, value);
+                if target.wants_return() {
+                    add(file, 1, target.file_offset, value);
+                }
             }
         }
         let mut links = Vec::new();

@@ -78,8 +78,10 @@ pub fn attach_library(ebpf: &mut Ebpf, id: u32, lib: &Library) -> Result<usize, 
                 .into_iter()
                 .chain(exits)
                 .collect()
-        } else {
+        } else if target.wants_return() {
             vec![(ENTRY, target.file_offset), (RETURN, target.file_offset)]
+        } else {
+            vec![(ENTRY, target.file_offset)]
         };
         for (name, offset) in points {
             let point = UProbeAttachPoint {

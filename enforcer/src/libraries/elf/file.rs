@@ -8,6 +8,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 
+use enforcer_common::hello::CodeSpan;
 use object::read::ReadCacheOps;
 use sha2::{Digest, Sha256};
 
@@ -280,6 +281,16 @@ pub(in crate::libraries) fn file_offset(segments: &[Segment], addr: u64) -> Opti
         (delta < s.filesz)
             .then(|| s.offset.checked_add(delta))
             .flatten()
+    })
+}
+
+/// The executable segment's code around `addr`: how many of its bytes precede `addr` and how many
+/// follow from it. The library's session probe carries it (`enforcer_common::hello::CodeSpan`).
+pub(in crate::libraries) fn code_around(segments: &[Segment], addr: u64) -> Option<CodeSpan> {
+    segments.iter().filter(|s| s.executable).find_map(|s| {
+        let before = addr.checked_sub(s.vaddr)?;
+        let after = s.filesz.checked_sub(before).filter(|&a| a > 0)?;
+        Some(CodeSpan { before, after })
     })
 }
 
