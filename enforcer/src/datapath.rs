@@ -43,7 +43,7 @@ use uprobes::Prober;
 use crate::{
     catalog::Catalog,
     libraries::Library,
-    policy::{Action, Decision, Mode, Policy},
+    policy::{Action, Decision, Mode, NameScope, Policy},
 };
 
 /// The eBPF object and everything that writes the policy into it. Shared (`Arc`) by the agent's
@@ -191,9 +191,15 @@ impl Datapath {
     /// first connection may follow them within microseconds), lists it in the table (so its
     /// first events are reported with it), and probes it. If it cannot be probed, it leaves the
     /// table and the maps again.
+    ///
+    /// A library that binds its hellos to its randoms and that the policy allows, unscoped, gets
+    /// no probes on its record calls (`Library::split_record_probes`): its connections are
+    /// attributed at the handshake, so a record costs it nothing. A reload that denies or audits
+    /// it adds them (`apply`), so its connections the agent never saw a hello of are cut at
+    /// their next record.
     pub fn register(&self, lib: Library) -> Result<Registered, RegisterError> {
         let id = self.ids.next();
-        let decision = {
+        let (decision, probed) = {
             let in_force = self.read();
             let decision = in_force.policy.decide(&lib);
             let scope = in_force.policy.name_scope(&lib);
@@ -208,10 +214,16 @@ impl Datapath {
                 self.forget(id);
                 return Err(RegisterError::Maps { id, source });
             }
-            self.libraries.insert(id, LibInfo::of(&lib));
-            decision
+            let mut info = LibInfo::of(&lib);
+            info.records_deferred = records_unneeded(&lib, decision.action, scope.as_ref());
+            let probed = match info.records_deferred {
+                true => lib.split_record_probes().0,
+                false => lib.clone(),
+            };
+            self.libraries.insert(id, info);
+            (decision, probed)
         };
-        match self.prober.attach(id, &lib, || lock(&self.ebpf)) {
+        match self.prober.attach(id, &probed, || lock(&self.ebpf)) {
             Ok(functions) => {
                 if lib.probes.iter().any(|p| op::is_random(p.op))
                     && let Err(err) = lock(&self.policy_maps).bind_hellos(id)
@@ -277,6 +289,12 @@ impl Datapath {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether `lib`'s record calls need no probe under `action` and `scope`: it binds its hellos
+/// and is allowed whatever the server name.
+pub(crate) fn records_unneeded(lib: &Library, action: Action, scope: Option<&NameScope>) -> bool {
+    lib.binds_hellos() && action == Action::Allow && scope.is_none()
 }
 
 /// Locks `m`; a panic elsewhere while it was held does not make the data unusable here (every

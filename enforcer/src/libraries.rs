@@ -143,6 +143,30 @@ impl ProbeTarget {
 }
 
 impl Library {
+    /// Its hellos are attributed by the random it makes, asked for by its own code: it has a
+    /// random source and a session function to probe (docs/architecture.md, "Content-bound
+    /// attribution"). Its record calls (`op::READ`, `op::WRITE`) are then needed only where the
+    /// thread that sends is the evidence wanted: see [`Library::split_record_probes`].
+    pub fn binds_hellos(&self) -> bool {
+        use enforcer_common::flow::op;
+        self.probes.iter().any(|p| op::is_random(p.op))
+            && self.probes.iter().any(|p| p.op == op::SESSION)
+    }
+
+    /// This library with its record calls (`SSL_read`, `SSL_write`, ...) and without, for
+    /// probing them apart: an allowed library that binds its hellos needs no probe per record.
+    pub fn split_record_probes(&self) -> (Library, Library) {
+        use enforcer_common::flow::op;
+        let is_record = |p: &ProbeTarget| !p.is_go() && (p.op == op::READ || p.op == op::WRITE);
+        let (records, rest): (Vec<ProbeTarget>, Vec<ProbeTarget>) =
+            self.probes.iter().cloned().partition(is_record);
+        let with = |probes| Library {
+            probes,
+            ..self.clone()
+        };
+        (with(rest), with(records))
+    }
+
     /// The file a probe goes into: the library, or its companion.
     pub fn probe_path(&self, target: &ProbeTarget) -> &Path {
         match (&self.companion, target.in_companion) {

@@ -461,3 +461,65 @@ fn reload_changes_server_name_scopes_and_unattributed_tls() {
     assert_eq!(hello_verdict(&mut agent, "hidden2.example"), "blocked");
     assert!(!String::from_utf8_lossy(&server.received()).contains("HIDDEN-AFTER"));
 }
+
+/// An allowed OpenSSL binds its hellos to its randoms, so its record calls get no probes (no cost
+/// per record). A connection the agent never saw the handshake of (it was open before the agent
+/// started) is then unknown to the kernel; a reload that denies OpenSSL probes the record calls,
+/// and that connection is cut at its next `SSL_write`.
+#[test]
+fn reload_that_denies_an_allowed_library_cuts_its_unseen_connections_at_the_next_record() {
+    require_root();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let server = Server::plain(&ns, peer, 9450, &cert);
+    let mut client = LongClient::openssl(server.addr());
+    assert!(client.send(b"before-the-agent\n"));
+    server.wait_received(b"before-the-agent", EVENT);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    let socket = dir.path().join("agent.sock");
+    write_policy(&policy, GNUTLS_DENIED); // OpenSSL allowed
+    let mut agent = Agent::start(
+        &ns.host_if,
+        &policy,
+        &["--control-socket", socket.to_str().expect("utf-8")],
+    );
+    agent.wait_ready(READY);
+    assert!(client.send(b"while-allowed\n"));
+    server.wait_received(b"while-allowed", EVENT);
+
+    write_policy(
+        &policy,
+        "mode: enforce\ndefault: deny\nlibraries:\n  - family: gnutls\n    action: allow\n",
+    );
+    let reload = agent.wait_for(|v| v["type"] == "reload", EVENT);
+    assert_eq!(reload["ok"], true, "{reload}");
+    assert!(
+        reload["record_probes_added"].as_u64() >= Some(1),
+        "OpenSSL's record calls are probed once it is denied: {reload}"
+    );
+    let sent = std::time::Instant::now();
+    client.send(b"after-the-reload\n");
+    let event = agent.wait_for(
+        |v| {
+            v["type"] == "connection"
+                && v["library"]["family"] == "openssl"
+                && v["remote"]["port"] == 9450
+        },
+        EVENT,
+    );
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    assert_eq!(event["call"], "write", "{event}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "blocked {:?} after the write",
+        sent.elapsed()
+    );
+    assert!(
+        !String::from_utf8_lossy(&server.received()).contains("after-the-reload"),
+        "the record after the reload must not reach the server"
+    );
+    drop(agent);
+}

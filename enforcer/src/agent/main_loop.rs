@@ -187,6 +187,7 @@ impl Running {
                     flows_reevaluated = summary.flows_reevaluated,
                     newly_blocked = summary.newly_blocked,
                     newly_unblocked = summary.newly_unblocked,
+                    record_probes_added = summary.record_probes_added,
                     "policy reloaded"
                 );
                 counters.reloads_ok.fetch_add(1, Ordering::Relaxed);

@@ -43,6 +43,7 @@ pub fn applied_record(path: &Path, summary: &Summary) -> Value {
         "flows_reevaluated": summary.flows_reevaluated,
         "newly_blocked": summary.newly_blocked,
         "newly_unblocked": summary.newly_unblocked,
+        "record_probes_added": summary.record_probes_added,
     })
 }
 

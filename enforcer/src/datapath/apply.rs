@@ -15,11 +15,13 @@ use std::collections::HashMap;
 
 use enforcer_common::flow::{FlowState, verdict};
 
+use tracing::warn;
+
 use super::{
     Datapath, lock,
     maps::{LiveMapError, LiveMaps},
     policy_maps::{self, PolicyMaps},
-    sock_destroy,
+    records_unneeded, sock_destroy,
     table::LibInfo,
 };
 use crate::policy::{Action, Mode, NameScope, Policy};
@@ -36,6 +38,9 @@ pub struct Summary {
     pub flows_reevaluated: usize,
     pub newly_blocked: usize,
     pub newly_unblocked: usize,
+    /// Libraries whose record calls got probes now (the new policy no longer allows them
+    /// unscoped; see `Datapath::register`).
+    pub record_probes_added: usize,
 }
 
 /// One library's entries under the new policy.
@@ -81,10 +86,49 @@ impl Datapath {
                 .collect();
             (summary, actions, mode)
         };
+        // Before established flows are judged again: a connection of a newly denied library
+        // that no hello told the datapath of is then cut at its next record.
+        summary.record_probes_added = self.probe_deferred_records();
         if reevaluate {
             reevaluate_flows(&mut lock(&self.maps), &actions, mode, &mut summary)?;
         }
         Ok(summary)
+    }
+}
+
+impl Datapath {
+    /// Probes the record calls of the libraries that had them deferred and that the policy in
+    /// force no longer allows unscoped. Returns how many libraries got them; one that cannot be
+    /// probed keeps them deferred and is said (its connections stay judged by their hellos).
+    fn probe_deferred_records(&self) -> usize {
+        let wanted: Vec<(u32, LibInfo)> = {
+            let in_force = self.read();
+            self.libraries
+                .snapshot()
+                .into_iter()
+                .filter(|(_, info)| info.records_deferred)
+                .filter(|(_, info)| {
+                    let lib = &info.library;
+                    let action = in_force.policy.decide(lib).action;
+                    !records_unneeded(lib, action, in_force.policy.name_scope(lib).as_ref())
+                })
+                .collect()
+        };
+        let mut added = 0;
+        for (id, mut info) in wanted {
+            let (_, records) = info.library.split_record_probes();
+            match self.prober.attach(id, &records, || lock(&self.ebpf)) {
+                Ok(_) => {
+                    info.records_deferred = false;
+                    self.libraries.insert(id, info);
+                    added += 1;
+                }
+                Err(err) => {
+                    warn!(id, path = %info.path, "record calls not probed after the reload: {err}");
+                }
+            }
+        }
+        added
     }
 }
 

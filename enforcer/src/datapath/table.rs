@@ -23,6 +23,10 @@ pub struct LibInfo {
     pub version: Option<String>,
     /// What the policy matches on (a policy reload decides again from it).
     pub library: Arc<Library>,
+    /// Its record calls (`SSL_read`, `SSL_write`, ...) are not probed yet: it binds its hellos
+    /// and the policy allows it (`Datapath::register`). A reload that denies or audits it
+    /// probes them (`Datapath::apply`).
+    pub records_deferred: bool,
 }
 
 impl LibInfo {
@@ -32,6 +36,7 @@ impl LibInfo {
             path: lib.path.display().to_string(),
             version: lib.identity.version.clone(),
             library: Arc::new(lib.clone()),
+            records_deferred: false,
         }
     }
 }
