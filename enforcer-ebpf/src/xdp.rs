@@ -10,11 +10,12 @@ use crate::{flow, packet, stats};
 /// Fail-open: anything we cannot parse (non-TCP, truncated, fragments) passes; only a 4-tuple
 /// the kernel hooks put in the blocklist is dropped.
 ///
-/// Loaded frags-aware (`xdp.frags`, `BPF_F_XDP_HAS_FRAGS`, Linux 5.18+): a veth whose peer has
-/// an XDP program that is not turns GSO and TSO off on that peer (every segment then crosses at
-/// MTU size: measured −86.6 % of TCP throughput into the namespace, issue 14), and drivers refuse
-/// a jumbo MTU to it. A multi-buffer frame is parsed like any other: the headers are in the first
-/// buffer, or read with `bpf_xdp_load_bytes`, which reads fragments too (`packet.rs`).
+/// Loaded frags-aware (`xdp.frags`, `BPF_F_XDP_HAS_FRAGS`, Linux 5.18+): drivers refuse an MTU
+/// above a page to a program that is not (jumbo frames, veth with a large MTU), and a
+/// multi-buffer frame is parsed like any other: the headers are in the first buffer, or read
+/// with `bpf_xdp_load_bytes`, which reads fragments too (`packet.rs`). It does not keep a veth
+/// peer's TSO: veth turns GSO off on the peer of any native XDP program, frags-aware or not
+/// (measured on 6.18, docs/benchmarks.md).
 #[xdp(frags)]
 pub fn enforcer_ingress(ctx: XdpContext) -> u32 {
     ingress(&ctx)
