@@ -13,4 +13,5 @@ pub mod memory;
 pub mod metrics;
 pub mod operator;
 pub mod reload;
+pub mod sampler;
 pub mod watcher;

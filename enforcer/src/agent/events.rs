@@ -1,16 +1,28 @@
-//! The event pipeline: drains the `EVENTS` ring buffer, aborts the local socket of every blocked
-//! flow, and reports each attributed connection once (text through `tracing`, or JSON lines),
-//! and each judged TLS ClientHello (`hello`).
+//! The event pipeline: drains the ring buffers, aborts the local socket of every blocked flow,
+//! and reports each attributed connection once (text through `tracing`, or JSON lines), and each
+//! judged TLS hello (`hello`).
+//!
+//! Two rings, two readers: connection events (`EVENTS`, what blocked libraries' sockets are
+//! aborted from) on the agent's event loop, hello events (`HELLO_EVENTS`, which anyone can make
+//! in bulk) on a thread of their own ([`HelloReader`]), whose owner lookups go to a bounded
+//! queue (`owners`). A hello flood fills its own ring and keeps its own thread busy; connection
+//! events keep their room and their reader.
 
 mod hello;
+mod owners;
 
 use std::{
     collections::BTreeMap,
     fs::File,
     io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd},
     path::Path,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::{Duration, SystemTime},
 };
 
@@ -52,6 +64,9 @@ pub struct Reporter {
     counts: Arc<Mutex<ConnectionCounts>>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
     boot_offset_ns: i128,
+    /// The owner-lookup queue (`None`: lookups are done in place; the worker's own clone).
+    owners: Option<Arc<owners::Queue>>,
+    lookups: Arc<owners::Counters>,
 }
 
 impl Reporter {
@@ -63,7 +78,17 @@ impl Reporter {
             file: None,
             counts: Arc::default(),
             boot_offset_ns: realtime_minus_monotonic(),
+            owners: None,
+            lookups: Arc::default(),
         }
+    }
+
+    /// From now on, this reporter and its later clones queue owner lookups for a worker thread
+    /// instead of walking `/proc` where the hello is read.
+    pub fn start_owner_lookups(&mut self) -> std::io::Result<()> {
+        let queue = owners::Queue::start(self.clone(), self.lookups.clone())?;
+        self.owners = Some(Arc::new(queue));
+        Ok(())
     }
 
     /// Also appends every record, as one JSON line, to `path` (created 0600 if missing). Each
@@ -123,8 +148,9 @@ impl Reporter {
     }
 
     fn handle(&self, event: &TlsEvent) {
-        let aborted =
-            (event.verdict == verdict::BLOCKED).then(|| sock_destroy::destroy(&event.flow));
+        // A flow that did not fit in the blocklist is dropped all the same: its socket too.
+        let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
+        let aborted = blocked.then(|| sock_destroy::destroy(&event.flow));
         let lib = self.library(event.lib_id);
         let lib = lib.as_ref();
         let family = lib.map_or("unknown", |l| l.family.name());
@@ -212,6 +238,14 @@ impl Reporter {
     }
 }
 
+/// The two ring buffers, taken from the object at start.
+pub struct Rings {
+    /// `EVENTS`: connection events.
+    pub connections: RingBuf<MapData>,
+    /// `HELLO_EVENTS`: hello events.
+    pub hellos: RingBuf<MapData>,
+}
+
 /// Runs until the ring buffer's fd fails (which only happens if the map goes away).
 pub async fn run(ring: RingBuf<MapData>, reporter: Reporter) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
@@ -223,20 +257,76 @@ pub async fn run(ring: RingBuf<MapData>, reporter: Reporter) -> std::io::Result<
         while let Some(item) = ring.next() {
             let record = decode(&item);
             drop(item);
-            match record {
-                Ok(Record::Tls(event)) => reporter.handle(&event),
-                Ok(Record::Hello(event)) => reporter.handle_hello(&event),
-                Err(why) => {
-                    skipped += 1;
-                    // The first, then every 1024th: a kernel object and a binary that disagree
-                    // would otherwise flood the log.
-                    if skipped % 1024 == 1 {
-                        warn!(skipped, "EVENTS record skipped: {why}");
+            reporter.dispatch(record, &mut skipped);
+        }
+        guard.clear_ready();
+    }
+}
+
+/// The reader of `HELLO_EVENTS`, on a thread of its own; it stops when this drops.
+pub struct HelloReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl HelloReader {
+    pub fn start(mut ring: RingBuf<MapData>, reporter: Reporter) -> std::io::Result<HelloReader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread::Builder::new()
+                .name("hello-events".into())
+                .spawn(move || {
+                    let mut skipped: u64 = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        // Wakes when records are there, or after 100 ms to look at `stop`.
+                        let mut poll = libc::pollfd {
+                            fd: ring.as_fd().as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd.
+                        unsafe { libc::poll(&raw mut poll, 1, 100) };
+                        while let Some(item) = ring.next() {
+                            let record = decode(&item);
+                            drop(item);
+                            reporter.dispatch(record, &mut skipped);
+                        }
                     }
+                })?
+        };
+        Ok(HelloReader {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HelloReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Reporter {
+    /// Handles one ring record of either kind (either ring may hold both: a pinned ring an
+    /// earlier version wrote).
+    fn dispatch(&self, record: Result<Record, Skipped>, skipped: &mut u64) {
+        match record {
+            Ok(Record::Tls(event)) => self.handle(&event),
+            Ok(Record::Hello(event)) => self.handle_hello(&event),
+            Err(why) => {
+                *skipped += 1;
+                // The first, then every 1024th: a kernel object and a binary that disagree
+                // would otherwise flood the log.
+                if *skipped % 1024 == 1 {
+                    warn!(skipped, "ring record skipped: {why}");
                 }
             }
         }
-        guard.clear_ready();
     }
 }
 
