@@ -128,6 +128,12 @@ pub fn build_hello_flood(dir: &Path) -> PathBuf {
     out
 }
 
+/// Builds tests/programs/denied-loop-client (one GnuTLS process connecting every INTERVAL ms,
+/// timing each handshake from the TCP connection on) as `dir/denied-loop-client`.
+pub fn build_denied_loop_client(dir: &Path) -> PathBuf {
+    build_c(dir, "denied-loop-client", &["-lgnutls"])
+}
+
 fn build_c(dir: &Path, name: &str, libs: &[&str]) -> PathBuf {
     build_source(dir, name, "client.c", libs)
 }

@@ -25,7 +25,7 @@ use enforcer_tests::{
     adversary::{Group, hold_denied_in_own_netns, rss_kib, unprivileged},
     cmd,
     ops::{ctl, sample, scrape},
-    programs::build_hello_flood,
+    programs::{build_denied_loop_client, build_hello_flood},
     require_root, run_with_timeout,
 };
 use serde_json::Value;
@@ -205,6 +205,33 @@ fn flood_size() -> (u32, u32) {
     }
 }
 
+/// `count` GnuTLS connections to `peer`, one every 100 ms, from one process: how long each
+/// took from the TCP connection being up to the handshake's failure (panics if one completed).
+fn denied_loop(client: &std::path::Path, peer: SocketAddr, count: u32) -> Vec<Duration> {
+    let (ip, port) = (peer.ip().to_string(), peer.port().to_string());
+    let out = run_with_timeout(
+        &mut cmd(
+            client.to_str().expect("utf-8"),
+            [&ip, &port, &count.to_string(), "100"],
+        ),
+        b"",
+        Duration::from_secs(u64::from(count) / 10 * 6 + 30),
+    );
+    let text = out.stdout_str();
+    assert!(
+        text.contains("done"),
+        "denied-loop-client: {text} {}",
+        out.stderr_str()
+    );
+    text.lines()
+        .filter_map(|l| {
+            let (ms, rc) = l.strip_prefix("ms=")?.split_once(" rc=")?;
+            assert_ne!(rc, "0", "a denied client completed its handshake");
+            Some(Duration::from_secs_f64(ms.parse::<f64>().ok()? / 1000.0))
+        })
+        .collect()
+}
+
 /// Flood processes (each a share of the rate: one process does about 7,000 a second here).
 const FLOODERS: u32 = 4;
 const FLOOD_PORT: u16 = 20000;
@@ -228,6 +255,7 @@ fn hello_flood_does_not_blind_the_agent() {
         .tempdir()
         .expect("temp dir");
     let flood = build_hello_flood(dir.path());
+    let client = build_denied_loop_client(dir.path());
     let flood = flood.to_str().expect("utf-8").to_string();
     let (base, ports) = (FLOOD_PORT.to_string(), FLOOD_PORTS.to_string());
     let _sink = Group::spawn_until(
@@ -249,6 +277,9 @@ fn hello_flood_does_not_blind_the_agent() {
     let ready = agent.wait_ready(READY);
     let metrics = ready["metrics"].as_str().expect("metrics").to_string();
     let pid = agent.pid();
+    // The same denied client without a flood, for comparison.
+    let mut calm = denied_loop(&client, www.addr(), 10);
+    calm.sort();
 
     // The agent's size and its metrics, once a second, on a thread of their own.
     let done = Arc::new(AtomicBool::new(false));
@@ -282,20 +313,8 @@ fn hello_flood_does_not_blind_the_agent() {
         })
         .collect();
 
-    // Denied clients every 100 ms while the flood runs.
-    let end = Instant::now() + Duration::from_secs(u64::from(seconds));
-    let mut times = Vec::new();
-    while Instant::now() < end {
-        let next = Instant::now() + Duration::from_millis(100);
-        let out = gnutls(www.addr(), Duration::from_secs(5));
-        assert!(
-            !out.success(),
-            "a denied client got through: {}",
-            out.stdout_str()
-        );
-        times.push(out.elapsed);
-        thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
+    // A denied client every 100 ms while the flood runs.
+    let mut times = denied_loop(&client, www.addr(), seconds * 10);
     let reports: Vec<String> = flooders
         .into_iter()
         .map(|t| t.join().expect("flooder"))
@@ -311,13 +330,22 @@ fn hello_flood_does_not_blind_the_agent() {
         .sum();
     times.sort();
     let slowest = *times.last().expect("denied clients ran");
-    let median = times[times.len() / 2];
+    let pct = |t: &[Duration], p: usize| t[(t.len() - 1) * p / 100];
+    let over = times
+        .iter()
+        .filter(|t| **t >= Duration::from_millis(100))
+        .count();
     println!(
         "flood: asked {rate}/s for {seconds} s, sent {sent} hellos ({:.0}/s): {reports:?}; \
-         {} denied clients, median {median:?}, slowest {slowest:?}; agent RSS max {} KiB; \
-         slowest scrape {scrape_max:?}; counters {counters}",
+         {} denied clients: median {:?}, p90 {:?}, slowest {slowest:?}, {over} at 100 ms or \
+         more (without flood: median {:?}, slowest {:?}); agent RSS max {} KiB; slowest scrape \
+         {scrape_max:?}; counters {counters}",
         sent as f64 / f64::from(seconds),
         times.len(),
+        pct(&times, 50),
+        pct(&times, 90),
+        pct(&calm, 50),
+        pct(&calm, 100),
         rss_max
     );
     assert!(

@@ -359,7 +359,10 @@ async fn serve(
     };
     let result = run.serve(rings).await;
     // Hooks off and every paused process resumed before anything is taken down.
-    tokio::task::block_in_place(|| watcher.stop());
+    tokio::task::block_in_place(|| {
+        watcher.stop();
+        checked.reporter.flush();
+    });
     result
 }
 

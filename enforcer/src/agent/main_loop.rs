@@ -77,8 +77,24 @@ impl Running {
             .context("opening the maps for the sampler")?;
         let (sampler, sampled) =
             Sampler::start(maps, self.blocklist_sweep).context("starting the sampler thread")?;
-        let hello_reader = events::HelloReader::start(rings.hellos, self.reporter.clone())
-            .context("starting the hello-event thread")?;
+        let (hellos_failed, mut hello_ring_failed) = tokio::sync::oneshot::channel();
+        let hello_reader = events::RingReader::start(
+            "hello-events",
+            rings.hellos,
+            self.reporter.clone(),
+            events::Priority::Background,
+            hellos_failed,
+        )
+        .context("starting the hello-event thread")?;
+        let (connections_failed, mut connection_ring_failed) = tokio::sync::oneshot::channel();
+        let connection_reader = events::RingReader::start(
+            "connection-events",
+            rings.connections,
+            self.reporter.clone(),
+            events::Priority::Urgent,
+            connections_failed,
+        )
+        .context("starting the connection-event thread")?;
         let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
         let operator = Operator {
             info: self.info.clone(),
@@ -135,11 +151,10 @@ impl Running {
             .as_ref()
             .and_then(|c| reload::fingerprint(&c.path));
         let mut pressure = Pressure::default();
-        let events = events::run(rings.connections, self.reporter.clone());
-        tokio::pin!(events);
         let result = loop {
             tokio::select! {
-                result = &mut events => break result.context("reading events"),
+                Ok(err) = &mut connection_ring_failed => break Err(err).context("reading connection events"),
+                Ok(err) = &mut hello_ring_failed => break Err(err).context("reading hello events"),
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()) }
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
                 _ = sighup.recv() => {
@@ -161,7 +176,13 @@ impl Running {
                 }
             }
         };
-        drop((control_task, metrics_task, hello_reader, sampler));
+        drop((
+            control_task,
+            metrics_task,
+            connection_reader,
+            hello_reader,
+            sampler,
+        ));
         if let Some((dir, programs)) = &self.pin {
             // The last libraries probed are pinned too before we go.
             let _ = pin::sweep(dir, programs);

@@ -172,6 +172,12 @@ pub fn render(sources: &Sources) -> String {
             ],
         ),
         (
+            "enforcer_hello_reports_dropped_total",
+            "counter",
+            "Hello records not written because the output fell behind (stdout or the events file slower than the hellos came).",
+            vec![("", sources.reporter.hello_reports_dropped())],
+        ),
+        (
             "enforcer_map_entries",
             "gauge",
             "Entries in a map (sampled: BLOCKLIST every second, the others every 5 s).",

@@ -71,6 +71,7 @@ impl Sampler {
             thread::Builder::new()
                 .name("sampler".into())
                 .spawn(move || {
+                    crate::agent::background_thread();
                     let mut sweep = BlocklistSweep::default();
                     let mut ticks: u64 = 0;
                     let mut next = Instant::now() + TICK;

@@ -22,13 +22,10 @@ use tracing::{info, warn};
 
 use super::{
     Reporter, endpoints,
-    owners::{Lookup, LookupCounts},
+    owners::{Aborted, Lookup, LookupCounts, Owner, owner_of_inode},
     sockaddr, verdict_name,
 };
 use crate::datapath::sock_destroy;
-
-/// The outcome of aborting a blocked hello's socket (`None`: not blocked).
-pub type Aborted = Option<Result<(), sock_destroy::SockDestroyError>>;
 
 /// Flows remembered for the join, at most. Kept in two halves: when the newer one is full, the
 /// older half is forgotten (counted in [`Recent::forgotten`]) and the newer takes its place, so
@@ -38,18 +35,6 @@ pub const MAX_RECENT: usize = 8192;
 /// Owner lookups (socket inode, then a `/proc` walk) started per second; more unattributed
 /// hellos than this are reported without owner (counted as dropped lookups).
 const MAX_WALKS_PER_SECOND: u32 = 20;
-/// Longest a single `/proc` walk may take.
-pub const WALK_BUDGET: Duration = Duration::from_millis(100);
-
-/// Who sent a flow's bytes, and how we know.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub pid: u32,
-    pub comm: String,
-    /// `connection-event`, `hello-random` (the process that made the hello's random) or
-    /// `socket-inode`.
-    pub source: &'static str,
-}
 
 /// The join state shared by the reporter's clones.
 #[derive(Default)]
@@ -201,8 +186,9 @@ impl Reporter {
             })
         };
         // JSON to stdout (`--events json`) and to the events file (`--events-file`).
-        if self.format == super::EventFormat::Json || self.file.is_some() {
-            self.emit(&record());
+        if self.writes_json() {
+            self.output
+                .push(record().to_string(), super::output::Lane::Hellos);
         }
         match self.format {
             super::EventFormat::Json => {}
@@ -255,41 +241,6 @@ impl Reporter {
     fn recent_lock(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// The process holding socket `inode`: the first `/proc/<pid>/fd/*` link to `socket:[inode]`
-/// found within `WALK_BUDGET`. Newest processes first (highest pid; pids grow until they wrap):
-/// a ClientHello comes from a socket opened moments ago, most often by a process started moments
-/// ago, and on a busy host the budget may not cover every process.
-pub fn owner_of_inode(inode: u64) -> Option<Owner> {
-    let target = format!("socket:[{inode}]");
-    let deadline = Instant::now() + WALK_BUDGET;
-    let mut pids: Vec<u32> = fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-        .collect();
-    pids.sort_unstable_by(|a, b| b.cmp(a));
-    for pid in pids {
-        if Instant::now() > deadline {
-            return None;
-        }
-        let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
-        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
-                let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
-                return Some(Owner {
-                    pid,
-                    comm: comm.trim_end().to_owned(),
-                    source: "socket-inode",
-                });
-            }
-        }
-    }
-    None
 }
 
 /// Shared between clones of the reporter.
