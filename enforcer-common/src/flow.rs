@@ -64,10 +64,19 @@ pub mod verdict {
     pub const AUDITED: u8 = 3;
     /// The library id has no entry in `LIB_ACTIONS` (should not happen): let through, reported.
     pub const UNKNOWN_LIBRARY: u8 = 4;
-    /// The blocklist was full: the flow could not be blocked (fail-open, reported loudly).
+    /// Denied in enforce mode, but the blocklist was full: the flow went to the overflow table
+    /// (`BLOCKLIST_OVERFLOW`), where it is dropped all the same (fail-closed, counted).
     pub const BLOCKLIST_FULL: u8 = 5;
     /// The flow's library has rules scoped by server name: it is judged at its ClientHello.
     pub const PENDING_SERVER_NAME: u8 = 6;
+}
+
+/// The value of a `BLOCKLIST` entry: who put the flow there.
+pub mod block {
+    /// A kernel verdict (a denied library, unattributed TLS, a name out of scope).
+    pub const KERNEL: u8 = 1;
+    /// The operator (`enforcer block`): the agent's sweep leaves it, only `unblock` removes it.
+    pub const OPERATOR: u8 = 2;
 }
 
 /// The uprobe attach cookie: which library, and what the probed function does.

@@ -4,8 +4,14 @@
 
 /// `LruHashMap<FlowKey, FlowState>`: every TCP 4-tuple attributed to a TLS library.
 pub const FLOWS: &str = "FLOWS";
-/// `HashMap<FlowKey, u8>`: 4-tuples whose packets XDP and tc drop.
+/// `HashMap<FlowKey, u8>`: 4-tuples whose packets XDP and tc drop → `flow::block::*`.
 pub const BLOCKLIST: &str = "BLOCKLIST";
+/// `LruHashMap<FlowKey, u8>`: blocks that did not fit in `BLOCKLIST`, and those the agent's
+/// sweep found without a local socket; dropped like `BLOCKLIST`'s.
+pub const BLOCKLIST_OVERFLOW: &str = "BLOCKLIST_OVERFLOW";
+/// `Array<u32>` of one element: 1 once `BLOCKLIST_OVERFLOW` was used (the packet programs look
+/// it up only then).
+pub const OVERFLOW_IN_USE: &str = "OVERFLOW_IN_USE";
 /// `LruHashMap<FlowKey, u32>`: flows whose ClientHello was judged, → its TCP sequence number
 /// (a retransmission is not judged or reported twice).
 pub const HELLOS_SEEN: &str = "HELLOS_SEEN";
@@ -22,8 +28,11 @@ pub const HELLO_POLICY: &str = "HELLO_POLICY";
 pub const SCOPED_LIBS: &str = "SCOPED_LIBS";
 /// `LpmTrie<ServerNameKey, u8>`: (library id, reversed server name) → `policy::action::*`.
 pub const SERVER_NAME_RULES: &str = "SERVER_NAME_RULES";
-/// `RingBuf` of `event::*` records.
+/// `RingBuf` of connection records (`event::TlsEvent`): what the agent aborts sockets from.
 pub const EVENTS: &str = "EVENTS";
+/// `RingBuf` of hello records (`event::HelloEvent`), apart from `EVENTS` so that a flood of
+/// hellos cannot crowd out connection events.
+pub const HELLO_EVENTS: &str = "HELLO_EVENTS";
 /// `PerCpuArray<u64>` indexed by `stat::Stat`.
 pub const STATS: &str = "STATS";
 
@@ -36,9 +45,11 @@ pub const STATS: &str = "STATS";
 /// Not pinned: the per-thread and per-goroutine call stacks (`TLS_CALLS`, `GO_CALLS`: a stack
 /// shared by an old and a new copy of the uprobes would be pushed twice and popped once while
 /// both are attached), scratch space, and the watcher's and `enforcer discover`'s maps.
-pub const PINNED: [&str; 15] = [
+pub const PINNED: [&str; 18] = [
     FLOWS,
     BLOCKLIST,
+    BLOCKLIST_OVERFLOW,
+    OVERFLOW_IN_USE,
     HELLOS_SEEN,
     crate::hello::FLOW_HEADS,
     crate::hello::HELLO_RANDOMS,
@@ -52,4 +63,5 @@ pub const PINNED: [&str; 15] = [
     SERVER_NAME_RULES,
     STATS,
     EVENTS,
+    HELLO_EVENTS,
 ];

@@ -10,11 +10,11 @@ pub enum Stat {
     XdpDrops = 0,
     /// Packets tc dropped (egress: blocklisted flow, or a ClientHello the policy denies).
     TcDrops = 1,
-    /// Events the kernel could not queue on `EVENTS` (ring buffer full).
+    /// Connection events the kernel could not queue on `EVENTS` (ring buffer full).
     EventsLost = 2,
     /// Flows the kernel hook tied to a TLS library (every verdict).
     FlowsAttributed = 3,
-    /// Denied flows that could not be blocked: `BLOCKLIST` full.
+    /// Denied flows that did not fit in `BLOCKLIST`: put in `BLOCKLIST_OVERFLOW` (still dropped).
     BlocklistFull = 4,
     /// TLS calls nested deeper than the call stack keeps.
     TlsStackOverflow = 5,
@@ -36,10 +36,12 @@ pub enum Stat {
     HellosByRandom = 12,
     /// Hellos whose first 43 bytes came in more than one segment (collected by `FLOW_HEADS`).
     HellosSplit = 13,
+    /// Hello events the kernel could not queue on `HELLO_EVENTS` (ring buffer full).
+    HelloEventsLost = 14,
 }
 
 /// Entries of `STATS`.
-pub const COUNT: u32 = 14;
+pub const COUNT: u32 = 15;
 
 /// Every counter, in index order.
 pub const ALL: [Stat; COUNT as usize] = [
@@ -57,6 +59,7 @@ pub const ALL: [Stat; COUNT as usize] = [
     Stat::RandomsUnreadable,
     Stat::HellosByRandom,
     Stat::HellosSplit,
+    Stat::HelloEventsLost,
 ];
 const _: () = {
     let mut i = 0;
@@ -111,7 +114,7 @@ impl Stat {
                 "blocklist_full",
                 "enforcer_blocklist_insert_failures_total",
                 "",
-                "Denied flows that could not be blocked because the blocklist was full.",
+                "Denied flows that did not fit in the blocklist (dropped through the overflow table).",
             ),
             Stat::TlsStackOverflow => (
                 "tls_stack_overflow",
@@ -166,6 +169,12 @@ impl Stat {
                 "enforcer_hellos_split_total",
                 "",
                 "TLS hellos whose first 43 bytes came in more than one segment.",
+            ),
+            Stat::HelloEventsLost => (
+                "hello_events_lost",
+                "enforcer_hello_events_lost_total",
+                "",
+                "Hello events the kernel could not queue (hello ring buffer full).",
             ),
         };
         Shown {

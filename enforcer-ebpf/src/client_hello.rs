@@ -83,7 +83,8 @@ fn be16(b: [u8; 2]) -> usize {
 
 #[inline(always)]
 pub fn outcome_of(v: u8) -> Outcome {
-    if v == verdict::BLOCKED {
+    // A block that went to the overflow table is a block too (`flow::block`).
+    if v == verdict::BLOCKED || v == verdict::BLOCKLIST_FULL {
         stats::count(Stat::ClientHelloDrops);
         Outcome::Drop
     } else {

@@ -1,5 +1,8 @@
-//! The `EVENTS` ring buffer: one `TlsEvent` per newly attributed (flow, library), one
-//! `HelloEvent` per judged ClientHello, each behind an `event::Header` naming its kind.
+//! The ring buffers for userspace: `EVENTS`, one `TlsEvent` per newly attributed (flow,
+//! library), and `HELLO_EVENTS`, one `HelloEvent` per judged hello, each record behind an
+//! `event::Header` naming its kind. Two rings, so that hellos anyone can send in bulk (an
+//! unprobed process's ClientHellos) never take the room of the connection events userspace
+//! aborts sockets from; each ring's losses are counted apart.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
@@ -17,6 +20,10 @@ use crate::stats;
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// 1 MiB: about 3,100 `HelloEvent`s (328 bytes and the ring's 8-byte header each).
+#[map(name = "HELLO_EVENTS")]
+static HELLO_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// Reports that the current task's library call attributed `flow` (`state`, taken at `now`).
 #[inline(always)]
@@ -69,7 +76,7 @@ pub fn attributed_by_random(flow: &FlowKey, state: &FlowState, producer: &Random
 #[inline(always)]
 pub fn hello(event: &mut HelloEvent, now: u64) {
     event.header = Header::new(kind::HELLO, now);
-    if EVENTS.output::<HelloEvent>(event, 0).is_err() {
-        stats::count(Stat::EventsLost);
+    if HELLO_EVENTS.output::<HelloEvent>(event, 0).is_err() {
+        stats::count(Stat::HelloEventsLost);
     }
 }

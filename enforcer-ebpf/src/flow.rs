@@ -1,12 +1,13 @@
 //! What the datapath knows per TCP 4-tuple: the library it was attributed to and its verdict
-//! (`FLOWS`), whether its packets are dropped (`BLOCKLIST`), whether its ClientHello was judged
-//! (`HELLOS_SEEN`), and [`forget`], which clears all three when the connection closes.
+//! (`FLOWS`), whether its packets are dropped (`BLOCKLIST`, and `BLOCKLIST_OVERFLOW` for blocks
+//! that did not fit), whether its ClientHello was judged (`HELLOS_SEEN`), and [`forget`], which
+//! clears them when the connection closes.
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
 };
-use enforcer_common::flow::{FlowKey, FlowState};
+use enforcer_common::flow::{FlowKey, FlowState, block};
 
 use enforcer_common::stat::Stat;
 
@@ -20,10 +21,25 @@ use crate::{
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
 
-/// 4-tuples whose packets XDP (ingress) and tc (egress) drop. Not LRU: a block is never evicted
-/// silently; when full, the flow is reported as `BLOCKLIST_FULL` and counted.
+/// 4-tuples whose packets XDP (ingress) and tc (egress) drop → `block::*` (who put them there).
+/// Not LRU: a block is never evicted; entries leave when their local socket closes, when the
+/// operator unblocks them, or when the agent's sweep finds no socket behind them (then they move
+/// to `BLOCKLIST_OVERFLOW`). When full, a denied flow goes to `BLOCKLIST_OVERFLOW` instead
+/// (verdict `BLOCKLIST_FULL`, counted): it is still dropped.
 #[map(name = "BLOCKLIST")]
 pub static BLOCKLIST: HashMap<FlowKey, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Blocks that did not fit in `BLOCKLIST`, and blocks the sweep found without a local socket.
+/// LRU, so an insert never fails: under a flood the oldest of these (flows whose socket was
+/// aborted long ago, or that never had a local one) make room. Looked up only once
+/// `OVERFLOW_IN_USE[0]` is set, so it costs nothing until the blocklist first overflowed.
+#[map(name = "BLOCKLIST_OVERFLOW")]
+pub static BLOCKLIST_OVERFLOW: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// `OVERFLOW_IN_USE[0]` is 1 once anything was put in `BLOCKLIST_OVERFLOW` (sticky: clearing it
+/// could race with an insert on another CPU and unblock that flow).
+#[map(name = "OVERFLOW_IN_USE")]
+pub static OVERFLOW_IN_USE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Flows whose first ClientHello was judged → its TCP sequence number (for debugging with
 /// `bpftool map dump`). A flow here is not parsed again.
@@ -45,15 +61,43 @@ pub fn record(flow: &FlowKey, state: &FlowState) {
 }
 
 #[inline(always)]
-pub fn is_blocked(flow: &FlowKey) -> bool {
-    // SAFETY: only existence is checked.
-    unsafe { BLOCKLIST.get(flow) }.is_some()
+fn overflow_in_use() -> bool {
+    OVERFLOW_IN_USE.get(0).copied().unwrap_or(0) != 0
 }
 
-/// Puts `flow` in the blocklist; false if it is full.
 #[inline(always)]
-pub fn block(flow: &FlowKey) -> bool {
-    BLOCKLIST.insert(flow, 1, 0).is_ok()
+pub fn is_blocked(flow: &FlowKey) -> bool {
+    // SAFETY: only existence is checked.
+    if unsafe { BLOCKLIST.get(flow) }.is_some() {
+        return true;
+    }
+    // SAFETY: only existence is checked.
+    overflow_in_use() && unsafe { BLOCKLIST_OVERFLOW.get(flow) }.is_some()
+}
+
+/// Where [`block`] put a flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// In `BLOCKLIST`.
+    Listed,
+    /// `BLOCKLIST` was full: in `BLOCKLIST_OVERFLOW` (still dropped; counted).
+    Overflow,
+}
+
+/// Puts `flow` in the blocklist, or, when it is full, in the overflow table: fail-closed, the
+/// flow's packets are dropped either way.
+#[inline(always)]
+pub fn block(flow: &FlowKey) -> Blocked {
+    if BLOCKLIST.insert(flow, block::KERNEL, 0).is_ok() {
+        return Blocked::Listed;
+    }
+    if let Some(flag) = OVERFLOW_IN_USE.get_ptr_mut(0) {
+        // SAFETY: a u32 in an array map; every writer stores the same value.
+        unsafe { *flag = 1 };
+    }
+    // LRU: the insert makes room rather than fail.
+    let _ = BLOCKLIST_OVERFLOW.insert(flow, block::KERNEL, 0);
+    Blocked::Overflow
 }
 
 /// Whether the ClientHello of `flow` was judged already.
@@ -76,6 +120,9 @@ pub fn forget(sk: *const u8) {
         Ok(flow) => {
             let _ = FLOWS.remove(flow);
             let _ = BLOCKLIST.remove(flow);
+            if overflow_in_use() {
+                let _ = BLOCKLIST_OVERFLOW.remove(flow);
+            }
             let _ = HELLOS_SEEN.remove(flow);
             flow_head::forget(&flow);
         }

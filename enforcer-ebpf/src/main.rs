@@ -13,9 +13,9 @@
 //! | `call_stack.rs`   | (helpers) per-thread and per-goroutine TLS call stacks | `TLS_CALLS`, `GO_CALLS` |
 //! | `tcp.rs`          | kernel TCP send/receive hooks, 3 forms; connection close | — |
 //! | `verdict.rs`      | (called by `tcp.rs`) attribution, verdict   | — |
-//! | `flow.rs`         | (helpers) what is known per 4-tuple; `forget` at close | `FLOWS`, `BLOCKLIST`, `HELLOS_SEEN` |
+//! | `flow.rs`         | (helpers) what is known per 4-tuple; `forget` at close | `FLOWS`, `BLOCKLIST`, `BLOCKLIST_OVERFLOW`, `OVERFLOW_IN_USE`, `HELLOS_SEEN` |
 //! | `policy.rs`       | (helpers) the policy userspace wrote; `apply` | `LIB_ACTIONS`, `MODE`, `SCOPED_LIBS`, `HELLO_POLICY`, `SERVER_NAME_RULES` |
-//! | `events.rs`       | (helpers) records for userspace             | `EVENTS` |
+//! | `events.rs`       | (helpers) records for userspace             | `EVENTS`, `HELLO_EVENTS` |
 //! | `sock.rs`         | (helpers) 4-tuple of a `struct sock`        | global `SOCK_OFFSETS` |
 //! | `packet.rs`       | (helpers) 4-tuple of an Ethernet frame      | — |
 //! | `packet/direct.rs` | (helpers) its fast path: direct packet access | — |

@@ -69,15 +69,15 @@ pub fn apply(flow: &FlowKey, lib_action: Option<u8>) -> u8 {
     match lib_action {
         Some(action::ALLOW) => verdict::ALLOWED,
         Some(action::AUDIT) => verdict::AUDITED,
-        Some(action::DENY) if enforcing => {
-            if flow::block(flow) {
-                verdict::BLOCKED
-            } else {
-                // Fail-open: the packets go out, but userspace warns loudly and counts it.
+        Some(action::DENY) if enforcing => match flow::block(flow) {
+            flow::Blocked::Listed => verdict::BLOCKED,
+            // Fail-closed: the flow is dropped through the overflow table all the same, and its
+            // socket aborted by userspace; the verdict says where it went, the counter how often.
+            flow::Blocked::Overflow => {
                 stats::count(Stat::BlocklistFull);
                 verdict::BLOCKLIST_FULL
             }
-        }
+        },
         Some(action::DENY) => verdict::WOULD_BLOCK,
         _ => verdict::UNKNOWN_LIBRARY,
     }

@@ -35,7 +35,10 @@ pub fn on_tcp_io(sk: *const u8, direction: u8) {
     let lib_id = cookie::lib_id(call);
     if let Some(known) = flow::state(&flow) {
         // Same library again, or already blocked: nothing new to decide or report.
-        if known.lib_id == lib_id || known.verdict == verdict::BLOCKED {
+        if known.lib_id == lib_id
+            || known.verdict == verdict::BLOCKED
+            || known.verdict == verdict::BLOCKLIST_FULL
+        {
             return;
         }
     }

@@ -8,7 +8,8 @@
 //! and [`policy_maps`] those that hold the policy, [`uprobes`] and [`hooks`] attach the programs
 //! that attribute a flow to a library (the TLS uprobes and the kernel TCP hook), [`iface`] and
 //! [`tc`] put the blocklist filters on the interfaces (XDP ingress, tc egress), [`pin`] keeps all
-//! of it in force past the agent, and [`sock_destroy`] aborts a blocked socket. [`btf`] is here,
+//! of it in force past the agent, [`sock_destroy`] aborts a blocked socket, and [`sweep`] moves
+//! blocks no local socket will close out of the blocklist into its overflow table. [`btf`] is here,
 //! not with the domain modules: it reads the running kernel's `struct sock` layout, which only the
 //! eBPF programs consume.
 
@@ -21,6 +22,7 @@ pub mod maps;
 pub mod pin;
 pub mod policy_maps;
 pub mod sock_destroy;
+pub mod sweep;
 pub mod table;
 pub mod tc;
 pub mod uprobes;
@@ -150,9 +152,15 @@ impl Datapath {
         lock(&self.ebpf)
     }
 
-    /// The flow table, blocklist and statistics (the operator, the metrics).
+    /// The flow table, blocklist and statistics (the operator, the main loop).
     pub fn maps(&self) -> Arc<Mutex<LiveMaps>> {
         self.maps.clone()
+    }
+
+    /// Handles of their own on the same maps, for a background task that walks them (the
+    /// metrics sampler, the blocklist sweep) without holding up the shared ones.
+    pub fn open_maps(&self) -> Result<LiveMaps, LiveMapError> {
+        LiveMaps::open(&self.ebpf())
     }
 
     pub fn libraries(&self) -> &Libraries {

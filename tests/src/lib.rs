@@ -4,6 +4,7 @@
 //! `Result`), and every resource is an RAII guard torn down on `Drop`, also while a test panics.
 //! Traffic only ever goes to addresses of the network namespaces these guards create.
 
+pub mod adversary;
 mod agent;
 mod cert;
 pub mod content;

@@ -116,6 +116,24 @@ pub fn build_hidden_server(dir: &Path) -> PathBuf {
     out
 }
 
+/// Builds tests/programs/hello-flood (bare ClientHello records on fresh connections, no TLS
+/// library; and a server that accepts and closes) as `dir/hello-flood`, readable and runnable
+/// by every user.
+pub fn build_hello_flood(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let out = build_c(dir, "hello-flood", &[]);
+    for path in [dir, out.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    }
+    out
+}
+
+/// Builds tests/programs/denied-loop-client (one GnuTLS process connecting every INTERVAL ms,
+/// timing each handshake from the TCP connection on) as `dir/denied-loop-client`.
+pub fn build_denied_loop_client(dir: &Path) -> PathBuf {
+    build_c(dir, "denied-loop-client", &["-lgnutls"])
+}
+
 fn build_c(dir: &Path, name: &str, libs: &[&str]) -> PathBuf {
     build_source(dir, name, "client.c", libs)
 }

@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 use crate::{
     agent::{
         control,
-        events::{EventFormat, Reporter},
+        events::{self, EventFormat, Reporter},
         main_loop, metrics,
         operator::AgentInfo,
         reload,
@@ -75,8 +75,9 @@ pub struct AttachArgs {
     /// agent with the same DIR takes it over (docs/operations.md).
     #[arg(long, value_name = "DIR")]
     pub pin: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics. A bare PORT binds 127.0.0.1:PORT; the
+    /// endpoint has no authentication, so bind another address only behind a firewall.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = metrics::parse_addr)]
     pub metrics: Option<SocketAddr>,
     /// The operator socket (`enforcer status`, `flows`, `block`, `unblock`, `reload`).
     #[arg(long, value_name = "PATH", default_value = crate::agent::control::DEFAULT_SOCKET)]
@@ -84,9 +85,14 @@ pub struct AttachArgs {
     /// Capacity of the flow table (LRU).
     #[arg(long, value_name = "N", default_value_t = crate::datapath::loader::DEFAULT_FLOWS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub flows_max: u32,
-    /// Capacity of the blocklist (a full blocklist is reported, never evicted).
+    /// Capacity of the blocklist (never evicted; a denied flow that does not fit is dropped
+    /// through the overflow table, and reported).
     #[arg(long, value_name = "N", default_value_t = crate::datapath::loader::DEFAULT_BLOCKLIST_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub blocklist_max: u32,
+    /// Seconds between blocklist sweeps: an entry without a local socket at two sweeps in a row
+    /// moves to the overflow table (still dropped). 0: no sweep.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub blocklist_sweep: u64,
     /// On a policy reload, judge established flows again too (else only new ones).
     #[arg(long)]
     pub reevaluate_established: bool,
@@ -98,7 +104,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let datapath = Arc::new(datapath);
     register_libraries(&datapath, &checked.found)?;
     let hook = attach_hook(&datapath, args.kernel_hook)?;
-    let ring = take_events(&mut datapath.ebpf())?;
+    let rings = take_events(&mut datapath.ebpf())?;
     let mut attached = Attached::default();
     let result = attach_interfaces(&datapath, &checked, &mut attached).await;
     let programs = datapath.pinned_program_ids();
@@ -114,7 +120,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 programs,
                 control,
             };
-            serve(&args, &mut checked, ready, ring).await
+            serve(&args, &mut checked, ready, rings).await
         }
         Err(err) => {
             for path in &attached.pinned {
@@ -308,7 +314,7 @@ async fn serve(
     args: &AttachArgs,
     checked: &mut Checked,
     ready: Ready<'_>,
-    ring: RingBuf<MapData>,
+    rings: events::Rings,
 ) -> Result<()> {
     let datapath = ready.datapath;
     if let (Some(dir), Some(earlier)) = (&checked.pin, ready.earlier) {
@@ -349,10 +355,14 @@ async fn serve(
         control: Some(ready.control),
         control_path: args.control_socket.clone(),
         metrics: checked.metrics.take(),
+        blocklist_sweep: args.blocklist_sweep,
     };
-    let result = run.serve(ring).await;
+    let result = run.serve(rings).await;
     // Hooks off and every paused process resumed before anything is taken down.
-    tokio::task::block_in_place(|| watcher.stop());
+    tokio::task::block_in_place(|| {
+        watcher.stop();
+        checked.reporter.flush();
+    });
     result
 }
 
@@ -396,7 +406,15 @@ fn pin_sweep(dir: &PinDir, programs: &[u32]) {
     }
 }
 
-fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
-    let map = ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?;
-    Ok(RingBuf::try_from(map)?)
+fn take_events(ebpf: &mut Ebpf) -> Result<events::Rings> {
+    let mut ring = |name: &str| -> Result<RingBuf<MapData>> {
+        let map = ebpf
+            .take_map(name)
+            .with_context(|| format!("{name} map missing"))?;
+        Ok(RingBuf::try_from(map)?)
+    };
+    Ok(events::Rings {
+        connections: ring(maps::EVENTS)?,
+        hellos: ring(maps::HELLO_EVENTS)?,
+    })
 }

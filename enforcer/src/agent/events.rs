@@ -1,16 +1,28 @@
-//! The event pipeline: drains the `EVENTS` ring buffer, aborts the local socket of every blocked
-//! flow, and reports each attributed connection once (text through `tracing`, or JSON lines),
-//! and each judged TLS ClientHello (`hello`).
+//! The event pipeline: drains the ring buffers, aborts the local socket of every blocked flow,
+//! and reports each attributed connection once (text through `tracing`, or JSON lines), and each
+//! judged TLS hello (`hello`).
+//!
+//! Two rings, two reader threads ([`RingReader`]): connection events (`EVENTS`, what blocked
+//! libraries' sockets are aborted from) at a raised priority, hello events (`HELLO_EVENTS`,
+//! which anyone can make in bulk) at a lowered one, their owner lookups in a bounded queue
+//! (`owners`), and the records written by a thread of their own (`output`). A hello flood fills
+//! its own ring and keeps its own threads busy; connection events keep their room, their
+//! reader, and their place in the output.
 
 mod hello;
+mod output;
+mod owners;
 
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd},
     path::Path,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::{Duration, SystemTime},
 };
 
@@ -21,7 +33,6 @@ use enforcer_common::{
     hello::evidence,
 };
 use serde_json::json;
-use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 use crate::datapath::{
@@ -47,11 +58,15 @@ pub struct Reporter {
     /// Recent flows' owners, for `client_hello` events.
     recent: hello::RecentTable,
     pub format: EventFormat,
-    /// `--events-file`: JSON lines appended there too, whatever `format` says.
-    file: Option<Arc<Mutex<File>>>,
+    /// The record writer (stdout with `--events json`; the `--events-file` whatever `format`
+    /// says), on a thread of its own.
+    output: Arc<output::Output>,
     counts: Arc<Mutex<ConnectionCounts>>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
     boot_offset_ns: i128,
+    /// The owner-lookup queue (`None`: lookups are done in place; the worker's own clone).
+    owners: Option<Arc<owners::Queue>>,
+    lookups: Arc<owners::Counters>,
 }
 
 impl Reporter {
@@ -60,22 +75,32 @@ impl Reporter {
             libs,
             recent: Default::default(),
             format,
-            file: None,
+            output: Arc::new(output::Output::start(format == EventFormat::Json)),
             counts: Arc::default(),
             boot_offset_ns: realtime_minus_monotonic(),
+            owners: None,
+            lookups: Arc::default(),
         }
+    }
+
+    /// From now on, this reporter and its later clones queue owner lookups for a worker thread
+    /// instead of walking `/proc` where the hello is read.
+    pub fn start_owner_lookups(&mut self) -> std::io::Result<()> {
+        let queue = owners::Queue::start(self.clone(), self.lookups.clone())?;
+        self.owners = Some(Arc::new(queue));
+        Ok(())
     }
 
     /// Also appends every record, as one JSON line, to `path` (created 0600 if missing). Each
     /// line goes out in one `write` on an `O_APPEND` file: lines are never interleaved or cut.
-    pub fn with_events_file(mut self, path: &Path) -> std::io::Result<Self> {
+    pub fn with_events_file(self, path: &Path) -> std::io::Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path)?;
-        self.file = Some(Arc::new(Mutex::new(file)));
+        self.output.set_file(file);
         Ok(self)
     }
 
@@ -104,18 +129,25 @@ impl Reporter {
         self.emit(&record);
     }
 
-    /// A record to stdout (`--events json`) and to the events file.
+    /// A record to stdout (`--events json`) and to the events file, never dropped.
     fn emit(&self, record: &serde_json::Value) {
-        if self.format == EventFormat::Json {
-            print_json(record);
-        }
-        if let Some(file) = &self.file {
-            let line = format!("{record}\n");
-            let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(err) = file.write_all(line.as_bytes()) {
-                warn!(%err, "writing the events file failed");
-            }
-        }
+        self.output.push(record.to_string(), output::Lane::Records);
+    }
+
+    /// Whether records are written as JSON anywhere (stdout or the events file).
+    fn writes_json(&self) -> bool {
+        self.format == EventFormat::Json || self.output.writes_file()
+    }
+
+    /// Hello records dropped because their output lane was full (a reader of stdout slower than
+    /// the hellos come), since start.
+    pub fn hello_reports_dropped(&self) -> u64 {
+        self.output.dropped()
+    }
+
+    /// Waits up to 5 s for every record to be written (before the agent exits).
+    pub fn flush(&self) {
+        self.output.flush(Duration::from_secs(5));
     }
 
     fn library(&self, id: u32) -> Option<LibInfo> {
@@ -123,8 +155,9 @@ impl Reporter {
     }
 
     fn handle(&self, event: &TlsEvent) {
-        let aborted =
-            (event.verdict == verdict::BLOCKED).then(|| sock_destroy::destroy(&event.flow));
+        // A flow that did not fit in the blocklist is dropped all the same: its socket too.
+        let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
+        let aborted = blocked.then(|| sock_destroy::destroy(&event.flow));
         let lib = self.library(event.lib_id);
         let lib = lib.as_ref();
         let family = lib.map_or("unknown", |l| l.family.name());
@@ -171,7 +204,7 @@ impl Reporter {
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
             })
         };
-        if self.format == EventFormat::Json || self.file.is_some() {
+        if self.writes_json() {
             self.emit(&record());
         }
         match self.format {
@@ -217,31 +250,103 @@ impl Reporter {
     }
 }
 
-/// Runs until the ring buffer's fd fails (which only happens if the map goes away).
-pub async fn run(ring: RingBuf<MapData>, reporter: Reporter) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
-    let mut fd = unsafe { AsyncFd::register(ring) }?;
-    let mut skipped: u64 = 0;
-    loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            let record = decode(&item);
-            drop(item);
-            match record {
-                Ok(Record::Tls(event)) => reporter.handle(&event),
-                Ok(Record::Hello(event)) => reporter.handle_hello(&event),
-                Err(why) => {
-                    skipped += 1;
-                    // The first, then every 1024th: a kernel object and a binary that disagree
-                    // would otherwise flood the log.
-                    if skipped % 1024 == 1 {
-                        warn!(skipped, "EVENTS record skipped: {why}");
+/// The two ring buffers, taken from the object at start.
+pub struct Rings {
+    /// `EVENTS`: connection events.
+    pub connections: RingBuf<MapData>,
+    /// `HELLO_EVENTS`: hello events.
+    pub hellos: RingBuf<MapData>,
+}
+
+/// How a ring's reader thread is scheduled relative to the agent's other threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// Connection events: nice -10 where the agent may raise it (root), so that the socket
+    /// abort of a denied connection is not kept waiting by a flood on a busy host.
+    Urgent,
+    /// Hello events: nice 10, their work can wait.
+    Background,
+}
+
+/// The reader of one ring buffer, on a thread of its own; it stops when this drops.
+pub struct RingReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl RingReader {
+    /// Reads `ring` until dropped; if waiting on its fd fails (the map went away), the error
+    /// goes to `failed` and the thread ends.
+    pub fn start(
+        name: &str,
+        mut ring: RingBuf<MapData>,
+        reporter: Reporter,
+        priority: Priority,
+        failed: tokio::sync::oneshot::Sender<std::io::Error>,
+    ) -> std::io::Result<RingReader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread::Builder::new().name(name.into()).spawn(move || {
+                match priority {
+                    Priority::Urgent => crate::agent::urgent_thread(),
+                    Priority::Background => crate::agent::background_thread(),
+                }
+                let mut skipped: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    // Wakes when records are there, or after 100 ms to look at `stop`.
+                    let mut poll = libc::pollfd {
+                        fd: ring.as_fd().as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    let n = unsafe { libc::poll(&raw mut poll, 1, 100) };
+                    let err = std::io::Error::last_os_error();
+                    if n < 0 && err.kind() != std::io::ErrorKind::Interrupted {
+                        let _ = failed.send(err);
+                        return;
                     }
+                    while let Some(item) = ring.next() {
+                        let record = decode(&item);
+                        drop(item);
+                        reporter.dispatch(record, &mut skipped);
+                    }
+                }
+            })?
+        };
+        Ok(RingReader {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Reporter {
+    /// Handles one ring record of either kind (either ring may hold both: a pinned ring an
+    /// earlier version wrote).
+    fn dispatch(&self, record: Result<Record, Skipped>, skipped: &mut u64) {
+        match record {
+            Ok(Record::Tls(event)) => self.handle(&event),
+            Ok(Record::Hello(event)) => self.handle_hello(&event),
+            Err(why) => {
+                *skipped += 1;
+                // The first, then every 1024th: a kernel object and a binary that disagree
+                // would otherwise flood the log.
+                if *skipped % 1024 == 1 {
+                    warn!(skipped, "ring record skipped: {why}");
                 }
             }
         }
-        guard.clear_ready();
     }
 }
 
@@ -282,12 +387,6 @@ fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, Skipped> {
     }
     // SAFETY: `bytes` holds at least size_of::<T>() bytes; T is Pod (any bit pattern valid).
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
-}
-
-fn print_json(value: &serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout is not a reason to stop enforcing.
-    let _ = writeln!(out, "{value}").and_then(|()| out.flush());
 }
 
 fn realtime_minus_monotonic() -> i128 {

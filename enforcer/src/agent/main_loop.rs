@@ -1,15 +1,15 @@
-//! The running agent's main loop: events, signals, policy reloads, the operator socket, the
-//! metrics endpoint, and a one-second housekeeping tick (policy file poll, blocklist capacity,
-//! pinning links of libraries probed since the last tick).
+//! The running agent's main loop: connection events, signals, policy reloads, the operator
+//! socket, the metrics endpoint, and a one-second housekeeping tick (policy file poll, blocklist
+//! capacity and lost events from the sampler's snapshot, pinning links of libraries probed since
+//! the last tick). Hello events, owner lookups and the map sampler run on threads of their own.
 
 use std::{
     path::PathBuf,
-    sync::{Arc, PoisonError, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use enforcer_common::stat::Stat;
 use serde_json::{Value, json};
 use tokio::{
@@ -25,6 +25,7 @@ use crate::{
         metrics::{self, AgentCounters},
         operator::{AgentInfo, Operator, ReloadRequest},
         reload::{self, ReloadConfig},
+        sampler::{Sampler, Snapshot},
     },
     datapath::{
         Datapath,
@@ -50,6 +51,8 @@ pub struct Running {
     pub control: Option<tokio::net::UnixListener>,
     pub control_path: PathBuf,
     pub metrics: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
+    /// Seconds between blocklist sweeps (0: none).
+    pub blocklist_sweep: u64,
 }
 
 /// A task aborted when this drops.
@@ -63,8 +66,35 @@ impl Drop for Task {
 
 impl Running {
     /// Reports `ready`, then serves until SIGINT/SIGTERM (or the ring buffer fails).
-    pub async fn serve(mut self, ring: RingBuf<MapData>) -> Result<()> {
+    pub async fn serve(mut self, rings: events::Rings) -> Result<()> {
         let counters = Arc::new(AgentCounters::default());
+        self.reporter
+            .start_owner_lookups()
+            .context("starting the owner-lookup thread")?;
+        let maps = self
+            .datapath
+            .open_maps()
+            .context("opening the maps for the sampler")?;
+        let (sampler, sampled) =
+            Sampler::start(maps, self.blocklist_sweep).context("starting the sampler thread")?;
+        let (hellos_failed, mut hello_ring_failed) = tokio::sync::oneshot::channel();
+        let hello_reader = events::RingReader::start(
+            "hello-events",
+            rings.hellos,
+            self.reporter.clone(),
+            events::Priority::Background,
+            hellos_failed,
+        )
+        .context("starting the hello-event thread")?;
+        let (connections_failed, mut connection_ring_failed) = tokio::sync::oneshot::channel();
+        let connection_reader = events::RingReader::start(
+            "connection-events",
+            rings.connections,
+            self.reporter.clone(),
+            events::Priority::Urgent,
+            connections_failed,
+        )
+        .context("starting the connection-event thread")?;
         let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
         let operator = Operator {
             info: self.info.clone(),
@@ -84,7 +114,7 @@ impl Running {
                 listener,
                 metrics::Sources {
                     reporter: self.reporter.clone(),
-                    maps: self.datapath.maps(),
+                    sampled: sampled.clone(),
                     counters: counters.clone(),
                 },
             )))
@@ -121,11 +151,10 @@ impl Running {
             .as_ref()
             .and_then(|c| reload::fingerprint(&c.path));
         let mut pressure = Pressure::default();
-        let events = events::run(ring, self.reporter.clone());
-        tokio::pin!(events);
         let result = loop {
             tokio::select! {
-                result = &mut events => break result.context("reading events"),
+                Ok(err) = &mut connection_ring_failed => break Err(err).context("reading connection events"),
+                Ok(err) = &mut hello_ring_failed => break Err(err).context("reading hello events"),
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break Ok(()) }
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
                 _ = sighup.recv() => {
@@ -143,11 +172,17 @@ impl Running {
                             self.reload_now("policy file changed", &counters);
                         }
                     }
-                    self.housekeeping(&mut pressure, &counters);
+                    self.housekeeping(&mut pressure, &counters, &sampled.get());
                 }
             }
         };
-        drop((control_task, metrics_task));
+        drop((
+            control_task,
+            metrics_task,
+            connection_reader,
+            hello_reader,
+            sampler,
+        ));
         if let Some((dir, programs)) = &self.pin {
             // The last libraries probed are pinned too before we go.
             let _ = pin::sweep(dir, programs);
@@ -205,17 +240,32 @@ impl Running {
         }
     }
 
-    fn housekeeping(&self, pressure: &mut Pressure, counters: &AgentCounters) {
-        let (blocked, max, full) = {
-            let maps = self.datapath.maps();
-            let maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
-            let stats = maps.stats();
-            (
-                maps.blocked().len(),
-                maps.blocklist_max,
-                stats[Stat::BlocklistFull as usize],
-            )
-        };
+    fn housekeeping(&self, pressure: &mut Pressure, counters: &AgentCounters, now: &Snapshot) {
+        let (blocked, max) = (now.fill.blocklist, now.fill.blocklist_max);
+        let full = now.stats[Stat::BlocklistFull as usize];
+        let rings = [
+            ("EVENTS", Stat::EventsLost),
+            ("HELLO_EVENTS", Stat::HelloEventsLost),
+        ];
+        for ((ring, stat), seen) in rings.into_iter().zip(&mut pressure.lost_seen) {
+            let lost = now.stats[stat as usize];
+            if lost > *seen {
+                let new = lost - *seen;
+                *seen = lost;
+                warn!(
+                    ring,
+                    lost = new,
+                    total = lost,
+                    "events lost: the ring buffer was full (enforcement went on; the records are gone)"
+                );
+                self.reporter.lifecycle(json!({"type": "capacity", "map": ring, "level": "lost", "lost": new, "lost_total": lost}));
+            }
+        }
+        if now.swept > pressure.swept_seen {
+            let moved = now.swept - pressure.swept_seen;
+            pressure.swept_seen = now.swept;
+            self.reporter.lifecycle(json!({"type": "capacity", "map": "BLOCKLIST", "level": "swept", "entries": blocked, "max_entries": max, "moved": moved}));
+        }
         let ratio = blocked as f64 / f64::from(max.max(1));
         let record = |level: &str, extra: Value| {
             let mut v = json!({"type": "capacity", "map": "BLOCKLIST", "level": level, "entries": blocked, "max_entries": max});
@@ -231,7 +281,7 @@ impl Running {
                 failed,
                 entries = blocked,
                 max,
-                "BLOCKLIST full: denied flows could not be blocked (fail-open); raise --blocklist-max"
+                "BLOCKLIST full: denied flows went to the overflow table (still dropped, sockets aborted); raise --blocklist-max"
             );
             self.reporter
                 .lifecycle(record("full", json!({"failed_inserts": failed})));
@@ -259,4 +309,7 @@ impl Running {
 struct Pressure {
     high: bool,
     full_seen: u64,
+    /// `EventsLost`, `HelloEventsLost` as last reported.
+    lost_seen: [u64; 2],
+    swept_seen: u64,
 }

@@ -1,12 +1,14 @@
 //! `--metrics ADDR`: a Prometheus `/metrics` endpoint (text exposition format 0.0.4) on plain
 //! HTTP, served by a small tokio task. One request per connection, `GET /metrics` only; any other
-//! path is 404. Request heads are read up to 8 KiB and for at most 5 s.
+//! path is 404. Request heads are read up to 8 KiB and for at most 5 s. A scrape reads counters
+//! only: the sampler's last snapshot of the maps (`sampler`), the reporter's and the agent's
+//! counters; it never walks a map or waits for the maps' lock.
 
 use std::{
     fmt::Write as _,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -19,13 +21,13 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{agent::events::Reporter, datapath::maps::LiveMaps};
+use crate::agent::{events::Reporter, sampler::Sampled};
 
 /// What the endpoint reads on every scrape.
 #[derive(Clone)]
 pub struct Sources {
     pub reporter: Reporter,
-    pub maps: Arc<Mutex<LiveMaps>>,
+    pub sampled: Sampled,
     pub counters: Arc<AgentCounters>,
 }
 
@@ -39,6 +41,17 @@ pub struct AgentCounters {
 
 const MAX_REQUEST: usize = 8192;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `--metrics`: `ADDR:PORT`, or a bare `PORT`, which binds 127.0.0.1 (the endpoint has no
+/// authentication: another address is an explicit choice).
+pub fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is neither ADDR:PORT nor PORT"))
+}
 
 /// Binds `addr`; the returned address is the one bound (port 0 picks a free port).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
@@ -103,10 +116,8 @@ fn is_get_metrics(head: &[u8]) -> bool {
 
 /// The exposition text.
 pub fn render(sources: &Sources) -> String {
-    let (stats, fill) = {
-        let maps = sources.maps.lock().unwrap_or_else(PoisonError::into_inner);
-        (maps.stats(), maps.fill())
-    };
+    let snapshot = sources.sampled.get();
+    let (stats, fill) = (snapshot.stats, snapshot.fill);
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -137,6 +148,7 @@ pub fn render(sources: &Sources) -> String {
         let _ = writeln!(out, "{name}{} {}", shown.labels, stats[counter as usize]);
     }
     let (owners, forgotten) = sources.reporter.recent_owners();
+    let lookups = sources.reporter.owner_lookups();
     let gauge_lines = [
         (
             "enforcer_recent_owners",
@@ -151,12 +163,28 @@ pub fn render(sources: &Sources) -> String {
             vec![("", forgotten)],
         ),
         (
+            "enforcer_owner_lookups_total",
+            "counter",
+            "Owner lookups of unattributed hellos (/proc walks), by result; dropped: the bounded queue was full or the rate limit reached, reported without owner.",
+            vec![
+                ("{result=\"done\"}", lookups.done),
+                ("{result=\"dropped\"}", lookups.dropped),
+            ],
+        ),
+        (
+            "enforcer_hello_reports_dropped_total",
+            "counter",
+            "Hello records not written because the output fell behind (stdout or the events file slower than the hellos came).",
+            vec![("", sources.reporter.hello_reports_dropped())],
+        ),
+        (
             "enforcer_map_entries",
             "gauge",
-            "Entries in a map now.",
+            "Entries in a map (sampled: BLOCKLIST every second, the others every 5 s).",
             vec![
                 ("{map=\"FLOWS\"}", fill.flows as u64),
                 ("{map=\"BLOCKLIST\"}", fill.blocklist as u64),
+                ("{map=\"BLOCKLIST_OVERFLOW\"}", fill.overflow as u64),
             ],
         ),
         (
@@ -166,7 +194,14 @@ pub fn render(sources: &Sources) -> String {
             vec![
                 ("{map=\"FLOWS\"}", u64::from(fill.flows_max)),
                 ("{map=\"BLOCKLIST\"}", u64::from(fill.blocklist_max)),
+                ("{map=\"BLOCKLIST_OVERFLOW\"}", u64::from(fill.overflow_max)),
             ],
+        ),
+        (
+            "enforcer_blocklist_swept_total",
+            "counter",
+            "Blocklist entries without a local socket moved to the overflow table by the sweep (still dropped).",
+            vec![("", snapshot.swept)],
         ),
         (
             "enforcer_libraries_probed",
@@ -205,4 +240,21 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_port_binds_loopback() {
+        assert_eq!(parse_addr("9464"), Ok("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            parse_addr("0.0.0.0:9464"),
+            Ok("0.0.0.0:9464".parse().unwrap())
+        );
+        assert_eq!(parse_addr("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
+        assert!(parse_addr("localhost:9464").is_err());
+        assert!(parse_addr("70000").is_err());
+    }
 }

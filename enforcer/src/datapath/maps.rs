@@ -1,5 +1,6 @@
 //! The agent's own handles on the maps operators look at and change while it runs: the flow
-//! table, the blocklist and the statistics (the policy maps are in `policy_maps`).
+//! table, the blocklist (with its overflow table) and the statistics (the policy maps are in
+//! `policy_maps`).
 //!
 //! They are second file descriptors of the very maps the programs use (opened by map id), so
 //! they stay usable after the `Ebpf` object went to the watcher. Every walk is bounded by the
@@ -9,10 +10,10 @@ use std::net::SocketAddr;
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use enforcer_common::{
-    flow::{FlowKey, FlowState, verdict},
+    flow::{FlowKey, FlowState, block, verdict},
     maps, stat,
 };
 
@@ -31,13 +32,16 @@ pub(super) fn err(name: &'static str) -> impl FnOnce(MapError) -> LiveMapError {
     move |source| LiveMapError::Map { name, source }
 }
 
-/// Handles on FLOWS, BLOCKLIST and STATS.
+/// Handles on FLOWS, BLOCKLIST, BLOCKLIST_OVERFLOW and STATS.
 pub struct LiveMaps {
     flows: HashMap<MapData, FlowKey, FlowState>,
     blocklist: HashMap<MapData, FlowKey, u8>,
+    overflow: HashMap<MapData, FlowKey, u8>,
+    overflow_in_use: Array<MapData, u32>,
     stats: PerCpuArray<MapData, u64>,
     pub flows_max: u32,
     pub blocklist_max: u32,
+    pub overflow_max: u32,
 }
 
 /// Counts of the map entries, against capacity.
@@ -47,6 +51,9 @@ pub struct Fill {
     pub flows_max: u32,
     pub blocklist: usize,
     pub blocklist_max: u32,
+    /// Blocks held in `BLOCKLIST_OVERFLOW` (did not fit, or swept: no local socket).
+    pub overflow: usize,
+    pub overflow_max: u32,
 }
 
 /// A second file descriptor of map `name` of `ebpf` (opened by its id).
@@ -73,7 +80,17 @@ impl LiveMaps {
             .info()
             .map_err(err(maps::BLOCKLIST))?
             .max_entries();
+        let overflow_data = data(maps::BLOCKLIST_OVERFLOW)?;
+        let overflow_max = overflow_data
+            .info()
+            .map_err(err(maps::BLOCKLIST_OVERFLOW))?
+            .max_entries();
         Ok(LiveMaps {
+            overflow: HashMap::try_from(Map::LruHashMap(overflow_data))
+                .map_err(err(maps::BLOCKLIST_OVERFLOW))?,
+            overflow_in_use: Array::try_from(Map::Array(data(maps::OVERFLOW_IN_USE)?))
+                .map_err(err(maps::OVERFLOW_IN_USE))?,
+            overflow_max,
             flows: HashMap::try_from(Map::LruHashMap(flows_data)).map_err(err(maps::FLOWS))?,
             blocklist: HashMap::try_from(Map::HashMap(blocklist_data))
                 .map_err(err(maps::BLOCKLIST))?,
@@ -101,8 +118,39 @@ impl LiveMaps {
             .collect()
     }
 
+    /// `BLOCKLIST` entries with who put them there (`flow::block::*`).
+    pub fn blocked_entries(&self) -> Vec<(FlowKey, u8)> {
+        self.blocklist
+            .iter()
+            .take(self.blocklist_max as usize)
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// Entries of `BLOCKLIST_OVERFLOW` now (a walk of at most its capacity).
+    pub fn overflowed(&self) -> usize {
+        self.overflow
+            .keys()
+            .take(self.overflow_max as usize)
+            .filter(Result::is_ok)
+            .count()
+    }
+
     pub fn is_blocked(&self, flow: &FlowKey) -> bool {
-        self.blocklist.get(flow, 0).is_ok()
+        self.blocklist.get(flow, 0).is_ok() || self.overflow.get(flow, 0).is_ok()
+    }
+
+    /// Moves a kernel block from `BLOCKLIST` to `BLOCKLIST_OVERFLOW` (the sweep: no local socket
+    /// is behind it, so no close will ever remove it). Into the overflow table first, so the
+    /// flow is dropped at every moment in between.
+    pub fn demote(&mut self, flow: &FlowKey) -> Result<(), LiveMapError> {
+        self.overflow_in_use
+            .set(0, 1, 0)
+            .map_err(err(maps::OVERFLOW_IN_USE))?;
+        self.overflow
+            .insert(flow, block::KERNEL, 0)
+            .map_err(err(maps::BLOCKLIST_OVERFLOW))?;
+        absent_ok(self.blocklist.remove(flow)).map_err(err(maps::BLOCKLIST))
     }
 
     pub fn fill(&self) -> Fill {
@@ -116,6 +164,8 @@ impl LiveMaps {
             flows_max: self.flows_max,
             blocklist: self.blocked().len(),
             blocklist_max: self.blocklist_max,
+            overflow: self.overflowed(),
+            overflow_max: self.overflow_max,
         }
     }
 
@@ -132,9 +182,10 @@ impl LiveMaps {
 
     /// Puts `flow` in the blocklist and marks it blocked in FLOWS (so the kernel hook does not
     /// judge it again). `lib_id`: the library to record when the flow is not attributed yet.
+    /// An operator's block: the sweep leaves it where it is.
     pub fn block(&mut self, flow: &FlowKey, lib_id: u32) -> Result<(), LiveMapError> {
         self.blocklist
-            .insert(flow, 1, 0)
+            .insert(flow, block::OPERATOR, 0)
             .map_err(err(maps::BLOCKLIST))?;
         let mut state = self.flows.get(flow, 0).unwrap_or(FlowState {
             lib_id,
@@ -150,6 +201,7 @@ impl LiveMaps {
     pub fn unblock(&mut self, flow: &FlowKey) -> Result<bool, LiveMapError> {
         let was = self.is_blocked(flow);
         absent_ok(self.blocklist.remove(flow)).map_err(err(maps::BLOCKLIST))?;
+        absent_ok(self.overflow.remove(flow)).map_err(err(maps::BLOCKLIST_OVERFLOW))?;
         if let Ok(mut state) = self.flows.get(flow, 0) {
             state.verdict = verdict::ALLOWED;
             self.flows

@@ -106,6 +106,30 @@ pub fn socket_inode(flow: &FlowKey) -> Option<u64> {
     Some(u32::from_ne_bytes(inode.try_into().ok()?) as u64).filter(|i| *i != 0)
 }
 
+/// For each flow, whether a TCP socket with exactly its 4-tuple exists in this network namespace
+/// (listeners never count). One netlink socket for all of them; a lookup that fails counts as a
+/// live socket, so a flow is never taken for socket-less on an error.
+pub fn live(flows: &[FlowKey]) -> Vec<bool> {
+    let Ok(sock) = open() else {
+        return vec![true; flows.len()];
+    };
+    flows
+        .iter()
+        .map(|flow| {
+            let Ok((local, remote)) = endpoints(flow) else {
+                return true;
+            };
+            match exchange(&sock, SOCK_DIAG_BY_FAMILY, &request(local, remote)) {
+                Ok(Some(msg)) => parse_msg(&msg).is_none_or(|(state, l, r, _)| {
+                    state != TCP_LISTEN && l == local && r == remote
+                }),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+                _ => true,
+            }
+        })
+        .collect()
+}
+
 /// Local and remote socket addresses of `flow`; IPv4-mapped IPv6 addresses count as IPv4.
 fn endpoints(flow: &FlowKey) -> Result<(SocketAddr, SocketAddr), SockDestroyError> {
     let ip = |bytes: &[u8; 16]| -> Result<IpAddr, SockDestroyError> {
@@ -343,6 +367,21 @@ mod tests {
         let unused: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         let err = destroy(&key(unused, remote)).expect_err("no such socket");
         assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn live_tells_sockets_from_socketless_tuples() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (_server, _) = listener.accept().expect("accept");
+        let connected = key(
+            client.local_addr().expect("local"),
+            client.peer_addr().expect("peer"),
+        );
+        let remote: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        // The listener's port with a peer nobody connected from: the listener does not count.
+        let on_listener = key(listener.local_addr().expect("addr"), remote);
+        assert_eq!(live(&[connected, on_listener]), vec![true, false]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! library or none, verdict). The classifier runs where no process context is meaningful, so
 //! the owner is joined in userspace: from the `connection` event of the same 4-tuple (the
 //! attribution hook runs in the owner's thread, before the ClientHello leaves), else, for
-//! unattributed flows, from the socket's inode (sock_diag) and a bounded walk of `/proc/*/fd`.
+//! unattributed flows, from the socket's inode (sock_diag) and a bounded walk of `/proc/*/fd`,
+//! which the owner-lookup worker does (`owners`), never the ring's reader.
 
 use std::{
     collections::HashMap,
@@ -19,7 +20,11 @@ use enforcer_common::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Reporter, endpoints, sockaddr, verdict_name};
+use super::{
+    Reporter, endpoints,
+    owners::{Aborted, Lookup, LookupCounts, Owner, owner_of_inode},
+    sockaddr, verdict_name,
+};
 use crate::datapath::sock_destroy;
 
 /// Flows remembered for the join, at most. Kept in two halves: when the newer one is full, the
@@ -27,20 +32,9 @@ use crate::datapath::sock_destroy;
 /// the latest `MAX_RECENT / 2` flows are always there. A flow forgotten before its ClientHello
 /// costs only the join: its owner is then looked up by socket inode.
 pub const MAX_RECENT: usize = 8192;
-/// `/proc` walks per second; more unattributed ClientHellos than this are reported without owner.
+/// Owner lookups (socket inode, then a `/proc` walk) started per second; more unattributed
+/// hellos than this are reported without owner (counted as dropped lookups).
 const MAX_WALKS_PER_SECOND: u32 = 20;
-/// Longest a single `/proc` walk may take.
-const WALK_BUDGET: Duration = Duration::from_millis(100);
-
-/// Who sent a flow's bytes, and how we know.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub pid: u32,
-    pub comm: String,
-    /// `connection-event`, `hello-random` (the process that made the hello's random) or
-    /// `socket-inode`.
-    pub source: &'static str,
-}
 
 /// The join state shared by the reporter's clones.
 #[derive(Default)]
@@ -102,9 +96,10 @@ pub fn sni_status(v: u8) -> &'static str {
 }
 
 impl Reporter {
+    /// Aborts a blocked hello's socket, then reports it: at once, or once the owner-lookup
+    /// worker named its process.
     pub(super) fn handle_hello(&self, event: &HelloEvent) {
         let unattributed = event.lib_id == UNATTRIBUTED;
-        let server = event.hello == hello::SERVER;
         let by_random = event.evidence == evidence::RANDOM && !unattributed;
         let mut owner = self.recent_lock().owner(&event.flow).cloned();
         if owner.is_none() && by_random && event.producer_pid != 0 {
@@ -115,17 +110,45 @@ impl Reporter {
             });
         }
         // The inode must be read before the socket is destroyed; the walk can come after.
-        let inode = match owner.is_none() && self.recent_lock().may_walk() {
-            true => sock_destroy::socket_inode(&event.flow),
+        let inode = match owner.is_none() {
+            true if self.recent_lock().may_walk() => sock_destroy::socket_inode(&event.flow),
+            true => {
+                self.lookups.dropped();
+                None
+            }
             false => None,
         };
-        let aborted =
-            (event.verdict == verdict::BLOCKED).then(|| sock_destroy::destroy(&event.flow));
-        if owner.is_none()
-            && let Some(inode) = inode
-        {
-            owner = owner_of_inode(inode);
+        let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
+        let aborted = blocked.then(|| sock_destroy::destroy(&event.flow));
+        let (Some(inode), None) = (inode, &owner) else {
+            return self.report_hello(event, aborted, owner);
+        };
+        let lookup = Lookup {
+            inode,
+            event: Box::new(*event),
+            aborted,
+        };
+        let Some(queue) = &self.owners else {
+            let owner = owner_of_inode(inode);
+            return self.report_hello(&lookup.event, lookup.aborted, owner);
+        };
+        if let Err(lookup) = queue.offer(lookup) {
+            self.lookups.dropped();
+            self.report_hello(&lookup.event, lookup.aborted, None);
         }
+    }
+
+    /// Owner lookups done and dropped since start.
+    pub fn owner_lookups(&self) -> LookupCounts {
+        self.lookups.get()
+    }
+
+    /// Reports a judged hello (`aborted`: its socket abort, if it was blocked; `owner`: the
+    /// process, if known).
+    pub(super) fn report_hello(&self, event: &HelloEvent, aborted: Aborted, owner: Option<Owner>) {
+        let unattributed = event.lib_id == UNATTRIBUTED;
+        let server = event.hello == hello::SERVER;
+        let by_random = event.evidence == evidence::RANDOM && !unattributed;
         let name_len = (event.name_len as usize).min(event.name.len());
         let server_name = (event.sni == sni::PRESENT)
             .then(|| String::from_utf8_lossy(&event.name[..name_len]).into_owned());
@@ -163,8 +186,9 @@ impl Reporter {
             })
         };
         // JSON to stdout (`--events json`) and to the events file (`--events-file`).
-        if self.format == super::EventFormat::Json || self.file.is_some() {
-            self.emit(&record());
+        if self.writes_json() {
+            self.output
+                .push(record().to_string(), super::output::Lane::Hellos);
         }
         match self.format {
             super::EventFormat::Json => {}
@@ -217,41 +241,6 @@ impl Reporter {
     fn recent_lock(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// The process holding socket `inode`: the first `/proc/<pid>/fd/*` link to `socket:[inode]`
-/// found within `WALK_BUDGET`. Newest processes first (highest pid; pids grow until they wrap):
-/// a ClientHello comes from a socket opened moments ago, most often by a process started moments
-/// ago, and on a busy host the budget may not cover every process.
-pub fn owner_of_inode(inode: u64) -> Option<Owner> {
-    let target = format!("socket:[{inode}]");
-    let deadline = Instant::now() + WALK_BUDGET;
-    let mut pids: Vec<u32> = fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-        .collect();
-    pids.sort_unstable_by(|a, b| b.cmp(a));
-    for pid in pids {
-        if Instant::now() > deadline {
-            return None;
-        }
-        let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
-        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
-                let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
-                return Some(Owner {
-                    pid,
-                    comm: comm.trim_end().to_owned(),
-                    source: "socket-inode",
-                });
-            }
-        }
-    }
-    None
 }
 
 /// Shared between clones of the reporter.
