@@ -14,6 +14,7 @@
 
 mod apply;
 pub mod btf;
+pub mod features;
 pub mod hooks;
 pub mod iface;
 pub mod loader;
