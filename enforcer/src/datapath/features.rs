@@ -132,7 +132,7 @@ pub const FEATURES: &[Feature] = &[
         since: "6.3",
         used_for: "TCP hook form tracepoint, receive side",
         probe: Probe::RawTracepoint("sock_recv_length"),
-        without: Without::Fallback("TCP hook form fentry or kprobe"),
+        without: Without::Fallback("raw tracepoint tcp_rcv_space_adjust, or another form"),
     },
     Feature {
         name: "raw tracepoint inet_sock_set_state",

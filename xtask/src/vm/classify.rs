@@ -89,6 +89,11 @@ pub fn classify(
                 Outcome::Fail(format!("insmod {} failed: {}", m.0, m.1))
             } else if let Some(why) = &b.refused {
                 match release_version(&k.release) {
+                    _ if b.fact("attach_refuses") != Some(true) => Outcome::Fail(format!(
+                        "check-kernel refuses the kernel but `enforcer attach` did not exit \
+                         with the refusal (see the log): {}",
+                        short(why, 300)
+                    )),
                     Some(v) if v < MIN_KERNEL => Outcome::Unsupported(format!(
                         "refused (documented, needs Linux {}.{}+): {}",
                         MIN_KERNEL.0,
@@ -215,7 +220,9 @@ mod tests {
 
     #[test]
     fn a_refusal_is_documented_below_5_15_and_a_failure_above() {
-        let mut b = BootLog::parse("@@vm refused kernel 5.10.0-46 lacks bpf_task_pt_regs\n");
+        let mut b = BootLog::parse(
+            "@@vm refused kernel 5.10.0-46 lacks bpf_task_pt_regs\n@@vm fact attach_refuses yes\n",
+        );
         assert!(
             b.refused
                 .as_deref()
@@ -231,6 +238,11 @@ mod tests {
         k.release = "6.1.0-56-cloud-amd64".into();
         let rows = classify(&k, &b, None, &["fentry"], &tests);
         assert!(matches!(&rows[0].outcome, Outcome::Fail(w) if w.contains("refuses a kernel")));
+        // An agent that does not refuse at start as check-kernel says fails the cell.
+        b.facts.insert("attach_refuses".into(), false);
+        k.release = "5.10.0-46-cloud-amd64".into();
+        let rows = classify(&k, &b, None, &["fentry"], &tests);
+        assert!(matches!(&rows[0].outcome, Outcome::Fail(w) if w.contains("did not exit")));
         b.refused = None;
         assert_eq!(release_version("6.12.117+deb12-cloud-amd64"), Some((6, 12)));
     }
