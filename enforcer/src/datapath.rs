@@ -15,6 +15,7 @@
 
 mod apply;
 pub mod btf;
+pub mod features;
 pub mod hooks;
 pub mod iface;
 pub mod loader;

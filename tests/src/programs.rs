@@ -8,8 +8,29 @@ use std::process::Command;
 
 use crate::{cmd, sh};
 
-/// `1.19.8` for Debian bookworm's `go`.
+/// Where `cargo xtask vm` puts the test programs it built on the host: the VMs have no `go` or
+/// `gcc`. Unset on the host, where every test builds its own.
+pub const PREBUILT_ENV: &str = "ENFORCER_TEST_PREBUILT";
+
+/// `$ENFORCER_TEST_PREBUILT/<name>` copied to `dest` (the tests name their programs, and the
+/// agent reports them by path and name), if that directory is set. Panics if it is set but lacks
+/// the program: the VM image is then incomplete.
+pub fn prebuilt(name: &str, dest: &Path) -> Option<PathBuf> {
+    let dir = std::env::var_os(PREBUILT_ENV)?;
+    let src = Path::new(&dir).join(name);
+    std::fs::copy(&src, dest)
+        .unwrap_or_else(|e| panic!("{PREBUILT_ENV} is set but {}: {e}", src.display()));
+    Some(dest.to_path_buf())
+}
+
+/// `1.19.8` for Debian bookworm's `go` (from the prebuilt programs' `go-version` in a VM).
 pub fn go_version() -> String {
+    if let Some(dir) = std::env::var_os(PREBUILT_ENV) {
+        let file = Path::new(&dir).join("go-version");
+        let v = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{PREBUILT_ENV}: {}: {e}", file.display()));
+        return v.trim().to_owned();
+    }
     let v = sh(&mut cmd("go", ["env", "GOVERSION"]));
     v.trim().trim_start_matches("go").to_owned()
 }
@@ -19,6 +40,17 @@ pub fn go_version() -> String {
 pub fn build_go(dir: &Path, name: &str, ldflags: &str) -> PathBuf {
     let src = crate::workspace().join("tests/programs/go-tls-client");
     let out = dir.join(name);
+    if std::env::var_os(PREBUILT_ENV).is_some() {
+        // Prebuilt: `go-tls-client` (no ldflags) and `go-tls-client-stripped` (`-s -w`).
+        let variant = match ldflags {
+            "" => "go-tls-client",
+            "-s -w" => "go-tls-client-stripped",
+            other => {
+                panic!("no prebuilt Go client for ldflags {other:?} (xtask/src/vm/programs.rs)")
+            }
+        };
+        return prebuilt(variant, &out).expect("the directory is set");
+    }
     let mut go = Command::new("go");
     go.current_dir(&src)
         .args(["build", "-trimpath", &format!("-ldflags={ldflags}"), "-o"])

@@ -299,6 +299,25 @@ fn check_kernel_explains_every_hook_form() {
         "fentry must attach or say why: {fentry}"
     );
     assert!(line("auto").len() > "auto: ".len());
+    // The feature list comes first: every feature with its first release; this kernel (5.15+)
+    // has every one enforcer cannot do without, so nothing says it refuses.
+    let features: Vec<&str> = text.lines().filter(|l| l.starts_with("feature ")).collect();
+    assert!(features.len() >= 10, "{text}");
+    assert!(
+        features
+            .iter()
+            .all(|l| l.contains(": yes (Linux ") || l.contains(": no (Linux ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("feature uprobe_multi links: ")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("refuses to start") && !text.contains("\nrefused: "),
+        "{text}"
+    );
 }
 
 /// A layer-3 device has no Ethernet header: the agent must refuse it rather than attach programs

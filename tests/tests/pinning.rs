@@ -138,6 +138,17 @@ fn links_of(name: &str) -> usize {
         .count()
 }
 
+/// The send and receive programs of the kernel TCP hook form the tests run with
+/// (`ENFORCER_TEST_KERNEL_HOOK`, set per form by `cargo xtask vm`; `auto` is tracepoint on the
+/// development hosts).
+fn tcp_hook_programs() -> [&'static str; 2] {
+    match std::env::var("ENFORCER_TEST_KERNEL_HOOK").as_deref() {
+        Ok("fentry") => ["fentry_tcp_sendmsg", "fentry_tcp_cleanup_rbuf"],
+        Ok("kprobe") => ["kprobe_tcp_sendmsg", "kprobe_tcp_cleanup_rbuf"],
+        _ => ["tp_tcp_send", "tp_tcp_recv"],
+    }
+}
+
 fn pinned_links(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("links")).map_or(0, |d| d.count())
 }
@@ -196,10 +207,11 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
 
     // The next agent takes over: one XDP program, one tc filter, the old kernel hooks released
     // (one link each), the blocklist entry still there.
+    let tcp_hooks = tcp_hook_programs();
     let mut second = start(&ns, &pin.dir, &socket);
     assert_eq!(xdp_programs(&ns.host_if).len(), 1, "one XDP program");
     assert_eq!(our_tc_filters(&ns.host_if), 1, "one tc filter");
-    for hook in ["tp_sock_state", "tp_tcp_send", "tp_tcp_recv"] {
+    for hook in ["tp_sock_state", tcp_hooks[0], tcp_hooks[1]] {
         assert_eq!(links_of(hook), 1, "links of {hook} after the restart");
     }
     let flows = ctl(&socket, &["flows"]);

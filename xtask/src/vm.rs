@@ -1,7 +1,8 @@
-//! `cargo xtask vm`: the kernel matrix. Boots Debian's stock kernels (bookworm's 6.1 cloud kernel,
-//! 6.12 for bookworm) in QEMU and runs the end-to-end enforcement tests (`tests/tests/enforce.rs`)
-//! inside, once per kernel TCP hook form, then prints kernel × hook form × test → result and
-//! writes it to `target/vm/report.md`. See docs/kernel-support.md.
+//! `cargo xtask vm`: the kernel matrix. Boots Debian's stock kernels (bullseye's 5.10 and
+//! bookworm's 6.1 cloud kernels, 6.12 for bookworm) in QEMU and runs a subset of the integration
+//! tests inside ([`SUBSET`]: every end-to-end enforcement test, and one test each of pinning and
+//! ClientHello judging), once per kernel TCP hook form, then prints kernel × hook form × test →
+//! result and writes it to `target/vm/report.md`. See docs/kernel-support.md.
 //!
 //! The VM gets a small initramfs, written here without staging files on disk: busybox, the host's
 //! `ip`/`ss`/`tc`/`openssl`/`curl`/`gnutls-cli`/`bpftool` with their shared libraries at their
@@ -16,6 +17,7 @@ mod classify;
 mod image;
 mod initramfs;
 mod kernel;
+mod programs;
 mod report;
 
 use std::{
@@ -36,6 +38,26 @@ use kernel::SERIES;
 use report::report;
 
 pub const FORMS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// The tests run in each VM, per hook form: (test binary of tests/tests/, test names; empty:
+/// all). Cells are named `<binary>/<test>`. At least one test of enforcement, pinning,
+/// ClientHello judging, Go and the new-library watcher; their client programs that need a
+/// compiler are built on the host (`programs`).
+pub const SUBSET: &[(&str, &[&str])] = &[
+    ("enforce", &[]),
+    (
+        "pinning",
+        &["pinned_enforcement_survives_sigkill_and_is_taken_over"],
+    ),
+    (
+        "content_attribution",
+        &["openssl_server_after_a_hello_retry_is_judged_by_its_random"],
+    ),
+    ("go_tls", &["go_client_denied_fails_fast"]),
+    (
+        "new_libraries",
+        &["fresh_libssl_copy_is_attributed_from_the_first_connection"],
+    ),
+];
 /// Inside the VM, per test (the tests' own deadlines are far shorter; this catches hangs).
 const TEST_TIMEOUT_S: u64 = 150;
 /// Boot, module loading and `check-kernel` (about 10 s under TCG).
@@ -43,15 +65,19 @@ const BOOT_TIMEOUT_S: u64 = 120;
 
 #[derive(Args, Debug, Clone)]
 pub struct VmArgs {
-    /// Kernel series to boot: 6.1 (bookworm cloud), 6.12 (bookworm-backports/-security) or all.
-    #[arg(long, default_value = "all", value_parser = ["6.1", "6.12", "all"])]
+    /// Kernel series to boot: 5.10 (bullseye cloud), 6.1 (bookworm cloud), 6.12
+    /// (bookworm-backports/-security) or all.
+    #[arg(long, default_value = "all", value_parser = ["5.10", "6.1", "6.12", "all"])]
     pub kernel: String,
     /// Kernel TCP hook form(s) to test: fentry, kprobe, tracepoint or all.
     #[arg(long, default_value = "all", value_parser = ["fentry", "kprobe", "tracepoint", "all"])]
     pub hook: String,
-    /// Only the tests of tests/tests/enforce.rs whose name contains this (repeatable).
+    /// Only the tests (`<binary>/<test>`, see `SUBSET`) whose name contains this (repeatable).
     #[arg(long = "test", value_name = "SUBSTRING")]
     pub tests: Vec<String>,
+    /// Every test of the `SUBSET` test binaries, not only the chosen ones.
+    #[arg(long)]
+    pub full: bool,
 }
 
 /// One cell of the matrix.
@@ -103,6 +129,7 @@ pub fn ci() -> Result<Counts> {
         kernel: "all".into(),
         hook: "all".into(),
         tests: vec![],
+        full: false,
     })
 }
 
@@ -118,10 +145,20 @@ fn run(args: &VmArgs) -> Result<Counts> {
         .filter(|f| args.hook == "all" || args.hook == *f)
         .collect();
 
-    let (enforcer, test_bin) = build()?;
-    let tests = list_tests(&test_bin, &args.tests)?;
+    let (enforcer, test_bins) = build()?;
+    let test_programs = programs::build().context("building the tests' client programs")?;
+    let mut tests = vec![];
+    for ((name, bin), (_, only)) in test_bins.iter().zip(SUBSET) {
+        let only: &[&str] = if args.full { &[] } else { only };
+        tests.extend(
+            list_tests(bin, only)?
+                .into_iter()
+                .map(|t| format!("{name}/{t}"))
+                .filter(|t| args.tests.is_empty() || args.tests.iter().any(|f| t.contains(f))),
+        );
+    }
     if tests.is_empty() {
-        bail!("no test of tests/tests/enforce.rs matches {:?}", args.tests);
+        bail!("no test of the VM subset matches {:?}", args.tests);
     }
     println!(
         "vm: {} kernel(s) x {} hook form(s) x {} test(s): {}",
@@ -139,7 +176,7 @@ fn run(args: &VmArgs) -> Result<Counts> {
 
     let t = Instant::now();
     let stage = vm_dir.join(format!("stage-{}", std::process::id()));
-    let common = common_image(&enforcer, &test_bin, &stage);
+    let common = common_image(&enforcer, &test_bins, &test_programs, &stage);
     println!("vm: initramfs contents gathered in {:.1?}", t.elapsed());
 
     let mut rows = vec![];
@@ -215,20 +252,17 @@ fn count(rows: &[Row]) -> Counts {
     c
 }
 
-/// Builds the enforcer and the end-to-end test binary; returns their paths.
-fn build() -> Result<(PathBuf, PathBuf)> {
+/// Builds the enforcer and the test binaries of [`SUBSET`]; returns their paths.
+fn build() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
     crate::cargo(&["build", "-p", "enforcer"])?;
     let enforcer = target_dir().join("debug/enforcer");
+    let mut args = vec!["test", "-p", "enforcer-tests"];
+    for (bin, _) in SUBSET {
+        args.extend(["--test", bin]);
+    }
     let out = Command::new("cargo")
-        .args([
-            "test",
-            "-p",
-            "enforcer-tests",
-            "--test",
-            "enforce",
-            "--no-run",
-            "--message-format=json",
-        ])
+        .args(args)
+        .args(["--no-run", "--message-format=json"])
         .current_dir(root())
         .stderr(Stdio::inherit())
         .output()
@@ -239,9 +273,14 @@ fn build() -> Result<(PathBuf, PathBuf)> {
             out.status
         );
     }
-    let test_bin = test_executable(&String::from_utf8_lossy(&out.stdout), "enforce")
-        .context("cargo built no `enforce` test executable")?;
-    Ok((enforcer, test_bin))
+    let json = String::from_utf8_lossy(&out.stdout);
+    let mut bins = vec![];
+    for (name, _) in SUBSET {
+        let bin = test_executable(&json, name)
+            .with_context(|| format!("cargo built no `{name}` test executable"))?;
+        bins.push((name.to_string(), bin));
+    }
+    Ok((enforcer, bins))
 }
 
 /// The `executable` of the test target `name` in cargo's `--message-format=json` output.
@@ -258,8 +297,8 @@ fn test_executable(json_lines: &str, name: &str) -> Option<PathBuf> {
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
 }
 
-/// Test names from `<bin> --list --format terse`, kept if they contain one of `filters`.
-fn list_tests(bin: &Path, filters: &[String]) -> Result<Vec<String>> {
+/// Test names from `<bin> --list --format terse`; only those of `only` if it is not empty.
+fn list_tests(bin: &Path, only: &[&str]) -> Result<Vec<String>> {
     let out = Command::new(bin)
         .args(["--list", "--format", "terse"])
         .output()
@@ -270,7 +309,7 @@ fn list_tests(bin: &Path, filters: &[String]) -> Result<Vec<String>> {
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_suffix(": test"))
-        .filter(|t| filters.is_empty() || filters.iter().any(|f| t.contains(f.as_str())))
+        .filter(|t| only.is_empty() || only.contains(t))
         .map(str::to_string)
         .collect())
 }

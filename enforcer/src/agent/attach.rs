@@ -38,7 +38,7 @@ use crate::{
         watcher::{self, Watcher},
     },
     datapath::{
-        Datapath, RegisterError, btf,
+        Datapath, RegisterError, btf, features,
         hooks::{self, AttachedHook, HookChoice},
         iface, loader,
         pin::{self, PinDir},
@@ -171,6 +171,9 @@ async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
         })
         .collect::<Result<Vec<_>>>()?;
     let offsets = btf::sock_offsets()?;
+    // Before anything is loaded: a kernel without a feature enforcer cannot do without is
+    // refused with the kernel it needs, not with a verifier error on the first program.
+    features::require()?;
     let pin = match &args.pin {
         Some(dir) => Some(PinDir::create(dir)?),
         None => None,

@@ -146,6 +146,49 @@ pub fn sock_offsets_from(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
     })
 }
 
+/// What the kernel's BTF names, for the feature checks (`datapath::features`): every enumerator
+/// (of `bpf_func_id`, `bpf_attach_type`, `bpf_map_type`, ...) and the raw tracepoints, which
+/// the kernel describes as typedefs `btf_trace_<name>`.
+#[derive(Debug, Default)]
+pub struct KernelNames {
+    pub enumerators: std::collections::HashSet<String>,
+    pub raw_tracepoints: std::collections::HashSet<String>,
+}
+
+pub fn kernel_names() -> Result<KernelNames, BtfError> {
+    kernel_names_from(&read_vmlinux()?)
+}
+
+pub fn kernel_names_from(bytes: &[u8]) -> Result<KernelNames, BtfError> {
+    let btf = Btf::parse(bytes)?;
+    let mut names = KernelNames::default();
+    let name = |off: u32| {
+        let rest = btf.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        String::from_utf8_lossy(&rest[..end]).into_owned()
+    };
+    for t in &btf.types[1..] {
+        match t.kind {
+            // Enumerators: name offset first, then a 4 (ENUM) or 8 (ENUM64) byte value.
+            ENUM | ENUM64 => {
+                let step = if t.kind == ENUM { 8 } else { 12 };
+                for e in t.extra.chunks_exact(step) {
+                    if let Some(off) = u32_at(e, 0, btf.little) {
+                        names.enumerators.insert(name(off));
+                    }
+                }
+            }
+            TYPEDEF => {
+                if let Some(tp) = name(t.name_off).strip_prefix("btf_trace_") {
+                    names.raw_tracepoints.insert(tp.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
 const INT: u8 = 1;
 const PTR: u8 = 2;
 const ARRAY: u8 = 3;

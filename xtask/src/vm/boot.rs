@@ -248,6 +248,7 @@ fn progress(series: &str, log: &Path, seen: &mut u64, partial: &mut String) {
                 w.get(2).unwrap_or(&"?")
             ),
             Some("check") => println!("vm: {series}: check-kernel: {}", w[1..].join(" ")),
+            Some("refused") => println!("vm: {series}: check-kernel: {msg}"),
             Some("test") if w.len() >= 5 => println!(
                 "vm: {series}: {:<10} {} ... {} ({} s)",
                 w[1],

@@ -10,6 +10,9 @@ pub struct BootLog {
     pub module_errors: Vec<(String, String)>,
     pub facts: BTreeMap<String, bool>,
     pub checks: BTreeMap<String, String>,
+    /// `check-kernel`'s `refused: ...` line: the agent refuses this kernel (a missing feature
+    /// without fallback, `enforcer/src/datapath/features.rs`).
+    pub refused: Option<String>,
     /// (form, test) → (exit code, seconds).
     pub tests: BTreeMap<(String, String), (i32, f64)>,
     /// The test started last and never reported (the VM died or was killed during it).
@@ -56,6 +59,7 @@ impl BootLog {
                     let line = rest.trim_start()[w[0].len()..].trim().to_string();
                     b.checks.insert(w[0].to_string(), line);
                 }
+                "refused" if !w.is_empty() => b.refused = Some(rest.trim().to_string()),
                 "test-start" if w.len() >= 2 => {
                     let key = (w[0].to_string(), w[1].to_string());
                     b.running = Some(key.clone());

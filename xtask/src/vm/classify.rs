@@ -62,6 +62,16 @@ fn kernel_lacks(form: &str, k: &kernel::Config, b: &BootLog) -> Option<String> {
     }
 }
 
+/// The oldest release the agent starts on (`enforcer/src/datapath/features.rs`: the 5.15
+/// helpers). A refusal on an older kernel is documented; on this or a newer one it is a bug.
+const MIN_KERNEL: (u32, u32) = (5, 15);
+
+/// `5.10.0-46-cloud-amd64` → (5, 10).
+fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 pub fn classify(
     k: &Kernel,
     b: &BootLog,
@@ -77,6 +87,26 @@ pub fn classify(
                 Outcome::Fail(format!("VM run failed: {e}"))
             } else if let Some(m) = b.module_errors.first() {
                 Outcome::Fail(format!("insmod {} failed: {}", m.0, m.1))
+            } else if let Some(why) = &b.refused {
+                match release_version(&k.release) {
+                    _ if b.fact("attach_refuses") != Some(true) => Outcome::Fail(format!(
+                        "check-kernel refuses the kernel but `enforcer attach` did not exit \
+                         with the refusal (see the log): {}",
+                        short(why, 300)
+                    )),
+                    Some(v) if v < MIN_KERNEL => Outcome::Unsupported(format!(
+                        "refused (documented, needs Linux {}.{}+): {}",
+                        MIN_KERNEL.0,
+                        MIN_KERNEL.1,
+                        short(why, 300)
+                    )),
+                    _ => Outcome::Fail(format!(
+                        "check-kernel refuses a kernel of {}.{} or newer: {}",
+                        MIN_KERNEL.0,
+                        MIN_KERNEL.1,
+                        short(why, 400)
+                    )),
+                }
             } else {
                 match check {
                     None => Outcome::Fail(format!(
@@ -186,6 +216,35 @@ mod tests {
             rows.iter()
                 .all(|r| matches!(&r.outcome, Outcome::Fail(w) if w.contains("cls_bpf")))
         );
+    }
+
+    #[test]
+    fn a_refusal_is_documented_below_5_15_and_a_failure_above() {
+        let mut b = BootLog::parse(
+            "@@vm refused kernel 5.10.0-46 lacks bpf_task_pt_regs\n@@vm fact attach_refuses yes\n",
+        );
+        assert!(
+            b.refused
+                .as_deref()
+                .is_some_and(|r| r.contains("bpf_task_pt_regs"))
+        );
+        let mut k = kernel("");
+        k.release = "5.10.0-46-cloud-amd64".into();
+        let tests = vec!["t1".to_string()];
+        let rows = classify(&k, &b, None, &["fentry"], &tests);
+        assert!(
+            matches!(&rows[0].outcome, Outcome::Unsupported(w) if w.starts_with("refused (documented, needs Linux 5.15+)"))
+        );
+        k.release = "6.1.0-56-cloud-amd64".into();
+        let rows = classify(&k, &b, None, &["fentry"], &tests);
+        assert!(matches!(&rows[0].outcome, Outcome::Fail(w) if w.contains("refuses a kernel")));
+        // An agent that does not refuse at start as check-kernel says fails the cell.
+        b.facts.insert("attach_refuses".into(), false);
+        k.release = "5.10.0-46-cloud-amd64".into();
+        let rows = classify(&k, &b, None, &["fentry"], &tests);
+        assert!(matches!(&rows[0].outcome, Outcome::Fail(w) if w.contains("did not exit")));
+        b.refused = None;
+        assert_eq!(release_version("6.12.117+deb12-cloud-amd64"), Some((6, 12)));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The part of the VM's initramfs every kernel shares: busybox, the host tools the tests run
-//! with their shared libraries, a few config files, `vm/init`, the enforcer and the test binary.
+//! with their shared libraries, a few config files, `vm/init`, the enforcer and the test binaries.
 
 use std::{
     fs,
@@ -21,6 +21,9 @@ const TOOLS: &[(&str, bool)] = &[
     ("gnutls-cli", true),
     ("tc", false),
     ("bpftool", false),
+    // Only some tests of `cargo xtask vm --full` use these.
+    ("gnutls-serv", false),
+    ("socat", false),
 ];
 
 fn find_tool(name: &str) -> Option<PathBuf> {
@@ -50,7 +53,14 @@ fn stripped(src: &Path, stage: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// Everything but the kernel-specific part (modules, /vm/conf).
-pub fn common_image(enforcer: &Path, test_bin: &Path, stage: &Path) -> Result<Image> {
+/// `test_bins`: (name, path) of each integration test binary, copied to `/vm/<name>`;
+/// `programs`: the tests' prebuilt client programs, to `/vm/programs/<name>`.
+pub fn common_image(
+    enforcer: &Path,
+    test_bins: &[(String, PathBuf)],
+    programs: &[(String, PathBuf)],
+    stage: &Path,
+) -> Result<Image> {
     let mut img = Image::default();
     img.bytes(Path::new("/init"), INIT.as_bytes().to_vec(), 0o755);
     for d in [
@@ -117,7 +127,17 @@ pub fn common_image(enforcer: &Path, test_bin: &Path, stage: &Path) -> Result<Im
         0o644,
     );
 
-    for (src, name) in [(enforcer, "enforcer"), (test_bin, "enforce")] {
+    img.dir(Path::new("/vm/programs"));
+    for (name, path) in programs {
+        img.file_from(&super::programs::vm_path(name), path, 0o755);
+        if name != "go-version" {
+            for lib in initramfs::ldd(path)? {
+                img.host_path(&lib)?;
+            }
+        }
+    }
+    let bins = test_bins.iter().map(|(n, p)| (p.as_path(), n.as_str()));
+    for (src, name) in [(enforcer, "enforcer")].into_iter().chain(bins) {
         let copy = stripped(src, stage, name)?;
         img.file_from(&Path::new("/vm").join(name), &copy, 0o755);
         for lib in initramfs::ldd(src)? {

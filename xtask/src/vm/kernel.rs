@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use apt::{add_backports, apt_source_has, apt_update, resolve_meta};
+use apt::{Apt, add_backports, apt_source_has};
 
 /// A kernel series of the matrix and how to find its package.
 pub struct Series {
@@ -23,15 +23,27 @@ pub struct Series {
     prefix: &'static str,
     /// Also look in bookworm-backports (added as an apt source if no source lists it).
     backports: bool,
+    /// Debian suite other than the host's (bookworm) to take the kernel from, through a private
+    /// apt state under `target/vm/apt-<suite>` (the host's sources are left alone).
+    suite: Option<&'static str>,
 }
 
 pub const SERIES: &[Series] = &[
+    Series {
+        name: "5.10",
+        // Debian 11's kernel (Amazon Linux 2 runs 5.10 too); bullseye-security has the newest ABI.
+        metas: &["linux-image-cloud-amd64", "linux-image-amd64"],
+        prefix: "linux-image-5.10.",
+        backports: false,
+        suite: Some("bullseye"),
+    },
     Series {
         name: "6.1",
         // bookworm's own kernel; the generic flavour only if the cloud one is gone.
         metas: &["linux-image-cloud-amd64", "linux-image-amd64"],
         prefix: "linux-image-6.1.",
         backports: false,
+        suite: None,
     },
     Series {
         name: "6.12",
@@ -40,6 +52,7 @@ pub const SERIES: &[Series] = &[
         metas: &["linux-image-6.12-cloud-amd64", "linux-image-6.12-amd64"],
         prefix: "linux-image-6.12.",
         backports: true,
+        suite: None,
     },
 ];
 
@@ -174,22 +187,38 @@ fn is_root() -> bool {
 /// Finds, downloads (once) and unpacks (once) each series' kernel. Per series: the kernel or
 /// why it cannot be had (apt has no such package, backports unreachable, no network, ...).
 pub fn fetch(series: &[&'static Series]) -> Vec<(&'static str, Result<Kernel>)> {
-    let mut updated = false;
+    let mut host_updated = false;
     let mut out = vec![];
     for s in series {
-        let mut package = resolve(s);
+        let apt = match s.suite {
+            Some(suite) => match Apt::private(suite, &vm_dir()) {
+                Ok(apt) => apt,
+                Err(e) => {
+                    out.push((s.name, Err(e)));
+                    continue;
+                }
+            },
+            None => Apt::host(),
+        };
+        // A private apt state is refreshed on its own (its first use has no lists at all).
+        let mut updated = if apt.is_private() {
+            !apt.needs_update()
+        } else {
+            host_updated
+        };
+        let mut package = resolve(s, &apt);
         if package.is_none() && !updated && is_root() {
             // Stale or missing lists (a fresh machine): refresh once and retry.
             updated = true;
-            match apt_update() {
-                Ok(()) => package = resolve(s),
+            match apt.update() {
+                Ok(()) => package = resolve(s, &apt),
                 Err(e) => println!("vm: {e:#}"),
             }
         }
         let mut backports_note = String::new();
         if package.is_none() && s.backports && !apt_source_has("bookworm-backports") {
             match add_backports() {
-                Ok(()) => package = resolve(s),
+                Ok(()) => package = resolve(s, &apt),
                 Err(e) => backports_note = format!("; bookworm-backports: {e:#}"),
             }
             if package.is_none() && backports_note.is_empty() {
@@ -197,13 +226,13 @@ pub fn fetch(series: &[&'static Series]) -> Vec<(&'static str, Result<Kernel>)> 
             }
         }
         let result = match package {
-            Some(p) => match obtain(s, &p) {
+            Some(p) => match obtain(s, &p, &apt) {
                 // Stale lists name a package the mirror no longer has: refresh once, retry.
                 Err(e) if !updated && is_root() => {
                     updated = true;
                     println!("vm: {}: {e:#}; apt-get update and retry", s.name);
-                    apt_update().and_then(|()| match resolve(s) {
-                        Some(p) => obtain(s, &p),
+                    apt.update().and_then(|()| match resolve(s, &apt) {
+                        Some(p) => obtain(s, &p, &apt),
                         None => Err(e),
                     })
                 }
@@ -225,13 +254,16 @@ pub fn fetch(series: &[&'static Series]) -> Vec<(&'static str, Result<Kernel>)> 
                 )),
             },
         };
+        if !apt.is_private() {
+            host_updated = host_updated || updated;
+        }
         out.push((s.name, result));
     }
     out
 }
 
-fn resolve(s: &Series) -> Option<String> {
-    s.metas.iter().find_map(|m| resolve_meta(m, s.prefix))
+fn resolve(s: &Series, apt: &Apt) -> Option<String> {
+    s.metas.iter().find_map(|m| apt.resolve_meta(m, s.prefix))
 }
 
 fn kernels_dir() -> PathBuf {
@@ -255,7 +287,7 @@ fn cached_any(s: &Series) -> Option<PathBuf> {
     dirs.pop()
 }
 
-fn obtain(s: &'static Series, package: &str) -> Result<Kernel> {
+fn obtain(s: &'static Series, package: &str, apt: &Apt) -> Result<Kernel> {
     let dir = kernels_dir().join(package);
     if dir.join(".complete").exists() {
         return load(s, &dir, "cached");
@@ -272,7 +304,7 @@ fn obtain(s: &'static Series, package: &str) -> Result<Kernel> {
         });
     let (deb, origin) = match cached_deb {
         Some(d) => (d, "cached .deb, unpacked"),
-        None => (download(&debs, package)?, "downloaded"),
+        None => (download(&debs, package, apt)?, "downloaded"),
     };
     let tmp = kernels_dir().join(format!("{package}.tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
@@ -285,13 +317,13 @@ fn obtain(s: &'static Series, package: &str) -> Result<Kernel> {
     load(s, &dir, origin)
 }
 
-fn download(debs: &Path, package: &str) -> Result<PathBuf> {
+fn download(debs: &Path, package: &str, apt: &Apt) -> Result<PathBuf> {
     let tmp = debs.join(format!(".tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     println!("vm: apt-get download {package}");
     output(
-        Command::new("apt-get")
+        apt.command("apt-get")
             .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
             .current_dir(&tmp),
     )

@@ -1,16 +1,105 @@
-//! What apt knows: the package a meta package depends on, the sources it reads, and adding
-//! bookworm-backports when the 6.12 kernel is only there.
+//! What apt knows: the package a meta package depends on, the sources it reads, adding
+//! bookworm-backports when the 6.12 kernel is only there, and a private apt state for kernels of
+//! another Debian release (bullseye's 5.10), which leaves the host's sources alone.
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 
 use super::{is_root, output};
 
-/// The `Depends:` of `apt-cache depends <meta>` that names a kernel image of the series.
-pub fn resolve_meta(meta: &str, prefix: &str) -> Option<String> {
-    let out = output(Command::new("apt-cache").args(["depends", meta])).ok()?;
-    pick_dependency(&out, prefix)
+/// The host's apt, or a private one (own sources, lists and cache) for another Debian suite.
+pub struct Apt {
+    /// `-o` options that point apt at the private state; empty for the host's.
+    options: Vec<String>,
+    lists: Option<PathBuf>,
+}
+
+impl Apt {
+    pub fn host() -> Apt {
+        Apt {
+            options: vec![],
+            lists: None,
+        }
+    }
+
+    /// `target/vm/apt-<suite>/`: `<suite>` and `<suite>-security` from the host's Debian mirrors
+    /// (the same hosts as bookworm and bookworm-security), signed by the keys of
+    /// `debian-archive-keyring`, which has the older releases' keys too.
+    pub fn private(suite: &str, vm_dir: &Path) -> Result<Apt> {
+        let dir = vm_dir.join(format!("apt-{suite}"));
+        let lists = dir.join("lists");
+        for d in [lists.join("partial"), dir.join("cache/archives/partial")] {
+            fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        let mirror = debian_mirror();
+        let security = security_mirror();
+        let sources = dir.join("sources.list");
+        fs::write(
+            &sources,
+            format!(
+                "# Written by `cargo xtask vm` (enforcer): Debian {suite}'s kernel for the VM matrix.\n\
+                 deb [signed-by={keyring}] {mirror} {suite} main\n\
+                 deb [signed-by={keyring}] {security} {suite}-security main\n"
+            ),
+        )
+        .with_context(|| format!("cannot write {}", sources.display()))?;
+        let opt = |k: &str, v: &Path| format!("{k}={}", v.display());
+        let options = vec![
+            opt("Dir::Etc::SourceList", &sources),
+            opt("Dir::Etc::SourceParts", &dir.join("sources.list.d")),
+            opt("Dir::State::Lists", &lists),
+            opt("Dir::Cache", &dir.join("cache")),
+            "Dir::State::status=/dev/null".to_string(),
+        ];
+        Ok(Apt {
+            options,
+            lists: Some(lists),
+        })
+    }
+
+    pub fn is_private(&self) -> bool {
+        self.lists.is_some()
+    }
+
+    /// A private state that has no package lists yet (never updated).
+    pub fn needs_update(&self) -> bool {
+        self.lists.as_ref().is_some_and(|l| {
+            !fs::read_dir(l).is_ok_and(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+            })
+        })
+    }
+
+    /// `tool` (apt-get, apt-cache) with this state's options.
+    pub fn command(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(tool);
+        for o in &self.options {
+            cmd.arg("-o").arg(o);
+        }
+        cmd
+    }
+
+    /// The `Depends:` of `apt-cache depends <meta>` that names a kernel image of the series.
+    pub fn resolve_meta(&self, meta: &str, prefix: &str) -> Option<String> {
+        let out = output(self.command("apt-cache").args(["depends", meta])).ok()?;
+        pick_dependency(&out, prefix)
+    }
+
+    pub fn update(&self) -> Result<()> {
+        if self.is_private() {
+            println!("vm: apt-get update (private state for another Debian release)");
+        }
+        let mut cmd = self.command("apt-get");
+        cmd.args(["update", "-q"]);
+        run_update(cmd)
+    }
 }
 
 fn pick_dependency(apt_depends: &str, prefix: &str) -> Option<String> {
@@ -108,9 +197,27 @@ pub fn add_backports() -> Result<()> {
     apt_update()
 }
 
-pub fn apt_update() -> Result<()> {
-    let out = Command::new("apt-get")
-        .args(["update", "-q"])
+/// The mirror the host uses for bookworm-security (the private state's `-security` suite).
+fn security_mirror() -> String {
+    for f in apt_source_files() {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        if let Some(uri) = mirror_of(&text, "bookworm-security") {
+            return uri;
+        }
+    }
+    "http://deb.debian.org/debian-security".to_string()
+}
+
+fn apt_update() -> Result<()> {
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["update", "-q"]);
+    run_update(cmd)
+}
+
+fn run_update(mut cmd: Command) -> Result<()> {
+    let out = cmd
         .env("DEBIAN_FRONTEND", "noninteractive")
         .output()
         .context("cannot run apt-get")?;
