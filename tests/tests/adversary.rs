@@ -207,13 +207,14 @@ fn flood_size() -> (u32, u32) {
 
 /// `count` GnuTLS connections to `peer`, one every 100 ms, from one process: how long each
 /// took from the TCP connection being up to the handshake's failure (panics if one completed).
+/// The client runs at nice -5: what is measured is the agent's refusal, not how long the flood
+/// keeps the client itself from the CPU (its handshake's key generation, its wake-up).
 fn denied_loop(client: &std::path::Path, peer: SocketAddr, count: u32) -> Vec<Duration> {
     let (ip, port) = (peer.ip().to_string(), peer.port().to_string());
+    let client = client.to_str().expect("utf-8");
+    let count_arg = count.to_string();
     let out = run_with_timeout(
-        &mut cmd(
-            client.to_str().expect("utf-8"),
-            [&ip, &port, &count.to_string(), "100"],
-        ),
+        &mut cmd("nice", ["-n", "-5", client, &ip, &port, &count_arg, "100"]),
         b"",
         Duration::from_secs(u64::from(count) / 10 * 6 + 30),
     );
@@ -370,12 +371,17 @@ fn hello_flood_does_not_blind_the_agent() {
     let blocked = agent
         .events()
         .iter()
-        .filter(|v| v["type"] == "connection" && v["comm"] == "gnutls-cli")
+        .filter(|v| v["type"] == "connection")
+        .filter(|v| {
+            v["comm"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("denied-loop"))
+        })
         .filter(|v| v["verdict"] == "blocked" && v["socket_aborted"] == true)
         .count();
     assert_eq!(
         blocked,
-        times.len(),
+        times.len() + calm.len(),
         "connection events for the denied clients"
     );
     // Hellos the ring could not hold are counted, and the agent said so.
@@ -392,19 +398,26 @@ fn hello_flood_does_not_blind_the_agent() {
     let judged = counters["unattributed_hellos"]
         .as_u64()
         .expect("unattributed_hellos");
+    // Records the output lane could not hold (this test reads stdout slower than they come)
+    // count as lost too.
     let deadline = Instant::now() + EVENT;
-    let reported = loop {
+    let (reported, dropped) = loop {
+        let dropped = sample(&scrape(&metrics), "enforcer_hello_reports_dropped_total") as u64;
         let reported = agent
             .events()
             .iter()
             .filter(|v| v["type"] == "client_hello")
             .count() as u64;
-        if reported + lost >= judged || Instant::now() > deadline {
-            break reported;
+        if reported + lost + dropped >= judged || Instant::now() > deadline {
+            break (reported, dropped);
         }
         thread::sleep(Duration::from_millis(200));
     };
-    println!("flood: {judged} unattributed hellos judged, {reported} reported, {lost} lost");
+    let lost = lost + dropped;
+    println!(
+        "flood: {judged} unattributed hellos judged, {reported} reported, {lost} lost \
+         ({dropped} of them dropped by the output)"
+    );
     assert!(
         reported + lost >= judged,
         "hellos neither reported nor counted lost"

@@ -182,15 +182,22 @@ pub fn status_text(v: &Value) -> String {
     ));
     let c = &v["counters"];
     out.push_str(&format!(
-        "flows {} / {}, blocklist {} / {}\n",
+        "flows {} / {}, blocklist {} / {}, overflow {} / {}\n",
         v["maps"]["flows"],
         v["maps"]["flows_max"],
         v["maps"]["blocklist"],
-        v["maps"]["blocklist_max"]
+        v["maps"]["blocklist_max"],
+        v["maps"]["overflow"],
+        v["maps"]["overflow_max"]
     ));
     out.push_str(&format!(
-        "drops: xdp {}, tc {}; flows attributed {}; ring buffer lost {}; blocklist full {}\n",
-        c["xdp_drops"], c["tc_drops"], c["flows_attributed"], c["events_lost"], c["blocklist_full"]
+        "drops: xdp {}, tc {}; flows attributed {}; events lost: connections {}, hellos {}; blocklist full {}\n",
+        c["xdp_drops"],
+        c["tc_drops"],
+        c["flows_attributed"],
+        c["events_lost"],
+        c["hello_events_lost"],
+        c["blocklist_full"]
     ));
     out.push_str(&format!(
         "client hellos: {} ({} unattributed), dropped {}; TLS stack overflows {}; socket read failures {}\n",

@@ -77,6 +77,11 @@ impl Running {
             .context("opening the maps for the sampler")?;
         let (sampler, sampled) =
             Sampler::start(maps, self.blocklist_sweep).context("starting the sampler thread")?;
+        let stats = Arc::new(
+            self.datapath
+                .open_maps()
+                .context("opening the maps for the metrics")?,
+        );
         let (hellos_failed, mut hello_ring_failed) = tokio::sync::oneshot::channel();
         let hello_reader = events::RingReader::start(
             "hello-events",
@@ -115,6 +120,7 @@ impl Running {
                 metrics::Sources {
                     reporter: self.reporter.clone(),
                     sampled: sampled.clone(),
+                    stats: stats.clone(),
                     counters: counters.clone(),
                 },
             )))

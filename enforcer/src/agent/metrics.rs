@@ -1,8 +1,9 @@
 //! `--metrics ADDR`: a Prometheus `/metrics` endpoint (text exposition format 0.0.4) on plain
 //! HTTP, served by a small tokio task. One request per connection, `GET /metrics` only; any other
 //! path is 404. Request heads are read up to 8 KiB and for at most 5 s. A scrape reads counters
-//! only: the sampler's last snapshot of the maps (`sampler`), the reporter's and the agent's
-//! counters; it never walks a map or waits for the maps' lock.
+//! only: `STATS` through map handles of its own (one lookup per counter), the sampler's last
+//! snapshot of the map fill (`sampler`), the reporter's and the agent's counters; it never walks
+//! a map or waits for the maps' lock.
 
 use std::{
     fmt::Write as _,
@@ -21,13 +22,18 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::agent::{events::Reporter, sampler::Sampled};
+use crate::{
+    agent::{events::Reporter, sampler::Sampled},
+    datapath::maps::LiveMaps,
+};
 
 /// What the endpoint reads on every scrape.
 #[derive(Clone)]
 pub struct Sources {
     pub reporter: Reporter,
     pub sampled: Sampled,
+    /// Handles of the metrics' own, for `STATS` (never locked: reads only).
+    pub stats: Arc<LiveMaps>,
     pub counters: Arc<AgentCounters>,
 }
 
@@ -117,7 +123,7 @@ fn is_get_metrics(head: &[u8]) -> bool {
 /// The exposition text.
 pub fn render(sources: &Sources) -> String {
     let snapshot = sources.sampled.get();
-    let (stats, fill) = (snapshot.stats, snapshot.fill);
+    let (stats, fill) = (sources.stats.stats(), snapshot.fill);
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
