@@ -68,7 +68,7 @@ impl Harness {
             _pad: 0,
         };
         p.set(0, policy, 0).unwrap();
-        let events = RingBuf::try_from(ebpf.take_map(maps::EVENTS).unwrap()).unwrap();
+        let events = RingBuf::try_from(ebpf.take_map(maps::HELLO_EVENTS).unwrap()).unwrap();
         Self { ebpf, events }
     }
 
@@ -96,7 +96,7 @@ impl Harness {
             assert_eq!(
                 item.len(),
                 size_of::<HelloEvent>(),
-                "unexpected record in EVENTS"
+                "unexpected record in HELLO_EVENTS"
             );
             assert_eq!(
                 item[0],
