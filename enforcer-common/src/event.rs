@@ -47,8 +47,8 @@ pub struct TlsEvent {
     pub op: u8,
     /// `flow::direction::*`.
     pub direction: u8,
-    /// `hello::evidence::*`. With `RANDOM` (found by the egress classifier), `pid` is the
-    /// process that made the random, `tid` is 0 and `comm` is empty.
+    /// `hello::evidence::*`. With `RANDOM` (found by the egress classifier), `pid` and `comm`
+    /// are the process that made the random, and `tid` is 0.
     pub evidence: u8,
     pub comm: [u8; 16],
     pub flow: crate::flow::FlowKey,

@@ -60,10 +60,12 @@ const _: () = assert!(core::mem::size_of::<RandomKey>() == 20);
 pub struct RandomOrigin {
     pub made_ns: u64,
     pub lib_id: u32,
-    /// The process that made it.
+    /// The process that made it, and its command name then (it may be gone by the time its hello
+    /// is reported).
     pub tgid: u32,
+    pub comm: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<RandomOrigin>() == 16);
+const _: () = assert!(core::mem::size_of::<RandomOrigin>() == 32);
 
 /// The head of a flow's byte stream in this host's sending direction, collected segment by
 /// segment from its SYN (client) or SYN-ACK (server) on.

@@ -12,6 +12,7 @@ use aya_ebpf::{
 use enforcer_common::{
     event::{Header, HelloEvent, TlsEvent, kind},
     flow::{FlowKey, FlowState},
+    hello::RandomOrigin,
     stat::Stat,
 };
 
@@ -50,21 +51,21 @@ pub fn attributed(flow: &FlowKey, state: &FlowState, now: u64) {
 /// Reports that the egress classifier attributed `flow` to the library that made its hello's
 /// random, in process `producer` (this runs in softirq context: no current task to name).
 #[inline(always)]
-pub fn attributed_by_random(flow: &FlowKey, state: &FlowState, producer: u32, now: u64) {
+pub fn attributed_by_random(flow: &FlowKey, state: &FlowState, producer: &RandomOrigin, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
         stats::count(Stat::EventsLost);
         return;
     };
     entry.write(TlsEvent {
         header: Header::new(kind::TLS, now),
-        pid: producer,
+        pid: producer.tgid,
         tid: 0,
         lib_id: state.lib_id,
         verdict: state.verdict,
         op: state.op,
         direction: state.direction,
         evidence: state.evidence,
-        comm: [0; 16],
+        comm: producer.comm,
         flow: *flow,
     });
     entry.submit(0);

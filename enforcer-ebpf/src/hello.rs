@@ -204,7 +204,7 @@ fn judge_hello<P: Packet>(
             flow::record(flow, &state);
             if known.is_none_or(|k| k.lib_id != origin.lib_id) {
                 stats::count(Stat::FlowsAttributed);
-                events::attributed_by_random(flow, &state, origin.tgid, now);
+                events::attributed_by_random(flow, &state, &origin, now);
             }
             (origin.lib_id, v, client_hello::outcome_of(v))
         }

@@ -29,7 +29,7 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
     },
     macros::map,
@@ -138,6 +138,7 @@ pub fn exit(ctx: &RetProbeContext, cookie: u64) {
         made_ns: unsafe { bpf_ktime_get_ns() },
         lib_id: pending.lib_id,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or_default(),
     };
     let _ = HELLO_RANDOMS.insert(RandomKey(key), origin, 0);
     stats::count(Stat::RandomsRecorded);

@@ -9,9 +9,28 @@ use crate::{flow, packet, stats};
 
 /// Fail-open: anything we cannot parse (non-TCP, truncated, fragments) passes; only a 4-tuple
 /// the kernel hooks put in the blocklist is dropped.
-#[xdp]
+///
+/// Loaded frags-aware (`xdp.frags`, `BPF_F_XDP_HAS_FRAGS`, Linux 5.18+): drivers refuse an MTU
+/// above a page to a program that is not (jumbo frames, veth with a large MTU), and a
+/// multi-buffer frame is parsed like any other: the headers are in the first buffer, or read
+/// with `bpf_xdp_load_bytes`, which reads fragments too (`packet.rs`). It does not keep a veth
+/// peer's TSO: veth turns GSO off on the peer of any native XDP program, frags-aware or not
+/// (measured on 6.18, docs/benchmarks.md).
+#[xdp(frags)]
 pub fn enforcer_ingress(ctx: XdpContext) -> u32 {
-    let Some(segment) = packet::parse(&ctx) else {
+    ingress(&ctx)
+}
+
+/// The same program without `BPF_F_XDP_HAS_FRAGS`, for kernels before 5.18 that refuse the flag
+/// (the agent says that the peer of a veth then loses GSO).
+#[xdp]
+pub fn enforcer_ingress_nofrags(ctx: XdpContext) -> u32 {
+    ingress(&ctx)
+}
+
+#[inline(always)]
+fn ingress(ctx: &XdpContext) -> u32 {
+    let Some(segment) = packet::parse(ctx) else {
         return xdp_action::XDP_PASS;
     };
     if flow::is_blocked(&segment.as_receiver()) {

@@ -189,15 +189,40 @@ impl Policy {
 }
 
 /// The facts about `lib` that rules match on.
+///
+/// Its paths are the host's: the names, of `lib.path` and of the names processes map it under,
+/// that reach this very file (device and inode) in the agent's own mount namespace. A name that
+/// reaches it only inside another mount namespace (a container's, or one an unprivileged user
+/// made with `unshare -Urm` and a bind mount over `/usr/lib/...`) names nothing on the host, and
+/// neither does a `/proc/<pid>/...` link into another process's view: `path` rules do not match
+/// them (docs/policy.md, "Paths").
 pub fn subject(lib: &Library) -> Subject<'_> {
-    let mut paths: Vec<&Path> = vec![&lib.path];
-    paths.extend(lib.mapped_as.iter().map(|p| p.as_path()));
+    subject_with(lib, |p| names_file_here(p, lib.dev, lib.ino))
+}
+
+/// [`subject`] with the test of which paths are the host's given.
+pub fn subject_with(lib: &Library, is_host_path: impl Fn(&Path) -> bool) -> Subject<'_> {
+    let mut paths: Vec<&Path> = Vec::new();
+    for p in std::iter::once(&lib.path).chain(&lib.mapped_as) {
+        if !paths.contains(&p.as_path()) && is_host_path(p) {
+            paths.push(p);
+        }
+    }
     Subject {
         family: &lib.family,
         version: lib.identity.version.as_deref(),
         paths,
         sha256: lib.identity.sha256.as_deref(),
     }
+}
+
+/// Whether `path`, looked up in this mount namespace, is the file `dev`/`ino`.
+fn names_file_here(path: &Path, dev: u64, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if path.starts_with("/proc") {
+        return false; // a view into another process's namespace, not a name the host has
+    }
+    std::fs::metadata(path).is_ok_and(|md| md.is_file() && (md.dev(), md.ino()) == (dev, ino))
 }
 
 /// The file's shape, as serde reads it. Keys are listed in error messages from here.

@@ -90,6 +90,7 @@ impl Harness {
             made_ns: 1,
             lib_id: lib,
             tgid: 4242,
+            comm: *b"flow-heads-test\0",
         };
         m.insert(RandomKey(key), origin, 0).unwrap();
     }

@@ -164,10 +164,15 @@ impl Reporter {
         let path = lib.map_or("?", |l| l.path.as_str());
         let version = lib.and_then(|l| l.version.as_deref());
         let by_random = event.evidence == evidence::RANDOM;
-        // Attributed by the egress classifier (no process context): `pid` made the random.
-        let (comm, source) = match by_random {
-            true => (hello::process_comm(event.pid), "hello-random"),
-            false => (comm(&event.comm), "connection-event"),
+        // Attributed by the egress classifier (no process context): `pid` made the random,
+        // `comm` is its name then (recorded with the random: the process may be gone now).
+        let source = match by_random {
+            true => "hello-random",
+            false => "connection-event",
+        };
+        let comm = match comm(&event.comm) {
+            c if c.is_empty() && by_random => hello::process_comm(event.pid),
+            c => c,
         };
         self.recent
             .lock()

@@ -341,8 +341,9 @@ pub fn prog_id_of(fd: BorrowedFd<'_>) -> io::Result<u32> {
 /// (they pause processes; only a running agent resumes them), plus `extra` (the `uprobe_multi`
 /// copies of the TLS programs).
 pub fn datapath_programs(ebpf: &aya::Ebpf, extra: &[BorrowedFd<'_>]) -> Vec<u32> {
-    const NOT_PINNED: [&str; 4] = [
+    const NOT_PINNED: [&str; 5] = [
         "enforcer_ingress",
+        "enforcer_ingress_nofrags",
         "enforcer_egress",
         "watch_mmap",
         "watch_exec",

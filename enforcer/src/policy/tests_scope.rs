@@ -3,9 +3,30 @@
 use super::*;
 use crate::libraries::Library;
 
-/// A library of `family` at `/nowhere/lib.so`, nothing else known.
+/// A library of `family` at `/nowhere/lib.so`, nothing else known (no such file: `path` rules
+/// do not match it).
 fn library(family: &str) -> Library {
     Library::bare(family, "/nowhere/lib.so")
+}
+
+/// A library of `family` that is a real file of this host, at [`real_dir`]`/lib.so`: `path`
+/// rules see its path.
+fn real_library(family: &str) -> Library {
+    use std::os::unix::fs::MetadataExt;
+    let path = real_dir().join("lib.so");
+    std::fs::write(&path, b"not an ELF file").unwrap();
+    let md = std::fs::metadata(&path).unwrap();
+    Library {
+        dev: md.dev(),
+        ino: md.ino(),
+        ..Library::bare(family, path.to_str().unwrap())
+    }
+}
+
+fn real_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("enforcer-scope-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn scope_of(text: &str, family: &str) -> Option<NameScope> {
@@ -105,8 +126,16 @@ fn scoped_deny_fails_closed_without_a_name() {
 fn trie_entries_follow_rule_specificity_not_pattern_length() {
     // A sha256-less, path rule scoped to *.example outranks a family rule scoped to a longer
     // suffix: the longer pattern's entry must carry the path rule's action.
-    let text = "default: allow\nlibraries:\n  - path: \"/nowhere/**\"\n    server_names: [\"*.example\"]\n    action: deny\n  - family: gnutls\n    server_names: [\"*.internal.example\"]\n    action: allow\n";
-    let s = scope_of(text, "gnutls").unwrap();
+    let text = format!(
+        "default: allow\nlibraries:\n  - path: \"{}/**\"\n    server_names: [\"*.example\"]\n    action: deny\n  - family: gnutls\n    server_names: [\"*.internal.example\"]\n    action: allow\n",
+        real_dir().display()
+    );
+    let text = text.as_str();
+    let library = real_library;
+    let s = parse(text, "policy.yaml")
+        .unwrap()
+        .name_scope(&library("gnutls"))
+        .unwrap();
     let entry = |p: &str| s.patterns.iter().find(|(q, _, _)| q.text == p).unwrap().1;
     assert_eq!(entry("*.example"), Action::Deny);
     assert_eq!(entry("*.internal.example"), Action::Deny);
@@ -137,4 +166,32 @@ fn check_report_and_duplicates() {
     );
     let e = parse(&dup, "p.yaml").unwrap_err().to_string();
     assert!(e.contains("duplicate rule"), "{e}");
+}
+
+/// `path` rules match the host's names of the file only: not a name it has in another mount
+/// namespace (a bind mount made after `unshare -Urm`), not a `/proc/<pid>/root/...` link into a
+/// process's view, not a host path that is another file.
+#[test]
+fn path_rules_match_host_names_of_the_file_only() {
+    let p = parse(
+        "default: deny\nlibraries:\n  - path: \"/usr/lib/**\"\n    action: allow\n",
+        "p.yaml",
+    )
+    .unwrap();
+    let mut staged = real_library("gnutls");
+    // Mapped by a process as /usr/lib/...: a bind mount in its namespace put this file there.
+    let host_file = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30";
+    staged.mapped_as = vec![host_file.into()];
+    staged.path = format!("/proc/1/root{host_file}").into();
+    assert_eq!(p.decide(&staged).action, Action::Deny, "{staged:?}");
+    // The real file under /usr/lib matches by its host name.
+    use std::os::unix::fs::MetadataExt;
+    let host = std::fs::canonicalize(host_file).unwrap();
+    let md = std::fs::metadata(&host).unwrap();
+    let real = Library {
+        dev: md.dev(),
+        ino: md.ino(),
+        ..Library::bare("gnutls", host.to_str().unwrap())
+    };
+    assert_eq!(p.decide(&real).action, Action::Allow);
 }

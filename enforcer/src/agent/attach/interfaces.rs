@@ -35,8 +35,7 @@ pub fn attach_xdp(
     pin: Option<&PinDir>,
     attached: &mut Attached,
 ) -> Result<ProgramFd> {
-    let xdp: &mut Xdp = program(ebpf, "enforcer_ingress")?;
-    xdp.load()?;
+    let xdp = load_ingress(ebpf)?;
     for (name, index) in ifaces {
         if let Some(dir) = pin
             && dir.xdp_path(*index).exists()
@@ -100,6 +99,29 @@ pub async fn attach_tc(
     }
     Ok(())
 }
+
+/// The frags-aware XDP program (`enforcer_ingress`), or on kernels that refuse
+/// `BPF_F_XDP_HAS_FRAGS` (before 5.18) the same program without it.
+fn load_ingress(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let frags = program::<Xdp>(ebpf, INGRESS)?.load();
+    let name = match frags {
+        Ok(()) => INGRESS,
+        Err(err) => {
+            warn!(
+                "XDP without multi-buffer support ({err}; Linux 5.18+ has it): a veth whose peer \
+                 gets this program turns GSO/TSO off on the peer"
+            );
+            let fallback: &mut Xdp = program(ebpf, INGRESS_NOFRAGS)?;
+            fallback.load()?;
+            INGRESS_NOFRAGS
+        }
+    };
+    program(ebpf, name)
+}
+
+/// The XDP programs: frags-aware, and the fallback without.
+pub const INGRESS: &str = "enforcer_ingress";
+pub const INGRESS_NOFRAGS: &str = "enforcer_ingress_nofrags";
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
