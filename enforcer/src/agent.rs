@@ -1,6 +1,7 @@
 //! The running agent (`enforcer attach`).
 //!
-//! [`attach`] starts it and tears it down, [`main_loop`] runs it: [`events`] from the kernel ring,
+//! [`attach`] starts it and tears it down, [`main_loop`] runs it: [`events`] from the kernel rings
+//! (a reader thread each), [`sampler`] (counters and map fill, the blocklist sweep),
 //! [`watcher`] for library files that appear later, [`reload`] of the policy, the operator socket
 //! ([`control`] transport, [`operator`] answers) and [`metrics`]; [`memory`] keeps the heap's
 //! resident size near what it holds.

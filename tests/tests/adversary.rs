@@ -27,6 +27,7 @@ use enforcer_tests::{
     ops::{ctl, sample, scrape},
     programs::{build_denied_loop_client, build_hello_flood},
     require_root, run_with_timeout,
+    schema::{events_schema, validate_event},
 };
 use serde_json::Value;
 
@@ -166,6 +167,7 @@ fn sweep_frees_the_blocklist() {
         |v| v["type"] == "capacity" && v["level"] == "swept" && v["moved"].as_u64() >= Some(1),
         EVENT,
     );
+    validate_event(&events_schema(), &swept).unwrap_or_else(|why| panic!("{why}"));
     let deadline = Instant::now() + EVENT;
     let maps = loop {
         let maps = status_maps(&socket);
@@ -389,10 +391,11 @@ fn hello_flood_does_not_blind_the_agent() {
         .as_u64()
         .expect("hello_events_lost");
     if lost > 0 {
-        agent.wait_for(
+        let report = agent.wait_for(
             |v| v["type"] == "capacity" && v["map"] == "HELLO_EVENTS" && v["level"] == "lost",
             EVENT,
         );
+        validate_event(&events_schema(), &report).unwrap_or_else(|why| panic!("{why}"));
     }
     // Every judged hello is reported or counted lost (the last may still be on their way).
     let judged = counters["unattributed_hellos"]

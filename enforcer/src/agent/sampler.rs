@@ -1,9 +1,9 @@
 //! The agent's background reader of the datapath: once a second it reads `STATS` and counts the
-//! blocklist, every [`SLOW_EVERY`] seconds it counts `FLOWS` and `BLOCKLIST_OVERFLOW`, and every
-//! `--blocklist-sweep` seconds it sweeps the blocklist (`datapath::sweep`). It runs on a thread
-//! of its own with map handles of its own, so `/metrics` and the main loop only read the last
-//! [`Snapshot`] (a copy under a short lock): a scrape never walks a map, and a flood that keeps
-//! the event loop busy does not slow either down.
+//! blocklist, every [`SLOW_EVERY`] seconds it counts `FLOWS` and `BLOCKLIST_OVERFLOW` (and trims
+//! the heap), and every `--blocklist-sweep` seconds it sweeps the blocklist (`datapath::sweep`).
+//! It runs on a thread of its own with map handles of its own, so `/metrics` and the main loop
+//! only read the last [`Snapshot`] (a copy under a short lock): a scrape never walks a map, and
+//! a flood that keeps the event readers busy does not slow either down.
 
 use std::{
     sync::{
@@ -86,7 +86,12 @@ impl Sampler {
                         if sweep_every > 0 && ticks.is_multiple_of(sweep_every) {
                             run_sweep(&mut sweep, &mut maps, &sampled);
                         }
-                        sample(&maps, &sampled, ticks.is_multiple_of(SLOW_EVERY));
+                        let slow = ticks.is_multiple_of(SLOW_EVERY);
+                        sample(&maps, &sampled, slow);
+                        if slow {
+                            // A flood churns the heap (records, lookups): give free pages back.
+                            crate::agent::memory::trim();
+                        }
                     }
                 })?
         };

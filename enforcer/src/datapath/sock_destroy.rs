@@ -257,7 +257,9 @@ fn exchange(sock: &OwnedFd, nlmsg_type: u16, req: &[u8; REQ_LEN]) -> io::Result<
         return Err(io::Error::last_os_error());
     }
     let mut reply = None;
-    let mut buf = vec![0u8; 32 * 1024];
+    // On the stack: a lookup's reply and its ACK are well under 1 KiB, and under a flood this
+    // runs for every blocked hello (a heap buffer each time fragmented the agent's heap).
+    let mut buf = [0u8; 8192];
     loop {
         // SAFETY: `buf` is valid for writes of its length.
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
