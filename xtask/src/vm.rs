@@ -57,7 +57,12 @@ pub const WIDE: &[(&str, &[&str])] = &[
         "pinning",
         &["pinned_enforcement_survives_sigkill_and_is_taken_over"],
     ),
-    ("go_tls", &["go_client_denied_fails_fast"]),
+    // Not `go_client_denied_fails_fast`: its 2 s bound on the client's failure is for real
+    // hardware; under TCG the Go client alone needs longer to start.
+    (
+        "go_tls",
+        &["go_client_allowed_and_attributed_stripped_or_not"],
+    ),
     (
         "new_libraries",
         &["fresh_libssl_copy_is_attributed_from_the_first_connection"],

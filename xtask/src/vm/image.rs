@@ -102,10 +102,16 @@ pub fn common_image(
             None => println!("vm: {tool} not found on the host: not in the VM"),
         }
     }
+    // The watcher tests find the system libssl with `/sbin/ldconfig -p` (the host's cache: the
+    // libraries it names that the VM has are at the same paths).
+    if Path::new("/sbin/ldconfig").exists() {
+        img.host_binary(Path::new("/sbin/ldconfig"))?;
+    }
     for cfg in [
         "/etc/ssl/openssl.cnf",
         "/usr/lib/ssl/openssl.cnf",
         "/etc/gnutls/config",
+        "/etc/ld.so.cache",
     ] {
         if Path::new(cfg).exists() {
             img.host_path(Path::new(cfg))?;
