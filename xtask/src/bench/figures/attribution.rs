@@ -280,8 +280,13 @@ pub fn misattribution(ctx: &Ctx) -> Result<Figure> {
         .collect();
     agent.stop_timed(Duration::from_secs(600));
 
-    // Events by (remote addr, remote port, local port): the 4-tuple as the peer saw it.
+    // Events by (remote addr, remote port, local port): the 4-tuple as the peer saw it. The
+    // peer closes first, so a client port is free again at once and 10,000 connections reuse
+    // some: the connection events of one 4-tuple are taken in order, one per connection the
+    // peer printed (in its order).
     let mut by_port: HashMap<(String, u16, u16), Vec<&Value>> = HashMap::new();
+    let mut conn_queue: HashMap<(String, u16, u16), std::collections::VecDeque<&Value>> =
+        HashMap::new();
     for e in &events {
         let (Some(rp), Some(lp)) = (e["remote"]["port"].as_u64(), e["local"]["port"].as_u64())
         else {
@@ -312,7 +317,11 @@ pub fn misattribution(ctx: &Ctx) -> Result<Figure> {
         };
         let key = (to.ip().to_string(), to.port(), *port);
         let evs = by_port.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        let conn: Vec<&&Value> = evs.iter().filter(|v| v["type"] == "connection").collect();
+        let conn: Vec<&Value> = conn_queue
+            .get_mut(&key)
+            .and_then(|q| q.pop_front())
+            .into_iter()
+            .collect();
         if conn.is_empty() {
             if evs.iter().any(|v| v["attributed"] == false) {
                 unattributed += 1;
