@@ -16,8 +16,22 @@
  *       the TLS handshake completes (handshake bytes) and after it (TLS record bytes carrying
  *       application data), and the decrypted application bytes. Prints one line per connection:
  *       "conn <raw_handshake> <raw_after> <app> <handshake_ok>". Sockets time out after 10 s.
+ *   tlsperf tag ADDR PORT CERT KEY
+ *       HTTP/1.0-ish peer for real clients (curl, urllib, asyncio, Node.js, s_client): one thread
+ *       per connection; reads one request, answers "ok" with Connection: close, closes. Prints
+ *       one line per connection: "conn <peer_port> <1 if a request was read, else 0> <path or ->"
+ *       (the client names its kind in the path). Sockets time out after 10 s.
  *   tlsperf rr HOST PORT SIZE SECONDS
  *       One connection; SIZE-byte request, SIZE-byte response, as many round trips as fit.
+ *   tlsperf lat HOST PORT SIZE COUNT
+ *       One connection, COUNT round trips like rr, each timed, and each client SSL_write and
+ *       SSL_read call timed on its own: prints the round trip's p50/p99 and the calls' p50 (a
+ *       probe on the call adds its traps to the call's own time: the added latency, directly).
+ *   tlsperf tcpecho ADDR PORT
+ *       Plain TCP echo server (no TLS), one thread per connection; "listening PORT" like server.
+ *   tlsperf tcprr HOST PORT SIZE SECONDS
+ *       Plain TCP request/response against tcpecho: rate, round trip p50/p99 (what the kernel
+ *       TCP hook costs on traffic that is not TLS).
  *   tlsperf bulk HOST PORT RECORD BYTES
  *       One connection; writes BYTES in RECORD-byte SSL_write calls, waits for the server's ack.
  *   tlsperf churn HOST PORT CONNECTIONS THREADS SIZE
@@ -45,6 +59,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -231,6 +246,52 @@ static void *count_one(void *arg) {
     return NULL;
 }
 
+
+/* ---- tagging peer ------------------------------------------------------------------------ */
+
+static void *tag_one(void *arg) {
+    struct conn *c = arg;
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getpeername(c->fd, (struct sockaddr *)&ss, &sl);
+    int port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    SSL *ssl = SSL_new(c->ctx);
+    SSL_set_fd(ssl, c->fd);
+    char req[4096], path[128] = "-";
+    int ok = 0;
+    if (SSL_accept(ssl) == 1) {
+        int n = SSL_read(ssl, req, sizeof req - 1);
+        if (n > 0) {
+            req[n] = 0;
+            char *p = strchr(req, ' ');
+            if (p) {
+                size_t len = strcspn(p + 1, " \r\n");
+                if (len > sizeof path - 1)
+                    len = sizeof path - 1;
+                memcpy(path, p + 1, len);
+                path[len] = 0;
+            }
+            ok = 1;
+            static const char resp[] =
+                "HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
+            write_full(ssl, (const unsigned char *)resp, sizeof resp - 1);
+            SSL_shutdown(ssl);
+        }
+    }
+    pthread_mutex_lock(&out_lock);
+    printf("conn %d %d %s\n", port, ok, path[0] ? path : "-");
+    fflush(stdout);
+    pthread_mutex_unlock(&out_lock);
+    SSL_free(ssl);
+    close(c->fd);
+    free(c);
+    return NULL;
+}
+
 static int serve(int argc, char **argv, void *(*handler)(void *)) {
     if (argc != 6) {
         fprintf(stderr, "usage: tlsperf %s ADDR PORT CERT KEY\n", argv[1]);
@@ -400,6 +461,180 @@ static int bulk(int argc, char **argv) {
     return 0;
 }
 
+/* ---- latency ----------------------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The q-quantile of v[0..n) (sorts v). */
+static double quantile(double *v, size_t n, double q) {
+    if (n == 0)
+        return 0;
+    qsort(v, n, sizeof *v, cmp_double);
+    size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+    return v[i < n ? i : n - 1];
+}
+
+static int lat(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: tlsperf lat HOST PORT SIZE COUNT\n");
+        return 1;
+    }
+    uint32_t size = atoi(argv[4]);
+    long count = atol(argv[5]);
+    if (size < 1 || count < 1)
+        return 1;
+    SSL_CTX *ctx = client_ctx();
+    int fd;
+    SSL *ssl = tls_dial(ctx, argv[2], argv[3], &fd);
+    if (!ssl) {
+        fprintf(stderr, "tlsperf: lat: connection failed\n");
+        return 2;
+    }
+    unsigned char cmd[16], *buf = calloc(1, size);
+    command(cmd, 'E', size, 0);
+    if (write_full(ssl, cmd, 16) != 0)
+        return 2;
+    double *rtt = malloc(count * sizeof *rtt), *wr = malloc(count * sizeof *wr),
+           *rd = malloc(count * sizeof *rd);
+    double start = now();
+    for (long i = 0; i < count; i++) {
+        double t0 = now();
+        if (SSL_write(ssl, buf, (int)size) != (int)size) {
+            fprintf(stderr, "tlsperf: lat: write failed\n");
+            return 2;
+        }
+        double t1 = now();
+        /* Wait for the response outside the timed read: poll until bytes are there. */
+        struct timeval tv;
+        fd_set set;
+        for (;;) {
+            FD_ZERO(&set);
+            FD_SET(fd, &set);
+            tv.tv_sec = 5, tv.tv_usec = 0;
+            if (SSL_pending(ssl) > 0 || select(fd + 1, &set, NULL, NULL, &tv) > 0)
+                break;
+        }
+        double t2 = now();
+        if (read_full(ssl, buf, size) != 0) {
+            fprintf(stderr, "tlsperf: lat: read failed\n");
+            return 2;
+        }
+        double t3 = now();
+        rtt[i] = (t3 - t0) * 1e6;
+        wr[i] = (t1 - t0) * 1e9;
+        rd[i] = (t3 - t2) * 1e9;
+    }
+    double elapsed = now() - start;
+    double p50 = quantile(rtt, count, 0.5), p99 = quantile(rtt, count, 0.99);
+    printf("{\"round_trips\":%ld,\"seconds\":%.6f,\"rate\":%.1f,\"rtt_p50_us\":%.2f,"
+           "\"rtt_p99_us\":%.2f,\"write_call_p50_ns\":%.0f,\"read_call_p50_ns\":%.0f}\n",
+           count, elapsed, count / elapsed, p50, p99, quantile(wr, count, 0.5),
+           quantile(rd, count, 0.5));
+    SSL_shutdown(ssl);
+    SSL_free(ssl);
+    close(fd);
+    return 0;
+}
+
+/* ---- plain TCP --------------------------------------------------------------------------- */
+
+static void *tcp_echo_one(void *arg) {
+    int fd = (int)(intptr_t)arg;
+    char buf[65536];
+    nodelay(fd);
+    ssize_t r;
+    while ((r = read(fd, buf, sizeof buf)) > 0) {
+        ssize_t off = 0;
+        while (off < r) {
+            ssize_t w = write(fd, buf + off, r - off);
+            if (w <= 0)
+                goto out;
+            off += w;
+        }
+    }
+out:
+    close(fd);
+    return NULL;
+}
+
+static int tcp_echo(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: tlsperf tcpecho ADDR PORT\n");
+        return 1;
+    }
+    int lfd = listen_on(argv[2], argv[3]);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(lfd, (struct sockaddr *)&ss, &sl);
+    int port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    printf("listening %d\n", port);
+    fflush(stdout);
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE)
+                continue;
+            die("accept");
+        }
+        pthread_t t;
+        if (pthread_create(&t, NULL, tcp_echo_one, (void *)(intptr_t)fd) != 0)
+            close(fd);
+        else
+            pthread_detach(t);
+    }
+}
+
+static int full_io(int fd, unsigned char *buf, size_t n, int writing) {
+    size_t off = 0;
+    while (off < n) {
+        ssize_t r = writing ? write(fd, buf + off, n - off) : read(fd, buf + off, n - off);
+        if (r <= 0)
+            return -1;
+        off += r;
+    }
+    return 0;
+}
+
+static int tcp_rr(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: tlsperf tcprr HOST PORT SIZE SECONDS\n");
+        return 1;
+    }
+    uint32_t size = atoi(argv[4]);
+    double secs = atof(argv[5]);
+    int fd = dial(argv[2], argv[3]);
+    if (fd < 0 || size < 1) {
+        fprintf(stderr, "tlsperf: tcprr: connection failed\n");
+        return 2;
+    }
+    unsigned char *buf = calloc(1, size);
+    size_t cap = 1 << 20, n = 0;
+    double *rtt = malloc(cap * sizeof *rtt);
+    double start = now(), end = start + secs, t = start;
+    while (t < end) {
+        double t0 = t;
+        if (full_io(fd, buf, size, 1) != 0 || full_io(fd, buf, size, 0) != 0) {
+            fprintf(stderr, "tlsperf: tcprr: round trip failed\n");
+            return 2;
+        }
+        t = now();
+        if (n < cap)
+            rtt[n] = (t - t0) * 1e6;
+        n++;
+    }
+    double elapsed = t - start;
+    size_t kept = n < cap ? n : cap;
+    printf("{\"round_trips\":%zu,\"seconds\":%.6f,\"rate\":%.1f,\"rtt_p50_us\":%.2f,"
+           "\"rtt_p99_us\":%.2f}\n",
+           n, elapsed, n / elapsed, quantile(rtt, kept, 0.5), quantile(rtt, kept, 0.99));
+    close(fd);
+    return 0;
+}
+
 struct churn {
     SSL_CTX *ctx;
     const char *host, *port;
@@ -477,14 +712,22 @@ int main(int argc, char **argv) {
         return serve(argc, argv, serve_one);
     if (argc >= 2 && !strcmp(argv[1], "count"))
         return serve(argc, argv, count_one);
+    if (argc >= 2 && !strcmp(argv[1], "tag"))
+        return serve(argc, argv, tag_one);
     if (argc >= 2 && !strcmp(argv[1], "rr"))
         return rr(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "lat"))
+        return lat(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "tcpecho"))
+        return tcp_echo(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "tcprr"))
+        return tcp_rr(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "bulk"))
         return bulk(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "calib"))
         return calib();
     if (argc >= 2 && !strcmp(argv[1], "churn"))
         return churn(argc, argv);
-    fprintf(stderr, "usage: tlsperf server|count|rr|bulk|churn ...\n");
+    fprintf(stderr, "usage: tlsperf server|count|tag|tcpecho|rr|lat|tcprr|bulk|churn|calib ...\n");
     return 1;
 }

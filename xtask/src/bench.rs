@@ -9,6 +9,7 @@ mod agent;
 mod bpf;
 mod env;
 mod figures;
+mod goals;
 mod process;
 mod report;
 
@@ -33,7 +34,7 @@ use report::{Figure, fmt_duration, fmt_num, median};
 pub struct Options {
     /// Each figure once, small counts (does it still run?).
     pub quick: bool,
-    /// Figures to run (1..=6); empty: all.
+    /// Figures to run (1..=10); empty: all.
     pub only: Vec<u32>,
     /// Directory for REPORT.md and report.json. Default: `bench/` (full run) or
     /// `target/bench/quick/` (quick run, so the committed report is not overwritten).
@@ -46,8 +47,8 @@ pub fn run(opts: Options) -> Result<()> {
     require_root("bench")?;
     let started = Instant::now();
     for id in &opts.only {
-        if !(1..=6).contains(id) {
-            bail!("there is no figure {id} (figures are 1 to 6)");
+        if !(1..=10).contains(id) {
+            bail!("there is no figure {id} (figures are 1 to 10)");
         }
     }
     let enforcer = match &opts.enforcer {
@@ -74,8 +75,10 @@ pub fn run(opts: Options) -> Result<()> {
         bcc_src,
     };
     let mut machine = env::machine(&enforcer);
+    let mut trap_ns = None;
     match figures::calibrate(&tlsperf) {
         Ok((sys, trap)) => {
+            trap_ns = Some(trap);
             machine.fields.push((
                 "trap costs (tlsperf calib)".into(),
                 format!(
@@ -126,6 +129,26 @@ pub fn run(opts: Options) -> Result<()> {
             vec![6],
             "start-up",
             Box::new(|c| figures::startup(c).map(|f| vec![f])),
+        ),
+        (
+            vec![7],
+            "misattribution",
+            Box::new(|c| figures::misattribution(c).map(|f| vec![f])),
+        ),
+        (
+            vec![8],
+            "filtered path, plain TCP, IPv6, 8 streams, map memory",
+            Box::new(|c| figures::paths(c).map(|f| vec![f])),
+        ),
+        (
+            vec![9],
+            "redis over TLS",
+            Box::new(|c| figures::redis(c).map(|f| vec![f])),
+        ),
+        (
+            vec![10],
+            "ring buffer overflow",
+            Box::new(|c| figures::overflow(c).map(|f| vec![f])),
         ),
     ];
     for (ids, name, job) in jobs {
@@ -210,7 +233,8 @@ pub fn run(opts: Options) -> Result<()> {
         command.push_str(&format!(" --only {}", ids.join(",")));
     }
     let secs = started.elapsed().as_secs_f64();
-    let json = report::to_json(&machine, &figures, opts.quick, &command, secs);
+    let goals = goals::goals(&figures, trap_ns);
+    let json = report::to_json(&machine, &figures, &goals, opts.quick, &command, secs);
     fs::write(
         out.join("report.json"),
         serde_json::to_string_pretty(&json)? + "\n",
@@ -218,6 +242,7 @@ pub fn run(opts: Options) -> Result<()> {
     let md = report::to_markdown(
         &machine,
         &figures,
+        &goals,
         opts.quick,
         &command,
         secs,

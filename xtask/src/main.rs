@@ -43,7 +43,7 @@ enum Cmd {
         /// target/bench/quick/ unless --out is given.
         #[arg(long)]
         quick: bool,
-        /// Only these figures (1-6), e.g. `--only 1,4`.
+        /// Only these figures (1-10), e.g. `--only 1,4`.
         #[arg(long, value_delimiter = ',')]
         only: Vec<u32>,
         /// Directory to write REPORT.md and report.json to.

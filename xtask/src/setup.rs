@@ -28,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "nodejs",          // tests/tests/content_attribution.rs: Node.js with its own OpenSSL
     "liburing-dev",    // tests/programs/uring-tls-client
     "libgnutls28-dev", // tests/programs/nested-tls-client
+    "redis-server",    // cargo xtask bench, figure 9: a real application over TLS
+    "redis-tools",     // cargo xtask bench, figure 9: redis-benchmark --tls
 ];
 
 enum Status {

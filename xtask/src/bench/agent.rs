@@ -172,6 +172,30 @@ pub fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
     Ok((ticks / hz, kb("VmHWM:"), kb("VmRSS:")))
 }
 
+/// Waits until `pid` used less than 5 % of a core over two consecutive 250 ms windows, at
+/// most `max`; returns how long it waited.
+pub fn wait_idle(pid: u32, max: Duration) -> Duration {
+    let t = Instant::now();
+    let window = Duration::from_millis(250);
+    let mut quiet = 0;
+    let Ok((mut last, _, _)) = proc_usage(pid) else {
+        return t.elapsed();
+    };
+    while quiet < 2 && t.elapsed() < max {
+        thread::sleep(window);
+        let Ok((cpu, _, _)) = proc_usage(pid) else {
+            break;
+        };
+        quiet = if (cpu - last) / window.as_secs_f64() < 0.05 {
+            quiet + 1
+        } else {
+            0
+        };
+        last = cpu;
+    }
+    t.elapsed()
+}
+
 /// Pids of `enforcer` processes other than `ours` (other sessions' tests on a shared host).
 pub fn foreign_agents(ours: &[u32]) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {

@@ -14,7 +14,8 @@ use crate::{root, target_dir};
 
 /// Packages the figures use beyond `cargo xtask setup`'s: a C compiler and OpenSSL headers for
 /// `bench/tlsperf.c`, iperf3, BCC's tools (sslsniff, the peer reference) and kernel headers for
-/// BCC to compile against (see [`bcc_kernel_source`]).
+/// BCC to compile against (see [`bcc_kernel_source`]); and, also in setup's list, the real
+/// clients of figure 7 (curl, socat, Node.js) and redis for figure 9.
 const PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
@@ -25,6 +26,11 @@ const PACKAGES: &[&str] = &[
     "bpfcc-tools",
     "python3-bpfcc",
     "linux-headers-amd64",
+    "curl",
+    "socat",
+    "nodejs",
+    "redis-server",
+    "redis-tools",
 ];
 
 pub fn ensure_packages() -> Result<()> {
@@ -162,6 +168,10 @@ pub fn machine(enforcer: &Path) -> Machine {
         .any(|l| l.starts_with("flags") && l.contains(" hypervisor"));
     // SAFETY: sysconf has no preconditions.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    put(
+        "date",
+        first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+    );
     put("kernel", first_line(Command::new("uname").args(["-srvm"])));
     put(
         "cpu",

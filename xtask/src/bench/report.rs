@@ -169,6 +169,7 @@ pub struct Machine {
 pub fn to_json(
     machine: &Machine,
     figures: &[Figure],
+    goals: &[Target],
     quick: bool,
     command: &str,
     seconds: f64,
@@ -229,12 +230,17 @@ pub fn to_json(
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
+    let goals: Vec<Value> = goals
+        .iter()
+        .map(|t| json!({"what": t.what, "met": t.met, "detail": t.detail}))
+        .collect();
     json!({
         "schema": 1,
         "quick": quick,
         "command": command,
         "seconds": seconds,
         "machine": machine,
+        "goals": goals,
         "figures": figs,
     })
 }
@@ -242,6 +248,7 @@ pub fn to_json(
 pub fn to_markdown(
     machine: &Machine,
     figures: &[Figure],
+    goals: &[Target],
     quick: bool,
     command: &str,
     seconds: f64,
@@ -268,18 +275,27 @@ pub fn to_markdown(
     }
     s.push('\n');
 
+    let met = |t: &Target| match t.met {
+        Some(true) => "met",
+        Some(false) => "**not met**",
+        None => "not judged",
+    };
     let _ = writeln!(
         s,
-        "## Targets\n\n| figure | target | met | detail |\n| --- | --- | --- | --- |"
+        "## Targets\n\nThe goals of issue 14 (and issue 13's misattribution count), judged from \
+         this run; for a goal not met, the measured breakdown.\n\n| goal | met | measured |\n\
+         | --- | --- | --- |"
+    );
+    for t in goals {
+        let _ = writeln!(s, "| {} | {} | {} |", t.what, met(t), t.detail);
+    }
+    let _ = writeln!(
+        s,
+        "\n### Targets by figure\n\n| figure | target | met | detail |\n| --- | --- | --- | --- |"
     );
     for f in figures {
         for t in &f.targets {
-            let met = match t.met {
-                Some(true) => "met",
-                Some(false) => "**not met**",
-                None => "not judged",
-            };
-            let _ = writeln!(s, "| {} | {} | {met} | {} |", f.id, t.what, t.detail);
+            let _ = writeln!(s, "| {} | {} | {} | {} |", f.id, t.what, met(t), t.detail);
         }
     }
     s.push('\n');

@@ -24,6 +24,13 @@ const RR_SIZE: u32 = 64;
 /// SSL_write size of figure 2: one full TLS record.
 const BULK_RECORD: u32 = 16384;
 
+const BASE: &str = "baseline: no enforcer";
+const AUDIT: &str = "enforcer, audit mode";
+const ENFORCE: &str = "enforcer, enforce mode (OpenSSL allowed)";
+const ENFORCE_LO: &str = "enforcer, enforce mode, XDP + tc also on lo";
+const SNIFF: &str = "peer: sslsniff-bpfcc (output discarded)";
+const FLOOR: &str = "reference: empty uprobe + uretprobe on SSL_read/SSL_write (BCC)";
+
 fn rr_once(ctx: &Ctx, port: u16, secs: f64) -> Result<f64> {
     let v = process::run_json(
         ctx.tlsperf().args([
@@ -105,111 +112,122 @@ fn bcc_tool(ctx: &Ctx, script: &str, args: &[&str], ready: &str) -> Result<Proc>
 
 /// Figures 1 (request/response) and 2 (bulk): loopback, OpenSSL client and server.
 pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
-    let rounds = ctx.runs(5);
+    // 3 rounds: the BCC tools compile for ~20 s at each of their starts.
+    let rounds = ctx.runs(3);
     let rr_secs = if ctx.quick { 0.5 } else { 2.0 };
+    let lat_n = if ctx.quick { 500 } else { 10_000 };
     let bulk_bytes: u64 = if ctx.quick { 32 << 20 } else { 512 << 20 };
     let cert = Cert::new(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
     let (_server, _, port) = process::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, 0, &cert)?;
     let veth = ctx.ns.host_if.clone();
 
-    const BASE: &str = "baseline: no enforcer";
-    const AUDIT: &str = "enforcer, audit mode";
-    const ENFORCE: &str = "enforcer, enforce mode (OpenSSL allowed)";
-    const ENFORCE_LO: &str = "enforcer, enforce mode, XDP + tc also on lo";
-    const SNIFF: &str = "peer: sslsniff-bpfcc (output discarded)";
-    const FLOOR: &str = "reference: empty uprobe + uretprobe on SSL_read/SSL_write (BCC)";
-    let agent_configs: [(&str, &str, Vec<&str>); 3] = [
-        (AUDIT, AUDIT_OPENSSL_ONLY, vec![veth.as_str()]),
-        (ENFORCE, ENFORCE_OPENSSL_ONLY, vec![veth.as_str()]),
-        (ENFORCE_LO, ENFORCE_OPENSSL_ONLY, vec![veth.as_str(), "lo"]),
-    ];
-    let mut rr: Vec<(String, Vec<f64>, Option<String>)> = vec![];
-    let mut bulk: Vec<(String, Vec<f64>, Option<String>)> = vec![];
-    for name in [BASE, AUDIT, ENFORCE, ENFORCE_LO, SNIFF, FLOOR] {
-        rr.push((name.into(), vec![], None));
-        bulk.push((name.into(), vec![], None));
-    }
+    const CONFIGS: [&str; 6] = [BASE, AUDIT, ENFORCE, ENFORCE_LO, SNIFF, FLOOR];
     let idx = |name: &str| {
-        [BASE, AUDIT, ENFORCE, ENFORCE_LO, SNIFF, FLOOR]
+        CONFIGS
             .iter()
             .position(|n| *n == name)
             .expect("known config")
     };
-
-    // One block of `rounds` runs per configuration, agent started once per block: an agent's
-    // exit takes seconds to minutes here (see figure 6), too slow to restart it every round.
-    // The baseline runs twice, first and after the agent blocks, to show drift on a shared host.
-    let block = |name: &str,
-                 rr: &mut Vec<(String, Vec<f64>, Option<String>)>,
-                 bulk: &mut Vec<(String, Vec<f64>, Option<String>)>|
-     -> Result<()> {
-        ctx.quiesce();
-        println!("bench: figures 1-2, {name}");
-        for _ in 0..rounds {
-            rr[idx(name)].1.push(rr_once(ctx, port, rr_secs)?);
-            bulk[idx(name)].1.push(bulk_once(ctx, port, bulk_bytes)?);
-        }
+    // Per config: samples of [rr rate, bulk MB/s, rtt p50, rtt p99, write call p50, read call
+    // p50], and why it could not run.
+    let mut s: Vec<([Vec<f64>; 6], Option<String>)> =
+        CONFIGS.iter().map(|_| (Default::default(), None)).collect();
+    let measure = |v: &mut [Vec<f64>; 6]| -> Result<()> {
+        v[0].push(rr_once(ctx, port, rr_secs)?);
+        v[1].push(bulk_once(ctx, port, bulk_bytes)?);
+        let l = process::run_json(
+            ctx.tlsperf().args([
+                "lat",
+                LOOPBACK,
+                &port.to_string(),
+                &RR_SIZE.to_string(),
+                &lat_n.to_string(),
+            ]),
+            Duration::from_secs(120),
+        )?;
+        v[2].push(f(&l, "rtt_p50_us")?);
+        v[3].push(f(&l, "rtt_p99_us")?);
+        v[4].push(f(&l, "write_call_p50_ns")?);
+        v[5].push(f(&l, "read_call_p50_ns")?);
         Ok(())
     };
-    block(BASE, &mut rr, &mut bulk)?;
-    for (name, policy, ifaces) in &agent_configs {
-        let agent = ctx.agent(ifaces, policy)?;
-        block(name, &mut rr, &mut bulk)?;
-        agent.stop_timed(Duration::from_secs(600));
-    }
-    let first_rr = rr[idx(BASE)].1.clone();
-    let first_bulk = bulk[idx(BASE)].1.clone();
-    block(BASE, &mut rr, &mut bulk)?;
-    let drift = |all: &[f64], first: &[f64]| -> Option<f64> {
-        let a = median(first)?;
-        let b = median(&all[first.len()..])?;
-        Some((b / a - 1.0) * 100.0)
-    };
-    let drift_rr = drift(&rr[idx(BASE)].1, &first_rr);
-    let drift_bulk = drift(&bulk[idx(BASE)].1, &first_bulk);
-    // BCC tools compile for ~20 s at start: one block each.
-    for (name, script, args, ready) in [
-        (
-            SNIFF,
-            "sslsniff.py",
-            &["--no-gnutls", "--no-nss"][..],
-            "FUNC",
-        ),
-        (FLOOR, "uprobe_floor.py", &[][..], "ready"),
-    ] {
-        if ctx.quick && name == FLOOR {
-            let why = "skipped in --quick (BCC compiles for ~20 s)".to_string();
-            rr[idx(name)].2 = Some(why.clone());
-            bulk[idx(name)].2 = Some(why);
-            continue;
-        }
-        match bcc_tool(ctx, script, args, ready) {
-            Ok(tool) => {
-                block(name, &mut rr, &mut bulk)?;
-                drop(tool);
-            }
-            Err(e) => {
-                let why = format!("could not run: {e:#}");
-                rr[idx(name)].2 = Some(why.clone());
-                bulk[idx(name)].2 = Some(why);
-            }
-        }
-    }
 
-    let mut m1 = Metric::new("round trips per second", "1/s", Better::Higher, true);
-    for (name, s, note) in rr {
-        let r = m1.row(&name, s);
-        if let Some(n) = note {
-            r.note(n);
+    // Rounds, each running every configuration once in the order of the table (ABAB…): every
+    // agent and peer row is bracketed by baseline runs. The agent starts and stops for each
+    // run (a few hundred ms each, figure 6); the BCC tools compile for ~20 s at each start.
+    for r in 0..rounds {
+        for name in CONFIGS {
+            let i = idx(name);
+            if s[i].1.is_some() {
+                continue;
+            }
+            if ctx.quick && name == FLOOR {
+                s[i].1 = Some("skipped in --quick (BCC compiles for ~20 s)".into());
+                continue;
+            }
+            ctx.quiesce();
+            println!("bench: figures 1-2, round {}/{rounds}: {name}", r + 1);
+            let guard: Box<dyn std::any::Any> = match name {
+                BASE => Box::new(()),
+                AUDIT => Box::new(ctx.agent(&[&veth], AUDIT_OPENSSL_ONLY)?),
+                ENFORCE => Box::new(ctx.agent(&[&veth], ENFORCE_OPENSSL_ONLY)?),
+                ENFORCE_LO => Box::new(ctx.agent(&[&veth, "lo"], ENFORCE_OPENSSL_ONLY)?),
+                SNIFF | FLOOR => {
+                    let (script, args, ready) = if name == SNIFF {
+                        ("sslsniff.py", &["--no-gnutls", "--no-nss"][..], "FUNC")
+                    } else {
+                        ("uprobe_floor.py", &[][..], "ready")
+                    };
+                    match bcc_tool(ctx, script, args, ready) {
+                        Ok(tool) => Box::new(tool),
+                        Err(e) => {
+                            s[i].1 = Some(format!("could not run: {e:#}"));
+                            continue;
+                        }
+                    }
+                }
+                _ => unreachable!("known config"),
+            };
+            let result = measure(&mut s[i].0);
+            drop(guard);
+            result?;
         }
     }
-    let mut m2 = Metric::new("throughput", "MB/s (10^6 bytes)", Better::Higher, true);
-    for (name, s, note) in bulk {
-        let r = m2.row(&name, s);
-        if let Some(n) = note {
-            r.note(n);
+    let first_last = |k: usize| -> Option<f64> {
+        let b = &s[idx(BASE)].0[k];
+        Some((b.last()? / b.first()? - 1.0) * 100.0)
+    };
+    let drift_rr = first_last(0).filter(|_| rounds > 1);
+    let drift_bulk = first_last(1).filter(|_| rounds > 1);
+
+    let metric = |k: usize, name: &str, unit: &str, better: Better| -> Metric {
+        let mut m = Metric::new(name, unit, better, true);
+        for (c, (v, note)) in CONFIGS.iter().zip(&s) {
+            let r = m.row(c, v[k].clone());
+            if let Some(n) = note {
+                r.note(n.clone());
+            }
         }
-    }
+        m
+    };
+    let m1 = metric(0, "round trips per second", "1/s", Better::Higher);
+    let m2 = metric(1, "throughput", "MB/s (10^6 bytes)", Better::Higher);
+    let lat_metrics = [
+        metric(2, "round trip, p50 (tlsperf lat)", "µs", Better::Lower),
+        metric(3, "round trip, p99 (tlsperf lat)", "µs", Better::Lower),
+        metric(
+            4,
+            "client SSL_write call time, p50 (per-call latency, measured directly)",
+            "ns",
+            Better::Lower,
+        ),
+        metric(
+            5,
+            "client SSL_read call time, p50 (response already there)",
+            "ns",
+            Better::Lower,
+        ),
+    ];
 
     let mut fig1 = Figure {
         id: 1,
@@ -221,11 +239,16 @@ pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
              SSL_read, server SSL_read + SSL_write). The agent filters the bench's veth (not on \
              this path: the figure is the cost of the uprobes and the TCP hook), except in the \
              `also on lo` row, where XDP (generic mode) and tc also sit on the loopback path. \
-             {rounds} runs per configuration, one block each, in the order of the table; the \
-             baseline block runs twice (before and after the agent blocks) and its row holds \
-             both."
+             {rounds} rounds; each round runs every configuration once, in the order of the \
+             table (interleaved: each agent and peer run sits between baseline runs of adjacent \
+             rounds), starting the agent or the tool for the run and stopping it after. \
+             Latency: `tlsperf lat`, {lat_n} round trips on one connection, each timed, and the \
+             client's SSL_write and SSL_read calls timed on their own (clock_gettime around the \
+             call; the read only once the response is in the socket): a probe on the call adds \
+             its traps to that call's time, so the difference to the baseline is the added \
+             latency per call, measured directly."
         ),
-        metrics: vec![m1.clone()],
+        metrics: [&[m1.clone()][..], &lat_metrics[..]].concat(),
         ..Default::default()
     };
     let mut fig2 = Figure {
@@ -245,12 +268,12 @@ pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
 
     if let Some(d) = drift_rr {
         fig1.notes.push(format!(
-            "Drift: the second baseline block's median is {d:+.1} % from the first's."
+            "Drift: the last round's baseline run is {d:+.1} % from the first's."
         ));
     }
     if let Some(d) = drift_bulk {
         fig2.notes.push(format!(
-            "Drift: the second baseline block's median is {d:+.1} % from the first's."
+            "Drift: the last round's baseline run is {d:+.1} % from the first's."
         ));
     }
     let cost = |m: &Metric, name: &str| m.find(name).and_then(|r| m.cost_pct(r));
@@ -268,6 +291,31 @@ pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
         detail: match (enforce1, sniff1) {
             (Some(e), Some(s)) => format!("enforcer {e:.1} % vs sslsniff {s:.1} %"),
             _ => "sslsniff could not run: see its row".into(),
+        },
+    });
+    fig1.targets.push(Target {
+        what: "request/response cost below the empty uprobe + uretprobe reference of the same run"
+            .into(),
+        met: enforce1.zip(floor1).map(|(e, f)| e < f),
+        detail: match (enforce1, floor1) {
+            (Some(e), Some(f)) => format!("enforcer {e:.1} % vs empty pair {f:.1} %"),
+            _ => "the reference could not run: see its row".into(),
+        },
+    });
+    // The direct per-call figure: SSL_write's p50 above the baseline's.
+    let added = |name: &str| -> Option<f64> {
+        let m = &lat_metrics[2];
+        Some(median(&m.find(name)?.samples)? - median(&m.rows.first()?.samples)?)
+    };
+    let (call_e, call_f) = (added(ENFORCE), added(FLOOR));
+    fig1.targets.push(Target {
+        what: "added time per TLS call (SSL_write p50, measured directly) below the empty pair's"
+            .into(),
+        met: call_e.zip(call_f).map(|(e, f)| e < f),
+        detail: match (call_e, call_f) {
+            (Some(e), Some(f)) => format!("enforcer {e:+.0} ns vs empty pair {f:+.0} ns"),
+            (Some(e), None) => format!("enforcer {e:+.0} ns; the reference could not run"),
+            _ => "no number".into(),
         },
     });
     let enforce2 = cost(&m2, ENFORCE);
