@@ -30,16 +30,34 @@ fn io_uring_sends_of_allowed_openssl_are_allowed_and_a_nested_denied_library_is_
     let uring = programs::build_uring_client(dir.path());
     let nested = programs::build_nested_client(dir.path());
     let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let server = Server::plain(&ns, peer, PORT, &cert);
+    let peers = [IpAddr::V4(ns.peer_v4), IpAddr::V6(ns.peer_v6)];
+    let cert = Cert::new(&peers);
+    let servers: Vec<Server> = peers
+        .iter()
+        .map(|&ip| Server::plain(&ns, ip, PORT, &cert))
+        .collect();
     let (mut agent, _control) = openssl_only_agent(&ns);
-    let (host, port) = (peer.to_string(), PORT.to_string());
+    for server in &servers {
+        let (host, port) = (server.addr().ip().to_string(), PORT.to_string());
+        uring_and_nested(&mut agent, server, &host, &port, &uring, &nested);
+    }
+    drop(agent);
+}
 
+/// Over one server (`host`): the io_uring client inline and async, allowed by its random; the
+/// nested GnuTLS client, refused.
+fn uring_and_nested(
+    agent: &mut enforcer_tests::Agent,
+    server: &Server,
+    host: &str,
+    port: &str,
+    uring: &std::path::Path,
+    nested: &std::path::Path,
+) {
     for mode in ["inline", "async"] {
-        let line = format!("URING-{mode}\n");
+        let line = format!("URING-{mode}-{host}\n");
         let mut c = std::process::Command::new(&uring);
-        c.args([host.as_str(), port.as_str(), line.as_str(), mode]);
+        c.args([host, port, line.as_str(), mode]);
         let out = run_with_timeout(&mut c, b"", CLIENT);
         assert_ne!(
             out.status.code(),
@@ -74,12 +92,12 @@ fn io_uring_sends_of_allowed_openssl_are_allowed_and_a_nested_denied_library_is_
     let started = std::time::Instant::now();
     let closed = enforcer_tests::content::free_port().to_string();
     let mut c = std::process::Command::new(&nested);
-    c.args([host.as_str(), closed.as_str(), "-"]);
+    c.args([host, closed.as_str(), "-"]);
     let _ = run_with_timeout(&mut c, b"", CLIENT);
     let baseline = started.elapsed();
     let started = std::time::Instant::now();
     let mut c = std::process::Command::new(&nested);
-    c.args([host.as_str(), port.as_str(), "NESTED-GNUTLS\n"]);
+    c.args([host, port, "NESTED-GNUTLS\n"]);
     let out = run_with_timeout(&mut c, b"", CLIENT);
     let took = started.elapsed();
     assert!(
@@ -106,7 +124,6 @@ fn io_uring_sends_of_allowed_openssl_are_allowed_and_a_nested_denied_library_is_
     assert_eq!(e["evidence"], "random", "{e}");
     assert_eq!(e["verdict"], "blocked", "{e}");
     assert!(!String::from_utf8_lossy(&server.received()).contains("NESTED-GNUTLS"));
-    drop(agent);
 }
 
 /// The forged hello over IPv4 and IPv6, its random asked for inside the allowed call (which also

@@ -402,7 +402,7 @@ fn discover_finds_system_libraries_once() {
     );
     assert!(find_file(&libs, &lib("libgnutls-openssl.so.27")).is_empty());
     // Generous: a regression guard, not the performance target (measured well below 2 s).
-    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
 }
 
 #[test]

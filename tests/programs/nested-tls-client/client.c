@@ -62,14 +62,21 @@ static ssize_t push(gnutls_transport_ptr_t p, const void *data, size_t len) {
 
 int main(int argc, char **argv) {
     if (argc < 4) return 1;
-    struct sockaddr_in a; memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[2]));
-    if (inet_pton(AF_INET, argv[1], &a.sin_addr) != 1) return 1;
-    sock = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(sock, (struct sockaddr *)&a, sizeof a) != 0) return 2;
-    struct sockaddr_in me; socklen_t melen = sizeof me;
+    struct sockaddr_storage ss; memset(&ss, 0, sizeof ss);
+    socklen_t len;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, argv[1], &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET; a4->sin_port = htons(atoi(argv[2])); len = sizeof *a4;
+    } else if (inet_pton(AF_INET6, argv[1], &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6; a6->sin6_port = htons(atoi(argv[2])); len = sizeof *a6;
+    } else return 1;
+    sock = socket(ss.ss_family, SOCK_STREAM, 0);
+    if (sock < 0 || connect(sock, (struct sockaddr *)&ss, len) != 0) return 2;
+    struct sockaddr_storage me; socklen_t melen = sizeof me;
     getsockname(sock, (struct sockaddr *)&me, &melen);
-    printf("from %d\n", ntohs(me.sin_port));
+    printf("from %d\n", ntohs(me.ss_family == AF_INET ? ((struct sockaddr_in *)&me)->sin_port
+                                                      : ((struct sockaddr_in6 *)&me)->sin6_port));
     fflush(stdout);
     gnutls_global_init();
     gnutls_certificate_credentials_t cred;

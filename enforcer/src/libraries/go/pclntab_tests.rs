@@ -197,7 +197,7 @@ fn unterminated_shared_names_are_not_rescanned() {
     let wanted = ["crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read", "c"];
     assert_eq!(table.find(&wanted), vec![None; 3]);
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
+        started.elapsed() < std::time::Duration::from_secs(30),
         "{:?} for 2^20 functions",
         started.elapsed()
     );
