@@ -293,10 +293,11 @@ pub fn misattribution(ctx: &Ctx) -> Result<Figure> {
             continue;
         };
         let ra = e["remote"]["addr"].as_str().unwrap_or("").to_string();
-        by_port
-            .entry((ra, rp as u16, lp as u16))
-            .or_default()
-            .push(e);
+        let key = (ra, rp as u16, lp as u16);
+        if e["type"] == "connection" {
+            conn_queue.entry(key.clone()).or_default().push_back(e);
+        }
+        by_port.entry(key).or_default().push(e);
     }
     let seen_ok = seen_ok.into_inner().expect("not poisoned");
     let (mut wrong_lib, mut no_event, mut unattributed) = (0usize, 0usize, 0usize);
