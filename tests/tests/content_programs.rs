@@ -56,7 +56,7 @@ fn uring_and_nested(
 ) {
     for mode in ["inline", "async"] {
         let line = format!("URING-{mode}-{host}\n");
-        let mut c = std::process::Command::new(&uring);
+        let mut c = std::process::Command::new(uring);
         c.args([host, port, line.as_str(), mode]);
         let out = run_with_timeout(&mut c, b"", CLIENT);
         assert_ne!(
@@ -91,12 +91,12 @@ fn uring_and_nested(
     // The client alone: start, fail to connect to a closed port (exit 2), exit.
     let started = std::time::Instant::now();
     let closed = enforcer_tests::content::free_port().to_string();
-    let mut c = std::process::Command::new(&nested);
+    let mut c = std::process::Command::new(nested);
     c.args([host, closed.as_str(), "-"]);
     let _ = run_with_timeout(&mut c, b"", CLIENT);
     let baseline = started.elapsed();
     let started = std::time::Instant::now();
-    let mut c = std::process::Command::new(&nested);
+    let mut c = std::process::Command::new(nested);
     c.args([host, port, "NESTED-GNUTLS\n"]);
     let out = run_with_timeout(&mut c, b"", CLIENT);
     let took = started.elapsed();
