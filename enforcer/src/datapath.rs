@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod iface;
 pub mod loader;
 pub mod maps;
+pub mod mptcp_abort;
 pub mod pin;
 pub mod policy_maps;
 pub mod sock_destroy;

@@ -53,6 +53,22 @@ impl Server {
         Self::spawn(cmd, addr, cert, mode, extra)
     }
 
+    /// As [`Server::start`], with `s_server` run by `wrapper` (e.g. `["mptcpize", "run"]`).
+    pub fn start_via(
+        ns: &NetNs,
+        wrapper: &[&str],
+        ip: IpAddr,
+        port: u16,
+        cert: &Cert,
+        mode: Mode,
+    ) -> Server {
+        let addr = SocketAddr::new(ip, port);
+        let (program, args) = wrapper.split_first().expect("a wrapper command");
+        let mut cmd = ns.exec(program, args);
+        cmd.args(["openssl", "s_server", "-accept", &addr.to_string()]);
+        Self::spawn(cmd, addr, cert, mode, &[])
+    }
+
     /// `openssl s_server` in the root namespace (this host is the server), on `ip:port`.
     pub fn on_host(ip: IpAddr, port: u16, cert: &Cert, mode: Mode, extra: &[&str]) -> Server {
         let addr = SocketAddr::new(ip, port);

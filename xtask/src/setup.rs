@@ -30,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "libgnutls28-dev", // tests/programs/nested-tls-client
     "redis-server",    // cargo xtask bench, figure 9: a real application over TLS
     "redis-tools",     // cargo xtask bench, figure 9: redis-benchmark --tls
+    "mptcpd", // tests/tests/bypass_paths.rs: mptcpize runs gnutls-cli and s_server on MPTCP
 ];
 
 enum Status {

@@ -157,7 +157,7 @@ impl Reporter {
     fn handle(&self, event: &TlsEvent) {
         // A flow that did not fit in the blocklist is dropped all the same: its socket too.
         let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
-        let aborted = blocked.then(|| sock_destroy::destroy(&event.flow));
+        let aborted = blocked.then(|| sock_destroy::destroy(&event.flow, Some(event.pid)));
         let lib = self.library(event.lib_id);
         let lib = lib.as_ref();
         let family = lib.map_or("unknown", |l| l.family.name());

@@ -85,7 +85,7 @@ impl Operator {
                 if let Err(err) = self.maps().block(&flow, 0) {
                     return json!({"ok": false, "error": format!("{err} (blocklist full?)")});
                 }
-                let aborted = sock_destroy::destroy(&flow);
+                let aborted = sock_destroy::destroy(&flow, None);
                 self.reporter.lifecycle(json!({
                     "type": "operator", "action": "block",
                     "local": local.to_string(), "remote": remote.to_string(),

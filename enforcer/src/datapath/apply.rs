@@ -182,7 +182,7 @@ fn reevaluate_flows(
             match maps.block(&flow, state.lib_id) {
                 Ok(()) => {
                     summary.newly_blocked += 1;
-                    let _ = sock_destroy::destroy(&flow);
+                    let _ = sock_destroy::destroy(&flow, None);
                 }
                 Err(_) => maps.set_verdict(&flow, verdict::BLOCKLIST_FULL)?,
             }

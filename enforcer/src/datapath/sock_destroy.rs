@@ -1,6 +1,9 @@
 //! Abort a local TCP socket by its 4-tuple: sock_diag `SOCK_DESTROY` over `NETLINK_SOCK_DIAG`
 //! (what `ss -K` does). The owner's next call fails with `ECONNABORTED` and the peer gets a RST.
 //!
+//! An MPTCP subflow is destroyed too, but that does not end its MPTCP socket: `mptcp_abort`
+//! then shuts that socket down in its owner's file table.
+//!
 //! The kernel looks the socket up in the caller's network namespace only: the agent must run in
 //! the namespace of the sockets it destroys (the host namespace). A socket bound to a device
 //! (`SO_BINDTODEVICE`) is not found, because the lookup is made for interface 0.
@@ -11,6 +14,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use enforcer_common::flow::FlowKey;
+
+use super::mptcp_abort;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
@@ -25,6 +30,11 @@ const MSG_LEN: usize = 72;
 const REQ_ID: usize = 8;
 const MSG_ID: usize = 4;
 const TCP_LISTEN: u8 = 10;
+/// `idiag_ext` bit asking for `INET_DIAG_INFO`, with which TCP also reports its ULP.
+const EXT_INFO: u8 = 1 << (2 - 1);
+/// `INET_DIAG_ULP_INFO`, and inside it `INET_ULP_INFO_NAME`.
+const INET_DIAG_ULP_INFO: u16 = 19;
+const INET_ULP_INFO_NAME: u16 = 1;
 
 /// Why a socket could not be destroyed. `flow` reads like `127.0.0.1:40000 -> 10.0.0.1:443`.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +45,16 @@ pub enum SockDestroyError {
     Unsupported,
     #[error("not allowed to destroy TCP socket {flow}: needs CAP_NET_ADMIN (run as root)")]
     PermissionDenied { flow: String },
+    #[error(
+        "MPTCP socket {flow}: its subflow was aborted, but process {pid} holds no MPTCP socket \
+         with these addresses (its packets are still dropped)"
+    )]
+    MptcpSocketNotFound { flow: String, pid: u32 },
+    #[error(
+        "MPTCP socket {flow}: its subflow was aborted, but the process holding it is not known \
+         (its packets are still dropped)"
+    )]
+    MptcpOwnerUnknown { flow: String },
     #[error("invalid flow key: {0}")]
     InvalidFlow(String),
     #[error("sock_diag {step} for TCP socket {flow} failed: {source}")]
@@ -47,7 +67,8 @@ pub enum SockDestroyError {
 }
 
 /// Destroys the local TCP socket whose local end is `flow.local_*` and remote end
-/// `flow.remote_*`. Listening sockets are never touched.
+/// `flow.remote_*`. Listening sockets are never touched. When it is an MPTCP subflow, its MPTCP
+/// socket is shut down in `owner`'s file table too (`mptcp_abort`).
 ///
 /// Two steps, because a `SOCK_DESTROY` for a 4-tuple without an established socket falls back
 /// (like packet demultiplexing) to the *listener* on the local port and would abort it: first
@@ -55,7 +76,7 @@ pub enum SockDestroyError {
 /// a socket that replaced it in between is not hit either.
 ///
 /// Blocking, but only for two netlink round trips the kernel answers within `sendmsg()`.
-pub fn destroy(flow: &FlowKey) -> Result<(), SockDestroyError> {
+pub fn destroy(flow: &FlowKey, owner: Option<u32>) -> Result<(), SockDestroyError> {
     let (local, remote) = endpoints(flow)?;
     let shown = format!("{local} -> {remote}");
     let fail = |step| {
@@ -68,6 +89,7 @@ pub fn destroy(flow: &FlowKey) -> Result<(), SockDestroyError> {
 
     let sock = open().map_err(fail("socket"))?;
     let mut req = request(local, remote);
+    req[2] = EXT_INFO;
     let found = match exchange(&sock, SOCK_DIAG_BY_FAMILY, &req) {
         Ok(Some(msg)) => msg,
         Ok(None) => return Err(fail("lookup")(io::Error::other("no reply message"))),
@@ -79,16 +101,49 @@ pub fn destroy(flow: &FlowKey) -> Result<(), SockDestroyError> {
     if state == TCP_LISTEN || found_local != local || found_remote != remote {
         return Err(not_found());
     }
+    let mptcp = ulp_name(&found).is_some_and(|name| name == b"mptcp");
     req[REQ_ID + 40..REQ_ID + 48].copy_from_slice(&cookie);
-    match exchange(&sock, SOCK_DESTROY, &req) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(match e.raw_os_error() {
+    if let Err(e) = exchange(&sock, SOCK_DESTROY, &req) {
+        return Err(match e.raw_os_error() {
             Some(libc::ENOENT) => not_found(),
             Some(libc::EOPNOTSUPP) => SockDestroyError::Unsupported,
             Some(libc::EPERM | libc::EACCES) => SockDestroyError::PermissionDenied { flow: shown },
             _ => fail("destroy")(e),
-        }),
+        });
     }
+    if !mptcp {
+        return Ok(());
+    }
+    let Some(pid) = owner.filter(|&pid| pid != 0) else {
+        return Err(SockDestroyError::MptcpOwnerUnknown { flow: shown });
+    };
+    match mptcp_abort::shutdown_in(pid, local, remote) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(SockDestroyError::MptcpSocketNotFound { flow: shown, pid }),
+        Err(e) => Err(fail("MPTCP shutdown")(e)),
+    }
+}
+
+/// The ULP name (`INET_DIAG_ULP_INFO` / `INET_ULP_INFO_NAME`, NUL stripped) in the attributes
+/// after an `inet_diag_msg`; `None` when there is none or the attributes are malformed.
+fn ulp_name(msg: &[u8]) -> Option<&[u8]> {
+    let ulp = attribute(msg.get(MSG_LEN..)?, INET_DIAG_ULP_INFO)?;
+    let name = attribute(ulp, INET_ULP_INFO_NAME)?;
+    Some(name.split(|&b| b == 0).next().unwrap_or_default())
+}
+
+/// The payload of the first netlink attribute of type `kind` in `attrs` (nested flag ignored).
+fn attribute(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        let payload = attrs.get(4..len)?;
+        if ty == kind {
+            return Some(payload);
+        }
+        attrs = attrs.get(len.next_multiple_of(4)..)?;
+    }
+    None
 }
 
 /// The inode of the established local TCP socket of `flow`, for finding its owner in `/proc`
@@ -328,7 +383,7 @@ mod tests {
             client.local_addr().expect("local"),
             client.peer_addr().expect("peer"),
         );
-        destroy(&flow).expect("destroy");
+        destroy(&flow, None).expect("destroy");
         client
             .set_read_timeout(Some(Duration::from_secs(1)))
             .expect("timeout");
@@ -362,12 +417,12 @@ mod tests {
         let local = listener.local_addr().expect("addr");
         // Nobody is connected from 127.0.0.1:1: a bare SOCK_DESTROY would hit the listener.
         let remote: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let err = destroy(&key(local, remote)).expect_err("no such socket");
+        let err = destroy(&key(local, remote), None).expect_err("no such socket");
         assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
         let mut c = TcpStream::connect(local).expect("listener still accepts");
         c.write_all(b"x").expect("write");
         let unused: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        let err = destroy(&key(unused, remote)).expect_err("no such socket");
+        let err = destroy(&key(unused, remote), None).expect_err("no such socket");
         assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
     }
 
@@ -392,6 +447,9 @@ mod tests {
             family: 5,
             ..Default::default()
         };
-        assert!(matches!(destroy(&k), Err(SockDestroyError::InvalidFlow(_))));
+        assert!(matches!(
+            destroy(&k, None),
+            Err(SockDestroyError::InvalidFlow(_))
+        ));
     }
 }

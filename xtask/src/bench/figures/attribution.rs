@@ -423,17 +423,26 @@ pub fn misattribution(ctx: &Ctx) -> Result<Figure> {
         ),
     });
     fig.notes.push(format!(
-        "{} connection / client_hello events received; wall time {wall:.1} s. {} refused \
-         connections had no event on the filtered interface: a relayed gnutls-cli whose \
-         ClientHello was stopped on the loopback hop to the relay (its socket is attributed \
-         there by the thread and aborted), so the relay's connection to the peer carried no \
-         hello (these are not misattributions: the denied client was refused before its hello \
-         left the host). {} events blocking gnutls belonged to no connection the peer \
-         printed (refused before its accept() returned; not misattributions either).",
-        events.len(),
-        tally.refused_unseen,
-        tally.refused_unprinted
+        "{} connection / client_hello events received; wall time {wall:.1} s.",
+        events.len()
     ));
+    // Neither count is a misattribution (the denied client was refused before its hello reached
+    // the peer); they are said when not zero, as they show the bench's own view was partial.
+    if tally.refused_unseen > 0 {
+        fig.notes.push(format!(
+            "{} refused connections had no event on the filtered interface (a relayed \
+             gnutls-cli stopped on the loopback hop to the relay: the relay's connection to the \
+             peer then carries no hello).",
+            tally.refused_unseen
+        ));
+    }
+    if tally.refused_unprinted > 0 {
+        fig.notes.push(format!(
+            "{} events blocking gnutls belonged to no connection the peer printed (refused \
+             before the peer's accept() returned).",
+            tally.refused_unprinted
+        ));
+    }
     if !tally.examples.is_empty() {
         fig.notes
             .push(format!("First cases: {}", tally.examples.join("; ")));
