@@ -8,6 +8,8 @@ pub mod kind {
     pub const TLS: u8 = 1;
     /// A `HelloEvent`.
     pub const HELLO: u8 = 2;
+    /// A `QuicEvent`.
+    pub const QUIC: u8 = 3;
 }
 
 /// The start of every `EVENTS` record.
@@ -112,10 +114,30 @@ pub struct HelloEvent {
 }
 const _: () = assert!(core::mem::size_of::<HelloEvent>() == 352);
 
+/// A QUIC Initial datagram judged by the `quic` policy, at most one per 4-tuple and direction a
+/// second (`QUIC_SEEN`): an Initial is retransmitted, and anyone can send UDP in bulk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QuicEvent {
+    /// `kind::QUIC`.
+    pub header: Header,
+    /// UDP ports and addresses, from this host's side.
+    pub flow: crate::flow::FlowKey,
+    /// `quic::VERSION_*`.
+    pub version: u32,
+    /// `flow::verdict::*`: `BLOCKED` (dropped), `WOULD_BLOCK` (audit mode), `AUDITED`.
+    pub verdict: u8,
+    /// `flow::direction::*`: `SEND` (tc egress) or `RECV` (XDP ingress).
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<QuicEvent>() == 64);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C), Copy, without implicit padding, valid for any bit pattern.
     unsafe impl aya::Pod for super::Header {}
     unsafe impl aya::Pod for super::TlsEvent {}
     unsafe impl aya::Pod for super::HelloEvent {}
+    unsafe impl aya::Pod for super::QuicEvent {}
 }

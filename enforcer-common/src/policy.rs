@@ -32,7 +32,8 @@ pub struct HelloPolicy {
     /// 1 if the kernel hook attributes a send only after its packets left (`sock_send_length`):
     /// scoped libraries are then judged at attribution, without a name.
     pub late_attribution: u8,
-    pub _pad: u8,
+    /// `action::*` for a QUIC Initial datagram (`quic`), either direction.
+    pub quic: u8,
 }
 const _: () = assert!(core::mem::size_of::<HelloPolicy>() == 4);
 

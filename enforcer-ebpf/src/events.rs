@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::RingBuf,
 };
 use enforcer_common::{
-    event::{Header, HelloEvent, TlsEvent, kind},
+    event::{Header, HelloEvent, QuicEvent, TlsEvent, kind},
     flow::{FlowKey, FlowState},
     hello::RandomOrigin,
     stat::Stat,
@@ -69,6 +69,16 @@ pub fn attributed_by_random(flow: &FlowKey, state: &FlowState, producer: &Random
         flow: *flow,
     });
     entry.submit(0);
+}
+
+/// Reports a judged QUIC Initial (`quic.rs`), on the hello ring: anyone can send UDP in bulk.
+#[inline(always)]
+pub fn quic(event: &QuicEvent, now: u64) {
+    let mut event = *event;
+    event.header = Header::new(kind::QUIC, now);
+    if HELLO_EVENTS.output::<QuicEvent>(&event, 0).is_err() {
+        stats::count(Stat::HelloEventsLost);
+    }
 }
 
 /// Reports a judged ClientHello. The event is built in per-CPU scratch (it is larger than the

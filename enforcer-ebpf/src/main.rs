@@ -57,6 +57,8 @@ mod packet;
 #[cfg(target_arch = "bpf")]
 mod policy;
 #[cfg(target_arch = "bpf")]
+mod quic;
+#[cfg(target_arch = "bpf")]
 mod random;
 #[cfg(target_arch = "bpf")]
 mod sock;

@@ -28,6 +28,7 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 /// IPv6 extension headers we walk past; anything else ends the walk.
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -40,7 +41,7 @@ const MAX_IPV6_EXT_HEADERS: usize = 6;
 const MAX_L4_OFFSET: usize = 512;
 const TCP_FLAG_RST: u8 = 0x04;
 
-/// A TCP segment's addressing, as on the wire (source / destination).
+/// A TCP segment's or UDP datagram's addressing, as on the wire (source / destination).
 pub struct Segment {
     pub family: u8,
     pub src_addr: [u8; 16],
@@ -48,7 +49,9 @@ pub struct Segment {
     pub src_port: u16,
     pub dst_port: u16,
     pub rst: bool,
-    /// Offset of the TCP header in the frame.
+    /// A UDP datagram (`rst` is then false): only `quic.rs` looks at it.
+    pub udp: bool,
+    /// Offset of the TCP (or UDP) header in the frame.
     pub l4: u16,
 }
 
@@ -88,7 +91,7 @@ pub trait Packet {
 }
 
 #[inline(always)]
-fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
+pub fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
     if offset > MAX_L4_OFFSET + 64 {
         return None;
     }
@@ -111,8 +114,9 @@ pub trait Linear {
     fn data_end(&self) -> usize;
 }
 
-/// `None` for anything that is not a TCP segment with a readable header: non-IP, non-TCP,
-/// truncated, non-first fragments (they carry no ports), or headers nested too deep.
+/// `None` for anything that is not a TCP segment or UDP datagram with a readable header:
+/// non-IP, other protocols, truncated, non-first fragments (they carry no ports), or headers
+/// nested too deep.
 #[inline(always)]
 pub fn parse<P: Packet + Linear>(packet: &P) -> Option<Segment> {
     match direct::parse(packet) {
@@ -140,6 +144,7 @@ fn loaded<P: Packet>(packet: &P) -> Option<Segment> {
         src_port: 0,
         dst_port: 0,
         rst: false,
+        udp: false,
         l4: 0,
     };
     let l4 = match ethertype {
@@ -149,13 +154,13 @@ fn loaded<P: Packet>(packet: &P) -> Option<Segment> {
     };
     seg.src_port = u16::from_be(load::<u16, P>(packet, l4)?);
     seg.dst_port = u16::from_be(load::<u16, P>(packet, l4 + 2)?);
-    seg.rst = load::<u8, P>(packet, l4 + 13)? & TCP_FLAG_RST != 0;
+    seg.rst = !seg.udp && load::<u8, P>(packet, l4 + 13)? & TCP_FLAG_RST != 0;
     // Below MAX_L4_OFFSET, so it fits.
     seg.l4 = l4 as u16;
     Some(seg)
 }
 
-/// Returns the offset of the TCP header.
+/// Returns the offset of the TCP or UDP header.
 #[inline(always)]
 fn ipv4<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
     let version_ihl = load::<u8, P>(packet, l3)?;
@@ -163,8 +168,10 @@ fn ipv4<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
     if version_ihl >> 4 != 4 || ihl < 20 {
         return None;
     }
-    if load::<u8, P>(packet, l3 + 9)? != IPPROTO_TCP {
-        return None;
+    match load::<u8, P>(packet, l3 + 9)? {
+        IPPROTO_TCP => {}
+        IPPROTO_UDP => seg.udp = true,
+        _ => return None,
     }
     // Fragment offset (low 13 bits): a non-first fragment has no TCP header.
     if u16::from_be(load::<u16, P>(packet, l3 + 6)?) & 0x1fff != 0 {
@@ -178,7 +185,7 @@ fn ipv4<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
     Some(l3 + ihl)
 }
 
-/// Returns the offset of the TCP header, after walking extension headers.
+/// Returns the offset of the TCP or UDP header, after walking extension headers.
 #[inline(always)]
 fn ipv6<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
     if load::<u8, P>(packet, l3)? >> 4 != 6 {
@@ -190,7 +197,8 @@ fn ipv6<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
     let mut next = load::<u8, P>(packet, l3 + 6)?;
     let mut offset = l3 + 40;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        if next == IPPROTO_TCP {
+        if next == IPPROTO_TCP || next == IPPROTO_UDP {
+            seg.udp = next == IPPROTO_UDP;
             return Some(offset);
         }
         let header_next = load::<u8, P>(packet, offset)?;
@@ -213,7 +221,8 @@ fn ipv6<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
             return None;
         }
     }
-    if next == IPPROTO_TCP {
+    if next == IPPROTO_TCP || next == IPPROTO_UDP {
+        seg.udp = next == IPPROTO_UDP;
         Some(offset)
     } else {
         None

@@ -56,6 +56,12 @@ pub fn name_rule(key: &Key<ServerNameKey>) -> Option<u8> {
     SERVER_NAME_RULES.get(key).copied()
 }
 
+/// Whether the agent enforces (`mode::ENFORCE`) rather than audits.
+#[inline(always)]
+pub fn enforcing() -> bool {
+    MODE.get(0).copied() == Some(mode::ENFORCE)
+}
+
 #[inline(always)]
 pub fn hello_policy() -> HelloPolicy {
     HELLO_POLICY.get(0).copied().unwrap_or_default()
@@ -65,7 +71,7 @@ pub fn hello_policy() -> HelloPolicy {
 /// and enforcing. Used at attribution and at the ClientHello alike.
 #[inline(always)]
 pub fn apply(flow: &FlowKey, lib_action: Option<u8>) -> u8 {
-    let enforcing = MODE.get(0).copied() == Some(mode::ENFORCE);
+    let enforcing = enforcing();
     match lib_action {
         Some(action::ALLOW) => verdict::ALLOWED,
         Some(action::AUDIT) => verdict::AUDITED,

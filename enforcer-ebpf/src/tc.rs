@@ -7,10 +7,11 @@ use aya_ebpf::{
 };
 use enforcer_common::stat::Stat;
 
-use crate::{client_hello, flow, hello, packet, stats};
+use crate::{client_hello, flow, hello, packet, quic, stats};
+use enforcer_common::flow::direction;
 
-/// Fail-open like the XDP program, with one deliberate exception to dropping: a bare RST of a
-/// blocked flow goes out, so the peer forgets a connection we aborted (it carries no data).
+/// Fail-open like the XDP program (UDP: only a QUIC Initial the policy denies is dropped, as
+/// there), with one deliberate exception to dropping: a bare RST of a blocked flow goes out, so the peer forgets a connection we aborted (it carries no data).
 /// Segments the blocklist lets through go to the hello judge (`hello.rs`), which drops a hello
 /// the policy denies (its random's library is denied, unattributed TLS, a name out of scope).
 #[classifier]
@@ -18,6 +19,13 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
     let Some(segment) = packet::parse(&ctx) else {
         return TC_ACT_OK;
     };
+    if segment.udp {
+        if quic::drops(&ctx, &segment, direction::SEND) {
+            stats::count(Stat::TcDrops);
+            return TC_ACT_SHOT;
+        }
+        return TC_ACT_OK;
+    }
     let flow = segment.as_sender();
     if segment.rst {
         return TC_ACT_OK;

@@ -5,10 +5,12 @@ use aya_ebpf::{
 };
 use enforcer_common::stat::Stat;
 
-use crate::{flow, packet, stats};
+use crate::{flow, packet, quic, stats};
+use enforcer_common::flow::direction;
 
-/// Fail-open: anything we cannot parse (non-TCP, truncated, fragments) passes; only a 4-tuple
-/// the kernel hooks put in the blocklist is dropped.
+/// Fail-open: anything we cannot parse (neither TCP nor UDP, truncated, fragments) passes; a
+/// 4-tuple the kernel hooks put in the blocklist is dropped, and a QUIC Initial the policy
+/// denies (`quic.rs`).
 ///
 /// Loaded frags-aware (`xdp.frags`, `BPF_F_XDP_HAS_FRAGS`, Linux 5.18+): drivers refuse an MTU
 /// above a page to a program that is not (jumbo frames, veth with a large MTU), and a
@@ -33,6 +35,13 @@ fn ingress(ctx: &XdpContext) -> u32 {
     let Some(segment) = packet::parse(ctx) else {
         return xdp_action::XDP_PASS;
     };
+    if segment.udp {
+        if quic::drops(ctx, &segment, direction::RECV) {
+            stats::count(Stat::XdpDrops);
+            return xdp_action::XDP_DROP;
+        }
+        return xdp_action::XDP_PASS;
+    }
     if flow::is_blocked(&segment.as_receiver()) {
         stats::count(Stat::XdpDrops);
         return xdp_action::XDP_DROP;

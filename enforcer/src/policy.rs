@@ -84,6 +84,9 @@ pub struct Policy {
     /// For a file a process maps that cannot be analysed (`unknown_files`; absent:
     /// `unattributed_tls`): how the agent reports it (docs/policy.md, "Unknown files").
     pub unknown_files: Action,
+    /// For a QUIC Initial datagram, either direction (`quic`; absent: `default`): TLS inside
+    /// QUIC is not attributed to a library (docs/policy.md, "QUIC").
+    pub quic: Action,
     /// In file order.
     pub libraries: Vec<Rule>,
     /// The embedded catalog, extended by the policy's `catalog:` section.
@@ -236,6 +239,8 @@ struct RawPolicy {
     unattributed_tls: Option<Action>,
     #[serde(default)]
     unknown_files: Option<Action>,
+    #[serde(default)]
+    quic: Option<Action>,
     #[serde(default)]
     libraries: Vec<RawRule>,
     #[serde(default)]
@@ -442,6 +447,7 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
             .unknown_files
             .or(raw.unattributed_tls)
             .unwrap_or(raw.default),
+        quic: raw.quic.unwrap_or(raw.default),
         libraries,
         catalog,
         source: source.to_owned(),

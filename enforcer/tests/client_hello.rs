@@ -65,7 +65,7 @@ impl Harness {
             unattributed,
             scoped: 1,
             late_attribution: 0,
-            _pad: 0,
+            quic: 0,
         };
         p.set(0, policy, 0).unwrap();
         let events = RingBuf::try_from(ebpf.take_map(maps::HELLO_EVENTS).unwrap()).unwrap();

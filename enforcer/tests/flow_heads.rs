@@ -58,7 +58,7 @@ impl Harness {
             unattributed: action::DENY,
             scoped: 0,
             late_attribution: 0,
-            _pad: 0,
+            quic: 0,
         };
         p.set(0, policy, 0).unwrap();
         let mut actions: HashMap<_, u32, u8> =

@@ -18,5 +18,7 @@ mod harness;
 #[path = "packet_filters/headers.rs"]
 mod headers;
 mod packets;
+#[path = "packet_filters/quic.rs"]
+mod quic;
 #[path = "packet_filters/truncation.rs"]
 mod truncation;

@@ -14,6 +14,7 @@ mod netns;
 pub mod ops;
 mod process;
 pub mod programs;
+pub mod quic;
 pub mod schema;
 mod server;
 pub mod static_client;

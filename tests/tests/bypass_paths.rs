@@ -1,7 +1,8 @@
 //! Paths around the plain TCP handshake, under an OpenSSL-only `default: deny` policy
 //! (`content::OPENSSL_ONLY`), with real clients (docs/architecture.md, "TCP Fast Open and
-//! MPTCP"): TCP Fast Open, where the ClientHello rides in the SYN, and MPTCP, whose socket never
-//! calls `tcp_sendmsg` (its bytes leave on a subflow). The peer is `openssl s_server` in a
+//! MPTCP"): TCP Fast Open, where the ClientHello rides in the SYN, MPTCP, whose socket never
+//! calls `tcp_sendmsg` (its bytes leave on a subflow), and QUIC, TLS inside UDP (docs/policy.md,
+//! "QUIC"). The peer is `openssl s_server` in a
 //! network namespace; the clients run on the host. Each test proves the path was really taken
 //! (the server's `TcpExt` / `MPTcpExt` counters), else it would only re-test plain TCP.
 
@@ -11,15 +12,19 @@ use std::{
 };
 
 use enforcer_tests::{
-    Cert, Mode, NetNs, Server, cmd,
-    content::{REFUSED_WITHIN, free_port, openssl_only_agent},
-    require_root, run_with_timeout, sh,
+    Agent, Cert, Mode, NetNs, Server, cmd,
+    content::{OPENSSL_ONLY, REFUSED_WITHIN, free_port, openssl_only_agent},
+    quic::{self, QuicServer},
+    require_root, run_with_timeout,
+    schema::{events_schema, validate_event},
+    sh,
 };
 
 const EVENT: Duration = Duration::from_secs(10);
 const CLIENT: Duration = Duration::from_secs(20);
 const PORT: u16 = 9461;
 const MPTCP_PORT: u16 = 9463;
+const QUIC_PORT: u16 = 9465;
 
 /// One absolute `TcpExt` counter, in `ns` or (None) on the host, without touching nstat's history.
 fn tcp_ext(ns: Option<&NetNs>, name: &str) -> u64 {
@@ -312,5 +317,102 @@ fn mptcp_connections_are_judged_by_their_hello() {
             "application bytes reached the peer: {:?}",
             String::from_utf8_lossy(&got[seen..])
         );
+    }
+}
+
+/// `quic` events of `agent` for `addr` as the remote (`send`) or local (`recv`) end.
+fn quic_event(
+    agent: &mut Agent,
+    dir: &'static str,
+    end: std::net::SocketAddr,
+) -> serde_json::Value {
+    let side = if dir == "send" { "remote" } else { "local" };
+    agent.wait_for(
+        move |v| {
+            v["type"] == "quic"
+                && v["direction"] == dir
+                && v[side]["addr"] == end.ip().to_string().as_str()
+                && v[side]["port"] == end.port()
+        },
+        EVENT,
+    )
+}
+
+/// QUIC with real peers (aioquic), both directions, IPv4 and IPv6. Under the OpenSSL-only
+/// policy (`default: deny`, so `quic: deny`) no handshake completes: a host client's Initials
+/// are dropped at tc egress, a namespace client's to a server on the host at XDP ingress; the
+/// servers see nothing and each event names the 4-tuple, the direction and version 1. With
+/// `quic: audit` the same clients complete and are reported.
+#[test]
+fn quic_initials_are_judged_by_the_quic_policy() {
+    require_root();
+    let ns = NetNs::new();
+    let (v4, v6) = (IpAddr::V4(ns.peer_v4), IpAddr::V6(ns.peer_v6));
+    let (h4, h6) = (IpAddr::V4(ns.host_v4), IpAddr::V6(ns.host_v6));
+    let cert = Cert::new(&[v4, v6, h4, h6]);
+    let in_ns = ["ip", "netns", "exec", ns.name.as_str()];
+    let sock = |ip| std::net::SocketAddr::new(ip, QUIC_PORT);
+    let remote = [
+        QuicServer::start(&in_ns, sock(v4), &cert),
+        QuicServer::start(&in_ns, sock(v6), &cert),
+    ];
+    let local = [
+        QuicServer::start(&[], sock(h4), &cert),
+        QuicServer::start(&[], sock(h6), &cert),
+    ];
+    // Without the agent every pair completes: the peers work, and the paths are QUIC.
+    let runs: [(&[&str], &QuicServer); 4] = [
+        (&[], &remote[0]),
+        (&[], &remote[1]),
+        (&in_ns, &local[0]),
+        (&in_ns, &local[1]),
+    ];
+    for (via, server) in runs {
+        let out = quic::client(via, server.addr(), "QUIC-UNFILTERED");
+        assert!(out.success(), "{}: {out:?}", server.addr());
+        server.wait_printed("line QUIC-UNFILTERED", EVENT);
+    }
+    let handshakes = |s: &QuicServer| s.printed().matches("handshake").count();
+    {
+        let (mut agent, _control) = openssl_only_agent(&ns);
+        for (via, server) in runs {
+            let before = handshakes(server);
+            let out = quic::client(via, server.addr(), "QUIC-DENIED");
+            assert!(
+                !out.success(),
+                "{}: a denied QUIC client completed: {out:?}",
+                server.addr()
+            );
+            assert_eq!(
+                handshakes(server),
+                before,
+                "{}: {}",
+                server.addr(),
+                server.printed()
+            );
+            let dir = if via.is_empty() { "send" } else { "recv" };
+            let e = quic_event(&mut agent, dir, server.addr());
+            validate_event(&events_schema(), &e).unwrap_or_else(|why| panic!("{why}"));
+            assert_eq!(e["verdict"], "blocked", "{e}");
+            assert_eq!(e["version"], "1", "{e}");
+        }
+    }
+    let args = enforcer_tests::hook_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let policy = format!("{OPENSSL_ONLY}quic: audit\n");
+    let mut agent = Agent::with_policy(&ns.host_if, &policy, &args);
+    agent.wait_ready(Duration::from_secs(60));
+    for (via, server) in runs {
+        let out = quic::client(via, server.addr(), "QUIC-AUDITED");
+        assert!(
+            out.success(),
+            "{}: an audited QUIC client failed: {out:?}",
+            server.addr()
+        );
+        server.wait_printed("line QUIC-AUDITED", EVENT);
+        let dir = if via.is_empty() { "send" } else { "recv" };
+        let e = quic_event(&mut agent, dir, server.addr());
+        validate_event(&events_schema(), &e).unwrap_or_else(|why| panic!("{why}"));
+        assert_eq!(e["verdict"], "audited", "{e}");
     }
 }

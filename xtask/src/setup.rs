@@ -31,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "redis-server",    // cargo xtask bench, figure 9: a real application over TLS
     "redis-tools",     // cargo xtask bench, figure 9: redis-benchmark --tls
     "mptcpd", // tests/tests/bypass_paths.rs: mptcpize runs gnutls-cli and s_server on MPTCP
+    "python3-venv", // tests/tests/bypass_paths.rs: the aioquic virtualenv (cargo xtask setup)
 ];
 
 enum Status {
@@ -54,6 +55,7 @@ pub fn setup() -> Result<()> {
     step("rust-src (nightly)", rust_src)?;
     step("bpf-linker 0.13", bpf_linker)?;
     step("tracefs + bpffs mounts", mounts)?;
+    step("aioquic (PyPI) venv", quic_venv)?;
     Ok(())
 }
 
@@ -89,6 +91,36 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed ({status})");
     }
     Ok(())
+}
+
+/// The QUIC peers of tests/tests/bypass_paths.rs: aioquic from PyPI in a virtualenv under
+/// `target/` (Debian has no QUIC client or server in bookworm). Pinned, so reruns are no-ops.
+const AIOQUIC: &str = "aioquic==1.7.2";
+
+fn quic_venv() -> Result<Status> {
+    let venv = crate::root().join("target/venv-quic");
+    let python = venv.join("bin/python3");
+    let has = |python: &Path| {
+        Command::new(python)
+            .args([
+                "-c",
+                "import aioquic, sys; sys.exit(aioquic.__version__ != '1.7.2')",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has(&python) {
+        return Ok(Status::Already);
+    }
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", AIOQUIC]))?;
+    if !has(&python) {
+        bail!(
+            "{AIOQUIC} installed into {} but does not import",
+            venv.display()
+        );
+    }
+    Ok(Status::Installed)
 }
 
 fn output(cmd: &mut Command) -> Option<String> {

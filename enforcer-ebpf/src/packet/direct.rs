@@ -18,9 +18,9 @@ use core::ptr::read_unaligned;
 use enforcer_common::flow::family;
 
 use super::{
-    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPV6_AH, IPV6_DSTOPTS,
-    IPV6_FRAGMENT, IPV6_HOPOPTS, IPV6_ROUTING, Linear, MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET,
-    MAX_VLAN_TAGS, Segment, TCP_FLAG_RST,
+    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_AH,
+    IPV6_DSTOPTS, IPV6_FRAGMENT, IPV6_HOPOPTS, IPV6_ROUTING, Linear, MAX_IPV6_EXT_HEADERS,
+    MAX_L4_OFFSET, MAX_VLAN_TAGS, Segment, TCP_FLAG_RST,
 };
 
 /// A header reaches past `data_end`: read the frame with the helpers instead.
@@ -85,10 +85,24 @@ pub fn parse<L: Linear>(frame: &L) -> Result<Option<Segment>, Short> {
         src_addr,
         dst_addr,
         l4,
+        udp,
     }) = ip
     else {
         return Ok(None);
     };
+    if udp {
+        let header = Window::<8>::at(data, end, l4)?;
+        return Ok(Some(Segment {
+            family,
+            src_addr,
+            dst_addr,
+            src_port: header.be16(0),
+            dst_port: header.be16(2),
+            rst: false,
+            udp: true,
+            l4: l4 as u16,
+        }));
+    }
     // The bytes `loaded` reads: ports (0..4) and flags (13).
     let tcp = Window::<14>::at(data, end, l4)?;
     Ok(Some(Segment {
@@ -98,6 +112,7 @@ pub fn parse<L: Linear>(frame: &L) -> Result<Option<Segment>, Short> {
         src_port: tcp.be16(0),
         dst_port: tcp.be16(2),
         rst: tcp.u8(13) & TCP_FLAG_RST != 0,
+        udp: false,
         // At most MAX_L4_OFFSET, so it fits.
         l4: l4 as u16,
     }))
@@ -108,8 +123,9 @@ struct Ip {
     family: u8,
     src_addr: [u8; 16],
     dst_addr: [u8; 16],
-    /// Offset of the TCP header.
+    /// Offset of the TCP or UDP header.
     l4: usize,
+    udp: bool,
 }
 
 /// An IPv4 address in the 16-byte field, zero-padded. Built as one 128-bit value, so the
@@ -119,14 +135,15 @@ fn v4_addr(addr: [u8; 4]) -> [u8; 16] {
     (u32::from_le_bytes(addr) as u128).to_le_bytes()
 }
 
-/// `None` if the frame is not a first-fragment TCP segment.
+/// `None` if the frame is not a first-fragment TCP segment or UDP datagram.
 #[inline(always)]
 fn ipv4(data: usize, end: usize, l3: usize) -> Result<Option<Ip>, Short> {
     let ip = Window::<20>::at(data, end, l3)?;
     let version_ihl = ip.u8(0);
     // (nibble) * 4: the verifier bounds it at 60 from the mask and shift.
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
-    if version_ihl >> 4 != 4 || ihl < 20 || ip.u8(9) != IPPROTO_TCP {
+    let protocol = ip.u8(9);
+    if version_ihl >> 4 != 4 || ihl < 20 || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
         return Ok(None);
     }
     // Fragment offset (low 13 bits): a non-first fragment has no TCP header.
@@ -138,29 +155,31 @@ fn ipv4(data: usize, end: usize, l3: usize) -> Result<Option<Ip>, Short> {
         src_addr: v4_addr(ip.bytes::<4>(12)),
         dst_addr: v4_addr(ip.bytes::<4>(16)),
         l4: l3 + ihl,
+        udp: protocol == IPPROTO_UDP,
     }))
 }
 
-/// The TCP header found after the extension headers, walked as `packet::ipv6` walks them.
+/// The TCP or UDP header found after the extension headers, walked as `packet::ipv6` walks them.
 #[inline(always)]
 fn ipv6(data: usize, end: usize, l3: usize) -> Result<Option<Ip>, Short> {
     let ip = Window::<40>::at(data, end, l3)?;
     if ip.u8(0) >> 4 != 6 {
         return Ok(None);
     }
-    let found = |l4| {
+    let found = |l4, next| {
         Ok(Some(Ip {
             family: family::V6,
             src_addr: ip.bytes::<16>(8),
             dst_addr: ip.bytes::<16>(24),
             l4,
+            udp: next == IPPROTO_UDP,
         }))
     };
     let mut next = ip.u8(6);
     let mut offset = l3 + 40;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        if next == IPPROTO_TCP {
-            return found(offset);
+        if next == IPPROTO_TCP || next == IPPROTO_UDP {
+            return found(offset, next);
         }
         if !matches!(
             next,
@@ -185,8 +204,8 @@ fn ipv6(data: usize, end: usize, l3: usize) -> Result<Option<Ip>, Short> {
             return Ok(None);
         }
     }
-    if next == IPPROTO_TCP {
-        found(offset)
+    if next == IPPROTO_TCP || next == IPPROTO_UDP {
+        found(offset, next)
     } else {
         Ok(None)
     }

@@ -12,6 +12,7 @@
 mod hello;
 mod output;
 mod owners;
+mod quic;
 
 use std::{
     collections::BTreeMap,
@@ -28,7 +29,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use enforcer_common::{
-    event::{self, HelloEvent, TlsEvent},
+    event::{self, HelloEvent, QuicEvent, TlsEvent},
     flow::{FlowKey, direction, family, op, verdict},
     hello::evidence,
 };
@@ -346,6 +347,7 @@ impl Reporter {
         match record {
             Ok(Record::Tls(event)) => self.handle(&event),
             Ok(Record::Hello(event)) => self.handle_hello(&event),
+            Ok(Record::Quic(event)) => self.handle_quic(&event),
             Err(why) => {
                 *skipped += 1;
                 // The first, then every 1024th: a kernel object and a binary that disagree
@@ -363,6 +365,7 @@ impl Reporter {
 pub enum Record {
     Tls(TlsEvent),
     Hello(Box<HelloEvent>),
+    Quic(QuicEvent),
 }
 
 /// Why a ring record was not decoded.
@@ -382,6 +385,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Skipped> {
     match kind {
         event::kind::TLS => read(bytes).map(Record::Tls),
         event::kind::HELLO => read(bytes).map(|e| Record::Hello(Box::new(e))),
+        event::kind::QUIC => read(bytes).map(Record::Quic),
         other => Err(Skipped::UnknownKind(other)),
     }
 }

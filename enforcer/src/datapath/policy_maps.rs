@@ -213,7 +213,7 @@ pub fn hello_value(policy: &Policy, late_attribution: bool) -> (HelloPolicy, Act
         unattributed: unattributed.code(),
         scoped: policy.libraries.iter().any(|r| r.is_scoped()) as u8,
         late_attribution: late_attribution as u8,
-        _pad: 0,
+        quic: policy.quic.code(),
     };
     (value, unattributed)
 }

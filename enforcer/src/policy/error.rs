@@ -11,11 +11,12 @@ use super::{Action, MAX_POLICY_BYTES, Mode};
 use crate::catalog::{Catalog, Seg};
 
 /// Keys of the top-level mapping and of a rule, as error messages list them.
-pub(super) const TOP_KEYS: [&str; 6] = [
+pub(super) const TOP_KEYS: [&str; 7] = [
     "mode",
     "default",
     "unattributed_tls",
     "unknown_files",
+    "quic",
     "libraries",
     "catalog",
 ];
@@ -137,7 +138,7 @@ fn expected_for_path(path: &[Step]) -> Option<String> {
         [] => top_level_expected(),
         [m] if key(m) == Some("mode") => names(&Mode::ALL.map(Mode::name)),
         [d] if key(d) == Some("default") => names(&Action::ALL.map(Action::name)),
-        [u] if matches!(key(u), Some("unattributed_tls" | "unknown_files")) => {
+        [u] if matches!(key(u), Some("unattributed_tls" | "unknown_files" | "quic")) => {
             names(&Action::ALL.map(Action::name))
         }
         [l] if key(l) == Some("libraries") => {

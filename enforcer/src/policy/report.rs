@@ -39,6 +39,17 @@ pub fn check_report(p: &Policy) -> String {
         "unknown_files: {} (a mapped file that cannot be analysed: {unknown_note}; its TLS is unattributed)",
         p.unknown_files
     );
+    let quic_note = match (p.quic, p.mode) {
+        (super::Action::Deny, Mode::Enforce) => "dropped, both directions",
+        (super::Action::Deny, Mode::Audit) => "reported as would-block",
+        (super::Action::Audit, _) => "reported",
+        (super::Action::Allow, _) => "passed, not reported",
+    };
+    let _ = writeln!(
+        out,
+        "quic: {} (a QUIC Initial datagram, whose TLS no library is known for: {quic_note})",
+        p.quic
+    );
     let added: Vec<String> = p
         .catalog
         .families()

@@ -169,7 +169,7 @@ fn unknown_keys() {
     );
     assert_eq!(
         err("default: deny\nmdoe: audit\n"),
-        "policy.yaml:2:1: unknown key 'mdoe' (expected one of: mode, default, unattributed_tls, unknown_files, libraries, catalog)"
+        "policy.yaml:2:1: unknown key 'mdoe' (expected one of: mode, default, unattributed_tls, unknown_files, quic, libraries, catalog)"
     );
 }
 
@@ -227,16 +227,16 @@ fn wrong_types() {
 
 #[test]
 fn empty_and_non_mapping_top_level() {
-    let empty = "policy.yaml: empty policy: expected a mapping with keys mode, default, unattributed_tls, unknown_files, libraries, catalog";
+    let empty = "policy.yaml: empty policy: expected a mapping with keys mode, default, unattributed_tls, unknown_files, quic, libraries, catalog";
     assert_eq!(err(""), empty);
     assert_eq!(err("\n  \n# only a comment\n---\n"), empty);
     assert_eq!(
         err("# list\n- family: openssl\n"),
-        "policy.yaml:2:1: top level must be a mapping with keys mode, default, unattributed_tls, unknown_files, libraries, catalog, found a list"
+        "policy.yaml:2:1: top level must be a mapping with keys mode, default, unattributed_tls, unknown_files, quic, libraries, catalog, found a list"
     );
     assert_eq!(
         err("enforce\n"),
-        "policy.yaml:1:1: top level must be a mapping with keys mode, default, unattributed_tls, unknown_files, libraries, catalog, found the string 'enforce'"
+        "policy.yaml:1:1: top level must be a mapping with keys mode, default, unattributed_tls, unknown_files, quic, libraries, catalog, found the string 'enforce'"
     );
 }
 
@@ -331,13 +331,13 @@ fn hostile_input_errors_without_panicking() {
     assert_eq!(
         err(&long_key),
         format!(
-            "policy.yaml:2:1: unknown key '{}...' (expected one of: mode, default, unattributed_tls, unknown_files, libraries, catalog)",
+            "policy.yaml:2:1: unknown key '{}...' (expected one of: mode, default, unattributed_tls, unknown_files, quic, libraries, catalog)",
             "k".repeat(60)
         )
     );
     assert_eq!(
         err("default: deny\n\"a\\nb\": 1\n"),
-        "policy.yaml:2:1: unknown key 'a\\nb' (expected one of: mode, default, unattributed_tls, unknown_files, libraries, catalog)"
+        "policy.yaml:2:1: unknown key 'a\\nb' (expected one of: mode, default, unattributed_tls, unknown_files, quic, libraries, catalog)"
     );
     let deep = format!(
         "default: deny\nlibraries: {}{}\n",
@@ -374,6 +374,7 @@ mode: enforce (connections of denied libraries are blocked)
 default: deny (for TLS libraries no rule matches)
 unattributed_tls: deny (a TLS ClientHello no probed library claimed: the ClientHello is dropped and the socket aborted)
 unknown_files: deny (a mapped file that cannot be analysed: reported as a warning; its TLS is unattributed)
+quic: deny (a QUIC Initial datagram, whose TLS no library is known for: dropped, both directions)
 rules: 2 (the most specific matching rule decides: sha256, then path, then version, then family, then server_names)
   line 5: family=openssl -> allow
   line 7: family=gnutls -> audit

@@ -46,6 +46,28 @@ fn unattributed_tls_defaults_to_default() {
     assert_eq!(embedded_default().mode, Mode::Audit);
 }
 
+/// `quic`: absent, the value of `default`; a bad value names line and key.
+#[test]
+fn quic_defaults_to_default_and_names_its_errors() {
+    assert_eq!(
+        parse("default: deny\n", "p.yaml").unwrap().quic,
+        Action::Deny
+    );
+    assert_eq!(
+        parse("default: allow\n", "p.yaml").unwrap().quic,
+        Action::Allow
+    );
+    let p = parse("default: deny\nquic: audit\n", "p.yaml").unwrap();
+    assert_eq!(p.quic, Action::Audit);
+    let e = parse("default: deny\nquic: drop\n", "p.yaml")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "p.yaml:2:7: quic: unknown value 'drop' (expected allow, deny or audit)"
+    );
+}
+
 /// `unknown_files`: absent, the value of `unattributed_tls` (itself `default` when absent).
 #[test]
 fn unknown_files_defaults_to_unattributed_tls() {

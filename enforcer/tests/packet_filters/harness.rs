@@ -3,12 +3,13 @@
 
 use aya::{
     Ebpf,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use enforcer_common::{
     flow::{FlowKey, family},
     maps,
+    policy::HelloPolicy,
     stat::Stat,
 };
 
@@ -83,6 +84,23 @@ impl Harness {
         blocklist
             .insert(key, 1, 0)
             .expect("inserting into BLOCKLIST");
+    }
+
+    /// `MODE` and the `quic` action of `HELLO_POLICY` (the rest of it zero).
+    pub fn set_quic(&mut self, mode: u32, quic: u8) {
+        let map = self.ebpf.map_mut(maps::MODE).expect("MODE map");
+        let mut m: Array<_, u32> = Array::try_from(map).expect("MODE type");
+        m.set(0, mode, 0).expect("writing MODE");
+        let map = self
+            .ebpf
+            .map_mut(maps::HELLO_POLICY)
+            .expect("HELLO_POLICY map");
+        let mut p: Array<_, HelloPolicy> = Array::try_from(map).expect("HELLO_POLICY type");
+        let policy = HelloPolicy {
+            quic,
+            ..HelloPolicy::default()
+        };
+        p.set(0, policy, 0).expect("writing HELLO_POLICY");
     }
 
     /// (XDP drops, tc drops), summed over CPUs.
