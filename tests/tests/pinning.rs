@@ -66,11 +66,12 @@ fn start(ns: &NetNs, pin: &Path, socket: &Path) -> Agent {
 fn start_with(ns: &NetNs, policy: &str, pin: &Path, socket: &Path) -> Agent {
     let pin = pin.to_str().expect("utf-8");
     let socket = socket.to_str().expect("utf-8");
-    let mut agent = Agent::with_policy(
-        &ns.host_if,
-        policy,
-        &["--pin", pin, "--control-socket", socket],
-    );
+    // The hook form of this run (the VM matrix sets it per cell): `tcp_hook_programs` names
+    // its programs, so an agent left on `auto` would be counted as having no hook links.
+    let mut args = enforcer_tests::hook_args();
+    args.extend(["--pin", pin, "--control-socket", socket].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
     agent.wait_ready(READY);
     agent
 }
@@ -212,7 +213,13 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
     assert_eq!(xdp_programs(&ns.host_if).len(), 1, "one XDP program");
     assert_eq!(our_tc_filters(&ns.host_if), 1, "one tc filter");
     for hook in ["tp_sock_state", tcp_hooks[0], tcp_hooks[1]] {
-        assert_eq!(links_of(hook), 1, "links of {hook} after the restart");
+        assert_eq!(
+            links_of(hook),
+            1,
+            "links of {hook} after the restart; programs: {}; links: {}",
+            sh(&mut cmd("bpftool", ["prog", "show"])),
+            sh(&mut cmd("bpftool", ["link", "show"]))
+        );
     }
     let flows = ctl(&socket, &["flows"]);
     let synthetic = flows["flows"]
