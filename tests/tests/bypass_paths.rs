@@ -49,6 +49,33 @@ fn gnutls(to: std::net::SocketAddr, input: &[u8]) -> enforcer_tests::Outcome {
     run_with_timeout(&mut cmd("gnutls-cli", args), input, CLIENT)
 }
 
+/// How long gnutls-cli takes to fail on its own (a closed local port): the refusal bound is
+/// measured above it.
+fn refusal_baseline() -> Duration {
+    let closed = free_port().to_string();
+    let started = Instant::now();
+    let _ = run_with_timeout(
+        &mut cmd("gnutls-cli", ["--insecure", "--port", &closed, "127.0.0.1"]),
+        b"",
+        CLIENT,
+    );
+    started.elapsed()
+}
+
+/// The `connection` event blocking gnutls on a connection to `to`.
+fn blocked_gnutls(agent: &mut Agent, to: std::net::SocketAddr) -> serde_json::Value {
+    agent.wait_for(
+        move |v| {
+            v["type"] == "connection"
+                && v["library"]["family"] == "gnutls"
+                && v["verdict"] == "blocked"
+                && v["remote"]["addr"] == to.ip().to_string().as_str()
+                && v["remote"]["port"] == to.port()
+        },
+        EVENT,
+    )
+}
+
 fn url_host(ip: IpAddr) -> String {
     match ip {
         IpAddr::V6(ip) => format!("[{ip}]"),
@@ -140,14 +167,7 @@ fn tcp_fast_open_hello_in_the_syn_is_judged() {
 
         // gnutls-cli: its own cookie for the plain server, then a TFO hello that is refused.
         let to = plain.addr();
-        let closed = free_port().to_string();
-        let started = Instant::now();
-        let _ = run_with_timeout(
-            &mut cmd("gnutls-cli", ["--insecure", "--port", &closed, "127.0.0.1"]),
-            b"",
-            CLIENT,
-        );
-        let baseline = started.elapsed();
+        let baseline = refusal_baseline();
         let seen = plain.received().len();
         let mut refused = None;
         for attempt in 0..2 {
@@ -167,16 +187,7 @@ fn tcp_fast_open_hello_in_the_syn_is_judged() {
                 "application bytes reached the peer: {:?}",
                 String::from_utf8_lossy(&got[seen..])
             );
-            refused = Some(agent.wait_for(
-                move |v| {
-                    v["type"] == "connection"
-                        && v["library"]["family"] == "gnutls"
-                        && v["verdict"] == "blocked"
-                        && v["remote"]["addr"] == to.ip().to_string().as_str()
-                        && v["remote"]["port"] == to.port()
-                },
-                EVENT,
-            ));
+            refused = Some(blocked_gnutls(&mut agent, to));
         }
         let e = refused.expect("an event");
         assert!(e["local"]["port"].as_u64().is_some_and(|p| p > 0), "{e}");
@@ -267,14 +278,7 @@ fn mptcp_connections_are_judged_by_their_hello() {
         assert_eq!(e["verdict"], "allowed", "{e}");
         assert_eq!(e["library"]["family"], "openssl", "{e}");
 
-        let closed = free_port().to_string();
-        let started = Instant::now();
-        let _ = run_with_timeout(
-            &mut cmd("gnutls-cli", ["--insecure", "--port", &closed, "127.0.0.1"]),
-            b"",
-            CLIENT,
-        );
-        let baseline = started.elapsed();
+        let baseline = refusal_baseline();
         let seen = server.received().len();
         let before = capable();
         let port = to.port().to_string();
@@ -289,16 +293,7 @@ fn mptcp_connections_are_judged_by_their_hello() {
             CLIENT,
         );
         let took = started.elapsed();
-        let e = agent.wait_for(
-            move |v| {
-                v["type"] == "connection"
-                    && v["library"]["family"] == "gnutls"
-                    && v["verdict"] == "blocked"
-                    && v["remote"]["addr"] == to.ip().to_string().as_str()
-                    && v["remote"]["port"] == to.port()
-            },
-            EVENT,
-        );
+        let e = blocked_gnutls(&mut agent, to);
         assert_eq!(e["comm"], "gnutls-cli", "{e}");
         assert!(!out.success(), "the denied client must fail: {out:?}");
         assert!(
