@@ -15,8 +15,19 @@ use crate::{agent::attach::AttachArgs, agent::control, commands::discover::Disco
     about = "Kernel-enforced firewall that decides by TLS library"
 )]
 pub struct Cli {
+    /// The format of enforcer's own log lines on stderr: `text` for people, `json` (one object
+    /// a line, the same fields as the text) for log pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]

@@ -253,7 +253,7 @@ fn register_libraries(datapath: &Datapath, found: &[Library]) -> Result<()> {
         match datapath.register(lib.clone()) {
             Ok(r) => {
                 let version = lib.identity.version.as_deref().unwrap_or("unknown");
-                info!(id = r.id, family = %lib.family, version, path = %lib.path.display(), functions = r.functions, action = %r.decision.action, rule_line = ?r.decision.rule_line, "library probed");
+                info!(id = r.id, family = %lib.family, version, path = %lib.path.display(), functions = r.functions, action = %r.decision.action, rule_line = r.decision.rule_line, "library probed");
             }
             Err(err @ RegisterError::Maps { .. }) => return Err(err.into()),
             Err(err) => error!("library not covered: {err:#}"),
