@@ -19,8 +19,9 @@
  *   tlsperf tag ADDR PORT CERT KEY
  *       HTTP/1.0-ish peer for real clients (curl, urllib, asyncio, Node.js, s_client): one thread
  *       per connection; reads one request, answers "ok" with Connection: close, closes. Prints
- *       one line per connection: "conn <peer_port> <1 if a request was read, else 0> <path or ->"
- *       (the client names its kind in the path). Sockets time out after 10 s.
+ *       one line per connection: "conn <peer_port> <1 if a request was read, else 0> <path or ->
+ *       <wall-clock ms when the connection was accepted>" (the client names its kind in the
+ *       path). Sockets time out after 10 s.
  *   tlsperf rr HOST PORT SIZE SECONDS
  *       One connection; SIZE-byte request, SIZE-byte response, as many round trips as fit.
  *   tlsperf lat HOST PORT SIZE COUNT
@@ -139,6 +140,10 @@ static int listen_on(const char *addr, const char *port) {
 struct conn {
     SSL_CTX *ctx;
     int fd;
+    /* The client's port and the wall-clock ms, both taken when accept() returned: a peer
+     * that resets before the handler runs has no peer name left to ask for. */
+    int port;
+    long long accepted_ms;
 };
 
 static void *serve_one(void *arg) {
@@ -254,11 +259,6 @@ static void *tag_one(void *arg) {
     struct timeval tv = {.tv_sec = 10};
     setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    getpeername(c->fd, (struct sockaddr *)&ss, &sl);
-    int port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                              : ((struct sockaddr_in *)&ss)->sin_port);
     SSL *ssl = SSL_new(c->ctx);
     SSL_set_fd(ssl, c->fd);
     char req[4096], path[128] = "-";
@@ -283,7 +283,7 @@ static void *tag_one(void *arg) {
         }
     }
     pthread_mutex_lock(&out_lock);
-    printf("conn %d %d %s\n", port, ok, path[0] ? path : "-");
+    printf("conn %d %d %s %lld\n", c->port, ok, path[0] ? path : "-", c->accepted_ms);
     fflush(stdout);
     pthread_mutex_unlock(&out_lock);
     SSL_free(ssl);
@@ -312,15 +312,22 @@ static int serve(int argc, char **argv, void *(*handler)(void *)) {
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 256 * 1024);
     for (;;) {
-        int fd = accept(lfd, NULL, NULL);
+        struct sockaddr_storage peer;
+        socklen_t peer_len = sizeof peer;
+        int fd = accept(lfd, (struct sockaddr *)&peer, &peer_len);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE)
                 continue;
             die("accept");
         }
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
         struct conn *c = malloc(sizeof *c);
         c->ctx = ctx;
         c->fd = fd;
+        c->port = ntohs(peer.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&peer)->sin6_port
+                                                   : ((struct sockaddr_in *)&peer)->sin_port);
+        c->accepted_ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
         pthread_t t;
         if (pthread_create(&t, &attr, handler, c) != 0) {
             close(fd);

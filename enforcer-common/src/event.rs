@@ -102,8 +102,15 @@ pub struct HelloEvent {
     pub _pad: [u8; 2],
     /// The process that made the random (`evidence::RANDOM`), else 0.
     pub producer_pid: u32,
+    /// Its command name when it made the random (it may be gone when the hello is reported).
+    pub producer_comm: [u8; 16],
+    /// `FlowState::first_seen_ns` of the flow's state before this hello (the `ts_ns` of the
+    /// connection event that attributed it), else 0. A 4-tuple is reused as soon as its local
+    /// socket is gone, so userspace joins a hello to a connection event of the same 4-tuple
+    /// only when this matches.
+    pub flow_since_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<HelloEvent>() == 328);
+const _: () = assert!(core::mem::size_of::<HelloEvent>() == 352);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -239,6 +239,8 @@ fn judge_hello<P: Packet>(
         evidence::THREAD
     };
     scratch.event.producer_pid = origin.map_or(0, |o| o.tgid);
+    scratch.event.producer_comm = origin.map_or([0; 16], |o| o.comm);
+    scratch.event.flow_since_ns = known.map_or(0, |k| k.first_seen_ns);
     scratch.event.flow = *flow;
     scratch.event.lib_id = lib_id;
     scratch.event.verdict = new_verdict;

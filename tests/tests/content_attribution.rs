@@ -246,6 +246,70 @@ fn sent_from(out: &Outcome) -> u16 {
         .unwrap_or_else(|| panic!("no `sent from PORT` line: {out:?}"))
 }
 
+/// An OpenSSL client that binds a fixed local port, writes `line`, prints its pid and resets the
+/// connection (`SO_LINGER` 0: no TIME_WAIT on either side), so the next process can reuse the
+/// very same 4-tuple at once.
+const SAME_PORT_CLIENT: &str = r#"
+import fcntl, os, socket, ssl, struct, sys, termios, time
+host, port, src, line = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", src))
+s.connect((host, port))
+t = ctx.wrap_socket(s, server_hostname="reuse.example")
+t.sendall(line.encode())
+print("pid", os.getpid(), flush=True)
+# The close below is a reset (no TIME_WAIT, so the port is free for the next process): first
+# wait until the peer has acknowledged every byte (SIOCOUTQ = bytes not yet acknowledged), so
+# the line is in its receive queue and the reset cannot overtake it.
+deadline = time.monotonic() + 5
+while struct.unpack("i", fcntl.ioctl(t.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
+    if time.monotonic() > deadline:
+        sys.exit("the peer never acknowledged the line")
+    time.sleep(0.005)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+t.close()
+"#;
+
+/// One 4-tuple, used by three processes in turn: each one's `client_hello` and `connection`
+/// events name that process, never the previous user of the 4-tuple (clients reuse a port as
+/// soon as their socket is gone; the agent once joined a hello to the 4-tuple's last owner).
+#[test]
+fn a_reused_4_tuple_names_each_connections_own_process() {
+    let p = peer();
+    let (mut agent, _control) = openssl_only_agent(&p.ns);
+    for server in p.servers() {
+        let to = server.addr();
+        let src = free_port();
+        for i in 0..3 {
+            let line = format!("SAME-PORT-{src}-{i}\n");
+            let out = python(
+                SAME_PORT_CLIENT,
+                &[
+                    &to.ip().to_string(),
+                    &to.port().to_string(),
+                    &src.to_string(),
+                    &line,
+                ],
+            );
+            assert!(out.success(), "client {i} from port {src}: {out:?}");
+            server.wait_received(line.trim().as_bytes(), EVENT);
+            let pid: u64 = out
+                .stdout_str()
+                .lines()
+                .find_map(|l| l.strip_prefix("pid ")?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no pid line: {out:?}"));
+            let hello = hello_from(&mut agent, to, src);
+            assert_eq!(hello["pid"], pid, "client {i}'s hello: {hello}");
+            assert_eq!(hello["comm"], "python3", "{hello}");
+            assert_eq!(hello["library"]["family"], "openssl", "{hello}");
+            let conn = connection(&mut agent, to, move |v| v["local"]["port"] == src);
+            assert_eq!(conn["pid"], pid, "client {i}'s connection: {conn}");
+        }
+    }
+}
+
 /// Relays in front of the clients, over IPv4 and IPv6: an allowed client's ClientHello relayed
 /// by socat is libssl's, on the relay's socket; a denied one is refused directly, through the
 /// relay, and through a relay that writes one byte per segment, and so is a client no probe sees.

@@ -177,7 +177,15 @@ impl Reporter {
         self.recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remember(event.flow, event.pid, comm.clone(), source);
+            .remember(
+                event.flow,
+                owners::Owner {
+                    pid: event.pid,
+                    comm: comm.clone(),
+                    source,
+                },
+                event.header.ts_ns,
+            );
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.header.ts_ns);
@@ -481,6 +489,8 @@ mod tests {
             evidence: 0,
             _pad: [0; 2],
             producer_pid: 0,
+            producer_comm: [0; 16],
+            flow_since_ns: 0,
         };
         // A ring record may be longer than the struct (the kernel rounds sizes up).
         let mut padded = bytes_of(&hello);

@@ -1,9 +1,15 @@
 //! `client_hello` events: one per ClientHello the egress classifier judged (server name,
 //! library or none, verdict). The classifier runs where no process context is meaningful, so
-//! the owner is joined in userspace: from the `connection` event of the same 4-tuple (the
-//! attribution hook runs in the owner's thread, before the ClientHello leaves), else, for
-//! unattributed flows, from the socket's inode (sock_diag) and a bounded walk of `/proc/*/fd`,
-//! which the owner-lookup worker does (`owners`), never the ring's reader.
+//! the process is the one that made the hello's random (recorded with it in the kernel), else
+//! joined in userspace: from the `connection` event that attributed the flow's current state
+//! (the attribution hook runs in the owner's thread, before the ClientHello leaves), else from
+//! the socket's inode (sock_diag) and a bounded walk of `/proc/*/fd`, which the owner-lookup
+//! worker does (`owners`), never the ring's reader.
+//!
+//! A 4-tuple is reused as soon as its local socket is gone (the peer keeps the TIME_WAIT), so
+//! the join is by 4-tuple *and* the time the connection event attributed it
+//! (`HelloEvent::flow_since_ns`): a hello never takes the process of an earlier connection of
+//! the same 4-tuple.
 
 use std::{
     collections::HashMap,
@@ -39,26 +45,31 @@ const MAX_WALKS_PER_SECOND: u32 = 20;
 /// The join state shared by the reporter's clones.
 #[derive(Default)]
 pub struct Recent {
-    /// Newer and older half (see [`MAX_RECENT`]).
-    owners: HashMap<FlowKey, Owner>,
-    older: HashMap<FlowKey, Owner>,
+    /// Newer and older half (see [`MAX_RECENT`]): the owner named by the flow's latest
+    /// connection event, and that event's `ts_ns`.
+    owners: HashMap<FlowKey, (Owner, u64)>,
+    older: HashMap<FlowKey, (Owner, u64)>,
     /// Owners forgotten to make room, since start.
     forgotten: u64,
     walks: (Option<Instant>, u32),
 }
 
 impl Recent {
-    pub fn remember(&mut self, flow: FlowKey, pid: u32, comm: String, source: &'static str) {
+    /// Remembers the owner a connection event (of kernel time `since_ns`) named for `flow`.
+    pub fn remember(&mut self, flow: FlowKey, owner: Owner, since_ns: u64) {
         if self.owners.len() >= MAX_RECENT / 2 && !self.owners.contains_key(&flow) {
             let dropped = std::mem::replace(&mut self.older, std::mem::take(&mut self.owners));
             self.forgotten += dropped.len() as u64;
         }
         self.older.remove(&flow);
-        self.owners.insert(flow, Owner { pid, comm, source });
+        self.owners.insert(flow, (owner, since_ns));
     }
 
-    fn owner(&self, flow: &FlowKey) -> Option<&Owner> {
-        self.owners.get(flow).or_else(|| self.older.get(flow))
+    /// The owner of `flow` named by the connection event of time `since_ns` (the hello's
+    /// `flow_since_ns`; 0: the flow had no state, nothing to join).
+    fn owner(&self, flow: &FlowKey, since_ns: u64) -> Option<&Owner> {
+        let (owner, at) = self.owners.get(flow).or_else(|| self.older.get(flow))?;
+        (since_ns != 0 && *at == since_ns).then_some(owner)
     }
 
     /// Flows remembered now (at most [`MAX_RECENT`]).
@@ -101,14 +112,22 @@ impl Reporter {
     pub(super) fn handle_hello(&self, event: &HelloEvent) {
         let unattributed = event.lib_id == UNATTRIBUTED;
         let by_random = event.evidence == evidence::RANDOM && !unattributed;
-        let mut owner = self.recent_lock().owner(&event.flow).cloned();
-        if owner.is_none() && by_random && event.producer_pid != 0 {
-            owner = Some(Owner {
+        // The process that made the random is kernel truth; a connection event is joined only
+        // if it attributed this very connection (see the module doc).
+        let owner = match by_random && event.producer_pid != 0 {
+            true => Some(Owner {
                 pid: event.producer_pid,
-                comm: process_comm(event.producer_pid),
+                comm: match super::comm(&event.producer_comm) {
+                    c if c.is_empty() => process_comm(event.producer_pid),
+                    c => c,
+                },
                 source: "hello-random",
-            });
-        }
+            }),
+            false => self
+                .recent_lock()
+                .owner(&event.flow, event.flow_since_ns)
+                .cloned(),
+        };
         // The inode must be read before the socket is destroyed; the walk can come after.
         let inode = match owner.is_none() {
             true if self.recent_lock().may_walk() => sock_destroy::socket_inode(&event.flow),
@@ -264,18 +283,27 @@ mod tests {
         }
     }
 
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            comm: "c".into(),
+            source: "connection-event",
+        }
+    }
+
     #[test]
     fn recent_owners_are_bounded_and_the_newest_half_kept() {
         let mut recent = Recent::default();
         let n = MAX_RECENT as u16 * 2 + 7;
+        let at = |port: u16| u64::from(port) + 1;
         for port in 0..n {
-            recent.remember(flow(port), u32::from(port), "c".into(), "connection-event");
+            recent.remember(flow(port), owner(u32::from(port)), at(port));
             assert!(recent.remembered() <= MAX_RECENT);
         }
         // Every one of the latest MAX_RECENT / 2 is there; what made room was counted.
         for port in n - MAX_RECENT as u16 / 2..n {
             assert_eq!(
-                recent.owner(&flow(port)).map(|o| o.pid),
+                recent.owner(&flow(port), at(port)).map(|o| o.pid),
                 Some(u32::from(port))
             );
         }
@@ -285,10 +313,24 @@ mod tests {
         );
         // Remembering a flow again moves it, it is not held twice.
         let again = n - MAX_RECENT as u16 / 2 - 1;
-        if recent.owner(&flow(again)).is_some() {
+        if recent.owner(&flow(again), at(again)).is_some() {
             let before = recent.remembered();
-            recent.remember(flow(again), 1, "d".into(), "connection-event");
+            recent.remember(flow(again), owner(1), at(again));
             assert_eq!(recent.remembered(), before);
         }
+    }
+
+    /// Measured in figure 7 before this join took the time: a reused client port gave a
+    /// hello the process of the 4-tuple's previous connection.
+    #[test]
+    fn a_reused_4_tuple_never_joins_an_earlier_connections_owner() {
+        let mut recent = Recent::default();
+        recent.remember(flow(40000), owner(11), 1_000);
+        // The next connection of the 4-tuple, whose connection event is not read yet.
+        assert!(recent.owner(&flow(40000), 9_000).is_none());
+        // A flow with no state before its hello joins nothing.
+        assert!(recent.owner(&flow(40000), 0).is_none());
+        recent.remember(flow(40000), owner(22), 9_000);
+        assert_eq!(recent.owner(&flow(40000), 9_000).map(|o| o.pid), Some(22));
     }
 }
