@@ -6,13 +6,13 @@ use std::{path::Path, process::ExitCode};
 use clap::Parser;
 use enforcer::{
     agent::{
-        attach,
+        attach::{self, privileges},
         control::{self, Request},
         memory,
     },
     cli::{Cli, Client, Command, LogFormat, PolicyCommand},
     commands::{detach, discover, explain, inventory, kernel_check},
-    policy,
+    errors, policy,
 };
 
 fn main() -> ExitCode {
@@ -21,8 +21,12 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            if !is_root() {
+            eprintln!("error: {}", errors::chain_text(&err));
+            // The capability check names what is missing; other commands get the hint.
+            let named = err
+                .downcast_ref::<privileges::MissingCapabilities>()
+                .is_some();
+            if !is_root() && !named {
                 eprintln!(
                     "hint: enforcer loads eBPF programs and changes interfaces: run it as root"
                 );
