@@ -106,8 +106,14 @@ pub struct Client {
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
-    /// Parse and validate a policy file; print what it says.
-    Check { file: PathBuf },
+    /// Parse and validate a policy file; print what it says, or every error it has (each with
+    /// line, column and key, by position) and exit non-zero.
+    Check {
+        file: PathBuf,
+        /// Print a JSON array of the errors (`[]` for a valid file) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// For each TLS library on this host, the rule of FILE it hits (by line) and why.
     Explain {
         file: PathBuf,

@@ -18,6 +18,13 @@ use enforcer::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Checking a policy file needs no privilege: its errors get no hint about root.
+    let privileged = !matches!(
+        cli.command,
+        Command::Policy {
+            command: PolicyCommand::Check { .. }
+        }
+    );
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -26,7 +33,7 @@ fn main() -> ExitCode {
             let named = err
                 .downcast_ref::<privileges::MissingCapabilities>()
                 .is_some();
-            if !is_root() && !named {
+            if privileged && !is_root() && !named {
                 eprintln!(
                     "hint: enforcer loads eBPF programs and changes interfaces: run it as root"
                 );
@@ -84,12 +91,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         }),
         Command::Detach { pin, ifaces } => runtime()?.block_on(detach::run(&pin, &ifaces)),
         Command::Policy {
-            command: PolicyCommand::Check { file },
-        } => {
-            let policy = policy::load(&file)?;
-            print!("{}", policy::check_report(&policy));
-            Ok(())
-        }
+            command: PolicyCommand::Check { file, json },
+        } => check_policy(&file, json),
         Command::Policy {
             command: PolicyCommand::Explain { file, json },
         } => {
@@ -116,6 +119,28 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::CheckKernel => kernel_check::run(),
         Command::Discover(args) => discover::run(args),
     }
+}
+
+/// `enforcer policy check`: the summary of a valid file, else every error (stdout with
+/// `--json`, stderr without) and a failure.
+fn check_policy(file: &Path, json: bool) -> anyhow::Result<()> {
+    match (policy::load_all(file), json) {
+        (Ok(_), true) => println!("[]"),
+        (Ok(policy), false) => print!("{}", policy::check_report(&policy)),
+        (Err(errors), json) => {
+            match json {
+                true => println!("{}", policy::errors_json(&errors)),
+                false => errors.iter().for_each(|e| eprintln!("{e}")),
+            }
+            let n = errors.len();
+            anyhow::bail!(
+                "{}: {n} error{}",
+                file.display(),
+                if n == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
