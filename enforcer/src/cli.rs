@@ -92,6 +92,25 @@ pub enum Command {
     /// Find the TLS read, write and handshake functions of a library by probing all of its
     /// functions while COMMAND runs; print them and a catalog profile (docs/discover.md).
     Discover(DiscoverArgs),
+    /// Print the shell completion script for SHELL (bash: `source <(enforcer completions bash)`,
+    /// or install it as /usr/share/bash-completion/completions/enforcer).
+    Completions {
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: Shell,
+    },
+    /// Write the man pages (enforcer.1 and one per subcommand, enforcer-attach.1, ...) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// The shells `enforcer completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(clap::Args)]

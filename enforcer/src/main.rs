@@ -11,19 +11,20 @@ use enforcer::{
         memory,
     },
     cli::{Cli, Client, Command, LogFormat, PolicyCommand},
-    commands::{detach, discover, explain, inventory, kernel_check},
+    commands::{detach, discover, explain, inventory, kernel_check, manuals},
     errors, policy,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    // Checking a policy file needs no privilege: its errors get no hint about root.
+    // Checking a policy file, completions and man pages need no privilege: no hint about root.
     let privileged = !matches!(
         cli.command,
         Command::Policy {
             command: PolicyCommand::Check { .. }
-        }
+        } | Command::Completions { .. }
+            | Command::Man { .. }
     );
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,6 +119,18 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::CheckKernel => kernel_check::run(),
         Command::Discover(args) => discover::run(args),
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&manuals::completions(shell))?;
+            Ok(stdout.flush()?)
+        }
+        Command::Man { out } => {
+            for page in manuals::man_pages(&out)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -30,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "libgnutls28-dev", // tests/programs/nested-tls-client
     "redis-server",    // cargo xtask bench, figure 9: a real application over TLS
     "redis-tools",     // cargo xtask bench, figure 9: redis-benchmark --tls
+    "man-db",          // tests/tests/operator_manuals.rs: man -l renders each page
 ];
 
 enum Status {
