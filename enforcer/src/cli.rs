@@ -15,8 +15,19 @@ use crate::{agent::attach::AttachArgs, agent::control, commands::discover::Disco
     about = "Kernel-enforced firewall that decides by TLS library"
 )]
 pub struct Cli {
+    /// The format of enforcer's own log lines on stderr: `text` for people, `json` (one object
+    /// a line, the same fields as the text) for log pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +92,25 @@ pub enum Command {
     /// Find the TLS read, write and handshake functions of a library by probing all of its
     /// functions while COMMAND runs; print them and a catalog profile (docs/discover.md).
     Discover(DiscoverArgs),
+    /// Print the shell completion script for SHELL (bash: `source <(enforcer completions bash)`,
+    /// or install it as /usr/share/bash-completion/completions/enforcer).
+    Completions {
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: Shell,
+    },
+    /// Write the man pages (enforcer.1 and one per subcommand, enforcer-attach.1, ...) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// The shells `enforcer completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(clap::Args)]
@@ -95,8 +125,14 @@ pub struct Client {
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
-    /// Parse and validate a policy file; print what it says.
-    Check { file: PathBuf },
+    /// Parse and validate a policy file; print what it says, or every error it has (each with
+    /// line, column and key, by position) and exit non-zero.
+    Check {
+        file: PathBuf,
+        /// Print a JSON array of the errors (`[]` for a valid file) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// For each TLS library on this host, the rule of FILE it hits (by line) and why.
     Explain {
         file: PathBuf,

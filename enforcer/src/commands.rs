@@ -5,3 +5,4 @@ pub mod discover;
 pub mod explain;
 pub mod inventory;
 pub mod kernel_check;
+pub mod manuals;

@@ -9,6 +9,7 @@
 //!   reload, the operator socket and metrics.
 //! - [`commands`]: the other subcommands (`detach`, `discover`, `libs`, `policy explain`,
 //!   `check-kernel`).
+//! - [`errors`]: an error's chain as the operator reads it, each cause once.
 //! - Domain: [`policy`], [`catalog`], [`libraries`] (finding and identifying TLS library files),
 //!   [`family`], [`version`]. These know nothing of the kernel.
 
@@ -17,6 +18,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod datapath;
+pub mod errors;
 pub mod family;
 pub mod libraries;
 pub mod policy;

@@ -6,36 +6,61 @@ use std::{path::Path, process::ExitCode};
 use clap::Parser;
 use enforcer::{
     agent::{
-        attach,
+        attach::{self, privileges},
         control::{self, Request},
         memory,
     },
-    cli::{Cli, Client, Command, PolicyCommand},
-    commands::{detach, discover, explain, inventory, kernel_check},
-    policy,
+    cli::{Cli, Client, Command, LogFormat, PolicyCommand},
+    commands::{detach, discover, explain, inventory, kernel_check, manuals},
+    errors, policy,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging(cli.log_format);
+    // Checking a policy file, completions and man pages need no privilege: no hint about root.
+    let privileged = !matches!(
+        cli.command,
+        Command::Policy {
+            command: PolicyCommand::Check { .. }
+        } | Command::Completions { .. }
+            | Command::Man { .. }
+    );
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            if !is_root() {
+            eprintln!("error: {}", errors::chain_text(&err));
+            // The capability check names what is missing; other commands get the hint.
+            let named = err
+                .downcast_ref::<privileges::MissingCapabilities>()
+                .is_some();
+            if privileged && !is_root() && !named {
                 eprintln!(
                     "hint: enforcer loads eBPF programs and changes interfaces: run it as root"
                 );
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The agent's own log lines go to stderr, as text or as JSON lines with the same fields.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 
@@ -67,12 +92,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         }),
         Command::Detach { pin, ifaces } => runtime()?.block_on(detach::run(&pin, &ifaces)),
         Command::Policy {
-            command: PolicyCommand::Check { file },
-        } => {
-            let policy = policy::load(&file)?;
-            print!("{}", policy::check_report(&policy));
-            Ok(())
-        }
+            command: PolicyCommand::Check { file, json },
+        } => check_policy(&file, json),
         Command::Policy {
             command: PolicyCommand::Explain { file, json },
         } => {
@@ -98,7 +119,41 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::CheckKernel => kernel_check::run(),
         Command::Discover(args) => discover::run(args),
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&manuals::completions(shell))?;
+            Ok(stdout.flush()?)
+        }
+        Command::Man { out } => {
+            for page in manuals::man_pages(&out)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
+}
+
+/// `enforcer policy check`: the summary of a valid file, else every error (stdout with
+/// `--json`, stderr without) and a failure.
+fn check_policy(file: &Path, json: bool) -> anyhow::Result<()> {
+    match (policy::load_all(file), json) {
+        (Ok(_), true) => println!("[]"),
+        (Ok(policy), false) => print!("{}", policy::check_report(&policy)),
+        (Err(errors), json) => {
+            match json {
+                true => println!("{}", policy::errors_json(&errors)),
+                false => errors.iter().for_each(|e| eprintln!("{e}")),
+            }
+            let n = errors.len();
+            anyhow::bail!(
+                "{}: {n} error{}",
+                file.display(),
+                if n == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

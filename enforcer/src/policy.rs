@@ -20,12 +20,15 @@
 //! the key (see [`PolicyError`]).
 
 mod error;
+mod recover;
 mod report;
 pub mod rules;
 mod scope;
 pub mod server_names;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_all;
 #[cfg(test)]
 mod tests_rules;
 #[cfg(test)]
@@ -42,7 +45,7 @@ use crate::catalog::{Catalog, RawCatalog, Seg};
 use crate::libraries::Library;
 use crate::version::VersionReq;
 pub use error::PolicyError;
-pub use report::check_report;
+pub use report::{check_report, errors_json};
 pub use rules::{Match, PathGlob, Rule, Subject};
 pub use scope::NameScope;
 pub use server_names::ServerNamePattern;
@@ -267,22 +270,74 @@ fn default_mode() -> Mode {
     Mode::Audit
 }
 
-/// Parses and validates a policy. `source` names the file in error messages.
+/// Parses and validates a policy. `source` names the file in error messages. The error is the
+/// first one found (serde's, else the first check that fails); [`parse_all`] finds them all.
 pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
+    collect(text, source, false).map_err(|mut errors| errors.swap_remove(0))
+}
+
+/// [`parse`], with every error of the file (not only the first), sorted by position, each once.
+pub fn parse_all(text: &str, source: &str) -> Result<Policy, Vec<PolicyError>> {
+    collect(text, source, true).map_err(error::sorted)
+}
+
+/// The errors in the order they are found; `all`: go on past serde's first error.
+fn collect(text: &str, source: &str, all: bool) -> Result<Policy, Vec<PolicyError>> {
     if text.len() > MAX_POLICY_BYTES {
-        return Err(error::too_large(source, text.len() as u64));
+        return Err(vec![error::too_large(source, text.len() as u64)]);
     }
     if is_blank(text) {
-        return Err(PolicyError::Invalid {
+        return Err(vec![PolicyError::Invalid {
             file: source.to_owned(),
             line: None,
             column: None,
+            key: None,
             message: format!("empty policy: expected {}", error::top_level_expected()),
-        });
+        }]);
     }
     let de = serde_yaml::Deserializer::from_str(text);
-    let raw: RawPolicy =
-        serde_path_to_error::deserialize(de).map_err(|e| error::from_yaml(e, source, text))?;
+    let recovered = match serde_path_to_error::deserialize::<_, RawPolicy>(de) {
+        Ok(raw) => recover::Recovered {
+            raw,
+            errors: Vec::new(),
+            removed: recover::Removed::default(),
+        },
+        Err(e) if !all => return Err(vec![error::from_yaml(e, source, text)]),
+        Err(e) => recover::recover(text, source, error::from_yaml(e, source, text))?,
+    };
+    let mut errors = recovered.errors;
+    let policy = validate(recovered.raw, text, source, &recovered.removed, &mut errors);
+    match errors.is_empty() {
+        true => Ok(policy),
+        false => Err(errors),
+    }
+}
+
+/// The checks serde cannot make (families, versions, globs, duplicates...): each error goes to
+/// `errors`, and the policy made of what is valid is returned.
+fn validate(
+    raw: RawPolicy,
+    text: &str,
+    source: &str,
+    removed: &recover::Removed,
+    errors: &mut Vec<PolicyError>,
+) -> Policy {
+    // Errors under a value the recovery put in are not the file's; nor is an unknown family
+    // when the catalog section had an error (the family may be defined there).
+    let stand_ins: Vec<String> = removed.stand_ins.iter().map(|p| error::render(p)).collect();
+    let catalog_broken = removed.touched(&[error::Step::Key("catalog".into(), 0)]);
+    let mut push = |e: PolicyError| {
+        let PolicyError::Invalid { key: Some(k), .. } = &e else {
+            return errors.push(e);
+        };
+        let under = |s: &String| {
+            k == s || k.starts_with(&format!("{s}.")) || k.starts_with(&format!("{s}["))
+        };
+        let family_maybe_there = catalog_broken && e.to_string().contains(".family: unknown value");
+        if !(stand_ins.iter().any(under) || family_maybe_there) {
+            errors.push(e);
+        }
+    };
     let invalid = |path: &[Seg], message: String| error::at_node(source, text, path, message);
 
     let catalog = match raw.catalog {
@@ -292,19 +347,22 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
                 let path = [Seg::Key("catalog"), Seg::Key("families"), Seg::Index(i)];
                 error::locate_segs(text, &path).map_or(0, |(l, _)| l)
             };
-            let extended = Catalog::embedded()
-                .extend(c, source, &line_of)
-                .map_err(|e| {
+            match Catalog::embedded().extend(c, source, &line_of) {
+                Ok(extended) => Arc::new(extended),
+                Err(e) => {
                     let mut path = vec![Seg::Key("catalog")];
                     path.extend(e.path.iter().cloned());
-                    invalid(&path, format!("catalog.{e}"))
-                })?;
-            Arc::new(extended)
+                    push(invalid(&path, format!("catalog.{e}")));
+                    Catalog::embedded()
+                }
+            }
         }
     };
 
-    if raw.libraries.len() > MAX_RULES {
-        return Err(invalid(
+    // Rules are located by re-reading the document: too many are refused before that.
+    let too_many = raw.libraries.len() > MAX_RULES;
+    if too_many {
+        push(invalid(
             &[Seg::Key("libraries")],
             format!(
                 "libraries: {} rules, more than the limit of {MAX_RULES}",
@@ -312,76 +370,87 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
             ),
         ));
     }
+    let origins = removed.survivors(
+        &[error::Step::Key("libraries".into(), 0)],
+        raw.libraries.len(),
+    );
     let mut libraries: Vec<Rule> = Vec::with_capacity(raw.libraries.len());
-    for (index, r) in raw.libraries.into_iter().enumerate() {
+    let rules = if too_many { Vec::new() } else { raw.libraries };
+    for (index, r) in origins.into_iter().zip(rules) {
         let key = |k: &'static str| [Seg::Key("libraries"), Seg::Index(index), Seg::Key(k)];
         let here = format!("libraries[{index}]");
-        let family =
-            match &r.family {
-                None => None,
-                Some(id) => Some(catalog.family(id).map(|f| f.family.clone()).ok_or_else(
-                    || {
-                        let known: Vec<&str> =
-                            catalog.families().iter().map(|f| f.family.name()).collect();
-                        invalid(
-                            &key("family"),
-                            format!(
-                                "{here}.family: unknown value '{}' (expected {})",
-                                error::show(id),
-                                error::alternatives(&known)
-                            ),
-                        )
-                    },
-                )?),
-            };
+        // Each check of the rule reports its own error; a rule with one is left out.
+        let mut bad = false;
+        let mut fail = |e: PolicyError| {
+            bad = true;
+            push(e)
+        };
+        let family = r.family.as_ref().and_then(|id| {
+            let found = catalog.family(id).map(|f| f.family.clone());
+            if found.is_none() {
+                let known: Vec<&str> = catalog.families().iter().map(|f| f.family.name()).collect();
+                fail(invalid(
+                    &key("family"),
+                    format!(
+                        "{here}.family: unknown value '{}' (expected {})",
+                        error::show(id),
+                        error::alternatives(&known)
+                    ),
+                ));
+            }
+            found
+        });
         let version = match &r.version {
             None => None,
-            Some(_) if family.is_none() => {
-                return Err(invalid(
+            Some(_) if r.family.is_none() => {
+                fail(invalid(
                     &key("version"),
                     format!(
                         "{here}.version: a version range needs 'family' (versions are compared within one family)"
                     ),
                 ));
+                None
             }
-            Some(v) => Some(
-                VersionReq::parse(v)
-                    .map_err(|e| invalid(&key("version"), format!("{here}.version: {e}")))?,
-            ),
+            Some(v) => VersionReq::parse(v)
+                .map_err(|e| fail(invalid(&key("version"), format!("{here}.version: {e}"))))
+                .ok(),
         };
-        let path = match &r.path {
-            None => None,
-            Some(p) => Some(PathGlob::new(p).map_err(|e| {
-                invalid(
-                    &key("path"),
-                    format!("{here}.path: invalid glob '{}': {e}", error::show(p)),
-                )
-            })?),
-        };
-        let sha256 = match &r.sha256 {
-            None => None,
-            Some(h) => Some(rules::parse_sha256(h).ok_or_else(|| {
-                invalid(
+        let path = r.path.as_ref().and_then(|p| {
+            PathGlob::new(p)
+                .map_err(|e| {
+                    fail(invalid(
+                        &key("path"),
+                        format!("{here}.path: invalid glob '{}': {e}", error::show(p)),
+                    ))
+                })
+                .ok()
+        });
+        let sha256 = r.sha256.as_ref().and_then(|h| {
+            let parsed = rules::parse_sha256(h);
+            if parsed.is_none() {
+                fail(invalid(
                     &key("sha256"),
                     format!(
                         "{here}.sha256: expected 64 hexadecimal digits, found '{}'",
                         error::show(h)
                     ),
-                )
-            })?),
-        };
+                ));
+            }
+            parsed
+        });
         let server_names = match &r.server_names {
             None => None,
             Some(list) if list.is_empty() => {
-                return Err(invalid(
+                fail(invalid(
                     &key("server_names"),
                     format!(
                         "{here}.server_names: an empty list scopes the rule to nothing; remove the key to apply the rule to every server"
                     ),
                 ));
+                None
             }
             Some(list) if list.len() > scope::MAX_NAMES_PER_RULE => {
-                return Err(invalid(
+                fail(invalid(
                     &key("server_names"),
                     format!(
                         "{here}.server_names: {} names, more than the limit of {}",
@@ -389,22 +458,25 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
                         scope::MAX_NAMES_PER_RULE
                     ),
                 ));
+                None
             }
             Some(list) => {
                 let mut patterns = Vec::with_capacity(list.len());
                 for (i, text) in list.iter().enumerate() {
-                    let pattern = ServerNamePattern::new(text).map_err(|e| {
-                        let mut path = key("server_names").to_vec();
-                        path.push(Seg::Index(i));
-                        invalid(
-                            &path,
-                            format!(
-                                "{here}.server_names[{i}]: invalid server name pattern '{}': {e}",
-                                error::show(text)
-                            ),
-                        )
-                    })?;
-                    patterns.push(pattern);
+                    match ServerNamePattern::new(text) {
+                        Ok(pattern) => patterns.push(pattern),
+                        Err(e) => {
+                            let mut path = key("server_names").to_vec();
+                            path.push(Seg::Index(i));
+                            fail(invalid(
+                                &path,
+                                format!(
+                                    "{here}.server_names[{i}]: invalid server name pattern '{}': {e}",
+                                    error::show(text)
+                                ),
+                            ));
+                        }
+                    }
                 }
                 Some(patterns)
             }
@@ -414,12 +486,22 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
             file: source.to_owned(),
             line: Some(line),
             column: Some(column),
+            key: Some(here.clone()),
             message,
         };
-        if family.is_none() && path.is_none() && sha256.is_none() {
-            return Err(at_rule(format!(
+        // A key of the rule that was in error (`fmaily`) is not missing from it as well.
+        let rule_path = [
+            error::Step::Key("libraries".into(), 0),
+            error::Step::Index(index),
+        ];
+        let none = r.family.is_none() && r.path.is_none() && r.sha256.is_none();
+        if none && !removed.touched(&rule_path) {
+            fail(at_rule(format!(
                 "{here}: a rule needs at least one of family, path, sha256"
             )));
+        }
+        if bad {
+            continue;
         }
         let rule = Rule {
             family,
@@ -431,15 +513,16 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
             line,
         };
         if let Some(first) = libraries.iter().find(|o| o.same_matchers(&rule)) {
-            return Err(at_rule(format!(
+            push(at_rule(format!(
                 "{here}: duplicate rule for {} (first rule at line {})",
                 rule.describe(),
                 first.line
             )));
+            continue;
         }
         libraries.push(rule);
     }
-    Ok(Policy {
+    Policy {
         mode: raw.mode,
         default: raw.default,
         unattributed_tls: raw.unattributed_tls.unwrap_or(raw.default),
@@ -451,36 +534,44 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
         libraries,
         catalog,
         source: source.to_owned(),
-    })
+    }
 }
 
 /// Reads and parses the policy at `path`.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    load_all(path).map_err(|mut errors| errors.swap_remove(0))
+}
+
+/// [`load`] with every error of the file ([`parse_all`]).
+pub fn load_all(path: &Path) -> Result<Policy, Vec<PolicyError>> {
     let name = path.display().to_string();
     let io_err = |error| PolicyError::Io {
         path: path.to_owned(),
         error,
     };
-    let file = std::fs::File::open(path).map_err(io_err)?;
-    let size = file.metadata().map_err(io_err)?.len();
+    let file = std::fs::File::open(path).map_err(|e| vec![io_err(e)])?;
+    let size = file.metadata().map_err(|e| vec![io_err(e)])?.len();
     if size > MAX_POLICY_BYTES as u64 {
-        return Err(error::too_large(&name, size));
+        return Err(vec![error::too_large(&name, size)]);
     }
     // Files in /proc and pipes report size 0: the read itself is capped too.
     let mut bytes = Vec::new();
     file.take(MAX_POLICY_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(io_err)?;
+        .map_err(|e| vec![io_err(e)])?;
     if bytes.len() > MAX_POLICY_BYTES {
-        return Err(error::too_large(&name, bytes.len() as u64));
+        return Err(vec![error::too_large(&name, bytes.len() as u64)]);
     }
-    let text = String::from_utf8(bytes).map_err(|e| PolicyError::Invalid {
-        file: name.clone(),
-        line: None,
-        column: None,
-        message: format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+    let text = String::from_utf8(bytes).map_err(|e| {
+        vec![PolicyError::Invalid {
+            file: name.clone(),
+            line: None,
+            column: None,
+            key: None,
+            message: format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+        }]
     })?;
-    parse(&text, &name)
+    parse_all(&text, &name)
 }
 
 /// Name under which the embedded default policy reports itself.

@@ -30,8 +30,9 @@ const PACKAGES: &[&str] = &[
     "libgnutls28-dev", // tests/programs/nested-tls-client
     "redis-server",    // cargo xtask bench, figure 9: a real application over TLS
     "redis-tools",     // cargo xtask bench, figure 9: redis-benchmark --tls
-    "mptcpd", // tests/tests/bypass_paths.rs: mptcpize runs gnutls-cli and s_server on MPTCP
-    "python3-venv", // tests/tests/bypass_paths.rs: the aioquic virtualenv (cargo xtask setup)
+    "man-db",          // tests/tests/operator_manuals.rs: man -l renders each page
+    "mptcpd",          // tests/tests/bypass_paths.rs: mptcpize (MPTCP clients and server)
+    "python3-venv",    // tests/tests/bypass_paths.rs: the aioquic virtualenv
 ];
 
 enum Status {

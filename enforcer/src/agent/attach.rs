@@ -1,8 +1,9 @@
 //! `enforcer attach`: load, attach everything, report until a signal, then detach everything
 //! (with `--pin`: leave the pinned state in force, see `pin`).
 //!
-//! [`run`] goes through named steps: `check` (everything that needs no kernel object), `load`,
-//! `register_libraries`, `attach_hook`, `attach_interfaces`, then `serve` and `teardown`.
+//! [`run`] goes through named steps: [`privileges`] (the capabilities it needs), `check`
+//! (everything that needs no kernel object), `load`, `register_libraries`, `attach_hook`,
+//! `attach_interfaces`, then `serve` and `teardown`.
 //!
 //! Rollback: every piece is owned by something that undoes it. Uprobes, the kernel hook, the
 //! tracepoints and XDP are aya links owned by the `Ebpf` object in the [`Datapath`] (detached
@@ -11,6 +12,7 @@
 
 mod earlier;
 mod interfaces;
+pub mod privileges;
 
 use std::{
     net::SocketAddr,
@@ -99,6 +101,8 @@ pub struct AttachArgs {
 }
 
 pub async fn run(args: AttachArgs) -> Result<()> {
+    // Before any kernel object exists: a user without them gets one message naming them all.
+    privileges::require()?;
     let (mut checked, policy) = check(&args).await?;
     let (datapath, earlier) = load(&args, &checked, policy)?;
     let datapath = Arc::new(datapath);
@@ -253,7 +257,7 @@ fn register_libraries(datapath: &Datapath, found: &[Library]) -> Result<()> {
         match datapath.register(lib.clone()) {
             Ok(r) => {
                 let version = lib.identity.version.as_deref().unwrap_or("unknown");
-                info!(id = r.id, family = %lib.family, version, path = %lib.path.display(), functions = r.functions, action = %r.decision.action, rule_line = ?r.decision.rule_line, "library probed");
+                info!(id = r.id, family = %lib.family, version, path = %lib.path.display(), functions = r.functions, action = %r.decision.action, rule_line = r.decision.rule_line, "library probed");
             }
             Err(err @ RegisterError::Maps { .. }) => return Err(err.into()),
             Err(err) => error!("library not covered: {err:#}"),

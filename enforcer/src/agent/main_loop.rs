@@ -149,7 +149,7 @@ impl Running {
             "control_socket": self.control_path.display().to_string(),
             "metrics": metrics_addr.map(|a| a.to_string()),
         }));
-        info!(interfaces = ?i.interfaces, mode, kernel_hook = i.kernel_hook, libraries, new_files = i.new_files, control = %self.control_path.display(), metrics = ?metrics_addr, "enforcer ready");
+        info!(interfaces = ?i.interfaces, mode, kernel_hook = i.kernel_hook, libraries, new_files = i.new_files, control = %self.control_path.display(), metrics = metrics_addr.map(tracing::field::display), "enforcer ready");
 
         let mut tick = tokio::time::interval(TICK);
         let mut fingerprint = self

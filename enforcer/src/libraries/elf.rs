@@ -204,7 +204,7 @@ impl Scan<'_> {
         {
             let go = go::info(header, endian, data, &segments, &extents, self.path);
             let build_id = build_id::<Elf>(endian, data, sections, phdrs);
-            tracing::trace!(path = %self.path.display(), symbols = found.len(), version = ?go.version, "Go functions found");
+            tracing::trace!(path = %self.path.display(), symbols = found.len(), version = go.version.as_deref(), "Go functions found");
             return Ok(Some(ElfInfo {
                 found,
                 segments,

@@ -46,6 +46,8 @@ pub enum PolicyError {
         file: String,
         line: Option<usize>,
         column: Option<usize>,
+        /// The node the error is about (`libraries[1].action`), when there is one.
+        key: Option<String>,
         message: String,
     },
 }
@@ -61,11 +63,24 @@ fn format_invalid(file: &str, line: Option<usize>, column: Option<usize>, msg: &
     }
 }
 
+/// Errors by position (those without one first), each once.
+pub(super) fn sorted(mut errors: Vec<PolicyError>) -> Vec<PolicyError> {
+    let position = |e: &PolicyError| match e {
+        PolicyError::Invalid { line, column, .. } => (line.unwrap_or(0), column.unwrap_or(0)),
+        PolicyError::Io { .. } => (0, 0),
+    };
+    errors.sort_by_key(position); // stable: errors at one position keep their order
+    let mut seen = std::collections::HashSet::new();
+    errors.retain(|e| seen.insert(e.to_string()));
+    errors
+}
+
 pub(super) fn too_large(file: &str, size: u64) -> PolicyError {
     PolicyError::Invalid {
         file: file.to_owned(),
         line: None,
         column: None,
+        key: None,
         message: format!(
             "policy is {size} bytes, more than the limit of {MAX_POLICY_BYTES} bytes (1 MiB)"
         ),
@@ -73,14 +88,14 @@ pub(super) fn too_large(file: &str, size: u64) -> PolicyError {
 }
 
 /// One step of a path into the document.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Step {
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Step {
     /// The `nth` (0-based) occurrence of a key in a mapping.
     Key(String, usize),
     Index(usize),
 }
 
-fn render(path: &[Step]) -> String {
+pub(super) fn render(path: &[Step]) -> String {
     let mut out = String::new();
     for step in path {
         match step {
@@ -207,24 +222,46 @@ pub(super) fn from_yaml(
     file: &str,
     text: &str,
 ) -> PolicyError {
-    let mut path: Vec<Step> = Vec::new();
-    for segment in err.path().iter() {
+    let path = steps(err.path());
+    let inner = err.into_inner();
+    let at = inner.location().map(|l| (l.line(), l.column()));
+    convert(&path, &path, &inner, at, file, text)
+}
+
+/// serde_path_to_error's path as [`Step`]s.
+pub(super) fn steps(path: &serde_path_to_error::Path) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::new();
+    for segment in path.iter() {
         match segment {
-            Segment::Seq { index } => path.push(Step::Index(*index)),
-            Segment::Map { key } => path.push(Step::Key(key.clone(), 0)),
-            Segment::Enum { variant } => path.push(Step::Key(variant.clone(), 0)),
+            Segment::Seq { index } => out.push(Step::Index(*index)),
+            Segment::Map { key } => out.push(Step::Key(key.clone(), 0)),
+            Segment::Enum { variant } => out.push(Step::Key(variant.clone(), 0)),
             Segment::Unknown => break,
         }
     }
-    let inner = err.into_inner();
-    let mut line = inner.location().map(|l| l.line());
-    let mut column = inner.location().map(|l| l.column());
+    out
+}
+
+/// [`from_yaml`] for an error serde_yaml raised at `raw_path` of the document it read, which is
+/// `path` of `text` (they differ when the document read is `text` with nodes taken out, see
+/// `recover`); `at` is the error's position in `text`, if known.
+pub(super) fn convert(
+    raw_path: &[Step],
+    path: &[Step],
+    inner: &serde_yaml::Error,
+    at: Option<(usize, usize)>,
+    file: &str,
+    text: &str,
+) -> PolicyError {
+    let mut line = at.map(|a| a.0);
+    let mut column = at.map(|a| a.1);
     let full = inner.to_string();
+    let raw_loc = inner.location().map(|l| (l.line(), l.column()));
 
     // serde_yaml writes "PATH: MESSAGE at line L column C", or for syntax errors
     // "PROBLEM at line L column C, while CONTEXT at line ...": drop what the prefix repeats.
-    let full = match (line, column) {
-        (Some(l), Some(c)) => {
+    let full = match raw_loc {
+        Some((l, c)) => {
             let at = format!(" at line {l} column {c}");
             match full.strip_suffix(&at) {
                 Some(core) => core.to_owned(),
@@ -234,8 +271,9 @@ pub(super) fn from_yaml(
         _ => full,
     };
     let mut core = full.as_str();
+    let raw_parent = &raw_path[..raw_path.len().saturating_sub(1)];
     let parent = &path[..path.len().saturating_sub(1)];
-    for prefix in [render(&path), render(parent)] {
+    for prefix in [render(raw_path), render(raw_parent)] {
         if !prefix.is_empty()
             && let Some(rest) = core.strip_prefix(&format!("{prefix}: "))
         {
@@ -267,41 +305,41 @@ pub(super) fn from_yaml(
         at(parent, format!("unknown key '{key}' ({expected})"))
     } else if let Some(rest) = core.strip_prefix("missing field `") {
         at(
-            &path,
+            path,
             format!("missing key '{}'", show(rest.trim_end_matches('`'))),
         )
     } else if let Some(rest) = core.strip_prefix("duplicate field `") {
         let key = rest.trim_end_matches('`').to_owned();
-        let mut second = path.clone();
+        let mut second = path.to_vec();
         second.push(Step::Key(key.clone(), 1));
         if let Some((l, c)) = locate(text, &second) {
             (line, column) = (Some(l), Some(c));
         }
-        at(&path, format!("duplicate key '{}'", show(&key)))
+        at(path, format!("duplicate key '{}'", show(&key)))
     } else if let Some(rest) = core.strip_prefix("unknown variant `") {
         let (value, tail) = rest.rsplit_once("`, expected ").unwrap_or((rest, ""));
-        let expected = expected_for_path(&path).unwrap_or_else(|| alternatives(&backticked(tail)));
+        let expected = expected_for_path(path).unwrap_or_else(|| alternatives(&backticked(tail)));
         if value.is_empty() {
-            at(&path, format!("expected {expected}, found an empty value"))
+            at(path, format!("expected {expected}, found an empty value"))
         } else {
             at(
-                &path,
+                path,
                 format!("unknown value '{}' (expected {expected})", show(value)),
             )
         }
     } else if let Some(rest) = core.strip_prefix("invalid type: ") {
         let (unexpected, serde_expected) = rest.rsplit_once(", expected ").unwrap_or((rest, ""));
-        let expected = expected_for_path(&path).unwrap_or_else(|| show(serde_expected));
+        let expected = expected_for_path(path).unwrap_or_else(|| show(serde_expected));
         if path.is_empty() {
             format!("top level must be {expected}, found {}", found(unexpected))
         } else {
             at(
-                &path,
+                path,
                 format!("expected {expected}, found {}", found(unexpected)),
             )
         }
     } else if core.starts_with("invalid value: ") || core.starts_with("invalid length ") {
-        at(&path, show(&core.replace('`', "'")))
+        at(path, show(&core.replace('`', "'")))
     } else if core.starts_with("deserializing from YAML containing more than one document") {
         "a policy file must hold exactly one YAML document".to_owned()
     } else {
@@ -312,6 +350,7 @@ pub(super) fn from_yaml(
         file: file.to_owned(),
         line,
         column,
+        key: (!path.is_empty()).then(|| render(path)),
         message,
     }
 }
@@ -324,20 +363,23 @@ pub(super) fn at_node(file: &str, text: &str, path: &[Seg], message: String) -> 
         file: file.to_owned(),
         line: at.map(|a| a.0),
         column: at.map(|a| a.1),
+        key: (!path.is_empty()).then(|| render(&seg_steps(path))),
         message,
     }
 }
 
-/// Line and column (1-based) of the node at `path`.
-pub(super) fn locate_segs(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
-    let steps: Vec<Step> = path
-        .iter()
+fn seg_steps(path: &[Seg]) -> Vec<Step> {
+    path.iter()
         .map(|s| match s {
             Seg::Key(k) => Step::Key((*k).to_owned(), 0),
             Seg::Index(i) => Step::Index(*i),
         })
-        .collect();
-    locate(text, &steps)
+        .collect()
+}
+
+/// Line and column (1-based) of the node at `path`.
+pub(super) fn locate_segs(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
+    locate(text, &seg_steps(path))
 }
 
 /// Line and column (1-based) of the `index`-th rule of `libraries:`, for a text that parsed.
@@ -353,9 +395,18 @@ pub(super) fn locate_rule(text: &str, index: usize) -> (usize, usize) {
 /// serde reports no positions for nodes that parse fine, but serde_yaml stamps every error with
 /// the position of the node being read when it was raised: re-read the document, fail on
 /// purpose at `path`, and take the error's position.
-fn locate(text: &str, path: &[Step]) -> Option<(usize, usize)> {
+pub(super) fn locate(text: &str, path: &[Step]) -> Option<(usize, usize)> {
     let de = serde_yaml::Deserializer::from_str(text);
-    match (Probe { path }).deserialize(de) {
+    match (Probe { path, key: false }).deserialize(de) {
+        Ok(()) => None,
+        Err(e) => e.location().map(|l| (l.line(), l.column())),
+    }
+}
+
+/// [`locate`] for the key that ends `path`, not its value (where an unknown key is reported).
+pub(super) fn locate_key(text: &str, path: &[Step]) -> Option<(usize, usize)> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    match (Probe { path, key: true }).deserialize(de) {
         Ok(()) => None,
         Err(e) => e.location().map(|l| (l.line(), l.column())),
     }
@@ -363,6 +414,52 @@ fn locate(text: &str, path: &[Step]) -> Option<(usize, usize)> {
 
 struct Probe<'p> {
     path: &'p [Step],
+    /// Fail at the last key of `path` rather than at its value.
+    key: bool,
+}
+
+/// Reads a key; fails on purpose if it is the one being located.
+struct KeyAt<'w> {
+    want: &'w str,
+    fail: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for KeyAt<'_> {
+    type Value = serde_yaml::Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+// The error is raised inside serde_yaml's read of the key, so that it carries the key's
+// position (an error raised after the read carries the mapping's).
+impl<'de> Visitor<'de> for KeyAt<'_> {
+    type Value = serde_yaml::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        match self.fail && v == self.want {
+            true => Err(E::custom("located")),
+            false => Ok(serde_yaml::Value::String(v.to_owned())),
+        }
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(serde_yaml::Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(serde_yaml::Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(serde_yaml::Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_yaml::Value::Number(v.into()))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_yaml::Value::Null)
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Probe<'_> {
@@ -385,10 +482,15 @@ impl<'de> Visitor<'de> for Probe<'_> {
             return Err(de::Error::custom("located"));
         };
         let mut seen = 0;
-        while let Some(key) = map.next_key::<serde_yaml::Value>()? {
+        loop {
+            let fail = self.key && rest.is_empty() && seen == *nth;
+            let Some(key) = map.next_key_seed(KeyAt { want, fail })? else {
+                break;
+            };
             if key.as_str() == Some(want.as_str()) {
                 if seen == *nth {
-                    return map.next_value_seed(Probe { path: rest });
+                    let key = self.key;
+                    return map.next_value_seed(Probe { path: rest, key });
                 }
                 seen += 1;
             }
@@ -406,6 +508,10 @@ impl<'de> Visitor<'de> for Probe<'_> {
                 return Ok(());
             }
         }
-        seq.next_element_seed(Probe { path: rest }).map(|_| ())
+        seq.next_element_seed(Probe {
+            path: rest,
+            key: self.key,
+        })
+        .map(|_| ())
     }
 }

@@ -119,3 +119,25 @@ pub fn check_report(p: &Policy) -> String {
     }
     out
 }
+
+/// `enforcer policy check --json` on a file with errors: one object per error, in the order
+/// [`super::parse_all`] gives them (by position).
+pub fn errors_json(errors: &[super::PolicyError]) -> serde_json::Value {
+    use super::PolicyError;
+    let items = errors.iter().map(|e| match e {
+        PolicyError::Invalid {
+            file,
+            line,
+            column,
+            key,
+            message,
+        } => serde_json::json!({
+            "file": file, "line": line, "column": column, "key": key, "message": message,
+        }),
+        PolicyError::Io { path, .. } => serde_json::json!({
+            "file": path.display().to_string(), "line": null, "column": null, "key": null,
+            "message": e.to_string(),
+        }),
+    });
+    serde_json::Value::Array(items.collect())
+}

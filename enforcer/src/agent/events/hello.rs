@@ -227,7 +227,7 @@ impl Reporter {
                 macro_rules! log_hello {
                     ($level:ident, $message:expr) => {
                         $level!(
-                            ?pid,
+                            pid,
                             comm,
                             library = family,
                             server_name,
