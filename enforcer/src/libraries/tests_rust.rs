@@ -1,7 +1,7 @@
 //! The `rustls` family on executables compiled here with `cc` whose functions carry the names
 //! rustc gives rustls' (legacy and v0 mangling, through asm labels) and whose read-only data
-//! holds a panic location path: identified from `.symtab`, probed at its session functions,
-//! version from the path; stripped, not identified at all. The real rustls
+//! holds a panic location path: identified from `.symtab`, probed at those functions (session
+//! and random source), version from the path; stripped, not identified at all. The real rustls
 //! builds are tests/tests/rustls.rs.
 
 use std::process::Command;
@@ -129,6 +129,12 @@ fn check(names: &[(&str, &str); 3], tag: &str) {
             want_at(1),
         ),
     ];
+    let fill = if tag == "legacy" {
+        "<rustls::crypto::aws_lc_rs::AwsLcRs as rustls::crypto::SecureRandom>::fill"
+    } else {
+        "<rustls::crypto::ring::Ring as rustls::crypto::SecureRandom>::fill"
+    };
+    want.push((fill.to_owned(), op::RANDOM_BUFFER_ARG1, want_at(2)));
     want.sort();
     assert_eq!(got, want, "{tag}");
     assert!(

@@ -9,9 +9,10 @@
 //! their parameters differently.
 //!
 //! Bounded: only names that start like a mangled name, are at most [`MAX_MANGLED`] bytes and
-//! contain the name of a crate some catalog path starts with are demangled (a Rust program's
-//! `.symtab` holds tens of thousands of names, a few hundred of them the crate's), and a
-//! demangled name longer than [`MAX_DEMANGLED`] is dropped mid-way. `rustc_demangle` bounds its
+//! whose first path is in a crate some catalog path starts with (read from the first bytes, see
+//! `first_crate`: a Rust program's `.symtab` holds tens of thousands of names, a few hundred of
+//! them the crate's) are demangled, and a demangled name longer than [`MAX_DEMANGLED`] is
+//! dropped mid-way. `rustc_demangle` bounds its
 //! own recursion and returns an error, never panics, on malformed names.
 
 use std::borrow::Cow;
