@@ -201,10 +201,30 @@ impl RustlsProvider {
 }
 
 /// Builds tests/programs/rustls-client from crates.io (its committed `Cargo.lock`, `--locked`)
-/// with `provider`, plain (`release`) or with `strip = true` (`stripped`), and copies it to
-/// `dir/name` (a new file the watcher examines at `exec`). The build goes to
+/// with `provider`, plain (`release`) or with `strip = true` (`stripped`), and copies its client
+/// to `dir/name` (a new file the watcher examines at `exec`). The build goes to
 /// `target/rustls-client/<provider>`, kept between runs: aws-lc-sys takes minutes the first time.
 pub fn build_rustls(dir: &Path, name: &str, provider: RustlsProvider, stripped: bool) -> PathBuf {
+    build_rustls_program(dir, name, provider, stripped, "rustls-client")
+}
+
+/// As [`build_rustls`], for the server (`rustls-server ADDR PORT CERT KEY`).
+pub fn build_rustls_server(
+    dir: &Path,
+    name: &str,
+    provider: RustlsProvider,
+    stripped: bool,
+) -> PathBuf {
+    build_rustls_program(dir, name, provider, stripped, "rustls-server")
+}
+
+fn build_rustls_program(
+    dir: &Path,
+    name: &str,
+    provider: RustlsProvider,
+    stripped: bool,
+    program: &str,
+) -> PathBuf {
     let src = crate::workspace().join("tests/programs/rustls-client");
     let target = crate::workspace()
         .join("target/rustls-client")
@@ -231,7 +251,7 @@ pub fn build_rustls(dir: &Path, name: &str, provider: RustlsProvider, stripped: 
     }
     sh(&mut cargo);
     let out = dir.join(name);
-    std::fs::copy(target.join(profile).join("rustls-client"), &out)
-        .unwrap_or_else(|e| panic!("copy the rustls client to {}: {e}", out.display()));
+    std::fs::copy(target.join(profile).join(program), &out)
+        .unwrap_or_else(|e| panic!("copy {program} to {}: {e}", out.display()));
     out
 }

@@ -7,6 +7,9 @@
 //!   rustls' own code): `family: rustls` allowed lets them talk (event: family `rustls`, evidence
 //!   `random`, the executable as the library path, the crate version); `family: rustls` denied
 //!   refuses them within [`REFUSED_WITHIN`] of the client's own run time, their socket aborted.
+//! - The server (`rustls-server`, unstripped, each provider) on this host is judged by its
+//!   ServerHello's random the same way: a client in the namespace gets its answer under the
+//!   allowing policy, none under the denying one.
 //! - Stripped builds keep no symbol, so nothing in them can be probed: their hellos are
 //!   unattributed TLS (docs/policy.md, "rustls"), refused under `unattributed_tls: deny` and let
 //!   through under `unattributed_tls: allow`, whatever the rustls rule says.
@@ -18,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use enforcer_tests::programs::{RustlsProvider, build_rustls};
+use enforcer_tests::programs::{RustlsProvider, build_rustls, build_rustls_server};
 use enforcer_tests::{
     Agent, Cert, NetNs, Server,
     content::{REFUSED_WITHIN, free_port},
@@ -298,5 +301,67 @@ fn rustls_clients_allowed_and_denied_by_family_stripped_ones_unattributed() {
             e["socket_aborted"] == true || hello["socket_aborted"] == true,
             "{name}: the socket was aborted: {e}\n{hello}"
         );
+    }
+}
+
+/// The server on this host's veth address, a client in the namespace: the ServerHello's random
+/// names rustls (`ServerConnection::new` gave the code range), for each provider.
+#[test]
+fn rustls_servers_judged_by_their_server_hello() {
+    require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("enforcer-rustls-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let ns = NetNs::new();
+    let host = IpAddr::V4(ns.host_v4);
+    let cert = Cert::new(&[host]);
+    let servers: Vec<PathBuf> = [
+        (RustlsProvider::AwsLcRs, "rls-awslc"),
+        (RustlsProvider::Ring, "rls-ring"),
+    ]
+    .iter()
+    .map(|&(p, name)| build_rustls_server(dir.path(), name, p, false))
+    .collect();
+    for (policy, allowed) in [(ALLOW_RUSTLS, true), (DENY_RUSTLS, false)] {
+        let mut agent = start(&ns, policy);
+        for exe in &servers {
+            let name = exe.display();
+            let port = free_port();
+            let mut child = Command::new(exe)
+                .arg(host.to_string())
+                .arg(port.to_string())
+                .arg(cert.cert_path())
+                .arg(cert.key_path())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start the server");
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+                &mut line,
+            )
+            .expect("read the server's first line");
+            let _server = enforcer_tests::content::Background(child);
+            assert_eq!(line.trim(), "listening", "{name}");
+            let connect = format!("{host}:{port}");
+            let mut c = ns.exec("openssl", ["s_client", "-quiet", "-connect", &connect]);
+            let out = run_with_timeout(&mut c, b"PING\n", Duration::from_secs(5));
+            let answered = out.stdout_str().contains("rustls-server");
+            assert_eq!(answered, allowed, "{name}: {out:?}\n{}", agent.stderr());
+            let e = agent.wait_for(
+                move |v| {
+                    v["type"] == "connection"
+                        && v["library"]["family"] == "rustls"
+                        && v["local"]["port"] == port
+                },
+                EVENT,
+            );
+            let verdict = if allowed { "allowed" } else { "blocked" };
+            assert_eq!(e["verdict"], verdict, "{name}: {e}");
+            assert_eq!(e["evidence"], "random", "{name}: {e}");
+            assert_eq!(e["library"]["path"], exe.to_str().unwrap(), "{name}: {e}");
+        }
+        drop(agent);
     }
 }
