@@ -84,6 +84,13 @@ impl SymbolPrefix {
     }
 }
 
+/// Whether a catalog symbol is a Rust path (`rustls::client::hs::f`, `<T as Trait>::f`), looked
+/// for among the demangled names of `.symtab` (`crate::libraries`, `elf/rust.rs`), rather than a
+/// C or Go name compared byte for byte.
+pub fn is_rust_path(name: &str) -> bool {
+    name.contains("::")
+}
+
 /// One identify alternative.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alternative {
@@ -101,11 +108,14 @@ pub struct ProbeSpec {
     pub place: Place,
 }
 
-/// A version text: `prefix` followed by a version, in the read-only data of `place`.
+/// Where a version is stated: `prefix` followed by a version, in the read-only data of `place`;
+/// or, with `krate` set (and `prefix` empty), that crate's version in the cargo-auditable list of
+/// `place` (`crate: rustls`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionSpec {
     pub place: Place,
     pub prefix: String,
+    pub krate: Option<String>,
 }
 
 /// Where a family definition came from.
@@ -248,6 +258,11 @@ impl Catalog {
     /// Symbol prefixes (policy ones first).
     pub fn symbol_prefixes(&self) -> &[SymbolPrefix] {
         &self.prefixes
+    }
+
+    /// True if some symbol is a Rust path (then Rust programs' `.dep-v0` lists are read too).
+    pub fn has_rust(&self) -> bool {
+        self.symbols.iter().any(|s| is_rust_path(s))
     }
 
     /// True if some family uses Go's ABI (then Go binaries' function tables are read).

@@ -181,3 +181,77 @@ fn build_source(dir: &Path, name: &str, file: &str, libs: &[&str]) -> PathBuf {
     sh(&mut gcc);
     out
 }
+
+/// A crypto provider of rustls, as tests/programs/rustls-client's features name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RustlsProvider {
+    /// aws-lc-rs (aws-lc linked statically), built with rustc's default (legacy) mangling.
+    AwsLcRs,
+    /// ring, built with `-C symbol-mangling-version=v0`, so both manglings are covered.
+    Ring,
+}
+
+impl RustlsProvider {
+    pub fn feature(self) -> &'static str {
+        match self {
+            RustlsProvider::AwsLcRs => "aws-lc-rs",
+            RustlsProvider::Ring => "ring",
+        }
+    }
+}
+
+/// Builds tests/programs/rustls-client from crates.io (its committed `Cargo.lock`, `--locked`)
+/// with `provider`, plain (`release`) or with `strip = true` (`stripped`), and copies its client
+/// to `dir/name` (a new file the watcher examines at `exec`). The build goes to
+/// `target/rustls-client/<provider>`, kept between runs: aws-lc-sys takes minutes the first time.
+pub fn build_rustls(dir: &Path, name: &str, provider: RustlsProvider, stripped: bool) -> PathBuf {
+    build_rustls_program(dir, name, provider, stripped, "rustls-client")
+}
+
+/// As [`build_rustls`], for the server (`rustls-server ADDR PORT CERT KEY`).
+pub fn build_rustls_server(
+    dir: &Path,
+    name: &str,
+    provider: RustlsProvider,
+    stripped: bool,
+) -> PathBuf {
+    build_rustls_program(dir, name, provider, stripped, "rustls-server")
+}
+
+fn build_rustls_program(
+    dir: &Path,
+    name: &str,
+    provider: RustlsProvider,
+    stripped: bool,
+    program: &str,
+) -> PathBuf {
+    let src = crate::workspace().join("tests/programs/rustls-client");
+    let target = crate::workspace()
+        .join("target/rustls-client")
+        .join(provider.feature());
+    let profile = if stripped { "stripped" } else { "release" };
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .current_dir(&src)
+        .args(["build", "--quiet", "--locked", "--profile", profile])
+        .args(["--features", provider.feature(), "--target-dir"])
+        .arg(&target);
+    // The test's own cargo environment must not leak into this separate project.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MANIFEST_DIR",
+    ] {
+        cargo.env_remove(var);
+    }
+    if provider == RustlsProvider::Ring {
+        cargo.env("RUSTFLAGS", "-C symbol-mangling-version=v0");
+    }
+    sh(&mut cargo);
+    let out = dir.join(name);
+    std::fs::copy(target.join(profile).join(program), &out)
+        .unwrap_or_else(|e| panic!("copy {program} to {}: {e}", out.display()));
+    out
+}

@@ -80,7 +80,11 @@ struct RawProbe {
 struct RawVersion {
     #[serde(rename = "in")]
     place: Place,
-    prefix: String,
+    #[serde(default)]
+    prefix: Option<String>,
+    /// A Rust crate whose version cargo-auditable's `.dep-v0` list states.
+    #[serde(default, rename = "crate")]
+    krate: Option<String>,
 }
 
 /// One step of the path to the offending node, below the catalog's top level.
@@ -277,9 +281,34 @@ pub(super) fn validate(
                     "'in: companion' needs the family's 'companion' symbols",
                 ));
             }
-            if v.prefix.is_empty()
-                || v.prefix.len() > MAX_PREFIX_LEN
-                || !v.prefix.bytes().all(|b| (0x20..0x7f).contains(&b))
+            let (prefix, krate) = match (v.prefix, v.krate) {
+                (Some(p), None) => (p, None),
+                (None, Some(c)) => (String::new(), Some(c)),
+                _ => {
+                    return Err(err(
+                        here("prefix"),
+                        "a version entry has either 'prefix' (a text) or 'crate' (a Rust crate in cargo-auditable's list)",
+                    ));
+                }
+            };
+            if let Some(c) = &krate
+                && (c.is_empty()
+                    || c.len() > MAX_PREFIX_LEN
+                    || !c
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            {
+                return Err(err(
+                    here("crate"),
+                    format!(
+                        "a crate name is 1 to {MAX_PREFIX_LEN} ASCII letters, digits, '_' or '-'"
+                    ),
+                ));
+            }
+            if krate.is_none()
+                && (prefix.is_empty()
+                    || prefix.len() > MAX_PREFIX_LEN
+                    || !prefix.bytes().all(|b| (0x20..0x7f).contains(&b)))
             {
                 return Err(err(
                     here("prefix"),
@@ -288,7 +317,8 @@ pub(super) fn validate(
             }
             version.push(VersionSpec {
                 place: v.place,
-                prefix: v.prefix,
+                prefix,
+                krate,
             });
         }
         out.push(FamilyDef {
@@ -358,16 +388,21 @@ fn symbols(list: &[String], path: &[Seg]) -> Result<(), CatalogError> {
 }
 
 fn symbol(s: &str, path: Vec<Seg>) -> Result<(), CatalogError> {
+    // A Rust path (`<rustls::crypto::ring::Ring as rustls::crypto::SecureRandom>::fill`) may hold
+    // single spaces between words; a C or Go name holds none.
+    let rust = super::is_rust_path(s);
     let ok = !s.is_empty()
         && s.len() <= MAX_SYMBOL_LEN
-        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'@');
+        && s.bytes()
+            .all(|b| (b.is_ascii_graphic() || (rust && b == b' ')) && b != b'@')
+        && !(rust && (s.starts_with(' ') || s.ends_with(' ') || s.contains("  ")));
     if ok {
         Ok(())
     } else {
         Err(err(
             path,
             format!(
-                "invalid symbol name '{}' (expected 1 to {MAX_SYMBOL_LEN} printable ASCII characters without '@' or spaces)",
+                "invalid symbol name '{}' (expected 1 to {MAX_SYMBOL_LEN} printable ASCII characters without '@' or spaces; a Rust path with '::' may have single spaces between words)",
                 quoted(s)
             ),
         ))

@@ -23,6 +23,7 @@ fn embedded_catalog_has_every_family() {
             "nss",
             "wolfssl",
             "mbedtls",
+            "rustls",
             "go"
         ]
     );
@@ -222,8 +223,20 @@ fn invalid_catalogs_name_the_node() {
     );
     assert_eq!(
         e("families: [{id: a, identify: [{all: ['x@V']}], probes: [{symbol: f, op: read}]}]"),
-        "families[0].identify[0].all[0]: invalid symbol name 'x@V' (expected 1 to 200 printable ASCII characters without '@' or spaces)"
+        "families[0].identify[0].all[0]: invalid symbol name 'x@V' (expected 1 to 200 printable ASCII characters without '@' or spaces; a Rust path with '::' may have single spaces between words)"
     );
+    // Spaces: only inside a Rust path, one at a time, not at its ends.
+    let rust_ok = "families: [{id: a, identify: [{all: ['<a::B as c::D>::f']}], probes: [{symbol: 'a::f', op: read}]}]";
+    assert!(base.extend(raw(rust_ok), "p", &|_| 1).is_ok());
+    for bad in ["'SSL write'", "'<a::B  as c::D>::f'", "' a::f'", "'a::f '"] {
+        let text = format!(
+            "families: [{{id: a, identify: [{{all: [{bad}]}}], probes: [{{symbol: f, op: read}}]}}]"
+        );
+        assert!(
+            e(&text).starts_with("families[0].identify[0].all[0]: invalid symbol name"),
+            "{bad}"
+        );
+    }
     assert_eq!(
         e(&format!(
             "families: [{{id: a, identify: [{{all: [x]}}], {probe}}}, {{id: a, identify: [{{all: [y]}}], {probe}}}]"

@@ -151,7 +151,7 @@ fn wanted_prefixes<'c>(
             .filter(|v| v.place == Place::Companion)
     });
     let mut out: Vec<&str> = Vec::new();
-    for v in own.chain(theirs) {
+    for v in own.chain(theirs).filter(|v| v.krate.is_none()) {
         if !out.contains(&v.prefix.as_str()) {
             out.push(&v.prefix);
         }
@@ -194,7 +194,15 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
                 Place::Companion => companion,
             };
             if let Some(t) = target {
-                version = t.versions.get(&spec.prefix).cloned().flatten();
+                version = match &spec.krate {
+                    Some(krate) => t
+                        .info
+                        .crates
+                        .iter()
+                        .find(|(name, _)| name == krate)
+                        .map(|(_, v)| v.clone()),
+                    None => t.versions.get(&spec.prefix).cloned().flatten(),
+                };
             }
             if version.is_some() {
                 break;

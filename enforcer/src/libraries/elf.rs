@@ -27,8 +27,10 @@
 //! - **Build-id.** The GNU build-id comes from the `.note.gnu.build-id` note (or a `PT_NOTE`
 //!   segment), at most [`MAX_NOTES_BYTES`] of notes. (Version texts and hashes: `identity.rs`.)
 
+mod auditable;
 mod dynamic;
 pub(super) mod file;
+mod rust;
 pub(super) mod symbols;
 
 use std::collections::HashMap;
@@ -77,6 +79,9 @@ pub(super) struct ElfInfo {
     table: Table,
     /// Set when the symbols came from a Go function table.
     pub(super) go: Option<GoInfo>,
+    /// (crate, version) from cargo-auditable's `.dep-v0` section, when the catalog names Rust
+    /// paths and the file has a valid one; else empty.
+    pub(super) crates: Vec<(String, String)>,
 }
 
 impl ElfInfo {
@@ -211,6 +216,7 @@ impl Scan<'_> {
                 build_id,
                 table: Table::Go,
                 go: Some(go),
+                crates: Vec::new(),
             }));
         }
 
@@ -278,17 +284,46 @@ impl Scan<'_> {
                 continue;
             }
             let build_id = build_id::<Elf>(endian, data, sections, phdrs);
-            tracing::trace!(path = %self.path.display(), ?table, symbols = found.len(), "catalog symbols found");
+            let crates = match self.catalog.has_rust() {
+                true => crates::<Elf>(header, endian, data),
+                false => Vec::new(),
+            };
+            tracing::trace!(path = %self.path.display(), ?table, symbols = found.len(), crates = crates.len(), "catalog symbols found");
             return Ok(Some(ElfInfo {
                 found,
                 segments,
                 build_id,
                 table,
                 go: None,
+                crates,
             }));
         }
         Ok(None)
     }
+}
+
+/// The crate versions of cargo-auditable's `.dep-v0` section (see `auditable.rs`), if any.
+fn crates<Elf: FileHeader<Endian = Endianness>>(
+    header: &Elf,
+    endian: Endianness,
+    data: &ReadCache<CappedFile>,
+) -> Vec<(String, String)> {
+    let Ok(table) = header.sections(endian, data) else {
+        return Vec::new();
+    };
+    let Some((_, section)) = table.section_by_name(endian, auditable::SECTION) else {
+        return Vec::new();
+    };
+    if section.sh_type(endian) == elf::SHT_NOBITS
+        || section.sh_size(endian).into() > auditable::MAX_SECTION_BYTES
+    {
+        return Vec::new();
+    }
+    section
+        .data(endian, data)
+        .ok()
+        .and_then(auditable::crate_versions)
+        .unwrap_or_default()
 }
 
 /// The GNU build-id, lowercase hex, from a `SHT_NOTE` section or else a `PT_NOTE` segment.

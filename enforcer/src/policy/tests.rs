@@ -185,7 +185,7 @@ fn unknown_values() {
     );
     assert_eq!(
         err("default: deny\nlibraries:\n  - family: nsss\n    action: allow\n"),
-        "policy.yaml:3:13: libraries[0].family: unknown value 'nsss' (expected aws-lc, boringssl, libressl, openssl, gnutls, nss, wolfssl, mbedtls or go)"
+        "policy.yaml:3:13: libraries[0].family: unknown value 'nsss' (expected aws-lc, boringssl, libressl, openssl, gnutls, nss, wolfssl, mbedtls, rustls or go)"
     );
     assert_eq!(
         err("default: deny\nlibraries:\n  - family: gnutls\n    action: permit\n"),
@@ -387,6 +387,7 @@ by family (where no sha256, path or version rule matches):
   nss: deny (default)
   wolfssl: deny (default)
   mbedtls: deny (default)
+  rustls: deny (default)
   go: deny (default)
 "
     );

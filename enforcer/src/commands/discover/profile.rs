@@ -194,11 +194,16 @@ pub fn render(input: &ProfileInput) -> String {
                 Place::SelfFile => "self",
                 Place::Companion => "companion",
             };
-            let _ = writeln!(
-                out,
-                "        - {{ in: {place}, prefix: {} }}",
-                quote(&v.prefix)
-            );
+            let _ = match &v.krate {
+                Some(krate) => {
+                    writeln!(out, "        - {{ in: {place}, crate: {} }}", quote(krate))
+                }
+                None => writeln!(
+                    out,
+                    "        - {{ in: {place}, prefix: {} }}",
+                    quote(&v.prefix)
+                ),
+            };
         }
     }
     out

@@ -134,6 +134,10 @@ pub(super) struct Names<'c> {
     interesting: &'c [String],
     prefixes: &'c [SymbolPrefix],
     first_bytes: [bool; 256],
+    /// The interesting Rust paths (see [`super::rust`]), empty if the catalog names none.
+    rust: super::rust::RustNames<'c>,
+    /// Some C name or prefix starts with `_`: a mangled-looking name must be compared as C too.
+    c_underscore: bool,
 }
 
 impl<'c> Names<'c> {
@@ -155,10 +159,17 @@ impl<'c> Names<'c> {
                 }
             }
         }
+        let c_underscore = first_bytes[usize::from(b'_')];
+        let rust = super::rust::RustNames::new(interesting);
+        if !rust.is_empty() {
+            first_bytes[usize::from(b'_')] = true; // `_ZN...` (legacy) and `_R...` (v0)
+        }
         Names {
             interesting,
             prefixes,
             first_bytes,
+            rust,
+            c_underscore,
         }
     }
 
@@ -168,8 +179,14 @@ impl<'c> Names<'c> {
         if !self.first_bytes[usize::from(*rest.first()?)] {
             return None;
         }
+        if !self.c_underscore && super::rust::is_mangled(rest) {
+            return self.rust.lookup(rest).map(|i| (i, true));
+        }
         if let Some(hit) = self.exact(rest) {
             return Some(hit);
+        }
+        if let Some(i) = self.rust.lookup(rest) {
+            return Some((i, true));
         }
         self.prefixes
             .iter()
