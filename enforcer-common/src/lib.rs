@@ -9,6 +9,7 @@
 //! | `flow`     | a TCP 4-tuple and what is known about it: `FlowKey`, `FlowState`, verdicts |
 //! | `hello`    | content-bound attribution: hello randoms, flow heads, evidence       |
 //! | `policy`   | what userspace writes from the policy: actions, mode, ClientHello scopes |
+//! | `posture`  | what each connection negotiated (ServerHello): version, suite, group     |
 //! | `event`    | the records of the `EVENTS` ring buffer, each behind one `Header`        |
 //! | `stat`     | the `STATS` counters: one enumeration, its size and its names            |
 //! | `maps`     | the datapath's map names, and which of them `--pin` keeps                |
@@ -22,5 +23,6 @@ pub mod flow;
 pub mod hello;
 pub mod maps;
 pub mod policy;
+pub mod posture;
 pub mod stat;
 pub mod watch;

@@ -28,7 +28,7 @@ use crate::{
     flow_head::{self, CLIENT_HELLO, Data, Head, Hello},
     packet::{Packet, Segment},
     policy::{self, apply},
-    random, stats,
+    random, server_hello, stats,
 };
 
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -118,6 +118,7 @@ fn at_segment_start<P: Packet>(packet: &P, payload: usize, len: usize, out: &mut
     };
     out.kind = kind;
     out.starts_here = 1;
+    out.retried = 0;
     match random {
         Some(r) if r != HELLO_RETRY_RANDOM => {
             out.retry = 0;
@@ -223,6 +224,19 @@ fn judge_hello<P: Packet>(
         (None, None) => unattributed(flow, policy.unattributed, client),
     };
     flow::mark_hello_seen(flow, 0);
+    if !client {
+        // This host is the server: what it negotiated leaves with this hello.
+        server_hello::egress(
+            packet,
+            flow,
+            payload,
+            hello.starts_here != 0,
+            hello.retried != 0,
+        );
+    } else if matches!(outcome, Outcome::Pass) {
+        // The ServerHello comes back on ingress (`xdp.rs`).
+        server_hello::awaiting(flow);
+    }
     // A ServerHello is reported as the flow's connection (`attributed_by_random`, or the thread
     // attribution before); an event of its own only when it is unattributed.
     if !client && lib_id != UNATTRIBUTED {

@@ -1,11 +1,12 @@
-//! Ingress: drop packets of blocklisted flows before the stack sees them.
+//! Ingress: drop packets of blocklisted flows before the stack sees them, and read the
+//! ServerHellos of the flows this host is the client of (`server_hello.rs`).
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, macros::xdp, programs::XdpContext,
 };
 use enforcer_common::stat::Stat;
 
-use crate::{flow, packet, stats};
+use crate::{flow, packet, server_hello, stats};
 
 /// Fail-open: anything we cannot parse (non-TCP, truncated, fragments) passes; only a 4-tuple
 /// the kernel hooks put in the blocklist is dropped.
@@ -33,10 +34,13 @@ fn ingress(ctx: &XdpContext) -> u32 {
     let Some(segment) = packet::parse(ctx) else {
         return xdp_action::XDP_PASS;
     };
-    if flow::is_blocked(&segment.as_receiver()) {
+    let flow = segment.as_receiver();
+    if flow::is_blocked(&flow) {
         stats::count(Stat::XdpDrops);
         return xdp_action::XDP_DROP;
     }
+    // This host as the client: what the server negotiated (`server_hello.rs`).
+    server_hello::ingress(ctx, &segment, &flow);
     xdp_action::XDP_PASS
 }
 
