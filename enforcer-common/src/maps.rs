@@ -30,7 +30,7 @@ pub const SCOPED_LIBS: &str = "SCOPED_LIBS";
 pub const SERVER_NAME_RULES: &str = "SERVER_NAME_RULES";
 /// `RingBuf` of connection records (`event::TlsEvent`): what the agent aborts sockets from.
 pub const EVENTS: &str = "EVENTS";
-/// `RingBuf` of hello records (`event::HelloEvent`), apart from `EVENTS` so that a flood of
+/// `RingBuf` of hello records (`event::HelloEvent`, `event::NegotiatedEvent`), apart from `EVENTS` so that a flood of
 /// hellos cannot crowd out connection events.
 pub const HELLO_EVENTS: &str = "HELLO_EVENTS";
 /// `PerCpuArray<u64>` indexed by `stat::Stat`.

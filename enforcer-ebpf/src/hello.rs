@@ -187,8 +187,14 @@ fn judge_hello<P: Packet>(
     let (lib_id, new_verdict, outcome) = match (origin, known) {
         (Some(origin), known) => {
             stats::count(Stat::HellosByRandom);
+            // The same library as the flow's connection event: its time stays the flow's, so
+            // later events of the flow (`negotiated`) still join that event's owner.
+            let since = match known {
+                Some(k) if k.lib_id == origin.lib_id => k.first_seen_ns,
+                _ => now,
+            };
             let mut state = FlowState {
-                first_seen_ns: now,
+                first_seen_ns: since,
                 lib_id: origin.lib_id,
                 verdict: verdict::ALLOWED,
                 op: op::HANDSHAKE,
@@ -226,13 +232,14 @@ fn judge_hello<P: Packet>(
     flow::mark_hello_seen(flow, 0);
     if !client {
         // This host is the server: what it negotiated leaves with this hello.
-        server_hello::egress(
+        let posture = server_hello::egress(
             packet,
             flow,
             payload,
             hello.starts_here != 0,
             hello.retried != 0,
         );
+        events::negotiated(flow, flow::state(flow), &posture, now);
     } else if matches!(outcome, Outcome::Pass) {
         // The ServerHello comes back on ingress (`xdp.rs`).
         server_hello::awaiting(flow);

@@ -66,7 +66,7 @@ pub fn awaiting(flow: &FlowKey) {
 }
 
 /// This host's ServerHello of `flow` leaves (`hello.rs`): `payload` is where it starts when
-/// `starts_here`; `retried` when a HelloRetryRequest came before it.
+/// `starts_here`; `retried` when a HelloRetryRequest came before it. Returns what was recorded.
 #[inline(always)]
 pub fn egress<P: Packet>(
     packet: &P,
@@ -74,7 +74,7 @@ pub fn egress<P: Packet>(
     payload: usize,
     starts_here: bool,
     retried: bool,
-) {
+) -> Posture {
     let mut posture = Posture {
         status: status::UNREADABLE,
         ..Posture::default()
@@ -87,34 +87,31 @@ pub fn egress<P: Packet>(
         posture.flags |= flags::RETRIED;
     }
     let _ = POSTURES.insert(flow, posture, 0);
+    posture
 }
 
 /// An ingress segment of `flow` (this host is the receiver) that the blocklist let through.
+/// Returns what its ServerHello negotiated, when it carried the one the flow awaited.
 #[inline(always)]
-pub fn ingress<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey) {
+pub fn ingress<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey) -> Option<Posture> {
     let l4 = seg.l4 as usize;
-    let Some(data_offset) = load::<u8, P>(packet, l4 + 12) else {
-        return;
-    };
+    let data_offset = load::<u8, P>(packet, l4 + 12)?;
     let payload = l4 + ((data_offset >> 4) as usize) * 4;
     // Record type and version, record length, handshake type. A segment with fewer than six
     // payload bytes (or none) fails this load and costs nothing more.
-    let Some(start) = load::<[u8; 6], P>(packet, payload) else {
-        return;
-    };
+    let start = load::<[u8; 6], P>(packet, payload)?;
     if start[0] != TLS_HANDSHAKE || start[1] != 3 || start[5] != SERVER_HELLO {
-        return;
+        return None;
     }
-    let Some(known) = POSTURES.get_ptr_mut(flow) else {
-        return; // no ClientHello of ours on this flow: not a handshake we follow
-    };
+    // None: no ClientHello of ours on this flow, not a handshake we follow.
+    let known = POSTURES.get_ptr_mut(flow)?;
     // SAFETY: map value pointer, valid for this program run.
     let known = unsafe { &mut *known };
     let retried = match known.status {
         status::AWAITING => false,
         // The real ServerHello after a HelloRetryRequest.
         status::RETRY => true,
-        _ => return, // read already: a retransmission, or ciphertext that looks like one
+        _ => return None, // read already: a retransmission, or ciphertext that looks like one
     };
     let mut posture = Posture {
         status: status::UNREADABLE,
@@ -125,6 +122,7 @@ pub fn ingress<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey) {
         posture.flags |= flags::RETRIED;
     }
     *known = posture;
+    Some(posture)
 }
 
 /// Reads the ServerHello record at `payload` into `out` (whose status is `UNREADABLE` and

@@ -2,11 +2,14 @@
 //! ServerHellos of the flows this host is the client of (`server_hello.rs`).
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, macros::xdp, programs::XdpContext,
+    bindings::xdp_action,
+    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    macros::xdp,
+    programs::XdpContext,
 };
 use enforcer_common::stat::Stat;
 
-use crate::{flow, packet, server_hello, stats};
+use crate::{events, flow, packet, server_hello, stats};
 
 /// Fail-open: anything we cannot parse (non-TCP, truncated, fragments) passes; only a 4-tuple
 /// the kernel hooks put in the blocklist is dropped.
@@ -40,7 +43,11 @@ fn ingress(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     }
     // This host as the client: what the server negotiated (`server_hello.rs`).
-    server_hello::ingress(ctx, &segment, &flow);
+    if let Some(posture) = server_hello::ingress(ctx, &segment, &flow) {
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_ns() };
+        events::negotiated(&flow, flow::state(&flow), &posture, now);
+    }
     xdp_action::XDP_PASS
 }
 

@@ -1,6 +1,6 @@
 //! The event pipeline: drains the ring buffers, aborts the local socket of every blocked flow,
 //! and reports each attributed connection once (text through `tracing`, or JSON lines), and each
-//! judged TLS hello (`hello`).
+//! judged TLS hello (`hello`), and what each connection negotiated (`negotiated`).
 //!
 //! Two rings, two reader threads ([`RingReader`]): connection events (`EVENTS`, what blocked
 //! libraries' sockets are aborted from) at a raised priority, hello events (`HELLO_EVENTS`,
@@ -10,8 +10,11 @@
 //! reader, and their place in the output.
 
 mod hello;
+mod negotiated;
 mod output;
 mod owners;
+
+pub use negotiated::tls_fields;
 
 use std::{
     collections::BTreeMap,
@@ -28,7 +31,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use enforcer_common::{
-    event::{self, HelloEvent, TlsEvent},
+    event::{self, HelloEvent, NegotiatedEvent, TlsEvent},
     flow::{FlowKey, direction, family, op, verdict},
     hello::evidence,
 };
@@ -346,6 +349,7 @@ impl Reporter {
         match record {
             Ok(Record::Tls(event)) => self.handle(&event),
             Ok(Record::Hello(event)) => self.handle_hello(&event),
+            Ok(Record::Negotiated(event)) => self.handle_negotiated(&event),
             Err(why) => {
                 *skipped += 1;
                 // The first, then every 1024th: a kernel object and a binary that disagree
@@ -363,6 +367,7 @@ impl Reporter {
 pub enum Record {
     Tls(TlsEvent),
     Hello(Box<HelloEvent>),
+    Negotiated(NegotiatedEvent),
 }
 
 /// Why a ring record was not decoded.
@@ -382,6 +387,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Skipped> {
     match kind {
         event::kind::TLS => read(bytes).map(Record::Tls),
         event::kind::HELLO => read(bytes).map(|e| Record::Hello(Box::new(e))),
+        event::kind::NEGOTIATED => read(bytes).map(Record::Negotiated),
         other => Err(Skipped::UnknownKind(other)),
     }
 }
@@ -497,6 +503,15 @@ mod tests {
         padded.extend([0; 8]);
         match decode(&padded) {
             Ok(Record::Hello(e)) => assert_eq!(e.lib_id, event::UNATTRIBUTED),
+            other => panic!("{other:?}"),
+        }
+        let negotiated = NegotiatedEvent {
+            header: Header::new(event::kind::NEGOTIATED, 11),
+            lib_id: 4,
+            ..NegotiatedEvent::default()
+        };
+        match decode(&bytes_of(&negotiated)) {
+            Ok(Record::Negotiated(e)) => assert_eq!((e.header.ts_ns, e.lib_id), (11, 4)),
             other => panic!("{other:?}"),
         }
     }

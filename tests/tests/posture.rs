@@ -1,0 +1,120 @@
+//! End to end, on this kernel: what each connection negotiated, read from its ServerHello
+//! (docs/architecture.md, "Crypto posture"), reported in `negotiated` events and in
+//! `enforcer flows`. Real peers: `openssl s_server` (Debian's OpenSSL 3.0) in a network
+//! namespace, curl and `openssl s_client` on the host, under the OpenSSL-only policy of the
+//! content-bound attribution tests.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::Stdio,
+    time::Duration,
+};
+
+use enforcer_tests::{
+    Agent, Cert, Mode, NetNs, Server, cmd,
+    content::{Background, openssl_only_agent},
+    ops::ctl,
+    require_root, run_with_timeout,
+};
+use serde_json::Value;
+
+const EVENT: Duration = Duration::from_secs(10);
+const CLIENT: Duration = Duration::from_secs(20);
+const PORT: u16 = 9461;
+
+/// The `negotiated` event of the flow towards `server` from `local_port` (any port: `None`).
+fn negotiated(agent: &mut Agent, server: SocketAddr, local_port: Option<u16>) -> Value {
+    agent.wait_for(
+        move |v| {
+            v["type"] == "negotiated"
+                && v["remote"]["addr"] == server.ip().to_string().as_str()
+                && v["remote"]["port"] == server.port()
+                && local_port.is_none_or(|p| v["local"]["port"] == p)
+        },
+        EVENT,
+    )
+}
+
+#[test]
+fn curl_negotiates_tls13_and_s_client_tls12_as_the_events_and_flows_say() {
+    require_root();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let server = Server::www(&ns, peer, PORT, &cert);
+    let to = server.addr();
+    let (mut agent, socket) = openssl_only_agent(&ns);
+
+    // curl: TLS 1.3, OpenSSL 3.0's first suite and group on both ends.
+    let url = format!("https://{peer}:{PORT}/");
+    let out = run_with_timeout(
+        &mut cmd("curl", ["-sk", "--max-time", "3", "-o", "/dev/null", &url]),
+        b"",
+        CLIENT,
+    );
+    assert!(out.status.success(), "curl: {out:?}");
+    let connection = agent.wait_for(
+        move |v| v["type"] == "connection" && v["comm"] == "curl" && v["remote"]["port"] == PORT,
+        EVENT,
+    );
+    let port = connection["local"]["port"].as_u64().map(|p| p as u16);
+    let e = negotiated(&mut agent, to, port);
+    assert_eq!(e["side"], "client", "{e}");
+    assert_eq!(e["status"], "negotiated", "{e}");
+    assert_eq!(e["tls_version"], "TLS 1.3", "{e}");
+    assert_eq!(e["cipher_suite"], "TLS_AES_256_GCM_SHA384", "{e}");
+    assert_eq!(e["group"], "x25519", "{e}");
+    assert_eq!(e["hello_retry"], false, "{e}");
+    assert_eq!(e["library"]["family"], "openssl", "{e}");
+    assert_eq!(
+        e["comm"], "curl",
+        "the owner joined from the connection event: {e}"
+    );
+
+    // A HelloRetryRequest: the client's key share is x25519, the server takes P-384 only.
+    let retry = Server::start(&ns, peer, PORT + 1, &cert, Mode::Www, &["-groups", "P-384"]);
+    let url = format!("https://{peer}:{}/", PORT + 1);
+    let out = run_with_timeout(
+        &mut cmd("curl", ["-sk", "--max-time", "3", "-o", "/dev/null", &url]),
+        b"",
+        CLIENT,
+    );
+    assert!(out.status.success(), "curl: {out:?}");
+    let first = negotiated(&mut agent, retry.addr(), None);
+    assert_eq!(first["status"], "hello-retry", "{first}");
+    assert_eq!(first["group"], "secp384r1", "{first}");
+    let port = first["local"]["port"].as_u64().map(|p| p as u16);
+    let real = negotiated(&mut agent, retry.addr(), port);
+    assert_eq!(real["status"], "negotiated", "{real}");
+    assert_eq!(real["group"], "secp384r1", "{real}");
+    assert_eq!(real["hello_retry"], true, "{real}");
+
+    // openssl s_client -tls1_2, kept open: the event and `enforcer flows` say TLS 1.2 and the
+    // ECDHE suite for the server's P-256 key; no group (TLS 1.2 sends it in ServerKeyExchange).
+    let mut c = cmd(
+        "openssl",
+        ["s_client", "-quiet", "-tls1_2", "-connect", &to.to_string()],
+    );
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _client = Background(c.spawn().expect("openssl s_client"));
+    let e = negotiated(&mut agent, to, None);
+    assert_eq!(e["status"], "negotiated", "{e}");
+    assert_eq!(e["tls_version"], "TLS 1.2", "{e}");
+    assert_eq!(
+        e["cipher_suite"], "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "{e}"
+    );
+    assert_eq!(e["group"], Value::Null, "{e}");
+    let local = format!("{}:{}", ns.host_v4, e["local"]["port"]);
+    let flows = ctl(&socket, &["flows"]);
+    let flow = flows["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["local"] == local.as_str())
+        .unwrap_or_else(|| panic!("no flow from {local} in {flows}"));
+    assert_eq!(flow["tls"]["tls_version"], "TLS 1.2", "{flow}");
+    assert_eq!(flow["tls"]["status"], "negotiated", "{flow}");
+}
