@@ -4,12 +4,13 @@
 //!
 //! Cost on ingress: a flow is parsed only once its ClientHello left (`hello.rs` marks it
 //! `AWAITING`), and only a segment whose payload starts like a ServerHello record
-//! (`16 03 .. .. .. 02`) is looked up. Every other data segment costs two small loads (the TCP
-//! data offset, six payload bytes) and a compare; segments without data stop at the first.
+//! (`16 03 .. .. .. 02`) is looked up. Every other segment, an established flow's included,
+//! costs two bounds checks and two plain loads through packet pointers (the TCP data offset, six
+//! payload bytes) and a compare: no helper call, no map lookup.
 //!
 //! The bytes come from the wire: every length is checked against the record and the handshake
-//! message, every loop has a constant bound, every read goes through the load helpers (a read
-//! past the segment fails: that is the truncation check). What cannot be read is reported as
+//! message, every loop has a constant bound, every read of the ServerHello goes through the load
+//! helpers (a read past the segment fails: that is the truncation check). What cannot be read is reported as
 //! `status::UNREADABLE`, never guessed.
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
@@ -19,7 +20,7 @@ use enforcer_common::{
     posture::{EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, Posture, flags, status},
 };
 
-use crate::packet::{Packet, Segment};
+use crate::packet::{Linear, Packet, Segment};
 
 /// Flows whose ClientHello left, or whose ServerHello was read. LRU: a closed flow is removed
 /// (`flow::forget`); one whose close was missed makes room for newer ones.
@@ -51,6 +52,26 @@ fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
     }
     // SAFETY: the helper filled all size_of::<T>() bytes; T is plain data.
     Some(unsafe { value.assume_init() })
+}
+
+/// The gate's offsets (TCP header: at most 512 bytes in, its data offset at most 60 more).
+const MAX_GATE_OFFSET: usize = 1024;
+
+/// `N` bytes at `offset` in the linear part of the frame, read through packet pointers: no
+/// helper call, for the gate every ingress segment passes. The cap on `offset` is checked on the
+/// register added to `data`, and `data_end` compared with that very pointer plus `N`, the shape
+/// the verifier bounds (as in `packet/direct.rs`).
+#[inline(always)]
+fn linear<const N: usize, P: Linear>(packet: &P, offset: usize) -> Option<[u8; N]> {
+    if offset > MAX_GATE_OFFSET {
+        return None;
+    }
+    let start = packet.data() + offset;
+    if start + N > packet.data_end() {
+        return None;
+    }
+    // SAFETY: the N bytes from `start` are inside the linear part of the frame (checked above).
+    Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
 }
 
 #[inline(always)]
@@ -93,13 +114,16 @@ pub fn egress<P: Packet>(
 /// An ingress segment of `flow` (this host is the receiver) that the blocklist let through.
 /// Returns what its ServerHello negotiated, when it carried the one the flow awaited.
 #[inline(always)]
-pub fn ingress<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey) -> Option<Posture> {
+pub fn ingress<P: Packet + Linear>(packet: &P, seg: &Segment, flow: &FlowKey) -> Option<Posture> {
     let l4 = seg.l4 as usize;
-    let data_offset = load::<u8, P>(packet, l4 + 12)?;
+    let [data_offset] = linear::<1, P>(packet, l4 + 12)?;
     let payload = l4 + ((data_offset >> 4) as usize) * 4;
     // Record type and version, record length, handshake type. A segment with fewer than six
-    // payload bytes (or none) fails this load and costs nothing more.
-    let start = load::<[u8; 6], P>(packet, payload)?;
+    // payload bytes (or none: an ACK) fails this bounds check and costs nothing more. So does
+    // one whose payload starts past the first buffer of a multi-buffer frame (headers of a few
+    // hundred bytes, then a fragment): its ServerHello is not read (`unreadable` is never
+    // reported for it; the flow stays `awaiting`).
+    let start = linear::<6, P>(packet, payload)?;
     if start[0] != TLS_HANDSHAKE || start[1] != 3 || start[5] != SERVER_HELLO {
         return None;
     }
