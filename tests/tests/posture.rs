@@ -1,8 +1,9 @@
 //! End to end, on this kernel: what each connection negotiated, read from its ServerHello
 //! (docs/architecture.md, "Crypto posture"), reported in `negotiated` events and in
 //! `enforcer flows`. Real peers: `openssl s_server` (Debian's OpenSSL 3.0) in a network
-//! namespace, curl and `openssl s_client` on the host, under the OpenSSL-only policy of the
-//! content-bound attribution tests.
+//! namespace, curl and `openssl s_client` on the host (ServerHellos read on ingress), and
+//! `openssl s_server` on the host with a client in the namespace (read on egress), under the
+//! OpenSSL-only policy of the content-bound attribution tests.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -117,4 +118,44 @@ fn curl_negotiates_tls13_and_s_client_tls12_as_the_events_and_flows_say() {
         .unwrap_or_else(|| panic!("no flow from {local} in {flows}"));
     assert_eq!(flow["tls"]["tls_version"], "TLS 1.2", "{flow}");
     assert_eq!(flow["tls"]["status"], "negotiated", "{flow}");
+}
+
+/// This host as the server: `openssl s_server` on the host end of the veth, a client in the
+/// namespace. Its ServerHello is read as it leaves (tc egress), after a HelloRetryRequest (the
+/// server takes P-256 only, the client's first key share is X25519).
+#[test]
+fn this_hosts_server_hello_is_read_on_egress() {
+    require_root();
+    let ns = NetNs::new();
+    let host = IpAddr::V4(ns.host_v4);
+    let cert = Cert::new(&[host]);
+    let port = PORT + 2;
+    let server = Server::on_host(host, port, &cert, Mode::Plain, &["-groups", "P-256"]);
+    let (mut agent, _socket) = openssl_only_agent(&ns);
+    let line = "POSTURE-AS-SERVER\n";
+    let connect = format!("{host}:{port}");
+    let mut c = ns.exec(
+        "openssl",
+        [
+            "s_client",
+            "-quiet",
+            "-groups",
+            "X25519:P-256",
+            "-connect",
+            &connect,
+        ],
+    );
+    let _ = run_with_timeout(&mut c, line.as_bytes(), Duration::from_secs(3));
+    server.wait_received(line.as_bytes(), EVENT);
+    let e = agent.wait_for(
+        move |v| v["type"] == "negotiated" && v["local"]["port"] == port,
+        EVENT,
+    );
+    assert_eq!(e["side"], "server", "{e}");
+    assert_eq!(e["status"], "negotiated", "{e}");
+    assert_eq!(e["tls_version"], "TLS 1.3", "{e}");
+    assert_eq!(e["cipher_suite"], "TLS_AES_256_GCM_SHA384", "{e}");
+    assert_eq!(e["group"], "secp256r1", "{e}");
+    assert_eq!(e["hello_retry"], true, "{e}");
+    assert_eq!(e["library"]["family"], "openssl", "{e}");
 }
