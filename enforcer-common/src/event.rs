@@ -125,7 +125,11 @@ pub struct NegotiatedEvent {
     /// The library `FLOWS` holds for the flow, or `UNATTRIBUTED`.
     pub lib_id: u32,
     pub posture: crate::posture::Posture,
-    pub _pad: u32,
+    /// `flow::verdict::*` from the negotiated parameters: `ALLOWED` unless a requirement broke.
+    pub verdict: u8,
+    /// `posture::broken::*`.
+    pub broken: u8,
+    pub _pad: [u8; 2],
     /// `FlowState::first_seen_ns` of the flow (the `ts_ns` of the connection event that
     /// attributed it), else 0: userspace joins the owner by 4-tuple and this (`HelloEvent`).
     pub flow_since_ns: u64,

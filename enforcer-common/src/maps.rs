@@ -45,7 +45,7 @@ pub const STATS: &str = "STATS";
 /// Not pinned: the per-thread and per-goroutine call stacks (`TLS_CALLS`, `GO_CALLS`: a stack
 /// shared by an old and a new copy of the uprobes would be pushed twice and popped once while
 /// both are attached), scratch space, and the watcher's and `enforcer discover`'s maps.
-pub const PINNED: [&str; 19] = [
+pub const PINNED: [&str; 20] = [
     FLOWS,
     BLOCKLIST,
     BLOCKLIST_OVERFLOW,
@@ -57,6 +57,7 @@ pub const PINNED: [&str; 19] = [
     crate::hello::LIB_CODE,
     crate::hello::CODE_RANGES,
     crate::posture::POSTURES,
+    crate::posture::POSTURE_RULES,
     LIB_ACTIONS,
     MODE,
     HELLO_POLICY,

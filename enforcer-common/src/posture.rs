@@ -32,6 +32,48 @@ pub mod flags {
     pub const RETRIED: u8 = 2;
 }
 
+/// `HashMap<u32, PostureRule>`: what the policy requires of negotiated parameters, by library
+/// id (the rule that decides the library), and `HOST_RULE` for every connection.
+pub const POSTURE_RULES: &str = "POSTURE_RULES";
+/// The `POSTURE_RULES` key of the host-wide requirements (library ids start at 1).
+pub const HOST_RULE: u32 = 0;
+/// Groups one rule may list.
+pub const MAX_RULE_GROUPS: usize = 8;
+
+/// What a connection must have negotiated. A field left empty requires nothing; a required
+/// field that could not be read (`status::UNREADABLE`, TLS 1.2's group) breaks the rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PostureRule {
+    /// Allowed versions, one bit each ([`version_bit`]); 0: any.
+    pub versions: u8,
+    /// `groups[..groups_len]` allowed; 0: any.
+    pub groups_len: u8,
+    pub _pad: [u8; 2],
+    pub groups: [u16; MAX_RULE_GROUPS],
+}
+const _: () = assert!(core::mem::size_of::<PostureRule>() == 20);
+
+/// The bit of version `v` (SSL 3.0 to TLS 1.3) in `PostureRule::versions`; 0 for any other.
+pub const fn version_bit(v: u16) -> u8 {
+    if v >= 0x0300 && v <= 0x0304 {
+        1 << (v - 0x0300)
+    } else {
+        0
+    }
+}
+
+/// Which requirement a connection broke (`NegotiatedEvent::broken`).
+pub mod broken {
+    pub const NONE: u8 = 0;
+    /// The host-wide `tls_versions`, `groups`.
+    pub const HOST_VERSION: u8 = 1;
+    pub const HOST_GROUP: u8 = 2;
+    /// The library rule's `tls_versions`, `groups`.
+    pub const RULE_VERSION: u8 = 3;
+    pub const RULE_GROUP: u8 = 4;
+}
+
 /// Extension types the parser reads (IANA TLS ExtensionType values).
 pub const EXT_SUPPORTED_VERSIONS: u16 = 43;
 pub const EXT_KEY_SHARE: u16 = 51;
@@ -69,4 +111,5 @@ impl Posture {
 mod pod {
     // SAFETY: repr(C), Copy, without implicit padding, valid for any bit pattern.
     unsafe impl aya::Pod for super::Posture {}
+    unsafe impl aya::Pod for super::PostureRule {}
 }

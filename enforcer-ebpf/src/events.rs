@@ -82,9 +82,16 @@ pub fn hello(event: &mut HelloEvent, now: u64) {
     }
 }
 
-/// Reports what `flow` negotiated (its ServerHello was read); `state` is what `FLOWS` holds for it.
+/// Reports what `flow` negotiated (its ServerHello was read); `state` is what `FLOWS` holds for
+/// it, `judged` the verdict and `posture::broken::*` of the policy's requirements.
 #[inline(always)]
-pub fn negotiated(flow: &FlowKey, state: Option<FlowState>, posture: &Posture, now: u64) {
+pub fn negotiated(
+    flow: &FlowKey,
+    state: Option<FlowState>,
+    posture: &Posture,
+    judged: (u8, u8),
+    now: u64,
+) {
     let Some(mut entry) = HELLO_EVENTS.reserve::<NegotiatedEvent>(0) else {
         stats::count(Stat::HelloEventsLost);
         return;
@@ -94,7 +101,9 @@ pub fn negotiated(flow: &FlowKey, state: Option<FlowState>, posture: &Posture, n
         flow: *flow,
         lib_id: state.map_or(UNATTRIBUTED, |s| s.lib_id),
         posture: *posture,
-        _pad: 0,
+        verdict: judged.0,
+        broken: judged.1,
+        _pad: [0; 2],
         flow_since_ns: state.map_or(0, |s| s.first_seen_ns),
     });
     entry.submit(0);

@@ -19,6 +19,8 @@ use enforcer_common::{
     event::{self, UNATTRIBUTED, hello as hello_kind},
     flow::{FlowKey, FlowState, direction, op, verdict},
     hello::{HEAD_LEN, HELLO_RETRY_RANDOM, RANDOM_AT, evidence},
+    policy::action,
+    posture::broken,
     stat::Stat,
 };
 
@@ -184,7 +186,7 @@ fn judge_hello<P: Packet>(
         random::origin(&hello.key)
     };
     let known = flow::state(flow);
-    let (lib_id, new_verdict, outcome) = match (origin, known) {
+    let (lib_id, new_verdict, mut outcome) = match (origin, known) {
         (Some(origin), known) => {
             stats::count(Stat::HellosByRandom);
             // The same library as the flow's connection event: its time stays the flow's, so
@@ -239,7 +241,16 @@ fn judge_hello<P: Packet>(
             hello.starts_here != 0,
             hello.retried != 0,
         );
-        events::negotiated(flow, flow::state(flow), &posture, now);
+        // What this host negotiated, judged like the ServerHellos clients receive (`xdp.rs`).
+        let broke = server_hello::judge(&posture, lib_id);
+        let v = match broke {
+            broken::NONE => verdict::ALLOWED,
+            _ => apply(flow, Some(action::DENY)),
+        };
+        if broke != broken::NONE {
+            outcome = client_hello::outcome_of(v);
+        }
+        events::negotiated(flow, flow::state(flow), &posture, (v, broke), now);
     } else if matches!(outcome, Outcome::Pass) {
         // The ServerHello comes back on ingress (`xdp.rs`).
         server_hello::awaiting(flow);

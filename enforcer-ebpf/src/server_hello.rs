@@ -13,11 +13,17 @@
 //! helpers (a read past the segment fails: that is the truncation check). What cannot be read is reported as
 //! `status::UNREADABLE`, never guessed.
 
-use aya_ebpf::{macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
 use enforcer_common::{
     flow::FlowKey,
     hello::{HELLO_RETRY_RANDOM, RANDOM_AT},
-    posture::{EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, Posture, flags, status},
+    posture::{
+        EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, HOST_RULE, MAX_RULE_GROUPS, Posture, PostureRule,
+        broken, flags, status, version_bit,
+    },
 };
 
 use crate::packet::{Linear, Packet, Segment};
@@ -26,6 +32,10 @@ use crate::packet::{Linear, Packet, Segment};
 /// (`flow::forget`); one whose close was missed makes room for newer ones.
 #[map(name = "POSTURES")]
 static POSTURES: LruHashMap<FlowKey, Posture> = LruHashMap::with_max_entries(65536, 0);
+
+/// What the policy requires of negotiated parameters: `HOST_RULE`, and per library id.
+#[map(name = "POSTURE_RULES")]
+static POSTURE_RULES: HashMap<u32, PostureRule> = HashMap::with_max_entries(4096, 0);
 
 const TLS_HANDSHAKE: u8 = 0x16;
 const SERVER_HELLO: u8 = 2;
@@ -262,4 +272,57 @@ fn walk<P: Packet>(packet: &P, payload: usize, out: &mut Posture) -> Option<(u16
 #[inline(always)]
 pub fn forget(flow: &FlowKey) {
     let _ = POSTURES.remove(flow);
+}
+
+/// Which requirement `posture` breaks (`broken::*`): the host-wide one first, then that of the
+/// rule deciding library `lib_id`. A HelloRetryRequest is not judged (the real ServerHello is).
+#[inline(always)]
+pub fn judge(posture: &Posture, lib_id: u32) -> u8 {
+    if posture.status == status::RETRY {
+        return broken::NONE;
+    }
+    // SAFETY: copied out at once.
+    if let Some(rule) = unsafe { POSTURE_RULES.get(HOST_RULE) }.copied() {
+        match breaks(&rule, posture) {
+            Broke::Version => return broken::HOST_VERSION,
+            Broke::Group => return broken::HOST_GROUP,
+            Broke::Nothing => {}
+        }
+    }
+    // SAFETY: copied out at once.
+    match unsafe { POSTURE_RULES.get(lib_id) }.copied() {
+        Some(rule) if lib_id != HOST_RULE => match breaks(&rule, posture) {
+            Broke::Version => broken::RULE_VERSION,
+            Broke::Group => broken::RULE_GROUP,
+            Broke::Nothing => broken::NONE,
+        },
+        _ => broken::NONE,
+    }
+}
+
+enum Broke {
+    Nothing,
+    Version,
+    Group,
+}
+
+/// Fail-closed: a required field that was not read breaks the rule.
+#[inline(always)]
+fn breaks(rule: &PostureRule, p: &Posture) -> Broke {
+    let read = p.status == status::NEGOTIATED;
+    if rule.versions != 0 && (!read || version_bit(p.version) & rule.versions == 0) {
+        return Broke::Version;
+    }
+    if rule.groups_len == 0 {
+        return Broke::Nothing;
+    }
+    if !read || p.group == 0 {
+        return Broke::Group;
+    }
+    for i in 0..MAX_RULE_GROUPS {
+        if i < rule.groups_len as usize && rule.groups[i] == p.group {
+            return Broke::Nothing;
+        }
+    }
+    Broke::Group
 }

@@ -7,9 +7,11 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use enforcer_common::stat::Stat;
+use enforcer_common::{
+    event::UNATTRIBUTED, flow::verdict, policy::action, posture::broken, stat::Stat,
+};
 
-use crate::{events, flow, packet, server_hello, stats};
+use crate::{events, flow, packet, policy, server_hello, stats};
 
 /// Fail-open: anything we cannot parse (non-TCP, truncated, fragments) passes; only a 4-tuple
 /// the kernel hooks put in the blocklist is dropped.
@@ -46,7 +48,20 @@ fn ingress(ctx: &XdpContext) -> u32 {
     if let Some(posture) = server_hello::ingress(ctx, &segment, &flow) {
         // SAFETY: plain helper call.
         let now = unsafe { bpf_ktime_get_ns() };
-        events::negotiated(&flow, flow::state(&flow), &posture, now);
+        let state = flow::state(&flow);
+        let broke = server_hello::judge(&posture, state.map_or(UNATTRIBUTED, |s| s.lib_id));
+        // A requirement broken: denied here, before the first application byte. Enforcing, the
+        // flow is blocklisted (this segment and every later one dropped both ways) and userspace
+        // aborts the socket from the event.
+        let v = match broke {
+            broken::NONE => verdict::ALLOWED,
+            _ => policy::apply(&flow, Some(action::DENY)),
+        };
+        events::negotiated(&flow, state, &posture, (v, broke), now);
+        if v == verdict::BLOCKED || v == verdict::BLOCKLIST_FULL {
+            stats::count(Stat::XdpDrops);
+            return xdp_action::XDP_DROP;
+        }
     }
     xdp_action::XDP_PASS
 }

@@ -20,6 +20,7 @@
 //! the key (see [`PolicyError`]).
 
 mod error;
+pub mod posture;
 mod report;
 pub mod rules;
 mod scope;
@@ -86,6 +87,10 @@ pub struct Policy {
     pub unknown_files: Action,
     /// In file order.
     pub libraries: Vec<Rule>,
+    /// Host-wide `tls_versions` and `groups` (`posture`).
+    pub posture: posture::Requirements,
+    /// Each rule's `tls_versions` and `groups`, in the order of `libraries`.
+    pub rule_postures: Vec<posture::Requirements>,
     /// The embedded catalog, extended by the policy's `catalog:` section.
     pub catalog: Arc<Catalog>,
     /// Where the policy came from (file path, or the embedded default's name).
@@ -240,6 +245,10 @@ struct RawPolicy {
     libraries: Vec<RawRule>,
     #[serde(default)]
     catalog: Option<RawCatalog>,
+    #[serde(default)]
+    tls_versions: Option<Vec<String>>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +265,10 @@ struct RawRule {
     #[serde(default)]
     server_names: Option<Vec<String>>,
     action: Action,
+    #[serde(default)]
+    tls_versions: Option<Vec<String>>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
 }
 
 fn default_mode() -> Mode {
@@ -307,7 +320,15 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
             ),
         ));
     }
+    let host_posture = posture::Requirements::parse(
+        raw.tls_versions.as_deref(),
+        raw.groups.as_deref(),
+        &[],
+        "",
+        &invalid,
+    )?;
     let mut libraries: Vec<Rule> = Vec::with_capacity(raw.libraries.len());
+    let mut rule_postures = Vec::with_capacity(raw.libraries.len());
     for (index, r) in raw.libraries.into_iter().enumerate() {
         let key = |k: &'static str| [Seg::Key("libraries"), Seg::Index(index), Seg::Key(k)];
         let here = format!("libraries[{index}]");
@@ -404,6 +425,13 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
                 Some(patterns)
             }
         };
+        rule_postures.push(posture::Requirements::parse(
+            r.tls_versions.as_deref(),
+            r.groups.as_deref(),
+            &[Seg::Key("libraries"), Seg::Index(index)],
+            &format!("{here}."),
+            &invalid,
+        )?);
         let (line, column) = error::locate_rule(text, index);
         let at_rule = |message: String| PolicyError::Invalid {
             file: source.to_owned(),
@@ -443,6 +471,8 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
             .or(raw.unattributed_tls)
             .unwrap_or(raw.default),
         libraries,
+        posture: host_posture,
+        rule_postures,
         catalog,
         source: source.to_owned(),
     })

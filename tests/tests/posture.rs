@@ -13,7 +13,7 @@ use std::{
 
 use enforcer_tests::{
     Agent, Cert, Mode, NetNs, Server, cmd,
-    content::{Background, openssl_only_agent},
+    content::{Background, OPENSSL_ONLY, openssl_only_agent},
     ops::ctl,
     require_root, run_with_timeout,
 };
@@ -158,4 +158,87 @@ fn this_hosts_server_hello_is_read_on_egress() {
     assert_eq!(e["group"], "secp256r1", "{e}");
     assert_eq!(e["hello_retry"], true, "{e}");
     assert_eq!(e["library"]["family"], "openssl", "{e}");
+}
+
+/// An agent on `ns` under `policy`, ready.
+fn agent_with(ns: &NetNs, policy: &str) -> Agent {
+    let args = enforcer_tests::hook_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
+    agent.wait_ready(Duration::from_secs(60));
+    agent
+}
+
+/// `tls_versions: [">=1.3"]` host-wide: curl (TLS 1.3) goes through; `openssl s_client -tls1_2`
+/// is dropped at the ServerHello, its socket aborted, and its line never reaches the server.
+/// A rule's `groups: [X25519MLKEM768]` then drops curl, whose OpenSSL 3.0 has no ML-KEM.
+#[test]
+fn connections_breaking_tls_versions_or_groups_are_dropped_at_the_server_hello() {
+    require_root();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let port = PORT + 3;
+    let server = Server::plain(&ns, peer, port, &cert);
+    let to = server.addr();
+    let policy = format!("{OPENSSL_ONLY}tls_versions: [\">=1.3\"]\n");
+    let mut agent = agent_with(&ns, &policy);
+
+    let line = "TLS13-PASSES\n";
+    let mut c = cmd(
+        "openssl",
+        ["s_client", "-quiet", "-connect", &to.to_string()],
+    );
+    let _ = run_with_timeout(&mut c, line.as_bytes(), Duration::from_secs(3));
+    server.wait_received(line.as_bytes(), EVENT);
+    let e = negotiated(&mut agent, to, None);
+    assert_eq!(e["tls_version"], "TLS 1.3", "{e}");
+    assert_eq!(e["verdict"], "allowed", "{e}");
+    assert_eq!(e["broken"], Value::Null, "{e}");
+
+    let line = "TLS12-NEVER-ARRIVES\n";
+    let mut c = cmd(
+        "openssl",
+        ["s_client", "-quiet", "-tls1_2", "-connect", &to.to_string()],
+    );
+    let out = run_with_timeout(&mut c, line.as_bytes(), CLIENT);
+    assert!(!out.timed_out, "the TLS 1.2 client hung: {out:?}");
+    assert!(
+        !out.status.success(),
+        "the TLS 1.2 client succeeded: {out:?}"
+    );
+    let e = negotiated(&mut agent, to, None);
+    assert_eq!(e["tls_version"], "TLS 1.2", "{e}");
+    assert_eq!(e["verdict"], "blocked", "{e}");
+    assert_eq!(
+        e["broken"],
+        serde_json::json!({"rule": "host", "key": "tls_versions", "value": "TLS 1.2"}),
+        "{e}"
+    );
+    assert_eq!(e["socket_aborted"], true, "{e}");
+    assert!(
+        !String::from_utf8_lossy(&server.received()).contains(line.trim()),
+        "the server received the blocked client's line"
+    );
+    drop(agent);
+
+    let policy = OPENSSL_ONLY.replace(
+        "    action: allow\n",
+        "    action: allow\n    groups: [X25519MLKEM768]\n",
+    );
+    let mut agent = agent_with(&ns, &policy);
+    let url = format!("https://{peer}:{port}/");
+    let out = run_with_timeout(
+        &mut cmd("curl", ["-sk", "--max-time", "3", "-o", "/dev/null", &url]),
+        b"",
+        CLIENT,
+    );
+    assert!(!out.status.success(), "curl got through: {out:?}");
+    let e = negotiated(&mut agent, to, None);
+    assert_eq!(e["verdict"], "blocked", "{e}");
+    assert_eq!(
+        e["broken"],
+        serde_json::json!({"rule": "rule", "key": "groups", "value": "x25519"}),
+        "{e}"
+    );
 }

@@ -6,13 +6,34 @@
 
 use enforcer_common::{
     event::{NegotiatedEvent, UNATTRIBUTED},
+    flow::verdict,
     iana,
-    posture::{Posture, flags, status},
+    posture::{Posture, broken, flags, status},
 };
 use serde_json::{Value, json};
-use tracing::info;
+use tracing::{info, warn};
 
-use super::{Reporter, endpoints, sockaddr};
+use super::{Reporter, endpoints, sockaddr, verdict_name};
+use crate::datapath::sock_destroy;
+
+/// The requirement a connection broke: whose (`host`: the top-level keys, `rule`: its
+/// library's rule), which key, and the negotiated value that broke it.
+fn broken_fields(event: &NegotiatedEvent) -> Value {
+    let (rule, key) = match event.broken {
+        broken::HOST_VERSION => ("host", "tls_versions"),
+        broken::HOST_GROUP => ("host", "groups"),
+        broken::RULE_VERSION => ("rule", "tls_versions"),
+        broken::RULE_GROUP => ("rule", "groups"),
+        _ => return Value::Null,
+    };
+    let p = &event.posture;
+    let value = match (key, p.status) {
+        (_, s) if s != status::NEGOTIATED => Value::from("unreadable"),
+        ("tls_versions", _) => named(p.version, iana::version_name),
+        _ => named(p.group, iana::group_name),
+    };
+    json!({ "rule": rule, "key": key, "value": value })
+}
 
 /// A code's IANA name, else its hex value (`"0x1234"`); `null` for 0 (not read).
 fn named(code: u16, name: fn(u16) -> Option<&'static str>) -> Value {
@@ -47,6 +68,10 @@ pub fn tls_fields(p: &Posture) -> serde_json::Map<String, Value> {
 
 impl Reporter {
     pub(super) fn handle_negotiated(&self, event: &NegotiatedEvent) {
+        // Blocked at its ServerHello: its socket goes first, as for a denied library.
+        let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
+        let aborted = blocked.then(|| sock_destroy::destroy(&event.flow));
+        let broke = broken_fields(event);
         let lib = (event.lib_id != UNATTRIBUTED)
             .then(|| self.library(event.lib_id))
             .flatten();
@@ -78,6 +103,9 @@ impl Reporter {
                 })),
                 "pid": owner.as_ref().map(|o| o.pid),
                 "comm": owner.as_ref().map(|o| o.comm.clone()),
+                "verdict": verdict_name(event.verdict),
+                "broken": broke,
+                "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
             });
             if let Value::Object(m) = &mut record {
                 m.extend(tls.clone());
@@ -86,17 +114,35 @@ impl Reporter {
         }
         if self.format == super::EventFormat::Text {
             let text = |k: &str| tls[k].as_str().unwrap_or("-").to_owned();
-            info!(
-                local = sockaddr(local),
-                remote = sockaddr(remote),
-                side,
-                library = lib.as_ref().map_or("unattributed", |l| l.family.name()),
-                status = text("status"),
-                version = text("tls_version"),
-                suite = text("cipher_suite"),
-                group = text("group"),
-                "TLS negotiated"
-            );
+            let library = lib.as_ref().map_or("unattributed", |l| l.family.name());
+            let (local, remote) = (sockaddr(local), sockaddr(remote));
+            let (version, suite, group) =
+                (text("tls_version"), text("cipher_suite"), text("group"));
+            if broke.is_null() {
+                info!(
+                    local,
+                    remote,
+                    side,
+                    library,
+                    status = text("status"),
+                    version,
+                    suite,
+                    group,
+                    "TLS negotiated"
+                );
+            } else {
+                warn!(
+                    local, remote, side, library, version, suite, group,
+                    verdict = verdict_name(event.verdict),
+                    broken = %broke,
+                    "TLS posture violation"
+                );
+            }
+        }
+        if let Some(Err(err)) = aborted
+            && !matches!(err, sock_destroy::SockDestroyError::NotFound { .. })
+        {
+            warn!(%err, "blocked at its ServerHello: could not abort the local socket; its packets are still dropped");
         }
     }
 }
