@@ -2,7 +2,8 @@
 //! kernel through `BPF_PROG_TEST_RUN`: what a TLS 1.3 and a TLS 1.2 server negotiated, a
 //! HelloRetryRequest and the real ServerHello after it, a post-quantum key share, truncation at
 //! every byte, garbage lengths, extension lists past the parser's bound; on ingress (this host is
-//! the client: XDP) and egress (the server: tc).
+//! the client: XDP) and egress (the server: tc); and the policy's `tls_versions` and `groups`
+//! judged there (`POSTURE_RULES`).
 //!
 //! Root only, never skipped (like `flow_heads.rs`). Each test loads its own object.
 
@@ -560,4 +561,98 @@ fn egress_records_the_client_hello_and_this_servers_server_hello() {
             ..unreadable(0)
         })
     );
+}
+
+/// The policy's `tls_versions` and `groups` (`POSTURE_RULES`), judged at the ServerHello: in
+/// enforce mode a breaking one is dropped and its flow blocklisted, on ingress and egress; what
+/// could not be read breaks them (fail-closed); audit mode passes and blocklists nothing.
+#[test]
+fn server_hellos_breaking_the_policy_are_dropped_and_blocklisted() {
+    use enforcer_common::posture::{HOST_RULE, POSTURE_RULES, PostureRule, version_bit};
+    const XDP_DROP: u32 = 1;
+    const TC_ACT_SHOT: u32 = 2;
+    let mut h = Harness::new();
+    let rule = |versions: u8, groups: &[u16]| {
+        let mut r = PostureRule {
+            versions,
+            groups_len: groups.len() as u8,
+            ..PostureRule::default()
+        };
+        r.groups[..groups.len()].copy_from_slice(groups);
+        r
+    };
+    let set = |h: &mut Harness, key: u32, r: PostureRule| {
+        let mut m: HashMap<_, u32, PostureRule> =
+            HashMap::try_from(h.0.map_mut(POSTURE_RULES).unwrap()).unwrap();
+        m.insert(key, r, 0).unwrap();
+    };
+    let run = |h: &Harness, frame: &[u8]| {
+        let xdp: &Xdp = h.0.program(INGRESS).unwrap().try_into().unwrap();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        xdp.test_run(opts).unwrap().return_value
+    };
+    let blocked = |h: &Harness, port: u16| {
+        let b: HashMap<_, FlowKey, u8> =
+            HashMap::try_from(h.0.map(maps::BLOCKLIST).unwrap()).unwrap();
+        b.get(&flow(port), 0).is_ok()
+    };
+    set(&mut h, HOST_RULE, rule(version_bit(TLS13), &[]));
+    // TLS 1.3 passes, TLS 1.2 is dropped, and so is a ServerHello that could not be read.
+    let cases = [
+        (48001, tls13(X25519, 32), XDP_PASS),
+        (48002, tls12(), XDP_DROP),
+        (48003, tls13(X25519, 32)[..60].to_vec(), XDP_DROP),
+    ];
+    for (port, hello, want) in &cases {
+        h.awaiting(*port);
+        assert_eq!(
+            run(&h, &from_peer(*port, ISN + 1, hello)),
+            *want,
+            "port {port}"
+        );
+        assert_eq!(blocked(&h, *port), *want == XDP_DROP, "port {port}");
+    }
+    // A group list: the library's rule (unattributed flows have only the host's).
+    set(&mut h, HOST_RULE, rule(0, &[X25519MLKEM768, X25519]));
+    for (port, hello, want) in [
+        (48011, tls13(X25519MLKEM768, 1120), XDP_PASS),
+        (48012, tls13(SECP256R1, 65), XDP_DROP),
+        (48013, tls12(), XDP_DROP), // TLS 1.2's group is not read: fail-closed
+    ] {
+        h.awaiting(port);
+        assert_eq!(
+            run(&h, &from_peer(port, ISN + 1, &hello)),
+            want,
+            "port {port}"
+        );
+    }
+    // This host as the server: its ServerHello breaking the rule is dropped as it leaves.
+    let port = 48021;
+    let exts = [supported_version(TLS13), key_share(SECP256R1, 65)];
+    h.made(&[0x45; 32]);
+    h.egress(&to_peer(port, ISN, TCP_SYN | TCP_ACK, &[]));
+    let tc: &SchedClassifier = h.0.program(EGRESS).unwrap().try_into().unwrap();
+    let frame = to_peer(
+        port,
+        ISN + 1,
+        TCP_PSH | TCP_ACK,
+        &server_hello(&[0x45; 32], AES_128_GCM_SHA256, Some(&exts)),
+    );
+    let opts = TestRunOptions {
+        data_in: Some(&frame),
+        repeat: 1,
+        ..TestRunOptions::default()
+    };
+    assert_eq!(tc.test_run(opts).unwrap().return_value, TC_ACT_SHOT);
+    assert!(blocked(&h, port));
+    // Audit mode: reported, nothing dropped or blocklisted.
+    let mut m: Array<_, u32> = Array::try_from(h.0.map_mut(maps::MODE).unwrap()).unwrap();
+    m.set(0, mode::AUDIT, 0).unwrap();
+    h.awaiting(48031);
+    assert_eq!(run(&h, &from_peer(48031, ISN + 1, &tls12())), XDP_PASS);
+    assert!(!blocked(&h, 48031));
 }
