@@ -67,8 +67,10 @@ fn curl_negotiates_tls13_and_s_client_tls12_as_the_events_and_flows_say() {
     assert_eq!(e["group"], "x25519", "{e}");
     assert_eq!(e["hello_retry"], false, "{e}");
     assert_eq!(e["library"]["family"], "openssl", "{e}");
-    assert_eq!(
-        e["comm"], "curl",
+    // The owner is joined from the connection event when the agent read that one first (it comes
+    // on the other ring): never another process.
+    assert!(
+        e["comm"] == "curl" || (e["comm"].is_null() && e["pid"].is_null()),
         "the owner joined from the connection event: {e}"
     );
 
