@@ -3,7 +3,9 @@
 //! `enforcer flows`. Real peers: `openssl s_server` (Debian's OpenSSL 3.0) in a network
 //! namespace, curl and `openssl s_client` on the host (ServerHellos read on ingress), and
 //! `openssl s_server` on the host with a client in the namespace (read on egress), under the
-//! OpenSSL-only policy of the content-bound attribution tests.
+//! OpenSSL-only policy of the content-bound attribution tests; the policy's `tls_versions` and
+//! `groups` enforced at the ServerHello, with OpenSSL peers and with the rustls test peer
+//! (`tests/programs/rustls-peer`, aws-lc-rs: X25519MLKEM768).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -243,4 +245,78 @@ fn connections_breaking_tls_versions_or_groups_are_dropped_at_the_server_hello()
         serde_json::json!({"rule": "rule", "key": "groups", "value": "x25519"}),
         "{e}"
     );
+}
+
+/// The rustls test peer (aws-lc-rs): client and server negotiate X25519MLKEM768 by default,
+/// which `groups: [X25519MLKEM768]` allows; the client forced to X25519 is dropped at the
+/// ServerHello and its line never reaches the server. rustls is no probed library: its flows
+/// are unattributed TLS (allowed here), judged by the host-wide requirements.
+#[test]
+fn rustls_on_x25519mlkem768_passes_groups_and_forced_x25519_is_dropped() {
+    require_root();
+    let bin = enforcer_tests::programs::build_rustls_peer();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let to = SocketAddr::new(peer, PORT + 4);
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let bin_s = bin.to_str().expect("utf-8 path");
+    let mut s = ns.exec(
+        bin_s,
+        [
+            "server",
+            &to.to_string(),
+            cert.cert_path().to_str().unwrap(),
+            cert.key_path().to_str().unwrap(),
+        ],
+    );
+    s.stdout(out.reopen().expect("reopen"))
+        .stderr(Stdio::null());
+    let _server = Background(s.spawn().expect("rustls-peer server"));
+    let received = || std::fs::read_to_string(out.path()).unwrap_or_default();
+    let started = std::time::Instant::now();
+    while !received().contains("listening") {
+        assert!(
+            started.elapsed() < EVENT,
+            "the rustls server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let policy =
+        "mode: enforce\ndefault: deny\nunattributed_tls: allow\ngroups: [X25519MLKEM768]\n";
+    let mut agent = agent_with(&ns, policy);
+
+    let client = |line: &str, groups: Option<&str>| {
+        let mut c = cmd(bin_s, ["client", &to.to_string(), line]);
+        c.args(groups);
+        run_with_timeout(&mut c, b"", CLIENT)
+    };
+    let done = client("PQ-PASSES", None);
+    assert!(done.status.success(), "{done:?}");
+    let e = negotiated(&mut agent, to, None);
+    assert_eq!(e["group"], "X25519MLKEM768", "{e}");
+    assert_eq!(e["tls_version"], "TLS 1.3", "{e}");
+    assert_eq!(e["verdict"], "allowed", "{e}");
+    assert_eq!(e["library"], Value::Null, "{e}");
+    let started = std::time::Instant::now();
+    while !received().contains("PQ-PASSES") {
+        assert!(
+            started.elapsed() < EVENT,
+            "the server never got the line: {}",
+            received()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let refused = client("CLASSICAL-NEVER-ARRIVES", Some("X25519"));
+    assert!(!refused.status.success(), "{refused:?}");
+    let e = negotiated(&mut agent, to, None);
+    assert_eq!(e["verdict"], "blocked", "{e}");
+    assert_eq!(
+        e["broken"],
+        serde_json::json!({"rule": "host", "key": "groups", "value": "x25519"}),
+        "{e}"
+    );
+    assert_eq!(e["socket_aborted"], true, "{e}");
+    assert!(!received().contains("CLASSICAL"), "{}", received());
 }
