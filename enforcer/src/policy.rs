@@ -26,6 +26,7 @@ mod report;
 pub mod rules;
 mod scope;
 pub mod server_names;
+mod source;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -36,7 +37,6 @@ mod tests_rules;
 mod tests_scope;
 
 use std::fmt;
-use std::io::Read as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -45,11 +45,13 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, RawCatalog, Seg};
 use crate::libraries::Library;
 use crate::version::VersionReq;
+
 pub use error::PolicyError;
 pub use report::{check_report, errors_json};
 pub use rules::{Match, PathGlob, Rule, Subject};
 pub use scope::NameScope;
 pub use server_names::ServerNamePattern;
+pub use source::{EMBEDDED_SOURCE, embedded_default, load, load_all};
 
 /// Largest policy accepted, in bytes: a real policy is a few hundred bytes.
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
@@ -575,53 +577,6 @@ fn validate(
         catalog,
         source: source.to_owned(),
     }
-}
-
-/// Reads and parses the policy at `path`.
-pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    load_all(path).map_err(|mut errors| errors.swap_remove(0))
-}
-
-/// [`load`] with every error of the file ([`parse_all`]).
-pub fn load_all(path: &Path) -> Result<Policy, Vec<PolicyError>> {
-    let name = path.display().to_string();
-    let io_err = |error| PolicyError::Io {
-        path: path.to_owned(),
-        error,
-    };
-    let file = std::fs::File::open(path).map_err(|e| vec![io_err(e)])?;
-    let size = file.metadata().map_err(|e| vec![io_err(e)])?.len();
-    if size > MAX_POLICY_BYTES as u64 {
-        return Err(vec![error::too_large(&name, size)]);
-    }
-    // Files in /proc and pipes report size 0: the read itself is capped too.
-    let mut bytes = Vec::new();
-    file.take(MAX_POLICY_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| vec![io_err(e)])?;
-    if bytes.len() > MAX_POLICY_BYTES {
-        return Err(vec![error::too_large(&name, bytes.len() as u64)]);
-    }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        vec![PolicyError::Invalid {
-            file: name.clone(),
-            line: None,
-            column: None,
-            key: None,
-            message: format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-        }]
-    })?;
-    parse_all(&text, &name)
-}
-
-/// Name under which the embedded default policy reports itself.
-pub const EMBEDDED_SOURCE: &str = "<embedded policies/default.yaml>";
-
-/// The policy used when none is given: audit mode, default deny, OpenSSL allowed.
-pub fn embedded_default() -> Policy {
-    const TEXT: &str = include_str!("../../policies/default.yaml");
-    // A unit test parses the same text, so this cannot fail in a tested build.
-    parse(TEXT, EMBEDDED_SOURCE).unwrap_or_else(|e| panic!("embedded default policy: {e}"))
 }
 
 /// True if the text holds no YAML content: only blank lines, comments and document markers.
