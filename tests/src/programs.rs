@@ -256,16 +256,12 @@ fn build_rustls_program(
     out
 }
 
-/// Builds tests/programs/rustls-peer (rustls on aws-lc-rs) offline and returns the binary. Its
-/// target directory is rustls-client's aws-lc-rs one (`build_rustls`): both lock the same
-/// rustls and aws-lc-sys, so aws-lc (minutes on two cores) is built once for both, and kept
-/// between runs.
+/// Builds tests/programs/rustls-peer (rustls on aws-lc-rs) offline, into the workspace's
+/// `target/rustls-peer` (kept between runs: aws-lc builds in minutes), and returns the binary.
 pub fn build_rustls_peer() -> PathBuf {
     let root = crate::workspace();
     let manifest = root.join("tests/programs/rustls-peer/Cargo.toml");
-    let target = root
-        .join("target/rustls-client")
-        .join(RustlsProvider::AwsLcRs.feature());
+    let target = root.join("target/rustls-peer");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
             "build",
