@@ -8,10 +8,8 @@ pub mod kind {
     pub const TLS: u8 = 1;
     /// A `HelloEvent`.
     pub const HELLO: u8 = 2;
-    /// A `NegotiatedEvent`.
-    pub const NEGOTIATED: u8 = 3;
     /// A `QuicEvent`.
-    pub const QUIC: u8 = 4;
+    pub const QUIC: u8 = 3;
 }
 
 /// The start of every `EVENTS` record.
@@ -116,28 +114,6 @@ pub struct HelloEvent {
 }
 const _: () = assert!(core::mem::size_of::<HelloEvent>() == 352);
 
-/// One event per ServerHello read (`posture::POSTURES`): what the flow negotiated. Queued on
-/// `HELLO_EVENTS`, like the hellos.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NegotiatedEvent {
-    /// `kind::NEGOTIATED`.
-    pub header: Header,
-    pub flow: crate::flow::FlowKey,
-    /// The library `FLOWS` holds for the flow, or `UNATTRIBUTED`.
-    pub lib_id: u32,
-    pub posture: crate::posture::Posture,
-    /// `flow::verdict::*` from the negotiated parameters: `ALLOWED` unless a requirement broke.
-    pub verdict: u8,
-    /// `posture::broken::*`.
-    pub broken: u8,
-    pub _pad: [u8; 2],
-    /// `FlowState::first_seen_ns` of the flow (the `ts_ns` of the connection event that
-    /// attributed it), else 0: userspace joins the owner by 4-tuple and this (`HelloEvent`).
-    pub flow_since_ns: u64,
-}
-const _: () = assert!(core::mem::size_of::<NegotiatedEvent>() == 80);
-
 /// A QUIC Initial datagram judged by the `quic` policy, at most one per 4-tuple and direction a
 /// second (`QUIC_SEEN`): an Initial is retransmitted, and anyone can send UDP in bulk.
 #[repr(C)]
@@ -163,6 +139,5 @@ mod pod {
     unsafe impl aya::Pod for super::Header {}
     unsafe impl aya::Pod for super::TlsEvent {}
     unsafe impl aya::Pod for super::HelloEvent {}
-    unsafe impl aya::Pod for super::NegotiatedEvent {}
     unsafe impl aya::Pod for super::QuicEvent {}
 }

@@ -30,7 +30,7 @@ pub const SCOPED_LIBS: &str = "SCOPED_LIBS";
 pub const SERVER_NAME_RULES: &str = "SERVER_NAME_RULES";
 /// `RingBuf` of connection records (`event::TlsEvent`): what the agent aborts sockets from.
 pub const EVENTS: &str = "EVENTS";
-/// `RingBuf` of hello records (`event::HelloEvent`, `event::NegotiatedEvent`), apart from `EVENTS` so that a flood of
+/// `RingBuf` of hello records (`event::HelloEvent`), apart from `EVENTS` so that a flood of
 /// hellos cannot crowd out connection events.
 pub const HELLO_EVENTS: &str = "HELLO_EVENTS";
 /// `PerCpuArray<u64>` indexed by `stat::Stat`.
@@ -45,7 +45,7 @@ pub const STATS: &str = "STATS";
 /// Not pinned: the per-thread and per-goroutine call stacks (`TLS_CALLS`, `GO_CALLS`: a stack
 /// shared by an old and a new copy of the uprobes would be pushed twice and popped once while
 /// both are attached), scratch space, and the watcher's and `enforcer discover`'s maps.
-pub const PINNED: [&str; 20] = [
+pub const PINNED: [&str; 18] = [
     FLOWS,
     BLOCKLIST,
     BLOCKLIST_OVERFLOW,
@@ -56,8 +56,6 @@ pub const PINNED: [&str; 20] = [
     crate::hello::RANDOM_LIBS,
     crate::hello::LIB_CODE,
     crate::hello::CODE_RANGES,
-    crate::posture::POSTURES,
-    crate::posture::POSTURE_RULES,
     LIB_ACTIONS,
     MODE,
     HELLO_POLICY,

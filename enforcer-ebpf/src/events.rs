@@ -10,10 +10,9 @@ use aya_ebpf::{
     maps::RingBuf,
 };
 use enforcer_common::{
-    event::{Header, HelloEvent, NegotiatedEvent, QuicEvent, TlsEvent, UNATTRIBUTED, kind},
+    event::{Header, HelloEvent, QuicEvent, TlsEvent, kind},
     flow::{FlowKey, FlowState},
     hello::RandomOrigin,
-    posture::Posture,
     stat::Stat,
 };
 
@@ -90,31 +89,4 @@ pub fn hello(event: &mut HelloEvent, now: u64) {
     if HELLO_EVENTS.output::<HelloEvent>(event, 0).is_err() {
         stats::count(Stat::HelloEventsLost);
     }
-}
-
-/// Reports what `flow` negotiated (its ServerHello was read); `state` is what `FLOWS` holds for
-/// it, `judged` the verdict and `posture::broken::*` of the policy's requirements.
-#[inline(always)]
-pub fn negotiated(
-    flow: &FlowKey,
-    state: Option<FlowState>,
-    posture: &Posture,
-    judged: (u8, u8),
-    now: u64,
-) {
-    let Some(mut entry) = HELLO_EVENTS.reserve::<NegotiatedEvent>(0) else {
-        stats::count(Stat::HelloEventsLost);
-        return;
-    };
-    entry.write(NegotiatedEvent {
-        header: Header::new(kind::NEGOTIATED, now),
-        flow: *flow,
-        lib_id: state.map_or(UNATTRIBUTED, |s| s.lib_id),
-        posture: *posture,
-        verdict: judged.0,
-        broken: judged.1,
-        _pad: [0; 2],
-        flow_since_ns: state.map_or(0, |s| s.first_seen_ns),
-    });
-    entry.submit(0);
 }

@@ -12,7 +12,7 @@ use enforcer_common::flow::{FlowKey, FlowState, block};
 use enforcer_common::stat::Stat;
 
 use crate::{
-    flow_head, server_hello,
+    flow_head,
     sock::{self, SockError},
     stats,
 };
@@ -125,7 +125,6 @@ pub fn forget(sk: *const u8) {
             }
             let _ = HELLOS_SEEN.remove(flow);
             flow_head::forget(&flow);
-            server_hello::forget(&flow);
         }
         // The entries stay until evicted (FLOWS, HELLOS_SEEN) or unblocked (BLOCKLIST).
         Err(SockError::ReadFailed) => stats::count(Stat::SockReadFailures),

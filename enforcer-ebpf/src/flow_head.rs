@@ -63,8 +63,7 @@ pub struct Hello {
     pub starts_here: u8,
     /// 1: a HelloRetryRequest not followed by a real ServerHello in time: nothing to look up.
     pub retry: u8,
-    /// 1: a HelloRetryRequest came before this hello (skipped by the head).
-    pub retried: u8,
+    pub _pad: u8,
     pub key: RandomKey,
 }
 
@@ -131,7 +130,6 @@ pub fn feed<P: Packet>(packet: &P, flow: &FlowKey, data: &Data, out: &mut Hello)
             out.kind = head.bytes[5];
             out.starts_here = starts_here as u8;
             out.retry = is_retry(head) as u8;
-            out.retried = head.retries;
             out.key = key_at(&head.bytes);
             forget(flow);
             Head::Hello

@@ -19,8 +19,6 @@ use enforcer_common::{
     event::{self, UNATTRIBUTED, hello as hello_kind},
     flow::{FlowKey, FlowState, direction, op, verdict},
     hello::{HEAD_LEN, HELLO_RETRY_RANDOM, RANDOM_AT, evidence},
-    policy::action,
-    posture::broken,
     stat::Stat,
 };
 
@@ -30,7 +28,7 @@ use crate::{
     flow_head::{self, CLIENT_HELLO, Data, Head, Hello},
     packet::{Packet, Segment},
     policy::{self, apply},
-    random, server_hello, stats,
+    random, stats,
 };
 
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -120,7 +118,6 @@ fn at_segment_start<P: Packet>(packet: &P, payload: usize, len: usize, out: &mut
     };
     out.kind = kind;
     out.starts_here = 1;
-    out.retried = 0;
     match random {
         Some(r) if r != HELLO_RETRY_RANDOM => {
             out.retry = 0;
@@ -186,17 +183,11 @@ fn judge_hello<P: Packet>(
         random::origin(&hello.key)
     };
     let known = flow::state(flow);
-    let (lib_id, new_verdict, mut outcome) = match (origin, known) {
+    let (lib_id, new_verdict, outcome) = match (origin, known) {
         (Some(origin), known) => {
             stats::count(Stat::HellosByRandom);
-            // The same library as the flow's connection event: its time stays the flow's, so
-            // later events of the flow (`negotiated`) still join that event's owner.
-            let since = match known {
-                Some(k) if k.lib_id == origin.lib_id => k.first_seen_ns,
-                _ => now,
-            };
             let mut state = FlowState {
-                first_seen_ns: since,
+                first_seen_ns: now,
                 lib_id: origin.lib_id,
                 verdict: verdict::ALLOWED,
                 op: op::HANDSHAKE,
@@ -232,29 +223,6 @@ fn judge_hello<P: Packet>(
         (None, None) => unattributed(flow, policy.unattributed, client),
     };
     flow::mark_hello_seen(flow, 0);
-    if !client {
-        // This host is the server: what it negotiated leaves with this hello.
-        let posture = server_hello::egress(
-            packet,
-            flow,
-            payload,
-            hello.starts_here != 0,
-            hello.retried != 0,
-        );
-        // What this host negotiated, judged like the ServerHellos clients receive (`xdp.rs`).
-        let broke = server_hello::judge(&posture, lib_id);
-        let v = match broke {
-            broken::NONE => verdict::ALLOWED,
-            _ => apply(flow, Some(action::DENY)),
-        };
-        if broke != broken::NONE {
-            outcome = client_hello::outcome_of(v);
-        }
-        events::negotiated(flow, flow::state(flow), &posture, (v, broke), now);
-    } else if matches!(outcome, Outcome::Pass) {
-        // The ServerHello comes back on ingress (`xdp.rs`).
-        server_hello::awaiting(flow);
-    }
     // A ServerHello is reported as the flow's connection (`attributed_by_random`, or the thread
     // attribution before); an event of its own only when it is unattributed.
     if !client && lib_id != UNATTRIBUTED {

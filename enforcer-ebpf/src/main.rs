@@ -19,10 +19,9 @@
 //! | `sock.rs`         | (helpers) 4-tuple of a `struct sock`        | global `SOCK_OFFSETS` |
 //! | `packet.rs`       | (helpers) 4-tuple of an Ethernet frame      | — |
 //! | `packet/direct.rs` | (helpers) its fast path: direct packet access | — |
-//! | `xdp.rs`          | ingress drop; ServerHellos of this host's clients | — |
+//! | `xdp.rs`          | ingress drop                                | — |
 //! | `tc.rs`           | egress drop                                 | — |
 //! | `hello.rs`        | (called by `tc.rs`) hellos judged by their random; unattributed TLS | — |
-//! | `server_hello.rs` | (called by `xdp.rs`, `hello.rs`) ServerHello: negotiated version, suite, group | `POSTURES` |
 //! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS` |
 //! | `client_hello.rs` | (called by `hello.rs`) ClientHello: SNI, name scopes | `HELLO_SCRATCH` |
 //! | `stats.rs`        | (helpers) counters; the one `bump`          | `STATS` |
@@ -61,8 +60,6 @@ mod policy;
 mod quic;
 #[cfg(target_arch = "bpf")]
 mod random;
-#[cfg(target_arch = "bpf")]
-mod server_hello;
 #[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]

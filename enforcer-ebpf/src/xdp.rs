@@ -1,17 +1,11 @@
-//! Ingress: drop packets of blocklisted flows before the stack sees them, and read the
-//! ServerHellos of the flows this host is the client of (`server_hello.rs`).
+//! Ingress: drop packets of blocklisted flows before the stack sees them.
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
-    macros::xdp,
-    programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, macros::xdp, programs::XdpContext,
 };
-use enforcer_common::{
-    event::UNATTRIBUTED, flow::verdict, policy::action, posture::broken, stat::Stat,
-};
+use enforcer_common::stat::Stat;
 
-use crate::{events, flow, packet, policy, quic, server_hello, stats};
+use crate::{flow, packet, quic, stats};
 use enforcer_common::flow::direction;
 
 /// Fail-open: anything we cannot parse (neither TCP nor UDP, truncated, fragments) passes; a
@@ -48,29 +42,9 @@ fn ingress(ctx: &XdpContext) -> u32 {
         }
         return xdp_action::XDP_PASS;
     }
-    let flow = segment.as_receiver();
-    if flow::is_blocked(&flow) {
+    if flow::is_blocked(&segment.as_receiver()) {
         stats::count(Stat::XdpDrops);
         return xdp_action::XDP_DROP;
-    }
-    // This host as the client: what the server negotiated (`server_hello.rs`).
-    if let Some(posture) = server_hello::ingress(ctx, &segment, &flow) {
-        // SAFETY: plain helper call.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let state = flow::state(&flow);
-        let broke = server_hello::judge(&posture, state.map_or(UNATTRIBUTED, |s| s.lib_id));
-        // A requirement broken: denied here, before the first application byte. Enforcing, the
-        // flow is blocklisted (this segment and every later one dropped both ways) and userspace
-        // aborts the socket from the event.
-        let v = match broke {
-            broken::NONE => verdict::ALLOWED,
-            _ => policy::apply(&flow, Some(action::DENY)),
-        };
-        events::negotiated(&flow, state, &posture, (v, broke), now);
-        if v == verdict::BLOCKED || v == verdict::BLOCKLIST_FULL {
-            stats::count(Stat::XdpDrops);
-            return xdp_action::XDP_DROP;
-        }
     }
     xdp_action::XDP_PASS
 }

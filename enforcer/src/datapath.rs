@@ -193,9 +193,7 @@ impl Datapath {
         let mut in_force = self.write();
         in_force.late_attribution = late;
         let (value, unattributed) = policy_maps::hello_value(&in_force.policy, late);
-        let mut maps = lock(&self.policy_maps);
-        maps.set_hello_policy(value)?;
-        maps.write_host_posture(&in_force.policy)?;
+        lock(&self.policy_maps).set_hello_policy(value)?;
         Ok(unattributed)
     }
 
@@ -220,9 +218,6 @@ impl Datapath {
                 let code = lib.probes.iter().find_map(|p| p.code);
                 policy_maps
                     .write_library(id, decision.action, scope.as_ref())
-                    .and_then(|()| {
-                        policy_maps.write_posture(id, in_force.policy.posture_rule(&lib))
-                    })
                     .and_then(|()| code.map_or(Ok(()), |span| policy_maps.set_code(id, span)))
             };
             if let Err(source) = written {

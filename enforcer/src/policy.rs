@@ -20,7 +20,6 @@
 //! the key (see [`PolicyError`]).
 
 mod error;
-pub mod posture;
 mod recover;
 mod report;
 pub mod rules;
@@ -95,10 +94,6 @@ pub struct Policy {
     pub quic: Action,
     /// In file order.
     pub libraries: Vec<Rule>,
-    /// Host-wide `tls_versions` and `groups` (`posture`).
-    pub posture: posture::Requirements,
-    /// Each rule's `tls_versions` and `groups`, in the order of `libraries`.
-    pub rule_postures: Vec<posture::Requirements>,
     /// The embedded catalog, extended by the policy's `catalog:` section.
     pub catalog: Arc<Catalog>,
     /// Where the policy came from (file path, or the embedded default's name).
@@ -255,10 +250,6 @@ struct RawPolicy {
     libraries: Vec<RawRule>,
     #[serde(default)]
     catalog: Option<RawCatalog>,
-    #[serde(default)]
-    tls_versions: Option<Vec<String>>,
-    #[serde(default)]
-    groups: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -275,10 +266,6 @@ struct RawRule {
     #[serde(default)]
     server_names: Option<Vec<String>>,
     action: Action,
-    #[serde(default)]
-    tls_versions: Option<Vec<String>>,
-    #[serde(default)]
-    groups: Option<Vec<String>>,
 }
 
 fn default_mode() -> Mode {
@@ -385,24 +372,11 @@ fn validate(
             ),
         ));
     }
-    let host_posture = posture::Requirements::parse(
-        raw.tls_versions.as_deref(),
-        raw.groups.as_deref(),
-        &[],
-        "",
-        &invalid,
-    )
-    .unwrap_or_else(|e| {
-        push(e);
-        posture::Requirements::default()
-    });
     let origins = removed.survivors(
         &[error::Step::Key("libraries".into(), 0)],
         raw.libraries.len(),
     );
     let mut libraries: Vec<Rule> = Vec::with_capacity(raw.libraries.len());
-    // One per rule of `libraries`, in the same order.
-    let mut rule_postures = Vec::with_capacity(raw.libraries.len());
     let rules = if too_many { Vec::new() } else { raw.libraries };
     for (index, r) in origins.into_iter().zip(rules) {
         let key = |k: &'static str| [Seg::Key("libraries"), Seg::Index(index), Seg::Key(k)];
@@ -509,17 +483,6 @@ fn validate(
                 Some(patterns)
             }
         };
-        let rule_posture = posture::Requirements::parse(
-            r.tls_versions.as_deref(),
-            r.groups.as_deref(),
-            &[Seg::Key("libraries"), Seg::Index(index)],
-            &format!("{here}."),
-            &invalid,
-        )
-        .unwrap_or_else(|e| {
-            fail(e);
-            posture::Requirements::default()
-        });
         let (line, column) = error::locate_rule(text, index);
         let at_rule = |message: String| PolicyError::Invalid {
             file: source.to_owned(),
@@ -560,7 +523,6 @@ fn validate(
             continue;
         }
         libraries.push(rule);
-        rule_postures.push(rule_posture);
     }
     Policy {
         mode: raw.mode,
@@ -572,8 +534,6 @@ fn validate(
             .unwrap_or(raw.default),
         quic: raw.quic.unwrap_or(raw.default),
         libraries,
-        posture: host_posture,
-        rule_postures,
         catalog,
         source: source.to_owned(),
     }

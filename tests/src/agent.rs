@@ -173,19 +173,6 @@ impl Agent {
         &self.events
     }
 
-    /// Every event, once the agent exited (after [`Agent::stop`]): waits up to `timeout` for the
-    /// reader of its stdout to see the end of it, so records written while it stopped are there.
-    pub fn all_events(&mut self, timeout: Duration) -> &[Value] {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(v) => self.push(v),
-                Err(_) => return &self.events,
-            }
-        }
-    }
-
     /// Whether the agent's stderr (its logs) contains `needle` within `timeout`: log lines and
     /// events travel on different pipes, so a line may arrive after the event it accompanies.
     pub fn stderr_contains(&self, needle: &str, timeout: Duration) -> bool {

@@ -255,29 +255,3 @@ fn build_rustls_program(
         .unwrap_or_else(|e| panic!("copy {program} to {}: {e}", out.display()));
     out
 }
-
-/// Builds tests/programs/rustls-peer (rustls on aws-lc-rs) offline, into the workspace's
-/// `target/rustls-peer` (kept between runs: aws-lc builds in minutes), and returns the binary.
-pub fn build_rustls_peer() -> PathBuf {
-    let root = crate::workspace();
-    let manifest = root.join("tests/programs/rustls-peer/Cargo.toml");
-    let target = root.join("target/rustls-peer");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--offline",
-            "--release",
-            "--locked",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("run cargo for tests/programs/rustls-peer");
-    assert!(
-        status.success(),
-        "building tests/programs/rustls-peer failed ({status}): its crates must be in the cargo cache (cargo fetch in that directory)"
-    );
-    target.join("release/rustls-peer")
-}

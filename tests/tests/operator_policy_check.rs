@@ -34,7 +34,7 @@ const EXPECTED: [(u64, u64, &str, &str); 5] = [
         3,
         1,
         "colour",
-        "unknown key 'colour' (expected one of: mode, default, unattributed_tls, unknown_files, quic, libraries, catalog, tls_versions, groups)",
+        "unknown key 'colour' (expected one of: mode, default, unattributed_tls, unknown_files, quic, libraries, catalog)",
     ),
     (
         7,

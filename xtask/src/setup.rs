@@ -56,27 +56,8 @@ pub fn setup() -> Result<()> {
     step("rust-src (nightly)", rust_src)?;
     step("bpf-linker 0.13", bpf_linker)?;
     step("tracefs + bpffs mounts", mounts)?;
-    step("rustls-peer crates", rustls_peer_crates)?;
     step("aioquic (PyPI) venv", quic_venv)?;
     Ok(())
-}
-
-/// The crates of tests/programs/rustls-peer (rustls, aws-lc-rs) in the cargo cache: the
-/// posture tests build it offline.
-fn rustls_peer_crates() -> Result<Status> {
-    let manifest = crate::root().join("tests/programs/rustls-peer/Cargo.toml");
-    let offline = Command::new("cargo")
-        .args(["fetch", "--offline", "--locked", "--manifest-path"])
-        .arg(&manifest)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if offline {
-        return Ok(Status::Already);
-    }
-    run(Command::new("cargo")
-        .args(["fetch", "--locked", "--manifest-path"])
-        .arg(&manifest))?;
-    Ok(Status::Installed)
 }
 
 fn step(name: &str, f: fn() -> Result<Status>) -> Result<()> {

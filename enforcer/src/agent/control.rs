@@ -217,34 +217,20 @@ pub fn status_text(v: &Value) -> String {
 /// `enforcer flows` in text: one line per flow.
 pub fn flows_text(v: &Value) -> String {
     let mut out = format!(
-        "{:<46} {:<46} {:<10} {:<16} {:<7} {}\n",
-        "LOCAL", "REMOTE", "LIBRARY", "VERDICT", "BLOCKED", "TLS"
+        "{:<46} {:<46} {:<10} {:<16} {}\n",
+        "LOCAL", "REMOTE", "LIBRARY", "VERDICT", "BLOCKED"
     );
     for f in v["flows"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "{:<46} {:<46} {:<10} {:<16} {:<7} {}\n",
+            "{:<46} {:<46} {:<10} {:<16} {}\n",
             f["local"].as_str().unwrap_or("?"),
             f["remote"].as_str().unwrap_or("?"),
             f["library"]["family"].as_str().unwrap_or("?"),
             f["verdict"].as_str().unwrap_or("?"),
-            f["blocked"],
-            tls_text(&f["tls"])
+            f["blocked"]
         ));
     }
     out
-}
-
-/// A flow's negotiated parameters in one column: `TLS 1.3 TLS_AES_128_GCM_SHA256 x25519`, or
-/// its status (`awaiting`, `unreadable`), `-` when nothing is known.
-fn tls_text(tls: &Value) -> String {
-    if tls["status"] != "negotiated" {
-        return tls["status"].as_str().unwrap_or("-").to_owned();
-    }
-    ["tls_version", "cipher_suite", "group"]
-        .iter()
-        .filter_map(|k| tls[*k].as_str())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The event pipeline: drains the ring buffers, aborts the local socket of every blocked flow,
 //! and reports each attributed connection once (text through `tracing`, or JSON lines), and each
-//! judged TLS hello (`hello`), and what each connection negotiated (`negotiated`).
+//! judged TLS hello (`hello`).
 //!
 //! Two rings, two reader threads ([`RingReader`]): connection events (`EVENTS`, what blocked
 //! libraries' sockets are aborted from) at a raised priority, hello events (`HELLO_EVENTS`,
@@ -10,12 +10,9 @@
 //! reader, and their place in the output.
 
 mod hello;
-mod negotiated;
 mod output;
 mod owners;
 mod quic;
-
-pub use negotiated::tls_fields;
 
 use std::{
     collections::BTreeMap,
@@ -32,7 +29,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use enforcer_common::{
-    event::{self, HelloEvent, NegotiatedEvent, QuicEvent, TlsEvent},
+    event::{self, HelloEvent, QuicEvent, TlsEvent},
     flow::{FlowKey, direction, family, op, verdict},
     hello::evidence,
 };
@@ -350,7 +347,6 @@ impl Reporter {
         match record {
             Ok(Record::Tls(event)) => self.handle(&event),
             Ok(Record::Hello(event)) => self.handle_hello(&event),
-            Ok(Record::Negotiated(event)) => self.handle_negotiated(&event),
             Ok(Record::Quic(event)) => self.handle_quic(&event),
             Err(why) => {
                 *skipped += 1;
@@ -369,7 +365,6 @@ impl Reporter {
 pub enum Record {
     Tls(TlsEvent),
     Hello(Box<HelloEvent>),
-    Negotiated(NegotiatedEvent),
     Quic(QuicEvent),
 }
 
@@ -390,7 +385,6 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Skipped> {
     match kind {
         event::kind::TLS => read(bytes).map(Record::Tls),
         event::kind::HELLO => read(bytes).map(|e| Record::Hello(Box::new(e))),
-        event::kind::NEGOTIATED => read(bytes).map(Record::Negotiated),
         event::kind::QUIC => read(bytes).map(Record::Quic),
         other => Err(Skipped::UnknownKind(other)),
     }
@@ -507,15 +501,6 @@ mod tests {
         padded.extend([0; 8]);
         match decode(&padded) {
             Ok(Record::Hello(e)) => assert_eq!(e.lib_id, event::UNATTRIBUTED),
-            other => panic!("{other:?}"),
-        }
-        let negotiated = NegotiatedEvent {
-            header: Header::new(event::kind::NEGOTIATED, 11),
-            lib_id: 4,
-            ..NegotiatedEvent::default()
-        };
-        match decode(&bytes_of(&negotiated)) {
-            Ok(Record::Negotiated(e)) => assert_eq!((e.header.ts_ns, e.lib_id), (11, 4)),
             other => panic!("{other:?}"),
         }
     }

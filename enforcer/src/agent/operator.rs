@@ -146,19 +146,17 @@ impl Operator {
     }
 
     fn flows(&self) -> Value {
-        let (flows, maps_blocked, postures) = {
+        let (flows, maps_blocked) = {
             let maps = self.maps();
             let flows = maps.flows();
             let blocked: Vec<bool> = flows.iter().map(|(k, _)| maps.is_blocked(k)).collect();
-            let postures: Vec<_> = flows.iter().map(|(k, _)| maps.posture(k)).collect();
-            (flows, blocked, postures)
+            (flows, blocked)
         };
         let libs = self.libraries.snapshot();
         let list: Vec<Value> = flows
             .iter()
             .zip(maps_blocked)
-            .zip(postures)
-            .map(|(((key, state), blocked), posture)| {
+            .map(|((key, state), blocked)| {
                 let (local, remote) = events::endpoints(key);
                 let lib = libs.get(&state.lib_id);
                 json!({
@@ -173,7 +171,6 @@ impl Operator {
                     "blocked": blocked,
                     "call": events::op_name(state.op),
                     "evidence": if state.evidence == evidence::RANDOM { "random" } else { "thread" },
-                    "tls": posture.as_ref().map(events::tls_fields),
                 })
             })
             .collect();

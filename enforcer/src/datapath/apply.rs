@@ -48,7 +48,6 @@ struct Write {
     id: u32,
     action: Action,
     scope: Option<NameScope>,
-    posture: Option<enforcer_common::posture::PostureRule>,
 }
 
 impl Datapath {
@@ -74,7 +73,6 @@ impl Datapath {
             during.scoped |= maps.hello_policy().scoped;
             maps.set_hello_policy(during)?;
             write_all(&mut maps, &writes)?;
-            maps.write_host_posture(&in_force.policy)?;
             maps.set_mode(mode.code())?;
             if during != hello {
                 maps.set_hello_policy(hello)?;
@@ -153,7 +151,6 @@ fn plan(old: &Policy, new: &Policy, libs: &HashMap<u32, LibInfo>) -> (Vec<Write>
             id: *id,
             action,
             scope,
-            posture: new.posture_rule(lib),
         });
     }
     (writes, summary)
@@ -162,7 +159,6 @@ fn plan(old: &Policy, new: &Policy, libs: &HashMap<u32, LibInfo>) -> (Vec<Write>
 fn write_all(maps: &mut PolicyMaps, writes: &[Write]) -> Result<(), LiveMapError> {
     for w in writes {
         maps.write_library(w.id, w.action, w.scope.as_ref())?;
-        maps.write_posture(w.id, w.posture)?;
     }
     Ok(())
 }

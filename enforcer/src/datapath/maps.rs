@@ -14,9 +14,7 @@ use aya::{
 };
 use enforcer_common::{
     flow::{FlowKey, FlowState, block, verdict},
-    maps,
-    posture::{POSTURES, Posture},
-    stat,
+    maps, stat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +32,9 @@ pub(super) fn err(name: &'static str) -> impl FnOnce(MapError) -> LiveMapError {
     move |source| LiveMapError::Map { name, source }
 }
 
-/// Handles on FLOWS, BLOCKLIST, BLOCKLIST_OVERFLOW, POSTURES and STATS.
+/// Handles on FLOWS, BLOCKLIST, BLOCKLIST_OVERFLOW and STATS.
 pub struct LiveMaps {
     flows: HashMap<MapData, FlowKey, FlowState>,
-    postures: HashMap<MapData, FlowKey, Posture>,
     blocklist: HashMap<MapData, FlowKey, u8>,
     overflow: HashMap<MapData, FlowKey, u8>,
     overflow_in_use: Array<MapData, u32>,
@@ -95,7 +92,6 @@ impl LiveMaps {
                 .map_err(err(maps::OVERFLOW_IN_USE))?,
             overflow_max,
             flows: HashMap::try_from(Map::LruHashMap(flows_data)).map_err(err(maps::FLOWS))?,
-            postures: HashMap::try_from(Map::LruHashMap(data(POSTURES)?)).map_err(err(POSTURES))?,
             blocklist: HashMap::try_from(Map::HashMap(blocklist_data))
                 .map_err(err(maps::BLOCKLIST))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(data(maps::STATS)?))
@@ -103,11 +99,6 @@ impl LiveMaps {
             flows_max,
             blocklist_max,
         })
-    }
-
-    /// What `flow` negotiated, or awaits (its ServerHello was not read yet).
-    pub fn posture(&self, flow: &FlowKey) -> Option<Posture> {
-        self.postures.get(flow, 0).ok()
     }
 
     /// Every attributed flow (at most the map's capacity).

@@ -16,7 +16,6 @@ use aya::{
 use enforcer_common::{
     hello, maps,
     policy::{HelloPolicy, ServerNameKey},
-    posture::{HOST_RULE, POSTURE_RULES, PostureRule},
 };
 
 use super::maps::{LiveMapError, absent_ok, err, map_data};
@@ -34,7 +33,6 @@ pub struct PolicyMaps {
     name_rules_max: u32,
     random_libs: HashMap<MapData, u32, u8>,
     lib_code: HashMap<MapData, u32, hello::CodeSpan>,
-    postures: HashMap<MapData, u32, PostureRule>,
 }
 
 impl PolicyMaps {
@@ -60,8 +58,6 @@ impl PolicyMaps {
                 .map_err(err(hello::RANDOM_LIBS))?,
             lib_code: HashMap::try_from(Map::HashMap(data(hello::LIB_CODE)?))
                 .map_err(err(hello::LIB_CODE))?,
-            postures: HashMap::try_from(Map::HashMap(data(POSTURE_RULES)?))
-                .map_err(err(POSTURE_RULES))?,
         })
     }
 
@@ -154,31 +150,8 @@ impl PolicyMaps {
         self.remove_name_rules(lib_id, &wanted)
     }
 
-    /// What library `lib_id`'s connections must negotiate (`None`: nothing), or with
-    /// `HOST_RULE` every connection's. Judged at each ServerHello the kernel reads after the
-    /// write; one read before keeps the verdict it got.
-    pub fn write_posture(
-        &mut self,
-        lib_id: u32,
-        rule: Option<PostureRule>,
-    ) -> Result<(), LiveMapError> {
-        match rule {
-            Some(rule) => self
-                .postures
-                .insert(lib_id, rule, 0)
-                .map_err(err(POSTURE_RULES)),
-            None => absent_ok(self.postures.remove(&lib_id)).map_err(err(POSTURE_RULES)),
-        }
-    }
-
-    /// The host-wide requirements of `policy`.
-    pub fn write_host_posture(&mut self, policy: &Policy) -> Result<(), LiveMapError> {
-        self.write_posture(HOST_RULE, policy.host_posture_rule())
-    }
-
     /// Takes library `lib_id` out of every policy map (it could not be probed after all).
     pub fn forget_library(&mut self, lib_id: u32) -> Result<(), LiveMapError> {
-        absent_ok(self.postures.remove(&lib_id)).map_err(err(POSTURE_RULES))?;
         absent_ok(self.actions.remove(&lib_id)).map_err(err(maps::LIB_ACTIONS))?;
         absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;
         absent_ok(self.random_libs.remove(&lib_id)).map_err(err(hello::RANDOM_LIBS))?;

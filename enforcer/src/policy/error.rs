@@ -11,7 +11,7 @@ use super::{Action, MAX_POLICY_BYTES, Mode};
 use crate::catalog::{Catalog, Seg};
 
 /// Keys of the top-level mapping and of a rule, as error messages list them.
-pub(super) const TOP_KEYS: [&str; 9] = [
+pub(super) const TOP_KEYS: [&str; 7] = [
     "mode",
     "default",
     "unattributed_tls",
@@ -19,18 +19,14 @@ pub(super) const TOP_KEYS: [&str; 9] = [
     "quic",
     "libraries",
     "catalog",
-    "tls_versions",
-    "groups",
 ];
-pub(super) const RULE_KEYS: [&str; 8] = [
+pub(super) const RULE_KEYS: [&str; 6] = [
     "family",
     "version",
     "path",
     "sha256",
     "server_names",
     "action",
-    "tls_versions",
-    "groups",
 ];
 
 /// Why a policy could not be loaded.

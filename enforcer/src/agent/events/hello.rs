@@ -67,7 +67,7 @@ impl Recent {
 
     /// The owner of `flow` named by the connection event of time `since_ns` (the hello's
     /// `flow_since_ns`; 0: the flow had no state, nothing to join).
-    pub(super) fn owner(&self, flow: &FlowKey, since_ns: u64) -> Option<&Owner> {
+    fn owner(&self, flow: &FlowKey, since_ns: u64) -> Option<&Owner> {
         let (owner, at) = self.owners.get(flow).or_else(|| self.older.get(flow))?;
         (since_ns != 0 && *at == since_ns).then_some(owner)
     }
