@@ -38,10 +38,13 @@ pub enum Stat {
     HellosSplit = 13,
     /// Hello events the kernel could not queue on `HELLO_EVENTS` (ring buffer full).
     HelloEventsLost = 14,
+    /// Packets the tc ingress classifier dropped (`--ingress tc`, or `auto` where XDP costs
+    /// more: blocklisted flow, denied QUIC Initial).
+    TcIngressDrops = 15,
 }
 
 /// Entries of `STATS`.
-pub const COUNT: u32 = 15;
+pub const COUNT: u32 = 16;
 
 /// Every counter, in index order.
 pub const ALL: [Stat; COUNT as usize] = [
@@ -60,6 +63,7 @@ pub const ALL: [Stat; COUNT as usize] = [
     Stat::HellosByRandom,
     Stat::HellosSplit,
     Stat::HelloEventsLost,
+    Stat::TcIngressDrops,
 ];
 const _: () = {
     let mut i = 0;
@@ -84,7 +88,8 @@ impl Stat {
     }
 
     pub const fn shown(self) -> Shown {
-        const DROPS: &str = "Packets dropped, by program (xdp: ingress, tc: egress).";
+        const DROPS: &str =
+            "Packets dropped, by program (xdp: ingress, tc: egress, tc_ingress: ingress in tc).";
         let (name, metric, labels, help) = match self {
             Stat::XdpDrops => (
                 "xdp_drops",
@@ -175,6 +180,12 @@ impl Stat {
                 "enforcer_hello_events_lost_total",
                 "",
                 "Hello events the kernel could not queue (hello ring buffer full).",
+            ),
+            Stat::TcIngressDrops => (
+                "tc_ingress_drops",
+                "enforcer_drops_total",
+                "{program=\"tc_ingress\"}",
+                DROPS,
             ),
         };
         Shown {

@@ -19,8 +19,9 @@
 //! | `sock.rs`         | (helpers) 4-tuple of a `struct sock`        | global `SOCK_OFFSETS` |
 //! | `packet.rs`       | (helpers) 4-tuple of an Ethernet frame      | — |
 //! | `packet/direct.rs` | (helpers) its fast path: direct packet access | — |
-//! | `xdp.rs`          | ingress drop                                | — |
-//! | `tc.rs`           | egress drop                                 | — |
+//! | `ingress.rs`      | (called by `xdp.rs`, `tc.rs`) the ingress judge | — |
+//! | `xdp.rs`          | ingress drop (XDP)                          | — |
+//! | `tc.rs`           | egress drop; ingress drop (tc)              | — |
 //! | `hello.rs`        | (called by `tc.rs`) hellos judged by their random; unattributed TLS | — |
 //! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS` |
 //! | `client_hello.rs` | (called by `hello.rs`) ClientHello: SNI, name scopes | `HELLO_SCRATCH` |
@@ -52,6 +53,8 @@ mod flow_head;
 mod go;
 #[cfg(target_arch = "bpf")]
 mod hello;
+#[cfg(target_arch = "bpf")]
+mod ingress;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]

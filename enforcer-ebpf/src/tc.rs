@@ -1,4 +1,6 @@
-//! Egress: drop packets of blocklisted flows before they leave the host.
+//! The tc classifiers: egress (drop packets of blocklisted flows before they leave the host,
+//! judge hellos) and ingress (`--ingress tc`, and `auto` on a veth or a device without native
+//! XDP: the same judge as XDP, `ingress.rs`, on the skb).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -7,7 +9,7 @@ use aya_ebpf::{
 };
 use enforcer_common::stat::Stat;
 
-use crate::{client_hello, flow, hello, packet, quic, stats};
+use crate::{client_hello, flow, hello, ingress, packet, quic, stats};
 use enforcer_common::flow::direction;
 
 /// Fail-open like the XDP program (UDP: only a QUIC Initial the policy denies is dropped, as
@@ -41,6 +43,17 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// Ingress on the skb, after GRO: one run per aggregated skb rather than per wire frame, and no
+/// copy (a native XDP program on a veth copies every cloned skb into an XDP buffer).
+#[classifier]
+pub fn enforcer_ingress_tc(ctx: TcContext) -> i32 {
+    if ingress::drops(&ctx) {
+        stats::count(Stat::TcIngressDrops);
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK
 }
 
 impl packet::Linear for TcContext {

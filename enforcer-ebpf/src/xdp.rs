@@ -1,48 +1,35 @@
-//! Ingress: drop packets of blocklisted flows before the stack sees them.
+//! Ingress in XDP (`--ingress xdp`, and `auto` on a NIC with native XDP): drop packets of
+//! blocklisted flows before the stack sees them (the judge: `ingress.rs`).
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, macros::xdp, programs::XdpContext,
 };
 use enforcer_common::stat::Stat;
 
-use crate::{flow, packet, quic, stats};
-use enforcer_common::flow::direction;
+use crate::{ingress, packet, stats};
 
-/// Fail-open: anything we cannot parse (neither TCP nor UDP, truncated, fragments) passes; a
-/// 4-tuple the kernel hooks put in the blocklist is dropped, and a QUIC Initial the policy
-/// denies (`quic.rs`).
-///
 /// Loaded frags-aware (`xdp.frags`, `BPF_F_XDP_HAS_FRAGS`, Linux 5.18+): drivers refuse an MTU
 /// above a page to a program that is not (jumbo frames, veth with a large MTU), and a
 /// multi-buffer frame is parsed like any other: the headers are in the first buffer, or read
 /// with `bpf_xdp_load_bytes`, which reads fragments too (`packet.rs`). It does not keep a veth
-/// peer's TSO: veth turns GSO off on the peer of any native XDP program, frags-aware or not
-/// (measured on 6.18, docs/benchmarks.md).
+/// peer's TSO: veth turns GSO off on the peer of any native XDP program, frags-aware or not,
+/// and copies every cloned skb into an XDP buffer (measured on 6.18, docs/benchmarks.md), which
+/// is why `--ingress auto` puts the tc ingress classifier on a veth instead.
 #[xdp(frags)]
 pub fn enforcer_ingress(ctx: XdpContext) -> u32 {
-    ingress(&ctx)
+    verdict(&ctx)
 }
 
 /// The same program without `BPF_F_XDP_HAS_FRAGS`, for kernels before 5.18 that refuse the flag
 /// (the agent says that the peer of a veth then loses GSO).
 #[xdp]
 pub fn enforcer_ingress_nofrags(ctx: XdpContext) -> u32 {
-    ingress(&ctx)
+    verdict(&ctx)
 }
 
 #[inline(always)]
-fn ingress(ctx: &XdpContext) -> u32 {
-    let Some(segment) = packet::parse(ctx) else {
-        return xdp_action::XDP_PASS;
-    };
-    if segment.udp {
-        if quic::drops(ctx, &segment, direction::RECV) {
-            stats::count(Stat::XdpDrops);
-            return xdp_action::XDP_DROP;
-        }
-        return xdp_action::XDP_PASS;
-    }
-    if flow::is_blocked(&segment.as_receiver()) {
+fn verdict(ctx: &XdpContext) -> u32 {
+    if ingress::drops(ctx) {
         stats::count(Stat::XdpDrops);
         return xdp_action::XDP_DROP;
     }

@@ -335,7 +335,7 @@ fn quic_event(
 
 /// QUIC with real peers (aioquic), both directions, IPv4 and IPv6. Under the OpenSSL-only
 /// policy (`default: deny`, so `quic: deny`) no handshake completes: a host client's Initials
-/// are dropped at tc egress, a namespace client's to a server on the host at XDP ingress; the
+/// are dropped at tc egress, a namespace client's to a server on the host at ingress (tc on the veth); the
 /// servers see nothing and each event names the 4-tuple, the direction and version 1. With
 /// `quic: audit` the same clients complete and are reported.
 #[test]

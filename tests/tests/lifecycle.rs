@@ -17,16 +17,18 @@ struct IfaceState {
     xdp: bool,
     clsact: bool,
     egress_filters: String,
+    ingress_filters: String,
 }
 
 fn state(iface: &str) -> IfaceState {
     let link = sh(&mut cmd("ip", ["-d", "link", "show", "dev", iface]));
     let qdiscs = sh(&mut cmd("tc", ["qdisc", "show", "dev", iface]));
-    let filters = sh(&mut cmd("tc", ["filter", "show", "dev", iface, "egress"]));
+    let filters = |hook| sh(&mut cmd("tc", ["filter", "show", "dev", iface, hook]));
     IfaceState {
         xdp: link.contains("xdp"),
         clsact: qdiscs.contains("clsact"),
-        egress_filters: filters.trim().to_string(),
+        egress_filters: filters("egress").trim().to_string(),
+        ingress_filters: filters("ingress").trim().to_string(),
     }
 }
 
@@ -35,6 +37,7 @@ fn clean() -> IfaceState {
         xdp: false,
         clsact: false,
         egress_filters: String::new(),
+        ingress_filters: String::new(),
     }
 }
 
@@ -85,24 +88,31 @@ fn orphans_since(before: &[(u64, String, bool)]) -> Vec<(u64, String, bool)> {
 
 const RELEASE_GRACE: Duration = Duration::from_secs(5);
 
-fn attached_agent(ns: &NetNs) -> Agent {
-    let mut agent = Agent::with_policy(&ns.host_if, POLICY, &[]);
+/// An agent on `ns`'s veth, its ingress in `ingress` (`--ingress`: `auto` is tc on a veth).
+fn attached_agent(ns: &NetNs, ingress: &str) -> Agent {
+    let mut agent = Agent::with_policy(&ns.host_if, POLICY, &["--ingress", ingress]);
     agent.wait_ready(READY);
     let st = state(&ns.host_if);
+    let tc_ingress = st.ingress_filters.contains("enforcer_ingress");
+    let want_xdp = ingress == "xdp";
     assert!(
-        st.xdp && st.clsact && st.egress_filters.contains("enforcer_egress"),
+        st.xdp == want_xdp && tc_ingress != want_xdp,
+        "ingress not {ingress}: {st:?}"
+    );
+    assert!(
+        st.clsact && st.egress_filters.contains("enforcer_egress"),
         "not attached: {st:?}"
     );
     agent
 }
 
-fn exit_leaves_nothing(signal: libc::c_int) {
+fn exit_leaves_nothing(signal: libc::c_int, ingress: &str) {
     require_root();
     let ns = NetNs::new();
     // Before the snapshot: programs of another test run's agent must not count as ours.
     let _host = host_lock();
     let before = enforcer_programs();
-    let mut agent = attached_agent(&ns);
+    let mut agent = attached_agent(&ns, ingress);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.pid() as libc::pid_t, signal) };
     let status = agent.stop().expect("agent was running");
@@ -118,24 +128,40 @@ fn exit_leaves_nothing(signal: libc::c_int) {
 
 #[test]
 fn sigterm_leaves_nothing_attached() {
-    exit_leaves_nothing(libc::SIGTERM);
+    exit_leaves_nothing(libc::SIGTERM, "auto");
 }
 
 #[test]
-fn sigint_leaves_nothing_attached() {
-    exit_leaves_nothing(libc::SIGINT);
+fn sigint_leaves_nothing_attached_xdp() {
+    exit_leaves_nothing(libc::SIGINT, "xdp");
 }
 
-/// A second agent cannot attach XDP where the first one holds it: it must fail, say why, and
-/// roll back what it had already attached to the first interface.
+/// A second agent cannot take an interface another agent filters, whatever its ingress form:
+/// it must fail, say why, roll back what it had already attached to the first interface, and
+/// leave the first agent's filters in place.
 #[test]
 fn failed_attach_rolls_back() {
+    for ingress in ["xdp", "tc"] {
+        failed_attach_rolls_back_with(ingress);
+    }
+}
+
+fn failed_attach_rolls_back_with(ingress: &str) {
     require_root();
     let (a, b) = (NetNs::new(), NetNs::new());
-    let _holder = attached_agent(&b);
+    let _holder = attached_agent(&b, ingress);
+    let held = state(&b.host_if);
     let mut second = Command::new(enforcer_bin());
     second.args([
-        "attach", "--iface", &a.host_if, "--iface", &b.host_if, "--events", "json",
+        "attach",
+        "--iface",
+        &a.host_if,
+        "--iface",
+        &b.host_if,
+        "--events",
+        "json",
+        "--ingress",
+        ingress,
     ]);
     let out = run_with_timeout(&mut second, b"", Duration::from_secs(60));
     assert!(
@@ -154,6 +180,12 @@ fn failed_attach_rolls_back() {
         "rollback left state on {}",
         a.host_if
     );
+    assert_eq!(
+        state(&b.host_if),
+        held,
+        "the first agent's filters on {}",
+        b.host_if
+    );
 }
 
 /// After SIGKILL the tc filter (a netlink object) survives; the next agent removes it instead of
@@ -162,7 +194,7 @@ fn failed_attach_rolls_back() {
 fn stale_filter_after_sigkill_is_replaced() {
     require_root();
     let ns = NetNs::new();
-    let mut first = attached_agent(&ns);
+    let mut first = attached_agent(&ns, "auto");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGKILL) };
     first.stop();
@@ -172,17 +204,20 @@ fn stale_filter_after_sigkill_is_replaced() {
         "XDP is a BPF link and must go with the process: {st:?}"
     );
     assert!(
-        st.egress_filters.contains("enforcer_egress"),
-        "expected the stale filter: {st:?}"
+        st.egress_filters.contains("enforcer_egress")
+            && st.ingress_filters.contains("enforcer_ingress"),
+        "expected the stale filters: {st:?}"
     );
 
-    let mut second = attached_agent(&ns);
-    let filters = state(&ns.host_if).egress_filters;
-    let ours = filters
-        .lines()
-        .filter(|l| l.contains("enforcer_egress"))
-        .count();
-    assert_eq!(ours, 1, "filters stacked: {filters}");
+    let mut second = attached_agent(&ns, "auto");
+    let st = state(&ns.host_if);
+    for (filters, name) in [
+        (&st.egress_filters, "enforcer_egress"),
+        (&st.ingress_filters, "enforcer_ingress"),
+    ] {
+        let ours = filters.lines().filter(|l| l.contains(name)).count();
+        assert_eq!(ours, 1, "filters stacked: {filters}");
+    }
     assert!(
         second
             .stderr()
@@ -192,10 +227,10 @@ fn stale_filter_after_sigkill_is_replaced() {
     );
     second.stop();
     // The clsact was created by the first agent, so the second does not own it; the filter is gone.
+    let st = state(&ns.host_if);
     assert!(
-        state(&ns.host_if).egress_filters.is_empty(),
-        "{:?}",
-        state(&ns.host_if)
+        st.egress_filters.is_empty() && st.ingress_filters.is_empty(),
+        "{st:?}"
     );
 }
 

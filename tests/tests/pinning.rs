@@ -59,17 +59,24 @@ impl Setup {
     }
 }
 
-fn start(ns: &NetNs, pin: &Path, socket: &Path) -> Agent {
-    start_with(ns, POLICY, pin, socket)
-}
-
-fn start_with(ns: &NetNs, policy: &str, pin: &Path, socket: &Path) -> Agent {
+/// `ingress`: the `--ingress` form (`auto` is tc on the test's veth).
+fn start_with(ns: &NetNs, policy: &str, pin: &Path, socket: &Path, ingress: &str) -> Agent {
     let pin = pin.to_str().expect("utf-8");
     let socket = socket.to_str().expect("utf-8");
     // The hook form of this run (the VM matrix sets it per cell): `tcp_hook_programs` names
     // its programs, so an agent left on `auto` would be counted as having no hook links.
     let mut args = enforcer_tests::hook_args();
-    args.extend(["--pin", pin, "--control-socket", socket].map(String::from));
+    args.extend(
+        [
+            "--pin",
+            pin,
+            "--control-socket",
+            socket,
+            "--ingress",
+            ingress,
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
     agent.wait_ready(READY);
@@ -116,6 +123,23 @@ fn our_tc_filters(iface: &str) -> usize {
         .lines()
         .filter(|l| l.contains("enforcer_egress"))
         .count()
+}
+
+/// Our ingress attachments on `iface`: (XDP programs, tc ingress filters).
+fn ingress_attachments(iface: &str) -> (usize, usize) {
+    let tc = sh(&mut cmd("tc", ["filter", "show", "dev", iface, "ingress"]))
+        .lines()
+        .filter(|l| l.contains("enforcer_ingress"))
+        .count();
+    (xdp_programs(iface).len(), tc)
+}
+
+/// (XDP, tc) attachments of one ingress form, as [`ingress_attachments`] counts them.
+fn one_of(ingress: &str) -> (usize, usize) {
+    match ingress {
+        "xdp" => (1, 0),
+        _ => (0, 1),
+    }
 }
 
 /// Links in the kernel whose program is named `name`.
@@ -168,7 +192,17 @@ fn pinned_blocklist_entries(dir: &Path) -> usize {
 }
 
 #[test]
-fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
+fn pinned_enforcement_survives_sigkill_and_is_taken_over_xdp() {
+    pinned_enforcement_survives_sigkill_and_is_taken_over("xdp");
+}
+
+#[test]
+fn pinned_enforcement_survives_sigkill_and_is_taken_over_tc_ingress() {
+    pinned_enforcement_survives_sigkill_and_is_taken_over("tc");
+}
+
+/// `ingress`: the `--ingress` form both agents run with.
+fn pinned_enforcement_survives_sigkill_and_is_taken_over(ingress: &str) {
     // Bound in this order so they drop as before: the pin directory first, the host lock last.
     let Setup {
         _host,
@@ -181,7 +215,17 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
         socket,
     } = Setup::new();
 
-    let mut first = start(&ns, &pin.dir, &socket);
+    let mut first = start_with(&ns, POLICY, &pin.dir, &socket, ingress);
+    assert_eq!(
+        ingress_attachments(&ns.host_if),
+        one_of(ingress),
+        "ingress {ingress}"
+    );
+    // `enforcer status` names the form: a veth's XDP is native.
+    let status = ctl(&socket, &["status"]);
+    let form = &status["attached"]["ingress"][&ns.host_if];
+    let want = if ingress == "xdp" { "xdp native" } else { "tc" };
+    assert_eq!(form, want, "{status}");
     let answer = ctl(&socket, &["block", SYNTHETIC[0], SYNTHETIC[1]]);
     assert_eq!(answer["ok"], true, "{answer}");
     gnutls_refused(&server, peer, "GNUTLS-FIRST-AGENT", true);
@@ -197,7 +241,11 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGKILL) };
     first.stop();
-    assert_eq!(xdp_programs(&ns.host_if).len(), 1, "XDP stays attached");
+    assert_eq!(
+        ingress_attachments(&ns.host_if),
+        one_of(ingress),
+        "ingress stays attached"
+    );
     assert_eq!(our_tc_filters(&ns.host_if), 1, "the tc filter stays");
     assert!(
         pinned_blocklist_entries(&pin.dir) >= 1,
@@ -209,8 +257,12 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
     // The next agent takes over: one XDP program, one tc filter, the old kernel hooks released
     // (one link each), the blocklist entry still there.
     let tcp_hooks = tcp_hook_programs();
-    let mut second = start(&ns, &pin.dir, &socket);
-    assert_eq!(xdp_programs(&ns.host_if).len(), 1, "one XDP program");
+    let mut second = start_with(&ns, POLICY, &pin.dir, &socket, ingress);
+    assert_eq!(
+        ingress_attachments(&ns.host_if),
+        one_of(ingress),
+        "one ingress program"
+    );
     assert_eq!(our_tc_filters(&ns.host_if), 1, "one tc filter");
     for hook in ["tp_sock_state", tcp_hooks[0], tcp_hooks[1]] {
         assert_eq!(
@@ -255,7 +307,11 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
         "clean exit: {status:?}\n{}",
         second.stderr()
     );
-    assert_eq!(xdp_programs(&ns.host_if).len(), 1, "SIGTERM keeps XDP");
+    assert_eq!(
+        ingress_attachments(&ns.host_if),
+        one_of(ingress),
+        "SIGTERM keeps ingress"
+    );
     assert_eq!(
         our_tc_filters(&ns.host_if),
         1,
@@ -270,10 +326,14 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over() {
     // The link goes when its last fd closes: the agent's helper that resumes paused processes
     // (forked at start, holding copies of its fds) may outlive the agent by a few milliseconds.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !xdp_programs(&ns.host_if).is_empty() && std::time::Instant::now() < deadline {
+    while ingress_attachments(&ns.host_if) != (0, 0) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(xdp_programs(&ns.host_if).is_empty(), "detach removes XDP");
+    assert_eq!(
+        ingress_attachments(&ns.host_if),
+        (0, 0),
+        "detach removes ingress"
+    );
     assert_eq!(
         our_tc_filters(&ns.host_if),
         0,
@@ -291,7 +351,7 @@ fn client_hello_policy_is_pinned_and_taken_over() {
     let setup = Setup::new();
     let (ns, server, pin, socket) = (&setup.ns, &setup.server, &setup.pin, &setup.socket);
 
-    let mut first = start_with(ns, SCOPED_ENFORCE, &pin.dir, socket);
+    let mut first = start_with(ns, SCOPED_ENFORCE, &pin.dir, socket, "auto");
     let status = first.stop().expect("agent was running");
     assert!(status.success(), "clean exit: {}", first.stderr());
     for map in [
@@ -315,7 +375,7 @@ fn client_hello_policy_is_pinned_and_taken_over() {
     assert!(!pinned_map(&pin.dir, "SERVER_NAME_RULES").is_empty());
 
     // The next agent reuses the pinned maps; the first run's scopes go once its own are in.
-    let mut second = start_with(ns, SCOPED_ENFORCE, &pin.dir, socket);
+    let mut second = start_with(ns, SCOPED_ENFORCE, &pin.dir, socket, "auto");
     assert_eq!(
         pinned_map(&pin.dir, "SCOPED_LIBS").len(),
         scoped,

@@ -11,6 +11,7 @@
 //! are removed explicitly, on success, error and signal alike.
 
 mod earlier;
+mod iface_lock;
 mod interfaces;
 pub mod privileges;
 
@@ -51,7 +52,7 @@ use crate::{
 };
 
 use earlier::Earlier;
-use interfaces::Attached;
+use interfaces::{Attached, IngressChoice};
 
 #[derive(clap::Args)]
 pub struct AttachArgs {
@@ -64,6 +65,11 @@ pub struct AttachArgs {
     /// Audit only: report what would be blocked, block nothing (overrides the policy's mode).
     #[arg(long)]
     pub dry_run: bool,
+    /// Where arriving packets of blocked flows are dropped: `auto` puts the tc classifier on
+    /// virtual devices (veth, bridge, loopback) and NICs without native XDP, native XDP on the
+    /// others (docs/architecture.md says why).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub ingress: IngressChoice,
     /// Kernel TCP hook form; `auto` takes the cheapest that works here.
     #[arg(long, value_enum, default_value = "auto")]
     pub kernel_hook: HookChoice,
@@ -110,7 +116,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let hook = attach_hook(&datapath, args.kernel_hook)?;
     let rings = take_events(&mut datapath.ebpf())?;
     let mut attached = Attached::default();
-    let result = attach_interfaces(&datapath, &checked, &mut attached).await;
+    let result = attach_interfaces(&datapath, &checked, args.ingress, &mut attached).await;
     let programs = datapath.pinned_program_ids();
     // Bound once attached: an agent that cannot attach fails for that reason, not this one.
     let result = result.and_then(|()| control::bind(&args.control_socket));
@@ -123,6 +129,11 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                 earlier: earlier.as_ref(),
                 programs,
                 control,
+                ingress: attached
+                    .ingress
+                    .iter()
+                    .map(|(n, f)| (n.clone(), f.name()))
+                    .collect(),
             };
             serve(&args, &mut checked, ready, rings).await
         }
@@ -152,6 +163,8 @@ struct Checked {
     metrics: Option<(TcpListener, SocketAddr)>,
     /// Every library discovery found (the watcher will not examine them again).
     found: Vec<Library>,
+    /// Held until the agent exits: no second agent takes these interfaces.
+    _locks: iface_lock::IfaceLocks,
 }
 
 /// Also returns the policy, which [`load`] hands to the datapath.
@@ -174,6 +187,7 @@ async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
             Ok((name.clone(), index))
         })
         .collect::<Result<Vec<_>>>()?;
+    let locks = iface_lock::acquire(&ifaces)?;
     let offsets = btf::sock_offsets()?;
     // Before anything is loaded: a kernel without a feature enforcer cannot do without is
     // refused with the kernel it needs, not with a verifier error on the first program.
@@ -208,6 +222,7 @@ async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
     // Discovery read every candidate's tables; what it keeps is small.
     crate::agent::memory::trim();
     let checked = Checked {
+        _locks: locks,
         handle,
         names,
         ifaces,
@@ -291,18 +306,13 @@ fn attach_hook(datapath: &Datapath, choice: HookChoice) -> Result<AttachedHook> 
 async fn attach_interfaces(
     datapath: &Datapath,
     checked: &Checked,
+    ingress: IngressChoice,
     attached: &mut Attached,
 ) -> Result<()> {
     let pin = checked.pin.as_ref();
-    let classifier = interfaces::attach_xdp(&mut datapath.ebpf(), &checked.ifaces, pin, attached)?;
-    interfaces::attach_tc(
-        &checked.handle,
-        &checked.ifaces,
-        &classifier,
-        pin.is_some(),
-        attached,
-    )
-    .await
+    let ifaces = &checked.ifaces;
+    let classifiers = interfaces::attach_xdp(&mut datapath.ebpf(), ifaces, ingress, pin, attached)?;
+    interfaces::attach_tc(&checked.handle, ifaces, &classifiers, pin, attached).await
 }
 
 /// What [`serve`] needs besides the checked start-up values.
@@ -313,6 +323,8 @@ struct Ready<'a> {
     /// Programs whose links `--pin` pins.
     programs: Vec<u32>,
     control: UnixListener,
+    /// Each interface's ingress form (`--ingress`), for `enforcer status`.
+    ingress: Vec<(String, &'static str)>,
 }
 
 /// Retires the earlier run's pinned state, starts the watcher, and runs the main loop until a
@@ -344,6 +356,7 @@ async fn serve(
     );
     let info = AgentInfo {
         interfaces: checked.names.clone(),
+        ingress: ready.ingress,
         kernel_hook: ready.hook.form.name(),
         kernel_hook_targets: ready.hook.targets.iter().map(|t| t.to_string()).collect(),
         new_files: watcher.status.name(),
@@ -387,7 +400,9 @@ async fn teardown(
         // Pinned: the tc filter stays with the pinned links and maps (see `pin`).
         info!(pin = %args.pin.as_deref().unwrap_or(Path::new("")).display(), "pinned state left in place: enforcement goes on; `enforcer detach --pin DIR` removes it");
     } else {
-        for filter in attached.filters {
+        // Last attached first: the filter that created an interface's clsact qdisc removes it
+        // only once the other hook has no filter left.
+        for filter in attached.filters.into_iter().rev() {
             if let Err(err) = filter.detach(handle).await {
                 error!("detaching the tc filter failed: {err}");
             }

@@ -166,9 +166,16 @@ pub fn status_text(v: &Value) -> String {
         s("kernel_hook"),
         v["kernel_hook_targets"]
     ));
+    let ingress = v["attached"]["ingress"].as_object().map(|forms| {
+        let each = forms
+            .iter()
+            .map(|(name, form)| format!("{name}: {}", form.as_str().unwrap_or("?")));
+        each.collect::<Vec<_>>().join(", ")
+    });
     out.push_str(&format!(
-        "interfaces: {} (XDP ingress, tc egress)\n",
-        v["interfaces"]
+        "interfaces: {} (ingress {}; egress tc)\n",
+        v["interfaces"],
+        ingress.unwrap_or_default()
     ));
     out.push_str(&format!(
         "libraries probed: {}, new files: {}\n",
@@ -191,9 +198,10 @@ pub fn status_text(v: &Value) -> String {
         v["maps"]["overflow_max"]
     ));
     out.push_str(&format!(
-        "drops: xdp {}, tc {}; flows attributed {}; events lost: connections {}, hellos {}; blocklist full {}\n",
+        "drops: xdp {}, tc {}, tc ingress {}; flows attributed {}; events lost: connections {}, hellos {}; blocklist full {}\n",
         c["xdp_drops"],
         c["tc_drops"],
+        c["tc_ingress_drops"],
         c["flows_attributed"],
         c["events_lost"],
         c["hello_events_lost"],

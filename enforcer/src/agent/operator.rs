@@ -27,6 +27,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct AgentInfo {
     pub interfaces: Vec<String>,
+    /// Each interface's ingress form: `tc`, `xdp native`, `xdp generic`, `xdp (pinned link)`.
+    pub ingress: Vec<(String, &'static str)>,
     pub kernel_hook: &'static str,
     pub kernel_hook_targets: Vec<String>,
     pub new_files: &'static str,
@@ -131,7 +133,10 @@ impl Operator {
             "mode": mode,
             "policy": policy,
             "interfaces": i.interfaces,
-            "attached": {"ingress": "xdp", "egress": "tc cls_bpf (netlink)"},
+            "attached": {
+                "ingress": i.ingress.iter().map(|(n, f)| (n.clone(), Value::from(*f))).collect::<serde_json::Map<_, _>>(),
+                "egress": "tc cls_bpf (netlink)",
+            },
             "kernel_hook": i.kernel_hook,
             "kernel_hook_targets": i.kernel_hook_targets,
             "libraries": self.libraries.len(),

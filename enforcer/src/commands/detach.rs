@@ -1,6 +1,7 @@
 //! `enforcer detach --pin DIR`: removes what an agent run with `--pin DIR` left in force: its
-//! pinned links (XDP, uprobes, kernel hooks: detached as their pins go), its tc egress filters
-//! (on the interfaces of its pinned XDP links, and on any `--iface` given), and its pinned maps
+//! pinned links (XDP, uprobes, kernel hooks: detached as their pins go), its tc filters (on the
+//! interfaces of its pinned XDP links and tc ingress classifiers, and on any `--iface` given:
+//! egress, and ingress), and its pinned maps
 //! (blocklist, flows, ...). Run it after stopping the agent; a running agent keeps its own fds.
 
 use std::path::Path;
@@ -15,6 +16,7 @@ pub async fn run(dir: &Path, extra_ifaces: &[String]) -> Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
     let mut ifindexes = removed.xdp_ifindexes.clone();
+    ifindexes.extend(&removed.tc_ingress_ifindexes);
     for name in extra_ifaces {
         ifindexes.push(iface::ifindex(name)?);
     }
@@ -23,9 +25,11 @@ pub async fn run(dir: &Path, extra_ifaces: &[String]) -> Result<()> {
     let mut filters = 0;
     for ifindex in ifindexes {
         // An interface deleted since is not an error: its filters went with it.
-        match tc::remove_named(&handle, ifindex, tc::FILTER_NAME).await {
-            Ok(n) => filters += n,
-            Err(err) => tracing::warn!(ifindex, "removing the tc filter: {err}"),
+        for hook in [tc::Hook::Egress, tc::Hook::Ingress] {
+            match tc::remove_named(&handle, ifindex, hook, hook.filter_name()).await {
+                Ok(n) => filters += n,
+                Err(err) => tracing::warn!(ifindex, "removing the tc filter: {err}"),
+            }
         }
     }
     println!(

@@ -8,6 +8,9 @@
 //! - `links/xdp_<ifindex>`: the XDP link of each filtered interface. A restarted agent swaps
 //!   its own program into this very link (`bpf_link_update`), so the interface never runs
 //!   without our XDP program and never gets a second one.
+//! - `links/tcin_<ifindex>`: the tc ingress classifier of each interface whose ingress is in tc
+//!   (`--ingress`): not a link (a tc filter has none) but the program itself, pinned so that
+//!   `enforcer detach` and the next run know the interface; the filter holds the program too.
 //! - `links/link_<id>`: every other link of the datapath: TLS uprobes (perf-event and
 //!   `uprobe_multi`), the kernel TCP hook and the connection-close tracepoint. A restarted
 //!   agent attaches its own, then removes these (the old programs and their per-run maps go
@@ -15,7 +18,7 @@
 //!
 //! The new-file hooks of the watcher are never pinned: they pause processes, and only a running
 //! agent resumes them. The tc egress filter is a netlink object that stays without pinning; a
-//! restarted agent replaces it in place (`NLM_F_REPLACE`). `enforcer detach --pin DIR` removes
+//! restarted agent replaces it in place (`NLM_F_REPLACE`), and the ingress one likewise. `enforcer detach --pin DIR` removes
 //! everything (see [`remove_all`]).
 //!
 //! bpffs holds only bpf objects and directories, so nothing else is stored here.
@@ -36,6 +39,7 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const XDP_PREFIX: &str = "xdp_";
 const LINK_PREFIX: &str = "link_";
+const TC_INGRESS_PREFIX: &str = "tcin_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -66,6 +70,8 @@ pub struct PinnedLink {
     pub path: PathBuf,
     /// `Some(ifindex)` for an interface's XDP link.
     pub xdp_ifindex: Option<u32>,
+    /// `Some(ifindex)` for an interface's tc ingress classifier (a program, not a link).
+    pub tc_ingress_ifindex: Option<u32>,
 }
 
 impl PinDir {
@@ -120,6 +126,20 @@ impl PinDir {
         self.links().join(format!("{XDP_PREFIX}{ifindex}"))
     }
 
+    /// Where the tc ingress classifier of `ifindex` is pinned.
+    pub fn tc_ingress_path(&self, ifindex: u32) -> PathBuf {
+        self.links().join(format!("{TC_INGRESS_PREFIX}{ifindex}"))
+    }
+
+    /// Pins the tc ingress classifier `fd` of `ifindex`, in place of an earlier run's (whose
+    /// program then goes with its filter, replaced already). Returns the path.
+    pub fn pin_tc_ingress(&self, ifindex: u32, fd: BorrowedFd<'_>) -> Result<PathBuf, PinError> {
+        let path = self.tc_ingress_path(ifindex);
+        unpin(&path)?;
+        obj_pin(fd, &path).map_err(io_err(&path))?;
+        Ok(path)
+    }
+
     /// Whether map `name` was pinned by an earlier run.
     pub fn has_map(&self, name: &str) -> bool {
         self.map_path(name).exists()
@@ -137,12 +157,11 @@ impl PinDir {
         for entry in entries {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let xdp_ifindex = name
-                .strip_prefix(XDP_PREFIX)
-                .and_then(|n| n.parse::<u32>().ok());
+            let ifindex = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.parse().ok());
             out.push(PinnedLink {
                 path: entry.path(),
-                xdp_ifindex,
+                xdp_ifindex: ifindex(XDP_PREFIX),
+                tc_ingress_ifindex: ifindex(TC_INGRESS_PREFIX),
             });
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -184,6 +203,8 @@ pub struct Removed {
     pub maps: usize,
     /// Interfaces that had an XDP link pinned (their tc filters are the caller's to remove).
     pub xdp_ifindexes: Vec<u32>,
+    /// Interfaces whose tc ingress classifier was pinned (the caller removes their filters).
+    pub tc_ingress_ifindexes: Vec<u32>,
 }
 
 /// Unpins every link and map under `dir` and removes the directories.
@@ -193,6 +214,7 @@ pub fn remove_all(dir: &PinDir) -> Result<Removed, PinError> {
         unpin(&link.path)?;
         removed.links += 1;
         removed.xdp_ifindexes.extend(link.xdp_ifindex);
+        removed.tc_ingress_ifindexes.extend(link.tc_ingress_ifindex);
     }
     let maps = dir.maps();
     if let Ok(entries) = std::fs::read_dir(&maps) {
@@ -341,10 +363,11 @@ pub fn prog_id_of(fd: BorrowedFd<'_>) -> io::Result<u32> {
 /// (they pause processes; only a running agent resumes them), plus `extra` (the `uprobe_multi`
 /// copies of the TLS programs).
 pub fn datapath_programs(ebpf: &aya::Ebpf, extra: &[BorrowedFd<'_>]) -> Vec<u32> {
-    const NOT_PINNED: [&str; 5] = [
+    const NOT_PINNED: [&str; 6] = [
         "enforcer_ingress",
         "enforcer_ingress_nofrags",
         "enforcer_egress",
+        "enforcer_ingress_tc",
         "watch_mmap",
         "watch_exec",
     ];

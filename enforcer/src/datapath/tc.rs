@@ -1,8 +1,10 @@
-//! Egress attachment of a BPF classifier: a `clsact` qdisc plus a direct-action `cls_bpf` filter,
-//! made over rtnetlink (neither aya's tc helpers nor the `tc` command).
+//! Attachment of a BPF classifier to a clsact hook (egress, and ingress for `--ingress tc`): a
+//! `clsact` qdisc plus a direct-action `cls_bpf` filter, made over rtnetlink (neither aya's tc
+//! helpers nor the `tc` command).
 //!
 //! The equivalent commands: `tc qdisc add dev X clsact` and
-//! `tc filter add dev X egress pref 50 handle 1 protocol all bpf direct-action fd N name NAME`.
+//! `tc filter add dev X egress pref 50 handle 1 protocol all bpf direct-action fd N name NAME`
+//! (`ingress` in place of `egress` for the ingress hook).
 //! netlink-packet-route 0.34 has typed `cls_bpf` options (`TcFilterBpfOption`), so no raw
 //! `DefaultNla` is needed.
 
@@ -21,15 +23,17 @@ use rtnetlink::packet_core::{
 
 use crate::datapath::iface::{describe, netlink_io};
 
-/// Priority ("pref") of our egress filter, so it is easy to find:
+/// Priority ("pref") of our filters, so they are easy to find:
 /// `tc filter show dev X egress pref 50`. Lower runs first: this is below the priorities the
 /// kernel hands out to filters added without one (from 0xC000 downwards), so we see packets
 /// before them, and it stays clear of 1, which other BPF tools commonly take.
 pub const FILTER_PRIORITY: u16 = 50;
 /// Handle of our filter within [`FILTER_PRIORITY`].
 pub const FILTER_HANDLE: u32 = 1;
-/// Name of our filter; also the prefix [`remove_stale`] looks for after a SIGKILL.
+/// Name of our egress filter; also the prefix [`remove_stale`] looks for after a SIGKILL.
 pub const FILTER_NAME: &str = "enforcer_egress";
+/// Name of our ingress filter (`--ingress tc`).
+pub const INGRESS_FILTER_NAME: &str = "enforcer_ingress";
 
 const ETH_P_ALL: u16 = 0x0003;
 const CLSACT: &str = "clsact";
@@ -39,21 +43,51 @@ const CLSACT_HANDLE: u32 = 0xffff_0000;
 const EGRESS: u32 = 0xffff_fff3;
 const INGRESS: u32 = 0xffff_fff2;
 
+/// One of clsact's two hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Egress,
+    Ingress,
+}
+
+impl Hook {
+    /// As `tc filter show dev X <hook>` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Egress => "egress",
+            Hook::Ingress => "ingress",
+        }
+    }
+    /// The name our filter on this hook has.
+    pub fn filter_name(self) -> &'static str {
+        match self {
+            Hook::Egress => FILTER_NAME,
+            Hook::Ingress => INGRESS_FILTER_NAME,
+        }
+    }
+    fn parent(self) -> u32 {
+        match self {
+            Hook::Egress => EGRESS,
+            Hook::Ingress => INGRESS,
+        }
+    }
+}
+
 /// Why a tc operation failed. `iface` reads like `'eth0' (index 2)`.
 #[derive(Debug, thiserror::Error)]
 pub enum TcError {
     #[error("invalid tc filter name {0:?}: it must be non-empty and contain no NUL byte")]
     InvalidName(String),
     #[error(
-        "interface {iface} has a classic 'ingress' qdisc, which has no egress hook: replace it \
-         with clsact (`tc qdisc del dev <iface> ingress`) and retry"
+        "interface {iface} has a classic 'ingress' qdisc, which has no egress hook and holds the \
+         place of clsact: replace it with clsact (`tc qdisc del dev <iface> ingress`) and retry"
     )]
     IngressQdiscInTheWay { iface: String },
     #[error(
-        "interface {iface} already has an egress filter pref {FILTER_PRIORITY} handle \
+        "interface {iface} already has an {hook} filter pref {FILTER_PRIORITY} handle \
          {FILTER_HANDLE}: a previous agent left it behind; remove it (remove_stale) and retry"
     )]
-    FilterExists { iface: String },
+    FilterExists { iface: String, hook: &'static str },
     #[error("{action} on interface {iface} failed: {source}{}", hint(.source))]
     Netlink {
         action: &'static str,
@@ -79,26 +113,30 @@ fn netlink(action: &'static str, ifindex: u32) -> impl FnOnce(io::Error) -> TcEr
     }
 }
 
-/// Our filter on an interface's egress hook. Dropping it leaves the filter in place (there is
-/// no async drop): call [`EgressFilter::detach`], or [`remove_stale`] at the next start.
+/// Our filter on one hook of an interface. Dropping it leaves the filter in place (there is
+/// no async drop): call [`Filter::detach`], or [`remove_stale`] at the next start.
 #[derive(Debug)]
 #[must_use = "the filter stays attached until detach() is called"]
-pub struct EgressFilter {
+pub struct Filter {
     ifindex: u32,
+    hook: Hook,
     priority: u16,
     handle: u32,
     created_qdisc: bool,
 }
 
-impl EgressFilter {
+impl Filter {
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+    pub fn hook(&self) -> Hook {
+        self.hook
     }
     /// `(priority, handle)` of the filter, as `tc filter show` prints `pref` and `handle`.
     pub fn id(&self) -> (u16, u32) {
         (self.priority, self.handle)
     }
-    /// Whether [`attach_egress`] created the clsact qdisc (and detach may remove it).
+    /// Whether [`attach`] created the clsact qdisc (and detach may remove it).
     pub fn created_qdisc(&self) -> bool {
         self.created_qdisc
     }
@@ -106,14 +144,20 @@ impl EgressFilter {
     /// Deletes our filter, then the clsact qdisc if we created it and no filter is left on
     /// either of its hooks. A filter already gone (interface or qdisc deleted) is not an error.
     pub async fn detach(self, handle: &rtnetlink::Handle) -> Result<(), TcError> {
-        let msg = filter_msg(self.ifindex, self.priority, self.handle, ETH_P_ALL);
+        let msg = filter_msg(
+            self.ifindex,
+            self.hook,
+            self.priority,
+            self.handle,
+            ETH_P_ALL,
+        );
         match request(handle, RouteNetlinkMessage::DelTrafficFilter(msg), 0).await {
             Ok(()) => {}
             Err(e) if is_gone(handle, self.ifindex, &e).await => {
-                tracing::warn!(iface = %describe(self.ifindex), "egress filter was already gone");
+                tracing::warn!(iface = %describe(self.ifindex), hook = self.hook.name(), "tc filter was already gone");
                 return Ok(());
             }
-            Err(e) => return Err(netlink("deleting the egress filter", self.ifindex)(e)),
+            Err(e) => return Err(netlink("deleting the tc filter", self.ifindex)(e)),
         }
         if !self.created_qdisc {
             return Ok(());
@@ -133,55 +177,67 @@ impl EgressFilter {
     }
 }
 
-/// Attaches `prog_fd` (a `BPF_PROG_TYPE_SCHED_CLS` program) to the egress hook of `ifindex` as a
+/// Attaches `prog_fd` (a `BPF_PROG_TYPE_SCHED_CLS` program) to `hook` of `ifindex` as a
 /// direct-action cls_bpf filter called `name`, at [`FILTER_PRIORITY`] / [`FILTER_HANDLE`], for
 /// all protocols. Creates the clsact qdisc if the interface has none. Call [`remove_stale`] first.
-pub async fn attach_egress(
+pub async fn attach(
     handle: &rtnetlink::Handle,
     ifindex: u32,
+    hook: Hook,
     prog_fd: BorrowedFd<'_>,
     name: &str,
-) -> Result<EgressFilter, TcError> {
-    add_egress(handle, ifindex, prog_fd, name, NLM_F_CREATE | NLM_F_EXCL).await
+) -> Result<Filter, TcError> {
+    add(
+        handle,
+        ifindex,
+        hook,
+        prog_fd,
+        name,
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .await
 }
 
-/// Like [`attach_egress`], but a filter already at our priority and handle (left by an earlier
-/// agent that pinned its state) gets the new program in place, atomically (`NLM_F_REPLACE`):
-/// egress is never unfiltered in between. The returned filter does not own the qdisc.
-pub async fn replace_egress(
+/// Like [`attach`], but a filter already at our priority and handle (left by an earlier agent
+/// that pinned its state) gets the new program in place, atomically (`NLM_F_REPLACE`): the hook
+/// is never unfiltered in between. The returned filter does not own the qdisc.
+pub async fn replace(
     handle: &rtnetlink::Handle,
     ifindex: u32,
+    hook: Hook,
     prog_fd: BorrowedFd<'_>,
     name: &str,
-) -> Result<EgressFilter, TcError> {
-    let mut filter =
-        add_egress(handle, ifindex, prog_fd, name, NLM_F_CREATE | NLM_F_REPLACE).await?;
+) -> Result<Filter, TcError> {
+    let flags = NLM_F_CREATE | NLM_F_REPLACE;
+    let mut filter = add(handle, ifindex, hook, prog_fd, name, flags).await?;
     filter.created_qdisc = false;
     Ok(filter)
 }
 
-/// Deletes our filter on `ifindex` without an [`EgressFilter`] (`enforcer detach`): every
-/// egress filter named `name_prefix`..., see [`remove_stale`].
+/// Deletes our filter on `hook` of `ifindex` without a [`Filter`] (`enforcer detach`): every
+/// filter named `name_prefix`..., see [`remove_stale`].
 pub async fn remove_named(
     handle: &rtnetlink::Handle,
     ifindex: u32,
+    hook: Hook,
     name_prefix: &str,
 ) -> Result<usize, TcError> {
-    remove_stale(handle, ifindex, name_prefix).await
+    remove_stale(handle, ifindex, hook, name_prefix).await
 }
 
-async fn add_egress(
+async fn add(
     handle: &rtnetlink::Handle,
     ifindex: u32,
+    hook: Hook,
     prog_fd: BorrowedFd<'_>,
     name: &str,
     flags: u16,
-) -> Result<EgressFilter, TcError> {
+) -> Result<Filter, TcError> {
     if name.is_empty() || name.contains('\0') {
         return Err(TcError::InvalidName(name.to_owned()));
     }
     let created_qdisc = ensure_clsact(handle, ifindex).await?;
-    let mut msg = filter_msg(ifindex, FILTER_PRIORITY, FILTER_HANDLE, ETH_P_ALL);
+    let mut msg = filter_msg(ifindex, hook, FILTER_PRIORITY, FILTER_HANDLE, ETH_P_ALL);
     let fd = u32::try_from(prog_fd.as_raw_fd()).unwrap_or(u32::MAX); // fds are never negative
     msg.attributes.push(TcAttribute::Options(vec![
         TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
@@ -199,36 +255,39 @@ async fn add_egress(
         return Err(match e.raw_os_error() {
             Some(libc::EEXIST) => TcError::FilterExists {
                 iface: describe(ifindex),
+                hook: hook.name(),
             },
-            _ => netlink("adding the egress bpf filter", ifindex)(e),
+            _ => netlink("adding the bpf filter", ifindex)(e),
         });
     }
-    Ok(EgressFilter {
+    Ok(Filter {
         ifindex,
+        hook,
         priority: FILTER_PRIORITY,
         handle: FILTER_HANDLE,
         created_qdisc,
     })
 }
 
-/// Deletes every cls_bpf filter on the egress hook of `ifindex` whose name starts with
-/// `name_prefix` (left behind by an agent killed with SIGKILL). Returns how many went.
+/// Deletes every cls_bpf filter on `hook` of `ifindex` whose name starts with `name_prefix`
+/// (left behind by an agent killed with SIGKILL). Returns how many went.
 /// An interface without a clsact qdisc has none: 0.
 pub async fn remove_stale(
     handle: &rtnetlink::Handle,
     ifindex: u32,
+    hook: Hook,
     name_prefix: &str,
 ) -> Result<usize, TcError> {
-    let filters = dump_filters(handle, ifindex, EGRESS).await;
+    let filters = dump_filters(handle, ifindex, hook.parent()).await;
     let mut removed = 0;
-    for filter in filters.map_err(netlink("listing egress filters", ifindex))? {
+    for filter in filters.map_err(netlink("listing tc filters", ifindex))? {
         // Handle 0 would make the kernel delete every filter of that priority.
         let ours = bpf_name(&filter).is_some_and(|n| n.starts_with(name_prefix));
         if !ours || u32::from(filter.header.handle) == 0 {
             continue;
         }
         let mut del = TcMessage::with_index(filter.header.index);
-        del.header.parent = EGRESS.into();
+        del.header.parent = hook.parent().into();
         del.header.handle = filter.header.handle;
         del.header.info = filter.header.info; // priority << 16 | protocol, as dumped
         del.attributes
@@ -242,7 +301,7 @@ pub async fn remove_stale(
         match request(handle, RouteNetlinkMessage::DelTrafficFilter(del), 0).await {
             Ok(()) => removed += 1,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {} // someone else was faster
-            Err(e) => return Err(netlink("deleting a stale egress filter", ifindex)(e)),
+            Err(e) => return Err(netlink("deleting a stale tc filter", ifindex)(e)),
         }
     }
     Ok(removed)
@@ -261,13 +320,13 @@ fn bpf_name(filter: &TcMessage) -> Option<&str> {
     })
 }
 
-/// A filter request on the egress hook. `tcm_info` packs the priority (high 16 bits) and the
+/// A filter request on `hook`. `tcm_info` packs the priority (high 16 bits) and the
 /// protocol (low 16 bits), which the kernel compares with `skb->protocol` and therefore wants in
 /// network byte order (iproute2 does `htons(ETH_P_ALL)` too). On delete, the kind and the
 /// protocol must match too, so another tool's filter at the same place is never removed.
-fn filter_msg(ifindex: u32, priority: u16, handle: u32, protocol: u16) -> TcMessage {
+fn filter_msg(ifindex: u32, hook: Hook, priority: u16, handle: u32, protocol: u16) -> TcMessage {
     let mut msg = TcMessage::with_index(ifindex as i32);
-    msg.header.parent = EGRESS.into();
+    msg.header.parent = hook.parent().into();
     msg.header.handle = handle.into();
     msg.header.info = (u32::from(priority) << 16) | u32::from(protocol.to_be());
     msg.attributes
@@ -388,212 +447,4 @@ async fn request(
 }
 
 #[cfg(test)]
-mod tests {
-    //! Needs root: veth pairs in the current namespace, raw bpf(2), `tc` from iproute2.
-    use super::*;
-    use crate::datapath::iface::tests::{VethGuard, sh, with_handle};
-    use std::future::Future;
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-
-    /// `r0 = -1 (TC_ACT_UNSPEC); exit` loaded as SCHED_CLS with a raw BPF_PROG_LOAD.
-    fn load_prog() -> OwnedFd {
-        #[repr(C)]
-        struct Insn(u8, u8, i16, i32); // opcode, dst/src registers, offset, immediate
-        #[repr(C)]
-        #[derive(Default)]
-        struct ProgLoadAttr {
-            prog_type: u32,
-            insn_cnt: u32,
-            insns: u64,
-            license: u64,
-            log: [u32; 4], // log_level, log_size, log_buf
-            kern_version: u32,
-            prog_flags: u32,
-            prog_name: [u8; 16],
-        }
-        // BPF_ALU64|BPF_MOV|BPF_K r0, -1 ; BPF_JMP|BPF_EXIT
-        let insns = [Insn(0xb7, 0, 0, -1), Insn(0x95, 0, 0, 0)];
-        let attr = ProgLoadAttr {
-            prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: c"GPL".as_ptr() as u64,
-            prog_name: *b"enf_tc_test\0\0\0\0\0",
-            ..Default::default()
-        };
-        let size = size_of::<ProgLoadAttr>();
-        // SAFETY: `attr` and what it points to outlive the call; 5 is BPF_PROG_LOAD.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, &raw const attr, size) };
-        assert!(fd >= 0, "BPF_PROG_LOAD: {}", io::Error::last_os_error());
-        // SAFETY: a fresh fd owned by nobody else.
-        unsafe { OwnedFd::from_raw_fd(fd as i32) }
-    }
-
-    struct Ctx {
-        dev: String,
-        ifindex: u32,
-        prog: OwnedFd,
-        h: rtnetlink::Handle,
-    }
-    impl Ctx {
-        async fn attach(&self) -> Result<EgressFilter, TcError> {
-            attach_egress(
-                &self.h,
-                self.ifindex,
-                self.prog.as_fd(),
-                "enforcer_tc_egress",
-            )
-            .await
-        }
-        fn filters(&self) -> String {
-            sh(&format!("tc filter show dev {} egress", self.dev))
-        }
-        fn qdiscs(&self) -> String {
-            sh(&format!("tc qdisc show dev {}", self.dev))
-        }
-        /// Adds another eBPF filter named `name` at pref 60, as another tool would.
-        async fn add_other(&self, name: &str) {
-            let mut msg = filter_msg(self.ifindex, 60, 1, ETH_P_ALL);
-            msg.attributes.push(TcAttribute::Options(vec![
-                TcOption::Bpf(TcFilterBpfOption::ProgFd(self.prog.as_raw_fd() as u32)),
-                TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
-                TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-            ]));
-            let add = RouteNetlinkMessage::NewTrafficFilter(msg);
-            let added = request(&self.h, add, NLM_F_CREATE | NLM_F_EXCL).await;
-            added.expect("add other filter");
-        }
-    }
-
-    /// Runs `test` against a fresh veth `<tag><pid>` (with `setup` shell commands run first).
-    fn on_veth<Fut: Future<Output = ()>>(tag: &str, setup: &[&str], test: impl FnOnce(Ctx) -> Fut) {
-        let veth = VethGuard::new(tag);
-        for cmd in setup {
-            sh(&cmd.replace("DEV", &veth.0));
-        }
-        let (dev, ifindex, prog) = (veth.0.clone(), veth.ifindex(), load_prog());
-        with_handle(|h| {
-            test(Ctx {
-                dev,
-                ifindex,
-                prog,
-                h,
-            })
-        });
-    }
-
-    const HAS_CLSACT: &str = "qdisc clsact ffff:";
-
-    #[test]
-    fn attach_then_detach_leaves_nothing() {
-        on_veth("enftca", &[], |c| async move {
-            assert_eq!(
-                remove_stale(&c.h, c.ifindex, "enforcer_")
-                    .await
-                    .expect("stale"),
-                0
-            );
-            let f = c.attach().await.expect("attach");
-            assert!(f.created_qdisc() && c.qdiscs().contains(HAS_CLSACT));
-            let shown = c.filters();
-            for want in [
-                "protocol all pref 50 bpf",
-                "handle 0x1 enforcer_tc_egress",
-                "direct-action",
-            ] {
-                assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
-            }
-            f.detach(&c.h).await.expect("detach");
-            assert_eq!(c.filters().trim(), "");
-            assert!(!c.qdiscs().contains(HAS_CLSACT), "clsact left behind");
-        });
-    }
-
-    #[test]
-    fn detach_keeps_a_preexisting_clsact() {
-        on_veth("enftcb", &["tc qdisc add dev DEV clsact"], |c| async move {
-            let f = c.attach().await.expect("attach");
-            assert!(!f.created_qdisc());
-            f.detach(&c.h).await.expect("detach");
-            assert_eq!(c.filters().trim(), "");
-            assert!(
-                c.qdiscs().contains(HAS_CLSACT),
-                "pre-existing clsact was removed"
-            );
-        });
-    }
-
-    #[test]
-    fn detach_keeps_our_clsact_while_other_filters_use_it() {
-        on_veth("enftcc", &[], |c| async move {
-            let f = c.attach().await.expect("attach");
-            c.add_other("someone_else").await;
-            f.detach(&c.h).await.expect("detach");
-            let shown = c.filters();
-            assert!(
-                shown.contains("someone_else") && !shown.contains("enforcer_tc"),
-                "{shown}"
-            );
-            assert!(c.qdiscs().contains(HAS_CLSACT));
-        });
-    }
-
-    #[test]
-    fn remove_stale_removes_only_our_prefix() {
-        on_veth("enftcd", &[], |c| async move {
-            // An agent killed with SIGKILL: the filter stays, nobody detaches it.
-            drop(c.attach().await.expect("attach"));
-            c.add_other("someone_else").await;
-            let cbpf = "bpf bytecode '1,6 0 0 0,'"; // classic BPF, no name
-            sh(&format!(
-                "tc filter add dev {} egress pref 70 {cbpf}",
-                c.dev
-            ));
-            let again = c.attach().await;
-            assert!(
-                matches!(again, Err(TcError::FilterExists { .. })),
-                "{again:?}"
-            );
-            assert_eq!(
-                remove_stale(&c.h, c.ifindex, "enforcer_")
-                    .await
-                    .expect("stale"),
-                1
-            );
-            let shown = c.filters();
-            assert!(!shown.contains("enforcer_tc"), "{shown}");
-            assert!(
-                shown.contains("someone_else") && shown.contains("pref 70"),
-                "{shown}"
-            );
-            assert_eq!(
-                remove_stale(&c.h, c.ifindex, "enforcer_")
-                    .await
-                    .expect("stale"),
-                0
-            );
-            assert!(
-                !c.attach()
-                    .await
-                    .expect("attach after cleanup")
-                    .created_qdisc()
-            );
-        });
-    }
-
-    #[test]
-    fn ingress_qdisc_in_the_way_is_explained() {
-        on_veth(
-            "enftce",
-            &["tc qdisc add dev DEV ingress"],
-            |c| async move {
-                let err = c.attach().await.expect_err("ingress qdisc must be refused");
-                assert!(matches!(err, TcError::IngressQdiscInTheWay { .. }), "{err}");
-                assert!(err.to_string().contains(&c.dev), "{err}");
-                assert!(c.qdiscs().contains("qdisc ingress"));
-                let bad = attach_egress(&c.h, c.ifindex, c.prog.as_fd(), "").await;
-                assert!(matches!(bad, Err(TcError::InvalidName(_))));
-            },
-        );
-    }
-}
+mod tests;

@@ -9,23 +9,6 @@ use crate::packets::*;
 /// programs alike: such frames never reach the programs, and the test asserts the refusal.
 const MIN_TEST_RUN: usize = ETH_HLEN;
 
-/// For skb programs, recent kernels (6.18 here) also refuse a frame whose EtherType is IPv4 or
-/// IPv6 (untagged) when it is shorter than the fixed IP header; older ones run the program.
-/// Either is accepted for those lengths: EINVAL, or the program's verdict (which must then be
-/// pass, since no ports can be in such a frame).
-fn skb_may_refuse(frame: &[u8]) -> bool {
-    let ip_len = match u16::from_be_bytes([frame[12], frame[13]]) {
-        ETH_P_IP => 20,
-        ETH_P_IPV6 => 40,
-        _ => 0,
-    };
-    frame.len() < ETH_HLEN + ip_len
-}
-
-fn is_einval(result: &Result<Verdict, ProgramError>) -> bool {
-    matches!(result, Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINVAL))
-}
-
 fn expect_einval(result: Result<Verdict, ProgramError>, what: &str, hook: &str, len: usize) {
     assert!(
         is_einval(&result),
@@ -51,6 +34,7 @@ fn truncations(h: &mut Harness, what: &str, inbound: &[u8], outbound: &[u8], l4:
             for frame in [inbound, outbound] {
                 expect_einval(h.run_ingress(frame, 1), what, "XDP", len);
                 expect_einval(h.run_egress(frame, 1), what, "tc", len);
+                expect_einval(h.run_ingress_tc(frame, 1), what, "tc ingress", len);
             }
             h.check_stats();
             continue;

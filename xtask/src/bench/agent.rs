@@ -26,7 +26,8 @@ pub const AUDIT_OPENSSL_ONLY: &str =
     "mode: audit\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n";
 
 impl Agent {
-    pub fn start(bin: &Path, ifaces: &[&str], policy: &str) -> Result<Agent> {
+    /// `enforcer attach` on `ifaces` with `policy`, and `extra` arguments (e.g. `--ingress xdp`).
+    pub fn start_with(bin: &Path, ifaces: &[&str], policy: &str, extra: &[&str]) -> Result<Agent> {
         let mut file = tempfile::Builder::new()
             .prefix("enforcer-bench-policy-")
             .suffix(".yaml")
@@ -39,7 +40,8 @@ impl Agent {
         }
         cmd.arg("--policy")
             .arg(file.path())
-            .args(["--events", "json"]);
+            .args(["--events", "json"])
+            .args(extra);
         let started = Instant::now();
         let mut inner = enforcer_tests::Agent::spawn(cmd);
         let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -8,7 +8,7 @@ mod churn;
 mod leak;
 mod loopback;
 mod overflow;
-mod packets;
+pub(crate) mod packets;
 mod paths;
 mod startup;
 
@@ -57,7 +57,10 @@ impl Ctx {
     /// (docs/architecture.md, "New library files"), which on 2 cores would slow whatever is
     /// measured next; wait (up to 20 s, 3 s in --quick) until it uses < 5 % of a core.
     fn agent(&self, ifaces: &[&str], policy: &str) -> Result<Agent> {
-        let a = Agent::start(&self.enforcer, ifaces, policy)?;
+        self.agent_with(ifaces, policy, &[])
+    }
+    fn agent_with(&self, ifaces: &[&str], policy: &str, extra: &[&str]) -> Result<Agent> {
+        let a = Agent::start_with(&self.enforcer, ifaces, policy, extra)?;
         let max = Duration::from_secs(if self.quick { 3 } else { 20 });
         agent::wait_idle(a.pid(), max);
         Ok(a)

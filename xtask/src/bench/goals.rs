@@ -76,11 +76,14 @@ pub fn goals(figs: &[Figure], trap_ns: Option<f64>) -> Vec<Target> {
         e,
         |c| c < 5.0,
         format!(
-            "cost {}; audit mode {}, with XDP + tc on lo {}",
+            "cost {}; audit mode {}, with the filters on lo {}",
             e.map_or("–".into(), |c| format!("{c:.1} %")),
             cost(rr, "enforcer, audit mode").map_or("–".into(), |c| format!("{c:.1} %")),
-            cost(rr, "enforcer, enforce mode, XDP + tc also on lo")
-                .map_or("–".into(), |c| format!("{c:.1} %")),
+            cost(
+                rr,
+                "enforcer, enforce mode, filters also on lo (tc ingress, tc egress)"
+            )
+            .map_or("–".into(), |c| format!("{c:.1} %")),
         ),
     ));
     let call = metric(figs, 1, "client SSL_write call time");
@@ -139,14 +142,15 @@ pub fn goals(figs: &[Figure], trap_ns: Option<f64>) -> Vec<Target> {
         ("ingress", "TCP throughput, ingress"),
     ] {
         let m = metric(figs, 3, name);
-        let c = cost(m, "agent attached (XDP + tc + TCP hook)");
+        let c = cost(m, crate::bench::figures::packets::AGENT_TC);
+        let xdp = cost(m, crate::bench::figures::packets::AGENT_XDP);
         let v6 = cost(
             metric(
                 figs,
                 8,
                 &format!("IPv6 TCP throughput across the veth, {dir}"),
             ),
-            "enforcer, enforce mode, XDP + tc on the veth",
+            "enforcer, enforce mode, filters on the veth (tc ingress, tc egress)",
         );
         let p8 = cost(
             metric(
@@ -154,7 +158,7 @@ pub fn goals(figs: &[Figure], trap_ns: Option<f64>) -> Vec<Target> {
                 8,
                 &format!("TCP throughput, 8 parallel streams (IPv4), {dir}"),
             ),
-            "enforcer, enforce mode, XDP + tc on the veth",
+            "enforcer, enforce mode, filters on the veth (tc ingress, tc egress)",
         );
         let pct = |x: Option<f64>| x.map_or("–".into(), |c| format!("{c:.1} %"));
         out.push(judge(
@@ -162,8 +166,10 @@ pub fn goals(figs: &[Figure], trap_ns: Option<f64>) -> Vec<Target> {
             c,
             |c| c < 3.0,
             format!(
-                "IPv4 1 stream {} (figure 3), IPv6 {} and 8 streams {} (figure 8)",
+                "IPv4 1 stream {} (figure 3; with XDP ingress {}), IPv6 {} and 8 streams {} \
+                 (figure 8)",
                 pct(c),
+                pct(xdp),
                 pct(v6),
                 pct(p8)
             ),

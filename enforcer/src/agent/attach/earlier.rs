@@ -24,8 +24,9 @@ impl Earlier {
         Ok(Earlier { links })
     }
 
-    /// Once this run is attached: the earlier run's links go (its XDP links on our interfaces
-    /// were taken over and stay; those on other interfaces go with their tc filters), and the
+    /// Once this run is attached: the earlier run's links go (its XDP links and tc ingress pins
+    /// on our interfaces were taken over and stay; those on other interfaces go with their tc
+    /// filters), and the
     /// policy of its libraries that no flow refers to any more (action, server-name scope).
     pub async fn retire(
         &self,
@@ -36,15 +37,19 @@ impl Earlier {
     ) {
         let mut removed = 0;
         for link in &self.links {
-            if let Some(ifindex) = link.xdp_ifindex {
+            if let Some(ifindex) = link.xdp_ifindex.or(link.tc_ingress_ifindex) {
                 if ifaces.iter().any(|(_, i)| *i == ifindex) {
                     continue;
                 }
-                if let Err(err) = tc::remove_named(handle, ifindex, tc::FILTER_NAME).await {
-                    warn!(
-                        ifindex,
-                        "removing the earlier run's tc filter failed: {err}"
-                    );
+                for hook in [tc::Hook::Egress, tc::Hook::Ingress] {
+                    if let Err(err) =
+                        tc::remove_named(handle, ifindex, hook, hook.filter_name()).await
+                    {
+                        warn!(
+                            ifindex,
+                            "removing the earlier run's tc filter failed: {err}"
+                        );
+                    }
                 }
             }
             match pin::unpin(&link.path) {

@@ -1,5 +1,6 @@
-//! The blocklist filters on the interfaces: XDP on ingress (taking over an earlier run's pinned
-//! link where there is one), the tc classifier on egress.
+//! The blocklist filters on the interfaces: on ingress XDP or the tc ingress classifier (chosen
+//! per interface by `--ingress`, see [`IngressChoice`]; an earlier run's pinned form is taken
+//! over as it is), the tc classifier on egress.
 
 use std::{os::fd::AsFd, path::PathBuf};
 
@@ -16,112 +17,254 @@ use tracing::{info, warn};
 
 use crate::datapath::{
     pin::PinDir,
-    tc::{self, FILTER_NAME},
+    tc::{self, Hook},
 };
+
+/// `--ingress`: where arriving packets of blocked flows are dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngressChoice {
+    /// tc on virtual devices (veth, bridges, tunnels, loopback) and on NICs whose driver has no
+    /// native XDP; native XDP on the others.
+    Auto,
+    /// XDP everywhere: native where the driver has it, else generic (skb) mode.
+    Xdp,
+    /// The tc ingress classifier everywhere.
+    Tc,
+}
+
+/// How one interface's ingress is filtered, as `enforcer status` says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngressForm {
+    /// An earlier run's pinned XDP link, our program swapped in (its mode is the earlier run's).
+    XdpPinned,
+    XdpNative,
+    XdpGeneric,
+    Tc,
+}
+
+impl IngressForm {
+    pub fn name(self) -> &'static str {
+        match self {
+            IngressForm::XdpPinned => "xdp (pinned link)",
+            IngressForm::XdpNative => "xdp native",
+            IngressForm::XdpGeneric => "xdp generic",
+            IngressForm::Tc => "tc",
+        }
+    }
+}
 
 /// What this run put on the interfaces so far: undone by the caller if the start fails (the XDP
 /// links that are not pinned belong to the object and go with it).
 #[derive(Default)]
 pub struct Attached {
-    pub filters: Vec<tc::EgressFilter>,
+    pub filters: Vec<tc::Filter>,
     pub pinned: Vec<PathBuf>,
+    /// The ingress form of each interface, in `--iface` order.
+    pub ingress: Vec<(String, IngressForm)>,
 }
 
-/// XDP on every interface; returns the loaded egress classifier for [`attach_tc`]. Synchronous:
-/// the object is locked for it, and not across an `await`.
+/// The classifiers [`attach_tc`] puts on the interfaces.
+pub struct Classifiers {
+    egress: ProgramFd,
+    /// Loaded only when some interface takes its ingress in tc.
+    ingress: Option<ProgramFd>,
+}
+
+/// XDP on the interfaces whose ingress is XDP; loads the classifiers for [`attach_tc`].
+/// Synchronous: the object is locked for it, and not across an `await`.
 pub fn attach_xdp(
     ebpf: &mut Ebpf,
     ifaces: &[(String, u32)],
+    choice: IngressChoice,
     pin: Option<&PinDir>,
     attached: &mut Attached,
-) -> Result<ProgramFd> {
-    let xdp = load_ingress(ebpf)?;
+) -> Result<Classifiers> {
+    let mut xdp_program: Option<&'static str> = None;
     for (name, index) in ifaces {
-        if let Some(dir) = pin
-            && dir.xdp_path(*index).exists()
-        {
-            // The earlier run's link: our program takes its place in it, atomically.
-            let link = PinnedLink::from_pin(dir.xdp_path(*index))
-                .with_context(|| format!("opening the pinned XDP link of {name}"))?;
-            let link = XdpLink::try_from(FdLink::from(link))
-                .with_context(|| format!("pinned XDP link of {name}"))?;
-            xdp.attach_to_link(link).with_context(|| {
-                format!("replacing the program of the pinned XDP link of {name}")
-            })?;
-            info!(iface = %name, "XDP: took over the pinned link");
+        let form = match pinned_form(pin, *index) {
+            Some(form) => {
+                if form_differs(choice, form) {
+                    warn!(iface = %name, ingress = form.name(), "ingress stays as the pinned earlier run has it; `enforcer detach --pin DIR` first to change it");
+                }
+                form
+            }
+            None if choice == IngressChoice::Tc
+                || (choice == IngressChoice::Auto && is_virtual(name)) =>
+            {
+                IngressForm::Tc
+            }
+            None => IngressForm::XdpNative, // settled below: native, generic or tc
+        };
+        if form == IngressForm::Tc {
+            attached.ingress.push((name.clone(), form));
             continue;
         }
-        let id = match xdp.attach_to_if_index(*index, XdpMode::Default) {
-            Ok(id) => id,
-            Err(native) => xdp.attach_to_if_index(*index, XdpMode::Skb).with_context(|| {
-                format!("attaching XDP to {name} failed (native: {native}); if another XDP program is attached, see `ip link show {name}`")
-            })?,
+        let loaded = match xdp_program {
+            Some(loaded) => loaded,
+            // Loaded once, for the first interface that takes it.
+            None => *xdp_program.insert(load_ingress(ebpf)?),
         };
-        if let Some(dir) = pin {
-            let link: FdLink = xdp.take_link(id)?.try_into().with_context(|| {
-                format!("XDP on {name} is not a bpf link (kernel < 5.9?): cannot pin it")
-            })?;
-            let path = dir.xdp_path(*index);
-            // Pinned, the link outlives the fd we drop here.
-            link.pin(&path)
-                .with_context(|| format!("pinning the XDP link of {name} at {}", path.display()))?;
-            attached.pinned.push(path);
-        }
+        let form = attach_one(program(ebpf, loaded)?, name, *index, choice, pin, attached)?;
+        attached.ingress.push((name.clone(), form));
     }
-    let classifier: &mut SchedClassifier = program(ebpf, "enforcer_egress")?;
-    classifier.load()?;
-    Ok(classifier.fd()?.try_clone()?)
+    let egress = load_classifier(ebpf, EGRESS_TC)?;
+    let ingress = match attached.ingress.iter().any(|(_, f)| *f == IngressForm::Tc) {
+        true => Some(load_classifier(ebpf, INGRESS_TC)?),
+        false => None,
+    };
+    Ok(Classifiers { egress, ingress })
 }
 
-/// The egress classifier `fd` on every interface (replacing our earlier run's filter when
-/// pinned, else after removing filters a killed agent left).
+/// One interface's XDP: the pinned link taken over, or native, then generic (`--ingress xdp`)
+/// or nothing (`auto`: the tc classifier does it, see [`attach_tc`]).
+fn attach_one(
+    xdp: &mut Xdp,
+    name: &str,
+    index: u32,
+    choice: IngressChoice,
+    pin: Option<&PinDir>,
+    attached: &mut Attached,
+) -> Result<IngressForm> {
+    if let Some(dir) = pin
+        && dir.xdp_path(index).exists()
+    {
+        // The earlier run's link: our program takes its place in it, atomically.
+        let link = PinnedLink::from_pin(dir.xdp_path(index))
+            .with_context(|| format!("opening the pinned XDP link of {name}"))?;
+        let link = XdpLink::try_from(FdLink::from(link))
+            .with_context(|| format!("pinned XDP link of {name}"))?;
+        xdp.attach_to_link(link)
+            .with_context(|| format!("replacing the program of the pinned XDP link of {name}"))?;
+        info!(iface = %name, "XDP: took over the pinned link");
+        return Ok(IngressForm::XdpPinned);
+    }
+    let (id, form) = match xdp.attach_to_if_index(index, XdpMode::Driver) {
+        Ok(id) => (id, IngressForm::XdpNative),
+        Err(native) if choice == IngressChoice::Auto => {
+            // Generic XDP runs on the skb like tc, after linearizing it: tc costs less there.
+            info!(iface = %name, "no native XDP ({native}): ingress in tc");
+            return Ok(IngressForm::Tc);
+        }
+        Err(native) => {
+            let id = xdp.attach_to_if_index(index, XdpMode::Skb).with_context(|| {
+                format!("attaching XDP to {name} failed (native: {native}); if another XDP program is attached, see `ip link show {name}`")
+            })?;
+            (id, IngressForm::XdpGeneric)
+        }
+    };
+    if let Some(dir) = pin {
+        let link: FdLink = xdp.take_link(id)?.try_into().with_context(|| {
+            format!("XDP on {name} is not a bpf link (kernel < 5.9?): cannot pin it")
+        })?;
+        let path = dir.xdp_path(index);
+        // Pinned, the link outlives the fd we drop here.
+        link.pin(&path)
+            .with_context(|| format!("pinning the XDP link of {name} at {}", path.display()))?;
+        attached.pinned.push(path);
+    }
+    Ok(form)
+}
+
+/// The egress classifier on every interface, the ingress one where [`attach_xdp`] chose tc
+/// (replacing our earlier run's filters when pinned, else after removing filters a killed agent
+/// left).
 pub async fn attach_tc(
     handle: &rtnetlink::Handle,
     ifaces: &[(String, u32)],
-    fd: &ProgramFd,
-    pinned: bool,
+    classifiers: &Classifiers,
+    pin: Option<&PinDir>,
     attached: &mut Attached,
 ) -> Result<()> {
     for (name, index) in ifaces {
-        if pinned {
-            let filter = tc::replace_egress(handle, *index, fd.as_fd(), FILTER_NAME).await?;
+        let form = attached
+            .ingress
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| *f);
+        let mut hooks = vec![(Hook::Egress, &classifiers.egress)];
+        if let (Some(IngressForm::Tc), Some(fd)) = (form, classifiers.ingress.as_ref()) {
+            hooks.push((Hook::Ingress, fd));
+        }
+        for (hook, fd) in hooks {
+            let filter = match pin {
+                Some(_) => {
+                    tc::replace(handle, *index, hook, fd.as_fd(), hook.filter_name()).await?
+                }
+                None => {
+                    let stale = tc::remove_stale(handle, *index, hook, hook.filter_name()).await?;
+                    if stale > 0 {
+                        warn!(iface = %name, hook = hook.name(), stale, "removed tc filters left by an earlier agent");
+                    }
+                    tc::attach(handle, *index, hook, fd.as_fd(), hook.filter_name()).await?
+                }
+            };
             attached.filters.push(filter);
-            info!(iface = %name, "XDP (ingress) and tc (egress) attached, pinned");
-            continue;
+            if let (Hook::Ingress, Some(dir)) = (hook, pin) {
+                // The mark `enforcer detach` finds the interface by (tc filters have no pin).
+                let path = dir.pin_tc_ingress(*index, fd.as_fd())?;
+                attached.pinned.push(path);
+            }
         }
-        let stale = tc::remove_stale(handle, *index, FILTER_NAME).await?;
-        if stale > 0 {
-            warn!(iface = %name, stale, "removed tc filters left by an earlier agent");
-        }
-        let filter = tc::attach_egress(handle, *index, fd.as_fd(), FILTER_NAME).await?;
-        attached.filters.push(filter);
-        info!(iface = %name, "XDP (ingress) and tc (egress) attached");
+        let ingress = form.map_or("?", IngressForm::name);
+        info!(iface = %name, ingress, egress = "tc", pinned = pin.is_some(), "filters attached");
     }
     Ok(())
 }
 
-/// The frags-aware XDP program (`enforcer_ingress`), or on kernels that refuse
-/// `BPF_F_XDP_HAS_FRAGS` (before 5.18) the same program without it.
-fn load_ingress(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    let frags = program::<Xdp>(ebpf, INGRESS)?.load();
-    let name = match frags {
-        Ok(()) => INGRESS,
-        Err(err) => {
-            warn!(
-                "XDP without multi-buffer support ({err}; Linux 5.18+ has it): a veth whose peer \
-                 gets this program turns GSO/TSO off on the peer"
-            );
-            let fallback: &mut Xdp = program(ebpf, INGRESS_NOFRAGS)?;
-            fallback.load()?;
-            INGRESS_NOFRAGS
-        }
+/// The form an earlier run pinned on `ifindex`, if any.
+fn pinned_form(pin: Option<&PinDir>, ifindex: u32) -> Option<IngressForm> {
+    let dir = pin?;
+    if dir.xdp_path(ifindex).exists() {
+        return Some(IngressForm::XdpPinned);
+    }
+    dir.tc_ingress_path(ifindex)
+        .exists()
+        .then_some(IngressForm::Tc)
+}
+
+fn form_differs(choice: IngressChoice, form: IngressForm) -> bool {
+    match choice {
+        IngressChoice::Auto => false,
+        IngressChoice::Xdp => form == IngressForm::Tc,
+        IngressChoice::Tc => form != IngressForm::Tc,
+    }
+}
+
+/// A software device (veth, bridge, bond, tunnel, loopback): its sysfs entry is under
+/// `/sys/devices/virtual`. On a veth, native XDP costs 81-86 % of TCP throughput (it copies
+/// every cloned skb into an XDP buffer and turns GSO off on the peer; docs/benchmarks.md),
+/// where the tc classifier costs a few per cent; the others have no native XDP at all.
+fn is_virtual(name: &str) -> bool {
+    std::fs::canonicalize(format!("/sys/class/net/{name}"))
+        .is_ok_and(|p| p.starts_with("/sys/devices/virtual"))
+}
+
+/// Loads the frags-aware XDP program (`enforcer_ingress`), or on kernels that refuse
+/// `BPF_F_XDP_HAS_FRAGS` (before 5.18) the same program without it; returns which.
+fn load_ingress(ebpf: &mut Ebpf) -> Result<&'static str> {
+    let Err(err) = program::<Xdp>(ebpf, INGRESS)?.load() else {
+        return Ok(INGRESS);
     };
-    program(ebpf, name)
+    warn!(
+        "XDP without multi-buffer support ({err}; Linux 5.18+ has it): a veth whose peer \
+         gets this program turns GSO/TSO off on the peer"
+    );
+    program::<Xdp>(ebpf, INGRESS_NOFRAGS)?.load()?;
+    Ok(INGRESS_NOFRAGS)
+}
+
+fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
+    let classifier: &mut SchedClassifier = program(ebpf, name)?;
+    classifier.load()?;
+    Ok(classifier.fd()?.try_clone()?)
 }
 
 /// The XDP programs: frags-aware, and the fallback without.
 pub const INGRESS: &str = "enforcer_ingress";
 pub const INGRESS_NOFRAGS: &str = "enforcer_ingress_nofrags";
+/// The tc classifiers.
+pub const EGRESS_TC: &str = "enforcer_egress";
+pub const INGRESS_TC: &str = "enforcer_ingress_tc";
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where

@@ -20,7 +20,8 @@ use crate::bench::{
 
 const REDIS_PORT: u16 = 16390;
 const BASE: &str = "baseline: no enforcer";
-const AGENT: &str = "enforcer, enforce mode (OpenSSL allowed), XDP + tc on the veth";
+const AGENT: &str =
+    "enforcer, enforce mode (OpenSSL allowed), filters on the veth (tc ingress, tc egress)";
 
 /// Figure 9.
 pub fn redis(ctx: &Ctx) -> Result<Figure> {

@@ -27,7 +27,7 @@ const BULK_RECORD: u32 = 16384;
 const BASE: &str = "baseline: no enforcer";
 const AUDIT: &str = "enforcer, audit mode";
 const ENFORCE: &str = "enforcer, enforce mode (OpenSSL allowed)";
-const ENFORCE_LO: &str = "enforcer, enforce mode, XDP + tc also on lo";
+const ENFORCE_LO: &str = "enforcer, enforce mode, filters also on lo (tc ingress, tc egress)";
 const SNIFF: &str = "peer: sslsniff-bpfcc (output discarded)";
 const FLOOR: &str = "reference: empty uprobe + uretprobe on SSL_read/SSL_write (BCC)";
 
@@ -238,7 +238,7 @@ pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
              as fit in {rr_secs} s; each round trip is 4 probed TLS calls (client SSL_write + \
              SSL_read, server SSL_read + SSL_write). The agent filters the bench's veth (not on \
              this path: the figure is the cost of the uprobes and the TCP hook), except in the \
-             `also on lo` row, where XDP (generic mode) and tc also sit on the loopback path. \
+             `also on lo` row, where the ingress and egress filters (tc: `--ingress auto` on loopback) also sit on the loopback path. \
              {rounds} rounds; each round runs every configuration once, in the order of the \
              table (interleaved: each agent and peer run sits between baseline runs of adjacent \
              rounds), starting the agent or the tool for the run and stopping it after. \

@@ -17,6 +17,9 @@ use crate::bench::{
 };
 
 const IPERF_PORT: u16 = 19201;
+/// The throughput rows of the two ingress forms.
+pub const AGENT_TC: &str = "agent attached, ingress in tc (--ingress auto, the default on a veth)";
+pub const AGENT_XDP: &str = "agent attached, ingress in XDP (--ingress xdp)";
 
 /// (hook, program, no-match frame, drop frame, pass / drop / empty-program return values)
 type Case<'a> = (&'a str, &'a bpf::Prog, Vec<u8>, Vec<u8>, u32, u32, u32);
@@ -38,9 +41,11 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
              empty program of the same type (`r0 = pass; exit`), i.e. what BPF_PROG_TEST_RUN and \
              any program cost. {runs} runs each. Throughput: iperf3 (Debian) over the veth pair \
              into the bench's network namespace, 1 stream, {} s per run, with no agent vs with the \
-             agent (enforce mode) attached to the host end; egress = data leaves through tc, \
-             ingress (`-R`) = data arrives through XDP. Blocks: half the baseline runs, then the \
-             agent's runs (same agent as the per-packet runs), then the other half.",
+             agent (enforce mode) attached to the host end, its ingress in XDP (`--ingress xdp`, \
+             the agent of the per-packet runs) and in tc (`--ingress auto`, the default, which \
+             takes tc on a veth); egress = data leaves through tc, ingress (`-R`) = data arrives \
+             through the ingress filter. Blocks: half the baseline runs, then each agent's runs, \
+             then the other half.",
             if ctx.quick { 1 } else { 2 }
         ),
         ..Default::default()
@@ -82,7 +87,8 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
     };
     // Blocks (baseline, agent, baseline) rather than rounds: see figure 1 on agent restarts.
     // The agent block runs inside the per-packet section below.
-    let mut s = [vec![], vec![], vec![], vec![]];
+    // Egress and ingress: baseline, XDP agent, tc agent.
+    let mut s = [vec![], vec![], vec![], vec![], vec![], vec![]];
     let half = runs.div_ceil(2);
     ctx.quiesce();
     for r in 0..half {
@@ -93,7 +99,8 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
     // --- per packet -------------------------------------------------------------------------
     {
         ctx.quiesce();
-        let agent = ctx.agent(&[&ns.host_if], ENFORCE_OPENSSL_ONLY)?;
+        // XDP ingress, so that its program is there to measure.
+        let agent = ctx.agent_with(&[&ns.host_if], ENFORCE_OPENSSL_ONLY, &["--ingress", "xdp"])?;
         let held = bpf::held_by(agent.pid())?;
         let xdp = held.prog(bpf::PROG_TYPE_XDP)?;
         let tc = held.prog(bpf::PROG_TYPE_SCHED_CLS)?;
@@ -185,12 +192,26 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
         fig.metrics.extend(result?);
         // The same agent for the veth runs: one agent start and exit per figure.
         for r in 0..runs {
-            println!("bench: figure 3, veth with agent {}/{runs}", r + 1);
+            println!(
+                "bench: figure 3, veth with agent (XDP ingress) {}/{runs}",
+                r + 1
+            );
             s[1].push(iperf(false)?);
             s[3].push(iperf(true)?);
         }
         agent.stop_timed(Duration::from_secs(600));
     }
+    ctx.quiesce();
+    let agent = ctx.agent(&[&ns.host_if], ENFORCE_OPENSSL_ONLY)?;
+    for r in 0..runs {
+        println!(
+            "bench: figure 3, veth with agent (tc ingress) {}/{runs}",
+            r + 1
+        );
+        s[4].push(iperf(false)?);
+        s[5].push(iperf(true)?);
+    }
+    agent.stop_timed(Duration::from_secs(600));
 
     ctx.quiesce();
     for r in half..runs {
@@ -198,7 +219,7 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
         s[0].push(iperf(false)?);
         s[2].push(iperf(true)?);
     }
-    let [e0, e1, i0, i1] = s;
+    let [e0, e1, i0, i1, e2, i2] = s;
     let mut eg = Metric::new(
         "TCP throughput, egress (tc on the data path)",
         "Gbit/s",
@@ -206,26 +227,28 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
         true,
     );
     eg.row("baseline: no programs", e0);
-    eg.row("agent attached (XDP + tc + TCP hook)", e1);
+    eg.row(AGENT_TC, e2);
+    eg.row(AGENT_XDP, e1);
     let mut ing = Metric::new(
-        "TCP throughput, ingress (XDP on the data path)",
+        "TCP throughput, ingress (the ingress filter on the data path)",
         "Gbit/s",
         Better::Higher,
         true,
     );
     ing.row("baseline: no programs", i0);
-    ing.row("agent attached (XDP + tc + TCP hook)", i1);
+    ing.row(AGENT_TC, i2);
+    ing.row(AGENT_XDP, i1);
     fig.metrics.push(eg);
     fig.metrics.push(ing);
     drop(server);
     fig.notes.push(
-        "Why the veth rows cost so much more than the per-packet figures suggest: the agent \
-         attaches XDP in native mode, and a veth with a native XDP program that is not \
-         frags-aware turns TSO off on its peer (checked by hand with `ethtool -k`: \
-         tcp-segmentation-offload goes off on the namespace end when the agent attaches). The \
-         namespace side then sends MTU-sized segments instead of 64 KiB super-packets, so the \
-         ingress direction pays the whole stack per 1500 bytes, plus the XDP parse; the egress \
-         direction loses less (only its ACKs come back through XDP)."
+        "Why the XDP rows cost so much more than the per-packet figures suggest: a veth with a \
+         native XDP program (frags-aware or not) turns GSO off on its peer and copies every \
+         cloned skb into an XDP buffer, so the namespace side sends MTU-sized segments and \
+         the ingress direction pays the whole stack per 1500 bytes plus a copy, where the tc \
+         ingress classifier runs once per GRO-aggregated skb without a copy. This is why \
+         `--ingress auto` (the default) takes tc on a veth; the egress direction loses less \
+         under XDP (only its ACKs come back through it)."
             .into(),
     );
     fig.notes.push(

@@ -1,4 +1,4 @@
-//! Figure 8: the filtered path (TLS request/response across the veth with XDP + tc on it, IPv6
+//! Figure 8: the filtered path (TLS request/response across the veth with the agent's filters on it, IPv6
 //! and 8-stream throughput), the kernel TCP hook on plain TCP, and the agent's BPF map memory;
 //! baseline and agent rounds interleaved (ABAB).
 
@@ -22,7 +22,7 @@ use crate::bench::{
 
 const IPERF_PORT: u16 = 19202;
 const BASE: &str = "baseline: no enforcer";
-const AGENT: &str = "enforcer, enforce mode, XDP + tc on the veth";
+const AGENT: &str = "enforcer, enforce mode, filters on the veth (tc ingress, tc egress)";
 
 /// (total bytes, distinct maps, the largest as (bytes, shape)).
 pub type MapMemory = (u64, usize, Vec<(u64, String)>);
@@ -253,12 +253,12 @@ pub fn paths(ctx: &Ctx) -> Result<Figure> {
              mode, OpenSSL allowed, filtering the bench's veth, is started for each agent run and \
              stopped after it). TLS: `tlsperf rr` ({secs} s) and `tlsperf lat` ({lat_n} timed \
              round trips) from the host to a `tlsperf server` in the namespace, across the veth \
-             (tc on egress, XDP on ingress, and the uprobes and TCP hook on the client). Plain \
+             (tc on egress, tc on ingress by `--ingress auto` on a veth, and the uprobes and TCP hook on the client). Plain \
              TCP: `tlsperf tcprr` against `tlsperf tcpecho` over loopback ({secs} s, 64-byte \
              messages): no TLS library is involved, so only the kernel TCP hook (which sees every \
              send on the host) is on the path. Throughput: iperf3 across the veth, IPv6 with one \
              stream and IPv4 with 8 parallel streams (`-P 8`), {isecs} s per run, egress = data \
-             leaves through tc, ingress (`-R`) = data arrives through XDP. Map memory: the sum \
+             leaves through tc, ingress (`-R`) = data arrives through the tc ingress classifier. Map memory: the sum \
              of `memlock` over the distinct maps in the agent's /proc/PID/fdinfo, right after \
              ready, default sizes."
         ),
