@@ -55,7 +55,7 @@ pub const SUBSET: &[(&str, &[&str])] = &[
 pub const WIDE: &[(&str, &[&str])] = &[
     (
         "pinning",
-        &["pinned_enforcement_survives_sigkill_and_is_taken_over"],
+        &["pinned_enforcement_survives_sigkill_and_is_taken_over_tc_ingress"],
     ),
     // Not `go_client_denied_fails_fast`: its 2 s bound on the client's failure is for real
     // hardware; under TCG the Go client alone needs longer to start.
