@@ -72,6 +72,22 @@ pub mod verdict {
 }
 
 /// The value of a `BLOCKLIST` entry: who put the flow there.
+/// The two slots of `BLOCKLIST_HELD`. The packet programs look `BLOCKLIST` up only while either
+/// is non-zero; each is kept at or above what it stands for, never below (a slot too high only
+/// costs the lookup, one too low would let a blocked flow's packets through):
+pub mod held {
+    /// Entries the kernel put in `BLOCKLIST`: incremented (atomically) before each insert,
+    /// decremented after an insert that did not add one and after each delete that removed one.
+    /// Entries removed by userspace are never subtracted, so this stays an upper bound of the
+    /// kernel's entries as long as userspace made none (a close may delete one of those and
+    /// subtract it: by then [`USERSPACE`] is set for good, so the lookup never stops).
+    pub const KERNEL: u32 = 0;
+    /// 1 once userspace put anything in `BLOCKLIST` (the operator's `block`, a reload's
+    /// verdicts), or took over a pinned `BLOCKLIST` without its `BLOCKLIST_HELD`; never cleared.
+    pub const USERSPACE: u32 = 1;
+    pub const ENTRIES: u32 = 2;
+}
+
 pub mod block {
     /// A kernel verdict (a denied library, unattributed TLS, a name out of scope).
     pub const KERNEL: u8 = 1;

@@ -12,6 +12,9 @@ pub const BLOCKLIST_OVERFLOW: &str = "BLOCKLIST_OVERFLOW";
 /// `Array<u32>` of one element: 1 once `BLOCKLIST_OVERFLOW` was used (the packet programs look
 /// it up only then).
 pub const OVERFLOW_IN_USE: &str = "OVERFLOW_IN_USE";
+/// `Array<u64>` of two elements (`flow::held::*`): whether `BLOCKLIST` may hold anything, so the
+/// packet programs skip its lookup while it is empty.
+pub const BLOCKLIST_HELD: &str = "BLOCKLIST_HELD";
 /// `LruHashMap<FlowKey, u32>`: flows whose ClientHello was judged, → its TCP sequence number
 /// (a retransmission is not judged or reported twice).
 pub const HELLOS_SEEN: &str = "HELLOS_SEEN";
@@ -45,11 +48,12 @@ pub const STATS: &str = "STATS";
 /// Not pinned: the per-thread and per-goroutine call stacks (`TLS_CALLS`, `GO_CALLS`: a stack
 /// shared by an old and a new copy of the uprobes would be pushed twice and popped once while
 /// both are attached), scratch space, and the watcher's and `enforcer discover`'s maps.
-pub const PINNED: [&str; 18] = [
+pub const PINNED: [&str; 19] = [
     FLOWS,
     BLOCKLIST,
     BLOCKLIST_OVERFLOW,
     OVERFLOW_IN_USE,
+    BLOCKLIST_HELD,
     HELLOS_SEEN,
     crate::hello::FLOW_HEADS,
     crate::hello::HELLO_RANDOMS,

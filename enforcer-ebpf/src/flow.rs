@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
-use enforcer_common::flow::{FlowKey, FlowState, block};
+use enforcer_common::flow::{FlowKey, FlowState, block, held};
 
 use enforcer_common::stat::Stat;
 
@@ -41,6 +41,13 @@ pub static BLOCKLIST_OVERFLOW: LruHashMap<FlowKey, u8> = LruHashMap::with_max_en
 #[map(name = "OVERFLOW_IN_USE")]
 pub static OVERFLOW_IN_USE: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Whether `BLOCKLIST` may hold anything (`enforcer_common::flow::held`): while both slots are
+/// zero the packet programs skip the hash lookup (a 40-byte key) and pay an array read, which
+/// the verifier inlines. A host with nothing blocked, the common case, filters at about the cost
+/// of parsing the headers.
+#[map(name = "BLOCKLIST_HELD")]
+pub static BLOCKLIST_HELD: Array<u64> = Array::with_max_entries(held::ENTRIES, 0);
+
 /// Flows whose first ClientHello was judged → its TCP sequence number (for debugging with
 /// `bpftool map dump`). A flow here is not parsed again.
 #[map(name = "HELLOS_SEEN")]
@@ -65,15 +72,43 @@ fn overflow_in_use() -> bool {
     OVERFLOW_IN_USE.get(0).copied().unwrap_or(0) != 0
 }
 
+/// Whether `BLOCKLIST` may hold an entry. A slot that cannot be read counts as holding.
+#[inline(always)]
+fn blocklist_may_hold() -> bool {
+    let slot = |i| BLOCKLIST_HELD.get(i).copied().unwrap_or(1);
+    slot(held::KERNEL) != 0 || slot(held::USERSPACE) != 0
+}
+
+/// Adds `delta` (two's complement: `u64::MAX` is -1) to `BLOCKLIST_HELD[KERNEL]`, atomically:
+/// the TCP hooks of every CPU insert and every close deletes.
+#[inline(always)]
+fn held_add(delta: u64) {
+    if let Some(slot) = BLOCKLIST_HELD.get_ptr_mut(held::KERNEL) {
+        // The BPF target has no atomic read-modify-write in `core::sync::atomic` (load and store
+        // only), so the intrinsic: LLVM lowers it, result unused, to BPF's atomic add (`lock
+        // *(u64 *)(r + 0) += r`), which every kernel enforcer runs on has.
+        // SAFETY: an aligned u64 in an array map, only ever updated atomically by the kernel.
+        // SeqCst: the increment must be visible before the insert it announces.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
+                slot, delta,
+            );
+        }
+    }
+}
+
 #[inline(always)]
 pub fn is_blocked(flow: &FlowKey) -> bool {
     // SAFETY: only existence is checked.
-    if unsafe { BLOCKLIST.get(flow) }.is_some() {
+    if blocklist_may_hold() && unsafe { BLOCKLIST.get(flow) }.is_some() {
         return true;
     }
     // SAFETY: only existence is checked.
     overflow_in_use() && unsafe { BLOCKLIST_OVERFLOW.get(flow) }.is_some()
 }
+
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = -17;
 
 /// Where [`block`] put a flow.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -88,8 +123,16 @@ pub enum Blocked {
 /// flow's packets are dropped either way.
 #[inline(always)]
 pub fn block(flow: &FlowKey) -> Blocked {
-    if BLOCKLIST.insert(flow, block::KERNEL, 0).is_ok() {
-        return Blocked::Listed;
+    // Counted before the entry exists, so the packet programs never skip a present entry.
+    held_add(1);
+    match BLOCKLIST.insert(flow, block::KERNEL, BPF_NOEXIST) {
+        Ok(()) => return Blocked::Listed,
+        // Listed already (by the operator, or another CPU): nothing was added.
+        Err(EEXIST) => {
+            held_add(u64::MAX);
+            return Blocked::Listed;
+        }
+        Err(_) => held_add(u64::MAX),
     }
     if let Some(flag) = OVERFLOW_IN_USE.get_ptr_mut(0) {
         // SAFETY: a u32 in an array map; every writer stores the same value.
@@ -119,7 +162,9 @@ pub fn forget(sk: *const u8) {
     match sock::closing_flow_of(sk) {
         Ok(flow) => {
             let _ = FLOWS.remove(flow);
-            let _ = BLOCKLIST.remove(flow);
+            if BLOCKLIST.remove(flow).is_ok() {
+                held_add(u64::MAX);
+            }
             if overflow_in_use() {
                 let _ = BLOCKLIST_OVERFLOW.remove(flow);
             }

@@ -13,7 +13,7 @@
 //! | `call_stack.rs`   | (helpers) per-thread and per-goroutine TLS call stacks | `TLS_CALLS`, `GO_CALLS` |
 //! | `tcp.rs`          | kernel TCP send/receive hooks, 3 forms; connection close | — |
 //! | `verdict.rs`      | (called by `tcp.rs`) attribution, verdict   | — |
-//! | `flow.rs`         | (helpers) what is known per 4-tuple; `forget` at close | `FLOWS`, `BLOCKLIST`, `BLOCKLIST_OVERFLOW`, `OVERFLOW_IN_USE`, `HELLOS_SEEN` |
+//! | `flow.rs`         | (helpers) what is known per 4-tuple; `forget` at close | `FLOWS`, `BLOCKLIST`, `BLOCKLIST_OVERFLOW`, `OVERFLOW_IN_USE`, `BLOCKLIST_HELD`, `HELLOS_SEEN` |
 //! | `policy.rs`       | (helpers) the policy userspace wrote; `apply` | `LIB_ACTIONS`, `MODE`, `SCOPED_LIBS`, `HELLO_POLICY`, `SERVER_NAME_RULES` |
 //! | `events.rs`       | (helpers) records for userspace             | `EVENTS`, `HELLO_EVENTS` |
 //! | `sock.rs`         | (helpers) 4-tuple of a `struct sock`        | global `SOCK_OFFSETS` |
@@ -34,6 +34,12 @@
 //! `flow` → `sock`, `stats`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `flow.rs`: the atomic add of `BLOCKLIST_HELD` (the target's `core::sync::atomic` has none).
+#![cfg_attr(
+    target_arch = "bpf",
+    allow(internal_features),
+    feature(core_intrinsics)
+)]
 
 #[cfg(target_arch = "bpf")]
 mod call_stack;

@@ -22,7 +22,7 @@ use aya::{
 use enforcer::policy::ServerNamePattern;
 use enforcer_common::{
     event::{self, HelloEvent, UNATTRIBUTED, sni},
-    flow::{FlowKey, FlowState, family, verdict},
+    flow::{FlowKey, FlowState, family, held, verdict},
     maps,
     policy::{HelloPolicy, ServerNameKey, action, mode},
 };
@@ -146,6 +146,14 @@ impl Harness {
         b.get(flow, 0).is_ok()
     }
 
+    /// `BLOCKLIST_HELD`: (the kernel's count of its blocks, userspace's sticky flag).
+    fn held(&self) -> (u64, u64) {
+        let a: Array<_, u64> =
+            Array::try_from(self.ebpf.map(maps::BLOCKLIST_HELD).unwrap()).unwrap();
+        let slot = |i| a.get(&i, 0).unwrap();
+        (slot(held::KERNEL), slot(held::USERSPACE))
+    }
+
     /// `LIB` is scoped: `patterns` → actions, `base` for other names, `nameless` without one.
     fn scope(&mut self, patterns: &[(&str, u8)], base: u8, nameless: u8) {
         let mut trie: LpmTrie<_, ServerNameKey, u8> =
@@ -225,7 +233,13 @@ fn unattributed_hello_is_denied_in_enforce_mode_and_names_the_server() {
         h.blocked(&v4_flow(40000)),
         "denied unattributed flow must be blocklisted"
     );
-    // Everything after it on the flow is dropped by the blocklist, without a second event.
+    // Everything after it on the flow is dropped by the blocklist, without a second event: the
+    // kernel counted its block, so the packet programs look the blocklist up.
+    assert_eq!(
+        h.held(),
+        (1, 0),
+        "BLOCKLIST_HELD counts the kernel's one block"
+    );
     assert_eq!(h.run(&v4(40000, b"more")), TC_ACT_SHOT);
     assert!(h.hellos().is_empty());
 }

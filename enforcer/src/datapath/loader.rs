@@ -16,11 +16,14 @@ pub(crate) static OBJECT: &[u8] =
 pub enum LoadError {
     #[error("loading the eBPF object failed: {0}")]
     Object(#[from] aya::EbpfError),
+    #[error("marking the pinned blocklist as holding entries (BLOCKLIST_HELD) failed: {0}")]
+    Held(aya::maps::MapError),
 }
 
 /// Default capacity of `FLOWS` (LRU: the least recently used flow makes room).
 pub const DEFAULT_FLOWS_MAX: u32 = 65536;
-/// Default capacity of `BLOCKLIST` (never evicts: a full blocklist is reported, fail-open).
+/// Default capacity of `BLOCKLIST` (never evicts: a full one sends denied flows to the overflow
+/// table, still dropped).
 pub const DEFAULT_BLOCKLIST_MAX: u32 = 16384;
 
 /// Map sizes and pinning for [`load_with`].
@@ -58,12 +61,35 @@ pub fn load_with(offsets: &SockOffsets, opts: &LoadOptions) -> Result<Ebpf, Load
         // `enforcer discover`'s maps, unused by the agent: one entry each instead of megabytes.
         .map_max_entries(discover::HITS, 1)
         .map_max_entries(discover::STACKS, 1);
+    // A pinned BLOCKLIST without its BLOCKLIST_HELD (pinned by a version that had none) may
+    // hold entries no count covers: the packet programs must then always look it up.
+    let uncounted = opts
+        .pin
+        .as_ref()
+        .is_some_and(|dir| dir.has_map(maps::BLOCKLIST) && !dir.has_map(maps::BLOCKLIST_HELD));
     if let Some(dir) = &opts.pin {
         for name in maps::PINNED {
             loader.map_pin_path(name, dir.map_path(name));
         }
     }
-    Ok(loader.load(OBJECT)?)
+    let mut ebpf = loader.load(OBJECT)?;
+    if uncounted {
+        mark_blocklist_held(&mut ebpf)?;
+    }
+    Ok(ebpf)
+}
+
+/// Sets `BLOCKLIST_HELD[USERSPACE]` (for good: see `enforcer_common::flow::held`).
+fn mark_blocklist_held(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let map = ebpf.map_mut(maps::BLOCKLIST_HELD).ok_or(LoadError::Held(
+        aya::maps::MapError::InvalidName {
+            name: maps::BLOCKLIST_HELD.into(),
+        },
+    ))?;
+    let mut held: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(map).map_err(LoadError::Held)?;
+    held.set(enforcer_common::flow::held::USERSPACE, 1, 0)
+        .map_err(LoadError::Held)
 }
 
 /// `(map, asked, actual)` for each sized map whose capacity is not what was asked (a pinned map

@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use enforcer_common::{
-    flow::{FlowKey, FlowState, block, verdict},
+    flow::{FlowKey, FlowState, block, held, verdict},
     maps, stat,
 };
 
@@ -38,6 +38,7 @@ pub struct LiveMaps {
     blocklist: HashMap<MapData, FlowKey, u8>,
     overflow: HashMap<MapData, FlowKey, u8>,
     overflow_in_use: Array<MapData, u32>,
+    held: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     pub flows_max: u32,
     pub blocklist_max: u32,
@@ -91,6 +92,8 @@ impl LiveMaps {
             overflow_in_use: Array::try_from(Map::Array(data(maps::OVERFLOW_IN_USE)?))
                 .map_err(err(maps::OVERFLOW_IN_USE))?,
             overflow_max,
+            held: Array::try_from(Map::Array(data(maps::BLOCKLIST_HELD)?))
+                .map_err(err(maps::BLOCKLIST_HELD))?,
             flows: HashMap::try_from(Map::LruHashMap(flows_data)).map_err(err(maps::FLOWS))?,
             blocklist: HashMap::try_from(Map::HashMap(blocklist_data))
                 .map_err(err(maps::BLOCKLIST))?,
@@ -184,6 +187,10 @@ impl LiveMaps {
     /// judge it again). `lib_id`: the library to record when the flow is not attributed yet.
     /// An operator's block: the sweep leaves it where it is.
     pub fn block(&mut self, flow: &FlowKey, lib_id: u32) -> Result<(), LiveMapError> {
+        // Before the entry exists: from now on the packet programs always look BLOCKLIST up.
+        self.held
+            .set(held::USERSPACE, 1, 0)
+            .map_err(err(maps::BLOCKLIST_HELD))?;
         self.blocklist
             .insert(flow, block::OPERATOR, 0)
             .map_err(err(maps::BLOCKLIST))?;

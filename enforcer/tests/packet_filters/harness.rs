@@ -88,7 +88,15 @@ impl Harness {
         harness
     }
 
+    /// Blocks `key` as userspace does (`LiveMaps::block`): `BLOCKLIST_HELD[USERSPACE]` first.
     pub fn block(&mut self, key: FlowKey) {
+        let map = self
+            .ebpf
+            .map_mut(maps::BLOCKLIST_HELD)
+            .expect("BLOCKLIST_HELD map");
+        let mut held: Array<_, u64> = Array::try_from(map).expect("BLOCKLIST_HELD type");
+        held.set(enforcer_common::flow::held::USERSPACE, 1, 0)
+            .expect("writing BLOCKLIST_HELD");
         let map = self.ebpf.map_mut(maps::BLOCKLIST).expect("BLOCKLIST map");
         let mut blocklist: HashMap<_, FlowKey, u8> =
             HashMap::try_from(map).expect("BLOCKLIST type");

@@ -25,6 +25,7 @@ const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const PROG_TYPE_XDP: u32 = 6;
+const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_HASH: u32 = 1;
 const MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const MAP_TYPE_LRU_HASH: u32 = 9;
@@ -133,6 +134,14 @@ impl Held {
         self.map(
             |&(t, k, v, _, _)| t == MAP_TYPE_HASH && k == 40 && v == 1,
             "BLOCKLIST",
+        )
+    }
+
+    /// `BLOCKLIST_HELD`: the array of two u64 (whether BLOCKLIST may hold entries).
+    pub fn blocklist_held(&self) -> Result<Map> {
+        self.map(
+            |&(t, k, v, n, _)| t == MAP_TYPE_ARRAY && k == 4 && v == 8 && n == 2,
+            "BLOCKLIST_HELD",
         )
     }
 

@@ -17,6 +17,10 @@ use crate::bench::{
 };
 
 const IPERF_PORT: u16 = 19201;
+/// The per-packet rows of the no-match path: nothing blocked (the `BLOCKLIST` lookup skipped),
+/// and entries in `BLOCKLIST` (looked up).
+pub const NO_MATCH_EMPTY: &str = "enforcer, no-match path, nothing blocked (passes)";
+pub const NO_MATCH_HOLDING: &str = "enforcer, no-match path, blocklist holding entries (passes)";
 /// The throughput rows of the two ingress forms.
 pub const AGENT_TC: &str = "agent attached, ingress in tc (--ingress auto, the default on a veth)";
 pub const AGENT_XDP: &str = "agent attached, ingress in XDP (--ingress xdp)";
@@ -105,6 +109,10 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
         let xdp = held.prog(bpf::PROG_TYPE_XDP)?;
         let tc = held.prog(bpf::PROG_TYPE_SCHED_CLS)?;
         let blocklist = held.blocklist()?;
+        // Slot 1 (userspace) of BLOCKLIST_HELD switches the programs' BLOCKLIST lookup on (1) or
+        // off (0, the path of a host with nothing blocked); slot 0 counts the kernel's blocks.
+        let blocklist_held = held.blocklist_held()?;
+        let set_held = |on: u64| blocklist_held.insert(&1u32.to_ne_bytes(), &on.to_ne_bytes());
         let empty_xdp = bpf::Prog::trivial(bpf::PROG_TYPE_XDP, 2)?;
         let empty_tc = bpf::Prog::trivial(bpf::PROG_TYPE_SCHED_CLS, 0)?;
         let families: [(&str, SocketAddr, SocketAddr, SocketAddr); 2] = [
@@ -154,16 +162,18 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                     } else {
                         &empty_tc
                     };
-                    let mut s = [vec![], vec![], vec![]];
+                    let mut s = [vec![], vec![], vec![], vec![]];
                     for _ in 0..runs {
-                        for (i, (p, pkt, want)) in [
-                            (empty, &nomatch, empty_rv),
-                            (prog, &nomatch, pass_rv),
-                            (prog, &drop, drop_rv),
+                        for (i, (p, pkt, want, lookup)) in [
+                            (empty, &nomatch, empty_rv, 0),
+                            (prog, &nomatch, pass_rv, 0),
+                            (prog, &nomatch, pass_rv, 1),
+                            (prog, &drop, drop_rv, 1),
                         ]
                         .into_iter()
                         .enumerate()
                         {
+                            set_held(lookup)?;
                             let (rv, ns) = p.test_run(pkt, repeat)?;
                             if rv != want {
                                 bail!("{hook} {fam}: case {i} returned {rv}, expected {want}");
@@ -177,15 +187,18 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                         Better::Lower,
                         true,
                     );
-                    let [a, b, c] = s;
+                    let [a, b, c, d] = s;
                     m.row("baseline: empty program", a);
-                    m.row("enforcer, no-match path (passes)", b);
-                    m.row("enforcer, drop path (4-tuple in BLOCKLIST)", c);
+                    m.row(NO_MATCH_EMPTY, b);
+                    m.row(NO_MATCH_HOLDING, c);
+                    m.row("enforcer, drop path (4-tuple in BLOCKLIST)", d);
                     metrics.push(m);
                 }
             }
             Ok(metrics)
         })();
+        // Back on for good, as the agent's own blocks would leave it (sticky).
+        set_held(1)?;
         for (_, local, _, remote) in &families {
             let _ = blocklist.remove(&bpf::flow_key(*local, *remote));
         }
