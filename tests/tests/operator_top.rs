@@ -2,7 +2,8 @@
 //! the test makes an allowed `openssl s_client` and a denied `gnutls-cli` connection; the pane
 //! shows both, with library names and verdicts, and the denied one as a violation with its
 //! process, version and 4-tuple; `q` exits and the shell is back (no alternate screen left).
-//! Also: no terminal, or no agent, is a clear message and a failure.
+//! Also: no terminal, or no agent, is a clear message and a failure; and `enforcer libs` draws
+//! its progress bar on a terminal only.
 
 use std::{
     net::IpAddr,
@@ -288,4 +289,54 @@ fn live_view_shows_allowed_and_denied_connections_and_q_restores_the_terminal() 
         s.lines().any(|l| l.trim_end() == "typed-after-top")
     });
     drop(agent);
+}
+
+/// `enforcer libs` on a terminal: a progress bar over the files it examines on stderr, cleared
+/// when done (stdout unchanged); with stderr not a terminal, no bar at all.
+#[test]
+fn libs_shows_a_progress_bar_on_a_terminal_only() {
+    require_root();
+    let tmux = Tmux::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listing = dir.path().join("libs.txt");
+    tmux.type_line(&format!(
+        "{} libs > {}; echo libs-exit=$?",
+        enforcer_bin().display(),
+        listing.display()
+    ));
+    // The bar, mid-way (polled often: examining hundreds of files takes seconds in a debug build).
+    let deadline = Instant::now() + SCREEN;
+    let mut seen = None;
+    while Instant::now() < deadline {
+        let screen = tmux.screen();
+        if let Some(bar) = line_with(&screen, &["examining files for TLS libraries", "/"]) {
+            seen = Some(bar.to_owned());
+        }
+        if screen.lines().any(|l| l.starts_with("libs-exit=")) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let screen = tmux.screen();
+    let bar = seen.unwrap_or_else(|| panic!("no progress bar seen:\n{screen}"));
+    assert!(bar.contains('█') || bar.contains('░'), "{bar}");
+    assert!(screen.lines().any(|l| l == "libs-exit=0"), "{screen}");
+    assert!(
+        !screen.contains("examining files"),
+        "the bar is cleared:\n{screen}"
+    );
+    let text = std::fs::read_to_string(&listing).expect("the listing");
+    assert!(text.contains("TLS libraries (policy"), "{text}");
+    assert!(
+        !text.contains("examining files"),
+        "the bar is not in stdout:\n{text}"
+    );
+
+    let out = run_with_timeout(
+        &mut cmd(enforcer_bin().to_str().expect("utf-8"), ["libs"]),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "{out:?}");
+    assert!(!out.stderr_str().contains("examining files"), "{out:?}");
 }
