@@ -44,6 +44,13 @@ pub enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// A live view of a running agent: connections per library and verdict per second, the
+    /// newest violations, drops, ring-buffer losses. Redraws every second and on a key; `q` quits.
+    Top {
+        /// The agent's control socket (`attach --control-socket`).
+        #[arg(long, alias = "socket", value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+    },
     /// Block one connection now (blocklist + socket abort), by this host's end and the peer's.
     Block {
         /// This host's end, e.g. 10.0.0.1:40000 or [fd00::1]:40000.

@@ -6,3 +6,4 @@ pub mod explain;
 pub mod inventory;
 pub mod kernel_check;
 pub mod manuals;
+pub mod top;

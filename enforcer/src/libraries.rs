@@ -420,6 +420,15 @@ fn is_proc_path(path: &Path) -> bool {
 /// in path order, with its identity and companion. Fails only if `/proc` cannot be listed while
 /// `scan_proc` is on; unreadable directories and files are skipped with a debug log.
 pub fn discover(opts: &DiscoverOptions) -> Result<Vec<Library>, LibraryError> {
+    discover_with_progress(opts, &mut |_, _| {})
+}
+
+/// [`discover`], calling `progress(examined, candidates)` as each candidate file is examined
+/// (`enforcer libs` draws a progress bar with it).
+pub fn discover_with_progress(
+    opts: &DiscoverOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Library>, LibraryError> {
     let started = Instant::now();
     let mut files: HashMap<(u64, u64), Candidate> = HashMap::new();
 
@@ -468,7 +477,8 @@ pub fn discover(opts: &DiscoverOptions) -> Result<Vec<Library>, LibraryError> {
 
     let catalog = &opts.catalog;
     let mut scanned = Vec::new();
-    for ((dev, ino), c) in files {
+    for (n, ((dev, ino), c)) in files.into_iter().enumerate() {
+        progress(n, candidates);
         match build::scan_path(&c.path, (dev, ino), catalog, false) {
             Ok(Some(mut f)) => {
                 f.pids = c.pids;
@@ -479,6 +489,7 @@ pub fn discover(opts: &DiscoverOptions) -> Result<Vec<Library>, LibraryError> {
             Err(e) => tracing::debug!(error = %e, "not identified"),
         }
     }
+    progress(candidates, candidates);
     let libraries = build::libraries(scanned, catalog);
     tracing::debug!(
         from_dirs, mappings, candidates, libraries = libraries.len(), elapsed = ?started.elapsed(),

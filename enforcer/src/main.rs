@@ -11,7 +11,7 @@ use enforcer::{
         memory,
     },
     cli::{Cli, Client, Command, LogFormat, PolicyCommand},
-    commands::{detach, discover, explain, inventory, kernel_check, manuals},
+    commands::{detach, discover, explain, inventory, kernel_check, manuals, top},
     errors, policy,
 };
 
@@ -73,6 +73,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status { client } => ask(&client, &Request::Status, control::status_text),
         Command::Flows { client } => ask(&client, &Request::Flows, control::flows_text),
+        Command::Top { control_socket } => top::run(&control_socket),
         Command::Block {
             local,
             remote,

@@ -5,6 +5,8 @@
 //!
 //! - [`commands`]: every `enforcer` command line parses with the agent's clap parser
 //!   (`enforcer::cli::Cli`), and so do the arguments a shown `cargo xtask run` forwards;
+//! - [`control`]: the control socket's `recent` answer in docs/operations.md has the agent's keys
+//!   and its violations match docs/events.schema.json;
 //! - [`events`]: docs/events.md's examples match docs/events.schema.json and its key tables list
 //!   the schema's keys;
 //! - [`policies`]: every `yaml` block is a policy the parser accepts; a shown `enforcer policy
@@ -15,6 +17,8 @@
 
 #[path = "docs/commands.rs"]
 mod commands;
+#[path = "docs/control.rs"]
+mod control;
 #[path = "docs/events.rs"]
 mod events;
 #[path = "docs/logs.rs"]

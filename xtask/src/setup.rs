@@ -33,6 +33,7 @@ const PACKAGES: &[&str] = &[
     "man-db",          // tests/tests/operator_manuals.rs: man -l renders each page
     "mptcpd",          // tests/tests/bypass_paths.rs: mptcpize (MPTCP clients and server)
     "python3-venv",    // tests/tests/bypass_paths.rs: the aioquic virtualenv
+    "tmux",            // tests/tests/operator_top.rs: `enforcer top` in a real terminal
 ];
 
 enum Status {

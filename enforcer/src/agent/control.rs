@@ -1,6 +1,6 @@
 //! The operator socket: a Unix stream socket the agent serves (default
 //! [`DEFAULT_SOCKET`], mode 0600 in a 0700 directory: root only), one JSON request line in, one
-//! JSON response line out, then the connection closes. `enforcer status`, `flows`, `block`,
+//! JSON response line out, then the connection closes. `enforcer status`, `flows`, `top`, `block`,
 //! `unblock` and `reload` are its clients. Protocol: docs/operations.md, "Operator socket".
 
 use std::{
@@ -45,6 +45,9 @@ pub enum Request {
     },
     /// Reload the policy file (as SIGHUP does), and say how it went.
     Reload,
+    /// Read only: connections reported since start by library and verdict, and the newest
+    /// violations (what `enforcer top` shows).
+    Recent,
 }
 
 /// Answers requests: implemented by the running agent.
@@ -266,6 +269,10 @@ mod tests {
         .unwrap();
         assert!(matches!(r, Request::Block { local, .. } if local.port() == 4000));
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+        assert!(matches!(
+            serde_json::from_str::<Request>(r#"{"cmd":"recent"}"#).unwrap(),
+            Request::Recent
+        ));
         assert_eq!(
             serde_json::to_string(&Request::Flows).unwrap(),
             r#"{"cmd":"flows"}"#

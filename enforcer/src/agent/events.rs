@@ -13,6 +13,7 @@ mod hello;
 mod output;
 mod owners;
 mod quic;
+mod violations;
 
 use std::{
     collections::BTreeMap,
@@ -63,6 +64,8 @@ pub struct Reporter {
     /// says), on a thread of its own.
     output: Arc<output::Output>,
     counts: Arc<Mutex<ConnectionCounts>>,
+    /// The newest violations, for the control socket's `recent` request.
+    violations: Arc<Mutex<violations::Ring>>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
     boot_offset_ns: i128,
     /// The owner-lookup queue (`None`: lookups are done in place; the worker's own clone).
@@ -78,6 +81,7 @@ impl Reporter {
             format,
             output: Arc::new(output::Output::start(format == EventFormat::Json)),
             counts: Arc::default(),
+            violations: Arc::default(),
             boot_offset_ns: realtime_minus_monotonic(),
             owners: None,
             lookups: Arc::default(),
@@ -111,6 +115,16 @@ impl Reporter {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The newest violations (their `connection` records, newest first, at most
+    /// `violations::MAX_RECENT`), and how many there were since start.
+    pub fn recent_violations(&self) -> (Vec<serde_json::Value>, u64) {
+        let ring = self
+            .violations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (ring.newest_first(), ring.seen())
     }
 
     /// How many libraries are known.
@@ -215,6 +229,12 @@ impl Reporter {
         };
         if self.writes_json() {
             self.emit(&record());
+        }
+        if is_violation(event.verdict) {
+            self.violations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(record());
         }
         match self.format {
             EventFormat::Json => {}
@@ -435,6 +455,14 @@ fn sockaddr((addr, port): (IpAddr, u16)) -> String {
 fn comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// A denied library's connection: blocked, or what would have been (audit mode).
+fn is_violation(v: u8) -> bool {
+    matches!(
+        v,
+        verdict::BLOCKED | verdict::WOULD_BLOCK | verdict::BLOCKLIST_FULL
+    )
 }
 
 pub fn verdict_name(v: u8) -> &'static str {

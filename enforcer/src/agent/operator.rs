@@ -1,4 +1,4 @@
-//! The running agent's answers to operator requests (see `control`): status, flows, block,
+//! The running agent's answers to operator requests (see `control`): status, flows, recent, block,
 //! unblock. Reload requests are handed to the agent's main loop, which applies them.
 
 use std::{
@@ -80,6 +80,7 @@ impl Operator {
         match request {
             Request::Status => self.status(),
             Request::Flows => self.flows(),
+            Request::Recent => self.recent(),
             Request::Block { local, remote } => {
                 let Some(flow) = maps::flow_key(local, remote) else {
                     return json!({"ok": false, "error": "local and remote must both be IPv4 or both IPv6"});
@@ -147,6 +148,26 @@ impl Operator {
                 .iter()
                 .map(|c| (c.shown().name.to_owned(), Value::from(stats[*c as usize])))
                 .collect::<serde_json::Map<_, _>>(),
+        })
+    }
+
+    /// Connections reported since start by (library family, verdict), and the newest
+    /// violations, newest first.
+    fn recent(&self) -> Value {
+        let connections: Vec<Value> = self
+            .reporter
+            .connection_counts()
+            .into_iter()
+            .map(|((library, verdict), count)| {
+                json!({"library": library, "verdict": verdict, "count": count})
+            })
+            .collect();
+        let (violations, seen) = self.reporter.recent_violations();
+        json!({
+            "ok": true,
+            "connections": connections,
+            "violations": violations,
+            "violations_total": seen,
         })
     }
 

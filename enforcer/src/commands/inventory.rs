@@ -15,10 +15,26 @@ use crate::policy::Policy;
 
 /// Discovers the libraries with the policy's catalog.
 pub fn discover(policy: &Policy) -> Result<Vec<Library>, LibraryError> {
-    libraries::discover(&DiscoverOptions {
+    let opts = DiscoverOptions {
         catalog: policy.catalog.clone(),
         ..DiscoverOptions::default()
-    })
+    };
+    // A bar on stderr where a person watches it; nothing added to the output otherwise.
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return libraries::discover(&opts);
+    }
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "examining files for TLS libraries {bar:40} {pos}/{len} ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let found = libraries::discover_with_progress(&opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    found
 }
 
 /// One library as a JSON object (the `--json` format, see docs/policy.md "Inventory"). `number`:
