@@ -18,7 +18,7 @@ pub struct Sample {
     pub violations_total: u64,
     /// Packets dropped by the XDP program (ingress) and the tc classifier (egress), over all
     /// filtered interfaces: the kernel counts them per hook, not per interface.
-    pub xdp_drops: u64,
+    pub ingress_drops: u64,
     pub tc_drops: u64,
     /// Ring-buffer records the kernel could not write (ring full): connection and hello events.
     pub events_lost: u64,
@@ -127,7 +127,7 @@ impl Sample {
                 .map(Violation::from_record)
                 .collect(),
             violations_total: count(&recent["violations_total"]),
-            xdp_drops: count(&c["xdp_drops"]),
+            ingress_drops: count(&c["xdp_drops"]) + count(&c["tc_ingress_drops"]),
             tc_drops: count(&c["tc_drops"]),
             events_lost: count(&c["events_lost"]),
             hello_events_lost: count(&c["hello_events_lost"]),
@@ -158,7 +158,7 @@ pub struct Model {
     pub rows: Vec<Row>,
     pub violations: Vec<Violation>,
     pub violations_total: Counter,
-    pub xdp_drops: Counter,
+    pub ingress_drops: Counter,
     pub tc_drops: Counter,
     pub events_lost: Counter,
     pub hello_events_lost: Counter,
@@ -210,7 +210,7 @@ impl Model {
         });
         self.rows = rows;
         self.violations_total = c(sample.violations_total, |s| s.violations_total);
-        self.xdp_drops = c(sample.xdp_drops, |s| s.xdp_drops);
+        self.ingress_drops = c(sample.ingress_drops, |s| s.ingress_drops);
         self.tc_drops = c(sample.tc_drops, |s| s.tc_drops);
         self.events_lost = c(sample.events_lost, |s| s.events_lost);
         self.hello_events_lost = c(sample.hello_events_lost, |s| s.hello_events_lost);
@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(s.agent.pid, 42);
         assert_eq!(s.agent.interfaces, ["veth0"]);
         assert_eq!(s.connections[&("openssl".into(), "allowed".into())], 3);
-        assert_eq!((s.xdp_drops, s.tc_drops, s.events_lost), (5, 1, 2));
+        assert_eq!((s.ingress_drops, s.tc_drops, s.events_lost), (5, 1, 2));
         let v = &s.violations[0];
         assert_eq!(v.time, "10:11:12.345");
         assert_eq!((v.pid, v.comm.as_str()), (9, "gnutls-cli"));
@@ -281,7 +281,7 @@ mod tests {
             json!({"counters": "x", "violations": [7]}),
         ] {
             let s = Sample::from_answers(&junk, &junk);
-            assert_eq!(s.xdp_drops, 0);
+            assert_eq!(s.ingress_drops, 0);
             assert!(s.connections.is_empty());
             assert!(s.violations.iter().all(|v| v.library == "?"));
         }
@@ -294,7 +294,7 @@ mod tests {
         assert!(m.rows.iter().all(|r| r.count.per_s == 0.0), "no rate yet");
         m.observe(Sample::from_answers(&status(30, 1), &recent(8, 2)), 102.0);
         assert_eq!(
-            m.xdp_drops,
+            m.ingress_drops,
             Counter {
                 total: 30,
                 per_s: 10.0
@@ -326,7 +326,7 @@ mod tests {
         m.observe(Sample::from_answers(&status(50, 0), &recent(9, 0)), 1.0);
         m.observe(Sample::from_answers(&status(3, 0), &recent(1, 0)), 2.0);
         assert_eq!(
-            m.xdp_drops,
+            m.ingress_drops,
             Counter {
                 total: 3,
                 per_s: 0.0

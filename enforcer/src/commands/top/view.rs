@@ -132,9 +132,9 @@ fn footer(model: &Model) -> Vec<Line<'static>> {
         false => model.agent.interfaces.join(", "),
     };
     let drops = format!(
-        "drops on {interfaces}: XDP ingress {} ({}), tc egress {} ({})",
-        model.xdp_drops.total,
-        rate(model.xdp_drops),
+        "drops on {interfaces}: ingress (XDP or tc) {} ({}), egress (tc) {} ({})",
+        model.ingress_drops.total,
+        rate(model.ingress_drops),
         model.tc_drops.total,
         rate(model.tc_drops)
     );
@@ -226,7 +226,7 @@ mod tests {
             "10.99.0.2:8443",
             "blocked",
             "1 since start",
-            "drops on veth-h: XDP ingress 3 (0.0/s), tc egress 7 (0.0/s)",
+            "drops on veth-h: ingress (XDP or tc) 3 (0.0/s), egress (tc) 7 (0.0/s)",
             "hello events 2",
             "q: quit",
         ] {
