@@ -23,6 +23,7 @@ pub struct NetNs {
 impl NetNs {
     pub fn new() -> NetNs {
         crate::require_root();
+        remove_dead_runs_namespaces();
         let (pid, n) = (std::process::id(), next_id());
         let slot = free_slot(pid.wrapping_mul(37).wrapping_add(n.wrapping_mul(101)));
         let base = 10 << 24 | 200 << 16 | slot << 2;
@@ -99,6 +100,34 @@ impl Drop for NetNs {
             eprintln!("warning: could not delete network namespace {}", self.name);
         }
     }
+}
+
+/// Namespaces (and their veths, with any filters on them) that a test process killed before its
+/// `Drop` ran left behind: `enforcer-<pid>-<n>` whose `<pid>` is not a live process. Once per
+/// test process. A pid reused by another process keeps its namespaces: only the dead are swept.
+fn remove_dead_runs_namespaces() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let list = sh(&mut cmd("ip", ["netns", "list"]));
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let Some((pid, n)) = name
+                .strip_prefix("enforcer-")
+                .and_then(|rest| rest.split_once('-'))
+            else {
+                continue;
+            };
+            if pid.parse::<u32>().is_err() || std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                continue;
+            }
+            let host_if = format!("eh{pid}-{n}");
+            if link_exists(&host_if) {
+                let _ = cmd("ip", ["link", "del", &host_if]).output();
+            }
+            let _ = cmd("ip", ["netns", "del", name]).output();
+            eprintln!("removed {name}, left by a test process that is gone");
+        }
+    });
 }
 
 /// Whether `ip netns list` shows `name`.

@@ -74,7 +74,12 @@ pub fn run(opts: Options) -> Result<()> {
         ns,
         bcc_src,
     };
+    let bpf_stats = env::BpfStatsOff::new();
     let mut machine = env::machine(&enforcer);
+    machine.fields.push((
+        "BPF run-time stats (kernel.bpf_stats_enabled)".into(),
+        bpf_stats.describe(),
+    ));
     let mut trap_ns = None;
     match figures::calibrate(&tlsperf) {
         Ok((sys, trap)) => {
