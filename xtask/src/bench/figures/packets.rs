@@ -91,15 +91,22 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
     };
     // Blocks (baseline, agent, baseline) rather than rounds: see figure 1 on agent restarts.
     // The agent block runs inside the per-packet section below.
-    // Egress and ingress: baseline, XDP agent, tc agent.
+    // Egress (baseline, XDP agent, tc agent), then ingress in the same order.
     let mut s = [vec![], vec![], vec![], vec![], vec![], vec![]];
+    // Rounds `rounds` of configuration `config` (0, 1, 2 as above): egress into `s[config]`,
+    // ingress into `s[config + 3]`.
+    let veth_runs =
+        |s: &mut [Vec<f64>; 6], what: &str, rounds: std::ops::Range<usize>, config: usize| {
+            for r in rounds {
+                println!("bench: figure 3, veth {what} {}/{runs}", r + 1);
+                s[config].push(iperf(false)?);
+                s[config + 3].push(iperf(true)?);
+            }
+            anyhow::Ok(())
+        };
     let half = runs.div_ceil(2);
     ctx.quiesce();
-    for r in 0..half {
-        println!("bench: figure 3, veth baseline {}/{runs}", r + 1);
-        s[0].push(iperf(false)?);
-        s[2].push(iperf(true)?);
-    }
+    veth_runs(&mut s, "baseline", 0..half, 0)?;
     // --- per packet -------------------------------------------------------------------------
     {
         ctx.quiesce();
@@ -204,35 +211,17 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
         }
         fig.metrics.extend(result?);
         // The same agent for the veth runs: one agent start and exit per figure.
-        for r in 0..runs {
-            println!(
-                "bench: figure 3, veth with agent (XDP ingress) {}/{runs}",
-                r + 1
-            );
-            s[1].push(iperf(false)?);
-            s[3].push(iperf(true)?);
-        }
+        veth_runs(&mut s, "with agent (XDP ingress)", 0..runs, 1)?;
         agent.stop_timed(Duration::from_secs(600));
     }
     ctx.quiesce();
     let agent = ctx.agent(&[&ns.host_if], ENFORCE_OPENSSL_ONLY)?;
-    for r in 0..runs {
-        println!(
-            "bench: figure 3, veth with agent (tc ingress) {}/{runs}",
-            r + 1
-        );
-        s[4].push(iperf(false)?);
-        s[5].push(iperf(true)?);
-    }
+    veth_runs(&mut s, "with agent (tc ingress)", 0..runs, 2)?;
     agent.stop_timed(Duration::from_secs(600));
 
     ctx.quiesce();
-    for r in half..runs {
-        println!("bench: figure 3, veth baseline {}/{runs}", r + 1);
-        s[0].push(iperf(false)?);
-        s[2].push(iperf(true)?);
-    }
-    let [e0, e1, i0, i1, e2, i2] = s;
+    veth_runs(&mut s, "baseline", half..runs, 0)?;
+    let [e0, e1, e2, i0, i1, i2] = s;
     let mut eg = Metric::new(
         "TCP throughput, egress (tc on the data path)",
         "Gbit/s",
