@@ -81,22 +81,20 @@ pub fn attach_xdp(
 ) -> Result<Classifiers> {
     let mut xdp_program: Option<&'static str> = None;
     for (name, index) in ifaces {
-        let form = match pinned_form(pin, *index) {
-            Some(form) => {
-                if form_differs(choice, form) {
-                    warn!(iface = %name, ingress = form.name(), "ingress stays as the pinned earlier run has it; `enforcer detach --pin DIR` first to change it");
-                }
-                form
+        let pinned = pinned_form(pin, *index);
+        if let Some(form) = pinned
+            && form_differs(choice, form)
+        {
+            warn!(iface = %name, ingress = form.name(), "ingress stays as the pinned earlier run has it; `enforcer detach --pin DIR` first to change it");
+        }
+        let tc = match pinned {
+            Some(form) => form == IngressForm::Tc,
+            None => {
+                choice == IngressChoice::Tc || (choice == IngressChoice::Auto && is_virtual(name))
             }
-            None if choice == IngressChoice::Tc
-                || (choice == IngressChoice::Auto && is_virtual(name)) =>
-            {
-                IngressForm::Tc
-            }
-            None => IngressForm::XdpNative, // settled below: native, generic or tc
         };
-        if form == IngressForm::Tc {
-            attached.ingress.push((name.clone(), form));
+        if tc {
+            attached.ingress.push((name.clone(), IngressForm::Tc));
             continue;
         }
         let loaded = match xdp_program {
