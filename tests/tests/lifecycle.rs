@@ -381,3 +381,24 @@ fn non_ethernet_interface_is_refused() {
         out.stderr_str()
     );
 }
+
+/// A killed agent whose ingress was in tc leaves its tc ingress filter; the next agent removes
+/// it even when its own ingress is XDP, so no stale program filters beside ours.
+#[test]
+fn stale_tc_ingress_filter_goes_when_the_next_agent_uses_xdp() {
+    require_root();
+    let ns = NetNs::new();
+    let mut first = attached_agent(&ns, "tc");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGKILL) };
+    first.stop();
+    let st = state(&ns.host_if);
+    assert!(
+        st.ingress_filters.contains("enforcer_ingress"),
+        "expected the stale filter: {st:?}"
+    );
+    let second = attached_agent(&ns, "xdp");
+    let st = state(&ns.host_if);
+    assert!(st.xdp && st.ingress_filters.is_empty(), "{st:?}");
+    drop(second);
+}

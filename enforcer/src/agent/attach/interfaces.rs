@@ -183,18 +183,21 @@ pub async fn attach_tc(
         if let (Some(IngressForm::Tc), Some(fd)) = (form, classifiers.ingress.as_ref()) {
             hooks.push((Hook::Ingress, fd));
         }
+        if pin.is_none() {
+            // Both hooks, whatever this run's ingress form: a killed agent may have run the
+            // other form (its tc ingress filter would stay beside our XDP program).
+            for hook in [Hook::Egress, Hook::Ingress] {
+                let stale = tc::remove_stale(handle, *index, hook, hook.filter_name()).await?;
+                if stale > 0 {
+                    warn!(iface = %name, hook = hook.name(), stale, "removed tc filters left by an earlier agent");
+                }
+            }
+        }
         for (hook, fd) in hooks {
+            let filter_name = hook.filter_name();
             let filter = match pin {
-                Some(_) => {
-                    tc::replace(handle, *index, hook, fd.as_fd(), hook.filter_name()).await?
-                }
-                None => {
-                    let stale = tc::remove_stale(handle, *index, hook, hook.filter_name()).await?;
-                    if stale > 0 {
-                        warn!(iface = %name, hook = hook.name(), stale, "removed tc filters left by an earlier agent");
-                    }
-                    tc::attach(handle, *index, hook, fd.as_fd(), hook.filter_name()).await?
-                }
+                Some(_) => tc::replace(handle, *index, hook, fd.as_fd(), filter_name).await?,
+                None => tc::attach(handle, *index, hook, fd.as_fd(), filter_name).await?,
             };
             attached.filters.push(filter);
             if let (Hook::Ingress, Some(dir)) = (hook, pin) {
