@@ -26,14 +26,8 @@ fn the_recent_answer_in_operations_md_matches_the_agent_and_the_schema() {
         .collect();
     assert_eq!(answers.len(), 1, "{doc}: one `recent` answer example");
     let (at, answer) = &answers[0];
-    let keys: BTreeSet<&str> = answer
-        .as_object()
-        .expect("an object")
-        .keys()
-        .map(String::as_str)
-        .collect();
     assert_eq!(
-        keys,
+        keys_of(answer),
         BTreeSet::from(["ok", "connections", "violations", "violations_total"]),
         "{doc}:{at}: the keys of enforcer/src/agent/operator.rs's `recent` answer"
     );
@@ -41,14 +35,8 @@ fn the_recent_answer_in_operations_md_matches_the_agent_and_the_schema() {
         .as_array()
         .expect("connections: an array")
     {
-        let keys: BTreeSet<&str> = row
-            .as_object()
-            .expect("a row is an object")
-            .keys()
-            .map(String::as_str)
-            .collect();
         assert_eq!(
-            keys,
+            keys_of(row),
             BTreeSet::from(["library", "verdict", "count"]),
             "{doc}:{at}: {row}"
         );
@@ -64,4 +52,12 @@ fn the_recent_answer_in_operations_md_matches_the_agent_and_the_schema() {
             panic!("{doc}:{at}: a violation that is no connection record: {e}");
         }
     }
+}
+
+/// The keys of a JSON object (panics on anything else: the examples are objects).
+fn keys_of(v: &serde_json::Value) -> BTreeSet<&str> {
+    let object = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not a JSON object: {v}"));
+    object.keys().map(String::as_str).collect()
 }
