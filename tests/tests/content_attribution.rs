@@ -334,11 +334,12 @@ fn relayed_allowed_client_passes_and_one_byte_relay_cannot_split_a_denied_one() 
             [
                 "s_client",
                 "-quiet",
+                "-no_ign_eof",
                 "-connect",
                 &format!("127.0.0.1:{port}"),
             ],
         );
-        let out = run_with_timeout(&mut c, line.as_bytes(), Duration::from_secs(3));
+        let out = run_with_timeout(&mut c, line.as_bytes(), CLIENT);
         server.wait_received(line.as_bytes(), EVENT);
         let e = connection(&mut agent, to, |v| v["library"]["family"] == "openssl");
         assert_eq!(e["evidence"], "random", "{e} ({out:?})");

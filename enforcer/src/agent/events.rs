@@ -9,6 +9,7 @@
 //! its own ring and keeps its own threads busy; connection events keep their room, their
 //! reader, and their place in the output.
 
+mod aborts;
 mod hello;
 mod output;
 mod owners;
@@ -71,6 +72,8 @@ pub struct Reporter {
     /// The owner-lookup queue (`None`: lookups are done in place; the worker's own clone).
     owners: Option<Arc<owners::Queue>>,
     lookups: Arc<owners::Counters>,
+    /// Blocked flows' socket aborts, one per flow for both of its reports.
+    aborts: Arc<aborts::Aborts>,
 }
 
 impl Reporter {
@@ -85,6 +88,7 @@ impl Reporter {
             boot_offset_ns: realtime_minus_monotonic(),
             owners: None,
             lookups: Arc::default(),
+            aborts: Arc::default(),
         }
     }
 
@@ -172,7 +176,7 @@ impl Reporter {
     fn handle(&self, event: &TlsEvent) {
         // A flow that did not fit in the blocklist is dropped all the same: its socket too.
         let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
-        let aborted = blocked.then(|| sock_destroy::destroy(&event.flow, Some(event.pid)));
+        let aborted = blocked.then(|| self.aborts.abort(&event.flow, Some(event.pid)));
         let lib = self.library(event.lib_id);
         let lib = lib.as_ref();
         let family = lib.map_or("unknown", |l| l.family.name());

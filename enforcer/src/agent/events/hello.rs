@@ -138,7 +138,7 @@ impl Reporter {
             false => None,
         };
         let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
-        let aborted = blocked.then(|| sock_destroy::destroy(&event.flow, Some(event.producer_pid)));
+        let aborted = blocked.then(|| self.aborts.abort(&event.flow, Some(event.producer_pid)));
         let (Some(inode), None) = (inode, &owner) else {
             return self.report_hello(event, aborted, owner);
         };
