@@ -6,4 +6,5 @@ pub mod explain;
 pub mod inventory;
 pub mod kernel_check;
 pub mod manuals;
+pub mod progress;
 pub mod top;

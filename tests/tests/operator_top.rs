@@ -3,7 +3,7 @@
 //! shows both, with library names and verdicts, and the denied one as a violation with its
 //! process, version and 4-tuple; `q` exits and the shell is back (no alternate screen left).
 //! Also: no terminal, or no agent, is a clear message and a failure; and `enforcer libs` draws
-//! its progress bar on a terminal only.
+//! its progress bar on a terminal only, and `enforcer discover` one bar over its chunks.
 
 use std::{
     net::IpAddr,
@@ -291,6 +291,29 @@ fn live_view_shows_allowed_and_denied_connections_and_q_restores_the_terminal() 
     drop(agent);
 }
 
+/// Types `line` (which ends by echoing `<exit>=$?`) and polls the pane often until the command
+/// is done, keeping the last line seen with all of `bar_words` (a progress bar mid-way: the work
+/// may take only seconds). Returns (that line, the final screen).
+fn watch_bar(tmux: &Tmux, line: &str, bar_words: &[&str], exit: &str) -> (String, String) {
+    tmux.type_line(line);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        let screen = tmux.screen();
+        if let Some(bar) = line_with(&screen, bar_words) {
+            seen = Some(bar.to_owned());
+        }
+        if screen.lines().any(|l| l.starts_with(exit)) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let screen = tmux.screen();
+    let bar = seen.unwrap_or_else(|| panic!("no progress bar seen:\n{screen}"));
+    assert!(bar.contains('█') || bar.contains('░'), "{bar}");
+    (bar, screen)
+}
+
 /// `enforcer libs` on a terminal: a progress bar over the files it examines on stderr, cleared
 /// when done (stdout unchanged); with stderr not a terminal, no bar at all.
 #[test]
@@ -299,27 +322,17 @@ fn libs_shows_a_progress_bar_on_a_terminal_only() {
     let tmux = Tmux::new();
     let dir = tempfile::tempdir().expect("temp dir");
     let listing = dir.path().join("libs.txt");
-    tmux.type_line(&format!(
+    let line = format!(
         "{} libs > {}; echo libs-exit=$?",
         enforcer_bin().display(),
         listing.display()
-    ));
-    // The bar, mid-way (polled often: examining hundreds of files takes seconds in a debug build).
-    let deadline = Instant::now() + SCREEN;
-    let mut seen = None;
-    while Instant::now() < deadline {
-        let screen = tmux.screen();
-        if let Some(bar) = line_with(&screen, &["examining files for TLS libraries", "/"]) {
-            seen = Some(bar.to_owned());
-        }
-        if screen.lines().any(|l| l.starts_with("libs-exit=")) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let screen = tmux.screen();
-    let bar = seen.unwrap_or_else(|| panic!("no progress bar seen:\n{screen}"));
-    assert!(bar.contains('█') || bar.contains('░'), "{bar}");
+    );
+    let (_, screen) = watch_bar(
+        &tmux,
+        &line,
+        &["examining files for TLS libraries", "/"],
+        "libs-exit=",
+    );
     assert!(screen.lines().any(|l| l == "libs-exit=0"), "{screen}");
     assert!(
         !screen.contains("examining files"),
@@ -339,4 +352,36 @@ fn libs_shows_a_progress_bar_on_a_terminal_only() {
     );
     assert!(out.success(), "{out:?}");
     assert!(!out.stderr_str().contains("examining files"), "{out:?}");
+}
+
+/// `enforcer discover` on a terminal: one bar over the functions probed, with the chunk it is
+/// at, in place of a line per chunk; cleared when the pass ends. (The workload here makes no TLS,
+/// so the scan ends in its "no function enclosed" error: the bar is all this test looks at; the
+/// plain lines off a terminal are `discover.rs`'s.)
+#[test]
+fn discover_shows_one_progress_bar_on_a_terminal() {
+    require_root();
+    // Another test's agent would see this scan's probes; the discover tests hold it too.
+    let _host = enforcer_tests::host_lock();
+    let tmux = Tmux::new();
+    let line = format!(
+        "{} discover --lib /usr/lib/x86_64-linux-gnu/libssl.so.3 --chunk 256 -- sleep 0.3; \
+         echo discover-exit=$?",
+        enforcer_bin().display(),
+    );
+    let (bar, screen) = watch_bar(
+        &tmux,
+        &line,
+        &["[discover] scan chunk", "functions"],
+        "discover-exit=",
+    );
+    assert!(bar.contains(" of "), "the bar names the chunk: {bar}");
+    assert!(
+        !screen.lines().any(|l| l.contains("[discover] scan chunk")),
+        "no line per chunk, and the bar is cleared:\n{screen}"
+    );
+    assert!(
+        screen.contains("no function of"),
+        "the scan ran to its end:\n{screen}"
+    );
 }

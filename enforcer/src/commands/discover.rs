@@ -146,13 +146,15 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<()> {
         .collect();
     if candidates.is_empty() {
         drop(loaded);
+        let not_clean = match first.bad_runs.as_slice() {
+            [] => "every run exited 0".to_string(),
+            bad => format!("{} runs not clean: {}", bad.len(), bad.join(", ")),
+        };
         anyhow::bail!(
-            "no function of {} enclosed a kernel TCP send or receive while `{}` ran ({} chunks, {} runs not clean: {}); does the workload use this library for TLS over TCP?",
+            "no function of {} enclosed a kernel TCP send or receive while `{}` ran ({} chunks, {not_clean}); does the workload use this library for TLS over TCP?",
             files[0].display(),
             workload.describe(),
             first.chunks,
-            first.bad_runs.len(),
-            first.bad_runs.join(", ")
         );
     }
     let final_pass = scan::Pass {

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use super::progress::Progress;
 use crate::agent::events::op_name;
 use crate::libraries::{self, DiscoverOptions, Library, LibraryError};
 use crate::policy::Policy;
@@ -20,21 +21,16 @@ pub fn discover(policy: &Policy) -> Result<Vec<Library>, LibraryError> {
         ..DiscoverOptions::default()
     };
     // A bar on stderr where a person watches it; nothing added to the output otherwise.
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    let progress = Progress::on_terminal(
+        "examining files for TLS libraries {bar:40} {pos}/{len} ({elapsed})",
+        true,
+    );
+    if !progress.shown() {
         return libraries::discover(&opts);
     }
-    let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template(
-            "examining files for TLS libraries {bar:40} {pos}/{len} ({elapsed})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let found = libraries::discover_with_progress(&opts, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    });
-    bar.finish_and_clear();
-    found
+    libraries::discover_with_progress(&opts, &mut |done, total| {
+        progress.set(done, total, String::new());
+    })
 }
 
 /// One library as a JSON object (the `--json` format, see docs/policy.md "Inventory"). `number`:

@@ -12,6 +12,7 @@ use aya::{
 use enforcer_common::discover::{self, COOKIE_EXPORTED, FnHits, MAX_DEPTH};
 
 use super::{
+    super::progress::Progress,
     Scanned,
     probes::{self, AttachFailure, Attached, Loaded, Target},
     workload::{RunEnd, Workload, describe_end},
@@ -66,6 +67,12 @@ impl Pass<'_> {
         let mut with_io = 0;
         // Every called function's counters on stderr (for debugging a workload).
         let dump = std::env::var_os("ENFORCER_DISCOVER_DUMP").is_some();
+        // On a terminal a bar over the functions replaces the line per chunk; not while the
+        // workload's own output is shown there (`--show-output`), which would break it up.
+        let progress = Progress::on_terminal(
+            "[discover] {msg} {bar:30} {pos}/{len} functions ({elapsed})",
+            !self.workload.show_output,
+        );
         while pos < indices.len() {
             if let Some(signal) = super::workload::interrupted() {
                 return Err(ScanError::Interrupted(signal));
@@ -98,27 +105,38 @@ impl Pass<'_> {
                     return Err(ScanError::NoRoom(failure.message));
                 }
                 *chunk = (*chunk / 2).max(1);
-                eprintln!(
+                progress.line(&format!(
                     "[discover] the kernel refused {} functions in one chunk ({}): trying {} at a time",
                     slice.len(),
                     failure.message,
                     *chunk
-                );
+                ));
                 continue;
             }
             result.chunks += 1;
             let remaining_chunks = (indices.len() - end).div_ceil(*chunk);
-            eprintln!(
-                "[discover] {} chunk {} of {}: functions {}..{} of {}, {} with TCP I/O so far, {:.1} s",
-                self.label,
-                result.chunks,
-                result.chunks + remaining_chunks,
-                pos + 1,
-                end,
-                indices.len(),
-                with_io,
-                self.started.elapsed().as_secs_f64()
-            );
+            let chunks = result.chunks + remaining_chunks;
+            if progress.shown() {
+                progress.set(
+                    pos,
+                    indices.len(),
+                    format!(
+                        "{} chunk {} of {chunks}, {with_io} with TCP I/O so far",
+                        self.label, result.chunks
+                    ),
+                );
+            } else {
+                eprintln!(
+                    "[discover] {} chunk {} of {chunks}: functions {}..{} of {}, {} with TCP I/O so far, {:.1} s",
+                    self.label,
+                    result.chunks,
+                    pos + 1,
+                    end,
+                    indices.len(),
+                    with_io,
+                    self.started.elapsed().as_secs_f64()
+                );
+            }
             let end_state = self.workload.run();
             attached.release(&mut loaded.ebpf);
             match end_state? {
@@ -131,22 +149,27 @@ impl Pass<'_> {
                     with_io += 1;
                 }
                 if dump && hits.calls > 0 {
-                    eprintln!(
+                    progress.line(&format!(
                         "[discover] {}: {hits:?}",
                         self.scanned.functions[slice[slot]].function.name
-                    );
+                    ));
                 }
                 result.hits.push((slice[slot], hits));
             }
             result.overflow += read_overflow(loaded)?;
             for (slot, reason) in bad {
-                eprintln!(
+                progress.line(&format!(
                     "[discover] cannot probe {}: {reason}",
                     self.scanned.functions[slice[slot]].function.name
-                );
+                ));
                 result.unprobeable.push((slice[slot], reason));
             }
             pos = end;
+            progress.set(
+                pos,
+                indices.len(),
+                format!("{} chunk {} done", self.label, result.chunks),
+            );
         }
         Ok(result)
     }
