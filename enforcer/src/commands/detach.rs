@@ -25,10 +25,12 @@ pub async fn run(dir: &Path, extra_ifaces: &[String]) -> Result<()> {
     let mut filters = 0;
     for ifindex in ifindexes {
         // An interface deleted since is not an error: its filters went with it.
-        for hook in [tc::Hook::Egress, tc::Hook::Ingress] {
-            match tc::remove_named(&handle, ifindex, hook, hook.filter_name()).await {
+        for (hook, removed) in tc::remove_ours(&handle, ifindex).await {
+            match removed {
                 Ok(n) => filters += n,
-                Err(err) => tracing::warn!(ifindex, "removing the tc filter: {err}"),
+                Err(err) => {
+                    tracing::warn!(ifindex, hook = hook.name(), "removing the tc filter: {err}")
+                }
             }
         }
     }

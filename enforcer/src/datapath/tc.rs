@@ -214,15 +214,17 @@ pub async fn replace(
     Ok(filter)
 }
 
-/// Deletes our filter on `hook` of `ifindex` without a [`Filter`] (`enforcer detach`): every
-/// filter named `name_prefix`..., see [`remove_stale`].
-pub async fn remove_named(
+/// Deletes our filters on both hooks of `ifindex` without a [`Filter`], egress then ingress:
+/// what an agent killed with SIGKILL left, an earlier pinned run's, or what `enforcer detach`
+/// removes (every filter named as ours, see [`remove_stale`]). One answer per hook, so a caller
+/// may go on after one fails.
+pub async fn remove_ours(
     handle: &rtnetlink::Handle,
     ifindex: u32,
-    hook: Hook,
-    name_prefix: &str,
-) -> Result<usize, TcError> {
-    remove_stale(handle, ifindex, hook, name_prefix).await
+) -> [(Hook, Result<usize, TcError>); 2] {
+    let egress = remove_stale(handle, ifindex, Hook::Egress, Hook::Egress.filter_name()).await;
+    let ingress = remove_stale(handle, ifindex, Hook::Ingress, Hook::Ingress.filter_name()).await;
+    [(Hook::Egress, egress), (Hook::Ingress, ingress)]
 }
 
 async fn add(

@@ -41,12 +41,11 @@ impl Earlier {
                 if ifaces.iter().any(|(_, i)| *i == ifindex) {
                     continue;
                 }
-                for hook in [tc::Hook::Egress, tc::Hook::Ingress] {
-                    if let Err(err) =
-                        tc::remove_named(handle, ifindex, hook, hook.filter_name()).await
-                    {
+                for (hook, removed) in tc::remove_ours(handle, ifindex).await {
+                    if let Err(err) = removed {
                         warn!(
                             ifindex,
+                            hook = hook.name(),
                             "removing the earlier run's tc filter failed: {err}"
                         );
                     }

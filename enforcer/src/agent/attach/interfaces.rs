@@ -186,8 +186,8 @@ pub async fn attach_tc(
         if pin.is_none() {
             // Both hooks, whatever this run's ingress form: a killed agent may have run the
             // other form (its tc ingress filter would stay beside our XDP program).
-            for hook in [Hook::Egress, Hook::Ingress] {
-                let stale = tc::remove_stale(handle, *index, hook, hook.filter_name()).await?;
+            for (hook, removed) in tc::remove_ours(handle, *index).await {
+                let stale = removed?;
                 if stale > 0 {
                     warn!(iface = %name, hook = hook.name(), stale, "removed tc filters left by an earlier agent");
                 }
