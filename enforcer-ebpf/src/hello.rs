@@ -10,9 +10,11 @@
 //! makes its own randoms (`RANDOM_LIBS`): then the hello on its socket is not its own (an
 //! allowed `SSL_read` on the socket, then someone else's ClientHello) and is unattributed.
 //!
-//! Cost on a segment that is not a flow's first: one 10-byte load (sequence number, data offset,
-//! flags), one `FLOW_HEADS` lookup, and on a flow without a head one 11-byte load at the payload
-//! start.
+//! Cost on a segment that is not a flow's first: one 10-byte read of the TCP header (sequence
+//! number, data offset, flags; a plain load from the linear head), one `FLOW_HEADS` lookup, and on
+//! a flow without a head one 11-byte read at the payload start (`packet::read`: a plain load where
+//! the payload is linear, the helper where it sits in page fragments, as the local TCP stack
+//! builds it).
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use enforcer_common::{
@@ -26,7 +28,7 @@ use crate::{
     client_hello::{self, HELLO_SCRATCH, Outcome, Scratch, load},
     events, flow,
     flow_head::{self, CLIENT_HELLO, Data, Head, Hello},
-    packet::{Packet, Segment},
+    packet::{self, Linear, Packet, Segment},
     policy::{self, apply},
     random, stats,
 };
@@ -42,10 +44,10 @@ const MAX_RECORD: u16 = (1 << 14) + 2048;
 /// length. Fail-open where nothing is known (not a hello, scratch missing), fail-closed where the
 /// policy asks for a decision it cannot take (an unattributed hello, a nameless scoped one).
 #[inline(always)]
-pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -> Outcome {
+pub fn judge<P: Packet + Linear>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -> Outcome {
     let l4 = seg.l4 as usize;
-    // Sequence number (4), acknowledgment (4), data offset (1), flags (1).
-    let Some(tcp) = load::<[u8; 10], P>(packet, l4 + 4) else {
+    // Sequence number (4), acknowledgment (4), data offset (1), flags (1): in the linear head.
+    let Some(tcp) = packet::read::<[u8; 10], P>(packet, l4 + 4) else {
         return Outcome::Pass;
     };
     let seq = u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]);
@@ -92,8 +94,13 @@ pub fn judge<P: Packet>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -
 /// not the once in 2^23 of the record type, version and message type alone. A segment shorter
 /// than that is not judged on such a flow (a flow with a head is judged however it is split).
 #[inline(always)]
-fn at_segment_start<P: Packet>(packet: &P, payload: usize, len: usize, out: &mut Hello) -> bool {
-    let Some(start) = load::<[u8; HEADER_BEFORE_RANDOM], P>(packet, payload) else {
+fn at_segment_start<P: Packet + Linear>(
+    packet: &P,
+    payload: usize,
+    len: usize,
+    out: &mut Hello,
+) -> bool {
+    let Some(start) = packet::read::<[u8; HEADER_BEFORE_RANDOM], P>(packet, payload) else {
         return false; // shorter than the header: not judged without a head
     };
     let kind = start[5];

@@ -107,6 +107,17 @@ pub fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
     Some(unsafe { value.assume_init() })
 }
 
+/// `T` at `offset`: a plain load where it lies in the linear part (TCP headers, and all of a
+/// test-run or small frame), the load helper where it does not (the payload of an skb the local
+/// TCP stack built, which sits in page fragments).
+#[inline(always)]
+pub fn read<T: Copy, P: Packet + Linear>(packet: &P, offset: usize) -> Option<T> {
+    match direct::read(packet, offset) {
+        Some(value) => Some(value),
+        None => load(packet, offset),
+    }
+}
+
 /// The linear part of a frame, readable through packet pointers: all of a single-buffer XDP
 /// frame (the first buffer of a multi-buffer one), the linear head of an skb.
 pub trait Linear {

@@ -13,7 +13,7 @@
 //! bounds back to `r1`). Offsets stay `usize` adds without overflow checks, which LLVM does not
 //! reassociate across the comparison.
 
-use core::ptr::read_unaligned;
+use core::{mem::size_of, ptr::read_unaligned};
 
 use enforcer_common::flow::family;
 
@@ -59,6 +59,23 @@ impl<const N: usize> Window<N> {
     fn be16(&self, i: usize) -> u16 {
         u16::from_be_bytes(self.bytes::<2>(i))
     }
+}
+
+/// `T` at `offset` of the linear part, or `None` where it reaches past it (or `offset` is past
+/// the headers' bound). The bound is checked on the register that is then added to `data`, as
+/// in the IPv6 walk, so the verifier knows the pointer's range.
+#[inline(always)]
+pub fn read<T: Copy, L: Linear>(frame: &L, offset: usize) -> Option<T> {
+    if offset > MAX_L4_OFFSET + 64 {
+        return None;
+    }
+    let start = frame.data() + offset;
+    if start + size_of::<T>() > frame.data_end() {
+        return None;
+    }
+    // SAFETY: all size_of::<T>() bytes from `start` are inside the linear part (checked just
+    // above); T is plain data.
+    Some(unsafe { read_unaligned(start as *const T) })
 }
 
 /// `Ok` is the answer `packet::parse` gives; `Err(Short)` sends the frame to the helpers.
