@@ -28,7 +28,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{require_root, root, setup, target_dir};
+use crate::{
+    progress::{self, Progress, say, say_err},
+    require_root, root, setup, target_dir,
+};
 use report::{Figure, fmt_duration, fmt_num, median};
 
 pub struct Options {
@@ -104,63 +107,81 @@ pub fn run(opts: Options) -> Result<()> {
 
     let mut figures: Vec<Figure> = vec![];
     let mut broken: Vec<String> = vec![];
+    // (figures, name, the measurement, its steps for the progress bar: the lines it prints as
+    // it goes from one round or configuration to the next).
     type Job<'a> = (
         Vec<u32>,
         &'a str,
         Box<dyn Fn(&figures::Ctx) -> Result<Vec<Figure>>>,
+        fn(&figures::Ctx) -> u64,
     );
     let jobs: Vec<Job> = vec![
         (
             vec![1, 2],
             "TLS over loopback",
             Box::new(|c| figures::tls_loopback(c).map(|(a, b)| vec![a, b])),
+            figures::loopback_steps,
         ),
         (
             vec![3],
             "packets",
             Box::new(|c| figures::packets(c).map(|f| vec![f])),
+            figures::packets_steps,
         ),
         (
             vec![4],
             "leak",
             Box::new(|c| figures::leak(c).map(|f| vec![f])),
+            |_| 2,
         ),
         (
             vec![5],
             "churn",
             Box::new(|c| figures::churn(c).map(|f| vec![f])),
+            figures::churn_steps,
         ),
         (
             vec![6],
             "start-up",
             Box::new(|c| figures::startup(c).map(|f| vec![f])),
+            figures::startup_steps,
         ),
         (
             vec![7],
             "misattribution",
             Box::new(|c| figures::misattribution(c).map(|f| vec![f])),
+            |_| 1,
         ),
         (
             vec![8],
             "filtered path, plain TCP, IPv6, 8 streams, map memory",
             Box::new(|c| figures::paths(c).map(|f| vec![f])),
+            figures::paths_steps,
         ),
         (
             vec![9],
             "redis over TLS",
             Box::new(|c| figures::redis(c).map(|f| vec![f])),
+            figures::redis_steps,
         ),
         (
             vec![10],
             "ring buffer overflow",
             Box::new(|c| figures::overflow(c).map(|f| vec![f])),
+            |_| 1,
         ),
     ];
-    for (ids, name, job) in jobs {
-        if !ids.iter().any(|&i| wanted(i)) {
-            continue;
-        }
-        println!("bench: === figure(s) {ids:?}: {name}");
+    let jobs: Vec<Job> = jobs
+        .into_iter()
+        .filter(|(ids, ..)| ids.iter().any(|&i| wanted(i)))
+        .collect();
+    // On a terminal, a bar over every step of the chosen figures; each figure group's steps
+    // are one group of the bar, so a group that breaks early moves it to the group's end.
+    let bar = Progress::steps(jobs.iter().map(|j| (j.3)(&ctx)).sum(), "steps");
+    for (ids, name, job, steps) in jobs {
+        progress::group(steps(&ctx));
+        progress::set_message(format!("figure(s) {ids:?}: {name}"));
+        say!("bench: === figure(s) {ids:?}: {name}");
         let t = Instant::now();
         agent::NOISY_BLOCKS.store(0, Ordering::Relaxed);
         let load0 = env::load_average();
@@ -191,7 +212,7 @@ pub fn run(opts: Options) -> Result<()> {
             }
             Ok(Err(e)) => {
                 let e = format!("{e:#}");
-                eprintln!("bench: figure(s) {ids:?} broken: {e}");
+                say_err!("bench: figure(s) {ids:?} broken: {e}");
                 broken.push(format!("{ids:?}: {e}"));
                 for id in ids.into_iter().filter(|&i| wanted(i)) {
                     figures.push(Figure {
@@ -219,6 +240,7 @@ pub fn run(opts: Options) -> Result<()> {
             }
         }
     }
+    drop(bar);
     drop(ctx);
 
     let out = opts.out.clone().unwrap_or_else(|| {

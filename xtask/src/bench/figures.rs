@@ -12,15 +12,15 @@ pub(crate) mod packets;
 mod paths;
 mod startup;
 
-pub use app::redis;
+pub use app::{redis, redis_steps};
 pub use attribution::misattribution;
-pub use churn::churn;
+pub use churn::{churn, churn_steps};
 pub use leak::leak;
-pub use loopback::tls_loopback;
+pub use loopback::{loopback_steps, tls_loopback};
 pub use overflow::overflow;
-pub use packets::packets;
-pub use paths::paths;
-pub use startup::startup;
+pub use packets::{packets, packets_steps};
+pub use paths::{paths, paths_steps};
+pub use startup::{startup, startup_steps};
 
 use std::{
     path::{Path, PathBuf},
