@@ -51,7 +51,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn runs(&self, full: usize) -> usize {
-        if self.quick { 1 } else { full }
+        runs(self.quick, full)
     }
     /// The agent, ready and idle: after `ready` it sweeps the host's files in the background
     /// (docs/architecture.md, "New library files"), which on 2 cores would slow whatever is
@@ -75,6 +75,11 @@ impl Ctx {
     fn tlsperf(&self) -> Command {
         Command::new(&self.tlsperf)
     }
+}
+
+/// Runs (or rounds) of a measurement: `full`, or 1 in --quick.
+fn runs(quick: bool, full: usize) -> usize {
+    if quick { 1 } else { full }
 }
 
 const LOOPBACK: &str = "127.0.0.1";

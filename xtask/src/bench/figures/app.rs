@@ -27,8 +27,8 @@ const AGENT: &str =
 const ROUNDS: usize = 3;
 
 /// The progress bar's steps: rounds x (baseline, agent).
-pub fn redis_steps(ctx: &Ctx) -> u64 {
-    (2 * ctx.runs(ROUNDS)) as u64
+pub fn redis_steps(quick: bool) -> u64 {
+    (2 * super::runs(quick, ROUNDS)) as u64
 }
 
 /// Figure 9.

@@ -21,8 +21,8 @@ use crate::progress::step;
 const RUNS: usize = 3;
 
 /// The progress bar's steps: runs x (baseline, with enforcer).
-pub fn churn_steps(ctx: &Ctx) -> u64 {
-    (2 * ctx.runs(RUNS)) as u64
+pub fn churn_steps(quick: bool) -> u64 {
+    (2 * super::runs(quick, RUNS)) as u64
 }
 
 /// Figure 5: 10,000 TLS connections as fast as they go.

@@ -117,8 +117,8 @@ const CONFIGS: [&str; 6] = [BASE, AUDIT, ENFORCE, ENFORCE_LO, SNIFF, FLOOR];
 const ROUNDS: usize = 3;
 
 /// The progress bar's steps: rounds x configurations (--quick skips the BCC floor).
-pub fn loopback_steps(ctx: &Ctx) -> u64 {
-    (ctx.runs(ROUNDS) * (CONFIGS.len() - usize::from(ctx.quick))) as u64
+pub fn loopback_steps(quick: bool) -> u64 {
+    (super::runs(quick, ROUNDS) * (CONFIGS.len() - usize::from(quick))) as u64
 }
 
 /// Figures 1 (request/response) and 2 (bulk): loopback, OpenSSL client and server.

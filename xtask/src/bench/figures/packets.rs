@@ -33,8 +33,8 @@ const RUNS: usize = 5;
 
 /// The progress bar's steps: the veth throughput runs: the baseline's two halves and each agent's runs (the per-packet part
 /// between them is not a step of its own).
-pub fn packets_steps(ctx: &Ctx) -> u64 {
-    (3 * ctx.runs(RUNS)) as u64
+pub fn packets_steps(quick: bool) -> u64 {
+    (3 * super::runs(quick, RUNS)) as u64
 }
 
 /// Figure 3: per-packet cost of the XDP and tc programs, and TCP throughput across the veth.

@@ -67,8 +67,8 @@ pub fn map_memory(pid: u32) -> Result<MapMemory> {
 const ROUNDS: usize = 3;
 
 /// The progress bar's steps: rounds x (baseline, agent).
-pub fn paths_steps(ctx: &Ctx) -> u64 {
-    (2 * ctx.runs(ROUNDS)) as u64
+pub fn paths_steps(quick: bool) -> u64 {
+    (2 * super::runs(quick, ROUNDS)) as u64
 }
 
 /// Figure 8.

@@ -20,8 +20,8 @@ use crate::root;
 const RUNS: usize = 5;
 
 /// The progress bar's steps: runs x (host libraries, +copies); the +copies runs may stop early, at the time budget.
-pub fn startup_steps(ctx: &Ctx) -> u64 {
-    (2 * ctx.runs(RUNS)) as u64
+pub fn startup_steps(quick: bool) -> u64 {
+    (2 * super::runs(quick, RUNS)) as u64
 }
 
 /// Figure 6: spawn to `ready` with the host's libraries, and with 50 more distinct files; and
