@@ -9,10 +9,11 @@
 //! would, and draw the bar again below it, so the screen is not garbled.
 
 use std::{
+    cell::Cell,
     fmt::Display,
     io::{IsTerminal, Write},
     sync::{
-        Mutex, MutexGuard, Once,
+        Mutex, MutexGuard, Once, TryLockError,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -108,8 +109,30 @@ impl Drop for Progress {
 
 /// Runs `f` with the shown bar, if there is one.
 fn with_bar(f: impl FnOnce(&mut Shown)) {
+    let _busy = Busy::enter();
     if let Some(s) = shown().as_mut() {
         f(s);
+    }
+}
+
+thread_local! {
+    /// This thread is inside a call on the bar (for the panic hook: see there).
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as [`BUSY`] until dropped (also when unwinding).
+struct Busy;
+
+impl Busy {
+    fn enter() -> Busy {
+        BUSY.set(true);
+        Busy
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.set(false);
     }
 }
 
@@ -151,6 +174,7 @@ pub fn step_start(message: impl Display) {
 
 /// `println!` of `line`, through the bar if one is shown (use [`say!`]).
 pub fn print_line(line: impl Display) {
+    let _busy = Busy::enter();
     let slot = shown();
     match slot.as_ref() {
         Some(s) => s.bar.suspend(|| println!("{line}")),
@@ -160,6 +184,7 @@ pub fn print_line(line: impl Display) {
 
 /// `eprintln!` of `line`, through the bar if one is shown (use [`say_err!`]).
 pub fn eprint_line(line: impl Display) {
+    let _busy = Busy::enter();
     let slot = shown();
     match slot.as_ref() {
         Some(s) => s.bar.suspend(|| eprintln!("{line}")),
@@ -198,19 +223,42 @@ macro_rules! say_err {
 }
 pub(crate) use {say, say_err, step};
 
-/// A panic message is written by the panic hook straight to stderr, behind the bar's back: the
-/// hook first erases the bar's line, so the message starts at the left edge and the bar is
-/// drawn again below it. Not through the bar's `suspend`: a panic inside a suspended print
-/// would wait for its own lock.
+/// A panic message (a bench figure's panic is caught and the run goes on) is written by the
+/// panic hook straight to stderr, behind the bar's back: the hook erases the bar's line, so the
+/// message starts at the left edge, and prints it with the bar suspended, so that the bar's
+/// steady tick cannot draw into the middle of a backtrace. Not suspended when that could wait
+/// for ever: if this thread panicked inside a call on the bar (a print through it whose stdout
+/// is gone) it holds the bar's locks, and another thread holding `SHOWN` might be waiting for
+/// them.
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if ON_SCREEN.load(Ordering::SeqCst) {
-                let _ = std::io::stderr().write_all(b"\r\x1b[2K");
+            if !ON_SCREEN.load(Ordering::SeqCst) {
+                return previous(info);
             }
-            previous(info);
+            let bar = if BUSY.get() {
+                None
+            } else {
+                match SHOWN.try_lock() {
+                    Ok(s) => s.as_ref().map(|s| s.bar.clone()),
+                    Err(TryLockError::Poisoned(s)) => {
+                        s.into_inner().as_ref().map(|s| s.bar.clone())
+                    }
+                    Err(TryLockError::WouldBlock) => None,
+                }
+            };
+            // indicatif neither clears nor draws from a panicking thread (its suspend does not
+            // clear the bar here): the bar's line is erased by hand in both cases.
+            let erase_and_print = || {
+                let _ = std::io::stderr().write_all(b"\r\x1b[2K");
+                previous(info);
+            };
+            match bar {
+                Some(bar) => bar.suspend(erase_and_print),
+                None => erase_and_print(),
+            }
         }));
     });
 }
@@ -303,12 +351,14 @@ mod tests {
         }
         let p = Progress::steps(3, "steps");
         group(3);
-        step_start("first");
+        step!("bench: figure 1, round {}/3: first", 1);
         say!("line {}", 1);
         say_err!("err {}", 2);
         step_start("second");
         set_message("x");
         step_done();
+        // A caught panic (a bench figure's) under the bar.
+        let _ = std::panic::catch_unwind(|| panic!("caught"));
         drop(p);
         let _b = Progress::bytes(None, "download");
         set_position(1 << 20);
@@ -334,14 +384,18 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         // The test harness adds its own lines to stdout; ours are there whole, in order.
-        assert!(stdout.contains("line 1\n"), "{stdout:?}");
-        assert!(stdout.contains("line 3\n"), "{stdout:?}");
-        assert!(stdout.find("line 1").unwrap() < stdout.find("line 3").unwrap());
-        // stderr is exactly the one line: no bar, no escape sequence, no carriage return.
-        assert_eq!(stderr, "err 2\n");
         assert!(
-            !stdout.contains('\x1b') && !stdout.contains('\r'),
+            stdout.contains("bench: figure 1, round 1/3: first\nline 1\n"),
             "{stdout:?}"
         );
+        assert!(stdout.contains("line 3\n"), "{stdout:?}");
+        assert!(stdout.find("line 1").unwrap() < stdout.find("line 3").unwrap());
+        // stderr is the line and the panic's message: no bar, no escape sequence, no carriage
+        // return.
+        assert!(stderr.starts_with("err 2\n"), "{stderr:?}");
+        assert!(stderr.contains("caught"), "{stderr:?}");
+        for text in [&stdout, &stderr] {
+            assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+        }
     }
 }
