@@ -53,7 +53,7 @@ impl Progress {
     /// A bar over `total` steps, e.g. `3/12 cells`, with the current step as its message.
     pub fn steps(total: u64, unit: &str) -> Progress {
         let template = format!(
-            "{{elapsed_precise}} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {unit} (~{{eta}} left) {{wide_msg}}"
+            "{{elapsed_precise}} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {unit} {{wide_msg}}"
         );
         Progress::show(on_terminal(), Some(total), &template)
     }

@@ -31,8 +31,8 @@ type Case<'a> = (&'a str, &'a bpf::Prog, Vec<u8>, Vec<u8>, u32, u32, u32);
 
 const RUNS: usize = 5;
 
-/// The progress bar's steps: the veth throughput runs: the baseline's two halves and each agent's runs (the per-packet part
-/// between them is not a step of its own).
+/// The progress bar's steps: the veth throughput runs, i.e. the baseline's two halves and each
+/// agent's runs (the per-packet part between them is not a step of its own).
 pub fn packets_steps(quick: bool) -> u64 {
     (3 * super::runs(quick, RUNS)) as u64
 }

@@ -19,7 +19,8 @@ use crate::root;
 
 const RUNS: usize = 5;
 
-/// The progress bar's steps: runs x (host libraries, +copies); the +copies runs may stop early, at the time budget.
+/// The progress bar's steps: runs x (host libraries, +copies); the +copies runs may stop
+/// early, at the time budget.
 pub fn startup_steps(quick: bool) -> u64 {
     (2 * super::runs(quick, RUNS)) as u64
 }
