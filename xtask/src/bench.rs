@@ -28,7 +28,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{require_root, root, setup, target_dir};
+use crate::{
+    progress::{self, Progress, say, say_err},
+    require_root, root, setup, target_dir,
+};
 use report::{Figure, fmt_duration, fmt_num, median};
 
 pub struct Options {
@@ -104,63 +107,17 @@ pub fn run(opts: Options) -> Result<()> {
 
     let mut figures: Vec<Figure> = vec![];
     let mut broken: Vec<String> = vec![];
-    type Job<'a> = (
-        Vec<u32>,
-        &'a str,
-        Box<dyn Fn(&figures::Ctx) -> Result<Vec<Figure>>>,
-    );
-    let jobs: Vec<Job> = vec![
-        (
-            vec![1, 2],
-            "TLS over loopback",
-            Box::new(|c| figures::tls_loopback(c).map(|(a, b)| vec![a, b])),
-        ),
-        (
-            vec![3],
-            "packets",
-            Box::new(|c| figures::packets(c).map(|f| vec![f])),
-        ),
-        (
-            vec![4],
-            "leak",
-            Box::new(|c| figures::leak(c).map(|f| vec![f])),
-        ),
-        (
-            vec![5],
-            "churn",
-            Box::new(|c| figures::churn(c).map(|f| vec![f])),
-        ),
-        (
-            vec![6],
-            "start-up",
-            Box::new(|c| figures::startup(c).map(|f| vec![f])),
-        ),
-        (
-            vec![7],
-            "misattribution",
-            Box::new(|c| figures::misattribution(c).map(|f| vec![f])),
-        ),
-        (
-            vec![8],
-            "filtered path, plain TCP, IPv6, 8 streams, map memory",
-            Box::new(|c| figures::paths(c).map(|f| vec![f])),
-        ),
-        (
-            vec![9],
-            "redis over TLS",
-            Box::new(|c| figures::redis(c).map(|f| vec![f])),
-        ),
-        (
-            vec![10],
-            "ring buffer overflow",
-            Box::new(|c| figures::overflow(c).map(|f| vec![f])),
-        ),
-    ];
-    for (ids, name, job) in jobs {
-        if !ids.iter().any(|&i| wanted(i)) {
-            continue;
-        }
-        println!("bench: === figure(s) {ids:?}: {name}");
+    let jobs: Vec<Job> = jobs()
+        .into_iter()
+        .filter(|(ids, ..)| ids.iter().any(|&i| wanted(i)))
+        .collect();
+    // On a terminal, a bar over every step of the chosen figures; each figure group's steps
+    // are one group of the bar, so a group that breaks early moves it to the group's end.
+    let bar = Progress::steps(jobs.iter().map(|j| (j.3)(opts.quick)).sum(), "steps");
+    for (ids, name, job, steps) in jobs {
+        progress::group(steps(opts.quick));
+        progress::set_message(format!("figure(s) {ids:?}: {name}"));
+        say!("bench: === figure(s) {ids:?}: {name}");
         let t = Instant::now();
         agent::NOISY_BLOCKS.store(0, Ordering::Relaxed);
         let load0 = env::load_average();
@@ -191,7 +148,7 @@ pub fn run(opts: Options) -> Result<()> {
             }
             Ok(Err(e)) => {
                 let e = format!("{e:#}");
-                eprintln!("bench: figure(s) {ids:?} broken: {e}");
+                say_err!("bench: figure(s) {ids:?} broken: {e}");
                 broken.push(format!("{ids:?}: {e}"));
                 for id in ids.into_iter().filter(|&i| wanted(i)) {
                     figures.push(Figure {
@@ -219,6 +176,7 @@ pub fn run(opts: Options) -> Result<()> {
             }
         }
     }
+    drop(bar);
     drop(ctx);
 
     let out = opts.out.clone().unwrap_or_else(|| {
@@ -269,6 +227,75 @@ pub fn run(opts: Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// (figures, name, the measurement, its steps for the progress bar in --quick or not: the lines
+/// it prints as it goes from one round or configuration to the next).
+type Job = (
+    Vec<u32>,
+    &'static str,
+    Box<dyn Fn(&figures::Ctx) -> Result<Vec<Figure>>>,
+    fn(bool) -> u64,
+);
+
+/// Every figure group, in the order they run.
+fn jobs() -> Vec<Job> {
+    vec![
+        (
+            vec![1, 2],
+            "TLS over loopback",
+            Box::new(|c| figures::tls_loopback(c).map(|(a, b)| vec![a, b])),
+            figures::loopback_steps,
+        ),
+        (
+            vec![3],
+            "packets",
+            Box::new(|c| figures::packets(c).map(|f| vec![f])),
+            figures::packets_steps,
+        ),
+        (
+            vec![4],
+            "leak",
+            Box::new(|c| figures::leak(c).map(|f| vec![f])),
+            |_| 2,
+        ),
+        (
+            vec![5],
+            "churn",
+            Box::new(|c| figures::churn(c).map(|f| vec![f])),
+            figures::churn_steps,
+        ),
+        (
+            vec![6],
+            "start-up",
+            Box::new(|c| figures::startup(c).map(|f| vec![f])),
+            figures::startup_steps,
+        ),
+        (
+            vec![7],
+            "misattribution",
+            Box::new(|c| figures::misattribution(c).map(|f| vec![f])),
+            |_| 1,
+        ),
+        (
+            vec![8],
+            "filtered path, plain TCP, IPv6, 8 streams, map memory",
+            Box::new(|c| figures::paths(c).map(|f| vec![f])),
+            figures::paths_steps,
+        ),
+        (
+            vec![9],
+            "redis over TLS",
+            Box::new(|c| figures::redis(c).map(|f| vec![f])),
+            figures::redis_steps,
+        ),
+        (
+            vec![10],
+            "ring buffer overflow",
+            Box::new(|c| figures::overflow(c).map(|f| vec![f])),
+            |_| 1,
+        ),
+    ]
 }
 
 /// One line per (figure, metric, configuration): median and ratio; the report's overview.
@@ -342,5 +369,24 @@ impl ForeignAgents {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
         self.seen.lock().expect("not poisoned").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_figure_once_and_the_bar_steps() {
+        let jobs = jobs();
+        let mut ids: Vec<u32> = jobs.iter().flat_map(|j| j.0.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+        let steps = |quick| -> Vec<u64> { jobs.iter().map(|j| (j.3)(quick)).collect() };
+        // Figures 1-2: rounds x 6 configurations (5 in --quick: no BCC floor); 3: the veth
+        // runs (baseline halves, XDP agent, tc agent); 4: 2 blocks; 5, 6, 8, 9: runs x 2
+        // configurations; 7 and 10: one block each.
+        assert_eq!(steps(false), [18, 15, 2, 6, 10, 1, 6, 6, 1]);
+        assert_eq!(steps(true), [5, 3, 2, 2, 2, 1, 2, 2, 1]);
     }
 }

@@ -4,6 +4,7 @@ mod bench;
 #[cfg(test)]
 mod docs;
 mod fuzz;
+mod progress;
 mod setup;
 mod test;
 mod vm;

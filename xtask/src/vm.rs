@@ -32,7 +32,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::{root, target_dir};
+use crate::{
+    progress::{self, Progress, say},
+    root, target_dir,
+};
 use boot::{KernelRun, boot_kernel};
 use image::common_image;
 use kernel::SERIES;
@@ -200,9 +203,15 @@ fn run(args: &VmArgs) -> Result<Counts> {
     let common = common_image(&enforcer, &test_bins, &test_programs, &stage);
     println!("vm: initramfs contents gathered in {:.1?}", t.elapsed());
 
+    // On a terminal, a bar over the cells; each kernel's cells are one group, so that a kernel
+    // that does not boot (or a form it refuses) still moves the bar to its end.
+    let per_kernel = (forms.len() * tests.len()) as u64;
+    let bar = Progress::steps(series.len() as u64 * per_kernel, "cells");
     let mut rows = vec![];
     let mut runs = vec![];
     for (name, k) in kernels {
+        progress::group(per_kernel);
+        progress::set_message(format!("{name}: booting"));
         let log = vm_dir.join("logs").join(format!("{name}.log"));
         let outcome = match (&common, k) {
             (Err(e), _) => Err(anyhow::anyhow!("cannot build the initramfs: {e:#}")),
@@ -216,7 +225,7 @@ fn run(args: &VmArgs) -> Result<Counts> {
                 runs.push(run);
             }
             Err(e) => {
-                println!("vm: {name}: not run: {e:#}");
+                say!("vm: {name}: not run: {e:#}");
                 for &form in &forms {
                     for test in &tests {
                         rows.push(Row {
@@ -241,6 +250,7 @@ fn run(args: &VmArgs) -> Result<Counts> {
             }
         }
     }
+    drop(bar);
     let _ = fs::remove_dir_all(&stage);
 
     let report = report(&runs, &rows, started.elapsed());

@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use crate::progress::say;
+
 /// `enforcer attach` with a policy, `--events json`, stdout read as events.
 pub struct Agent {
     pub inner: enforcer_tests::Agent,
@@ -244,9 +246,7 @@ pub fn quiesce(max: Duration) {
             return;
         }
         if !told {
-            println!(
-                "bench: waiting (up to {max:?}) for other sessions' enforcer processes to exit"
-            );
+            say!("bench: waiting (up to {max:?}) for other sessions' enforcer processes to exit");
             told = true;
         }
         thread::sleep(Duration::from_millis(500));

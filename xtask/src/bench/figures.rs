@@ -12,15 +12,15 @@ pub(crate) mod packets;
 mod paths;
 mod startup;
 
-pub use app::redis;
+pub use app::{redis, redis_steps};
 pub use attribution::misattribution;
-pub use churn::churn;
+pub use churn::{churn, churn_steps};
 pub use leak::leak;
-pub use loopback::tls_loopback;
+pub use loopback::{loopback_steps, tls_loopback};
 pub use overflow::overflow;
-pub use packets::packets;
-pub use paths::paths;
-pub use startup::startup;
+pub use packets::{packets, packets_steps};
+pub use paths::{paths, paths_steps};
+pub use startup::{startup, startup_steps};
 
 use std::{
     path::{Path, PathBuf},
@@ -51,7 +51,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn runs(&self, full: usize) -> usize {
-        if self.quick { 1 } else { full }
+        runs(self.quick, full)
     }
     /// The agent, ready and idle: after `ready` it sweeps the host's files in the background
     /// (docs/architecture.md, "New library files"), which on 2 cores would slow whatever is
@@ -75,6 +75,11 @@ impl Ctx {
     fn tlsperf(&self) -> Command {
         Command::new(&self.tlsperf)
     }
+}
+
+/// Runs (or rounds) of a measurement: `full`, or 1 in --quick.
+fn runs(quick: bool, full: usize) -> usize {
+    if quick { 1 } else { full }
 }
 
 const LOOPBACK: &str = "127.0.0.1";

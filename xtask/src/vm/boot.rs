@@ -19,7 +19,10 @@ use super::{
     initramfs::Image,
     kernel::{self, Kernel},
 };
-use crate::target_dir;
+use crate::{
+    progress::{self, say},
+    target_dir,
+};
 
 /// What one kernel's boot gave, for the report.
 pub struct KernelRun {
@@ -58,9 +61,12 @@ pub fn boot_kernel(
         log: log.to_path_buf(),
         error: None,
     };
-    println!(
+    say!(
         "vm: {}: {} ({}, {})",
-        k.series, k.package, k.release, k.origin
+        k.series,
+        k.package,
+        k.release,
+        k.origin
     );
     let result = (|| -> Result<(BootLog, f64)> {
         let modules = k.needed_modules()?;
@@ -86,7 +92,7 @@ pub fn boot_kernel(
             std::process::id()
         ));
         let size = img.write(&initrd)?;
-        println!(
+        say!(
             "vm: {}: initramfs {:.1} MiB, modules: {}",
             k.series,
             size as f64 / (1 << 20) as f64,
@@ -110,7 +116,7 @@ pub fn boot_kernel(
         }
         Err(e) => {
             run.error = Some(format!("{e:#}"));
-            println!("vm: {}: {e:#}", k.series);
+            say!("vm: {}: {e:#}", k.series);
             BootLog::default()
         }
     };
@@ -118,7 +124,7 @@ pub fn boot_kernel(
     run.checks = parsed.checks.clone();
     if run.error.is_none() {
         for (m, err) in &parsed.module_errors {
-            println!("vm: {}: insmod {m} failed: {err}", k.series);
+            say!("vm: {}: insmod {m} failed: {err}", k.series);
         }
     }
     let rows = classify(k, &parsed, run.error.as_deref(), forms, tests);
@@ -126,9 +132,11 @@ pub fn boot_kernel(
         if let Outcome::Fail(why) = &r.outcome
             && let Some(excerpt) = parsed.excerpt(r.form, &r.test)
         {
-            println!(
+            say!(
                 "vm: --- {} {} {}: {why}; last lines of its output:\n{excerpt}",
-                r.kernel, r.form, r.test
+                r.kernel,
+                r.form,
+                r.test
             );
         }
     }
@@ -171,7 +179,7 @@ fn qemu(k: &Kernel, initrd: &Path, log: &Path, deadline: Duration) -> Result<(Bo
     let mut child = cmd
         .spawn()
         .context("cannot run qemu-system-x86_64 (Debian: qemu-system-x86)")?;
-    println!(
+    say!(
         "vm: {}: booting ({}, {} MiB, deadline {:?})",
         k.series,
         if kvm { "KVM" } else { "TCG" },
@@ -217,7 +225,7 @@ fn qemu(k: &Kernel, initrd: &Path, log: &Path, deadline: Duration) -> Result<(Bo
             log.display()
         );
     }
-    println!("vm: {}: VM done in {wall:.1} s", k.series);
+    say!("vm: {}: VM done in {wall:.1} s", k.series);
     Ok((parsed, wall))
 }
 
@@ -242,26 +250,33 @@ fn progress(series: &str, log: &Path, seen: &mut u64, partial: &mut String) {
         };
         let w: Vec<&str> = msg.split_whitespace().collect();
         match w.first().copied() {
-            Some("boot") => println!(
+            // Not a line of its own: what the bar (on a terminal) says is running.
+            Some("test-start") if w.len() >= 3 => {
+                progress::set_message(format!("{series} {} {}", w[1], w[2]))
+            }
+            Some("boot") => say!(
                 "vm: {series}: /init running at {} s (uname -r {})",
                 w.get(1).unwrap_or(&"?"),
                 w.get(2).unwrap_or(&"?")
             ),
-            Some("check") => println!("vm: {series}: check-kernel: {}", w[1..].join(" ")),
-            Some("refused") => println!("vm: {series}: check-kernel: {msg}"),
-            Some("test") if w.len() >= 5 => println!(
-                "vm: {series}: {:<10} {} ... {} ({} s)",
-                w[1],
-                w[2],
-                if w[3] == "0" {
-                    "ok".to_string()
-                } else {
-                    format!("FAILED (exit {})", w[3])
-                },
-                w[4]
-            ),
-            Some("module") if w.get(2) != Some(&"ok") => println!("vm: {series}: {msg}"),
-            Some("done") => println!("vm: {series}: all done at {} s", w.get(1).unwrap_or(&"?")),
+            Some("check") => say!("vm: {series}: check-kernel: {}", w[1..].join(" ")),
+            Some("refused") => say!("vm: {series}: check-kernel: {msg}"),
+            Some("test") if w.len() >= 5 => {
+                say!(
+                    "vm: {series}: {:<10} {} ... {} ({} s)",
+                    w[1],
+                    w[2],
+                    if w[3] == "0" {
+                        "ok".to_string()
+                    } else {
+                        format!("FAILED (exit {})", w[3])
+                    },
+                    w[4]
+                );
+                progress::step_done();
+            }
+            Some("module") if w.get(2) != Some(&"ok") => say!("vm: {series}: {msg}"),
+            Some("done") => say!("vm: {series}: all done at {} s", w.get(1).unwrap_or(&"?")),
             _ => {}
         }
     }

@@ -9,10 +9,13 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use apt::{Apt, add_backports, apt_source_has};
+
+use crate::progress::{self, Progress};
 
 /// A kernel series of the matrix and how to find its package.
 pub struct Series {
@@ -322,12 +325,25 @@ fn download(debs: &Path, package: &str, apt: &Apt) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     println!("vm: apt-get download {package}");
-    output(
-        apt.command("apt-get")
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
-            .current_dir(&tmp),
-    )
-    .with_context(|| format!("cannot download {package} (is the Debian mirror reachable?)"))?;
+    let mut cmd = apt.command("apt-get");
+    cmd.args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
+        .current_dir(&tmp);
+    let got = if progress::on_terminal() {
+        // Tens of MiB on a first run: show them arrive (apt-get writes the .deb in place).
+        let _bar = Progress::bytes(
+            apt.package_size(package),
+            &format!("apt-get download {package}"),
+        );
+        let worker = std::thread::spawn(move || output(&mut cmd));
+        while !worker.is_finished() {
+            progress::set_position(bytes_in(&tmp));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        worker.join().expect("the download thread does not panic")
+    } else {
+        output(&mut cmd)
+    };
+    got.with_context(|| format!("cannot download {package} (is the Debian mirror reachable?)"))?;
     let deb = fs::read_dir(&tmp)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -337,6 +353,22 @@ fn download(debs: &Path, package: &str, apt: &Apt) -> Result<PathBuf> {
     fs::rename(&deb, &dest)?;
     let _ = fs::remove_dir_all(&tmp);
     Ok(dest)
+}
+
+/// The size of the files in `dir` and below.
+fn bytes_in(dir: &Path) -> u64 {
+    fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some(if meta.is_dir() {
+                    bytes_in(&e.path())
+                } else {
+                    meta.len()
+                })
+            })
+            .sum()
+    })
 }
 
 fn load(s: &'static Series, dir: &Path, origin: &str) -> Result<Kernel> {
@@ -398,5 +430,15 @@ mod tests {
         assert_eq!(c.show("CONFIG_B"), "not set");
         assert_eq!(c.get("CONFIG_C"), Some("m"));
         assert_eq!(c.get("CONFIG_S"), Some("x"));
+    }
+
+    #[test]
+    fn counts_the_bytes_below_a_directory() {
+        let d = tempfile::tempdir().expect("tempdir");
+        fs::write(d.path().join("a.deb"), [0u8; 10]).expect("write");
+        fs::create_dir(d.path().join("partial")).expect("mkdir");
+        fs::write(d.path().join("partial/b"), [0u8; 5]).expect("write");
+        assert_eq!(bytes_in(d.path()), 15);
+        assert_eq!(bytes_in(&d.path().join("missing")), 0);
     }
 }

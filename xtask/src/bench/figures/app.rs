@@ -17,15 +17,23 @@ use crate::bench::{
     process::{self},
     report::{Better, Figure, Metric},
 };
+use crate::progress::step;
 
 const REDIS_PORT: u16 = 16390;
 const BASE: &str = "baseline: no enforcer";
 const AGENT: &str =
     "enforcer, enforce mode (OpenSSL allowed), filters on the veth (tc ingress, tc egress)";
 
+const ROUNDS: usize = 3;
+
+/// The progress bar's steps: rounds x (baseline, agent).
+pub fn redis_steps(quick: bool) -> u64 {
+    (2 * super::runs(quick, ROUNDS)) as u64
+}
+
 /// Figure 9.
 pub fn redis(ctx: &Ctx) -> Result<Figure> {
-    let rounds = ctx.runs(3);
+    let rounds = ctx.runs(ROUNDS);
     let requests = if ctx.quick { 2_000 } else { 100_000 };
     let clients = 8;
     let ns = &ctx.ns;
@@ -124,10 +132,10 @@ pub fn redis(ctx: &Ctx) -> Result<Figure> {
     };
     for r in 0..rounds {
         ctx.quiesce();
-        println!("bench: figure 9, round {}/{rounds}: {BASE}", r + 1);
+        step!("bench: figure 9, round {}/{rounds}: {BASE}", r + 1);
         put(&mut s, 0, bench()?);
         ctx.quiesce();
-        println!("bench: figure 9, round {}/{rounds}: {AGENT}", r + 1);
+        step!("bench: figure 9, round {}/{rounds}: {AGENT}", r + 1);
         let agent = ctx.agent(&[&ns.host_if], ENFORCE_OPENSSL_ONLY)?;
         let rows = bench();
         agent.stop_timed(Duration::from_secs(600));

@@ -27,6 +27,7 @@ use crate::bench::{
     process::{self, Lines, Proc},
     report::{Better, Figure, Metric, Target},
 };
+use crate::progress::{say_err, step};
 
 /// Client kinds, how many connections one job of each makes, and whether the policy allows it.
 const KINDS: &[(&str, usize, bool)] = &[
@@ -223,7 +224,7 @@ pub fn misattribution(ctx: &Ctx) -> Result<Figure> {
     let total: usize = jobs.iter().map(|j| j.1).sum();
     let allowed = |kind: &str| KINDS.iter().any(|k| k.0 == kind && k.2);
 
-    println!("bench: figure 7, {total} connections from a mix of real clients (enforce mode)");
+    step!("bench: figure 7, {total} connections from a mix of real clients (enforce mode)");
     let mut agent = ctx.agent(&[&ns.host_if], OPENSSL_ONLY)?;
     let next = AtomicUsize::new(0);
     let seen_ok: Mutex<HashMap<&str, usize>> = Mutex::new(HashMap::new());
@@ -510,6 +511,6 @@ fn dump_raw(conns: &[PeerConn], events: &[Value]) {
     let path = crate::target_dir().join("bench/figure7-raw.json");
     let _ = std::fs::create_dir_all(crate::target_dir().join("bench"));
     if let Err(e) = std::fs::write(&path, raw.to_string()) {
-        eprintln!("bench: figure 7: cannot write {}: {e}", path.display());
+        say_err!("bench: figure 7: cannot write {}: {e}", path.display());
     }
 }

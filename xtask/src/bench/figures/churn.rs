@@ -16,10 +16,18 @@ use crate::bench::{
     process::{self},
     report::{Better, Figure, Metric, fmt_num, median},
 };
+use crate::progress::step;
+
+const RUNS: usize = 3;
+
+/// The progress bar's steps: runs x (baseline, with enforcer).
+pub fn churn_steps(quick: bool) -> u64 {
+    (2 * super::runs(quick, RUNS)) as u64
+}
 
 /// Figure 5: 10,000 TLS connections as fast as they go.
 pub fn churn(ctx: &Ctx) -> Result<Figure> {
-    let runs = ctx.runs(3);
+    let runs = ctx.runs(RUNS);
     let n: usize = if ctx.quick { 300 } else { 10_000 };
     let threads = 4;
     let cert = Cert::new(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
@@ -42,7 +50,7 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
     let mut base_rate = vec![];
     ctx.quiesce();
     for r in 0..runs {
-        println!("bench: figure 5, baseline run {}/{runs}", r + 1);
+        step!("bench: figure 5, baseline run {}/{runs}", r + 1);
         let (_server, _, port) =
             process::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, 0, &cert)?;
         base_rate.push(churn_once(port)?.0);
@@ -61,7 +69,7 @@ pub fn churn(ctx: &Ctx) -> Result<Figure> {
         (vec![], vec![], vec![], vec![], vec![]);
     let mut seen = agent.connections().len();
     for r in 0..runs {
-        println!("bench: figure 5, with enforcer run {}/{runs}", r + 1);
+        step!("bench: figure 5, with enforcer run {}/{runs}", r + 1);
         let (_server, _, port) =
             process::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, 0, &cert)?;
         let (cpu0, _, _) = agent::proc_usage(pid)?;

@@ -22,6 +22,7 @@ use crate::bench::{
     process::{self},
     report::{Better, Figure, Metric, Target},
 };
+use crate::progress::step;
 
 const LEAK_PORT: u16 = 19443;
 
@@ -91,7 +92,7 @@ pub fn leak(ctx: &Ctx) -> Result<Figure> {
         Ok(got)
     };
 
-    println!("bench: figure 4, {n_base} GnuTLS connections without enforcer");
+    step!("bench: figure 4, {n_base} GnuTLS connections without enforcer");
     let base_clients = clients(n_base);
     let base = collect(n_base)?;
     if base.iter().all(|c| c[2] == 0) {
@@ -102,7 +103,7 @@ pub fn leak(ctx: &Ctx) -> Result<Figure> {
         );
     }
 
-    println!("bench: figure 4, {n_denied} GnuTLS connections denied by policy (enforce mode)");
+    step!("bench: figure 4, {n_denied} GnuTLS connections denied by policy (enforce mode)");
     let mut agent = ctx.agent(&[&ns.host_if], ENFORCE_OPENSSL_ONLY)?;
     let held = bpf::held_by(agent.pid())?;
     let stats = held.stats(STATS_ENTRIES)?;

@@ -17,6 +17,7 @@ use crate::bench::{
     process::{self, Lines, Proc},
     report::{Better, Figure, Metric, Target, fmt_num, median},
 };
+use crate::progress::step;
 use crate::root;
 
 /// Request and response size of figure 1.
@@ -110,10 +111,19 @@ fn bcc_tool(ctx: &Ctx, script: &str, args: &[&str], ready: &str) -> Result<Proc>
     }
 }
 
+/// The configurations, in the order of the table and of each round.
+const CONFIGS: [&str; 6] = [BASE, AUDIT, ENFORCE, ENFORCE_LO, SNIFF, FLOOR];
+/// 3 rounds: the BCC tools compile for ~20 s at each of their starts.
+const ROUNDS: usize = 3;
+
+/// The progress bar's steps: rounds x configurations (--quick skips the BCC floor).
+pub fn loopback_steps(quick: bool) -> u64 {
+    (super::runs(quick, ROUNDS) * (CONFIGS.len() - usize::from(quick))) as u64
+}
+
 /// Figures 1 (request/response) and 2 (bulk): loopback, OpenSSL client and server.
 pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
-    // 3 rounds: the BCC tools compile for ~20 s at each of their starts.
-    let rounds = ctx.runs(3);
+    let rounds = ctx.runs(ROUNDS);
     let rr_secs = if ctx.quick { 0.5 } else { 2.0 };
     let lat_n = if ctx.quick { 500 } else { 10_000 };
     let bulk_bytes: u64 = if ctx.quick { 32 << 20 } else { 512 << 20 };
@@ -121,7 +131,6 @@ pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
     let (_server, _, port) = process::tls_server(&ctx.tlsperf, None, "server", LOOPBACK, 0, &cert)?;
     let veth = ctx.ns.host_if.clone();
 
-    const CONFIGS: [&str; 6] = [BASE, AUDIT, ENFORCE, ENFORCE_LO, SNIFF, FLOOR];
     let idx = |name: &str| {
         CONFIGS
             .iter()
@@ -166,7 +175,7 @@ pub fn tls_loopback(ctx: &Ctx) -> Result<(Figure, Figure)> {
                 continue;
             }
             ctx.quiesce();
-            println!("bench: figures 1-2, round {}/{rounds}: {name}", r + 1);
+            step!("bench: figures 1-2, round {}/{rounds}: {name}", r + 1);
             let guard: Box<dyn std::any::Any> = match name {
                 BASE => Box::new(()),
                 AUDIT => Box::new(ctx.agent(&[&veth], AUDIT_OPENSSL_ONLY)?),

@@ -19,6 +19,7 @@ use crate::bench::{
     process::{self},
     report::{Better, Figure, Metric, Target},
 };
+use crate::progress::step;
 
 /// SIGCONT on drop: the stopped agent is resumed whatever happens (while it is stopped, a
 /// process mapping a new library file waits for it).
@@ -79,7 +80,7 @@ pub fn overflow(ctx: &Ctx) -> Result<Figure> {
     let lost0 = stats.percpu_sum(Stat::EventsLost as u32)?;
     let attr0 = stats.percpu_sum(Stat::FlowsAttributed as u32)?;
 
-    println!("bench: figure 10, {n} connections with the agent stopped (SIGSTOP)");
+    step!("bench: figure 10, {n} connections with the agent stopped (SIGSTOP)");
     let mut denied_secs = vec![];
     let (made, denied_completed) = {
         let _stopped = Stopped::new(agent.pid());

@@ -15,6 +15,7 @@ use crate::bench::{
     process::{self, Lines},
     report::{Better, Figure, Metric},
 };
+use crate::progress::step;
 
 const IPERF_PORT: u16 = 19201;
 /// The per-packet rows of the no-match path: nothing blocked (the `BLOCKLIST` lookup skipped),
@@ -28,9 +29,17 @@ pub const AGENT_XDP: &str = "agent attached, ingress in XDP (--ingress xdp)";
 /// (hook, program, no-match frame, drop frame, pass / drop / empty-program return values)
 type Case<'a> = (&'a str, &'a bpf::Prog, Vec<u8>, Vec<u8>, u32, u32, u32);
 
+const RUNS: usize = 5;
+
+/// The progress bar's steps: the veth throughput runs, i.e. the baseline's two halves and each
+/// agent's runs (the per-packet part between them is not a step of its own).
+pub fn packets_steps(quick: bool) -> u64 {
+    (3 * super::runs(quick, RUNS)) as u64
+}
+
 /// Figure 3: per-packet cost of the XDP and tc programs, and TCP throughput across the veth.
 pub fn packets(ctx: &Ctx) -> Result<Figure> {
-    let runs = ctx.runs(5);
+    let runs = ctx.runs(RUNS);
     let repeat: u32 = if ctx.quick { 10_000 } else { 1_000_000 };
     let mut fig = Figure {
         id: 3,
@@ -98,7 +107,7 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
     let veth_runs =
         |s: &mut [Vec<f64>; 6], what: &str, rounds: std::ops::Range<usize>, config: usize| {
             for r in rounds {
-                println!("bench: figure 3, veth {what} {}/{runs}", r + 1);
+                step!("bench: figure 3, veth {what} {}/{runs}", r + 1);
                 s[config].push(iperf(false)?);
                 s[config + 3].push(iperf(true)?);
             }

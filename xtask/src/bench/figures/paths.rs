@@ -19,6 +19,7 @@ use crate::bench::{
     process::{self, Lines},
     report::{Better, Figure, Metric},
 };
+use crate::progress::step;
 
 const IPERF_PORT: u16 = 19202;
 const BASE: &str = "baseline: no enforcer";
@@ -63,9 +64,16 @@ pub fn map_memory(pid: u32) -> Result<MapMemory> {
     Ok((total, maps.len(), top))
 }
 
+const ROUNDS: usize = 3;
+
+/// The progress bar's steps: rounds x (baseline, agent).
+pub fn paths_steps(quick: bool) -> u64 {
+    (2 * super::runs(quick, ROUNDS)) as u64
+}
+
 /// Figure 8.
 pub fn paths(ctx: &Ctx) -> Result<Figure> {
-    let rounds = ctx.runs(3);
+    let rounds = ctx.runs(ROUNDS);
     let secs = if ctx.quick { 0.5 } else { 2.0 };
     let lat_n = if ctx.quick { 500 } else { 10_000 };
     let ns = &ctx.ns;
@@ -223,10 +231,10 @@ pub fn paths(ctx: &Ctx) -> Result<Figure> {
     };
     for r in 0..rounds {
         ctx.quiesce();
-        println!("bench: figure 8, round {}/{rounds}: {BASE}", r + 1);
+        step!("bench: figure 8, round {}/{rounds}: {BASE}", r + 1);
         measure(&mut samples, 0)?;
         ctx.quiesce();
-        println!("bench: figure 8, round {}/{rounds}: {AGENT}", r + 1);
+        step!("bench: figure 8, round {}/{rounds}: {AGENT}", r + 1);
         let agent = ctx.agent(&[&ns.host_if], ENFORCE_OPENSSL_ONLY)?;
         let (bytes, n, top) = map_memory(agent.pid())?;
         memory.push(bytes as f64 / 1024.0);

@@ -14,12 +14,21 @@ use crate::bench::{
     process::{self, Lines},
     report::{Better, Figure, Metric},
 };
+use crate::progress::step;
 use crate::root;
+
+const RUNS: usize = 5;
+
+/// The progress bar's steps: runs x (host libraries, +copies); the +copies runs may stop
+/// early, at the time budget.
+pub fn startup_steps(quick: bool) -> u64 {
+    (2 * super::runs(quick, RUNS)) as u64
+}
 
 /// Figure 6: spawn to `ready` with the host's libraries, and with 50 more distinct files; and
 /// SIGTERM to exit, which turned out to be the slow part.
 pub fn startup(ctx: &Ctx) -> Result<Figure> {
-    let runs = ctx.runs(5);
+    let runs = ctx.runs(RUNS);
     // --quick: fewer copies, because an agent with many probes takes long to exit here.
     let copies: u64 = if ctx.quick { 2 } else { 50 };
     // The +50 case can take minutes per run to exit on a loaded host: runs stop once the
@@ -39,7 +48,7 @@ pub fn startup(ctx: &Ctx) -> Result<Figure> {
                     break;
                 }
                 ctx.quiesce();
-                println!("bench: figure 6, {label} run {}/{runs}", r + 1);
+                step!("bench: figure 6, {label} run {}/{runs}", r + 1);
                 let agent = ctx.agent(&[&iface], ENFORCE_OPENSSL_ONLY)?;
                 ready.push(agent.startup.as_secs_f64() * 1e3);
                 libs = agent.ready["libraries"].as_u64().unwrap_or(0);

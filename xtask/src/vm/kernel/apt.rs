@@ -92,6 +92,17 @@ impl Apt {
         pick_dependency(&out, prefix)
     }
 
+    /// The `Size:` apt's lists give for the candidate version of `package` (for the download's
+    /// progress bar), if it says.
+    pub fn package_size(&self, package: &str) -> Option<u64> {
+        let out = output(
+            self.command("apt-cache")
+                .args(["show", "--no-all-versions", package]),
+        )
+        .ok()?;
+        size_field(&out)
+    }
+
     pub fn update(&self) -> Result<()> {
         if self.is_private() {
             println!("vm: apt-get update (private state for another Debian release)");
@@ -113,6 +124,14 @@ fn pick_dependency(apt_depends: &str, prefix: &str) -> Option<String> {
                 && !d.ends_with("-dbg")
                 && !d.contains("unsigned")
         })
+}
+
+/// The first `Size:` of an `apt-cache show` record.
+fn size_field(record: &str) -> Option<u64> {
+    record
+        .lines()
+        .find_map(|l| l.strip_prefix("Size:"))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// `/etc/apt/sources.list` and the `.list` / `.sources` files beside it.
@@ -250,6 +269,14 @@ mod tests {
         let bpo = "linux-image-cloud-amd64\n  Depends: linux-image-6.12.95+bpo-cloud-amd64\n";
         assert_eq!(pick_dependency(bpo, "linux-image-6.1."), None);
         assert_eq!(pick_dependency("", "linux-image-6.1."), None);
+    }
+
+    #[test]
+    fn reads_the_package_size() {
+        let rec = "Package: linux-image-6.12.57+deb12-cloud-amd64\nInstalled-Size: 98765\n\
+                   Size: 51234567\nSHA256: ab\n";
+        assert_eq!(size_field(rec), Some(51234567));
+        assert_eq!(size_field("Package: x\n"), None);
     }
 
     #[test]
