@@ -15,6 +15,10 @@ pub const OVERFLOW_IN_USE: &str = "OVERFLOW_IN_USE";
 /// `Array<u64>` of two elements (`flow::held::*`): whether `BLOCKLIST` may hold anything, so the
 /// packet programs skip its lookup while it is empty.
 pub const BLOCKLIST_HELD: &str = "BLOCKLIST_HELD";
+/// `Array<u64>` of `flow::held::BUCKETS` elements: the kernel's `BLOCKLIST` entries per bucket of
+/// the 4-tuple, so a packet of a flow in an empty bucket skips the lookup while others are
+/// blocked.
+pub const BLOCKLIST_BUCKETS: &str = "BLOCKLIST_BUCKETS";
 /// `LruHashMap<FlowKey, u32>`: flows whose ClientHello was judged, → its TCP sequence number
 /// (a retransmission is not judged or reported twice).
 pub const HELLOS_SEEN: &str = "HELLOS_SEEN";
@@ -48,12 +52,13 @@ pub const STATS: &str = "STATS";
 /// Not pinned: the per-thread and per-goroutine call stacks (`TLS_CALLS`, `GO_CALLS`: a stack
 /// shared by an old and a new copy of the uprobes would be pushed twice and popped once while
 /// both are attached), scratch space, and the watcher's and `enforcer discover`'s maps.
-pub const PINNED: [&str; 19] = [
+pub const PINNED: [&str; 20] = [
     FLOWS,
     BLOCKLIST,
     BLOCKLIST_OVERFLOW,
     OVERFLOW_IN_USE,
     BLOCKLIST_HELD,
+    BLOCKLIST_BUCKETS,
     HELLOS_SEEN,
     crate::hello::FLOW_HEADS,
     crate::hello::HELLO_RANDOMS,

@@ -48,6 +48,11 @@ pub static OVERFLOW_IN_USE: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "BLOCKLIST_HELD")]
 pub static BLOCKLIST_HELD: Array<u64> = Array::with_max_entries(held::ENTRIES, 0);
 
+/// The kernel's `BLOCKLIST` entries per bucket of the 4-tuple (`held::bucket_of`): with flows
+/// blocked, a packet whose bucket is empty still skips the hash lookup.
+#[map(name = "BLOCKLIST_BUCKETS")]
+pub static BLOCKLIST_BUCKETS: Array<u64> = Array::with_max_entries(held::BUCKETS, 0);
+
 /// Flows whose first ClientHello was judged → its TCP sequence number (for debugging with
 /// `bpftool map dump`). A flow here is not parsed again.
 #[map(name = "HELLOS_SEEN")]
@@ -72,35 +77,50 @@ fn overflow_in_use() -> bool {
     OVERFLOW_IN_USE.get(0).copied().unwrap_or(0) != 0
 }
 
-/// Whether `BLOCKLIST` may hold an entry. A slot that cannot be read counts as holding.
+/// Whether `BLOCKLIST` may hold `flow`: userspace put entries there (it does not count them), or
+/// the kernel's count of `flow`'s bucket is not zero. A slot that cannot be read counts as
+/// holding.
 #[inline(always)]
-fn blocklist_may_hold() -> bool {
-    let slot = |i| BLOCKLIST_HELD.get(i).copied().unwrap_or(1);
-    slot(held::KERNEL) != 0 || slot(held::USERSPACE) != 0
+fn blocklist_may_hold(flow: &FlowKey) -> bool {
+    let userspace = BLOCKLIST_HELD.get(held::USERSPACE).copied().unwrap_or(1);
+    let bucket = BLOCKLIST_BUCKETS
+        .get(held::bucket_of(flow))
+        .copied()
+        .unwrap_or(1);
+    userspace != 0 || bucket != 0
 }
 
-/// Adds `delta` (two's complement: `u64::MAX` is -1) to `BLOCKLIST_HELD[KERNEL]`, atomically:
-/// the TCP hooks of every CPU insert and every close deletes.
+/// Adds `delta` (two's complement: `u64::MAX` is -1) to the kernel's count of `BLOCKLIST`
+/// entries (`BLOCKLIST_HELD[KERNEL]`) and to that of `flow`'s bucket, atomically: the TCP hooks
+/// of every CPU insert and every close deletes.
 #[inline(always)]
-fn held_add(delta: u64) {
+fn held_add(flow: &FlowKey, delta: u64) {
     if let Some(slot) = BLOCKLIST_HELD.get_ptr_mut(held::KERNEL) {
-        // The BPF target has no atomic read-modify-write in `core::sync::atomic` (load and store
-        // only), so the intrinsic: LLVM lowers it, result unused, to BPF's atomic add (`lock
-        // *(u64 *)(r + 0) += r`), which every kernel enforcer runs on has.
-        // SAFETY: an aligned u64 in an array map, only ever updated atomically by the kernel.
-        // SeqCst: the increment must be visible before the insert it announces.
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
-                slot, delta,
-            );
-        }
+        atomic_add(slot, delta);
+    }
+    if let Some(slot) = BLOCKLIST_BUCKETS.get_ptr_mut(held::bucket_of(flow)) {
+        atomic_add(slot, delta);
+    }
+}
+
+#[inline(always)]
+fn atomic_add(slot: *mut u64, delta: u64) {
+    // The BPF target has no atomic read-modify-write in `core::sync::atomic` (load and store
+    // only), so the intrinsic: LLVM lowers it, result unused, to BPF's atomic add (`lock
+    // *(u64 *)(r + 0) += r`), which every kernel enforcer runs on has.
+    // SAFETY: an aligned u64 in an array map, only ever updated atomically by the kernel.
+    // SeqCst: the increment must be visible before the insert it announces.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
+            slot, delta,
+        );
     }
 }
 
 #[inline(always)]
 pub fn is_blocked(flow: &FlowKey) -> bool {
     // SAFETY: only existence is checked.
-    if blocklist_may_hold() && unsafe { BLOCKLIST.get(flow) }.is_some() {
+    if blocklist_may_hold(flow) && unsafe { BLOCKLIST.get(flow) }.is_some() {
         return true;
     }
     // SAFETY: only existence is checked.
@@ -124,15 +144,15 @@ pub enum Blocked {
 #[inline(always)]
 pub fn block(flow: &FlowKey) -> Blocked {
     // Counted before the entry exists, so the packet programs never skip a present entry.
-    held_add(1);
+    held_add(flow, 1);
     match BLOCKLIST.insert(flow, block::KERNEL, BPF_NOEXIST) {
         Ok(()) => return Blocked::Listed,
         // Listed already (by the operator, or another CPU): nothing was added.
         Err(EEXIST) => {
-            held_add(u64::MAX);
+            held_add(flow, u64::MAX);
             return Blocked::Listed;
         }
-        Err(_) => held_add(u64::MAX),
+        Err(_) => held_add(flow, u64::MAX),
     }
     if let Some(flag) = OVERFLOW_IN_USE.get_ptr_mut(0) {
         // SAFETY: a u32 in an array map; every writer stores the same value.
@@ -163,7 +183,7 @@ pub fn forget(sk: *const u8) {
         Ok(flow) => {
             let _ = FLOWS.remove(flow);
             if BLOCKLIST.remove(flow).is_ok() {
-                held_add(u64::MAX);
+                held_add(&flow, u64::MAX);
             }
             if overflow_in_use() {
                 let _ = BLOCKLIST_OVERFLOW.remove(flow);

@@ -154,6 +154,13 @@ impl Harness {
         (slot(held::KERNEL), slot(held::USERSPACE))
     }
 
+    /// `BLOCKLIST_BUCKETS[bucket_of(flow)]`: the kernel's blocks in `flow`'s bucket.
+    fn bucket(&self, flow: &FlowKey) -> u64 {
+        let a: Array<_, u64> =
+            Array::try_from(self.ebpf.map(maps::BLOCKLIST_BUCKETS).unwrap()).unwrap();
+        a.get(&held::bucket_of(flow), 0).unwrap()
+    }
+
     /// `LIB` is scoped: `patterns` → actions, `base` for other names, `nameless` without one.
     fn scope(&mut self, patterns: &[(&str, u8)], base: u8, nameless: u8) {
         let mut trie: LpmTrie<_, ServerNameKey, u8> =
@@ -240,8 +247,25 @@ fn unattributed_hello_is_denied_in_enforce_mode_and_names_the_server() {
         (1, 0),
         "BLOCKLIST_HELD counts the kernel's one block"
     );
+    assert_eq!(h.bucket(&v4_flow(40000)), 1, "its bucket counts it");
     assert_eq!(h.run(&v4(40000, b"more")), TC_ACT_SHOT);
     assert!(h.hellos().is_empty());
+
+    // The gate is per bucket: a flow in another, empty bucket is not looked up at all. Shown
+    // with an entry no count covers (userspace never makes one: it sets USERSPACE first).
+    let other = (40001..41000)
+        .map(v4_flow)
+        .find(|f| held::bucket_of(f) != held::bucket_of(&v4_flow(40000)))
+        .expect("a flow in another bucket");
+    assert_eq!(h.bucket(&other), 0);
+    let mut b: HashMap<_, FlowKey, u8> =
+        HashMap::try_from(h.ebpf.map_mut(maps::BLOCKLIST).unwrap()).unwrap();
+    b.insert(other, 1, 0).unwrap();
+    assert_eq!(
+        h.run(&v4(other.local_port, b"data")),
+        TC_ACT_OK,
+        "an empty bucket skips the lookup"
+    );
 }
 
 #[test]

@@ -61,12 +61,13 @@ pub fn load_with(offsets: &SockOffsets, opts: &LoadOptions) -> Result<Ebpf, Load
         // `enforcer discover`'s maps, unused by the agent: one entry each instead of megabytes.
         .map_max_entries(discover::HITS, 1)
         .map_max_entries(discover::STACKS, 1);
-    // A pinned BLOCKLIST without its BLOCKLIST_HELD (pinned by a version that had none) may
-    // hold entries no count covers: the packet programs must then always look it up.
-    let uncounted = opts
-        .pin
-        .as_ref()
-        .is_some_and(|dir| dir.has_map(maps::BLOCKLIST) && !dir.has_map(maps::BLOCKLIST_HELD));
+    // A pinned BLOCKLIST without its BLOCKLIST_HELD or BLOCKLIST_BUCKETS (pinned by a version
+    // that had none) may hold entries no count covers: the packet programs must then always
+    // look it up.
+    let uncounted = opts.pin.as_ref().is_some_and(|dir| {
+        dir.has_map(maps::BLOCKLIST)
+            && !(dir.has_map(maps::BLOCKLIST_HELD) && dir.has_map(maps::BLOCKLIST_BUCKETS))
+    });
     if let Some(dir) = &opts.pin {
         for name in maps::PINNED {
             loader.map_pin_path(name, dir.map_path(name));

@@ -145,6 +145,15 @@ impl Held {
         )
     }
 
+    /// `BLOCKLIST_BUCKETS`: the array of the kernel's `BLOCKLIST` entries per 4-tuple bucket.
+    pub fn blocklist_buckets(&self) -> Result<Map> {
+        let buckets = enforcer_common::flow::held::BUCKETS;
+        self.map(
+            |&(t, k, v, n, _)| t == MAP_TYPE_ARRAY && k == 4 && v == 8 && n == buckets,
+            "BLOCKLIST_BUCKETS",
+        )
+    }
+
     /// `FLOWS`: the LRU hash keyed by a 40-byte `FlowKey` with a 16-byte `FlowState`.
     pub fn flows(&self) -> Result<Map> {
         self.map(
@@ -305,6 +314,14 @@ impl Map {
         }
     }
 
+    /// One entry of an array of u64.
+    pub fn u64_at(&self, index: u32) -> Result<u64> {
+        let mut v = [0u8; 8];
+        self.elem(BPF_MAP_LOOKUP_ELEM, &index.to_ne_bytes(), Some(&mut v))
+            .context("map lookup")?;
+        Ok(u64::from_ne_bytes(v))
+    }
+
     /// One entry of a per-CPU array of u64, summed over the possible CPUs.
     pub fn percpu_sum(&self, index: u32) -> Result<u64> {
         let cpus = possible_cpus()?;
@@ -349,6 +366,20 @@ pub fn flow_key(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> [u
     k[8..24].copy_from_slice(&addr(local.ip()));
     k[24..40].copy_from_slice(&addr(remote.ip()));
     k
+}
+
+/// The `BLOCKLIST_BUCKETS` slot of the flow `flow_key(local, remote)` stands for.
+pub fn bucket_of(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> u32 {
+    let k = flow_key(local, remote);
+    let mut flow = enforcer_common::flow::FlowKey {
+        family: k[0],
+        local_port: local.port(),
+        remote_port: remote.port(),
+        ..Default::default()
+    };
+    flow.local_addr.copy_from_slice(&k[8..24]);
+    flow.remote_addr.copy_from_slice(&k[24..40]);
+    enforcer_common::flow::held::bucket_of(&flow)
 }
 
 /// An Ethernet + IPv4/IPv6 + TCP (PSH|ACK) frame with `payload` zero bytes, from `src` to `dst`.
