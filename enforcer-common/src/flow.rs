@@ -95,12 +95,18 @@ pub mod held {
     pub const BUCKET_BITS: u32 = 14;
     pub const BUCKETS: u32 = 1 << BUCKET_BITS;
 
-    /// The bucket of `flow` in `BLOCKLIST_BUCKETS`: the addresses' first and last words and the
-    /// ports folded into 32 bits, then multiplied (Fibonacci hashing) so the top bits depend on
-    /// all of them. The same on the TCP hooks (which insert and delete) and in the packet
-    /// programs (which look up).
+    /// The bucket of `flow` in `BLOCKLIST_BUCKETS`. The same on the TCP hooks (which insert and
+    /// delete) and in the packet programs (which look up).
     #[inline(always)]
     pub fn bucket_of(flow: &super::FlowKey) -> u32 {
+        bucket_in(flow, BUCKET_BITS)
+    }
+
+    /// `flow`'s bucket among `1 << bits`: the addresses' first and last words and the ports
+    /// folded into 32 bits, then multiplied (Fibonacci hashing) so the top `bits` depend on all
+    /// of them. `bits` is 1..=31.
+    #[inline(always)]
+    pub fn bucket_in(flow: &super::FlowKey, bits: u32) -> u32 {
         let word =
             |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
         let folded = word(&flow.local_addr, 0)
@@ -108,7 +114,7 @@ pub mod held {
             ^ word(&flow.remote_addr, 0).rotate_left(11)
             ^ word(&flow.remote_addr, 12).rotate_left(17)
             ^ (((flow.local_port as u32) << 16) | flow.remote_port as u32);
-        folded.wrapping_mul(0x9E37_79B1) >> (32 - BUCKET_BITS)
+        folded.wrapping_mul(0x9E37_79B1) >> (32 - bits)
     }
 }
 

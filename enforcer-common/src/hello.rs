@@ -20,6 +20,19 @@ pub const LIB_CODE: &str = "LIB_CODE";
 pub const CODE_RANGES: &str = "CODE_RANGES";
 /// `LruHashMap<FlowKey, FlowHead>`: the first bytes of flows whose SYN or SYN-ACK left.
 pub const FLOW_HEADS: &str = "FLOW_HEADS";
+/// `Array<u64>` of [`HEAD_BUCKET_COUNT`] elements: `FLOW_HEADS` entries per bucket of the
+/// 4-tuple ([`head_bucket_of`]), so a segment of a flow in an empty bucket skips the
+/// `FLOW_HEADS` lookup. Counted like `BLOCKLIST_BUCKETS`: never below the entries.
+pub const HEAD_BUCKETS: &str = "HEAD_BUCKETS";
+/// One bucket per entry `FLOW_HEADS` can hold (65,536).
+pub const HEAD_BUCKET_BITS: u32 = 16;
+pub const HEAD_BUCKET_COUNT: u32 = 1 << HEAD_BUCKET_BITS;
+
+/// The bucket of `flow` in `HEAD_BUCKETS`.
+#[inline(always)]
+pub fn head_bucket_of(flow: &crate::flow::FlowKey) -> u32 {
+    crate::flow::held::bucket_in(flow, HEAD_BUCKET_BITS)
+}
 
 /// Bytes of a stream's head the classifier needs: record header (5), handshake header (4),
 /// version (2), random (32).

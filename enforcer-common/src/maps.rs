@@ -52,7 +52,7 @@ pub const STATS: &str = "STATS";
 /// Not pinned: the per-thread and per-goroutine call stacks (`TLS_CALLS`, `GO_CALLS`: a stack
 /// shared by an old and a new copy of the uprobes would be pushed twice and popped once while
 /// both are attached), scratch space, and the watcher's and `enforcer discover`'s maps.
-pub const PINNED: [&str; 20] = [
+pub const PINNED: [&str; 21] = [
     FLOWS,
     BLOCKLIST,
     BLOCKLIST_OVERFLOW,
@@ -61,6 +61,7 @@ pub const PINNED: [&str; 20] = [
     BLOCKLIST_BUCKETS,
     HELLOS_SEEN,
     crate::hello::FLOW_HEADS,
+    crate::hello::HEAD_BUCKETS,
     crate::hello::HELLO_RANDOMS,
     crate::hello::RANDOM_LIBS,
     crate::hello::LIB_CODE,

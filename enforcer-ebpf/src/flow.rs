@@ -104,7 +104,7 @@ fn held_add(flow: &FlowKey, delta: u64) {
 }
 
 #[inline(always)]
-fn atomic_add(slot: *mut u64, delta: u64) {
+pub fn atomic_add(slot: *mut u64, delta: u64) {
     // The BPF target has no atomic read-modify-write in `core::sync::atomic` (load and store
     // only), so the intrinsic: LLVM lowers it, result unused, to BPF's atomic add (`lock
     // *(u64 *)(r + 0) += r`), which every kernel enforcer runs on has.

@@ -16,12 +16,15 @@
 //! Segments of one flow are handled one after another on the sending CPU in practice (the
 //! socket lock serialises a socket's transmits); nothing here relies on it for memory safety.
 
-use aya_ebpf::{macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap},
+};
 use enforcer_common::{
     flow::FlowKey,
     hello::{
-        FlowHead, HEAD_BUFFER, HEAD_LEN, HELLO_RETRY_RANDOM, KEY_FROM, KEY_LEN, RANDOM_AT,
-        RandomKey,
+        FlowHead, HEAD_BUCKET_COUNT, HEAD_BUFFER, HEAD_LEN, HELLO_RETRY_RANDOM, KEY_FROM, KEY_LEN,
+        RANDOM_AT, RandomKey, head_bucket_of,
     },
 };
 
@@ -30,6 +33,17 @@ use crate::packet::Packet;
 /// Flows whose head is being collected. LRU: a flow that never sends is evicted by newer ones.
 #[map(name = "FLOW_HEADS")]
 static FLOW_HEADS: LruHashMap<FlowKey, FlowHead> = LruHashMap::with_max_entries(65536, 0);
+
+/// `FLOW_HEADS` entries per bucket of the 4-tuple (`head_bucket_of`): a segment of a flow in an
+/// empty bucket skips the lookup, the common case once flows are past their hellos. Incremented
+/// before an insert that adds an entry, decremented after a delete that removed one, so never
+/// below the entries; an entry the LRU evicts leaves its count behind (the bucket then only
+/// costs the lookup).
+#[map(name = "HEAD_BUCKETS")]
+static HEAD_BUCKETS: Array<u64> = Array::with_max_entries(HEAD_BUCKET_COUNT, 0);
+
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
 
 const TLS_HANDSHAKE: u8 = 0x16;
 const TLS_CHANGE_CIPHER_SPEC: u8 = 0x14;
@@ -89,19 +103,43 @@ pub fn start(flow: &FlowKey, isn: u32) {
         _pad: [0; 3],
         bytes: [0; HEAD_BUFFER],
     };
-    // LRU: cannot fail for lack of room.
-    let _ = FLOW_HEADS.insert(flow, head, 0);
+    // Counted before the entry exists, so a segment never skips a present head. LRU: an insert
+    // cannot fail for lack of room; one of a head already there (a retransmitted SYN) adds no
+    // entry, so it is undone and the head replaced in place.
+    count(flow, 1);
+    if FLOW_HEADS.insert(flow, head, BPF_NOEXIST).is_err() {
+        count(flow, u64::MAX);
+        let _ = FLOW_HEADS.insert(flow, head, BPF_EXIST);
+    }
 }
 
 /// Forgets the head of `flow` (connection closed, or judged).
 #[inline(always)]
 pub fn forget(flow: &FlowKey) {
-    let _ = FLOW_HEADS.remove(flow);
+    if FLOW_HEADS.remove(flow).is_ok() {
+        count(flow, u64::MAX);
+    }
+}
+
+#[inline(always)]
+fn count(flow: &FlowKey, delta: u64) {
+    if let Some(slot) = HEAD_BUCKETS.get_ptr_mut(head_bucket_of(flow)) {
+        crate::flow::atomic_add(slot, delta);
+    }
+}
+
+/// Whether `FLOW_HEADS` may hold `flow` (its bucket counts an entry; unreadable counts as yes).
+#[inline(always)]
+fn may_hold(flow: &FlowKey) -> bool {
+    HEAD_BUCKETS.get(head_bucket_of(flow)).copied().unwrap_or(1) != 0
 }
 
 /// Adds the segment to the flow's head and says whether a hello is now complete.
 #[inline(always)]
 pub fn feed<P: Packet>(packet: &P, flow: &FlowKey, data: &Data, out: &mut Hello) -> Head {
+    if !may_hold(flow) {
+        return Head::Untracked;
+    }
     let Some(head) = FLOW_HEADS.get_ptr_mut(flow) else {
         return Head::Untracked;
     };

@@ -11,8 +11,9 @@
 //! allowed `SSL_read` on the socket, then someone else's ClientHello) and is unattributed.
 //!
 //! Cost on a segment that is not a flow's first: one 10-byte read of the TCP header (sequence
-//! number, data offset, flags; a plain load from the linear head), one `FLOW_HEADS` lookup, and on
-//! a flow without a head one 11-byte read at the payload start (`packet::read`: a plain load where
+//! number, data offset, flags; a plain load from the linear head), one `HEAD_BUCKETS` read (the
+//! `FLOW_HEADS` lookup only when the flow's bucket counts a head), and on a flow without a head
+//! one 11-byte read at the payload start (`packet::read`: a plain load where
 //! the payload is linear, the helper where it sits in page fragments, as the local TCP stack
 //! builds it).
 

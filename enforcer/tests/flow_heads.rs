@@ -108,6 +108,16 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// `HEAD_BUCKETS[head_bucket_of(flow(sport))]`: the heads counted in that flow's bucket.
+    fn head_bucket(&self, sport: u16) -> u64 {
+        let a: Array<_, u64> =
+            Array::try_from(self.0.map(enforcer_common::hello::HEAD_BUCKETS).unwrap()).unwrap();
+        a.get(&enforcer_common::hello::head_bucket_of(&flow(sport)), 0)
+            .unwrap()
+    }
+}
+
 fn flow(sport: u16) -> FlowKey {
     let mut k = FlowKey {
         family: family::V4,
@@ -160,6 +170,30 @@ fn one_byte_segments_are_collected_and_the_43rd_is_judged() {
     );
     assert!(h.blocked(41000), "unattributed and split: blocked");
     assert_eq!(h.run(&seg(41000, ISN + 44, TCP_ACK, &hello[43..])), DROP);
+}
+
+/// `HEAD_BUCKETS` counts a flow's head from its SYN (a retransmitted SYN adds nothing) until the
+/// hello is judged; a split hello is collected with the count in place, and once judged the
+/// bucket is back at zero, so the flow's later segments skip the `FLOW_HEADS` lookup.
+#[test]
+fn a_heads_bucket_counts_it_from_the_syn_until_its_hello_is_judged() {
+    let h = Harness::new();
+    let sport = 41010;
+    assert_eq!(h.head_bucket(sport), 0);
+    assert_eq!(h.run(&syn(sport)), PASS);
+    assert_eq!(h.run(&syn(sport)), PASS, "a retransmitted SYN");
+    assert_eq!(h.head_bucket(sport), 1, "one head, counted once");
+    let hello = client_hello(None);
+    let verdicts = one_byte_segments(&h, sport, &hello[..43], 0);
+    assert_eq!(
+        verdicts[42], DROP,
+        "collected across 43 segments: {verdicts:?}"
+    );
+    assert_eq!(
+        h.head_bucket(sport),
+        0,
+        "judged: the head and its count are gone"
+    );
 }
 
 #[test]

@@ -16,6 +16,10 @@ pub(crate) static OBJECT: &[u8] =
 pub enum LoadError {
     #[error("loading the eBPF object failed: {0}")]
     Object(#[from] aya::EbpfError),
+    #[error(
+        "replacing the pinned FLOW_HEADS of an earlier version (it has no HEAD_BUCKETS) failed: {0}"
+    )]
+    UncountedHeads(std::io::Error),
     #[error("marking the pinned blocklist as holding entries (BLOCKLIST_HELD) failed: {0}")]
     Held(aya::maps::MapError),
 }
@@ -69,6 +73,14 @@ pub fn load_with(offsets: &SockOffsets, opts: &LoadOptions) -> Result<Ebpf, Load
             && !(dir.has_map(maps::BLOCKLIST_HELD) && dir.has_map(maps::BLOCKLIST_BUCKETS))
     });
     if let Some(dir) = &opts.pin {
+        // Likewise a pinned FLOW_HEADS without HEAD_BUCKETS: its heads are not counted, and a
+        // segment of an uncounted head would skip it. It is left behind (a new one is pinned):
+        // the flows between SYN and hello at this moment become flows without a head, judged by
+        // a hello at the start of a segment, like flows older than the agent.
+        let heads = enforcer_common::hello::FLOW_HEADS;
+        if dir.has_map(heads) && !dir.has_map(enforcer_common::hello::HEAD_BUCKETS) {
+            std::fs::remove_file(dir.map_path(heads)).map_err(LoadError::UncountedHeads)?;
+        }
         for name in maps::PINNED {
             loader.map_pin_path(name, dir.map_path(name));
         }
