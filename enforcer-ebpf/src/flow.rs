@@ -12,7 +12,7 @@ use enforcer_common::flow::{FlowKey, FlowState, block, held};
 use enforcer_common::stat::Stat;
 
 use crate::{
-    flow_head,
+    atomic, flow_head,
     sock::{self, SockError},
     stats,
 };
@@ -96,24 +96,10 @@ fn blocklist_may_hold(flow: &FlowKey) -> bool {
 #[inline(always)]
 fn held_add(flow: &FlowKey, delta: u64) {
     if let Some(slot) = BLOCKLIST_HELD.get_ptr_mut(held::KERNEL) {
-        atomic_add(slot, delta);
+        atomic::add(slot, delta);
     }
     if let Some(slot) = BLOCKLIST_BUCKETS.get_ptr_mut(held::bucket_of(flow)) {
-        atomic_add(slot, delta);
-    }
-}
-
-#[inline(always)]
-pub fn atomic_add(slot: *mut u64, delta: u64) {
-    // The BPF target has no atomic read-modify-write in `core::sync::atomic` (load and store
-    // only), so the intrinsic: LLVM lowers it, result unused, to BPF's atomic add (`lock
-    // *(u64 *)(r + 0) += r`), which every kernel enforcer runs on has.
-    // SAFETY: an aligned u64 in an array map, only ever updated atomically by the kernel.
-    // SeqCst: the increment must be visible before the insert it announces.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
-            slot, delta,
-        );
+        atomic::add(slot, delta);
     }
 }
 

@@ -124,7 +124,7 @@ pub fn forget(flow: &FlowKey) {
 #[inline(always)]
 fn count(flow: &FlowKey, delta: u64) {
     if let Some(slot) = HEAD_BUCKETS.get_ptr_mut(head_bucket_of(flow)) {
-        crate::flow::atomic_add(slot, delta);
+        crate::atomic::add(slot, delta);
     }
 }
 

@@ -13,7 +13,7 @@
 //! | `call_stack.rs`   | (helpers) per-thread and per-goroutine TLS call stacks | `TLS_CALLS`, `GO_CALLS` |
 //! | `tcp.rs`          | kernel TCP send/receive hooks, 3 forms; connection close | — |
 //! | `verdict.rs`      | (called by `tcp.rs`) attribution, verdict   | — |
-//! | `flow.rs`         | (helpers) what is known per 4-tuple; `forget` at close | `FLOWS`, `BLOCKLIST`, `BLOCKLIST_OVERFLOW`, `OVERFLOW_IN_USE`, `BLOCKLIST_HELD`, `HELLOS_SEEN` |
+//! | `flow.rs`         | (helpers) what is known per 4-tuple; `forget` at close | `FLOWS`, `BLOCKLIST`, `BLOCKLIST_OVERFLOW`, `OVERFLOW_IN_USE`, `BLOCKLIST_HELD`, `BLOCKLIST_BUCKETS`, `HELLOS_SEEN` |
 //! | `policy.rs`       | (helpers) the policy userspace wrote; `apply` | `LIB_ACTIONS`, `MODE`, `SCOPED_LIBS`, `HELLO_POLICY`, `SERVER_NAME_RULES` |
 //! | `events.rs`       | (helpers) records for userspace             | `EVENTS`, `HELLO_EVENTS` |
 //! | `sock.rs`         | (helpers) 4-tuple of a `struct sock`        | global `SOCK_OFFSETS` |
@@ -23,9 +23,10 @@
 //! | `xdp.rs`          | ingress drop (XDP)                          | — |
 //! | `tc.rs`           | egress drop; ingress drop (tc)              | — |
 //! | `hello.rs`        | (called by `tc.rs`) hellos judged by their random; unattributed TLS | — |
-//! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS` |
+//! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS`, `HEAD_BUCKETS` |
 //! | `client_hello.rs` | (called by `hello.rs`) ClientHello: SNI, name scopes | `HELLO_SCRATCH` |
 //! | `stats.rs`        | (helpers) counters; the one `bump`          | `STATS` |
+//! | `atomic.rs`       | (helpers) atomic add to a shared map value  | — |
 //! | `exec.rs`         | new executable files: mmap / exec hooks     | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
 //! | `discover.rs`     | `enforcer discover`: uprobes on every function, its own TCP hooks | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
 //!
@@ -41,6 +42,8 @@
     feature(core_intrinsics)
 )]
 
+#[cfg(target_arch = "bpf")]
+mod atomic;
 #[cfg(target_arch = "bpf")]
 mod call_stack;
 #[cfg(target_arch = "bpf")]
