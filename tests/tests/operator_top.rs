@@ -266,22 +266,23 @@ fn live_view_shows_allowed_and_denied_connections_and_q_restores_the_terminal() 
 
     // `q`: top exits 0, the alternate screen is gone, the shell is back.
     tmux.run(&["send-keys", "-t", "top", "q"]);
-    let screen = tmux.wait_screen("the shell after q", |s| exit_code(s).is_some());
+    // The shell prints its prompt after `echo top-exit=$?`: wait for both, not the first alone.
+    let last_line = |s: &str| {
+        s.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim_end()
+            .to_owned()
+    };
+    let screen = tmux.wait_screen("the shell's prompt after q", |s| {
+        exit_code(s).is_some() && last_line(s) == PROMPT.trim_end()
+    });
     assert_eq!(exit_code(&screen), Some("0"), "{screen}");
     assert!(!tmux.alternate_on(), "alternate screen left on:\n{screen}");
     assert!(
         !screen.contains("q: quit"),
         "the view is still on the screen:\n{screen}"
-    );
-    let last = screen
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    assert_eq!(
-        last.trim_end(),
-        PROMPT.trim_end(),
-        "the prompt is back:\n{screen}"
     );
     // The terminal is out of raw mode: what is typed is echoed and runs.
     tmux.type_line("echo typed-after-top");
