@@ -71,10 +71,11 @@ pub mod verdict {
     pub const PENDING_SERVER_NAME: u8 = 6;
 }
 
-/// The value of a `BLOCKLIST` entry: who put the flow there.
-/// The two slots of `BLOCKLIST_HELD`. The packet programs look `BLOCKLIST` up only while either
-/// is non-zero; each is kept at or above what it stands for, never below (a slot too high only
-/// costs the lookup, one too low would let a blocked flow's packets through):
+/// The counts of what `BLOCKLIST` may hold: the two slots of `BLOCKLIST_HELD` and the buckets of
+/// `BLOCKLIST_BUCKETS`. The packet programs look `BLOCKLIST` up only while [`held::USERSPACE`]
+/// or the packet's bucket is non-zero ([`held::KERNEL`], the total, is for reading); each count
+/// is kept at or above what it stands for, never below (one too high only costs the lookup, one
+/// too low would let a blocked flow's packets through).
 pub mod held {
     /// Entries the kernel put in `BLOCKLIST`: incremented (atomically) before each insert,
     /// decremented after an insert that did not add one and after each delete that removed one.
@@ -83,7 +84,8 @@ pub mod held {
     /// subtract it: by then [`USERSPACE`] is set for good, so the lookup never stops).
     pub const KERNEL: u32 = 0;
     /// 1 once userspace put anything in `BLOCKLIST` (the operator's `block`, a reload's
-    /// verdicts), or took over a pinned `BLOCKLIST` without its `BLOCKLIST_HELD`; never cleared.
+    /// verdicts), or took over a pinned `BLOCKLIST` without its `BLOCKLIST_HELD` or
+    /// `BLOCKLIST_BUCKETS`; never cleared.
     pub const USERSPACE: u32 = 1;
     pub const ENTRIES: u32 = 2;
 
@@ -118,6 +120,7 @@ pub mod held {
     }
 }
 
+/// The value of a `BLOCKLIST` entry: who put the flow there.
 pub mod block {
     /// A kernel verdict (a denied library, unattributed TLS, a name out of scope).
     pub const KERNEL: u8 = 1;

@@ -12,8 +12,8 @@ pub const BLOCKLIST_OVERFLOW: &str = "BLOCKLIST_OVERFLOW";
 /// `Array<u32>` of one element: 1 once `BLOCKLIST_OVERFLOW` was used (the packet programs look
 /// it up only then).
 pub const OVERFLOW_IN_USE: &str = "OVERFLOW_IN_USE";
-/// `Array<u64>` of two elements (`flow::held::*`): whether `BLOCKLIST` may hold anything, so the
-/// packet programs skip its lookup while it is empty.
+/// `Array<u64>` of two elements (`flow::held::*`): the kernel's count of its `BLOCKLIST`
+/// entries, and userspace's flag (set: the packet programs always look `BLOCKLIST` up).
 pub const BLOCKLIST_HELD: &str = "BLOCKLIST_HELD";
 /// `Array<u64>` of `flow::held::BUCKETS` elements: the kernel's `BLOCKLIST` entries per bucket of
 /// the 4-tuple, so a packet of a flow in an empty bucket skips the lookup while others are

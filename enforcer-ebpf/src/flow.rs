@@ -41,8 +41,9 @@ pub static BLOCKLIST_OVERFLOW: LruHashMap<FlowKey, u8> = LruHashMap::with_max_en
 #[map(name = "OVERFLOW_IN_USE")]
 pub static OVERFLOW_IN_USE: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Whether `BLOCKLIST` may hold anything (`enforcer_common::flow::held`): while both slots are
-/// zero the packet programs skip the hash lookup (a 40-byte key) and pay an array read, which
+/// Whether `BLOCKLIST` may hold anything (`enforcer_common::flow::held`): slot 0 the kernel's
+/// total, slot 1 userspace's flag. With the flag clear and the packet's `BLOCKLIST_BUCKETS` slot
+/// zero, the packet programs skip the hash lookup (a 40-byte key) and pay two array reads, which
 /// the verifier inlines. A host with nothing blocked, the common case, filters at about the cost
 /// of parsing the headers.
 #[map(name = "BLOCKLIST_HELD")]
