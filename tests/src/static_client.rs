@@ -10,6 +10,8 @@ use std::{
 
 /// Connects to argv[1]:argv[2] sending server name argv[3], completes the handshake, writes
 /// argv[4] and prints `handshake=ok`. Exit 2: connect failed; 3: handshake failed; 4: write.
+/// With a fifth argument `hold`, it keeps the connection open until its stdin ends (a test
+/// that must see the socket while it exists).
 const CLIENT_C: &str = r#"
 #include <arpa/inet.h>
 #include <openssl/ssl.h>
@@ -19,7 +21,7 @@ const CLIENT_C: &str = r#"
 #include <sys/socket.h>
 #include <unistd.h>
 int main(int argc, char **argv) {
-    if (argc != 5) return 1;
+    if (argc != 5 && !(argc == 6 && strcmp(argv[5], "hold") == 0)) return 1;
     struct sockaddr_storage ss = {0};
     socklen_t len;
     struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
@@ -39,6 +41,7 @@ int main(int argc, char **argv) {
     puts("handshake=ok");
     fflush(stdout);
     if (SSL_write(ssl, argv[4], strlen(argv[4])) <= 0) return 4;
+    if (argc == 6) { char b; while (read(0, &b, 1) > 0) {} }
     SSL_shutdown(ssl);
     return 0;
 }

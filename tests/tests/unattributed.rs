@@ -217,14 +217,36 @@ fn unattributed_tls_audit_completes_and_is_reported() {
     let p = peer();
     let mut agent = start_agent(&p.ns, UNATTRIBUTED_AUDIT);
     let line = "STATIC-AUDITED\n";
-    let out = run_static(&p.client, p.peer, "audited.example", line);
-    assert!(
-        out.success() && out.stdout_str().contains("handshake=ok"),
-        "the unattributed client must complete under audit: {out:?}\n{}",
-        agent.stderr()
-    );
+    // The client holds its connection until its stdin ends: the owner is found through the
+    // socket, which must still exist when the (lowered-priority) hello reader gets to it.
+    let mut client = Command::new(&p.client)
+        .args([
+            &p.peer.to_string(),
+            &PORT.to_string(),
+            "audited.example",
+            line,
+            "hold",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the static client runs");
+    let stdin = client.stdin.take().expect("stdin is piped");
+    let client = enforcer_tests::content::Background(client);
     p.server.wait_received(line.as_bytes(), EVENT);
     let e = hello_event(&mut agent, &p.server, Some("audited.example"));
+    drop(stdin);
+    let mut client = client;
+    let status = client.0.wait().expect("the static client exits");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(client.0.stdout.as_mut().expect("piped"), &mut stdout)
+        .expect("its output");
+    assert!(
+        status.success() && stdout.contains("handshake=ok"),
+        "the unattributed client must complete under audit: {status:?} {stdout}\n{}",
+        agent.stderr()
+    );
     assert_eq!(e["attributed"], false, "{e}");
     assert_eq!(e["verdict"], "audited", "{e}");
     assert_eq!(e["socket_aborted"], Value::Null, "{e}");
