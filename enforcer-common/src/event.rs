@@ -10,6 +10,8 @@ pub mod kind {
     pub const HELLO: u8 = 2;
     /// A `QuicEvent`.
     pub const QUIC: u8 = 3;
+    /// A `posture::NegotiatedEvent`.
+    pub const NEGOTIATED: u8 = 4;
 }
 
 /// The start of every `EVENTS` record.

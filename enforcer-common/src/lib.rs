@@ -9,6 +9,8 @@
 //! | `flow`     | a TCP 4-tuple and what is known about it: `FlowKey`, `FlowState`, verdicts |
 //! | `hello`    | content-bound attribution: hello randoms, flow heads, evidence       |
 //! | `policy`   | what userspace writes from the policy: actions, mode, ClientHello scopes |
+//! | `posture`  | what a connection negotiated (ServerHello) and the rules on it          |
+//! | `iana`     | IANA's names of TLS versions, groups and cipher suites                  |
 //! | `quic`     | QUIC Initial packets recognised from a UDP datagram's first bytes      |
 //! | `event`    | the records of the `EVENTS` ring buffer, each behind one `Header`        |
 //! | `stat`     | the `STATS` counters: one enumeration, its size and its names            |
@@ -21,8 +23,10 @@ pub mod discover;
 pub mod event;
 pub mod flow;
 pub mod hello;
+pub mod iana;
 pub mod maps;
 pub mod policy;
+pub mod posture;
 pub mod quic;
 pub mod stat;
 pub mod watch;

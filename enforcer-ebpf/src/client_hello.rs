@@ -57,6 +57,9 @@ const MAX_EVENT_NAME: usize = 255;
 pub enum Outcome {
     Pass,
     Drop,
+    /// Passes, and is a ServerHello that starts at the segment's payload: the classifier hands
+    /// it to the posture reader (`posture.rs`).
+    ServerHello,
 }
 
 #[inline(always)]

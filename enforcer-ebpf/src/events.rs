@@ -13,6 +13,7 @@ use enforcer_common::{
     event::{Header, HelloEvent, QuicEvent, TlsEvent, kind},
     flow::{FlowKey, FlowState},
     hello::RandomOrigin,
+    posture::NegotiatedEvent,
     stat::Stat,
 };
 
@@ -88,5 +89,21 @@ pub fn hello(event: &mut HelloEvent, now: u64) {
     event.header = Header::new(kind::HELLO, now);
     if HELLO_EVENTS.output::<HelloEvent>(event, 0).is_err() {
         stats::count(Stat::HelloEventsLost);
+    }
+}
+
+/// Reports what a flow negotiated (`posture.rs`): on `EVENTS` when the flow was dropped for it
+/// (userspace aborts its socket from there), else on the hello ring (servers on this host
+/// answer anyone's ClientHello).
+#[inline(always)]
+pub fn negotiated(event: &NegotiatedEvent, now: u64, dropped: bool) {
+    let mut event = *event;
+    event.header = Header::new(kind::NEGOTIATED, now);
+    let (ring, lost) = match dropped {
+        true => (&EVENTS, Stat::EventsLost),
+        false => (&HELLO_EVENTS, Stat::HelloEventsLost),
+    };
+    if ring.output::<NegotiatedEvent>(&event, 0).is_err() {
+        stats::count(lost);
     }
 }

@@ -80,7 +80,13 @@ pub fn judge<P: Packet + Linear>(packet: &P, seg: &Segment, flow: &FlowKey, len:
         Head::Hello => true,
     };
     if found {
-        judge_hello(packet, flow, scratch, payload, len)
+        let hello = scratch.hello;
+        match judge_hello(packet, flow, scratch, payload, len) {
+            Outcome::Pass if hello.kind == flow_head::SERVER_HELLO && hello.starts_here != 0 => {
+                Outcome::ServerHello
+            }
+            outcome => outcome,
+        }
     } else {
         not_a_hello(flow)
     }

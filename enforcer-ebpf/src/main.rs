@@ -24,6 +24,8 @@
 //! | `tc.rs`           | egress drop; ingress drop (tc)              | — |
 //! | `hello.rs`        | (called by `tc.rs`) hellos judged by their random; unattributed TLS | — |
 //! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS`, `HEAD_BUCKETS` |
+//! | `posture.rs`      | ServerHello readers (tail-called by `tc.rs`, `xdp.rs`): negotiated version, suite, group; `tls_versions` / `groups` / `cipher_suites` | `POSTURES`, `POSTURE_RULES`, `POSTURE_ENABLED`, `POSTURE_ARGS`, `POSTURE_TC`, `POSTURE_XDP`, `POSTURE_XDP_NOFRAGS` |
+//! | `server_hello.rs` | (called by `posture.rs`) the ServerHello's fields | — |
 //! | `client_hello.rs` | (called by `hello.rs`) ClientHello: SNI, name scopes | `HELLO_SCRATCH` |
 //! | `stats.rs`        | (helpers) counters; the one `bump`          | `STATS` |
 //! | `atomic.rs`       | (helpers) atomic add to a shared map value  | — |
@@ -31,7 +33,7 @@
 //! | `discover.rs`     | `enforcer discover`: uprobes on every function, its own TCP hooks | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
 //!
 //! Imports go one way (no module imports one that imports it; `enforcer/tests/import_cycles.rs`
-//! checks): programs → `verdict` / `hello` → `client_hello`, `random`, `flow_head` → `policy` →
+//! checks): programs → `ingress` → `posture` → `server_hello`; programs → `verdict` / `hello` → `client_hello`, `random`, `flow_head` → `policy` →
 //! `flow` → `sock`, `stats`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -69,9 +71,13 @@ mod packet;
 #[cfg(target_arch = "bpf")]
 mod policy;
 #[cfg(target_arch = "bpf")]
+mod posture;
+#[cfg(target_arch = "bpf")]
 mod quic;
 #[cfg(target_arch = "bpf")]
 mod random;
+#[cfg(target_arch = "bpf")]
+mod server_hello;
 #[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]

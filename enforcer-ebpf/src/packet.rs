@@ -239,3 +239,13 @@ fn ipv6<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
         None
     }
 }
+
+/// The offset of a TCP segment's payload (from its data offset), if the header is readable.
+#[inline(always)]
+pub fn payload_of<P: Packet + Linear>(packet: &P, seg: &Segment) -> Option<usize> {
+    let l4 = seg.l4 as usize;
+    // Two bytes (data offset, flags), not one: LLVM turns a one-byte bound check into
+    // `start >= data_end`, which the verifier does not take as a bound on the packet pointer.
+    let [data_offset, _flags] = read::<[u8; 2], P>(packet, l4 + 12)?;
+    Some(l4 + ((data_offset >> 4) as usize) * 4)
+}

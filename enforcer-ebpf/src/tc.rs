@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use enforcer_common::stat::Stat;
 
-use crate::{client_hello, flow, hello, ingress, packet, quic, stats};
+use crate::{client_hello, flow, hello, ingress, packet, posture, quic, stats};
 use enforcer_common::flow::direction;
 
 /// Fail-open like the XDP program (UDP: only a QUIC Initial the policy denies is dropped, as
@@ -38,6 +38,18 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
     }
     match hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
         client_hello::Outcome::Pass => TC_ACT_OK,
+        client_hello::Outcome::ServerHello => {
+            if let Some(payload) = packet::payload_of(&ctx, &segment) {
+                let args = posture::Args {
+                    flow,
+                    payload: payload as u32,
+                    direction: direction::SEND,
+                    _pad: [0; 3],
+                };
+                posture::read(&ctx, posture::Caller::Tc, args);
+            }
+            TC_ACT_OK
+        }
         client_hello::Outcome::Drop => {
             stats::count(Stat::TcDrops);
             TC_ACT_SHOT
@@ -49,11 +61,17 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
 /// copy (a native XDP program on a veth copies every cloned skb into an XDP buffer).
 #[classifier]
 pub fn enforcer_ingress_tc(ctx: TcContext) -> i32 {
-    if ingress::drops(&ctx) {
-        stats::count(Stat::TcIngressDrops);
-        return TC_ACT_SHOT;
+    match ingress::judge(&ctx) {
+        ingress::Judged::Drop => {
+            stats::count(Stat::TcIngressDrops);
+            TC_ACT_SHOT
+        }
+        ingress::Judged::Pass => TC_ACT_OK,
+        ingress::Judged::ServerHello(args) => {
+            posture::read(&ctx, posture::Caller::Tc, args);
+            TC_ACT_OK
+        }
     }
-    TC_ACT_OK
 }
 
 impl packet::Linear for TcContext {

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use enforcer_common::stat::Stat;
 
-use crate::{ingress, packet, stats};
+use crate::{ingress, packet, posture, stats};
 
 /// Loaded frags-aware (`xdp.frags`, `BPF_F_XDP_HAS_FRAGS`, Linux 5.18+): drivers refuse an MTU
 /// above a page to a program that is not (jumbo frames, veth with a large MTU), and a
@@ -17,23 +17,29 @@ use crate::{ingress, packet, stats};
 /// is why `--ingress auto` puts the tc ingress classifier on a veth instead.
 #[xdp(frags)]
 pub fn enforcer_ingress(ctx: XdpContext) -> u32 {
-    verdict(&ctx)
+    verdict(&ctx, posture::Caller::Xdp)
 }
 
 /// The same program without `BPF_F_XDP_HAS_FRAGS`, for kernels before 5.18 that refuse the flag
 /// (the agent says that the peer of a veth then loses GSO).
 #[xdp]
 pub fn enforcer_ingress_nofrags(ctx: XdpContext) -> u32 {
-    verdict(&ctx)
+    verdict(&ctx, posture::Caller::XdpNoFrags)
 }
 
 #[inline(always)]
-fn verdict(ctx: &XdpContext) -> u32 {
-    if ingress::drops(ctx) {
-        stats::count(Stat::XdpDrops);
-        return xdp_action::XDP_DROP;
+fn verdict(ctx: &XdpContext, caller: posture::Caller) -> u32 {
+    match ingress::judge(ctx) {
+        ingress::Judged::Drop => {
+            stats::count(Stat::XdpDrops);
+            xdp_action::XDP_DROP
+        }
+        ingress::Judged::Pass => xdp_action::XDP_PASS,
+        ingress::Judged::ServerHello(args) => {
+            posture::read(ctx, caller, args);
+            xdp_action::XDP_PASS
+        }
     }
-    xdp_action::XDP_PASS
 }
 
 impl packet::Linear for XdpContext {

@@ -23,6 +23,7 @@ pub mod maps;
 pub mod mptcp_abort;
 pub mod pin;
 pub mod policy_maps;
+pub mod posture_readers;
 pub mod sock_destroy;
 pub mod sweep;
 pub mod table;
@@ -135,6 +136,10 @@ impl Datapath {
             late_attribution: false,
         };
         policy_maps.set_mode(in_force.mode().code())?;
+        policy_maps.write_host_posture(
+            &in_force.policy.posture,
+            in_force.policy.has_posture_rules(),
+        )?;
         let prober = Prober::new(&mut ebpf)?;
         Ok(Datapath {
             ebpf: Mutex::new(ebpf),
@@ -217,7 +222,12 @@ impl Datapath {
                 let mut policy_maps = lock(&self.policy_maps);
                 let code = lib.probes.iter().find_map(|p| p.code);
                 policy_maps
-                    .write_library(id, decision.action, scope.as_ref())
+                    .write_library(
+                        id,
+                        decision.action,
+                        scope.as_ref(),
+                        in_force.policy.posture_of(&lib),
+                    )
                     .and_then(|()| code.map_or(Ok(()), |span| policy_maps.set_code(id, span)))
             };
             if let Err(source) = written {

@@ -20,6 +20,7 @@
 //! the key (see [`PolicyError`]).
 
 mod error;
+pub mod posture;
 mod recover;
 mod report;
 pub mod rules;
@@ -92,6 +93,8 @@ pub struct Policy {
     /// For a QUIC Initial datagram, either direction (`quic`; absent: `default`): TLS inside
     /// QUIC is not attributed to a library (docs/policy.md, "QUIC").
     pub quic: Action,
+    /// Host-wide crypto-posture requirements (`tls_versions`, `groups`, `cipher_suites`).
+    pub posture: posture::Posture,
     /// In file order.
     pub libraries: Vec<Rule>,
     /// The embedded catalog, extended by the policy's `catalog:` section.
@@ -185,6 +188,14 @@ impl Policy {
         }
     }
 
+    /// The unscoped rule that decides `lib` (`None`: `default` does).
+    pub fn deciding_rule(&self, lib: &Library) -> Option<&Rule> {
+        rules::matching(&self.libraries, &subject(lib))
+            .into_iter()
+            .find(|m| !self.libraries[m.index].is_scoped())
+            .map(|m| &self.libraries[m.index])
+    }
+
     /// Every rule that matches, most specific (the deciding one) first.
     pub fn explain(&self, lib: &Library) -> Vec<Match> {
         rules::matching(&self.libraries, &subject(lib))
@@ -247,6 +258,12 @@ struct RawPolicy {
     #[serde(default)]
     quic: Option<Action>,
     #[serde(default)]
+    tls_versions: Option<Vec<String>>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+    #[serde(default)]
+    cipher_suites: Option<Vec<String>>,
+    #[serde(default)]
     libraries: Vec<RawRule>,
     #[serde(default)]
     catalog: Option<RawCatalog>,
@@ -265,6 +282,12 @@ struct RawRule {
     sha256: Option<String>,
     #[serde(default)]
     server_names: Option<Vec<String>>,
+    #[serde(default)]
+    tls_versions: Option<Vec<String>>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+    #[serde(default)]
+    cipher_suites: Option<Vec<String>>,
     action: Action,
 }
 
@@ -483,6 +506,18 @@ fn validate(
                 Some(patterns)
             }
         };
+        let rule_posture = posture::validate(
+            &posture::RawPosture {
+                tls_versions: r.tls_versions.clone(),
+                groups: r.groups.clone(),
+                cipher_suites: r.cipher_suites.clone(),
+            },
+            text,
+            source,
+            &[Seg::Key("libraries"), Seg::Index(index)],
+            &format!("{here}."),
+            &mut fail,
+        );
         let (line, column) = error::locate_rule(text, index);
         let at_rule = |message: String| PolicyError::Invalid {
             file: source.to_owned(),
@@ -511,6 +546,7 @@ fn validate(
             path,
             sha256,
             server_names,
+            posture: rule_posture,
             action: r.action,
             line,
         };
@@ -524,6 +560,18 @@ fn validate(
         }
         libraries.push(rule);
     }
+    let host_posture = posture::validate(
+        &posture::RawPosture {
+            tls_versions: raw.tls_versions,
+            groups: raw.groups,
+            cipher_suites: raw.cipher_suites,
+        },
+        text,
+        source,
+        &[],
+        "",
+        &mut push,
+    );
     Policy {
         mode: raw.mode,
         default: raw.default,
@@ -533,6 +581,7 @@ fn validate(
             .or(raw.unattributed_tls)
             .unwrap_or(raw.default),
         quic: raw.quic.unwrap_or(raw.default),
+        posture: host_posture,
         libraries,
         catalog,
         source: source.to_owned(),

@@ -11,6 +11,7 @@
 
 mod aborts;
 mod hello;
+pub mod negotiated;
 mod output;
 mod owners;
 mod quic;
@@ -34,6 +35,7 @@ use enforcer_common::{
     event::{self, HelloEvent, QuicEvent, TlsEvent},
     flow::{FlowKey, direction, family, op, verdict},
     hello::evidence,
+    posture::NegotiatedEvent,
 };
 use serde_json::json;
 use tracing::{info, warn};
@@ -65,6 +67,8 @@ pub struct Reporter {
     /// says), on a thread of its own.
     output: Arc<output::Output>,
     counts: Arc<Mutex<ConnectionCounts>>,
+    /// Connections by what they negotiated (`negotiated`).
+    postures: Arc<Mutex<negotiated::PostureCounts>>,
     /// The newest violations, for the control socket's `recent` request.
     violations: Arc<Mutex<violations::Ring>>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to turn `bpf_ktime_get_ns` into wall-clock time.
@@ -84,6 +88,7 @@ impl Reporter {
             format,
             output: Arc::new(output::Output::start(format == EventFormat::Json)),
             counts: Arc::default(),
+            postures: Arc::default(),
             violations: Arc::default(),
             boot_offset_ns: realtime_minus_monotonic(),
             owners: None,
@@ -171,6 +176,15 @@ impl Reporter {
 
     fn library(&self, id: u32) -> Option<LibInfo> {
         self.libs.get(id)
+    }
+
+    /// The owner the latest connection event named for `flow`, if it is still remembered.
+    fn recent_owner(&self, flow: &FlowKey) -> Option<owners::Owner> {
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latest(flow)
+            .cloned()
     }
 
     fn handle(&self, event: &TlsEvent) {
@@ -372,6 +386,7 @@ impl Reporter {
             Ok(Record::Tls(event)) => self.handle(&event),
             Ok(Record::Hello(event)) => self.handle_hello(&event),
             Ok(Record::Quic(event)) => self.handle_quic(&event),
+            Ok(Record::Negotiated(event)) => self.handle_negotiated(&event),
             Err(why) => {
                 *skipped += 1;
                 // The first, then every 1024th: a kernel object and a binary that disagree
@@ -390,6 +405,7 @@ pub enum Record {
     Tls(TlsEvent),
     Hello(Box<HelloEvent>),
     Quic(QuicEvent),
+    Negotiated(NegotiatedEvent),
 }
 
 /// Why a ring record was not decoded.
@@ -410,6 +426,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Skipped> {
         event::kind::TLS => read(bytes).map(Record::Tls),
         event::kind::HELLO => read(bytes).map(|e| Record::Hello(Box::new(e))),
         event::kind::QUIC => read(bytes).map(Record::Quic),
+        event::kind::NEGOTIATED => read(bytes).map(Record::Negotiated),
         other => Err(Skipped::UnknownKind(other)),
     }
 }

@@ -24,7 +24,7 @@ use super::{
     records_unneeded, sock_destroy,
     table::LibInfo,
 };
-use crate::policy::{Action, Mode, NameScope, Policy};
+use crate::policy::{Action, Mode, NameScope, Policy, posture::Posture};
 
 /// What applying a policy changed.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -48,6 +48,7 @@ struct Write {
     id: u32,
     action: Action,
     scope: Option<NameScope>,
+    posture: Option<Posture>,
 }
 
 impl Datapath {
@@ -73,6 +74,10 @@ impl Datapath {
             during.scoped |= maps.hello_policy().scoped;
             maps.set_hello_policy(during)?;
             write_all(&mut maps, &writes)?;
+            maps.write_host_posture(
+                &in_force.policy.posture,
+                in_force.policy.has_posture_rules(),
+            )?;
             maps.set_mode(mode.code())?;
             if during != hello {
                 maps.set_hello_policy(hello)?;
@@ -151,6 +156,7 @@ fn plan(old: &Policy, new: &Policy, libs: &HashMap<u32, LibInfo>) -> (Vec<Write>
             id: *id,
             action,
             scope,
+            posture: new.posture_of(lib).cloned(),
         });
     }
     (writes, summary)
@@ -158,7 +164,7 @@ fn plan(old: &Policy, new: &Policy, libs: &HashMap<u32, LibInfo>) -> (Vec<Write>
 
 fn write_all(maps: &mut PolicyMaps, writes: &[Write]) -> Result<(), LiveMapError> {
     for w in writes {
-        maps.write_library(w.id, w.action, w.scope.as_ref())?;
+        maps.write_library(w.id, w.action, w.scope.as_ref(), w.posture.as_ref())?;
     }
     Ok(())
 }

@@ -16,10 +16,11 @@ use aya::{
 use enforcer_common::{
     hello, maps,
     policy::{HelloPolicy, ServerNameKey},
+    posture::{self as kernel_posture, HOST_RULE, PostureRule},
 };
 
 use super::maps::{LiveMapError, absent_ok, err, map_data};
-use crate::policy::{Action, NameScope, Policy};
+use crate::policy::{Action, NameScope, Policy, posture::Posture};
 
 /// Capacity of `LIB_ACTIONS`: walks of its keys stop there.
 const LIB_ACTIONS_MAX: usize = 4096;
@@ -33,6 +34,9 @@ pub struct PolicyMaps {
     name_rules_max: u32,
     random_libs: HashMap<MapData, u32, u8>,
     lib_code: HashMap<MapData, u32, hello::CodeSpan>,
+    /// `HOST_RULE` and library id → crypto-posture requirements; and whether any is there.
+    posture_rules: HashMap<MapData, u32, PostureRule>,
+    posture_enabled: Array<MapData, u32>,
 }
 
 impl PolicyMaps {
@@ -58,6 +62,10 @@ impl PolicyMaps {
                 .map_err(err(hello::RANDOM_LIBS))?,
             lib_code: HashMap::try_from(Map::HashMap(data(hello::LIB_CODE)?))
                 .map_err(err(hello::LIB_CODE))?,
+            posture_rules: HashMap::try_from(Map::HashMap(data(kernel_posture::POSTURE_RULES)?))
+                .map_err(err(kernel_posture::POSTURE_RULES))?,
+            posture_enabled: Array::try_from(Map::Array(data(kernel_posture::POSTURE_ENABLED)?))
+                .map_err(err(kernel_posture::POSTURE_ENABLED))?,
         })
     }
 
@@ -123,12 +131,17 @@ impl PolicyMaps {
     ///   just before and still waiting for its ClientHello is judged by an old pattern or the new
     ///   action, or, without a name, denied (the kernel's answer for a waiting flow whose library
     ///   is no longer listed: stricter than either policy, never looser).
+    ///
+    /// The library's posture requirements (`POSTURE_RULES`) go in first: its connections are
+    /// judged by them from their first ServerHello on.
     pub fn write_library(
         &mut self,
         lib_id: u32,
         action: Action,
         scope: Option<&NameScope>,
+        posture: Option<&Posture>,
     ) -> Result<(), LiveMapError> {
+        self.write_posture(lib_id, posture)?;
         let Some(scope) = scope else {
             self.set_action(lib_id, action)?;
             absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;
@@ -156,7 +169,33 @@ impl PolicyMaps {
         absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;
         absent_ok(self.random_libs.remove(&lib_id)).map_err(err(hello::RANDOM_LIBS))?;
         absent_ok(self.lib_code.remove(&lib_id)).map_err(err(hello::LIB_CODE))?;
+        self.write_posture(lib_id, None)?;
         self.remove_name_rules(lib_id, &[])
+    }
+
+    /// The host-wide posture requirements, and whether the kernel judges ServerHellos at all
+    /// (`enabled`: the policy has a posture key anywhere). Written after the libraries' on a
+    /// reload, so a newly enabled judge never sees a library's rule missing.
+    pub fn write_host_posture(
+        &mut self,
+        posture: &Posture,
+        enabled: bool,
+    ) -> Result<(), LiveMapError> {
+        self.write_posture(HOST_RULE, Some(posture))?;
+        self.posture_enabled
+            .set(0, enabled as u32, 0)
+            .map_err(err(kernel_posture::POSTURE_ENABLED))
+    }
+
+    fn write_posture(&mut self, key: u32, posture: Option<&Posture>) -> Result<(), LiveMapError> {
+        match posture.filter(|p| !p.is_empty()) {
+            Some(p) => self
+                .posture_rules
+                .insert(key, p.kernel_rule(), 0)
+                .map_err(err(kernel_posture::POSTURE_RULES)),
+            None => absent_ok(self.posture_rules.remove(&key))
+                .map_err(err(kernel_posture::POSTURE_RULES)),
+        }
     }
 
     fn set_action(&mut self, lib_id: u32, action: Action) -> Result<(), LiveMapError> {

@@ -11,21 +11,27 @@ use super::{Action, MAX_POLICY_BYTES, Mode};
 use crate::catalog::{Catalog, Seg};
 
 /// Keys of the top-level mapping and of a rule, as error messages list them.
-pub(super) const TOP_KEYS: [&str; 7] = [
+pub(super) const TOP_KEYS: [&str; 10] = [
     "mode",
     "default",
     "unattributed_tls",
     "unknown_files",
     "quic",
+    "tls_versions",
+    "groups",
+    "cipher_suites",
     "libraries",
     "catalog",
 ];
-pub(super) const RULE_KEYS: [&str; 6] = [
+pub(super) const RULE_KEYS: [&str; 9] = [
     "family",
     "version",
     "path",
     "sha256",
     "server_names",
+    "tls_versions",
+    "groups",
+    "cipher_suites",
     "action",
 ];
 

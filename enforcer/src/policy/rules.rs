@@ -77,6 +77,8 @@ pub struct Rule {
     pub sha256: Option<String>,
     /// The server names the rule is scoped to; `None`: every connection of the library.
     pub server_names: Option<Vec<ServerNamePattern>>,
+    /// Crypto-posture requirements of the library's connections (empty: none).
+    pub posture: super::posture::Posture,
     pub action: Action,
     /// 1-based line of the rule in the policy file.
     pub line: usize,

@@ -52,3 +52,52 @@ pub fn client_hello(exts: Option<&[Extension]>) -> Vec<u8> {
 
 /// Offset of the first extension's type in a `client_hello` record.
 pub const FIRST_EXTENSION: usize = 5 + 4 + 2 + 32 + 1 + 32 + 2 + 6 + 2 + 2;
+
+/// `supported_versions` as a ServerHello carries it: the selected version.
+pub fn selected_version_ext(version: u16) -> Extension {
+    (0x002b, version.to_be_bytes().to_vec())
+}
+
+/// A ServerHello's `key_share`: the group, then a key of `key_len` bytes (X25519MLKEM768's is
+/// 1,120); a HelloRetryRequest's is the group alone (`key_len` `None`).
+pub fn key_share_ext(group: u16, key_len: Option<usize>) -> Extension {
+    let mut data = group.to_be_bytes().to_vec();
+    if let Some(len) = key_len {
+        data.extend_from_slice(&(len as u16).to_be_bytes());
+        data.extend(std::iter::repeat_n(0x5a, len));
+    }
+    (0x0033, data)
+}
+
+/// A ServerHello record: `legacy` version, `random`, a 32-byte session id, `suite`, null
+/// compression, and these extensions (no extension block at all when `exts` is `None`).
+pub fn server_hello(
+    legacy: u16,
+    random: [u8; 32],
+    suite: u16,
+    exts: Option<&[Extension]>,
+) -> Vec<u8> {
+    let mut body = legacy.to_be_bytes().to_vec();
+    body.extend_from_slice(&random);
+    body.push(32);
+    body.extend_from_slice(&[0x17; 32]);
+    body.extend_from_slice(&suite.to_be_bytes());
+    body.push(0);
+    if let Some(exts) = exts {
+        let mut list = Vec::new();
+        for (kind, data) in exts {
+            list.extend_from_slice(&kind.to_be_bytes());
+            list.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            list.extend_from_slice(data);
+        }
+        body.extend_from_slice(&(list.len() as u16).to_be_bytes());
+        body.extend_from_slice(&list);
+    }
+    let mut hs = vec![0x02];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x03];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
+}

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::datapath::{
     pin::PinDir,
+    posture_readers,
     tc::{self, Hook},
 };
 
@@ -100,7 +101,11 @@ pub fn attach_xdp(
         let loaded = match xdp_program {
             Some(loaded) => loaded,
             // Loaded once, for the first interface that takes it.
-            None => *xdp_program.insert(load_ingress(ebpf)?),
+            None => {
+                let loaded = load_ingress(ebpf)?;
+                posture_readers::load_for(ebpf, loaded)?;
+                *xdp_program.insert(loaded)
+            }
         };
         let form = attach_one(program(ebpf, loaded)?, name, *index, choice, pin, attached)?;
         attached.ingress.push((name.clone(), form));
@@ -254,10 +259,13 @@ fn load_ingress(ebpf: &mut Ebpf) -> Result<&'static str> {
     Ok(INGRESS_NOFRAGS)
 }
 
+/// Loads a classifier and the ServerHello reader it tail-calls.
 fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
     let classifier: &mut SchedClassifier = program(ebpf, name)?;
     classifier.load()?;
-    Ok(classifier.fd()?.try_clone()?)
+    let fd = classifier.fd()?.try_clone()?;
+    posture_readers::load_for(ebpf, name)?;
+    Ok(fd)
 }
 
 /// The XDP programs: frags-aware, and the fallback without.

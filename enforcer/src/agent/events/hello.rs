@@ -72,6 +72,14 @@ impl Recent {
         (since_ns != 0 && *at == since_ns).then_some(owner)
     }
 
+    /// The owner the latest connection event named for `flow`, whenever that was.
+    pub fn latest(&self, flow: &FlowKey) -> Option<&Owner> {
+        self.owners
+            .get(flow)
+            .or_else(|| self.older.get(flow))
+            .map(|(o, _)| o)
+    }
+
     /// Flows remembered now (at most [`MAX_RECENT`]).
     pub fn remembered(&self) -> usize {
         self.owners.len() + self.older.len()

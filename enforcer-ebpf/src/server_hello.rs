@@ -1,0 +1,150 @@
+//! The ServerHello reader: the negotiated version, cipher suite and key-exchange group of a
+//! connection (`enforcer_common::posture::Posture`), from a ServerHello that starts at a
+//! segment's payload. Run only in the posture programs (`posture.rs`), for segments whose first
+//! six bytes are a ServerHello's record and handshake headers.
+//!
+//! The bytes come from the wire: every length is checked against the handshake message, every
+//! loop has a constant bound, and a field that cannot be read (past the segment, or behind an
+//! inconsistent length) is left unread (`Posture::read`), never guessed.
+
+use enforcer_common::{
+    hello::HELLO_RETRY_RANDOM,
+    posture::{Posture, field},
+};
+
+use crate::packet::Packet;
+
+const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
+const EXT_KEY_SHARE: u16 = 0x0033;
+/// Extensions walked. A ServerHello has few (TLS 1.3: two or three; TLS 1.2: about five).
+const MAX_EXTENSIONS: usize = 16;
+/// Payload offsets past this (from the frame start) are not read.
+const MAX_OFFSET: usize = 1 << 16;
+/// The version every TLS 1.3 ServerHello states in its own field (the real one is in
+/// `supported_versions`).
+const TLS12: u16 = 0x0303;
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+fn at<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
+    if offset > MAX_OFFSET {
+        return None;
+    }
+    load_any(packet, offset)
+}
+
+/// `packet::load` caps offsets at the headers; the hello's fields lie further in.
+#[inline(always)]
+fn load_any<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    if !packet.load_bytes(
+        offset as u32,
+        value.as_mut_ptr() as *mut u8,
+        size_of::<T>() as u32,
+    ) {
+        return None;
+    }
+    // SAFETY: the helper filled all size_of::<T>() bytes; T is plain data.
+    Some(unsafe { value.assume_init() })
+}
+
+/// Reads the ServerHello at `payload`. `None`: not a ServerHello after all (its headers are
+/// inconsistent). A HelloRetryRequest comes back with `retried` set.
+#[inline(always)]
+pub fn read<P: Packet>(packet: &P, payload: usize) -> Option<Posture> {
+    let mut posture = Posture::default();
+    let header: [u8; 9] = at(packet, payload)?;
+    let record_len = be16([header[3], header[4]]) as usize;
+    let hs_len = ((header[6] as usize) << 16) | ((header[7] as usize) << 8) | header[8] as usize;
+    if header[0] != 0x16
+        || header[1] != 3
+        || header[5] != 2
+        || hs_len < 38
+        || hs_len + 4 > record_len
+    {
+        return None;
+    }
+    let body = payload + 9;
+    let end = body + hs_len;
+    let legacy = be16(at(packet, body)?);
+    let random: [u8; 32] = at(packet, body + 2)?;
+    if random == HELLO_RETRY_RANDOM {
+        posture.retried = 1;
+    }
+    let session_len = at::<u8, P>(packet, body + 34)? as usize;
+    if session_len > 32 {
+        return None;
+    }
+    let mut pos = body + 35 + session_len;
+    // Cipher suite (2), compression method (1).
+    let Some(suite) = at::<[u8; 3], P>(packet, pos) else {
+        return Some(posture);
+    };
+    posture.suite = be16([suite[0], suite[1]]);
+    posture.read |= field::SUITE;
+    pos += 3;
+    if legacy < TLS12 {
+        // Below TLS 1.2 the field is the version: TLS 1.3 states 1.2 there.
+        posture.version = legacy;
+        posture.read |= field::VERSION;
+    }
+    if pos == end {
+        // No extensions: TLS 1.2 or older, as the field says.
+        posture.version = legacy;
+        posture.read |= field::VERSION;
+        return Some(posture);
+    }
+    let Some(total) = at::<[u8; 2], P>(packet, pos) else {
+        return Some(posture);
+    };
+    let ext_end = pos + 2 + be16(total) as usize;
+    if ext_end != end {
+        return Some(posture);
+    }
+    pos += 2;
+    let mut supported = None;
+    for _ in 0..MAX_EXTENSIONS {
+        if pos == ext_end {
+            // Every extension read: without `supported_versions` the field is the version.
+            posture.version = supported.unwrap_or(legacy);
+            posture.read |= field::VERSION;
+            return Some(posture);
+        }
+        if pos + 4 > ext_end {
+            break;
+        }
+        let Some(ext) = at::<[u8; 4], P>(packet, pos) else {
+            break;
+        };
+        let kind = be16([ext[0], ext[1]]);
+        let len = be16([ext[2], ext[3]]) as usize;
+        if pos + 4 + len > ext_end {
+            break;
+        }
+        if len >= 2 && (kind == EXT_SUPPORTED_VERSIONS || kind == EXT_KEY_SHARE) {
+            let Some(value) = at::<[u8; 2], P>(packet, pos + 4) else {
+                break;
+            };
+            let value = be16(value);
+            if kind == EXT_SUPPORTED_VERSIONS {
+                supported = Some(value);
+            } else {
+                // ServerHello: the entry's group, then its key; HelloRetryRequest: the group
+                // asked for.
+                posture.group = value;
+                posture.read |= field::GROUP;
+            }
+        }
+        pos += 4 + len;
+    }
+    // Stopped early: `supported_versions` alone can still say TLS 1.3.
+    if let Some(version) = supported {
+        posture.version = version;
+        posture.read |= field::VERSION;
+    }
+    Some(posture)
+}
