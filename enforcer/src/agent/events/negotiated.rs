@@ -5,7 +5,7 @@
 //! Each is also counted by (library family, version, suite, group) for `/metrics`, `enforcer
 //! status` and `enforcer cbom`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use enforcer_common::{
     event::UNATTRIBUTED,
@@ -19,11 +19,21 @@ use tracing::{info, warn};
 use super::{Reporter, endpoints, sockaddr, verdict_name};
 use crate::datapath::sock_destroy;
 
-/// What one kind of connection negotiated, as counted: (family, version, suite, group), each
-/// `None` when the ServerHello did not give it.
-pub type PostureKey = (String, Option<u16>, Option<u16>, Option<u16>);
+/// What one kind of connection negotiated, as counted: (library id, version, suite, group),
+/// each `None` when not known (`UNATTRIBUTED`: no library) .
+pub type PostureKey = (u32, Option<u16>, Option<u16>, Option<u16>);
 /// Connections by what they negotiated.
-pub type PostureCounts = BTreeMap<PostureKey, u64>;
+pub type PostureCounts = BTreeMap<PostureKey, PostureSeen>;
+
+/// Processes named per [`PostureKey`], at most (the count goes on past them).
+pub const MAX_PROCESSES: usize = 32;
+
+/// How often one kind of connection was seen, and by which processes (command names).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PostureSeen {
+    pub connections: u64,
+    pub processes: BTreeSet<String>,
+}
 
 /// `1.3`, `0x7f1c`; `None` when not read.
 pub fn version_name(posture: &Posture) -> Option<String> {
@@ -72,17 +82,27 @@ impl Reporter {
             .to_owned();
         let posture = &event.posture;
         let read = |f: u8, v: u16| posture.has(f).then_some(v);
-        *self
-            .postures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((
-                family.clone(),
-                read(field::VERSION, posture.version),
-                read(field::SUITE, posture.suite),
-                read(field::GROUP, posture.group),
-            ))
-            .or_default() += 1;
+        let owner = self.recent_owner(&event.flow);
+        {
+            let mut postures = self
+                .postures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let seen = postures
+                .entry((
+                    event.lib_id,
+                    read(field::VERSION, posture.version),
+                    read(field::SUITE, posture.suite),
+                    read(field::GROUP, posture.group),
+                ))
+                .or_default();
+            seen.connections += 1;
+            if let Some(o) = &owner
+                && seen.processes.len() < MAX_PROCESSES
+            {
+                seen.processes.insert(o.comm.clone());
+            }
+        }
         let (local, remote) = endpoints(&event.flow);
         let verdict = verdict_name(event.verdict);
         let key = broken_key(event.broken);
@@ -90,7 +110,6 @@ impl Reporter {
             rule::LIBRARY => "library",
             _ => "host",
         };
-        let owner = self.recent_owner(&event.flow);
         let record = || {
             json!({
                 "type": "negotiated",
