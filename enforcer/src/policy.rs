@@ -32,6 +32,8 @@ mod tests;
 #[cfg(test)]
 mod tests_all;
 #[cfg(test)]
+mod tests_posture;
+#[cfg(test)]
 mod tests_rules;
 #[cfg(test)]
 mod tests_scope;

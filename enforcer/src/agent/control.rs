@@ -222,18 +222,37 @@ pub fn status_text(v: &Value) -> String {
         "hello randoms: recorded {}, unreadable {}; hellos attributed by random {}, split {}\n",
         c["randoms_recorded"], c["randoms_unreadable"], c["hellos_by_random"], c["hellos_split"]
     ));
+    let n = &v["negotiated"];
+    let versions = n["by_version"].as_object().map(|by| {
+        let each = by
+            .iter()
+            .map(|(name, count)| format!("TLS {name}: {count}"));
+        each.collect::<Vec<_>>().join(", ")
+    });
+    out.push_str(&format!(
+        "negotiated: {} connections ({}), post-quantum groups {}\n",
+        n["connections"],
+        versions.unwrap_or_default(),
+        n["post_quantum"]
+    ));
     out
 }
 
 /// `enforcer flows` in text: one line per flow.
 pub fn flows_text(v: &Value) -> String {
     let mut out = format!(
-        "{:<46} {:<46} {:<10} {:<16} {}\n",
-        "LOCAL", "REMOTE", "LIBRARY", "VERDICT", "BLOCKED"
+        "{:<46} {:<46} {:<10} {:<16} {:<7} {}\n",
+        "LOCAL", "REMOTE", "LIBRARY", "VERDICT", "BLOCKED", "TLS"
     );
     for f in v["flows"].as_array().into_iter().flatten() {
+        let tls = &f["tls"];
+        let tls = match tls["version"].as_str() {
+            Some(version) => format!("{version} {}", tls["group"].as_str().unwrap_or("-")),
+            None if tls.is_object() => "unread".to_owned(),
+            None => "-".to_owned(),
+        };
         out.push_str(&format!(
-            "{:<46} {:<46} {:<10} {:<16} {}\n",
+            "{:<46} {:<46} {:<10} {:<16} {:<7} {tls}\n",
             f["local"].as_str().unwrap_or("?"),
             f["remote"].as_str().unwrap_or("?"),
             f["library"]["family"].as_str().unwrap_or("?"),

@@ -142,6 +142,7 @@ pub fn render(sources: &Sources) -> String {
         );
     }
     out.push_str(&lines);
+    negotiated_lines(sources, &mut out);
     // The kernel's counters, one family per `Shown::metric` (consecutive counters may share it).
     let mut last = "";
     for counter in stat::ALL {
@@ -262,5 +263,36 @@ mod tests {
         assert_eq!(parse_addr("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
         assert!(parse_addr("localhost:9464").is_err());
         assert!(parse_addr("70000").is_err());
+    }
+}
+
+/// `enforcer_negotiated_connections_total`: connections by what their ServerHello said.
+fn negotiated_lines(sources: &Sources, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP enforcer_negotiated_connections_total TLS connections whose ServerHello was read, by library family, version, cipher suite, key-exchange group and whether the group is post-quantum.\n# TYPE enforcer_negotiated_connections_total counter"
+    );
+    let names = |code: Option<u16>, table: &[(u16, &'static str)]| {
+        code.map_or_else(
+            || "unread".to_owned(),
+            |c| {
+                enforcer_common::iana::name_of(table, c)
+                    .map_or_else(|| format!("{c:#06x}"), str::to_owned)
+            },
+        )
+    };
+    let libs = sources.reporter.library_families();
+    for ((lib, version, suite, group), seen) in sources.reporter.posture_counts() {
+        let family = libs.get(&lib).map_or("unattributed", String::as_str);
+        let _ = writeln!(
+            out,
+            "enforcer_negotiated_connections_total{{library=\"{}\",version=\"{}\",cipher_suite=\"{}\",group=\"{}\",post_quantum=\"{}\"}} {}",
+            escape(family),
+            names(version, enforcer_common::iana::VERSIONS),
+            names(suite, enforcer_common::iana::CIPHER_SUITES),
+            names(group, enforcer_common::iana::GROUPS),
+            group.is_some_and(enforcer_common::iana::is_post_quantum),
+            seen.connections
+        );
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     agent::{
         control::{Handler, Request},
-        events::{self, Reporter},
+        events::{self, Reporter, negotiated},
     },
     datapath::{
         PolicyView,
@@ -144,6 +144,7 @@ impl Operator {
             "new_files": i.new_files,
             "pin": i.pin,
             "maps": fill,
+            "negotiated": negotiated::summary(&self.reporter.posture_counts()),
             "counters": stat::ALL
                 .iter()
                 .map(|c| (c.shown().name.to_owned(), Value::from(stats[*c as usize])))
@@ -172,17 +173,19 @@ impl Operator {
     }
 
     fn flows(&self) -> Value {
-        let (flows, maps_blocked) = {
+        let (flows, maps_blocked, postures) = {
             let maps = self.maps();
             let flows = maps.flows();
             let blocked: Vec<bool> = flows.iter().map(|(k, _)| maps.is_blocked(k)).collect();
-            (flows, blocked)
+            let postures: Vec<_> = flows.iter().map(|(k, _)| maps.posture(k)).collect();
+            (flows, blocked, postures)
         };
         let libs = self.libraries.snapshot();
         let list: Vec<Value> = flows
             .iter()
             .zip(maps_blocked)
-            .map(|((key, state), blocked)| {
+            .zip(postures)
+            .map(|(((key, state), blocked), posture)| {
                 let (local, remote) = events::endpoints(key);
                 let lib = libs.get(&state.lib_id);
                 json!({
@@ -197,6 +200,7 @@ impl Operator {
                     "blocked": blocked,
                     "call": events::op_name(state.op),
                     "evidence": if state.evidence == evidence::RANDOM { "random" } else { "thread" },
+                    "tls": posture.as_ref().map(negotiated::tls_json),
                 })
             })
             .collect();

@@ -40,6 +40,8 @@ pub struct LiveMaps {
     overflow_in_use: Array<MapData, u32>,
     held: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
+    /// What each flow negotiated (`posture::POSTURES`).
+    postures: HashMap<MapData, FlowKey, enforcer_common::posture::Posture>,
     pub flows_max: u32,
     pub blocklist_max: u32,
     pub overflow_max: u32,
@@ -99,6 +101,8 @@ impl LiveMaps {
                 .map_err(err(maps::BLOCKLIST))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(data(maps::STATS)?))
                 .map_err(err(maps::STATS))?,
+            postures: HashMap::try_from(Map::LruHashMap(data(enforcer_common::posture::POSTURES)?))
+                .map_err(err(enforcer_common::posture::POSTURES))?,
             flows_max,
             blocklist_max,
         })
@@ -111,6 +115,11 @@ impl LiveMaps {
             .take(self.flows_max as usize)
             .filter_map(Result::ok)
             .collect()
+    }
+
+    /// What `flow` negotiated, once its ServerHello was read.
+    pub fn posture(&self, flow: &FlowKey) -> Option<enforcer_common::posture::Posture> {
+        self.postures.get(flow, 0).ok()
     }
 
     pub fn blocked(&self) -> Vec<FlowKey> {

@@ -69,6 +69,23 @@ fn broken_key(b: u8) -> Option<&'static str> {
     }
 }
 
+/// `enforcer status`'s `negotiated`: connections whose ServerHello was read since start, by
+/// version, and how many used a post-quantum group.
+pub fn summary(counts: &PostureCounts) -> Value {
+    let mut total = 0u64;
+    let mut post_quantum = 0u64;
+    let mut by_version: BTreeMap<String, u64> = BTreeMap::new();
+    for ((_, version, _, group), seen) in counts {
+        total += seen.connections;
+        if group.is_some_and(iana::is_post_quantum) {
+            post_quantum += seen.connections;
+        }
+        let name = version.map_or_else(|| "unread".to_owned(), |v| name(iana::VERSIONS, v));
+        *by_version.entry(name).or_default() += seen.connections;
+    }
+    json!({ "connections": total, "by_version": by_version, "post_quantum": post_quantum })
+}
+
 impl Reporter {
     pub(super) fn handle_negotiated(&self, event: &NegotiatedEvent) {
         let dropped = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
@@ -173,6 +190,15 @@ impl Reporter {
         {
             warn!(%err, "posture violation: could not abort the local socket; its packets are still dropped");
         }
+    }
+
+    /// Library id → family name, of the libraries known now.
+    pub fn library_families(&self) -> std::collections::HashMap<u32, String> {
+        self.libs
+            .snapshot()
+            .into_iter()
+            .map(|(id, info)| (id, info.family.name().to_owned()))
+            .collect()
     }
 
     /// Connections by what they negotiated, since start.
