@@ -24,6 +24,7 @@ use enforcer_tests::{
     Agent, Cert, NetNs, Server, cmd,
     content::{Background, free_port},
     require_root, run_with_timeout,
+    schema::{events_schema, validate_event},
 };
 use serde_json::Value;
 
@@ -64,10 +65,19 @@ fn start(ns: &NetNs, policy: &str) -> Agent {
 }
 
 fn negotiated(agent: &mut Agent, port_key: &'static str, port: u16) -> Value {
-    agent.wait_for(
+    let e = agent.wait_for(
         move |v| v["type"] == "negotiated" && v[port_key]["port"] == port,
         EVENT,
-    )
+    );
+    checked(e)
+}
+
+/// `e`, after checking it against docs/events.schema.json.
+fn checked(e: Value) -> Value {
+    if let Err(why) = validate_event(&events_schema(), &e) {
+        panic!("{why}: {e}");
+    }
+    e
 }
 
 /// The rustls server, its `read N` lines on a channel.

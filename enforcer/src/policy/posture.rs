@@ -52,6 +52,33 @@ impl Posture {
         rule
     }
 
+    /// `tls_versions 1.3; groups X25519MLKEM768, x25519` (what `policy check` prints).
+    pub fn describe(&self) -> String {
+        let names = |codes: &[u16], table: &[(u16, &'static str)]| -> Vec<String> {
+            codes
+                .iter()
+                .map(|c| {
+                    iana::name_of(table, *c).map_or_else(|| format!("{c:#06x}"), str::to_owned)
+                })
+                .collect()
+        };
+        let mut parts = Vec::new();
+        if self.versions != 0 {
+            parts.push(format!("tls_versions {}", self.version_names().join(", ")));
+        }
+        if !self.groups.is_empty() {
+            parts.push(format!(
+                "groups {}",
+                names(&self.groups, iana::GROUPS).join(", ")
+            ));
+        }
+        if !self.cipher_suites.is_empty() {
+            let suites = names(&self.cipher_suites, iana::CIPHER_SUITES);
+            parts.push(format!("cipher_suites {}", suites.join(", ")));
+        }
+        parts.join("; ")
+    }
+
     /// The versions allowed, by name (`["1.2", "1.3"]`), for `policy explain` and status.
     pub fn version_names(&self) -> Vec<&'static str> {
         iana::VERSIONS

@@ -50,6 +50,17 @@ pub fn check_report(p: &Policy) -> String {
         "quic: {} (a QUIC Initial datagram, whose TLS no library is known for: {quic_note})",
         p.quic
     );
+    if !p.posture.is_empty() {
+        let judged = match p.mode {
+            Mode::Enforce => "dropped at its ServerHello",
+            Mode::Audit => "reported as would-block",
+        };
+        let _ = writeln!(
+            out,
+            "crypto posture: {} (every connection; one that negotiates otherwise is {judged})",
+            p.posture.describe()
+        );
+    }
     let added: Vec<String> = p
         .catalog
         .families()
@@ -68,9 +79,13 @@ pub fn check_report(p: &Policy) -> String {
         p.libraries.len()
     );
     for rule in &p.libraries {
+        let requires = match rule.posture.is_empty() {
+            true => String::new(),
+            false => format!(", requires {}", rule.posture.describe()),
+        };
         let _ = writeln!(
             out,
-            "  line {}: {} -> {}",
+            "  line {}: {} -> {}{requires}",
             rule.line,
             rule.describe(),
             rule.action
