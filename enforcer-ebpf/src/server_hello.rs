@@ -54,8 +54,29 @@ fn load_any<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
 
 /// Reads the ServerHello at `payload`. `None`: not a ServerHello after all (its headers are
 /// inconsistent). A HelloRetryRequest comes back with `retried` set.
+///
+/// A TLS 1.3 cipher suite (`0x1301..=0x1305`) says TLS 1.3 when `supported_versions` was not
+/// reached (a ServerHello longer than its segment: a post-quantum key share on a path with a
+/// small MTU): RFC 8446 suites are defined for TLS 1.3 only, and a client refuses one in an
+/// older version's ServerHello.
 #[inline(always)]
 pub fn read<P: Packet>(packet: &P, payload: usize) -> Option<Posture> {
+    let mut posture = fields(packet, payload)?;
+    if !posture.has(field::VERSION)
+        && posture.has(field::SUITE)
+        && TLS13_SUITES.contains(&posture.suite)
+    {
+        posture.version = TLS13;
+        posture.read |= field::VERSION;
+    }
+    Some(posture)
+}
+
+const TLS13: u16 = 0x0304;
+const TLS13_SUITES: core::ops::RangeInclusive<u16> = 0x1301..=0x1305;
+
+#[inline(always)]
+fn fields<P: Packet>(packet: &P, payload: usize) -> Option<Posture> {
     let mut posture = Posture::default();
     let header: [u8; 9] = at(packet, payload)?;
     let record_len = be16([header[3], header[4]]) as usize;

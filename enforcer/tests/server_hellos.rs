@@ -307,37 +307,57 @@ fn truncation_at_every_byte_fails_closed_for_rules_on_the_missing_fields() {
         let p = h.posture(sport).expect("judged");
         assert_eq!(passed, p.has(field::VERSION), "cut at {cut}: {p:?}");
         assert!(!passed || p.version == 0x0304, "cut at {cut}");
+        // The version is known once the TLS 1.3 suite is in (`supported_versions`, last, is
+        // past the cut): from the suite on, every cut passes.
+        let suite_end = 5 + 4 + 2 + 32 + 1 + 32 + 3;
+        assert_eq!(passed, cut >= suite_end, "cut at {cut}: {p:?}");
     }
-    // `supported_versions` comes last: only the whole hello shows TLS 1.3.
     h.hello_left(42999);
     assert!(h.passes(&from_server(42999, &full)));
+    // A TLS 1.2 suite says nothing: cut before the end, a TLS 1.2 ServerHello is unread.
+    let old = tls12();
+    h.hello_left(42998);
+    assert!(!h.passes(&from_server(42998, &old[..old.len() - 2])));
 }
 
 #[test]
 fn garbage_lengths_and_long_extension_lists_leave_fields_unread() {
     let mut h = Harness::new(Form::Tc);
-    h.require(tls13_only());
-    // An extension whose length runs past the list.
-    let mut bad = tls13(X25519, 32);
+    let mut rule = pq_only();
+    rule.versions = version_bit(0x0304).unwrap();
+    h.require(rule);
+    h.hello_left(42099);
+    assert!(
+        h.passes(&from_server(42099, &tls13(X25519MLKEM768, 1120))),
+        "well formed: passes"
+    );
+    // An extension whose length runs past the list: the key share's group is not read.
+    let mut bad = tls13(X25519MLKEM768, 1120);
     let first_ext = 5 + 4 + 2 + 32 + 1 + 32 + 2 + 1 + 2;
     bad[first_ext + 2..first_ext + 4].copy_from_slice(&0xfff0u16.to_be_bytes());
     h.hello_left(42100);
     assert!(!h.passes(&from_server(42100, &bad)));
-    // A session id longer than 32 bytes.
-    let mut long_session = tls13(X25519, 32);
+    assert!(!h.posture(42100).unwrap().has(field::GROUP));
+    // A session id longer than 32 bytes: nothing is read.
+    let mut long_session = tls13(X25519MLKEM768, 1120);
     long_session[5 + 4 + 2 + 32] = 33;
     h.hello_left(42101);
     assert!(!h.passes(&from_server(42101, &long_session)));
     assert_eq!(h.posture(42101).map(|p| p.read), Some(0));
-    // More extensions than the reader walks, `supported_versions` after them.
+    // More extensions than the reader walks, the key share after them.
     let mut exts: Vec<Extension> = (0..20).map(|i| (0x1000 + i, vec![])).collect();
+    exts.push(key_share_ext(X25519MLKEM768, Some(1120)));
     exts.push(selected_version_ext(0x0304));
     h.hello_left(42102);
     let many = server_hello(0x0303, [0x44; 32], AES128, Some(&exts));
     assert!(!h.passes(&from_server(42102, &many)));
-    assert!(!h.posture(42102).unwrap().has(field::VERSION));
+    let p = h.posture(42102).unwrap();
+    assert!(
+        !p.has(field::GROUP) && p.version == 0x0304,
+        "version from the suite: {p:?}"
+    );
     // A handshake length past the record's.
-    let mut over = tls13(X25519, 32);
+    let mut over = tls13(X25519MLKEM768, 1120);
     over[6] = 0x7f;
     h.hello_left(42103);
     assert!(!h.passes(&from_server(42103, &over)));

@@ -22,6 +22,7 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const PROG_TYPE_XDP: u32 = 6;
@@ -112,20 +113,26 @@ pub fn held_by(pid: u32) -> Result<Held> {
 }
 
 impl Held {
-    /// The one program of this type (the agent loads one XDP and one tc program).
+    /// The one packet program of this type (the agent loads one XDP and one tc program of its
+    /// own, `enforcer_*`, beside their tail-called ServerHello readers, `posture_*`).
     pub fn prog(&self, prog_type: u32) -> Result<Prog> {
-        let ids: Vec<u32> = self
-            .progs
-            .iter()
-            .filter(|(t, _)| *t == prog_type)
-            .map(|(_, id)| *id)
-            .collect();
-        match ids[..] {
-            [id] => Prog::by_id(id),
-            _ => bail!(
-                "expected one program of type {prog_type} in the agent, found {}",
-                ids.len()
-            ),
+        self.prog_named(prog_type, "enforcer_")
+    }
+
+    /// The one program of this type whose name starts with `prefix`.
+    pub fn prog_named(&self, prog_type: u32, prefix: &str) -> Result<Prog> {
+        let mut found = Vec::new();
+        for (_, id) in self.progs.iter().filter(|(t, _)| *t == prog_type) {
+            let prog = Prog::by_id(*id)?;
+            if prog.name()?.starts_with(prefix) {
+                found.push(prog);
+            }
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            n => {
+                bail!("expected one program {prefix}* of type {prog_type} in the agent, found {n}")
+            }
         }
     }
 
@@ -162,6 +169,22 @@ impl Held {
         )
     }
 
+    /// `HELLOS_SEEN`: the LRU hash keyed by a 40-byte `FlowKey` with a u32 sequence number.
+    pub fn hellos_seen(&self) -> Result<Map> {
+        self.map(
+            |&(t, k, v, _, _)| t == MAP_TYPE_LRU_HASH && k == 40 && v == 4,
+            "HELLOS_SEEN",
+        )
+    }
+
+    /// `POSTURES`: the LRU hash keyed by a 40-byte `FlowKey` with an 8-byte `Posture`.
+    pub fn postures(&self) -> Result<Map> {
+        self.map(
+            |&(t, k, v, _, _)| t == MAP_TYPE_LRU_HASH && k == 40 && v == 8,
+            "POSTURES",
+        )
+    }
+
     /// `STATS`: the per-CPU array of u64 counters.
     pub fn stats(&self, entries: u32) -> Result<Map> {
         self.map(
@@ -195,6 +218,20 @@ impl Prog {
         a.u32(0, id);
         let r = bpf(BPF_PROG_GET_FD_BY_ID, &mut a).with_context(|| format!("program id {id}"))?;
         Ok(Prog { fd: fd_result(r) })
+    }
+
+    /// The program's name (`bpf_prog_info.name`, at most 15 bytes).
+    fn name(&self) -> Result<String> {
+        use std::os::fd::AsRawFd;
+        let mut info = [0u8; 256];
+        let mut a = Attr::new();
+        a.u32(0, self.fd.as_raw_fd() as u32)
+            .u32(4, info.len() as u32)
+            .u64(8, info.as_mut_ptr() as u64);
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).context("BPF_OBJ_GET_INFO_BY_FD")?;
+        let name = &info[64..80];
+        let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        Ok(String::from_utf8_lossy(&name[..end]).into_owned())
     }
 
     /// `r0 = retval; exit`: the least any program of this type costs.
@@ -384,9 +421,18 @@ pub fn bucket_of(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> u
 
 /// An Ethernet + IPv4/IPv6 + TCP (PSH|ACK) frame with `payload` zero bytes, from `src` to `dst`.
 pub fn tcp_frame(src: std::net::SocketAddr, dst: std::net::SocketAddr, payload: usize) -> Vec<u8> {
+    tcp_frame_with(src, dst, &vec![0; payload])
+}
+
+/// The same frame carrying `payload`.
+pub fn tcp_frame_with(
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
     use std::net::IpAddr;
     let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
-    let tcp_len = 20 + payload;
+    let tcp_len = 20 + payload.len();
     match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             f.extend_from_slice(&[0x08, 0x00]);
@@ -410,8 +456,29 @@ pub fn tcp_frame(src: std::net::SocketAddr, dst: std::net::SocketAddr, payload: 
     f.extend_from_slice(&src.port().to_be_bytes());
     f.extend_from_slice(&dst.port().to_be_bytes());
     f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
-    f.resize(f.len() + payload, 0);
+    f.extend_from_slice(payload);
     f
+}
+
+/// A TLS 1.3 ServerHello record as OpenSSL sends one: TLS_AES_128_GCM_SHA256, an X25519 key
+/// share, then `supported_versions` (122 bytes).
+pub fn server_hello_record() -> Vec<u8> {
+    let mut exts = vec![0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20];
+    exts.extend_from_slice(&[0x5a; 32]);
+    exts.extend_from_slice(&[0x00, 0x2b, 0x00, 0x02, 0x03, 0x04]);
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x33; 32]);
+    body.push(32);
+    body.extend_from_slice(&[0x17; 32]);
+    body.extend_from_slice(&[0x13, 0x01, 0x00]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut record = vec![0x16, 0x03, 0x03];
+    record.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
+    record.push(0x02);
+    record.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    record.extend_from_slice(&body);
+    record
 }
 
 #[cfg(test)]

@@ -26,6 +26,10 @@ pub const NO_MATCH_EMPTY: &str = "enforcer, no-match path, nothing blocked (pass
 pub const NO_MATCH_OTHER_BUCKETS: &str =
     "enforcer, no-match path, flows blocked in other buckets (passes)";
 pub const NO_MATCH_HOLDING: &str = "enforcer, no-match path, blocklist holding entries (passes)";
+/// A TLS 1.3 ServerHello of a flow whose hello the egress judge saw: the tail call to the
+/// posture reader, the read, and the `POSTURES` lookup that finds it judged (passes).
+pub const SERVER_HELLO_READ: &str =
+    "enforcer, a ServerHello read by the posture reader (tail call; passes)";
 /// The throughput rows of the two ingress forms.
 pub const AGENT_TC: &str = "agent attached, ingress in tc (--ingress auto, the default on a veth)";
 pub const AGENT_XDP: &str = "agent attached, ingress in XDP (--ingress xdp)";
@@ -54,7 +58,10 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
              agent loaded (found through /proc/PID/fdinfo), 118-byte IPv4 / 138-byte IPv6 \
              TCP frames with 64 payload bytes. No-match path: a 4-tuple not in BLOCKLIST. Drop \
              path: its 4-tuple written into the agent's BLOCKLIST (TEST-NET addresses, removed \
-             afterwards); the return values are checked (XDP_DROP, TC_ACT_SHOT). Baseline: an \
+             afterwards); the return values are checked (XDP_DROP, TC_ACT_SHOT). ServerHello row: a 122-byte TLS \
+             1.3 ServerHello (X25519) on the no-match 4-tuple, written into HELLOS_SEEN as if \
+             its ClientHello had left: the tail call to the posture reader and the read, the \
+             first run recording it in POSTURES and every later one finding it judged. Baseline: an \
              empty program of the same type (`r0 = pass; exit`), i.e. what BPF_PROG_TEST_RUN and \
              any program cost. {runs} runs each. Throughput: iperf3 (Debian) over the veth pair \
              into the bench's network namespace, 1 stream, {} s per run, with no agent vs with the \
@@ -129,6 +136,7 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
         let xdp = held.prog(bpf::PROG_TYPE_XDP)?;
         let tc = held.prog(bpf::PROG_TYPE_SCHED_CLS)?;
         let blocklist = held.blocklist()?;
+        let (hellos_seen, postures) = (held.hellos_seen()?, held.postures()?);
         // Slot 1 (userspace) of BLOCKLIST_HELD switches the programs' BLOCKLIST lookup on (1) or
         // off (0, the path of a host with nothing blocked); slot 0 counts the kernel's blocks.
         let blocklist_held = held.blocklist_held()?;
@@ -149,8 +157,10 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                 "[2001:db8::2]:443".parse()?,
             ),
         ];
-        for (_, local, _, remote) in &families {
+        for (_, local, other, remote) in &families {
             blocklist.insert(&bpf::flow_key(*local, *remote), &[1])?;
+            // The no-match flow's hello "left": its ServerHello frames are read.
+            hellos_seen.insert(&bpf::flow_key(*other, *remote), &0u32.to_ne_bytes())?;
         }
         // The buckets of the blocked 4-tuples (the drop frames'), counted up by one for the
         // "other buckets" case and put back as the agent had them afterwards.
@@ -180,33 +190,41 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
             let mut metrics = vec![];
             for (fam, local, other, remote) in &families {
                 // Ingress frames come from the remote end; egress frames from us.
-                let cases: [Case; 2] = [
+                let hello = bpf::server_hello_record();
+                let cases: [(Case, Vec<u8>); 2] = [
                     (
-                        "XDP (ingress)",
-                        &xdp,
-                        bpf::tcp_frame(*remote, *other, 64),
-                        bpf::tcp_frame(*remote, *local, 64),
-                        2,
-                        1,
-                        2,
+                        (
+                            "XDP (ingress)",
+                            &xdp,
+                            bpf::tcp_frame(*remote, *other, 64),
+                            bpf::tcp_frame(*remote, *local, 64),
+                            2,
+                            1,
+                            2,
+                        ),
+                        bpf::tcp_frame_with(*remote, *other, &hello),
                     ),
                     (
-                        "tc (egress)",
-                        &tc,
-                        bpf::tcp_frame(*other, *remote, 64),
-                        bpf::tcp_frame(*local, *remote, 64),
-                        0,
-                        2,
-                        0,
+                        (
+                            "tc (egress)",
+                            &tc,
+                            bpf::tcp_frame(*other, *remote, 64),
+                            bpf::tcp_frame(*local, *remote, 64),
+                            0,
+                            2,
+                            0,
+                        ),
+                        bpf::tcp_frame_with(*other, *remote, &hello),
                     ),
                 ];
-                for (hook, prog, nomatch, drop, pass_rv, drop_rv, empty_rv) in cases {
+                for ((hook, prog, nomatch, drop, pass_rv, drop_rv, empty_rv), server_hello) in cases
+                {
                     let empty = if hook.starts_with("XDP") {
                         &empty_xdp
                     } else {
                         &empty_tc
                     };
-                    let mut s = [vec![], vec![], vec![], vec![], vec![]];
+                    let mut s = [vec![], vec![], vec![], vec![], vec![], vec![]];
                     for _ in 0..runs {
                         for (i, (p, pkt, want, lookup, raised)) in [
                             (empty, &nomatch, empty_rv, 0, false),
@@ -214,6 +232,7 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                             (prog, &nomatch, pass_rv, 0, true),
                             (prog, &nomatch, pass_rv, 1, false),
                             (prog, &drop, drop_rv, 1, false),
+                            (prog, &server_hello, pass_rv, 0, false),
                         ]
                         .into_iter()
                         .enumerate()
@@ -233,12 +252,13 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                         Better::Lower,
                         true,
                     );
-                    let [a, b, c, d, e] = s;
+                    let [a, b, c, d, e, f] = s;
                     m.row("baseline: empty program", a);
                     m.row(NO_MATCH_EMPTY, b);
                     m.row(NO_MATCH_OTHER_BUCKETS, c);
                     m.row(NO_MATCH_HOLDING, d);
                     m.row("enforcer, drop path (4-tuple in BLOCKLIST)", e);
+                    m.row(SERVER_HELLO_READ, f);
                     metrics.push(m);
                 }
             }
@@ -247,8 +267,10 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
         // Back on for good, as the agent's own blocks would leave it (sticky).
         set_held(1)?;
         set_buckets(false)?;
-        for (_, local, _, remote) in &families {
+        for (_, local, other, remote) in &families {
             let _ = blocklist.remove(&bpf::flow_key(*local, *remote));
+            let _ = hellos_seen.remove(&bpf::flow_key(*other, *remote));
+            let _ = postures.remove(&bpf::flow_key(*other, *remote));
         }
         fig.metrics.extend(result?);
         // The same agent for the veth runs: one agent start and exit per figure.
