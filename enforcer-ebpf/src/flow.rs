@@ -163,9 +163,10 @@ pub fn mark_hello_seen(flow: &FlowKey, seq: u32) {
 }
 
 /// A closed connection leaves every table, so a later connection reusing the 4-tuple is judged
-/// afresh (and an allowed library is not dropped because of a dead denied one).
+/// afresh (and an allowed library is not dropped because of a dead denied one). Returns the
+/// flow it forgot, for the tables other modules own (`posture::forget`).
 #[inline(always)]
-pub fn forget(sk: *const u8) {
+pub fn forget(sk: *const u8) -> Option<FlowKey> {
     match sock::closing_flow_of(sk) {
         Ok(flow) => {
             let _ = FLOWS.remove(flow);
@@ -177,9 +178,13 @@ pub fn forget(sk: *const u8) {
             }
             let _ = HELLOS_SEEN.remove(flow);
             flow_head::forget(&flow);
+            Some(flow)
         }
         // The entries stay until evicted (FLOWS, HELLOS_SEEN) or unblocked (BLOCKLIST).
-        Err(SockError::ReadFailed) => stats::count(Stat::SockReadFailures),
-        Err(_) => {}
+        Err(SockError::ReadFailed) => {
+            stats::count(Stat::SockReadFailures);
+            None
+        }
+        Err(_) => None,
     }
 }

@@ -195,6 +195,12 @@ fn judge<P: packet::Packet>(packet: &P) -> bool {
     dropped
 }
 
+/// Forgets what `flow` negotiated (its socket closed).
+#[inline(always)]
+pub fn forget(flow: &FlowKey) {
+    let _ = POSTURES.remove(flow);
+}
+
 /// The first requirement the host-wide rule, then the library's, breaks.
 #[inline(always)]
 fn rules_broken(lib_id: u32, posture: &Posture) -> (u8, u8) {

@@ -8,7 +8,7 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::{flow, verdict};
+use crate::{flow, posture, verdict};
 
 /// The six programs of one set of kernel TCP hooks (fentry, kprobe and raw tracepoint forms,
 /// each a send and a receive program), named by the caller, each calling `$on_io(sk, dir)`.
@@ -82,8 +82,12 @@ const TCP_CLOSE: i32 = 7;
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tp_sock_state(ctx: RawTracePointContext) -> i32 {
     let newstate: i32 = ctx.arg(2);
-    if newstate == TCP_CLOSE {
-        flow::forget(ctx.arg(0));
+    // The flow's posture goes with it: a later connection on the same 4-tuple has its own
+    // ServerHello judged (`posture.rs` judges a 4-tuple's first one only).
+    if newstate == TCP_CLOSE
+        && let Some(flow) = flow::forget(ctx.arg(0))
+    {
+        posture::forget(&flow);
     }
     0
 }

@@ -23,6 +23,7 @@ use enforcer_tests::programs::{RustlsProvider, build_rustls, build_rustls_server
 use enforcer_tests::{
     Agent, Cert, NetNs, Server, cmd,
     content::{Background, free_port},
+    ops::{LongClient, ctl, sample, scrape},
     require_root, run_with_timeout,
     schema::{events_schema, validate_event},
 };
@@ -268,20 +269,34 @@ fn tls12_only_clients_are_dropped_by_a_tls13_rule_and_tls13_passes() {
     let cert = Cert::new(&[peer]);
     let port = free_port();
     let server = Server::plain(&ns, peer, port, &cert);
-    let mut agent = start(&ns, TLS13_ONLY);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("agent.sock");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, TLS13_ONLY).unwrap();
+    let mut args = enforcer_tests::hook_args();
+    args.extend(
+        [
+            "--control-socket",
+            socket.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(&ns.host_if, &policy, &args);
+    let ready = agent.wait_ready(READY);
+    let metrics = ready["metrics"]
+        .as_str()
+        .expect("the metrics address")
+        .to_owned();
     let addr = server.addr().to_string();
     let port_s = port.to_string();
     let host_s = peer.to_string();
 
-    let ok = run_with_timeout(
-        &mut cmd(
-            "openssl",
-            ["s_client", "-quiet", "-no_ign_eof", "-connect", &addr],
-        ),
-        b"TLS13-OK\n",
-        CLIENT,
-    );
-    assert!(ok.success(), "{ok:?}\n{}", agent.stderr());
+    // A TLS 1.3 client that stays connected while its flow is looked at.
+    let mut long = LongClient::openssl(server.addr());
+    assert!(long.send(b"TLS13-OK\n"), "{}", agent.stderr());
     server.wait_received(b"TLS13-OK", EVENT);
     let e = agent.wait_for(
         |v| {
@@ -291,13 +306,38 @@ fn tls12_only_clients_are_dropped_by_a_tls13_rule_and_tls13_passes() {
         },
         EVENT,
     );
+    let e = checked(e);
     assert_eq!(e["verdict"], "allowed", "{e}");
-    assert!(
-        e["tls"]["cipher_suite"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("TLS_")),
-        "{e}"
+    let suite = e["tls"]["cipher_suite"]
+        .as_str()
+        .expect("a suite")
+        .to_owned();
+    assert!(suite.starts_with("TLS_"), "{e}");
+    let group = e["tls"]["group"]
+        .as_str()
+        .expect("a TLS 1.3 group")
+        .to_owned();
+    // The flow table, the status summary and the metrics say the same.
+    let flows = ctl(&socket, &["flows"]);
+    let port_of = e["local"]["port"].as_u64().unwrap();
+    let flow = flows["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| {
+            f["local"]
+                .as_str()
+                .is_some_and(|l| l.ends_with(&format!(":{port_of}")))
+        })
+        .unwrap_or_else(|| panic!("the flow is listed: {flows}"));
+    assert_eq!(flow["tls"], e["tls"], "{flow}");
+    let status = ctl(&socket, &["status"]);
+    assert_eq!(status["negotiated"]["by_version"]["1.3"], 1, "{status}");
+    let series = format!(
+        "enforcer_negotiated_connections_total{{library=\"openssl\",version=\"1.3\",cipher_suite=\"{suite}\",group=\"{group}\",post_quantum=\"false\"}}"
     );
+    assert_eq!(sample(&scrape(&metrics), &series), 1.0, "{series}");
+    drop(long);
 
     let clients: [(&str, Command); 2] = [
         (
@@ -357,4 +397,83 @@ fn tls12_only_clients_are_dropped_by_a_tls13_rule_and_tls13_passes() {
             "{family}: the peer got {received:?}"
         );
     }
+}
+
+/// A 4-tuple's posture goes when its socket closes: a TLS 1.2 connection from the local port a
+/// judged TLS 1.3 connection used is judged again, not let through as "judged already". The
+/// client (Python's ssl, i.e. OpenSSL) binds the port and closes with a reset, so the port is
+/// free again at once (no TIME_WAIT).
+#[test]
+fn a_reused_4_tuple_has_its_own_server_hello_judged() {
+    require_root();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let port = free_port();
+    let server = Server::plain(&ns, peer, port, &cert);
+    let mut agent = start(&ns, TLS13_ONLY);
+    let local_port = free_port();
+    const CLIENT_PY: &str = r#"
+import socket, ssl, struct, sys
+host, port, local, version = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+ctx.minimum_version = ctx.maximum_version
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.bind(("0.0.0.0", local))
+s.settimeout(5)
+s.connect((host, port))
+t = ctx.wrap_socket(s)
+t.sendall(b"REUSED-" + version.encode() + b"\n")
+s.close()
+"#;
+    let run = |version: &str| {
+        run_with_timeout(
+            &mut cmd(
+                "python3",
+                [
+                    "-c",
+                    CLIENT_PY,
+                    &peer.to_string(),
+                    &port.to_string(),
+                    &local_port.to_string(),
+                    version,
+                ],
+            ),
+            b"",
+            CLIENT,
+        )
+    };
+    let first = run("1.3");
+    assert!(first.success(), "{first:?}\n{}", agent.stderr());
+    server.wait_received(b"REUSED-1.3", EVENT);
+    let e = checked(agent.wait_for(
+        move |v| v["type"] == "negotiated" && v["local"]["port"] == local_port,
+        EVENT,
+    ));
+    assert_eq!(
+        (e["tls"]["version"].as_str(), e["verdict"].as_str()),
+        (Some("1.3"), Some("allowed")),
+        "{e}"
+    );
+    let second = run("1.2");
+    assert!(
+        !second.success(),
+        "TLS 1.2 on the reused 4-tuple must be refused: {second:?}"
+    );
+    let e = checked(agent.wait_for(
+        move |v| {
+            v["type"] == "negotiated"
+                && v["local"]["port"] == local_port
+                && v["tls"]["version"] == "1.2"
+        },
+        EVENT,
+    ));
+    assert_eq!(e["verdict"], "blocked", "{e}");
+    assert_eq!(e["broken_rule"]["key"], "tls_versions", "{e}");
+    assert!(!String::from_utf8_lossy(&server.received()).contains("REUSED-1.2"));
 }
