@@ -249,23 +249,6 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bare_port_binds_loopback() {
-        assert_eq!(parse_addr("9464"), Ok("127.0.0.1:9464".parse().unwrap()));
-        assert_eq!(
-            parse_addr("0.0.0.0:9464"),
-            Ok("0.0.0.0:9464".parse().unwrap())
-        );
-        assert_eq!(parse_addr("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
-        assert!(parse_addr("localhost:9464").is_err());
-        assert!(parse_addr("70000").is_err());
-    }
-}
-
 /// `enforcer_negotiated_connections_total`: connections by what their ServerHello said.
 fn negotiated_lines(sources: &Sources, out: &mut String) {
     let _ = writeln!(
@@ -294,5 +277,22 @@ fn negotiated_lines(sources: &Sources, out: &mut String) {
             group.is_some_and(enforcer_common::iana::is_post_quantum),
             seen.connections
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_port_binds_loopback() {
+        assert_eq!(parse_addr("9464"), Ok("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            parse_addr("0.0.0.0:9464"),
+            Ok("0.0.0.0:9464".parse().unwrap())
+        );
+        assert_eq!(parse_addr("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
+        assert!(parse_addr("localhost:9464").is_err());
+        assert!(parse_addr("70000").is_err());
     }
 }
