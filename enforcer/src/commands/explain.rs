@@ -45,6 +45,10 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
                 let _ = writeln!(out, "  -> {}: default (no rule matches)", policy.default);
             }
         }
+        let posture = posture_text(policy, lib);
+        if !posture.is_empty() {
+            let _ = writeln!(out, "     its connections must negotiate: {posture}");
+        }
         if let Some(scope) = policy.name_scope(lib) {
             for (pattern, action, line) in &scope.patterns {
                 let by = line.map_or("default".to_owned(), |l| format!("line {l}"));
@@ -80,6 +84,19 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
     out
 }
 
+/// The crypto-posture requirements `lib`'s connections must meet: the top-level ones and its
+/// deciding rule's (empty: none).
+fn posture_text(policy: &Policy, lib: &Library) -> String {
+    let mut parts = Vec::new();
+    if !policy.posture.is_empty() {
+        parts.push(format!("{} (top level)", policy.posture.describe()));
+    }
+    if let Some(own) = policy.posture_of(lib) {
+        parts.push(format!("{} (its rule)", own.describe()));
+    }
+    parts.join(", and ")
+}
+
 /// The same as JSON: one object per library with the deciding rule and every match.
 pub fn json(libs: &[Library], policy: &Policy) -> Value {
     let items: Vec<Value> = libs
@@ -94,6 +111,10 @@ pub fn json(libs: &[Library], policy: &Policy) -> Value {
                 "sha256": lib.identity.sha256,
                 "action": d.action.name(),
                 "rule_line": d.rule_line,
+                "must_negotiate": {
+                    "top_level": (!policy.posture.is_empty()).then(|| policy.posture.describe()),
+                    "rule": policy.posture_of(lib).map(|p| p.describe()),
+                },
                 "server_names": policy.name_scope(lib).map(|s| json!({
                     "patterns": s.patterns.iter().map(|(p, a, line)| json!({
                         "pattern": p.text, "action": a.name(), "rule_line": line,
