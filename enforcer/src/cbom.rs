@@ -334,7 +334,7 @@ fn protocol_component(
     };
     let shown = version_name
         .as_ref()
-        .map_or("version not read".to_owned(), |v| v.clone());
+        .map_or("TLS (version not read)".to_owned(), |v| format!("TLS {v}"));
     let mut protocol = json!({ "type": "tls", "cipherSuites": suites });
     if let Some(v) = &version_name {
         protocol["version"] = v.clone().into();
@@ -353,7 +353,7 @@ fn protocol_component(
             Some(v) => format!("TLS {v}"),
             None => "TLS".to_owned(),
         },
-        "description": format!("TLS ({shown}) as negotiated by connections made through {by}"),
+        "description": format!("{shown} as negotiated by connections made through {by}"),
         "cryptoProperties": { "assetType": "protocol", "protocolProperties": protocol },
         "properties": properties,
     })
