@@ -24,7 +24,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::SystemTime,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use enforcer_common::iana;
@@ -108,8 +108,7 @@ pub fn build(snapshot: &Snapshot) -> Value {
         let connections: u64 = protocols
             .iter()
             .filter(|((lib, _), _)| *lib == Some(id))
-            .map(|(_, p)| p.connections)
-            .sum();
+            .fold(0u64, |sum, (_, p)| sum.saturating_add(p.connections));
         components.push(match libraries.get(&id) {
             Some(lib) => library_component(lib, connections),
             None => json!({
@@ -368,7 +367,7 @@ fn metadata(s: &Snapshot) -> Value {
             .map(|r| prop("enforcer:host:kernel_release", r)),
     );
     json!({
-        "timestamp": humantime::format_rfc3339_seconds(s.time).to_string(),
+        "timestamp": timestamp(s.time),
         "lifecycles": [{ "phase": "operations" }],
         "tools": { "components": [{
             "type": "application",
@@ -385,6 +384,17 @@ fn metadata(s: &Snapshot) -> Value {
         },
         "properties": s.agent.iter().map(|(k, v)| prop(&format!("enforcer:agent:{k}"), v)).collect::<Vec<_>>(),
     })
+}
+
+/// RFC 3339, to the second. A clock before 1970 or after 9999 (RFC 3339 has four-digit years)
+/// is written as the nearest time that can be.
+fn timestamp(time: SystemTime) -> String {
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .min(LAST);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 /// `urn:uuid:` and `bytes` as a version 4 (random) UUID.

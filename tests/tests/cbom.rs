@@ -22,7 +22,7 @@ const CLIENT: Duration = Duration::from_secs(15);
 const FORCED_SUITE: &str = "TLS_CHACHA20_POLY1305_SHA256";
 const FORCED_GROUP: &str = "secp384r1";
 
-fn components_where<'a>(bom: &'a Value, pred: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
+fn components_where(bom: &Value, pred: impl Fn(&Value) -> bool) -> Vec<&Value> {
     let all = bom["components"].as_array().expect("components");
     all.iter().filter(|c| pred(c)).collect()
 }

@@ -270,6 +270,15 @@ fn odd_snapshots_stay_valid_and_consistent() {
             connections: u64::MAX,
             processes: vec![],
         },
+        // Another version through the same library: its total saturates, never overflows.
+        Negotiated {
+            library: Some(7),
+            version: Some(0x0304),
+            suite: None,
+            group: None,
+            connections: u64::MAX,
+            processes: vec![],
+        },
         // Nothing read at all.
         Negotiated {
             library: None,
@@ -285,6 +294,10 @@ fn odd_snapshots_stay_valid_and_consistent() {
     assert_consistent(&bom);
     let gone = component(&bom, "library:7");
     assert_eq!(gone["type"], "library");
+    assert_eq!(
+        property(gone, "enforcer:connections"),
+        Some("18446744073709551615")
+    );
     let odd = component(&bom, "tls:library:7:0x7f1c");
     assert_eq!(
         odd["cryptoProperties"]["protocolProperties"]["version"],
@@ -309,6 +322,17 @@ fn odd_snapshots_stay_valid_and_consistent() {
         "unknown"
     );
     assert_eq!(component(&bom, "library:9")["name"], "library 9");
+}
+
+#[test]
+fn clocks_out_of_rfc_3339_range_are_clamped() {
+    assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    assert_eq!(
+        timestamp(UNIX_EPOCH - Duration::from_secs(10)),
+        "1970-01-01T00:00:00Z"
+    );
+    let far = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+    assert_eq!(timestamp(far), "9999-12-31T23:59:59Z");
 }
 
 #[test]
