@@ -2,7 +2,7 @@
 //! host (library paths and version texts from hostile files, process names anyone chooses) and
 //! from ServerHellos a peer writes (any version, suite and group code).
 //!
-//! The input is read as: 16 bytes of serial, 8 of time (seconds, little-endian, any value), then
+//! The input is read as: 16 bytes of serial, 8 of time (signed seconds from 1970, little-endian), then
 //! records until the input ends: a tag byte (even: a library, odd: a negotiated combination)
 //! and its fields, each string as a length byte and that many bytes (lossy UTF-8).
 //!
@@ -57,7 +57,14 @@ impl Input<'_> {
 fn snapshot(data: &[u8]) -> Snapshot {
     let mut input = Input(data);
     let serial = input.bytes::<16>();
-    let time = UNIX_EPOCH + Duration::from_secs(u64::from_le_bytes(input.bytes()));
+    // Before 1970 too (a clock set back), and as far ahead as `SystemTime` goes.
+    let secs = i64::from_le_bytes(input.bytes());
+    let offset = Duration::from_secs(secs.unsigned_abs());
+    let time = match secs < 0 {
+        true => UNIX_EPOCH.checked_sub(offset),
+        false => UNIX_EPOCH.checked_add(offset),
+    }
+    .unwrap_or(UNIX_EPOCH);
     let mut s = Snapshot {
         time,
         serial,

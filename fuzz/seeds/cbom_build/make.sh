@@ -1,6 +1,6 @@
 #!/bin/sh
 # The cbom_build seeds, in the target's input format (fuzz/fuzz_targets/cbom_build.rs): 16 bytes
-# of serial, 8 of time (u64 LE), the host name, kernel release and agent mode, then records
+# of serial, 8 of time (i64 LE), the host name, kernel release and agent mode, then records
 # (0: a library, 1: a negotiated combination). Run from this directory: sh make.sh
 set -e
 python3 - <<'PY'
@@ -17,7 +17,7 @@ def neg(lib, ver, suite, group, conns, shift, procs):
     for v in (ver, suite, group):
         out += some(struct.pack('<H', v)) if v is not None else none
     return out + struct.pack('<I', conns) + bytes([shift, len(procs)]) + b''.join(s(p) for p in procs)
-head = bytes(range(16)) + struct.pack('<Q', 1_780_000_000) + s('vm') + some(s('6.18.44')) + s('audit')
+head = bytes(range(16)) + struct.pack('<q', 1_780_000_000) + s('vm') + some(s('6.18.44')) + s('audit')
 # What tests/tests/cbom.rs's run saw: curl and s_client through the system libssl.
 live = head + lib(3, 'openssl', '/usr/lib/x86_64-linux-gnu/libssl.so.3', '3.0.19',
                   '59d05945be216348714894906b60b8411e9d8dfdd414c38cb1024e3011bb9630',
