@@ -67,9 +67,11 @@ pub enum Command {
         #[command(flatten)]
         client: Client,
     },
-    /// A running agent's view of this host's live TLS use as a CycloneDX 1.7 CBOM (JSON): the
-    /// TLS libraries with version, build-id and SHA-256, the TLS versions, cipher suites and
-    /// groups their connections negotiated, the processes that made them (docs/cbom.md).
+    /// A running agent's CycloneDX 1.7 CBOM of this host's live TLS use (JSON).
+    ///
+    /// The TLS libraries probed (version, build-id, SHA-256), the TLS versions, cipher suites
+    /// and key-exchange groups their connections negotiated since the agent started, and the
+    /// processes that made them (docs/cbom.md).
     Cbom {
         /// The agent's operator socket.
         #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
