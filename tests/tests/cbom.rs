@@ -2,13 +2,19 @@
 //! `openssl s_server` in a network namespace, then the CBOM the agent answers, checked against
 //! the official CycloneDX 1.7 schema (vendored, `tests/schemas/cyclonedx-1.7/`) and against what
 //! the connections really negotiated: the OpenSSL library with its version and SHA-256, a TLS 1.3
-//! protocol with the cipher suite and group, and the client processes that used them.
+//! protocol with the cipher suite and group, and the client processes that used them. Then a
+//! rustls (aws-lc-rs) client and server negotiating X25519MLKEM768: the group is flagged
+//! post-quantum.
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use enforcer_tests::{
-    Agent, Cert, NetNs, Server, cmd, cyclonedx::validate_cbom, enforcer_bin, require_root,
-    run_with_timeout,
+    Agent, Cert, NetNs, Server, cmd,
+    content::Background,
+    cyclonedx::validate_cbom,
+    enforcer_bin,
+    programs::{RustlsProvider, build_rustls, build_rustls_server},
+    require_root, run_with_timeout,
 };
 use serde_json::Value;
 
@@ -39,6 +45,25 @@ fn depends_on(bom: &Value, from: &str) -> Vec<String> {
     let entry = entry.unwrap_or_else(|| panic!("no dependency entry for {from}"));
     let on = entry["dependsOn"].as_array().into_iter().flatten();
     on.filter_map(|r| r.as_str().map(str::to_owned)).collect()
+}
+
+/// The one component whose `bom-ref` is `r`.
+fn component<'a>(bom: &'a Value, r: &str) -> &'a Value {
+    let found = components_where(bom, |c| c["bom-ref"] == r);
+    let [one] = found[..] else {
+        panic!("one component {r}: {bom:#}");
+    };
+    one
+}
+
+/// An agent (audit mode, `policy`) on `ns`'s host interface, serving `socket`.
+fn agent(ns: &NetNs, policy: &str, socket: &Path) -> Agent {
+    let mut args = enforcer_tests::hook_args();
+    args.extend(["--control-socket".into(), socket.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
+    agent.wait_ready(READY);
+    agent
 }
 
 fn sha256_of(path: &str) -> String {
@@ -77,11 +102,7 @@ fn cbom_of_live_openssl_connections_validates_and_names_what_was_negotiated() {
     let www = Server::www(&ns, peer, 8443, &cert);
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("agent.sock");
-    let mut args = enforcer_tests::hook_args();
-    args.extend(["--control-socket".into(), socket.display().to_string()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::with_policy(&ns.host_if, POLICY, &args);
-    agent.wait_ready(READY);
+    let mut agent = agent(&ns, POLICY, &socket);
 
     // curl: OpenSSL's defaults. The `-www` page says what the server negotiated.
     let out = run_with_timeout(
@@ -255,5 +276,99 @@ fn cbom_of_live_openssl_connections_validates_and_names_what_was_negotiated() {
         );
     }
     println!("{}", serde_json::to_string_pretty(&bom).expect("JSON"));
+    drop(agent);
+}
+
+const RUSTLS_AUDIT: &str =
+    "mode: audit\ndefault: deny\nlibraries:\n  - family: rustls\n    action: allow\n";
+
+#[test]
+fn a_post_quantum_group_negotiated_by_rustls_is_flagged() {
+    require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("enforcer-cbom-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let client = build_rustls(dir.path(), "pq-rustls-cli", RustlsProvider::AwsLcRs, false);
+    let server = build_rustls_server(dir.path(), "pq-rustls-srv", RustlsProvider::AwsLcRs, false);
+    let socket = dir.path().join("agent.sock");
+    let mut agent = agent(&ns, RUSTLS_AUDIT, &socket);
+
+    let port = "9461";
+    let mut child = ns
+        .exec(
+            server.to_str().expect("UTF-8"),
+            [peer.to_string(), port.to_owned()],
+        )
+        .arg(cert.cert_path())
+        .arg(cert.key_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the rustls server");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .expect("the server's first line");
+    let _server = Background(child);
+    assert_eq!(line.trim(), "listening");
+    // rustls offers X25519 first unless told (its `prefer-post-quantum` feature is off here).
+    let out = run_with_timeout(
+        std::process::Command::new(&client)
+            .env("RUSTLS_GROUPS", "X25519MLKEM768")
+            .args([peer.to_string(), port.to_owned(), "PING\n".to_owned()])
+            .arg(cert.cert_path()),
+        b"",
+        CLIENT,
+    );
+    assert!(out.success(), "rustls client: {out:?}\n{}", agent.stderr());
+    let tls = agent.wait_for(
+        |v| v["type"] == "negotiated" && v["comm"] == "pq-rustls-cli",
+        EVENT,
+    );
+    assert_eq!(tls["tls"]["group"], "X25519MLKEM768", "{tls}");
+    assert_eq!(tls["tls"]["post_quantum"], true, "{tls}");
+    let id = tls["library"]["id"]
+        .as_u64()
+        .expect("attributed to the client binary");
+
+    let bom = cbom(&socket, None);
+    if let Err(e) = validate_cbom(&bom) {
+        panic!("not a valid CycloneDX 1.7 document:\n{e}\n{bom:#}");
+    }
+    let lib = component(&bom, &format!("library:{id}"));
+    assert_eq!(
+        property(lib, "enforcer:library:family"),
+        Some("rustls"),
+        "{lib}"
+    );
+    assert_eq!(
+        property(lib, "enforcer:library:path"),
+        client.to_str(),
+        "the client binary is the library: {lib}"
+    );
+    let group = component(&bom, "tls-group:0x11ec");
+    assert_eq!(group["name"], "X25519MLKEM768");
+    assert_eq!(property(group, "enforcer:post_quantum"), Some("true"));
+    assert_eq!(
+        group["cryptoProperties"]["algorithmProperties"]["primitive"],
+        "kem"
+    );
+    let tls13 = component(&bom, &format!("tls:library:{id}:0x0304"));
+    let suites = &tls13["cryptoProperties"]["protocolProperties"]["cipherSuites"];
+    let pq = suites.as_array().expect("cipherSuites").iter().any(|s| {
+        s["tlsGroups"] == serde_json::json!(["X25519MLKEM768"])
+            && s["algorithms"] == serde_json::json!(["tls-group:0x11ec"])
+    });
+    assert!(pq, "{tls13}");
+    assert_eq!(
+        property(tls13, "enforcer:connections_post_quantum"),
+        property(tls13, "enforcer:connections"),
+        "{tls13}"
+    );
+    let on = depends_on(&bom, "process:pq-rustls-cli");
+    assert!(on.contains(&format!("library:{id}")), "{on:?}");
     drop(agent);
 }

@@ -4,6 +4,12 @@
 //! `from LOCAL_PORT` once connected, sends REQUEST and prints what the server answers until it
 //! closes. Exit status 0 when the handshake
 //! completed and the connection ended cleanly, 1 otherwise (the error on stderr).
+//!
+//! `RUSTLS_GROUPS` (e.g. `X25519MLKEM768` or `X25519,secp256r1`): offer only these key-exchange
+//! groups, in this order; `RUSTLS_TLS12=1`: TLS 1.2 only (src/tuning.rs; the server reads the
+//! same).
+
+mod tuning;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
@@ -78,13 +84,13 @@ fn run() -> Result<(), String> {
     };
     let ip: IpAddr = host.parse().map_err(|e| format!("{host}: {e}"))?;
     let cert = CertificateDer::from_pem_file(ca).map_err(|e| format!("{ca}: {e}"))?;
-    let provider = provider();
+    let provider = tuning::groups(provider())?;
     let verifier = Pinned {
         cert,
         algorithms: provider.signature_verification_algorithms,
     };
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(tuning::versions())
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
