@@ -6,7 +6,8 @@
 //! What goes where (every choice is one the 1.7 schema allows; `tests/schemas/cyclonedx-1.7/`):
 //!
 //! - each probed library file: a component of `type: library`, with its version, its SHA-256 in
-//!   `hashes`, and `enforcer:library:*` properties (family, path, build-id, the agent's id);
+//!   `hashes`, its path and the names processes map it under as `evidence.occurrences`, and
+//!   `enforcer:library:*` properties (family, path, build-id, the agent's id);
 //! - each (library, TLS version) some connection negotiated: a `cryptographic-asset` of
 //!   `assetType: protocol`, `protocolProperties.type: tls`, the `version`, and one
 //!   `cipherSuites` entry per suite negotiated (its IANA `name`, its code as `identifiers`,
@@ -71,6 +72,9 @@ pub struct LibraryFacts {
     pub sha256: Option<String>,
     /// GNU build-id, lowercase hex.
     pub build_id: Option<String>,
+    /// The names processes map it under, each in its own mount namespace (a container's
+    /// processes name the file as the container sees it).
+    pub mapped_as: Vec<String>,
 }
 
 /// How many connections negotiated one combination, and the processes seen making them.
@@ -266,6 +270,16 @@ fn library_component(lib: &LibraryFacts, connections: u64) -> Value {
     });
     if let Some(v) = lib.version.as_ref().filter(|v| !v.is_empty()) {
         c["version"] = v.chars().take(MAX_VERSION).collect::<String>().into();
+    }
+    // Where it is: its path, then the other names processes map it under.
+    let mut seen = BTreeSet::new();
+    let locations: Vec<Value> = std::iter::once(&lib.path)
+        .chain(&lib.mapped_as)
+        .filter(|l| !l.is_empty() && seen.insert(l.as_str()))
+        .map(|l| json!({ "location": l }))
+        .collect();
+    if !locations.is_empty() {
+        c["evidence"] = json!({ "occurrences": locations });
     }
     // The schema takes hex of a hash's length only: anything else is no SHA-256.
     if let Some(sha) = lib

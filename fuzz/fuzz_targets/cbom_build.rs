@@ -4,13 +4,14 @@
 //!
 //! The input is read as: 16 bytes of serial, 8 of time (signed seconds from 1970, little-endian), then
 //! records until the input ends: a tag byte (even: a library, odd: a negotiated combination)
-//! and its fields, each string as a length byte and that many bytes (lossy UTF-8).
+//! and its fields, each string as a length byte and that many bytes (lossy UTF-8), a list as a
+//! count byte (0-3) and its items.
 //!
 //! Beyond "no panic, no hang, no unbounded allocation": the document says CycloneDX 1.7 with a
 //! well-formed version 4 serial and timestamp; every `bom-ref` is given once, and every reference
 //! (a dependency's `ref`, `provides`, `dependsOn`, a cipher suite's `algorithms`) names one;
 //! there is one protocol component per (library, version) negotiated, and one cipher suite
-//! entry per suite code read; a SHA-256 is only written as 64 hex digits; it serializes and
+//! entry per suite code read; a SHA-256 is only written as 64 hex digits; a library's locations are non-empty and each once; it serializes and
 //! parses back to itself.
 #![no_main]
 
@@ -86,6 +87,7 @@ fn snapshot(data: &[u8]) -> Snapshot {
                 version: input.maybe(Input::string),
                 sha256: input.maybe(Input::string),
                 build_id: input.maybe(Input::string),
+                mapped_as: (0..input.u8() & 3).map(|_| input.string()).collect(),
             });
         } else {
             s.negotiated.push(Negotiated {
@@ -132,6 +134,14 @@ fuzz_target!(|data: &[u8]| {
         if let Some(hashes) = c.get("hashes") {
             let content = str_of(&hashes[0]["content"], "hash");
             assert!(content.len() == 64 && content.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        if let Some(occurrences) = c["evidence"]["occurrences"].as_array() {
+            let at: BTreeSet<&str> = occurrences
+                .iter()
+                .map(|o| str_of(&o["location"], "location"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            assert_eq!(at.len(), occurrences.len(), "empty or repeated locations: {c}");
         }
         if let Some(v) = c.get("version") {
             assert!(str_of(v, "version").chars().count() <= 1024);

@@ -187,6 +187,12 @@ impl Operator {
                 version: l.version,
                 sha256: l.library.identity.sha256.clone(),
                 build_id: l.library.identity.build_id.clone(),
+                mapped_as: l
+                    .library
+                    .mapped_as
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
             })
             .collect();
         let negotiated = self

@@ -28,6 +28,10 @@ fn snapshot() -> Snapshot {
                 version: Some("3.0.15".into()),
                 sha256: Some(SHA.into()),
                 build_id: Some("ab12".into()),
+                mapped_as: vec![
+                    "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
+                    "/lib/x86_64-linux-gnu/libssl.so.3".into(),
+                ],
             },
             LibraryFacts {
                 id: 1,
@@ -36,6 +40,7 @@ fn snapshot() -> Snapshot {
                 version: None,
                 sha256: None,
                 build_id: None,
+                mapped_as: vec![],
             },
         ],
         negotiated: vec![
@@ -136,6 +141,14 @@ fn libraries_carry_version_hash_build_id_and_what_they_negotiated() {
     );
     assert_eq!(property(ssl, "enforcer:library:family"), Some("openssl"));
     assert_eq!(property(ssl, "enforcer:library:build_id"), Some("ab12"));
+    assert_eq!(
+        ssl["evidence"]["occurrences"],
+        serde_json::json!([
+            {"location": "/usr/lib/x86_64-linux-gnu/libssl.so.3"},
+            {"location": "/lib/x86_64-linux-gnu/libssl.so.3"},
+        ]),
+        "the path once, then the other mapped names"
+    );
     assert_eq!(property(ssl, "enforcer:connections"), Some("6"));
     assert_eq!(
         dependency(&bom, "library:2")["provides"],
@@ -251,6 +264,7 @@ fn odd_snapshots_stay_valid_and_consistent() {
         version: Some("x".repeat(2000)),
         sha256: Some("not hex".into()),
         build_id: None,
+        mapped_as: vec![String::new()],
     });
     s.negotiated.extend([
         // A library the agent no longer probes, an unknown version, suite and group.
@@ -321,7 +335,9 @@ fn odd_snapshots_stay_valid_and_consistent() {
         component(&bom, "tls-group:0x4242")["cryptoProperties"]["algorithmProperties"]["primitive"],
         "unknown"
     );
-    assert_eq!(component(&bom, "library:9")["name"], "library 9");
+    let nameless = component(&bom, "library:9");
+    assert_eq!(nameless["name"], "library 9");
+    assert!(nameless.get("evidence").is_none(), "no empty location");
 }
 
 #[test]

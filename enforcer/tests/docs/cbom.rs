@@ -68,6 +68,7 @@ fn everything() -> Snapshot {
             version: Some("3.0.19".into()),
             sha256: Some("ab".repeat(32)),
             build_id: Some("cd".repeat(20)),
+            mapped_as: vec!["/lib/libssl.so.3".into()],
         }],
         negotiated: vec![
             negotiated(Some(1), 0x0304, 0x001d),
