@@ -67,6 +67,19 @@ pub enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// A running agent's CycloneDX 1.7 CBOM of this host's live TLS use (JSON).
+    ///
+    /// The TLS libraries probed (version, build-id, SHA-256), the TLS versions, cipher suites
+    /// and key-exchange groups their connections negotiated since the agent started, and the
+    /// processes that made them (docs/cbom.md).
+    Cbom {
+        /// The agent's operator socket.
+        #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Write the CBOM to FILE instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Make a running agent reload its policy file now (as SIGHUP does); prints the outcome.
     Reload {
         #[command(flatten)]

@@ -10,11 +10,13 @@
 //! - [`commands`]: the other subcommands (`detach`, `discover`, `libs`, `policy explain`,
 //!   `check-kernel`).
 //! - [`errors`]: an error's chain as the operator reads it, each cause once.
+//! - [`cbom`]: the CycloneDX 1.7 CBOM `enforcer cbom` prints, from a snapshot of the agent.
 //! - Domain: [`policy`], [`catalog`], [`libraries`] (finding and identifying TLS library files),
 //!   [`family`], [`version`]. These know nothing of the kernel.
 
 pub mod agent;
 pub mod catalog;
+pub mod cbom;
 pub mod cli;
 pub mod commands;
 pub mod datapath;

@@ -88,6 +88,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => ask(&client, &Request::Unblock { local, remote }, |v| {
             format!("unblocked (was blocked: {})\n", v["was_blocked"])
         }),
+        Command::Cbom { socket, output } => cbom(&socket, output.as_deref()),
         Command::Reload { client } => ask(&client, &Request::Reload, |v| {
             format!("policy reloaded: {}\n", v["reload"])
         }),
@@ -153,6 +154,19 @@ fn check_policy(file: &Path, json: bool) -> anyhow::Result<()> {
                 if n == 1 { "" } else { "s" }
             );
         }
+    }
+    Ok(())
+}
+
+/// `enforcer cbom`: the agent's CBOM, indented, on stdout or into `output`.
+fn cbom(socket: &Path, output: Option<&Path>) -> anyhow::Result<()> {
+    let answer = control::request(socket, &Request::Cbom)?;
+    let mut text = serde_json::to_string_pretty(&answer["cbom"])?;
+    text.push('\n');
+    match output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?,
+        None => print!("{text}"),
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //!
 //! - [`commands`]: every `enforcer` command line parses with the agent's clap parser
 //!   (`enforcer::cli::Cli`), and so do the arguments a shown `cargo xtask run` forwards;
+//! - [`cbom`]: docs/cbom.md's example is a valid CycloneDX 1.7 document of the keys
+//!   `enforcer cbom` writes;
 //! - [`control`]: the control socket's `recent` answer in docs/operations.md has the agent's keys
 //!   and its violations match docs/events.schema.json;
 //! - [`events`]: docs/events.md's examples match docs/events.schema.json and its key tables list
@@ -15,6 +17,8 @@
 //!   every field;
 //! - here: every repository path the documents name exists.
 
+#[path = "docs/cbom.rs"]
+mod cbom;
 #[path = "docs/commands.rs"]
 mod commands;
 #[path = "docs/control.rs"]

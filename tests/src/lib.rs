@@ -8,6 +8,7 @@ pub mod adversary;
 mod agent;
 mod cert;
 pub mod content;
+pub mod cyclonedx;
 pub mod docs;
 mod host_lock;
 mod netns;

@@ -54,8 +54,8 @@ enum Cmd {
         #[arg(long)]
         enforcer: Option<PathBuf>,
     },
-    /// Run the cargo-fuzz targets (policy_parse, elf_identify, btf_offsets, go_tables) for N
-    /// seconds each; installs cargo-fuzz if missing. See docs/fuzzing.md.
+    /// Run the cargo-fuzz targets (policy_parse, elf_identify, btf_offsets, go_tables,
+    /// cbom_build) for N seconds each; installs cargo-fuzz if missing. See docs/fuzzing.md.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]

@@ -1,7 +1,7 @@
 //! The operator socket: a Unix stream socket the agent serves (default
 //! [`DEFAULT_SOCKET`], mode 0600 in a 0700 directory: root only), one JSON request line in, one
 //! JSON response line out, then the connection closes. `enforcer status`, `flows`, `top`, `block`,
-//! `unblock` and `reload` are its clients. Protocol: docs/operations.md, "Operator socket".
+//! `unblock`, `reload` and `cbom` are its clients. Protocol: docs/operations.md, "Operator socket".
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -48,6 +48,8 @@ pub enum Request {
     /// Read only: connections reported since start by library and verdict, and the newest
     /// violations (what `enforcer top` shows).
     Recent,
+    /// Read only: the host's live TLS use as a CycloneDX 1.7 CBOM (`enforcer cbom`).
+    Cbom,
 }
 
 /// Answers requests: implemented by the running agent.
@@ -296,5 +298,9 @@ mod tests {
             serde_json::to_string(&Request::Flows).unwrap(),
             r#"{"cmd":"flows"}"#
         );
+        assert!(matches!(
+            serde_json::from_str::<Request>(r#"{"cmd":"cbom"}"#).unwrap(),
+            Request::Cbom
+        ));
     }
 }

@@ -1,12 +1,12 @@
-//! The running agent's answers to operator requests (see `control`): status, flows, recent, block,
-//! unblock. Reload requests are handed to the agent's main loop, which applies them.
+//! The running agent's answers to operator requests (see `control`): status, flows, recent, cbom,
+//! block, unblock. Reload requests are handed to the agent's main loop, which applies them.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
     time::Instant,
 };
 
-use enforcer_common::{flow::verdict, hello::evidence, stat};
+use enforcer_common::{event::UNATTRIBUTED, flow::verdict, hello::evidence, stat};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,6 +15,7 @@ use crate::{
         control::{Handler, Request},
         events::{self, Reporter, negotiated},
     },
+    cbom,
     datapath::{
         PolicyView,
         maps::{self, LiveMaps},
@@ -81,6 +82,7 @@ impl Operator {
             Request::Status => self.status(),
             Request::Flows => self.flows(),
             Request::Recent => self.recent(),
+            Request::Cbom => json!({"ok": true, "cbom": cbom::build(&self.cbom_snapshot())}),
             Request::Block { local, remote } => {
                 let Some(flow) = maps::flow_key(local, remote) else {
                     return json!({"ok": false, "error": "local and remote must both be IPv4 or both IPv6"});
@@ -170,6 +172,76 @@ impl Operator {
             "violations": violations,
             "violations_total": seen,
         })
+    }
+
+    /// What the CBOM is made of: the libraries probed now, what connections negotiated since
+    /// start, facts about this agent and host.
+    fn cbom_snapshot(&self) -> cbom::Snapshot {
+        let libraries = self
+            .libraries
+            .snapshot()
+            .into_iter()
+            .map(|(id, l)| cbom::LibraryFacts {
+                id,
+                family: l.family.name().to_owned(),
+                path: l.path,
+                version: l.version,
+                sha256: l.library.identity.sha256.clone(),
+                build_id: l.library.identity.build_id.clone(),
+                mapped_as: l
+                    .library
+                    .mapped_as
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            })
+            .collect();
+        let negotiated = self
+            .reporter
+            .posture_counts()
+            .into_iter()
+            .map(|((lib, version, suite, group), seen)| cbom::Negotiated {
+                library: (lib != UNATTRIBUTED).then_some(lib),
+                version,
+                suite,
+                group,
+                connections: seen.connections,
+                processes: seen.processes.into_iter().collect(),
+            })
+            .collect();
+        let (mode, policy) = {
+            let in_force = self.policy.read();
+            (in_force.mode().name(), in_force.policy.source.clone())
+        };
+        let i = &self.info;
+        let proc_text = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|t| t.trim().to_owned())
+        };
+        let mut serial = [0u8; 16];
+        // SAFETY: writes at most 16 bytes into `serial`. A short or failed read leaves zeros
+        // (or part of them): the serial number is then less random, never invalid.
+        unsafe { libc::getrandom(serial.as_mut_ptr().cast(), serial.len(), 0) };
+        cbom::Snapshot {
+            time: std::time::SystemTime::now(),
+            serial,
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: cbom::Host {
+                name: proc_text("/proc/sys/kernel/hostname").unwrap_or_default(),
+                kernel_release: proc_text("/proc/sys/kernel/osrelease"),
+            },
+            agent: vec![
+                ("pid".into(), std::process::id().to_string()),
+                ("mode".into(), mode.to_owned()),
+                ("policy".into(), policy),
+                ("interfaces".into(), i.interfaces.join(",")),
+                ("kernel_hook".into(), i.kernel_hook.to_owned()),
+                ("uptime_s".into(), i.started.elapsed().as_secs().to_string()),
+            ],
+            libraries,
+            negotiated,
+        }
     }
 
     fn flows(&self) -> Value {
