@@ -89,6 +89,8 @@ pub struct Negotiated {
     pub connections: u64,
     /// Command names.
     pub processes: Vec<String>,
+    /// (command name, cgroup v2 path) of those processes, where it was read.
+    pub cgroups: Vec<(String, String)>,
 }
 
 /// The CBOM of `snapshot`, as a CycloneDX 1.7 JSON document.
@@ -155,14 +157,31 @@ pub fn build(snapshot: &Snapshot) -> Value {
         }
     }
 
-    // Processes.
+    // Processes, with the cgroups (and containers) they ran in.
+    let mut cgroups: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for n in &snapshot.negotiated {
+        for (comm, cgroup) in &n.cgroups {
+            cgroups
+                .entry(comm.as_str())
+                .or_default()
+                .insert(cgroup.as_str());
+        }
+    }
     for (comm, needs) in &processes {
+        let mut properties = vec![prop("enforcer:process:comm", comm)];
+        for cgroup in cgroups.get(comm).into_iter().flatten() {
+            properties.push(prop("enforcer:process:cgroup", cgroup));
+            if let Some(c) = crate::containers::container_of(cgroup) {
+                properties.push(prop("enforcer:container:runtime", c.runtime));
+                properties.push(prop("enforcer:container:id", c.id));
+            }
+        }
         components.push(json!({
             "type": "application",
             "bom-ref": process_ref(comm),
             "name": name_or(comm, "(no command name)"),
             "description": "processes with this command name (the kernel's comm, at most 15 bytes) made the TLS connections of the protocols it depends on",
-            "properties": [prop("enforcer:process:comm", comm)],
+            "properties": properties,
         }));
         dependencies.push(json!({ "ref": process_ref(comm), "dependsOn": needs }));
         host_needs.push(process_ref(comm));

@@ -11,6 +11,7 @@
 //!   `check-kernel`).
 //! - [`errors`]: an error's chain as the operator reads it, each cause once.
 //! - [`cbom`]: the CycloneDX 1.7 CBOM `enforcer cbom` prints, from a snapshot of the agent.
+//! - [`containers`]: which container a process runs in, from its cgroup path.
 //! - Domain: [`policy`], [`catalog`], [`libraries`] (finding and identifying TLS library files),
 //!   [`family`], [`version`]. These know nothing of the kernel.
 
@@ -19,6 +20,7 @@ pub mod catalog;
 pub mod cbom;
 pub mod cli;
 pub mod commands;
+pub mod containers;
 pub mod datapath;
 pub mod errors;
 pub mod family;

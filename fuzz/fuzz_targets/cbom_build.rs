@@ -97,6 +97,7 @@ fn snapshot(data: &[u8]) -> Snapshot {
                 group: input.maybe(Input::u16),
                 connections: u64::from(input.u32()) << (input.u8() & 31),
                 processes: (0..input.u8() & 3).map(|_| input.string()).collect(),
+                cgroups: (0..input.u8() & 3).map(|_| (input.string(), input.string())).collect(),
             });
         }
     }

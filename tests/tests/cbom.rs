@@ -285,6 +285,18 @@ fn cbom_of_live_openssl_connections_validates_and_names_what_was_negotiated() {
             on.contains(&lib_ref) && on.contains(&tls13_ref),
             "{process}: {on:?}"
         );
+        // The clients ran in this test's cgroup (a child inherits its parent's).
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+        let own = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("cgroup v2");
+        assert_eq!(
+            property(found[0], "enforcer:process:cgroup"),
+            Some(own),
+            "{process}: {}",
+            found[0]
+        );
     }
     println!("{}", serde_json::to_string_pretty(&bom).expect("JSON"));
     drop(agent);

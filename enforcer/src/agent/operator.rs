@@ -207,6 +207,7 @@ impl Operator {
                 group,
                 connections: seen.connections,
                 processes: seen.processes.into_iter().collect(),
+                cgroups: seen.cgroups.into_iter().collect(),
             })
             .collect();
         let (mode, policy) = {

@@ -51,6 +51,7 @@ fn snapshot() -> Snapshot {
                 group: Some(0x001d),
                 connections: 3,
                 processes: vec!["curl".into()],
+                cgroups: vec![],
             },
             Negotiated {
                 library: Some(2),
@@ -59,6 +60,7 @@ fn snapshot() -> Snapshot {
                 group: Some(0x11ec),
                 connections: 2,
                 processes: vec!["curl".into(), "python3".into()],
+                cgroups: vec![],
             },
             Negotiated {
                 library: Some(2),
@@ -67,6 +69,7 @@ fn snapshot() -> Snapshot {
                 group: Some(0x0017),
                 connections: 1,
                 processes: vec!["openssl".into()],
+                cgroups: vec![],
             },
             Negotiated {
                 library: None,
@@ -75,6 +78,7 @@ fn snapshot() -> Snapshot {
                 group: None,
                 connections: 1,
                 processes: vec![],
+                cgroups: vec![],
             },
         ],
     }
@@ -231,6 +235,45 @@ fn processes_depend_on_the_libraries_and_protocols_they_used() {
     }
 }
 
+#[test]
+fn processes_name_their_cgroups_and_the_containers_those_are() {
+    let mut snap = snapshot();
+    let id = "4f1c9a0b2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a";
+    snap.negotiated[0].cgroups = vec![
+        ("curl".into(), format!("/system.slice/docker-{id}.scope")),
+        (
+            "curl".into(),
+            "/user.slice/user-0.slice/session-1.scope".into(),
+        ),
+    ];
+    let bom = build(&snap);
+    validate_cbom(&bom).unwrap();
+    let curl = component(&bom, "process:curl");
+    let names: Vec<(&str, &str)> = curl["properties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["value"].as_str().unwrap()))
+        .collect();
+    assert!(
+        names.contains(&("enforcer:container:runtime", "docker")),
+        "{names:?}"
+    );
+    assert!(names.contains(&("enforcer:container:id", id)), "{names:?}");
+    let cgroups = names
+        .iter()
+        .filter(|(n, _)| *n == "enforcer:process:cgroup")
+        .count();
+    assert_eq!(cgroups, 2, "{names:?}");
+    assert_eq!(
+        property(
+            component(&bom, "process:openssl"),
+            "enforcer:process:cgroup"
+        ),
+        None
+    );
+}
+
 /// Every bom-ref once, every dependency ref and `provides` / `dependsOn` / `algorithms` names
 /// one: for any snapshot (the fuzz target checks the same over arbitrary ones).
 fn assert_consistent(bom: &Value) {
@@ -275,6 +318,7 @@ fn odd_snapshots_stay_valid_and_consistent() {
             group: Some(0x4242),
             connections: u64::MAX,
             processes: vec![String::new(), "a \"quoted\" name".into()],
+            cgroups: vec![],
         },
         Negotiated {
             library: Some(7),
@@ -283,6 +327,7 @@ fn odd_snapshots_stay_valid_and_consistent() {
             group: Some(0x11eb),
             connections: u64::MAX,
             processes: vec![],
+            cgroups: vec![],
         },
         // Another version through the same library: its total saturates, never overflows.
         Negotiated {
@@ -292,6 +337,7 @@ fn odd_snapshots_stay_valid_and_consistent() {
             group: None,
             connections: u64::MAX,
             processes: vec![],
+            cgroups: vec![],
         },
         // Nothing read at all.
         Negotiated {
@@ -301,6 +347,7 @@ fn odd_snapshots_stay_valid_and_consistent() {
             group: None,
             connections: 1,
             processes: vec!["nc".into()],
+            cgroups: vec![],
         },
     ]);
     let bom = build(&s);

@@ -42,6 +42,7 @@ fn everything() -> Snapshot {
         group: Some(group),
         connections: 1,
         processes: vec!["curl".into()],
+        cgroups: vec![],
     };
     Snapshot {
         time: UNIX_EPOCH + Duration::from_secs(1_780_000_000),

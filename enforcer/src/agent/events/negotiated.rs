@@ -33,6 +33,9 @@ pub const MAX_PROCESSES: usize = 32;
 pub struct PostureSeen {
     pub connections: u64,
     pub processes: BTreeSet<String>,
+    /// (command name, cgroup v2 path) of the processes, read when their event came (the
+    /// process may be gone by the time of a CBOM), at most [`MAX_PROCESSES`].
+    pub cgroups: BTreeSet<(String, String)>,
 }
 
 /// `1.3`, `0x7f1c`; `None` when not read.
@@ -118,6 +121,12 @@ impl Reporter {
                 && seen.processes.len() < MAX_PROCESSES
             {
                 seen.processes.insert(o.comm.clone());
+            }
+            if let Some(o) = &owner
+                && seen.cgroups.len() < MAX_PROCESSES
+                && let Some(cgroup) = crate::containers::cgroup_of(o.pid)
+            {
+                seen.cgroups.insert((o.comm.clone(), cgroup));
             }
         }
         let (local, remote) = endpoints(&event.flow);
