@@ -155,6 +155,13 @@ pub const FEATURES: &[Feature] = &[
         probe: Probe::RawTracepoint("sched_process_exit"),
         without: Without::Refuse,
     },
+    Feature {
+        name: "bpf_tail_call",
+        since: "4.2",
+        used_for: "the packet programs' ServerHello readers (crypto posture), each a program of its own",
+        probe: Probe::Enumerator("BPF_FUNC_tail_call"),
+        without: Without::Refuse,
+    },
 ];
 
 /// One feature on the running kernel.
@@ -269,6 +276,7 @@ mod tests {
         "BPF_FUNC_get_current_task_btf",
         "BPF_FUNC_task_pt_regs",
         "BPF_FUNC_get_attach_cookie",
+        "BPF_FUNC_tail_call",
     ];
     const TPS: &[&str] = &[
         "inet_sock_set_state",
