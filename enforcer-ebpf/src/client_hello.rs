@@ -60,6 +60,9 @@ pub enum Outcome {
     /// Passes, and is a ServerHello that starts at the segment's payload: the classifier hands
     /// it to the posture reader (`posture.rs`).
     ServerHello,
+    /// Passes, and is a ClientHello judged now: the classifier hands it to the ClientHello
+    /// reader (`offer.rs`).
+    ClientHello,
 }
 
 #[inline(always)]

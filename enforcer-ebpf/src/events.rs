@@ -13,6 +13,7 @@ use enforcer_common::{
     event::{Header, HelloEvent, QuicEvent, TlsEvent, kind},
     flow::{FlowKey, FlowState},
     hello::RandomOrigin,
+    offer::OfferedEvent,
     posture::NegotiatedEvent,
     stat::Stat,
 };
@@ -105,5 +106,16 @@ pub fn negotiated(event: &NegotiatedEvent, now: u64, dropped: bool) {
     };
     if ring.output::<NegotiatedEvent>(&event, 0).is_err() {
         stats::count(lost);
+    }
+}
+
+/// Reports what a client offered (`offer.rs`), on the hello ring: anyone can send
+/// ClientHellos in bulk. Built in per-CPU scratch (larger than the stack): copied, its header
+/// set here.
+#[inline(always)]
+pub fn offered(event: &mut OfferedEvent, now: u64) {
+    event.header = Header::new(kind::OFFERED, now);
+    if HELLO_EVENTS.output::<OfferedEvent>(event, 0).is_err() {
+        stats::count(Stat::HelloEventsLost);
     }
 }

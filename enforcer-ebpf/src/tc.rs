@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use enforcer_common::stat::Stat;
 
-use crate::{client_hello, flow, hello, ingress, packet, posture, quic, stats};
+use crate::{client_hello, flow, hello, ingress, offer, packet, posture, quic, stats};
 use enforcer_common::flow::direction;
 
 /// Fail-open like the XDP program (UDP: only a QUIC Initial the policy denies is dropped, as
@@ -37,7 +37,16 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     match hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
-        client_hello::Outcome::Pass => TC_ACT_OK,
+        client_hello::Outcome::Pass => {
+            if offer::pending(&flow) {
+                offer::continue_egress(&ctx, &flow, segment.l4);
+            }
+            TC_ACT_OK
+        }
+        client_hello::Outcome::ClientHello => {
+            offer::start_egress(&ctx, &flow, segment.l4);
+            TC_ACT_OK
+        }
         client_hello::Outcome::ServerHello => {
             if let Some(payload) = packet::payload_of(&ctx, &segment) {
                 let args = posture::Args {

@@ -16,6 +16,7 @@ use aya::{
 use tracing::{info, warn};
 
 use crate::datapath::{
+    offer_readers,
     pin::PinDir,
     posture_readers,
     tc::{self, Hook},
@@ -265,6 +266,7 @@ fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
     classifier.load()?;
     let fd = classifier.fd()?.try_clone()?;
     posture_readers::load_for(ebpf, name)?;
+    offer_readers::load_for(ebpf, name)?;
     Ok(fd)
 }
 

@@ -1,0 +1,300 @@
+//! What each client offers: the ClientHello of every flow the egress judge let through
+//! (`hello.rs`) is reassembled across the segments it spans (`OFFERS`, bounded per flow) and
+//! its fields read (`offer_fields.rs`) for the `offered` event, from which userspace makes the
+//! JA4 fingerprint (a hash the kernel does not compute). A post-quantum ClientHello (its
+//! X25519MLKEM768 key share alone is 1,216 bytes) is more than one MSS.
+//!
+//! The reader is a program of its own, reached by a tail call from the egress classifier
+//! (`tc.rs`), like the ServerHello reader (`posture.rs`) and for the same reason: the verifier
+//! walks its loops once, not once per path of the caller. The caller passes the segment
+//! through `OFFER_ARGS`; an empty table (reader not loaded) makes the tail call fail and the
+//! caller passes the packet.
+//!
+//! Reassembly: the judged segment starts an `OFFERS` entry (sequence number of the record's
+//! first byte, bytes wanted: the record, at most `OFFER_BUFFER`); each segment appends the
+//! bytes that follow what was collected, without a gap (a gap waits for the retransmission, a
+//! retransmission adds nothing new); the segment that completes it has the fields read, the
+//! event sent and the entry removed. A hello whose first bytes came in earlier segments than
+//! the judged one (its head was collected by `flow_head.rs`) starts from the head's copy of
+//! its first 11 bytes (the random is not needed).
+//!
+//! Cost to the egress classifier on a segment of a flow that is not reassembling: one read of
+//! `OFFER_BUCKETS` (the `OFFERS` lookup and the tail call only when its bucket counts an
+//! entry).
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::TC_ACT_OK,
+    helpers::generated::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
+    programs::TcContext,
+};
+use enforcer_common::{
+    flow::{FlowKey, direction, held},
+    hello::{HEAD_LEN, RANDOM_AT},
+    offer::{
+        COPY_CHUNK, OFFER_BUCKET_BITS, OFFER_BUCKET_COUNT, OFFER_BUFFER, OfferState, OfferedEvent,
+    },
+};
+
+use crate::{client_hello::HELLO_SCRATCH, events, offer_fields, packet::Packet};
+
+/// ClientHellos being reassembled. 1,024 of 4.4 KiB: room for the hellos in flight at once
+/// (a hello that fits one segment is removed in the run that added it). LRU: a hello that
+/// never completes is evicted by newer ones.
+#[map(name = "OFFERS")]
+static OFFERS: LruHashMap<FlowKey, OfferState> = LruHashMap::with_max_entries(1024, 0);
+
+/// `OFFERS` entries per bucket of the 4-tuple: incremented when a hello stays incomplete at
+/// the end of the run that started it, decremented when a later segment completes it; never
+/// below the entries (an evicted entry leaves its count, which costs only the lookup).
+#[map(name = "OFFER_BUCKETS")]
+static OFFER_BUCKETS: Array<u64> = Array::with_max_entries(OFFER_BUCKET_COUNT, 0);
+
+/// The value an `OFFERS` entry is inserted from (larger than the 512-byte stack), and the
+/// event being built.
+#[map(name = "OFFER_TEMPLATE")]
+static OFFER_TEMPLATE: PerCpuArray<OfferState> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "OFFER_EVENT")]
+static OFFER_EVENT: PerCpuArray<OfferedEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "OFFER_TC")]
+static OFFER_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The segment handed to the reader.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Args {
+    pub flow: FlowKey,
+    /// Offset of the TCP header in the frame, and the frame's length.
+    pub l4: u32,
+    pub end: u32,
+    /// Sequence number of the hello record's first byte (`start` only).
+    pub seq: u32,
+    /// The record's first 11 bytes (`start` only, when it began in an earlier segment).
+    pub header: [u8; RANDOM_AT],
+    /// 1: the segment the hello was judged in; 0: a later one.
+    pub start: u8,
+    /// 1: the hello record starts at this segment's payload.
+    pub starts_here: u8,
+    /// `flow::direction::*`.
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+#[map(name = "OFFER_ARGS")]
+static OFFER_ARGS: PerCpuArray<Args> = PerCpuArray::with_max_entries(1, 0);
+
+/// Payload offsets past this (from the frame start) are not read.
+const MAX_OFFSET: usize = 1 << 16;
+/// Copies per segment: `OFFER_BUFFER / COPY_CHUNK`, and one for a hello that does not start at
+/// a chunk boundary.
+const MAX_COPIES: usize = OFFER_BUFFER / COPY_CHUNK + 1;
+
+#[inline(always)]
+fn bucket(flow: &FlowKey) -> u32 {
+    held::bucket_in(flow, OFFER_BUCKET_BITS)
+}
+
+/// Whether `OFFERS` may hold `flow` (unreadable counts as no: nothing is dropped for it).
+#[inline(always)]
+pub fn pending(flow: &FlowKey) -> bool {
+    OFFER_BUCKETS.get(bucket(flow)).copied().unwrap_or(0) != 0
+}
+
+#[inline(always)]
+fn count(flow: &FlowKey, delta: u64) {
+    if let Some(slot) = OFFER_BUCKETS.get_ptr_mut(bucket(flow)) {
+        crate::atomic::add(slot, delta);
+    }
+}
+
+/// The egress judge let a ClientHello through now (`client_hello::Outcome::ClientHello`): hands
+/// its segment to the reader, with what the judge knows of where the hello starts. Returns only
+/// if the tail call failed (the caller then passes the packet).
+#[inline(always)]
+pub fn start_egress(ctx: &TcContext, flow: &FlowKey, l4: u16) {
+    let Some(scratch) = HELLO_SCRATCH.get(0) else {
+        return;
+    };
+    let hello = scratch.hello;
+    let args = Args {
+        flow: *flow,
+        l4: l4 as u32,
+        end: ctx.len(),
+        seq: hello.seq,
+        header: hello.header,
+        start: 1,
+        starts_here: hello.starts_here,
+        direction: direction::SEND,
+        _pad: [0; 2],
+    };
+    tail_call(ctx, &args);
+}
+
+/// A later segment of a flow whose bucket counts a hello being reassembled.
+#[inline(always)]
+pub fn continue_egress(ctx: &TcContext, flow: &FlowKey, l4: u16) {
+    let args = Args {
+        flow: *flow,
+        l4: l4 as u32,
+        end: ctx.len(),
+        seq: 0,
+        header: [0; RANDOM_AT],
+        start: 0,
+        starts_here: 0,
+        direction: direction::SEND,
+        _pad: [0; 2],
+    };
+    tail_call(ctx, &args);
+}
+
+#[inline(always)]
+fn tail_call<C: EbpfContext>(ctx: &C, args: &Args) {
+    let Some(slot) = OFFER_ARGS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value, valid for this run; the reader runs next on this CPU.
+    unsafe { *slot = *args };
+    // SAFETY: control goes to the reader and does not come back on success.
+    unsafe { OFFER_TC.tail_call(ctx, 0) };
+}
+
+/// Never drops: the fields are reported, not judged, in the kernel.
+#[classifier]
+pub fn offer_tc(ctx: TcContext) -> i32 {
+    read(&ctx);
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn read<P: Packet>(packet: &P) {
+    let Some(args) = OFFER_ARGS.get(0).copied() else {
+        return;
+    };
+    let flow = args.flow;
+    // Sequence number (4), acknowledgment (4), data offset (1).
+    let Some(tcp) = load::<[u8; 9], P>(packet, args.l4 as usize + 4) else {
+        return;
+    };
+    let seq = u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]);
+    let payload = args.l4 as usize + ((tcp[8] >> 4) as usize) * 4;
+    let state = match args.start {
+        0 => OFFERS.get_ptr_mut(flow),
+        _ => begin(&args),
+    };
+    let Some(state) = state else {
+        return;
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    let state = unsafe { &mut *state };
+    append(packet, state, seq, payload, args.end as usize);
+    if state.have < state.want {
+        if args.start != 0 {
+            count(&flow, 1);
+        }
+        return;
+    }
+    finish(state, &flow);
+    if OFFERS.remove(flow).is_ok() && args.start == 0 {
+        count(&flow, u64::MAX);
+    }
+}
+
+/// A new `OFFERS` entry for the judged hello (replacing what a 4-tuple's earlier connection
+/// left there).
+#[inline(always)]
+fn begin(args: &Args) -> Option<*mut OfferState> {
+    let template = OFFER_TEMPLATE.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map value, valid for this run.
+    let t = unsafe { &mut *template };
+    t.seq = args.seq;
+    t.direction = args.direction;
+    t.bytes[..RANDOM_AT].copy_from_slice(&args.header);
+    let record_len = u16::from_be_bytes([args.header[3], args.header[4]]) as u32;
+    t.want = (5 + record_len).min(OFFER_BUFFER as u32);
+    // A hello that began in an earlier segment: its head (43 bytes) is complete, and this
+    // segment carries what follows it. Only its first 11 bytes are read (not the random).
+    t.have = match args.starts_here {
+        0 => HEAD_LEN as u32,
+        _ => 0,
+    };
+    // By reference: the value is copied by the kernel from the map, never onto the stack.
+    #[allow(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a 4.4 KiB value passed by value would be copied onto the 512-byte stack"
+    )]
+    if OFFERS.insert(args.flow, &*t, 0).is_err() {
+        return None;
+    }
+    OFFERS.get_ptr_mut(args.flow)
+}
+
+/// Appends the bytes of the segment (sequence number `seq`, payload at `payload`, frame end
+/// `end`) that follow what `state` holds, in chunks of at most `COPY_CHUNK`.
+#[inline(always)]
+fn append<P: Packet>(packet: &P, state: &mut OfferState, seq: u32, payload: usize, end: usize) {
+    let plen = end.saturating_sub(payload) as i64;
+    // Where the segment starts relative to the hello's first byte (negative: before it).
+    let rel = seq.wrapping_sub(state.seq) as i32 as i64;
+    for _ in 0..MAX_COPIES {
+        let have = state.have as i64;
+        let want = state.want as i64;
+        if have >= want || rel > have || rel + plen <= have {
+            break;
+        }
+        let from = payload as i64 + (have - rel);
+        if from > MAX_OFFSET as i64 {
+            break;
+        }
+        let n = (rel + plen - have).min(want - have).min(COPY_CHUNK as i64) as u32;
+        // `n` is 1..=COPY_CHUNK and `have` below OFFER_BUFFER, but LLVM folds what it knows
+        // into other registers and the verifier, tracking these, sees neither bound. A
+        // volatile read hides the values from LLVM, so the masks stay on the very registers
+        // passed to the helper: 1..=COPY_CHUNK bytes at most COPY_CHUNK past OFFER_BUFFER - 1.
+        // SAFETY: reads locals.
+        let n = unsafe { core::ptr::read_volatile(&n) };
+        let n = (n.wrapping_sub(1) & (COPY_CHUNK as u32 - 1)) + 1;
+        let at = have as usize;
+        // SAFETY: reads a local.
+        let at = unsafe { core::ptr::read_volatile(&at) } & (OFFER_BUFFER - 1);
+        let dst = state.bytes[at..].as_mut_ptr();
+        if !packet.load_bytes(from as u32, dst, n) {
+            break;
+        }
+        state.have += n;
+    }
+}
+
+/// Reads the fields of the collected hello and reports them.
+#[inline(always)]
+fn finish(state: &mut OfferState, flow: &FlowKey) {
+    let Some(event) = OFFER_EVENT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value, valid for this run; nothing else on this CPU uses it meanwhile.
+    let event = unsafe { &mut *event };
+    offer_fields::read(state, event);
+    event.flow = *flow;
+    event.direction = state.direction;
+    // SAFETY: plain helper call.
+    events::offered(event, unsafe { bpf_ktime_get_ns() });
+}
+
+#[inline(always)]
+fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
+    if offset > MAX_OFFSET {
+        return None;
+    }
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    if !packet.load_bytes(
+        offset as u32,
+        value.as_mut_ptr() as *mut u8,
+        size_of::<T>() as u32,
+    ) {
+        return None;
+    }
+    // SAFETY: the helper filled all size_of::<T>() bytes; T is plain data.
+    Some(unsafe { value.assume_init() })
+}
