@@ -3,7 +3,7 @@
 
 use enforcer_common::flow::direction;
 
-use crate::{flow, packet, posture, quic};
+use crate::{flow, offer, packet, posture, quic};
 
 /// What the ingress program does with a frame.
 pub enum Judged {
@@ -12,12 +12,18 @@ pub enum Judged {
     /// Passes unless the posture reader (`posture.rs`, reached by a tail call) drops it: a
     /// TCP segment whose payload starts like a ServerHello (this host is the client).
     ServerHello(posture::Args),
+    /// Passes; its payload starts with a ClientHello (this host is the server): the ClientHello
+    /// reader (`offer.rs`, tail call) reads it.
+    ClientHello(offer::Args),
+    /// Passes; a later segment of a flow whose bucket counts a ClientHello being reassembled.
+    OfferContinues(enforcer_common::flow::FlowKey, u16),
 }
 
 /// Fail-open: anything we cannot parse (neither TCP nor UDP, truncated, fragments) passes; a
 /// 4-tuple the kernel hooks put in the blocklist is dropped, and a QUIC Initial the policy
 /// denies (`quic.rs`). Cost beyond the blocklist on a TCP segment with data: the TCP data
-/// offset and six payload bytes read (plain loads where the payload is linear).
+/// offset and six payload bytes read (plain loads where the payload is linear), and one
+/// `OFFER_BUCKETS` read (`offer::pending`).
 #[inline(always)]
 pub fn judge<P: packet::Packet + packet::Linear>(frame: &P) -> Judged {
     let Some(segment) = packet::parse(frame) else {
@@ -43,6 +49,22 @@ pub fn judge<P: packet::Packet + packet::Linear>(frame: &P) -> Judged {
             direction: direction::RECV,
             _pad: [0; 3],
         }),
+        Some(head) if head[0] == 0x16 && head[5] == 1 => {
+            match packet::read::<[u8; 11], P>(frame, payload) {
+                Some(b) if offer::starts_client_hello(&b) => {
+                    Judged::ClientHello(offer::arriving(&flow, segment.l4, frame_len(frame), b))
+                }
+                _ => Judged::Pass,
+            }
+        }
+        _ if offer::pending(&flow) => Judged::OfferContinues(flow, segment.l4),
         _ => Judged::Pass,
     }
+}
+
+/// The linear part's length: the reader takes the segment's end from its IP header where it
+/// can (`offer.rs`), which also covers a multi-buffer XDP frame.
+#[inline(always)]
+fn frame_len<P: packet::Linear>(frame: &P) -> u32 {
+    (frame.data_end() - frame.data()) as u32
 }

@@ -4,8 +4,12 @@
 //! JA4 fingerprint (a hash the kernel does not compute). A post-quantum ClientHello (its
 //! X25519MLKEM768 key share alone is 1,216 bytes) is more than one MSS.
 //!
+//! ClientHellos arriving at servers on this host are read the same way, from the ingress
+//! judge (`ingress.rs`: XDP or tc), when their segment starts with one (checked as strictly as
+//! the egress judge checks a segment's start) and the flow's ServerHello has not left yet.
+//!
 //! The reader is a program of its own, reached by a tail call from the egress classifier
-//! (`tc.rs`), like the ServerHello reader (`posture.rs`) and for the same reason: the verifier
+//! (`tc.rs`) and the ingress programs, like the ServerHello reader (`posture.rs`) and for the same reason: the verifier
 //! walks its loops once, not once per path of the caller. The caller passes the segment
 //! through `OFFER_ARGS`; an empty table (reader not loaded) makes the tail call fail and the
 //! caller passes the packet.
@@ -24,21 +28,23 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::TC_ACT_OK,
+    bindings::{TC_ACT_OK, xdp_action},
     helpers::generated::bpf_ktime_get_ns,
-    macros::{classifier, map},
+    macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use enforcer_common::{
-    flow::{FlowKey, direction, held},
+    flow::{FlowKey, direction, family, held},
     hello::{HEAD_LEN, RANDOM_AT},
     offer::{
         COPY_CHUNK, OFFER_BUCKET_BITS, OFFER_BUCKET_COUNT, OFFER_BUFFER, OfferState, OfferedEvent,
     },
 };
 
-use crate::{client_hello::HELLO_SCRATCH, events, offer_fields, packet::Packet};
+use crate::{
+    client_hello::HELLO_SCRATCH, events, flow, offer_fields, packet::Packet, posture::Caller,
+};
 
 /// ClientHellos being reassembled. 1,024 of 4.4 KiB: room for the hellos in flight at once
 /// (a hello that fits one segment is removed in the run that added it). LRU: a hello that
@@ -61,13 +67,18 @@ static OFFER_EVENT: PerCpuArray<OfferedEvent> = PerCpuArray::with_max_entries(1,
 
 #[map(name = "OFFER_TC")]
 static OFFER_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map(name = "OFFER_XDP")]
+static OFFER_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map(name = "OFFER_XDP_NOFRAGS")]
+static OFFER_XDP_NOFRAGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// The segment handed to the reader.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Args {
     pub flow: FlowKey,
-    /// Offset of the TCP header in the frame, and the frame's length.
+    /// Offset of the TCP header in the frame, and the frame's length (for an arriving segment,
+    /// the IP header's length is used where it is found: a short frame is padded on the wire).
     pub l4: u32,
     pub end: u32,
     /// Sequence number of the hello record's first byte (`start` only).
@@ -130,35 +141,86 @@ pub fn start_egress(ctx: &TcContext, flow: &FlowKey, l4: u16) {
         direction: direction::SEND,
         _pad: [0; 2],
     };
-    tail_call(ctx, &args);
+    tail_call(ctx, Caller::Tc, &args);
 }
 
-/// A later segment of a flow whose bucket counts a hello being reassembled.
+/// A later segment of a flow whose bucket counts a hello being reassembled (`pending`): its
+/// flow, TCP header offset, frame length, and `flow::direction::*` (leaving or arriving).
 #[inline(always)]
-pub fn continue_egress(ctx: &TcContext, flow: &FlowKey, l4: u16) {
+pub fn continue_at<C: EbpfContext>(ctx: &C, caller: Caller, seg: (&FlowKey, u16, u32, u8)) {
+    let (flow, l4, end, direction) = seg;
     let args = Args {
         flow: *flow,
         l4: l4 as u32,
-        end: ctx.len(),
+        end,
         seq: 0,
         header: [0; RANDOM_AT],
         start: 0,
         starts_here: 0,
-        direction: direction::SEND,
+        direction,
         _pad: [0; 2],
     };
-    tail_call(ctx, &args);
+    tail_call(ctx, caller, &args);
+}
+
+/// Whether the first 11 bytes of an arriving segment are a ClientHello's record header,
+/// handshake header and version, as strictly as the egress judge takes them at a segment's
+/// start (`hello.rs`): random data matches about once in 2^45 segments.
+#[inline(always)]
+pub fn starts_client_hello(b: &[u8; RANDOM_AT]) -> bool {
+    let record_len = u16::from_be_bytes([b[3], b[4]]);
+    b[0] == 0x16
+        && b[1] == 3
+        && b[2] <= 4
+        && (1..=(1 << 14) + 2048).contains(&record_len)
+        && b[5] == 1
+        && b[6] <= 2
+        && b[9] == 3
+        && b[10] <= 4
+}
+
+/// A ClientHello arriving at a server on this host (`ingress.rs`), at the start of the
+/// segment: read unless the flow's ServerHello already left (`HELLOS_SEEN`: then this is a
+/// retransmission, or ciphertext that looks like a hello).
+#[inline(always)]
+pub fn start_ingress<C: EbpfContext>(ctx: &C, caller: Caller, args: &Args) {
+    if flow::hello_seen(&args.flow) {
+        return;
+    }
+    tail_call(ctx, caller, args);
+}
+
+/// The `Args` of an arriving segment that starts with a ClientHello (`header`: its first 11
+/// bytes).
+#[inline(always)]
+pub fn arriving(flow: &FlowKey, l4: u16, end: u32, header: [u8; RANDOM_AT]) -> Args {
+    Args {
+        flow: *flow,
+        l4: l4 as u32,
+        end,
+        seq: 0,
+        header,
+        start: 1,
+        starts_here: 1,
+        direction: direction::RECV,
+        _pad: [0; 2],
+    }
 }
 
 #[inline(always)]
-fn tail_call<C: EbpfContext>(ctx: &C, args: &Args) {
+fn tail_call<C: EbpfContext>(ctx: &C, caller: Caller, args: &Args) {
     let Some(slot) = OFFER_ARGS.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU map value, valid for this run; the reader runs next on this CPU.
     unsafe { *slot = *args };
+    let table = match caller {
+        Caller::Tc => &OFFER_TC,
+        Caller::Xdp => &OFFER_XDP,
+        Caller::XdpNoFrags => &OFFER_XDP_NOFRAGS,
+    };
     // SAFETY: control goes to the reader and does not come back on success.
-    unsafe { OFFER_TC.tail_call(ctx, 0) };
+    unsafe { table.tail_call(ctx, 0) };
 }
 
 /// Never drops: the fields are reported, not judged, in the kernel.
@@ -166,6 +228,18 @@ fn tail_call<C: EbpfContext>(ctx: &C, args: &Args) {
 pub fn offer_tc(ctx: TcContext) -> i32 {
     read(&ctx);
     TC_ACT_OK
+}
+
+#[xdp(frags)]
+pub fn offer_xdp(ctx: XdpContext) -> u32 {
+    read(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn offer_xdp_nofrags(ctx: XdpContext) -> u32 {
+    read(&ctx);
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
@@ -180,6 +254,14 @@ fn read<P: Packet>(packet: &P) {
     };
     let seq = u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]);
     let payload = args.l4 as usize + ((tcp[8] >> 4) as usize) * 4;
+    let end = match args.direction {
+        direction::RECV => arrived_end(packet, &flow, args.l4 as usize, args.end as usize),
+        _ => args.end as usize,
+    };
+    let mut args = args;
+    if args.start != 0 && args.direction == direction::RECV {
+        args.seq = seq;
+    }
     let state = match args.start {
         0 => OFFERS.get_ptr_mut(flow),
         _ => begin(&args),
@@ -189,7 +271,7 @@ fn read<P: Packet>(packet: &P) {
     };
     // SAFETY: map value pointer, valid for this program run.
     let state = unsafe { &mut *state };
-    append(packet, state, seq, payload, args.end as usize);
+    append(packet, state, seq, payload, end);
     if state.have < state.want {
         if args.start != 0 {
             count(&flow, 1);
@@ -200,6 +282,33 @@ fn read<P: Packet>(packet: &P) {
     if OFFERS.remove(flow).is_ok() && args.start == 0 {
         count(&flow, u64::MAX);
     }
+}
+
+/// Where an arriving segment ends: from its IP header when that sits right before the TCP
+/// header (IPv4 without options, IPv6 without extension headers), else the frame's end. A
+/// frame shorter than Ethernet's 60 bytes arrives padded, and a multi-buffer XDP frame is longer
+/// than its first buffer (`end` then).
+#[inline(always)]
+fn arrived_end<P: Packet>(packet: &P, flow: &FlowKey, l4: usize, end: usize) -> usize {
+    if flow.family == family::V4
+        && l4 >= 20
+        && let Some(ip) = load::<[u8; 4], P>(packet, l4 - 20)
+    {
+        let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        // 0: a GRO packet over 64 KiB (BIG TCP) states no length.
+        if ip[0] == 0x45 && total != 0 {
+            return l4 - 20 + total;
+        }
+    } else if flow.family == family::V6
+        && l4 >= 40
+        && let Some(ip) = load::<[u8; 8], P>(packet, l4 - 40)
+    {
+        let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+        if ip[0] >> 4 == 6 && ip[6] == 6 && payload_len != 0 {
+            return l4 + payload_len;
+        }
+    }
+    end
 }
 
 /// A new `OFFERS` entry for the judged hello (replacing what a 4-tuple's earlier connection

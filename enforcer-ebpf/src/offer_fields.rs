@@ -111,7 +111,13 @@ fn u16_at(state: &OfferState, i: usize, limit: usize) -> Option<u16> {
     if i + 2 > limit {
         return None;
     }
-    Some(((byte(state, i) as u16) << 8) | byte(state, i + 1) as u16)
+    Some(be16_at(state, i))
+}
+
+/// The big-endian u16 at `i`, which the caller checked is below the limit.
+#[inline(always)]
+fn be16_at(state: &OfferState, i: usize) -> u16 {
+    ((byte(state, i) as u16) << 8) | byte(state, i + 1) as u16
 }
 
 /// The record and handshake headers: where the hello ends, how much of it was collected.
@@ -221,10 +227,12 @@ fn extensions(state: &mut OfferState, event: &mut OfferedEvent) -> Option<u32> {
         if pos + 4 > end {
             break;
         }
-        let (Some(kind), Some(len)) = (u16_at(state, pos, limit), u16_at(state, pos + 2, limit))
-        else {
+        // One bound for both fields, not two: LLVM merges two such checks into shapes the
+        // verifier walks with a pointer where the type should be, and refuses.
+        if pos + 4 > limit {
             break;
-        };
+        }
+        let (kind, len) = (be16_at(state, pos), be16_at(state, pos + 2));
         let data = pos + 4;
         let len = len as usize;
         if data + len > end {
@@ -336,11 +344,10 @@ fn key_shares(state: &OfferState, event: &mut OfferedEvent) -> bool {
         if pos + 4 > list_end {
             break;
         }
-        let (Some(group), Some(key_len)) =
-            (u16_at(state, pos, limit), u16_at(state, pos + 2, limit))
-        else {
+        if pos + 4 > limit {
             break;
-        };
+        }
+        let (group, key_len) = (be16_at(state, pos), be16_at(state, pos + 2));
         event.key_shares[i] = group;
         event.key_share_count = (i + 1) as u8;
         pos += 4 + key_len as usize;

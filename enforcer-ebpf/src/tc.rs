@@ -39,7 +39,8 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
     match hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
         client_hello::Outcome::Pass => {
             if offer::pending(&flow) {
-                offer::continue_egress(&ctx, &flow, segment.l4);
+                let seg = (&flow, segment.l4, ctx.len(), direction::SEND);
+                offer::continue_at(&ctx, posture::Caller::Tc, seg);
             }
             TC_ACT_OK
         }
@@ -78,6 +79,15 @@ pub fn enforcer_ingress_tc(ctx: TcContext) -> i32 {
         ingress::Judged::Pass => TC_ACT_OK,
         ingress::Judged::ServerHello(args) => {
             posture::read(&ctx, posture::Caller::Tc, args);
+            TC_ACT_OK
+        }
+        ingress::Judged::ClientHello(args) => {
+            offer::start_ingress(&ctx, posture::Caller::Tc, &args);
+            TC_ACT_OK
+        }
+        ingress::Judged::OfferContinues(flow, l4) => {
+            let seg = (&flow, l4, ctx.len(), direction::RECV);
+            offer::continue_at(&ctx, posture::Caller::Tc, seg);
             TC_ACT_OK
         }
     }

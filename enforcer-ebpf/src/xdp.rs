@@ -4,9 +4,9 @@
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, macros::xdp, programs::XdpContext,
 };
-use enforcer_common::stat::Stat;
+use enforcer_common::{flow::direction, stat::Stat};
 
-use crate::{ingress, packet, posture, stats};
+use crate::{ingress, offer, packet, posture, stats};
 
 /// Loaded frags-aware (`xdp.frags`, `BPF_F_XDP_HAS_FRAGS`, Linux 5.18+): drivers refuse an MTU
 /// above a page to a program that is not (jumbo frames, veth with a large MTU), and a
@@ -37,6 +37,15 @@ fn verdict(ctx: &XdpContext, caller: posture::Caller) -> u32 {
         ingress::Judged::Pass => xdp_action::XDP_PASS,
         ingress::Judged::ServerHello(args) => {
             posture::read(ctx, caller, args);
+            xdp_action::XDP_PASS
+        }
+        ingress::Judged::ClientHello(args) => {
+            offer::start_ingress(ctx, caller, &args);
+            xdp_action::XDP_PASS
+        }
+        ingress::Judged::OfferContinues(flow, l4) => {
+            let end = (ctx.data_end() - ctx.data()) as u32;
+            offer::continue_at(ctx, caller, (&flow, l4, end, direction::RECV));
             xdp_action::XDP_PASS
         }
     }

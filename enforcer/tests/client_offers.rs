@@ -3,7 +3,9 @@
 //! tail-calls the reader, which reassembles it across segments and reports its fields (an
 //! `OfferedEvent` on `HELLO_EVENTS`). A post-quantum hello (1,216-byte key share) in one frame
 //! and split at every byte of its first 64 and at the MSS; a flow without a stream head;
-//! retransmissions; garbage lengths and a hello cut short.
+//! retransmissions; garbage lengths and a hello cut short. Arriving at a server on this host
+//! (XDP and tc ingress): split anywhere after its first 11 bytes, a padded short frame, a
+//! retransmission after the ServerHello.
 //!
 //! Root only, never skipped (like `flow_heads.rs`). Each test loads its own object.
 
@@ -15,11 +17,13 @@ mod packets;
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, RingBuf},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    maps::{Array, HashMap, MapData, RingBuf},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use enforcer_common::{
-    event, maps,
+    event,
+    flow::{FlowKey, direction, family},
+    maps,
     offer::{OfferedEvent, field},
     policy::{HelloPolicy, action, mode},
 };
@@ -418,4 +422,156 @@ fn a_hello_cut_short_and_never_completed_reports_nothing() {
         h.run(&seg(sport, 1, TCP_PSH | TCP_ACK, &record[..cut]));
         assert!(h.offers().is_empty(), "cut at {cut}");
     }
+}
+
+const XDP: &str = "enforcer_ingress";
+const TC_INGRESS: &str = "enforcer_ingress_tc";
+
+/// The ingress programs (this host is the server), each with its readers.
+struct Ingress {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    xdp: bool,
+}
+
+impl Ingress {
+    fn new(xdp: bool) -> Ingress {
+        let offsets = enforcer::datapath::btf::sock_offsets().expect("struct sock offsets");
+        let mut ebpf = enforcer::datapath::loader::load(&offsets).expect("loading the eBPF object");
+        let name = match xdp {
+            true => {
+                let p: &mut Xdp = ebpf.program_mut(XDP).unwrap().try_into().unwrap();
+                p.load().expect("loading the XDP program (verifier)");
+                XDP
+            }
+            false => {
+                let p: &mut SchedClassifier =
+                    ebpf.program_mut(TC_INGRESS).unwrap().try_into().unwrap();
+                p.load().expect("loading the tc ingress program (verifier)");
+                TC_INGRESS
+            }
+        };
+        enforcer::datapath::posture_readers::load_for(&mut ebpf, name).expect("ServerHello reader");
+        enforcer::datapath::offer_readers::load_for(&mut ebpf, name).expect("ClientHello reader");
+        let events = RingBuf::try_from(ebpf.take_map(maps::HELLO_EVENTS).unwrap()).unwrap();
+        Ingress { ebpf, events, xdp }
+    }
+
+    fn run(&self, frame: &[u8]) {
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let v = match self.xdp {
+            true => {
+                let p: &Xdp = self.ebpf.program(XDP).unwrap().try_into().unwrap();
+                let v = p.test_run(options).expect("xdp test run").return_value;
+                assert_eq!(v, 2, "XDP_PASS");
+                v
+            }
+            false => {
+                let p: &SchedClassifier =
+                    self.ebpf.program(TC_INGRESS).unwrap().try_into().unwrap();
+                p.test_run(options).expect("tc test run").return_value
+            }
+        };
+        assert!(v == 0 || v == 2, "passed: {v}");
+    }
+
+    fn offers(&mut self) -> Vec<OfferedEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item[0] == event::kind::OFFERED {
+                // SAFETY: the kernel wrote a whole OfferedEvent.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const OfferedEvent) });
+            }
+        }
+        out
+    }
+
+    /// The server's ServerHello left (as the egress judge marks it).
+    fn answered(&mut self, sport: u16) {
+        let mut seen: HashMap<_, FlowKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut(maps::HELLOS_SEEN).unwrap()).unwrap();
+        seen.insert(arriving_flow(sport), 0, 0).unwrap();
+    }
+}
+
+/// This host (10.0.0.1:443) as the server, from its side.
+fn arriving_flow(sport: u16) -> FlowKey {
+    let mut k = FlowKey {
+        family: family::V4,
+        local_port: 443,
+        remote_port: sport,
+        ..FlowKey::default()
+    };
+    k.local_addr[..4].copy_from_slice(&SRC);
+    k.remote_addr[..4].copy_from_slice(&DST);
+    k
+}
+
+/// A client's segment (from 10.0.0.2:`sport`) to this host's port 443.
+fn arriving(sport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut t = tcp(sport, 443, TCP_PSH | TCP_ACK);
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(payload);
+    ethernet(&[], ETH_P_IP, &Ipv4::new(DST, SRC, IPPROTO_TCP).build(&t))
+}
+
+fn expect_arrived(e: &OfferedEvent, record: &[u8], sport: u16) {
+    let mut sent = *e;
+    sent.direction = direction::SEND;
+    expect_pq(&sent, record);
+    assert_eq!(e.direction, direction::RECV);
+    assert_eq!(e.flow, arriving_flow(sport));
+}
+
+/// Arriving at a server on this host, in XDP and in tc: a hello that starts a segment (its
+/// first 11 bytes, at least, in it) is read across the segments that follow, cut anywhere.
+#[test]
+fn an_arriving_hello_is_read_across_segments_in_xdp_and_tc() {
+    let record = hello(&SUITES, &pq_exts());
+    for xdp in [true, false] {
+        let mut h = Ingress::new(xdp);
+        let cuts: Vec<usize> = (11..=64).chain([MSS]).collect();
+        for (i, &cut) in cuts.iter().enumerate() {
+            let sport = 47000 + i as u16;
+            h.run(&arriving(sport, 77, &record[..cut]));
+            h.run(&arriving(sport, 77 + cut as u32, &record[cut..]));
+            let offers = h.offers();
+            assert_eq!(offers.len(), 1, "xdp {xdp}, cut at {cut}");
+            expect_arrived(&offers[0], &record, sport);
+        }
+    }
+}
+
+/// A last segment of three bytes arrives padded to Ethernet's 60: the padding is not taken for
+/// hello bytes (the segment ends where its IP header says).
+#[test]
+fn an_arriving_short_segment_ends_where_its_ip_header_says() {
+    let record = hello(&SUITES, &pq_exts());
+    let cut = record.len() - 3;
+    let mut h = Ingress::new(true);
+    h.run(&arriving(48000, 5, &record[..cut]));
+    let mut last = arriving(48000, 5 + cut as u32, &record[cut..]);
+    assert!(last.len() < 60);
+    last.resize(60, 0xee);
+    h.run(&last);
+    let offers = h.offers();
+    assert_eq!(offers.len(), 1);
+    expect_arrived(&offers[0], &record, 48000);
+}
+
+/// Once the server's ServerHello left, a segment that starts like a ClientHello is a
+/// retransmission (or ciphertext): not read.
+#[test]
+fn an_arriving_hello_after_the_server_answered_is_not_read() {
+    let record = hello(&SUITES, &pq_exts());
+    let mut h = Ingress::new(false);
+    h.answered(48100);
+    h.run(&arriving(48100, 1, &record));
+    assert!(h.offers().is_empty());
+    h.run(&arriving(48101, 1, &record));
+    assert_eq!(h.offers().len(), 1);
 }

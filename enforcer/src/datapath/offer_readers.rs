@@ -9,7 +9,16 @@ use enforcer_common::offer;
 use super::posture_readers::load_program;
 
 /// The packet programs that tail-call a ClientHello reader, with their table and reader.
-const READERS: [(&str, &str, &str); 1] = [("enforcer_egress", offer::OFFER_TC, offer::READER_TC)];
+const READERS: [(&str, &str, &str); 4] = [
+    ("enforcer_egress", offer::OFFER_TC, offer::READER_TC),
+    ("enforcer_ingress_tc", offer::OFFER_TC, offer::READER_TC),
+    ("enforcer_ingress", offer::OFFER_XDP, offer::READER_XDP),
+    (
+        "enforcer_ingress_nofrags",
+        offer::OFFER_XDP_NOFRAGS,
+        offer::READER_XDP_NOFRAGS,
+    ),
+];
 
 /// Loads the ClientHello reader of packet program `caller` (once) and puts it in its table; a
 /// caller that tail-calls none is left alone.

@@ -105,6 +105,7 @@ pub fn attach_xdp(
             None => {
                 let loaded = load_ingress(ebpf)?;
                 posture_readers::load_for(ebpf, loaded)?;
+                offer_readers::load_for(ebpf, loaded)?;
                 *xdp_program.insert(loaded)
             }
         };
