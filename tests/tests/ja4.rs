@@ -5,6 +5,9 @@
 //! `offered` event (fields read by the egress reader, JA4 made in userspace) must give the JA4
 //! that an independent reference implementation here makes from the captured bytes.
 //!
+//! curl also runs in the peer namespace against a server on this host: the hello read as it
+//! arrives (tc ingress) gives the same JA4 as curl's own from this host.
+//!
 //! Each client runs twice: with the interface's defaults (a hello larger than the MSS leaves as
 //! one GSO packet), and with the peer's MSS clamped to 128 and one segment per packet
 //! (`gso_max_segs 1`), so every hello here spans two to twelve segments, which the reader
@@ -20,7 +23,7 @@ use std::{
 };
 
 use enforcer_tests::programs::build_go;
-use enforcer_tests::{Agent, Cert, NetNs, cmd, require_root, run_with_timeout, sh};
+use enforcer_tests::{Agent, Cert, Mode, NetNs, Server, cmd, require_root, run_with_timeout, sh};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -382,6 +385,20 @@ fn ja4_of_real_clients_from_kernel_fields_equals_the_reference_on_the_captured_h
         .cloned()
         .unwrap_or_default();
     assert!(shares.iter().any(|g| g == "X25519MLKEM768"), "{}", rustls.3);
+    // Arriving: the same curl, in the peer namespace, to a server on this host (tc ingress).
+    let host = IpAddr::V4(ns.host_v4);
+    let host_cert = Cert::new(&[host]);
+    let _server = Server::on_host(host, PORT + 1, &host_cert, Mode::Www, &[]);
+    let url = format!("https://{host}:{}/", PORT + 1);
+    let served = run_with_timeout(
+        &mut ns.exec("curl", ["-sk", "--max-time", "5", &url]),
+        b"",
+        CLIENT,
+    );
+    assert!(served.success(), "curl to this host's server: {served:?}");
+    let arrived = agent.wait_for(|v| v["type"] == "offered" && v["side"] == "server", EVENT);
+    let curl = whole.iter().find(|r| r.0.starts_with("curl")).unwrap();
+    assert_eq!(arrived["ja4"], Value::from(curl.2.clone()), "{arrived}");
     // Small segments: the peer's MSS 128 (its route's advmss), one segment per packet here.
     let route = format!("{}/32", ns.host_v4);
     sh(&mut cmd(
