@@ -53,8 +53,8 @@ use crate::{
 static OFFERS: LruHashMap<FlowKey, OfferState> = LruHashMap::with_max_entries(1024, 0);
 
 /// `OFFERS` entries per bucket of the 4-tuple: incremented when a hello stays incomplete at
-/// the end of the run that started it, decremented when a later segment completes it; never
-/// below the entries (an evicted entry leaves its count, which costs only the lookup).
+/// the end of the run that started it, decremented when a later segment completes it, or finds
+/// no entry (`forget_stale`: an evicted entry left its count).
 #[map(name = "OFFER_BUCKETS")]
 static OFFER_BUCKETS: Array<u64> = Array::with_max_entries(OFFER_BUCKET_COUNT, 0);
 
@@ -118,6 +118,22 @@ pub fn pending(flow: &FlowKey) -> bool {
 fn count(flow: &FlowKey, delta: u64) {
     if let Some(slot) = OFFER_BUCKETS.get_ptr_mut(bucket(flow)) {
         crate::atomic::add(slot, delta);
+    }
+}
+
+/// A segment came for `flow` because its bucket counts an entry, and there is none: the count
+/// is (likely) one an evicted entry left. It is taken back, so stale counts (a flood of hellos
+/// that never complete, from anyone, on ingress) cost one lookup each, not one on every later
+/// segment of the bucket's flows. If another flow's entry was the one counted, its later
+/// segments are no longer handed over and its hello is not reported (nothing is enforced on
+/// these fields in the kernel): the price of bounding the flood's cost.
+#[inline(always)]
+fn forget_stale(flow: &FlowKey) {
+    if let Some(slot) = OFFER_BUCKETS.get_ptr_mut(bucket(flow)) {
+        // SAFETY: array value pointer, valid for this run.
+        if unsafe { *slot } != 0 {
+            crate::atomic::add(slot, u64::MAX);
+        }
     }
 }
 
@@ -267,6 +283,9 @@ fn read<P: Packet>(packet: &P) {
         _ => begin(&args),
     };
     let Some(state) = state else {
+        if args.start == 0 {
+            forget_stale(&flow);
+        }
         return;
     };
     // SAFETY: map value pointer, valid for this program run.

@@ -24,10 +24,10 @@ use enforcer_common::{
     event,
     flow::{FlowKey, direction, family},
     maps,
-    offer::{OfferedEvent, field},
+    offer::{self, OfferState, OfferedEvent, field},
     policy::{HelloPolicy, action, mode},
 };
-use packets::tls::Extension;
+use packets::offers::*;
 use packets::*;
 
 const EGRESS: &str = "enforcer_egress";
@@ -36,17 +36,6 @@ const SRC: [u8; 4] = [10, 0, 0, 1];
 const DST: [u8; 4] = [10, 0, 0, 2];
 const ISN: u32 = 5000;
 const MSS: usize = 1448;
-
-const GREASE_A: u16 = 0x4a4a;
-const SUITES: [u16; 16] = [
-    GREASE_A, 0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013,
-    0xc014, 0x009c, 0x009d, 0x002f, 0x0035,
-];
-const GROUPS: [u16; 5] = [0x2a2a, 0x11ec, 0x001d, 0x0017, 0x0018];
-const SCHEMES: [u16; 8] = [
-    0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601,
-];
-const VERSIONS: [u16; 3] = [0x3a3a, 0x0304, 0x0303];
 
 struct Harness {
     ebpf: Ebpf,
@@ -123,94 +112,6 @@ fn seg(sport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     t[4..8].copy_from_slice(&seq.to_be_bytes());
     t.extend_from_slice(payload);
     ethernet(&[], ETH_P_IP, &Ipv4::new(SRC, DST, IPPROTO_TCP).build(&t))
-}
-
-fn list16(values: &[u16], len_bytes: usize) -> Vec<u8> {
-    let body: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
-    let mut out = match len_bytes {
-        1 => vec![body.len() as u8],
-        _ => (body.len() as u16).to_be_bytes().to_vec(),
-    };
-    out.extend(body);
-    out
-}
-
-/// `key_share`: (group, key length) entries.
-fn key_share(entries: &[(u16, usize)]) -> Extension {
-    let mut body = Vec::new();
-    for (group, len) in entries {
-        body.extend_from_slice(&group.to_be_bytes());
-        body.extend_from_slice(&(*len as u16).to_be_bytes());
-        body.extend(std::iter::repeat_n(0x5a, *len));
-    }
-    let mut data = (body.len() as u16).to_be_bytes().to_vec();
-    data.extend(body);
-    (0x0033, data)
-}
-
-fn alpn(values: &[&[u8]]) -> Extension {
-    let mut body = Vec::new();
-    for v in values {
-        body.push(v.len() as u8);
-        body.extend_from_slice(v);
-    }
-    let mut data = (body.len() as u16).to_be_bytes().to_vec();
-    data.extend(body);
-    (0x0010, data)
-}
-
-/// Extension types of `pq_exts`, in order.
-const EXT_TYPES: [u16; 16] = [
-    0x0a0a, 0x0000, 0x0017, 0xff01, 0x000a, 0x000b, 0x0023, 0x0010, 0x0005, 0x000d, 0x0012, 0x0033,
-    0x002d, 0x002b, 0x001b, 0x1a1a,
-];
-
-/// A browser-like post-quantum ClientHello's extensions: GREASE, a server name, ALPN h2 and
-/// http/1.1, key shares GREASE + X25519MLKEM768 (1,216 bytes) + X25519.
-fn pq_exts() -> Vec<Extension> {
-    vec![
-        (0x0a0a, vec![]),
-        packets::tls::server_name_ext(b"example.com"),
-        (0x0017, vec![]),
-        (0xff01, vec![0]),
-        (0x000a, list16(&GROUPS, 2)),
-        (0x000b, vec![1, 0]),
-        (0x0023, vec![]),
-        alpn(&[b"h2", b"http/1.1"]),
-        (0x0005, vec![1, 0, 0, 0, 0]),
-        (0x000d, list16(&SCHEMES, 2)),
-        (0x0012, vec![]),
-        key_share(&[(0x2a2a, 1), (0x11ec, 1216), (0x001d, 32)]),
-        (0x002d, vec![1, 1]),
-        (0x002b, list16(&VERSIONS, 1)),
-        (0x001b, vec![2, 0, 2]),
-        (0x1a1a, vec![0]),
-    ]
-}
-
-/// A ClientHello record with these suites and extensions.
-fn hello(suites: &[u16], exts: &[Extension]) -> Vec<u8> {
-    let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(&[0x42; 32]);
-    body.push(32);
-    body.extend_from_slice(&[0x17; 32]);
-    body.extend(list16(suites, 2));
-    body.extend_from_slice(&[1, 0]);
-    let mut list = Vec::new();
-    for (kind, data) in exts {
-        list.extend_from_slice(&kind.to_be_bytes());
-        list.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        list.extend_from_slice(data);
-    }
-    body.extend_from_slice(&(list.len() as u16).to_be_bytes());
-    body.extend(list);
-    let mut hs = vec![0x01];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend(body);
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    record.extend(hs);
-    record
 }
 
 /// The fields as comparable values.
@@ -574,4 +475,39 @@ fn an_arriving_hello_after_the_server_answered_is_not_read() {
     assert!(h.offers().is_empty());
     h.run(&arriving(48101, 1, &record));
     assert_eq!(h.offers().len(), 1);
+}
+
+/// A hello left incomplete counts its bucket; when its entry is gone (evicted), the next
+/// segment of the flow takes the count back, so the bucket's flows stop paying the lookup.
+#[test]
+fn a_bucket_count_an_evicted_entry_left_is_taken_back() {
+    let mut h = Harness::new();
+    let record = hello(&SUITES, &pq_exts());
+    let sport = 49000;
+    let mut key = FlowKey {
+        family: family::V4,
+        local_port: sport,
+        remote_port: 443,
+        ..FlowKey::default()
+    };
+    key.local_addr[..4].copy_from_slice(&SRC);
+    key.remote_addr[..4].copy_from_slice(&DST);
+    let bucket = enforcer_common::flow::held::bucket_in(&key, offer::OFFER_BUCKET_BITS);
+    let count = |h: &Harness| {
+        let a: Array<_, u64> = Array::try_from(h.ebpf.map(offer::OFFER_BUCKETS).unwrap()).unwrap();
+        a.get(&bucket, 0).unwrap()
+    };
+    h.run(&seg(sport, 1, TCP_PSH | TCP_ACK, &record[..MSS]));
+    assert_eq!(count(&h), 1, "incomplete: counted");
+    let mut offers: HashMap<_, FlowKey, OfferState> =
+        HashMap::try_from(h.ebpf.map_mut(offer::OFFERS).unwrap()).unwrap();
+    offers.remove(&key).expect("the entry");
+    h.run(&seg(
+        sport,
+        1 + MSS as u32,
+        TCP_PSH | TCP_ACK,
+        &record[MSS..],
+    ));
+    assert_eq!(count(&h), 0, "no entry: the count is taken back");
+    assert!(h.offers().is_empty());
 }
