@@ -22,7 +22,13 @@ use anyhow::{Context, Result, bail};
 use crate::{root, setup};
 
 /// Every fuzz target, in the order they run.
-pub const TARGETS: [&str; 4] = ["policy_parse", "elf_identify", "btf_offsets", "go_tables"];
+pub const TARGETS: [&str; 5] = [
+    "policy_parse",
+    "elf_identify",
+    "btf_offsets",
+    "go_tables",
+    "ja4_string",
+];
 /// Seconds per target in `cargo xtask test`.
 pub const SMOKE_SECONDS: u64 = 20;
 /// cargo-fuzz release series installed when absent (0.13.x builds with stable 1.95).

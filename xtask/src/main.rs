@@ -54,7 +54,7 @@ enum Cmd {
         #[arg(long)]
         enforcer: Option<PathBuf>,
     },
-    /// Run the cargo-fuzz targets (policy_parse, elf_identify, btf_offsets, go_tables) for N
+    /// Run the cargo-fuzz targets (policy_parse, elf_identify, btf_offsets, go_tables, ja4_string) for N
     /// seconds each; installs cargo-fuzz if missing. See docs/fuzzing.md.
     Fuzz {
         /// Seconds per target.
