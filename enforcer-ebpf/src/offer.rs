@@ -264,11 +264,13 @@ fn read<P: Packet>(packet: &P) {
         return;
     };
     let flow = args.flow;
-    // Sequence number (4), acknowledgment (4), data offset (1).
-    let Some(tcp) = load::<[u8; 9], P>(packet, args.l4 as usize + 4) else {
+    // Sequence number (4), acknowledgment (4), data offset (1), flags (1).
+    let Some(tcp) = load::<[u8; 10], P>(packet, args.l4 as usize + 4) else {
         return;
     };
-    let seq = u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]);
+    // A SYN's data (TCP Fast Open) starts after the SYN's own sequence number.
+    let syn = (tcp[9] & 0x02 != 0) as u32;
+    let seq = u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]).wrapping_add(syn);
     let payload = args.l4 as usize + ((tcp[8] >> 4) as usize) * 4;
     let end = match args.direction {
         direction::RECV => arrived_end(packet, &flow, args.l4 as usize, args.end as usize),

@@ -511,3 +511,22 @@ fn a_bucket_count_an_evicted_entry_left_is_taken_back() {
     assert_eq!(count(&h), 0, "no entry: the count is taken back");
     assert!(h.offers().is_empty());
 }
+
+/// TCP Fast Open: the SYN carries the hello's first bytes (they start after the SYN's own
+/// sequence number); the rest follows.
+#[test]
+fn a_hello_in_a_fast_open_syn_is_read_from_the_syn_on() {
+    let mut h = Harness::new();
+    let record = hello(&SUITES, &pq_exts());
+    for (i, cut) in [20, 600].into_iter().enumerate() {
+        let sport = 49100 + i as u16;
+        h.run(&seg(sport, ISN, TCP_SYN, &record[..cut]));
+        h.run(&seg(
+            sport,
+            ISN + 1 + cut as u32,
+            TCP_PSH | TCP_ACK,
+            &record[cut..],
+        ));
+        expect_pq(&h.one_offer(&format!("SYN with {cut} bytes")), &record);
+    }
+}
