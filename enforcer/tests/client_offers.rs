@@ -530,3 +530,44 @@ fn a_hello_in_a_fast_open_syn_is_read_from_the_syn_on() {
         expect_pq(&h.one_offer(&format!("SYN with {cut} bytes")), &record);
     }
 }
+
+/// What reading a ClientHello costs: the post-quantum hello in one frame through the egress
+/// classifier, each on a flow of its own, with the reader loaded and without (the tail call then
+/// fails and the packet passes), median `BPF_PROG_TEST_RUN` durations. A measurement, run by
+/// hand: `cargo test -p enforcer --test client_offers -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn cost_of_reading_a_client_hello() {
+    let record = hello(&SUITES, &pq_exts());
+    let small = packets::tls::client_hello(Some(&[packets::tls::server_name_ext(b"a.example")]));
+    for (name, bytes) in [("1.7 KiB post-quantum", &record), ("158-byte", &small)] {
+        let mut medians = vec![];
+        for with_reader in [true, false] {
+            let mut h = Harness::new();
+            if !with_reader {
+                let mut table: aya::maps::ProgramArray<_> =
+                    aya::maps::ProgramArray::try_from(h.ebpf.map_mut(offer::OFFER_TC).unwrap())
+                        .unwrap();
+                table.clear_index(&0).unwrap();
+            }
+            let tc: &SchedClassifier = h.ebpf.program(EGRESS).unwrap().try_into().unwrap();
+            let mut ns: Vec<u128> = (0..300u16)
+                .map(|i| {
+                    let frame = seg(50000 + i, 1, TCP_PSH | TCP_ACK, bytes);
+                    let options = TestRunOptions {
+                        data_in: Some(&frame),
+                        repeat: 1,
+                        ..TestRunOptions::default()
+                    };
+                    tc.test_run(options).unwrap().duration.as_nanos()
+                })
+                .collect();
+            ns.sort_unstable();
+            medians.push(ns[ns.len() / 2]);
+        }
+        eprintln!(
+            "{name} hello: {} ns with the reader, {} ns without",
+            medians[0], medians[1]
+        );
+    }
+}
