@@ -14,9 +14,9 @@ pub enum Judged {
     ServerHello(posture::Args),
     /// Passes; its payload starts with a ClientHello (this host is the server): the ClientHello
     /// reader (`offer.rs`, tail call) reads it.
-    ClientHello(offer::Args),
+    ClientHello,
     /// Passes; a later segment of a flow whose bucket counts a ClientHello being reassembled.
-    OfferContinues(enforcer_common::flow::FlowKey, u16),
+    OfferContinues,
 }
 
 /// Fail-open: anything we cannot parse (neither TCP nor UDP, truncated, fragments) passes; a
@@ -51,20 +51,11 @@ pub fn judge<P: packet::Packet + packet::Linear>(frame: &P) -> Judged {
         }),
         Some(head) if head[0] == 0x16 && head[5] == 1 => {
             match packet::read::<[u8; 11], P>(frame, payload) {
-                Some(b) if offer::starts_client_hello(&b) => {
-                    Judged::ClientHello(offer::arriving(&flow, segment.l4, frame_len(frame), b))
-                }
+                Some(b) if offer::starts_client_hello(&b) => Judged::ClientHello,
                 _ => Judged::Pass,
             }
         }
-        _ if offer::pending(&flow) => Judged::OfferContinues(flow, segment.l4),
+        _ if offer::pending(&flow) => Judged::OfferContinues,
         _ => Judged::Pass,
     }
-}
-
-/// The linear part's length: the reader takes the segment's end from its IP header where it
-/// can (`offer.rs`), which also covers a multi-buffer XDP frame.
-#[inline(always)]
-fn frame_len<P: packet::Linear>(frame: &P) -> u32 {
-    (frame.data_end() - frame.data()) as u32
 }

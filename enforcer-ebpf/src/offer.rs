@@ -43,7 +43,10 @@ use enforcer_common::{
 };
 
 use crate::{
-    client_hello::HELLO_SCRATCH, events, flow, offer_fields, packet::Packet, posture::Caller,
+    client_hello::HELLO_SCRATCH,
+    events, flow, offer_fields,
+    packet::{self, Linear, Packet},
+    posture::Caller,
 };
 
 /// ClientHellos being reassembled. 1,024 of 4.4 KiB: room for the hellos in flight at once
@@ -91,7 +94,21 @@ pub struct Args {
     pub starts_here: u8,
     /// `flow::direction::*`.
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// `mode::*`: the only field the caller writes; the reader fills the rest (`stage_one`).
+    pub mode: u8,
+    pub _pad: u8,
+}
+
+/// What the caller hands over (`Args::mode`).
+pub mod mode {
+    /// The egress judge let a ClientHello through now (its start: `HELLO_SCRATCH`).
+    pub const START_SEND: u8 = 1;
+    /// A later segment leaving, of a flow whose bucket counts a hello being read.
+    pub const CONTINUE_SEND: u8 = 2;
+    /// An arriving segment that starts with a ClientHello.
+    pub const START_RECV: u8 = 3;
+    /// A later segment arriving, of a flow whose bucket counts a hello being read.
+    pub const CONTINUE_RECV: u8 = 4;
 }
 
 #[map(name = "OFFER_ARGS")]
@@ -137,48 +154,6 @@ fn forget_stale(flow: &FlowKey) {
     }
 }
 
-/// The egress judge let a ClientHello through now (`client_hello::Outcome::ClientHello`): hands
-/// its segment to the reader, with what the judge knows of where the hello starts. Returns only
-/// if the tail call failed (the caller then passes the packet).
-#[inline(always)]
-pub fn start_egress(ctx: &TcContext, flow: &FlowKey, l4: u16) {
-    let Some(scratch) = HELLO_SCRATCH.get(0) else {
-        return;
-    };
-    let hello = scratch.hello;
-    let args = Args {
-        flow: *flow,
-        l4: l4 as u32,
-        end: ctx.len(),
-        seq: hello.seq,
-        header: hello.header,
-        start: 1,
-        starts_here: hello.starts_here,
-        direction: direction::SEND,
-        _pad: [0; 2],
-    };
-    tail_call(ctx, Caller::Tc, &args);
-}
-
-/// A later segment of a flow whose bucket counts a hello being reassembled (`pending`): its
-/// flow, TCP header offset, frame length, and `flow::direction::*` (leaving or arriving).
-#[inline(always)]
-pub fn continue_at<C: EbpfContext>(ctx: &C, caller: Caller, seg: (&FlowKey, u16, u32, u8)) {
-    let (flow, l4, end, direction) = seg;
-    let args = Args {
-        flow: *flow,
-        l4: l4 as u32,
-        end,
-        seq: 0,
-        header: [0; RANDOM_AT],
-        start: 0,
-        starts_here: 0,
-        direction,
-        _pad: [0; 2],
-    };
-    tail_call(ctx, caller, &args);
-}
-
 /// Whether the first 11 bytes of an arriving segment are a ClientHello's record header,
 /// handshake header and version, as strictly as the egress judge takes them at a segment's
 /// start (`hello.rs`): random data matches about once in 2^45 segments.
@@ -195,41 +170,21 @@ pub fn starts_client_hello(b: &[u8; RANDOM_AT]) -> bool {
         && b[10] <= 4
 }
 
-/// A ClientHello arriving at a server on this host (`ingress.rs`), at the start of the
-/// segment: read unless the flow's ServerHello already left (`HELLOS_SEEN`: then this is a
-/// retransmission, or ciphertext that looks like a hello).
+/// Hands the segment to the reader (`mode::*`). Returns only if the tail call failed (no reader
+/// loaded): the caller then passes the packet.
+///
+/// Only a constant is written here: the reader finds the flow, the offsets and the hello's
+/// start itself (`stage_one`). Reading the caller's flow key (on its stack) here made the
+/// verifier tell apart the thousands of ways the egress classifier reaches this point (each
+/// way the key's bytes were written while parsing the headers, times each way of judging the
+/// hello): on 6.1 that took the egress program past its 1M processed instructions.
 #[inline(always)]
-pub fn start_ingress<C: EbpfContext>(ctx: &C, caller: Caller, args: &Args) {
-    if flow::hello_seen(&args.flow) {
-        return;
-    }
-    tail_call(ctx, caller, args);
-}
-
-/// The `Args` of an arriving segment that starts with a ClientHello (`header`: its first 11
-/// bytes).
-#[inline(always)]
-pub fn arriving(flow: &FlowKey, l4: u16, end: u32, header: [u8; RANDOM_AT]) -> Args {
-    Args {
-        flow: *flow,
-        l4: l4 as u32,
-        end,
-        seq: 0,
-        header,
-        start: 1,
-        starts_here: 1,
-        direction: direction::RECV,
-        _pad: [0; 2],
-    }
-}
-
-#[inline(always)]
-fn tail_call<C: EbpfContext>(ctx: &C, caller: Caller, args: &Args) {
+pub fn hand_off<C: EbpfContext>(ctx: &C, caller: Caller, mode: u8) {
     let Some(slot) = OFFER_ARGS.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU map value, valid for this run; the reader runs next on this CPU.
-    unsafe { *slot = *args };
+    unsafe { (*slot).mode = mode };
     let table = match caller {
         Caller::Tc => &OFFER_TC,
         Caller::Xdp => &OFFER_XDP,
@@ -242,51 +197,120 @@ fn tail_call<C: EbpfContext>(ctx: &C, caller: Caller, args: &Args) {
 /// Never drops: the fields are reported, not judged, in the kernel.
 #[classifier]
 pub fn offer_tc(ctx: TcContext) -> i32 {
-    read(&ctx);
+    if stage_one(&ctx, ctx.len() as usize) {
+        read(&ctx);
+    }
     TC_ACT_OK
 }
 
 #[xdp(frags)]
 pub fn offer_xdp(ctx: XdpContext) -> u32 {
-    read(&ctx);
+    if stage_one(&ctx, ctx.data_end() - ctx.data()) {
+        read(&ctx);
+    }
     xdp_action::XDP_PASS
 }
 
 #[xdp]
 pub fn offer_xdp_nofrags(ctx: XdpContext) -> u32 {
-    read(&ctx);
+    if stage_one(&ctx, ctx.data_end() - ctx.data()) {
+        read(&ctx);
+    }
     xdp_action::XDP_PASS
+}
+
+/// Fills `OFFER_ARGS` from the segment and the caller's `mode`: its flow, TCP header offset
+/// and frame length, and where a hello starting now begins. The rest of the reader takes them
+/// from the map (`read`), so however the headers were parsed here, it starts in one verifier
+/// state. False: nothing to read (not TCP, or an arriving hello whose ServerHello already left:
+/// a retransmission, or ciphertext that looks like one). A function of its own (a BPF call):
+/// its header parsing and the reading after it do not fit the 512-byte stack together.
+#[inline(never)]
+fn stage_one<P: Packet + Linear>(packet: &P, frame_len: usize) -> bool {
+    let Some(slot) = OFFER_ARGS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU map value, valid for this run.
+    let args = unsafe { &mut *slot };
+    let mode = args.mode;
+    let Some(seg) = packet::parse(packet) else {
+        return false;
+    };
+    if seg.udp {
+        return false;
+    }
+    let recv = mode == mode::START_RECV || mode == mode::CONTINUE_RECV;
+    args.flow = match recv {
+        true => seg.as_receiver(),
+        false => seg.as_sender(),
+    };
+    args.l4 = seg.l4 as u32;
+    args.end = frame_len as u32;
+    args.direction = match recv {
+        true => direction::RECV,
+        false => direction::SEND,
+    };
+    args.start = (mode == mode::START_SEND || mode == mode::START_RECV) as u8;
+    match mode {
+        mode::START_SEND => {
+            let Some(scratch) = HELLO_SCRATCH.get(0) else {
+                return false;
+            };
+            args.seq = scratch.hello.seq;
+            args.header = scratch.hello.header;
+            args.starts_here = scratch.hello.starts_here;
+        }
+        mode::START_RECV => {
+            if flow::hello_seen(&args.flow) {
+                return false;
+            }
+            let Some(payload) = packet::payload_of(packet, &seg) else {
+                return false;
+            };
+            let Some(header) = load::<[u8; RANDOM_AT], P>(packet, payload) else {
+                return false;
+            };
+            args.header = header;
+            args.starts_here = 1;
+        }
+        _ => {}
+    }
+    true
 }
 
 #[inline(always)]
 fn read<P: Packet>(packet: &P) {
-    let Some(args) = OFFER_ARGS.get(0).copied() else {
+    let Some(slot) = OFFER_ARGS.get_ptr_mut(0) else {
         return;
     };
-    let flow = args.flow;
+    // Read in place (map memory, which `stage_one`, a call of its own, filled): no copy on the
+    // stack, and nothing of the header parsing's per-path states carried over.
+    // SAFETY: per-CPU map value, valid for this run.
+    let args = unsafe { &mut *slot };
+    let (l4, direction, start) = (args.l4 as usize, args.direction, args.start);
     // Sequence number (4), acknowledgment (4), data offset (1), flags (1).
-    let Some(tcp) = load::<[u8; 10], P>(packet, args.l4 as usize + 4) else {
+    let Some(tcp) = load::<[u8; 10], P>(packet, l4 + 4) else {
         return;
     };
     // A SYN's data (TCP Fast Open) starts after the SYN's own sequence number.
     let syn = (tcp[9] & 0x02 != 0) as u32;
     let seq = u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]).wrapping_add(syn);
-    let payload = args.l4 as usize + ((tcp[8] >> 4) as usize) * 4;
-    let end = match args.direction {
-        direction::RECV => arrived_end(packet, &flow, args.l4 as usize, args.end as usize),
+    let payload = l4 + ((tcp[8] >> 4) as usize) * 4;
+    let end = match direction {
+        direction::RECV => arrived_end(packet, &args.flow, l4, args.end as usize),
         _ => args.end as usize,
     };
-    let mut args = args;
-    if args.start != 0 && args.direction == direction::RECV {
+    if start != 0 && direction == direction::RECV {
         args.seq = seq;
     }
-    let state = match args.start {
+    let flow = &args.flow;
+    let state = match start {
         0 => OFFERS.get_ptr_mut(flow),
-        _ => begin(&args),
+        _ => begin(args),
     };
     let Some(state) = state else {
-        if args.start == 0 {
-            forget_stale(&flow);
+        if start == 0 {
+            forget_stale(flow);
         }
         return;
     };
@@ -294,14 +318,14 @@ fn read<P: Packet>(packet: &P) {
     let state = unsafe { &mut *state };
     append(packet, state, seq, payload, end);
     if state.have < state.want {
-        if args.start != 0 {
-            count(&flow, 1);
+        if start != 0 {
+            count(flow, 1);
         }
         return;
     }
-    finish(state, &flow);
-    if OFFERS.remove(flow).is_ok() && args.start == 0 {
-        count(&flow, u64::MAX);
+    finish(state, flow);
+    if OFFERS.remove(flow).is_ok() && start == 0 {
+        count(flow, u64::MAX);
     }
 }
 
@@ -335,6 +359,11 @@ fn arrived_end<P: Packet>(packet: &P, flow: &FlowKey, l4: usize, end: usize) -> 
 /// A new `OFFERS` entry for the judged hello (replacing what a 4-tuple's earlier connection
 /// left there).
 #[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key and the 4.4 KiB value stay in map memory: by value they would be copied \
+              onto the 512-byte stack"
+)]
 fn begin(args: &Args) -> Option<*mut OfferState> {
     let template = OFFER_TEMPLATE.get_ptr_mut(0)?;
     // SAFETY: per-CPU map value, valid for this run.
@@ -351,14 +380,10 @@ fn begin(args: &Args) -> Option<*mut OfferState> {
         _ => 0,
     };
     // By reference: the value is copied by the kernel from the map, never onto the stack.
-    #[allow(
-        clippy::needless_borrows_for_generic_args,
-        reason = "a 4.4 KiB value passed by value would be copied onto the 512-byte stack"
-    )]
-    if OFFERS.insert(args.flow, &*t, 0).is_err() {
+    if OFFERS.insert(&args.flow, &*t, 0).is_err() {
         return None;
     }
-    OFFERS.get_ptr_mut(args.flow)
+    OFFERS.get_ptr_mut(&args.flow)
 }
 
 /// Appends the bytes of the segment (sequence number `seq`, payload at `payload`, frame end

@@ -37,15 +37,13 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     match hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
-        client_hello::Outcome::Pass => {
-            if offer::pending(&flow) {
-                let seg = (&flow, segment.l4, ctx.len(), direction::SEND);
-                offer::continue_at(&ctx, posture::Caller::Tc, seg);
-            }
+        client_hello::Outcome::Pass => TC_ACT_OK,
+        client_hello::Outcome::ClientHelloContinues => {
+            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::CONTINUE_SEND);
             TC_ACT_OK
         }
         client_hello::Outcome::ClientHello => {
-            offer::start_egress(&ctx, &flow, segment.l4);
+            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::START_SEND);
             TC_ACT_OK
         }
         client_hello::Outcome::ServerHello => {
@@ -81,13 +79,12 @@ pub fn enforcer_ingress_tc(ctx: TcContext) -> i32 {
             posture::read(&ctx, posture::Caller::Tc, args);
             TC_ACT_OK
         }
-        ingress::Judged::ClientHello(args) => {
-            offer::start_ingress(&ctx, posture::Caller::Tc, &args);
+        ingress::Judged::ClientHello => {
+            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::START_RECV);
             TC_ACT_OK
         }
-        ingress::Judged::OfferContinues(flow, l4) => {
-            let seg = (&flow, l4, ctx.len(), direction::RECV);
-            offer::continue_at(&ctx, posture::Caller::Tc, seg);
+        ingress::Judged::OfferContinues => {
+            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::CONTINUE_RECV);
             TC_ACT_OK
         }
     }

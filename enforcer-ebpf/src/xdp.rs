@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, macros::xdp, programs::XdpContext,
 };
-use enforcer_common::{flow::direction, stat::Stat};
+use enforcer_common::stat::Stat;
 
 use crate::{ingress, offer, packet, posture, stats};
 
@@ -39,13 +39,12 @@ fn verdict(ctx: &XdpContext, caller: posture::Caller) -> u32 {
             posture::read(ctx, caller, args);
             xdp_action::XDP_PASS
         }
-        ingress::Judged::ClientHello(args) => {
-            offer::start_ingress(ctx, caller, &args);
+        ingress::Judged::ClientHello => {
+            offer::hand_off(ctx, caller, offer::mode::START_RECV);
             xdp_action::XDP_PASS
         }
-        ingress::Judged::OfferContinues(flow, l4) => {
-            let end = (ctx.data_end() - ctx.data()) as u32;
-            offer::continue_at(ctx, caller, (&flow, l4, end, direction::RECV));
+        ingress::Judged::OfferContinues => {
+            offer::hand_off(ctx, caller, offer::mode::CONTINUE_RECV);
             xdp_action::XDP_PASS
         }
     }
