@@ -10,8 +10,9 @@
 //!
 //! The reader is a program of its own, reached by a tail call from the egress classifier
 //! (`tc.rs`) and the ingress programs, like the ServerHello reader (`posture.rs`) and for the same reason: the verifier
-//! walks its loops once, not once per path of the caller. The caller passes the segment
-//! through `OFFER_ARGS`; an empty table (reader not loaded) makes the tail call fail and the
+//! walks its loops once, not once per path of the caller. The caller writes only what it
+//! hands over (`mode::*`) to `OFFER_ARGS`; the reader parses the headers itself (`stage_one`,
+//! see `hand_off` for why). An empty table (reader not loaded) makes the tail call fail and the
 //! caller passes the packet.
 //!
 //! Reassembly: the judged segment starts an `OFFERS` entry (sequence number of the record's
@@ -22,9 +23,9 @@
 //! the judged one (its head was collected by `flow_head.rs`) starts from the head's copy of
 //! its first 11 bytes (the random is not needed).
 //!
-//! Cost to the egress classifier on a segment of a flow that is not reassembling: one read of
-//! `OFFER_BUCKETS` (the `OFFERS` lookup and the tail call only when its bucket counts an
-//! entry).
+//! Cost to the egress classifier on a data segment that is no hello, of a flow that is not
+//! reassembling: one read of `OFFER_BUCKETS` (`hello.rs`; the tail call and the `OFFERS`
+//! lookup only when its bucket counts an entry). Ingress: the same read per TCP segment.
 
 use aya_ebpf::{
     EbpfContext,
