@@ -12,6 +12,8 @@ pub mod kind {
     pub const QUIC: u8 = 3;
     /// A `posture::NegotiatedEvent`.
     pub const NEGOTIATED: u8 = 4;
+    /// An `offer::OfferedEvent`.
+    pub const OFFERED: u8 = 5;
 }
 
 /// The start of every `EVENTS` record.

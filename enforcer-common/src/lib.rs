@@ -10,6 +10,7 @@
 //! | `hello`    | content-bound attribution: hello randoms, flow heads, evidence       |
 //! | `policy`   | what userspace writes from the policy: actions, mode, ClientHello scopes |
 //! | `posture`  | what a connection negotiated (ServerHello) and the rules on it          |
+//! | `offer`    | what a client offers (ClientHello fields for JA4), reassembled per flow  |
 //! | `iana`     | IANA's names of TLS versions, groups and cipher suites                  |
 //! | `quic`     | QUIC Initial packets recognised from a UDP datagram's first bytes      |
 //! | `event`    | the records of the `EVENTS` ring buffer, each behind one `Header`        |
@@ -25,6 +26,7 @@ pub mod flow;
 pub mod hello;
 pub mod iana;
 pub mod maps;
+pub mod offer;
 pub mod policy;
 pub mod posture;
 pub mod quic;

@@ -60,6 +60,12 @@ pub enum Outcome {
     /// Passes, and is a ServerHello that starts at the segment's payload: the classifier hands
     /// it to the posture reader (`posture.rs`).
     ServerHello,
+    /// Passes, and is a ClientHello judged now: the classifier hands it to the ClientHello
+    /// reader (`offer.rs`).
+    ClientHello,
+    /// Passes; a segment that is no hello, of a flow whose bucket counts a ClientHello being
+    /// read (`offer::pending`): the classifier hands it to the reader.
+    ClientHelloContinues,
 }
 
 #[inline(always)]

@@ -77,8 +77,16 @@ pub struct Hello {
     pub starts_here: u8,
     /// 1: a HelloRetryRequest not followed by a real ServerHello in time: nothing to look up.
     pub retry: u8,
-    pub _pad: u8,
+    /// 1: judged now (the flow's first hello), set by the judge (`hello.rs`).
+    pub fresh: u8,
     pub key: RandomKey,
+    /// Sequence number of the hello record's first byte (set where known: a head's base, or
+    /// the segment's when the hello starts there).
+    pub seq: u32,
+    /// The record header, handshake header and version (bytes 0..11), for the ClientHello
+    /// reader (`offer.rs`) when the hello began in an earlier segment.
+    pub header: [u8; RANDOM_AT],
+    pub _pad: u8,
 }
 
 /// What the head of the flow says about this segment.
@@ -169,6 +177,8 @@ pub fn feed<P: Packet>(packet: &P, flow: &FlowKey, data: &Data, out: &mut Hello)
             out.starts_here = starts_here as u8;
             out.retry = is_retry(head) as u8;
             out.key = key_at(&head.bytes);
+            out.seq = head.base;
+            out.header.copy_from_slice(&head.bytes[..RANDOM_AT]);
             forget(flow);
             Head::Hello
         }

@@ -26,6 +26,8 @@
 //! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS`, `HEAD_BUCKETS` |
 //! | `posture.rs`      | ServerHello readers (tail-called by `tc.rs`, `xdp.rs`): negotiated version, suite, group; `tls_versions` / `groups` / `cipher_suites` | `POSTURES`, `POSTURE_RULES`, `POSTURE_ENABLED`, `POSTURE_ARGS`, `POSTURE_TC`, `POSTURE_XDP`, `POSTURE_XDP_NOFRAGS` |
 //! | `server_hello.rs` | (called by `posture.rs`) the ServerHello's fields | — |
+//! | `offer.rs`        | ClientHello readers (tail-called by `tc.rs`, `xdp.rs`): the hello reassembled across segments, its fields reported for JA4 | `OFFERS`, `OFFER_BUCKETS`, `OFFER_TEMPLATE`, `OFFER_EVENT`, `OFFER_ARGS`, `OFFER_TC`, `OFFER_XDP`, `OFFER_XDP_NOFRAGS` |
+//! | `offer_fields.rs` | (called by `offer.rs`) the ClientHello's fields | — |
 //! | `client_hello.rs` | (called by `hello.rs`) ClientHello: SNI, name scopes | `HELLO_SCRATCH` |
 //! | `stats.rs`        | (helpers) counters; the one `bump`          | `STATS` |
 //! | `atomic.rs`       | (helpers) atomic add to a shared map value  | — |
@@ -33,7 +35,7 @@
 //! | `discover.rs`     | `enforcer discover`: uprobes on every function, its own TCP hooks | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
 //!
 //! Imports go one way (no module imports one that imports it; `enforcer/tests/import_cycles.rs`
-//! checks): programs → `ingress` → `posture` → `server_hello`; programs → `verdict` / `hello` → `client_hello`, `random`, `flow_head` → `policy` →
+//! checks): programs → `ingress` → `posture` → `server_hello`; programs → `ingress` → `offer` → `offer_fields`, `posture`, `client_hello`, `events`; programs → `verdict` / `hello` → `client_hello`, `random`, `flow_head` → `policy` →
 //! `flow` → `sock`, `stats`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -66,6 +68,10 @@ mod go;
 mod hello;
 #[cfg(target_arch = "bpf")]
 mod ingress;
+#[cfg(target_arch = "bpf")]
+mod offer;
+#[cfg(target_arch = "bpf")]
+mod offer_fields;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use enforcer_common::stat::Stat;
 
-use crate::{client_hello, flow, hello, ingress, packet, posture, quic, stats};
+use crate::{client_hello, flow, hello, ingress, offer, packet, posture, quic, stats};
 use enforcer_common::flow::direction;
 
 /// Fail-open like the XDP program (UDP: only a QUIC Initial the policy denies is dropped, as
@@ -38,6 +38,14 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
     }
     match hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
         client_hello::Outcome::Pass => TC_ACT_OK,
+        client_hello::Outcome::ClientHelloContinues => {
+            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::CONTINUE_SEND);
+            TC_ACT_OK
+        }
+        client_hello::Outcome::ClientHello => {
+            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::START_SEND);
+            TC_ACT_OK
+        }
         client_hello::Outcome::ServerHello => {
             if let Some(payload) = packet::payload_of(&ctx, &segment) {
                 let args = posture::Args {
@@ -69,6 +77,14 @@ pub fn enforcer_ingress_tc(ctx: TcContext) -> i32 {
         ingress::Judged::Pass => TC_ACT_OK,
         ingress::Judged::ServerHello(args) => {
             posture::read(&ctx, posture::Caller::Tc, args);
+            TC_ACT_OK
+        }
+        ingress::Judged::ClientHello => {
+            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::START_RECV);
+            TC_ACT_OK
+        }
+        ingress::Judged::OfferContinues => {
+            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::CONTINUE_RECV);
             TC_ACT_OK
         }
     }

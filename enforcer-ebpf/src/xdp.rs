@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use enforcer_common::stat::Stat;
 
-use crate::{ingress, packet, posture, stats};
+use crate::{ingress, offer, packet, posture, stats};
 
 /// Loaded frags-aware (`xdp.frags`, `BPF_F_XDP_HAS_FRAGS`, Linux 5.18+): drivers refuse an MTU
 /// above a page to a program that is not (jumbo frames, veth with a large MTU), and a
@@ -37,6 +37,14 @@ fn verdict(ctx: &XdpContext, caller: posture::Caller) -> u32 {
         ingress::Judged::Pass => xdp_action::XDP_PASS,
         ingress::Judged::ServerHello(args) => {
             posture::read(ctx, caller, args);
+            xdp_action::XDP_PASS
+        }
+        ingress::Judged::ClientHello => {
+            offer::hand_off(ctx, caller, offer::mode::START_RECV);
+            xdp_action::XDP_PASS
+        }
+        ingress::Judged::OfferContinues => {
+            offer::hand_off(ctx, caller, offer::mode::CONTINUE_RECV);
             xdp_action::XDP_PASS
         }
     }

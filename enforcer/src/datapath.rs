@@ -21,6 +21,7 @@ pub mod iface;
 pub mod loader;
 pub mod maps;
 pub mod mptcp_abort;
+pub mod offer_readers;
 pub mod pin;
 pub mod policy_maps;
 pub mod posture_readers;

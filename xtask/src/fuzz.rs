@@ -22,12 +22,13 @@ use anyhow::{Context, Result, bail};
 use crate::{root, setup};
 
 /// Every fuzz target, in the order they run.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "policy_parse",
     "elf_identify",
     "btf_offsets",
     "go_tables",
     "cbom_build",
+    "ja4_string",
 ];
 /// Seconds per target in `cargo xtask test`.
 pub const SMOKE_SECONDS: u64 = 20;

@@ -55,7 +55,8 @@ enum Cmd {
         enforcer: Option<PathBuf>,
     },
     /// Run the cargo-fuzz targets (policy_parse, elf_identify, btf_offsets, go_tables,
-    /// cbom_build) for N seconds each; installs cargo-fuzz if missing. See docs/fuzzing.md.
+    /// cbom_build, ja4_string) for N seconds each; installs cargo-fuzz if missing. See
+    /// docs/fuzzing.md.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]

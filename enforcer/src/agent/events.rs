@@ -11,7 +11,9 @@
 
 mod aborts;
 mod hello;
+pub mod ja4;
 pub mod negotiated;
+pub mod offered;
 mod output;
 mod owners;
 mod quic;
@@ -35,6 +37,7 @@ use enforcer_common::{
     event::{self, HelloEvent, QuicEvent, TlsEvent},
     flow::{FlowKey, direction, family, op, verdict},
     hello::evidence,
+    offer::OfferedEvent,
     posture::NegotiatedEvent,
 };
 use serde_json::json;
@@ -387,6 +390,7 @@ impl Reporter {
             Ok(Record::Hello(event)) => self.handle_hello(&event),
             Ok(Record::Quic(event)) => self.handle_quic(&event),
             Ok(Record::Negotiated(event)) => self.handle_negotiated(&event),
+            Ok(Record::Offered(event)) => self.handle_offered(&event),
             Err(why) => {
                 *skipped += 1;
                 // The first, then every 1024th: a kernel object and a binary that disagree
@@ -406,6 +410,7 @@ pub enum Record {
     Hello(Box<HelloEvent>),
     Quic(QuicEvent),
     Negotiated(NegotiatedEvent),
+    Offered(Box<OfferedEvent>),
 }
 
 /// Why a ring record was not decoded.
@@ -427,6 +432,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Skipped> {
         event::kind::HELLO => read(bytes).map(|e| Record::Hello(Box::new(e))),
         event::kind::QUIC => read(bytes).map(Record::Quic),
         event::kind::NEGOTIATED => read(bytes).map(Record::Negotiated),
+        event::kind::OFFERED => read(bytes).map(|e| Record::Offered(Box::new(e))),
         other => Err(Skipped::UnknownKind(other)),
     }
 }

@@ -37,7 +37,7 @@ pub fn load_for(ebpf: &mut Ebpf, caller: &str) -> Result<()> {
     let Some((_, table, reader)) = READERS.iter().find(|(c, _, _)| *c == caller) else {
         bail!("{caller} tail-calls no ServerHello reader");
     };
-    let fd = load(ebpf, reader)
+    let fd = load_program(ebpf, reader)
         .with_context(|| format!("loading the ServerHello reader {reader} (for {caller})"))?;
     let map = ebpf
         .map_mut(table)
@@ -49,7 +49,8 @@ pub fn load_for(ebpf: &mut Ebpf, caller: &str) -> Result<()> {
     Ok(())
 }
 
-fn load(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
+/// Loads classifier or XDP program `name` (once: a loaded one is reused); its fd.
+pub fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
     let Some(program) = ebpf.program_mut(name) else {
         bail!("program {name} is missing from the eBPF object");
     };

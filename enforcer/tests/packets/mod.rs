@@ -5,6 +5,8 @@
 //! length fields), so a frame that the programs drop is one the kernel would also accept.
 //! TCP/UDP/ICMP checksums are left zero: nothing on the path under test reads them.
 
+#[allow(dead_code, reason = "used by client_offers.rs only")]
+pub mod offers;
 #[allow(
     dead_code,
     reason = "ClientHello frames are used by client_hello.rs only"

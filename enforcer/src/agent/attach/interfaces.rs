@@ -16,6 +16,7 @@ use aya::{
 use tracing::{info, warn};
 
 use crate::datapath::{
+    offer_readers,
     pin::PinDir,
     posture_readers,
     tc::{self, Hook},
@@ -104,6 +105,7 @@ pub fn attach_xdp(
             None => {
                 let loaded = load_ingress(ebpf)?;
                 posture_readers::load_for(ebpf, loaded)?;
+                offer_readers::load_for(ebpf, loaded)?;
                 *xdp_program.insert(loaded)
             }
         };
@@ -265,6 +267,7 @@ fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
     classifier.load()?;
     let fd = classifier.fd()?.try_clone()?;
     posture_readers::load_for(ebpf, name)?;
+    offer_readers::load_for(ebpf, name)?;
     Ok(fd)
 }
 
