@@ -219,6 +219,7 @@ impl Reporter {
                     pid: event.pid,
                     comm: comm.clone(),
                     source,
+                    cgroup: crate::containers::cgroup_of(event.pid),
                 },
                 event.header.ts_ns,
             );

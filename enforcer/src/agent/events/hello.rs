@@ -130,6 +130,7 @@ impl Reporter {
                     c => c,
                 },
                 source: "hello-random",
+                cgroup: None,
             }),
             false => self
                 .recent_lock()
@@ -296,6 +297,7 @@ mod tests {
             pid,
             comm: "c".into(),
             source: "connection-event",
+            cgroup: None,
         }
     }
 

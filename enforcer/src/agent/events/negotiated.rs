@@ -124,7 +124,10 @@ impl Reporter {
             }
             if let Some(o) = &owner
                 && seen.cgroups.len() < MAX_PROCESSES
-                && let Some(cgroup) = crate::containers::cgroup_of(o.pid)
+                && let Some(cgroup) = o
+                    .cgroup
+                    .clone()
+                    .or_else(|| crate::containers::cgroup_of(o.pid))
             {
                 seen.cgroups.insert((o.comm.clone(), cgroup));
             }

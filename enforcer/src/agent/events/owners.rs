@@ -37,6 +37,9 @@ pub struct Owner {
     /// `connection-event`, `hello-random` (the process that made the hello's random) or
     /// `socket-inode`.
     pub source: &'static str,
+    /// Its cgroup v2 path, read when it was named (it may have exited by the time a later
+    /// event of the flow is handled).
+    pub cgroup: Option<String>,
 }
 
 /// Lookups waiting at most; more are dropped (reported without owner).
@@ -139,6 +142,7 @@ pub fn owner_of_inode(inode: u64) -> Option<Owner> {
                     pid,
                     comm: comm.trim_end().to_owned(),
                     source: "socket-inode",
+                    cgroup: crate::containers::cgroup_of(pid),
                 });
             }
         }
