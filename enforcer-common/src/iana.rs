@@ -86,6 +86,26 @@ pub fn name_of(table: &[(u16, &'static str)], code: u16) -> Option<&'static str>
     table.iter().find(|(c, _)| *c == code).map(|(_, n)| *n)
 }
 
+/// `code` as the events, metrics and CBOM write it: its name in `table`, else `0xNNNN`.
+pub fn named(table: &'static [(u16, &'static str)], code: u16) -> Named {
+    Named { table, code }
+}
+
+/// See [`named`].
+pub struct Named {
+    table: &'static [(u16, &'static str)],
+    code: u16,
+}
+
+impl core::fmt::Display for Named {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match name_of(self.table, self.code) {
+            Some(name) => f.write_str(name),
+            None => write!(f, "{:#06x}", self.code),
+        }
+    }
+}
+
 /// The code of `name` in `table` (any case), or of a `0xNNNN` literal.
 pub fn code_of(table: &[(u16, &str)], name: &str) -> Option<u16> {
     if let Some(hex) = name.strip_prefix("0x").or_else(|| name.strip_prefix("0X")) {

@@ -44,7 +44,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    client_hello::HELLO_SCRATCH,
+    client_hello::{HELLO_SCRATCH, load},
     events, flow, offer_fields,
     packet::{self, Linear, Packet},
     posture::Caller,
@@ -436,21 +436,4 @@ fn finish(state: &mut OfferState, flow: &FlowKey) {
     event.direction = state.direction;
     // SAFETY: plain helper call.
     events::offered(event, unsafe { bpf_ktime_get_ns() });
-}
-
-#[inline(always)]
-fn load<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
-    if offset > MAX_OFFSET {
-        return None;
-    }
-    let mut value = core::mem::MaybeUninit::<T>::uninit();
-    if !packet.load_bytes(
-        offset as u32,
-        value.as_mut_ptr() as *mut u8,
-        size_of::<T>() as u32,
-    ) {
-        return None;
-    }
-    // SAFETY: the helper filled all size_of::<T>() bytes; T is plain data.
-    Some(unsafe { value.assume_init() })
 }

@@ -12,14 +12,12 @@ use enforcer_common::{
     posture::{Posture, field},
 };
 
-use crate::packet::Packet;
+use crate::{client_hello::load as at, packet::Packet};
 
 const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
 const EXT_KEY_SHARE: u16 = 0x0033;
 /// Extensions walked. A ServerHello has few (TLS 1.3: two or three; TLS 1.2: about five).
 const MAX_EXTENSIONS: usize = 16;
-/// Payload offsets past this (from the frame start) are not read.
-const MAX_OFFSET: usize = 1 << 16;
 /// The version every TLS 1.3 ServerHello states in its own field (the real one is in
 /// `supported_versions`).
 const TLS12: u16 = 0x0303;
@@ -27,29 +25,6 @@ const TLS12: u16 = 0x0303;
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
-}
-
-#[inline(always)]
-fn at<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
-    if offset > MAX_OFFSET {
-        return None;
-    }
-    load_any(packet, offset)
-}
-
-/// `packet::load` caps offsets at the headers; the hello's fields lie further in.
-#[inline(always)]
-fn load_any<T: Copy, P: Packet>(packet: &P, offset: usize) -> Option<T> {
-    let mut value = core::mem::MaybeUninit::<T>::uninit();
-    if !packet.load_bytes(
-        offset as u32,
-        value.as_mut_ptr() as *mut u8,
-        size_of::<T>() as u32,
-    ) {
-        return None;
-    }
-    // SAFETY: the helper filled all size_of::<T>() bytes; T is plain data.
-    Some(unsafe { value.assume_init() })
 }
 
 /// Reads the ServerHello at `payload`. `None`: not a ServerHello after all (its headers are

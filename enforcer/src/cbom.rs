@@ -234,8 +234,8 @@ fn name_or(name: &str, empty: &str) -> String {
 }
 
 /// IANA's name of `code` in `table`, else `0xNNNN`.
-fn iana_name(table: &[(u16, &'static str)], code: u16) -> String {
-    iana::name_of(table, code).map_or_else(|| format!("{code:#06x}"), str::to_owned)
+fn iana_name(table: &'static [(u16, &'static str)], code: u16) -> String {
+    iana::named(table, code).to_string()
 }
 
 /// What was negotiated through one (library, version): suites (`None`: not read) with the

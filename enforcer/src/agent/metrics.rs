@@ -255,13 +255,10 @@ fn negotiated_lines(sources: &Sources, out: &mut String) {
         out,
         "# HELP enforcer_negotiated_connections_total TLS connections whose ServerHello was read, by library family, version, cipher suite, key-exchange group and whether the group is post-quantum.\n# TYPE enforcer_negotiated_connections_total counter"
     );
-    let names = |code: Option<u16>, table: &[(u16, &'static str)]| {
+    let names = |code: Option<u16>, table: &'static [(u16, &'static str)]| {
         code.map_or_else(
             || "unread".to_owned(),
-            |c| {
-                enforcer_common::iana::name_of(table, c)
-                    .map_or_else(|| format!("{c:#06x}"), str::to_owned)
-            },
+            |c| enforcer_common::iana::named(table, c).to_string(),
         )
     };
     let libs = sources.reporter.library_families();

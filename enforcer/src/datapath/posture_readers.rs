@@ -37,8 +37,14 @@ pub fn load_for(ebpf: &mut Ebpf, caller: &str) -> Result<()> {
     let Some((_, table, reader)) = READERS.iter().find(|(c, _, _)| *c == caller) else {
         bail!("{caller} tail-calls no ServerHello reader");
     };
+    install(ebpf, table, reader, "ServerHello", caller)
+}
+
+/// Loads program `reader` (once) and puts it in slot 0 of tail-call table `table`; `what` and
+/// `caller` name it in errors. Shared with the ClientHello readers (`offer_readers.rs`).
+pub fn install(ebpf: &mut Ebpf, table: &str, reader: &str, what: &str, caller: &str) -> Result<()> {
     let fd = load_program(ebpf, reader)
-        .with_context(|| format!("loading the ServerHello reader {reader} (for {caller})"))?;
+        .with_context(|| format!("loading the {what} reader {reader} (for {caller})"))?;
     let map = ebpf
         .map_mut(table)
         .with_context(|| format!("map {table} is missing from the eBPF object"))?;

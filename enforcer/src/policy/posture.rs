@@ -54,12 +54,10 @@ impl Posture {
 
     /// `tls_versions 1.3; groups X25519MLKEM768, x25519` (what `policy check` prints).
     pub fn describe(&self) -> String {
-        let names = |codes: &[u16], table: &[(u16, &'static str)]| -> Vec<String> {
+        let names = |codes: &[u16], table: &'static [(u16, &'static str)]| -> Vec<String> {
             codes
                 .iter()
-                .map(|c| {
-                    iana::name_of(table, *c).map_or_else(|| format!("{c:#06x}"), str::to_owned)
-                })
+                .map(|c| iana::named(table, *c).to_string())
                 .collect()
         };
         let mut parts = Vec::new();

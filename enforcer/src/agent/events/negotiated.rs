@@ -45,8 +45,8 @@ pub fn version_name(posture: &Posture) -> Option<String> {
         .then(|| name(iana::VERSIONS, posture.version))
 }
 
-fn name(table: &[(u16, &'static str)], code: u16) -> String {
-    iana::name_of(table, code).map_or_else(|| format!("{code:#06x}"), str::to_owned)
+fn name(table: &'static [(u16, &'static str)], code: u16) -> String {
+    iana::named(table, code).to_string()
 }
 
 /// The `tls` object of events and `enforcer flows`: `version`, `cipher_suite`, `group` (null
@@ -103,6 +103,12 @@ impl Reporter {
         let posture = &event.posture;
         let read = |f: u8, v: u16| posture.has(f).then_some(v);
         let owner = self.recent_owner(&event.flow);
+        // Read before the lock: a /proc read when the owner's connection event gave none.
+        let cgroup = owner.as_ref().and_then(|o| {
+            o.cgroup
+                .clone()
+                .or_else(|| crate::containers::cgroup_of(o.pid))
+        });
         {
             let mut postures = self
                 .postures
@@ -122,12 +128,8 @@ impl Reporter {
             {
                 seen.processes.insert(o.comm.clone());
             }
-            if let Some(o) = &owner
+            if let (Some(o), Some(cgroup)) = (&owner, cgroup)
                 && seen.cgroups.len() < MAX_PROCESSES
-                && let Some(cgroup) = o
-                    .cgroup
-                    .clone()
-                    .or_else(|| crate::containers::cgroup_of(o.pid))
             {
                 seen.cgroups.insert((o.comm.clone(), cgroup));
             }
