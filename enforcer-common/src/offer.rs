@@ -10,11 +10,15 @@
 /// `LruHashMap<FlowKey, OfferState>`: ClientHellos being reassembled (an entry lives from the
 /// segment that starts the hello to the one that completes it).
 pub const OFFERS: &str = "OFFERS";
-/// `Array<u64>` of [`OFFER_BUCKET_COUNT`]: `OFFERS` entries per bucket of the 4-tuple
-/// (`flow::held::bucket_in`), so a segment of a flow in an empty bucket skips the lookup.
+/// `Array<u64>` of [`OFFER_BUCKET_COUNT`] + 1: `OFFERS` entries per bucket of the 4-tuple
+/// (`flow::held::bucket_in`), so a segment of a flow in an empty bucket skips the lookup; the
+/// last slot, [`OFFERS_OPEN`], is their sum, so while no hello is being reassembled anywhere a
+/// segment skips the bucket's hash as well.
 pub const OFFER_BUCKETS: &str = "OFFER_BUCKETS";
 pub const OFFER_BUCKET_BITS: u32 = 12;
 pub const OFFER_BUCKET_COUNT: u32 = 1 << OFFER_BUCKET_BITS;
+/// Index in `OFFER_BUCKETS` of the sum of every bucket's count.
+pub const OFFERS_OPEN: u32 = OFFER_BUCKET_COUNT;
 /// Tail-call tables of the ClientHello reader (slot 0), one per kind of caller (like the
 /// ServerHello reader's, `posture::POSTURE_TC`): the reader is a program of its own, so the
 /// verifier walks it once and not once per path of the caller.

@@ -39,7 +39,8 @@ use enforcer_common::{
     flow::{FlowKey, direction, family, held},
     hello::{HEAD_LEN, RANDOM_AT},
     offer::{
-        COPY_CHUNK, OFFER_BUCKET_BITS, OFFER_BUCKET_COUNT, OFFER_BUFFER, OfferState, OfferedEvent,
+        COPY_CHUNK, OFFER_BUCKET_BITS, OFFER_BUCKET_COUNT, OFFER_BUFFER, OFFERS_OPEN, OfferState,
+        OfferedEvent,
     },
 };
 
@@ -58,9 +59,10 @@ static OFFERS: LruHashMap<FlowKey, OfferState> = LruHashMap::with_max_entries(10
 
 /// `OFFERS` entries per bucket of the 4-tuple: incremented when a hello stays incomplete at
 /// the end of the run that started it, decremented when a later segment completes it, or finds
-/// no entry (`forget_stale`: an evicted entry left its count).
+/// no entry (`forget_stale`: an evicted entry left its count). Slot `OFFERS_OPEN` is their sum,
+/// changed with each bucket (never below it: +1 before, −1 after the bucket's).
 #[map(name = "OFFER_BUCKETS")]
-static OFFER_BUCKETS: Array<u64> = Array::with_max_entries(OFFER_BUCKET_COUNT, 0);
+static OFFER_BUCKETS: Array<u64> = Array::with_max_entries(OFFER_BUCKET_COUNT + 1, 0);
 
 /// The value an `OFFERS` entry is inserted from (larger than the 512-byte stack), and the
 /// event being built.
@@ -127,15 +129,35 @@ fn bucket(flow: &FlowKey) -> u32 {
 }
 
 /// Whether `OFFERS` may hold `flow` (unreadable counts as no: nothing is dropped for it).
+/// Asked of every data segment that is no hello: while no hello is being reassembled (the
+/// sum is 0) it costs one inlined array read, not the bucket's hash (figure 3's no-match rows).
 #[inline(always)]
 pub fn pending(flow: &FlowKey) -> bool {
-    OFFER_BUCKETS.get(bucket(flow)).copied().unwrap_or(0) != 0
+    OFFER_BUCKETS.get(OFFERS_OPEN).copied().unwrap_or(0) != 0
+        && OFFER_BUCKETS.get(bucket(flow)).copied().unwrap_or(0) != 0
 }
 
 #[inline(always)]
 fn count(flow: &FlowKey, delta: u64) {
     if let Some(slot) = OFFER_BUCKETS.get_ptr_mut(bucket(flow)) {
+        let raise = delta == 1;
+        if raise {
+            add_open(delta);
+        }
         crate::atomic::add(slot, delta);
+        if !raise {
+            add_open(delta);
+        }
+    }
+}
+
+/// The sum follows its buckets: it is raised before and lowered after a bucket would be read
+/// as non-zero by `pending`, so it is never 0 while a bucket is not (a reader may find it
+/// above, which costs the bucket's read and nothing else).
+#[inline(always)]
+fn add_open(delta: u64) {
+    if let Some(open) = OFFER_BUCKETS.get_ptr_mut(OFFERS_OPEN) {
+        crate::atomic::add(open, delta);
     }
 }
 
@@ -151,6 +173,7 @@ fn forget_stale(flow: &FlowKey) {
         // SAFETY: array value pointer, valid for this run.
         if unsafe { *slot } != 0 {
             crate::atomic::add(slot, u64::MAX);
+            add_open(u64::MAX);
         }
     }
 }

@@ -191,6 +191,13 @@ fn a_hello_split_at_every_byte_of_its_first_64_and_at_the_mss_reads_the_same() {
         ));
         let e = h.one_offer(&format!("cut at {cut}"));
         expect_pq(&e, &record);
+        let buckets: Array<_, u64> =
+            Array::try_from(h.ebpf.map(offer::OFFER_BUCKETS).unwrap()).unwrap();
+        assert_eq!(
+            buckets.get(&offer::OFFERS_OPEN, 0).unwrap(),
+            0,
+            "cut at {cut}: completed, nothing counted as being read"
+        );
     }
 }
 
@@ -493,12 +500,21 @@ fn a_bucket_count_an_evicted_entry_left_is_taken_back() {
     key.local_addr[..4].copy_from_slice(&SRC);
     key.remote_addr[..4].copy_from_slice(&DST);
     let bucket = enforcer_common::flow::held::bucket_in(&key, offer::OFFER_BUCKET_BITS);
+    // (the flow's bucket, the sum over all buckets: `OFFERS_OPEN`)
     let count = |h: &Harness| {
         let a: Array<_, u64> = Array::try_from(h.ebpf.map(offer::OFFER_BUCKETS).unwrap()).unwrap();
-        a.get(&bucket, 0).unwrap()
+        (
+            a.get(&bucket, 0).unwrap(),
+            a.get(&offer::OFFERS_OPEN, 0).unwrap(),
+        )
     };
+    assert_eq!(count(&h), (0, 0));
     h.run(&seg(sport, 1, TCP_PSH | TCP_ACK, &record[..MSS]));
-    assert_eq!(count(&h), 1, "incomplete: counted");
+    assert_eq!(
+        count(&h),
+        (1, 1),
+        "incomplete: counted, in its bucket and the sum"
+    );
     let mut offers: HashMap<_, FlowKey, OfferState> =
         HashMap::try_from(h.ebpf.map_mut(offer::OFFERS).unwrap()).unwrap();
     offers.remove(&key).expect("the entry");
@@ -508,7 +524,11 @@ fn a_bucket_count_an_evicted_entry_left_is_taken_back() {
         TCP_PSH | TCP_ACK,
         &record[MSS..],
     ));
-    assert_eq!(count(&h), 0, "no entry: the count is taken back");
+    assert_eq!(
+        count(&h),
+        (0, 0),
+        "no entry: the count is taken back, from both"
+    );
     assert!(h.offers().is_empty());
 }
 
