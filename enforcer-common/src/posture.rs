@@ -25,6 +25,17 @@ pub const READER_TC: &str = "posture_tc";
 pub const READER_XDP: &str = "posture_xdp";
 pub const READER_XDP_NOFRAGS: &str = "posture_xdp_nofrags";
 
+/// `LruHashMap<FlowKey, Ja4Verdict>`: which of the policy's JA4 patterns each flow's
+/// ClientHello matched, written by userspace once it made the JA4 (`offered` event); the
+/// ServerHello of a flow a `ja4` rule applies to waits for it (`enforcer-ebpf/src/posture.rs`).
+pub const JA4_VERDICTS: &str = "JA4_VERDICTS";
+/// Most distinct JA4 patterns one policy lists (each is a bit of `Ja4Verdict::matched`).
+pub const MAX_JA4_PATTERNS: usize = 64;
+/// How long a ServerHello waits for its flow's JA4 verdict (dropped meanwhile, so TCP sends it
+/// again) before the flow is judged as if its JA4 broke the rule (fail closed: the `offered`
+/// event was lost, or userspace is stalled).
+pub const JA4_WAIT_NS: u64 = 2_000_000_000;
+
 /// `POSTURE_RULES` key of the host-wide rule (library ids start at 1).
 pub const HOST_RULE: u32 = 0;
 /// Most groups or cipher suites one rule lists (a longer list is a policy error).
@@ -83,8 +94,14 @@ pub struct PostureRule {
     pub _pad: u8,
     pub groups: [u16; MAX_LISTED],
     pub suites: [u16; MAX_LISTED],
+    pub _pad2: [u8; 4],
+    /// Bits of the policy's JA4 patterns (`Ja4Verdict::matched`) this rule allows: the flow's
+    /// JA4 must match one when any is set.
+    pub ja4_allow: u64,
+    /// Bits of the patterns this rule denies: the flow's JA4 must match none.
+    pub ja4_deny: u64,
 }
-const _: () = assert!(core::mem::size_of::<PostureRule>() == 68);
+const _: () = assert!(core::mem::size_of::<PostureRule>() == 88);
 
 /// Which requirement a connection broke (`NegotiatedEvent::broken`).
 pub mod broken {
@@ -92,6 +109,7 @@ pub mod broken {
     pub const VERSION: u8 = 1;
     pub const GROUP: u8 = 2;
     pub const SUITE: u8 = 3;
+    pub const JA4: u8 = 4;
 }
 
 /// Whose rule it broke (`NegotiatedEvent::rule`).
@@ -127,6 +145,43 @@ impl PostureRule {
     }
 }
 
+impl PostureRule {
+    /// Whether the rule judges the flow's JA4 (it lists JA4 patterns).
+    pub const fn needs_ja4(&self) -> bool {
+        self.ja4_allow | self.ja4_deny != 0
+    }
+
+    /// Whether a JA4 that matched the patterns `matched` meets the rule's `ja4` lists.
+    pub const fn ja4_met(&self, matched: u64) -> bool {
+        matched & self.ja4_deny == 0 && (self.ja4_allow == 0 || matched & self.ja4_allow != 0)
+    }
+}
+
+/// `Ja4Verdict::state`.
+pub mod ja4_state {
+    /// Put by the kernel when a ServerHello first waited for the verdict (`since_ns` is then).
+    pub const WAITING: u8 = 0;
+    /// Put by userspace: `matched` holds the patterns the flow's JA4 matched.
+    pub const MATCHED: u8 = 1;
+    /// Put by userspace: no JA4 could be made (a field it needs was not read), which breaks
+    /// every `ja4` rule (fail closed).
+    pub const UNREAD: u8 = 2;
+}
+
+/// A flow's JA4 against the policy's patterns (`JA4_VERDICTS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ja4Verdict {
+    /// Bit `i`: pattern `i` of the policy's JA4 patterns matched.
+    pub matched: u64,
+    /// `bpf_ktime_get_ns` of the first wait (`ja4_state::WAITING`).
+    pub since_ns: u64,
+    /// `ja4_state::*`.
+    pub state: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<Ja4Verdict>() == 24);
+
 #[inline(always)]
 fn listed(list: &[u16; MAX_LISTED], count: u8, value: u16) -> bool {
     let mut found = false;
@@ -158,7 +213,10 @@ pub struct NegotiatedEvent {
     /// `rule::*` (meaningful when `broken` is set).
     pub rule: u8,
     pub posture: Posture,
-    pub _pad: [u8; 4],
+    /// 1: a `ja4` rule applies and the flow's verdict was not there yet (audit mode, which never
+    /// waits): userspace judges it from the JA4 it made.
+    pub ja4_pending: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<NegotiatedEvent>() == 80);
 
@@ -168,6 +226,7 @@ mod pod {
     unsafe impl aya::Pod for super::Posture {}
     unsafe impl aya::Pod for super::PostureRule {}
     unsafe impl aya::Pod for super::NegotiatedEvent {}
+    unsafe impl aya::Pod for super::Ja4Verdict {}
 }
 
 #[cfg(test)]

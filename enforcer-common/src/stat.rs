@@ -41,10 +41,13 @@ pub enum Stat {
     /// Packets the tc ingress classifier dropped (`--ingress tc`, or `auto` where XDP costs
     /// more: blocklisted flow, denied QUIC Initial).
     TcIngressDrops = 15,
+    /// ServerHellos dropped while their flow's JA4 verdict was not there yet (a `ja4` rule
+    /// applies, enforce mode): TCP sends them again.
+    ServerHellosHeld = 16,
 }
 
 /// Entries of `STATS`.
-pub const COUNT: u32 = 16;
+pub const COUNT: u32 = 17;
 
 /// Every counter, in index order.
 pub const ALL: [Stat; COUNT as usize] = [
@@ -64,6 +67,7 @@ pub const ALL: [Stat; COUNT as usize] = [
     Stat::HellosSplit,
     Stat::HelloEventsLost,
     Stat::TcIngressDrops,
+    Stat::ServerHellosHeld,
 ];
 const _: () = {
     let mut i = 0;
@@ -186,6 +190,12 @@ impl Stat {
                 "enforcer_drops_total",
                 "{program=\"tc_ingress\"}",
                 DROPS,
+            ),
+            Stat::ServerHellosHeld => (
+                "server_hellos_held",
+                "enforcer_server_hellos_held_total",
+                "",
+                "ServerHellos dropped to wait for their flow's JA4 verdict (sent again by TCP).",
             ),
         };
         Shown {

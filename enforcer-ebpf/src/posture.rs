@@ -30,7 +30,10 @@ use enforcer_common::{
     event::UNATTRIBUTED,
     flow::{FlowKey, verdict},
     policy::action,
-    posture::{HOST_RULE, NegotiatedEvent, Posture, PostureRule, broken, rule},
+    posture::{
+        HOST_RULE, JA4_WAIT_NS, Ja4Verdict, NegotiatedEvent, Posture, PostureRule, broken,
+        ja4_state, rule,
+    },
     stat::Stat,
 };
 
@@ -43,6 +46,12 @@ static POSTURES: LruHashMap<FlowKey, Posture> = LruHashMap::with_max_entries(655
 /// `HOST_RULE` → the host-wide rule; library id → that library's rule. Written by userspace.
 #[map(name = "POSTURE_RULES")]
 static POSTURE_RULES: HashMap<u32, PostureRule> = HashMap::with_max_entries(4096, 0);
+
+/// Flow → the policy's JA4 patterns its ClientHello matched, written by userspace from the
+/// `offered` event (the kernel does not hash); `WAITING` marks put here while a ServerHello
+/// waits for it. LRU: flows that never reach a ServerHello make room.
+#[map(name = "JA4_VERDICTS")]
+static JA4_VERDICTS: LruHashMap<FlowKey, Ja4Verdict> = LruHashMap::with_max_entries(65536, 0);
 
 /// `[0]` = 1 when `POSTURE_RULES` holds a rule.
 #[map(name = "POSTURE_ENABLED")]
@@ -171,9 +180,17 @@ fn judge<P: packet::Packet>(packet: &P) -> bool {
         Some(_) => return false,
         None => {}
     }
-    let _ = POSTURES.insert(flow, posture, 0);
     let lib_id = flow::state(&flow).map_or(UNATTRIBUTED, |s| s.lib_id);
-    let (broke, whose) = rules_broken(lib_id, &posture);
+    let (broke, whose, ja4_pending) = match rules_broken(&flow, lib_id, &posture) {
+        Ruling::Met { ja4_pending } => (broken::NONE, rule::HOST, ja4_pending),
+        Ruling::Broken(b, whose) => (b, whose, 0),
+        // Dropped, not recorded: TCP sends the ServerHello again and it is judged then.
+        Ruling::Wait => {
+            stats::count(Stat::ServerHellosHeld);
+            return true;
+        }
+    };
+    let _ = POSTURES.insert(flow, posture, 0);
     let v = if broke == broken::NONE {
         verdict::ALLOWED
     } else {
@@ -188,6 +205,7 @@ fn judge<P: packet::Packet>(packet: &P) -> bool {
         broken: broke,
         rule: whose,
         posture,
+        ja4_pending,
         ..Default::default()
     };
     // SAFETY: plain helper call.
@@ -195,30 +213,83 @@ fn judge<P: packet::Packet>(packet: &P) -> bool {
     dropped
 }
 
-/// Forgets what `flow` negotiated (its socket closed).
+/// Forgets what `flow` negotiated and its JA4 verdict (its socket closed).
 #[inline(always)]
 pub fn forget(flow: &FlowKey) {
     let _ = POSTURES.remove(flow);
+    let _ = JA4_VERDICTS.remove(flow);
 }
 
-/// The first requirement the host-wide rule, then the library's, breaks.
+/// How the rules judge a ServerHello.
+enum Ruling {
+    /// Every requirement met; `ja4_pending`: a `ja4` rule applies whose verdict is not there
+    /// (audit mode: userspace judges it).
+    Met { ja4_pending: u8 },
+    /// `broken::*`, `rule::*`: the first requirement broken, and whose.
+    Broken(u8, u8),
+    /// Enforcing, a `ja4` rule applies and the flow's JA4 verdict is not there yet: drop the
+    /// ServerHello until it is (at most `JA4_WAIT_NS`).
+    Wait,
+}
+
+/// The host-wide rule's requirements, then the library's; then their `ja4` lists, against the
+/// verdict userspace wrote for the flow.
 #[inline(always)]
-fn rules_broken(lib_id: u32, posture: &Posture) -> (u8, u8) {
+fn rules_broken(flow: &FlowKey, lib_id: u32, posture: &Posture) -> Ruling {
     if POSTURE_ENABLED.get(0).copied() != Some(1) {
-        return (broken::NONE, rule::HOST);
+        return Ruling::Met { ja4_pending: 0 };
     }
-    // SAFETY: read at once.
-    if let Some(host) = unsafe { POSTURE_RULES.get(HOST_RULE) } {
-        let b = host.broken_by(posture);
-        if b != broken::NONE {
-            return (b, rule::HOST);
+    // SAFETY: map value references, read within this run.
+    let host = unsafe { POSTURE_RULES.get(HOST_RULE) };
+    let own = match lib_id {
+        UNATTRIBUTED => None,
+        // SAFETY: as above.
+        id => unsafe { POSTURE_RULES.get(id) },
+    };
+    for (r, whose) in [(host, rule::HOST), (own, rule::LIBRARY)] {
+        if let Some(r) = r {
+            let b = r.broken_by(posture);
+            if b != broken::NONE {
+                return Ruling::Broken(b, whose);
+            }
         }
     }
-    if lib_id != UNATTRIBUTED {
-        // SAFETY: read at once.
-        if let Some(own) = unsafe { POSTURE_RULES.get(lib_id) } {
-            return (own.broken_by(posture), rule::LIBRARY);
-        }
+    let host_ja4 = host.is_some_and(PostureRule::needs_ja4);
+    let own_ja4 = own.is_some_and(PostureRule::needs_ja4);
+    if !host_ja4 && !own_ja4 {
+        return Ruling::Met { ja4_pending: 0 };
     }
-    (broken::NONE, rule::HOST)
+    let first = if host_ja4 { rule::HOST } else { rule::LIBRARY };
+    // SAFETY: copied out at once.
+    let found = unsafe { JA4_VERDICTS.get(flow) }.copied();
+    match found {
+        Some(v) if v.state == ja4_state::MATCHED => {
+            for (r, whose) in [(host, rule::HOST), (own, rule::LIBRARY)] {
+                if let Some(r) = r
+                    && !r.ja4_met(v.matched)
+                {
+                    return Ruling::Broken(broken::JA4, whose);
+                }
+            }
+            Ruling::Met { ja4_pending: 0 }
+        }
+        Some(v) if v.state == ja4_state::UNREAD => Ruling::Broken(broken::JA4, first),
+        _ if !policy::enforcing() => Ruling::Met { ja4_pending: 1 },
+        // SAFETY: plain helper call.
+        waiting => match (waiting, unsafe { bpf_ktime_get_ns() }) {
+            (Some(w), now) if now.wrapping_sub(w.since_ns) > JA4_WAIT_NS => {
+                Ruling::Broken(broken::JA4, first)
+            }
+            (Some(_), _) => Ruling::Wait,
+            (None, now) => {
+                let mark = Ja4Verdict {
+                    since_ns: now,
+                    ..Default::default()
+                };
+                // Not over a verdict userspace wrote meanwhile.
+                let _ = JA4_VERDICTS.insert(flow, mark, BPF_NOEXIST);
+                Ruling::Wait
+            }
+        },
+    }
 }

@@ -20,7 +20,9 @@
 //! the key (see [`PolicyError`]).
 
 mod error;
+pub mod ja4;
 pub mod posture;
+mod raw;
 mod recover;
 mod report;
 pub mod rules;
@@ -44,9 +46,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, RawCatalog, Seg};
+use crate::catalog::{Catalog, Seg};
 use crate::libraries::Library;
 use crate::version::VersionReq;
+use raw::RawPolicy;
 
 pub use error::PolicyError;
 pub use report::{check_report, errors_json};
@@ -95,8 +98,11 @@ pub struct Policy {
     /// For a QUIC Initial datagram, either direction (`quic`; absent: `default`): TLS inside
     /// QUIC is not attributed to a library (docs/policy.md, "QUIC").
     pub quic: Action,
-    /// Host-wide crypto-posture requirements (`tls_versions`, `groups`, `cipher_suites`).
+    /// Host-wide crypto-posture requirements (`tls_versions`, `groups`, `cipher_suites`, `ja4`).
     pub posture: posture::Posture,
+    /// The distinct patterns of every `ja4` list, numbered (the bits of the lists and of a
+    /// flow's `Ja4Verdict`).
+    pub ja4_patterns: Vec<ja4::Ja4Pattern>,
     /// In file order.
     pub libraries: Vec<Rule>,
     /// The embedded catalog, extended by the policy's `catalog:` section.
@@ -247,56 +253,6 @@ fn names_file_here(path: &Path, dev: u64, ino: u64) -> bool {
 }
 
 /// The file's shape, as serde reads it. Keys are listed in error messages from here.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    #[serde(default = "default_mode")]
-    mode: Mode,
-    default: Action,
-    #[serde(default)]
-    unattributed_tls: Option<Action>,
-    #[serde(default)]
-    unknown_files: Option<Action>,
-    #[serde(default)]
-    quic: Option<Action>,
-    #[serde(default)]
-    tls_versions: Option<Vec<String>>,
-    #[serde(default)]
-    groups: Option<Vec<String>>,
-    #[serde(default)]
-    cipher_suites: Option<Vec<String>>,
-    #[serde(default)]
-    libraries: Vec<RawRule>,
-    #[serde(default)]
-    catalog: Option<RawCatalog>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    #[serde(default)]
-    family: Option<String>,
-    #[serde(default)]
-    version: Option<String>,
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    sha256: Option<String>,
-    #[serde(default)]
-    server_names: Option<Vec<String>>,
-    #[serde(default)]
-    tls_versions: Option<Vec<String>>,
-    #[serde(default)]
-    groups: Option<Vec<String>>,
-    #[serde(default)]
-    cipher_suites: Option<Vec<String>>,
-    action: Action,
-}
-
-fn default_mode() -> Mode {
-    Mode::Audit
-}
-
 /// Parses and validates a policy. `source` names the file in error messages. The error is the
 /// first one found (serde's, else the first check that fails); [`parse_all`] finds them all.
 pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
@@ -513,6 +469,7 @@ fn validate(
                 tls_versions: r.tls_versions.clone(),
                 groups: r.groups.clone(),
                 cipher_suites: r.cipher_suites.clone(),
+                ja4: r.ja4.clone(),
             },
             text,
             source,
@@ -567,6 +524,7 @@ fn validate(
             tls_versions: raw.tls_versions,
             groups: raw.groups,
             cipher_suites: raw.cipher_suites,
+            ja4: raw.ja4,
         },
         text,
         source,
@@ -574,7 +532,7 @@ fn validate(
         "",
         &mut push,
     );
-    Policy {
+    let mut policy = Policy {
         mode: raw.mode,
         default: raw.default,
         unattributed_tls: raw.unattributed_tls.unwrap_or(raw.default),
@@ -584,10 +542,13 @@ fn validate(
             .unwrap_or(raw.default),
         quic: raw.quic.unwrap_or(raw.default),
         posture: host_posture,
+        ja4_patterns: Vec::new(),
         libraries,
         catalog,
         source: source.to_owned(),
-    }
+    };
+    posture::index_ja4(&mut policy, text, source, &mut push);
+    policy
 }
 
 /// True if the text holds no YAML content: only blank lines, comments and document markers.

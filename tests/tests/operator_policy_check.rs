@@ -34,7 +34,7 @@ const EXPECTED: [(u64, u64, &str, &str); 5] = [
         3,
         1,
         "colour",
-        "unknown key 'colour' (expected one of: mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, libraries, catalog)",
+        "unknown key 'colour' (expected one of: mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, ja4, libraries, catalog)",
     ),
     (
         7,

@@ -232,10 +232,11 @@ pub fn status_text(v: &Value) -> String {
         each.collect::<Vec<_>>().join(", ")
     });
     out.push_str(&format!(
-        "negotiated: {} connections ({}), post-quantum groups {}\n",
+        "negotiated: {} connections ({}), post-quantum groups {}; ServerHellos held for a JA4 verdict {}\n",
         n["connections"],
         versions.unwrap_or_default(),
-        n["post_quantum"]
+        n["post_quantum"],
+        c["server_hellos_held"]
     ));
     out
 }
@@ -243,8 +244,8 @@ pub fn status_text(v: &Value) -> String {
 /// `enforcer flows` in text: one line per flow.
 pub fn flows_text(v: &Value) -> String {
     let mut out = format!(
-        "{:<46} {:<46} {:<10} {:<16} {:<7} {}\n",
-        "LOCAL", "REMOTE", "LIBRARY", "VERDICT", "BLOCKED", "TLS"
+        "{:<46} {:<46} {:<10} {:<16} {:<7} {:<22} {}\n",
+        "LOCAL", "REMOTE", "LIBRARY", "VERDICT", "BLOCKED", "TLS", "JA4"
     );
     for f in v["flows"].as_array().into_iter().flatten() {
         let tls = &f["tls"];
@@ -254,12 +255,13 @@ pub fn flows_text(v: &Value) -> String {
             None => "-".to_owned(),
         };
         out.push_str(&format!(
-            "{:<46} {:<46} {:<10} {:<16} {:<7} {tls}\n",
+            "{:<46} {:<46} {:<10} {:<16} {:<7} {tls:<22} {}\n",
             f["local"].as_str().unwrap_or("?"),
             f["remote"].as_str().unwrap_or("?"),
             f["library"]["family"].as_str().unwrap_or("?"),
             f["verdict"].as_str().unwrap_or("?"),
-            f["blocked"]
+            f["blocked"],
+            f["ja4"].as_str().unwrap_or("-"),
         ));
     }
     out

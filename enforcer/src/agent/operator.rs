@@ -274,6 +274,7 @@ impl Operator {
                     "call": events::op_name(state.op),
                     "evidence": if state.evidence == evidence::RANDOM { "random" } else { "thread" },
                     "tls": posture.as_ref().map(negotiated::tls_json),
+                    "ja4": self.reporter.ja4_of(key),
                 })
             })
             .collect();

@@ -20,6 +20,10 @@ pub enum LoadError {
         "replacing the pinned FLOW_HEADS of an earlier version (it has no HEAD_BUCKETS) failed: {0}"
     )]
     UncountedHeads(std::io::Error),
+    #[error(
+        "replacing the pinned STATS of an earlier version (another number of counters) failed: {0}"
+    )]
+    OtherStats(std::io::Error),
     #[error("marking the pinned blocklist as holding entries (BLOCKLIST_HELD) failed: {0}")]
     Held(aya::maps::MapError),
 }
@@ -80,6 +84,16 @@ pub fn load_with(offsets: &SockOffsets, opts: &LoadOptions) -> Result<Ebpf, Load
         let heads = enforcer_common::hello::FLOW_HEADS;
         if dir.has_map(heads) && !dir.has_map(enforcer_common::hello::HEAD_BUCKETS) {
             std::fs::remove_file(dir.map_path(heads)).map_err(LoadError::UncountedHeads)?;
+        }
+        // A pinned STATS with another number of counters (pinned by a version with fewer): the
+        // counters start again from zero rather than the new ones going uncounted.
+        let stats = dir.map_path(maps::STATS);
+        let counters = aya::maps::MapData::from_pin(&stats)
+            .ok()
+            .and_then(|m| m.info().ok())
+            .map(|info| info.max_entries());
+        if counters.is_some_and(|n| n != enforcer_common::stat::COUNT) {
+            std::fs::remove_file(&stats).map_err(LoadError::OtherStats)?;
         }
         for name in maps::PINNED {
             loader.map_pin_path(name, dir.map_path(name));

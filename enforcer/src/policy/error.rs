@@ -11,7 +11,7 @@ use super::{Action, MAX_POLICY_BYTES, Mode};
 use crate::catalog::{Catalog, Seg};
 
 /// Keys of the top-level mapping and of a rule, as error messages list them.
-pub(super) const TOP_KEYS: [&str; 10] = [
+pub(super) const TOP_KEYS: [&str; 11] = [
     "mode",
     "default",
     "unattributed_tls",
@@ -20,10 +20,11 @@ pub(super) const TOP_KEYS: [&str; 10] = [
     "tls_versions",
     "groups",
     "cipher_suites",
+    "ja4",
     "libraries",
     "catalog",
 ];
-pub(super) const RULE_KEYS: [&str; 9] = [
+pub(super) const RULE_KEYS: [&str; 10] = [
     "family",
     "version",
     "path",
@@ -32,6 +33,7 @@ pub(super) const RULE_KEYS: [&str; 9] = [
     "tls_versions",
     "groups",
     "cipher_suites",
+    "ja4",
     "action",
 ];
 

@@ -1,15 +1,15 @@
 //! The crypto-posture keys of a policy, host-wide and per library rule: `tls_versions`,
-//! `groups`, `cipher_suites` (docs/policy.md, "Crypto posture"). What a connection negotiated
+//! `groups`, `cipher_suites`, `ja4` (docs/policy.md, "Crypto posture"). What a connection negotiated
 //! must meet the host-wide keys and those of its library's deciding rule; the kernel judges it
 //! at the ServerHello (`enforcer_common::posture`). Names are IANA's (`enforcer_common::iana`).
 
 use enforcer_common::{
     iana,
-    posture::{MAX_LISTED, PostureRule, version_bit},
+    posture::{MAX_JA4_PATTERNS, MAX_LISTED, PostureRule, version_bit},
 };
 use serde::Deserialize;
 
-use super::{Policy, PolicyError, error};
+use super::{Policy, PolicyError, error, ja4::Ja4Pattern};
 use crate::catalog::Seg;
 use crate::libraries::Library;
 
@@ -23,6 +23,47 @@ pub(super) struct RawPosture {
     pub groups: Option<Vec<String>>,
     #[serde(default)]
     pub cipher_suites: Option<Vec<String>>,
+    #[serde(default)]
+    pub ja4: Option<RawJa4>,
+}
+
+/// `ja4: { allow: [...], deny: [...] }`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJa4 {
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub deny: Option<Vec<String>>,
+}
+
+/// A rule's `ja4` lists: the connection's JA4 must match an `allow` pattern (when there are
+/// any) and no `deny` pattern; a JA4 that could not be made meets neither (fail closed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ja4Lists {
+    pub allow: Vec<Ja4Pattern>,
+    pub deny: Vec<Ja4Pattern>,
+    /// The lists as bits of the policy's patterns (`Policy::ja4_patterns`), set once the whole
+    /// policy is read.
+    pub allow_bits: u64,
+    pub deny_bits: u64,
+}
+
+impl Ja4Lists {
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Whether `ja4` (`None`: not made) meets the lists.
+    pub fn met_by(&self, ja4: Option<&str>) -> bool {
+        match ja4 {
+            None => self.is_empty(),
+            Some(ja4) => {
+                !self.deny.iter().any(|p| p.matches(ja4))
+                    && (self.allow.is_empty() || self.allow.iter().any(|p| p.matches(ja4)))
+            }
+        }
+    }
 }
 
 /// Validated requirements; empty lists require nothing.
@@ -32,11 +73,15 @@ pub struct Posture {
     pub versions: u8,
     pub groups: Vec<u16>,
     pub cipher_suites: Vec<u16>,
+    pub ja4: Ja4Lists,
 }
 
 impl Posture {
     pub fn is_empty(&self) -> bool {
-        self.versions == 0 && self.groups.is_empty() && self.cipher_suites.is_empty()
+        self.versions == 0
+            && self.groups.is_empty()
+            && self.cipher_suites.is_empty()
+            && self.ja4.is_empty()
     }
 
     /// The kernel's form (`POSTURE_RULES` value).
@@ -45,6 +90,8 @@ impl Posture {
             versions: self.versions,
             group_count: self.groups.len() as u8,
             suite_count: self.cipher_suites.len() as u8,
+            ja4_allow: self.ja4.allow_bits,
+            ja4_deny: self.ja4.deny_bits,
             ..Default::default()
         };
         rule.groups[..self.groups.len()].copy_from_slice(&self.groups);
@@ -74,6 +121,16 @@ impl Posture {
             let suites = names(&self.cipher_suites, iana::CIPHER_SUITES);
             parts.push(format!("cipher_suites {}", suites.join(", ")));
         }
+        let patterns = |list: &[Ja4Pattern]| -> String {
+            let texts: Vec<&str> = list.iter().map(Ja4Pattern::as_str).collect();
+            texts.join(", ")
+        };
+        if !self.ja4.allow.is_empty() {
+            parts.push(format!("ja4 allow {}", patterns(&self.ja4.allow)));
+        }
+        if !self.ja4.deny.is_empty() {
+            parts.push(format!("ja4 deny {}", patterns(&self.ja4.deny)));
+        }
         parts.join("; ")
     }
 
@@ -100,6 +157,72 @@ impl Policy {
         let posture = &self.deciding_rule(lib)?.posture;
         (!posture.is_empty()).then_some(posture)
     }
+
+    /// Whether a `ja4` list is anywhere in the policy (userspace then matches every flow's JA4
+    /// against [`Policy::ja4_patterns`] and writes the verdict the kernel waits for).
+    pub fn has_ja4_rules(&self) -> bool {
+        !self.ja4_patterns.is_empty()
+    }
+
+    /// The bits of the policy's patterns `ja4` matches (`Ja4Verdict::matched`).
+    pub fn ja4_matched(&self, ja4: &str) -> u64 {
+        self.ja4_patterns
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.matches(ja4))
+            .fold(0, |bits, (i, _)| bits | 1 << i)
+    }
+}
+
+/// Numbers the distinct JA4 patterns of the policy (host-wide lists first, then each rule's)
+/// into `policy.ja4_patterns` and sets each list's bits; more than [`MAX_JA4_PATTERNS`] is an
+/// error at the `ja4` key that went past the limit.
+pub(super) fn index_ja4(
+    policy: &mut Policy,
+    text: &str,
+    source: &str,
+    fail: &mut dyn FnMut(PolicyError),
+) {
+    let mut patterns: Vec<Ja4Pattern> = Vec::new();
+    let mut over: Option<(Vec<Seg>, String)> = None;
+    let mut bits_of = |list: &[Ja4Pattern], at: &[Seg], here: &str| -> u64 {
+        let mut bits = 0u64;
+        for p in list {
+            let i = match patterns.iter().position(|q| q == p) {
+                Some(i) => i,
+                None if patterns.len() < MAX_JA4_PATTERNS => {
+                    patterns.push(p.clone());
+                    patterns.len() - 1
+                }
+                None => {
+                    over.get_or_insert_with(|| (at.to_vec(), here.to_owned()));
+                    continue;
+                }
+            };
+            bits |= 1 << i;
+        }
+        bits
+    };
+    let host = [Seg::Key("ja4")];
+    let lists = &mut policy.posture.ja4;
+    lists.allow_bits = bits_of(&lists.allow, &host, "ja4");
+    lists.deny_bits = bits_of(&lists.deny, &host, "ja4");
+    for (index, rule) in policy.libraries.iter_mut().enumerate() {
+        let at = [Seg::Key("libraries"), Seg::Index(index), Seg::Key("ja4")];
+        let here = format!("libraries[{index}].ja4");
+        let lists = &mut rule.posture.ja4;
+        lists.allow_bits = bits_of(&lists.allow, &at, &here);
+        lists.deny_bits = bits_of(&lists.deny, &at, &here);
+    }
+    if let Some((at, here)) = over {
+        fail(error::at_node(
+            source,
+            text,
+            &at,
+            format!("{here}: more than {MAX_JA4_PATTERNS} distinct JA4 patterns in the policy"),
+        ));
+    }
+    policy.ja4_patterns = patterns;
 }
 
 /// Validates the keys at `at` (`[]` for the top level, `[libraries, N]` for a rule); `here`
@@ -195,6 +318,48 @@ pub(super) fn validate<'a>(
                         examples(table)
                     ),
                 )),
+            }
+        }
+    }
+    if let Some(raw_ja4) = &raw.ja4 {
+        for (name, values, out) in [
+            ("allow", &raw_ja4.allow, &mut posture.ja4.allow),
+            ("deny", &raw_ja4.deny, &mut posture.ja4.deny),
+        ] {
+            let Some(values) = values else { continue };
+            let mut path = key_path("ja4", None);
+            path.push(Seg::Key(name));
+            if values.is_empty() || values.len() > MAX_JA4_PATTERNS {
+                let why = match values.is_empty() {
+                    true => "an empty list; remove the key to allow any".to_owned(),
+                    false => format!(
+                        "{} values, more than the limit of {MAX_JA4_PATTERNS}",
+                        values.len()
+                    ),
+                };
+                fail(error::at_node(
+                    source,
+                    text,
+                    &path,
+                    format!("{here}ja4.{name}: {why}"),
+                ));
+                continue;
+            }
+            for (i, value) in values.iter().enumerate() {
+                match Ja4Pattern::new(value.trim()) {
+                    Ok(p) if !out.contains(&p) => out.push(p),
+                    Ok(_) => {}
+                    Err(why) => {
+                        let mut at = path.clone();
+                        at.push(Seg::Index(i));
+                        fail(error::at_node(
+                            source,
+                            text,
+                            &at,
+                            format!("{here}ja4.{name}[{i}]: '{}': {why}", error::show(value)),
+                        ));
+                    }
+                }
             }
         }
     }

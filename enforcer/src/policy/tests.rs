@@ -165,11 +165,11 @@ fn every_shipped_policy_parses() {
 fn unknown_keys() {
     assert_eq!(
         err("mode: enforce\ndefault: deny\nlibraries:\n  - fmaily: openssl\n    action: allow\n"),
-        "policy.yaml:4:5: libraries[0]: unknown key 'fmaily' (expected one of: family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, action)"
+        "policy.yaml:4:5: libraries[0]: unknown key 'fmaily' (expected one of: family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, ja4, action)"
     );
     assert_eq!(
         err("default: deny\nmdoe: audit\n"),
-        "policy.yaml:2:1: unknown key 'mdoe' (expected one of: mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, libraries, catalog)"
+        "policy.yaml:2:1: unknown key 'mdoe' (expected one of: mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, ja4, libraries, catalog)"
     );
 }
 
@@ -209,11 +209,11 @@ fn missing_keys() {
 fn wrong_types() {
     assert_eq!(
         err("default: deny\nlibraries:\n  family: openssl\n"),
-        "policy.yaml:3:3: libraries: expected a list of rules (mappings with keys family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, action), found a mapping"
+        "policy.yaml:3:3: libraries: expected a list of rules (mappings with keys family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, ja4, action), found a mapping"
     );
     assert_eq!(
         err("default: deny\nlibraries:\n  - openssl\n"),
-        "policy.yaml:3:5: libraries[0]: expected a mapping with keys family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, action, found the string 'openssl'"
+        "policy.yaml:3:5: libraries[0]: expected a mapping with keys family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, ja4, action, found the string 'openssl'"
     );
     assert_eq!(
         err("default: [deny]\n"),
@@ -227,16 +227,16 @@ fn wrong_types() {
 
 #[test]
 fn empty_and_non_mapping_top_level() {
-    let empty = "policy.yaml: empty policy: expected a mapping with keys mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, libraries, catalog";
+    let empty = "policy.yaml: empty policy: expected a mapping with keys mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, ja4, libraries, catalog";
     assert_eq!(err(""), empty);
     assert_eq!(err("\n  \n# only a comment\n---\n"), empty);
     assert_eq!(
         err("# list\n- family: openssl\n"),
-        "policy.yaml:2:1: top level must be a mapping with keys mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, libraries, catalog, found a list"
+        "policy.yaml:2:1: top level must be a mapping with keys mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, ja4, libraries, catalog, found a list"
     );
     assert_eq!(
         err("enforce\n"),
-        "policy.yaml:1:1: top level must be a mapping with keys mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, libraries, catalog, found the string 'enforce'"
+        "policy.yaml:1:1: top level must be a mapping with keys mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, ja4, libraries, catalog, found the string 'enforce'"
     );
 }
 
@@ -331,13 +331,13 @@ fn hostile_input_errors_without_panicking() {
     assert_eq!(
         err(&long_key),
         format!(
-            "policy.yaml:2:1: unknown key '{}...' (expected one of: mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, libraries, catalog)",
+            "policy.yaml:2:1: unknown key '{}...' (expected one of: mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, ja4, libraries, catalog)",
             "k".repeat(60)
         )
     );
     assert_eq!(
         err("default: deny\n\"a\\nb\": 1\n"),
-        "policy.yaml:2:1: unknown key 'a\\nb' (expected one of: mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, libraries, catalog)"
+        "policy.yaml:2:1: unknown key 'a\\nb' (expected one of: mode, default, unattributed_tls, unknown_files, quic, tls_versions, groups, cipher_suites, ja4, libraries, catalog)"
     );
     let deep = format!(
         "default: deny\nlibraries: {}{}\n",

@@ -103,3 +103,91 @@ fn the_deciding_rule_carries_the_library_posture() {
         "the more specific rule has none"
     );
 }
+
+const CURL: &str = "t13d3112h2_e8f1e7e78f70_6bebaf5329ac";
+const GNUTLS: &str = "t13d1711h2_5b57614c22b0_3cbfd9057e0d";
+
+#[test]
+fn ja4_lists_become_bits_of_the_policys_patterns() {
+    let p = parse(
+        &format!(
+            "default: allow\n\
+             ja4:\n  \
+               deny: [\"{CURL}\", \"t12*_*_*\"]\n\
+             libraries:\n  \
+               - family: gnutls\n    \
+                 action: allow\n    \
+                 ja4:\n      \
+                   allow: [\"{GNUTLS}\", \"{CURL}\"]\n"
+        )
+        .replace("t12*_*_*", "t12d1711h2_*_*"),
+        "p.yaml",
+    )
+    .unwrap();
+    assert!(p.has_ja4_rules() && p.has_posture_rules());
+    let patterns: Vec<&str> = p.ja4_patterns.iter().map(|p| p.as_str()).collect();
+    assert_eq!(
+        patterns,
+        vec![CURL, "t12d1711h2_*_*", GNUTLS],
+        "distinct, in order"
+    );
+    let host = p.posture.kernel_rule();
+    assert_eq!((host.ja4_allow, host.ja4_deny), (0, 0b011));
+    let rule = p.libraries[0].posture.kernel_rule();
+    assert_eq!((rule.ja4_allow, rule.ja4_deny), (0b101, 0));
+    // As the kernel judges: curl's JA4 breaks the host-wide deny list, GnuTLS's meets both.
+    assert_eq!(p.ja4_matched(CURL), 0b001);
+    assert!(!host.ja4_met(p.ja4_matched(CURL)));
+    assert!(host.ja4_met(p.ja4_matched(GNUTLS)) && rule.ja4_met(p.ja4_matched(GNUTLS)));
+    assert!(!rule.ja4_met(p.ja4_matched("t13d0000h2_000000000000_000000000000")));
+    assert!(p.posture.ja4.met_by(Some(GNUTLS)) && !p.posture.ja4.met_by(None));
+    assert_eq!(
+        p.libraries[0].posture.describe(),
+        format!("ja4 allow {GNUTLS}, {CURL}")
+    );
+}
+
+#[test]
+fn bad_ja4_patterns_and_lists_are_errors_with_position_and_key() {
+    let found = errors(
+        "default: deny\n\
+         ja4:\n  \
+           allow: [\"t13d3112h2_e8f1e7e78f70\"]\n  \
+           deny: []\n\
+         libraries:\n  \
+           - family: openssl\n    \
+             action: allow\n    \
+             ja4: { alow: [\"*_*_*\"] }\n",
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(
+        found[0].starts_with("p.yaml:3:11: ja4.allow[0]:"),
+        "{}",
+        found[0]
+    );
+    assert!(found[0].contains("three sections"), "{}", found[0]);
+    assert!(
+        found[1].starts_with("p.yaml:4:9: ja4.deny: an empty list"),
+        "{}",
+        found[1]
+    );
+    assert!(found[2].contains("alow"), "{}", found[2]);
+    let many: Vec<String> = (0..65).map(|i| format!("\"t13d{i:04}h2_*_*\"")).collect();
+    let over = errors(&format!(
+        "default: deny\nja4:\n  deny: [{}]\n",
+        many.join(", ")
+    ));
+    assert_eq!(over.len(), 1, "{over:#?}");
+    assert!(over[0].contains("more than the limit of 64"), "{}", over[0]);
+    let split: Vec<String> = (0..40).map(|i| format!("\"t13d{i:04}h2_*_*\"")).collect();
+    let (a, b) = (split.join(", "), split.join(", ").replace("h2_", "h1_"));
+    let total = errors(&format!(
+        "default: deny\nja4:\n  deny: [{a}]\nlibraries:\n  - family: openssl\n    action: allow\n    ja4:\n      allow: [{b}]\n"
+    ));
+    assert_eq!(total.len(), 1, "{total:#?}");
+    assert!(
+        total[0].starts_with("p.yaml:8:7: libraries[0].ja4: more than 64"),
+        "{}",
+        total[0]
+    );
+}

@@ -68,6 +68,7 @@ fn broken_key(b: u8) -> Option<&'static str> {
         broken::VERSION => Some("tls_versions"),
         broken::GROUP => Some("groups"),
         broken::SUITE => Some("cipher_suites"),
+        broken::JA4 => Some("ja4"),
         _ => None,
     }
 }
@@ -135,6 +136,19 @@ impl Reporter {
             }
         }
         let (local, remote) = endpoints(&event.flow);
+        let seen = self.ja4s.before(&event.flow, event.header.ts_ns);
+        // Audit mode: the kernel did not wait for the JA4 verdict; judged here the same way.
+        let mut event = *event;
+        if event.ja4_pending != 0
+            && event.broken == broken::NONE
+            && let Some(gate) = &self.ja4_gate
+            && let Some(whose) = gate.audit(event.lib_id, seen.as_ref().map(Option::as_deref))
+        {
+            event.broken = broken::JA4;
+            event.rule = whose;
+            event.verdict = verdict::WOULD_BLOCK;
+        }
+        let ja4 = seen.flatten();
         let verdict = verdict_name(event.verdict);
         let key = broken_key(event.broken);
         let whose = match event.rule {
@@ -157,6 +171,7 @@ impl Reporter {
                 "remote": { "addr": remote.0.to_string(), "port": remote.1 },
                 "side": if event.direction == direction::RECV { "client" } else { "server" },
                 "tls": tls_json(posture),
+                "ja4": ja4,
                 "broken_rule": key.map(|k| json!({ "key": k, "rule": whose })),
                 "verdict": verdict,
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),

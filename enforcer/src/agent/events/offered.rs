@@ -118,6 +118,14 @@ impl Reporter {
         let owner = self.recent_owner(&event.flow);
         let (local, remote) = endpoints(&event.flow);
         let offer = offer_json(event);
+        // Recorded before the verdict goes out: a report of the ServerHello the verdict lets
+        // through finds the JA4.
+        let ja4 = offer["ja4"].as_str().map(str::to_owned);
+        self.ja4s
+            .record(event.flow, event.header.ts_ns, ja4.clone());
+        if let Some(gate) = &self.ja4_gate {
+            gate.judge(&event.flow, ja4.as_deref());
+        }
         if self.writes_json() {
             let mut record = json!({
                 "type": "offered",
