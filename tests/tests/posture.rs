@@ -73,11 +73,13 @@ fn negotiated(agent: &mut Agent, port_key: &'static str, port: u16) -> Value {
     checked(e)
 }
 
-/// `e`, after checking it against docs/events.schema.json.
+/// `e`, after checking it against docs/events.schema.json (and printed: docs/events.md shows
+/// such lines).
 fn checked(e: Value) -> Value {
     if let Err(why) = validate_event(&events_schema(), &e) {
         panic!("{why}: {e}");
     }
+    println!("event: {e}");
     e
 }
 
