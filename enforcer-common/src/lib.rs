@@ -25,6 +25,7 @@ pub mod event;
 pub mod flow;
 pub mod hello;
 pub mod iana;
+pub mod ja4_key;
 pub mod maps;
 pub mod offer;
 pub mod policy;

@@ -24,10 +24,11 @@
 //! | `tc.rs`           | egress drop; ingress drop (tc)              | — |
 //! | `hello.rs`        | (called by `tc.rs`) hellos judged by their random; unattributed TLS | — |
 //! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS`, `HEAD_BUCKETS` |
-//! | `posture.rs`      | ServerHello readers (tail-called by `tc.rs`, `xdp.rs`): negotiated version, suite, group; `tls_versions` / `groups` / `cipher_suites` | `POSTURES`, `POSTURE_RULES`, `POSTURE_ENABLED`, `POSTURE_ARGS`, `POSTURE_TC`, `POSTURE_XDP`, `POSTURE_XDP_NOFRAGS` |
+//! | `posture.rs`      | ServerHello readers (tail-called by `tc.rs`, `xdp.rs`): negotiated version, suite, group; `tls_versions` / `groups` / `cipher_suites` | `POSTURES`, `POSTURE_RULES`, `POSTURE_ENABLED`, `JA4_VERDICTS`, `POSTURE_ARGS`, `POSTURE_TC`, `POSTURE_XDP`, `POSTURE_XDP_NOFRAGS` |
 //! | `server_hello.rs` | (called by `posture.rs`) the ServerHello's fields | — |
 //! | `offer.rs`        | ClientHello readers (tail-called by `tc.rs`, `xdp.rs`): the hello reassembled across segments, its fields reported for JA4 | `OFFERS`, `OFFER_BUCKETS`, `OFFER_TEMPLATE`, `OFFER_EVENT`, `OFFER_ARGS`, `OFFER_TC`, `OFFER_XDP`, `OFFER_XDP_NOFRAGS` |
 //! | `offer_fields.rs` | (called by `offer.rs`) the ClientHello's fields | — |
+//! | `ja4_cache.rs`    | (called by `offer.rs`) a read hello's JA4 verdict, if userspace cached it | `JA4_CACHE`, `JA4_GENERATION`, `JA4_KEY_SCRATCH` |
 //! | `client_hello.rs` | (called by `hello.rs`) ClientHello: SNI, name scopes | `HELLO_SCRATCH` |
 //! | `stats.rs`        | (helpers) counters; the one `bump`          | `STATS` |
 //! | `atomic.rs`       | (helpers) atomic add to a shared map value  | — |
@@ -35,7 +36,7 @@
 //! | `discover.rs`     | `enforcer discover`: uprobes on every function, its own TCP hooks | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
 //!
 //! Imports go one way (no module imports one that imports it; `enforcer/tests/import_cycles.rs`
-//! checks): programs → `ingress` → `posture` → `server_hello`; programs → `ingress` → `offer` → `offer_fields`, `posture`, `client_hello`, `events`; programs → `verdict` / `hello` → `client_hello`, `random`, `flow_head` → `policy` →
+//! checks): programs → `ingress` → `posture` → `server_hello`; programs → `ingress` → `offer` → `offer_fields`, `ja4_cache` → `posture`, `client_hello`, `events`; programs → `verdict` / `hello` → `client_hello`, `random`, `flow_head` → `policy` →
 //! `flow` → `sock`, `stats`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -68,6 +69,8 @@ mod go;
 mod hello;
 #[cfg(target_arch = "bpf")]
 mod ingress;
+#[cfg(target_arch = "bpf")]
+mod ja4_cache;
 #[cfg(target_arch = "bpf")]
 mod offer;
 #[cfg(target_arch = "bpf")]

@@ -46,7 +46,7 @@ use enforcer_common::{
 
 use crate::{
     client_hello::{HELLO_SCRATCH, load},
-    events, flow, offer_fields,
+    events, flow, ja4_cache, offer_fields,
     packet::{self, Linear, Packet},
     posture::Caller,
 };
@@ -457,6 +457,7 @@ fn finish(state: &mut OfferState, flow: &FlowKey) {
     offer_fields::read(state, event);
     event.flow = *flow;
     event.direction = state.direction;
+    ja4_cache::recall(flow, event);
     // SAFETY: plain helper call.
     events::offered(event, unsafe { bpf_ktime_get_ns() });
 }

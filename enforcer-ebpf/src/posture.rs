@@ -220,6 +220,17 @@ pub fn forget(flow: &FlowKey) {
     let _ = JA4_VERDICTS.remove(flow);
 }
 
+/// `flow`'s JA4 matched the policy's patterns `matched` (a JA4 cache hit, `ja4_cache.rs`).
+#[inline(always)]
+pub fn set_ja4_matched(flow: &FlowKey, matched: u64) {
+    let v = Ja4Verdict {
+        matched,
+        state: ja4_state::MATCHED,
+        ..Default::default()
+    };
+    let _ = JA4_VERDICTS.insert(flow, v, 0);
+}
+
 /// How the rules judge a ServerHello.
 enum Ruling {
     /// Every requirement met; `ja4_pending`: a `ja4` rule applies whose verdict is not there

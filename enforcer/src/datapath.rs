@@ -137,10 +137,7 @@ impl Datapath {
             late_attribution: false,
         };
         policy_maps.set_mode(in_force.mode().code())?;
-        policy_maps.write_host_posture(
-            &in_force.policy.posture,
-            in_force.policy.has_posture_rules(),
-        )?;
+        policy_maps.write_host_posture(&in_force.policy)?;
         let prober = Prober::new(&mut ebpf)?;
         Ok(Datapath {
             ebpf: Mutex::new(ebpf),

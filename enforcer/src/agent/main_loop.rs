@@ -71,12 +71,11 @@ impl Running {
         self.reporter
             .start_owner_lookups()
             .context("starting the owner-lookup thread")?;
-        let (verdicts, rules) = crate::datapath::maps::ja4_maps(&self.datapath.ebpf())
+        let ja4_maps = crate::datapath::maps::ja4_maps(&self.datapath.ebpf())
             .context("opening the maps of the JA4 verdicts")?;
         self.reporter.start_ja4_gate(events::ja4_gate::Ja4Gate::new(
             self.datapath.policy(),
-            verdicts,
-            rules,
+            ja4_maps,
         ));
         let maps = self
             .datapath

@@ -73,11 +73,9 @@ impl Datapath {
             let mut during = hello;
             during.scoped |= maps.hello_policy().scoped;
             maps.set_hello_policy(during)?;
+            maps.pause_ja4_cache()?;
             write_all(&mut maps, &writes)?;
-            maps.write_host_posture(
-                &in_force.policy.posture,
-                in_force.policy.has_posture_rules(),
-            )?;
+            maps.write_host_posture(&in_force.policy)?;
             maps.set_mode(mode.code())?;
             if during != hello {
                 maps.set_hello_policy(hello)?;

@@ -60,20 +60,27 @@ pub struct Fill {
 }
 
 /// A second file descriptor of map `name` of `ebpf` (opened by its id).
-/// `JA4_VERDICTS` (written) and `POSTURE_RULES` (read): what the agent's JA4 gate needs
-/// (`agent::events::ja4_gate`).
-pub type Ja4Maps = (
-    HashMap<MapData, FlowKey, enforcer_common::posture::Ja4Verdict>,
-    HashMap<MapData, u32, enforcer_common::posture::PostureRule>,
-);
+/// What the agent's JA4 gate needs (`agent::events::ja4_gate`): `JA4_VERDICTS` and
+/// `JA4_CACHE` (written), `POSTURE_RULES` (read).
+pub struct Ja4Maps {
+    pub verdicts: HashMap<MapData, FlowKey, enforcer_common::posture::Ja4Verdict>,
+    pub cache: HashMap<MapData, enforcer_common::ja4_key::Ja4Key, u64>,
+    pub rules: HashMap<MapData, u32, enforcer_common::posture::PostureRule>,
+}
 
 pub fn ja4_maps(ebpf: &Ebpf) -> Result<Ja4Maps, LiveMapError> {
-    use enforcer_common::posture::{JA4_VERDICTS, POSTURE_RULES};
-    let verdicts = HashMap::try_from(Map::LruHashMap(map_data(ebpf, JA4_VERDICTS)?))
-        .map_err(err(JA4_VERDICTS))?;
-    let rules = HashMap::try_from(Map::HashMap(map_data(ebpf, POSTURE_RULES)?))
-        .map_err(err(POSTURE_RULES))?;
-    Ok((verdicts, rules))
+    use enforcer_common::{
+        ja4_key::JA4_CACHE,
+        posture::{JA4_VERDICTS, POSTURE_RULES},
+    };
+    Ok(Ja4Maps {
+        verdicts: HashMap::try_from(Map::LruHashMap(map_data(ebpf, JA4_VERDICTS)?))
+            .map_err(err(JA4_VERDICTS))?,
+        cache: HashMap::try_from(Map::LruHashMap(map_data(ebpf, JA4_CACHE)?))
+            .map_err(err(JA4_CACHE))?,
+        rules: HashMap::try_from(Map::HashMap(map_data(ebpf, POSTURE_RULES)?))
+            .map_err(err(POSTURE_RULES))?,
+    })
 }
 
 pub(super) fn map_data(ebpf: &Ebpf, name: &'static str) -> Result<MapData, LiveMapError> {

@@ -14,7 +14,7 @@ use aya::{
     },
 };
 use enforcer_common::{
-    hello, maps,
+    hello, ja4_key, maps,
     policy::{HelloPolicy, ServerNameKey},
     posture::{self as kernel_posture, HOST_RULE, PostureRule},
 };
@@ -37,6 +37,8 @@ pub struct PolicyMaps {
     /// `HOST_RULE` and library id → crypto-posture requirements; and whether any is there.
     posture_rules: HashMap<MapData, u32, PostureRule>,
     posture_enabled: Array<MapData, u32>,
+    /// The generation of the JA4 cache's verdicts (`enforcer_common::ja4_key`).
+    ja4_generation: Array<MapData, u64>,
 }
 
 impl PolicyMaps {
@@ -66,6 +68,8 @@ impl PolicyMaps {
                 .map_err(err(kernel_posture::POSTURE_RULES))?,
             posture_enabled: Array::try_from(Map::Array(data(kernel_posture::POSTURE_ENABLED)?))
                 .map_err(err(kernel_posture::POSTURE_ENABLED))?,
+            ja4_generation: Array::try_from(Map::Array(data(ja4_key::JA4_GENERATION)?))
+                .map_err(err(ja4_key::JA4_GENERATION))?,
         })
     }
 
@@ -173,18 +177,25 @@ impl PolicyMaps {
         self.remove_name_rules(lib_id, &[])
     }
 
-    /// The host-wide posture requirements, and whether the kernel judges ServerHellos at all
-    /// (`enabled`: the policy has a posture key anywhere). Written after the libraries' on a
-    /// reload, so a newly enabled judge never sees a library's rule missing.
-    pub fn write_host_posture(
-        &mut self,
-        posture: &Posture,
-        enabled: bool,
-    ) -> Result<(), LiveMapError> {
-        self.write_posture(HOST_RULE, Some(posture))?;
+    /// The host-wide posture requirements, whether the kernel judges ServerHellos at all (the
+    /// policy has a posture key anywhere), and the JA4 cache's generation. Written after the
+    /// libraries' on a reload, so a newly enabled judge never sees a library's rule missing.
+    pub fn write_host_posture(&mut self, policy: &Policy) -> Result<(), LiveMapError> {
+        self.write_posture(HOST_RULE, Some(&policy.posture))?;
         self.posture_enabled
-            .set(0, enabled as u32, 0)
-            .map_err(err(kernel_posture::POSTURE_ENABLED))
+            .set(0, policy.has_posture_rules() as u32, 0)
+            .map_err(err(kernel_posture::POSTURE_ENABLED))?;
+        self.ja4_generation
+            .set(0, policy.ja4_generation(), 0)
+            .map_err(err(ja4_key::JA4_GENERATION))
+    }
+
+    /// Stops the kernel's JA4 cache lookups while a new policy's rules are written (their
+    /// pattern bits would not be the cached verdicts'); `write_host_posture` turns them on again.
+    pub fn pause_ja4_cache(&mut self) -> Result<(), LiveMapError> {
+        self.ja4_generation
+            .set(0, 0, 0)
+            .map_err(err(ja4_key::JA4_GENERATION))
     }
 
     fn write_posture(&mut self, key: u32, posture: Option<&Posture>) -> Result<(), LiveMapError> {

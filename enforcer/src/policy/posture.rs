@@ -164,6 +164,22 @@ impl Policy {
         !self.ja4_patterns.is_empty()
     }
 
+    /// The generation of the policy's pattern numbering (`JA4_GENERATION`, the JA4 cache's
+    /// keys): the same patterns in the same order give the same number, another list another
+    /// (FNV-1a of the patterns); 0 when the policy has no `ja4` list (the cache is off).
+    pub fn ja4_generation(&self) -> u64 {
+        if self.ja4_patterns.is_empty() {
+            return 0;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for p in &self.ja4_patterns {
+            for b in p.as_str().bytes().chain([0]) {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h.max(1)
+    }
+
     /// The bits of the policy's patterns `ja4` matches (`Ja4Verdict::matched`).
     pub fn ja4_matched(&self, ja4: &str) -> u64 {
         self.ja4_patterns

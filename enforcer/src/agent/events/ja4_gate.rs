@@ -2,7 +2,9 @@
 //! (made here from its `offered` event; the kernel does not hash) is matched against the
 //! policy's patterns and which matched is written to `JA4_VERDICTS`. The ServerHello of a flow
 //! a `ja4` rule applies to is dropped until its verdict is there (TCP sends it again), so no
-//! application byte passes before the rule is applied (`enforcer-ebpf/src/posture.rs`).
+//! application byte passes before the rule is applied (`enforcer-ebpf/src/posture.rs`). The
+//! verdict also goes into the JA4 cache under the hello's JA4 fields (`enforcer_common::ja4_key`),
+//! from which the kernel gives later hellos with the same fields their verdict at once.
 
 use std::sync::Mutex;
 
@@ -10,29 +12,36 @@ use aya::maps::{HashMap, MapData};
 use enforcer_common::{
     event::UNATTRIBUTED,
     flow::FlowKey,
+    ja4_key::Ja4Key,
+    offer::OfferedEvent,
     posture::{HOST_RULE, Ja4Verdict, PostureRule, ja4_state, rule},
 };
 use tracing::warn;
 
-use crate::datapath::PolicyView;
+use crate::datapath::{PolicyView, maps::Ja4Maps};
 
 pub struct Ja4Gate {
     policy: PolicyView,
-    verdicts: Mutex<HashMap<MapData, FlowKey, Ja4Verdict>>,
+    /// `JA4_VERDICTS` and `JA4_CACHE`, written together.
+    written: Mutex<Written>,
     /// `POSTURE_RULES` (read only): the rules as the kernel judges them, for audit mode.
     rules: HashMap<MapData, u32, PostureRule>,
 }
 
+struct Written {
+    verdicts: HashMap<MapData, FlowKey, Ja4Verdict>,
+    cache: HashMap<MapData, Ja4Key, u64>,
+}
+
 impl Ja4Gate {
-    pub fn new(
-        policy: PolicyView,
-        verdicts: HashMap<MapData, FlowKey, Ja4Verdict>,
-        rules: HashMap<MapData, u32, PostureRule>,
-    ) -> Self {
+    pub fn new(policy: PolicyView, maps: Ja4Maps) -> Self {
         Self {
             policy,
-            verdicts: Mutex::new(verdicts),
-            rules,
+            written: Mutex::new(Written {
+                verdicts: maps.verdicts,
+                cache: maps.cache,
+            }),
+            rules: maps.rules,
         }
     }
 
@@ -52,24 +61,35 @@ impl Ja4Gate {
             .map(|(_, whose)| whose)
     }
 
-    /// Writes `flow`'s verdict (`ja4`: `None` when no JA4 could be made, which breaks every
-    /// `ja4` rule), if the policy in force has `ja4` lists.
-    pub fn judge(&self, flow: &FlowKey, ja4: Option<&str>) {
-        let verdict = {
+    /// Writes the verdict of the flow of `event` (`ja4`: its JA4, `None` when none could be
+    /// made, which breaks every `ja4` rule) and caches it under the hello's fields, if the
+    /// policy in force has `ja4` lists.
+    pub fn judge(&self, event: &OfferedEvent, ja4: Option<&str>) {
+        let (verdict, generation) = {
             let in_force = self.policy.read();
             if !in_force.policy.has_ja4_rules() {
                 return;
             }
-            verdict_for(&in_force.policy, ja4)
+            (
+                verdict_for(&in_force.policy, ja4),
+                in_force.policy.ja4_generation(),
+            )
         };
-        let mut verdicts = self
-            .verdicts
+        let mut written = self
+            .written
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Over a waiting mark the kernel put. A failure leaves the ServerHello waiting until
         // it is judged as breaking the rule (fail closed).
-        if let Err(err) = verdicts.insert(flow, verdict, 0) {
+        if let Err(err) = written.verdicts.insert(event.flow, verdict, 0) {
             warn!(%err, "writing a JA4 verdict failed; the flow's ServerHello waits, then is dropped");
+        }
+        if verdict.state == ja4_state::MATCHED
+            && ja4.is_some()
+            && let Some(key) = Ja4Key::of(event, generation)
+            && let Err(err) = written.cache.insert(key, verdict.matched, 0)
+        {
+            warn!(%err, "caching a JA4 verdict failed; hellos like this one wait for theirs");
         }
     }
 }

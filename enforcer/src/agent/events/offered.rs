@@ -124,7 +124,7 @@ impl Reporter {
         self.ja4s
             .record(event.flow, event.header.ts_ns, ja4.clone());
         if let Some(gate) = &self.ja4_gate {
-            gate.judge(&event.flow, ja4.as_deref());
+            gate.judge(event, ja4.as_deref());
         }
         if self.writes_json() {
             let mut record = json!({
