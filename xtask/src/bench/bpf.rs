@@ -481,9 +481,74 @@ pub fn server_hello_record() -> Vec<u8> {
     record
 }
 
+/// A TLS 1.3 ClientHello record like OpenSSL 3.0's: 16 cipher suites, server name, groups,
+/// signature schemes, ALPN `h2`, `supported_versions`, an X25519 key share (240 bytes).
+pub fn client_hello_record() -> Vec<u8> {
+    fn ext(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut e = kind.to_be_bytes().to_vec();
+        e.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        e.extend_from_slice(body);
+        e
+    }
+    let u16s = |v: &[u16]| -> Vec<u8> { v.iter().flat_map(|x| x.to_be_bytes()).collect() };
+    let prefixed = |b: Vec<u8>| -> Vec<u8> {
+        let mut out = (b.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&b);
+        out
+    };
+    let suites = [
+        0x1302, 0x1303, 0x1301, 0xc02c, 0xc030, 0x009f, 0xcca9, 0xcca8, 0xccaa, 0xc02b, 0xc02f,
+        0x009e, 0xc024, 0xc028, 0x006b, 0x00ff,
+    ];
+    let name = b"bench.example";
+    let mut sni = vec![0];
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut share = 0x001d_u16.to_be_bytes().to_vec();
+    share.extend_from_slice(&32u16.to_be_bytes());
+    share.extend_from_slice(&[0x5a; 32]);
+    let mut exts = ext(0x0000, &prefixed(sni));
+    exts.extend(ext(
+        0x000a,
+        &prefixed(u16s(&[0x001d, 0x0017, 0x001e, 0x0019, 0x0018])),
+    ));
+    exts.extend(ext(0x000b, &[1, 0]));
+    exts.extend(ext(
+        0x000d,
+        &prefixed(u16s(&[0x0403, 0x0503, 0x0603, 0x0807, 0x0804, 0x0401])),
+    ));
+    exts.extend(ext(0x0010, &prefixed(b"\x02h2".to_vec())));
+    exts.extend(ext(0x002b, &[2, 0x03, 0x04]));
+    exts.extend(ext(0x002d, &[1, 1]));
+    exts.extend(ext(0x0033, &prefixed(share)));
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x42; 32]);
+    body.push(32);
+    body.extend_from_slice(&[0x17; 32]);
+    body.extend(prefixed(u16s(&suites)));
+    body.extend_from_slice(&[1, 0]);
+    body.extend(prefixed(exts));
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
+    record.push(0x01);
+    record.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    record.extend_from_slice(&body);
+    record
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_hello_record_is_consistent() {
+        let r = client_hello_record();
+        assert_eq!(r[0], 0x16);
+        assert_eq!(u16::from_be_bytes([r[3], r[4]]) as usize, r.len() - 5);
+        let hs = u32::from_be_bytes([0, r[6], r[7], r[8]]) as usize;
+        assert_eq!(hs, r.len() - 9);
+        assert!((200..400).contains(&r.len()), "{}", r.len());
+    }
 
     #[test]
     fn frames_and_keys_have_the_wire_layout() {

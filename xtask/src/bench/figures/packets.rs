@@ -30,6 +30,11 @@ pub const NO_MATCH_HOLDING: &str = "enforcer, no-match path, blocklist holding e
 /// posture reader, the read, and the `POSTURES` lookup that finds it judged (passes).
 pub const SERVER_HELLO_READ: &str =
     "enforcer, a ServerHello read by the posture reader (tail call; passes)";
+/// A TLS 1.3 ClientHello arriving (a client of a server on this host), in one segment: the
+/// tail call to the ClientHello reader, its field walk and the `offered` event (XDP only: on
+/// egress a hello is read once, when it is judged, and a repeated run finds it judged).
+pub const CLIENT_HELLO_READ: &str =
+    "enforcer, a ClientHello arriving, read by the offer reader (tail call, offered event; passes)";
 /// The throughput rows of the two ingress forms.
 pub const AGENT_TC: &str = "agent attached, ingress in tc (--ingress auto, the default on a veth)";
 pub const AGENT_XDP: &str = "agent attached, ingress in XDP (--ingress xdp)";
@@ -61,7 +66,10 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
              afterwards); the return values are checked (XDP_DROP, TC_ACT_SHOT). ServerHello row: a 122-byte TLS \
              1.3 ServerHello (X25519) on the no-match 4-tuple, written into HELLOS_SEEN as if \
              its ClientHello had left: the tail call to the posture reader and the read, the \
-             first run recording it in POSTURES and every later one finding it judged. Baseline: an \
+             first run recording it in POSTURES and every later one finding it judged. \
+             ClientHello row (XDP only): a 240-byte TLS 1.3 ClientHello arriving on another \
+             4-tuple, read in full by the offer reader each run (on egress a hello is read \
+             once, when judged). Baseline: an \
              empty program of the same type (`r0 = pass; exit`), i.e. what BPF_PROG_TEST_RUN and \
              any program cost. {runs} runs each. Throughput: iperf3 (Debian) over the veth pair \
              into the bench's network namespace, 1 stream, {} s per run, with no agent vs with the \
@@ -191,7 +199,11 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
             for (fam, local, other, remote) in &families {
                 // Ingress frames come from the remote end; egress frames from us.
                 let hello = bpf::server_hello_record();
-                let cases: [(Case, Vec<u8>); 2] = [
+                let offer = bpf::client_hello_record();
+                // Not the ServerHello row's 4-tuple: that flow's hello "left" (HELLOS_SEEN), and
+                // a ClientHello arriving on it is not read.
+                let offer_local = SocketAddr::new(other.ip(), 40002);
+                let cases: [(Case, Vec<u8>, Option<Vec<u8>>); 2] = [
                     (
                         (
                             "XDP (ingress)",
@@ -203,6 +215,7 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                             2,
                         ),
                         bpf::tcp_frame_with(*remote, *other, &hello),
+                        Some(bpf::tcp_frame_with(*remote, offer_local, &offer)),
                     ),
                     (
                         (
@@ -215,27 +228,35 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                             0,
                         ),
                         bpf::tcp_frame_with(*other, *remote, &hello),
+                        None,
                     ),
                 ];
-                for ((hook, prog, nomatch, drop, pass_rv, drop_rv, empty_rv), server_hello) in cases
+                for (
+                    (hook, prog, nomatch, drop, pass_rv, drop_rv, empty_rv),
+                    server_hello,
+                    offer,
+                ) in cases
                 {
                     let empty = if hook.starts_with("XDP") {
                         &empty_xdp
                     } else {
                         &empty_tc
                     };
-                    let mut s = [vec![], vec![], vec![], vec![], vec![], vec![]];
+                    let mut s = [vec![], vec![], vec![], vec![], vec![], vec![], vec![]];
                     for _ in 0..runs {
+                        let offer_case = offer.as_ref().map(|f| (prog, f, pass_rv, 0, false));
                         for (i, (p, pkt, want, lookup, raised)) in [
-                            (empty, &nomatch, empty_rv, 0, false),
-                            (prog, &nomatch, pass_rv, 0, false),
-                            (prog, &nomatch, pass_rv, 0, true),
-                            (prog, &nomatch, pass_rv, 1, false),
-                            (prog, &drop, drop_rv, 1, false),
-                            (prog, &server_hello, pass_rv, 0, false),
+                            Some((empty, &nomatch, empty_rv, 0, false)),
+                            Some((prog, &nomatch, pass_rv, 0, false)),
+                            Some((prog, &nomatch, pass_rv, 0, true)),
+                            Some((prog, &nomatch, pass_rv, 1, false)),
+                            Some((prog, &drop, drop_rv, 1, false)),
+                            Some((prog, &server_hello, pass_rv, 0, false)),
+                            offer_case,
                         ]
                         .into_iter()
                         .enumerate()
+                        .filter_map(|(i, c)| Some((i, c?)))
                         {
                             set_held(lookup)?;
                             set_buckets(raised)?;
@@ -252,13 +273,16 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                         Better::Lower,
                         true,
                     );
-                    let [a, b, c, d, e, f] = s;
+                    let [a, b, c, d, e, f, g] = s;
                     m.row("baseline: empty program", a);
                     m.row(NO_MATCH_EMPTY, b);
                     m.row(NO_MATCH_OTHER_BUCKETS, c);
                     m.row(NO_MATCH_HOLDING, d);
                     m.row("enforcer, drop path (4-tuple in BLOCKLIST)", e);
                     m.row(SERVER_HELLO_READ, f);
+                    if !g.is_empty() {
+                        m.row(CLIENT_HELLO_READ, g);
+                    }
                     metrics.push(m);
                 }
             }
