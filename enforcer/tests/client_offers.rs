@@ -410,14 +410,7 @@ fn a_bucket_count_an_evicted_entry_left_is_taken_back() {
     let mut h = Harness::new();
     let record = hello(&SUITES, &pq_exts());
     let sport = 49000;
-    let mut key = FlowKey {
-        family: family::V4,
-        local_port: sport,
-        remote_port: 443,
-        ..FlowKey::default()
-    };
-    key.local_addr[..4].copy_from_slice(&SRC);
-    key.remote_addr[..4].copy_from_slice(&DST);
+    let key = flow_of(sport);
     let bucket = enforcer_common::flow::held::bucket_in(&key, offer::OFFER_BUCKET_BITS);
     // (the flow's bucket, the sum over all buckets: `OFFERS_OPEN`)
     let count = |h: &Harness| {

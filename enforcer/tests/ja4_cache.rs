@@ -20,24 +20,12 @@ mod egress_harness;
 use aya::maps::{Array, HashMap};
 use egress_harness::*;
 use enforcer_common::{
-    flow::{FlowKey, family},
+    flow::FlowKey,
     ja4_key::{JA4_CACHE, JA4_GENERATION, Ja4Key},
     posture::{JA4_VERDICTS, Ja4Verdict, ja4_state},
 };
 use packets::offers::*;
 use packets::*;
-
-fn flow_of(sport: u16) -> FlowKey {
-    let mut key = FlowKey {
-        family: family::V4,
-        local_port: sport,
-        remote_port: 443,
-        ..FlowKey::default()
-    };
-    key.local_addr[..4].copy_from_slice(&SRC);
-    key.remote_addr[..4].copy_from_slice(&DST);
-    key
-}
 
 fn verdict(h: &Harness, sport: u16) -> Option<Ja4Verdict> {
     let v: HashMap<_, FlowKey, Ja4Verdict> =

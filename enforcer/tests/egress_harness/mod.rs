@@ -7,7 +7,9 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use enforcer_common::{
-    event, maps,
+    event,
+    flow::{FlowKey, family},
+    maps,
     offer::OfferedEvent,
     policy::{HelloPolicy, action, mode},
 };
@@ -96,4 +98,17 @@ pub fn seg(sport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     t[4..8].copy_from_slice(&seq.to_be_bytes());
     t.extend_from_slice(payload);
     ethernet(&[], ETH_P_IP, &Ipv4::new(SRC, DST, IPPROTO_TCP).build(&t))
+}
+
+/// The 4-tuple of [`seg`]'s frames from `sport`, from this host's side.
+pub fn flow_of(sport: u16) -> FlowKey {
+    let mut key = FlowKey {
+        family: family::V4,
+        local_port: sport,
+        remote_port: 443,
+        ..FlowKey::default()
+    };
+    key.local_addr[..4].copy_from_slice(&SRC);
+    key.remote_addr[..4].copy_from_slice(&DST);
+    key
 }
