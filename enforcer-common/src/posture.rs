@@ -57,8 +57,8 @@ pub struct Posture {
     pub version: u16,
     /// The cipher suite.
     pub suite: u16,
-    /// The key-exchange group (TLS 1.3 `key_share`); a TLS 1.2 group is in the
-    /// ServerKeyExchange, which is not read: `field::GROUP` is then unset.
+    /// The key-exchange group: TLS 1.3 `key_share`, or a TLS 1.2 ECDHE ServerKeyExchange in
+    /// the ServerHello's packet (elsewhere `field::GROUP` is unset).
     pub group: u16,
     /// `field::*` bits of what was read. A field past the end of the ServerHello's segment is
     /// not read.

@@ -6,6 +6,12 @@
 //! The bytes come from the wire: every length is checked against the handshake message, every
 //! loop has a constant bound, and a field that cannot be read (past the segment, or behind an
 //! inconsistent length) is left unread (`Posture::read`), never guessed.
+//!
+//! A TLS 1.2 connection's group is in the ServerKeyExchange, after the Certificate: it is read
+//! when it is in the same packet as the ServerHello (`key_exchange_group`). A server's flight
+//! leaves as one TSO/GSO packet and arrives at tc ingress as one after GRO (or intact from a
+//! veth peer), so it usually is; an XDP frame is one MTU and holds it only with a small
+//! certificate. Elsewhere the group stays unread (a `groups` rule refuses the connection).
 
 use enforcer_common::{
     hello::HELLO_RETRY_RANDOM,
@@ -37,6 +43,15 @@ fn be16(b: [u8; 2]) -> u16 {
 #[inline(always)]
 pub fn read<P: Packet>(packet: &P, payload: usize) -> Option<Posture> {
     let mut posture = fields(packet, payload)?;
+    if posture.has(field::VERSION)
+        && posture.version == TLS12
+        && !posture.has(field::GROUP)
+        && posture.retried == 0
+        && let Some(group) = key_exchange_group(packet, payload)
+    {
+        posture.group = group;
+        posture.read |= field::GROUP;
+    }
     if !posture.has(field::VERSION)
         && posture.has(field::SUITE)
         && TLS13_SUITES.contains(&posture.suite)
@@ -144,3 +159,62 @@ fn fields<P: Packet>(packet: &P, payload: usize) -> Option<Posture> {
     }
     Some(posture)
 }
+
+/// Handshake message types after a TLS 1.2 ServerHello.
+const SERVER_KEY_EXCHANGE: u8 = 12;
+const SERVER_HELLO_DONE: u8 = 14;
+/// `ECCurveType` of an ECDHE ServerKeyExchange that names its group (RFC 8422).
+const NAMED_CURVE: u8 = 3;
+/// Records and messages walked after the ServerHello: its own record's rest, the Certificate
+/// (possibly over several records), CertificateStatus, the ServerKeyExchange.
+const MAX_STEPS: usize = 12;
+
+/// The named group of the ServerKeyExchange that follows the ServerHello at `payload` in the
+/// same packet, walking the handshake messages across the records that carry them. `None`: not
+/// in this packet, a header split between records, a record that is not a handshake, an
+/// exchange without a named group (finite-field DHE, RSA key transport), or any inconsistency.
+#[inline(always)]
+fn key_exchange_group<P: Packet>(packet: &P, payload: usize) -> Option<u16> {
+    let record: [u8; 9] = at(packet, payload)?;
+    let hs_len = ((record[6] as usize) << 16) | ((record[7] as usize) << 8) | record[8] as usize;
+    // The end of the record being walked, and the next message's header.
+    let mut record_end = payload + 5 + be16([record[3], record[4]]) as usize;
+    let mut msg = payload + 9 + hs_len;
+    for _ in 0..MAX_STEPS {
+        if msg > MAX_OFFSET || record_end > MAX_OFFSET {
+            return None;
+        }
+        if msg >= record_end {
+            // The message went on past its record (a Certificate over several records), or
+            // the record ended: the next record's header comes first.
+            let next: [u8; 5] = at(packet, record_end)?;
+            if next[0] != 0x16 || next[1] != 3 {
+                return None;
+            }
+            msg += 5;
+            record_end += 5 + be16([next[3], next[4]]) as usize;
+            continue;
+        }
+        if msg + 4 > record_end {
+            return None; // a message header split between two records: not followed
+        }
+        let header: [u8; 4] = at(packet, msg)?;
+        let len = ((header[1] as usize) << 16) | ((header[2] as usize) << 8) | header[3] as usize;
+        match header[0] {
+            SERVER_KEY_EXCHANGE => {
+                // curve_type (1), named group (2), inside the message and its record.
+                if len < 3 || msg + 7 > record_end {
+                    return None;
+                }
+                let params: [u8; 3] = at(packet, msg + 4)?;
+                return (params[0] == NAMED_CURVE).then(|| be16([params[1], params[2]]));
+            }
+            SERVER_HELLO_DONE => return None,
+            _ => msg += 4 + len,
+        }
+    }
+    None
+}
+
+/// Offsets past this (from the frame start) are not read (`client_hello::load`'s bound).
+const MAX_OFFSET: usize = 1 << 16;

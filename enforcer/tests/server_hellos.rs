@@ -362,3 +362,136 @@ fn garbage_lengths_and_long_extension_lists_leave_fields_unread() {
     h.hello_left(42103);
     assert!(!h.passes(&from_server(42103, &over)));
 }
+
+const SECP256R1: u16 = 0x0017;
+
+/// A handshake message.
+fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    m.extend_from_slice(body);
+    m
+}
+
+/// A handshake record carrying `bytes` (whole messages or parts of them).
+fn record(bytes: &[u8]) -> Vec<u8> {
+    let mut r = vec![0x16, 0x03, 0x03];
+    r.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    r.extend_from_slice(bytes);
+    r
+}
+
+/// An ECDHE ServerKeyExchange naming `group` (curve type 3), or finite-field DHE params
+/// (`None`).
+fn key_exchange(group: Option<u16>) -> Vec<u8> {
+    let mut body = match group {
+        Some(g) => {
+            let mut b = vec![3];
+            b.extend_from_slice(&g.to_be_bytes());
+            b.push(65);
+            b.extend_from_slice(&[0x04; 65]);
+            b
+        }
+        None => vec![0, 1, 0xff, 0, 1, 2, 0, 1, 0x55],
+    };
+    body.extend_from_slice(&[0x04, 0x01, 0, 16]);
+    body.extend_from_slice(&[0xee; 16]);
+    message(12, &body)
+}
+
+/// A TLS 1.2 server flight: ServerHello, a 900-byte Certificate, the ServerKeyExchange,
+/// ServerHelloDone; one record each (OpenSSL), or the first two messages' bytes cut across
+/// two records `cut` bytes into the Certificate message (its 4-byte header included).
+fn tls12_flight(group: Option<u16>, cut: Option<usize>) -> Vec<u8> {
+    let hello = tls12()[5..].to_vec();
+    let cert = message(11, &[0xce; 900]);
+    let mut flight = match cut {
+        None => [record(&hello), record(&cert)].concat(),
+        Some(cut) => {
+            let both = [hello.clone(), cert].concat();
+            let at = hello.len() + cut;
+            [record(&both[..at]), record(&both[at..])].concat()
+        }
+    };
+    flight.extend(record(&key_exchange(group)));
+    flight.extend(record(&message(14, &[])));
+    flight
+}
+
+fn secp256r1_only() -> PostureRule {
+    let mut rule = PostureRule {
+        group_count: 1,
+        ..Default::default()
+    };
+    rule.groups[0] = SECP256R1;
+    rule
+}
+
+#[test]
+fn a_tls12_group_is_read_from_the_server_key_exchange_in_the_same_packet() {
+    for form in FORMS {
+        let mut h = Harness::new(form);
+        h.require(secp256r1_only());
+        for (sport, cut) in [(42100, None), (42101, Some(4)), (42102, Some(450))] {
+            h.hello_left(sport);
+            let frame = from_server(sport, &tls12_flight(Some(SECP256R1), cut));
+            assert!(h.passes(&frame), "{form:?} cut {cut:?}");
+            let p = h.posture(sport).expect("recorded");
+            assert_eq!(
+                (p.version, p.group),
+                (0x0303, SECP256R1),
+                "{form:?} {cut:?}"
+            );
+            assert!(p.has(field::GROUP), "{form:?} {cut:?}: {p:?}");
+        }
+        // Another group breaks the rule: dropped at the ServerHello's packet.
+        h.hello_left(42103);
+        assert!(!h.passes(&from_server(42103, &tls12_flight(Some(X25519), None))));
+        assert_eq!(h.posture(42103).map(|p| p.group), Some(X25519));
+        assert!(h.blocked(42103), "{form:?}");
+    }
+}
+
+#[test]
+fn a_tls12_group_not_in_the_packet_or_not_named_stays_unread_and_fails_closed() {
+    for form in FORMS {
+        let mut h = Harness::new(form);
+        h.require(secp256r1_only());
+        let whole = tls12_flight(Some(SECP256R1), None);
+        let ske_at = whole.len() - 4 - 5 - key_exchange(Some(SECP256R1)).len() - 5;
+        let cases: [(u16, Vec<u8>); 5] = [
+            // The Certificate's header split between two records (not followed).
+            (42115, tls12_flight(Some(SECP256R1), Some(1))),
+            // The packet ends before the ServerKeyExchange (it comes in a later segment).
+            (42110, whole[..ske_at].to_vec()),
+            // ... or inside its header.
+            (42111, whole[..ske_at + 7].to_vec()),
+            // Finite-field DHE: no named group.
+            (42112, tls12_flight(None, None)),
+            // RSA key transport: ServerHelloDone right after the Certificate.
+            (
+                42113,
+                [
+                    record(&tls12()[5..]),
+                    record(&message(11, &[0xce; 100])),
+                    record(&message(14, &[])),
+                ]
+                .concat(),
+            ),
+        ];
+        for (sport, payload) in cases {
+            h.hello_left(sport);
+            assert!(!h.passes(&from_server(sport, &payload)), "{form:?} {sport}");
+            let p = h.posture(sport).expect("recorded");
+            assert!(
+                p.has(field::VERSION) && !p.has(field::GROUP),
+                "{form:?} {sport}: {p:?}"
+            );
+        }
+        // A record of another type between them (an alert): not followed.
+        h.hello_left(42114);
+        let mut odd = [record(&tls12()[5..]), vec![0x15, 3, 3, 0, 2, 1, 0]].concat();
+        odd.extend(record(&key_exchange(Some(SECP256R1))));
+        assert!(!h.passes(&from_server(42114, &odd)), "{form:?}");
+    }
+}

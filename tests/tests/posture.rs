@@ -479,3 +479,84 @@ s.close()
     assert_eq!(e["broken_rule"]["key"], "tls_versions", "{e}");
     assert!(!String::from_utf8_lossy(&server.received()).contains("REUSED-1.2"));
 }
+
+/// A TLS 1.2 connection's group, from its ServerKeyExchange (read when it is in the packet of
+/// the ServerHello: the server's flight as one segment-offload packet, tc ingress on the veth):
+/// an OpenSSL client negotiating x25519 meets `groups: [x25519]`; a GnuTLS client offering only
+/// secp256r1 breaks it and is dropped before its first application byte.
+#[test]
+fn tls12_groups_are_read_from_the_server_key_exchange() {
+    require_root();
+    const X25519_ONLY: &str = "\
+mode: enforce
+default: deny
+groups: [x25519]
+libraries:
+  - family: openssl
+    action: allow
+  - family: gnutls
+    action: allow
+";
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let port = free_port();
+    let server = Server::plain(&ns, peer, port, &cert);
+    let mut agent = start(&ns, X25519_ONLY);
+    let addr = server.addr().to_string();
+    let mut openssl = cmd(
+        "openssl",
+        [
+            "s_client",
+            "-quiet",
+            "-no_ign_eof",
+            "-tls1_2",
+            "-connect",
+            &addr,
+        ],
+    );
+    let out = run_with_timeout(&mut openssl, b"TLS12-X25519\n", CLIENT);
+    assert!(out.success(), "{out:?}\n{}", agent.stderr());
+    server.wait_received(b"TLS12-X25519", EVENT);
+    let e = checked(agent.wait_for(
+        |v| v["type"] == "negotiated" && v["library"]["family"] == "openssl",
+        EVENT,
+    ));
+    assert_eq!(e["tls"]["version"], "1.2", "{e}");
+    assert_eq!(e["tls"]["group"], "x25519", "{e}");
+    assert_eq!(e["verdict"], "allowed", "{e}");
+
+    let port_s = port.to_string();
+    let host_s = peer.to_string();
+    let mut gnutls = cmd(
+        "gnutls-cli",
+        [
+            "--insecure",
+            "--priority",
+            "NORMAL:-VERS-ALL:+VERS-TLS1.2:-GROUP-ALL:+GROUP-SECP256R1",
+            "--port",
+            &port_s,
+            &host_s,
+        ],
+    );
+    let out = run_with_timeout(&mut gnutls, b"TLS12-P256-MUST-NOT-ARRIVE\n", CLIENT);
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.elapsed < REFUSED_WITHIN * 2,
+        "refused after {:?}",
+        out.elapsed
+    );
+    let e = checked(agent.wait_for(
+        |v| v["type"] == "negotiated" && v["library"]["family"] == "gnutls",
+        EVENT,
+    ));
+    assert_eq!(e["tls"]["version"], "1.2", "{e}");
+    assert_eq!(e["tls"]["group"], "secp256r1", "{e}");
+    assert_eq!(e["broken_rule"]["key"], "groups", "{e}");
+    assert_eq!(e["verdict"], "blocked", "{e}");
+    let received = String::from_utf8_lossy(&server.received()).into_owned();
+    assert!(
+        !received.contains("MUST-NOT-ARRIVE"),
+        "the peer got {received:?}"
+    );
+}
