@@ -163,12 +163,15 @@ struct Checked {
     metrics: Option<(TcpListener, SocketAddr)>,
     /// Every library discovery found (the watcher will not examine them again).
     found: Vec<Library>,
+    /// The policy file's fingerprint from before it was read (`ReloadConfig::loaded`).
+    policy_fingerprint: Option<reload::Fingerprint>,
     /// Held until the agent exits: no second agent takes these interfaces.
     _locks: iface_lock::IfaceLocks,
 }
 
 /// Also returns the policy, which [`load`] hands to the datapath.
 async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
+    let policy_fingerprint = args.policy.as_deref().and_then(reload::fingerprint);
     let policy = match &args.policy {
         Some(path) => policy::load(path)?,
         None => policy::embedded_default(),
@@ -232,6 +235,7 @@ async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
         reporter,
         metrics,
         found,
+        policy_fingerprint,
     };
     Ok((checked, policy))
 }
@@ -370,6 +374,7 @@ async fn serve(
         reload: args.policy.clone().map(|path| reload::ReloadConfig {
             path,
             reevaluate_established: args.reevaluate_established,
+            loaded: checked.policy_fingerprint,
         }),
         pin: checked.pin.clone().map(|dir| (dir, ready.programs)),
         control: Some(ready.control),

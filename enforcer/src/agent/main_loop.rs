@@ -158,10 +158,9 @@ impl Running {
         info!(interfaces = ?i.interfaces, mode, kernel_hook = i.kernel_hook, libraries, new_files = i.new_files, control = %self.control_path.display(), metrics = metrics_addr.map(tracing::field::display), "enforcer ready");
 
         let mut tick = tokio::time::interval(TICK);
-        let mut fingerprint = self
-            .reload
-            .as_ref()
-            .and_then(|c| reload::fingerprint(&c.path));
+        // From the file as it was when the policy in force was read, not as it is now: a file
+        // replaced while the agent started (or right after `ready`) is reloaded at the first tick.
+        let mut fingerprint = self.reload.as_ref().and_then(|c| c.loaded);
         let mut pressure = Pressure::default();
         let result = loop {
             tokio::select! {

@@ -22,7 +22,14 @@ use crate::{
 pub struct ReloadConfig {
     pub path: PathBuf,
     pub reevaluate_established: bool,
+    /// The file's [`fingerprint`] taken just before the policy in force was read at start: the
+    /// change poll starts from it, so a file replaced at any moment after that read (while the
+    /// agent starts, or between `ready` and the first poll) is reloaded.
+    pub loaded: Option<Fingerprint>,
 }
+
+/// (inode, size, mtime seconds, mtime nanoseconds).
+pub type Fingerprint = (u64, u64, i64, i64);
 
 /// Reads and validates the policy at `config.path`. Nothing is changed yet.
 pub fn read(config: &ReloadConfig) -> Result<Policy, policy::PolicyError> {
@@ -59,7 +66,7 @@ pub fn rejected_record(path: &Path, error: &str) -> Value {
 
 /// What identifies the file's content for the change poll: (inode, size, mtime). A file
 /// replaced by rename (editors, Kubernetes ConfigMap updates) changes the inode.
-pub fn fingerprint(path: &Path) -> Option<(u64, u64, i64, i64)> {
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
