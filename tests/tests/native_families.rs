@@ -129,8 +129,19 @@ fn run(client: &Client, to: SocketAddr, line: &str) -> (Outcome, u16) {
         .stdout_str()
         .lines()
         .find_map(|l| l.strip_prefix("from ")?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{}: prints its port: {out:?}", client.family));
+        .unwrap_or_else(|| panic!("{}: prints its port: {}", client.family, show(&out)));
     (out, from)
+}
+
+/// The outcome as text: status, time, stdout and stderr.
+fn show(out: &Outcome) -> String {
+    format!(
+        "{} after {:?}, stdout {:?}, stderr {:?}",
+        out.status,
+        out.elapsed,
+        out.stdout_str(),
+        out.stderr_str()
+    )
 }
 
 /// How long the client takes to start, be refused by a closed port and exit (also gets its
@@ -146,8 +157,9 @@ fn baseline(client: &Client, peer: IpAddr) -> Duration {
     );
     assert!(
         !out.success(),
-        "{}: nothing listens there: {out:?}",
-        client.family
+        "{}: nothing listens there: {}",
+        client.family,
+        show(&out)
     );
     out.elapsed
 }
@@ -222,7 +234,8 @@ fn native_families_attributed_by_their_randoms_and_decided_by_policy() {
         let (out, from) = run(c, server.addr(), &line);
         assert!(
             out.success(),
-            "{f}: allowed by family and version, must complete: {out:?}\n{}",
+            "{f}: allowed by family and version, must complete: {}\n{}",
+            show(&out),
             agent.stderr()
         );
         server.wait_received(line.as_bytes(), EVENT);
@@ -248,7 +261,8 @@ fn native_families_attributed_by_their_randoms_and_decided_by_policy() {
         let (out, from) = run(c, server.addr(), &marker);
         assert!(
             !out.success(),
-            "{f}: denied by family, must be refused: {out:?}"
+            "{f}: denied by family, must be refused: {}",
+            show(&out)
         );
         assert!(
             out.elapsed < took + REFUSED_WITHIN,
