@@ -10,7 +10,8 @@
 //!   came from the random source the catalog probes: `wc_RNG_GenerateBlock`,
 //!   `mbedtls_ctr_drbg_random`, `RAND_bytes`). Unattributed TLS is denied under that policy, and
 //!   a library that binds its hellos and did not make the random is unattributed, so a hello
-//!   its random did not name would fail.
+//!   its random did not name would fail. The same client through a local `socat` relay (no
+//!   thread of the library touches the relay's socket) is allowed by its random alone.
 //! - Denied by `family` (unattributed TLS and the default allowed): the client is refused within
 //!   [`REFUSED_WITHIN`] of its own run time against a closed port, no byte of its line reaches
 //!   the peer, and its socket is aborted (the `connection` event, taken in the send hook before
@@ -22,14 +23,14 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use enforcer_tests::programs::{build_aws_lc_client, build_mbedtls_client, build_wolfssl_client};
 use enforcer_tests::{
     Agent, Cert, NetNs, Outcome, Server, cmd,
-    content::{REFUSED_WITHIN, free_port},
+    content::{Background, REFUSED_WITHIN, free_port},
     require_root, run_with_timeout, sh,
 };
 use serde_json::Value;
@@ -164,6 +165,26 @@ fn baseline(client: &Client, peer: IpAddr) -> Duration {
     out.elapsed
 }
 
+/// `socat` on 127.0.0.1 relaying each connection to `to`, listening when returned; its port.
+fn relay(to: SocketAddr) -> (Background, u16) {
+    let port = free_port();
+    let child = Command::new("socat")
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+        .arg(format!("TCP:{to}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat (Debian package socat; cargo xtask setup)");
+    let child = Background(child);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < EVENT, "socat never listened on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
 fn event(agent: &mut Agent, kind: &'static str, from: u16) -> Value {
     agent.wait_for(
         move |v| v["type"] == kind && v["local"]["port"] == from,
@@ -249,6 +270,34 @@ fn native_families_attributed_by_their_randoms_and_decided_by_policy() {
         assert_eq!(hello["evidence"], "random", "{f}: {hello}");
         assert_eq!(hello["verdict"], "allowed", "{f}: {hello}");
         assert_names(&hello, c, local, from, server.addr());
+
+        // Through a local relay: socat's socket carries the hello and no thread of the library
+        // touches it, so only the random can name the library (else unattributed, denied).
+        let relayed = Server::plain(&ns, peer, c.port + 10, &cert);
+        let (_relay, port) = relay(relayed.addr());
+        let line = format!("{f} relayed\n");
+        let out = run_with_timeout(
+            Command::new(&c.exe).args(["127.0.0.1", &port.to_string(), &line]),
+            b"",
+            CLIENT,
+        );
+        assert!(out.success(), "{f}: relayed: {}", show(&out));
+        relayed.wait_received(line.as_bytes(), EVENT);
+        let to = relayed.addr();
+        let hello = agent.wait_for(
+            move |v| v["type"] == "client_hello" && v["remote"]["port"] == to.port(),
+            EVENT,
+        );
+        assert_eq!(hello["attributed"], true, "{f}: relayed: {hello}");
+        assert_eq!(hello["evidence"], "random", "{f}: relayed: {hello}");
+        assert_eq!(hello["verdict"], "allowed", "{f}: relayed: {hello}");
+        assert_eq!(hello["library"]["family"], f, "{f}: relayed: {hello}");
+        assert_eq!(
+            hello["library"]["version"],
+            c.version.as_str(),
+            "{f}: {hello}"
+        );
+        assert_eq!(hello["library"]["path"], c.library.as_str(), "{f}: {hello}");
     }
     drop(agent);
 
