@@ -255,3 +255,45 @@ fn build_rustls_program(
         .unwrap_or_else(|e| panic!("copy {program} to {}: {e}", out.display()));
     out
 }
+
+/// Builds tests/programs/wolfssl-client (Debian's `libwolfssl-dev`) as `dir/wolfssl-client`.
+pub fn build_wolfssl_client(dir: &Path) -> PathBuf {
+    build_c(dir, "wolfssl-client", &["-lwolfssl"])
+}
+
+/// Builds tests/programs/mbedtls-client (Debian's `libmbedtls-dev`) as `dir/mbedtls-client`.
+pub fn build_mbedtls_client(dir: &Path) -> PathBuf {
+    build_c(
+        dir,
+        "mbedtls-client",
+        &["-lmbedtls", "-lmbedx509", "-lmbedcrypto"],
+    )
+}
+
+/// Builds tests/programs/aws-lc-client from crates.io (aws-lc-sys with libssl; its committed
+/// `Cargo.lock`, `--locked`) and copies it to `dir/name`. The build goes to
+/// `target/aws-lc-client`, kept between runs: AWS-LC takes minutes the first time.
+pub fn build_aws_lc_client(dir: &Path, name: &str) -> PathBuf {
+    let src = crate::workspace().join("tests/programs/aws-lc-client");
+    let target = crate::workspace().join("target/aws-lc-client");
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .current_dir(&src)
+        .args(["build", "--quiet", "--locked", "--release", "--target-dir"])
+        .arg(&target);
+    // The test's own cargo environment must not leak into this separate project.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MANIFEST_DIR",
+    ] {
+        cargo.env_remove(var);
+    }
+    sh(&mut cargo);
+    let out = dir.join(name);
+    std::fs::copy(target.join("release/aws-lc-client"), &out)
+        .unwrap_or_else(|e| panic!("copy aws-lc-client to {}: {e}", out.display()));
+    out
+}

@@ -34,6 +34,10 @@ const PACKAGES: &[&str] = &[
     "mptcpd",          // tests/tests/bypass_paths.rs: mptcpize (MPTCP clients and server)
     "python3-venv",    // tests/tests/bypass_paths.rs: the aioquic virtualenv
     "tmux",            // tests/tests/operator_top.rs: `enforcer top` in a real terminal
+    "libwolfssl-dev",  // tests/programs/wolfssl-client (tests/tests/native_families.rs)
+    "libmbedtls-dev",  // tests/programs/mbedtls-client (tests/tests/native_families.rs)
+    "cmake",           // tests/programs/aws-lc-client: aws-lc-sys builds libssl with CMake
+    "libclang-dev",    // tests/programs/aws-lc-client: aws-lc-sys's `ssl` feature runs bindgen
 ];
 
 enum Status {
