@@ -94,9 +94,7 @@ pub fn build_enforcer(arch: Arch, release: bool) -> Result<PathBuf> {
     if release {
         args.push("--release");
     }
-    let status = cargo(arch, &args)?
-        .status()
-        .context("cannot run cargo")?;
+    let status = cargo(arch, &args)?.status().context("cannot run cargo")?;
     if !status.success() {
         bail!(
             "`cargo {}` for {} failed ({status})",
@@ -141,6 +139,10 @@ mod tests {
         assert_eq!(Arch::parse("aarch64").unwrap(), Arch::Aarch64);
         assert_eq!(Arch::parse("amd64").unwrap(), Arch::X86_64);
         assert!(Arch::parse("riscv64").is_err());
-        assert!(Arch::Aarch64.out_dir("debug").ends_with("aarch64-unknown-linux-gnu/debug"));
+        assert!(
+            Arch::Aarch64
+                .out_dir("debug")
+                .ends_with("aarch64-unknown-linux-gnu/debug")
+        );
     }
 }

@@ -170,13 +170,7 @@ fn qemu(k: &Kernel, initrd: &Path, log: &Path, deadline: Duration) -> Result<(Bo
         .arg(initrd)
         .arg("-append")
         .arg(format!("console={console} panic=-1 quiet mitigations=off"))
-        .args([
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .stdin(Stdio::null());

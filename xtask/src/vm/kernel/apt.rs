@@ -90,12 +90,13 @@ impl Apt {
         self.lists.is_some()
     }
 
-    /// A private state that has no package lists yet (never updated).
+    /// A private state that has no package lists yet (never updated). apt may keep them
+    /// compressed (`..._Packages.lz4`).
     pub fn needs_update(&self) -> bool {
         self.lists.as_ref().is_some_and(|l| {
             !fs::read_dir(l).is_ok_and(|d| {
                 d.filter_map(|e| e.ok())
-                    .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+                    .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
             })
         })
     }
