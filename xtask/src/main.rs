@@ -70,8 +70,9 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Boot Debian's stock kernels (6.1, 6.12) in QEMU and run the end-to-end enforcement
-    /// tests inside with each kernel TCP hook form; prints kernel x hook x test.
+    /// Boot Debian's stock kernels (5.10, 6.1, 6.12; arm64: 6.1, 6.12) in QEMU and run the
+    /// end-to-end enforcement tests inside with each kernel TCP hook form; prints kernel x hook
+    /// x test.
     Vm(vm::VmArgs),
 }
 

@@ -3,7 +3,9 @@
 //! tests inside ([`SUBSET`]: every end-to-end enforcement test and one of ClientHello judging;
 //! with `--wide` also [`WIDE`]: pinning, Go, the new-library watcher), once per kernel TCP hook
 //! form, then prints kernel × hook form × test →
-//! result and writes it to `target/vm/report.md`. See docs/kernel-support.md.
+//! result and writes it to `target/vm/report.md`. `--arch arm64`: Debian's arm64 6.1 and 6.12
+//! under qemu-system-aarch64, with a cross-built agent and tests (`crate::cross`) and an arm64
+//! userspace from Debian's packages (`userland`). See docs/kernel-support.md.
 //!
 //! The VM gets a small initramfs, written here without staging files on disk: busybox, the host's
 //! `ip`/`ss`/`tc`/`openssl`/`curl`/`gnutls-cli`/`bpftool` with their shared libraries at their
