@@ -165,7 +165,7 @@ pub fn innermost_call() -> Option<u64> {
 }
 
 /// The innermost `crypto/tls` call of the goroutine whose system call the current thread is
-/// running, from R14 of its saved user registers.
+/// running, from R14 (amd64) / R28 (arm64) of its saved user registers (`regs.rs`).
 #[inline(always)]
 fn goroutine_call() -> Option<u64> {
     // SAFETY: plain helper calls; `bpf_task_pt_regs` returns the current task's saved user
@@ -175,7 +175,7 @@ fn goroutine_call() -> Option<u64> {
         if regs.is_null() {
             return None;
         }
-        bpf_probe_read_kernel(&(*regs).r14).ok()?
+        bpf_probe_read_kernel(crate::regs::goroutine(&*regs)).ok()?
     };
     if g == 0 {
         return None;

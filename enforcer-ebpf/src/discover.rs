@@ -75,11 +75,12 @@ fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-/// The user stack pointer of a probe context (x86-64 `pt_regs`).
+/// The user stack pointer of a probe context.
 #[inline(always)]
 fn user_sp(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
     // SAFETY: the context of a uprobe is its pt_regs, readable directly.
-    unsafe { (*regs).rsp }
+    let regs = unsafe { &*regs };
+    crate::regs::stack_pointer(regs)
 }
 
 #[uprobe]

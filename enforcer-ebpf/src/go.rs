@@ -23,11 +23,11 @@ use aya_ebpf::{
 
 use crate::call_stack;
 
-/// R14 of the probed instruction: the current goroutine.
+/// R14 (amd64) / R28 (arm64) of the probed instruction: the current goroutine.
 #[inline(always)]
 fn g_of(ctx: &ProbeContext) -> u64 {
     // SAFETY: a uprobe's context is the user registers at the probed instruction.
-    unsafe { (*ctx.regs).r14 }
+    unsafe { *crate::regs::goroutine(&*ctx.regs) }
 }
 
 #[uprobe]

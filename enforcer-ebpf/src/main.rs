@@ -32,6 +32,7 @@
 //! | `client_hello.rs` | (called by `hello.rs`) ClientHello: SNI, name scopes | `HELLO_SCRATCH` |
 //! | `stats.rs`        | (helpers) counters; the one `bump`          | `STATS` |
 //! | `atomic.rs`       | (helpers) atomic add to a shared map value  | — |
+//! | `regs.rs`         | (helpers) user registers by name, per architecture (Go's `g`, stack pointer) | — |
 //! | `exec.rs`         | new executable files: mmap / exec hooks     | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
 //! | `discover.rs`     | `enforcer discover`: uprobes on every function, its own TCP hooks | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
 //!
@@ -85,6 +86,8 @@ mod posture;
 mod quic;
 #[cfg(target_arch = "bpf")]
 mod random;
+#[cfg(target_arch = "bpf")]
+mod regs;
 #[cfg(target_arch = "bpf")]
 mod server_hello;
 #[cfg(target_arch = "bpf")]

@@ -145,11 +145,12 @@ pub fn exit(ctx: &RetProbeContext, cookie: u64) {
 }
 
 /// Where the running random source returns to: at a return probe the kernel has already put the
-/// caller's address back in the instruction pointer (x86-64 `pt_regs`).
+/// caller's address back in the instruction pointer (`regs.rs`).
 #[inline(always)]
 fn return_address(ctx: &RetProbeContext) -> u64 {
     // SAFETY: the context of a return probe is its pt_regs, readable directly.
-    unsafe { (*ctx.regs).rip }
+    let regs = unsafe { &*ctx.regs };
+    crate::regs::instruction_pointer(regs)
 }
 
 /// Whether `caller` is `lib_id`'s code in the current process, or, where the process has no
@@ -179,7 +180,7 @@ pub fn session(ctx: &ProbeContext, cookie: u64) {
     };
     // SAFETY: the context of a uprobe is its pt_regs, readable directly. At an entry probe the
     // instruction pointer is the probed address, the function's first instruction.
-    let at = unsafe { (*ctx.regs).rip };
+    let at = crate::regs::instruction_pointer(unsafe { &*ctx.regs });
     let range = CodeRange {
         start: at.saturating_sub(span.before),
         end: at.saturating_add(span.after),

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: set up the toolchain, build, run and test enforcer.
 
 mod bench;
+mod cross;
 #[cfg(test)]
 mod docs;
 mod fuzz;
@@ -11,7 +12,7 @@ mod vm;
 
 use std::{
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitCode},
 };
 
@@ -28,6 +29,10 @@ enum Cmd {
     Build {
         #[arg(long)]
         release: bool,
+        /// Target architecture: x86_64 (the host) or aarch64 (cross-built with nightly's
+        /// build-std and gcc-aarch64-linux-gnu, to target/aarch64-unknown-linux-gnu/).
+        #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "amd64", "aarch64", "arm64"])]
+        arch: String,
     },
     /// Setup, build (release), then run `enforcer attach [ARGS]` (root only).
     Run {
@@ -65,8 +70,9 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Boot Debian's stock kernels (6.1, 6.12) in QEMU and run the end-to-end enforcement
-    /// tests inside with each kernel TCP hook form; prints kernel x hook x test.
+    /// Boot Debian's stock kernels (5.10, 6.1, 6.12; arm64: 6.1, 6.12) in QEMU and run the
+    /// end-to-end enforcement tests inside with each kernel TCP hook form; prints kernel x hook
+    /// x test.
     Vm(vm::VmArgs),
 }
 
@@ -83,7 +89,13 @@ fn main() -> ExitCode {
     }
     let result = match Cmd::parse() {
         Cmd::Setup => setup::setup(),
-        Cmd::Build { release } => setup::setup().and_then(|()| build(release)),
+        Cmd::Build { release, arch } => setup::setup()
+            .and_then(|()| cross::Arch::parse(&arch))
+            .and_then(|arch| {
+                let bin = cross::build_enforcer(arch, release)?;
+                println!("xtask: built {}", bin.display());
+                Ok(())
+            }),
         Cmd::Run { args } => run(&args),
         Cmd::Test => return test::test(),
         Cmd::Fuzz { seconds, target } => fuzz::run(&fuzz::Options { seconds, target }),
@@ -152,22 +164,10 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn build(release: bool) -> Result<()> {
-    let mut args = vec!["build", "-p", "enforcer"];
-    if release {
-        args.push("--release");
-    }
-    cargo(&args)
-}
-
 fn run(args: &[String]) -> Result<()> {
     require_root("run")?;
     setup::setup()?;
-    build(true)?;
-    let bin = target_dir().join("release/enforcer");
-    if !Path::new(&bin).exists() {
-        bail!("{} was not built", bin.display());
-    }
+    let bin = cross::build_enforcer(cross::Arch::X86_64, true)?;
     let err = Command::new(&bin).arg("attach").args(args).exec();
     Err(err).with_context(|| format!("cannot exec {}", bin.display()))
 }

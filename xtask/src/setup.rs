@@ -17,6 +17,12 @@ const PACKAGES: &[&str] = &[
     "libnss3-tools",
     "golang-go",
     "qemu-system-x86",
+    // arm64 (`cargo xtask build --arch aarch64`, `cargo xtask vm --arch arm64`): the cross
+    // linker and libc, the VM, and qemu-user to list the tests of an aarch64 test binary.
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-system-arm",
+    "qemu-user-static",
     "busybox-static",
     "cpio",
     "xz-utils", // cargo xtask vm unpacks the 6.12 kernel modules (.ko.xz)

@@ -3,7 +3,9 @@
 //! tests inside ([`SUBSET`]: every end-to-end enforcement test and one of ClientHello judging;
 //! with `--wide` also [`WIDE`]: pinning, Go, the new-library watcher), once per kernel TCP hook
 //! form, then prints kernel × hook form × test →
-//! result and writes it to `target/vm/report.md`. See docs/kernel-support.md.
+//! result and writes it to `target/vm/report.md`. `--arch arm64`: Debian's arm64 6.1 and 6.12
+//! under qemu-system-aarch64, with a cross-built agent and tests (`crate::cross`) and an arm64
+//! userspace from Debian's packages (`userland`). See docs/kernel-support.md.
 //!
 //! The VM gets a small initramfs, written here without staging files on disk: busybox, the host's
 //! `ip`/`ss`/`tc`/`openssl`/`curl`/`gnutls-cli`/`bpftool` with their shared libraries at their
@@ -15,17 +17,19 @@
 mod boot;
 mod boot_log;
 mod classify;
+mod docs_block;
 mod image;
 mod initramfs;
 mod kernel;
 mod programs;
 mod report;
+mod userland;
 
 use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::Instant,
 };
 
@@ -33,8 +37,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::{
+    cross::{self, Arch},
     progress::{self, Progress, say},
-    root, target_dir,
+    target_dir,
 };
 use boot::{KernelRun, boot_kernel};
 use image::common_image;
@@ -94,12 +99,29 @@ pub struct VmArgs {
     /// Every test of the `SUBSET` and `WIDE` test binaries, not only the chosen ones.
     #[arg(long)]
     pub full: bool,
+    /// Architecture of the kernels and the agent: amd64, or arm64 (Debian's arm64 kernels under
+    /// qemu-system-aarch64, TCG; the agent and tests cross-built, see xtask/src/cross.rs).
+    #[arg(long, default_value = "amd64", value_parser = ["amd64", "arm64"])]
+    pub arch: String,
+    /// Write the run's cells into docs/kernel-support.md (the `vm-matrix:<arch>` block).
+    #[arg(long)]
+    pub docs: bool,
 }
 
+/// `WIDE` binaries that need client programs built on the host for amd64 (`programs`): not
+/// in an arm64 run (the Go client would only show Go's refusal on arm64, the watcher's C client
+/// is not cross-built yet).
+const AMD64_ONLY: &[&str] = &["go_tls", "new_libraries"];
+
 /// The test binaries and tests `args` asks for.
-fn subset(args: &VmArgs) -> Vec<(&'static str, &'static [&'static str])> {
+fn subset(args: &VmArgs, arch: Arch) -> Vec<(&'static str, &'static [&'static str])> {
     let wide: &[(&str, &[&str])] = if args.wide || args.full { WIDE } else { &[] };
-    SUBSET.iter().chain(wide).copied().collect()
+    SUBSET
+        .iter()
+        .chain(wide)
+        .copied()
+        .filter(|(bin, _)| arch == Arch::X86_64 || !AMD64_ONLY.contains(bin))
+        .collect()
 }
 
 /// One cell of the matrix.
@@ -153,29 +175,42 @@ pub fn ci() -> Result<Counts> {
         tests: vec![],
         wide: false,
         full: false,
+        arch: "amd64".into(),
+        docs: false,
     })
 }
 
 fn run(args: &VmArgs) -> Result<Counts> {
     let started = Instant::now();
+    let arch = Arch::parse(&args.arch)?;
     let series: Vec<&'static kernel::Series> = SERIES
         .iter()
-        .filter(|s| args.kernel == "all" || args.kernel == s.name)
+        .filter(|s| s.arch == arch && (args.kernel == "all" || args.kernel == s.version()))
         .collect();
+    if series.is_empty() {
+        bail!(
+            "no {} kernel {} in the matrix (arm64: 6.1 and 6.12)",
+            args.arch,
+            args.kernel
+        );
+    }
     let forms: Vec<&'static str> = FORMS
         .iter()
         .copied()
         .filter(|f| args.hook == "all" || args.hook == *f)
         .collect();
 
-    let chosen = subset(args);
-    let (enforcer, test_bins) = build(&chosen)?;
-    let test_programs = programs::build().context("building the tests' client programs")?;
+    let chosen = subset(args, arch);
+    let (enforcer, test_bins) = build(&chosen, arch)?;
+    let test_programs = match arch {
+        Arch::X86_64 => programs::build().context("building the tests' client programs")?,
+        Arch::Aarch64 => vec![],
+    };
     let mut tests = vec![];
     for ((name, bin), (_, only)) in test_bins.iter().zip(&chosen) {
         let only: &[&str] = if args.full { &[] } else { only };
         tests.extend(
-            list_tests(bin, only)?
+            list_tests(arch, bin, only)?
                 .into_iter()
                 .map(|t| format!("{name}/{t}"))
                 .filter(|t| args.tests.is_empty() || args.tests.iter().any(|f| t.contains(f))),
@@ -200,7 +235,20 @@ fn run(args: &VmArgs) -> Result<Counts> {
 
     let t = Instant::now();
     let stage = vm_dir.join(format!("stage-{}", std::process::id()));
-    let common = common_image(&enforcer, &test_bins, &test_programs, &stage);
+    let common = match arch {
+        Arch::X86_64 => Ok(None),
+        Arch::Aarch64 => userland::root(&vm_dir).map(Some),
+    }
+    .and_then(|root| {
+        common_image(
+            arch,
+            root.as_deref(),
+            &enforcer,
+            &test_bins,
+            &test_programs,
+            &stage,
+        )
+    });
     println!("vm: initramfs contents gathered in {:.1?}", t.elapsed());
 
     // On a terminal, a bar over the cells; each kernel's cells are one group, so that a kernel
@@ -260,6 +308,28 @@ fn run(args: &VmArgs) -> Result<Counts> {
     fs::rename(&tmp, &path)?;
     println!("\n{report}");
     println!("vm: report written to {}", path.display());
+    if args.docs {
+        let command = format!(
+            "cargo xtask vm --arch {} --kernel {} --hook {}{}{}",
+            args.arch,
+            args.kernel,
+            args.hook,
+            if args.full { " --full" } else { "" },
+            if args.wide { " --wide" } else { "" }
+        ) + &args
+            .tests
+            .iter()
+            .map(|t| format!(" --test {t}"))
+            .collect::<String>();
+        let date = docs_block::today();
+        let doc = crate::root().join("docs/kernel-support.md");
+        docs_block::update(
+            &doc,
+            &args.arch,
+            &docs_block::body(&runs, &rows, &command, &date),
+        )?;
+        println!("vm: table written to {}", doc.display());
+    }
     let counts = count(&rows);
     println!(
         "vm: {} passed, {} failed, {} unsupported in {:.0?}",
@@ -283,20 +353,21 @@ fn count(rows: &[Row]) -> Counts {
     c
 }
 
-/// Builds the enforcer and the test binaries of `chosen`; returns their paths.
+/// Builds the enforcer and the test binaries of `chosen` for `arch`; returns their paths.
 fn build(
     chosen: &[(&'static str, &'static [&'static str])],
+    arch: Arch,
 ) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
-    crate::cargo(&["build", "-p", "enforcer"])?;
-    let enforcer = target_dir().join("debug/enforcer");
+    // arm64 under TCG runs about 3x slower than amd64 does: a debug agent there took over the
+    // tests' 60 s to be ready (BTF relocation, ELF parsing, uprobe attachment all in debug
+    // code), so the arm64 VM gets a release agent. The test binaries stay debug.
+    let enforcer = cross::build_enforcer(arch, arch == Arch::Aarch64)?;
     let mut args = vec!["test", "-p", "enforcer-tests"];
     for (bin, _) in chosen {
         args.extend(["--test", bin]);
     }
-    let out = Command::new("cargo")
-        .args(args)
-        .args(["--no-run", "--message-format=json"])
-        .current_dir(root())
+    args.extend(["--no-run", "--message-format=json"]);
+    let out = cross::cargo(arch, &args)?
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run cargo")?;
@@ -331,9 +402,8 @@ fn test_executable(json_lines: &str, name: &str) -> Option<PathBuf> {
 }
 
 /// Test names from `<bin> --list --format terse`; only those of `only` if it is not empty.
-fn list_tests(bin: &Path, only: &[&str]) -> Result<Vec<String>> {
-    let out = Command::new(bin)
-        .args(["--list", "--format", "terse"])
+fn list_tests(arch: Arch, bin: &Path, only: &[&str]) -> Result<Vec<String>> {
+    let out = cross::list_command(arch, bin)?
         .output()
         .with_context(|| format!("cannot run {}", bin.display()))?;
     if !out.status.success() {

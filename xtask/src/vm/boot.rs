@@ -20,6 +20,7 @@ use super::{
     kernel::{self, Kernel},
 };
 use crate::{
+    cross::Arch,
     progress::{self, say},
     target_dir,
 };
@@ -52,6 +53,7 @@ pub fn boot_kernel(
         config: kernel::NEEDED
             .iter()
             .map(|(_, opt, _)| *opt)
+            .chain([kernel::console(k.arch).0])
             .chain(kernel::FORM_OPTIONS.iter().copied())
             .map(|o| (o.to_string(), k.config.show(o)))
             .collect(),
@@ -151,22 +153,24 @@ fn qemu(k: &Kernel, initrd: &Path, log: &Path, deadline: Duration) -> Result<(Bo
     // timings in docs/kernel-support.md are TCG's.
     let kvm = std::env::var("ENFORCER_VM_ACCEL").is_ok_and(|a| a == "kvm");
     let accel = if kvm { "kvm" } else { "tcg,thread=multi" };
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-nodefaults", "-no-user-config", "-machine", "q35"])
+    // arm64: the `virt` machine (PL011 console, ttyAMA0) and `-cpu max` under TCG (KVM only on
+    // an arm64 host). Debian's arm64 vmlinuz is a plain `Image` (not compressed), which QEMU
+    // boots directly with -kernel.
+    let (qemu, machine) = match k.arch {
+        Arch::X86_64 => ("qemu-system-x86_64", "q35"),
+        Arch::Aarch64 => ("qemu-system-aarch64", "virt"),
+    };
+    let (_, console) = kernel::console(k.arch);
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-nodefaults", "-no-user-config", "-machine", machine])
         .args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "2G"])
         .arg("-kernel")
         .arg(&k.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 quiet mitigations=off",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
+        .arg("-append")
+        .arg(format!("console={console} panic=-1 quiet mitigations=off"))
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .stdin(Stdio::null());
@@ -178,7 +182,7 @@ fn qemu(k: &Kernel, initrd: &Path, log: &Path, deadline: Duration) -> Result<(Bo
     let started = Instant::now();
     let mut child = cmd
         .spawn()
-        .context("cannot run qemu-system-x86_64 (Debian: qemu-system-x86)")?;
+        .with_context(|| format!("cannot run {qemu}: run `cargo xtask setup`"))?;
     say!(
         "vm: {}: booting ({}, {} MiB, deadline {:?})",
         k.series,

@@ -169,6 +169,7 @@ mod tests {
     fn kernel(config: &str) -> Kernel {
         Kernel {
             series: "6.x",
+            arch: crate::cross::Arch::X86_64,
             package: "linux-image-test".into(),
             release: "6.x".into(),
             vmlinuz: PathBuf::new(),

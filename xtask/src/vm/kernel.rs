@@ -1,7 +1,7 @@
 //! Debian's stock kernels: find the package with apt, download and unpack it once into
 //! `target/vm/`, read its config, and pull the modules the tests need out of it.
 
-mod apt;
+pub mod apt;
 mod modules;
 
 use std::{
@@ -15,7 +15,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use apt::{Apt, add_backports, apt_source_has};
 
-use crate::progress::{self, Progress};
+use crate::{
+    cross::Arch,
+    progress::{self, Progress},
+};
 
 /// A kernel series of the matrix and how to find its package.
 pub struct Series {
@@ -29,6 +32,9 @@ pub struct Series {
     /// Debian suite other than the host's (bookworm) to take the kernel from, through a private
     /// apt state under `target/vm/apt-<suite>` (the host's sources are left alone).
     suite: Option<&'static str>,
+    /// The kernel's architecture: arm64 kernels come through a private arm64 apt state of
+    /// bookworm (`target/vm/apt-bookworm-arm64`, with -security and -backports).
+    pub arch: Arch,
 }
 
 pub const SERIES: &[Series] = &[
@@ -39,6 +45,7 @@ pub const SERIES: &[Series] = &[
         prefix: "linux-image-5.10.",
         backports: false,
         suite: Some("bullseye"),
+        arch: Arch::X86_64,
     },
     Series {
         name: "6.1",
@@ -47,6 +54,7 @@ pub const SERIES: &[Series] = &[
         prefix: "linux-image-6.1.",
         backports: false,
         suite: None,
+        arch: Arch::X86_64,
     },
     Series {
         name: "6.12",
@@ -56,12 +64,39 @@ pub const SERIES: &[Series] = &[
         prefix: "linux-image-6.12.",
         backports: true,
         suite: None,
+        arch: Arch::X86_64,
+    },
+    // arm64 (`--arch arm64`): the same two Debian kernels, built for arm64. No 5.10: the agent
+    // refuses it on any architecture (docs/kernel-support.md).
+    Series {
+        name: "6.1-arm64",
+        metas: &["linux-image-cloud-arm64", "linux-image-arm64"],
+        prefix: "linux-image-6.1.",
+        backports: false,
+        suite: None,
+        arch: Arch::Aarch64,
+    },
+    Series {
+        name: "6.12-arm64",
+        metas: &["linux-image-6.12-cloud-arm64", "linux-image-6.12-arm64"],
+        prefix: "linux-image-6.12.",
+        backports: false,
+        suite: None,
+        arch: Arch::Aarch64,
     },
 ];
+
+impl Series {
+    /// The `--kernel` name without the architecture suffix (`6.1` for `6.1-arm64`).
+    pub fn version(&self) -> &'static str {
+        self.name.strip_suffix("-arm64").unwrap_or(self.name)
+    }
+}
 
 /// An unpacked kernel package.
 pub struct Kernel {
     pub series: &'static str,
+    pub arch: Arch,
     pub package: String,
     /// `uname -r`, from the modules directory name.
     pub release: String,
@@ -78,11 +113,7 @@ pub struct Kernel {
 pub const NEEDED: &[(Option<&str>, &str, &str)] = &[
     (None, "CONFIG_BLK_DEV_INITRD", "boot from the initramfs"),
     (None, "CONFIG_DEVTMPFS", "/dev"),
-    (
-        None,
-        "CONFIG_SERIAL_8250_CONSOLE",
-        "console on ttyS0 (the log)",
-    ),
+    // The serial console is per architecture: `CONSOLE`.
     (None, "CONFIG_BPF_SYSCALL", "eBPF"),
     (
         None,
@@ -125,6 +156,22 @@ pub const NEEDED: &[(Option<&str>, &str, &str)] = &[
         "SOCK_DESTROY of blocked sockets",
     ),
 ];
+
+/// The serial console the log comes through: (architecture, option, kernel console name). x86-64
+/// QEMU's `-serial` is a 16550 (`ttyS0`); arm64's `virt` machine has a PL011 (`ttyAMA0`).
+pub const CONSOLE: &[(Arch, &str, &str)] = &[
+    (Arch::X86_64, "CONFIG_SERIAL_8250_CONSOLE", "ttyS0"),
+    (Arch::Aarch64, "CONFIG_SERIAL_AMBA_PL011_CONSOLE", "ttyAMA0"),
+];
+
+/// The console option and device of `arch`.
+pub fn console(arch: Arch) -> (&'static str, &'static str) {
+    CONSOLE
+        .iter()
+        .find(|(a, _, _)| *a == arch)
+        .map(|(_, o, d)| (*o, *d))
+        .expect("every architecture has a console")
+}
 
 /// Options that decide which hook forms the kernel can have (shown in the report).
 pub const FORM_OPTIONS: &[&str] = &[
@@ -193,8 +240,13 @@ pub fn fetch(series: &[&'static Series]) -> Vec<(&'static str, Result<Kernel>)> 
     let mut host_updated = false;
     let mut out = vec![];
     for s in series {
-        let apt = match s.suite {
-            Some(suite) => match Apt::private(suite, &vm_dir()) {
+        let private = match (s.arch, s.suite) {
+            (Arch::Aarch64, _) => Some(Apt::private_arch("bookworm", "arm64", &vm_dir())),
+            (_, Some(suite)) => Some(Apt::private(suite, &vm_dir())),
+            (_, None) => None,
+        };
+        let apt = match private {
+            Some(apt) => match apt {
                 Ok(apt) => apt,
                 Err(e) => {
                     out.push((s.name, Err(e)));
@@ -266,7 +318,9 @@ pub fn fetch(series: &[&'static Series]) -> Vec<(&'static str, Result<Kernel>)> 
 }
 
 fn resolve(s: &Series, apt: &Apt) -> Option<String> {
-    s.metas.iter().find_map(|m| apt.resolve_meta(m, s.prefix))
+    s.metas
+        .iter()
+        .find_map(|m| apt.resolve_meta(m, s.prefix, s.arch.debian()))
 }
 
 fn kernels_dir() -> PathBuf {
@@ -409,6 +463,7 @@ fn load(s: &'static Series, dir: &Path, origin: &str) -> Result<Kernel> {
         .to_string();
     Ok(Kernel {
         series: s.name,
+        arch: s.arch,
         package,
         release,
         vmlinuz,

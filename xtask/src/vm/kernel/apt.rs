@@ -31,7 +31,21 @@ impl Apt {
     /// (the same hosts as bookworm and bookworm-security), signed by the keys of
     /// `debian-archive-keyring`, which has the older releases' keys too.
     pub fn private(suite: &str, vm_dir: &Path) -> Result<Apt> {
-        let dir = vm_dir.join(format!("apt-{suite}"));
+        Apt::private_in(&vm_dir.join(format!("apt-{suite}")), suite, None)
+    }
+
+    /// `target/vm/apt-<suite>-<arch>/`: the host's own release for another architecture
+    /// (`APT::Architecture`), with `<suite>-backports` too; the host's dpkg and sources are
+    /// left alone (its foreign architectures are not touched).
+    pub fn private_arch(suite: &str, arch: &str, vm_dir: &Path) -> Result<Apt> {
+        Apt::private_in(
+            &vm_dir.join(format!("apt-{suite}-{arch}")),
+            suite,
+            Some(arch),
+        )
+    }
+
+    fn private_in(dir: &Path, suite: &str, arch: Option<&str>) -> Result<Apt> {
         let lists = dir.join("lists");
         for d in [lists.join("partial"), dir.join("cache/archives/partial")] {
             fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -39,24 +53,33 @@ impl Apt {
         let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
         let mirror = debian_mirror();
         let security = security_mirror();
+        let backports = match arch {
+            Some(_) => format!("deb [signed-by={keyring}] {mirror} {suite}-backports main\n"),
+            None => String::new(),
+        };
         let sources = dir.join("sources.list");
         fs::write(
             &sources,
             format!(
-                "# Written by `cargo xtask vm` (enforcer): Debian {suite}'s kernel for the VM matrix.\n\
+                "# Written by `cargo xtask vm` (enforcer): Debian kernels (and, for another \
+                 architecture, the VM's userspace) for the VM matrix.\n\
                  deb [signed-by={keyring}] {mirror} {suite} main\n\
-                 deb [signed-by={keyring}] {security} {suite}-security main\n"
+                 deb [signed-by={keyring}] {security} {suite}-security main\n{backports}"
             ),
         )
         .with_context(|| format!("cannot write {}", sources.display()))?;
         let opt = |k: &str, v: &Path| format!("{k}={}", v.display());
-        let options = vec![
+        let mut options = vec![
             opt("Dir::Etc::SourceList", &sources),
             opt("Dir::Etc::SourceParts", &dir.join("sources.list.d")),
             opt("Dir::State::Lists", &lists),
             opt("Dir::Cache", &dir.join("cache")),
             "Dir::State::status=/dev/null".to_string(),
         ];
+        if let Some(arch) = arch {
+            options.push(format!("APT::Architecture={arch}"));
+            options.push(format!("APT::Architectures={arch}"));
+        }
         Ok(Apt {
             options,
             lists: Some(lists),
@@ -67,12 +90,13 @@ impl Apt {
         self.lists.is_some()
     }
 
-    /// A private state that has no package lists yet (never updated).
+    /// A private state that has no package lists yet (never updated). apt may keep them
+    /// compressed (`..._Packages.lz4`).
     pub fn needs_update(&self) -> bool {
         self.lists.as_ref().is_some_and(|l| {
             !fs::read_dir(l).is_ok_and(|d| {
                 d.filter_map(|e| e.ok())
-                    .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+                    .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
             })
         })
     }
@@ -86,10 +110,11 @@ impl Apt {
         cmd
     }
 
-    /// The `Depends:` of `apt-cache depends <meta>` that names a kernel image of the series.
-    pub fn resolve_meta(&self, meta: &str, prefix: &str) -> Option<String> {
+    /// The `Depends:` of `apt-cache depends <meta>` that names a kernel image of the series
+    /// for Debian architecture `arch`.
+    pub fn resolve_meta(&self, meta: &str, prefix: &str, arch: &str) -> Option<String> {
         let out = output(self.command("apt-cache").args(["depends", meta])).ok()?;
-        pick_dependency(&out, prefix)
+        pick_dependency(&out, prefix, arch)
     }
 
     /// The `Size:` apt's lists give for the candidate version of `package` (for the download's
@@ -113,14 +138,15 @@ impl Apt {
     }
 }
 
-fn pick_dependency(apt_depends: &str, prefix: &str) -> Option<String> {
+fn pick_dependency(apt_depends: &str, prefix: &str, arch: &str) -> Option<String> {
+    let suffix = format!("-{arch}");
     apt_depends
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
         .map(|d| d.trim().trim_matches(|c| c == '<' || c == '>').to_string())
         .find(|d| {
             d.starts_with(prefix)
-                && d.ends_with("-amd64")
+                && d.ends_with(&suffix)
                 && !d.ends_with("-dbg")
                 && !d.contains("unsigned")
         })
@@ -263,12 +289,18 @@ mod tests {
         let out =
             "linux-image-6.12-cloud-amd64\n  Depends: linux-image-6.12.117+deb12-cloud-amd64\n";
         assert_eq!(
-            pick_dependency(out, "linux-image-6.12."),
+            pick_dependency(out, "linux-image-6.12.", "amd64"),
             Some("linux-image-6.12.117+deb12-cloud-amd64".into())
         );
         let bpo = "linux-image-cloud-amd64\n  Depends: linux-image-6.12.95+bpo-cloud-amd64\n";
-        assert_eq!(pick_dependency(bpo, "linux-image-6.1."), None);
-        assert_eq!(pick_dependency("", "linux-image-6.1."), None);
+        assert_eq!(pick_dependency(bpo, "linux-image-6.1.", "amd64"), None);
+        assert_eq!(pick_dependency("", "linux-image-6.1.", "amd64"), None);
+        let arm = "linux-image-cloud-arm64\n  Depends: linux-image-6.1.0-57-cloud-arm64\n";
+        assert_eq!(
+            pick_dependency(arm, "linux-image-6.1.", "arm64"),
+            Some("linux-image-6.1.0-57-cloud-arm64".into())
+        );
+        assert_eq!(pick_dependency(arm, "linux-image-6.1.", "amd64"), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{Kernel, NEEDED};
+use super::{Kernel, NEEDED, console};
 
 /// A module ready for the initramfs: its (decompressed) bytes.
 pub struct Module {
@@ -23,7 +23,9 @@ impl Kernel {
     pub fn needed_modules(&self) -> Result<Vec<Module>> {
         let mut missing = vec![];
         let mut order: Vec<Module> = vec![];
-        for (module, opt, why) in NEEDED {
+        let (console_opt, _) = console(self.arch);
+        let console = (None, console_opt, "the serial console (the log)");
+        for (module, opt, why) in NEEDED.iter().chain([&console]) {
             match (self.config.get(opt), module) {
                 (Some("y"), _) => {}
                 (Some("m"), Some(m)) => self.add_module(m, &mut order, 0)?,
