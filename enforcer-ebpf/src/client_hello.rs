@@ -48,8 +48,10 @@ const SNI_HOST_NAME: u8 = 0;
 /// helper call and a few compares, so the verifier walks 64 iterations in a few thousand
 /// instructions on every kernel we support (bounded loops: 5.3+).
 const MAX_EXTENSIONS: usize = 64;
-/// Offsets past this (from the frame start) are not read: a ClientHello is a few KiB at most.
-const MAX_OFFSET: usize = 1 << 16;
+/// Offsets past this (from the frame start) are not read: a ClientHello is a few KiB at most,
+/// a server's flight (`server_hello.rs`) one segment-offload packet. The hello readers'
+/// bound (`offer.rs`, `server_hello.rs`) too.
+pub const MAX_OFFSET: usize = 1 << 16;
 /// Longest name copied into the event (`HelloEvent::name` holds 256 bytes).
 const MAX_EVENT_NAME: usize = 255;
 

@@ -45,7 +45,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    client_hello::{HELLO_SCRATCH, load},
+    client_hello::{HELLO_SCRATCH, MAX_OFFSET, load},
     events, flow, ja4_cache, offer_fields,
     packet::{self, Linear, Packet},
     posture::Caller,
@@ -117,8 +117,6 @@ pub mod mode {
 #[map(name = "OFFER_ARGS")]
 static OFFER_ARGS: PerCpuArray<Args> = PerCpuArray::with_max_entries(1, 0);
 
-/// Payload offsets past this (from the frame start) are not read.
-const MAX_OFFSET: usize = 1 << 16;
 /// Copies per segment: `OFFER_BUFFER / COPY_CHUNK`, and one for a hello that does not start at
 /// a chunk boundary.
 const MAX_COPIES: usize = OFFER_BUFFER / COPY_CHUNK + 1;

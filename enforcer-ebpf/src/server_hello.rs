@@ -18,7 +18,10 @@ use enforcer_common::{
     posture::{Posture, field},
 };
 
-use crate::{client_hello::load as at, packet::Packet};
+use crate::{
+    client_hello::{MAX_OFFSET, load as at},
+    packet::Packet,
+};
 
 const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
 const EXT_KEY_SHARE: u16 = 0x0033;
@@ -215,6 +218,3 @@ fn key_exchange_group<P: Packet>(packet: &P, payload: usize) -> Option<u16> {
     }
     None
 }
-
-/// Offsets past this (from the frame start) are not read (`client_hello::load`'s bound).
-const MAX_OFFSET: usize = 1 << 16;

@@ -103,6 +103,8 @@ pub struct Policy {
     /// The distinct patterns of every `ja4` list, numbered (the bits of the lists and of a
     /// flow's `Ja4Verdict`).
     pub ja4_patterns: Vec<ja4::Ja4Pattern>,
+    /// The numbering's generation (`Policy::ja4_generation`), made with it.
+    ja4_generation: u64,
     /// In file order.
     pub libraries: Vec<Rule>,
     /// The embedded catalog, extended by the policy's `catalog:` section.
@@ -543,6 +545,7 @@ fn validate(
         quic: raw.quic.unwrap_or(raw.default),
         posture: host_posture,
         ja4_patterns: Vec::new(),
+        ja4_generation: 0,
         libraries,
         catalog,
         source: source.to_owned(),

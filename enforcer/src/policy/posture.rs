@@ -168,16 +168,7 @@ impl Policy {
     /// keys): the same patterns in the same order give the same number, another list another
     /// (FNV-1a of the patterns); 0 when the policy has no `ja4` list (the cache is off).
     pub fn ja4_generation(&self) -> u64 {
-        if self.ja4_patterns.is_empty() {
-            return 0;
-        }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for p in &self.ja4_patterns {
-            for b in p.as_str().bytes().chain([0]) {
-                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        h.max(1)
+        self.ja4_generation
     }
 
     /// The bits of the policy's patterns `ja4` matches (`Ja4Verdict::matched`).
@@ -238,7 +229,22 @@ pub(super) fn index_ja4(
             format!("{here}: more than {MAX_JA4_PATTERNS} distinct JA4 patterns in the policy"),
         ));
     }
+    policy.ja4_generation = generation(&patterns);
     policy.ja4_patterns = patterns;
+}
+
+/// FNV-1a of the patterns in order (0 for none; never 0 otherwise).
+fn generation(patterns: &[Ja4Pattern]) -> u64 {
+    if patterns.is_empty() {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in patterns {
+        for b in p.as_str().bytes().chain([0]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h.max(1)
 }
 
 /// Validates the keys at `at` (`[]` for the top level, `[libraries, N]` for a rule); `here`

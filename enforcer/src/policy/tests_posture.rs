@@ -137,6 +137,13 @@ fn ja4_lists_become_bits_of_the_policys_patterns() {
     assert_eq!((rule.ja4_allow, rule.ja4_deny), (0b101, 0));
     // As the kernel judges: curl's JA4 breaks the host-wide deny list, GnuTLS's meets both.
     assert_eq!(p.ja4_matched(CURL), 0b001);
+    assert_ne!(p.ja4_generation(), 0, "a generation for the numbering");
+    assert_eq!(
+        parse("default: allow\n", "p.yaml")
+            .unwrap()
+            .ja4_generation(),
+        0
+    );
     assert!(!host.ja4_met(p.ja4_matched(CURL)));
     assert!(host.ja4_met(p.ja4_matched(GNUTLS)) && rule.ja4_met(p.ja4_matched(GNUTLS)));
     assert!(!rule.ja4_met(p.ja4_matched("t13d0000h2_000000000000_000000000000")));

@@ -85,7 +85,6 @@ impl Ja4Gate {
             warn!(%err, "writing a JA4 verdict failed; the flow's ServerHello waits, then is dropped");
         }
         if verdict.state == ja4_state::MATCHED
-            && ja4.is_some()
             && let Some(key) = Ja4Key::of(event, generation)
             && let Err(err) = written.cache.insert(key, verdict.matched, 0)
         {
