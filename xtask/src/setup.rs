@@ -175,8 +175,30 @@ fn packages() -> Result<Status> {
             .env("DEBIAN_FRONTEND", "noninteractive"))
     };
     apt(&["update"])?;
-    apt(&[&["install", "-y"][..], &missing].concat())?;
+    // QEMU's packages must all come from one release: qemu-utils of bookworm-backports (which
+    // some images carry) `Breaks:` bookworm's qemu-system-common, so apt refuses the whole
+    // install. Then the QEMU packages are installed from backports, in a transaction of their own.
+    let (qemu, rest): (Vec<&str>, Vec<&str>) = missing.iter().partition(|p| p.starts_with("qemu-"));
+    match qemu_backport() {
+        Some(version) if !qemu.is_empty() => {
+            println!("setup: qemu-utils is {version} (bookworm-backports): QEMU from there");
+            if !crate::vm::apt_source_has("bookworm-backports") {
+                crate::vm::add_backports()?;
+            }
+            apt(&[&["install", "-y", "-t", "bookworm-backports"][..], &qemu].concat())?;
+            if !rest.is_empty() {
+                apt(&[&["install", "-y"][..], &rest].concat())?;
+            }
+        }
+        _ => apt(&[&["install", "-y"][..], &missing].concat())?,
+    }
     Ok(Status::Installed)
+}
+
+/// The installed qemu-utils' version when it is a bookworm backport (`~bpo12`).
+fn qemu_backport() -> Option<String> {
+    let version = output(Command::new("dpkg-query").args(["-W", "-f=${Version}", "qemu-utils"]))?;
+    version.contains("~bpo12").then_some(version)
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {

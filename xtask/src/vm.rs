@@ -21,6 +21,7 @@ mod docs_block;
 mod image;
 mod initramfs;
 mod kernel;
+pub use kernel::apt::{add_backports, apt_source_has};
 mod programs;
 mod report;
 mod userland;

@@ -231,7 +231,8 @@ pub fn add_backports() -> Result<()> {
         bail!("bookworm-backports is not an apt source and adding it needs root");
     }
     let text = format!(
-        "# Added by `cargo xtask vm` (enforcer): Debian's 6.12 kernel for the VM kernel matrix.\n\
+        "# Added by `cargo xtask vm` or `setup` (enforcer): Debian's 6.12 kernel for the VM kernel\n\
+         # matrix, QEMU matching a backported qemu-utils.\n\
          Types: deb\nURIs: {}\nSuites: bookworm-backports\nComponents: main\n\
          Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
         debian_mirror()
