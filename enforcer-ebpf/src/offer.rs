@@ -29,7 +29,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::xdp_action,
     helpers::generated::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
@@ -44,6 +44,7 @@ use enforcer_common::{
     },
 };
 
+use enforcer_common::tc_return::PASS as TC_PASS;
 use crate::{
     client_hello::{HELLO_SCRATCH, MAX_OFFSET, load},
     events, flow, ja4_cache, offer_fields,
@@ -222,7 +223,7 @@ pub fn offer_tc(ctx: TcContext) -> i32 {
     if stage_one(&ctx, ctx.len() as usize) {
         read(&ctx);
     }
-    TC_ACT_OK
+    TC_PASS
 }
 
 #[xdp(frags)]

@@ -3,12 +3,13 @@
 //! XDP: the same judge as XDP, `ingress.rs`, on the skb).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::TC_ACT_SHOT,
     macros::classifier,
     programs::TcContext,
 };
 use enforcer_common::stat::Stat;
 
+use enforcer_common::tc_return::PASS as TC_PASS;
 use crate::{client_hello, flow, hello, ingress, offer, packet, posture, quic, stats};
 use enforcer_common::flow::direction;
 
@@ -19,32 +20,32 @@ use enforcer_common::flow::direction;
 #[classifier]
 pub fn enforcer_egress(ctx: TcContext) -> i32 {
     let Some(segment) = packet::parse(&ctx) else {
-        return TC_ACT_OK;
+        return TC_PASS;
     };
     if segment.udp {
         if quic::drops(&ctx, &segment, direction::SEND) {
             stats::count(Stat::TcDrops);
             return TC_ACT_SHOT;
         }
-        return TC_ACT_OK;
+        return TC_PASS;
     }
     let flow = segment.as_sender();
     if segment.rst {
-        return TC_ACT_OK;
+        return TC_PASS;
     }
     if flow::is_blocked(&flow) {
         stats::count(Stat::TcDrops);
         return TC_ACT_SHOT;
     }
     match hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
-        client_hello::Outcome::Pass => TC_ACT_OK,
+        client_hello::Outcome::Pass => TC_PASS,
         client_hello::Outcome::ClientHelloContinues => {
             offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::CONTINUE_SEND);
-            TC_ACT_OK
+            TC_PASS
         }
         client_hello::Outcome::ClientHello => {
             offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::START_SEND);
-            TC_ACT_OK
+            TC_PASS
         }
         client_hello::Outcome::ServerHello => {
             if let Some(payload) = packet::payload_of(&ctx, &segment) {
@@ -56,7 +57,7 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
                 };
                 posture::read(&ctx, posture::Caller::Tc, args);
             }
-            TC_ACT_OK
+            TC_PASS
         }
         client_hello::Outcome::Drop => {
             stats::count(Stat::TcDrops);
@@ -74,18 +75,18 @@ pub fn enforcer_ingress_tc(ctx: TcContext) -> i32 {
             stats::count(Stat::TcIngressDrops);
             TC_ACT_SHOT
         }
-        ingress::Judged::Pass => TC_ACT_OK,
+        ingress::Judged::Pass => TC_PASS,
         ingress::Judged::ServerHello(args) => {
             posture::read(&ctx, posture::Caller::Tc, args);
-            TC_ACT_OK
+            TC_PASS
         }
         ingress::Judged::ClientHello => {
             offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::START_RECV);
-            TC_ACT_OK
+            TC_PASS
         }
         ingress::Judged::OfferContinues => {
             offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::CONTINUE_RECV);
-            TC_ACT_OK
+            TC_PASS
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::{
     agent::{
         control,
         events::{self, EventFormat, Reporter},
-        main_loop, metrics,
+        layers, main_loop, metrics,
         operator::AgentInfo,
         reload,
         watcher::{self, Watcher},
@@ -52,7 +52,7 @@ use crate::{
 };
 
 use earlier::Earlier;
-use interfaces::{Attached, IngressChoice};
+use interfaces::{Attached, IngressChoice, TcAttach};
 
 #[derive(clap::Args)]
 pub struct AttachArgs {
@@ -70,6 +70,12 @@ pub struct AttachArgs {
     /// others (docs/architecture.md says why).
     #[arg(long, value_enum, default_value = "auto")]
     pub ingress: IngressChoice,
+    /// How the tc classifiers go on their hooks: `netlink` (a cls_bpf filter at preference 50,
+    /// after any tcx program such as Cilium's), `tcx` (a tcx link first on the hook, Linux 6.6+;
+    /// not with --pin yet), `auto` (tcx where the kernel has it). `enforcer status` says what
+    /// runs before ours either way.
+    #[arg(long, value_enum, default_value = "netlink")]
+    pub tc_attach: TcAttach,
     /// Kernel TCP hook form; `auto` takes the cheapest that works here.
     #[arg(long, value_enum, default_value = "auto")]
     pub kernel_hook: HookChoice,
@@ -134,6 +140,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     .iter()
                     .map(|(n, f)| (n.clone(), f.name()))
                     .collect(),
+                layers: attached.layer_specs(&checked.ifaces),
             };
             serve(&args, &mut checked, ready, rings).await
         }
@@ -165,12 +172,15 @@ struct Checked {
     found: Vec<Library>,
     /// The policy file's fingerprint from before it was read (`ReloadConfig::loaded`).
     policy_fingerprint: Option<reload::Fingerprint>,
+    /// `--tc-attach` resolved: the classifiers go on as tcx links.
+    tcx: bool,
     /// Held until the agent exits: no second agent takes these interfaces.
     _locks: iface_lock::IfaceLocks,
 }
 
 /// Also returns the policy, which [`load`] hands to the datapath.
 async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
+    let tcx = args.tc_attach.tcx(args.pin.is_some())?;
     let policy_fingerprint = args.policy.as_deref().and_then(reload::fingerprint);
     let policy = match &args.policy {
         Some(path) => policy::load(path)?,
@@ -225,6 +235,7 @@ async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
     // Discovery read every candidate's tables; what it keeps is small.
     crate::agent::memory::trim();
     let checked = Checked {
+        tcx,
         _locks: locks,
         handle,
         names,
@@ -316,7 +327,7 @@ async fn attach_interfaces(
     let pin = checked.pin.as_ref();
     let ifaces = &checked.ifaces;
     let classifiers = interfaces::attach_xdp(&mut datapath.ebpf(), ifaces, ingress, pin, attached)?;
-    interfaces::attach_tc(&checked.handle, ifaces, &classifiers, pin, attached).await
+    interfaces::attach_tc(&checked.handle, ifaces, &classifiers, pin, checked.tcx, attached).await
 }
 
 /// What [`serve`] needs besides the checked start-up values.
@@ -329,6 +340,8 @@ struct Ready<'a> {
     control: UnixListener,
     /// Each interface's ingress form (`--ingress`), for `enforcer status`.
     ingress: Vec<(String, &'static str)>,
+    /// Each interface's hooks, for the layers `enforcer status` reports.
+    layers: Vec<layers::Spec>,
 }
 
 /// Retires the earlier run's pinned state, starts the watcher, and runs the main loop until a
@@ -359,6 +372,11 @@ async fn serve(
         },
     );
     let info = AgentInfo {
+        egress: if checked.tcx {
+            "tcx (first)"
+        } else {
+            "tc cls_bpf (netlink)"
+        },
         interfaces: checked.names.clone(),
         ingress: ready.ingress,
         kernel_hook: ready.hook.form.name(),
@@ -367,7 +385,9 @@ async fn serve(
         pin: checked.pin.as_ref().map(|d| d.root().display().to_string()),
         started: Instant::now(),
     };
+    let layers = layers::Layers::new(checked.handle.clone(), ready.layers);
     let run = main_loop::Running {
+        layers,
         info,
         reporter: checked.reporter.clone(),
         datapath: datapath.clone(),

@@ -182,6 +182,18 @@ pub fn status_text(v: &Value) -> String {
         v["interfaces"],
         ingress.unwrap_or_default()
     ));
+    for layer in v["layers"]["hooks"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {} {} ({}): sees {}\n",
+            layer["interface"].as_str().unwrap_or("?"),
+            layer["hook"].as_str().unwrap_or("?"),
+            layer["form"].as_str().unwrap_or("?"),
+            layer["sees"].as_str().unwrap_or("?")
+        ));
+    }
+    if let Some(not) = v["layers"]["not_filtered"].as_str() {
+        out.push_str(&format!("  not filtered: {not}\n"));
+    }
     out.push_str(&format!(
         "libraries probed: {}, new files: {}\n",
         v["libraries"], v["new_files"]

@@ -223,7 +223,7 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                             &tc,
                             bpf::tcp_frame(*other, *remote, 64),
                             bpf::tcp_frame(*local, *remote, 64),
-                            0,
+                            enforcer_common::tc_return::PASS_U32,
                             2,
                             0,
                         ),
