@@ -44,13 +44,13 @@ use enforcer_common::{
     },
 };
 
-use enforcer_common::tc_return::PASS as TC_PASS;
 use crate::{
     client_hello::{HELLO_SCRATCH, MAX_OFFSET, load},
     events, flow, ja4_cache, offer_fields,
     packet::{self, Linear, Packet},
     posture::Caller,
 };
+use enforcer_common::tc_return::PASS as TC_PASS;
 
 /// ClientHellos being reassembled. 1,024 of 4.4 KiB: room for the hellos in flight at once
 /// (a hello that fits one segment is removed in the run that added it). LRU: a hello that

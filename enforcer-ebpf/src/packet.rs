@@ -163,6 +163,34 @@ fn loaded<P: Packet>(packet: &P) -> Option<Segment> {
         ETH_P_IPV6 => ipv6(packet, offset, &mut seg)?,
         _ => return None,
     };
+    ports(packet, l4, seg)
+}
+
+/// A packet that begins with its IP header (cgroup_skb: `skb->data` is the network header
+/// there), through the load helpers.
+#[inline(always)]
+pub fn parse_l3<P: Packet>(packet: &P) -> Option<Segment> {
+    let mut seg = Segment {
+        family: 0,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        rst: false,
+        udp: false,
+        l4: 0,
+    };
+    let l4 = match load::<u8, P>(packet, 0)? >> 4 {
+        4 => ipv4(packet, 0, &mut seg)?,
+        6 => ipv6(packet, 0, &mut seg)?,
+        _ => return None,
+    };
+    ports(packet, l4, seg)
+}
+
+/// The ports and the RST flag of the TCP or UDP header at `l4`.
+#[inline(always)]
+fn ports<P: Packet>(packet: &P, l4: usize, mut seg: Segment) -> Option<Segment> {
     seg.src_port = u16::from_be(load::<u16, P>(packet, l4)?);
     seg.dst_port = u16::from_be(load::<u16, P>(packet, l4 + 2)?);
     seg.rst = !seg.udp && load::<u8, P>(packet, l4 + 13)? & TCP_FLAG_RST != 0;

@@ -37,8 +37,8 @@ use enforcer_common::{
     stat::Stat,
 };
 
-use enforcer_common::tc_return::PASS as TC_PASS;
 use crate::{events, flow, packet, policy, server_hello, stats};
+use enforcer_common::tc_return::PASS as TC_PASS;
 
 /// What each flow negotiated (LRU: closed flows make room). Not pinned: per run.
 #[map(name = "POSTURES")]

@@ -2,16 +2,12 @@
 //! judge hellos) and ingress (`--ingress tc`, and `auto` on a veth or a device without native
 //! XDP: the same judge as XDP, `ingress.rs`, on the skb).
 
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use enforcer_common::stat::Stat;
 
-use enforcer_common::tc_return::PASS as TC_PASS;
 use crate::{client_hello, flow, hello, ingress, offer, packet, posture, quic, stats};
 use enforcer_common::flow::direction;
+use enforcer_common::tc_return::PASS as TC_PASS;
 
 /// Fail-open like the XDP program (UDP: only a QUIC Initial the policy denies is dropped, as
 /// there), with one deliberate exception to dropping: a bare RST of a blocked flow goes out, so the peer forgets a connection we aborted (it carries no data).

@@ -303,7 +303,11 @@ impl Ingress {
                 p.test_run(options).expect("tc test run").return_value
             }
         };
-        let passed = if self.xdp { 2 } else { enforcer_common::tc_return::PASS_U32 };
+        let passed = if self.xdp {
+            2
+        } else {
+            enforcer_common::tc_return::PASS_U32
+        };
         assert_eq!(v, passed, "passed");
     }
 

@@ -17,7 +17,12 @@ const BPF_F_BEFORE: u32 = 1 << 3;
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i32> {
     // SAFETY: `attr` is a repr(C) prefix of `union bpf_attr`, valid for the call.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as libc::c_uint)
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            size_of::<T>() as libc::c_uint,
+        )
     };
     if ret < 0 {
         return Err(io::Error::last_os_error());

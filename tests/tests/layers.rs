@@ -3,15 +3,16 @@
 //! filter, and one that passes a packet ends the hook there: our netlink-attached egress filter
 //! would never see the hellos. The agent reads what runs before its programs, reports it
 //! (`layer` event, `enforcer status`), and with `--tc-attach tcx` goes first itself while
-//! letting the other program see every packet it passes (`TCX_NEXT`).
+//! letting the other program see every packet it passes (`TCX_NEXT`). With `--host-layer
+//! cgroup`, a denied flow's packets are also dropped off the named interfaces (loopback here).
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
 use enforcer_tests::{
-    Agent, Cert, NetNs, Server, cmd,
+    Agent, Cert, Mode, NetNs, Server, cmd,
     ops::ctl,
     require_root, run_with_timeout,
     schema::{events_schema, validate_event},
@@ -62,7 +63,10 @@ fn egress_layer(
 
 fn egress_status(socket: &std::path::Path, iface: &str) -> Value {
     let status = ctl(socket, &["status"]);
-    let hooks = status["layers"]["hooks"].as_array().cloned().unwrap_or_default();
+    let hooks = status["layers"]["hooks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let found = hooks
         .into_iter()
         .find(|h| h["interface"] == iface && h["hook"] == "egress");
@@ -93,7 +97,10 @@ fn a_tcx_program_ahead_of_the_netlink_filter_is_reported() {
     assert!(sees.starts_with("only what tcx other_tcx"), "{event}");
     assert!(took < LAYER_SEEN, "reported after {took:?}");
     let layer = egress_status(&socket, &ns.host_if);
-    assert!(names_other(layer["ahead"].as_array().expect("ahead"), &other), "{layer}");
+    assert!(
+        names_other(layer["ahead"].as_array().expect("ahead"), &other),
+        "{layer}"
+    );
     let text = run_with_timeout(
         &mut cmd(
             enforcer_tests::enforcer_bin().to_str().expect("utf-8"),
@@ -107,7 +114,11 @@ fn a_tcx_program_ahead_of_the_netlink_filter_is_reported() {
         "{}",
         text.stdout_str()
     );
-    assert!(agent.stderr_contains("runs before enforcer's", EVENT), "{}", agent.stderr());
+    assert!(
+        agent.stderr_contains("runs before enforcer's", EVENT),
+        "{}",
+        agent.stderr()
+    );
 
     // Gone again: reported as well.
     drop(other);
@@ -146,23 +157,39 @@ fn tcx_first_judges_hellos_before_another_tcx_program_and_lets_it_see_the_rest()
         b"",
         CLIENT,
     );
-    assert!(out.success(), "curl must complete: {out:?}\n{}", agent.stderr());
-    assert!(other.run_count() > before, "the other tcx program saw no packet after ours");
+    assert!(
+        out.success(),
+        "curl must complete: {out:?}\n{}",
+        agent.stderr()
+    );
+    assert!(
+        other.run_count() > before,
+        "the other tcx program saw no packet after ours"
+    );
 
     // GnuTLS: refused within 2 s, no application byte at the peer, socket aborted.
     let marker = b"GNUTLS-MUST-NOT-ARRIVE\n";
     let port = plain.addr().port().to_string();
     let out = run_with_timeout(
-        &mut cmd("gnutls-cli", ["--insecure", "--port", &port, &peer.to_string()]),
+        &mut cmd(
+            "gnutls-cli",
+            ["--insecure", "--port", &port, &peer.to_string()],
+        ),
         marker,
         CLIENT,
     );
     assert!(!out.success(), "gnutls-cli must fail: {out:?}");
-    assert!(out.elapsed < Duration::from_secs(2), "took {:?}", out.elapsed);
+    assert!(
+        out.elapsed < Duration::from_secs(2),
+        "took {:?}",
+        out.elapsed
+    );
     let local = local.to_string();
     let event = agent.wait_for(
         move |v| {
-            v["type"] == "connection" && v["comm"] == "gnutls-cli" && v["local"]["addr"] == local.as_str()
+            v["type"] == "connection"
+                && v["comm"] == "gnutls-cli"
+                && v["local"]["addr"] == local.as_str()
         },
         EVENT,
     );
@@ -174,9 +201,83 @@ fn tcx_first_judges_hellos_before_another_tcx_program_and_lets_it_see_the_rest()
     // A program another tool puts first later runs before ours: reported.
     let late = OtherTcx::attach_first(ifindex, "late_tcx").expect("tcx");
     let (event, _) = egress_layer(&mut agent, &ns.host_if, |a| names_other(a, &late));
-    assert!(!names_other(event["ahead"].as_array().expect("ahead"), &other), "{event}");
+    assert!(
+        !names_other(event["ahead"].as_array().expect("ahead"), &other),
+        "{event}"
+    );
 
     // Our links go with the agent; the others stay, in their order.
     agent.stop();
     assert_eq!(tcx::egress_programs(ifindex), vec![late.id, other.id]);
+}
+
+#[test]
+fn the_host_layer_drops_a_denied_flow_on_loopback() {
+    require_root();
+    // The agent's interface is a test veth; the connections below never touch it.
+    let ns = NetNs::new();
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let cert = Cert::new(&[lo]);
+    let server = Server::on_host(lo, 9557, &cert, Mode::Plain, &[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("agent.sock");
+    let mut agent = agent(&ns, &socket, &["--host-layer", "cgroup"]);
+    let status = ctl(&socket, &["status"]);
+    let host = &status["layers"]["host"];
+    assert!(
+        host["form"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("cgroup_skb")),
+        "{status}"
+    );
+    let drops =
+        |socket: &std::path::Path| ctl(socket, &["status"])["counters"]["cgroup_drops"].as_u64();
+    assert_eq!(drops(&socket), Some(0), "{status}");
+
+    // OpenSSL over loopback: allowed, and its bytes arrive.
+    let line = b"openssl over loopback\n";
+    let out = run_with_timeout(
+        &mut cmd(
+            "openssl",
+            [
+                "s_client",
+                "-quiet",
+                "-no_ign_eof",
+                "-connect",
+                "127.0.0.1:9557",
+            ],
+        ),
+        line,
+        CLIENT,
+    );
+    assert!(out.success(), "s_client must complete: {out:?}");
+    server.wait_received(line, EVENT);
+    drop(server);
+
+    // GnuTLS over loopback: its first bytes are dropped in the kernel, host-wide.
+    let server = Server::on_host(lo, 9558, &cert, Mode::Plain, &[]);
+    let marker = b"GNUTLS-MUST-NOT-ARRIVE\n";
+    let out = run_with_timeout(
+        &mut cmd("gnutls-cli", ["--insecure", "--port", "9558", "127.0.0.1"]),
+        marker,
+        CLIENT,
+    );
+    assert!(!out.success(), "gnutls-cli must fail: {out:?}");
+    assert!(
+        out.elapsed < Duration::from_secs(2),
+        "took {:?}",
+        out.elapsed
+    );
+    let event = agent.wait_for(
+        |v| v["type"] == "connection" && v["comm"] == "gnutls-cli" && v["remote"]["port"] == 9558,
+        EVENT,
+    );
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    let received = String::from_utf8_lossy(&server.received()).into_owned();
+    assert!(!received.contains("GNUTLS-MUST-NOT-ARRIVE"), "{received:?}");
+    assert!(
+        drops(&socket) >= Some(1),
+        "the host layer dropped nothing: {}",
+        agent.stderr()
+    );
 }

@@ -11,6 +11,7 @@
 //! are removed explicitly, on success, error and signal alike.
 
 mod earlier;
+mod host_layer;
 mod iface_lock;
 mod interfaces;
 pub mod privileges;
@@ -52,6 +53,7 @@ use crate::{
 };
 
 use earlier::Earlier;
+use host_layer::HostLayer;
 use interfaces::{Attached, IngressChoice, TcAttach};
 
 #[derive(clap::Args)]
@@ -76,6 +78,10 @@ pub struct AttachArgs {
     /// runs before ours either way.
     #[arg(long, value_enum, default_value = "netlink")]
     pub tc_attach: TcAttach,
+    /// `cgroup`: also drop blocklisted flows' packets host-wide, on every interface and in every
+    /// network namespace (cgroup_skb on the root cgroup v2; not pinned: goes with the agent).
+    #[arg(long, value_enum, default_value = "none")]
+    pub host_layer: HostLayer,
     /// Kernel TCP hook form; `auto` takes the cheapest that works here.
     #[arg(long, value_enum, default_value = "auto")]
     pub kernel_hook: HookChoice,
@@ -123,6 +129,12 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let rings = take_events(&mut datapath.ebpf())?;
     let mut attached = Attached::default();
     let result = attach_interfaces(&datapath, &checked, args.ingress, &mut attached).await;
+    let result = result.and_then(|()| match args.host_layer {
+        HostLayer::None => Ok(None),
+        HostLayer::Cgroup => host_layer::attach(&mut datapath.ebpf()).map(Some),
+    });
+    let host = result.as_ref().ok().cloned().flatten();
+    let result = result.map(drop);
     let programs = datapath.pinned_program_ids();
     // Bound once attached: an agent that cannot attach fails for that reason, not this one.
     let result = result.and_then(|()| control::bind(&args.control_socket));
@@ -141,6 +153,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     .map(|(n, f)| (n.clone(), f.name()))
                     .collect(),
                 layers: attached.layer_specs(&checked.ifaces),
+                host: host.map(|root| root.display().to_string()),
             };
             serve(&args, &mut checked, ready, rings).await
         }
@@ -327,7 +340,15 @@ async fn attach_interfaces(
     let pin = checked.pin.as_ref();
     let ifaces = &checked.ifaces;
     let classifiers = interfaces::attach_xdp(&mut datapath.ebpf(), ifaces, ingress, pin, attached)?;
-    interfaces::attach_tc(&checked.handle, ifaces, &classifiers, pin, checked.tcx, attached).await
+    interfaces::attach_tc(
+        &checked.handle,
+        ifaces,
+        &classifiers,
+        pin,
+        checked.tcx,
+        attached,
+    )
+    .await
 }
 
 /// What [`serve`] needs besides the checked start-up values.
@@ -342,6 +363,8 @@ struct Ready<'a> {
     ingress: Vec<(String, &'static str)>,
     /// Each interface's hooks, for the layers `enforcer status` reports.
     layers: Vec<layers::Spec>,
+    /// `--host-layer cgroup`: the cgroup v2 root its programs are on.
+    host: Option<String>,
 }
 
 /// Retires the earlier run's pinned state, starts the watcher, and runs the main loop until a
@@ -385,7 +408,7 @@ async fn serve(
         pin: checked.pin.as_ref().map(|d| d.root().display().to_string()),
         started: Instant::now(),
     };
-    let layers = layers::Layers::new(checked.handle.clone(), ready.layers);
+    let layers = layers::Layers::new(checked.handle.clone(), ready.layers, ready.host);
     let run = main_loop::Running {
         layers,
         info,

@@ -22,6 +22,12 @@ pub const EVERY: u64 = 5;
 /// Said in `enforcer status` of what no layer filters.
 pub const NOT_FILTERED: &str = "packets on interfaces not given to attach (loopback included) are \
     not filtered; denied flows' sockets are aborted wherever they live";
+/// ... and with the host-wide layer on.
+pub const NOT_JUDGED: &str = "hellos are judged on the interfaces given to attach only; elsewhere \
+    blocklisted flows' packets are dropped by the host layer";
+/// What the host-wide layer sees.
+pub const HOST_SEES: &str = "every socket's packets on every interface and in every network \
+    namespace; drops blocklisted flows, judges no hello";
 
 /// One hook of one interface, as last read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +57,10 @@ impl Layer {
 
     pub fn to_json(&self) -> Value {
         let (ahead, error) = match &self.ahead {
-            Ok(a) => (Value::from(a.iter().map(Ahead::to_json).collect::<Vec<_>>()), None),
+            Ok(a) => (
+                Value::from(a.iter().map(Ahead::to_json).collect::<Vec<_>>()),
+                None,
+            ),
             Err(e) => (Value::Null, Some(e.clone())),
         };
         json!({
@@ -75,7 +84,7 @@ fn describe(ahead: &[Ahead]) -> String {
 }
 
 /// The last reading, shared with the operator socket.
-pub type Shared = Arc<Mutex<Vec<Layer>>>;
+pub type Shared = Arc<Mutex<Reading>>;
 
 /// One interface's hooks as this agent attached them.
 #[derive(Clone, Debug)]
@@ -95,12 +104,23 @@ pub struct Layers {
     last: Shared,
 }
 
+/// The last reading of the interfaces' hooks, and the host-wide layer's cgroup (if on).
+#[derive(Default)]
+pub struct Reading {
+    pub hooks: Vec<Layer>,
+    pub host: Option<String>,
+}
+
 impl Layers {
-    pub fn new(handle: rtnetlink::Handle, specs: Vec<Spec>) -> Layers {
+    pub fn new(handle: rtnetlink::Handle, specs: Vec<Spec>, host: Option<String>) -> Layers {
+        let last = Shared::new(Mutex::new(Reading {
+            hooks: vec![],
+            host,
+        }));
         Layers {
             handle,
             specs,
-            last: Shared::default(),
+            last,
         }
     }
 
@@ -128,16 +148,22 @@ impl Layers {
             }
         }
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let first = last.is_empty();
+        let first = last.hooks.is_empty();
         let changed = now
             .iter()
-            .filter(|l| match last.iter().find(|o| o.interface == l.interface && o.hook == l.hook) {
-                Some(old) => old != *l,
-                None => !first || l.ahead.as_ref().map_or(true, |a| !a.is_empty()),
+            .filter(|l| {
+                let old = last
+                    .hooks
+                    .iter()
+                    .find(|o| o.interface == l.interface && o.hook == l.hook);
+                match old {
+                    Some(old) => old != *l,
+                    None => !first || l.ahead.as_ref().map_or(true, |a| !a.is_empty()),
+                }
             })
             .cloned()
             .collect();
-        *last = now;
+        last.hooks = now;
         changed
     }
 
@@ -165,9 +191,16 @@ impl Layers {
 /// `enforcer status`'s `layers` value.
 pub fn status(shared: &Shared) -> Value {
     let layers = shared.lock().unwrap_or_else(|e| e.into_inner());
+    let host = layers.host.as_ref().map(|root| {
+        json!({
+            "form": format!("cgroup_skb egress and ingress on {root} (the root cgroup v2)"),
+            "sees": HOST_SEES,
+        })
+    });
     json!({
-        "hooks": layers.iter().map(Layer::to_json).collect::<Vec<_>>(),
-        "not_filtered": NOT_FILTERED,
+        "hooks": layers.hooks.iter().map(Layer::to_json).collect::<Vec<_>>(),
+        "host": host,
+        "not_filtered": if host.is_some() { NOT_JUDGED } else { NOT_FILTERED },
     })
 }
 

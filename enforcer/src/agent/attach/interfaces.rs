@@ -286,7 +286,11 @@ impl Attached {
         ifaces
             .iter()
             .map(|(name, index)| {
-                let form = self.ingress.iter().find(|(n, _)| n == name).map(|(_, f)| *f);
+                let form = self
+                    .ingress
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, f)| *f);
                 let ingress = match form {
                     Some(IngressForm::Tc) => classifier(ingress_id),
                     _ => Ours::Xdp,
@@ -300,7 +304,11 @@ impl Attached {
                     index: *index,
                     ingress_form,
                     ingress,
-                    egress_form: if tcx { "tcx (first)" } else { "tc cls_bpf (netlink)" },
+                    egress_form: if tcx {
+                        "tcx (first)"
+                    } else {
+                        "tc cls_bpf (netlink)"
+                    },
                     egress: classifier(Some(egress_id)),
                 }
             })

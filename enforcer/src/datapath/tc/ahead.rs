@@ -182,13 +182,16 @@ async fn xdp_program(
         .try_next()
         .await
         .map_err(|e| netlink("reading the interface's XDP program", ifindex)(netlink_io(e)))?;
-    let id = link.into_iter().flat_map(|l| l.attributes).find_map(|a| match a {
-        LinkAttribute::Xdp(xdp) => xdp.into_iter().find_map(|x| match x {
-            LinkXdp::ProgId(id) if id != 0 => Some(id),
+    let id = link
+        .into_iter()
+        .flat_map(|l| l.attributes)
+        .find_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => xdp.into_iter().find_map(|x| match x {
+                LinkXdp::ProgId(id) if id != 0 => Some(id),
+                _ => None,
+            }),
             _ => None,
-        }),
-        _ => None,
-    });
+        });
     Ok(id.map(|id| (program_name(id).unwrap_or_else(|| "?".to_owned()), id)))
 }
 

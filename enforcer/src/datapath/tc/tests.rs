@@ -245,7 +245,9 @@ fn tcx_id(dev: &str, name: &str) -> u32 {
         aya::programs::SchedClassifier::query_tcx(dev, aya::programs::tc::TcAttachType::Egress)
             .expect("query tcx");
     let program = programs.iter().find(|p| p.name_as_str() == Some(name));
-    program.unwrap_or_else(|| panic!("no tcx program {name}")).id()
+    program
+        .unwrap_or_else(|| panic!("no tcx program {name}"))
+        .id()
 }
 
 #[test]
@@ -269,7 +271,10 @@ fn what_runs_before_ours_is_listed_in_the_order_it_runs() {
             id: None,
             pref: Some(10),
         };
-        assert_eq!(ahead(Ours::Filter).await.expect("read"), vec![matchall.clone()]);
+        assert_eq!(
+            ahead(Ours::Filter).await.expect("read"),
+            vec![matchall.clone()]
+        );
         // A tcx program runs before every classic filter.
         let other = load_named(*b"other_tcx\0\0\0\0\0\0\0");
         let other_link = tcx::attach_first(other.as_fd(), c.ifindex, Hook::Egress).expect("tcx");
@@ -293,7 +298,10 @@ fn what_runs_before_ours_is_listed_in_the_order_it_runs() {
         let late_link = tcx::attach_first(late.as_fd(), c.ifindex, Hook::Egress).expect("tcx");
         let listed = ahead(Ours::Tcx(mine_id)).await.expect("read");
         assert_eq!(listed.len(), 1, "{listed:?}");
-        assert_eq!((listed[0].kind, listed[0].name.as_str()), (AheadKind::Tcx, "late_tcx"));
+        assert_eq!(
+            (listed[0].kind, listed[0].name.as_str()),
+            (AheadKind::Tcx, "late_tcx")
+        );
         // A link goes with its fd.
         drop((late_link, mine_link, other_link));
         let (_, left) = aya::programs::SchedClassifier::query_tcx(

@@ -1,0 +1,66 @@
+//! The host-wide layer (`--host-layer cgroup`): cgroup_skb programs on the root cgroup v2. They
+//! run for every socket of every process, whatever interface or network namespace its packets
+//! take (loopback, WireGuard, container veths, interfaces not given to `attach`), and drop the
+//! packets of blocklisted flows there. They judge no hello: the hello judge and its readers stay
+//! on the named interfaces' XDP/tc programs. What they add is that a denied flow's packets stop
+//! in the kernel wherever they go, also before the agent has aborted its socket, and that no
+//! other program can let them through: the kernel runs every program of a cgroup's
+//! `BPF_F_ALLOW_MULTI` chain and drops a packet any of them drops.
+//!
+//! `skb->data` is the network header in cgroup_skb (the kernel pushes back to it), so packets
+//! are parsed from their IP header, through the load helpers.
+
+use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use enforcer_common::stat::Stat;
+
+use crate::{flow, packet, stats};
+
+/// What a cgroup_skb program returns: 1 lets the packet go, 0 drops it (egress: the sender gets
+/// `EPERM`-like congestion; TCP retransmits until the socket is aborted).
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+#[cgroup_skb(egress)]
+pub fn enforcer_cgroup_egress(ctx: SkBuffContext) -> i32 {
+    judge(&ctx, true)
+}
+
+#[cgroup_skb(ingress)]
+pub fn enforcer_cgroup_ingress(ctx: SkBuffContext) -> i32 {
+    judge(&ctx, false)
+}
+
+#[inline(always)]
+fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
+    let Some(segment) = packet::parse_l3(ctx) else {
+        return PASS;
+    };
+    // A bare RST lets the peer forget a connection we aborted, as on tc egress.
+    if segment.udp || segment.rst {
+        return PASS;
+    }
+    let flow = match egress {
+        true => segment.as_sender(),
+        false => segment.as_receiver(),
+    };
+    if flow::is_blocked(&flow) {
+        stats::count(Stat::CgroupDrops);
+        return DROP;
+    }
+    PASS
+}
+
+impl packet::Packet for SkBuffContext {
+    #[inline(always)]
+    fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: dst points at `len` writable stack bytes; the helper reads paged data too.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+                self.skb.skb as *const _,
+                offset,
+                dst.cast(),
+                len,
+            ) == 0
+        }
+    }
+}
