@@ -12,7 +12,9 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cert, Mode, NetNs, Server, cmd,
+    Agent, Cert, Mode, NetNs, Server,
+    adversary::unprivileged,
+    cmd,
     ops::ctl,
     require_root, run_with_timeout,
     schema::{events_schema, validate_event},
@@ -254,11 +256,12 @@ fn the_host_layer_drops_a_denied_flow_on_loopback() {
     server.wait_received(line, EVENT);
     drop(server);
 
-    // GnuTLS over loopback: its first bytes are dropped in the kernel, host-wide.
+    // GnuTLS over loopback, from an unprivileged user (uid 65534, no capabilities): its first
+    // bytes are dropped in the kernel, host-wide.
     let server = Server::on_host(lo, 9558, &cert, Mode::Plain, &[]);
     let marker = b"GNUTLS-MUST-NOT-ARRIVE\n";
     let out = run_with_timeout(
-        &mut cmd("gnutls-cli", ["--insecure", "--port", "9558", "127.0.0.1"]),
+        &mut unprivileged("gnutls-cli", ["--insecure", "--port", "9558", "127.0.0.1"]),
         marker,
         CLIENT,
     );

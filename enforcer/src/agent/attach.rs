@@ -395,10 +395,9 @@ async fn serve(
         },
     );
     let info = AgentInfo {
-        egress: if checked.tcx {
-            "tcx (first)"
-        } else {
-            "tc cls_bpf (netlink)"
+        egress: match checked.tcx {
+            true => interfaces::TCX_FORM,
+            false => interfaces::NETLINK_FORM,
         },
         interfaces: checked.names.clone(),
         ingress: ready.ingress,

@@ -190,7 +190,7 @@ impl Running {
                     }
                     self.housekeeping(&mut pressure, &counters, &sampled.get());
                     // The first tick comes at once: the layers are read right after `ready`.
-                    if ticks % layers::EVERY == 0 {
+                    if ticks.is_multiple_of(layers::EVERY) {
                         self.layers.check(|event| self.reporter.lifecycle(event)).await;
                     }
                     ticks += 1;

@@ -37,6 +37,10 @@ pub enum IngressChoice {
     Tc,
 }
 
+/// How `enforcer status` names the egress (and tc ingress) classifier's attachment.
+pub const NETLINK_FORM: &str = "tc cls_bpf (netlink)";
+pub const TCX_FORM: &str = "tcx (first)";
+
 /// `--tc-attach`: how the classifiers are put on their hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TcAttach {
@@ -96,8 +100,8 @@ pub struct Attached {
     pub filters: Vec<tc::Filter>,
     /// `--tc-attach tcx`: our links, detached when dropped.
     pub tcx: Vec<tc::TcxLink>,
-    /// The classifiers' program ids (egress, ingress) and whether they are tcx links.
-    pub classifiers: Option<((u32, Option<u32>), bool)>,
+    /// The classifiers as attached (set by [`attach_tc`]).
+    pub classifiers: Option<Placed>,
     pub pinned: Vec<PathBuf>,
     /// The ingress form of each interface, in `--iface` order.
     pub ingress: Vec<(String, IngressForm)>,
@@ -109,7 +113,15 @@ pub struct Classifiers {
     /// Loaded only when some interface takes its ingress in tc.
     ingress: Option<ProgramFd>,
     /// The programs' ids (`bpftool prog show id N`): egress, then ingress.
-    pub ids: (u32, Option<u32>),
+    ids: (u32, Option<u32>),
+}
+
+/// Where the classifiers went: their program ids, and whether as tcx links.
+#[derive(Clone, Copy, Debug)]
+pub struct Placed {
+    pub egress_id: u32,
+    pub ingress_id: Option<u32>,
+    pub tcx: bool,
 }
 
 /// XDP on the interfaces whose ingress is XDP; loads the classifiers for [`attach_tc`].
@@ -228,7 +240,11 @@ pub async fn attach_tc(
     tcx: bool,
     attached: &mut Attached,
 ) -> Result<()> {
-    attached.classifiers = Some((classifiers.ids, tcx));
+    attached.classifiers = Some(Placed {
+        egress_id: classifiers.ids.0,
+        ingress_id: classifiers.ids.1,
+        tcx,
+    });
     for (name, index) in ifaces {
         let form = attached
             .ingress
@@ -269,7 +285,7 @@ pub async fn attach_tc(
             }
         }
         let ingress = form.map_or("?", IngressForm::name);
-        let egress = if tcx { "tcx (first)" } else { "tc" };
+        let egress = if tcx { TCX_FORM } else { NETLINK_FORM };
         info!(iface = %name, ingress, egress, pinned = pin.is_some(), "filters attached");
     }
     Ok(())
@@ -278,7 +294,15 @@ pub async fn attach_tc(
 impl Attached {
     /// What `enforcer status` reports of each hook, and where ours is on it.
     pub fn layer_specs(&self, ifaces: &[(String, u32)]) -> Vec<layers::Spec> {
-        let ((egress_id, ingress_id), tcx) = self.classifiers.unwrap_or(((0, None), false));
+        let Placed {
+            egress_id,
+            ingress_id,
+            tcx,
+        } = self.classifiers.unwrap_or(Placed {
+            egress_id: 0,
+            ingress_id: None,
+            tcx: false,
+        });
         let classifier = |id: Option<u32>| match (tcx, id) {
             (true, Some(id)) => Ours::Tcx(id),
             _ => Ours::Filter,
@@ -297,18 +321,14 @@ impl Attached {
                 };
                 let mut ingress_form = form.map_or("?", IngressForm::name);
                 if tcx && form == Some(IngressForm::Tc) {
-                    ingress_form = "tcx (first)";
+                    ingress_form = TCX_FORM;
                 }
                 layers::Spec {
                     interface: name.clone(),
                     index: *index,
                     ingress_form,
                     ingress,
-                    egress_form: if tcx {
-                        "tcx (first)"
-                    } else {
-                        "tc cls_bpf (netlink)"
-                    },
+                    egress_form: if tcx { TCX_FORM } else { NETLINK_FORM },
                     egress: classifier(Some(egress_id)),
                 }
             })
