@@ -129,12 +129,13 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let rings = take_events(&mut datapath.ebpf())?;
     let mut attached = Attached::default();
     let result = attach_interfaces(&datapath, &checked, args.ingress, &mut attached).await;
-    let result = result.and_then(|()| match args.host_layer {
-        HostLayer::None => Ok(None),
-        HostLayer::Cgroup => host_layer::attach(&mut datapath.ebpf()).map(Some),
+    let mut host = None;
+    let result = result.and_then(|()| {
+        if args.host_layer == HostLayer::Cgroup {
+            host = Some(host_layer::attach(&mut datapath.ebpf())?);
+        }
+        Ok(())
     });
-    let host = result.as_ref().ok().cloned().flatten();
-    let result = result.map(drop);
     let programs = datapath.pinned_program_ids();
     // Bound once attached: an agent that cannot attach fails for that reason, not this one.
     let result = result.and_then(|()| control::bind(&args.control_socket));

@@ -18,6 +18,8 @@ use crate::datapath::tc::{self, Ahead, Hook, Ours};
 
 /// Ticks (seconds) between two readings.
 pub const EVERY: u64 = 5;
+/// The longest a reading may take (netlink dumps and `BPF_PROG_QUERY`s, a few per interface).
+const READ_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Said in `enforcer status` of what no layer filters.
 pub const NOT_FILTERED: &str = "packets on interfaces not given to attach (loopback included) are \
@@ -167,16 +169,26 @@ impl Layers {
         changed
     }
 
-    /// [`Self::refresh`], each change warned about and reported as a `layer` event.
+    /// [`Self::refresh`], each change warned about and reported as a `layer` event. Bounded
+    /// in time: it runs on the main loop, which must keep serving signals and reloads.
     pub async fn check(&self, report: impl Fn(Value)) {
-        for layer in self.refresh().await {
+        let Ok(changed) = tokio::time::timeout(READ_BOUND, self.refresh()).await else {
+            warn!("reading what runs before enforcer's programs took over {READ_BOUND:?}: skipped");
+            return;
+        };
+        for layer in changed {
             match &layer.ahead {
                 Ok(a) if a.is_empty() => {}
-                _ => warn!(
+                Ok(_) => warn!(
                     iface = %layer.interface,
                     hook = layer.hook.name(),
                     sees = %layer.sees(),
                     "another program or filter runs before enforcer's on this hook"
+                ),
+                Err(err) => warn!(
+                    iface = %layer.interface,
+                    hook = layer.hook.name(),
+                    "what runs before enforcer's program on this hook could not be read: {err}"
                 ),
             }
             let mut event = layer.to_json();
