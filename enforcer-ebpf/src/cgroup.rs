@@ -53,14 +53,6 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
 impl packet::Packet for SkBuffContext {
     #[inline(always)]
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: dst points at `len` writable stack bytes; the helper reads paged data too.
-        unsafe {
-            aya_ebpf::helpers::generated::bpf_skb_load_bytes(
-                self.skb.skb as *const _,
-                offset,
-                dst.cast(),
-                len,
-            ) == 0
-        }
+        packet::skb_load_bytes(&self.skb, offset, dst, len)
     }
 }

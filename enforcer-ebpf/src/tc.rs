@@ -102,14 +102,6 @@ impl packet::Linear for TcContext {
 impl packet::Packet for TcContext {
     #[inline(always)]
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: dst points at `len` writable stack bytes; bpf_skb_load_bytes also reads paged data.
-        unsafe {
-            aya_ebpf::helpers::generated::bpf_skb_load_bytes(
-                self.skb.skb as *const _,
-                offset,
-                dst.cast(),
-                len,
-            ) == 0
-        }
+        packet::skb_load_bytes(&self.skb, offset, dst, len)
     }
 }

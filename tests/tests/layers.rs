@@ -8,6 +8,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -73,6 +74,28 @@ fn egress_status(socket: &std::path::Path, iface: &str) -> Value {
         .into_iter()
         .find(|h| h["interface"] == iface && h["hook"] == "egress");
     found.unwrap_or_else(|| panic!("no egress layer of {iface} in {status}"))
+}
+
+/// Runs `gnutls` (a GnuTLS client to `server`, port `port`) with a marker line: it must fail
+/// within 2 s, be reported blocked, and its marker must not reach the server. The event.
+fn refused_gnutls(agent: &mut Agent, mut gnutls: Command, port: u16, server: &Server) -> Value {
+    let out = run_with_timeout(&mut gnutls, b"GNUTLS-MUST-NOT-ARRIVE\n", CLIENT);
+    assert!(!out.success(), "gnutls-cli must fail: {out:?}");
+    assert!(
+        out.elapsed < Duration::from_secs(2),
+        "took {:?}",
+        out.elapsed
+    );
+    let event = agent.wait_for(
+        move |v| {
+            v["type"] == "connection" && v["comm"] == "gnutls-cli" && v["remote"]["port"] == port
+        },
+        EVENT,
+    );
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    let received = String::from_utf8_lossy(&server.received()).into_owned();
+    assert!(!received.contains("GNUTLS-MUST-NOT-ARRIVE"), "{received:?}");
+    event
 }
 
 fn names_other(ahead: &[Value], other: &OtherTcx) -> bool {
@@ -170,35 +193,18 @@ fn tcx_first_judges_hellos_before_another_tcx_program_and_lets_it_see_the_rest()
     );
 
     // GnuTLS: refused within 2 s, no application byte at the peer, socket aborted.
-    let marker = b"GNUTLS-MUST-NOT-ARRIVE\n";
     let port = plain.addr().port().to_string();
-    let out = run_with_timeout(
-        &mut cmd(
-            "gnutls-cli",
-            ["--insecure", "--port", &port, &peer.to_string()],
-        ),
-        marker,
-        CLIENT,
+    let gnutls = cmd(
+        "gnutls-cli",
+        ["--insecure", "--port", &port, &peer.to_string()],
     );
-    assert!(!out.success(), "gnutls-cli must fail: {out:?}");
-    assert!(
-        out.elapsed < Duration::from_secs(2),
-        "took {:?}",
-        out.elapsed
+    let event = refused_gnutls(&mut agent, gnutls, plain.addr().port(), &plain);
+    assert_eq!(
+        event["local"]["addr"],
+        local.to_string().as_str(),
+        "{event}"
     );
-    let local = local.to_string();
-    let event = agent.wait_for(
-        move |v| {
-            v["type"] == "connection"
-                && v["comm"] == "gnutls-cli"
-                && v["local"]["addr"] == local.as_str()
-        },
-        EVENT,
-    );
-    assert_eq!(event["verdict"], "blocked", "{event}");
     assert_eq!(event["socket_aborted"], true, "{event}");
-    let received = String::from_utf8_lossy(&plain.received()).into_owned();
-    assert!(!received.contains("GNUTLS-MUST-NOT-ARRIVE"), "{received:?}");
 
     // A program another tool puts first later runs before ours: reported.
     let late = OtherTcx::attach_first(ifindex, "late_tcx").expect("tcx");
@@ -259,25 +265,8 @@ fn the_host_layer_drops_a_denied_flow_on_loopback() {
     // GnuTLS over loopback, from an unprivileged user (uid 65534, no capabilities): its first
     // bytes are dropped in the kernel, host-wide.
     let server = Server::on_host(lo, 9558, &cert, Mode::Plain, &[]);
-    let marker = b"GNUTLS-MUST-NOT-ARRIVE\n";
-    let out = run_with_timeout(
-        &mut unprivileged("gnutls-cli", ["--insecure", "--port", "9558", "127.0.0.1"]),
-        marker,
-        CLIENT,
-    );
-    assert!(!out.success(), "gnutls-cli must fail: {out:?}");
-    assert!(
-        out.elapsed < Duration::from_secs(2),
-        "took {:?}",
-        out.elapsed
-    );
-    let event = agent.wait_for(
-        |v| v["type"] == "connection" && v["comm"] == "gnutls-cli" && v["remote"]["port"] == 9558,
-        EVENT,
-    );
-    assert_eq!(event["verdict"], "blocked", "{event}");
-    let received = String::from_utf8_lossy(&server.received()).into_owned();
-    assert!(!received.contains("GNUTLS-MUST-NOT-ARRIVE"), "{received:?}");
+    let gnutls = unprivileged("gnutls-cli", ["--insecure", "--port", "9558", "127.0.0.1"]);
+    refused_gnutls(&mut agent, gnutls, 9558, &server);
     assert!(
         drops(&socket) >= Some(1),
         "the host layer dropped nothing: {}",
