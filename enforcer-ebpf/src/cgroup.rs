@@ -8,7 +8,7 @@
 //! `BPF_F_ALLOW_MULTI` chain and drops a packet any of them drops.
 //!
 //! `skb->data` is the network header in cgroup_skb (the kernel pushes back to it), so packets
-//! are parsed from their IP header, through the load helpers.
+//! are parsed from their IP header: direct packet access, the load helpers past the linear part.
 
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use enforcer_common::stat::Stat;
@@ -20,13 +20,15 @@ use crate::{flow, packet, stats};
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
+// Names distinct in their first 15 bytes, all the kernel keeps of a program's name (bpftool and
+// the bench tell the two apart by it).
 #[cgroup_skb(egress)]
-pub fn enforcer_cgroup_egress(ctx: SkBuffContext) -> i32 {
+pub fn enforcer_cg_egress(ctx: SkBuffContext) -> i32 {
     judge(&ctx, true)
 }
 
 #[cgroup_skb(ingress)]
-pub fn enforcer_cgroup_ingress(ctx: SkBuffContext) -> i32 {
+pub fn enforcer_cg_ingress(ctx: SkBuffContext) -> i32 {
     judge(&ctx, false)
 }
 
@@ -48,6 +50,21 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
         return DROP;
     }
     PASS
+}
+
+/// cgroup_skb programs may read the linear part through packet pointers (Linux 5.2+); aya's
+/// `SkBuffContext` keeps its `data`/`data_end` accessors crate-private, so they are read here.
+impl packet::Linear for SkBuffContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        // SAFETY: the context pointer the kernel passed; a plain field read.
+        unsafe { (*self.skb.skb).data as usize }
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        // SAFETY: as above.
+        unsafe { (*self.skb.skb).data_end as usize }
+    }
 }
 
 impl packet::Packet for SkBuffContext {

@@ -190,9 +190,18 @@ fn loaded<P: Packet>(packet: &P) -> Option<Segment> {
 }
 
 /// A packet that begins with its IP header (cgroup_skb: `skb->data` is the network header
-/// there), through the load helpers.
+/// there): direct packet access, the load helpers where a header is past the linear part.
 #[inline(always)]
-pub fn parse_l3<P: Packet>(packet: &P) -> Option<Segment> {
+pub fn parse_l3<P: Packet + Linear>(packet: &P) -> Option<Segment> {
+    match direct::parse_l3(packet) {
+        Ok(answer) => answer,
+        Err(direct::Short) => loaded_l3(packet),
+    }
+}
+
+/// The fallback of [`parse_l3`].
+#[inline(always)]
+fn loaded_l3<P: Packet>(packet: &P) -> Option<Segment> {
     let mut seg = Segment::EMPTY;
     let l4 = match load::<u8, P>(packet, 0)? >> 4 {
         4 => ipv4(packet, 0, &mut seg)?,

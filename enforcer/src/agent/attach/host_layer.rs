@@ -23,8 +23,8 @@ pub enum HostLayer {
     Cgroup,
 }
 
-pub const EGRESS: &str = "enforcer_cgroup_egress";
-pub const INGRESS: &str = "enforcer_cgroup_ingress";
+pub const EGRESS: &str = "enforcer_cg_egress";
+pub const INGRESS: &str = "enforcer_cg_ingress";
 
 /// Attaches both programs to the root cgroup v2; returns the hierarchy's mount point.
 pub fn attach(ebpf: &mut Ebpf) -> Result<PathBuf> {
