@@ -358,8 +358,9 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
     fig.notes.push(
         "The host layer (`--host-layer cgroup`, off by default) runs for every packet of every \
          socket on the host, on every interface: its rows are the cgroup_skb egress program \
-         against an empty cgroup_skb program, in the same rounds. It reads the headers with the \
-         load helpers (cgroup_skb starts at the IP header) and checks the blocklist's bucket."
+         against an empty cgroup_skb program, in the same rounds. It reads the headers with direct \
+         packet access from the IP header (where cgroup_skb starts) and checks the blocklist's \
+         bucket."
             .into(),
     );
     Ok(fig)
