@@ -32,4 +32,5 @@ pub mod policy;
 pub mod posture;
 pub mod quic;
 pub mod stat;
+pub mod tc_return;
 pub mod watch;

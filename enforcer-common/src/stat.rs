@@ -44,10 +44,13 @@ pub enum Stat {
     /// ServerHellos dropped while their flow's JA4 verdict was not there yet (a `ja4` rule
     /// applies, enforce mode): TCP sends them again.
     ServerHellosHeld = 16,
+    /// Packets the host-wide layer dropped (`--host-layer cgroup`: cgroup_skb on the root cgroup,
+    /// every interface and network namespace): blocklisted flows only.
+    CgroupDrops = 17,
 }
 
 /// Entries of `STATS`.
-pub const COUNT: u32 = 17;
+pub const COUNT: u32 = 18;
 
 /// Every counter, in index order.
 pub const ALL: [Stat; COUNT as usize] = [
@@ -68,6 +71,7 @@ pub const ALL: [Stat; COUNT as usize] = [
     Stat::HelloEventsLost,
     Stat::TcIngressDrops,
     Stat::ServerHellosHeld,
+    Stat::CgroupDrops,
 ];
 const _: () = {
     let mut i = 0;
@@ -196,6 +200,12 @@ impl Stat {
                 "enforcer_server_hellos_held_total",
                 "",
                 "ServerHellos dropped to wait for their flow's JA4 verdict (sent again by TCP).",
+            ),
+            Stat::CgroupDrops => (
+                "cgroup_drops",
+                "enforcer_drops_total",
+                "{program=\"cgroup\"}",
+                DROPS,
             ),
         };
         Shown {

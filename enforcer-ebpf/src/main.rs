@@ -53,6 +53,8 @@ mod atomic;
 #[cfg(target_arch = "bpf")]
 mod call_stack;
 #[cfg(target_arch = "bpf")]
+mod cgroup;
+#[cfg(target_arch = "bpf")]
 mod client_hello;
 #[cfg(target_arch = "bpf")]
 mod discover;

@@ -29,7 +29,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::xdp_action,
     helpers::generated::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
@@ -50,6 +50,7 @@ use crate::{
     packet::{self, Linear, Packet},
     posture::Caller,
 };
+use enforcer_common::tc_return::PASS as TC_PASS;
 
 /// ClientHellos being reassembled. 1,024 of 4.4 KiB: room for the hellos in flight at once
 /// (a hello that fits one segment is removed in the run that added it). LRU: a hello that
@@ -222,7 +223,7 @@ pub fn offer_tc(ctx: TcContext) -> i32 {
     if stage_one(&ctx, ctx.len() as usize) {
         read(&ctx);
     }
-    TC_ACT_OK
+    TC_PASS
 }
 
 #[xdp(frags)]

@@ -56,6 +56,18 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// Nothing parsed yet.
+    const EMPTY: Segment = Segment {
+        family: 0,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        rst: false,
+        udp: false,
+        l4: 0,
+    };
+
     /// The flow key when this host is the sender (egress).
     #[inline(always)]
     pub fn as_sender(&self) -> FlowKey {
@@ -88,6 +100,26 @@ impl Segment {
 /// `client_hello.rs`.
 pub trait Packet {
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+}
+
+/// [`Packet::load_bytes`] of an skb (tc, cgroup_skb): `bpf_skb_load_bytes`, which also reads
+/// paged data.
+#[inline(always)]
+pub fn skb_load_bytes(
+    skb: &aya_ebpf::programs::sk_buff::SkBuff,
+    offset: u32,
+    dst: *mut u8,
+    len: u32,
+) -> bool {
+    // SAFETY: dst points at `len` writable stack bytes; skb.skb is the program's context.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            skb.skb as *const _,
+            offset,
+            dst.cast(),
+            len,
+        ) == 0
+    }
 }
 
 #[inline(always)]
@@ -148,21 +180,40 @@ fn loaded<P: Packet>(packet: &P) -> Option<Segment> {
         ethertype = u16::from_be(load::<u16, P>(packet, offset + 2)?);
         offset += 4;
     }
-    let mut seg = Segment {
-        family: 0,
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        src_port: 0,
-        dst_port: 0,
-        rst: false,
-        udp: false,
-        l4: 0,
-    };
+    let mut seg = Segment::EMPTY;
     let l4 = match ethertype {
         ETH_P_IP => ipv4(packet, offset, &mut seg)?,
         ETH_P_IPV6 => ipv6(packet, offset, &mut seg)?,
         _ => return None,
     };
+    ports(packet, l4, seg)
+}
+
+/// A packet that begins with its IP header (cgroup_skb: `skb->data` is the network header
+/// there): direct packet access, the load helpers where a header is past the linear part.
+#[inline(always)]
+pub fn parse_l3<P: Packet + Linear>(packet: &P) -> Option<Segment> {
+    match direct::parse_l3(packet) {
+        Ok(answer) => answer,
+        Err(direct::Short) => loaded_l3(packet),
+    }
+}
+
+/// The fallback of [`parse_l3`].
+#[inline(always)]
+fn loaded_l3<P: Packet>(packet: &P) -> Option<Segment> {
+    let mut seg = Segment::EMPTY;
+    let l4 = match load::<u8, P>(packet, 0)? >> 4 {
+        4 => ipv4(packet, 0, &mut seg)?,
+        6 => ipv6(packet, 0, &mut seg)?,
+        _ => return None,
+    };
+    ports(packet, l4, seg)
+}
+
+/// The ports and the RST flag of the TCP or UDP header at `l4`.
+#[inline(always)]
+fn ports<P: Packet>(packet: &P, l4: usize, mut seg: Segment) -> Option<Segment> {
     seg.src_port = u16::from_be(load::<u16, P>(packet, l4)?);
     seg.dst_port = u16::from_be(load::<u16, P>(packet, l4 + 2)?);
     seg.rst = !seg.udp && load::<u8, P>(packet, l4 + 13)? & TCP_FLAG_RST != 0;

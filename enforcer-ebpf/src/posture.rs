@@ -20,7 +20,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_SHOT, xdp_action},
     helpers::generated::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
@@ -38,6 +38,7 @@ use enforcer_common::{
 };
 
 use crate::{events, flow, packet, policy, server_hello, stats};
+use enforcer_common::tc_return::PASS as TC_PASS;
 
 /// What each flow negotiated (LRU: closed flows make room). Not pinned: per run.
 #[map(name = "POSTURES")]
@@ -122,7 +123,7 @@ pub fn posture_tc(ctx: TcContext) -> i32 {
         stats::count(Stat::TcDrops);
         return TC_ACT_SHOT;
     }
-    TC_ACT_OK
+    TC_PASS
 }
 
 #[xdp(frags)]

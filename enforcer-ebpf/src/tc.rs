@@ -2,15 +2,12 @@
 //! judge hellos) and ingress (`--ingress tc`, and `auto` on a veth or a device without native
 //! XDP: the same judge as XDP, `ingress.rs`, on the skb).
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use enforcer_common::stat::Stat;
 
 use crate::{client_hello, flow, hello, ingress, offer, packet, posture, quic, stats};
 use enforcer_common::flow::direction;
+use enforcer_common::tc_return::PASS as TC_PASS;
 
 /// Fail-open like the XDP program (UDP: only a QUIC Initial the policy denies is dropped, as
 /// there), with one deliberate exception to dropping: a bare RST of a blocked flow goes out, so the peer forgets a connection we aborted (it carries no data).
@@ -19,32 +16,32 @@ use enforcer_common::flow::direction;
 #[classifier]
 pub fn enforcer_egress(ctx: TcContext) -> i32 {
     let Some(segment) = packet::parse(&ctx) else {
-        return TC_ACT_OK;
+        return TC_PASS;
     };
     if segment.udp {
         if quic::drops(&ctx, &segment, direction::SEND) {
             stats::count(Stat::TcDrops);
             return TC_ACT_SHOT;
         }
-        return TC_ACT_OK;
+        return TC_PASS;
     }
     let flow = segment.as_sender();
     if segment.rst {
-        return TC_ACT_OK;
+        return TC_PASS;
     }
     if flow::is_blocked(&flow) {
         stats::count(Stat::TcDrops);
         return TC_ACT_SHOT;
     }
     match hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
-        client_hello::Outcome::Pass => TC_ACT_OK,
+        client_hello::Outcome::Pass => TC_PASS,
         client_hello::Outcome::ClientHelloContinues => {
             offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::CONTINUE_SEND);
-            TC_ACT_OK
+            TC_PASS
         }
         client_hello::Outcome::ClientHello => {
             offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::START_SEND);
-            TC_ACT_OK
+            TC_PASS
         }
         client_hello::Outcome::ServerHello => {
             if let Some(payload) = packet::payload_of(&ctx, &segment) {
@@ -56,7 +53,7 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
                 };
                 posture::read(&ctx, posture::Caller::Tc, args);
             }
-            TC_ACT_OK
+            TC_PASS
         }
         client_hello::Outcome::Drop => {
             stats::count(Stat::TcDrops);
@@ -74,18 +71,18 @@ pub fn enforcer_ingress_tc(ctx: TcContext) -> i32 {
             stats::count(Stat::TcIngressDrops);
             TC_ACT_SHOT
         }
-        ingress::Judged::Pass => TC_ACT_OK,
+        ingress::Judged::Pass => TC_PASS,
         ingress::Judged::ServerHello(args) => {
             posture::read(&ctx, posture::Caller::Tc, args);
-            TC_ACT_OK
+            TC_PASS
         }
         ingress::Judged::ClientHello => {
             offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::START_RECV);
-            TC_ACT_OK
+            TC_PASS
         }
         ingress::Judged::OfferContinues => {
             offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::CONTINUE_RECV);
-            TC_ACT_OK
+            TC_PASS
         }
     }
 }
@@ -105,14 +102,6 @@ impl packet::Linear for TcContext {
 impl packet::Packet for TcContext {
     #[inline(always)]
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: dst points at `len` writable stack bytes; bpf_skb_load_bytes also reads paged data.
-        unsafe {
-            aya_ebpf::helpers::generated::bpf_skb_load_bytes(
-                self.skb.skb as *const _,
-                offset,
-                dst.cast(),
-                len,
-            ) == 0
-        }
+        packet::skb_load_bytes(&self.skb, offset, dst, len)
     }
 }

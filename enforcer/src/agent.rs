@@ -30,6 +30,7 @@ pub(crate) fn urgent_thread() {
 pub mod attach;
 pub mod control;
 pub mod events;
+pub mod layers;
 pub mod main_loop;
 pub mod memory;
 pub mod metrics;

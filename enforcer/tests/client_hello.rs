@@ -30,7 +30,7 @@ use packets::tls::*;
 use packets::*;
 
 const EGRESS: &str = "enforcer_egress";
-const TC_ACT_OK: u32 = 0;
+const TC_ACT_OK: u32 = enforcer_common::tc_return::PASS_U32;
 const TC_ACT_SHOT: u32 = 2;
 
 const SRC4: [u8; 4] = [10, 0, 0, 1];

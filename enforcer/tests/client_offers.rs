@@ -303,7 +303,12 @@ impl Ingress {
                 p.test_run(options).expect("tc test run").return_value
             }
         };
-        assert!(v == 0 || v == 2, "passed: {v}");
+        let passed = if self.xdp {
+            2
+        } else {
+            enforcer_common::tc_return::PASS_U32
+        };
+        assert_eq!(v, passed, "passed");
     }
 
     fn offers(&mut self) -> Vec<OfferedEvent> {

@@ -27,7 +27,7 @@ use packets::tls::client_hello;
 use packets::*;
 
 const EGRESS: &str = "enforcer_egress";
-const PASS: u32 = 0;
+const PASS: u32 = enforcer_common::tc_return::PASS_U32;
 const DROP: u32 = 2;
 const SRC: [u8; 4] = [10, 0, 0, 1];
 const DST: [u8; 4] = [10, 0, 0, 2];

@@ -32,7 +32,7 @@ const XDP: &str = "enforcer_ingress";
 const TC: &str = "enforcer_ingress_tc";
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
-const TC_OK: u32 = 0;
+const TC_OK: u32 = enforcer_common::tc_return::PASS_U32;
 const TC_SHOT: u32 = 2;
 /// This host, the client.
 const CLIENT: [u8; 4] = [10, 0, 0, 1];

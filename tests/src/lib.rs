@@ -19,6 +19,7 @@ pub mod quic;
 pub mod schema;
 mod server;
 pub mod static_client;
+pub mod tcx;
 
 pub use agent::{Agent, enforcer_bin, hook_args};
 pub use cert::Cert;

@@ -36,8 +36,13 @@ impl Tmux {
             Command::new("tmux").arg("-V").output().is_ok(),
             "tmux is missing: `cargo xtask setup` installs it"
         );
+        // A server of its own per session: the tests of this file run in one process, and a
+        // new session on the name of the server the last test just killed can find it still
+        // going away ("server exited unexpectedly").
+        static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmux = Tmux {
-            server: format!("enforcer-top-{}", std::process::id()),
+            server: format!("enforcer-top-{}-{n}", std::process::id()),
         };
         let out = tmux
             .cmd(&[

@@ -97,6 +97,27 @@ pub fn parse<L: Linear>(frame: &L) -> Result<Option<Segment>, Short> {
         ETH_P_IPV6 => ipv6(data, end, l3)?,
         _ => None,
     };
+    transport(data, end, ip)
+}
+
+/// [`parse`] of a packet that begins with its IP header (cgroup_skb).
+#[inline(always)]
+pub fn parse_l3<L: Linear>(frame: &L) -> Result<Option<Segment>, Short> {
+    let data = frame.data();
+    let end = frame.data_end();
+    // Twenty bytes (the smallest IP header), not one: LLVM turns a one-byte bound check into
+    // `start >= data_end`, which the verifier does not take as a bound on the pointer.
+    let ip = match Window::<20>::at(data, end, 0)?.u8(0) >> 4 {
+        4 => ipv4(data, end, 0)?,
+        6 => ipv6(data, end, 0)?,
+        _ => None,
+    };
+    transport(data, end, ip)
+}
+
+/// The ports (and TCP flags) after the IP layer `ip` found.
+#[inline(always)]
+fn transport(data: usize, end: usize, ip: Option<Ip>) -> Result<Option<Segment>, Short> {
     let Some(Ip {
         family,
         src_addr,

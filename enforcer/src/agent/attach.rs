@@ -11,6 +11,7 @@
 //! are removed explicitly, on success, error and signal alike.
 
 mod earlier;
+mod host_layer;
 mod iface_lock;
 mod interfaces;
 pub mod privileges;
@@ -35,7 +36,7 @@ use crate::{
     agent::{
         control,
         events::{self, EventFormat, Reporter},
-        main_loop, metrics,
+        layers, main_loop, metrics,
         operator::AgentInfo,
         reload,
         watcher::{self, Watcher},
@@ -52,7 +53,8 @@ use crate::{
 };
 
 use earlier::Earlier;
-use interfaces::{Attached, IngressChoice};
+use host_layer::HostLayer;
+use interfaces::{Attached, IngressChoice, TcAttach};
 
 #[derive(clap::Args)]
 pub struct AttachArgs {
@@ -70,6 +72,16 @@ pub struct AttachArgs {
     /// others (docs/architecture.md says why).
     #[arg(long, value_enum, default_value = "auto")]
     pub ingress: IngressChoice,
+    /// How the tc classifiers go on their hooks: `netlink` (a cls_bpf filter at preference 50,
+    /// after any tcx program such as Cilium's), `tcx` (a tcx link first on the hook, Linux 6.6+;
+    /// not with --pin yet), `auto` (tcx where the kernel has it). `enforcer status` says what
+    /// runs before ours either way.
+    #[arg(long, value_enum, default_value = "netlink")]
+    pub tc_attach: TcAttach,
+    /// `cgroup`: also drop blocklisted flows' packets host-wide, on every interface and in every
+    /// network namespace (cgroup_skb on the root cgroup v2; not pinned: goes with the agent).
+    #[arg(long, value_enum, default_value = "none")]
+    pub host_layer: HostLayer,
     /// Kernel TCP hook form; `auto` takes the cheapest that works here.
     #[arg(long, value_enum, default_value = "auto")]
     pub kernel_hook: HookChoice,
@@ -117,6 +129,13 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let rings = take_events(&mut datapath.ebpf())?;
     let mut attached = Attached::default();
     let result = attach_interfaces(&datapath, &checked, args.ingress, &mut attached).await;
+    let mut host = None;
+    let result = result.and_then(|()| {
+        if args.host_layer == HostLayer::Cgroup {
+            host = Some(host_layer::attach(&mut datapath.ebpf())?);
+        }
+        Ok(())
+    });
     let programs = datapath.pinned_program_ids();
     // Bound once attached: an agent that cannot attach fails for that reason, not this one.
     let result = result.and_then(|()| control::bind(&args.control_socket));
@@ -134,6 +153,8 @@ pub async fn run(args: AttachArgs) -> Result<()> {
                     .iter()
                     .map(|(n, f)| (n.clone(), f.name()))
                     .collect(),
+                layers: attached.layer_specs(&checked.ifaces),
+                host: host.map(|root| root.display().to_string()),
             };
             serve(&args, &mut checked, ready, rings).await
         }
@@ -165,12 +186,15 @@ struct Checked {
     found: Vec<Library>,
     /// The policy file's fingerprint from before it was read (`ReloadConfig::loaded`).
     policy_fingerprint: Option<reload::Fingerprint>,
+    /// `--tc-attach` resolved: the classifiers go on as tcx links.
+    tcx: bool,
     /// Held until the agent exits: no second agent takes these interfaces.
     _locks: iface_lock::IfaceLocks,
 }
 
 /// Also returns the policy, which [`load`] hands to the datapath.
 async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
+    let tcx = args.tc_attach.tcx(args.pin.is_some())?;
     let policy_fingerprint = args.policy.as_deref().and_then(reload::fingerprint);
     let policy = match &args.policy {
         Some(path) => policy::load(path)?,
@@ -225,6 +249,7 @@ async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
     // Discovery read every candidate's tables; what it keeps is small.
     crate::agent::memory::trim();
     let checked = Checked {
+        tcx,
         _locks: locks,
         handle,
         names,
@@ -316,7 +341,15 @@ async fn attach_interfaces(
     let pin = checked.pin.as_ref();
     let ifaces = &checked.ifaces;
     let classifiers = interfaces::attach_xdp(&mut datapath.ebpf(), ifaces, ingress, pin, attached)?;
-    interfaces::attach_tc(&checked.handle, ifaces, &classifiers, pin, attached).await
+    interfaces::attach_tc(
+        &checked.handle,
+        ifaces,
+        &classifiers,
+        pin,
+        checked.tcx,
+        attached,
+    )
+    .await
 }
 
 /// What [`serve`] needs besides the checked start-up values.
@@ -329,6 +362,10 @@ struct Ready<'a> {
     control: UnixListener,
     /// Each interface's ingress form (`--ingress`), for `enforcer status`.
     ingress: Vec<(String, &'static str)>,
+    /// Each interface's hooks, for the layers `enforcer status` reports.
+    layers: Vec<layers::Spec>,
+    /// `--host-layer cgroup`: the cgroup v2 root its programs are on.
+    host: Option<String>,
 }
 
 /// Retires the earlier run's pinned state, starts the watcher, and runs the main loop until a
@@ -359,6 +396,10 @@ async fn serve(
         },
     );
     let info = AgentInfo {
+        egress: match checked.tcx {
+            true => interfaces::TCX_FORM,
+            false => interfaces::NETLINK_FORM,
+        },
         interfaces: checked.names.clone(),
         ingress: ready.ingress,
         kernel_hook: ready.hook.form.name(),
@@ -367,7 +408,9 @@ async fn serve(
         pin: checked.pin.as_ref().map(|d| d.root().display().to_string()),
         started: Instant::now(),
     };
+    let layers = layers::Layers::new(checked.handle.clone(), ready.layers, ready.host);
     let run = main_loop::Running {
+        layers,
         info,
         reporter: checked.reporter.clone(),
         datapath: datapath.clone(),

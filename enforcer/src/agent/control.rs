@@ -182,6 +182,24 @@ pub fn status_text(v: &Value) -> String {
         v["interfaces"],
         ingress.unwrap_or_default()
     ));
+    for layer in v["layers"]["hooks"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {} {} ({}): sees {}\n",
+            layer["interface"].as_str().unwrap_or("?"),
+            layer["hook"].as_str().unwrap_or("?"),
+            layer["form"].as_str().unwrap_or("?"),
+            layer["sees"].as_str().unwrap_or("?")
+        ));
+    }
+    if let Some(form) = v["layers"]["host"]["form"].as_str() {
+        out.push_str(&format!(
+            "  host layer: {form}: sees {}\n",
+            v["layers"]["host"]["sees"].as_str().unwrap_or("?")
+        ));
+    }
+    if let Some(not) = v["layers"]["not_filtered"].as_str() {
+        out.push_str(&format!("  not filtered: {not}\n"));
+    }
     out.push_str(&format!(
         "libraries probed: {}, new files: {}\n",
         v["libraries"], v["new_files"]
@@ -203,10 +221,11 @@ pub fn status_text(v: &Value) -> String {
         v["maps"]["overflow_max"]
     ));
     out.push_str(&format!(
-        "drops: xdp {}, tc {}, tc ingress {}; flows attributed {}; events lost: connections {}, hellos {}; blocklist full {}\n",
+        "drops: xdp {}, tc {}, tc ingress {}, host layer {}; flows attributed {}; events lost: connections {}, hellos {}; blocklist full {}\n",
         c["xdp_drops"],
         c["tc_drops"],
         c["tc_ingress_drops"],
+        c["cgroup_drops"],
         c["flows_attributed"],
         c["events_lost"],
         c["hello_events_lost"],

@@ -22,6 +22,7 @@ use crate::{
     agent::{
         control, events,
         events::Reporter,
+        layers,
         metrics::{self, AgentCounters},
         operator::{AgentInfo, Operator, ReloadRequest},
         reload::{self, ReloadConfig},
@@ -53,6 +54,8 @@ pub struct Running {
     pub metrics: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
     /// Seconds between blocklist sweeps (0: none).
     pub blocklist_sweep: u64,
+    /// What runs before our programs on the interfaces (read every few ticks).
+    pub layers: layers::Layers,
 }
 
 /// A task aborted when this drops.
@@ -114,6 +117,7 @@ impl Running {
             libraries: self.datapath.libraries().clone(),
             reporter: self.reporter.clone(),
             reload: reload_tx,
+            layers: self.layers.shared(),
         };
         let control_task = self
             .control
@@ -162,6 +166,7 @@ impl Running {
         // replaced while the agent started (or right after `ready`) is reloaded at the first tick.
         let mut fingerprint = self.reload.as_ref().and_then(|c| c.loaded);
         let mut pressure = Pressure::default();
+        let mut ticks: u64 = 0;
         let result = loop {
             tokio::select! {
                 Ok(err) = &mut connection_ring_failed => break Err(err).context("reading connection events"),
@@ -184,6 +189,11 @@ impl Running {
                         }
                     }
                     self.housekeeping(&mut pressure, &counters, &sampled.get());
+                    // The first tick comes at once: the layers are read right after `ready`.
+                    if ticks.is_multiple_of(layers::EVERY) {
+                        self.layers.check(|event| self.reporter.lifecycle(event)).await;
+                    }
+                    ticks += 1;
                 }
             }
         };

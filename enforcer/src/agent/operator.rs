@@ -14,6 +14,7 @@ use crate::{
     agent::{
         control::{Handler, Request},
         events::{self, Reporter, negotiated},
+        layers,
     },
     cbom,
     datapath::{
@@ -30,6 +31,8 @@ pub struct AgentInfo {
     pub interfaces: Vec<String>,
     /// Each interface's ingress form: `tc`, `xdp native`, `xdp generic`, `xdp (pinned link)`.
     pub ingress: Vec<(String, &'static str)>,
+    /// `tc cls_bpf (netlink)` or `tcx (first)` (`--tc-attach`).
+    pub egress: &'static str,
     pub kernel_hook: &'static str,
     pub kernel_hook_targets: Vec<String>,
     pub new_files: &'static str,
@@ -48,6 +51,8 @@ pub struct Operator {
     pub libraries: Libraries,
     pub reporter: Reporter,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// What runs before our programs on each hook, as last read.
+    pub layers: layers::Shared,
 }
 
 impl Operator {
@@ -138,8 +143,9 @@ impl Operator {
             "interfaces": i.interfaces,
             "attached": {
                 "ingress": i.ingress.iter().map(|(n, f)| (n.clone(), Value::from(*f))).collect::<serde_json::Map<_, _>>(),
-                "egress": "tc cls_bpf (netlink)",
+                "egress": i.egress,
             },
+            "layers": layers::status(&self.layers),
             "kernel_hook": i.kernel_hook,
             "kernel_hook_targets": i.kernel_hook_targets,
             "libraries": self.libraries.len(),

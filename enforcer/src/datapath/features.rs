@@ -93,6 +93,13 @@ pub const FEATURES: &[Feature] = &[
         without: Without::Fallback("perf-event uprobes, two per function (slower to detach)"),
     },
     Feature {
+        name: "tcx links",
+        since: "6.6",
+        used_for: "--tc-attach tcx|auto: the classifiers first on their hooks, ahead of other tcx programs",
+        probe: Probe::Enumerator("BPF_TCX_EGRESS"),
+        without: Without::Fallback("classic tc filters over rtnetlink (--tc-attach netlink)"),
+    },
+    Feature {
         name: "uprobe PMU",
         since: "4.17",
         used_for: "every TLS uprobe (CONFIG_UPROBE_EVENTS)",

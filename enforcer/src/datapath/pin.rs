@@ -273,7 +273,7 @@ struct IdAttr {
     _pad: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a repr(C) prefix of `union bpf_attr`, valid for the call; its size is passed.
     let ret = unsafe {
         libc::syscall(

@@ -23,6 +23,11 @@ use rtnetlink::packet_core::{
 
 use crate::datapath::iface::{describe, netlink_io};
 
+mod ahead;
+pub mod tcx;
+pub use ahead::{Ahead, AheadKind, Ours, ahead_of};
+pub use tcx::TcxLink;
+
 /// Priority ("pref") of our filters, so they are easy to find:
 /// `tc filter show dev X egress pref 50`. Lower runs first: this is below the priorities the
 /// kernel hands out to filters added without one (from 0xC000 downwards), so we see packets
@@ -88,6 +93,10 @@ pub enum TcError {
          {FILTER_HANDLE}: a previous agent left it behind; remove it (remove_stale) and retry"
     )]
     FilterExists { iface: String, hook: &'static str },
+    #[error(
+        "interface {iface}: this kernel has no tcx hooks (Linux 6.6+): use --tc-attach netlink"
+    )]
+    TcxUnsupported { iface: String },
     #[error("{action} on interface {iface} failed: {source}{}", hint(.source))]
     Netlink {
         action: &'static str,

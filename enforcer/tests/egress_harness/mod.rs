@@ -17,7 +17,7 @@ use enforcer_common::{
 use super::packets::*;
 
 pub const EGRESS: &str = "enforcer_egress";
-pub const PASS: u32 = 0;
+pub const PASS: u32 = enforcer_common::tc_return::PASS_U32;
 pub const SRC: [u8; 4] = [10, 0, 0, 1];
 pub const DST: [u8; 4] = [10, 0, 0, 2];
 pub const ISN: u32 = 5000;

@@ -22,7 +22,7 @@ pub const INGRESS_TC: &str = "enforcer_ingress_tc";
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
-pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_OK: u32 = enforcer_common::tc_return::PASS_U32;
 pub const TC_ACT_SHOT: u32 = 2;
 
 /// Offset, in the TCP header, of the last byte the parser reads (the flags, for tc's RST

@@ -26,6 +26,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const PROG_TYPE_XDP: u32 = 6;
+pub const PROG_TYPE_CGROUP_SKB: u32 = 8;
 const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_HASH: u32 = 1;
 const MAP_TYPE_PERCPU_ARRAY: u32 = 6;

@@ -9,6 +9,7 @@ mod leak;
 mod loopback;
 mod overflow;
 pub(crate) mod packets;
+mod packets_host;
 mod paths;
 mod startup;
 

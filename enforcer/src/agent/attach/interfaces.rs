@@ -15,11 +15,14 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use crate::datapath::{
-    offer_readers,
-    pin::PinDir,
-    posture_readers,
-    tc::{self, Hook},
+use crate::{
+    agent::layers,
+    datapath::{
+        offer_readers,
+        pin::PinDir,
+        posture_readers,
+        tc::{self, Hook, Ours},
+    },
 };
 
 /// `--ingress`: where arriving packets of blocked flows are dropped.
@@ -32,6 +35,41 @@ pub enum IngressChoice {
     Xdp,
     /// The tc ingress classifier everywhere.
     Tc,
+}
+
+/// How `enforcer status` names the egress (and tc ingress) classifier's attachment.
+pub const NETLINK_FORM: &str = "tc cls_bpf (netlink)";
+pub const TCX_FORM: &str = "tcx (first)";
+
+/// `--tc-attach`: how the classifiers are put on their hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    /// A `cls_bpf` filter at preference 50 on a clsact qdisc, over rtnetlink: runs after every
+    /// tcx program of the hook and after classic filters of a lower preference.
+    Netlink,
+    /// A tcx link (Linux 6.6+), first on the hook: before every other tcx program and every
+    /// classic filter. Not with `--pin` yet.
+    Tcx,
+    /// tcx where the kernel has it, else netlink.
+    Auto,
+}
+
+impl TcAttach {
+    /// Whether the classifiers go on as tcx links, on this kernel and with `--pin` or not.
+    pub fn tcx(self, pinned: bool) -> Result<bool> {
+        match self {
+            TcAttach::Netlink => Ok(false),
+            TcAttach::Tcx if pinned => bail!(
+                "--tc-attach tcx does not work with --pin yet (a pinned tcx link is not taken \
+                 over by the next agent): use --tc-attach netlink or auto with --pin"
+            ),
+            TcAttach::Tcx if !tc::tcx::supported() => bail!(
+                "--tc-attach tcx: this kernel has no tcx hooks (Linux 6.6+); use --tc-attach netlink"
+            ),
+            TcAttach::Tcx => Ok(true),
+            TcAttach::Auto => Ok(!pinned && tc::tcx::supported()),
+        }
+    }
 }
 
 /// How one interface's ingress is filtered, as `enforcer status` says it.
@@ -60,6 +98,10 @@ impl IngressForm {
 #[derive(Default)]
 pub struct Attached {
     pub filters: Vec<tc::Filter>,
+    /// `--tc-attach tcx`: our links, detached when dropped.
+    pub tcx: Vec<tc::TcxLink>,
+    /// The classifiers as attached (set by [`attach_tc`]).
+    pub classifiers: Option<Placed>,
     pub pinned: Vec<PathBuf>,
     /// The ingress form of each interface, in `--iface` order.
     pub ingress: Vec<(String, IngressForm)>,
@@ -70,6 +112,16 @@ pub struct Classifiers {
     egress: ProgramFd,
     /// Loaded only when some interface takes its ingress in tc.
     ingress: Option<ProgramFd>,
+    /// The programs' ids (`bpftool prog show id N`): egress, then ingress.
+    ids: (u32, Option<u32>),
+}
+
+/// Where the classifiers went: their program ids, and whether as tcx links.
+#[derive(Clone, Copy, Debug)]
+pub struct Placed {
+    pub egress_id: u32,
+    pub ingress_id: Option<u32>,
+    pub tcx: bool,
 }
 
 /// XDP on the interfaces whose ingress is XDP; loads the classifiers for [`attach_tc`].
@@ -112,12 +164,19 @@ pub fn attach_xdp(
         let form = attach_one(program(ebpf, loaded)?, name, *index, choice, pin, attached)?;
         attached.ingress.push((name.clone(), form));
     }
-    let egress = load_classifier(ebpf, EGRESS_TC)?;
-    let ingress = match attached.ingress.iter().any(|(_, f)| *f == IngressForm::Tc) {
-        true => Some(load_classifier(ebpf, INGRESS_TC)?),
-        false => None,
+    let (egress, egress_id) = load_classifier(ebpf, EGRESS_TC)?;
+    let (ingress, ingress_id) = match attached.ingress.iter().any(|(_, f)| *f == IngressForm::Tc) {
+        true => {
+            let (fd, id) = load_classifier(ebpf, INGRESS_TC)?;
+            (Some(fd), Some(id))
+        }
+        false => (None, None),
     };
-    Ok(Classifiers { egress, ingress })
+    Ok(Classifiers {
+        egress,
+        ingress,
+        ids: (egress_id, ingress_id),
+    })
 }
 
 /// One interface's XDP: the pinned link taken over, or native, then generic (`--ingress xdp`)
@@ -172,14 +231,20 @@ fn attach_one(
 
 /// The egress classifier on every interface, the ingress one where [`attach_xdp`] chose tc
 /// (replacing our earlier run's filters when pinned, else after removing filters a killed agent
-/// left).
+/// left); as tcx links first on their hooks when `tcx`.
 pub async fn attach_tc(
     handle: &rtnetlink::Handle,
     ifaces: &[(String, u32)],
     classifiers: &Classifiers,
     pin: Option<&PinDir>,
+    tcx: bool,
     attached: &mut Attached,
 ) -> Result<()> {
+    attached.classifiers = Some(Placed {
+        egress_id: classifiers.ids.0,
+        ingress_id: classifiers.ids.1,
+        tcx,
+    });
     for (name, index) in ifaces {
         let form = attached
             .ingress
@@ -201,6 +266,12 @@ pub async fn attach_tc(
             }
         }
         for (hook, fd) in hooks {
+            if tcx {
+                attached
+                    .tcx
+                    .push(tc::tcx::attach_first(fd.as_fd(), *index, hook)?);
+                continue;
+            }
             let filter_name = hook.filter_name();
             let filter = match pin {
                 Some(_) => tc::replace(handle, *index, hook, fd.as_fd(), filter_name).await?,
@@ -214,9 +285,55 @@ pub async fn attach_tc(
             }
         }
         let ingress = form.map_or("?", IngressForm::name);
-        info!(iface = %name, ingress, egress = "tc", pinned = pin.is_some(), "filters attached");
+        let egress = if tcx { TCX_FORM } else { NETLINK_FORM };
+        info!(iface = %name, ingress, egress, pinned = pin.is_some(), "filters attached");
     }
     Ok(())
+}
+
+impl Attached {
+    /// What `enforcer status` reports of each hook, and where ours is on it.
+    pub fn layer_specs(&self, ifaces: &[(String, u32)]) -> Vec<layers::Spec> {
+        let Placed {
+            egress_id,
+            ingress_id,
+            tcx,
+        } = self.classifiers.unwrap_or(Placed {
+            egress_id: 0,
+            ingress_id: None,
+            tcx: false,
+        });
+        let classifier = |id: Option<u32>| match (tcx, id) {
+            (true, Some(id)) => Ours::Tcx(id),
+            _ => Ours::Filter,
+        };
+        ifaces
+            .iter()
+            .map(|(name, index)| {
+                let form = self
+                    .ingress
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, f)| *f);
+                let ingress = match form {
+                    Some(IngressForm::Tc) => classifier(ingress_id),
+                    _ => Ours::Xdp,
+                };
+                let mut ingress_form = form.map_or("?", IngressForm::name);
+                if tcx && form == Some(IngressForm::Tc) {
+                    ingress_form = TCX_FORM;
+                }
+                layers::Spec {
+                    interface: name.clone(),
+                    index: *index,
+                    ingress_form,
+                    ingress,
+                    egress_form: if tcx { TCX_FORM } else { NETLINK_FORM },
+                    egress: classifier(Some(egress_id)),
+                }
+            })
+            .collect()
+    }
 }
 
 /// The form an earlier run pinned on `ifindex`, if any.
@@ -261,14 +378,15 @@ fn load_ingress(ebpf: &mut Ebpf) -> Result<&'static str> {
     Ok(INGRESS_NOFRAGS)
 }
 
-/// Loads a classifier and the ServerHello reader it tail-calls.
-fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
+/// Loads a classifier and the ServerHello reader it tail-calls; its fd and program id.
+fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<(ProgramFd, u32)> {
     let classifier: &mut SchedClassifier = program(ebpf, name)?;
     classifier.load()?;
     let fd = classifier.fd()?.try_clone()?;
+    let id = classifier.info()?.id();
     posture_readers::load_for(ebpf, name)?;
     offer_readers::load_for(ebpf, name)?;
-    Ok(fd)
+    Ok((fd, id))
 }
 
 /// The XDP programs: frags-aware, and the fallback without.

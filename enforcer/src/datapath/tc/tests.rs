@@ -6,6 +6,10 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 /// `r0 = -1 (TC_ACT_UNSPEC); exit` loaded as SCHED_CLS with a raw BPF_PROG_LOAD.
 fn load_prog() -> OwnedFd {
+    load_named(*b"enf_tc_test\0\0\0\0\0")
+}
+
+fn load_named(prog_name: [u8; 16]) -> OwnedFd {
     #[repr(C)]
     struct Insn(u8, u8, i16, i32); // opcode, dst/src registers, offset, immediate
     #[repr(C)]
@@ -27,7 +31,7 @@ fn load_prog() -> OwnedFd {
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: c"GPL".as_ptr() as u64,
-        prog_name: *b"enf_tc_test\0\0\0\0\0",
+        prog_name,
         ..Default::default()
     };
     let size = size_of::<ProgLoadAttr>();
@@ -60,7 +64,10 @@ impl Ctx {
     }
     /// Adds another eBPF filter named `name` at pref 60, as another tool would.
     async fn add_other(&self, name: &str) {
-        let mut msg = filter_msg(self.ifindex, Hook::Egress, 60, 1, ETH_P_ALL);
+        self.add_other_at(60, name).await
+    }
+    async fn add_other_at(&self, pref: u16, name: &str) {
+        let mut msg = filter_msg(self.ifindex, Hook::Egress, pref, 1, ETH_P_ALL);
         msg.attributes.push(TcAttribute::Options(vec![
             TcOption::Bpf(TcFilterBpfOption::ProgFd(self.prog.as_raw_fd() as u32)),
             TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
@@ -230,4 +237,80 @@ fn ingress_qdisc_in_the_way_is_explained() {
             assert!(matches!(bad, Err(TcError::InvalidName(_))));
         },
     );
+}
+
+/// The id of the tcx program called `name` on `dev`'s egress.
+fn tcx_id(dev: &str, name: &str) -> u32 {
+    let (_, programs) =
+        aya::programs::SchedClassifier::query_tcx(dev, aya::programs::tc::TcAttachType::Egress)
+            .expect("query tcx");
+    let program = programs.iter().find(|p| p.name_as_str() == Some(name));
+    program
+        .unwrap_or_else(|| panic!("no tcx program {name}"))
+        .id()
+}
+
+#[test]
+fn what_runs_before_ours_is_listed_in_the_order_it_runs() {
+    if !tcx::supported() {
+        panic!("this kernel has no tcx hooks (Linux 6.6+): the test needs them");
+    }
+    on_veth("enftcx", &[], |c| async move {
+        let ahead = |ours| ahead_of(&c.h, &c.dev, c.ifindex, Hook::Egress, ours);
+        let ours = attach(&c.h, c.ifindex, Hook::Egress, c.prog.as_fd(), FILTER_NAME)
+            .await
+            .expect("attach");
+        assert_eq!(ahead(Ours::Filter).await.expect("read"), vec![]);
+        // A classic filter of a lower preference, as another tool adds it; and one of a
+        // higher preference, which runs after ours.
+        c.add_other_at(10, "other_filter").await;
+        c.add_other_at(60, "later_filter").await;
+        let matchall = Ahead {
+            kind: AheadKind::Filter,
+            name: "other_filter".into(),
+            id: None,
+            pref: Some(10),
+        };
+        assert_eq!(
+            ahead(Ours::Filter).await.expect("read"),
+            vec![matchall.clone()]
+        );
+        // A tcx program runs before every classic filter.
+        let other = load_named(*b"other_tcx\0\0\0\0\0\0\0");
+        let other_link = tcx::attach_first(other.as_fd(), c.ifindex, Hook::Egress).expect("tcx");
+        let other_id = tcx_id(&c.dev, "other_tcx");
+        let tcx_other = Ahead {
+            kind: AheadKind::Tcx,
+            name: "other_tcx".into(),
+            id: Some(other_id),
+            pref: None,
+        };
+        assert_eq!(
+            ahead(Ours::Filter).await.expect("read"),
+            vec![tcx_other.clone(), matchall]
+        );
+        // Ours as a tcx link, first: nothing runs before it; a program put first after it does.
+        let mine = load_named(*b"mine_tcx\0\0\0\0\0\0\0\0");
+        let mine_link = tcx::attach_first(mine.as_fd(), c.ifindex, Hook::Egress).expect("tcx");
+        let mine_id = tcx_id(&c.dev, "mine_tcx");
+        assert_eq!(ahead(Ours::Tcx(mine_id)).await.expect("read"), vec![]);
+        let late = load_named(*b"late_tcx\0\0\0\0\0\0\0\0");
+        let late_link = tcx::attach_first(late.as_fd(), c.ifindex, Hook::Egress).expect("tcx");
+        let listed = ahead(Ours::Tcx(mine_id)).await.expect("read");
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(
+            (listed[0].kind, listed[0].name.as_str()),
+            (AheadKind::Tcx, "late_tcx")
+        );
+        // A link goes with its fd.
+        drop((late_link, mine_link, other_link));
+        let (_, left) = aya::programs::SchedClassifier::query_tcx(
+            &c.dev,
+            aya::programs::tc::TcAttachType::Egress,
+        )
+        .expect("query tcx");
+        assert!(left.is_empty(), "tcx links left: {}", left.len());
+        drop(tcx_other);
+        ours.detach(&c.h).await.expect("detach");
+    });
 }

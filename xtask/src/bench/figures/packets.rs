@@ -223,7 +223,7 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
                             &tc,
                             bpf::tcp_frame(*other, *remote, 64),
                             bpf::tcp_frame(*local, *remote, 64),
-                            0,
+                            enforcer_common::tc_return::PASS_U32,
                             2,
                             0,
                         ),
@@ -302,6 +302,13 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
         agent.stop_timed(Duration::from_secs(600));
     }
     ctx.quiesce();
+    fig.metrics.extend(super::packets_host::host_layer(
+        ctx,
+        &ns.host_if,
+        repeat,
+        runs,
+    )?);
+    ctx.quiesce();
     let agent = ctx.agent(&[&ns.host_if], ENFORCE_OPENSSL_ONLY)?;
     veth_runs(&mut s, "with agent (tc ingress)", 0..runs, 2)?;
     agent.stop_timed(Duration::from_secs(600));
@@ -346,6 +353,14 @@ pub fn packets(ctx: &Ctx) -> Result<Figure> {
          the linear part), then one hash lookup with a 40-byte key; tc adds the ClientHello \
          check's two bpf_skb_load_bytes calls on a data segment; the drop path adds only a \
          per-CPU counter."
+            .into(),
+    );
+    fig.notes.push(
+        "The host layer (`--host-layer cgroup`, off by default) runs for every packet of every \
+         socket on the host, on every interface: its rows are the cgroup_skb egress program \
+         against an empty cgroup_skb program, in the same rounds. It reads the headers with direct \
+         packet access from the IP header (where cgroup_skb starts) and checks the blocklist's \
+         bucket."
             .into(),
     );
     Ok(fig)
