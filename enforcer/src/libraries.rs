@@ -171,9 +171,14 @@ impl Library {
 
     /// The file a probe goes into: the library, or its companion.
     pub fn probe_path(&self, target: &ProbeTarget) -> &Path {
+        self.probe_file(target).0
+    }
+
+    /// [`Self::probe_path`] with the `st_dev` / `st_ino` the file was identified as.
+    pub fn probe_file(&self, target: &ProbeTarget) -> (&Path, u64, u64) {
         match (&self.companion, target.in_companion) {
-            (Some(c), true) => &c.path,
-            _ => &self.path,
+            (Some(c), true) => (&c.path, c.dev, c.ino),
+            _ => (&self.path, self.dev, self.ino),
         }
     }
 }

@@ -402,3 +402,78 @@ fn stale_tc_ingress_filter_goes_when_the_next_agent_uses_xdp() {
     assert!(st.xdp && st.ingress_filters.is_empty(), "{st:?}");
     drop(second);
 }
+
+/// The id of the map named `name` among the maps the agent `pid` holds (its fds' fdinfo).
+fn agent_map(pid: u32, name: &str) -> u64 {
+    let ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("agent fdinfo")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect();
+    let found = ids.into_iter().find(|id| {
+        let shown = sh(&mut cmd(
+            "bpftool",
+            ["-j", "map", "show", "id", &id.to_string()],
+        ));
+        serde_json::from_str::<serde_json::Value>(&shown).is_ok_and(|m| m["name"] == name)
+    });
+    found.unwrap_or_else(|| panic!("the agent holds no map {name}"))
+}
+
+/// The state letter of `/proc/PID/stat` (`T`: stopped).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The agent leaves no process it may have stopped behind: one listed in its `PAUSED` map that
+/// no new-file event named (what a hook that ran while the hooks were being detached would
+/// leave) is resumed when the agent stops.
+#[test]
+fn a_process_listed_as_paused_is_resumed_at_exit() {
+    require_root();
+    let ns = NetNs::new();
+    // Started before the agent: an exec under its watcher would be paused and resumed by it,
+    // and that resume would end the stop below too.
+    let mut sleeper = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let pid = sleeper.id();
+    let mut agent = Agent::with_policy(&ns.host_if, POLICY, &[]);
+    agent.wait_ready(READY);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while proc_state(pid) != Some('T') {
+        assert!(std::time::Instant::now() < deadline, "sleep did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let map = agent_map(agent.pid(), "PAUSED").to_string();
+    let key: Vec<String> = pid.to_le_bytes().iter().map(|b| b.to_string()).collect();
+    let mut update = cmd("bpftool", ["map", "update", "id", &map, "key"]);
+    update
+        .args(&key)
+        .args(["value", "0", "0", "0", "0", "0", "0", "0", "0"]);
+    sh(&mut update);
+    let status = agent.stop().expect("agent was running");
+    assert!(status.success(), "{status:?}: {}", agent.stderr());
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while proc_state(pid) == Some('T') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process listed as paused is still stopped after the agent exited: {}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        agent.stderr().contains("resumed at shutdown"),
+        "{}",
+        agent.stderr()
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}

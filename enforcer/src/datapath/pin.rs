@@ -363,13 +363,17 @@ pub fn prog_id_of(fd: BorrowedFd<'_>) -> io::Result<u32> {
 /// (they pause processes; only a running agent resumes them), plus `extra` (the `uprobe_multi`
 /// copies of the TLS programs).
 pub fn datapath_programs(ebpf: &aya::Ebpf, extra: &[BorrowedFd<'_>]) -> Vec<u32> {
-    const NOT_PINNED: [&str; 6] = [
+    // The host layer's cgroup links go with the agent (docs/architecture.md, "What runs before
+    // our programs"), like the new-file hooks.
+    const NOT_PINNED: [&str; 8] = [
         "enforcer_ingress",
         "enforcer_ingress_nofrags",
         "enforcer_egress",
         "enforcer_ingress_tc",
         "watch_mmap",
         "watch_exec",
+        "enforcer_cg_egress",
+        "enforcer_cg_ingress",
     ];
     let mut ids: Vec<u32> = ebpf
         .programs()

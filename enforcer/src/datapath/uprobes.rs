@@ -10,6 +10,7 @@
 
 pub mod multi;
 mod perf;
+mod target_file;
 
 use std::{ops::DerefMut, os::fd::OwnedFd, sync::Mutex, thread, time::Instant};
 

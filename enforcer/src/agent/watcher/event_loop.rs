@@ -299,8 +299,33 @@ impl EventLoop {
             }
             self.resume(pid, "shutdown");
         }
+        self.resume_unaccounted();
         if let Some(resumer) = self.resumer.take() {
             resumer.finish();
+        }
+    }
+}
+
+impl EventLoop {
+    /// At shutdown: every process still listed in `PAUSED`, which a resume takes out, was
+    /// stopped by a hook whose event this loop never handled (or listed by one that had not
+    /// stopped it yet). Resumed too, so the agent leaves behind no process it may have stopped.
+    fn resume_unaccounted(&mut self) {
+        let listed: Vec<u32> = self
+            .paused
+            .keys()
+            .take(super::resume::MAX_KEYS)
+            .filter_map(Result::ok)
+            .collect();
+        for pid in listed {
+            if let Some(pidfd) = Pidfd::open(pid) {
+                pidfd.signal(libc::SIGCONT);
+            }
+            let _ = self.paused.remove(&pid);
+            warn!(
+                pid,
+                "resumed at shutdown a process listed as paused that no event named"
+            );
         }
     }
 }

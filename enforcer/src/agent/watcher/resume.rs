@@ -110,7 +110,7 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 /// How often a dying agent's paused processes are resumed.
 pub const DYING_POLL_MS: libc::c_int = 100;
 /// `PAUSED`'s size: the walk cannot take longer than that.
-const MAX_KEYS: usize = 16384;
+pub(super) const MAX_KEYS: usize = 16384;
 
 /// The helper's whole life. Runs in a child forked from a multi-threaded process: only system
 /// calls, no allocation, no locks, no return.

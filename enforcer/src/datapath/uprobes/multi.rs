@@ -32,6 +32,7 @@ use aya::{Ebpf, maps::MapData};
 use aya_obj::{Object, generated::bpf_insn};
 use enforcer_common::flow::cookie;
 
+use super::target_file::TargetFile;
 use crate::libraries::Library;
 
 use super::perf::{ENTRY, GO_ENTRY, GO_RETURN, RETURN};
@@ -169,8 +170,10 @@ impl TlsPrograms {
             (&self.go_enter, false),
             (&self.go_exit, false),
         ];
-        // (file, program index) → offsets and cookies.
-        let mut groups: Vec<(&Path, usize, Vec<u64>, Vec<u64>)> = Vec::new();
+        // (file, program index) → offsets and cookies; the file with the device and inode it
+        // was identified as.
+        type File<'a> = (&'a Path, u64, u64);
+        let mut groups: Vec<(File<'_>, usize, Vec<u64>, Vec<u64>)> = Vec::new();
         let mut add = |file, prog: usize, offset: u64, cookie: u64| {
             let at = match groups.iter().position(|g| g.0 == file && g.1 == prog) {
                 Some(at) => at,
@@ -183,7 +186,7 @@ impl TlsPrograms {
             groups[at].3.push(cookie);
         };
         for target in &lib.probes {
-            let file = lib.probe_path(target);
+            let file = lib.probe_file(target);
             let value = cookie::encode(id, target.op);
             if target.is_go() {
                 add(file, 2, target.file_offset, value);
@@ -198,9 +201,14 @@ impl TlsPrograms {
             }
         }
         let mut links = Vec::new();
-        for (file, prog, offsets, cookies) in &groups {
+        for ((path, dev, ino), prog, offsets, cookies) in &groups {
             let (fd, ret) = programs[*prog];
-            links.push(link(fd, file, offsets, cookies, ret)?);
+            // By the opened inode, not the name (`target_file.rs`).
+            let file = TargetFile::open(path, *dev, *ino).map_err(|source| MultiError::Link {
+                path: path.display().to_string(),
+                source,
+            })?;
+            links.push(link(fd, file.path(), offsets, cookies, ret)?);
         }
         Ok(links)
     }

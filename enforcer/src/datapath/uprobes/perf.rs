@@ -12,6 +12,7 @@ use aya::{
 };
 use enforcer_common::flow::cookie;
 
+use super::target_file::TargetFile;
 use crate::libraries::Library;
 
 pub(super) const ENTRY: &str = "tls_enter";
@@ -34,9 +35,12 @@ pub enum UprobeError {
         path: String,
         symbol: String,
         offset: u64,
-        source: Box<ProgramError>,
+        source: BoxError,
     },
 }
+
+/// Why an attach failed: the file could not be opened as the identified one, or aya's error.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Loads the four programs. Called once, before any `attach_library`.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), UprobeError> {
@@ -88,8 +92,14 @@ pub fn attach_library(ebpf: &mut Ebpf, id: u32, lib: &Library) -> Result<usize, 
                 location: UProbeAttachLocation::AbsoluteOffset(offset),
                 cookie: Some(value),
             };
-            let file = lib.probe_path(target);
-            let attached = program(ebpf, name)?.attach(point, file, UProbeScope::AllProcesses);
+            let (file, dev, ino) = lib.probe_file(target);
+            // By the opened inode, not the name (`target_file.rs`).
+            let attached: Result<_, BoxError> = match TargetFile::open(file, dev, ino) {
+                Ok(opened) => program(ebpf, name)?
+                    .attach(point, opened.path(), UProbeScope::AllProcesses)
+                    .map_err(Into::into),
+                Err(err) => Err(err.into()),
+            };
             match attached {
                 Ok(link) => links.push((name, link)),
                 Err(source) => {
@@ -102,7 +112,7 @@ pub fn attach_library(ebpf: &mut Ebpf, id: u32, lib: &Library) -> Result<usize, 
                         path: file.display().to_string(),
                         symbol: target.symbol.clone(),
                         offset,
-                        source: Box::new(source),
+                        source,
                     });
                 }
             }
