@@ -16,6 +16,7 @@ pub mod ja4_gate;
 mod ja4_seen;
 pub mod negotiated;
 pub mod offered;
+mod origin;
 mod output;
 mod owners;
 mod quic;
@@ -43,7 +44,7 @@ use enforcer_common::{
     posture::NegotiatedEvent,
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::datapath::{
     sock_destroy,
@@ -87,6 +88,8 @@ pub struct Reporter {
     ja4s: Arc<ja4_seen::Ja4Seen>,
     /// Writes the JA4 verdicts `ja4` rules wait for (`None`: before the agent serves).
     ja4_gate: Option<Arc<ja4_gate::Ja4Gate>>,
+    /// Network namespace cookies of the processes reported (`origin`).
+    netns: Arc<crate::netns::Cookies>,
 }
 
 impl Reporter {
@@ -105,6 +108,7 @@ impl Reporter {
             aborts: Arc::default(),
             ja4s: Arc::default(),
             ja4_gate: None,
+            netns: Arc::default(),
         }
     }
 
@@ -229,6 +233,7 @@ impl Reporter {
             c if c.is_empty() && by_random => hello::process_comm(event.pid),
             c => c,
         };
+        let origin = origin::Origin::of(event.pid, None, &self.netns);
         self.recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -238,7 +243,7 @@ impl Reporter {
                     pid: event.pid,
                     comm: comm.clone(),
                     source,
-                    cgroup: crate::containers::cgroup_of(event.pid),
+                    cgroup: origin.cgroup.clone(),
                 },
                 event.header.ts_ns,
             );
@@ -258,7 +263,10 @@ impl Reporter {
                 "pid": event.pid,
                 "tid": event.tid,
                 "comm": comm,
-                "library": { "id": event.lib_id, "family": family, "path": path, "version": version },
+                "library": match lib {
+                    Some(l) => origin::library_json(event.lib_id, l),
+                    None => json!({ "id": event.lib_id, "family": family, "path": path, "version": version, "container_path": null, "host_path": null }),
+                },
                 "local": { "addr": local.0.to_string(), "port": local.1 },
                 "remote": { "addr": remote.0.to_string(), "port": remote.1 },
                 "direction": if event.direction == direction::SEND { "send" } else { "recv" },
@@ -266,6 +274,9 @@ impl Reporter {
                 "evidence": if by_random { "random" } else { "thread" },
                 "verdict": verdict_name,
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
+                "netns_cookie": origin.netns_cookie,
+                "cgroup": origin.cgroup,
+                "container": origin.container_json(),
             })
         };
         if self.writes_json() {
@@ -291,6 +302,7 @@ impl Reporter {
                             library = family,
                             version = version.unwrap_or("unknown"),
                             path,
+                            container = origin.container_short(),
                             local,
                             remote,
                             verdict = verdict_name,
@@ -307,10 +319,14 @@ impl Reporter {
                 }
             }
         }
-        if let Some(Err(err)) = aborted
-            && !matches!(err, sock_destroy::SockDestroyError::NotFound { .. })
-        {
-            warn!(%err, "blocked flow: could not abort the local socket; its packets are still dropped");
+        match aborted {
+            Some(Err(err @ sock_destroy::SockDestroyError::NotFound { .. })) => {
+                debug!(%err, "blocked flow: no local socket to abort");
+            }
+            Some(Err(err)) => {
+                warn!(%err, "blocked flow: could not abort the local socket; its packets are still dropped");
+            }
+            _ => {}
         }
     }
 

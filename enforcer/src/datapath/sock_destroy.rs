@@ -4,9 +4,11 @@
 //! An MPTCP subflow is destroyed too, but that does not end its MPTCP socket: `mptcp_abort`
 //! then shuts that socket down in its owner's file table.
 //!
-//! The kernel looks the socket up in the caller's network namespace only: the agent must run in
-//! the namespace of the sockets it destroys (the host namespace). A socket bound to a device
-//! (`SO_BINDTODEVICE`) is not found, because the lookup is made for interface 0.
+//! The kernel looks the socket up in the network namespace the netlink socket was made in. A
+//! socket of a process in another namespace (a container's) is looked up and destroyed through a
+//! netlink socket made inside that namespace (`crate::netns::make_in`, from `/proc/<owner>/ns/net`).
+//! A socket bound to a device (`SO_BINDTODEVICE`) is not found, because the lookup is made for
+//! interface 0.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -39,8 +41,18 @@ const INET_ULP_INFO_NAME: u16 = 1;
 /// Why a socket could not be destroyed. `flow` reads like `127.0.0.1:40000 -> 10.0.0.1:443`.
 #[derive(Debug, thiserror::Error)]
 pub enum SockDestroyError {
-    #[error("no TCP socket {flow} in this network namespace (already closed?)")]
-    NotFound { flow: String },
+    #[error("no TCP socket {flow} in {netns} (already closed?)")]
+    NotFound { flow: String, netns: String },
+    #[error(
+        "cannot look for TCP socket {flow} in the network namespace of process {pid}, which \
+         holds it: {source}"
+    )]
+    Netns {
+        flow: String,
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
     #[error("the kernel cannot destroy sockets: it was built without CONFIG_INET_DIAG_DESTROY")]
     Unsupported,
     #[error("not allowed to destroy TCP socket {flow}: needs CAP_NET_ADMIN (run as root)")]
@@ -67,8 +79,9 @@ pub enum SockDestroyError {
 }
 
 /// Destroys the local TCP socket whose local end is `flow.local_*` and remote end
-/// `flow.remote_*`. Listening sockets are never touched. When it is an MPTCP subflow, its MPTCP
-/// socket is shut down in `owner`'s file table too (`mptcp_abort`).
+/// `flow.remote_*`, in the network namespace of process `owner` (the agent's own when `None`, or
+/// when the process is gone). Listening sockets are never touched. When it is an MPTCP subflow,
+/// its MPTCP socket is shut down in `owner`'s file table too (`mptcp_abort`).
 ///
 /// Two steps, because a `SOCK_DESTROY` for a 4-tuple without an established socket falls back
 /// (like packet demultiplexing) to the *listener* on the local port and would abort it: first
@@ -83,11 +96,12 @@ pub fn destroy(flow: &FlowKey, owner: Option<u32>) -> Result<(), SockDestroyErro
         let flow = shown.clone();
         move |source| SockDestroyError::Netlink { step, flow, source }
     };
+    let (sock, netns) = open_for(owner, &shown)?;
     let not_found = || SockDestroyError::NotFound {
         flow: shown.clone(),
+        netns: netns.clone(),
     };
 
-    let sock = open().map_err(fail("socket"))?;
     let mut req = request(local, remote);
     req[2] = EXT_INFO;
     let found = match exchange(&sock, SOCK_DIAG_BY_FAMILY, &req) {
@@ -121,6 +135,38 @@ pub fn destroy(flow: &FlowKey, owner: Option<u32>) -> Result<(), SockDestroyErro
         Ok(true) => Ok(()),
         Ok(false) => Err(SockDestroyError::MptcpSocketNotFound { flow: shown, pid }),
         Err(e) => Err(fail("MPTCP shutdown")(e)),
+    }
+}
+
+/// A sock_diag socket in the network namespace of process `owner` when that is not the agent's
+/// (a container's), else in the agent's; and how to name that namespace in an error. A process
+/// that is gone leaves its sockets to the agent's namespace: it cannot be entered any more, and
+/// a socket it shared with another process is found there if that process is the agent's.
+fn open_for(owner: Option<u32>, shown: &str) -> Result<(OwnedFd, String), SockDestroyError> {
+    let here = || "the agent's network namespace".to_string();
+    let fail = |source| SockDestroyError::Netlink {
+        step: "socket",
+        flow: shown.to_owned(),
+        source,
+    };
+    let theirs = owner
+        .filter(|&pid| pid != 0)
+        .and_then(|pid| Some((pid, crate::netns::of_pid(pid)?)))
+        .filter(|(_, ns)| crate::netns::own().ok() != Some(*ns));
+    let Some((pid, ns)) = theirs else {
+        return Ok((open().map_err(fail)?, here()));
+    };
+    match crate::netns::make_in(pid, open) {
+        Ok(sock) => Ok((
+            sock,
+            format!("the network namespace of process {pid} (inode {})", ns.ino),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((open().map_err(fail)?, here())),
+        Err(source) => Err(SockDestroyError::Netns {
+            flow: shown.to_owned(),
+            pid,
+            source,
+        }),
     }
 }
 

@@ -186,6 +186,9 @@ impl Reporter {
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.header.ts_ns);
+        let origin = owner.as_ref().map_or_else(Default::default, |o| {
+            super::origin::Origin::of(o.pid, o.cgroup.clone(), &self.netns)
+        });
         let record = || {
             json!({
                 "type": "client_hello",
@@ -203,14 +206,17 @@ impl Reporter {
                 "attributed": !unattributed,
                 "library": match (&lib, unattributed) {
                     (_, true) => serde_json::Value::Null,
-                    (Some(l), false) => json!({ "id": event.lib_id, "family": l.family.name(), "path": l.path, "version": l.version }),
-                    (None, false) => json!({ "id": event.lib_id, "family": "unknown", "path": null, "version": null }),
+                    (Some(l), false) => super::origin::library_json(event.lib_id, l),
+                    (None, false) => json!({ "id": event.lib_id, "family": "unknown", "path": null, "version": null, "container_path": null, "host_path": null }),
                 },
                 "pid": owner.as_ref().map(|o| o.pid),
                 "comm": owner.as_ref().map(|o| o.comm.clone()),
                 "owner_source": owner.as_ref().map(|o| o.source),
                 "verdict": verdict_name,
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
+                "netns_cookie": origin.netns_cookie,
+                "cgroup": origin.cgroup,
+                "container": origin.container_json(),
             })
         };
         // JSON to stdout (`--events json`) and to the events file (`--events-file`).
@@ -259,10 +265,14 @@ impl Reporter {
                 }
             }
         }
-        if let Some(Err(err)) = aborted
-            && !matches!(err, sock_destroy::SockDestroyError::NotFound { .. })
-        {
-            warn!(%err, "blocked ClientHello: could not abort the local socket; its packets are still dropped");
+        match aborted {
+            Some(Err(err @ sock_destroy::SockDestroyError::NotFound { .. })) => {
+                tracing::debug!(%err, "blocked ClientHello: no local socket to abort");
+            }
+            Some(Err(err)) => {
+                warn!(%err, "blocked ClientHello: could not abort the local socket; its packets are still dropped");
+            }
+            None | Some(Ok(())) => {}
         }
     }
 
