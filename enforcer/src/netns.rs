@@ -30,7 +30,8 @@ pub struct NsId {
     pub ino: u64,
 }
 
-/// The namespace of process `pid` (`None`: it is gone, or its `ns/net` cannot be read).
+/// The namespace of process `pid`, by name only (`None`: it is gone, or its `ns/net` cannot be
+/// read).
 pub fn of_pid(pid: u32) -> Option<NsId> {
     let meta = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
     Some(NsId {
@@ -48,25 +49,51 @@ pub fn own() -> io::Result<NsId> {
     })
 }
 
-/// Runs `make` on a helper thread inside the network namespace of process `pid` and hands back
-/// what it made (a socket made there stays in that namespace). Errors: the process is gone
-/// (`NotFound`), the namespace cannot be joined (`PermissionDenied` without `CAP_SYS_ADMIN`), or
-/// `make` failed.
-pub fn make_in<T, F>(pid: u32, make: F) -> io::Result<T>
+/// An open handle on a network namespace (`/proc/PID/ns/net`): it keeps the namespace, so what
+/// is asked of it later (its cookie, a socket in it) still works once the process is gone. Open
+/// it before a step that may end the process (a socket abort), use it after.
+pub struct Ns {
+    file: File,
+    pub id: NsId,
+}
+
+impl Ns {
+    /// The namespace of process `pid` (`None`: it is gone, or its `ns/net` cannot be opened).
+    pub fn of_pid(pid: u32) -> Option<Ns> {
+        let file = File::open(format!("/proc/{pid}/ns/net")).ok()?;
+        let meta = file.metadata().ok()?;
+        Some(Ns {
+            file,
+            id: NsId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+        })
+    }
+
+    /// Whether it is the calling thread's own namespace.
+    pub fn is_own(&self) -> bool {
+        own().is_ok_and(|o| o == self.id)
+    }
+}
+
+/// Runs `make` on a helper thread inside namespace `ns` and hands back what it made (a socket
+/// made there stays in that namespace). Errors: the namespace cannot be joined
+/// (`PermissionDenied` without `CAP_SYS_ADMIN`), or `make` failed.
+pub fn make_in<T, F>(ns: &Ns, make: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    // Opened here, not on the helper: a process that exits in between is reported as gone.
-    let ns = File::open(format!("/proc/{pid}/ns/net"))?;
+    let fd = ns.file.try_clone()?;
     let helper = thread::Builder::new()
         .name("netns-helper".into())
         .spawn(move || {
-            // SAFETY: `ns` is an open nsfs descriptor; setns changes this thread only.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            // SAFETY: `fd` is an open nsfs descriptor; setns changes this thread only.
+            if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            drop(ns);
+            drop(fd);
             make()
         })?;
     helper
@@ -123,25 +150,29 @@ impl Cookies {
     /// The cookie of the network namespace of process `pid` (`None`: it is gone, or the
     /// namespace could not be joined).
     pub fn of_pid(&self, pid: u32) -> Option<u64> {
-        let ns = of_pid(pid)?;
+        self.of(&Ns::of_pid(pid)?)
+    }
+
+    /// The cookie of namespace `ns` (`None`: it could not be joined).
+    pub fn of(&self, ns: &Ns) -> Option<u64> {
         let now = Instant::now();
         {
             let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((cookie, at)) = known.get(&ns)
+            if let Some((cookie, at)) = known.get(&ns.id)
                 && now.duration_since(*at) < REMEMBER_FOR
             {
                 return Some(*cookie);
             }
         }
-        let cookie = match own().is_ok_and(|o| o == ns) {
+        let cookie = match ns.is_own() {
             true => cookie_of(&probe_socket().ok()?).ok()?,
-            false => make_in(pid, || cookie_of(&probe_socket()?)).ok()?,
+            false => make_in(ns, || cookie_of(&probe_socket()?)).ok()?,
         };
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         if known.len() >= REMEMBERED {
             known.clear();
         }
-        known.insert(ns, (cookie, now));
+        known.insert(ns.id, (cookie, now));
         Some(cookie)
     }
 }

@@ -73,7 +73,11 @@ pub fn debian_root() -> PathBuf {
     );
     fs::write(partial.join(".complete"), "").expect("mark the root complete");
     fs::rename(&partial, &root).expect("move the root in place");
-    eprintln!("debootstrap {SUITE}: {} in {:.0?}", root.display(), started.elapsed());
+    eprintln!(
+        "debootstrap {SUITE}: {} in {:.0?}",
+        root.display(),
+        started.elapsed()
+    );
     root
 }
 
@@ -141,7 +145,10 @@ impl Docker {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !answers(&docker.host) {
-            if let Some(status) = docker.daemon.as_mut().and_then(|d| d.try_wait().ok().flatten())
+            if let Some(status) = docker
+                .daemon
+                .as_mut()
+                .and_then(|d| d.try_wait().ok().flatten())
             {
                 let log = fs::read_to_string(state.join("dockerd.log")).unwrap_or_default();
                 panic!("dockerd exited ({status}) before it answered:\n{log}");
@@ -193,7 +200,10 @@ impl Docker {
             .stdin(tar.stdout.take().expect("piped"))
             .output()
             .expect("docker import");
-        assert!(tar.wait().is_ok_and(|s| s.success()), "tar of the root failed");
+        assert!(
+            tar.wait().is_ok_and(|s| s.success()),
+            "tar of the root failed"
+        );
         assert!(
             out.status.success(),
             "docker import failed: {}",
@@ -205,11 +215,14 @@ impl Docker {
 
 /// Whether a Docker daemon answers at `host`.
 fn answers(host: &str) -> bool {
-    cmd("docker", ["--host", host, "version", "--format", "{{.Server.Version}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd(
+        "docker",
+        ["--host", host, "version", "--format", "{{.Server.Version}}"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status()
+    .is_ok_and(|s| s.success())
 }
 
 impl Drop for Docker {
@@ -249,7 +262,16 @@ impl<'d> Container<'d> {
     pub fn start(docker: &'d Docker, image: &str, peer: &NetNs) -> Container<'d> {
         let name = format!("enforcer-test-{}-{}", std::process::id(), next_id());
         let out = docker
-            .cmd(["run", "-d", "--rm", "--network", "none", "--name", &name, image])
+            .cmd([
+                "run",
+                "-d",
+                "--rm",
+                "--network",
+                "none",
+                "--name",
+                &name,
+                image,
+            ])
             .args(["sleep", "600"])
             .output()
             .expect("docker run");
@@ -263,7 +285,10 @@ impl<'d> Container<'d> {
         let pid: u32 = pid.trim().parse().expect("container pid");
         // The peer's /30 moved to 10.201/16: free as long as the peer's is.
         let [_, _, c, d] = peer.host_v4.octets();
-        let (host_v4, v4) = (Ipv4Addr::new(10, 201, c, d), Ipv4Addr::new(10, 201, c, d + 1));
+        let (host_v4, v4) = (
+            Ipv4Addr::new(10, 201, c, d),
+            Ipv4Addr::new(10, 201, c, d + 1),
+        );
         let suffix = name.trim_start_matches("enforcer-test-");
         let container = Container {
             docker,
@@ -273,12 +298,18 @@ impl<'d> Container<'d> {
             host_v4,
             v4,
         };
-        assert!(container.host_if.len() <= 15, "{} too long", container.host_if);
+        assert!(
+            container.host_if.len() <= 15,
+            "{} too long",
+            container.host_if
+        );
         let inner = format!("ci{suffix}");
         let (host_if, pid_s) = (&container.host_if, pid.to_string());
         sh(&mut cmd(
             "ip",
-            ["link", "add", host_if, "type", "veth", "peer", "name", &inner],
+            [
+                "link", "add", host_if, "type", "veth", "peer", "name", &inner,
+            ],
         ));
         sh(&mut cmd("ip", ["link", "set", &inner, "netns", &pid_s]));
         sh(&mut cmd(
@@ -316,7 +347,8 @@ impl<'d> Container<'d> {
 
     /// `docker exec <id> sh -c <script>`.
     pub fn exec(&self, script: &str) -> Command {
-        self.docker.cmd(["exec", "-i", &self.id, "sh", "-c", script])
+        self.docker
+            .cmd(["exec", "-i", &self.id, "sh", "-c", script])
     }
 
     /// The cookie of its network namespace, read by a socket made inside it (Python's

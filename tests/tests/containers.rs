@@ -35,7 +35,9 @@ const PLAIN_PORT: u16 = 9444;
 fn assert_names_the_container(event: &Value, container: &Container, cookie: u64, file: &str) {
     assert_eq!(event["container"]["runtime"], "docker", "{event}");
     assert_eq!(event["container"]["id"], container.id.as_str(), "{event}");
-    let cgroup = event["cgroup"].as_str().unwrap_or_else(|| panic!("cgroup: {event}"));
+    let cgroup = event["cgroup"]
+        .as_str()
+        .unwrap_or_else(|| panic!("cgroup: {event}"));
     assert!(cgroup.contains(&container.id), "cgroup {cgroup}: {event}");
     assert_eq!(event["netns_cookie"], cookie, "{event}");
     let library = &event["library"];
@@ -131,11 +133,13 @@ fn container_curl_allowed_and_gnutls_refused_with_its_socket_aborted() {
     assert_eq!(event["verdict"], "blocked", "{event}");
     assert_eq!(event["library"]["family"], "gnutls", "{event}");
     assert_eq!(
-        event["socket_aborted"], true,
+        event["socket_aborted"],
+        true,
         "the socket in the container's namespace was not aborted: {event}\n{}",
         agent.stderr()
     );
     assert_names_the_container(&event, &container, cookie, "libgnutls.so.30");
+    eprintln!("gnutls-cli refused in {ms} ms: {event}");
     assert!(ms < 100, "gnutls-cli took {ms} ms to be refused: {event}");
     let received = String::from_utf8_lossy(&plain.received()).into_owned();
     assert!(

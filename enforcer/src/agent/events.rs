@@ -216,6 +216,11 @@ impl Reporter {
     fn handle(&self, event: &TlsEvent) {
         // A flow that did not fit in the blocklist is dropped all the same: its socket too.
         let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
+        // Read before the abort: a denied client often exits at once, and its namespace with it.
+        let (ns, cgroup) = (
+            crate::netns::Ns::of_pid(event.pid),
+            crate::containers::cgroup_of(event.pid),
+        );
         let aborted = blocked.then(|| self.aborts.abort(&event.flow, Some(event.pid)));
         let lib = self.library(event.lib_id);
         let lib = lib.as_ref();
@@ -233,7 +238,8 @@ impl Reporter {
             c if c.is_empty() && by_random => hello::process_comm(event.pid),
             c => c,
         };
-        let origin = origin::Origin::of(event.pid, None, &self.netns);
+        let cookie = ns.and_then(|ns| self.netns.of(&ns));
+        let origin = origin::Origin::of(event.pid, cgroup, cookie, &self.netns);
         self.recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -244,6 +250,7 @@ impl Reporter {
                     comm: comm.clone(),
                     source,
                     cgroup: origin.cgroup.clone(),
+                    netns_cookie: origin.netns_cookie,
                 },
                 event.header.ts_ns,
             );

@@ -151,17 +151,19 @@ fn open_for(owner: Option<u32>, shown: &str) -> Result<(OwnedFd, String), SockDe
     };
     let theirs = owner
         .filter(|&pid| pid != 0)
-        .and_then(|pid| Some((pid, crate::netns::of_pid(pid)?)))
-        .filter(|(_, ns)| crate::netns::own().ok() != Some(*ns));
+        .and_then(|pid| Some((pid, crate::netns::Ns::of_pid(pid)?)))
+        .filter(|(_, ns)| !ns.is_own());
     let Some((pid, ns)) = theirs else {
         return Ok((open().map_err(fail)?, here()));
     };
-    match crate::netns::make_in(pid, open) {
+    match crate::netns::make_in(&ns, open) {
         Ok(sock) => Ok((
             sock,
-            format!("the network namespace of process {pid} (inode {})", ns.ino),
+            format!(
+                "the network namespace of process {pid} (inode {})",
+                ns.id.ino
+            ),
         )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((open().map_err(fail)?, here())),
         Err(source) => Err(SockDestroyError::Netns {
             flow: shown.to_owned(),
             pid,

@@ -122,7 +122,7 @@ impl Reporter {
         let by_random = event.evidence == evidence::RANDOM && !unattributed;
         // The process that made the random is kernel truth; a connection event is joined only
         // if it attributed this very connection (see the module doc).
-        let owner = match by_random && event.producer_pid != 0 {
+        let mut owner = match by_random && event.producer_pid != 0 {
             true => Some(Owner {
                 pid: event.producer_pid,
                 comm: match super::comm(&event.producer_comm) {
@@ -130,7 +130,8 @@ impl Reporter {
                     c => c,
                 },
                 source: "hello-random",
-                cgroup: None,
+                cgroup: crate::containers::cgroup_of(event.producer_pid),
+                netns_cookie: None,
             }),
             false => self
                 .recent_lock()
@@ -147,7 +148,15 @@ impl Reporter {
             false => None,
         };
         let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
+        // Opened before the abort: a denied client often exits at once, and its namespace with it.
+        let ns = owner
+            .as_ref()
+            .filter(|o| o.netns_cookie.is_none())
+            .and_then(|o| crate::netns::Ns::of_pid(o.pid));
         let aborted = blocked.then(|| self.aborts.abort(&event.flow, Some(event.producer_pid)));
+        if let (Some(o), Some(ns)) = (owner.as_mut(), ns) {
+            o.netns_cookie = self.netns.of(&ns);
+        }
         let (Some(inode), None) = (inode, &owner) else {
             return self.report_hello(event, aborted, owner);
         };
@@ -187,7 +196,7 @@ impl Reporter {
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.header.ts_ns);
         let origin = owner.as_ref().map_or_else(Default::default, |o| {
-            super::origin::Origin::of(o.pid, o.cgroup.clone(), &self.netns)
+            super::origin::Origin::of(o.pid, o.cgroup.clone(), o.netns_cookie, &self.netns)
         });
         let record = || {
             json!({
@@ -308,6 +317,7 @@ mod tests {
             comm: "c".into(),
             source: "connection-event",
             cgroup: None,
+            netns_cookie: None,
         }
     }
 

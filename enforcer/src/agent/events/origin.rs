@@ -2,8 +2,10 @@
 //! its network namespace (the cookie), its cgroup v2 path and the container that path names
 //! (`crate::containers`), and both names of its library (`crate::libraries::views`).
 //!
-//! All of it is read from `/proc` when the record is made, so a process that is gone by then has
-//! none (`null`): the flow key itself carries no namespace (docs/architecture.md, "Containers").
+//! All of it is read from `/proc`: a blocked flow's before its socket is aborted (a denied client
+//! often exits at once, and its namespace with it), others' when the record is made. A process
+//! gone by then has none (`null`): the flow key itself carries no namespace
+//! (docs/architecture.md, "Containers").
 //! The cgroup path and the library's names are hostile strings: they are only ever reported.
 
 use serde_json::{Value, json};
@@ -19,14 +21,21 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Of process `pid`; `cgroup`: its path when it was read earlier (the process may be gone).
-    pub fn of(pid: u32, cgroup: Option<String>, cookies: &netns::Cookies) -> Origin {
+    /// Of process `pid`; `cgroup`, `cookie`: what was read of it earlier (it may be gone now),
+    /// the rest is read now.
+    pub fn of(
+        pid: u32,
+        cgroup: Option<String>,
+        cookie: Option<u64>,
+        cookies: &netns::Cookies,
+    ) -> Origin {
         if pid == 0 {
             return Origin::default();
         }
         let cgroup = cgroup.or_else(|| containers::cgroup_of(pid));
+        let netns_cookie = cookie.or_else(|| cookies.of_pid(pid));
         Origin {
-            netns_cookie: cookies.of_pid(pid),
+            netns_cookie,
             container: cgroup.as_deref().and_then(containers::container_of),
             cgroup,
         }
@@ -65,16 +74,18 @@ mod tests {
     #[test]
     fn a_process_that_is_gone_has_no_origin_but_what_was_read_before() {
         let cookies = netns::Cookies::default();
-        assert_eq!(Origin::of(0, None, &cookies), Origin::default());
+        assert_eq!(Origin::of(0, None, None, &cookies), Origin::default());
         let id = "4f1c9a0b2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a";
-        let origin = Origin::of(u32::MAX, Some(format!("/docker/{id}")), &cookies);
+        let origin = Origin::of(u32::MAX, Some(format!("/docker/{id}")), None, &cookies);
         assert_eq!(origin.netns_cookie, None);
         assert_eq!(
             origin.container_json(),
             json!({ "runtime": "docker", "id": id })
         );
         assert_eq!(origin.container_short(), &id[..12]);
-        let me = Origin::of(std::process::id(), None, &cookies);
+        let me = Origin::of(std::process::id(), None, None, &cookies);
         assert!(me.netns_cookie.is_some() && me.cgroup.is_some(), "{me:?}");
+        let known = Origin::of(std::process::id(), None, Some(7), &cookies);
+        assert_eq!(known.netns_cookie, Some(7));
     }
 }
