@@ -20,6 +20,7 @@ use enforcer_tests::{
     Agent, Cert, NetNs, Server,
     container::{Container, Docker},
     hook_args, require_root, run_with_timeout,
+    schema::{events_schema, validate_event},
 };
 use serde_json::Value;
 
@@ -33,6 +34,9 @@ const PLAIN_PORT: u16 = 9444;
 
 /// What every event of a container's connection must say about where it came from.
 fn assert_names_the_container(event: &Value, container: &Container, cookie: u64, file: &str) {
+    if let Err(why) = validate_event(&events_schema(), event) {
+        panic!("event does not match docs/events.schema.json: {why}");
+    }
     assert_eq!(event["container"]["runtime"], "docker", "{event}");
     assert_eq!(event["container"]["id"], container.id.as_str(), "{event}");
     let cgroup = event["cgroup"]
