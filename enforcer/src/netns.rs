@@ -199,16 +199,21 @@ mod tests {
         }
         let theirs = cookies.of_pid(pid).expect("the child's cookie");
         assert_ne!(theirs, mine);
-        let sock = make_in(pid, probe_socket).expect("a socket in the child's namespace");
+        let ns = Ns::of_pid(pid).expect("the child's namespace");
+        assert!(!ns.is_own());
+        let sock = make_in(&ns, probe_socket).expect("a socket in the child's namespace");
         assert_eq!(cookie_of(&sock).expect("cookie"), theirs);
         assert_eq!(
             own().ok(),
             of_pid(std::process::id()),
             "this thread stayed home"
         );
+        // The handle outlives the process: its namespace is still there to ask.
         let _ = child.kill();
         let _ = child.wait();
+        assert!(Ns::of_pid(pid).is_none());
+        let sock = make_in(&ns, probe_socket).expect("a socket once the child is gone");
+        assert_eq!(cookie_of(&sock).expect("cookie"), theirs);
         assert_eq!(cookies.of_pid(u32::MAX), None);
-        assert!(make_in(u32::MAX, probe_socket).is_err());
     }
 }

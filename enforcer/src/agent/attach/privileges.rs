@@ -112,7 +112,7 @@ fn missing(effective: u64) -> Result<(), MissingCapabilities> {
     let has = |bit: u32| effective & (1 << bit) != 0;
     let lacking: Vec<Capability> = NEEDED
         .iter()
-        .filter(|c| !has(c.bit) && !(IMPLIED_BY_SYS_ADMIN.contains(&c.bit) && has(SYS_ADMIN)))
+        .filter(|c| !(has(c.bit) || IMPLIED_BY_SYS_ADMIN.contains(&c.bit) && has(SYS_ADMIN)))
         .copied()
         .collect();
     match lacking.is_empty() {
