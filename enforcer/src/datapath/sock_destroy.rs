@@ -489,6 +489,62 @@ mod tests {
         assert_eq!(live(&[connected, on_listener]), vec![true, false]);
     }
 
+    /// A connected socket in another network namespace (Python in `unshare -n`): not found from
+    /// the agent's namespace, destroyed through its owner's; the owner's next read fails with
+    /// ECONNABORTED.
+    #[test]
+    fn destroys_a_socket_in_its_owners_network_namespace() {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        const SCRIPT: &str = r#"
+import errno, socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); s, _ = l.accept()
+print(c.getsockname()[1], l.getsockname()[1], flush=True)
+sys.stdin.readline()
+try:
+    c.recv(1); print("read", flush=True)
+except OSError as e:
+    print(errno.errorcode[e.errno], flush=True)
+"#;
+        let mut child = Command::new("unshare")
+            .args([
+                "-n",
+                "sh",
+                "-c",
+                "ip link set lo up && exec python3 -c \"$1\"",
+                "sh",
+            ])
+            .arg(SCRIPT)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare and python3");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ports");
+        let ports: Vec<u16> = line
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        assert_eq!(ports.len(), 2, "{line:?}");
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let flow = key(at(ports[0]), at(ports[1]));
+        let err = destroy(&flow, None).expect_err("not in the agent's namespace");
+        assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
+        destroy(&flow, Some(child.id())).expect("destroyed in the owner's namespace");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"\n")
+            .expect("go on");
+        line.clear();
+        out.read_line(&mut line).expect("the read's outcome");
+        assert_eq!(line.trim(), "ECONNABORTED");
+        let _ = child.wait();
+    }
+
     #[test]
     fn invalid_flows_are_rejected() {
         let k = FlowKey {
