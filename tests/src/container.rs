@@ -96,7 +96,7 @@ fn flock(path: &Path) -> File {
 
 /// A Docker daemon to talk to: the machine's (`/var/run/docker.sock`) if one answers, else one
 /// started here (`--iptables=false --bridge=none`, its state under `target/docker`, so images
-/// stay between runs) and stopped on drop. One at a time per machine (a lock file).
+/// stay between runs) and stopped on drop. One user at a time per workspace (a lock file).
 pub struct Docker {
     host: String,
     daemon: Option<Child>,
@@ -117,7 +117,13 @@ impl Docker {
                 _lock: lock,
             };
         }
-        let exec_root = PathBuf::from("/run/enforcer-tests-docker");
+        // One daemon per workspace (its state is under that workspace's target/); the socket
+        // lives under /run, whose paths stay short enough for a unix socket.
+        let workspace = Sha256::digest(crate::workspace().as_os_str().as_encoded_bytes());
+        let exec_root = PathBuf::from(format!(
+            "/run/enforcer-tests-docker-{}",
+            &hex(&workspace)[..8]
+        ));
         let sock = exec_root.join("docker.sock");
         let host = format!("unix://{}", sock.display());
         if answers(&host) {

@@ -153,7 +153,9 @@ impl Reporter {
             .as_ref()
             .filter(|o| o.netns_cookie.is_none())
             .and_then(|o| crate::netns::Ns::of_pid(o.pid));
-        let aborted = blocked.then(|| self.aborts.abort(&event.flow, Some(event.producer_pid)));
+        // In the owner's network namespace: a container's socket is there.
+        let holder = owner.as_ref().map_or(event.producer_pid, |o| o.pid);
+        let aborted = blocked.then(|| self.aborts.abort(&event.flow, Some(holder)));
         if let (Some(o), Some(ns)) = (owner.as_mut(), ns) {
             o.netns_cookie = self.netns.of(&ns);
         }
