@@ -257,6 +257,7 @@ impl Reporter {
                             comm,
                             library = family,
                             server_name,
+                            container = origin.container_short(),
                             local,
                             remote,
                             verdict = verdict_name,
