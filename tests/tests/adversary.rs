@@ -82,6 +82,10 @@ fn agent(ns: &NetNs, socket: &std::path::Path, sweep: &str) -> Agent {
             &max,
             "--blocklist-sweep",
             sweep,
+            // The agent's default: the attacker's own namespace is reached; its device-bound
+            // sockets are what the abort cannot find.
+            "--abort-namespaces",
+            "all",
         ],
     )
 }

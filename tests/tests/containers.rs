@@ -84,7 +84,8 @@ fn container_curl_allowed_and_gnutls_refused_with_its_socket_aborted() {
     let cookie = container.netns_cookie();
 
     let mut args = hook_args();
-    args.push("--reevaluate-established".into());
+    // The agent's default, which the harness turns off for its peers' namespaces.
+    args.extend(["--abort-namespaces".into(), "all".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::with_policy(&ns.host_if, OPENSSL_ONLY_ENFORCE, &args);
     agent.wait_ready(READY);

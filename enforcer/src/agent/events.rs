@@ -59,6 +59,16 @@ pub enum EventFormat {
     Json,
 }
 
+/// Whose blocked sockets are aborted (`--abort-namespaces`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AbortNamespaces {
+    /// Every network namespace: a socket is looked up in its owner's.
+    #[default]
+    All,
+    /// Only the agent's own network namespace.
+    Own,
+}
+
 /// Connections reported, by (library family, verdict name): the metrics' counters.
 pub type ConnectionCounts = BTreeMap<(String, &'static str), u64>;
 
@@ -129,6 +139,12 @@ impl Reporter {
         let queue = owners::Queue::start(self.clone(), self.lookups.clone())?;
         self.owners = Some(Arc::new(queue));
         Ok(())
+    }
+
+    /// Aborts blocked sockets in these network namespaces from now on (this reporter and its
+    /// later clones).
+    pub fn abort_in(&mut self, namespaces: AbortNamespaces) {
+        self.aborts = Arc::new(aborts::Aborts::new(namespaces));
     }
 
     /// Also appends every record, as one JSON line, to `path` (created 0600 if missing). Each

@@ -78,9 +78,23 @@ pub enum SockDestroyError {
     },
 }
 
+/// Where [`destroy_in`] looks for a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Netns {
+    /// The network namespace of its owner (the agent's when the owner is not known or gone).
+    OfOwner,
+    /// The agent's own only.
+    Agent,
+}
+
+/// [`destroy_in`] the owner's network namespace.
+pub fn destroy(flow: &FlowKey, owner: Option<u32>) -> Result<(), SockDestroyError> {
+    destroy_in(flow, owner, Netns::OfOwner)
+}
+
 /// Destroys the local TCP socket whose local end is `flow.local_*` and remote end
-/// `flow.remote_*`, in the network namespace of process `owner` (the agent's own when `None`, or
-/// when the process is gone). Listening sockets are never touched. When it is an MPTCP subflow,
+/// `flow.remote_*`, in the network namespace of process `owner` (with `Netns::OfOwner`; the
+/// agent's own with `Netns::Agent`, or when `owner` is `None` or gone). Listening sockets are never touched. When it is an MPTCP subflow,
 /// its MPTCP socket is shut down in `owner`'s file table too (`mptcp_abort`).
 ///
 /// Two steps, because a `SOCK_DESTROY` for a 4-tuple without an established socket falls back
@@ -89,14 +103,18 @@ pub enum SockDestroyError {
 /// a socket that replaced it in between is not hit either.
 ///
 /// Blocking, but only for two netlink round trips the kernel answers within `sendmsg()`.
-pub fn destroy(flow: &FlowKey, owner: Option<u32>) -> Result<(), SockDestroyError> {
+pub fn destroy_in(
+    flow: &FlowKey,
+    owner: Option<u32>,
+    netns: Netns,
+) -> Result<(), SockDestroyError> {
     let (local, remote) = endpoints(flow)?;
     let shown = format!("{local} -> {remote}");
     let fail = |step| {
         let flow = shown.clone();
         move |source| SockDestroyError::Netlink { step, flow, source }
     };
-    let (sock, netns) = open_for(owner, &shown)?;
+    let (sock, netns) = open_for(owner.filter(|_| netns == Netns::OfOwner), &shown)?;
     let not_found = || SockDestroyError::NotFound {
         flow: shown.clone(),
         netns: netns.clone(),
