@@ -50,7 +50,11 @@ pub fn debian_root() -> PathBuf {
         return root;
     }
     let partial = base.join(format!("{key}.partial"));
-    let _ = fs::remove_dir_all(&partial);
+    // A debootstrap that died may have left /proc, /sys or /dev mounted in it: never descend
+    // into another filesystem.
+    if partial.exists() {
+        sh(cmd("rm", ["-rf", "--one-file-system"]).arg(&partial));
+    }
     let started = Instant::now();
     let out = cmd(
         "debootstrap",
