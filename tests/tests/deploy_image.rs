@@ -268,7 +268,11 @@ fn run_image(
     policy: Option<&Path>,
     metrics_port: u16,
 ) -> Agent {
-    let name = format!("enforcer-test-agent-{}", std::process::id());
+    // A name of its own per run: the previous run's container (`--rm`) may still be being
+    // removed, and `docker run` refuses a name in use.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("enforcer-test-agent-{}-{run}", std::process::id());
     let _ = image.docker.cmd(["rm", "-f", &name]).output();
     let mut c = image.docker.cmd(["run", "--rm", "-i", "--name", &name]);
     c.args(privileged())
