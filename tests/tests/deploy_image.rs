@@ -261,13 +261,13 @@ fn privileged() -> Vec<String> {
 
 /// The image's agent: `docker run --privileged`, host network and PID namespaces, the mounts
 /// of deploy/kubernetes/daemonset.yaml; `policy`: a file mounted over the image's own.
-fn run_image(
-    image: &Image,
+fn run_image<'d>(
+    image: &Image<'d>,
     ns: &NetNs,
     pin: &PinGuard,
     policy: Option<&Path>,
     metrics_port: u16,
-) -> Agent {
+) -> (Agent, Removed<'d>) {
     // A name of its own per run: the previous run's container (`--rm`) may still be being
     // removed, and `docker run` refuses a name in use.
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -297,9 +297,27 @@ fn run_image(
         metrics_port,
         &ns.host_if,
     ));
+    // Taken before the agent starts: a failed start still removes what it left.
+    let removed = Removed {
+        docker: image.docker,
+        name,
+    };
     let mut agent = Agent::spawn(c);
     agent.wait_ready(READY);
-    agent
+    (agent, removed)
+}
+
+/// Removes the agent's container on drop, in case the `docker run` client died without
+/// stopping it (a privileged agent must not outlive the test).
+struct Removed<'d> {
+    docker: &'d Docker,
+    name: String,
+}
+
+impl Drop for Removed<'_> {
+    fn drop(&mut self) {
+        let _ = self.docker.cmd(["rm", "-f", &self.name]).output();
+    }
 }
 
 /// The host binary with the same arguments as the image's agent (its control socket in the
@@ -344,7 +362,7 @@ fn the_image_runs_privileged_on_a_veth_with_the_host_binarys_outcomes() {
     for (mode, policy) in [("audit", None), ("enforce", Some(enforce.as_path()))] {
         let port = free_port();
         let pin = PinGuard::new(&[&ns.host_if]);
-        let mut agent = run_image(&image, &ns, &pin, policy, port);
+        let (mut agent, removed) = run_image(&image, &ns, &pin, policy, port);
         // Metrics on the node's loopback, and only there.
         let metrics = format!("http://127.0.0.1:{port}/metrics");
         let out = run_with_timeout(&mut cmd("curl", ["-sf", &metrics]), b"", CLIENT);
@@ -354,6 +372,7 @@ fn the_image_runs_privileged_on_a_veth_with_the_host_binarys_outcomes() {
         assert!(!out.success(), "{mode}: metrics answer on {elsewhere}");
         let from_image = drive(&mut agent, &ns, &www, &plain);
         drop(agent);
+        drop(removed);
         drop(pin);
 
         let pin = PinGuard::new(&[&ns.host_if]);
