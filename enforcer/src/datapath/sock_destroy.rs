@@ -550,6 +550,8 @@ except OSError as e:
         let flow = key(at(ports[0]), at(ports[1]));
         let err = destroy(&flow, None).expect_err("not in the agent's namespace");
         assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
+        let err = destroy_in(&flow, Some(child.id()), Netns::Agent).expect_err("agent's only");
+        assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
         destroy(&flow, Some(child.id())).expect("destroyed in the owner's namespace");
         child
             .stdin
