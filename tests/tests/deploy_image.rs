@@ -6,8 +6,9 @@
 //! - the runtime stage's base is a Debian root made by `debootstrap` and `docker import`ed
 //!   (`enforcer_tests::container`), holding the packages the stage's `RUN apt-get install` names
 //!   (checked: every one of them is in the root), so that `RUN` is left out;
-//! - the build stage is not run: it needs a Rust toolchain image, and a static `FROM scratch`
-//!   musl build is not possible either (no rustup target can be fetched here). Its output is laid
+//! - the build stage is not run: it needs a Rust toolchain image. A static `FROM scratch` musl
+//!   build is not made either (the musl target is not installed by `cargo xtask setup`, and it
+//!   would be a second build of the agent and its eBPF object). The build stage's output is laid
 //!   out in the build context as it would be in `/src`: the agent binary under test at
 //!   `target/release/enforcer`, and the man pages and completions made by the build stage's own
 //!   `RUN` line, run here with that binary. `COPY --from=build /src/X` becomes `COPY X`.
