@@ -91,9 +91,9 @@ fn agent(ns: &NetNs, socket: &std::path::Path, sweep: &str) -> Agent {
 }
 
 /// Fills the blocklist from an unprivileged user's own network namespace, with sockets bound to
-/// a device, which the agent's socket abort cannot find; then a denied connection on the filtered interface: before,
-/// it went out as `blocklist-full`; now it is dropped through the overflow table, its socket
-/// aborted, and the event and the counters say so.
+/// a device, which the agent's socket abort cannot find; then a denied connection on the
+/// filtered interface: before, it went out as `blocklist-full`; now it is dropped through the
+/// overflow table, its socket aborted, and the event and the counters say so.
 #[test]
 fn blocklist_full_fails_closed() {
     require_root();
