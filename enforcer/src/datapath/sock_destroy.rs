@@ -6,7 +6,8 @@
 //!
 //! The kernel looks the socket up in the network namespace the netlink socket was made in. A
 //! socket of a process in another namespace (a container's) is looked up and destroyed through a
-//! netlink socket made inside that namespace (`crate::netns::make_in`, from `/proc/<owner>/ns/net`).
+//! netlink socket made inside that namespace (`crate::netns::make_in`, from
+//! `/proc/<owner>/ns/net`).
 //! A socket bound to a device (`SO_BINDTODEVICE`) is not found, because the lookup is made for
 //! interface 0.
 
@@ -94,8 +95,9 @@ pub fn destroy(flow: &FlowKey, owner: Option<u32>) -> Result<(), SockDestroyErro
 
 /// Destroys the local TCP socket whose local end is `flow.local_*` and remote end
 /// `flow.remote_*`, in the network namespace of process `owner` (with `Netns::OfOwner`; the
-/// agent's own with `Netns::Agent`, or when `owner` is `None` or gone). Listening sockets are never touched. When it is an MPTCP subflow,
-/// its MPTCP socket is shut down in `owner`'s file table too (`mptcp_abort`).
+/// agent's own with `Netns::Agent`, or when `owner` is `None` or gone). Listening sockets are
+/// never touched. When it is an MPTCP subflow, its MPTCP socket is shut down in `owner`'s file
+/// table too (`mptcp_abort`).
 ///
 /// Two steps, because a `SOCK_DESTROY` for a 4-tuple without an established socket falls back
 /// (like packet demultiplexing) to the *listener* on the local port and would abort it: first
