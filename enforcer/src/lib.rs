@@ -12,6 +12,7 @@
 //! - [`errors`]: an error's chain as the operator reads it, each cause once.
 //! - [`cbom`]: the CycloneDX 1.7 CBOM `enforcer cbom` prints, from a snapshot of the agent.
 //! - [`containers`]: which container a process runs in, from its cgroup path.
+//! - [`netns`]: other processes' network namespaces: their cookies, and sockets made inside them.
 //! - Domain: [`policy`], [`catalog`], [`libraries`] (finding and identifying TLS library files),
 //!   [`family`], [`version`]. These know nothing of the kernel.
 
@@ -25,5 +26,6 @@ pub mod datapath;
 pub mod errors;
 pub mod family;
 pub mod libraries;
+pub mod netns;
 pub mod policy;
 pub mod version;

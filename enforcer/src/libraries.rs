@@ -29,6 +29,7 @@ mod tests;
 mod tests_identity;
 #[cfg(test)]
 mod tests_rust;
+pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};

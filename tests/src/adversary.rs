@@ -43,6 +43,8 @@ where
 /// A process group that dies with the test (SIGKILL to the group on Drop).
 pub struct Group {
     child: Child,
+    /// Files the group uses, removed after it is killed.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Group {
@@ -75,7 +77,7 @@ impl Group {
                 Err(_) => panic!("{cmd:?} did not print {ready:?} within {timeout:?}: {seen:?}"),
             }
         }
-        Group { child }
+        Group { child, _dir: None }
     }
 }
 
@@ -87,17 +89,55 @@ impl Drop for Group {
     }
 }
 
+/// `connect()` that first binds an IP socket to `lo` (`SO_BINDTODEVICE`), for `LD_PRELOAD`.
+const BIND_TO_LO: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <sys/socket.h>
+int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+    static int (*real)(int, const struct sockaddr *, socklen_t);
+    if (!real)
+        real = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "connect");
+    if (addr && (addr->sa_family == AF_INET || addr->sa_family == AF_INET6))
+        setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, "lo", 3);
+    return real(fd, addr, len);
+}
+"#;
+
 /// `n` GnuTLS clients held open by an unprivileged user in a user and network namespace of its
 /// own, against a listener on its loopback that accepts and never answers: each sends its
-/// ClientHello (the kernel hook sees the denied library and blocks the 4-tuple), and the agent,
-/// in the host's namespace, cannot abort their sockets. Returns once all `n` are connected.
+/// ClientHello (the kernel hook sees the denied library and blocks the 4-tuple), and the agent
+/// cannot abort their sockets. It does reach other network namespaces (it looks the socket up
+/// in its owner's), but not a socket bound to a device (`SO_BINDTODEVICE`, which root in a
+/// namespace of its own may set): the sock_diag lookup is made for interface 0 and misses it.
+/// The clients bind theirs to `lo` through an `LD_PRELOAD`ed `connect()` (built here with gcc).
+/// Returns once all `n` are connected.
 pub fn hold_denied_in_own_netns(n: usize) -> Group {
+    let dir = tempfile::Builder::new()
+        .prefix("enforcer-adversary-")
+        .tempdir()
+        .expect("temp dir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let (source, shim) = (dir.path().join("bind_lo.c"), dir.path().join("bind_lo.so"));
+    std::fs::write(&source, BIND_TO_LO).expect("write the shim");
+    crate::sh(
+        cmd("gcc", ["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&shim)
+            .arg(&source)
+            .arg("-ldl"),
+    );
+    let shim = shim.display();
     let script = format!(
         "ip link set lo up || exit 1
          socat TCP-LISTEN:4433,bind=127.0.0.1,fork,reuseaddr SYSTEM:'sleep 600' &
          for i in $(seq 50); do ss -Htln | grep -q 127.0.0.1:4433 && break; sleep 0.1; done
          for i in $(seq {n}); do
-           (sleep 600 | gnutls-cli --insecure --port 4433 127.0.0.1 >/dev/null 2>&1) &
+           (sleep 600 | LD_PRELOAD={shim} gnutls-cli --insecure --port 4433 127.0.0.1 \
+              >/dev/null 2>&1) &
          done
          for i in $(seq 100); do
            [ \"$(ss -Htn state established dst 127.0.0.1:4433 | wc -l)\" -ge {n} ] && break
@@ -110,7 +150,9 @@ pub fn hold_denied_in_own_netns(n: usize) -> Group {
         "unshare",
         ["--user", "--map-root-user", "--net", "sh", "-c", &script],
     );
-    Group::spawn_until(cmd, "ready", Duration::from_secs(30))
+    let mut group = Group::spawn_until(cmd, "ready", Duration::from_secs(30));
+    group._dir = Some(dir);
+    group
 }
 
 /// Resident set size of process `pid` in KiB (`VmRSS`), 0 if it is gone.

@@ -52,12 +52,20 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// `enforcer attach --iface <iface> --policy <policy> --events json <extra...>`.
+    /// `enforcer attach --iface <iface> --policy <policy> --events json <extra...>`, with
+    /// `--abort-namespaces own` unless `extra` says otherwise: the suite's TLS peers run in
+    /// network namespaces of this host standing in for remote hosts, and a denied library of a
+    /// peer (an `openssl s_server` under a policy that denies OpenSSL) must not have its socket
+    /// aborted, as a remote peer's could not be. Tests of other namespaces' sockets
+    /// (tests/tests/containers.rs) pass `--abort-namespaces all`, the agent's default.
     pub fn start(iface: &str, policy: &Path, extra: &[&str]) -> Agent {
         let mut cmd = Command::new(enforcer_bin());
         cmd.args(["attach", "--iface", iface, "--policy"])
             .arg(policy);
         cmd.args(["--events", "json"]).args(extra);
+        if !extra.contains(&"--abort-namespaces") {
+            cmd.args(["--abort-namespaces", "own"]);
+        }
         Self::spawn(cmd)
     }
 

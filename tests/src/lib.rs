@@ -7,6 +7,7 @@
 pub mod adversary;
 mod agent;
 mod cert;
+pub mod container;
 pub mod content;
 pub mod cyclonedx;
 pub mod docs;

@@ -3,7 +3,8 @@
 //! connection dropped or reported, never let through silently:
 //!
 //! - Map exhaustion (item 4): the blocklist filled with denied connections the agent cannot
-//!   abort (held open in the attacker's own network namespace). A denied flow that does not fit
+//!   abort (held open in the attacker's own network namespace, bound to a device, which the
+//!   sock_diag lookup misses). A denied flow that does not fit
 //!   is still dropped and its socket aborted (`blocklist_full_fails_closed`); the sweep moves the
 //!   socket-less entries out, so later denied flows fit again (`sweep_frees_the_blocklist`).
 //! - Floods (item 5): ClientHellos in bulk from a process no TLS library is in, while a denied
@@ -81,14 +82,18 @@ fn agent(ns: &NetNs, socket: &std::path::Path, sweep: &str) -> Agent {
             &max,
             "--blocklist-sweep",
             sweep,
+            // The agent's default: the attacker's own namespace is reached; its device-bound
+            // sockets are what the abort cannot find.
+            "--abort-namespaces",
+            "all",
         ],
     )
 }
 
-/// Fills the blocklist from an unprivileged user's own network namespace, where the agent's
-/// socket abort cannot reach; then a denied connection on the filtered interface: before,
-/// it went out as `blocklist-full`; now it is dropped through the overflow table, its socket
-/// aborted, and the event and the counters say so.
+/// Fills the blocklist from an unprivileged user's own network namespace, with sockets bound to
+/// a device, which the agent's socket abort cannot find; then a denied connection on the
+/// filtered interface: before, it went out as `blocklist-full`; now it is dropped through the
+/// overflow table, its socket aborted, and the event and the counters say so.
 #[test]
 fn blocklist_full_fails_closed() {
     require_root();

@@ -1,4 +1,5 @@
-//! deploy/: each file parsed and validated (none of them can run here: see deploy/README.md).
+//! deploy/: each file parsed and validated; the unit verified by `systemd-analyze verify`. The
+//! image is built and run by tests/tests/deploy_image.rs.
 
 use std::path::PathBuf;
 
@@ -271,7 +272,31 @@ fn daemonset_is_privileged_on_the_host_with_bpffs() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    check_agent_args(&args);
+    // Named interfaces (never the default route's by guess) and metrics on the node's loopback.
+    let values = |flag: &str| -> Vec<&str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1])
+            .collect()
+    };
+    let ifaces = values("--iface");
+    assert!(
+        !ifaces.is_empty() && ifaces.iter().all(|i| !i.is_empty() && !i.starts_with('-')),
+        "the DaemonSet names its interfaces: {args:?}"
+    );
+    let metrics = values("--metrics");
+    assert!(
+        metrics.len() == 1 && metrics[0].starts_with("127.0.0.1:"),
+        "metrics bound to the node's loopback: {metrics:?}"
+    );
+    // Checked without its interfaces: they are the nodes', not this machine's.
+    let without_ifaces: Vec<&str> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| **a != "--iface" && (*i == 0 || args[i - 1] != "--iface"))
+        .map(|(_, a)| *a)
+        .collect();
+    check_agent_args(&without_ifaces);
     let policy = args
         .windows(2)
         .find(|w| w[0] == "--policy")

@@ -44,6 +44,10 @@ const PACKAGES: &[&str] = &[
     "libmbedtls-dev",  // tests/programs/mbedtls-client (tests/tests/native_families.rs)
     "cmake",           // tests/programs/aws-lc-client: aws-lc-sys builds libssl with CMake
     "libclang-dev",    // tests/programs/aws-lc-client: aws-lc-sys's `ssl` feature runs bindgen
+    // tests/tests/containers.rs and deploy.rs: real containers (dockerd, started by the tests
+    // when none runs) from a root filesystem debootstrap builds (cached under target/).
+    "docker.io",
+    "debootstrap",
 ];
 
 enum Status {

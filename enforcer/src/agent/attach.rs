@@ -116,6 +116,11 @@ pub struct AttachArgs {
     /// On a policy reload, judge established flows again too (else only new ones).
     #[arg(long)]
     pub reevaluate_established: bool,
+    /// Whose blocked sockets are aborted: `all` network namespaces (a container's socket in its
+    /// own), or only the agent's `own` (other namespaces' blocked flows are still dropped on the
+    /// filtered interfaces; their applications wait for their own timeout).
+    #[arg(long, value_enum, default_value = "all")]
+    pub abort_namespaces: crate::agent::events::AbortNamespaces,
 }
 
 pub async fn run(args: AttachArgs) -> Result<()> {
@@ -224,7 +229,8 @@ async fn check(args: &AttachArgs) -> Result<(Checked, Policy)> {
         None => None,
     };
     let libraries = Libraries::default();
-    let reporter = Reporter::new(libraries.clone(), args.events);
+    let mut reporter = Reporter::new(libraries.clone(), args.events);
+    reporter.abort_in(args.abort_namespaces);
     let reporter = match &args.events_file {
         Some(path) => reporter
             .with_events_file(path)

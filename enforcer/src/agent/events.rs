@@ -16,6 +16,7 @@ pub mod ja4_gate;
 mod ja4_seen;
 pub mod negotiated;
 pub mod offered;
+mod origin;
 mod output;
 mod owners;
 mod quic;
@@ -43,7 +44,7 @@ use enforcer_common::{
     posture::NegotiatedEvent,
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::datapath::{
     sock_destroy,
@@ -56,6 +57,16 @@ pub enum EventFormat {
     Text,
     /// One JSON object per line on stdout (see docs/events.md).
     Json,
+}
+
+/// Whose blocked sockets are aborted (`--abort-namespaces`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AbortNamespaces {
+    /// Every network namespace: a socket is looked up in its owner's.
+    #[default]
+    All,
+    /// Only the agent's own network namespace.
+    Own,
 }
 
 /// Connections reported, by (library family, verdict name): the metrics' counters.
@@ -87,6 +98,8 @@ pub struct Reporter {
     ja4s: Arc<ja4_seen::Ja4Seen>,
     /// Writes the JA4 verdicts `ja4` rules wait for (`None`: before the agent serves).
     ja4_gate: Option<Arc<ja4_gate::Ja4Gate>>,
+    /// Network namespace cookies of the processes reported (`origin`).
+    netns: Arc<crate::netns::Cookies>,
 }
 
 impl Reporter {
@@ -105,6 +118,7 @@ impl Reporter {
             aborts: Arc::default(),
             ja4s: Arc::default(),
             ja4_gate: None,
+            netns: Arc::default(),
         }
     }
 
@@ -125,6 +139,12 @@ impl Reporter {
         let queue = owners::Queue::start(self.clone(), self.lookups.clone())?;
         self.owners = Some(Arc::new(queue));
         Ok(())
+    }
+
+    /// Aborts blocked sockets in these network namespaces from now on (this reporter and its
+    /// later clones).
+    pub fn abort_in(&mut self, namespaces: AbortNamespaces) {
+        self.aborts = Arc::new(aborts::Aborts::new(namespaces));
     }
 
     /// Also appends every record, as one JSON line, to `path` (created 0600 if missing). Each
@@ -212,6 +232,11 @@ impl Reporter {
     fn handle(&self, event: &TlsEvent) {
         // A flow that did not fit in the blocklist is dropped all the same: its socket too.
         let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
+        // Read before the abort: a denied client often exits at once, and its namespace with it.
+        let (ns, cgroup) = (
+            crate::netns::Ns::of_pid(event.pid),
+            crate::containers::cgroup_of(event.pid),
+        );
         let aborted = blocked.then(|| self.aborts.abort(&event.flow, Some(event.pid)));
         let lib = self.library(event.lib_id);
         let lib = lib.as_ref();
@@ -229,6 +254,8 @@ impl Reporter {
             c if c.is_empty() && by_random => hello::process_comm(event.pid),
             c => c,
         };
+        let cookie = ns.and_then(|ns| self.netns.of(&ns));
+        let origin = origin::Origin::of(event.pid, cgroup, cookie, &self.netns);
         self.recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -238,7 +265,8 @@ impl Reporter {
                     pid: event.pid,
                     comm: comm.clone(),
                     source,
-                    cgroup: crate::containers::cgroup_of(event.pid),
+                    cgroup: origin.cgroup.clone(),
+                    netns_cookie: origin.netns_cookie,
                 },
                 event.header.ts_ns,
             );
@@ -258,7 +286,10 @@ impl Reporter {
                 "pid": event.pid,
                 "tid": event.tid,
                 "comm": comm,
-                "library": { "id": event.lib_id, "family": family, "path": path, "version": version },
+                "library": match lib {
+                    Some(l) => origin::library_json(event.lib_id, l),
+                    None => json!({ "id": event.lib_id, "family": family, "path": path, "version": version, "container_path": null, "host_path": null }),
+                },
                 "local": { "addr": local.0.to_string(), "port": local.1 },
                 "remote": { "addr": remote.0.to_string(), "port": remote.1 },
                 "direction": if event.direction == direction::SEND { "send" } else { "recv" },
@@ -266,6 +297,9 @@ impl Reporter {
                 "evidence": if by_random { "random" } else { "thread" },
                 "verdict": verdict_name,
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
+                "netns_cookie": origin.netns_cookie,
+                "cgroup": origin.cgroup,
+                "container": origin.container_json(),
             })
         };
         if self.writes_json() {
@@ -291,6 +325,7 @@ impl Reporter {
                             library = family,
                             version = version.unwrap_or("unknown"),
                             path,
+                            container = origin.container_short(),
                             local,
                             remote,
                             verdict = verdict_name,
@@ -307,10 +342,14 @@ impl Reporter {
                 }
             }
         }
-        if let Some(Err(err)) = aborted
-            && !matches!(err, sock_destroy::SockDestroyError::NotFound { .. })
-        {
-            warn!(%err, "blocked flow: could not abort the local socket; its packets are still dropped");
+        match aborted {
+            Some(Err(err @ sock_destroy::SockDestroyError::NotFound { .. })) => {
+                debug!(%err, "blocked flow: no local socket to abort");
+            }
+            Some(Err(err)) => {
+                warn!(%err, "blocked flow: could not abort the local socket; its packets are still dropped");
+            }
+            _ => {}
         }
     }
 

@@ -4,9 +4,12 @@
 //! An MPTCP subflow is destroyed too, but that does not end its MPTCP socket: `mptcp_abort`
 //! then shuts that socket down in its owner's file table.
 //!
-//! The kernel looks the socket up in the caller's network namespace only: the agent must run in
-//! the namespace of the sockets it destroys (the host namespace). A socket bound to a device
-//! (`SO_BINDTODEVICE`) is not found, because the lookup is made for interface 0.
+//! The kernel looks the socket up in the network namespace the netlink socket was made in. A
+//! socket of a process in another namespace (a container's) is looked up and destroyed through a
+//! netlink socket made inside that namespace (`crate::netns::make_in`, from
+//! `/proc/<owner>/ns/net`).
+//! A socket bound to a device (`SO_BINDTODEVICE`) is not found, because the lookup is made for
+//! interface 0.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -39,8 +42,18 @@ const INET_ULP_INFO_NAME: u16 = 1;
 /// Why a socket could not be destroyed. `flow` reads like `127.0.0.1:40000 -> 10.0.0.1:443`.
 #[derive(Debug, thiserror::Error)]
 pub enum SockDestroyError {
-    #[error("no TCP socket {flow} in this network namespace (already closed?)")]
-    NotFound { flow: String },
+    #[error("no TCP socket {flow} in {netns} (already closed?)")]
+    NotFound { flow: String, netns: String },
+    #[error(
+        "cannot look for TCP socket {flow} in the network namespace of process {pid}, which \
+         holds it: {source}"
+    )]
+    Netns {
+        flow: String,
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
     #[error("the kernel cannot destroy sockets: it was built without CONFIG_INET_DIAG_DESTROY")]
     Unsupported,
     #[error("not allowed to destroy TCP socket {flow}: needs CAP_NET_ADMIN (run as root)")]
@@ -66,9 +79,25 @@ pub enum SockDestroyError {
     },
 }
 
+/// Where [`destroy_in`] looks for a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Netns {
+    /// The network namespace of its owner (the agent's when the owner is not known or gone).
+    OfOwner,
+    /// The agent's own only.
+    Agent,
+}
+
+/// [`destroy_in`] the owner's network namespace.
+pub fn destroy(flow: &FlowKey, owner: Option<u32>) -> Result<(), SockDestroyError> {
+    destroy_in(flow, owner, Netns::OfOwner)
+}
+
 /// Destroys the local TCP socket whose local end is `flow.local_*` and remote end
-/// `flow.remote_*`. Listening sockets are never touched. When it is an MPTCP subflow, its MPTCP
-/// socket is shut down in `owner`'s file table too (`mptcp_abort`).
+/// `flow.remote_*`, in the network namespace of process `owner` (with `Netns::OfOwner`; the
+/// agent's own with `Netns::Agent`, or when `owner` is `None` or gone). Listening sockets are
+/// never touched. When it is an MPTCP subflow, its MPTCP socket is shut down in `owner`'s file
+/// table too (`mptcp_abort`).
 ///
 /// Two steps, because a `SOCK_DESTROY` for a 4-tuple without an established socket falls back
 /// (like packet demultiplexing) to the *listener* on the local port and would abort it: first
@@ -76,18 +105,23 @@ pub enum SockDestroyError {
 /// a socket that replaced it in between is not hit either.
 ///
 /// Blocking, but only for two netlink round trips the kernel answers within `sendmsg()`.
-pub fn destroy(flow: &FlowKey, owner: Option<u32>) -> Result<(), SockDestroyError> {
+pub fn destroy_in(
+    flow: &FlowKey,
+    owner: Option<u32>,
+    netns: Netns,
+) -> Result<(), SockDestroyError> {
     let (local, remote) = endpoints(flow)?;
     let shown = format!("{local} -> {remote}");
     let fail = |step| {
         let flow = shown.clone();
         move |source| SockDestroyError::Netlink { step, flow, source }
     };
+    let (sock, netns) = open_for(owner.filter(|_| netns == Netns::OfOwner), &shown)?;
     let not_found = || SockDestroyError::NotFound {
         flow: shown.clone(),
+        netns: netns.clone(),
     };
 
-    let sock = open().map_err(fail("socket"))?;
     let mut req = request(local, remote);
     req[2] = EXT_INFO;
     let found = match exchange(&sock, SOCK_DIAG_BY_FAMILY, &req) {
@@ -121,6 +155,40 @@ pub fn destroy(flow: &FlowKey, owner: Option<u32>) -> Result<(), SockDestroyErro
         Ok(true) => Ok(()),
         Ok(false) => Err(SockDestroyError::MptcpSocketNotFound { flow: shown, pid }),
         Err(e) => Err(fail("MPTCP shutdown")(e)),
+    }
+}
+
+/// A sock_diag socket in the network namespace of process `owner` when that is not the agent's
+/// (a container's), else in the agent's; and how to name that namespace in an error. A process
+/// that is gone leaves its sockets to the agent's namespace: it cannot be entered any more, and
+/// a socket it shared with another process is found there if that process is the agent's.
+fn open_for(owner: Option<u32>, shown: &str) -> Result<(OwnedFd, String), SockDestroyError> {
+    let here = || "the agent's network namespace".to_string();
+    let fail = |source| SockDestroyError::Netlink {
+        step: "socket",
+        flow: shown.to_owned(),
+        source,
+    };
+    let theirs = owner
+        .filter(|&pid| pid != 0)
+        .and_then(|pid| Some((pid, crate::netns::Ns::of_pid(pid)?)))
+        .filter(|(_, ns)| !ns.is_own());
+    let Some((pid, ns)) = theirs else {
+        return Ok((open().map_err(fail)?, here()));
+    };
+    match crate::netns::make_in(&ns, open) {
+        Ok(sock) => Ok((
+            sock,
+            format!(
+                "the network namespace of process {pid} (inode {})",
+                ns.id.ino
+            ),
+        )),
+        Err(source) => Err(SockDestroyError::Netns {
+            flow: shown.to_owned(),
+            pid,
+            source,
+        }),
     }
 }
 
@@ -439,6 +507,64 @@ mod tests {
         // The listener's port with a peer nobody connected from: the listener does not count.
         let on_listener = key(listener.local_addr().expect("addr"), remote);
         assert_eq!(live(&[connected, on_listener]), vec![true, false]);
+    }
+
+    /// A connected socket in another network namespace (Python in `unshare -n`): not found from
+    /// the agent's namespace, destroyed through its owner's; the owner's next read fails with
+    /// ECONNABORTED.
+    #[test]
+    fn destroys_a_socket_in_its_owners_network_namespace() {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        const SCRIPT: &str = r#"
+import errno, socket, sys
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); s, _ = l.accept()
+print(c.getsockname()[1], l.getsockname()[1], flush=True)
+sys.stdin.readline()
+try:
+    c.recv(1); print("read", flush=True)
+except OSError as e:
+    print(errno.errorcode[e.errno], flush=True)
+"#;
+        let mut child = Command::new("unshare")
+            .args([
+                "-n",
+                "sh",
+                "-c",
+                "ip link set lo up && exec python3 -c \"$1\"",
+                "sh",
+            ])
+            .arg(SCRIPT)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare and python3");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ports");
+        let ports: Vec<u16> = line
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        assert_eq!(ports.len(), 2, "{line:?}");
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let flow = key(at(ports[0]), at(ports[1]));
+        let err = destroy(&flow, None).expect_err("not in the agent's namespace");
+        assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
+        let err = destroy_in(&flow, Some(child.id()), Netns::Agent).expect_err("agent's only");
+        assert!(matches!(err, SockDestroyError::NotFound { .. }), "{err}");
+        destroy(&flow, Some(child.id())).expect("destroyed in the owner's namespace");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"\n")
+            .expect("go on");
+        line.clear();
+        out.read_line(&mut line).expect("the read's outcome");
+        assert_eq!(line.trim(), "ECONNABORTED");
+        let _ = child.wait();
     }
 
     #[test]

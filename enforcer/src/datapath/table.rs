@@ -27,11 +27,19 @@ pub struct LibInfo {
     /// and the policy allows it (`Datapath::register`). A reload that denies or audits it
     /// probes them (`Datapath::apply`).
     pub records_deferred: bool,
+    /// Its path inside the mount namespace of the process it was found through, when that is
+    /// not the agent's (a container's); and a path the agent reaches it at, stable when one was
+    /// found (`libraries::views`).
+    pub container_path: Option<String>,
+    pub host_path: String,
 }
 
 impl LibInfo {
     pub fn of(lib: &Library) -> LibInfo {
+        let views = crate::libraries::views::views(lib);
         LibInfo {
+            container_path: views.container.map(|p| p.display().to_string()),
+            host_path: views.host.display().to_string(),
             family: lib.family.clone(),
             path: lib.path.display().to_string(),
             version: lib.identity.version.clone(),

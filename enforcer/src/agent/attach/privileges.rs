@@ -16,6 +16,11 @@
 //!   socket.
 //! - `CAP_KILL`: pausing (`SIGSTOP`) a process of another user that maps a new TLS library until
 //!   its probes are attached, and resuming it (`SIGCONT`).
+//!
+//! `CAP_SYS_ADMIN` stands in for `CAP_BPF` and `CAP_PERFMON`, as it does in the kernel
+//! (`bpf_capable()`, `perfmon_capable()`): container runtimes older than those two capabilities
+//! (Docker 20.10, Debian bookworm's `docker.io`) give a privileged container `CAP_SYS_ADMIN` and
+//! no `CAP_BPF` (tests/tests/deploy_image.rs runs the image there).
 
 use std::fmt;
 
@@ -99,10 +104,15 @@ fn effective(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
+/// `CAP_SYS_ADMIN`, and the capabilities it also grants (`CAP_PERFMON`, `CAP_BPF`).
+const SYS_ADMIN: u32 = 21;
+const IMPLIED_BY_SYS_ADMIN: [u32; 2] = [38, 39];
+
 fn missing(effective: u64) -> Result<(), MissingCapabilities> {
+    let has = |bit: u32| effective & (1 << bit) != 0;
     let lacking: Vec<Capability> = NEEDED
         .iter()
-        .filter(|c| effective & (1 << c.bit) == 0)
+        .filter(|c| !(has(c.bit) || IMPLIED_BY_SYS_ADMIN.contains(&c.bit) && has(SYS_ADMIN)))
         .copied()
         .collect();
     match lacking.is_empty() {
@@ -141,6 +151,9 @@ mod tests {
         let all = NEEDED.iter().fold(0u64, |m, c| m | 1 << c.bit);
         let err = missing(all & !(1 << 5) & !(1 << 39)).unwrap_err();
         let names: Vec<&str> = err.0.iter().map(|c| c.name).collect();
-        assert_eq!(names, ["CAP_BPF", "CAP_KILL"]);
+        assert_eq!(names, ["CAP_KILL"], "CAP_SYS_ADMIN stands in for CAP_BPF");
+        let err = missing(all & !(1 << 39) & !(1 << 38) & !(1 << 21)).unwrap_err();
+        let names: Vec<&str> = err.0.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]);
     }
 }

@@ -17,6 +17,7 @@ use std::{
 
 use enforcer_common::flow::FlowKey;
 
+use super::AbortNamespaces;
 use crate::datapath::sock_destroy::{self, SockDestroyError};
 
 /// Flows remembered at most (oldest forgotten first): both reports of a flow arrive within
@@ -30,9 +31,18 @@ const REMEMBER_FOR: Duration = Duration::from_secs(30);
 pub struct Aborts {
     /// Flows aborted successfully, oldest first.
     done: Mutex<VecDeque<(FlowKey, Instant)>>,
+    /// Whose sockets are aborted: in the owner's network namespace, or the agent's only.
+    namespaces: AbortNamespaces,
 }
 
 impl Aborts {
+    pub fn new(namespaces: AbortNamespaces) -> Aborts {
+        Aborts {
+            done: Mutex::default(),
+            namespaces,
+        }
+    }
+
     /// Aborts the local socket of `flow` (`owner`: the process holding it, for MPTCP).
     ///
     /// The lock is held across the abort: otherwise the second report could see its abort fail
@@ -47,7 +57,11 @@ impl Aborts {
         {
             done.pop_front();
         }
-        match sock_destroy::destroy(flow, owner) {
+        let netns = match self.namespaces {
+            AbortNamespaces::All => sock_destroy::Netns::OfOwner,
+            AbortNamespaces::Own => sock_destroy::Netns::Agent,
+        };
+        match sock_destroy::destroy_in(flow, owner, netns) {
             Ok(()) => {
                 if done.len() == REMEMBERED {
                     done.pop_front();

@@ -122,7 +122,7 @@ impl Reporter {
         let by_random = event.evidence == evidence::RANDOM && !unattributed;
         // The process that made the random is kernel truth; a connection event is joined only
         // if it attributed this very connection (see the module doc).
-        let owner = match by_random && event.producer_pid != 0 {
+        let mut owner = match by_random && event.producer_pid != 0 {
             true => Some(Owner {
                 pid: event.producer_pid,
                 comm: match super::comm(&event.producer_comm) {
@@ -130,7 +130,8 @@ impl Reporter {
                     c => c,
                 },
                 source: "hello-random",
-                cgroup: None,
+                cgroup: crate::containers::cgroup_of(event.producer_pid),
+                netns_cookie: None,
             }),
             false => self
                 .recent_lock()
@@ -147,7 +148,17 @@ impl Reporter {
             false => None,
         };
         let blocked = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
-        let aborted = blocked.then(|| self.aborts.abort(&event.flow, Some(event.producer_pid)));
+        // Opened before the abort: a denied client often exits at once, and its namespace with it.
+        let ns = owner
+            .as_ref()
+            .filter(|o| o.netns_cookie.is_none())
+            .and_then(|o| crate::netns::Ns::of_pid(o.pid));
+        // In the owner's network namespace: a container's socket is there.
+        let holder = owner.as_ref().map_or(event.producer_pid, |o| o.pid);
+        let aborted = blocked.then(|| self.aborts.abort(&event.flow, Some(holder)));
+        if let (Some(o), Some(ns)) = (owner.as_mut(), ns) {
+            o.netns_cookie = self.netns.of(&ns);
+        }
         let (Some(inode), None) = (inode, &owner) else {
             return self.report_hello(event, aborted, owner);
         };
@@ -186,6 +197,9 @@ impl Reporter {
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.header.ts_ns);
+        let origin = owner.as_ref().map_or_else(Default::default, |o| {
+            super::origin::Origin::of(o.pid, o.cgroup.clone(), o.netns_cookie, &self.netns)
+        });
         let record = || {
             json!({
                 "type": "client_hello",
@@ -203,14 +217,17 @@ impl Reporter {
                 "attributed": !unattributed,
                 "library": match (&lib, unattributed) {
                     (_, true) => serde_json::Value::Null,
-                    (Some(l), false) => json!({ "id": event.lib_id, "family": l.family.name(), "path": l.path, "version": l.version }),
-                    (None, false) => json!({ "id": event.lib_id, "family": "unknown", "path": null, "version": null }),
+                    (Some(l), false) => super::origin::library_json(event.lib_id, l),
+                    (None, false) => json!({ "id": event.lib_id, "family": "unknown", "path": null, "version": null, "container_path": null, "host_path": null }),
                 },
                 "pid": owner.as_ref().map(|o| o.pid),
                 "comm": owner.as_ref().map(|o| o.comm.clone()),
                 "owner_source": owner.as_ref().map(|o| o.source),
                 "verdict": verdict_name,
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
+                "netns_cookie": origin.netns_cookie,
+                "cgroup": origin.cgroup,
+                "container": origin.container_json(),
             })
         };
         // JSON to stdout (`--events json`) and to the events file (`--events-file`).
@@ -240,6 +257,7 @@ impl Reporter {
                             comm,
                             library = family,
                             server_name,
+                            container = origin.container_short(),
                             local,
                             remote,
                             verdict = verdict_name,
@@ -259,10 +277,14 @@ impl Reporter {
                 }
             }
         }
-        if let Some(Err(err)) = aborted
-            && !matches!(err, sock_destroy::SockDestroyError::NotFound { .. })
-        {
-            warn!(%err, "blocked ClientHello: could not abort the local socket; its packets are still dropped");
+        match aborted {
+            Some(Err(err @ sock_destroy::SockDestroyError::NotFound { .. })) => {
+                tracing::debug!(%err, "blocked ClientHello: no local socket to abort");
+            }
+            Some(Err(err)) => {
+                warn!(%err, "blocked ClientHello: could not abort the local socket; its packets are still dropped");
+            }
+            None | Some(Ok(())) => {}
         }
     }
 
@@ -298,6 +320,7 @@ mod tests {
             comm: "c".into(),
             source: "connection-event",
             cgroup: None,
+            netns_cookie: None,
         }
     }
 

@@ -93,7 +93,12 @@ pub fn summary(counts: &PostureCounts) -> Value {
 impl Reporter {
     pub(super) fn handle_negotiated(&self, event: &NegotiatedEvent) {
         let dropped = event.verdict == verdict::BLOCKED || event.verdict == verdict::BLOCKLIST_FULL;
-        let aborted = dropped.then(|| self.aborts.abort(&event.flow, None));
+        // The owner's network namespace is where its socket is (a container's).
+        let owner = self.recent_owner(&event.flow);
+        let aborted = dropped.then(|| {
+            let pid = owner.as_ref().map(|o| o.pid);
+            self.aborts.abort(&event.flow, pid)
+        });
         let lib = (event.lib_id != UNATTRIBUTED)
             .then(|| self.library(event.lib_id))
             .flatten();
@@ -103,7 +108,6 @@ impl Reporter {
             .to_owned();
         let posture = &event.posture;
         let read = |f: u8, v: u16| posture.has(f).then_some(v);
-        let owner = self.recent_owner(&event.flow);
         // Read before the lock: a /proc read when the owner's connection event gave none.
         let cgroup = owner.as_ref().and_then(|o| {
             o.cgroup

@@ -40,6 +40,8 @@ pub struct Owner {
     /// Its cgroup v2 path, read when it was named (it may have exited by the time a later
     /// event of the flow is handled).
     pub cgroup: Option<String>,
+    /// The cookie of its network namespace, read when it was named.
+    pub netns_cookie: Option<u64>,
 }
 
 /// Lookups waiting at most; more are dropped (reported without owner).
@@ -143,6 +145,7 @@ pub fn owner_of_inode(inode: u64) -> Option<Owner> {
                     comm: comm.trim_end().to_owned(),
                     source: "socket-inode",
                     cgroup: crate::containers::cgroup_of(pid),
+                    netns_cookie: None,
                 });
             }
         }
