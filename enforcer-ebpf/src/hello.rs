@@ -32,7 +32,7 @@ use crate::{
     offer,
     packet::{self, Linear, Packet, Segment},
     policy::{self, apply},
-    random, stats,
+    random, stats, who,
 };
 
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -214,51 +214,106 @@ fn judge_hello<P: Packet>(
         random::origin(&hello.key)
     };
     let known = flow::state(flow);
-    let (lib_id, new_verdict, outcome) = match (origin, known) {
-        (Some(origin), known) => {
-            stats::count(Stat::HellosByRandom);
-            let mut state = FlowState {
-                first_seen_ns: now,
-                lib_id: origin.lib_id,
-                verdict: verdict::ALLOWED,
-                op: op::HANDSHAKE,
-                direction: direction::SEND,
-                evidence: evidence::RANDOM,
-            };
+    // The library whose rule judges the hello, and its action without the rules scoped to who
+    // is talking; `None` in the action: judged at attribution already, the hello adds the name.
+    let (lib_id, base) = match (origin, known) {
+        (Some(origin), _) => {
             let scoped = client && policy.late_attribution == 0;
-            let v = if scoped && policy::scoped_action(origin.lib_id).is_some() {
-                client_hello::decide_scoped(flow, &state, named.map(|()| &mut scratch.key))
+            let action = if scoped && policy::scoped_action(origin.lib_id).is_some() {
+                let state = FlowState {
+                    lib_id: origin.lib_id,
+                    ..Default::default()
+                };
+                client_hello::scoped_action(&state, named.map(|()| &mut scratch.key))
             } else {
-                apply(flow, policy::library_action(origin.lib_id))
+                policy::library_action(origin.lib_id)
             };
-            state.verdict = v;
-            flow::record(flow, &state);
-            if known.is_none_or(|k| k.lib_id != origin.lib_id) {
-                stats::count(Stat::FlowsAttributed);
-                events::attributed_by_random(flow, &state, &origin, now);
-            }
-            (origin.lib_id, v, client_hello::outcome_of(v))
+            (origin.lib_id, Some(action))
         }
         // The library that claimed the socket makes its own randoms, and did not make this one.
         (None, Some(state)) if random::binds_hellos(state.lib_id) && hello.retry == 0 => {
-            unattributed(flow, policy.unattributed, client)
+            (UNATTRIBUTED, Some(Some(policy.unattributed)))
         }
-        (None, Some(state)) if state.verdict == verdict::PENDING_SERVER_NAME => {
-            let v = client_hello::decide_scoped(flow, &state, named.map(|()| &mut scratch.key));
-            (state.lib_id, v, client_hello::settle(flow, state, v))
-        }
-        // Judged at attribution already: the hello only adds the name.
-        (None, Some(state)) => (state.lib_id, state.verdict, Outcome::Pass),
+        (None, Some(state)) if state.verdict == verdict::PENDING_SERVER_NAME => (
+            state.lib_id,
+            Some(client_hello::scoped_action(
+                &state,
+                named.map(|()| &mut scratch.key),
+            )),
+        ),
+        (None, Some(state)) => (state.lib_id, None),
         // A hello no probed library made, on a flow no thread attributed: a library enforcer
         // does not probe, or one whose probes it dodged.
-        (None, None) => unattributed(flow, policy.unattributed, client),
+        (None, None) => (UNATTRIBUTED, Some(Some(policy.unattributed))),
     };
-    flow::mark_hello_seen(flow, 0);
+    // A rule scoped to who is talking overrides the action; while userspace has not judged the
+    // sender, an enforced hello is held (dropped: TCP sends it again) and nothing is recorded,
+    // an audited one is judged without those rules and userspace is asked (`ask`).
+    let (new_verdict, outcome, ask) = match base {
+        None => (
+            known.map_or(verdict::ALLOWED, |k| k.verdict),
+            Outcome::Pass,
+            false,
+        ),
+        Some(base) => match who::judge(flow, lib_id, now) {
+            who::Who::Hold { report: false } => return Outcome::Drop,
+            who::Who::Hold { report: true } => (verdict::PENDING_WHO, Outcome::Drop, true),
+            decided => {
+                let (action, ask) = match decided {
+                    who::Who::Rule(Some(a)) => (Some(a), false),
+                    who::Who::Ask => (base, true),
+                    _ => (base, false),
+                };
+                if client && lib_id == UNATTRIBUTED {
+                    stats::count(Stat::UnattributedHellos);
+                }
+                let v = apply(flow, action);
+                (v, client_hello::outcome_of(v), ask)
+            }
+        },
+    };
+    let holding = new_verdict == verdict::PENDING_WHO;
+    if !holding {
+        match origin {
+            Some(origin) => {
+                let state = FlowState {
+                    first_seen_ns: now,
+                    lib_id: origin.lib_id,
+                    verdict: new_verdict,
+                    op: op::HANDSHAKE,
+                    direction: direction::SEND,
+                    evidence: evidence::RANDOM,
+                };
+                flow::record(flow, &state);
+                stats::count(Stat::HellosByRandom);
+                if known.is_none_or(|k| k.lib_id != origin.lib_id) {
+                    stats::count(Stat::FlowsAttributed);
+                    events::attributed_by_random(flow, &state, &origin, now);
+                }
+            }
+            None => {
+                if let Some(mut state) = known
+                    && state.verdict == verdict::PENDING_SERVER_NAME
+                    && lib_id != UNATTRIBUTED
+                {
+                    state.verdict = new_verdict;
+                    flow::record(flow, &state);
+                }
+            }
+        }
+        flow::mark_hello_seen(flow, 0);
+    }
     // A ServerHello is reported as the flow's connection (`attributed_by_random`, or the thread
-    // attribution before); an event of its own only when it is unattributed.
-    if !client && lib_id != UNATTRIBUTED {
+    // attribution before); an event of its own only when it is unattributed, or userspace is
+    // asked about its sender.
+    if !client && lib_id != UNATTRIBUTED && !ask {
         return outcome;
     }
+    let new_verdict = if ask {
+        verdict::PENDING_WHO
+    } else {
+        new_verdict
+    };
     scratch.event.hello = if client {
         hello_kind::CLIENT
     } else {
@@ -279,16 +334,4 @@ fn judge_hello<P: Packet>(
     scratch.event.name_len = name_len as u16;
     events::hello(&mut scratch.event, now);
     outcome
-}
-
-/// A hello no probed library made: judged by `unattributed_tls`. Counted when it is a
-/// ClientHello (`unattributed_hellos`); an unattributed ServerHello has its `client_hello` event
-/// (`hello: server`).
-#[inline(always)]
-fn unattributed(flow: &FlowKey, action: u8, client: bool) -> (u32, u8, Outcome) {
-    if client {
-        stats::count(Stat::UnattributedHellos);
-    }
-    let v = apply(flow, Some(action));
-    (UNATTRIBUTED, v, client_hello::outcome_of(v))
 }

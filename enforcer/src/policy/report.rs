@@ -109,7 +109,7 @@ pub fn check_report(p: &Policy) -> String {
         };
         let _ = writeln!(out, "  {}: {action} ({why})", def.family);
     }
-    let scoped: Vec<&super::Rule> = p.libraries.iter().filter(|r| r.is_scoped()).collect();
+    let scoped: Vec<&super::Rule> = p.libraries.iter().filter(|r| r.is_name_scoped()).collect();
     if !scoped.is_empty() {
         let _ = writeln!(
             out,
