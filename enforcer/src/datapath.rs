@@ -30,6 +30,7 @@ pub mod sweep;
 pub mod table;
 pub mod tc;
 pub mod uprobes;
+pub mod who_maps;
 
 use std::{
     collections::HashSet,
@@ -138,6 +139,7 @@ impl Datapath {
         };
         policy_maps.set_mode(in_force.mode().code())?;
         policy_maps.write_host_posture(&in_force.policy)?;
+        policy_maps.write_who(&in_force.policy)?;
         let prober = Prober::new(&mut ebpf)?;
         Ok(Datapath {
             ebpf: Mutex::new(ebpf),
@@ -219,12 +221,16 @@ impl Datapath {
             let written = {
                 let mut policy_maps = lock(&self.policy_maps);
                 let code = lib.probes.iter().find_map(|p| p.code);
+                let who = in_force
+                    .policy
+                    .who_may_decide(Some(&crate::policy::subject(&lib)));
                 policy_maps
                     .write_library(
                         id,
                         decision.action,
                         scope.as_ref(),
                         in_force.policy.posture_of(&lib),
+                        who,
                     )
                     .and_then(|()| code.map_or(Ok(()), |span| policy_maps.set_code(id, span)))
             };

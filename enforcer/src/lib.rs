@@ -26,4 +26,5 @@ pub mod errors;
 pub mod family;
 pub mod libraries;
 pub mod policy;
+pub mod speakers;
 pub mod version;
