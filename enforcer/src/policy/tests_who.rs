@@ -134,11 +134,11 @@ fn errors_name_line_column_and_key() {
     let cases = [
         (
             "default: deny\nlibraries:\n  - users: [no-such-user-here]\n    action: allow\n",
-            "p.yaml:3:15: libraries[0].users[0]: unknown user 'no-such-user-here' (not in this host's user database; a numeric uid is taken as is)",
+            "p.yaml:3:13: libraries[0].users[0]: unknown user 'no-such-user-here' (not in this host's user database; a numeric uid is taken as is)",
         ),
         (
             "default: deny\nlibraries:\n  - executables: [\"/opt/[a\"]\n    action: allow\n",
-            "p.yaml:3:21: libraries[0].executables[0]: invalid glob '/opt/[a': unclosed character class; missing ']'",
+            "p.yaml:3:19: libraries[0].executables[0]: invalid glob '/opt/[a': unclosed character class; missing ']'",
         ),
         (
             "default: deny\nlibraries:\n  - executables:\n      - path: /opt/a\n        sha256: abc\n    action: allow\n",
@@ -146,11 +146,11 @@ fn errors_name_line_column_and_key() {
         ),
         (
             "default: deny\nlibraries:\n  - cgroups: [system.slice]\n    action: allow\n",
-            "p.yaml:3:17: libraries[0].cgroups[0]: invalid cgroup glob 'system.slice': a cgroup path starts with '/' (the cgroup v2 root), e.g. /system.slice/nginx.service",
+            "p.yaml:3:15: libraries[0].cgroups[0]: invalid cgroup glob 'system.slice': a cgroup path starts with '/' (the cgroup v2 root), e.g. /system.slice/nginx.service",
         ),
         (
             "default: deny\nlibraries:\n  - users: []\n    action: allow\n",
-            "p.yaml:3:14: libraries[0].users: an empty list scopes the rule to nobody; remove the key to apply the rule to every process",
+            "p.yaml:3:12: libraries[0].users: an empty list scopes the rule to nobody; remove the key to apply the rule to every process",
         ),
         (
             "default: deny\nlibraries:\n  - family: openssl\n    users: [0]\n    server_names: [a.example]\n    action: allow\n",
