@@ -98,6 +98,9 @@ pub fn outcome_of(v: u8) -> Outcome {
     if v == verdict::BLOCKED || v == verdict::BLOCKLIST_FULL {
         stats::count(Stat::ClientHelloDrops);
         Outcome::Drop
+    } else if v == verdict::PENDING_WHO {
+        // Held for the verdict on its sender (`who.rs`): TCP sends it again.
+        Outcome::Drop
     } else {
         Outcome::Pass
     }

@@ -214,101 +214,71 @@ fn judge_hello<P: Packet>(
         random::origin(&hello.key)
     };
     let known = flow::state(flow);
-    // The library whose rule judges the hello, and its action without the rules scoped to who
-    // is talking; `None` in the action: judged at attribution already, the hello adds the name.
-    let (lib_id, base) = match (origin, known) {
-        (Some(origin), _) => {
+    // Rules scoped to who is talking (`who.rs`): `ask` is set when userspace is to judge the
+    // sender; a verdict of `PENDING_WHO` means the hello is held (dropped, nothing recorded).
+    let mut ask = false;
+    let (lib_id, new_verdict, outcome) = match (origin, known) {
+        (Some(origin), known) => {
+            let mut state = FlowState {
+                first_seen_ns: now,
+                lib_id: origin.lib_id,
+                verdict: verdict::ALLOWED,
+                op: op::HANDSHAKE,
+                direction: direction::SEND,
+                evidence: evidence::RANDOM,
+            };
             let scoped = client && policy.late_attribution == 0;
             let action = if scoped && policy::scoped_action(origin.lib_id).is_some() {
-                let state = FlowState {
-                    lib_id: origin.lib_id,
-                    ..Default::default()
-                };
                 client_hello::scoped_action(&state, named.map(|()| &mut scratch.key))
             } else {
                 policy::library_action(origin.lib_id)
             };
-            (origin.lib_id, Some(action))
-        }
-        // The library that claimed the socket makes its own randoms, and did not make this one.
-        (None, Some(state)) if random::binds_hellos(state.lib_id) && hello.retry == 0 => {
-            (UNATTRIBUTED, Some(Some(policy.unattributed)))
-        }
-        (None, Some(state)) if state.verdict == verdict::PENDING_SERVER_NAME => (
-            state.lib_id,
-            Some(client_hello::scoped_action(
-                &state,
-                named.map(|()| &mut scratch.key),
-            )),
-        ),
-        (None, Some(state)) => (state.lib_id, None),
-        // A hello no probed library made, on a flow no thread attributed: a library enforcer
-        // does not probe, or one whose probes it dodged.
-        (None, None) => (UNATTRIBUTED, Some(Some(policy.unattributed))),
-    };
-    // A rule scoped to who is talking overrides the action; while userspace has not judged the
-    // sender, an enforced hello is held (dropped: TCP sends it again) and nothing is recorded,
-    // an audited one is judged without those rules and userspace is asked (`ask`).
-    let (new_verdict, outcome, ask) = match base {
-        None => (
-            known.map_or(verdict::ALLOWED, |k| k.verdict),
-            Outcome::Pass,
-            false,
-        ),
-        Some(base) => match who::judge(flow, lib_id, now) {
-            who::Who::Hold { report: false } => return Outcome::Drop,
-            who::Who::Hold { report: true } => (verdict::PENDING_WHO, Outcome::Drop, true),
-            decided => {
-                let (action, ask) = match decided {
-                    who::Who::Rule(Some(a)) => (Some(a), false),
-                    who::Who::Ask => (base, true),
-                    _ => (base, false),
-                };
-                if client && lib_id == UNATTRIBUTED {
-                    stats::count(Stat::UnattributedHellos);
-                }
-                let v = apply(flow, action);
-                (v, client_hello::outcome_of(v), ask)
-            }
-        },
-    };
-    let holding = new_verdict == verdict::PENDING_WHO;
-    if !holding {
-        match origin {
-            Some(origin) => {
-                let state = FlowState {
-                    first_seen_ns: now,
-                    lib_id: origin.lib_id,
-                    verdict: new_verdict,
-                    op: op::HANDSHAKE,
-                    direction: direction::SEND,
-                    evidence: evidence::RANDOM,
-                };
-                flow::record(flow, &state);
+            let v = apply_who(flow, origin.lib_id, action, now, &mut ask);
+            if v != verdict::PENDING_WHO {
                 stats::count(Stat::HellosByRandom);
+                state.verdict = v;
+                flow::record(flow, &state);
                 if known.is_none_or(|k| k.lib_id != origin.lib_id) {
                     stats::count(Stat::FlowsAttributed);
                     events::attributed_by_random(flow, &state, &origin, now);
                 }
             }
-            None => {
-                if let Some(mut state) = known
-                    && state.verdict == verdict::PENDING_SERVER_NAME
-                    && lib_id != UNATTRIBUTED
-                {
-                    state.verdict = new_verdict;
-                    flow::record(flow, &state);
-                }
-            }
+            (origin.lib_id, v, client_hello::outcome_of(v))
         }
+        // The library that claimed the socket makes its own randoms, and did not make this one.
+        (None, Some(state)) if random::binds_hellos(state.lib_id) && hello.retry == 0 => {
+            unattributed(flow, policy.unattributed, client, now, &mut ask)
+        }
+        (None, Some(state)) if state.verdict == verdict::PENDING_SERVER_NAME => {
+            let action = client_hello::scoped_action(&state, named.map(|()| &mut scratch.key));
+            let v = apply_who(flow, state.lib_id, action, now, &mut ask);
+            let outcome = match v {
+                verdict::PENDING_WHO => client_hello::outcome_of(v),
+                _ => client_hello::settle(flow, state, v),
+            };
+            (state.lib_id, v, outcome)
+        }
+        // Judged at attribution already: the hello only adds the name.
+        (None, Some(state)) => (state.lib_id, state.verdict, Outcome::Pass),
+        // A hello no probed library made, on a flow no thread attributed: a library enforcer
+        // does not probe, or one whose probes it dodged.
+        (None, None) => unattributed(flow, policy.unattributed, client, now, &mut ask),
+    };
+    if new_verdict == verdict::PENDING_WHO {
+        // Held: judged again when TCP sends it again; only the first hold is reported.
+        if !ask {
+            return Outcome::Drop;
+        }
+    } else {
         flow::mark_hello_seen(flow, 0);
     }
     // A ServerHello is reported as the flow's connection (`attributed_by_random`, or the thread
     // attribution before); an event of its own only when it is unattributed, or userspace is
-    // asked about its sender.
+    // to judge its sender.
     if !client && lib_id != UNATTRIBUTED && !ask {
         return outcome;
     }
+    // Userspace judges the sender of a reported pending hello, whatever the kernel applied.
     let new_verdict = if ask {
         verdict::PENDING_WHO
     } else {
@@ -334,4 +304,41 @@ fn judge_hello<P: Packet>(
     scratch.event.name_len = name_len as u16;
     events::hello(&mut scratch.event, now);
     outcome
+}
+
+/// A hello no probed library made: judged by `unattributed_tls`, unless a rule scoped to who
+/// is talking decides. Counted when it is a ClientHello (`unattributed_hellos`); an unattributed
+/// ServerHello has its `client_hello` event (`hello: server`).
+#[inline(always)]
+fn unattributed(
+    flow: &FlowKey,
+    action: u8,
+    client: bool,
+    now: u64,
+    ask: &mut bool,
+) -> (u32, u8, Outcome) {
+    let v = apply_who(flow, UNATTRIBUTED, Some(action), now, ask);
+    if client && v != verdict::PENDING_WHO {
+        stats::count(Stat::UnattributedHellos);
+    }
+    (UNATTRIBUTED, v, client_hello::outcome_of(v))
+}
+
+/// `action` for a hello of `lib_id`, or the action of the rule scoped to who is talking that
+/// decides its sender, applied (`policy::apply`). `PENDING_WHO`: held, not applied (`ask`: the
+/// first hold, to be reported). In audit mode a sender not judged yet gets `action` and `ask`.
+#[inline(always)]
+fn apply_who(flow: &FlowKey, lib_id: u32, action: Option<u8>, now: u64, ask: &mut bool) -> u8 {
+    match who::judge(flow, lib_id, now) {
+        who::Who::Rule(Some(decided)) => apply(flow, Some(decided)),
+        who::Who::Rule(None) => apply(flow, action),
+        who::Who::Ask => {
+            *ask = true;
+            apply(flow, action)
+        }
+        who::Who::Hold { report } => {
+            *ask = report;
+            verdict::PENDING_WHO
+        }
+    }
 }
