@@ -347,13 +347,16 @@ fn waiting_client(bin: &Path, port: u16) -> Background {
 #[test]
 fn policy_explain_names_the_rule_each_running_process_hits() {
     let p = peer();
+    // The documented example, its appliance binary being ours.
     let policy_file = p.dir.path().join("policy.yaml");
+    let example = std::fs::read_to_string(
+        enforcer_tests::workspace().join("policies/scoped-appliance.yaml"),
+    )
+    .expect("policies/scoped-appliance.yaml");
+    assert!(example.contains("/opt/appliance/bin/agent"), "{example}");
     std::fs::write(
         &policy_file,
-        format!(
-            "mode: enforce\ndefault: deny\nunattributed_tls: deny\nlibraries:\n  - family: openssl\n    action: allow\n  - executables: [{}]\n    action: allow\n",
-            p.allowed.display()
-        ),
+        example.replace("/opt/appliance/bin/agent", &p.allowed.display().to_string()),
     )
     .expect("write the policy");
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
@@ -373,6 +376,7 @@ fn policy_explain_names_the_rule_each_running_process_hits() {
         out.stdout_str()
     };
     let text = run(false);
+    eprintln!("{text}");
     let pid = allowed.0.id();
     let dir = p.dir.path().display().to_string();
     let wanted = [
@@ -381,7 +385,7 @@ fn policy_explain_names_the_rule_each_running_process_hits() {
             p.allowed.display()
         ),
         format!(
-            "    unattributed TLS -> allow: rule at line 7 (executables=[{0}]): executable {0} matches '{0}'",
+            "    unattributed TLS -> allow: rule at line 9 (executables=[{0}]): executable {0} matches '{0}'",
             p.allowed.display()
         ),
     ];
@@ -428,7 +432,7 @@ fn policy_explain_names_the_rule_each_running_process_hits() {
     let a = of(pid);
     assert_eq!(a["decisions"][0]["what"], "unattributed TLS", "{a}");
     assert_eq!(a["decisions"][0]["action"], "allow", "{a}");
-    assert_eq!(a["decisions"][0]["scoped_rule_line"], 7, "{a}");
+    assert_eq!(a["decisions"][0]["scoped_rule_line"], 9, "{a}");
     let c = of(copy.0.id());
     assert_eq!(c["executable"], p.copy.display().to_string(), "{c}");
     assert_eq!(c["decisions"][0]["action"], "deny", "{c}");

@@ -84,6 +84,13 @@ impl WhoGate {
         let generation = maps.generation();
         let sender = maps.sender(&event.flow);
         drop(maps);
+        // The flow's socket closed before its event was read (its `SENDERS` entry goes with
+        // it): what was judged of it at its held hello still stands.
+        if sender.is_none()
+            && let Some(earlier) = self.recent(&event.flow)
+        {
+            return Some(earlier);
+        }
         let in_force = self.policy.read();
         let policy = &in_force.policy;
         if !policy.has_who_rules() {
