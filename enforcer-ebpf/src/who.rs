@@ -23,9 +23,7 @@ use aya_ebpf::{
 use enforcer_common::{
     flow::FlowKey,
     watch::FileKey,
-    who::{
-        SENDERS_ENTRIES, Sender, WHO_CACHE_ENTRIES, WHO_WAIT_NS, WhoConfig, WhoKey, who_action,
-    },
+    who::{SENDERS_ENTRIES, Sender, WHO_CACHE_ENTRIES, WHO_WAIT_NS, WhoConfig, WhoKey, who_action},
 };
 
 use crate::{policy, sock};

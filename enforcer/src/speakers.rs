@@ -182,7 +182,8 @@ fn cgroup_path(root: &Path, id: u64, pid: u32) -> Option<String> {
         return None;
     }
     let is_it = |rel: &str| {
-        fs::metadata(root.join(rel.trim_start_matches('/'))).is_ok_and(|md| md.is_dir() && md.ino() == id)
+        fs::metadata(root.join(rel.trim_start_matches('/')))
+            .is_ok_and(|md| md.is_dir() && md.ino() == id)
     };
     if let Some(own) = own_cgroup(pid)
         && is_it(&own)
@@ -201,7 +202,9 @@ fn cgroup_path(root: &Path, id: u64, pid: u32) -> Option<String> {
         if md.ino() == id {
             return Some(rel.display().to_string());
         }
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(rel.join(e.file_name()));
@@ -228,7 +231,10 @@ mod tests {
             cgroup2_root_in(hybrid),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(cgroup2_root_in("27 25 0:24 / /x rw - cgroup cgroup rw\n"), None);
+        assert_eq!(
+            cgroup2_root_in("27 25 0:24 / /x rw - cgroup cgroup rw\n"),
+            None
+        );
         let spaced = "26 25 0:23 / /mnt/c\\040g rw - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_root_in(spaced), Some(PathBuf::from("/mnt/c g")));
         assert_eq!(cgroup2_root_in("garbage\n\n - \n"), None);

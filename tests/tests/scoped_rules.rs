@@ -92,7 +92,12 @@ fn prime(bin: &Path) {
 
 fn client(bin: &Path, peer: IpAddr, line: &str) -> Command {
     let mut c = Command::new(bin);
-    c.args([peer.to_string(), PORT.to_string(), "scoped.example".into(), line.into()]);
+    c.args([
+        peer.to_string(),
+        PORT.to_string(),
+        "scoped.example".into(),
+        line.into(),
+    ]);
     c
 }
 
@@ -144,7 +149,10 @@ fn an_executables_exception_lets_exactly_one_binary_out() {
     assert_eq!(e["attributed"], false, "{e}");
     assert_eq!(e["verdict"], "allowed", "{e}");
     assert_eq!(e["sender"]["rule_line"], 7, "{e}");
-    eprintln!("excepted binary: {:?} (its first hello held for the verdict)", out.elapsed);
+    eprintln!(
+        "excepted binary: {:?} (its first hello held for the verdict)",
+        out.elapsed
+    );
 
     // Again: the verdict is cached in the kernel for this executable, nothing waits.
     let out = run_with_timeout(&mut client(&p.allowed, p.peer, line), b"", CLIENT);
@@ -154,7 +162,11 @@ fn an_executables_exception_lets_exactly_one_binary_out() {
     // The byte-identical copy at another path: refused, at once, its socket aborted.
     for round in ["first", "cached"] {
         let started = Instant::now();
-        let out = run_with_timeout(&mut client(&p.copy, p.peer, "COPY-MUST-NOT-ARRIVE\n"), b"", CLIENT);
+        let out = run_with_timeout(
+            &mut client(&p.copy, p.peer, "COPY-MUST-NOT-ARRIVE\n"),
+            b"",
+            CLIENT,
+        );
         let took = started.elapsed();
         assert_refused(&out, &agent, "the copy");
         assert!(
@@ -349,10 +361,9 @@ fn policy_explain_names_the_rule_each_running_process_hits() {
     let p = peer();
     // The documented example, its appliance binary being ours.
     let policy_file = p.dir.path().join("policy.yaml");
-    let example = std::fs::read_to_string(
-        enforcer_tests::workspace().join("policies/scoped-appliance.yaml"),
-    )
-    .expect("policies/scoped-appliance.yaml");
+    let example =
+        std::fs::read_to_string(enforcer_tests::workspace().join("policies/scoped-appliance.yaml"))
+            .expect("policies/scoped-appliance.yaml");
     assert!(example.contains("/opt/appliance/bin/agent"), "{example}");
     std::fs::write(
         &policy_file,
@@ -380,10 +391,7 @@ fn policy_explain_names_the_rule_each_running_process_hits() {
     let pid = allowed.0.id();
     let dir = p.dir.path().display().to_string();
     let wanted = [
-        format!(
-            "  pid {pid} agent ({}, cgroup ",
-            p.allowed.display()
-        ),
+        format!("  pid {pid} agent ({}, cgroup ", p.allowed.display()),
         format!(
             "    unattributed TLS -> allow: rule at line 9 (executables=[{0}]): executable {0} matches '{0}'",
             p.allowed.display()
@@ -406,7 +414,8 @@ fn policy_explain_names_the_rule_each_running_process_hits() {
     for line in &shown {
         if line.starts_with("  pid ") {
             assert!(
-                ours.iter().any(|o| o.starts_with(line.split(", cgroup").next().unwrap_or(line))),
+                ours.iter()
+                    .any(|o| o.starts_with(line.split(", cgroup").next().unwrap_or(line))),
                 "docs/policy.md shows {line:?}, explain prints:\n{}",
                 ours.join("\n")
             );

@@ -74,7 +74,9 @@ pub fn check_report(p: &Policy) -> String {
         let _ = writeln!(out, "catalog: adds or replaces {}", added.join(", "));
     }
     let order = match p.has_who_rules() {
-        true => "sha256, then path, then version, then family, then executables/cgroups/users, then server_names",
+        true => {
+            "sha256, then path, then version, then family, then executables/cgroups/users, then server_names"
+        }
         false => "sha256, then path, then version, then family, then server_names",
     };
     let _ = writeln!(

@@ -45,12 +45,21 @@ fn scoped_rules_parse_and_describe() {
     let p = parse(POLICY, "p.yaml").expect("valid");
     assert!(p.has_who_rules());
     assert!(p.who_needs_sha256());
-    assert_eq!(p.libraries[1].describe(), "executables=[/opt/appliance/bin/agent]");
+    assert_eq!(
+        p.libraries[1].describe(),
+        "executables=[/opt/appliance/bin/agent]"
+    );
     assert_eq!(
         p.libraries[2].describe(),
         "family=gnutls cgroups=[/system.slice/app.service, /kubepods.slice/**]"
     );
-    let sha = p.libraries[3].who.as_ref().unwrap().executables.as_ref().unwrap()[0]
+    let sha = p.libraries[3]
+        .who
+        .as_ref()
+        .unwrap()
+        .executables
+        .as_ref()
+        .unwrap()[0]
         .sha256
         .clone()
         .unwrap();
@@ -89,7 +98,10 @@ fn sha256_pins_contents_and_every_key_must_match() {
     let mut s = speaker("/usr/bin/tool", "/", 0);
     assert!(p.decide_who(None, &s).is_none(), "contents unknown");
     s.exe_sha256 = Some("a".repeat(64));
-    assert_eq!(p.decide_who(None, &s).map(|d| d.action), Some(Action::Audit));
+    assert_eq!(
+        p.decide_who(None, &s).map(|d| d.action),
+        Some(Action::Audit)
+    );
     s.uid = Some(1000);
     assert!(p.decide_who(None, &s).is_none(), "users must match too");
 }
@@ -117,7 +129,8 @@ fn a_less_specific_scoped_rule_never_overrides_a_library_rule() {
     // gnutls's cgroup-scoped rule, inside and outside the glob.
     let inside = speaker("/usr/bin/x", "/kubepods.slice/pod1/c2", 0);
     assert_eq!(
-        p.decide_who(Some(&subject(&gnutls)), &inside).map(|d| d.reasons),
+        p.decide_who(Some(&subject(&gnutls)), &inside)
+            .map(|d| d.reasons),
         Some(vec![
             "family is gnutls".to_owned(),
             "cgroup /kubepods.slice/pod1/c2 matches '/kubepods.slice/**'".to_owned()
@@ -169,7 +182,11 @@ fn errors_name_line_column_and_key() {
 #[test]
 fn duplicate_scoped_rules_are_refused_but_different_scopes_are_not() {
     let twice = "default: deny\nlibraries:\n  - users: [0]\n    action: allow\n  - users: [0]\n    action: deny\n";
-    assert!(err(twice).contains("duplicate rule for users=[0]"), "{}", err(twice));
+    assert!(
+        err(twice).contains("duplicate rule for users=[0]"),
+        "{}",
+        err(twice)
+    );
     let two = "default: deny\nlibraries:\n  - users: [0]\n    action: allow\n  - users: [1]\n    action: deny\n";
     assert!(parse(two, "p.yaml").is_ok());
 }

@@ -96,8 +96,7 @@ impl Who {
             let exe = s.exe.as_deref()?;
             let hit = list.iter().find(|e| {
                 e.path.is_match(exe)
-                    && e
-                        .sha256
+                    && e.sha256
                         .as_ref()
                         .is_none_or(|h| s.exe_sha256.as_deref() == Some(h.as_str()))
             })?;
@@ -149,14 +148,19 @@ impl Who {
 }
 
 /// Parses one `executables` entry; the error names what is wrong (the caller adds where).
-pub(super) fn executable(raw: &RawExecutable) -> Result<Executable, (Option<&'static str>, String)> {
+pub(super) fn executable(
+    raw: &RawExecutable,
+) -> Result<Executable, (Option<&'static str>, String)> {
     let (path, sha256) = match raw {
         RawExecutable::Path(p) => (p, None),
         RawExecutable::Pinned(p) => (&p.path, p.sha256.as_ref()),
     };
     let glob = PathGlob::new(path).map_err(|e| {
         let at = matches!(raw, RawExecutable::Pinned(_)).then_some("path");
-        (at, format!("invalid glob '{}': {e}", super::error::show(path)))
+        (
+            at,
+            format!("invalid glob '{}': {e}", super::error::show(path)),
+        )
     })?;
     let sha256 = match sha256 {
         None => None,
@@ -233,9 +237,8 @@ pub fn name_of(uid: u32) -> Option<String> {
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: as in `uid_of`; `pw_name` points into `buf`, read before it goes.
-    let rc = unsafe {
-        libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out)
-    };
+    let rc =
+        unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() || pw.pw_name.is_null() {
         return None;
     }

@@ -71,7 +71,9 @@ pub(super) fn validate(
         } else if len > MAX_ENTRIES_PER_KEY {
             report(
                 path(key, None, None),
-                format!("{here}.{key}: {len} entries, more than the limit of {MAX_ENTRIES_PER_KEY}"),
+                format!(
+                    "{here}.{key}: {len} entries, more than the limit of {MAX_ENTRIES_PER_KEY}"
+                ),
             );
         }
     };
@@ -90,7 +92,10 @@ pub(super) fn validate(
                         Some(s) => format!("{here}.executables[{i}].{s}"),
                         None => format!("{here}.executables[{i}]"),
                     };
-                    report(path("executables", Some(i), sub), format!("{key}: {message}"));
+                    report(
+                        path("executables", Some(i), sub),
+                        format!("{key}: {message}"),
+                    );
                 }
             }
         }

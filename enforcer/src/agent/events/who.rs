@@ -78,7 +78,11 @@ impl WhoGate {
     /// Judges the sender of `event`'s flow (`lib`: its library, `None` when unattributed).
     /// `None` when the policy in force has no rule scoped to who is talking. A pending event
     /// (`verdict::PENDING_WHO`) gets its answer written into the kernel.
-    pub fn judge(&self, event: &HelloEvent, lib: Option<&crate::libraries::Library>) -> Option<Judged> {
+    pub fn judge(
+        &self,
+        event: &HelloEvent,
+        lib: Option<&crate::libraries::Library>,
+    ) -> Option<Judged> {
         let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         // The generation before the policy: an answer is never filed under a newer policy's.
         let generation = maps.generation();
