@@ -199,6 +199,11 @@ impl Datapath {
         in_force.late_attribution = late;
         let (value, unattributed) = policy_maps::hello_value(&in_force.policy, late);
         lock(&self.policy_maps).set_hello_policy(value)?;
+        if late && in_force.policy.has_who_rules() {
+            warn!(
+                "the kernel hook sees a send only after its packets left: rules scoped to who is talking (executables, cgroups, users) never match a flow's first hello, which is judged without them"
+            );
+        }
         Ok(unattributed)
     }
 

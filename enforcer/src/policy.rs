@@ -20,6 +20,7 @@
 //! the key (see [`PolicyError`]).
 
 mod error;
+mod glob;
 pub mod ja4;
 pub mod posture;
 mod raw;

@@ -10,10 +10,12 @@
 //! nothing. The cgroup's path is checked the same way: the directory under the cgroup v2 mount
 //! must be the cgroup of that id (a cgroup v2 id is its directory's inode number).
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use enforcer_common::watch::{FileKey, kernel_dev};
 use enforcer_common::who::Sender;
@@ -50,7 +52,7 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let octal = |c: &u8| (b'0'..=b'7').contains(c);
-        if b[i] == b'\\' && i + 3 < b.len() + 1 && b[i + 1..i + 4].iter().all(octal) {
+        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(octal) {
             let n = u32::from(b[i + 1] - b'0') * 64
                 + u32::from(b[i + 2] - b'0') * 8
                 + u32::from(b[i + 3] - b'0');
@@ -89,7 +91,7 @@ pub fn of_process(pid: u32, want_sha256: bool, root: Option<&Path>) -> Option<(S
         generation: 0,
         ino: md.ino(),
     };
-    let uid = fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+    let uid = real_uid(pid)?;
     let id = root.and_then(|root| {
         let own = own_cgroup(pid)?;
         let md = fs::metadata(root.join(own.trim_start_matches('/'))).ok()?;
@@ -115,6 +117,18 @@ pub fn of_process(pid: u32, want_sha256: bool, root: Option<&Path>) -> Option<(S
         },
         comm.trim_end().to_owned(),
     ))
+}
+
+/// Process `pid`'s real uid (`Uid:` in `/proc/PID/status`), as the kernel records a sender's.
+fn real_uid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `st_dev` as the kernel's `dev_t` (`super_block::s_dev`), which the hooks record.
@@ -149,6 +163,32 @@ fn sha256_of(path: &Path, key: &FileKey) -> Option<String> {
     if !same_file(&md, key) || md.len() > MAX_HASHED {
         return None;
     }
+    // Hashed once per file version: the same inode, size and change time.
+    let version = (md.dev(), md.ino(), md.len(), md.ctime(), md.ctime_nsec());
+    let cache = HASHES.get_or_init(Mutex::default);
+    if let Some(hash) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&version)
+    {
+        return Some(hash.clone());
+    }
+    let hash = hash_file(&mut file)?;
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.len() >= MAX_HASHES {
+        cache.clear();
+    }
+    cache.insert(version, hash.clone());
+    Some(hash)
+}
+
+/// (device, inode, size, ctime) → SHA-256 of the executables hashed so far.
+type HashCache = HashMap<(u64, u64, u64, i64, i64), String>;
+static HASHES: OnceLock<Mutex<HashCache>> = OnceLock::new();
+/// Hashes remembered at most.
+const MAX_HASHES: usize = 1024;
+
+fn hash_file(file: &mut fs::File) -> Option<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

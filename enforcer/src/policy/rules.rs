@@ -29,48 +29,11 @@
 
 use std::path::Path;
 
-use globset::GlobMatcher;
-
 use super::Action;
+pub use super::glob::{PathGlob, parse_sha256};
 use super::server_names::ServerNamePattern;
 use crate::family::Family;
 use crate::version::{Version, VersionReq};
-
-/// A path glob, as written and compiled (`*` does not cross `/`; `**` does).
-#[derive(Clone, Debug)]
-pub struct PathGlob {
-    pub text: String,
-    matcher: GlobMatcher,
-}
-
-impl PathGlob {
-    pub fn new(text: &str) -> Result<PathGlob, String> {
-        if !text.starts_with('/') && !text.starts_with('*') {
-            return Err("a path glob must be absolute (start with '/' or '*')".into());
-        }
-        let glob = globset::GlobBuilder::new(text)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| e.kind().to_string())?;
-        Ok(PathGlob {
-            text: text.to_owned(),
-            matcher: glob.compile_matcher(),
-        })
-    }
-
-    pub fn is_match(&self, path: &Path) -> bool {
-        self.matcher.is_match(path)
-    }
-}
-
-impl PartialEq for PathGlob {
-    fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
-    }
-}
-
-impl Eq for PathGlob {}
 
 /// One entry of `libraries:`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,11 +170,6 @@ fn short(hash: &str) -> String {
         Some(head) if hash.len() > 16 => format!("{head}..."),
         _ => hash.to_owned(),
     }
-}
-
-/// A 64-digit hex SHA-256, lowercased.
-pub fn parse_sha256(s: &str) -> Option<String> {
-    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
 }
 
 /// One rule that matched, and why.

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::rules::{PathGlob, parse_sha256};
+use super::glob::{PathGlob, parse_sha256};
 
 /// Most entries in one rule's `executables`, `cgroups` or `users`.
 pub const MAX_ENTRIES_PER_KEY: usize = 64;

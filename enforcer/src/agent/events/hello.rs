@@ -130,7 +130,7 @@ impl Reporter {
         if event.verdict == verdict::PENDING_WHO {
             match &judged {
                 // Held and let through: reported when the kernel judges it again.
-                Some(j) if j.held && j.verdict != verdict::BLOCKED => return,
+                Some(j) if j.held && !j.refused_now => return,
                 Some(j) => resolved.verdict = j.verdict,
                 None => {}
             }

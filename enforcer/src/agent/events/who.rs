@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 use crate::datapath::{PolicyView, maps::LiveMaps, verdict_for, who_maps::WhoGateMaps};
-use crate::policy::{Action, Policy, who::Speaker};
+use crate::policy::{Action, who::Speaker};
 
 /// Flows whose judgement is remembered for their later events, at most.
 const REMEMBERED: usize = 4096;
@@ -35,13 +35,16 @@ pub struct Judged {
     pub speaker: Speaker,
     /// The scoped rule that decided (line, its keys, why), if one did.
     pub rule: Option<(usize, String, Vec<String>)>,
-    /// The action in force for the flow.
+    /// The action in force for the flow (`default` where the kernel's name rules decide).
     pub action: Action,
-    /// `flow::verdict::*` for that action in the mode in force.
+    /// `flow::verdict::*` for that action in the mode in force; `PENDING_WHO` where the
+    /// kernel's name rules decide (known only when it judges the hello again).
     pub verdict: u8,
     /// Enforce mode: a pending hello was held by the kernel (it is judged again when TCP sends
     /// it again, and reported then, unless refused here).
     pub held: bool,
+    /// A held hello refused here: its flow is blocklisted (and its socket to be aborted) now.
+    pub refused_now: bool,
 }
 
 impl Judged {
@@ -95,19 +98,36 @@ impl WhoGate {
         {
             return Some(earlier);
         }
+        // Resolved without the policy locked (a reload waits for no `/proc` read or hash).
+        let want_sha256 = {
+            let in_force = self.policy.read();
+            if !in_force.policy.has_who_rules() {
+                return None;
+            }
+            in_force.policy.who_needs_sha256()
+        };
+        let speaker = sender
+            .map(|s| crate::speakers::resolve(&s, want_sha256))
+            .unwrap_or_default();
         let in_force = self.policy.read();
         let policy = &in_force.policy;
-        if !policy.has_who_rules() {
-            return None;
-        }
         let mode = in_force.mode();
-        let speaker = sender
-            .map(|s| crate::speakers::resolve(&s, policy.who_needs_sha256()))
-            .unwrap_or_default();
         let subject = lib.map(crate::policy::subject);
         let decision = policy.decide_who(subject.as_ref(), &speaker);
-        let base = base_action(policy, lib, event.lib_id);
-        let action = decision.as_ref().map_or(base, |d| d.action);
+        // Without a scoped rule the flow gets what the kernel gives it; that is known here only
+        // where no server name is needed for it (unattributed TLS, a library without name
+        // rules), and not under the late hook form (which lowers `unattributed_tls: deny`).
+        let base = match lib {
+            Some(l) if event.lib_id != UNATTRIBUTED => policy
+                .name_scope(l)
+                .is_none()
+                .then(|| policy.decide(l).action),
+            _ => Some(policy.unattributed_tls),
+        }
+        .filter(|_| !in_force.late_attribution);
+        let action = decision.as_ref().map(|d| d.action).or(base);
+        let pending = event.verdict == verdict::PENDING_WHO;
+        let enforcing = mode == crate::policy::Mode::Enforce;
         let judged = Judged {
             rule: decision.as_ref().map(|d| {
                 (
@@ -117,14 +137,13 @@ impl WhoGate {
                 )
             }),
             speaker,
-            action,
-            verdict: verdict_for(action, mode),
-            held: mode == crate::policy::Mode::Enforce,
+            action: action.unwrap_or(policy.default),
+            verdict: action.map_or(verdict::PENDING_WHO, |a| verdict_for(a, mode)),
+            held: enforcing,
+            refused_now: pending && enforcing && action == Some(Action::Deny),
         };
         drop(in_force);
-        if event.verdict == verdict::PENDING_WHO
-            && let Some(sender) = sender
-        {
+        if pending && let Some(sender) = sender {
             let key = WhoKey::of(&sender, event.lib_id, generation);
             let code = decision.map_or(who_action::NONE, |d| d.action.code());
             let written = self
@@ -136,10 +155,11 @@ impl WhoGate {
                 warn!(%err, "writing a verdict on who is talking failed; the flow's hello waits, then is judged without the scoped rules");
             }
         }
-        if judged.verdict == verdict::BLOCKED && event.verdict == verdict::PENDING_WHO {
+        // Refused: cut now rather than at the retransmission (the caller aborts the socket).
+        if judged.refused_now {
             let blocked = crate::datapath::lock(&self.live).block_judged(&event.flow, event.lib_id);
             if let Err(err) = blocked {
-                warn!(%err, "blocklisting a flow refused by a rule scoped to who is talking failed; its hello stays held, then is judged without the scoped rules");
+                warn!(%err, "blocklisting a flow refused by a rule scoped to who is talking failed; its hello stays held, then is judged again");
             }
         }
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
@@ -157,14 +177,5 @@ impl WhoGate {
             .unwrap_or_else(PoisonError::into_inner)
             .get(flow)
             .cloned()
-    }
-}
-
-/// The flow's action without the scoped-by-who rules: its library's (by library alone; a
-/// name scope is the kernel's), or `unattributed_tls`.
-fn base_action(policy: &Policy, lib: Option<&crate::libraries::Library>, lib_id: u32) -> Action {
-    match lib {
-        Some(lib) if lib_id != UNATTRIBUTED => policy.decide(lib).action,
-        _ => policy.unattributed_tls,
     }
 }
