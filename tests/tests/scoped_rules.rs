@@ -1,8 +1,9 @@
 //! End to end, on this kernel: rules scoped to who is talking (docs/policy.md, "Scoped rules").
 //! Under `unattributed_tls: deny`, an `executables` exception lets one binary's unattributed TLS
 //! out while a byte-identical copy at another path is refused; a `cgroups` rule matches a client
-//! started in a transient cgroup; a `users` rule one run as another user (setpriv); `policy
-//! explain` names the rule each running process hits.
+//! started in a transient cgroup; a `users` rule one run as another user (setpriv); audit mode
+//! reports what enforce mode would do; `policy explain` names the rule each running process
+//! hits.
 //!
 //! The unattributed client is the static, stripped OpenSSL client (`static_client`); its peer
 //! `openssl s_server` in a network namespace; the agent watches the host end of the veth pair.
@@ -185,6 +186,37 @@ fn an_executables_exception_lets_exactly_one_binary_out() {
         !String::from_utf8_lossy(&p.server.received()).contains("COPY-MUST-NOT-ARRIVE"),
         "the peer received data of the copy"
     );
+    drop(agent);
+    drop(p.dir);
+}
+
+#[test]
+fn in_audit_mode_the_scoped_verdict_is_reported_not_enforced() {
+    let p = peer();
+    let policy = format!(
+        "mode: audit\ndefault: deny\nunattributed_tls: deny\nlibraries:\n  - executables: [{}]\n    action: allow\n",
+        p.allowed.display()
+    );
+    let mut agent = start_agent(&p.ns, &policy);
+    prime(&p.copy);
+    // Nothing is held or refused: the copy completes, reported as what enforce mode would do.
+    let line = "COPY-AUDITED\n";
+    let out = run_with_timeout(&mut client(&p.copy, p.peer, line), b"", CLIENT);
+    assert!(
+        out.success() && out.stdout_str().contains("handshake=ok"),
+        "audit mode must not refuse: {out:?}\n{}",
+        agent.stderr()
+    );
+    p.server.wait_received(line.as_bytes(), EVENT);
+    let e = hello_of(&mut agent, Some(&p.copy), None);
+    assert_eq!(e["verdict"], "would-block", "{e}");
+    assert_eq!(e["socket_aborted"], Value::Null, "{e}");
+    assert_eq!(e["sender"]["rule_line"], Value::Null, "{e}");
+    let out = run_with_timeout(&mut client(&p.allowed, p.peer, line), b"", CLIENT);
+    assert!(out.success(), "{out:?}");
+    let e = hello_of(&mut agent, Some(&p.allowed), None);
+    assert_eq!(e["verdict"], "allowed", "{e}");
+    assert_eq!(e["sender"]["rule_line"], 5, "{e}");
     drop(agent);
     drop(p.dir);
 }

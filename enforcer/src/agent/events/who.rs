@@ -86,8 +86,17 @@ impl WhoGate {
         event: &HelloEvent,
         lib: Option<&crate::libraries::Library>,
     ) -> Option<Judged> {
+        // Without such rules, nothing to do (not even a map lookup).
+        let want_sha256 = {
+            let in_force = self.policy.read();
+            if !in_force.policy.has_who_rules() {
+                return None;
+            }
+            in_force.policy.who_needs_sha256()
+        };
         let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
-        // The generation before the policy: an answer is never filed under a newer policy's.
+        // The generation before the policy is read again: an answer is never filed under a
+        // newer policy's generation.
         let generation = maps.generation();
         let sender = maps.sender(&event.flow);
         drop(maps);
@@ -99,13 +108,6 @@ impl WhoGate {
             return Some(earlier);
         }
         // Resolved without the policy locked (a reload waits for no `/proc` read or hash).
-        let want_sha256 = {
-            let in_force = self.policy.read();
-            if !in_force.policy.has_who_rules() {
-                return None;
-            }
-            in_force.policy.who_needs_sha256()
-        };
         let speaker = sender
             .map(|s| crate::speakers::resolve(&s, want_sha256))
             .unwrap_or_default();
