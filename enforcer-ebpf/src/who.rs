@@ -165,9 +165,11 @@ pub fn judge(flow: &FlowKey, lib_id: u32, now: u64) -> Who {
     }
 }
 
-/// Forgets `flow`'s sender and hold (its socket closed).
+/// Forgets `flow`'s hold (its socket closed). Its sender stays until the LRU evicts it: the
+/// agent may read it after a short connection closed (audit mode lets the hello through before
+/// the agent has judged it), and a later connection of the same 4-tuple records its own sender
+/// at its first send, before its hello.
 #[inline(always)]
 pub fn forget(flow: &FlowKey) {
-    let _ = SENDERS.remove(flow);
     let _ = WHO_WAIT.remove(flow);
 }

@@ -67,20 +67,26 @@ fn unescape(s: &str) -> String {
 }
 
 /// The facts about the process the kernel recorded as `sender`. `want_sha256`: hash the
-/// executable (a rule pins one's contents).
-pub fn resolve(sender: &Sender, want_sha256: bool) -> Speaker {
+/// executable (a rule pins one's contents). The flag says whether they are complete: the
+/// process was still there, running that executable, when they were read. Facts a gone process
+/// left unknown are not facts about its identity, and a verdict on them must not be kept for it.
+pub fn resolve(sender: &Sender, want_sha256: bool) -> (Speaker, bool) {
     let exe = exe_name(sender.tgid, &sender.exe);
     let exe_sha256 = match (&exe, want_sha256) {
         (Some(path), true) => sha256_of(path, &sender.exe),
         _ => None,
     };
-    Speaker {
+    let speaker = Speaker {
         pid: Some(sender.tgid),
         exe,
         exe_sha256,
         cgroup: cgroup2_root().and_then(|root| cgroup_path(&root, sender.cgroup, sender.tgid)),
         uid: Some(sender.uid),
-    }
+    };
+    // Read after the facts: the process was there throughout.
+    let there = fs::metadata(format!("/proc/{}/exe", sender.tgid))
+        .is_ok_and(|md| same_file(&md, &sender.exe));
+    (speaker, there)
 }
 
 /// A running process's facts and command name (`policy explain`), if it is there.

@@ -199,24 +199,35 @@ fn in_audit_mode_the_scoped_verdict_is_reported_not_enforced() {
     );
     let mut agent = start_agent(&p.ns, &policy);
     prime(&p.copy);
+    prime(&p.allowed);
     // Nothing is held or refused: the copy completes, reported as what enforce mode would do.
-    let line = "COPY-AUDITED\n";
-    let out = run_with_timeout(&mut client(&p.copy, p.peer, line), b"", CLIENT);
-    assert!(
-        out.success() && out.stdout_str().contains("handshake=ok"),
-        "audit mode must not refuse: {out:?}\n{}",
-        agent.stderr()
-    );
-    p.server.wait_received(line.as_bytes(), EVENT);
-    let e = hello_of(&mut agent, Some(&p.copy), None);
-    assert_eq!(e["verdict"], "would-block", "{e}");
-    assert_eq!(e["socket_aborted"], Value::Null, "{e}");
-    assert_eq!(e["sender"]["rule_line"], Value::Null, "{e}");
-    let out = run_with_timeout(&mut client(&p.allowed, p.peer, line), b"", CLIENT);
-    assert!(out.success(), "{out:?}");
-    let e = hello_of(&mut agent, Some(&p.allowed), None);
-    assert_eq!(e["verdict"], "allowed", "{e}");
-    assert_eq!(e["sender"]["rule_line"], 5, "{e}");
+    // The clients hold their connections until their stdin ends: the agent judges a sender
+    // while it runs (one gone before its hello was read is reported as matching nothing).
+    for (bin, verdict, line) in [
+        (&p.copy, "would-block", Value::Null),
+        (&p.allowed, "allowed", Value::from(5)),
+    ] {
+        let text = format!("AUDITED-{}\n", bin.display());
+        let mut c = client(bin, p.peer, &text);
+        c.arg("hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut running = Background(c.spawn().expect("the client runs"));
+        let stdin = running.0.stdin.take().expect("stdin is piped");
+        p.server.wait_received(text.as_bytes(), EVENT);
+        let e = hello_of(&mut agent, Some(bin), None);
+        drop(stdin);
+        let status = running.0.wait().expect("the client exits");
+        assert!(
+            status.success(),
+            "audit mode must not refuse {}",
+            bin.display()
+        );
+        assert_eq!(e["verdict"], verdict, "{e}");
+        assert_eq!(e["socket_aborted"], Value::Null, "{e}");
+        assert_eq!(e["sender"]["rule_line"], line, "{e}");
+    }
     drop(agent);
     drop(p.dir);
 }

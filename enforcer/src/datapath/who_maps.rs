@@ -56,18 +56,15 @@ fn offsets() -> Result<WhoConfig, btf::BtfError> {
 pub struct WhoMaps {
     config: Array<MapData, WhoConfig>,
     libs: HashMap<MapData, u32, u8>,
-    /// `None`: the running kernel's BTF lacks a member; the rules then never match (said once).
-    offsets: Option<WhoConfig>,
+    /// `Err`: the running kernel's BTF lacks a member; the rules then never match (said when a
+    /// policy has them).
+    offsets: Result<WhoConfig, String>,
     generation: u64,
 }
 
 impl WhoMaps {
     pub fn open(ebpf: &Ebpf) -> Result<WhoMaps, LiveMapError> {
-        let offsets = offsets()
-            .map_err(|e| {
-                warn!("rules scoped to who is talking cannot be judged on this kernel (its BTF: {e}); their processes' TLS is judged without them");
-            })
-            .ok();
+        let offsets = offsets().map_err(|e| e.to_string());
         Ok(WhoMaps {
             config: Array::try_from(Map::Array(map_data(ebpf, WHO_CONFIG)?))
                 .map_err(err(WHO_CONFIG))?,
@@ -97,11 +94,20 @@ impl WhoMaps {
         self.set_library(UNATTRIBUTED, policy.who_may_decide(None))?;
         self.generation = self.generation.wrapping_add(2);
         let config = match (&self.offsets, policy.has_who_rules()) {
-            (Some(o), true) => WhoConfig {
+            (Ok(o), true) => WhoConfig {
                 enabled: 1,
                 generation: self.generation,
                 ..*o
             },
+            (Err(e), true) => {
+                warn!(
+                    "rules scoped to who is talking cannot be judged on this kernel (its BTF: {e}); every hello is judged without them"
+                );
+                WhoConfig {
+                    generation: self.generation,
+                    ..WhoConfig::default()
+                }
+            }
             _ => WhoConfig {
                 generation: self.generation,
                 ..WhoConfig::default()

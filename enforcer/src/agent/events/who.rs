@@ -18,7 +18,7 @@ use std::{
 use enforcer_common::{
     event::{HelloEvent, UNATTRIBUTED},
     flow::{FlowKey, verdict},
-    who::{WhoKey, who_action},
+    who::{Sender, WhoKey, who_action},
 };
 use serde_json::{Value, json};
 use tracing::warn;
@@ -45,6 +45,8 @@ pub struct Judged {
     pub held: bool,
     /// A held hello refused here: its flow is blocklisted (and its socket to be aborted) now.
     pub refused_now: bool,
+    /// The sender as the kernel recorded it (`None`: not recorded).
+    pub sender: Option<Sender>,
 }
 
 impl Judged {
@@ -100,15 +102,15 @@ impl WhoGate {
         let generation = maps.generation();
         let sender = maps.sender(&event.flow);
         drop(maps);
-        // The flow's socket closed before its event was read (its `SENDERS` entry goes with
-        // it): what was judged of it at its held hello still stands.
-        if sender.is_none()
-            && let Some(earlier) = self.recent(&event.flow)
+        // Judged already at its held hello (the process may have exited since), and the same
+        // sender, or its `SENDERS` entry was evicted meanwhile: that judgement stands.
+        if let Some(earlier) = self.recent(&event.flow)
+            && (sender.is_none() || earlier.sender == sender)
         {
             return Some(earlier);
         }
         // Resolved without the policy locked (a reload waits for no `/proc` read or hash).
-        let speaker = sender
+        let (speaker, complete) = sender
             .map(|s| crate::speakers::resolve(&s, want_sha256))
             .unwrap_or_default();
         let in_force = self.policy.read();
@@ -143,9 +145,15 @@ impl WhoGate {
             verdict: action.map_or(verdict::PENDING_WHO, |a| verdict_for(a, mode)),
             held: enforcing,
             refused_now: pending && enforcing && action == Some(Action::Deny),
+            sender,
         };
         drop(in_force);
-        if pending && let Some(sender) = sender {
+        // Facts a gone process left unknown are not kept as its identity's verdict: the kernel
+        // asks again (and a held hello is judged without the scoped rules after its wait).
+        if pending
+            && complete
+            && let Some(sender) = sender
+        {
             let key = WhoKey::of(&sender, event.lib_id, generation);
             let code = decision.map_or(who_action::NONE, |d| d.action.code());
             let written = self
