@@ -35,8 +35,6 @@ pub struct Judged {
     pub speaker: Speaker,
     /// The scoped rule that decided (line, its keys, why), if one did.
     pub rule: Option<(usize, String, Vec<String>)>,
-    /// The action in force for the flow (`default` where the kernel's name rules decide).
-    pub action: Action,
     /// `flow::verdict::*` for that action in the mode in force; `PENDING_WHO` where the
     /// kernel's name rules decide (known only when it judges the hello again).
     pub verdict: u8,
@@ -141,7 +139,6 @@ impl WhoGate {
                 )
             }),
             speaker,
-            action: action.unwrap_or(policy.default),
             verdict: action.map_or(verdict::PENDING_WHO, |a| verdict_for(a, mode)),
             held: enforcing,
             refused_now: pending && enforcing && action == Some(Action::Deny),
