@@ -74,6 +74,10 @@ pub mod verdict {
     pub const BLOCKLIST_FULL: u8 = 5;
     /// The flow's library has rules scoped by server name: it is judged at its ClientHello.
     pub const PENDING_SERVER_NAME: u8 = 6;
+    /// A rule scoped to who is talking may decide the flow, and userspace has not judged the
+    /// sender yet (`who`): its hello is held (enforce mode) or let through (audit mode) until
+    /// it has. Only in hello events, never in `FLOWS`.
+    pub const PENDING_WHO: u8 = 7;
 }
 
 /// The counts of what `BLOCKLIST` may hold: the two slots of `BLOCKLIST_HELD` and the buckets of

@@ -17,6 +17,7 @@
 //! | `stat`     | the `STATS` counters: one enumeration, its size and its names            |
 //! | `maps`     | the datapath's map names, and which of them `--pin` keeps                |
 //! | `watch`    | new executable files: the watcher's maps, config and events              |
+//! | `who`      | rules scoped to who is talking: senders, the verdict cache               |
 //! | `discover` | `enforcer discover`: its maps and per-function counters                  |
 #![no_std]
 
@@ -34,3 +35,4 @@ pub mod quic;
 pub mod stat;
 pub mod tc_return;
 pub mod watch;
+pub mod who;

@@ -98,6 +98,9 @@ pub fn outcome_of(v: u8) -> Outcome {
     if v == verdict::BLOCKED || v == verdict::BLOCKLIST_FULL {
         stats::count(Stat::ClientHelloDrops);
         Outcome::Drop
+    } else if v == verdict::PENDING_WHO {
+        // Held for the verdict on its sender (`who.rs`): TCP sends it again.
+        Outcome::Drop
     } else {
         Outcome::Pass
     }
@@ -120,14 +123,27 @@ pub fn decide_scoped(
     state: &FlowState,
     key: Option<&mut Key<ServerNameKey>>,
 ) -> u8 {
-    let lib_action = match key {
+    apply(flow, scoped_action(state, key))
+}
+
+/// [`decide_scoped`]'s action, not applied yet. A flow that waited for its hello only because a
+/// rule scoped to who is talking may decide it (`who.rs`), not because of a server name, has its
+/// library's action when no pattern matches or no name is there.
+#[inline(always)]
+pub fn scoped_action(state: &FlowState, key: Option<&mut Key<ServerNameKey>>) -> Option<u8> {
+    match key {
         Some(key) => {
             key.data.lib_id_be = state.lib_id.to_be();
             policy::name_rule(&*key).or_else(|| policy::library_action(state.lib_id))
         }
-        None => policy::scoped_action(state.lib_id).or(Some(action::DENY)),
-    };
-    apply(flow, lib_action)
+        None => policy::scoped_action(state.lib_id)
+            .or_else(|| {
+                crate::who::applies(state.lib_id)
+                    .then(|| policy::library_action(state.lib_id))
+                    .flatten()
+            })
+            .or(Some(action::DENY)),
+    }
 }
 
 /// Fills `key.data.name` with the lowercased, reversed `name[..len]` (its last `MAX_NAME`

@@ -32,7 +32,7 @@ use crate::{
     offer,
     packet::{self, Linear, Packet, Segment},
     policy::{self, apply},
-    random, stats,
+    random, stats, who,
 };
 
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -214,9 +214,11 @@ fn judge_hello<P: Packet>(
         random::origin(&hello.key)
     };
     let known = flow::state(flow);
+    // Rules scoped to who is talking (`who.rs`): `ask` is set when userspace is to judge the
+    // sender; a verdict of `PENDING_WHO` means the hello is held (dropped, nothing recorded).
+    let mut ask = false;
     let (lib_id, new_verdict, outcome) = match (origin, known) {
         (Some(origin), known) => {
-            stats::count(Stat::HellosByRandom);
             let mut state = FlowState {
                 first_seen_ns: now,
                 lib_id: origin.lib_id,
@@ -226,39 +228,62 @@ fn judge_hello<P: Packet>(
                 evidence: evidence::RANDOM,
             };
             let scoped = client && policy.late_attribution == 0;
-            let v = if scoped && policy::scoped_action(origin.lib_id).is_some() {
-                client_hello::decide_scoped(flow, &state, named.map(|()| &mut scratch.key))
+            let action = if scoped && policy::scoped_action(origin.lib_id).is_some() {
+                client_hello::scoped_action(&state, named.map(|()| &mut scratch.key))
             } else {
-                apply(flow, policy::library_action(origin.lib_id))
+                policy::library_action(origin.lib_id)
             };
-            state.verdict = v;
-            flow::record(flow, &state);
-            if known.is_none_or(|k| k.lib_id != origin.lib_id) {
-                stats::count(Stat::FlowsAttributed);
-                events::attributed_by_random(flow, &state, &origin, now);
+            let v = apply_who(flow, origin.lib_id, action, now, &mut ask);
+            if v != verdict::PENDING_WHO {
+                stats::count(Stat::HellosByRandom);
+                state.verdict = v;
+                flow::record(flow, &state);
+                if known.is_none_or(|k| k.lib_id != origin.lib_id) {
+                    stats::count(Stat::FlowsAttributed);
+                    events::attributed_by_random(flow, &state, &origin, now);
+                }
             }
             (origin.lib_id, v, client_hello::outcome_of(v))
         }
         // The library that claimed the socket makes its own randoms, and did not make this one.
         (None, Some(state)) if random::binds_hellos(state.lib_id) && hello.retry == 0 => {
-            unattributed(flow, policy.unattributed, client)
+            unattributed(flow, policy.unattributed, client, now, &mut ask)
         }
         (None, Some(state)) if state.verdict == verdict::PENDING_SERVER_NAME => {
-            let v = client_hello::decide_scoped(flow, &state, named.map(|()| &mut scratch.key));
-            (state.lib_id, v, client_hello::settle(flow, state, v))
+            let action = client_hello::scoped_action(&state, named.map(|()| &mut scratch.key));
+            let v = apply_who(flow, state.lib_id, action, now, &mut ask);
+            let outcome = match v {
+                verdict::PENDING_WHO => client_hello::outcome_of(v),
+                _ => client_hello::settle(flow, state, v),
+            };
+            (state.lib_id, v, outcome)
         }
         // Judged at attribution already: the hello only adds the name.
         (None, Some(state)) => (state.lib_id, state.verdict, Outcome::Pass),
         // A hello no probed library made, on a flow no thread attributed: a library enforcer
         // does not probe, or one whose probes it dodged.
-        (None, None) => unattributed(flow, policy.unattributed, client),
+        (None, None) => unattributed(flow, policy.unattributed, client, now, &mut ask),
     };
-    flow::mark_hello_seen(flow, 0);
+    if new_verdict == verdict::PENDING_WHO {
+        // Held: judged again when TCP sends it again; only the first hold is reported.
+        if !ask {
+            return Outcome::Drop;
+        }
+    } else {
+        flow::mark_hello_seen(flow, 0);
+    }
     // A ServerHello is reported as the flow's connection (`attributed_by_random`, or the thread
-    // attribution before); an event of its own only when it is unattributed.
-    if !client && lib_id != UNATTRIBUTED {
+    // attribution before); an event of its own only when it is unattributed, or userspace is
+    // to judge its sender.
+    if !client && lib_id != UNATTRIBUTED && !ask {
         return outcome;
     }
+    // Userspace judges the sender of a reported pending hello, whatever the kernel applied.
+    let new_verdict = if ask {
+        verdict::PENDING_WHO
+    } else {
+        new_verdict
+    };
     scratch.event.hello = if client {
         hello_kind::CLIENT
     } else {
@@ -281,14 +306,39 @@ fn judge_hello<P: Packet>(
     outcome
 }
 
-/// A hello no probed library made: judged by `unattributed_tls`. Counted when it is a
-/// ClientHello (`unattributed_hellos`); an unattributed ServerHello has its `client_hello` event
-/// (`hello: server`).
+/// A hello no probed library made: judged by `unattributed_tls`, unless a rule scoped to who
+/// is talking decides. Counted when it is a ClientHello (`unattributed_hellos`); an unattributed
+/// ServerHello has its `client_hello` event (`hello: server`).
 #[inline(always)]
-fn unattributed(flow: &FlowKey, action: u8, client: bool) -> (u32, u8, Outcome) {
-    if client {
+fn unattributed(
+    flow: &FlowKey,
+    action: u8,
+    client: bool,
+    now: u64,
+    ask: &mut bool,
+) -> (u32, u8, Outcome) {
+    let v = apply_who(flow, UNATTRIBUTED, Some(action), now, ask);
+    if client && v != verdict::PENDING_WHO {
         stats::count(Stat::UnattributedHellos);
     }
-    let v = apply(flow, Some(action));
     (UNATTRIBUTED, v, client_hello::outcome_of(v))
+}
+
+/// `action` for a hello of `lib_id`, or the action of the rule scoped to who is talking that
+/// decides its sender, applied (`policy::apply`). `PENDING_WHO`: held, not applied (`ask`: the
+/// first hold, to be reported). In audit mode a sender not judged yet gets `action` and `ask`.
+#[inline(always)]
+fn apply_who(flow: &FlowKey, lib_id: u32, action: Option<u8>, now: u64, ask: &mut bool) -> u8 {
+    match who::judge(flow, lib_id, now) {
+        who::Who::Rule(Some(decided)) => apply(flow, Some(decided)),
+        who::Who::Rule(None) => apply(flow, action),
+        who::Who::Ask => {
+            *ask = true;
+            apply(flow, action)
+        }
+        who::Who::Hold { report } => {
+            *ask = report;
+            verdict::PENDING_WHO
+        }
+    }
 }

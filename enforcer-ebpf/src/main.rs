@@ -33,11 +33,12 @@
 //! | `stats.rs`        | (helpers) counters; the one `bump`          | `STATS` |
 //! | `atomic.rs`       | (helpers) atomic add to a shared map value  | — |
 //! | `regs.rs`         | (helpers) user registers by name, per architecture (Go's `g`, stack pointer) | — |
+//! | `who.rs`          | (called by `verdict.rs`, `hello.rs`) rules scoped to who is talking: each flow's sender, userspace's verdicts | `SENDERS`, `WHO_CACHE`, `WHO_WAIT`, `WHO_LIBS`, `WHO_CONFIG` |
 //! | `exec.rs`         | new executable files: mmap / exec hooks     | `KNOWN_FILES`, `NEW_FILES`, `PAUSED`, `WATCH_CONFIG`, `WATCH_STATS` |
 //! | `discover.rs`     | `enforcer discover`: uprobes on every function, its own TCP hooks | `DISCOVER_STACKS`, `DISCOVER_HITS`, `DISCOVER_STATS` |
 //!
 //! Imports go one way (no module imports one that imports it; `enforcer/tests/import_cycles.rs`
-//! checks): programs → `ingress` → `posture` → `server_hello`; programs → `ingress` → `offer` → `offer_fields`, `ja4_cache` → `posture`, `client_hello`, `events`; programs → `verdict` / `hello` → `client_hello`, `random`, `flow_head` → `policy` →
+//! checks): programs → `ingress` → `posture` → `server_hello`; programs → `ingress` → `offer` → `offer_fields`, `ja4_cache` → `posture`, `client_hello`, `events`; programs → `verdict` / `hello` → `who`, `client_hello`, `random`, `flow_head` → `policy` →
 //! `flow` → `sock`, `stats`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -104,6 +105,8 @@ mod tcp;
 mod tls;
 #[cfg(target_arch = "bpf")]
 mod verdict;
+#[cfg(target_arch = "bpf")]
+mod who;
 #[cfg(target_arch = "bpf")]
 mod xdp;
 

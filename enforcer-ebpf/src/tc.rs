@@ -14,6 +14,11 @@ use enforcer_common::tc_return::PASS as TC_PASS;
 /// Segments the blocklist lets through go to the hello judge (`hello.rs`), which drops a hello
 /// the policy denies (its random's library is denied, unattributed TLS, a name out of scope).
 #[classifier]
+// Inlined into aya's wrapper (the macro keeps this attribute on the function it wraps): left
+// to itself LLVM made the body a BPF function of its own once it grew, and its calls to the
+// memset/memcmp builtins then made a chain of three frames, which 6.1's verifier rounds to 32
+// bytes each and refused ("combined stack size of 3 calls is 544").
+#[inline(always)]
 pub fn enforcer_egress(ctx: TcContext) -> i32 {
     let Some(segment) = packet::parse(&ctx) else {
         return TC_PASS;

@@ -8,7 +8,7 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::{flow, posture, verdict};
+use crate::{flow, posture, verdict, who};
 
 /// The six programs of one set of kernel TCP hooks (fentry, kprobe and raw tracepoint forms,
 /// each a send and a receive program), named by the caller, each calling `$on_io(sk, dir)`.
@@ -88,6 +88,7 @@ pub fn tp_sock_state(ctx: RawTracePointContext) -> i32 {
         && let Some(flow) = flow::forget(ctx.arg(0))
     {
         posture::forget(&flow);
+        who::forget(&flow);
     }
     0
 }

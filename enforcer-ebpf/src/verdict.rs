@@ -12,12 +12,16 @@ use enforcer_common::{
 use crate::{
     call_stack, events, flow, policy,
     sock::{self, SockError},
-    stats,
+    stats, who,
 };
 
 /// Called by every kernel TCP hook form with the socket being read or written.
 #[inline(always)]
 pub fn on_tcp_io(sk: *const u8, direction: u8) {
+    // Who is talking: recorded for every send when the policy has rules scoped to it (`who.rs`).
+    if direction == direction::SEND {
+        who::record_sender(sk);
+    }
     // Fast path: most TCP I/O happens outside any probed TLS call.
     let Some(call) = call_stack::innermost_call() else {
         return;
@@ -60,6 +64,15 @@ pub fn on_tcp_io(sk: *const u8, direction: u8) {
 
 #[inline(always)]
 fn decide(flow: &FlowKey, lib_id: u32, dir: u8) -> u8 {
+    // A rule scoped to who is talking may decide the library: judged at the hello, where the
+    // sender is known (`who.rs`), as a flow scoped by server name is.
+    if dir == direction::SEND
+        && policy::scoped_action(lib_id).is_none()
+        && policy::hello_policy().late_attribution == 0
+        && who::applies(lib_id)
+    {
+        return verdict::PENDING_SERVER_NAME;
+    }
     if let Some(nameless) = policy::scoped_action(lib_id) {
         let late = policy::hello_policy().late_attribution != 0;
         // A client's first TLS send is its ClientHello: judged there, by name, in tc. A flow

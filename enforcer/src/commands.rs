@@ -3,6 +3,7 @@
 pub mod detach;
 pub mod discover;
 pub mod explain;
+pub mod explain_processes;
 pub mod inventory;
 pub mod kernel_check;
 pub mod manuals;

@@ -30,6 +30,7 @@ pub mod sweep;
 pub mod table;
 pub mod tc;
 pub mod uprobes;
+pub mod who_maps;
 
 use std::{
     collections::HashSet,
@@ -138,6 +139,7 @@ impl Datapath {
         };
         policy_maps.set_mode(in_force.mode().code())?;
         policy_maps.write_host_posture(&in_force.policy)?;
+        policy_maps.write_who(&in_force.policy)?;
         let prober = Prober::new(&mut ebpf)?;
         Ok(Datapath {
             ebpf: Mutex::new(ebpf),
@@ -197,6 +199,11 @@ impl Datapath {
         in_force.late_attribution = late;
         let (value, unattributed) = policy_maps::hello_value(&in_force.policy, late);
         lock(&self.policy_maps).set_hello_policy(value)?;
+        if late && in_force.policy.has_who_rules() {
+            warn!(
+                "the kernel hook sees a send only after its packets left: rules scoped to who is talking (executables, cgroups, users) never match a flow's first hello, which is judged without them"
+            );
+        }
         Ok(unattributed)
     }
 
@@ -219,12 +226,16 @@ impl Datapath {
             let written = {
                 let mut policy_maps = lock(&self.policy_maps);
                 let code = lib.probes.iter().find_map(|p| p.code);
+                let who = in_force
+                    .policy
+                    .who_may_decide(Some(&crate::policy::subject(&lib)));
                 policy_maps
                     .write_library(
                         id,
                         decision.action,
                         scope.as_ref(),
                         in_force.policy.posture_of(&lib),
+                        who,
                     )
                     .and_then(|()| code.map_or(Ok(()), |span| policy_maps.set_code(id, span)))
             };

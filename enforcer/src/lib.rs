@@ -28,4 +28,5 @@ pub mod family;
 pub mod libraries;
 pub mod netns;
 pub mod policy;
+pub mod speakers;
 pub mod version;

@@ -20,6 +20,7 @@
 //! the key (see [`PolicyError`]).
 
 mod error;
+mod glob;
 pub mod ja4;
 pub mod posture;
 mod raw;
@@ -39,6 +40,11 @@ mod tests_posture;
 mod tests_rules;
 #[cfg(test)]
 mod tests_scope;
+#[cfg(test)]
+mod tests_who;
+pub mod who;
+mod who_decide;
+mod who_validate;
 
 use std::fmt;
 use std::path::Path;
@@ -466,6 +472,7 @@ fn validate(
                 Some(patterns)
             }
         };
+        let who = who_validate::validate(&r, text, source, index, &mut fail);
         let rule_posture = posture::validate(
             &posture::RawPosture {
                 tls_versions: r.tls_versions.clone(),
@@ -493,9 +500,10 @@ fn validate(
             error::Step::Index(index),
         ];
         let none = r.family.is_none() && r.path.is_none() && r.sha256.is_none();
-        if none && !removed.touched(&rule_path) {
+        let no_who = r.executables.is_none() && r.cgroups.is_none() && r.users.is_none();
+        if none && no_who && !removed.touched(&rule_path) {
             fail(at_rule(format!(
-                "{here}: a rule needs at least one of family, path, sha256"
+                "{here}: a rule needs at least one of family, path, sha256, executables, cgroups, users"
             )));
         }
         if bad {
@@ -507,6 +515,7 @@ fn validate(
             path,
             sha256,
             server_names,
+            who,
             posture: rule_posture,
             action: r.action,
             line,

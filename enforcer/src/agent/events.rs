@@ -21,6 +21,7 @@ mod output;
 mod owners;
 mod quic;
 mod violations;
+pub mod who;
 
 use std::{
     collections::BTreeMap,
@@ -98,6 +99,8 @@ pub struct Reporter {
     ja4s: Arc<ja4_seen::Ja4Seen>,
     /// Writes the JA4 verdicts `ja4` rules wait for (`None`: before the agent serves).
     ja4_gate: Option<Arc<ja4_gate::Ja4Gate>>,
+    /// Answers the kernel's questions on who is talking (`None`: before the agent serves).
+    who_gate: Option<Arc<who::WhoGate>>,
     /// Network namespace cookies of the processes reported (`origin`).
     netns: Arc<crate::netns::Cookies>,
 }
@@ -118,8 +121,15 @@ impl Reporter {
             aborts: Arc::default(),
             ja4s: Arc::default(),
             ja4_gate: None,
+            who_gate: None,
             netns: Arc::default(),
         }
+    }
+
+    /// From now on, this reporter and its later clones answer the kernel's questions on the
+    /// senders of flows that rules scoped to who is talking may decide.
+    pub fn start_who_gate(&mut self, gate: who::WhoGate) {
+        self.who_gate = Some(Arc::new(gate));
     }
 
     /// From now on, this reporter and its later clones write each flow's JA4 verdict for the
@@ -559,6 +569,7 @@ pub fn verdict_name(v: u8) -> &'static str {
         verdict::AUDITED => "audited",
         verdict::BLOCKLIST_FULL => "blocklist-full",
         verdict::PENDING_SERVER_NAME => "pending-server-name",
+        verdict::PENDING_WHO => "pending-sender",
         _ => "unknown-library",
     }
 }

@@ -80,6 +80,13 @@ impl Running {
             self.datapath.policy(),
             ja4_maps,
         ));
+        let who_maps = crate::datapath::who_maps::WhoGateMaps::open(&self.datapath.ebpf())
+            .context("opening the maps of the verdicts on who is talking")?;
+        self.reporter.start_who_gate(events::who::WhoGate::new(
+            self.datapath.policy(),
+            who_maps,
+            self.datapath.maps(),
+        ));
         let maps = self
             .datapath
             .open_maps()

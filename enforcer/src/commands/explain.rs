@@ -29,6 +29,12 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
         let deciding = matches
             .iter()
             .find(|m| !policy.libraries[m.index].is_scoped());
+        // Rules scoped to who is talking are listed with the processes they decide.
+        let matches: Vec<_> = matches
+            .iter()
+            .filter(|m| policy.libraries[m.index].who.is_none())
+            .cloned()
+            .collect();
         let rule = deciding.map(|m| &policy.libraries[m.index]);
         match (deciding, rule) {
             (Some(first), Some(rule)) => {
@@ -81,6 +87,10 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
             );
         }
     }
+    if policy.has_who_rules() {
+        let procs = super::explain_processes::processes(libs, policy);
+        super::explain_processes::text(&mut out, &procs, policy);
+    }
     out
 }
 
@@ -131,5 +141,8 @@ pub fn json(libs: &[Library], policy: &Policy) -> Value {
             })
         })
         .collect();
-    json!({ "policy": policy.source, "libraries": items })
+    let processes = policy.has_who_rules().then(|| {
+        super::explain_processes::json(&super::explain_processes::processes(libs, policy))
+    });
+    json!({ "policy": policy.source, "libraries": items, "processes": processes })
 }

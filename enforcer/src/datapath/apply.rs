@@ -49,6 +49,8 @@ struct Write {
     action: Action,
     scope: Option<NameScope>,
     posture: Option<Posture>,
+    /// A rule scoped to who is talking may decide it.
+    who: bool,
 }
 
 impl Datapath {
@@ -76,15 +78,16 @@ impl Datapath {
             maps.pause_ja4_cache()?;
             write_all(&mut maps, &writes)?;
             maps.write_host_posture(&in_force.policy)?;
+            maps.write_who(&in_force.policy)?;
             maps.set_mode(mode.code())?;
             if during != hello {
                 maps.set_hello_policy(hello)?;
             }
-            // Scoped libraries' flows are judged per server name at the ClientHello, not by
-            // library alone: they are not judged again.
+            // Scoped libraries' flows are judged per server name or sender at the hello, not
+            // by library alone: they are not judged again.
             let actions: HashMap<u32, Action> = writes
                 .iter()
-                .filter(|w| w.scope.is_none())
+                .filter(|w| w.scope.is_none() && !w.who)
                 .map(|w| (w.id, w.action))
                 .collect();
             (summary, actions, mode)
@@ -155,6 +158,7 @@ fn plan(old: &Policy, new: &Policy, libs: &HashMap<u32, LibInfo>) -> (Vec<Write>
             action,
             scope,
             posture: new.posture_of(lib).cloned(),
+            who: new.who_may_decide(Some(&crate::policy::subject(lib))),
         });
     }
     (writes, summary)
@@ -162,7 +166,7 @@ fn plan(old: &Policy, new: &Policy, libs: &HashMap<u32, LibInfo>) -> (Vec<Write>
 
 fn write_all(maps: &mut PolicyMaps, writes: &[Write]) -> Result<(), LiveMapError> {
     for w in writes {
-        maps.write_library(w.id, w.action, w.scope.as_ref(), w.posture.as_ref())?;
+        maps.write_library(w.id, w.action, w.scope.as_ref(), w.posture.as_ref(), w.who)?;
     }
     Ok(())
 }

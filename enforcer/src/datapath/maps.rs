@@ -219,12 +219,23 @@ impl LiveMaps {
     /// judge it again). `lib_id`: the library to record when the flow is not attributed yet.
     /// An operator's block: the sweep leaves it where it is.
     pub fn block(&mut self, flow: &FlowKey, lib_id: u32) -> Result<(), LiveMapError> {
+        self.block_as(flow, lib_id, block::OPERATOR)
+    }
+
+    /// [`block`](Self::block) on the kernel's behalf (`block::KERNEL`: the sweep takes it out
+    /// once the socket is gone): a verdict userspace took for the kernel (a rule scoped to who
+    /// is talking).
+    pub fn block_judged(&mut self, flow: &FlowKey, lib_id: u32) -> Result<(), LiveMapError> {
+        self.block_as(flow, lib_id, block::KERNEL)
+    }
+
+    fn block_as(&mut self, flow: &FlowKey, lib_id: u32, marker: u8) -> Result<(), LiveMapError> {
         // Before the entry exists: from now on the packet programs always look BLOCKLIST up.
         self.held
             .set(held::USERSPACE, 1, 0)
             .map_err(err(maps::BLOCKLIST_HELD))?;
         self.blocklist
-            .insert(flow, block::OPERATOR, 0)
+            .insert(flow, marker, 0)
             .map_err(err(maps::BLOCKLIST))?;
         let mut state = self.flows.get(flow, 0).unwrap_or(FlowState {
             lib_id,

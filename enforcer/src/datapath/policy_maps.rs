@@ -20,6 +20,7 @@ use enforcer_common::{
 };
 
 use super::maps::{LiveMapError, absent_ok, err, map_data};
+use super::who_maps::WhoMaps;
 use crate::policy::{Action, NameScope, Policy, posture::Posture};
 
 /// Capacity of `LIB_ACTIONS`: walks of its keys stop there.
@@ -39,6 +40,8 @@ pub struct PolicyMaps {
     posture_enabled: Array<MapData, u32>,
     /// The generation of the JA4 cache's verdicts (`enforcer_common::ja4_key`).
     ja4_generation: Array<MapData, u64>,
+    /// `WHO_CONFIG` and `WHO_LIBS`: rules scoped to who is talking.
+    who: WhoMaps,
 }
 
 impl PolicyMaps {
@@ -70,6 +73,7 @@ impl PolicyMaps {
                 .map_err(err(kernel_posture::POSTURE_ENABLED))?,
             ja4_generation: Array::try_from(Map::Array(data(ja4_key::JA4_GENERATION)?))
                 .map_err(err(ja4_key::JA4_GENERATION))?,
+            who: WhoMaps::open(ebpf)?,
         })
     }
 
@@ -137,15 +141,20 @@ impl PolicyMaps {
     ///   is no longer listed: stricter than either policy, never looser).
     ///
     /// The library's posture requirements (`POSTURE_RULES`) go in first: its connections are
-    /// judged by them from their first ServerHello on.
+    /// judged by them from their first ServerHello on. So does whether a rule scoped to who is
+    /// talking may decide it (`who`, `WHO_LIBS`): its hellos are then held for the sender's
+    /// verdict, which is of the new policy (its generation is written last, `write_who`), or
+    /// the library's action, old or new, when none is there in time.
     pub fn write_library(
         &mut self,
         lib_id: u32,
         action: Action,
         scope: Option<&NameScope>,
         posture: Option<&Posture>,
+        who: bool,
     ) -> Result<(), LiveMapError> {
         self.write_posture(lib_id, posture)?;
+        self.who.set_library(lib_id, who)?;
         let Some(scope) = scope else {
             self.set_action(lib_id, action)?;
             absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;
@@ -173,6 +182,7 @@ impl PolicyMaps {
         absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;
         absent_ok(self.random_libs.remove(&lib_id)).map_err(err(hello::RANDOM_LIBS))?;
         absent_ok(self.lib_code.remove(&lib_id)).map_err(err(hello::LIB_CODE))?;
+        self.who.set_library(lib_id, false)?;
         self.write_posture(lib_id, None)?;
         self.remove_name_rules(lib_id, &[])
     }
@@ -188,6 +198,12 @@ impl PolicyMaps {
         self.ja4_generation
             .set(0, policy.ja4_generation(), 0)
             .map_err(err(ja4_key::JA4_GENERATION))
+    }
+
+    /// Rules scoped to who is talking: on or off, a new generation, and unattributed TLS's
+    /// entry. Written after the libraries' on a reload.
+    pub fn write_who(&mut self, policy: &Policy) -> Result<(), LiveMapError> {
+        self.who.write_policy(policy)
     }
 
     /// Stops the kernel's JA4 cache lookups while a new policy's rules are written (their
@@ -261,6 +277,8 @@ pub fn hello_value(policy: &Policy, late_attribution: bool) -> (HelloPolicy, Act
     };
     let value = HelloPolicy {
         unattributed: unattributed.code(),
+        // Rules scoped to who is talking also keep flows of probed libraries waiting for their
+        // hello (`verdict.rs`): a pending flow must not slip past it either.
         scoped: policy.libraries.iter().any(|r| r.is_scoped()) as u8,
         late_attribution: late_attribution as u8,
         quic: policy.quic.code(),

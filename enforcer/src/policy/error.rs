@@ -24,12 +24,15 @@ pub(super) const TOP_KEYS: [&str; 11] = [
     "libraries",
     "catalog",
 ];
-pub(super) const RULE_KEYS: [&str; 10] = [
+pub(super) const RULE_KEYS: [&str; 13] = [
     "family",
     "version",
     "path",
     "sha256",
     "server_names",
+    "executables",
+    "cgroups",
+    "users",
     "tls_versions",
     "groups",
     "cipher_suites",
@@ -190,6 +193,15 @@ fn expected_for_path(path: &[Step]) -> Option<String> {
         [l, Step::Index(_), n, ..] if key(l) == Some("libraries") && key(n) == Some("server_names") => {
             "a list of server names in quotes, such as [\"*.internal.example\", \"api.example.com\"]"
                 .to_owned()
+        }
+        [l, Step::Index(_), e, ..] if key(l) == Some("libraries") && key(e) == Some("executables") => {
+            "a list of executable path globs, each a string or a mapping with keys path, sha256, such as [\"/opt/app/bin/agent\"]".to_owned()
+        }
+        [l, Step::Index(_), c, ..] if key(l) == Some("libraries") && key(c) == Some("cgroups") => {
+            "a list of cgroup v2 path globs, such as [\"/system.slice/nginx.service\", \"/kubepods.slice/**\"]".to_owned()
+        }
+        [l, Step::Index(_), u, ..] if key(l) == Some("libraries") && key(u) == Some("users") => {
+            "a list of user names or numeric uids, such as [\"www-data\", 1000]".to_owned()
         }
         [l, Step::Index(_), a] if key(l) == Some("libraries") && key(a) == Some("action") => {
             names(&Action::ALL.map(Action::name))

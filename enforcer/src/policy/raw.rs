@@ -4,7 +4,11 @@
 
 use serde::Deserialize;
 
-use super::{Action, Mode, posture::RawJa4};
+use super::{
+    Action, Mode,
+    posture::RawJa4,
+    who::{RawExecutable, RawUser},
+};
 use crate::catalog::RawCatalog;
 
 #[derive(Deserialize)]
@@ -46,6 +50,12 @@ pub(super) struct RawRule {
     pub(super) sha256: Option<String>,
     #[serde(default)]
     pub(super) server_names: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) executables: Option<Vec<RawExecutable>>,
+    #[serde(default)]
+    pub(super) cgroups: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) users: Option<Vec<RawUser>>,
     #[serde(default)]
     pub(super) tls_versions: Option<Vec<String>>,
     #[serde(default)]

@@ -73,9 +73,15 @@ pub fn check_report(p: &Policy) -> String {
     if !added.is_empty() {
         let _ = writeln!(out, "catalog: adds or replaces {}", added.join(", "));
     }
+    let order = match p.has_who_rules() {
+        true => {
+            "sha256, then path, then version, then family, then executables/cgroups/users, then server_names"
+        }
+        false => "sha256, then path, then version, then family, then server_names",
+    };
     let _ = writeln!(
         out,
-        "rules: {} (the most specific matching rule decides: sha256, then path, then version, then family, then server_names)",
+        "rules: {} (the most specific matching rule decides: {order})",
         p.libraries.len()
     );
     for rule in &p.libraries {
@@ -102,6 +108,7 @@ pub fn check_report(p: &Policy) -> String {
                 && r.path.is_none()
                 && r.sha256.is_none()
                 && r.server_names.is_none()
+                && r.who.is_none()
         });
         let (action, why) = match family_only {
             Some(r) => (r.action, format!("rule at line {}", r.line)),
@@ -109,7 +116,7 @@ pub fn check_report(p: &Policy) -> String {
         };
         let _ = writeln!(out, "  {}: {action} ({why})", def.family);
     }
-    let scoped: Vec<&super::Rule> = p.libraries.iter().filter(|r| r.is_scoped()).collect();
+    let scoped: Vec<&super::Rule> = p.libraries.iter().filter(|r| r.is_name_scoped()).collect();
     if !scoped.is_empty() {
         let _ = writeln!(
             out,
@@ -132,7 +139,35 @@ pub fn check_report(p: &Policy) -> String {
             );
         }
     }
+    who_report(&mut out, p);
     out
+}
+
+/// The rules scoped to who is talking, and what they decide.
+fn who_report(out: &mut String, p: &Policy) {
+    let scoped: Vec<&super::Rule> = p.libraries.iter().filter(|r| r.who.is_some()).collect();
+    if scoped.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "who is talking: judged at each hello by the process that sent it (its executable's inode, cgroup v2 id and uid, as the kernel recorded them); a sender not judged yet holds its hello (at most 2 s, then it is judged without these rules)"
+    );
+    for r in scoped {
+        let what = match r.names_library() {
+            true => "for that library's connections".to_owned(),
+            false => {
+                "for unattributed TLS and the libraries no more specific rule names".to_owned()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  line {}: {} -> {} {what}",
+            r.line,
+            r.describe(),
+            r.action
+        );
+    }
 }
 
 /// `enforcer policy check --json` on a file with errors: one object per error, in the order

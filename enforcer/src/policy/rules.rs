@@ -9,63 +9,31 @@
 //! | `path` | the glob matches the library's path on this host, or a name a process maps it under |
 //! | `sha256` | the SHA-256 of the library's contents is this one |
 //! | `server_names` | (connections, not libraries) the server name the client sent matches one of the patterns (`server_names.rs`) |
+//! | `executables`, `cgroups`, `users` | (processes, not libraries) the process that sent the hello matches (`who.rs`) |
 //!
 //! A rule with `server_names` is *scoped*: it decides only the connections whose ClientHello
-//! names a matching server; the library's other connections go to the next rule.
+//! names a matching server; the library's other connections go to the next rule. So is a rule
+//! with `executables`, `cgroups` or `users` (*scoped to who is talking*): it decides only the
+//! connections of the processes it names. Such a rule without library keys applies to every
+//! library and to unattributed TLS.
 //!
 //! **Specificity.** Among the rules that match, the most specific wins. A rule's specificity is
-//! the tuple (has `sha256`, has `path`, has `version`, has `family`, has `server_names`),
-//! compared in that order: any rule with `sha256` beats any without; then `path`; then
-//! `version`; then `family`; then `server_names` (so a scoped rule refines a rule with the same
-//! library keys, and never overrides a rule that names the library more precisely). Two
+//! the tuple (has `sha256`, has `path`, has `version`, has `family`, is scoped to who is
+//! talking, has `server_names`), compared in that order: any rule with `sha256` beats any
+//! without; then `path`; then `version`; then `family`; then the scopes (so a scoped rule
+//! refines a rule with the same library keys, and never overrides a rule that names the library
+//! more precisely). Two
 //! matching rules of equal specificity: the first in the file wins (rules with identical keys and
 //! values are rejected when the policy is parsed, so this only happens with overlapping globs or
 //! ranges, and `enforcer policy explain` shows it).
 
 use std::path::Path;
 
-use globset::GlobMatcher;
-
 use super::Action;
+pub use super::glob::{PathGlob, parse_sha256};
 use super::server_names::ServerNamePattern;
 use crate::family::Family;
 use crate::version::{Version, VersionReq};
-
-/// A path glob, as written and compiled (`*` does not cross `/`; `**` does).
-#[derive(Clone, Debug)]
-pub struct PathGlob {
-    pub text: String,
-    matcher: GlobMatcher,
-}
-
-impl PathGlob {
-    pub fn new(text: &str) -> Result<PathGlob, String> {
-        if !text.starts_with('/') && !text.starts_with('*') {
-            return Err("a path glob must be absolute (start with '/' or '*')".into());
-        }
-        let glob = globset::GlobBuilder::new(text)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| e.kind().to_string())?;
-        Ok(PathGlob {
-            text: text.to_owned(),
-            matcher: glob.compile_matcher(),
-        })
-    }
-
-    pub fn is_match(&self, path: &Path) -> bool {
-        self.matcher.is_match(path)
-    }
-}
-
-impl PartialEq for PathGlob {
-    fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
-    }
-}
-
-impl Eq for PathGlob {}
 
 /// One entry of `libraries:`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +45,8 @@ pub struct Rule {
     pub sha256: Option<String>,
     /// The server names the rule is scoped to; `None`: every connection of the library.
     pub server_names: Option<Vec<ServerNamePattern>>,
+    /// The processes the rule is scoped to; `None`: every process.
+    pub who: Option<super::who::Who>,
     /// Crypto-posture requirements of the library's connections (empty: none).
     pub posture: super::posture::Posture,
     pub action: Action,
@@ -94,8 +64,8 @@ pub struct Subject<'a> {
     pub sha256: Option<&'a str>,
 }
 
-/// (sha256, path, version, family, server_names): compared lexicographically.
-pub type Specificity = (bool, bool, bool, bool, bool);
+/// (sha256, path, version, family, who, server_names): compared lexicographically.
+pub type Specificity = (bool, bool, bool, bool, bool, bool);
 
 impl Rule {
     pub fn specificity(&self) -> Specificity {
@@ -104,13 +74,26 @@ impl Rule {
             self.path.is_some(),
             self.version.is_some(),
             self.family.is_some(),
+            self.who.is_some(),
             self.server_names.is_some(),
         )
     }
 
-    /// True if the rule decides only connections to some server names.
+    /// True if the rule decides only some of a library's connections (by server name, or by
+    /// who is talking).
     pub fn is_scoped(&self) -> bool {
+        self.server_names.is_some() || self.who.is_some()
+    }
+
+    /// True if the rule decides only connections to some server names.
+    pub fn is_name_scoped(&self) -> bool {
         self.server_names.is_some()
+    }
+
+    /// True if the rule names a library (family, version, path or sha256); a rule without
+    /// (scoped to who is talking) applies to every library and to unattributed TLS.
+    pub fn names_library(&self) -> bool {
+        self.family.is_some() || self.path.is_some() || self.sha256.is_some()
     }
 
     /// True if both rules have the same keys with the same values.
@@ -121,10 +104,12 @@ impl Rule {
             && self.path == other.path
             && self.sha256 == other.sha256
             && self.server_names == other.server_names
+            && self.who == other.who
     }
 
     /// Why the rule matches library `s` (one reason per key), or `None` if it does not.
-    /// `server_names` is not a property of a library and is not checked here.
+    /// `server_names` and the keys of who is talking are not properties of a library and are
+    /// not checked here.
     pub fn matches(&self, s: &Subject) -> Option<Vec<String>> {
         let mut why = Vec::new();
         if let Some(sha) = &self.sha256 {
@@ -172,6 +157,9 @@ impl Rule {
             let names: Vec<&str> = names.iter().map(|n| n.text.as_str()).collect();
             parts.push(format!("server_names=[{}]", names.join(", ")));
         }
+        if let Some(who) = &self.who {
+            parts.push(who.describe());
+        }
         parts.join(" ")
     }
 }
@@ -182,11 +170,6 @@ fn short(hash: &str) -> String {
         Some(head) if hash.len() > 16 => format!("{head}..."),
         _ => hash.to_owned(),
     }
-}
-
-/// A 64-digit hex SHA-256, lowercased.
-pub fn parse_sha256(s: &str) -> Option<String> {
-    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
 }
 
 /// One rule that matched, and why.

@@ -39,9 +39,13 @@ fn strictness(a: Action) -> u8 {
 impl Policy {
     /// The server-name table of `lib`, if any rule matching it has `server_names`.
     pub fn name_scope(&self, lib: &Library) -> Option<NameScope> {
-        let matches = rules::matching(&self.libraries, &super::subject(lib));
+        // Rules scoped to who is talking are judged apart (`who_decide.rs`): not by name.
+        let matches: Vec<rules::Match> = rules::matching(&self.libraries, &super::subject(lib))
+            .into_iter()
+            .filter(|m| self.libraries[m.index].who.is_none())
+            .collect();
         let rule = |i: usize| &self.libraries[i];
-        if !matches.iter().any(|m| rule(m.index).is_scoped()) {
+        if !matches.iter().any(|m| rule(m.index).is_name_scoped()) {
             return None;
         }
         let base = self.decide(lib).action;

@@ -165,7 +165,7 @@ fn every_shipped_policy_parses() {
 fn unknown_keys() {
     assert_eq!(
         err("mode: enforce\ndefault: deny\nlibraries:\n  - fmaily: openssl\n    action: allow\n"),
-        "policy.yaml:4:5: libraries[0]: unknown key 'fmaily' (expected one of: family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, ja4, action)"
+        "policy.yaml:4:5: libraries[0]: unknown key 'fmaily' (expected one of: family, version, path, sha256, server_names, executables, cgroups, users, tls_versions, groups, cipher_suites, ja4, action)"
     );
     assert_eq!(
         err("default: deny\nmdoe: audit\n"),
@@ -209,11 +209,11 @@ fn missing_keys() {
 fn wrong_types() {
     assert_eq!(
         err("default: deny\nlibraries:\n  family: openssl\n"),
-        "policy.yaml:3:3: libraries: expected a list of rules (mappings with keys family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, ja4, action), found a mapping"
+        "policy.yaml:3:3: libraries: expected a list of rules (mappings with keys family, version, path, sha256, server_names, executables, cgroups, users, tls_versions, groups, cipher_suites, ja4, action), found a mapping"
     );
     assert_eq!(
         err("default: deny\nlibraries:\n  - openssl\n"),
-        "policy.yaml:3:5: libraries[0]: expected a mapping with keys family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, ja4, action, found the string 'openssl'"
+        "policy.yaml:3:5: libraries[0]: expected a mapping with keys family, version, path, sha256, server_names, executables, cgroups, users, tls_versions, groups, cipher_suites, ja4, action, found the string 'openssl'"
     );
     assert_eq!(
         err("default: [deny]\n"),

@@ -50,7 +50,7 @@ fn every_error_once_in_order_with_position() {
             "p.yaml:9:11: libraries[2].path: invalid glob '/opt/[vendor/**': unclosed character class; missing ']'",
             "p.yaml:11:5: libraries[3]: duplicate rule for family=openssl (first rule at line 5)",
             "p.yaml:13:13: libraries[4].family: unknown value 'nosuch' (expected aws-lc, boringssl, libressl, openssl, gnutls, nss, wolfssl, mbedtls, rustls or go)",
-            "p.yaml:15:5: libraries[4]: unknown key 'extra' (expected one of: family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, ja4, action)",
+            "p.yaml:15:5: libraries[4]: unknown key 'extra' (expected one of: family, version, path, sha256, server_names, executables, cgroups, users, tls_versions, groups, cipher_suites, ja4, action)",
             "p.yaml:16:10: duplicate key 'default'",
         ]
     );
@@ -93,7 +93,7 @@ fn a_mistyped_key_is_one_error() {
     assert_eq!(
         all("default: deny\nlibraries:\n  - fmaily: openssl\n    action: allow\n"),
         [
-            "p.yaml:3:5: libraries[0]: unknown key 'fmaily' (expected one of: family, version, path, sha256, server_names, tls_versions, groups, cipher_suites, ja4, action)"
+            "p.yaml:3:5: libraries[0]: unknown key 'fmaily' (expected one of: family, version, path, sha256, server_names, executables, cgroups, users, tls_versions, groups, cipher_suites, ja4, action)"
         ]
     );
 }

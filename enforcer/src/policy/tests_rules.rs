@@ -193,7 +193,7 @@ fn rule_errors_name_line_and_key() {
     );
     assert_eq!(
         err(&format!("{head}  - action: deny\n")),
-        "policy.yaml:3:5: libraries[0]: a rule needs at least one of family, path, sha256"
+        "policy.yaml:3:5: libraries[0]: a rule needs at least one of family, path, sha256, executables, cgroups, users"
     );
     // Unquoted numbers keep their text: 3.10 is not 3.1.
     let p = parse(

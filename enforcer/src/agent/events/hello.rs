@@ -118,6 +118,24 @@ impl Reporter {
     /// Aborts a blocked hello's socket, then reports it: at once, or once the owner-lookup
     /// worker named its process.
     pub(super) fn handle_hello(&self, event: &HelloEvent) {
+        // Rules scoped to who is talking: the sender judged (and, for a pending hello, the
+        // kernel answered) before anything else, so a held hello waits no longer than this.
+        let judged = self.who_gate.as_ref().and_then(|gate| {
+            let lib = (event.lib_id != UNATTRIBUTED)
+                .then(|| self.library(event.lib_id))
+                .flatten();
+            gate.judge(event, lib.as_ref().map(|l| l.library.as_ref()))
+        });
+        let mut resolved = *event;
+        if event.verdict == verdict::PENDING_WHO {
+            match &judged {
+                // Held and let through: reported when the kernel judges it again.
+                Some(j) if j.held && !j.refused_now => return,
+                Some(j) => resolved.verdict = j.verdict,
+                None => {}
+            }
+        }
+        let event = &resolved;
         let unattributed = event.lib_id == UNATTRIBUTED;
         let by_random = event.evidence == evidence::RANDOM && !unattributed;
         // The process that made the random is kernel truth; a connection event is joined only
@@ -136,7 +154,19 @@ impl Reporter {
             false => self
                 .recent_lock()
                 .owner(&event.flow, event.flow_since_ns)
-                .cloned(),
+                .cloned()
+                .or_else(|| {
+                    // The sender the kernel recorded, once checked to still be that process.
+                    let j = judged.as_ref()?;
+                    let pid = j.speaker.pid.filter(|_| j.speaker.exe.is_some())?;
+                    Some(Owner {
+                        pid,
+                        comm: process_comm(pid),
+                        source: "sender",
+                        cgroup: j.speaker.cgroup.clone(),
+                        netns_cookie: None,
+                    })
+                }),
         };
         // The inode must be read before the socket is destroyed; the walk can come after.
         let inode = match owner.is_none() {
@@ -197,6 +227,7 @@ impl Reporter {
         let (local, remote) = endpoints(&event.flow);
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.header.ts_ns);
+        let who = self.who_gate.as_ref().and_then(|g| g.recent(&event.flow));
         let origin = owner.as_ref().map_or_else(Default::default, |o| {
             super::origin::Origin::of(o.pid, o.cgroup.clone(), o.netns_cookie, &self.netns)
         });
@@ -225,6 +256,7 @@ impl Reporter {
                 "owner_source": owner.as_ref().map(|o| o.source),
                 "verdict": verdict_name,
                 "socket_aborted": aborted.as_ref().map(|r| r.is_ok()),
+                "sender": who.as_ref().map(super::who::Judged::json),
                 "netns_cookie": origin.netns_cookie,
                 "cgroup": origin.cgroup,
                 "container": origin.container_json(),
