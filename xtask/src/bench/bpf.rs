@@ -199,6 +199,15 @@ impl Held {
         let mut found: Vec<_> = self.maps.iter().filter(|m| pred(m)).collect();
         found.sort_by_key(|m| m.4);
         found.dedup_by_key(|m| m.4);
+        // Two maps of one shape (POSTURES and WHO_WAIT are both LRU hashes of a flow key to 8
+        // bytes): the name tells them apart.
+        if found.len() > 1 {
+            found.retain(|m| {
+                Map::by_id(m.4, m.1, m.2)
+                    .and_then(|map| map.name())
+                    .is_ok_and(|n| n == name)
+            });
+        }
         match found[..] {
             [m] => Map::by_id(m.4, m.1, m.2),
             _ => bail!(
@@ -276,6 +285,20 @@ pub struct Map {
 }
 
 impl Map {
+    /// The map's name (`bpf_map_info.name`, at most 15 bytes).
+    fn name(&self) -> Result<String> {
+        use std::os::fd::AsRawFd;
+        let mut info = [0u8; 128];
+        let mut a = Attr::new();
+        a.u32(0, self.fd.as_raw_fd() as u32)
+            .u32(4, info.len() as u32)
+            .u64(8, info.as_mut_ptr() as u64);
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).context("BPF_OBJ_GET_INFO_BY_FD")?;
+        let name = &info[24..40];
+        let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+    }
+
     fn by_id(id: u32, key_size: u32, value_size: u32) -> Result<Map> {
         let mut a = Attr::new();
         a.u32(0, id);
