@@ -51,17 +51,14 @@ pub fn processes(libs: &[Library], policy: &Policy) -> Vec<Process> {
         .filter_map(|pid| {
             let (speaker, comm) = crate::speakers::of_process(pid, want_sha, root.as_deref())?;
             let mut decisions = vec![match policy.decide_who(None, &speaker) {
-                Some(d) => Decided {
-                    what: "unattributed TLS".into(),
-                    action: d.action,
-                    scoped_line: Some(d.line),
-                    why: format!(
-                        "rule at line {} ({}): {}",
-                        d.line,
-                        policy.libraries[d.index].describe(),
-                        d.reasons.join("; ")
-                    ),
-                },
+                Some(d) => by_scoped_rule(
+                    "unattributed TLS".into(),
+                    policy,
+                    d.index,
+                    d.line,
+                    d.action,
+                    &d.reasons,
+                ),
                 None => Decided {
                     what: "unattributed TLS".into(),
                     action: policy.unattributed_tls,
@@ -73,17 +70,7 @@ pub fn processes(libs: &[Library], policy: &Policy) -> Vec<Process> {
                 let s = subject(lib);
                 let what = format!("{} ({})", lib.path.display(), lib.family);
                 decisions.push(match policy.decide_who(Some(&s), &speaker) {
-                    Some(d) => Decided {
-                        what,
-                        action: d.action,
-                        scoped_line: Some(d.line),
-                        why: format!(
-                            "rule at line {} ({}): {}",
-                            d.line,
-                            policy.libraries[d.index].describe(),
-                            d.reasons.join("; ")
-                        ),
-                    },
+                    Some(d) => by_scoped_rule(what, policy, d.index, d.line, d.action, &d.reasons),
                     None => {
                         let base = policy.decide_subject(&s);
                         Decided {
@@ -105,6 +92,27 @@ pub fn processes(libs: &[Library], policy: &Policy) -> Vec<Process> {
             })
         })
         .collect()
+}
+
+/// What a scoped rule (`policy.libraries[index]`, at `line`) decided for `what`.
+fn by_scoped_rule(
+    what: String,
+    policy: &Policy,
+    index: usize,
+    line: usize,
+    action: Action,
+    reasons: &[String],
+) -> Decided {
+    Decided {
+        what,
+        action,
+        scoped_line: Some(line),
+        why: format!(
+            "rule at line {line} ({}): {}",
+            policy.libraries[index].describe(),
+            reasons.join("; ")
+        ),
+    }
 }
 
 fn facts(s: &Speaker) -> String {
