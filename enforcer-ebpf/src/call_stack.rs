@@ -18,7 +18,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::map,
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
 };
 use enforcer_common::stat::Stat;
 
@@ -56,6 +56,40 @@ static TLS_CALLS: LruHashMap<u32, CallStack> = LruHashMap::with_max_entries(1638
 #[map(name = "GO_CALLS")]
 static GO_CALLS: LruHashMap<GoroutineKey, CallStack> = LruHashMap::with_max_entries(16384, 0);
 
+/// Buckets of the thread id in `CALLS_OPEN` (a power of two: the bucket is the id's low bits).
+const THREAD_BUCKETS: u32 = 1024;
+/// The slot of `CALLS_OPEN` that counts `GO_CALLS` entries.
+const GOROUTINES: u32 = THREAD_BUCKETS;
+
+/// Entries of `TLS_CALLS` per bucket of the thread id, and in slot `GOROUTINES` those of
+/// `GO_CALLS`. The kernel TCP hooks run on every send and receive of the host, nearly all
+/// outside any probed call (an allowed library's record calls carry no probes): a thread whose
+/// bucket counts none skips the `TLS_CALLS` lookup, and with no goroutine inside a call the
+/// saved-register read and the `GO_CALLS` lookup are skipped too (issue 14: they were most of
+/// the hooks' cost). Raised before an insert that adds an entry, lowered after a removal that
+/// took one, so never below the entries; an entry the LRU evicts leaves its count behind (its
+/// bucket then costs the lookup, nothing is missed).
+#[map(name = "CALLS_OPEN")]
+static CALLS_OPEN: Array<u64> = Array::with_max_entries(THREAD_BUCKETS + 1, 0);
+
+#[inline(always)]
+fn thread_bucket(tid: u32) -> u32 {
+    tid & (THREAD_BUCKETS - 1)
+}
+
+/// Whether slot `slot` counts an entry (unreadable counts as yes).
+#[inline(always)]
+fn open(slot: u32) -> bool {
+    CALLS_OPEN.get(slot).copied().unwrap_or(1) != 0
+}
+
+#[inline(always)]
+fn count(slot: u32, delta: u64) {
+    if let Some(counter) = CALLS_OPEN.get_ptr_mut(slot) {
+        crate::atomic::add(counter, delta);
+    }
+}
+
 #[inline(always)]
 fn current_tid() -> u32 {
     // Lower 32 bits: the thread id (the kernel's pid).
@@ -74,36 +108,42 @@ fn goroutine(g: u64) -> GoroutineKey {
 /// The current thread entered a TLS library call (`cookie`: library and kind of call).
 #[inline(always)]
 pub fn thread_enter(cookie: u64) {
-    push(&TLS_CALLS, &current_tid(), cookie);
+    let tid = current_tid();
+    push(&TLS_CALLS, &tid, thread_bucket(tid), cookie);
 }
 
 /// The current thread returned from its innermost TLS library call.
 #[inline(always)]
 pub fn thread_exit() {
-    pop(&TLS_CALLS, &current_tid());
+    let tid = current_tid();
+    pop(&TLS_CALLS, &tid, thread_bucket(tid));
 }
 
 /// The current thread is exiting: whatever it was inside of is over.
 #[inline(always)]
 pub fn thread_gone() {
-    let _ = TLS_CALLS.remove(current_tid());
+    let tid = current_tid();
+    if TLS_CALLS.remove(tid).is_ok() {
+        count(thread_bucket(tid), u64::MAX);
+    }
 }
 
 /// Goroutine `g` of the current process entered a `crypto/tls` call.
 #[inline(always)]
 pub fn goroutine_enter(g: u64, cookie: u64) {
-    push(&GO_CALLS, &goroutine(g), cookie);
+    push(&GO_CALLS, &goroutine(g), GOROUTINES, cookie);
 }
 
 /// Goroutine `g` of the current process returned from its innermost `crypto/tls` call.
 #[inline(always)]
 pub fn goroutine_exit(g: u64) {
-    pop(&GO_CALLS, &goroutine(g));
+    pop(&GO_CALLS, &goroutine(g), GOROUTINES);
 }
 
-/// Records a call entered by whoever `key` names (a thread, or a goroutine).
+/// Records a call entered by whoever `key` names (a thread, or a goroutine); `slot` is its
+/// count in `CALLS_OPEN`.
 #[inline(always)]
-fn push<K>(map: &LruHashMap<K, CallStack>, key: &K, cookie: u64) {
+fn push<K>(map: &LruHashMap<K, CallStack>, key: &K, slot: u32, cookie: u64) {
     match map.get_ptr_mut(key) {
         Some(stack) => {
             // SAFETY: map value pointer, valid for this program run; only the key's owner (one
@@ -123,22 +163,26 @@ fn push<K>(map: &LruHashMap<K, CallStack>, key: &K, cookie: u64) {
                 _pad: 0,
             };
             stack.cookies[1] = cookie;
+            // Counted before the entry exists, so a hook never skips a present stack.
+            count(slot, 1);
             // Failure (map full even after LRU eviction) means this call goes unattributed:
             // fail-open, nothing else we could do here.
-            let _ = map.insert(key, stack, 0);
+            if map.insert(key, stack, 0).is_err() {
+                count(slot, u64::MAX);
+            }
         }
     }
 }
 
 /// Ends the innermost call of `key`; the entry goes when none is left.
 #[inline(always)]
-fn pop<K>(map: &LruHashMap<K, CallStack>, key: &K) {
+fn pop<K>(map: &LruHashMap<K, CallStack>, key: &K, slot: u32) {
     if let Some(stack) = map.get_ptr_mut(key) {
         // SAFETY: as in `push`.
         let stack = unsafe { &mut *stack };
         stack.depth = stack.depth.saturating_sub(1);
-        if stack.depth == 0 {
-            let _ = map.remove(key);
+        if stack.depth == 0 && map.remove(key).is_ok() {
+            count(slot, u64::MAX);
         }
     }
 }
@@ -157,10 +201,17 @@ fn innermost(stack: &CallStack) -> Option<u64> {
 /// of this thread, else a Go `crypto/tls` call of the goroutine running on it.
 #[inline(always)]
 pub fn innermost_call() -> Option<u64> {
-    // SAFETY: the value is copied out immediately.
-    match unsafe { TLS_CALLS.get(current_tid()) }.and_then(innermost) {
-        Some(cookie) => Some(cookie),
-        None => goroutine_call(),
+    let tid = current_tid();
+    if open(thread_bucket(tid)) {
+        // SAFETY: the value is copied out immediately.
+        if let Some(cookie) = unsafe { TLS_CALLS.get(tid) }.and_then(innermost) {
+            return Some(cookie);
+        }
+    }
+    if open(GOROUTINES) {
+        goroutine_call()
+    } else {
+        None
     }
 }
 

@@ -8,7 +8,7 @@
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{RawTracePoint, RawTracePointRunOptions, TestRun},
 };
 use enforcer_common::{
@@ -20,6 +20,8 @@ use enforcer_common::{
 const SEND_HOOK: &str = "tp_tcp_send";
 /// The per-thread TLS call stacks (`enforcer-ebpf/src/call_stack.rs`).
 const TLS_CALLS: &str = "TLS_CALLS";
+/// Open calls per bucket of the thread id (same file).
+const CALLS_OPEN: &str = "CALLS_OPEN";
 /// `CallStack` as call_stack.rs lays it out: `cookies: [u64; 5]` (slot 0 unused), `depth: u32`,
 /// padding. The map's value size is checked against it.
 const CALL_STACK_BYTES: usize = 48;
@@ -65,6 +67,12 @@ fn enter_tls_call(ebpf: &mut Ebpf, lib_id: u32) {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
     calls.insert(tid, stack, 0).expect("writing TLS_CALLS");
+    // The hooks read TLS_CALLS only for a thread whose bucket counts an open call (as
+    // `thread_enter` counts it): the bucket is the thread id's low 10 bits.
+    let mut open: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(CALLS_OPEN).expect("CALLS_OPEN map"))
+            .expect("CALLS_OPEN type");
+    open.set(tid & 1023, 1, 0).expect("writing CALLS_OPEN");
 }
 
 fn stat(ebpf: &Ebpf, which: Stat) -> u64 {
