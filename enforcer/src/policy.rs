@@ -187,15 +187,27 @@ impl Policy {
         self.decide_subject(&subject(lib))
     }
 
+    ///
+    /// A runtime's file (a JVM, `abi: jvm`) is decided only by the rules naming a runtime
+    /// family, else by `unattributed_tls`: its TLS is unattributed TLS unless such a rule takes
+    /// it (`who_decide`, "Runtimes").
     pub fn decide_subject(&self, s: &Subject) -> Decision {
+        let runtime = self
+            .catalog
+            .family(s.family.name())
+            .is_some_and(|f| f.is_runtime());
         let matches = rules::matching(&self.libraries, s);
-        match matches
-            .iter()
-            .find(|m| !self.libraries[m.index].is_scoped())
-        {
+        match matches.iter().find(|m| {
+            let r = &self.libraries[m.index];
+            !r.is_scoped() && (!runtime || self.is_runtime_rule(r))
+        }) {
             Some(m) => Decision {
                 action: m.action,
                 rule_line: Some(m.line),
+            },
+            None if runtime => Decision {
+                action: self.unattributed_tls,
+                rule_line: None,
             },
             None => Decision {
                 action: self.default,

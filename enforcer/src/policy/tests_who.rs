@@ -275,3 +275,19 @@ fn a_java_rule_takes_no_server_names_nor_posture_keys() {
         Some(Action::Deny)
     );
 }
+
+#[test]
+fn a_listed_jvm_is_decided_by_java_rules_else_as_unattributed_tls() {
+    let lib = jvm(Some("17.0.15"));
+    // No rule names java: neither `default` nor a path rule decides it, `unattributed_tls` does.
+    let p = parse("default: allow\nunattributed_tls: deny\nlibraries:\n  - path: \"/usr/**\"\n    action: allow\n", "p.yaml").expect("valid");
+    let d = p.decide(&lib);
+    assert_eq!((d.action, d.rule_line), (Action::Deny, None));
+    let p = parse(
+        "default: deny\nlibraries:\n  - family: java\n    action: audit\n",
+        "p.yaml",
+    )
+    .expect("valid");
+    let d = p.decide(&lib);
+    assert_eq!((d.action, d.rule_line), (Action::Audit, Some(3)));
+}
