@@ -48,6 +48,11 @@ pub enum Abi {
     /// uretprobes, calls tracked per goroutine, version from the Go build info. See
     /// `crate::libraries::go`.
     Go,
+    /// A language runtime whose TLS is code it compiles itself (JSSE in a JVM, compiled by the
+    /// JIT): there is no native TLS function to probe, so the family has no probes. Its file
+    /// (`libjvm.so`) is identified and listed; a process that maps it and sends TLS no native
+    /// library made is judged by the policy's rules for the family (docs/policy.md, "Java").
+    Jvm,
 }
 
 /// A prefix some builds put before every symbol: `head`, then (if `tail` is set) a run of digits
@@ -149,6 +154,12 @@ impl FamilyDef {
         self.identify
             .iter()
             .any(|a| a.all.iter().all(|s| defines(s)) && !a.none.iter().any(|s| defines(s)))
+    }
+
+    /// True if the family is a runtime's whose TLS is not a native library's (`abi: jvm`): it has
+    /// no probes, and its files are listed but never probed.
+    pub fn is_runtime(&self) -> bool {
+        self.abi == Abi::Jvm
     }
 
     /// True if the file defines every companion symbol (false when there is no companion).

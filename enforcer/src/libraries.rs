@@ -22,6 +22,7 @@ mod elf;
 #[doc(hidden)]
 pub mod go;
 mod identity;
+pub mod jvm;
 pub(crate) mod procfs;
 #[cfg(test)]
 mod tests;
@@ -56,7 +57,8 @@ pub struct Library {
     /// `st_dev` / `st_ino` of the file (uprobes attach to the inode, not the name).
     pub dev: u64,
     pub ino: u64,
-    /// Where to probe it; never empty.
+    /// Where to probe it; empty only for a runtime's file (`abi: jvm`: a JVM, listed, never
+    /// probed).
     pub probes: Vec<ProbeTarget>,
     /// Processes that had it mapped during the scan, ascending.
     pub pids: Vec<u32>,
@@ -188,7 +190,7 @@ impl Library {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identified {
     pub family: Family,
-    /// Never empty.
+    /// Empty only for a runtime's file (`abi: jvm`).
     pub probes: Vec<ProbeTarget>,
     pub identity: Identity,
     pub companion: Option<FileRef>,

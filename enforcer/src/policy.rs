@@ -187,15 +187,27 @@ impl Policy {
         self.decide_subject(&subject(lib))
     }
 
+    ///
+    /// A runtime's file (a JVM, `abi: jvm`) is decided only by the rules naming a runtime
+    /// family, else by `unattributed_tls`: its TLS is unattributed TLS unless such a rule takes
+    /// it (`who_decide`, "Runtimes").
     pub fn decide_subject(&self, s: &Subject) -> Decision {
+        let runtime = self
+            .catalog
+            .family(s.family.name())
+            .is_some_and(|f| f.is_runtime());
         let matches = rules::matching(&self.libraries, s);
-        match matches
-            .iter()
-            .find(|m| !self.libraries[m.index].is_scoped())
-        {
+        match matches.iter().find(|m| {
+            let r = &self.libraries[m.index];
+            !r.is_scoped() && (!runtime || self.is_runtime_rule(r))
+        }) {
             Some(m) => Decision {
                 action: m.action,
                 rule_line: Some(m.line),
+            },
+            None if runtime => Decision {
+                action: self.unattributed_tls,
+                rule_line: None,
             },
             None => Decision {
                 action: self.default,
@@ -472,6 +484,31 @@ fn validate(
                 Some(patterns)
             }
         };
+        // A runtime's TLS (a JVM's) is judged in userspace per sender, without its server name
+        // or its offer: only library and who keys apply to it.
+        let runtime = r
+            .family
+            .as_ref()
+            .and_then(|id| catalog.family(id))
+            .is_some_and(|f| f.is_runtime());
+        if runtime {
+            let keys = [
+                ("server_names", r.server_names.is_some()),
+                ("tls_versions", r.tls_versions.is_some()),
+                ("groups", r.groups.is_some()),
+                ("cipher_suites", r.cipher_suites.is_some()),
+                ("ja4", r.ja4.is_some()),
+            ];
+            for (k, _) in keys.iter().filter(|(_, present)| *present) {
+                fail(invalid(
+                    &key(k),
+                    format!(
+                        "{here}.{k}: not supported for family '{}' (a runtime's TLS is judged by the process that sends it; only version, path, sha256, executables, cgroups and users refine such a rule)",
+                        error::show(r.family.as_deref().unwrap_or_default())
+                    ),
+                ));
+            }
+        }
         let who = who_validate::validate(&r, text, source, index, &mut fail);
         let rule_posture = posture::validate(
             &posture::RawPosture {

@@ -21,6 +21,7 @@ use enforcer_common::watch::{FileKey, kernel_dev};
 use enforcer_common::who::Sender;
 use sha2::{Digest, Sha256};
 
+use crate::catalog::Catalog;
 use crate::policy::who::Speaker;
 
 /// Directories walked at most to find a cgroup by id when the process's own view fails.
@@ -70,7 +71,9 @@ fn unescape(s: &str) -> String {
 /// executable (a rule pins one's contents). The flag says whether they are complete: the
 /// process was still there, running that executable, when they were read. Facts a gone process
 /// left unknown are not facts about its identity, and a verdict on them must not be kept for it.
-pub fn resolve(sender: &Sender, want_sha256: bool) -> (Speaker, bool) {
+/// `runtimes`: look for the runtime the process maps (a JVM) with this catalog (a rule names a
+/// runtime family).
+pub fn resolve(sender: &Sender, want_sha256: bool, runtimes: Option<&Catalog>) -> (Speaker, bool) {
     let exe = exe_name(sender.tgid, &sender.exe);
     let exe_sha256 = match (&exe, want_sha256) {
         (Some(path), true) => sha256_of(path, &sender.exe),
@@ -82,6 +85,7 @@ pub fn resolve(sender: &Sender, want_sha256: bool) -> (Speaker, bool) {
         exe_sha256,
         cgroup: cgroup2_root().and_then(|root| cgroup_path(&root, sender.cgroup, sender.tgid)),
         uid: Some(sender.uid),
+        runtime: runtimes.and_then(|c| crate::libraries::jvm::of_process(sender.tgid, c)),
     };
     // Read after the facts: the process was there throughout.
     let there = fs::metadata(format!("/proc/{}/exe", sender.tgid))
@@ -90,7 +94,12 @@ pub fn resolve(sender: &Sender, want_sha256: bool) -> (Speaker, bool) {
 }
 
 /// A running process's facts and command name (`policy explain`), if it is there.
-pub fn of_process(pid: u32, want_sha256: bool, root: Option<&Path>) -> Option<(Speaker, String)> {
+pub fn of_process(
+    pid: u32,
+    want_sha256: bool,
+    root: Option<&Path>,
+    runtimes: Option<&Catalog>,
+) -> Option<(Speaker, String)> {
     let md = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
     let key = FileKey {
         dev: dev_of(&md),
@@ -120,6 +129,7 @@ pub fn of_process(pid: u32, want_sha256: bool, root: Option<&Path>) -> Option<(S
             exe_sha256,
             cgroup,
             uid: Some(uid),
+            runtime: runtimes.and_then(|c| crate::libraries::jvm::of_process(pid, c)),
         },
         comm.trim_end().to_owned(),
     ))
@@ -289,7 +299,7 @@ mod tests {
     #[test]
     fn this_process_resolves_to_its_own_executable() {
         let pid = std::process::id();
-        let (speaker, _) = of_process(pid, true, cgroup2_root().as_deref()).expect("self");
+        let (speaker, _) = of_process(pid, true, cgroup2_root().as_deref(), None).expect("self");
         let exe = std::env::current_exe().expect("exe");
         assert_eq!(speaker.exe.as_deref(), Some(exe.as_path()));
         assert_eq!(speaker.exe_sha256.as_ref().map(String::len), Some(64));

@@ -28,22 +28,23 @@ const PACKAGES: &[&str] = &[
     "xz-utils", // cargo xtask vm unpacks the 6.12 kernel modules (.ko.xz)
     "bpftool",
     "python3",
-    "libssl-dev",      // tests/tests/new_libraries.rs builds a TLS client with gcc
-    "systemd",         // tests/tests/deploy.rs: systemd-analyze verify deploy/enforcer.service
-    "socat",           // tests/tests/content_attribution.rs: a local relay, and one-byte writes
-    "nodejs",          // tests/tests/content_attribution.rs: Node.js with its own OpenSSL
-    "liburing-dev",    // tests/programs/uring-tls-client
+    "libssl-dev",           // tests/tests/new_libraries.rs builds a TLS client with gcc
+    "systemd",              // tests/tests/deploy.rs: systemd-analyze verify deploy/enforcer.service
+    "socat",        // tests/tests/content_attribution.rs: a local relay, and one-byte writes
+    "nodejs",       // tests/tests/content_attribution.rs: Node.js with its own OpenSSL
+    "liburing-dev", // tests/programs/uring-tls-client
     "libgnutls28-dev", // tests/programs/nested-tls-client
-    "redis-server",    // cargo xtask bench, figure 9: a real application over TLS
-    "redis-tools",     // cargo xtask bench, figure 9: redis-benchmark --tls
-    "man-db",          // tests/tests/operator_manuals.rs: man -l renders each page
-    "mptcpd",          // tests/tests/bypass_paths.rs: mptcpize (MPTCP clients and server)
-    "python3-venv",    // tests/tests/bypass_paths.rs: the aioquic virtualenv
-    "tmux",            // tests/tests/operator_top.rs: `enforcer top` in a real terminal
-    "libwolfssl-dev",  // tests/programs/wolfssl-client (tests/tests/native_families.rs)
-    "libmbedtls-dev",  // tests/programs/mbedtls-client (tests/tests/native_families.rs)
-    "cmake",           // tests/programs/aws-lc-client: aws-lc-sys builds libssl with CMake
-    "libclang-dev",    // tests/programs/aws-lc-client: aws-lc-sys's `ssl` feature runs bindgen
+    "redis-server", // cargo xtask bench, figure 9: a real application over TLS
+    "redis-tools",  // cargo xtask bench, figure 9: redis-benchmark --tls
+    "man-db",       // tests/tests/operator_manuals.rs: man -l renders each page
+    "mptcpd",       // tests/tests/bypass_paths.rs: mptcpize (MPTCP clients and server)
+    "python3-venv", // tests/tests/bypass_paths.rs: the aioquic virtualenv
+    "tmux",         // tests/tests/operator_top.rs: `enforcer top` in a real terminal
+    "libwolfssl-dev", // tests/programs/wolfssl-client (tests/tests/native_families.rs)
+    "libmbedtls-dev", // tests/programs/mbedtls-client (tests/tests/native_families.rs)
+    "cmake",        // tests/programs/aws-lc-client: aws-lc-sys builds libssl with CMake
+    "libclang-dev", // tests/programs/aws-lc-client: aws-lc-sys's `ssl` feature runs bindgen
+    "default-jdk-headless", // tests/tests/java.rs: a Java TLS client (javac, java)
     // tests/tests/containers.rs and deploy.rs: real containers (dockerd, started by the tests
     // when none runs) from a root filesystem debootstrap builds (cached under target/).
     "docker.io",

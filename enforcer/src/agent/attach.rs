@@ -304,6 +304,12 @@ fn load(
 /// probed is reported and left out; the run goes on for the others.
 fn register_libraries(datapath: &Datapath, found: &[Library]) -> Result<()> {
     for lib in found {
+        // A runtime's file (a JVM) has nothing to probe: its processes' TLS is judged as they
+        // send it (`agent::events::who`).
+        if lib.probes.is_empty() {
+            info!(family = %lib.family, version = lib.identity.version.as_deref().unwrap_or("unknown"), path = %lib.path.display(), "runtime found: nothing to probe");
+            continue;
+        }
         match datapath.register(lib.clone()) {
             Ok(r) => {
                 let version = lib.identity.version.as_deref().unwrap_or("unknown");

@@ -38,6 +38,7 @@ pub struct RawFamily {
     identify: Vec<RawAlternative>,
     #[serde(default)]
     companion: Vec<String>,
+    #[serde(default)]
     probes: Vec<RawProbe>,
     #[serde(default)]
     version: Vec<RawVersion>,
@@ -208,7 +209,14 @@ pub(super) fn validate(
         }
         symbols(&f.companion, &at(&[Seg::Key("companion")]))?;
         let has_companion = !f.companion.is_empty();
-        if f.probes.is_empty() {
+        if f.abi == Abi::Jvm && (has_companion || !f.probes.is_empty()) {
+            let key = if has_companion { "companion" } else { "probes" };
+            return Err(err(
+                at(&[Seg::Key(key)]),
+                "a family with 'abi: jvm' has no probes and no companion (its TLS is code the runtime compiles, with no native function to probe)",
+            ));
+        }
+        if f.probes.is_empty() && f.abi != Abi::Jvm {
             return Err(err(
                 at(&[Seg::Key("probes")]),
                 "at least one probe is required",

@@ -24,12 +24,13 @@ fn embedded_catalog_has_every_family() {
             "wolfssl",
             "mbedtls",
             "rustls",
-            "go"
+            "go",
+            "java"
         ]
     );
     for f in c.families() {
         assert!(
-            !f.probes.is_empty() && !f.identify.is_empty(),
+            (f.probes.is_empty() == f.is_runtime()) && !f.identify.is_empty(),
             "{}",
             f.family
         );
@@ -247,4 +248,56 @@ fn invalid_catalogs_name_the_node() {
         e("families: [{id: a, identify: [{all: [x]}], probes: []}]"),
         "families[0].probes: at least one probe is required"
     );
+    assert_eq!(
+        e("families: [{id: a, identify: [{all: [x]}]}]"),
+        "families[0].probes: at least one probe is required"
+    );
+    // A runtime family (`abi: jvm`) has nothing to probe, and says so if given probes.
+    let jvm = "families: [{id: vm, abi: jvm, identify: [{all: [JNI_CreateJavaVM]}]}]";
+    assert!(base.extend(raw(jvm), "p", &|_| 1).is_ok());
+    assert!(
+        e("families: [{id: vm, abi: jvm, identify: [{all: [x]}], probes: [{symbol: f, op: read}]}]")
+            .starts_with("families[0].probes: a family with 'abi: jvm' has no probes")
+    );
+    assert!(
+        e("families: [{id: vm, abi: jvm, identify: [{all: [x]}], companion: [y]}]")
+            .starts_with("families[0].companion: a family with 'abi: jvm' has no probes")
+    );
+}
+
+#[test]
+fn the_jvm_is_java_and_its_native_providers_are_the_libraries_they_are() {
+    // HotSpot's libjvm.so (Debian's OpenJDK 17, Temurin 25): the JNI invocation API and the JVM_*
+    // entry points, and no TLS library's symbols.
+    let libjvm = [
+        "JNI_CreateJavaVM",
+        "JNI_GetCreatedJavaVMs",
+        "JVM_CurrentTimeMillis",
+        "JVM_handle_linux_signal",
+    ];
+    assert_eq!(family_of(&libjvm).as_deref(), Some("java"));
+    let def = Catalog::embedded().family("java").expect("java").clone();
+    assert!(def.is_runtime() && def.probes.is_empty());
+    // Named libjvm.so but not a JVM (no JNI_CreateJavaVM), or one that imports what a JVM
+    // defines (libjava, libjli): not java.
+    assert_eq!(family_of(&["JVM_CurrentTimeMillis"]), None);
+    assert_eq!(family_of(&["JNI_CreateJavaVM", "JLI_Launch"]), None);
+    // Native providers loaded into a JVM are the TLS libraries they carry: netty-tcnative's
+    // boringssl-static build (BoringSSL's SSL_* exported beside its JNI functions), or its
+    // dynamic build, which maps the system's libssl (a file of its own: OpenSSL).
+    let tcnative_boringssl = [
+        "JNI_OnLoad",
+        "Java_io_netty_internal_tcnative_SSL_newSSL",
+        "SSL_CTX_new",
+        "SSL_CTX_set_select_certificate_cb",
+    ];
+    assert_eq!(family_of(&tcnative_boringssl).as_deref(), Some("boringssl"));
+    assert_eq!(
+        family_of(&["OPENSSL_init_ssl", "SSL_CTX_new"]).as_deref(),
+        Some("openssl")
+    );
+    // A JVM with a TLS library linked into the same file is that library (tried first).
+    let mut both = libjvm.to_vec();
+    both.extend(["OPENSSL_init_ssl", "SSL_CTX_new"]);
+    assert_eq!(family_of(&both).as_deref(), Some("openssl"));
 }

@@ -47,12 +47,21 @@ pub fn processes(libs: &[Library], policy: &Policy) -> Vec<Process> {
         .collect();
     pids.sort_unstable();
     let want_sha = policy.who_needs_sha256();
+    let runtimes = policy.has_runtime_rules().then(|| policy.catalog.clone());
     pids.into_iter()
         .filter_map(|pid| {
-            let (speaker, comm) = crate::speakers::of_process(pid, want_sha, root.as_deref())?;
+            let (speaker, comm) =
+                crate::speakers::of_process(pid, want_sha, root.as_deref(), runtimes.as_deref())?;
             let mut decisions = vec![match policy.decide_who(None, &speaker) {
                 Some(d) => by_scoped_rule(
-                    "unattributed TLS".into(),
+                    match (&speaker.runtime, d.runtime) {
+                        (Some(r), true) => format!(
+                            "TLS no native library made, as {} ({})",
+                            r.path.display(),
+                            r.family
+                        ),
+                        _ => "unattributed TLS".into(),
+                    },
                     policy,
                     d.index,
                     d.line,

@@ -92,6 +92,8 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
         let d = policy.decide(lib);
         let why = match d.rule_line {
             Some(l) => format!("rule at line {l}"),
+            // A runtime's file (a JVM): its TLS is unattributed TLS unless a rule names it.
+            None if lib.probes.is_empty() => "unattributed_tls".to_owned(),
             None => "default".to_owned(),
         };
         let unknown = || "unknown".to_owned();
@@ -135,6 +137,12 @@ pub fn text(libs: &[Library], policy: &Policy) -> String {
             ),
         };
         let _ = writeln!(out, "  pids       {pids}");
+        if lib.probes.is_empty() {
+            let _ = writeln!(
+                out,
+                "  probes     none: a runtime, whose TLS is its own compiled code (judged by the process that sends it)"
+            );
+        }
     }
     out
 }

@@ -179,7 +179,7 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
         } else if !def.companion.is_empty() {
             tracing::debug!(path = %file.path.display(), family = %def.family, "no companion found");
         }
-        if probes.is_empty() {
+        if probes.is_empty() && !def.is_runtime() {
             tracing::debug!(
                 path = %file.path.display(), family = %def.family,
                 "identified, but none of its probe functions can be probed: skipped"
@@ -207,6 +207,10 @@ pub(super) fn libraries(files: Vec<Scanned>, catalog: &Catalog) -> Vec<Library> 
             if version.is_some() {
                 break;
             }
+        }
+        // A JVM's own text first (it is part of the file identified), else its JDK's `release`.
+        if def.is_runtime() && version.is_none() {
+            version = super::jvm::release_version(&file.path);
         }
         out.push(Library {
             family: def.family.clone(),

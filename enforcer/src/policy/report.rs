@@ -112,6 +112,8 @@ pub fn check_report(p: &Policy) -> String {
         });
         let (action, why) = match family_only {
             Some(r) => (r.action, format!("rule at line {}", r.line)),
+            // A runtime's TLS (Java's) is unattributed TLS unless a rule names its family.
+            None if def.is_runtime() => (p.unattributed_tls, "unattributed_tls".to_owned()),
             None => (p.default, "default".to_owned()),
         };
         let _ = writeln!(out, "  {}: {action} ({why})", def.family);

@@ -185,7 +185,7 @@ fn unknown_values() {
     );
     assert_eq!(
         err("default: deny\nlibraries:\n  - family: nsss\n    action: allow\n"),
-        "policy.yaml:3:13: libraries[0].family: unknown value 'nsss' (expected aws-lc, boringssl, libressl, openssl, gnutls, nss, wolfssl, mbedtls, rustls or go)"
+        "policy.yaml:3:13: libraries[0].family: unknown value 'nsss' (expected aws-lc, boringssl, libressl, openssl, gnutls, nss, wolfssl, mbedtls, rustls, go or java)"
     );
     assert_eq!(
         err("default: deny\nlibraries:\n  - family: gnutls\n    action: permit\n"),
@@ -389,6 +389,7 @@ by family (where no sha256, path or version rule matches):
   mbedtls: deny (default)
   rustls: deny (default)
   go: deny (default)
+  java: deny (unattributed_tls)
 "
     );
     let p = parse("default: allow\n", "p").unwrap();
@@ -396,7 +397,9 @@ by family (where no sha256, path or version rule matches):
         "mode: audit (nothing is blocked; denied connections are reported as would-block)\n"
     ));
     assert!(check_report(&p).contains("rules: 0 ("));
-    assert!(check_report(&p).ends_with("  go: allow (default)\n"));
+    assert!(
+        check_report(&p).ends_with("  go: allow (default)\n  java: allow (unattributed_tls)\n")
+    );
 }
 
 #[test]

@@ -49,7 +49,7 @@ fn every_error_once_in_order_with_position() {
             "p.yaml:8:13: libraries[1].action: unknown value 'blok' (expected allow, deny or audit)",
             "p.yaml:9:11: libraries[2].path: invalid glob '/opt/[vendor/**': unclosed character class; missing ']'",
             "p.yaml:11:5: libraries[3]: duplicate rule for family=openssl (first rule at line 5)",
-            "p.yaml:13:13: libraries[4].family: unknown value 'nosuch' (expected aws-lc, boringssl, libressl, openssl, gnutls, nss, wolfssl, mbedtls, rustls or go)",
+            "p.yaml:13:13: libraries[4].family: unknown value 'nosuch' (expected aws-lc, boringssl, libressl, openssl, gnutls, nss, wolfssl, mbedtls, rustls, go or java)",
             "p.yaml:15:5: libraries[4]: unknown key 'extra' (expected one of: family, version, path, sha256, server_names, executables, cgroups, users, tls_versions, groups, cipher_suites, ja4, action)",
             "p.yaml:16:10: duplicate key 'default'",
         ]

@@ -37,6 +37,7 @@ fn speaker(exe: &str, cgroup: &str, uid: u32) -> Speaker {
         exe_sha256: None,
         cgroup: Some(cgroup.to_owned()),
         uid: Some(uid),
+        runtime: None,
     }
 }
 
@@ -189,4 +190,104 @@ fn duplicate_scoped_rules_are_refused_but_different_scopes_are_not() {
     );
     let two = "default: deny\nlibraries:\n  - users: [0]\n    action: allow\n  - users: [1]\n    action: deny\n";
     assert!(parse(two, "p.yaml").is_ok());
+}
+
+fn jvm(version: Option<&str>) -> crate::libraries::Library {
+    let mut lib = crate::libraries::Library::bare("java", "/usr/lib/jvm/j17/lib/server/libjvm.so");
+    lib.identity.version = version.map(str::to_owned);
+    lib
+}
+
+#[test]
+fn a_java_rule_decides_the_tls_of_processes_that_map_a_jvm() {
+    let text = "mode: enforce\ndefault: deny\nunattributed_tls: deny\nlibraries:\n  - family: openssl\n    action: allow\n  - family: java\n    version: \">=17, <18\"\n    action: allow\n  - family: java\n    version: \">=25\"\n    users: [0]\n    action: allow\n";
+    let p = parse(text, "p.yaml").expect("valid");
+    assert!(p.has_runtime_rules() && p.has_who_rules());
+    // The kernel asks about unattributed TLS's senders; no library is a JVM's to probe.
+    assert!(p.who_may_decide(None));
+    let with = |version: Option<&str>, uid: u32| Speaker {
+        runtime: Some(jvm(version)),
+        ..speaker("/usr/lib/jvm/j17/bin/java", "/", uid)
+    };
+    let d = p
+        .decide_who(None, &with(Some("17.0.15"), 1000))
+        .expect("java 17");
+    assert_eq!((d.line, d.action, d.runtime), (7, Action::Allow, true));
+    assert!(
+        d.reasons[0]
+            .starts_with("the process maps java /usr/lib/jvm/j17/lib/server/libjvm.so (17.0.15)"),
+        "{:?}",
+        d.reasons
+    );
+    // Another version: the rule scoped to root decides only root's processes.
+    assert!(p.decide_who(None, &with(Some("25.0.3"), 1000)).is_none());
+    assert_eq!(
+        p.decide_who(None, &with(Some("25.0.3"), 0)).map(|d| d.line),
+        Some(10)
+    );
+    // No version known: a version range does not match it.
+    assert!(p.decide_who(None, &with(None, 0)).is_none());
+    // A process that maps no JVM is not java (its TLS stays unattributed).
+    assert!(
+        p.decide_who(None, &speaker("/usr/bin/curl", "/", 0))
+            .is_none()
+    );
+    // Without a java rule, nothing is asked for unattributed TLS.
+    let plain = parse(
+        "default: deny\nlibraries:\n  - family: openssl\n    action: allow\n",
+        "p.yaml",
+    )
+    .expect("valid");
+    assert!(!plain.has_runtime_rules() && !plain.who_may_decide(None));
+    assert!(plain.decide_who(None, &with(Some("17.0.15"), 0)).is_none());
+}
+
+#[test]
+fn a_java_rule_takes_no_server_names_nor_posture_keys() {
+    for (k, v) in [
+        ("server_names", "[a.example]"),
+        ("tls_versions", "[\"1.3\"]"),
+        ("groups", "[X25519]"),
+    ] {
+        let text = format!(
+            "default: deny\nlibraries:\n  - family: java\n    {k}: {v}\n    action: allow\n"
+        );
+        let err = parse(&text, "p.yaml").expect_err(k).to_string();
+        assert!(
+            err.contains(&format!(
+                "libraries[0].{k}: not supported for family 'java'"
+            )),
+            "{err}"
+        );
+    }
+    // A java deny under an open host: the JVM's TLS is refused, the rest is not.
+    let p = parse(
+        "default: allow\nunattributed_tls: allow\nlibraries:\n  - family: java\n    action: deny\n",
+        "p.yaml",
+    )
+    .expect("valid");
+    let java = Speaker {
+        runtime: Some(jvm(Some("17.0.15"))),
+        ..speaker("/usr/bin/java", "/", 0)
+    };
+    assert_eq!(
+        p.decide_who(None, &java).map(|d| d.action),
+        Some(Action::Deny)
+    );
+}
+
+#[test]
+fn a_listed_jvm_is_decided_by_java_rules_else_as_unattributed_tls() {
+    let lib = jvm(Some("17.0.15"));
+    // No rule names java: neither `default` nor a path rule decides it, `unattributed_tls` does.
+    let p = parse("default: allow\nunattributed_tls: deny\nlibraries:\n  - path: \"/usr/**\"\n    action: allow\n", "p.yaml").expect("valid");
+    let d = p.decide(&lib);
+    assert_eq!((d.action, d.rule_line), (Action::Deny, None));
+    let p = parse(
+        "default: deny\nlibraries:\n  - family: java\n    action: audit\n",
+        "p.yaml",
+    )
+    .expect("valid");
+    let d = p.decide(&lib);
+    assert_eq!((d.action, d.rule_line), (Action::Audit, Some(3)));
 }

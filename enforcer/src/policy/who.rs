@@ -78,6 +78,9 @@ pub struct Speaker {
     /// Path below the cgroup v2 root, starting with `/`.
     pub cgroup: Option<String>,
     pub uid: Option<u32>,
+    /// The runtime's file it maps (a JVM, `abi: jvm`), looked for only when a rule names a
+    /// runtime family (`crate::libraries::jvm::of_process`).
+    pub runtime: Option<crate::libraries::Library>,
 }
 
 impl Who {

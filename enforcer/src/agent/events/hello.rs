@@ -228,6 +228,11 @@ impl Reporter {
         let verdict_name = verdict_name(event.verdict);
         let time = self.wall_clock(event.header.ts_ns);
         let who = self.who_gate.as_ref().and_then(|g| g.recent(&event.flow));
+        // TLS no native library made, judged as the runtime's the sender maps (a JVM).
+        let runtime = who
+            .as_ref()
+            .filter(|_| unattributed)
+            .and_then(super::who::Judged::runtime_json);
         let origin = owner.as_ref().map_or_else(Default::default, |o| {
             super::origin::Origin::of(o.pid, o.cgroup.clone(), o.netns_cookie, &self.netns)
         });
@@ -236,6 +241,7 @@ impl Reporter {
                 "type": "client_hello",
                 "hello": if server { "server" } else { "client" },
                 "evidence": match (unattributed, by_random) {
+                    (true, _) if runtime.is_some() => json!("runtime"),
                     (true, _) => serde_json::Value::Null,
                     (false, true) => json!("random"),
                     (false, false) => json!("thread"),
@@ -245,9 +251,9 @@ impl Reporter {
                 "remote": { "addr": remote.0.to_string(), "port": remote.1 },
                 "server_name": server_name,
                 "server_name_status": sni_status(event.sni),
-                "attributed": !unattributed,
+                "attributed": !unattributed || runtime.is_some(),
                 "library": match (&lib, unattributed) {
-                    (_, true) => serde_json::Value::Null,
+                    (_, true) => runtime.clone().unwrap_or(serde_json::Value::Null),
                     (Some(l), false) => super::origin::library_json(event.lib_id, l),
                     (None, false) => json!({ "id": event.lib_id, "family": "unknown", "path": null, "version": null, "container_path": null, "host_path": null }),
                 },
@@ -271,11 +277,12 @@ impl Reporter {
             super::EventFormat::Json => {}
             super::EventFormat::Text => {
                 let server_name = server_name.as_deref().unwrap_or(sni_status(event.sni));
+                let by_runtime = who.as_ref().and_then(|j| j.runtime.as_ref());
                 let family = lib.as_ref().map_or(
-                    if unattributed {
-                        "none (unattributed)"
-                    } else {
-                        "unknown"
+                    match by_runtime {
+                        Some(r) if unattributed => r.family.name(),
+                        _ if unattributed => "none (unattributed)",
+                        _ => "unknown",
                     },
                     |l| l.family.name(),
                 );
@@ -298,7 +305,11 @@ impl Reporter {
                         )
                     };
                 }
-                if unattributed && server {
+                if unattributed && by_runtime.is_some() && event.verdict == verdict::ALLOWED {
+                    log_hello!(info, "TLS ClientHello of the runtime the process maps");
+                } else if unattributed && by_runtime.is_some() {
+                    log_hello!(warn, "TLS ClientHello of the runtime the process maps");
+                } else if unattributed && server {
                     log_hello!(warn, "TLS ServerHello no probed library made");
                 } else if unattributed {
                     log_hello!(warn, "TLS ClientHello no probed library made");

@@ -45,6 +45,9 @@ pub struct Judged {
     pub refused_now: bool,
     /// The sender as the kernel recorded it (`None`: not recorded).
     pub sender: Option<Sender>,
+    /// Unattributed TLS decided as the TLS of the runtime the sender maps (a JVM): the library
+    /// of the flow.
+    pub runtime: Option<crate::libraries::Library>,
 }
 
 impl Judged {
@@ -58,6 +61,20 @@ impl Judged {
             "rule": self.rule.as_ref().map(|r| r.1.clone()),
             "reasons": self.rule.as_ref().map_or(Vec::new(), |r| r.2.clone()),
         })
+    }
+
+    /// The runtime the flow's TLS was judged as (`library` of a `client_hello` event, without
+    /// an id: a runtime's file is listed, never probed).
+    pub fn runtime_json(&self) -> Option<Value> {
+        let r = self.runtime.as_ref()?;
+        Some(json!({
+            "id": null,
+            "family": r.family.name(),
+            "path": r.path.display().to_string(),
+            "version": r.identity.version,
+            "container_path": null,
+            "host_path": r.path.display().to_string(),
+        }))
     }
 }
 
@@ -87,12 +104,15 @@ impl WhoGate {
         lib: Option<&crate::libraries::Library>,
     ) -> Option<Judged> {
         // Without such rules, nothing to do (not even a map lookup).
-        let want_sha256 = {
+        let (want_sha256, runtimes) = {
             let in_force = self.policy.read();
             if !in_force.policy.has_who_rules() {
                 return None;
             }
-            in_force.policy.who_needs_sha256()
+            // The runtime a sender maps matters to unattributed TLS only.
+            let runtimes = (event.lib_id == UNATTRIBUTED && in_force.policy.has_runtime_rules())
+                .then(|| in_force.policy.catalog.clone());
+            (in_force.policy.who_needs_sha256(), runtimes)
         };
         let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         // The generation before the policy is read again: an answer is never filed under a
@@ -109,13 +129,14 @@ impl WhoGate {
         }
         // Resolved without the policy locked (a reload waits for no `/proc` read or hash).
         let (speaker, complete) = sender
-            .map(|s| crate::speakers::resolve(&s, want_sha256))
+            .map(|s| crate::speakers::resolve(&s, want_sha256, runtimes.as_deref()))
             .unwrap_or_default();
         let in_force = self.policy.read();
         let policy = &in_force.policy;
         let mode = in_force.mode();
         let subject = lib.map(crate::policy::subject);
         let decision = policy.decide_who(subject.as_ref(), &speaker);
+        let speaker_runtime = speaker.runtime.clone();
         // Without a scoped rule the flow gets what the kernel gives it; that is known here only
         // where no server name is needed for it (unattributed TLS, a library without name
         // rules), and not under the late hook form (which lowers `unattributed_tls: deny`).
@@ -143,6 +164,7 @@ impl WhoGate {
             held: enforcing,
             refused_now: pending && enforcing && action == Some(Action::Deny),
             sender,
+            runtime: decision.as_ref().filter(|d| d.runtime).and(speaker_runtime),
         };
         drop(in_force);
         // Facts a gone process left unknown are not kept as its identity's verdict: the kernel

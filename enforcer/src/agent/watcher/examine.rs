@@ -216,6 +216,12 @@ fn unknown(shared: &Shared, found: &Found, origin: &Origin<'_>, err: &LibraryErr
 
 /// Registers a new TLS library with the datapath (policy, table, probes) and reports it.
 fn register(shared: &Shared, lib: Library, origin: &Origin<'_>) {
+    // A runtime's file (a JVM): nothing to probe; its processes' TLS is judged when they send
+    // it (`agent::events::who`).
+    if lib.probes.is_empty() {
+        debug!(path = %lib.path.display(), family = %lib.family, pid = origin.pid, "runtime mapped: nothing to probe");
+        return;
+    }
     let version = lib.identity.version.clone();
     let path = lib.path.display().to_string();
     let family = lib.family.clone();
