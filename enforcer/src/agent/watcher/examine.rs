@@ -124,6 +124,17 @@ pub(super) fn examine(
                         .wait(examined)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
+                Some(
+                    marked @ Entry {
+                        state: Examined::Releasing,
+                        ..
+                    },
+                ) if !marked.is_stale(found.generation, found.ctime) => {
+                    // Mapped again before the library sweep released it: kept, still probed.
+                    debug!(path = %found.path.display(), "library marked for release mapped again: kept");
+                    examined.insert(inode, entry(Examined::Library));
+                    return Some(Examined::Library);
+                }
                 Some(done) if !done.is_stale(found.generation, found.ctime) => {
                     return Some(done.state);
                 }
@@ -219,11 +230,23 @@ fn register(shared: &Shared, lib: Library, origin: &Origin<'_>) {
     let version = lib.identity.version.clone();
     let path = lib.path.display().to_string();
     let family = lib.family.clone();
-    let registered = shared.datapath.register(lib);
+    let registered = shared.datapath.register(lib.clone());
     let since_us = origin
         .since_ns
         .map(|t| monotonic_ns().saturating_sub(t) / 1000);
     match registered {
+        Ok(r) if r.over_capacity.is_some() => {
+            shared.stats.libraries.fetch_add(1, Ordering::Relaxed);
+            super::report_over_capacity(
+                &shared.datapath,
+                &shared.reporter,
+                &r,
+                &lib,
+                origin.via,
+                origin.pid,
+                origin.comm,
+            );
+        }
         Ok(r) => {
             shared.stats.libraries.fetch_add(1, Ordering::Relaxed);
             info!(
