@@ -139,6 +139,7 @@ impl Running {
                     sampled: sampled.clone(),
                     stats: stats.clone(),
                     counters: counters.clone(),
+                    library_ids: self.datapath.capacity(),
                 },
             )))
         });
