@@ -1,0 +1,232 @@
+//! Library ids filled by an adversary (issue 16, item 4): every distinct library holds a slot in
+//! the maps keyed by library id. With a small `--max-libraries`, processes that each map a
+//! fresh libssl copy fill the slots; the next library is probed under the shared over-capacity
+//! id and judged by the policy's `default` (a `capacity` event), so under `default: deny` its
+//! process gets no TLS out, although `unattributed_tls: allow` would have let it through had it
+//! been left unprobed. When the holders exit, the library sweep releases their libraries
+//! (`library_released` events) and a released copy mapped again is registered anew, with a new
+//! id, and allowed.
+//!
+//! The agent runs twice: first to learn how many libraries it registers at start on this host
+//! (the limit is set that many plus a few), then with the limit.
+
+use std::{
+    net::IpAddr,
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use enforcer_tests::{
+    Agent, Cert, NetNs, Server,
+    libssl_copies::{build_client, copy_path, field, fresh_copy, system_libssl},
+    require_root, run_with_timeout,
+    schema::{events_schema, validate_event},
+};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(60);
+const EVENT: Duration = Duration::from_secs(20);
+/// Two censuses one second apart, the release itself, and a loaded machine.
+const RELEASE: Duration = Duration::from_secs(30);
+const CLIENT: Duration = Duration::from_secs(30);
+const PORT: u16 = 8443;
+/// Slots above what the agent holds at start.
+const ROOM: u64 = 3;
+/// Holders started at most while looking for the limit (start-up libraries no process maps are
+/// released meanwhile, which makes room for more).
+const MAX_HOLDERS: usize = 48;
+/// `enforcer_common::policy::OVER_CAPACITY`.
+const OVER_CAPACITY: u64 = u32::MAX as u64 - 1;
+
+const POLICY: &str = "mode: enforce\ndefault: deny\nunattributed_tls: allow\nlibraries:\n  \
+                      - family: openssl\n    action: allow\n";
+
+fn start_agent(ns: &NetNs, extra: &[&str]) -> (Agent, Value) {
+    let mut args = enforcer_tests::hook_args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::with_policy(&ns.host_if, POLICY, &args);
+    let ready = agent.wait_ready(READY);
+    assert_eq!(ready["new_files"], "pause", "{ready}\n{}", agent.stderr());
+    (agent, ready)
+}
+
+/// Processes that keep a library mapped (`sleep` with the copy preloaded); killed on drop.
+struct Holders(Vec<Child>);
+
+impl Holders {
+    fn hold(&mut self, copy: &str) {
+        let child = Command::new("sleep")
+            .arg("600")
+            .env("LD_PRELOAD", copy)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start a holder");
+        self.0.push(child);
+    }
+
+    fn kill_all(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// The `library` or `capacity` event of the file at `path`.
+fn registration(agent: &mut Agent, path: &str) -> Value {
+    agent.wait_for(
+        |v| (v["type"] == "library" || v["type"] == "capacity") && v["path"] == path,
+        EVENT,
+    )
+}
+
+fn connection_of(agent: &mut Agent, local_port: u16) -> Value {
+    agent.wait_for(
+        |v| {
+            v["type"] == "connection"
+                && v["comm"] == "tls_client"
+                && v["local"]["port"] == local_port
+        },
+        EVENT,
+    )
+}
+
+#[test]
+fn library_ids_fill_fail_closed_and_are_reused() {
+    require_root();
+    let libssl = system_libssl();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let www = Server::www(&ns, peer, PORT, &cert);
+    let work = tempfile::Builder::new()
+        .prefix("enforcer-capacity-client-")
+        .tempdir()
+        .expect("temp dir");
+    let client = build_client(work.path());
+    let (addr, port) = (peer.to_string(), PORT.to_string());
+
+    let at_start = {
+        let (mut agent, ready) = start_agent(&ns, &[]);
+        let n = ready["libraries"].as_u64().expect("ready counts libraries");
+        agent.stop();
+        n
+    };
+    let limit = (at_start + ROOM).to_string();
+    let (mut agent, _) = start_agent(&ns, &["--max-libraries", &limit, "--library-sweep", "1"]);
+
+    // Fill: one holder per fresh copy until a copy finds no slot.
+    let mut copies = Vec::new();
+    let mut holders = Holders(Vec::new());
+    let mut own: Vec<(String, u64)> = Vec::new();
+    let full = loop {
+        assert!(
+            copies.len() < MAX_HOLDERS,
+            "{MAX_HOLDERS} libraries held and no capacity event (limit {limit})\n{}",
+            agent.stderr()
+        );
+        let copy = fresh_copy("enforcer-capacity-hold-", &libssl);
+        let path = copy_path(&copy);
+        holders.hold(&path);
+        copies.push(copy);
+        let event = registration(&mut agent, &path);
+        if event["type"] == "capacity" {
+            break event;
+        }
+        assert_eq!(event["action"], "allow", "{event}");
+        own.push((path, event["id"].as_u64().expect("library id")));
+    };
+    eprintln!(
+        "libraries at start {at_start}, limit {limit}: {} holders got ids, the next one none",
+        own.len()
+    );
+    validate_event(&events_schema(), &full).unwrap_or_else(|why| panic!("{why}"));
+    assert_eq!(full["map"], "LIB_ACTIONS", "{full}");
+    assert_eq!(full["level"], "full", "{full}");
+    assert_eq!(full["reason"], "limit", "{full}");
+    assert_eq!(full["action"], "deny", "the policy's default: {full}");
+    assert_eq!(
+        full["max_entries"].as_u64(),
+        Some(at_start + ROOM),
+        "{full}"
+    );
+    assert!(!own.is_empty(), "no holder got an id of its own: {full}");
+
+    // Full means closed: a process with another new copy (OpenSSL, which a rule allows) is
+    // refused, as `default: deny` says; unprobed, `unattributed_tls: allow` would have passed it.
+    let over = fresh_copy("enforcer-capacity-over-", &libssl);
+    let mut run = Command::new(&client);
+    run.args([&addr, &port]).env("LD_LIBRARY_PATH", over.path());
+    let out = run_with_timeout(&mut run, b"", CLIENT);
+    let event = registration(&mut agent, &copy_path(&over));
+    assert_eq!(event["type"], "capacity", "{event}");
+    assert_eq!(event["comm"], "tls_client", "{event}");
+    assert!(
+        !out.success(),
+        "the over-capacity client got TLS out: {out:?}"
+    );
+    let tls_port: u16 = field(&out.stdout_str(), "tls_local_port")
+        .expect("connected before the handshake")
+        .parse()
+        .unwrap();
+    let conn = connection_of(&mut agent, tls_port);
+    assert_eq!(conn["verdict"], "blocked", "{conn}");
+    assert_eq!(
+        conn["library"]["id"].as_u64(),
+        Some(OVER_CAPACITY),
+        "{conn}"
+    );
+
+    // Reuse: the holders exit, their libraries are released, and a released copy mapped again
+    // gets an id of its own (a new number) and is allowed.
+    holders.kill_all();
+    let (again, old_id) = own[0].clone();
+    for (path, id) in &own {
+        let released = agent.wait_for(
+            |v| v["type"] == "library_released" && v["path"] == path.as_str(),
+            RELEASE,
+        );
+        validate_event(&events_schema(), &released).unwrap_or_else(|why| panic!("{why}"));
+        assert_eq!(released["id"].as_u64(), Some(*id), "{released}");
+        assert_eq!(released["over_capacity"], false, "{released}");
+    }
+    let dir = std::path::Path::new(&again).parent().expect("copy dir");
+    let mut run = Command::new(&client);
+    run.args([&addr, &port]).env("LD_LIBRARY_PATH", dir);
+    let out = run_with_timeout(&mut run, b"", CLIENT);
+    assert!(
+        out.success(),
+        "the re-registered copy's client failed: {out:?}"
+    );
+    let event = registration(&mut agent, &again);
+    assert_eq!(event["type"], "library", "a slot was free again: {event}");
+    let new_id = event["id"].as_u64().expect("id");
+    assert_ne!(
+        new_id, old_id,
+        "id numbers are not handed out twice: {event}"
+    );
+    let tls_port: u16 = field(&out.stdout_str(), "tls_local_port")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let conn = connection_of(&mut agent, tls_port);
+    assert_eq!(conn["verdict"], "allowed", "{conn}");
+    assert_eq!(conn["library"]["id"].as_u64(), Some(new_id), "{conn}");
+    assert_eq!(
+        conn["call"], "handshake",
+        "probed before its first call: {conn}"
+    );
+    drop(www);
+}
