@@ -230,3 +230,89 @@ fn library_ids_fill_fail_closed_and_are_reused() {
     );
     drop(www);
 }
+
+/// Waits until one line of the agent's log holds both `a` and `b`.
+fn wait_log(agent: &Agent, a: &str, b: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !agent
+        .stderr()
+        .lines()
+        .any(|l| l.contains(a) && l.contains(b))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line with {a:?} and {b:?} within {timeout:?}\n{}",
+            agent.stderr()
+        );
+        // Polled: the log arrives on its own pipe.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The race of a release: a library marked (no process mapped it at a census) is mapped again
+/// before the census that would release it. The new process is paused, the file taken back:
+/// the library keeps its id and probes, and is not released with the others of that census.
+#[test]
+fn a_library_mapped_again_before_its_release_is_kept() {
+    require_root();
+    let libssl = system_libssl();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let www = Server::www(&ns, peer, PORT, &cert);
+    let work = tempfile::Builder::new()
+        .prefix("enforcer-capacity-client-")
+        .tempdir()
+        .expect("temp dir");
+    let client = build_client(work.path());
+    let (mut agent, _) = start_agent(&ns, &["--library-sweep", "1"]);
+
+    let (kept, sentinel) = (
+        fresh_copy("enforcer-capacity-kept-", &libssl),
+        fresh_copy("enforcer-capacity-sentinel-", &libssl),
+    );
+    let (kept_path, sentinel_path) = (copy_path(&kept), copy_path(&sentinel));
+    let mut first = Holders(Vec::new());
+    first.hold(&kept_path);
+    first.hold(&sentinel_path);
+    let id = registration(&mut agent, &kept_path)["id"]
+        .as_u64()
+        .expect("id");
+    registration(&mut agent, &sentinel_path);
+    first.kill_all();
+    wait_log(&agent, "marked for release", &kept_path, RELEASE);
+    wait_log(&agent, "marked for release", &sentinel_path, EVENT);
+
+    // Mapped again after the mark: taken back.
+    let mut again = Holders(Vec::new());
+    again.hold(&kept_path);
+    wait_log(&agent, "mapped again: kept", &kept_path, EVENT);
+    // The census that releases the sentinel has seen the holder: the kept copy stays.
+    agent.wait_for(
+        |v| v["type"] == "library_released" && v["path"] == sentinel_path.as_str(),
+        RELEASE,
+    );
+    let released: Vec<Value> = agent
+        .events()
+        .iter()
+        .filter(|v| v["type"] == "library_released" && v["path"] == kept_path.as_str())
+        .cloned()
+        .collect();
+    assert!(released.is_empty(), "released while mapped: {released:?}");
+
+    // Still probed under its id, from a new process's first call.
+    let mut run = Command::new(&client);
+    run.args([&peer.to_string(), &PORT.to_string()])
+        .env("LD_LIBRARY_PATH", kept.path());
+    let out = run_with_timeout(&mut run, b"", CLIENT);
+    assert!(out.success(), "client failed: {out:?}");
+    let tls_port: u16 = field(&out.stdout_str(), "tls_local_port")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let conn = connection_of(&mut agent, tls_port);
+    assert_eq!(conn["library"]["id"].as_u64(), Some(id), "{conn}");
+    assert_eq!(conn["verdict"], "allowed", "{conn}");
+    drop(again);
+    drop(www);
+}

@@ -131,7 +131,7 @@ pub(super) fn examine(
                     },
                 ) if !marked.is_stale(found.generation, found.ctime) => {
                     // Mapped again before the library sweep released it: kept, still probed.
-                    debug!(path = %found.path.display(), "library marked for release mapped again: kept");
+                    info!(path = %found.path.display(), pid = origin.pid, "library marked for release mapped again: kept");
                     examined.insert(inode, entry(Examined::Library));
                     return Some(Examined::Library);
                 }

@@ -158,6 +158,11 @@ fn mark(shared: &Shared, held: &[Held]) -> HashSet<(u32, u64, u64)> {
             if let Some(entry) = examined.get_mut(&(h.dev, h.ino))
                 && entry.state == Examined::Library
             {
+                info!(
+                    id = h.id,
+                    path = h.path,
+                    "library mapped by no process: marked for release"
+                );
                 entry.state = Examined::Releasing;
                 marked.insert((h.id, h.dev, h.ino));
                 inodes.insert(h.ino);
@@ -172,7 +177,7 @@ fn mark(shared: &Shared, held: &[Held]) -> HashSet<(u32, u64, u64)> {
     debug!(
         libraries = inodes.len(),
         known_keys = removed,
-        "libraries mapped by no process: marked for release"
+        "KNOWN_FILES keys of marked libraries removed"
     );
     marked
 }
