@@ -131,13 +131,14 @@ pub enum RegisterError {
 impl Datapath {
     /// Takes over a loaded object: opens its maps, writes `MODE` and the over-capacity entry,
     /// loads the TLS programs. Library ids continue after the largest an earlier run left in
-    /// pinned maps. At most `max_libraries` libraries hold an id at once (see [`capacity`]).
+    /// pinned maps. At most `max_libraries.0` libraries hold an id at once, at most
+    /// `max_libraries.1` of them charged to one uid other than root (0: half; see [`capacity`]).
     pub fn new(
         mut ebpf: Ebpf,
         libraries: Libraries,
         policy: Policy,
         dry_run: bool,
-        max_libraries: u32,
+        max_libraries: (u32, u32),
     ) -> anyhow::Result<Datapath> {
         let mut policy_maps = PolicyMaps::open(&ebpf)?;
         let maps = LiveMaps::open(&ebpf)?;
@@ -168,7 +169,7 @@ impl Datapath {
             in_force: Arc::new(RwLock::new(in_force)),
             libraries,
             ids: Ids::after(earlier_max_id),
-            capacity: Arc::new(Capacity::new(max_libraries)),
+            capacity: Arc::new(Capacity::new(max_libraries.0, max_libraries.1)),
             over: OverCapacity::default(),
             earlier_max_id,
             prober,
@@ -240,8 +241,11 @@ impl Datapath {
     /// attributed at the handshake, so a record costs it nothing. A reload that denies or audits
     /// it adds them (`apply`), so its connections the agent never saw a hello of are cut at
     /// their next record.
-    pub fn register(&self, lib: Library) -> Result<Registered, RegisterError> {
-        let id = match self.take_slot() {
+    ///
+    /// `uid`: the user of the process that brought the file in, charged with the slot (`None`:
+    /// found at start or by the start-up sweep).
+    pub fn register(&self, lib: Library, uid: Option<u32>) -> Result<Registered, RegisterError> {
+        let id = match self.take_slot(uid) {
             Ok(id) => id,
             Err(full) => return self.register_over_capacity(lib, full),
         };
@@ -267,7 +271,7 @@ impl Datapath {
             };
             if let Err(source) = written {
                 self.forget(id);
-                self.give_slot();
+                self.give_slot(id);
                 if let Some(map) = source.full_map() {
                     drop(in_force);
                     return self.register_over_capacity(lib, Full::Map(map));
@@ -304,7 +308,7 @@ impl Datapath {
                 let _in_force = self.read();
                 self.libraries.remove(id);
                 self.forget(id);
-                self.give_slot();
+                self.give_slot(id);
                 Err(RegisterError::Probe { id, source })
             }
         }

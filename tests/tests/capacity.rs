@@ -52,12 +52,36 @@ fn start_agent(ns: &NetNs, extra: &[&str]) -> (Agent, Value) {
     (agent, ready)
 }
 
+/// How many libraries an agent registers at start on this host (a run of its own).
+fn libraries_at_start(ns: &NetNs) -> u64 {
+    let (mut agent, ready) = start_agent(ns, &[]);
+    let n = ready["libraries"].as_u64().expect("ready counts libraries");
+    agent.stop();
+    n
+}
+
+/// Opens `dir` to every user (temp dirs are made 0700): an unprivileged process reads the copy
+/// or runs the client in it.
+fn open_to_all(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
 /// Processes that keep a library mapped (`sleep` with the copy preloaded); killed on drop.
 struct Holders(Vec<Child>);
 
 impl Holders {
     fn hold(&mut self, copy: &str) {
-        let child = Command::new("sleep")
+        self.hold_as(copy, None);
+    }
+
+    /// A holder running as `uid` (and that gid), else as root.
+    fn hold_as(&mut self, copy: &str, uid: Option<u32>) {
+        let mut sleep = Command::new("sleep");
+        if let Some(uid) = uid {
+            sleep.uid(uid).gid(uid);
+        }
+        let child = sleep
             .arg("600")
             .env("LD_PRELOAD", copy)
             .stdin(Stdio::null())
@@ -118,12 +142,7 @@ fn library_ids_fill_fail_closed_and_are_reused() {
     let client = build_client(work.path());
     let (addr, port) = (peer.to_string(), PORT.to_string());
 
-    let at_start = {
-        let (mut agent, ready) = start_agent(&ns, &[]);
-        let n = ready["libraries"].as_u64().expect("ready counts libraries");
-        agent.stop();
-        n
-    };
+    let at_start = libraries_at_start(&ns);
     let limit = (at_start + ROOM).to_string();
     let (mut agent, _) = start_agent(&ns, &["--max-libraries", &limit, "--library-sweep", "1"]);
 
@@ -314,5 +333,94 @@ fn a_library_mapped_again_before_its_release_is_kept() {
     assert_eq!(conn["library"]["id"].as_u64(), Some(id), "{conn}");
     assert_eq!(conn["verdict"], "allowed", "{conn}");
     drop(again);
+    drop(www);
+}
+
+/// One user's flood cannot take every id: a uid other than root holds at most
+/// `--max-libraries-per-user` ids. Its next library is over capacity (reason `user_quota`) and its
+/// process's TLS refused under `default: deny`, while root's new library still gets an id.
+#[test]
+fn one_user_cannot_take_every_library_id() {
+    const NOBODY: u32 = 65534;
+    require_root();
+    let libssl = system_libssl();
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let www = Server::www(&ns, peer, PORT, &cert);
+    let work = tempfile::Builder::new()
+        .prefix("enforcer-capacity-client-")
+        .tempdir()
+        .expect("temp dir");
+    open_to_all(work.path());
+    let client = build_client(work.path());
+    let (addr, port) = (peer.to_string(), PORT.to_string());
+    let limit = (libraries_at_start(&ns) + 5).to_string();
+    let (mut agent, _) = start_agent(
+        &ns,
+        &[
+            "--max-libraries",
+            &limit,
+            "--max-libraries-per-user",
+            "2",
+            "--library-sweep",
+            "0",
+        ],
+    );
+
+    let mut copies = Vec::new();
+    let mut holders = Holders(Vec::new());
+    for n in 0..3 {
+        let copy = fresh_copy("enforcer-capacity-user-", &libssl);
+        open_to_all(copy.path());
+        let path = copy_path(&copy);
+        holders.hold_as(&path, Some(NOBODY));
+        let event = registration(&mut agent, &path);
+        match n {
+            0 | 1 => assert_eq!(event["type"], "library", "within the quota: {event}"),
+            _ => {
+                validate_event(&events_schema(), &event).unwrap_or_else(|why| panic!("{why}"));
+                assert_eq!(event["type"], "capacity", "over the quota: {event}");
+                assert_eq!(event["reason"], "user_quota", "{event}");
+                assert_eq!(event["action"], "deny", "{event}");
+            }
+        }
+        copies.push(copy);
+    }
+
+    // The user's next TLS client is over its quota: refused.
+    let over = fresh_copy("enforcer-capacity-user-over-", &libssl);
+    open_to_all(over.path());
+    let mut run = Command::new(&client);
+    run.args([&addr, &port])
+        .env("LD_LIBRARY_PATH", over.path())
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let out = run_with_timeout(&mut run, b"", CLIENT);
+    let event = registration(&mut agent, &copy_path(&over));
+    assert_eq!(event["reason"], "user_quota", "{event}");
+    assert!(
+        !out.success(),
+        "over its quota, the user's client got TLS out: {out:?}"
+    );
+    let tls_port: u16 = field(&out.stdout_str(), "tls_local_port")
+        .expect("connected before the handshake")
+        .parse()
+        .unwrap();
+    let conn = connection_of(&mut agent, tls_port);
+    assert_eq!(conn["verdict"], "blocked", "{conn}");
+
+    // Root's new library is not starved by it.
+    let mine = fresh_copy("enforcer-capacity-root-", &libssl);
+    let mut run = Command::new(&client);
+    run.args([&addr, &port]).env("LD_LIBRARY_PATH", mine.path());
+    let out = run_with_timeout(&mut run, b"", CLIENT);
+    let event = registration(&mut agent, &copy_path(&mine));
+    assert_eq!(
+        event["type"], "library",
+        "root's library got an id: {event}"
+    );
+    assert!(out.success(), "root's client failed: {out:?}");
+    drop(holders);
     drop(www);
 }

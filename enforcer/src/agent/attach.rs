@@ -118,6 +118,11 @@ pub struct AttachArgs {
     /// (a `capacity` event; docs/architecture.md, threat model).
     #[arg(long, value_name = "N", default_value_t = crate::datapath::capacity::DEFAULT_MAX_LIBRARIES, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::datapath::capacity::DEFAULT_MAX_LIBRARIES)))]
     pub max_libraries: u32,
+    /// Most library ids the libraries brought in by the processes of one user (uid, root
+    /// excepted) may hold: a user's flood of libraries cannot take every id from the others.
+    /// 0 (the default): half of --max-libraries.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_libraries_per_user: u32,
     /// Seconds between passes of the library sweep: a library no process maps at two complete
     /// censuses of /proc/*/maps in a row is released (probes detached, its id's slot free).
     /// 0: never released.
@@ -306,7 +311,7 @@ fn load(
         checked.libraries.clone(),
         policy,
         args.dry_run,
-        args.max_libraries,
+        (args.max_libraries, args.max_libraries_per_user),
     )?;
     let earlier = checked
         .pin
@@ -320,7 +325,7 @@ fn load(
 /// probed is reported and left out; the run goes on for the others.
 fn register_libraries(datapath: &Datapath, found: &[Library], reporter: &Reporter) -> Result<()> {
     for lib in found {
-        match datapath.register(lib.clone()) {
+        match datapath.register(lib.clone(), None) {
             Ok(r) if r.over_capacity.is_some() => {
                 watcher::report_over_capacity(datapath, reporter, &r, lib, "start", None, "");
             }

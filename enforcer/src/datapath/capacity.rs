@@ -18,12 +18,15 @@
 //!   blocked whatever rule would have matched it; it is reported (a `capacity` event, a warning,
 //!   `enforcer_libraries_over_capacity_total`). Left unprobed, its TLS would be unattributed and
 //!   judged by `unattributed_tls`, which may be `allow`.
+//! - **A share per user**: the slots a uid other than root is charged with (the user of the
+//!   process that brought the file in) stop at `--max-libraries-per-user` (default half), past
+//!   which its libraries are over capacity too: one user's flood leaves the rest to the others.
 
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
 };
 
@@ -48,6 +51,8 @@ pub enum Full {
     Map(&'static str),
     /// Id numbers ran out (about four billion registrations).
     Ids,
+    /// The user whose process brought the file in holds `--max-libraries-per-user` ids.
+    UserQuota,
 }
 
 impl Full {
@@ -55,7 +60,7 @@ impl Full {
     pub fn map(self) -> &'static str {
         match self {
             Full::Map(name) => name,
-            Full::Limit | Full::Ids => maps::LIB_ACTIONS,
+            Full::Limit | Full::Ids | Full::UserQuota => maps::LIB_ACTIONS,
         }
     }
 
@@ -64,6 +69,7 @@ impl Full {
             Full::Limit => "limit",
             Full::Map(_) => "map_full",
             Full::Ids => "ids_exhausted",
+            Full::UserQuota => "user_quota",
         }
     }
 }
@@ -73,38 +79,95 @@ impl Full {
 pub struct Capacity {
     /// `--max-libraries`.
     pub max: usize,
-    held: AtomicUsize,
+    /// `--max-libraries-per-user`: ids one uid other than root may hold.
+    pub per_user: usize,
+    slots: Mutex<Slots>,
     /// Libraries probed under [`OVER_CAPACITY`], since start.
     pub over_capacity: AtomicU64,
     /// Libraries released (no process mapped them), since start.
     pub released: AtomicU64,
 }
 
+/// Who holds the slots.
+#[derive(Debug, Default)]
+struct Slots {
+    held: usize,
+    /// Slots charged to each uid other than root.
+    by_user: HashMap<u32, usize>,
+    /// id → the uid it is charged to.
+    owner: HashMap<u32, u32>,
+}
+
 impl Capacity {
-    pub fn new(max: u32) -> Capacity {
+    /// `per_user` 0: half of `max` (at least one).
+    pub fn new(max: u32, per_user: u32) -> Capacity {
+        let max = max.clamp(1, DEFAULT_MAX_LIBRARIES) as usize;
+        let per_user = match per_user {
+            0 => (max / 2).max(1),
+            n => (n as usize).min(max),
+        };
         Capacity {
-            max: max.clamp(1, DEFAULT_MAX_LIBRARIES) as usize,
+            max,
+            per_user,
             ..Capacity::default()
         }
     }
 
     /// Slots held now.
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        lock(&self.slots).held
     }
 
-    fn take(&self) -> bool {
-        self.held
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .is_ok()
+    /// A slot for a library a process of `uid` brought in (`None`: found at start or by the
+    /// start-up sweep; root is not charged, as the host's own services run as root).
+    fn take(&self, uid: Option<u32>) -> Result<(), Full> {
+        let mut slots = lock(&self.slots);
+        if slots.held >= self.max {
+            return Err(Full::Limit);
+        }
+        if let Some(uid) = uid.filter(|&u| u != 0) {
+            let count = slots.by_user.entry(uid).or_default();
+            if *count >= self.per_user {
+                return Err(Full::UserQuota);
+            }
+            *count += 1;
+        }
+        slots.held += 1;
+        Ok(())
     }
 
-    fn give_back(&self) {
-        let _ = self
-            .held
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    /// The slot just taken for `uid` is library `id`'s.
+    fn bind(&self, id: u32, uid: Option<u32>) {
+        if let Some(uid) = uid.filter(|&u| u != 0) {
+            lock(&self.slots).owner.insert(id, uid);
+        }
+    }
+
+    /// Undoes a `take` that got no id.
+    fn untake(&self, uid: Option<u32>) {
+        let mut slots = lock(&self.slots);
+        slots.held = slots.held.saturating_sub(1);
+        if let Some(uid) = uid.filter(|&u| u != 0) {
+            uncharge(&mut slots.by_user, uid);
+        }
+    }
+
+    /// Library `id` gave its slot back.
+    fn give_back(&self, id: u32) {
+        let mut slots = lock(&self.slots);
+        slots.held = slots.held.saturating_sub(1);
+        if let Some(uid) = slots.owner.remove(&id) {
+            uncharge(&mut slots.by_user, uid);
+        }
+    }
+}
+
+fn uncharge(by_user: &mut HashMap<u32, usize>, uid: u32) {
+    if let Some(count) = by_user.get_mut(&uid) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            by_user.remove(&uid);
+        }
     }
 }
 
@@ -145,23 +208,25 @@ impl Held {
 }
 
 impl Datapath {
-    /// Takes a slot for a new library; `Err` says why there is none.
-    pub(super) fn take_slot(&self) -> Result<u32, Full> {
-        if !self.capacity.take() {
-            return Err(Full::Limit);
-        }
+    /// Takes a slot for a new library a process of `uid` brought in; `Err` says why there is
+    /// none.
+    pub(super) fn take_slot(&self, uid: Option<u32>) -> Result<u32, Full> {
+        self.capacity.take(uid)?;
         match self.ids.next() {
-            Some(id) => Ok(id),
+            Some(id) => {
+                self.capacity.bind(id, uid);
+                Ok(id)
+            }
             None => {
-                self.capacity.give_back();
+                self.capacity.untake(uid);
                 Err(Full::Ids)
             }
         }
     }
 
-    /// Gives back the slot of a library that left the maps.
-    pub(super) fn give_slot(&self) {
-        self.capacity.give_back();
+    /// Gives back the slot of library `id`, which left the maps.
+    pub(super) fn give_slot(&self, id: u32) {
+        self.capacity.give_back(id);
     }
 
     /// Probes `lib` under [`OVER_CAPACITY`] (judged by the policy's `default`). All of its
@@ -232,7 +297,7 @@ impl Datapath {
         let info = self.libraries.get(held.id)?;
         self.libraries.remove(held.id);
         self.forget(held.id);
-        self.give_slot();
+        self.give_slot(held.id);
         self.capacity.released.fetch_add(1, Ordering::Relaxed);
         if links == 0 {
             warn!(
@@ -256,22 +321,48 @@ mod tests {
 
     #[test]
     fn slots_stop_at_the_limit_and_come_back() {
-        let c = Capacity::new(2);
-        assert!(c.take() && c.take());
-        assert!(!c.take(), "a third slot past --max-libraries 2");
+        let c = Capacity::new(2, 0);
+        assert!(c.take(None).is_ok() && c.take(Some(0)).is_ok());
+        assert_eq!(
+            c.take(None),
+            Err(Full::Limit),
+            "a third slot past --max-libraries 2"
+        );
         assert_eq!(c.held(), 2);
-        c.give_back();
-        assert!(c.take());
-        for _ in 0..5 {
-            c.give_back();
+        c.give_back(1);
+        assert!(c.take(None).is_ok());
+        for id in 0..5 {
+            c.give_back(id);
         }
         assert_eq!(c.held(), 0, "giving back never goes below zero");
     }
 
     #[test]
+    fn one_user_holds_at_most_its_quota() {
+        let c = Capacity::new(10, 2);
+        for id in [1, 2] {
+            c.take(Some(1000)).unwrap();
+            c.bind(id, Some(1000));
+        }
+        assert_eq!(c.take(Some(1000)), Err(Full::UserQuota));
+        assert!(c.take(Some(1001)).is_ok(), "another user is not starved");
+        assert!(
+            c.take(Some(0)).is_ok() && c.take(None).is_ok(),
+            "root is not charged"
+        );
+        c.give_back(2);
+        assert!(
+            c.take(Some(1000)).is_ok(),
+            "a released id is the user's again"
+        );
+        assert_eq!(Capacity::new(4095, 0).per_user, 2047);
+        assert_eq!(Capacity::new(3, 9).per_user, 3);
+    }
+
+    #[test]
     fn the_limit_keeps_the_over_capacity_slot() {
-        assert_eq!(Capacity::new(u32::MAX).max, 4095);
-        assert_eq!(Capacity::new(0).max, 1);
+        assert_eq!(Capacity::new(u32::MAX, 0).max, 4095);
+        assert_eq!(Capacity::new(0, 0).max, 1);
         assert_eq!(Full::Limit.map(), "LIB_ACTIONS");
         assert_eq!(Full::Map("SERVER_NAME_RULES").map(), "SERVER_NAME_RULES");
         assert_eq!(Full::Ids.reason(), "ids_exhausted");
