@@ -67,7 +67,8 @@ fn open_to_all(dir: &std::path::Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-/// Processes that keep a library mapped (`sleep` with the copy preloaded); killed on drop.
+/// Processes that keep a library mapped: `openssl enc` (dynamically linked, unlike a busybox
+/// `sleep`) with the copy preloaded, reading a pipe nobody writes to; killed on drop.
 struct Holders(Vec<Child>);
 
 impl Holders {
@@ -77,14 +78,14 @@ impl Holders {
 
     /// A holder running as `uid` (and that gid), else as root.
     fn hold_as(&mut self, copy: &str, uid: Option<u32>) {
-        let mut sleep = Command::new("sleep");
+        let mut holder = Command::new("openssl");
         if let Some(uid) = uid {
-            sleep.uid(uid).gid(uid);
+            holder.uid(uid).gid(uid);
         }
-        let child = sleep
-            .arg("600")
+        let child = holder
+            .args(["enc", "-base64"])
             .env("LD_PRELOAD", copy)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
@@ -221,6 +222,17 @@ fn library_ids_fill_fail_closed_and_are_reused() {
         assert_eq!(released["id"].as_u64(), Some(*id), "{released}");
         assert_eq!(released["over_capacity"], false, "{released}");
     }
+    // The over-capacity library goes the same way (its probes under the shared id).
+    let over_path = full["path"]
+        .as_str()
+        .expect("capacity names the file")
+        .to_owned();
+    let released = agent.wait_for(
+        |v| v["type"] == "library_released" && v["path"] == over_path.as_str(),
+        RELEASE,
+    );
+    assert_eq!(released["over_capacity"], true, "{released}");
+    assert_eq!(released["id"].as_u64(), Some(OVER_CAPACITY), "{released}");
     let dir = std::path::Path::new(&again).parent().expect("copy dir");
     let mut run = Command::new(&client);
     run.args([&addr, &port]).env("LD_LIBRARY_PATH", dir);

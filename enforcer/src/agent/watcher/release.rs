@@ -16,7 +16,8 @@
 //!    then the entry goes and the waiter examines and registers the file anew.
 //!
 //! A library mapped at the second census is kept (and unmarked). The work of a pass is bounded by
-//! [`PIDS_PER_PASS`] processes; a release by the links of one library.
+//! [`PIDS_PER_PASS`] processes, and a census releases at most [`RELEASES_PER_CENSUS`] libraries
+//! (the others stay marked for the next); a release costs the links of one library.
 
 use std::{
     collections::HashSet,
@@ -40,6 +41,9 @@ use crate::{
 
 /// Processes whose maps one pass reads.
 pub const PIDS_PER_PASS: usize = 512;
+/// Libraries one census releases (each detach waits for the kernel: a grace period per
+/// `uprobe_multi` link, per probe with perf-event uprobes); the others stay marked for the next.
+pub const RELEASES_PER_CENSUS: usize = 64;
 /// Keys of `KNOWN_FILES` walked to find a marked file's (its capacity).
 const KNOWN_FILES_MAX: usize = 65536;
 
@@ -106,18 +110,28 @@ impl LibrarySweep {
 
     fn finish(&mut self, shared: &Shared, census: Census) {
         let mut to_mark = Vec::new();
+        let mut deferred = HashSet::new();
+        let mut released = 0;
         for held in census.eligible {
+            let key = (held.id, held.dev, held.ino);
             let in_use = held.inodes.iter().any(|i| census.mapped.contains(i));
-            let was_marked = self.marked.contains(&(held.id, held.dev, held.ino));
-            match (in_use, was_marked) {
+            match (in_use, self.marked.contains(&key)) {
                 (true, true) => unmark(shared, &held),
                 (true, false) => {}
-                (false, true) => release(shared, &held),
+                (false, true) if released < RELEASES_PER_CENSUS => {
+                    release(shared, &held);
+                    released += 1;
+                }
+                (false, true) => {
+                    deferred.insert(key);
+                }
                 (false, false) => to_mark.push(held),
             }
         }
-        // Only what this census marked: a released or taken-back library starts over.
+        // What this census marked, and what it had no time to release (still `Releasing`): a
+        // released or taken-back library starts over.
         self.marked = mark(shared, &to_mark);
+        self.marked.extend(deferred);
     }
 }
 
