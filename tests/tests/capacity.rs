@@ -20,7 +20,7 @@ use std::{
 use enforcer_tests::{
     Agent, Cert, NetNs, Server,
     libssl_copies::{build_client, copy_path, field, fresh_copy, system_libssl},
-    require_root, run_with_timeout,
+    ops, require_root, run_with_timeout,
     schema::{events_schema, validate_event},
 };
 use serde_json::Value;
@@ -145,7 +145,11 @@ fn library_ids_fill_fail_closed_and_are_reused() {
 
     let at_start = libraries_at_start(&ns);
     let limit = (at_start + ROOM).to_string();
-    let (mut agent, _) = start_agent(&ns, &["--max-libraries", &limit, "--library-sweep", "1"]);
+    let (mut agent, ready) = start_agent(&ns, &["--max-libraries", &limit, "--library-sweep", "1"]);
+    let socket = ready["control_socket"]
+        .as_str()
+        .expect("control socket")
+        .to_owned();
 
     // Fill: one holder per fresh copy until a copy finds no slot.
     let mut copies = Vec::new();
@@ -183,6 +187,16 @@ fn library_ids_fill_fail_closed_and_are_reused() {
         "{full}"
     );
     assert!(!own.is_empty(), "no holder got an id of its own: {full}");
+    let status = ops::ctl(std::path::Path::new(&socket), &["status"]);
+    assert_eq!(
+        status["library_ids"]["used"].as_u64(),
+        Some(at_start + ROOM),
+        "{status}"
+    );
+    assert!(
+        status["library_ids"]["over_capacity"].as_u64() >= Some(1),
+        "{status}"
+    );
 
     // Full means closed: a process with another new copy (OpenSSL, which a rule allows) is
     // refused, as `default: deny` says; unprobed, `unattributed_tls: allow` would have passed it.

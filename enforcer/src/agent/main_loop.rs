@@ -122,6 +122,7 @@ impl Running {
             policy: self.datapath.policy(),
             maps: self.datapath.maps(),
             libraries: self.datapath.libraries().clone(),
+            library_ids: self.datapath.capacity(),
             reporter: self.reporter.clone(),
             reload: reload_tx,
             layers: self.layers.shared(),
