@@ -75,6 +75,9 @@ pub struct Datapath {
     /// none (probed under `OVER_CAPACITY`).
     capacity: Arc<Capacity>,
     over: OverCapacity,
+    /// Held by a release from its first detach to its table removal, and by a reload while it
+    /// adds a library's record probes: a released library gets none after its release.
+    releasing: Mutex<()>,
     /// The largest library id an earlier run left in the pinned `LIB_ACTIONS` (0: none).
     earlier_max_id: u32,
     prober: Prober,
@@ -171,6 +174,7 @@ impl Datapath {
             ids: Ids::after(earlier_max_id),
             capacity: Arc::new(Capacity::new(max_libraries.0, max_libraries.1)),
             over: OverCapacity::default(),
+            releasing: Mutex::new(()),
             earlier_max_id,
             prober,
         })

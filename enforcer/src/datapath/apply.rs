@@ -124,6 +124,11 @@ impl Datapath {
         };
         let mut added = 0;
         for (id, mut info) in wanted {
+            // Not for a library released since the snapshot (its links would outlive it).
+            let _releasing = lock(&self.releasing);
+            if self.libraries.get(id).is_none() {
+                continue;
+            }
             let (_, records) = info.library.split_record_probes();
             match self.prober.attach(id, &records, || lock(&self.ebpf)) {
                 Ok(_) => {

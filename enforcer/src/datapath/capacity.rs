@@ -282,6 +282,7 @@ impl Datapath {
     /// stay). Returns the library's table entry, `None` if it was not held. Waits for the
     /// kernel's grace periods: not for the event paths.
     pub fn release(&self, held: &Held) -> Option<LibInfo> {
+        let _releasing = lock(&self.releasing);
         let links = self
             .prober
             .release((held.id, held.dev, held.ino), || lock(&self.ebpf));
