@@ -14,6 +14,12 @@ pub mod action {
     pub const AUDIT: u8 = 2;
 }
 
+/// The library id shared by every library that got no id of its own: the library table is at
+/// its limit (`--max-libraries`) or `LIB_ACTIONS` is full. Its `LIB_ACTIONS` entry is the
+/// policy's `default`, written at start and on every reload, so a library over capacity is
+/// probed and judged by `default`, never left unprobed (docs/architecture.md, threat model).
+pub const OVER_CAPACITY: u32 = u32::MAX - 1;
+
 /// Agent-wide mode (value of `MODE[0]`).
 pub mod mode {
     pub const AUDIT: u32 = 0;

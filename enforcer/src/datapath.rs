@@ -15,6 +15,7 @@
 
 mod apply;
 pub mod btf;
+pub mod capacity;
 pub mod features;
 pub mod hooks;
 pub mod iface;
@@ -42,6 +43,7 @@ use enforcer_common::flow::op;
 use tracing::warn;
 
 pub use apply::{Summary, verdict_for};
+use capacity::{Capacity, Full, OVER_CAPACITY, OverCapacity};
 use maps::{LiveMapError, LiveMaps};
 use policy_maps::PolicyMaps;
 use table::{Ids, LibInfo, Libraries};
@@ -69,6 +71,13 @@ pub struct Datapath {
     in_force: Arc<RwLock<InForce>>,
     libraries: Libraries,
     ids: Ids,
+    /// Slots of the maps keyed by library id (`--max-libraries`), and the libraries that found
+    /// none (probed under `OVER_CAPACITY`).
+    capacity: Arc<Capacity>,
+    over: OverCapacity,
+    /// Held by a release from its first detach to its table removal, and by a reload while it
+    /// adds a library's record probes: a released library gets none after its release.
+    releasing: Mutex<()>,
     /// The largest library id an earlier run left in the pinned `LIB_ACTIONS` (0: none).
     earlier_max_id: u32,
     prober: Prober,
@@ -108,6 +117,8 @@ pub struct Registered {
     pub decision: Decision,
     /// How many functions got probes.
     pub functions: usize,
+    /// No slot was free: probed under `OVER_CAPACITY`, judged by the policy's `default`.
+    pub over_capacity: Option<Full>,
 }
 
 /// A library that could not be registered; nothing of it is left in the maps or the table.
@@ -121,17 +132,25 @@ pub enum RegisterError {
 }
 
 impl Datapath {
-    /// Takes over a loaded object: opens its maps, writes `MODE`, loads the TLS programs. Library
-    /// ids continue after the largest an earlier run left in pinned maps.
+    /// Takes over a loaded object: opens its maps, writes `MODE` and the over-capacity entry,
+    /// loads the TLS programs. Library ids continue after the largest an earlier run left in
+    /// pinned maps. At most `max_libraries.0` libraries hold an id at once, at most
+    /// `max_libraries.1` of them charged to one uid other than root (0: half; see [`capacity`]).
     pub fn new(
         mut ebpf: Ebpf,
         libraries: Libraries,
         policy: Policy,
         dry_run: bool,
+        max_libraries: (u32, u32),
     ) -> anyhow::Result<Datapath> {
         let mut policy_maps = PolicyMaps::open(&ebpf)?;
         let maps = LiveMaps::open(&ebpf)?;
-        let earlier_max_id = policy_maps.action_ids().into_iter().max().unwrap_or(0);
+        let earlier_max_id = policy_maps
+            .action_ids()
+            .into_iter()
+            .filter(|&id| id < OVER_CAPACITY)
+            .max()
+            .unwrap_or(0);
         let in_force = InForce {
             policy,
             dry_run,
@@ -140,6 +159,11 @@ impl Datapath {
         policy_maps.set_mode(in_force.mode().code())?;
         policy_maps.write_host_posture(&in_force.policy)?;
         policy_maps.write_who(&in_force.policy)?;
+        if let Err(err) = policy_maps.write_over_capacity(in_force.policy.default) {
+            warn!(
+                "libraries over capacity cannot be judged (their TLS would be unattributed): {err}"
+            );
+        }
         let prober = Prober::new(&mut ebpf)?;
         Ok(Datapath {
             ebpf: Mutex::new(ebpf),
@@ -148,6 +172,9 @@ impl Datapath {
             in_force: Arc::new(RwLock::new(in_force)),
             libraries,
             ids: Ids::after(earlier_max_id),
+            capacity: Arc::new(Capacity::new(max_libraries.0, max_libraries.1)),
+            over: OverCapacity::default(),
+            releasing: Mutex::new(()),
             earlier_max_id,
             prober,
         })
@@ -210,15 +237,22 @@ impl Datapath {
     /// Gives `lib` the next id, writes its action and server-name scope (before its probes: the
     /// first connection may follow them within microseconds), lists it in the table (so its
     /// first events are reported with it), and probes it. If it cannot be probed, it leaves the
-    /// table and the maps again.
+    /// table and the maps again. With no slot free (the limit, or a map full), it is probed
+    /// under `OVER_CAPACITY` instead (`Registered::over_capacity` says why).
     ///
     /// A library that binds its hellos to its randoms and that the policy allows, unscoped, gets
     /// no probes on its record calls (`Library::split_record_probes`): its connections are
     /// attributed at the handshake, so a record costs it nothing. A reload that denies or audits
     /// it adds them (`apply`), so its connections the agent never saw a hello of are cut at
     /// their next record.
-    pub fn register(&self, lib: Library) -> Result<Registered, RegisterError> {
-        let id = self.ids.next();
+    ///
+    /// `uid`: the user of the process that brought the file in, charged with the slot (`None`:
+    /// found at start or by the start-up sweep).
+    pub fn register(&self, lib: Library, uid: Option<u32>) -> Result<Registered, RegisterError> {
+        let id = match self.take_slot(uid) {
+            Ok(id) => id,
+            Err(full) => return self.register_over_capacity(lib, full),
+        };
         let (decision, probed) = {
             let in_force = self.read();
             let decision = in_force.policy.decide(&lib);
@@ -241,6 +275,11 @@ impl Datapath {
             };
             if let Err(source) = written {
                 self.forget(id);
+                self.give_slot(id);
+                if let Some(map) = source.full_map() {
+                    drop(in_force);
+                    return self.register_over_capacity(lib, Full::Map(map));
+                }
                 return Err(RegisterError::Maps { id, source });
             }
             let mut info = LibInfo::of(&lib);
@@ -265,6 +304,7 @@ impl Datapath {
                     id,
                     decision,
                     functions,
+                    over_capacity: None,
                 })
             }
             Err(source) => {
@@ -272,6 +312,7 @@ impl Datapath {
                 let _in_force = self.read();
                 self.libraries.remove(id);
                 self.forget(id);
+                self.give_slot(id);
                 Err(RegisterError::Probe { id, source })
             }
         }

@@ -12,6 +12,7 @@ pub mod content;
 pub mod cyclonedx;
 pub mod docs;
 mod host_lock;
+pub mod libssl_copies;
 mod netns;
 pub mod ops;
 mod process;

@@ -13,13 +13,16 @@ use std::{
     fs,
     net::IpAddr,
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{Agent, Cert, NetNs, Server, cmd, require_root, run_with_timeout, sh};
+use enforcer_tests::{
+    Agent, Cert, NetNs, Server,
+    libssl_copies::{build_client, copy_path, field, fresh_copy, system_libssl},
+    require_root, run_with_timeout,
+};
 use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(60);
@@ -31,8 +34,6 @@ const PROCESSES: usize = 100;
 const BURST_BOUND: Duration = Duration::from_secs(90);
 /// How long the measurement waits for other sessions' agents to exit.
 const OTHER_AGENTS_WAIT: Duration = Duration::from_secs(180);
-
-const CLIENT_C: &str = include_str!("../programs/newlib-client/client.c");
 
 fn start_agent(ns: &NetNs, policy: &str) -> Agent {
     let args = enforcer_tests::hook_args();
@@ -46,78 +47,6 @@ fn start_agent(ns: &NetNs, policy: &str) -> Agent {
         agent.stderr()
     );
     agent
-}
-
-/// The system's `libssl.so.3` (what `-lssl` links against).
-fn system_libssl() -> PathBuf {
-    let listed = sh(&mut cmd("/sbin/ldconfig", ["-p"]));
-    let from_cache = listed
-        .lines()
-        .filter(|l| l.trim_start().starts_with("libssl.so.3 ") && l.contains("x86-64"))
-        .filter_map(|l| l.rsplit("=> ").next())
-        .map(|p| PathBuf::from(p.trim()))
-        .find(|p| p.is_file());
-    let path = from_cache
-        .or_else(|| {
-            [
-                "/usr/lib/x86_64-linux-gnu",
-                "/usr/lib64",
-                "/lib64",
-                "/usr/lib",
-            ]
-            .iter()
-            .map(|d| Path::new(d).join("libssl.so.3"))
-            .find(|p| p.is_file())
-        })
-        .expect("no libssl.so.3 on this host (install libssl3; `cargo xtask setup`)");
-    fs::canonicalize(path).expect("libssl.so.3 resolves")
-}
-
-/// A directory holding a fresh copy of libssl named `libssl.so.3` (a new file: new inode,
-/// never seen by the agent). Removed on drop.
-fn fresh_copy(prefix: &str, libssl: &Path) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("temp dir");
-    fs::copy(libssl, dir.path().join("libssl.so.3")).expect("copy libssl");
-    dir
-}
-
-fn copy_path(dir: &tempfile::TempDir) -> String {
-    fs::canonicalize(dir.path().join("libssl.so.3"))
-        .expect("copy exists")
-        .display()
-        .to_string()
-}
-
-/// Compiles the client into `dir`; panics with gcc's message (and the fix) if it cannot.
-fn build_client(dir: &Path) -> PathBuf {
-    let src = dir.join("tls_client.c");
-    let bin = dir.join("tls_client");
-    if let Some(prebuilt) = enforcer_tests::programs::prebuilt("newlib-client", &bin) {
-        return prebuilt;
-    }
-    fs::write(&src, CLIENT_C).expect("write client source");
-    let out = Command::new("gcc")
-        .args(["-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .args(["-lssl", "-lcrypto"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run gcc ({e}): `cargo xtask setup` installs it"));
-    assert!(
-        out.status.success(),
-        "gcc failed (libssl-dev missing? `cargo xtask setup` installs it):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
-}
-
-fn field(stdout: &str, key: &str) -> Option<String> {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
 }
 
 fn is_connection_of(v: &Value, local_port: u16) -> bool {

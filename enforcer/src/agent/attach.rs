@@ -113,6 +113,21 @@ pub struct AttachArgs {
     /// moves to the overflow table (still dropped). 0: no sweep.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub blocklist_sweep: u64,
+    /// Most libraries that hold an id of their own at once (at most 4095, the default). A
+    /// library past it is probed under a shared id and judged by the policy's `default`
+    /// (a `capacity` event; docs/architecture.md, threat model).
+    #[arg(long, value_name = "N", default_value_t = crate::datapath::capacity::DEFAULT_MAX_LIBRARIES, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::datapath::capacity::DEFAULT_MAX_LIBRARIES)))]
+    pub max_libraries: u32,
+    /// Most library ids the libraries brought in by the processes of one user (uid, root
+    /// excepted) may hold: a user's flood of libraries cannot take every id from the others.
+    /// 0 (the default): half of --max-libraries.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_libraries_per_user: u32,
+    /// Seconds between passes of the library sweep: a library no process maps at two complete
+    /// censuses of /proc/*/maps in a row is released (probes detached, its id's slot free).
+    /// 0: never released.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub library_sweep: u64,
     /// On a policy reload, judge established flows again too (else only new ones).
     #[arg(long)]
     pub reevaluate_established: bool,
@@ -129,7 +144,7 @@ pub async fn run(args: AttachArgs) -> Result<()> {
     let (mut checked, policy) = check(&args).await?;
     let (datapath, earlier) = load(&args, &checked, policy)?;
     let datapath = Arc::new(datapath);
-    register_libraries(&datapath, &checked.found)?;
+    register_libraries(&datapath, &checked.found, &checked.reporter)?;
     let hook = attach_hook(&datapath, args.kernel_hook)?;
     let rings = take_events(&mut datapath.ebpf())?;
     let mut attached = Attached::default();
@@ -291,7 +306,13 @@ fn load(
             "pinned map reused with its earlier size; `enforcer detach --pin` first to resize"
         );
     }
-    let datapath = Datapath::new(ebpf, checked.libraries.clone(), policy, args.dry_run)?;
+    let datapath = Datapath::new(
+        ebpf,
+        checked.libraries.clone(),
+        policy,
+        args.dry_run,
+        (args.max_libraries, args.max_libraries_per_user),
+    )?;
     let earlier = checked
         .pin
         .as_ref()
@@ -302,7 +323,7 @@ fn load(
 
 /// Registers (policy, then probes) each library discovery found. A library that cannot be
 /// probed is reported and left out; the run goes on for the others.
-fn register_libraries(datapath: &Datapath, found: &[Library]) -> Result<()> {
+fn register_libraries(datapath: &Datapath, found: &[Library], reporter: &Reporter) -> Result<()> {
     for lib in found {
         // A runtime's file (a JVM) has nothing to probe: its processes' TLS is judged as they
         // send it (`agent::events::who`).
@@ -310,7 +331,10 @@ fn register_libraries(datapath: &Datapath, found: &[Library]) -> Result<()> {
             info!(family = %lib.family, version = lib.identity.version.as_deref().unwrap_or("unknown"), path = %lib.path.display(), "runtime found: nothing to probe");
             continue;
         }
-        match datapath.register(lib.clone()) {
+        match datapath.register(lib.clone(), None) {
+            Ok(r) if r.over_capacity.is_some() => {
+                watcher::report_over_capacity(datapath, reporter, &r, lib, "start", None, "");
+            }
             Ok(r) => {
                 let version = lib.identity.version.as_deref().unwrap_or("unknown");
                 info!(id = r.id, family = %lib.family, version, path = %lib.path.display(), functions = r.functions, action = %r.decision.action, rule_line = r.decision.rule_line, "library probed");
@@ -405,6 +429,11 @@ async fn serve(
             libraries: &checked.found,
             reporter: checked.reporter.clone(),
             pause: true,
+            library_sweep: match checked.pin {
+                // Pinned links are not the agent's to release (docs/operations.md).
+                Some(_) => 0,
+                None => args.library_sweep,
+            },
         },
     );
     let info = AgentInfo {

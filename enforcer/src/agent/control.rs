@@ -204,6 +204,11 @@ pub fn status_text(v: &Value) -> String {
         "libraries probed: {}, new files: {}\n",
         v["libraries"], v["new_files"]
     ));
+    let ids = &v["library_ids"];
+    out.push_str(&format!(
+        "library ids: {} / {} (per user {}), over capacity {}, released {}\n",
+        ids["used"], ids["max"], ids["per_user"], ids["over_capacity"], ids["released"]
+    ));
     out.push_str(&format!(
         "pinned: {}\n",
         v["pin"]

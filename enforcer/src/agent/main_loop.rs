@@ -122,6 +122,7 @@ impl Running {
             policy: self.datapath.policy(),
             maps: self.datapath.maps(),
             libraries: self.datapath.libraries().clone(),
+            library_ids: self.datapath.capacity(),
             reporter: self.reporter.clone(),
             reload: reload_tx,
             layers: self.layers.shared(),
@@ -139,6 +140,7 @@ impl Running {
                     sampled: sampled.clone(),
                     stats: stats.clone(),
                     counters: counters.clone(),
+                    library_ids: self.datapath.capacity(),
                 },
             )))
         });

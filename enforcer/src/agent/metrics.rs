@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::{
     agent::{events::Reporter, sampler::Sampled},
-    datapath::maps::LiveMaps,
+    datapath::{capacity::Capacity, maps::LiveMaps},
 };
 
 /// What the endpoint reads on every scrape.
@@ -35,6 +35,8 @@ pub struct Sources {
     /// Handles of the metrics' own, for `STATS` (never locked: reads only).
     pub stats: Arc<LiveMaps>,
     pub counters: Arc<AgentCounters>,
+    /// Library id slots (`--max-libraries`) and what became of libraries past them.
+    pub library_ids: Arc<Capacity>,
 }
 
 /// Agent-side counters that are not in a map.
@@ -215,6 +217,30 @@ pub fn render(sources: &Sources) -> String {
             "gauge",
             "TLS library files with uprobes attached.",
             vec![("", sources.reporter.library_count() as u64)],
+        ),
+        (
+            "enforcer_library_ids",
+            "gauge",
+            "Library id slots held by probed libraries (used), and --max-libraries (max).",
+            vec![
+                ("{slots=\"used\"}", sources.library_ids.held() as u64),
+                ("{slots=\"max\"}", sources.library_ids.max as u64),
+            ],
+        ),
+        (
+            "enforcer_libraries_over_capacity_total",
+            "counter",
+            "Libraries that found no free id: probed under the shared over-capacity id, judged by the policy's default.",
+            vec![(
+                "",
+                sources.library_ids.over_capacity.load(Ordering::Relaxed),
+            )],
+        ),
+        (
+            "enforcer_libraries_released_total",
+            "counter",
+            "Libraries no process mapped any more: probes detached, id slot freed.",
+            vec![("", sources.library_ids.released.load(Ordering::Relaxed))],
         ),
         (
             "enforcer_policy_reloads_total",

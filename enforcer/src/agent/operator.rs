@@ -2,7 +2,7 @@
 //! block, unblock. Reload requests are handed to the agent's main loop, which applies them.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     time::Instant,
 };
 
@@ -19,6 +19,7 @@ use crate::{
     cbom,
     datapath::{
         PolicyView,
+        capacity::Capacity,
         maps::{self, LiveMaps},
         sock_destroy,
         table::Libraries,
@@ -49,6 +50,8 @@ pub struct Operator {
     pub policy: PolicyView,
     pub maps: Arc<Mutex<LiveMaps>>,
     pub libraries: Libraries,
+    /// Library id slots (`--max-libraries`).
+    pub library_ids: Arc<Capacity>,
     pub reporter: Reporter,
     pub reload: mpsc::Sender<ReloadRequest>,
     /// What runs before our programs on each hook, as last read.
@@ -149,6 +152,13 @@ impl Operator {
             "kernel_hook": i.kernel_hook,
             "kernel_hook_targets": i.kernel_hook_targets,
             "libraries": self.libraries.len(),
+            "library_ids": {
+                "used": self.library_ids.held(),
+                "max": self.library_ids.max,
+                "per_user": self.library_ids.per_user,
+                "over_capacity": self.library_ids.over_capacity.load(Ordering::Relaxed),
+                "released": self.library_ids.released.load(Ordering::Relaxed),
+            },
             "new_files": i.new_files,
             "pin": i.pin,
             "maps": fill,

@@ -38,11 +38,16 @@
 //!   `SIGSTOP` or Ctrl-Z sent during the few milliseconds of the pause is lost).
 //! - If the agent dies while processes are paused, a helper process resumes them (see
 //!   [`resume::Resumer`]).
+//!
+//! After the start-up sweep the same thread runs the library sweep ([`release`]): a library no
+//! process maps any more is released and its id's slot reused; a process that maps it again is
+//! paused and the file registered anew.
 
 mod event_loop;
 mod examine;
 mod files;
 pub mod kernel;
+mod release;
 mod resume;
 mod sweep;
 #[cfg(test)]
@@ -76,6 +81,7 @@ use crate::{
 
 use event_loop::EventLoop;
 use examine::{Done, Job, worker};
+pub use release::report_over_capacity;
 use resume::Resumer;
 
 /// Longest a process stays paused: past it, it is resumed even if its file is not probed yet.
@@ -112,6 +118,8 @@ pub struct Setup<'a> {
     pub reporter: Reporter,
     /// Pause processes that map unknown files (else only report and probe them).
     pub pause: bool,
+    /// Seconds between library sweep passes (0: libraries are never released).
+    pub library_sweep: u64,
 }
 
 /// The running watcher. It shares the [`Datapath`] (it registers new files at any time);
@@ -141,6 +149,9 @@ struct Shared {
     stats: Stats,
     /// Event-driven jobs queued or running: the start-up sweep waits while there are any.
     urgent: AtomicUsize,
+    /// Inode numbers of files the library sweep marked for release: the event thread forgets
+    /// them (its `Done` files) before it handles another event.
+    forget: Mutex<Vec<u64>>,
 }
 
 /// One examined inode. Inode numbers are reused as soon as a file is deleted (ext4 hands the
@@ -170,7 +181,8 @@ impl Entry {
     /// twice).
     fn is_stale(&self, generation: Option<u32>, ctime: Option<(i64, i64)>) -> bool {
         let changed = matches!((self.ctime, ctime), (Some(a), Some(b)) if a != b);
-        self.is_other_file(generation) || (changed && self.state != Examined::Library)
+        let probed = matches!(self.state, Examined::Library | Examined::Releasing);
+        self.is_other_file(generation) || (changed && !probed)
     }
 }
 
@@ -179,6 +191,9 @@ enum Examined {
     InProgress,
     /// A TLS library (probed or not).
     Library,
+    /// A probed library the library sweep found mapped by no process: still probed, out of
+    /// `KNOWN_FILES`; examining it again takes it back (`Library`), else it is released.
+    Releasing,
     NotTls,
     /// It could not be analysed (unreadable, malformed, over a cap, changed while read): judged
     /// by the policy's `unknown_files`, and never entered into `KNOWN_FILES`, so every process
@@ -203,6 +218,7 @@ struct Stats {
     over_budget: AtomicU64,
     pause_us_total: AtomicU64,
     pause_us_max: AtomicU64,
+    released: AtomicU64,
 }
 
 impl Watcher {
@@ -237,13 +253,23 @@ impl Watcher {
             reporter: setup.reporter,
             stats: Stats::default(),
             urgent: AtomicUsize::new(0),
+            forget: Mutex::new(Vec::new()),
         });
         let mut watcher = Watcher {
             status: Status::Off(String::new()),
             shared: shared.clone(),
             running: None,
         };
-        match maps.and_then(|maps| arm(&shared, maps, setup.libraries, setup.pause)) {
+        let armed = maps.and_then(|maps| {
+            arm(
+                &shared,
+                maps,
+                setup.libraries,
+                setup.pause,
+                setup.library_sweep,
+            )
+        });
+        match armed {
             Ok(running) => {
                 watcher.status = if setup.pause {
                     Status::Pause
@@ -282,6 +308,7 @@ impl Watcher {
             pauses_over_budget = s.over_budget.load(Ordering::Relaxed),
             mean_pause_us = s.pause_us_total.load(Ordering::Relaxed) / pauses.max(1),
             max_pause_us = s.pause_us_max.load(Ordering::Relaxed),
+            libraries_released = s.released.load(Ordering::Relaxed),
             "new-file watcher stopped"
         );
     }
@@ -316,7 +343,13 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
 
 /// Offsets, known files, helper, hooks, threads: in that order, so that the hooks never pause a
 /// process nobody is ready to resume.
-fn arm(shared: &Arc<Shared>, maps: Maps, libs: &[Library], pause: bool) -> Result<Running> {
+fn arm(
+    shared: &Arc<Shared>,
+    maps: Maps,
+    libs: &[Library],
+    pause: bool,
+    library_sweep: u64,
+) -> Result<Running> {
     let mut config = kernel::config()?;
     let Maps {
         ring,
@@ -384,7 +417,12 @@ fn arm(shared: &Arc<Shared>, maps: Maps, libs: &[Library], pause: bool) -> Resul
         let (shared, stop) = (shared.clone(), stop.clone());
         thread::Builder::new()
             .name("new-files-sweep".into())
-            .spawn(move || sweep::sweep(&shared, &stop))?
+            .spawn(move || {
+                sweep::sweep(&shared, &stop);
+                if library_sweep > 0 {
+                    release::run(&shared, &stop, Duration::from_secs(library_sweep));
+                }
+            })?
     };
     Ok(Running {
         wake,

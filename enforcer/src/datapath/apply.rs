@@ -77,6 +77,7 @@ impl Datapath {
             maps.set_hello_policy(during)?;
             maps.pause_ja4_cache()?;
             write_all(&mut maps, &writes)?;
+            maps.write_over_capacity(in_force.policy.default)?;
             maps.write_host_posture(&in_force.policy)?;
             maps.write_who(&in_force.policy)?;
             maps.set_mode(mode.code())?;
@@ -85,11 +86,12 @@ impl Datapath {
             }
             // Scoped libraries' flows are judged per server name or sender at the hello, not
             // by library alone: they are not judged again.
-            let actions: HashMap<u32, Action> = writes
+            let mut actions: HashMap<u32, Action> = writes
                 .iter()
                 .filter(|w| w.scope.is_none() && !w.who)
                 .map(|w| (w.id, w.action))
                 .collect();
+            actions.insert(super::OVER_CAPACITY, in_force.policy.default);
             (summary, actions, mode)
         };
         // Before established flows are judged again: a connection of a newly denied library
@@ -122,6 +124,11 @@ impl Datapath {
         };
         let mut added = 0;
         for (id, mut info) in wanted {
+            // Not for a library released since the snapshot (its links would outlive it).
+            let _releasing = lock(&self.releasing);
+            if self.libraries.get(id).is_none() {
+                continue;
+            }
             let (_, records) = info.library.split_record_probes();
             match self.prober.attach(id, &records, || lock(&self.ebpf)) {
                 Ok(_) => {

@@ -28,6 +28,19 @@ pub enum LiveMapError {
     },
 }
 
+impl LiveMapError {
+    /// The map named, if this is a hash map's "no room" (`E2BIG` on an insert of a new key).
+    pub fn full_map(&self) -> Option<&'static str> {
+        match self {
+            LiveMapError::Map {
+                name,
+                source: MapError::SyscallError(e),
+            } if e.io_error.raw_os_error() == Some(libc::E2BIG) => Some(name),
+            _ => None,
+        }
+    }
+}
+
 pub(super) fn err(name: &'static str) -> impl FnOnce(MapError) -> LiveMapError {
     move |source| LiveMapError::Map { name, source }
 }

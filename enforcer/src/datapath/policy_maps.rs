@@ -177,6 +177,12 @@ impl PolicyMaps {
     }
 
     /// Takes library `lib_id` out of every policy map (it could not be probed after all).
+    /// The `LIB_ACTIONS` entry of the libraries over capacity (`capacity::OVER_CAPACITY`): the
+    /// policy's `default`, unscoped.
+    pub fn write_over_capacity(&mut self, default: Action) -> Result<(), LiveMapError> {
+        self.set_action(enforcer_common::policy::OVER_CAPACITY, default)
+    }
+
     pub fn forget_library(&mut self, lib_id: u32) -> Result<(), LiveMapError> {
         absent_ok(self.actions.remove(&lib_id)).map_err(err(maps::LIB_ACTIONS))?;
         absent_ok(self.scoped_libs.remove(&lib_id)).map_err(err(maps::SCOPED_LIBS))?;

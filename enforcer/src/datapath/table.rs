@@ -92,7 +92,8 @@ impl Libraries {
 }
 
 /// Hands out library ids: 1, 2, ... or, over maps an earlier run pinned, after its largest id
-/// (its flows keep theirs).
+/// (its flows keep theirs). A number is never handed out twice (a released library's flows may
+/// still carry it); `None` once the numbers below `OVER_CAPACITY` are used up.
 #[derive(Debug)]
 pub struct Ids(AtomicU32);
 
@@ -101,8 +102,12 @@ impl Ids {
         Ids(AtomicU32::new(max_earlier.saturating_add(1)))
     }
 
-    pub fn next(&self) -> u32 {
-        self.0.fetch_add(1, Ordering::Relaxed)
+    pub fn next(&self) -> Option<u32> {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < super::capacity::OVER_CAPACITY).then_some(n + 1)
+            })
+            .ok()
     }
 }
 
@@ -113,9 +118,12 @@ mod tests {
     #[test]
     fn ids_start_at_one_or_after_an_earlier_run() {
         let fresh = Ids::after(0);
-        assert_eq!((fresh.next(), fresh.next()), (1, 2));
+        assert_eq!((fresh.next(), fresh.next()), (Some(1), Some(2)));
         let resumed = Ids::after(7);
-        assert_eq!((resumed.next(), resumed.next()), (8, 9));
+        assert_eq!((resumed.next(), resumed.next()), (Some(8), Some(9)));
+        let over = super::super::capacity::OVER_CAPACITY;
+        let last = Ids::after(over - 2);
+        assert_eq!((last.next(), last.next()), (Some(over - 1), None));
     }
 
     #[test]

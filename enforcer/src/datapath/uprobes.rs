@@ -7,16 +7,22 @@
 //! difference is exit time: releasing a perf-event uprobe waits a grace period under a global
 //! mutex (0.1 to 0.2 s each, one after the other), a `uprobe_multi` link one grace period for all
 //! its functions, and releases from several threads overlap.
+//!
+//! The links are kept by library ([`Probed`]): a library no process maps any more is released
+//! ([`Prober::release`]) and its id's slot reused.
 
 pub mod multi;
 mod perf;
 mod target_file;
 
-use std::{ops::DerefMut, os::fd::OwnedFd, sync::Mutex, thread, time::Instant};
+use std::{
+    collections::HashMap, ops::DerefMut, os::fd::OwnedFd, sync::Mutex, thread, time::Instant,
+};
 
 use aya::Ebpf;
 use tracing::{info, warn};
 
+use perf::PerfLink;
 pub use perf::UprobeError;
 
 use crate::{
@@ -27,11 +33,23 @@ use crate::{
 /// Threads that release `uprobe_multi` links at the end.
 const RELEASE_THREADS: usize = 32;
 
-/// Probes libraries, and owns the `uprobe_multi` links until it is dropped (perf-event uprobes
-/// belong to the `Ebpf` object).
+/// One library's probes: its id and the file (device, inode) they were identified on. Libraries
+/// over capacity share an id (`enforcer_common::policy::OVER_CAPACITY`), not a file.
+pub type Probed = (u32, u64, u64);
+
+/// The links of one library (every attachment with its key: the first, then record probes a
+/// reload added).
+#[derive(Default)]
+struct Links {
+    multi: Vec<OwnedFd>,
+    perf: Vec<PerfLink>,
+}
+
+/// Probes libraries, and owns the `uprobe_multi` links until it is dropped or the library is
+/// released (perf-event uprobes belong to the `Ebpf` object; their ids are kept here).
 pub struct Prober {
     multi: Option<multi::TlsPrograms>,
-    links: Mutex<Vec<OwnedFd>>,
+    links: Mutex<HashMap<Probed, Links>>,
 }
 
 impl Prober {
@@ -48,7 +66,7 @@ impl Prober {
         };
         Ok(Prober {
             multi,
-            links: Mutex::new(Vec::new()),
+            links: Mutex::new(HashMap::new()),
         })
     }
 
@@ -56,7 +74,7 @@ impl Prober {
     pub fn none() -> Prober {
         Prober {
             multi: None,
-            links: Mutex::new(Vec::new()),
+            links: Mutex::new(HashMap::new()),
         }
     }
 
@@ -81,16 +99,38 @@ impl Prober {
         lib: &Library,
         ebpf: impl FnOnce() -> E,
     ) -> anyhow::Result<usize> {
+        let key = (id, lib.dev, lib.ino);
         if let Some(programs) = &self.multi {
             match programs.attach(id, lib) {
                 Ok(links) => {
-                    lock(&self.links).extend(links);
+                    let mut all = lock(&self.links);
+                    all.entry(key).or_default().multi.extend(links);
                     return Ok(lib.probes.len());
                 }
                 Err(err) => warn!("{err}: trying perf-event uprobes"),
             }
         }
-        Ok(perf::attach_library(&mut ebpf(), id, lib)?)
+        let links = perf::attach_library(&mut ebpf(), id, lib)?;
+        lock(&self.links).entry(key).or_default().perf.extend(links);
+        Ok(lib.probes.len())
+    }
+
+    /// Detaches every probe of library `key`; returns how many links went (0: none known).
+    /// Waits for the kernel's grace periods: call it off the event paths.
+    pub fn release<E: DerefMut<Target = Ebpf>>(
+        &self,
+        key: Probed,
+        ebpf: impl FnOnce() -> E,
+    ) -> usize {
+        let Some(links) = lock(&self.links).remove(&key) else {
+            return 0;
+        };
+        let count = links.multi.len() + links.perf.len();
+        drop(links.multi);
+        if !links.perf.is_empty() {
+            perf::detach(&mut ebpf(), links.perf);
+        }
+        count
     }
 }
 
@@ -99,7 +139,10 @@ impl Drop for Prober {
     /// threads at once the waits overlap.
     fn drop(&mut self) {
         let started = Instant::now();
-        let mut links = std::mem::take(&mut *lock(&self.links));
+        let mut links: Vec<OwnedFd> = std::mem::take(&mut *lock(&self.links))
+            .into_values()
+            .flat_map(|l| l.multi)
+            .collect();
         let count = links.len();
         let per_thread = count.div_ceil(RELEASE_THREADS).max(1);
         thread::scope(|scope| {

@@ -44,7 +44,7 @@ pub fn build() -> Result<Vec<(String, PathBuf)>> {
     fs::write(&file, version.trim().trim_start_matches("go"))?;
     out.push(("go-version".to_string(), file));
 
-    // The same as tests/tests/new_libraries.rs's `build_client`.
+    // The same as tests/src/libssl_copies.rs's `build_client`.
     let exe = dir.join("newlib-client");
     run(Command::new("gcc")
         .args(["-O2", "-o"])

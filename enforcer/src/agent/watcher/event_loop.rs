@@ -111,6 +111,7 @@ impl EventLoop {
 
     fn on_event(&mut self, e: &NewFileEvent) {
         self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
+        self.forget_released();
         let comm = comm(&e.comm);
         debug!(pid = e.pid, comm, key = ?e.key, kind = e.kind, pause = e.pause, "unknown executable file");
         let state = self.files.get(&e.key);
@@ -178,6 +179,20 @@ impl EventLoop {
                 self.submit(e, comm);
             }
         }
+    }
+
+    /// Files the library sweep marked for release are examined again at their next event (a
+    /// `Done` file would be marked known and its process resumed unexamined).
+    fn forget_released(&mut self) {
+        let inodes: std::collections::HashSet<u64> = {
+            let mut forget = super::lock(&self.shared.forget);
+            if forget.is_empty() {
+                return;
+            }
+            forget.drain(..).collect()
+        };
+        self.files
+            .retain(|key, state| !(matches!(state, FileState::Done) && inodes.contains(&key.ino)));
     }
 
     fn submit(&self, e: &NewFileEvent, comm: String) {

@@ -124,6 +124,17 @@ pub(super) fn examine(
                         .wait(examined)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
+                Some(
+                    marked @ Entry {
+                        state: Examined::Releasing,
+                        ..
+                    },
+                ) if !marked.is_stale(found.generation, found.ctime) => {
+                    // Mapped again before the library sweep released it: kept, still probed.
+                    info!(path = %found.path.display(), pid = origin.pid, "library marked for release mapped again: kept");
+                    examined.insert(inode, entry(Examined::Library));
+                    return Some(Examined::Library);
+                }
                 Some(done) if !done.is_stale(found.generation, found.ctime) => {
                     return Some(done.state);
                 }
@@ -225,11 +236,27 @@ fn register(shared: &Shared, lib: Library, origin: &Origin<'_>) {
     let version = lib.identity.version.clone();
     let path = lib.path.display().to_string();
     let family = lib.family.clone();
-    let registered = shared.datapath.register(lib);
+    // A process gone before its uid was read is charged to a uid of its own (never to root).
+    let uid = origin
+        .pid
+        .map(|pid| real_uid(Path::new("/proc"), pid).unwrap_or(u32::MAX));
+    let registered = shared.datapath.register(lib.clone(), uid);
     let since_us = origin
         .since_ns
         .map(|t| monotonic_ns().saturating_sub(t) / 1000);
     match registered {
+        Ok(r) if r.over_capacity.is_some() => {
+            shared.stats.libraries.fetch_add(1, Ordering::Relaxed);
+            super::report_over_capacity(
+                &shared.datapath,
+                &shared.reporter,
+                &r,
+                &lib,
+                origin.via,
+                origin.pid,
+                origin.comm,
+            );
+        }
         Ok(r) => {
             shared.stats.libraries.fetch_add(1, Ordering::Relaxed);
             info!(
@@ -254,4 +281,15 @@ fn register(shared: &Shared, lib: Library, origin: &Origin<'_>) {
         }
         Err(err) => error!(path, "new library not covered: {err}"),
     }
+}
+
+/// The real uid of `pid` (`Uid:` in its `status`; the owner of `/proc/<pid>` would say root for
+/// a process that made itself non-dumpable).
+pub(super) fn real_uid(proc_root: &Path, pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
 }

@@ -290,6 +290,31 @@ fn a_file_rewritten_in_place_is_examined_again() {
     assert!(entry(Examined::NotTls).is_stale(generation, ctime_now));
     assert!(entry(Examined::Unknown).is_stale(generation, ctime_now));
     assert!(!entry(Examined::Library).is_stale(generation, ctime_now));
+    assert!(
+        !entry(Examined::Releasing).is_stale(generation, ctime_now),
+        "a library marked for release keeps its probes like any library"
+    );
     assert!(Examined::NotTls.is_settled() && Examined::Library.is_settled());
     assert!(!Examined::Unknown.is_settled());
+}
+
+#[test]
+fn the_uid_a_library_slot_is_charged_to() {
+    let proc_root = Path::new("/proc");
+    // SAFETY: plain getters.
+    let (pid, uid) = (std::process::id(), unsafe { libc::getuid() });
+    assert_eq!(super::examine::real_uid(proc_root, pid), Some(uid));
+    let fake = TempDir::new("uid");
+    fs::create_dir_all(fake.0.join("7")).unwrap();
+    fs::write(
+        fake.0.join("7/status"),
+        "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t0\n",
+    )
+    .unwrap();
+    assert_eq!(
+        super::examine::real_uid(&fake.0, 7),
+        Some(1000),
+        "the real uid"
+    );
+    assert_eq!(super::examine::real_uid(&fake.0, 8), None, "gone");
 }

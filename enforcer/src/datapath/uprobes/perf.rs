@@ -7,7 +7,7 @@ use aya::{
     Ebpf,
     programs::{
         ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use enforcer_common::flow::cookie;
@@ -63,14 +63,22 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe,
     })
 }
 
-/// Attaches entry and return probes to every probe target of `lib`, library `id`; returns how many functions
-/// were probed. All or nothing: a half-probed library would be attributed only some of the time,
+/// A perf-event uprobe attached: the program it runs and aya's id of its link (the link
+/// belongs to the object).
+pub type PerfLink = (&'static str, UProbeLinkId);
+
+/// Attaches entry and return probes to every probe target of `lib`, library `id`; returns the
+/// links. All or nothing: a half-probed library would be attributed only some of the time,
 /// so on failure the probes already attached to it are detached and the caller reports the
 /// library as not covered.
 ///
 /// Cost: each probe is a perf-event link; the kernel serialises uprobe (un)registration behind a
 /// grace period (about 0.15 s per probe on 6.18), which is why `Prober` prefers `uprobe_multi`.
-pub fn attach_library(ebpf: &mut Ebpf, id: u32, lib: &Library) -> Result<usize, UprobeError> {
+pub fn attach_library(
+    ebpf: &mut Ebpf,
+    id: u32,
+    lib: &Library,
+) -> Result<Vec<PerfLink>, UprobeError> {
     let mut links = Vec::new();
     for target in &lib.probes {
         let value = cookie::encode(id, target.op);
@@ -103,11 +111,7 @@ pub fn attach_library(ebpf: &mut Ebpf, id: u32, lib: &Library) -> Result<usize, 
             match attached {
                 Ok(link) => links.push((name, link)),
                 Err(source) => {
-                    for (name, link) in links {
-                        if let Ok(p) = program(ebpf, name) {
-                            let _ = p.detach(link);
-                        }
-                    }
+                    detach(ebpf, links);
                     return Err(UprobeError::Attach {
                         path: file.display().to_string(),
                         symbol: target.symbol.clone(),
@@ -118,5 +122,14 @@ pub fn attach_library(ebpf: &mut Ebpf, id: u32, lib: &Library) -> Result<usize, 
             }
         }
     }
-    Ok(lib.probes.len())
+    Ok(links)
+}
+
+/// Detaches perf-event uprobes (each waits a grace period in the kernel).
+pub fn detach(ebpf: &mut Ebpf, links: Vec<PerfLink>) {
+    for (name, link) in links {
+        if let Ok(p) = program(ebpf, name) {
+            let _ = p.detach(link);
+        }
+    }
 }
