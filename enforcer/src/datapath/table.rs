@@ -105,7 +105,7 @@ impl Ids {
     pub fn next(&self) -> Option<u32> {
         self.0
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < super::capacity::OVER_CAPACITY).then_some(n + 1)
+                (n < enforcer_common::policy::OVER_CAPACITY).then_some(n + 1)
             })
             .ok()
     }
@@ -121,7 +121,7 @@ mod tests {
         assert_eq!((fresh.next(), fresh.next()), (Some(1), Some(2)));
         let resumed = Ids::after(7);
         assert_eq!((resumed.next(), resumed.next()), (Some(8), Some(9)));
-        let over = super::super::capacity::OVER_CAPACITY;
+        let over = enforcer_common::policy::OVER_CAPACITY;
         let last = Ids::after(over - 2);
         assert_eq!((last.next(), last.next()), (Some(over - 1), None));
     }
