@@ -42,11 +42,12 @@
 //! `flow` → `sock`, `stats`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// `flow.rs`: the atomic add of `BLOCKLIST_HELD` (the target's `core::sync::atomic` has none).
+// `flow.rs`: the atomic add of `BLOCKLIST_HELD` (the target's `core::sync::atomic` has none);
+// `packet/direct.rs`: single-instruction misaligned packet loads (asm).
 #![cfg_attr(
     target_arch = "bpf",
     allow(internal_features),
-    feature(core_intrinsics)
+    feature(core_intrinsics, asm_experimental_arch)
 )]
 
 #[cfg(target_arch = "bpf")]
