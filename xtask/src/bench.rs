@@ -386,7 +386,7 @@ mod tests {
         // Figures 1-2: rounds x 6 configurations (5 in --quick: no BCC floor); 3: the veth
         // runs (baseline halves, XDP agent, tc agent); 4: 2 blocks; 5, 6, 8, 9: runs x 2
         // configurations; 7 and 10: one block each.
-        assert_eq!(steps(false), [18, 15, 2, 6, 10, 1, 6, 6, 1]);
+        assert_eq!(steps(false), [30, 15, 2, 6, 10, 1, 6, 6, 1]);
         assert_eq!(steps(true), [5, 3, 2, 2, 2, 1, 2, 2, 1]);
     }
 }
