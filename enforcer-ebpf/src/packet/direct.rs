@@ -105,39 +105,28 @@ impl<const N: usize> Window<N> {
 // Written in asm: a plain `*(p as *const u32)` would promise LLVM an alignment the pointer does
 // not have, which is undefined behaviour in Rust.
 
-/// # Safety
-/// `p` is a packet pointer with 4 bytes inside the verified range.
-#[inline(always)]
-unsafe fn load_u32(p: *const u8) -> u32 {
-    let v: u64;
-    // SAFETY: per the caller; the asm only reads those 4 bytes.
-    unsafe {
-        core::arch::asm!(
-            "{v} = *(u32 *)({p} + 0)",
-            p = in(reg) p,
-            v = lateout(reg) v,
-            options(readonly, nostack, preserves_flags)
-        );
-    }
-    v as u32
+/// `unsafe fn $name(p) -> $ty`: one load of a `$ty` at `p`, which must be a packet pointer
+/// with `size_of::<$ty>()` bytes inside the verified range (the asm reads only those).
+macro_rules! packet_load {
+    ($name:ident, $ty:ty, $insn:literal) => {
+        #[inline(always)]
+        unsafe fn $name(p: *const u8) -> $ty {
+            let v: u64;
+            // SAFETY: per the caller.
+            unsafe {
+                core::arch::asm!(
+                    $insn,
+                    p = in(reg) p,
+                    v = lateout(reg) v,
+                    options(readonly, nostack, preserves_flags)
+                );
+            }
+            v as $ty
+        }
+    };
 }
-
-/// # Safety
-/// `p` is a packet pointer with 2 bytes inside the verified range.
-#[inline(always)]
-unsafe fn load_u16(p: *const u8) -> u16 {
-    let v: u64;
-    // SAFETY: per the caller; the asm only reads those 2 bytes.
-    unsafe {
-        core::arch::asm!(
-            "{v} = *(u16 *)({p} + 0)",
-            p = in(reg) p,
-            v = lateout(reg) v,
-            options(readonly, nostack, preserves_flags)
-        );
-    }
-    v as u16
-}
+packet_load!(load_u32, u32, "{v} = *(u32 *)({p} + 0)");
+packet_load!(load_u16, u16, "{v} = *(u16 *)({p} + 0)");
 
 /// `T` at `offset` of the linear part, or `None` where it reaches past it (or `offset` is past
 /// the headers' bound). The bound is checked on the register that is then added to `data`, as
