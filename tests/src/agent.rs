@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::server::Capture;
+use crate::{NetNs, server::Capture};
 
 /// `$ENFORCER_BIN`, else `<workspace>/target/debug/enforcer`; panics if it does not exist.
 pub fn enforcer_bin() -> PathBuf {
@@ -80,6 +80,22 @@ impl Agent {
         let mut agent = Self::start(iface, &file, extra);
         agent._policy_dir = Some(dir);
         agent
+    }
+
+    /// [`Agent::with_policy`] on the host end of `ns`, with [`hook_args`] and then `extra`;
+    /// returns once the agent is ready (within `ready`), with its `ready` event.
+    pub fn ready_with_policy(
+        ns: &NetNs,
+        policy_yaml: &str,
+        extra: &[&str],
+        ready: Duration,
+    ) -> (Agent, Value) {
+        let mut args = hook_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = Self::with_policy(&ns.host_if, policy_yaml, &args);
+        let event = agent.wait_ready(ready);
+        (agent, event)
     }
 
     /// Runs a prepared command (e.g. with extra env) as the agent: stdout is read as events.

@@ -3,13 +3,62 @@
 
 use std::{
     fs,
+    net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
-use crate::{cmd, sh};
+use serde_json::Value;
+
+use crate::{Agent, Cert, NetNs, Server, cmd, require_root, sh};
 
 const CLIENT_C: &str = include_str!("../programs/newlib-client/client.c");
+
+/// Where a test of fresh copies runs: the system's libssl, and an `openssl s_server -www` peer
+/// in a new network namespace. Fields drop in order: the server first, the namespace last.
+pub struct Site {
+    pub www: Server,
+    pub cert: Cert,
+    pub ns: NetNs,
+    pub peer: IpAddr,
+    /// [`system_libssl`], what the copies are made from.
+    pub libssl: PathBuf,
+}
+
+impl Site {
+    /// Checks for root, finds the system's libssl, makes the namespace and starts the `www`
+    /// peer at its IPv4 address on `port`.
+    pub fn new(port: u16) -> Site {
+        require_root();
+        let libssl = system_libssl();
+        let ns = NetNs::new();
+        let peer = IpAddr::V4(ns.peer_v4);
+        let cert = Cert::new(&[peer]);
+        let www = Server::www(&ns, peer, port, &cert);
+        Site {
+            www,
+            cert,
+            ns,
+            peer,
+            libssl,
+        }
+    }
+
+    /// An agent on the namespace under `policy` (with `extra` arguments) that watches for new
+    /// library files (`new_files: pause` in its `ready` event, which it returns), ready within
+    /// `ready`.
+    pub fn watching_agent(&self, policy: &str, extra: &[&str], ready: Duration) -> (Agent, Value) {
+        let (agent, event) = Agent::ready_with_policy(&self.ns, policy, extra, ready);
+        assert_eq!(
+            event["new_files"],
+            "pause",
+            "the agent must watch for new library files: {event}\n{}",
+            agent.stderr()
+        );
+        (agent, event)
+    }
+}
 
 /// The system's `libssl.so.3` (what `-lssl` links against).
 pub fn system_libssl() -> PathBuf {

@@ -11,16 +11,16 @@
 //! (the limit is set that many plus a few), then with the limit.
 
 use std::{
-    net::IpAddr,
     os::unix::process::CommandExt,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use enforcer_tests::{
-    Agent, Cert, NetNs, Server,
-    libssl_copies::{build_client, copy_path, field, fresh_copy, system_libssl},
-    ops, require_root, run_with_timeout,
+    Agent,
+    libssl_copies::{Site, build_client, copy_path, field, fresh_copy},
+    ops, run_with_timeout,
     schema::{events_schema, validate_event},
 };
 use serde_json::Value;
@@ -42,19 +42,25 @@ const OVER_CAPACITY: u64 = u32::MAX as u64 - 1;
 const POLICY: &str = "mode: enforce\ndefault: deny\nunattributed_tls: allow\nlibraries:\n  \
                       - family: openssl\n    action: allow\n";
 
-fn start_agent(ns: &NetNs, extra: &[&str]) -> (Agent, Value) {
-    let mut args = enforcer_tests::hook_args();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::with_policy(&ns.host_if, POLICY, &args);
-    let ready = agent.wait_ready(READY);
-    assert_eq!(ready["new_files"], "pause", "{ready}\n{}", agent.stderr());
-    (agent, ready)
+fn start_agent(site: &Site, extra: &[&str]) -> (Agent, Value) {
+    site.watching_agent(POLICY, extra, READY)
+}
+
+/// Every test's start: the [`Site`], and the C client built in a temp dir (returned with it;
+/// the client, then the dir, then the site drop).
+fn setup() -> (Site, tempfile::TempDir, PathBuf) {
+    let site = Site::new(PORT);
+    let work = tempfile::Builder::new()
+        .prefix("enforcer-capacity-client-")
+        .tempdir()
+        .expect("temp dir");
+    let client = build_client(work.path());
+    (site, work, client)
 }
 
 /// How many libraries an agent registers at start on this host (a run of its own).
-fn libraries_at_start(ns: &NetNs) -> u64 {
-    let (mut agent, ready) = start_agent(ns, &[]);
+fn libraries_at_start(site: &Site) -> u64 {
+    let (mut agent, ready) = start_agent(site, &[]);
     let n = ready["libraries"].as_u64().expect("ready counts libraries");
     agent.stop();
     n
@@ -130,22 +136,14 @@ fn connection_of(agent: &mut Agent, local_port: u16) -> Value {
 
 #[test]
 fn library_ids_fill_fail_closed_and_are_reused() {
-    require_root();
-    let libssl = system_libssl();
-    let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let www = Server::www(&ns, peer, PORT, &cert);
-    let work = tempfile::Builder::new()
-        .prefix("enforcer-capacity-client-")
-        .tempdir()
-        .expect("temp dir");
-    let client = build_client(work.path());
-    let (addr, port) = (peer.to_string(), PORT.to_string());
+    let (site, _work, client) = setup();
+    let libssl = &site.libssl;
+    let (addr, port) = (site.peer.to_string(), PORT.to_string());
 
-    let at_start = libraries_at_start(&ns);
+    let at_start = libraries_at_start(&site);
     let limit = (at_start + ROOM).to_string();
-    let (mut agent, ready) = start_agent(&ns, &["--max-libraries", &limit, "--library-sweep", "1"]);
+    let (mut agent, ready) =
+        start_agent(&site, &["--max-libraries", &limit, "--library-sweep", "1"]);
     let socket = ready["control_socket"]
         .as_str()
         .expect("control socket")
@@ -161,7 +159,7 @@ fn library_ids_fill_fail_closed_and_are_reused() {
             "{MAX_HOLDERS} libraries held and no capacity event (limit {limit})\n{}",
             agent.stderr()
         );
-        let copy = fresh_copy("enforcer-capacity-hold-", &libssl);
+        let copy = fresh_copy("enforcer-capacity-hold-", libssl);
         let path = copy_path(&copy);
         holders.hold(&path);
         copies.push(copy);
@@ -200,7 +198,7 @@ fn library_ids_fill_fail_closed_and_are_reused() {
 
     // Full means closed: a process with another new copy (OpenSSL, which a rule allows) is
     // refused, as `default: deny` says; unprobed, `unattributed_tls: allow` would have passed it.
-    let over = fresh_copy("enforcer-capacity-over-", &libssl);
+    let over = fresh_copy("enforcer-capacity-over-", libssl);
     let mut run = Command::new(&client);
     run.args([&addr, &port]).env("LD_LIBRARY_PATH", over.path());
     let out = run_with_timeout(&mut run, b"", CLIENT);
@@ -273,7 +271,7 @@ fn library_ids_fill_fail_closed_and_are_reused() {
         conn["call"], "handshake",
         "probed before its first call: {conn}"
     );
-    drop(www);
+    drop(site.www);
 }
 
 /// Waits until one line of the agent's log holds both `a` and `b`.
@@ -299,22 +297,13 @@ fn wait_log(agent: &Agent, a: &str, b: &str, timeout: Duration) {
 /// the library keeps its id and probes, and is not released with the others of that census.
 #[test]
 fn a_library_mapped_again_before_its_release_is_kept() {
-    require_root();
-    let libssl = system_libssl();
-    let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let www = Server::www(&ns, peer, PORT, &cert);
-    let work = tempfile::Builder::new()
-        .prefix("enforcer-capacity-client-")
-        .tempdir()
-        .expect("temp dir");
-    let client = build_client(work.path());
-    let (mut agent, _) = start_agent(&ns, &["--library-sweep", "1"]);
+    let (site, _work, client) = setup();
+    let (libssl, peer) = (&site.libssl, site.peer);
+    let (mut agent, _) = start_agent(&site, &["--library-sweep", "1"]);
 
     let (kept, sentinel) = (
-        fresh_copy("enforcer-capacity-kept-", &libssl),
-        fresh_copy("enforcer-capacity-sentinel-", &libssl),
+        fresh_copy("enforcer-capacity-kept-", libssl),
+        fresh_copy("enforcer-capacity-sentinel-", libssl),
     );
     let (kept_path, sentinel_path) = (copy_path(&kept), copy_path(&sentinel));
     let mut first = Holders(Vec::new());
@@ -359,7 +348,7 @@ fn a_library_mapped_again_before_its_release_is_kept() {
     assert_eq!(conn["library"]["id"].as_u64(), Some(id), "{conn}");
     assert_eq!(conn["verdict"], "allowed", "{conn}");
     drop(again);
-    drop(www);
+    drop(site.www);
 }
 
 /// One user's flood cannot take every id: a uid other than root holds at most
@@ -368,22 +357,13 @@ fn a_library_mapped_again_before_its_release_is_kept() {
 #[test]
 fn one_user_cannot_take_every_library_id() {
     const NOBODY: u32 = 65534;
-    require_root();
-    let libssl = system_libssl();
-    let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let www = Server::www(&ns, peer, PORT, &cert);
-    let work = tempfile::Builder::new()
-        .prefix("enforcer-capacity-client-")
-        .tempdir()
-        .expect("temp dir");
+    let (site, work, client) = setup();
     open_to_all(work.path());
-    let client = build_client(work.path());
-    let (addr, port) = (peer.to_string(), PORT.to_string());
-    let limit = (libraries_at_start(&ns) + 5).to_string();
+    let libssl = &site.libssl;
+    let (addr, port) = (site.peer.to_string(), PORT.to_string());
+    let limit = (libraries_at_start(&site) + 5).to_string();
     let (mut agent, _) = start_agent(
-        &ns,
+        &site,
         &[
             "--max-libraries",
             &limit,
@@ -397,7 +377,7 @@ fn one_user_cannot_take_every_library_id() {
     let mut copies = Vec::new();
     let mut holders = Holders(Vec::new());
     for n in 0..3 {
-        let copy = fresh_copy("enforcer-capacity-user-", &libssl);
+        let copy = fresh_copy("enforcer-capacity-user-", libssl);
         open_to_all(copy.path());
         let path = copy_path(&copy);
         holders.hold_as(&path, Some(NOBODY));
@@ -415,7 +395,7 @@ fn one_user_cannot_take_every_library_id() {
     }
 
     // The user's next TLS client is over its quota: refused.
-    let over = fresh_copy("enforcer-capacity-user-over-", &libssl);
+    let over = fresh_copy("enforcer-capacity-user-over-", libssl);
     open_to_all(over.path());
     let mut run = Command::new(&client);
     run.args([&addr, &port])
@@ -437,7 +417,7 @@ fn one_user_cannot_take_every_library_id() {
     assert_eq!(conn["verdict"], "blocked", "{conn}");
 
     // Root's new library is not starved by it.
-    let mine = fresh_copy("enforcer-capacity-root-", &libssl);
+    let mine = fresh_copy("enforcer-capacity-root-", libssl);
     let mut run = Command::new(&client);
     run.args([&addr, &port]).env("LD_LIBRARY_PATH", mine.path());
     let out = run_with_timeout(&mut run, b"", CLIENT);
@@ -448,5 +428,5 @@ fn one_user_cannot_take_every_library_id() {
     );
     assert!(out.success(), "root's client failed: {out:?}");
     drop(holders);
-    drop(www);
+    drop(site.www);
 }

@@ -129,11 +129,7 @@ fn peer() -> Peer {
 }
 
 fn start_agent(ns: &NetNs, policy: &str) -> Agent {
-    let args = enforcer_tests::hook_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
-    agent.wait_ready(READY);
-    agent
+    Agent::ready_with_policy(ns, policy, &[], READY).0
 }
 
 impl Peer {
@@ -218,15 +214,16 @@ fn a_family_java_rule_lets_the_jvm_talk_and_names_it() {
     eprintln!("java allowed: {:?} (JVM start included)", out.elapsed);
 }
 
-#[test]
-fn without_a_java_rule_the_jvm_is_refused_at_once() {
-    let p = peer();
-    let mut agent = start_agent(&p.ns, OPENSSL_ONLY);
+/// Under `policy`, the (primed) JVM sending `line` is refused within `REFUSED_WITHIN_MS` of its
+/// handshake's start, and the peer receives nothing. Returns the `client_hello` event and how
+/// many milliseconds the refusal took.
+fn refused_under(p: &Peer, policy: &str, line: &str) -> (Value, u64) {
+    let mut agent = start_agent(&p.ns, policy);
     p.prime();
-    let out = p.connect("JAVA-MUST-NOT-ARRIVE\n");
+    let out = p.connect(line);
     assert!(
         !out.success() && !out.stdout_str().contains("handshake=ok"),
-        "the JVM must be refused: {out:?}\n{}",
+        "the JVM must be refused under this policy:\n{policy}{out:?}\n{}",
         agent.stderr()
     );
     let took = refused_after_ms(&out);
@@ -235,40 +232,33 @@ fn without_a_java_rule_the_jvm_is_refused_at_once() {
         "refused only {took} ms after its handshake began"
     );
     let e = hello(&mut agent);
-    assert_eq!(e["verdict"], "blocked", "{e}");
-    assert_eq!(e["attributed"], false, "{e}");
-    assert_eq!(e["library"], Value::Null, "{e}");
-    assert_eq!(e["socket_aborted"], true, "{e}");
     assert!(
         p.server.received().is_empty(),
         "the peer received application bytes: {:?}",
         String::from_utf8_lossy(&p.server.received())
     );
+    (e, took)
+}
+
+#[test]
+fn without_a_java_rule_the_jvm_is_refused_at_once() {
+    let p = peer();
+    let (e, took) = refused_under(&p, OPENSSL_ONLY, "JAVA-MUST-NOT-ARRIVE\n");
+    assert_eq!(e["verdict"], "blocked", "{e}");
+    assert_eq!(e["attributed"], false, "{e}");
+    assert_eq!(e["library"], Value::Null, "{e}");
+    assert_eq!(e["socket_aborted"], true, "{e}");
     eprintln!("java refused {took} ms after its handshake began");
 }
 
 #[test]
 fn a_family_java_deny_refuses_the_jvm_on_an_open_host() {
     let p = peer();
-    let mut agent = start_agent(&p.ns, JAVA_DENIED);
-    p.prime();
-    let out = p.connect("JAVA-DENIED\n");
-    assert!(
-        !out.success() && !out.stdout_str().contains("handshake=ok"),
-        "the JVM must be refused by family: java, action: deny: {out:?}\n{}",
-        agent.stderr()
-    );
-    let took = refused_after_ms(&out);
-    assert!(
-        took < REFUSED_WITHIN_MS,
-        "refused only {took} ms after its handshake began"
-    );
-    let e = hello(&mut agent);
+    let (e, took) = refused_under(&p, JAVA_DENIED, "JAVA-DENIED\n");
     assert_eq!(e["verdict"], "blocked", "{e}");
     assert_eq!(e["evidence"], "runtime", "{e}");
     assert_eq!(e["library"]["family"], "java", "{e}");
     assert_eq!(e["sender"]["rule_line"], 5, "{e}");
-    assert!(p.server.received().is_empty(), "the peer received bytes");
     eprintln!("java denied {took} ms after its handshake began");
 }
 

@@ -11,7 +11,6 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs,
-    net::IpAddr,
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     thread,
@@ -19,9 +18,9 @@ use std::{
 };
 
 use enforcer_tests::{
-    Agent, Cert, NetNs, Server,
-    libssl_copies::{build_client, copy_path, field, fresh_copy, system_libssl},
-    require_root, run_with_timeout,
+    Agent,
+    libssl_copies::{Site, build_client, copy_path, field, fresh_copy},
+    run_with_timeout,
 };
 use serde_json::Value;
 
@@ -35,18 +34,8 @@ const BURST_BOUND: Duration = Duration::from_secs(90);
 /// How long the measurement waits for other sessions' agents to exit.
 const OTHER_AGENTS_WAIT: Duration = Duration::from_secs(180);
 
-fn start_agent(ns: &NetNs, policy: &str) -> Agent {
-    let args = enforcer_tests::hook_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
-    let ready = agent.wait_ready(READY);
-    assert_eq!(
-        ready["new_files"],
-        "pause",
-        "the agent must watch for new library files: {ready}\n{}",
-        agent.stderr()
-    );
-    agent
+fn start_agent(site: &Site, policy: &str) -> Agent {
+    site.watching_agent(policy, &[], READY).0
 }
 
 fn is_connection_of(v: &Value, local_port: u16) -> bool {
@@ -58,19 +47,15 @@ fn is_connection_of(v: &Value, local_port: u16) -> bool {
 /// not attributed (the return probes of the new library work).
 #[test]
 fn fresh_libssl_copy_is_attributed_from_the_first_connection() {
-    require_root();
-    let libssl = system_libssl();
-    let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let www = Server::www(&ns, peer, PORT, &cert);
+    let site = Site::new(PORT);
+    let (libssl, peer) = (&site.libssl, site.peer);
     let tmp = fs::canonicalize(std::env::temp_dir()).expect("temp dir");
     let policy = format!(
         "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n  \
          - path: \"{}/enforcer-newlib-deny-*/**\"\n    action: deny\n",
         tmp.display()
     );
-    let mut agent = start_agent(&ns, &policy);
+    let mut agent = start_agent(&site, &policy);
     let work = tempfile::Builder::new()
         .prefix("enforcer-newlib-client-")
         .tempdir()
@@ -79,7 +64,7 @@ fn fresh_libssl_copy_is_attributed_from_the_first_connection() {
     let (addr, port) = (peer.to_string(), PORT.to_string());
 
     // Allowed: a copy in a directory no rule names (it is OpenSSL by its symbols).
-    let ok = fresh_copy("enforcer-newlib-ok-", &libssl);
+    let ok = fresh_copy("enforcer-newlib-ok-", libssl);
     let mut run = Command::new(&client);
     run.args([&addr, &port, "plain"])
         .env("LD_LIBRARY_PATH", ok.path());
@@ -122,7 +107,7 @@ fn fresh_libssl_copy_is_attributed_from_the_first_connection() {
 
     // Denied by path: blocked from the first connection, in a process that started after the
     // agent, with a file the agent had never seen.
-    let deny = fresh_copy("enforcer-newlib-deny-", &libssl);
+    let deny = fresh_copy("enforcer-newlib-deny-", libssl);
     let mut run = Command::new(&client);
     run.args([&addr, &port]).env("LD_LIBRARY_PATH", deny.path());
     let out = run_with_timeout(&mut run, b"", CLIENT);
@@ -143,7 +128,7 @@ fn fresh_libssl_copy_is_attributed_from_the_first_connection() {
     assert_eq!(event["library"]["path"], copy_path(&deny), "{event}");
     assert_eq!(event["verdict"], "blocked", "{event}");
     assert_eq!(event["call"], "handshake", "{event}");
-    drop(www);
+    drop(site.www);
 }
 
 /// Kills the remaining clients (their process groups) on drop.
@@ -164,14 +149,10 @@ impl Drop for Clients {
 /// runs out of budget, and every client completes.
 #[test]
 fn hundred_processes_with_fresh_copies_all_attributed() {
-    require_root();
-    let libssl = system_libssl();
-    let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let www = Server::www(&ns, peer, PORT, &cert);
+    let site = Site::new(PORT);
+    let (libssl, peer) = (&site.libssl, site.peer);
     let mut agent = start_agent(
-        &ns,
+        &site,
         "mode: enforce\ndefault: deny\nlibraries:\n  - family: openssl\n    action: allow\n",
     );
     let work = tempfile::Builder::new()
@@ -180,7 +161,7 @@ fn hundred_processes_with_fresh_copies_all_attributed() {
         .expect("temp dir");
     let client = build_client(work.path());
     let copies: Vec<tempfile::TempDir> = (0..PROCESSES)
-        .map(|_| fresh_copy("enforcer-newlib-many-", &libssl))
+        .map(|_| fresh_copy("enforcer-newlib-many-", libssl))
         .collect();
     let (addr, port) = (peer.to_string(), PORT.to_string());
     // Another agent on the host (another session's tests or benchmarks) would pause and resume
@@ -292,7 +273,7 @@ fn hundred_processes_with_fresh_copies_all_attributed() {
         PROCESSES,
         "every process was paused for its new file"
     );
-    drop(www);
+    drop(site.www);
 }
 
 /// Waits up to `timeout` until no `enforcer attach` other than `ours` runs on the host; returns
@@ -362,17 +343,13 @@ fn wait_output(mut child: Child, timeout: Duration) -> Option<std::process::Outp
 /// behind resumes the process once the agent is gone.
 #[test]
 fn paused_process_is_resumed_when_the_agent_dies() {
-    require_root();
-    let libssl = system_libssl();
-    let ns = NetNs::new();
-    let peer = IpAddr::V4(ns.peer_v4);
-    let cert = Cert::new(&[peer]);
-    let www = Server::www(&ns, peer, PORT, &cert);
+    let site = Site::new(PORT);
+    let (libssl, peer) = (&site.libssl, site.peer);
     // `unattributed_tls: allow`: the killed agent's tc filter stays until the next agent
     // replaces it (netlink objects do not die with a process), and the client's copy of libssl
     // is never probed, so with `default: deny` its ClientHello would be dropped as unattributed.
     let agent = start_agent(
-        &ns,
+        &site,
         "mode: enforce\ndefault: deny\nunattributed_tls: allow\nlibraries:\n  - family: openssl\n    action: allow\n",
     );
     let work = tempfile::Builder::new()
@@ -380,7 +357,7 @@ fn paused_process_is_resumed_when_the_agent_dies() {
         .tempdir()
         .expect("temp dir");
     let client = build_client(work.path());
-    let copy = fresh_copy("enforcer-newlib-orphan-", &libssl);
+    let copy = fresh_copy("enforcer-newlib-orphan-", libssl);
 
     // Freeze the agent: the hooks still stop the client, nobody answers.
     let agent_pid = agent.pid() as libc::pid_t;
@@ -419,7 +396,7 @@ fn paused_process_is_resumed_when_the_agent_dies() {
         "client failed after resuming: {out:?}"
     );
     drop(agent);
-    drop(www);
+    drop(site.www);
 }
 
 /// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T` stopped, ...).

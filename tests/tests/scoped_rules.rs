@@ -78,11 +78,7 @@ fn peer() -> Peer {
 }
 
 fn start_agent(ns: &NetNs, policy: &str) -> Agent {
-    let args = enforcer_tests::hook_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
-    agent.wait_ready(READY);
-    agent
+    Agent::ready_with_policy(ns, policy, &[], READY).0
 }
 
 /// Runs the client once with arguments it refuses (it exits at once): the agent's watcher
