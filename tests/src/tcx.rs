@@ -11,6 +11,7 @@ use std::{
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 const BPF_F_BEFORE: u32 = 1 << 3;
 
@@ -144,6 +145,29 @@ impl Drop for BpfStats {
 
 /// The ids of the programs on `ifindex`'s tcx egress hook, in the order they run.
 pub fn egress_programs(ifindex: u32) -> Vec<u32> {
+    hook_links(ifindex, true)
+        .into_iter()
+        .map(|(_, prog)| prog)
+        .collect()
+}
+
+/// Whether this kernel has tcx hooks (Linux 6.6+): a query of loopback's egress hook works
+/// (before 6.6 the attach type is unknown: `EINVAL`). Any other error fails the test.
+pub fn supported() -> bool {
+    match query(ifindex("lo"), true) {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
+        Err(e) => panic!("BPF_PROG_QUERY of lo's tcx egress hook: {e}"),
+    }
+}
+
+/// (link id, program id) of each program on `ifindex`'s tcx egress (or ingress) hook, in the
+/// order they run (`BPF_PROG_QUERY`; link id 0 for a program attached without a link).
+pub fn hook_links(ifindex: u32, egress: bool) -> Vec<(u32, u32)> {
+    query(ifindex, egress).expect("BPF_PROG_QUERY tcx")
+}
+
+fn query(ifindex: u32, egress: bool) -> io::Result<Vec<(u32, u32)>> {
     const BPF_PROG_QUERY: libc::c_long = 16;
     #[repr(C)]
     #[derive(Default)]
@@ -160,16 +184,27 @@ pub fn egress_programs(ifindex: u32) -> Vec<u32> {
         link_attach_flags: u64,
         revision: u64,
     }
-    let mut ids = [0u32; 64];
+    let mut progs = [0u32; 64];
+    let mut links = [0u32; 64];
     let mut q = Query {
         ifindex,
-        attach_type: BPF_TCX_EGRESS,
-        prog_ids: ids.as_mut_ptr() as u64,
-        count: ids.len() as u32,
+        attach_type: if egress {
+            BPF_TCX_EGRESS
+        } else {
+            BPF_TCX_INGRESS
+        },
+        prog_ids: progs.as_mut_ptr() as u64,
+        link_ids: links.as_mut_ptr() as u64,
+        count: progs.len() as u32,
         ..Query::default()
     };
-    bpf(BPF_PROG_QUERY, &mut q).expect("BPF_PROG_QUERY tcx egress");
-    ids[..q.count as usize].to_vec()
+    bpf(BPF_PROG_QUERY, &mut q)?;
+    let n = (q.count as usize).min(progs.len());
+    Ok(links[..n]
+        .iter()
+        .copied()
+        .zip(progs[..n].iter().copied())
+        .collect())
 }
 
 /// The index of interface `name`.

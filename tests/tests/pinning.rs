@@ -10,7 +10,7 @@ use std::{
 use enforcer_tests::{
     Agent, Cert, HostLock, NetNs, Server, cmd, host_lock,
     ops::{PinGuard, SCOPED_ENFORCE, ctl, gnutls_named},
-    require_root, run_with_timeout, sh,
+    require_root, run_with_timeout, sh, tcx,
 };
 use serde_json::Value;
 
@@ -403,4 +403,138 @@ fn client_hello_policy_is_pinned_and_taken_over() {
     assert!(!out.success(), "out of scope without an agent: {out:?}");
     let received = String::from_utf8_lossy(&server.received()).into_owned();
     assert!(!received.contains("OUT-OF-SCOPE"), "{received}");
+}
+
+/// The tcx links on `iface`: (link id, program id, hook), egress first, each hook in run order.
+fn tcx_links(iface: &str) -> Vec<(u32, u32, &'static str)> {
+    let ifindex = tcx::ifindex(iface);
+    let mut out = Vec::new();
+    for (egress, hook) in [(true, "egress"), (false, "ingress")] {
+        out.extend(
+            tcx::hook_links(ifindex, egress)
+                .into_iter()
+                .map(|(link, prog)| (link, prog, hook)),
+        );
+    }
+    out
+}
+
+/// `--tc-attach tcx --pin`: the classifiers' tcx links are pinned, enforce while no agent runs
+/// (SIGKILL), and the next agent swaps its programs into the very links (same link ids, new
+/// programs, still one link per hook); no classic filter is added; detach removes them.
+#[test]
+fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
+    require_root();
+    if !tcx::supported() {
+        eprintln!(
+            "skipped: this kernel has no tcx hooks (Linux 6.6+), which --tc-attach tcx needs"
+        );
+        return;
+    }
+    let Setup {
+        _host,
+        ns,
+        peer,
+        _cert,
+        server,
+        pin,
+        _sockdir,
+        socket,
+    } = Setup::new();
+    let start = || {
+        let mut args = enforcer_tests::hook_args();
+        args.extend(
+            [
+                "--pin",
+                pin.dir.to_str().expect("utf-8"),
+                "--control-socket",
+                socket.to_str().expect("utf-8"),
+                "--ingress",
+                "tc",
+                "--tc-attach",
+                "tcx",
+            ]
+            .map(String::from),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = Agent::with_policy(&ns.host_if, POLICY, &args);
+        agent.wait_ready(READY);
+        agent
+    };
+    let mut first = start();
+    let before = tcx_links(&ns.host_if);
+    let hooks: Vec<&str> = before.iter().map(|l| l.2).collect();
+    assert_eq!(
+        hooks,
+        ["egress", "ingress"],
+        "one tcx link per hook: {before:?}"
+    );
+    assert!(
+        before.iter().all(|l| l.0 != 0),
+        "links, not bare programs: {before:?}"
+    );
+    assert_eq!(our_tc_filters(&ns.host_if), 0, "no classic filter with tcx");
+    gnutls_refused(&server, peer, "GNUTLS-TCX-FIRST", true);
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGKILL) };
+    first.stop();
+    assert_eq!(tcx_links(&ns.host_if), before, "the pinned tcx links stay");
+    gnutls_refused(&server, peer, "GNUTLS-TCX-NO-AGENT", false);
+
+    let mut second = start();
+    let after = tcx_links(&ns.host_if);
+    assert_eq!(after.len(), 2, "still one tcx link per hook: {after:?}");
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(
+            (old.0, &old.2),
+            (new.0, &new.2),
+            "the same link, taken over"
+        );
+        assert_ne!(
+            old.1, new.1,
+            "the second agent's program in it: {before:?} {after:?}"
+        );
+    }
+    assert_eq!(
+        our_tc_filters(&ns.host_if),
+        0,
+        "no classic filter after the takeover"
+    );
+    gnutls_refused(&server, peer, "GNUTLS-TCX-SECOND", true);
+    // Not the downtime connection's event (it waited in the pinned ring; its library id is the
+    // first run's, which this run cannot name).
+    let event = second.wait_for(
+        |v| {
+            v["type"] == "connection"
+                && v["comm"] == "gnutls-cli"
+                && v["library"]["family"] != "unknown"
+        },
+        EVENT,
+    );
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    assert_eq!(event["library"]["family"], "gnutls", "{event}");
+
+    let status = second.stop().expect("agent was running");
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        second.stderr()
+    );
+    assert_eq!(
+        tcx_links(&ns.host_if).len(),
+        2,
+        "SIGTERM with --pin keeps them"
+    );
+    let out = pin.detach();
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !tcx_links(&ns.host_if).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(tcx_links(&ns.host_if), [], "detach removes the tcx links");
 }

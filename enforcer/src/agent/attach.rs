@@ -74,8 +74,8 @@ pub struct AttachArgs {
     pub ingress: IngressChoice,
     /// How the tc classifiers go on their hooks: `netlink` (a cls_bpf filter at preference 50,
     /// after any tcx program such as Cilium's), `tcx` (a tcx link first on the hook, Linux 6.6+;
-    /// not with --pin yet), `auto` (tcx where the kernel has it). `enforcer status` says what
-    /// runs before ours either way.
+    /// pinned and taken over with --pin), `auto` (tcx where the kernel has it, netlink with
+    /// --pin). `enforcer status` says what runs before ours either way.
     #[arg(long, value_enum, default_value = "netlink")]
     pub tc_attach: TcAttach,
     /// `cgroup`: also drop blocklisted flows' packets host-wide, on every interface and in every

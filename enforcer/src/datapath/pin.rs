@@ -11,6 +11,10 @@
 //! - `links/tcin_<ifindex>`: the tc ingress classifier of each interface whose ingress is in tc
 //!   (`--ingress`): not a link (a tc filter has none) but the program itself, pinned so that
 //!   `enforcer detach` and the next run know the interface; the filter holds the program too.
+//! - `links/tcxeg_<ifindex>`, `links/tcxin_<ifindex>`: the classifiers' tcx links
+//!   (`--tc-attach tcx`), egress and ingress. Taken over like the XDP link: a restarted agent
+//!   swaps its program into the very link (`BPF_LINK_UPDATE`), so the hook never runs without
+//!   ours and keeps its place first on it.
 //! - `links/link_<id>`: every other link of the datapath: TLS uprobes (perf-event and
 //!   `uprobe_multi`), the kernel TCP hook and the connection-close tracepoint. A restarted
 //!   agent attaches its own, then removes these (the old programs and their per-run maps go
@@ -40,6 +44,8 @@ const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const XDP_PREFIX: &str = "xdp_";
 const LINK_PREFIX: &str = "link_";
 const TC_INGRESS_PREFIX: &str = "tcin_";
+const TCX_EGRESS_PREFIX: &str = "tcxeg_";
+const TCX_INGRESS_PREFIX: &str = "tcxin_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -72,6 +78,8 @@ pub struct PinnedLink {
     pub xdp_ifindex: Option<u32>,
     /// `Some(ifindex)` for an interface's tc ingress classifier (a program, not a link).
     pub tc_ingress_ifindex: Option<u32>,
+    /// `Some(ifindex)` for one of an interface's tcx links (egress or ingress).
+    pub tcx_ifindex: Option<u32>,
 }
 
 impl PinDir {
@@ -162,6 +170,7 @@ impl PinDir {
                 path: entry.path(),
                 xdp_ifindex: ifindex(XDP_PREFIX),
                 tc_ingress_ifindex: ifindex(TC_INGRESS_PREFIX),
+                tcx_ifindex: ifindex(TCX_EGRESS_PREFIX).or_else(|| ifindex(TCX_INGRESS_PREFIX)),
             });
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -178,6 +187,16 @@ impl PinDir {
         let fd = link_fd_by_id(link_id).map_err(io_err(&path))?;
         obj_pin(fd.as_fd(), &path).map_err(io_err(&path))?;
         Ok(true)
+    }
+
+    /// Where the tcx link of `ifindex`'s egress (or ingress) hook is pinned.
+    pub fn tcx_path(&self, ifindex: u32, egress: bool) -> PathBuf {
+        let prefix = if egress {
+            TCX_EGRESS_PREFIX
+        } else {
+            TCX_INGRESS_PREFIX
+        };
+        self.links().join(format!("{prefix}{ifindex}"))
     }
 
     /// Pins an XDP link fd as `links/xdp_<ifindex>`.

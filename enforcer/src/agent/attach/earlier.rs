@@ -24,8 +24,8 @@ impl Earlier {
         Ok(Earlier { links })
     }
 
-    /// Once this run is attached: the earlier run's links go (its XDP links and tc ingress pins
-    /// on our interfaces were taken over and stay; those on other interfaces go with their tc
+    /// Once this run is attached: the earlier run's links go (its XDP links, tcx links and tc
+    /// ingress pins on our interfaces were taken over and stay; those on other interfaces go with their tc
     /// filters), and the
     /// policy of its libraries that no flow refers to any more (action, server-name scope).
     pub async fn retire(
@@ -37,6 +37,13 @@ impl Earlier {
     ) {
         let mut removed = 0;
         for link in &self.links {
+            // A tcx link on one of our interfaces is this run's now (taken over in place, or
+            // released already if this run uses tc filters: `interfaces::attach_tc`).
+            if let Some(ifindex) = link.tcx_ifindex
+                && ifaces.iter().any(|(_, i)| *i == ifindex)
+            {
+                continue;
+            }
             if let Some(ifindex) = link.xdp_ifindex.or(link.tc_ingress_ifindex) {
                 if ifaces.iter().any(|(_, i)| *i == ifindex) {
                     continue;

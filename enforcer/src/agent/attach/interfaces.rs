@@ -2,7 +2,10 @@
 //! per interface by `--ingress`, see [`IngressChoice`]; an earlier run's pinned form is taken
 //! over as it is), the tc classifier on egress.
 
-use std::{os::fd::AsFd, path::PathBuf};
+use std::{
+    os::fd::{AsFd, BorrowedFd},
+    path::PathBuf,
+};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -19,7 +22,7 @@ use crate::{
     agent::layers,
     datapath::{
         offer_readers,
-        pin::PinDir,
+        pin::{self, PinDir},
         posture_readers,
         tc::{self, Hook, Ours},
     },
@@ -55,14 +58,11 @@ pub enum TcAttach {
 }
 
 impl TcAttach {
-    /// Whether the classifiers go on as tcx links, on this kernel and with `--pin` or not.
+    /// Whether the classifiers go on as tcx links, on this kernel and with `--pin` or not
+    /// (`auto` keeps classic filters with `--pin`: the form a pinned run's successor finds).
     pub fn tcx(self, pinned: bool) -> Result<bool> {
         match self {
             TcAttach::Netlink => Ok(false),
-            TcAttach::Tcx if pinned => bail!(
-                "--tc-attach tcx does not work with --pin yet (a pinned tcx link is not taken \
-                 over by the next agent): use --tc-attach netlink or auto with --pin"
-            ),
             TcAttach::Tcx if !tc::tcx::supported() => bail!(
                 "--tc-attach tcx: this kernel has no tcx hooks (Linux 6.6+); use --tc-attach netlink"
             ),
@@ -265,11 +265,10 @@ pub async fn attach_tc(
                 }
             }
         }
-        for (hook, fd) in hooks {
+        for (hook, fd) in hooks.iter().copied() {
             if tcx {
-                attached
-                    .tcx
-                    .push(tc::tcx::attach_first(fd.as_fd(), *index, hook)?);
+                let link = tcx_link(fd.as_fd(), name, *index, hook, pin, attached)?;
+                attached.tcx.push(link);
                 continue;
             }
             let filter_name = hook.filter_name();
@@ -284,11 +283,81 @@ pub async fn attach_tc(
                 attached.pinned.push(path);
             }
         }
+        if let Some(dir) = pin {
+            // Ours are on: what an earlier run of the other form pinned goes now (no gap), or
+            // both forms of our classifier would run.
+            switch_form(handle, dir, name, *index, tcx).await;
+        }
         let ingress = form.map_or("?", IngressForm::name);
         let egress = if tcx { TCX_FORM } else { NETLINK_FORM };
         info!(iface = %name, ingress, egress, pinned = pin.is_some(), "filters attached");
     }
     Ok(())
+}
+
+/// The classifier `prog` on `hook` of the interface as a tcx link first on the hook; with
+/// `--pin`, the earlier run's pinned link taken over (else a new one pinned).
+fn tcx_link(
+    prog: BorrowedFd<'_>,
+    name: &str,
+    index: u32,
+    hook: Hook,
+    pin: Option<&PinDir>,
+    attached: &mut Attached,
+) -> Result<tc::tcx::TcxLink> {
+    let Some(dir) = pin else {
+        return Ok(tc::tcx::attach_first(prog, index, hook)?);
+    };
+    let path = dir.tcx_path(index, hook == Hook::Egress);
+    if path.exists() {
+        match tc::tcx::take_over(&path, prog, index, hook) {
+            Ok(link) => {
+                info!(iface = %name, hook = hook.name(), "tcx: took over the pinned link");
+                return Ok(link);
+            }
+            // Defunct (its interface was deleted and made again) or not a link: a new one.
+            Err(err) => {
+                warn!(iface = %name, hook = hook.name(), "the pinned tcx link cannot be taken over ({err}): attaching a new one");
+                pin::unpin(&path)?;
+            }
+        }
+    }
+    let link = tc::tcx::attach_first(prog, index, hook)?;
+    link.pin(&path)?;
+    attached.pinned.push(path);
+    Ok(link)
+}
+
+/// With `--pin`, after ours are attached: removes what an earlier run of the other tc form left
+/// on the interface (its classic filters when this run is tcx, its pinned tcx links when not).
+async fn switch_form(handle: &rtnetlink::Handle, dir: &PinDir, name: &str, index: u32, tcx: bool) {
+    if tcx {
+        for (hook, removed) in tc::remove_ours(handle, index).await {
+            match removed {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(iface = %name, hook = hook.name(), filters = n, "the earlier run's tc filters removed (this run is tcx)")
+                }
+                Err(err) => {
+                    warn!(iface = %name, hook = hook.name(), "removing the earlier run's tc filter failed: {err}")
+                }
+            }
+        }
+        return;
+    }
+    for egress in [true, false] {
+        let path = dir.tcx_path(index, egress);
+        if path.exists() {
+            match pin::unpin(&path) {
+                Ok(()) => {
+                    info!(iface = %name, path = %path.display(), "the earlier run's tcx link released (this run uses tc filters)")
+                }
+                Err(err) => {
+                    warn!(iface = %name, "releasing the earlier run's tcx link failed: {err}")
+                }
+            }
+        }
+    }
 }
 
 impl Attached {

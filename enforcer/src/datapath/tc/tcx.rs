@@ -4,16 +4,24 @@
 //! filter, which the kernel runs only after the tcx programs pass with `TCX_NEXT`. Ours returns
 //! `TCX_NEXT` for what it lets through (`enforcer_common::tc_return::PASS`), so those programs
 //! still see every packet. The link lives as long as its fd: it goes when the agent exits,
-//! whatever way, SIGKILL included.
+//! whatever way, SIGKILL included, unless it is pinned (`--pin`): then the next agent swaps its
+//! program into the pinned link ([`take_over`]).
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::{
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::Path,
+};
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 
 use super::{Hook, TcError, netlink};
-use crate::datapath::{iface::describe, pin::bpf};
+use crate::datapath::{
+    iface::describe,
+    pin::{bpf, obj_get, obj_pin},
+};
 
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 const BPF_F_BEFORE: u32 = 1 << 3;
@@ -32,7 +40,17 @@ struct LinkCreateAttr {
     expected_revision: u64,
 }
 
-/// Our classifier on one tcx hook of an interface; detached when dropped.
+/// `union bpf_attr` for `BPF_LINK_UPDATE`: no flags, so the old program is not checked.
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// Our classifier on one tcx hook of an interface; detached when dropped (unless pinned).
 #[derive(Debug)]
 pub struct TcxLink {
     _fd: OwnedFd,
@@ -47,6 +65,37 @@ impl TcxLink {
     pub fn hook(&self) -> Hook {
         self.hook
     }
+
+    /// Pins the link at `path`: it then outlives this agent.
+    pub fn pin(&self, path: &Path) -> Result<(), TcError> {
+        obj_pin(self._fd.as_fd(), path).map_err(netlink("pinning the tcx link", self.ifindex))
+    }
+}
+
+/// The tcx link an earlier run pinned at `path`, with `prog` swapped into it atomically: the
+/// hook never runs without our classifier, and ours keeps its place in the hook's order. Fails
+/// if the pin is not a link, or its interface went away (`ENOLINK`: the link is defunct).
+pub fn take_over(
+    path: &Path,
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    hook: Hook,
+) -> Result<TcxLink, TcError> {
+    let fd = obj_get(path).map_err(netlink("opening the pinned tcx link", ifindex))?;
+    let mut attr = LinkUpdateAttr {
+        link_fd: fd.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        ..LinkUpdateAttr::default()
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map_err(netlink(
+        "replacing the program of the pinned tcx link",
+        ifindex,
+    ))?;
+    Ok(TcxLink {
+        _fd: fd,
+        ifindex,
+        hook,
+    })
 }
 
 /// Attaches `prog` (a `SCHED_CLS` program) first on `hook` of `ifindex`.
