@@ -8,8 +8,8 @@
 //!
 //! 1. Kernel (`enforcer-ebpf/src/exec.rs`): on every executable file mapping (`mmap` with
 //!    `PROT_EXEC` and an fd: how the dynamic loader maps each library, at start and on `dlopen`)
-//!    and every `execve`, the file's key (device, inode, generation) is looked up in
-//!    `KNOWN_FILES`. A known file costs one hash lookup and nothing else. An unknown one: the
+//!    and every `execve`, the file's key (device, inode, generation, and the inode's `ctime`, so
+//!    that a file rewritten in place is a new key) is looked up in `KNOWN_FILES`. A known file costs one hash lookup and nothing else. An unknown one: the
 //!    process is listed in `PAUSED`, the thread is sent `SIGSTOP` (it stops on its way out of the
 //!    syscall, before running another instruction of its own; the stop takes the whole thread
 //!    group), and a `NewFileEvent` goes to userspace.
