@@ -1,7 +1,8 @@
 //! New executable files: the moment a process maps a file with `PROT_EXEC` (`mmap`, which is how
 //! the dynamic loader brings in `libssl.so` at start and on `dlopen`) or executes one (`execve`,
 //! for TLS linked into the program itself), the file is looked up in `KNOWN_FILES`. A file
-//! userspace has already examined costs one hash lookup. An unknown one is reported on
+//! userspace has already examined costs one hash lookup. The key includes the inode's `ctime`
+//! (`KnownKey`), which every write sets: a known file rewritten in place is unknown again. An unknown one is reported on
 //! `NEW_FILES` and the thread is stopped with `SIGSTOP` before it runs another user instruction
 //! (the signal is taken on the way out of the syscall), so the library's code cannot run before
 //! userspace has identified the file, probed it, added it to `KNOWN_FILES` and sent `SIGCONT`.
@@ -24,13 +25,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
-use enforcer_common::watch::{FileKey, NewFileEvent, WatchConfig, kind, pause, stat};
+use enforcer_common::watch::{FileKey, KnownKey, NewFileEvent, WatchConfig, kind, pause, stat};
 
 use crate::stats;
 
-/// Files userspace has examined. Written by userspace only.
+/// Files userspace has examined, each as of its `ctime` then. Written by userspace only.
 #[map(name = "KNOWN_FILES")]
-static KNOWN_FILES: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(65536, 0);
+static KNOWN_FILES: LruHashMap<KnownKey, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// One `NewFileEvent` per unknown file mapped or executed.
 #[map(name = "NEW_FILES")]
@@ -125,14 +126,30 @@ pub fn watch_exec(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Bit 31 of `i_ctime_nsec` is a flag from Linux 6.13 (`I_CTIME_QUERIED`, multigrain
+/// timestamps: set once the `ctime` was read by `stat`); nanoseconds are below 2^30.
+const NSEC_MASK: u32 = 0x3fff_ffff;
+
 #[inline(always)]
-fn key_of(cfg: &WatchConfig, file: u64) -> Option<FileKey> {
+fn key_of(cfg: &WatchConfig, file: u64) -> Option<KnownKey> {
     let inode: u64 = read(file, cfg.file_inode)?;
     let sb: u64 = read(inode, cfg.inode_sb)?;
-    Some(FileKey {
+    let file = FileKey {
         dev: read(sb, cfg.sb_dev)?,
         generation: read(inode, cfg.inode_generation)?,
         ino: read(inode, cfg.inode_ino)?,
+    };
+    let (ctime_sec, ctime_nsec) = if cfg.change_counter != 0 {
+        let nsec: u32 = read(inode, cfg.inode_ctime_nsec)?;
+        (read(inode, cfg.inode_ctime_sec)?, nsec & NSEC_MASK)
+    } else {
+        (0, 0)
+    };
+    Some(KnownKey {
+        file,
+        ctime_sec,
+        ctime_nsec,
+        _pad: 0,
     })
 }
 

@@ -10,6 +10,9 @@
 //! - Floods (item 5): ClientHellos in bulk from a process no TLS library is in, while a denied
 //!   GnuTLS client connects every 100 ms (`hello_flood_does_not_blind_the_agent`). The suite
 //!   runs a short flood; `ENFORCER_FLOOD_FULL=1` runs the issue's 20,000 per second for 30 s.
+//! - Identity (item 1): an allowed libssl, probed, rewritten in place (same inode, same
+//!   generation) with GnuTLS's bytes by the attacker, then used: judged as GnuTLS (denied), never
+//!   as the allowed OpenSSL it was (`library_rewritten_in_place_is_judged_as_its_new_content`).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -23,8 +26,9 @@ use std::{
 
 use enforcer_tests::{
     Agent, Cert, NetNs, Server,
-    adversary::{Group, hold_denied_in_own_netns, rss_kib, unprivileged},
+    adversary::{Group, NOBODY, hold_denied_in_own_netns, rss_kib, unprivileged},
     cmd,
+    libssl_copies::{build_client, field, system_libssl},
     ops::{ctl, sample, scrape},
     programs::{build_denied_loop_client, build_hello_flood},
     require_root, run_with_timeout,
@@ -430,4 +434,158 @@ fn hello_flood_does_not_blind_the_agent() {
         reported + lost >= judged,
         "hellos neither reported nor counted lost"
     );
+}
+
+/// GnuTLS's library, what the rewrite puts into the allowed file.
+const GNUTLS_SO: &str = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30";
+/// OpenSSL allowed, everything else denied; unattributed TLS *allowed*, so that a rewritten
+/// file the agent failed to see again (its TLS unattributed) would get through.
+const REWRITE_POLICY: &str = "mode: enforce\ndefault: deny\nunattributed_tls: allow\nlibraries:\n  - family: openssl\n    action: allow\n";
+
+/// Issue 16, item 1: the kernel's memory of examined files is keyed by the inode's `ctime`
+/// too. The attacker (uid 65534) copies the allowed libssl into a file of its own and uses it
+/// (attributed, allowed); then rewrites that same file in place (`cp` opens it `O_TRUNC`: same
+/// inode, same generation) with GnuTLS and runs `gnutls-cli` on it. The file is examined again,
+/// the old library's probes are released (`library_released`, `rewritten`), the new content is
+/// registered as GnuTLS under a new id and its connection blocked, from the handshake.
+#[test]
+fn library_rewritten_in_place_is_judged_as_its_new_content() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_root();
+    if !std::path::Path::new(GNUTLS_SO).is_file() {
+        panic!("{GNUTLS_SO} missing (libgnutls30; `cargo xtask setup`)");
+    }
+    let ns = NetNs::new();
+    let peer = IpAddr::V4(ns.peer_v4);
+    let cert = Cert::new(&[peer]);
+    let www = Server::www(&ns, peer, 9463, &cert);
+    let args = enforcer_tests::hook_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::with_policy(&ns.host_if, REWRITE_POLICY, &args);
+    let ready = agent.wait_ready(READY);
+    assert_eq!(ready["new_files"], "pause", "{ready}\n{}", agent.stderr());
+
+    // The attacker's directory, its client, its copy of the allowed libssl.
+    let dir = tempfile::Builder::new()
+        .prefix("enforcer-rewrite-")
+        .tempdir()
+        .expect("temp dir");
+    let client = build_client(dir.path());
+    let nobody: u32 = NOBODY.parse().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(nobody), Some(nobody)).expect("chown");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let lib = dir.path().join("libssl.so.3");
+    let libssl = system_libssl();
+    let copy = run_with_timeout(
+        &mut unprivileged("cp", [libssl.as_os_str(), lib.as_os_str()]),
+        b"",
+        EVENT,
+    );
+    assert!(copy.success(), "{copy:?}");
+    let path = std::fs::canonicalize(&lib).unwrap().display().to_string();
+    let ino = std::fs::metadata(&lib).unwrap().ino();
+    let (addr, port) = (peer.to_string(), www.addr().port().to_string());
+
+    // Used as what it is: OpenSSL, allowed.
+    let mut run = unprivileged(client.to_str().unwrap(), [&addr, &port]);
+    run.env("LD_LIBRARY_PATH", dir.path());
+    let out = run_with_timeout(&mut run, b"", EVENT);
+    assert!(out.success(), "the allowed copy's client failed: {out:?}");
+    let tls_port: u16 = field(&out.stdout_str(), "tls_local_port")
+        .expect("connected")
+        .parse()
+        .unwrap();
+    let first = agent.wait_for(
+        |v| v["type"] == "connection" && v["local"]["port"] == tls_port,
+        EVENT,
+    );
+    assert_eq!(first["library"]["path"], path.as_str(), "{first}");
+    assert_eq!(first["library"]["family"], "openssl", "{first}");
+    assert_eq!(first["verdict"], "allowed", "{first}");
+    let old = agent.wait_for(
+        |v| v["type"] == "library" && v["path"] == path.as_str(),
+        EVENT,
+    );
+
+    // Rewritten in place by its owner: same inode, GnuTLS's bytes.
+    let rewrite = run_with_timeout(
+        &mut unprivileged("cp", [GNUTLS_SO, lib.to_str().unwrap()]),
+        b"",
+        EVENT,
+    );
+    assert!(rewrite.success(), "{rewrite:?}");
+    assert_eq!(
+        std::fs::metadata(&lib).unwrap().ino(),
+        ino,
+        "rewritten in place"
+    );
+    // gnutls-cli finds "libgnutls.so.30" here: the rewritten file.
+    let gdir = dir.path().join("g");
+    std::fs::create_dir(&gdir).unwrap();
+    std::os::unix::fs::symlink(&lib, gdir.join("libgnutls.so.30")).unwrap();
+    std::fs::set_permissions(&gdir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gnutls_cli = || {
+        let mut run = unprivileged(
+            "gnutls-cli",
+            ["--insecure", "--port", port.as_str(), addr.as_str()],
+        );
+        run.env("LD_LIBRARY_PATH", &gdir);
+        run_with_timeout(&mut run, b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(20))
+    };
+    // The first process to map the new content: paused, the file examined again, the old
+    // probes released, GnuTLS registered. It may not get as far as TLS: the old probes'
+    // breakpoints were placed into its mapping before the pause and their release writes the
+    // old library's bytes back there (docs/architecture.md, "Files rewritten in place"). It
+    // is refused either way, never run as the allowed OpenSSL.
+    let out = gnutls_cli();
+    assert!(
+        !out.success(),
+        "GnuTLS in the allowed library's file must be refused: {out:?}"
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(10),
+        "took {:?} to be refused: {out:?}",
+        out.elapsed
+    );
+    let released = agent.wait_for(
+        |v| v["type"] == "library_released" && v["path"] == path.as_str(),
+        EVENT,
+    );
+    assert_eq!(released["reason"], "rewritten", "{released}");
+    assert_eq!(released["id"], old["id"], "{released}");
+    let new = agent.wait_for(
+        |v| v["type"] == "library" && v["path"] == path.as_str(),
+        EVENT,
+    );
+    assert_eq!(new["family"], "gnutls", "{new}");
+    assert_eq!(new["action"], "deny", "{new}");
+    assert_ne!(
+        new["id"], old["id"],
+        "the new content has an id of its own: {new}"
+    );
+    // Every later process: the new content, probed as GnuTLS, blocked at the handshake.
+    let out = gnutls_cli();
+    assert!(!out.success(), "must be refused: {out:?}");
+    assert!(
+        out.elapsed < Duration::from_secs(10),
+        "took {:?} to be refused: {out:?}",
+        out.elapsed
+    );
+    let blocked = agent.wait_for(
+        |v| v["type"] == "connection" && v["comm"] == "gnutls-cli",
+        EVENT,
+    );
+    assert_eq!(blocked["library"]["path"], path.as_str(), "{blocked}");
+    assert_eq!(blocked["library"]["family"], "gnutls", "{blocked}");
+    assert_eq!(blocked["library"]["id"], new["id"], "{blocked}");
+    assert_eq!(blocked["verdict"], "blocked", "{blocked}");
+    for e in agent.events() {
+        if e["comm"] == "gnutls-cli" && e["verdict"].is_string() {
+            assert_ne!(
+                e["verdict"], "allowed",
+                "never allowed as the old content: {e}"
+            );
+        }
+    }
+    drop(www);
 }

@@ -8,8 +8,8 @@
 //!
 //! 1. Kernel (`enforcer-ebpf/src/exec.rs`): on every executable file mapping (`mmap` with
 //!    `PROT_EXEC` and an fd: how the dynamic loader maps each library, at start and on `dlopen`)
-//!    and every `execve`, the file's key (device, inode, generation) is looked up in
-//!    `KNOWN_FILES`. A known file costs one hash lookup and nothing else. An unknown one: the
+//!    and every `execve`, the file's key (device, inode, generation, and the inode's `ctime`, so
+//!    that a file rewritten in place is a new key) is looked up in `KNOWN_FILES`. A known file costs one hash lookup and nothing else. An unknown one: the
 //!    process is listed in `PAUSED`, the thread is sent `SIGSTOP` (it stops on its way out of the
 //!    syscall, before running another instruction of its own; the stop takes the whole thread
 //!    group), and a `NewFileEvent` goes to userspace.
@@ -70,7 +70,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, RingBuf},
 };
-use enforcer_common::watch::{self, FileKey, WatchConfig};
+use enforcer_common::watch::{self, KnownKey, WatchConfig};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -141,7 +141,10 @@ struct Running {
 /// What every thread of the watcher shares.
 struct Shared {
     datapath: Arc<Datapath>,
-    known: Mutex<Option<BpfHashMap<MapData, FileKey, u8>>>,
+    known: Mutex<Option<BpfHashMap<MapData, KnownKey, u8>>>,
+    /// The hooks read the inode's `ctime` into `KnownKey` (`WatchConfig::change_counter`):
+    /// userspace's keys carry it too.
+    change_counter: AtomicBool,
     /// (st_dev, st_ino) → what examining the file found; `InProgress` while someone is at it.
     examined: Mutex<HashMap<(u64, u64), Entry>>,
     examined_cv: Condvar,
@@ -159,8 +162,8 @@ struct Shared {
 /// says whether a new file with an examined number is that file: a program built while the
 /// agent runs often gets the number of a deleted file examined as not TLS. Where a generation
 /// is unknown (a filesystem without `FS_IOC_GETVERSION`), the number alone decides. A file
-/// rewritten in place keeps both: its `ctime` says it changed, and a file found not TLS or
-/// unknown is then examined again (a library keeps its probes: see [`Entry::is_stale`]).
+/// rewritten in place keeps both: its `ctime` says it changed, and it is then examined again,
+/// a probed library too (see [`Entry::is_stale`] and `examine::settle_rewrite`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     generation: Option<u32>,
@@ -176,13 +179,21 @@ impl Entry {
     }
 
     /// True if `found` must be examined again: another file with this number, or this file
-    /// changed since it was found not TLS or unknown. A library changed in place is not
-    /// registered twice (its uprobes stay on the inode; a second registration would probe it
-    /// twice).
+    /// changed (its `ctime`) since it was found, whatever it was found to be.
     fn is_stale(&self, generation: Option<u32>, ctime: Option<(i64, i64)>) -> bool {
-        let changed = matches!((self.ctime, ctime), (Some(a), Some(b)) if a != b);
+        self.is_other_file(generation) || self.changed(ctime)
+    }
+
+    fn changed(&self, ctime: Option<(i64, i64)>) -> bool {
+        matches!((self.ctime, ctime), (Some(a), Some(b)) if a != b)
+    }
+
+    /// True if this is a probed library, same file, whose `ctime` moved on: rewritten in place
+    /// (or its metadata changed). Its probes were placed for the content it had; examining it
+    /// again decides whether they stay (same content) or go (`examine::settle_rewrite`).
+    fn is_rewritten_library(&self, generation: Option<u32>, ctime: Option<(i64, i64)>) -> bool {
         let probed = matches!(self.state, Examined::Library | Examined::Releasing);
-        self.is_other_file(generation) || (changed && !probed)
+        probed && !self.is_other_file(generation) && self.changed(ctime)
     }
 }
 
@@ -254,6 +265,7 @@ impl Watcher {
             stats: Stats::default(),
             urgent: AtomicUsize::new(0),
             forget: Mutex::new(Vec::new()),
+            change_counter: AtomicBool::new(false),
         });
         let mut watcher = Watcher {
             status: Status::Off(String::new()),
@@ -323,7 +335,7 @@ impl Drop for Watcher {
 
 struct Maps {
     ring: RingBuf<MapData>,
-    known: BpfHashMap<MapData, FileKey, u8>,
+    known: BpfHashMap<MapData, KnownKey, u8>,
     paused: BpfHashMap<MapData, u32, u64>,
     config: Array<MapData, WatchConfig>,
 }
@@ -357,8 +369,12 @@ fn arm(
         paused,
         config: mut config_map,
     } = maps;
+    let change_counter = config.change_counter != 0;
+    shared
+        .change_counter
+        .store(change_counter, Ordering::SeqCst);
     for lib in libs {
-        if let Some(key) = kernel::key_of_path(&lib.path) {
+        if let Some(key) = kernel::key_of_path(&lib.path, change_counter) {
             let _ = known.insert(key, 1, 0);
         }
     }

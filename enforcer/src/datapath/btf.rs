@@ -146,6 +146,62 @@ pub fn sock_offsets_from(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
     })
 }
 
+/// Where `struct inode` keeps its `ctime` in the running kernel: the offsets of the seconds (8
+/// bytes) and nanoseconds (read as 4 bytes), and the layout's name. `Ok(None)`: none of the
+/// known layouts (the caller goes on without a change counter).
+pub fn inode_ctime_offsets() -> Result<Option<CtimeOffsets>, BtfError> {
+    inode_ctime_offsets_from(&read_vmlinux()?)
+}
+
+/// The `ctime` of `struct inode`, as [`inode_ctime_offsets`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtimeOffsets {
+    pub sec: u32,
+    pub nsec: u32,
+    /// The member(s) found: `i_ctime_sec`/`i_ctime_nsec` (Linux 6.11+), `__i_ctime` (6.6 to
+    /// 6.10) or `i_ctime` (up to 6.5), the last two a `struct timespec64`.
+    pub layout: &'static str,
+}
+
+/// [`inode_ctime_offsets`] from raw BTF `bytes`. Layouts tried newest first; a layout whose
+/// members are missing or of another size is not this kernel's.
+pub fn inode_ctime_offsets_from(bytes: &[u8]) -> Result<Option<CtimeOffsets>, BtfError> {
+    let btf = Btf::parse(bytes)?;
+    let inode = btf
+        .find_struct("inode")
+        .ok_or(BtfError::MissingStruct("inode"))?;
+    if let (Ok(sec), Ok(nsec)) = (
+        btf.field(inode, "inode", "i_ctime_sec", 8, 0),
+        btf.field(inode, "inode", "i_ctime_nsec", 4, 0),
+    ) {
+        return Ok(Some(CtimeOffsets {
+            sec,
+            nsec,
+            layout: "i_ctime_sec",
+        }));
+    }
+    // `struct timespec64 { time64_t tv_sec; long tv_nsec; }`, checked rather than assumed.
+    let Some(ts) = btf.find_struct("timespec64") else {
+        return Ok(None);
+    };
+    let (Ok(tv_sec), Ok(tv_nsec)) = (
+        btf.field(ts, "timespec64", "tv_sec", 8, 0),
+        btf.field(ts, "timespec64", "tv_nsec", 8, 0),
+    ) else {
+        return Ok(None);
+    };
+    for layout in ["__i_ctime", "i_ctime"] {
+        if let Ok(base) = btf.field(inode, "inode", layout, 16, 0) {
+            return Ok(Some(CtimeOffsets {
+                sec: base + tv_sec,
+                nsec: base + tv_nsec,
+                layout,
+            }));
+        }
+    }
+    Ok(None)
+}
+
 /// What the kernel's BTF names, for the feature checks (`datapath::features`): every enumerator
 /// (of `bpf_func_id`, `bpf_attach_type`, `bpf_map_type`, ...) and the raw tracepoints, which
 /// the kernel describes as typedefs `btf_trace_<name>`.

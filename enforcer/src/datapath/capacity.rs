@@ -276,6 +276,34 @@ impl Datapath {
         all
     }
 
+    /// The libraries probed on the file `(dev, ino)` (its own id or over capacity), each with
+    /// what it was registered as: to tell whether a file rewritten in place still holds the
+    /// content its probes were placed for.
+    pub fn held_at(&self, dev: u64, ino: u64) -> Vec<(Held, Arc<Library>)> {
+        let mut at: Vec<(Held, Arc<Library>)> = self
+            .libraries
+            .snapshot()
+            .into_iter()
+            .filter(|(_, info)| (info.library.dev, info.library.ino) == (dev, ino))
+            .map(|(id, info)| (Held::of(id, &info.library), info.library))
+            .collect();
+        if let Some(lib) = lock(&self.over.0).get(&(dev, ino)) {
+            at.push((Held::of(OVER_CAPACITY, lib), lib.clone()));
+        }
+        at
+    }
+
+    /// True if `held` (from [`Datapath::held`]) is still probed as it was: its id still names
+    /// its file (it was not released meanwhile, e.g. because the file was rewritten).
+    pub fn holds(&self, held: &Held) -> bool {
+        if held.id == OVER_CAPACITY {
+            return lock(&self.over.0).contains_key(&(held.dev, held.ino));
+        }
+        self.libraries
+            .get(held.id)
+            .is_some_and(|info| (info.library.dev, info.library.ino) == (held.dev, held.ino))
+    }
+
     /// Releases a library no process maps any more: its probes detached first (no event names
     /// it after that), then its entries out of every map keyed by its id and out of the table,
     /// and its slot given back. Flows already judged keep their verdict (blocklist entries

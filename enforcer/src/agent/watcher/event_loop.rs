@@ -15,7 +15,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
-use enforcer_common::watch::{self, FileKey, NewFileEvent, WatchConfig};
+use enforcer_common::watch::{self, KnownKey, NewFileEvent, WatchConfig};
 use serde_json::json;
 use tracing::{debug, warn};
 
@@ -54,7 +54,8 @@ pub(super) struct EventLoop {
     pub(super) ring: RingBuf<MapData>,
     pub(super) paused: BpfHashMap<MapData, u32, u64>,
     pub(super) config_map: Array<MapData, WatchConfig>,
-    pub(super) files: HashMap<FileKey, FileState>,
+    /// By file *and* `ctime`: a file rewritten in place is another entry, examined anew.
+    pub(super) files: HashMap<KnownKey, FileState>,
     pub(super) procs: HashMap<u32, Proc>,
     pub(super) jobs: Option<mpsc::Sender<Job>>,
     pub(super) done: mpsc::Receiver<Done>,
@@ -191,8 +192,9 @@ impl EventLoop {
             }
             forget.drain(..).collect()
         };
-        self.files
-            .retain(|key, state| !(matches!(state, FileState::Done) && inodes.contains(&key.ino)));
+        self.files.retain(|key, state| {
+            !(matches!(state, FileState::Done) && inodes.contains(&key.file.ino))
+        });
     }
 
     fn submit(&self, e: &NewFileEvent, comm: String) {

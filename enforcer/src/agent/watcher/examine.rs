@@ -8,17 +8,17 @@ use std::{
     time::Instant,
 };
 
-use enforcer_common::watch::{self, FileKey};
+use enforcer_common::watch::{self, KnownKey};
 use serde_json::json;
 use tracing::{debug, error, info, warn};
 
 use super::{Entry, EventFd, Examined, Shared, files, files::Found, lock, monotonic_ns};
-use crate::libraries::{self, Library, LibraryError};
+use crate::libraries::{self, Identified, Identity, Library, LibraryError};
 use crate::policy::Action;
 
 /// A file to examine, for the processes waiting on it.
 pub(super) struct Job {
-    pub key: FileKey,
+    pub key: KnownKey,
     pub pid: u32,
     pub fd: i32,
     pub kind: u8,
@@ -27,7 +27,7 @@ pub(super) struct Job {
 }
 
 pub(super) struct Done {
-    pub key: FileKey,
+    pub key: KnownKey,
     /// `None`: the file could not be reached (its process is gone): not marked known.
     pub result: Option<Examined>,
 }
@@ -43,8 +43,8 @@ pub(super) fn worker(
             Ok(job) => job,
             Err(_) => return,
         };
-        let result =
-            files::find(Path::new("/proc"), job.pid, job.kind, job.fd, &job.key).map(|found| {
+        let result = files::find(Path::new("/proc"), job.pid, job.kind, job.fd, &job.key.file).map(
+            |found| {
                 let via = if job.kind == watch::kind::EXEC {
                     "exec"
                 } else {
@@ -57,7 +57,8 @@ pub(super) fn worker(
                     since_ns: Some(job.ts_ns),
                 };
                 examine(shared, &found, &origin, true)
-            });
+            },
+        );
         let result = result.flatten();
         if result.is_some_and(Examined::is_settled) {
             mark_known(shared, job.key);
@@ -78,7 +79,7 @@ pub(super) fn worker(
     }
 }
 
-pub(super) fn mark_known(shared: &Shared, key: FileKey) {
+pub(super) fn mark_known(shared: &Shared, key: KnownKey) {
     if let Some(known) = lock(&shared.known).as_mut()
         && let Err(err) = known.insert(key, 1, 0)
     {
@@ -111,6 +112,8 @@ pub(super) fn examine(
         ctime: found.ctime,
         state,
     };
+    // A probed library whose `ctime` moved on: its probes are settled once it is identified.
+    let mut rewritten = false;
     {
         let mut examined = lock(&shared.examined);
         loop {
@@ -139,6 +142,7 @@ pub(super) fn examine(
                     return Some(done.state);
                 }
                 Some(old) => {
+                    rewritten = old.is_rewritten_library(found.generation, found.ctime);
                     debug!(path = %found.path.display(), old = ?old, generation = ?found.generation, ctime = ?found.ctime, "inode number reused by a new file, or the file changed: examining it");
                     examined.insert(inode, entry(Examined::InProgress));
                     break;
@@ -166,6 +170,11 @@ pub(super) fn examine(
         identified = identify();
     }
     tracing::trace!(path = %found.path.display(), elapsed = ?started.elapsed(), "identified");
+    if rewritten && settle_rewrite(shared, found, origin, &identified) {
+        lock(&shared.examined).insert(inode, entry(Examined::Library));
+        shared.examined_cv.notify_all();
+        return Some(Examined::Library);
+    }
     let result = match identified {
         Ok(Some(_)) if !probe => {
             lock(&shared.examined).remove(&inode);
@@ -196,6 +205,79 @@ pub(super) fn examine(
     lock(&shared.examined).insert(inode, entry(result));
     shared.examined_cv.notify_all();
     Some(result)
+}
+
+/// A probed library's file whose `ctime` changed, now identified as `identified`. If every
+/// library registered on the inode was registered with the same content (same SHA-256; without
+/// one, same build id and size), the change was to its metadata (`chmod`, `touch`): its probes
+/// stay, `true`. Otherwise the file was rewritten in place: the probes sit at the old content's
+/// offsets in code that is not that content any more (the kernel's uprobes are on inode and
+/// offset), and attribute whatever runs there to the old library. Each is released at once
+/// (probes detached, id purged, slot free: `Datapath::release`), reported (warning,
+/// `library_released` with `reason: rewritten`), and `false`: the new content is then
+/// registered like any new file, under a new id, with its own verdict.
+///
+/// At once, not when nobody maps the old content: after an in-place rewrite every mapping of the
+/// inode reads the new bytes (the page cache is the file's), so there is no process left that
+/// runs the old content the probes describe, except in the pages the probes themselves copied
+/// (see docs/architecture.md, "Files rewritten in place").
+fn settle_rewrite(
+    shared: &Shared,
+    found: &Found,
+    origin: &Origin<'_>,
+    identified: &Result<Option<Identified>, LibraryError>,
+) -> bool {
+    let registered = shared.datapath.held_at(found.st_dev, found.st_ino);
+    let now = match identified {
+        Ok(Some(i)) => Some(&i.identity),
+        _ => None,
+    };
+    let same = |lib: &Library| now.is_some_and(|n| same_content(&lib.identity, n));
+    if !registered.is_empty() && registered.iter().all(|(_, lib)| same(lib)) {
+        debug!(path = %found.path.display(), "probed library's ctime changed, same content: probes kept");
+        return true;
+    }
+    let path = found.path.display().to_string();
+    let now_is = match identified {
+        Ok(Some(i)) => i.family.name().to_string(),
+        Ok(None) => "not TLS".to_string(),
+        Err(_) => "unknown".to_string(),
+    };
+    for (held, lib) in registered {
+        let released = shared.datapath.release(&held);
+        shared.stats.released.fetch_add(1, Ordering::Relaxed);
+        let over_capacity = held.id == crate::datapath::capacity::OVER_CAPACITY;
+        warn!(
+            id = held.id,
+            family = held.family,
+            version = lib.identity.version.as_deref().unwrap_or("unknown"),
+            path,
+            now = now_is,
+            via = origin.via,
+            pid = origin.pid,
+            comm = origin.comm,
+            "probed library rewritten in place: its probes detached and its id released; the new content is examined as a new file"
+        );
+        shared.reporter.lifecycle(json!({
+            "type": "library_released",
+            "id": held.id,
+            "family": held.family,
+            "path": held.path,
+            "over_capacity": over_capacity,
+            "found": released.is_some(),
+            "reason": "rewritten",
+        }));
+    }
+    false
+}
+
+/// The same bytes, as far as the identities say.
+fn same_content(a: &Identity, b: &Identity) -> bool {
+    match (&a.sha256, &b.sha256) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a.size == b.size && a.build_id.is_some() && a.build_id == b.build_id,
+        _ => false,
+    }
 }
 
 /// Reports a file that could not be analysed, as the policy's `unknown_files` says (its TLS, if

@@ -7,7 +7,8 @@ use aya::{
     Ebpf,
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
-use enforcer_common::watch::{self, FileKey, WatchConfig};
+use enforcer_common::watch::{self, FileKey, KnownKey, WatchConfig};
+use tracing::{info, warn};
 
 use crate::datapath::btf::{self, FieldSpec};
 
@@ -73,11 +74,40 @@ pub struct MmapFormat {
     pub fd: u32,
 }
 
-/// The hooks' configuration for the running kernel, `enabled` and `pause` off.
+/// The hooks' configuration for the running kernel, `enabled` and `pause` off. Without the
+/// inode's `ctime` in the kernel's BTF it is still a configuration, without a change counter
+/// (`change_counter` 0, warned): a file rewritten in place is then not reported again.
 pub fn config() -> Result<WatchConfig, KernelError> {
     let o = btf::field_offsets(&FIELDS)?;
     let mmap = mmap_format()?;
+    let ctime = match btf::inode_ctime_offsets() {
+        Ok(Some(c)) => {
+            info!(
+                layout = c.layout,
+                sec = c.sec,
+                nsec = c.nsec,
+                "inode ctime found: files rewritten in place are examined again"
+            );
+            Some(c)
+        }
+        Ok(None) => {
+            warn!(
+                "kernel BTF: struct inode has none of i_ctime_sec/i_ctime_nsec, __i_ctime, i_ctime: no change counter, a known file rewritten in place (same inode) is not examined again and keeps its probes"
+            );
+            None
+        }
+        Err(err) => {
+            warn!(
+                "kernel BTF: inode ctime not found ({err}): no change counter, a known file rewritten in place (same inode) is not examined again and keeps its probes"
+            );
+            None
+        }
+    };
     Ok(WatchConfig {
+        change_counter: u32::from(ctime.is_some()),
+        inode_ctime_sec: ctime.map_or(0, |c| c.sec),
+        inode_ctime_nsec: ctime.map_or(0, |c| c.nsec),
+        _pad: 0,
         enabled: 0,
         pause: 0,
         task_files: o[0],
@@ -185,14 +215,24 @@ const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
 /// where the filesystem does not say). A wrong guess (btrfs subvolumes and overlayfs report
 /// other devices than the inode's super block; tmpfs has no ioctl) only costs one pause the first
 /// time a process maps the file, after which the exact key the hook saw is known.
-pub fn key_of_path(path: &Path) -> Option<FileKey> {
+///
+/// With `change_counter` the key carries the file's `ctime` as `stat` says now, else 0 (as the
+/// hooks read it).
+pub fn key_of_path(path: &Path, change_counter: bool) -> Option<KnownKey> {
     let file = fs::File::open(path).ok()?;
     let md = file.metadata().ok()?;
-    Some(key_from_stat(
-        md.dev(),
-        md.ino(),
-        generation(&file).unwrap_or(0),
-    ))
+    let key = key_from_stat(md.dev(), md.ino(), generation(&file).unwrap_or(0));
+    Some(known_key(key, change_counter.then(|| ctime_of(&md))))
+}
+
+/// `ctime` of `md` as the hooks read it (seconds, nanoseconds).
+pub fn ctime_of(md: &fs::Metadata) -> (i64, i64) {
+    (md.ctime(), md.ctime_nsec())
+}
+
+/// `file` as of `ctime` (`None`: no change counter), in the hooks' encoding.
+pub fn known_key(file: FileKey, ctime: Option<(i64, i64)>) -> KnownKey {
+    KnownKey::new(file, ctime.map(|(sec, nsec)| (sec, nsec as u32)))
 }
 
 /// The inode generation of an open file (`FS_IOC_GETVERSION`), `None` where the filesystem does

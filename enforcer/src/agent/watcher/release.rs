@@ -28,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-use enforcer_common::watch::FileKey;
+use enforcer_common::watch::KnownKey;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -114,6 +114,11 @@ impl LibrarySweep {
         let mut released = 0;
         for held in census.eligible {
             let key = (held.id, held.dev, held.ino);
+            // Released since the census began (its file was rewritten in place, and its new
+            // content registered under another id): not this census's to mark or release.
+            if !shared.datapath.holds(&held) {
+                continue;
+            }
             let in_use = held.inodes.iter().any(|i| census.mapped.contains(i));
             match (in_use, self.marked.contains(&key)) {
                 (true, true) => unmark(shared, &held),
@@ -237,22 +242,23 @@ fn release(shared: &Shared, held: &Held) {
         "path": held.path,
         "over_capacity": over_capacity,
         "found": released.is_some(),
+        "reason": "unmapped",
     }));
 }
 
-/// Removes every `KNOWN_FILES` key with one of `inodes` (the kernel's device encoding and the
-/// generation are not recomputed: every key of the inode number goes, a few extra pauses at
+/// Removes every `KNOWN_FILES` key with one of `inodes` (the kernel's device encoding, the
+/// generation and the `ctime` are not recomputed: every key of the inode number goes, a few extra pauses at
 /// most). Bounded by the map's capacity. Returns how many went.
 fn forget_known(shared: &Shared, inodes: &HashSet<u64>) -> usize {
     let mut guard = lock(&shared.known);
     let Some(known) = guard.as_mut() else {
         return 0;
     };
-    let keys: Vec<FileKey> = known
+    let keys: Vec<KnownKey> = known
         .keys()
         .take(KNOWN_FILES_MAX)
         .filter_map(Result::ok)
-        .filter(|k| inodes.contains(&k.ino))
+        .filter(|k| inodes.contains(&k.file.ino))
         .collect();
     let mut removed = 0;
     for key in keys {

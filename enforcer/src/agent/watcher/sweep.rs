@@ -68,8 +68,12 @@ pub(super) fn sweep(shared: &Shared, stop: &AtomicBool) {
             comm: "",
             since_ns: None,
         };
+        let change_counter = shared.change_counter.load(Ordering::Relaxed);
+        // Marked known as it was examined: a key whose `ctime` is not the one found (the file
+        // changed since) stays out, and its next mapping is examined.
         if examine(shared, &found, &origin, probe).is_some_and(Examined::is_settled)
-            && let Some(key) = kernel::key_of_path(&found.path)
+            && let Some(key) = kernel::key_of_path(&found.path, change_counter)
+            && (!change_counter || key.ctime() == found.ctime.map(|(s, n)| (s, n as u32)))
         {
             mark_known(shared, key);
         }

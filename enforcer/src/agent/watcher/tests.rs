@@ -108,13 +108,16 @@ fn kernel_dev_matches_the_kernel_encoding() {
 fn key_of_a_real_file() {
     let exe = std::env::current_exe().unwrap();
     let md = fs::metadata(&exe).unwrap();
-    let key = kernel::key_of_path(&exe).unwrap();
-    assert_eq!(key.ino, md.ino());
+    let key = kernel::key_of_path(&exe, true).unwrap();
+    assert_eq!(key.file.ino, md.ino());
     assert_eq!(
-        key.dev,
+        key.file.dev,
         watch::kernel_dev(libc::major(md.dev()), libc::minor(md.dev()))
     );
-    assert!(kernel::key_of_path(Path::new("/nonexistent/enforcer")).is_none());
+    assert_eq!(key.ctime(), Some((md.ctime(), md.ctime_nsec() as u32)));
+    let without = kernel::key_of_path(&exe, false).unwrap();
+    assert_eq!((without.file, without.ctime()), (key.file, None));
+    assert!(kernel::key_of_path(Path::new("/nonexistent/enforcer"), true).is_none());
 }
 
 #[test]
@@ -220,7 +223,7 @@ fn a_reused_inode_number_is_another_file() {
     let gen_a = files::generation_of(&a, &md_a);
     assert_eq!(
         gen_a.unwrap_or(0),
-        kernel::key_of_path(&a).unwrap().generation,
+        kernel::key_of_path(&a, true).unwrap().file.generation,
         "one source for both keys"
     );
     let old = Entry {
@@ -247,10 +250,10 @@ fn a_reused_inode_number_is_another_file() {
     assert_eq!(files::generation_of(&b, &elsewhere), None);
 }
 
-/// A file rewritten in place keeps its inode and generation; its `ctime` says it changed, and a
-/// file found not TLS or unknown is then examined again. A library is not (it keeps its probes,
-/// and a second registration would probe the inode twice). Unknown files never become known to
-/// the kernel hook.
+/// A file rewritten in place keeps its inode and generation; its `ctime` says it changed, and it
+/// is then examined again, whatever it was found to be: a probed library too (its probes are
+/// for the old content; `examine::settle_rewrite` keeps them only for the same content).
+/// Unknown files never become known to the kernel hook. The kernel's key for it changes too.
 #[test]
 fn a_file_rewritten_in_place_is_examined_again() {
     use std::io::Write as _;
@@ -289,11 +292,17 @@ fn a_file_rewritten_in_place_is_examined_again() {
     assert_ne!(ctime_now, ctime);
     assert!(entry(Examined::NotTls).is_stale(generation, ctime_now));
     assert!(entry(Examined::Unknown).is_stale(generation, ctime_now));
-    assert!(!entry(Examined::Library).is_stale(generation, ctime_now));
-    assert!(
-        !entry(Examined::Releasing).is_stale(generation, ctime_now),
-        "a library marked for release keeps its probes like any library"
+    assert!(entry(Examined::Library).is_stale(generation, ctime_now));
+    assert!(entry(Examined::Library).is_rewritten_library(generation, ctime_now));
+    assert!(entry(Examined::Releasing).is_rewritten_library(generation, ctime_now));
+    assert!(!entry(Examined::NotTls).is_rewritten_library(generation, ctime_now));
+    assert!(!entry(Examined::Library).is_rewritten_library(generation, ctime));
+    let (before, after) = (
+        kernel::known_key(kernel::key_from_stat(md.dev(), md.ino(), 0), ctime),
+        kernel::known_key(kernel::key_from_stat(now.dev(), now.ino(), 0), ctime_now),
     );
+    assert_eq!(before.file, after.file);
+    assert_ne!(before, after, "KNOWN_FILES holds the old version only");
     assert!(Examined::NotTls.is_settled() && Examined::Library.is_settled());
     assert!(!Examined::Unknown.is_settled());
 }

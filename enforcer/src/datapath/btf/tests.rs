@@ -417,3 +417,52 @@ fn long_shared_names_are_not_rescanned() {
         started.elapsed()
     );
 }
+
+/// The three layouts of `struct inode`'s `ctime` (up to 6.5, 6.6 to 6.10, 6.11+), and none.
+#[test]
+fn inode_ctime_in_every_layout() {
+    let build = |members: &dyn Fn(u32, u32, u32) -> Vec<(&'static str, u32, u32, u32)>| {
+        let mut b = Builder::new();
+        let u32_t = b.int("u32", 4);
+        let s64 = b.int("long long int", 8);
+        let long = b.int("long int", 8);
+        let ts = b.compound(
+            STRUCT,
+            "timespec64",
+            16,
+            &[("tv_sec", s64, 0, 0), ("tv_nsec", long, 64, 0)],
+        );
+        let m = members(u32_t, s64, ts);
+        b.compound(STRUCT, "inode", 256, &m);
+        b.finish()
+    };
+    let old = build(&|u, _, ts| vec![("i_mode", u, 0, 0), ("i_ctime", ts, 96 * 8, 0)]);
+    let mid = build(&|u, _, ts| vec![("i_mode", u, 0, 0), ("__i_ctime", ts, 104 * 8, 0)]);
+    let new = build(&|u, s, _| {
+        vec![
+            ("i_mode", u, 0, 0),
+            ("i_ctime_sec", s, 112 * 8, 0),
+            ("i_ctime_nsec", u, 132 * 8, 0),
+        ]
+    });
+    let none = build(&|u, _, _| vec![("i_mode", u, 0, 0)]);
+    let at = |bytes: &[u8]| {
+        inode_ctime_offsets_from(bytes)
+            .unwrap()
+            .map(|o| (o.sec, o.nsec, o.layout))
+    };
+    assert_eq!(at(&old), Some((96, 104, "i_ctime")));
+    assert_eq!(at(&mid), Some((104, 112, "__i_ctime")));
+    assert_eq!(at(&new), Some((112, 132, "i_ctime_sec")));
+    assert_eq!(at(&none), None);
+}
+
+/// The running kernel's `ctime` is found (the project's kernels all have one of the layouts).
+#[test]
+fn running_kernel_has_an_inode_ctime() {
+    if !std::path::Path::new(VMLINUX_BTF).exists() {
+        return;
+    }
+    let found = inode_ctime_offsets().unwrap();
+    assert!(found.is_some(), "no inode ctime in {VMLINUX_BTF}");
+}
