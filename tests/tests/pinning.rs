@@ -405,6 +405,28 @@ fn client_hello_policy_is_pinned_and_taken_over() {
     assert!(!received.contains("OUT-OF-SCOPE"), "{received}");
 }
 
+/// A pinned agent with tc ingress and the classifiers attached as `tc_attach` says.
+fn start_tc(ns: &NetNs, pin: &Path, socket: &Path, tc_attach: &str) -> Agent {
+    let mut args = enforcer_tests::hook_args();
+    args.extend(
+        [
+            "--pin",
+            pin.to_str().expect("utf-8"),
+            "--control-socket",
+            socket.to_str().expect("utf-8"),
+            "--ingress",
+            "tc",
+            "--tc-attach",
+            tc_attach,
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::with_policy(&ns.host_if, POLICY, &args);
+    agent.wait_ready(READY);
+    agent
+}
+
 /// The tcx links on `iface`: (link id, program id, hook), egress first, each hook in run order.
 fn tcx_links(iface: &str) -> Vec<(u32, u32, &'static str)> {
     let ifindex = tcx::ifindex(iface);
@@ -441,26 +463,7 @@ fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
         _sockdir,
         socket,
     } = Setup::new();
-    let start = || {
-        let mut args = enforcer_tests::hook_args();
-        args.extend(
-            [
-                "--pin",
-                pin.dir.to_str().expect("utf-8"),
-                "--control-socket",
-                socket.to_str().expect("utf-8"),
-                "--ingress",
-                "tc",
-                "--tc-attach",
-                "tcx",
-            ]
-            .map(String::from),
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut agent = Agent::with_policy(&ns.host_if, POLICY, &args);
-        agent.wait_ready(READY);
-        agent
-    };
+    let start = || start_tc(&ns, &pin.dir, &socket, "tcx");
     let mut first = start();
     let before = tcx_links(&ns.host_if);
     let hooks: Vec<&str> = before.iter().map(|l| l.2).collect();
@@ -537,4 +540,65 @@ fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(tcx_links(&ns.host_if), [], "detach removes the tcx links");
+}
+
+/// A pinned run that changes the tc form takes the other form's leftovers away: netlink, then
+/// tcx (the classic filters go), then netlink again (the pinned tcx links go); never both forms
+/// of our classifier on a hook, and enforcement on throughout.
+#[test]
+fn a_pinned_run_that_changes_tc_form_removes_the_other_form() {
+    require_root();
+    if !tcx::supported() {
+        eprintln!(
+            "skipped: this kernel has no tcx hooks (Linux 6.6+), which --tc-attach tcx needs"
+        );
+        return;
+    }
+    let Setup {
+        _host,
+        ns,
+        peer,
+        _cert,
+        server,
+        pin,
+        _sockdir,
+        socket,
+    } = Setup::new();
+    let forms = |iface: &str| {
+        (
+            our_tc_filters(iface),
+            ingress_attachments(iface).1,
+            tcx_links(iface).len(),
+        )
+    };
+    for (run, form, want) in [
+        (1, "netlink", (1, 1, 0)),
+        (2, "tcx", (0, 0, 2)),
+        (3, "netlink", (1, 1, 0)),
+    ] {
+        let mut agent = start_tc(&ns, &pin.dir, &socket, form);
+        assert_eq!(
+            forms(&ns.host_if),
+            want,
+            "run {run} ({form}): (egress filters, ingress filters, tcx links)"
+        );
+        gnutls_refused(&server, peer, &format!("GNUTLS-FORM-{run}"), true);
+        let status = agent.stop().expect("agent was running");
+        assert!(
+            status.success(),
+            "clean exit: {status:?}\n{}",
+            agent.stderr()
+        );
+        assert_eq!(
+            forms(&ns.host_if),
+            want,
+            "run {run}: SIGTERM with --pin keeps them"
+        );
+    }
+    let out = pin.detach();
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
