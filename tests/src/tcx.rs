@@ -207,6 +207,20 @@ fn query(ifindex: u32, egress: bool) -> io::Result<Vec<(u32, u32)>> {
         .collect())
 }
 
+/// The tcx links on `iface`: (link id, program id, hook), egress first, each hook in run order.
+pub fn links_on(iface: &str) -> Vec<(u32, u32, &'static str)> {
+    let ifindex = ifindex(iface);
+    let mut out = Vec::new();
+    for (egress, hook) in [(true, "egress"), (false, "ingress")] {
+        out.extend(
+            hook_links(ifindex, egress)
+                .into_iter()
+                .map(|(link, prog)| (link, prog, hook)),
+        );
+    }
+    out
+}
+
 /// The index of interface `name`.
 pub fn ifindex(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).expect("no NUL");

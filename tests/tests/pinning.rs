@@ -427,20 +427,6 @@ fn start_tc(ns: &NetNs, pin: &Path, socket: &Path, tc_attach: &str) -> Agent {
     agent
 }
 
-/// The tcx links on `iface`: (link id, program id, hook), egress first, each hook in run order.
-fn tcx_links(iface: &str) -> Vec<(u32, u32, &'static str)> {
-    let ifindex = tcx::ifindex(iface);
-    let mut out = Vec::new();
-    for (egress, hook) in [(true, "egress"), (false, "ingress")] {
-        out.extend(
-            tcx::hook_links(ifindex, egress)
-                .into_iter()
-                .map(|(link, prog)| (link, prog, hook)),
-        );
-    }
-    out
-}
-
 /// `--tc-attach tcx --pin`: the classifiers' tcx links are pinned, enforce while no agent runs
 /// (SIGKILL), and the next agent swaps its programs into the very links (same link ids, new
 /// programs, still one link per hook); no classic filter is added; detach removes them.
@@ -465,7 +451,7 @@ fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
     } = Setup::new();
     let start = || start_tc(&ns, &pin.dir, &socket, "tcx");
     let mut first = start();
-    let before = tcx_links(&ns.host_if);
+    let before = tcx::links_on(&ns.host_if);
     let hooks: Vec<&str> = before.iter().map(|l| l.2).collect();
     assert_eq!(
         hooks,
@@ -482,11 +468,15 @@ fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGKILL) };
     first.stop();
-    assert_eq!(tcx_links(&ns.host_if), before, "the pinned tcx links stay");
+    assert_eq!(
+        tcx::links_on(&ns.host_if),
+        before,
+        "the pinned tcx links stay"
+    );
     gnutls_refused(&server, peer, "GNUTLS-TCX-NO-AGENT", false);
 
     let mut second = start();
-    let after = tcx_links(&ns.host_if);
+    let after = tcx::links_on(&ns.host_if);
     assert_eq!(after.len(), 2, "still one tcx link per hook: {after:?}");
     for (old, new) in before.iter().zip(&after) {
         assert_eq!(
@@ -525,7 +515,7 @@ fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
         second.stderr()
     );
     assert_eq!(
-        tcx_links(&ns.host_if).len(),
+        tcx::links_on(&ns.host_if).len(),
         2,
         "SIGTERM with --pin keeps them"
     );
@@ -536,10 +526,14 @@ fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
         String::from_utf8_lossy(&out.stderr)
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !tcx_links(&ns.host_if).is_empty() && std::time::Instant::now() < deadline {
+    while !tcx::links_on(&ns.host_if).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(tcx_links(&ns.host_if), [], "detach removes the tcx links");
+    assert_eq!(
+        tcx::links_on(&ns.host_if),
+        [],
+        "detach removes the tcx links"
+    );
 }
 
 /// A pinned run that changes the tc form takes the other form's leftovers away: netlink, then
@@ -568,7 +562,7 @@ fn a_pinned_run_that_changes_tc_form_removes_the_other_form() {
         (
             our_tc_filters(iface),
             ingress_attachments(iface).1,
-            tcx_links(iface).len(),
+            tcx::links_on(iface).len(),
         )
     };
     for (run, form, want) in [
