@@ -289,24 +289,10 @@ fn pinned_enforcement_survives_sigkill_and_is_taken_over(ingress: &str) {
     );
     assert_eq!(downtime["verdict"], "blocked", "{downtime}");
     gnutls_refused(&server, peer, "GNUTLS-SECOND-AGENT", true);
-    let event = second.wait_for(
-        |v| {
-            v["type"] == "connection"
-                && v["comm"] == "gnutls-cli"
-                && v["library"]["family"] != "unknown"
-        },
-        EVENT,
-    );
-    assert_eq!(event["verdict"], "blocked", "{event}");
-    assert_eq!(event["library"]["family"], "gnutls", "{event}");
+    gnutls_blocked_by_name(&mut second);
 
     // SIGTERM with --pin persists; detach removes everything.
-    let status = second.stop().expect("agent was running");
-    assert!(
-        status.success(),
-        "clean exit: {status:?}\n{}",
-        second.stderr()
-    );
+    stop_cleanly(&mut second);
     assert_eq!(
         ingress_attachments(&ns.host_if),
         one_of(ingress),
@@ -405,6 +391,32 @@ fn client_hello_policy_is_pinned_and_taken_over() {
     assert!(!received.contains("OUT-OF-SCOPE"), "{received}");
 }
 
+/// This run's event of a blocked gnutls-cli connection, its library named: not the event of a
+/// connection made while no agent ran (it waited in the pinned ring; its library id is the
+/// first run's, which this run cannot name).
+fn gnutls_blocked_by_name(agent: &mut Agent) {
+    let event = agent.wait_for(
+        |v| {
+            v["type"] == "connection"
+                && v["comm"] == "gnutls-cli"
+                && v["library"]["family"] != "unknown"
+        },
+        EVENT,
+    );
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    assert_eq!(event["library"]["family"], "gnutls", "{event}");
+}
+
+/// SIGTERM, and a clean exit.
+fn stop_cleanly(agent: &mut Agent) {
+    let status = agent.stop().expect("agent was running");
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        agent.stderr()
+    );
+}
+
 /// A pinned agent with tc ingress and the classifiers attached as `tc_attach` says.
 fn start_tc(ns: &NetNs, pin: &Path, socket: &Path, tc_attach: &str) -> Agent {
     let mut args = enforcer_tests::hook_args();
@@ -427,19 +439,24 @@ fn start_tc(ns: &NetNs, pin: &Path, socket: &Path, tc_attach: &str) -> Agent {
     agent
 }
 
-/// `--tc-attach tcx --pin`: the classifiers' tcx links are pinned, enforce while no agent runs
-/// (SIGKILL), and the next agent swaps its programs into the very links (same link ids, new
-/// programs, still one link per hook); no classic filter is added; detach removes them.
-#[test]
-fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
+/// The set-up of a tcx test, `None` (said why) where the kernel has no tcx hooks.
+fn tcx_setup() -> Option<Setup> {
     require_root();
     if !tcx::supported() {
         eprintln!(
             "skipped: this kernel has no tcx hooks (Linux 6.6+), which --tc-attach tcx needs"
         );
-        return;
+        return None;
     }
-    let Setup {
+    Some(Setup::new())
+}
+
+/// `--tc-attach tcx --pin`: the classifiers' tcx links are pinned, enforce while no agent runs
+/// (SIGKILL), and the next agent swaps its programs into the very links (same link ids, new
+/// programs, still one link per hook); no classic filter is added; detach removes them.
+#[test]
+fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
+    let Some(Setup {
         _host,
         ns,
         peer,
@@ -448,7 +465,10 @@ fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
         pin,
         _sockdir,
         socket,
-    } = Setup::new();
+    }) = tcx_setup()
+    else {
+        return;
+    };
     let start = || start_tc(&ns, &pin.dir, &socket, "tcx");
     let mut first = start();
     let before = tcx::links_on(&ns.host_if);
@@ -495,25 +515,9 @@ fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
         "no classic filter after the takeover"
     );
     gnutls_refused(&server, peer, "GNUTLS-TCX-SECOND", true);
-    // Not the downtime connection's event (it waited in the pinned ring; its library id is the
-    // first run's, which this run cannot name).
-    let event = second.wait_for(
-        |v| {
-            v["type"] == "connection"
-                && v["comm"] == "gnutls-cli"
-                && v["library"]["family"] != "unknown"
-        },
-        EVENT,
-    );
-    assert_eq!(event["verdict"], "blocked", "{event}");
-    assert_eq!(event["library"]["family"], "gnutls", "{event}");
+    gnutls_blocked_by_name(&mut second);
 
-    let status = second.stop().expect("agent was running");
-    assert!(
-        status.success(),
-        "clean exit: {status:?}\n{}",
-        second.stderr()
-    );
+    stop_cleanly(&mut second);
     assert_eq!(
         tcx::links_on(&ns.host_if).len(),
         2,
@@ -541,14 +545,7 @@ fn pinned_tcx_links_survive_sigkill_and_are_taken_over_in_place() {
 /// of our classifier on a hook, and enforcement on throughout.
 #[test]
 fn a_pinned_run_that_changes_tc_form_removes_the_other_form() {
-    require_root();
-    if !tcx::supported() {
-        eprintln!(
-            "skipped: this kernel has no tcx hooks (Linux 6.6+), which --tc-attach tcx needs"
-        );
-        return;
-    }
-    let Setup {
+    let Some(Setup {
         _host,
         ns,
         peer,
@@ -557,7 +554,10 @@ fn a_pinned_run_that_changes_tc_form_removes_the_other_form() {
         pin,
         _sockdir,
         socket,
-    } = Setup::new();
+    }) = tcx_setup()
+    else {
+        return;
+    };
     let forms = |iface: &str| {
         (
             our_tc_filters(iface),

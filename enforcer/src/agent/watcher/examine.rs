@@ -246,7 +246,6 @@ fn settle_rewrite(
     for (held, lib) in registered {
         let released = shared.datapath.release(&held);
         shared.stats.released.fetch_add(1, Ordering::Relaxed);
-        let over_capacity = held.id == crate::datapath::capacity::OVER_CAPACITY;
         warn!(
             id = held.id,
             family = held.family,
@@ -258,15 +257,7 @@ fn settle_rewrite(
             comm = origin.comm,
             "probed library rewritten in place: its probes detached and its id released; the new content is examined as a new file"
         );
-        shared.reporter.lifecycle(json!({
-            "type": "library_released",
-            "id": held.id,
-            "family": held.family,
-            "path": held.path,
-            "over_capacity": over_capacity,
-            "found": released.is_some(),
-            "reason": "rewritten",
-        }));
+        super::release::report_released(shared, &held, released.is_some(), "rewritten");
     }
     false
 }

@@ -235,14 +235,20 @@ fn release(shared: &Shared, held: &Held) {
         over_capacity,
         "library mapped by no process: released (probes detached, id's slot free)"
     );
+    report_released(shared, held, released.is_some(), "unmapped");
+}
+
+/// The `library_released` event of `held`: `found` whether the datapath still held it,
+/// `reason` `unmapped` (the sweep) or `rewritten` (its file changed, `examine.rs`).
+pub(super) fn report_released(shared: &Shared, held: &Held, found: bool, reason: &str) {
     shared.reporter.lifecycle(json!({
         "type": "library_released",
         "id": held.id,
         "family": held.family,
         "path": held.path,
-        "over_capacity": over_capacity,
-        "found": released.is_some(),
-        "reason": "unmapped",
+        "over_capacity": held.id == crate::datapath::capacity::OVER_CAPACITY,
+        "found": found,
+        "reason": reason,
     }));
 }
 
