@@ -391,9 +391,8 @@ fn client_hello_policy_is_pinned_and_taken_over() {
     assert!(!received.contains("OUT-OF-SCOPE"), "{received}");
 }
 
-/// This run's event of a blocked gnutls-cli connection, its library named: not the event of a
-/// connection made while no agent ran (it waited in the pinned ring; its library id is the
-/// first run's, which this run cannot name).
+/// This run's event of a blocked gnutls-cli connection, its library named (not the downtime
+/// connection's: its event waited in the pinned ring with the first run's library id).
 fn gnutls_blocked_by_name(agent: &mut Agent) {
     let event = agent.wait_for(
         |v| {
@@ -558,23 +557,28 @@ fn a_pinned_run_that_changes_tc_form_removes_the_other_form() {
     else {
         return;
     };
+    // A netlink run's tc ingress program pin (how `enforcer detach` finds the interface).
+    let tcin_pin = pin
+        .dir
+        .join(format!("links/tcin_{}", tcx::ifindex(&ns.host_if)));
     let forms = |iface: &str| {
         (
             our_tc_filters(iface),
             ingress_attachments(iface).1,
             tcx::links_on(iface).len(),
+            tcin_pin.exists(),
         )
     };
     for (run, form, want) in [
-        (1, "netlink", (1, 1, 0)),
-        (2, "tcx", (0, 0, 2)),
-        (3, "netlink", (1, 1, 0)),
+        (1, "netlink", (1, 1, 0, true)),
+        (2, "tcx", (0, 0, 2, false)),
+        (3, "netlink", (1, 1, 0, true)),
     ] {
         let mut agent = start_tc(&ns, &pin.dir, &socket, form);
         assert_eq!(
             forms(&ns.host_if),
             want,
-            "run {run} ({form}): (egress filters, ingress filters, tcx links)"
+            "run {run} ({form}): (egress filters, ingress filters, tcx links, tc ingress pin)"
         );
         gnutls_refused(&server, peer, &format!("GNUTLS-FORM-{run}"), true);
         let status = agent.stop().expect("agent was running");

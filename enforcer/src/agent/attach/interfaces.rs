@@ -286,7 +286,11 @@ pub async fn attach_tc(
         if let Some(dir) = pin {
             // Ours are on: what an earlier run of the other form pinned goes now (no gap), or
             // both forms of our classifier would run.
-            switch_form(handle, dir, name, *index, tcx).await;
+            let held: Vec<Hook> = match tcx {
+                true => hooks.iter().map(|(hook, _)| *hook).collect(),
+                false => vec![],
+            };
+            switch_form(handle, dir, name, *index, &held).await;
         }
         let ingress = form.map_or("?", IngressForm::name);
         let egress = if tcx { TCX_FORM } else { NETLINK_FORM };
@@ -328,10 +332,19 @@ fn tcx_link(
     Ok(link)
 }
 
-/// With `--pin`, after ours are attached: removes what an earlier run of the other tc form left
-/// on the interface (its classic filters when this run is tcx, its pinned tcx links when not).
-async fn switch_form(handle: &rtnetlink::Handle, dir: &PinDir, name: &str, index: u32, tcx: bool) {
-    if tcx {
+/// With `--pin`, after ours are attached: removes what an earlier run left on the interface that
+/// this run does not hold. `tcx_held`: the hooks this run holds tcx links on (none when it uses
+/// classic filters). A tcx run removes the classic filters and the tc ingress program pin of an
+/// earlier netlink run; any run unpins (detaches) the pinned tcx links of hooks it does not hold
+/// (all of them after a switch to netlink, the ingress one after a switch to XDP ingress).
+async fn switch_form(
+    handle: &rtnetlink::Handle,
+    dir: &PinDir,
+    name: &str,
+    index: u32,
+    tcx_held: &[Hook],
+) {
+    if !tcx_held.is_empty() {
         for (hook, removed) in tc::remove_ours(handle, index).await {
             match removed {
                 Ok(0) => {}
@@ -343,20 +356,23 @@ async fn switch_form(handle: &rtnetlink::Handle, dir: &PinDir, name: &str, index
                 }
             }
         }
+        release(name, &dir.tc_ingress_path(index), "tc ingress program pin");
+    }
+    for hook in [Hook::Egress, Hook::Ingress] {
+        if !tcx_held.contains(&hook) {
+            release(name, &dir.tcx_path(index, hook == Hook::Egress), "tcx link");
+        }
+    }
+}
+
+/// Unpins what an earlier run left at `path`, if anything.
+fn release(name: &str, path: &std::path::Path, what: &str) {
+    if !path.exists() {
         return;
     }
-    for egress in [true, false] {
-        let path = dir.tcx_path(index, egress);
-        if path.exists() {
-            match pin::unpin(&path) {
-                Ok(()) => {
-                    info!(iface = %name, path = %path.display(), "the earlier run's tcx link released (this run uses tc filters)")
-                }
-                Err(err) => {
-                    warn!(iface = %name, "releasing the earlier run's tcx link failed: {err}")
-                }
-            }
-        }
+    match pin::unpin(path) {
+        Ok(()) => info!(iface = %name, path = %path.display(), "the earlier run's {what} released"),
+        Err(err) => warn!(iface = %name, "releasing the earlier run's {what} failed: {err}"),
     }
 }
 
@@ -411,8 +427,8 @@ fn pinned_form(pin: Option<&PinDir>, ifindex: u32) -> Option<IngressForm> {
     if dir.xdp_path(ifindex).exists() {
         return Some(IngressForm::XdpPinned);
     }
-    dir.tc_ingress_path(ifindex)
-        .exists()
+    // A tc ingress classifier: a netlink filter's program pin, or a tcx link.
+    (dir.tc_ingress_path(ifindex).exists() || dir.tcx_path(ifindex, false).exists())
         .then_some(IngressForm::Tc)
 }
 
