@@ -15,6 +15,7 @@ mod host_lock;
 pub mod libssl_copies;
 mod netns;
 pub mod ops;
+pub mod pinned;
 mod process;
 pub mod programs;
 pub mod quic;
