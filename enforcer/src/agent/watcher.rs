@@ -9,10 +9,11 @@
 //! 1. Kernel (`enforcer-ebpf/src/exec.rs`): on every executable file mapping (`mmap` with
 //!    `PROT_EXEC` and an fd: how the dynamic loader maps each library, at start and on `dlopen`)
 //!    and every `execve`, the file's key (device, inode, generation, and the inode's `ctime`, so
-//!    that a file rewritten in place is a new key) is looked up in `KNOWN_FILES`. A known file costs one hash lookup and nothing else. An unknown one: the
-//!    process is listed in `PAUSED`, the thread is sent `SIGSTOP` (it stops on its way out of the
-//!    syscall, before running another instruction of its own; the stop takes the whole thread
-//!    group), and a `NewFileEvent` goes to userspace.
+//!    that a file rewritten in place is a new key) is looked up in `KNOWN_FILES`. A known file
+//!    costs one hash lookup and nothing else. An unknown one: the process is listed in `PAUSED`,
+//!    the thread is sent `SIGSTOP` (it stops on its way out of the syscall, before running
+//!    another instruction of its own; the stop takes the whole thread group), and a
+//!    `NewFileEvent` goes to userspace.
 //! 2. Userspace, event thread: one pidfd per paused process; the file joins the work queue (or
 //!    the waiters of a file already being examined).
 //! 3. Workers (one per CPU, at most 4): find the file through `/proc/<pid>/fd/<n>` (or

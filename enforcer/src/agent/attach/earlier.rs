@@ -25,9 +25,9 @@ impl Earlier {
     }
 
     /// Once this run is attached: the earlier run's links go (its XDP links, tcx links and tc
-    /// ingress pins on our interfaces were taken over and stay; those on other interfaces go with their tc
-    /// filters), and the
-    /// policy of its libraries that no flow refers to any more (action, server-name scope).
+    /// ingress pins on our interfaces were taken over and stay; those on other interfaces go
+    /// with their tc filters), and the policy of its libraries that no flow refers to any more
+    /// (action, server-name scope).
     pub async fn retire(
         &self,
         dir: &PinDir,

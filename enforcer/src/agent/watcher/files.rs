@@ -39,7 +39,7 @@ pub struct Found {
 
 /// `ctime` of `md`, as [`Found::ctime`] keeps it.
 pub fn ctime(md: &fs::Metadata) -> Option<(i64, i64)> {
-    Some((md.ctime(), md.ctime_nsec()))
+    Some(super::kernel::ctime_of(md))
 }
 
 /// The file an event is about, `None` if the process is gone or the file cannot be reached.
