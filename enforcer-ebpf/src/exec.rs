@@ -3,9 +3,10 @@
 //! for TLS linked into the program itself), the file is looked up in `KNOWN_FILES`. A file
 //! userspace has already examined costs one hash lookup. The key includes the inode's `ctime`
 //! (`KnownKey`), which every write sets: a known file rewritten in place is unknown again. An
-//! unknown one is reported on `NEW_FILES` and the thread is stopped with `SIGSTOP` before it runs another user instruction
-//! (the signal is taken on the way out of the syscall), so the library's code cannot run before
-//! userspace has identified the file, probed it, added it to `KNOWN_FILES` and sent `SIGCONT`.
+//! unknown one is reported on `NEW_FILES` and the thread is stopped with `SIGSTOP` before it
+//! runs another user instruction (the signal is taken on the way out of the syscall), so the
+//! library's code cannot run before userspace has identified the file, probed it, added it to
+//! `KNOWN_FILES` and sent `SIGCONT`.
 //!
 //! Fail-open everywhere: a hook that cannot read the file, reserve an event or record the pause
 //! lets the process go on unpaused (its first TLS calls may then go unattributed; the file is

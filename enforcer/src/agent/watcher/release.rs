@@ -253,8 +253,8 @@ pub(super) fn report_released(shared: &Shared, held: &Held, found: bool, reason:
 }
 
 /// Removes every `KNOWN_FILES` key with one of `inodes` (the kernel's device encoding, the
-/// generation and the `ctime` are not recomputed: every key of the inode number goes, a few extra pauses at
-/// most). Bounded by the map's capacity. Returns how many went.
+/// generation and the `ctime` are not recomputed: every key of the inode number goes, a few
+/// extra pauses at most). Bounded by the map's capacity. Returns how many went.
 fn forget_known(shared: &Shared, inodes: &HashSet<u64>) -> usize {
     let mut guard = lock(&shared.known);
     let Some(known) = guard.as_mut() else {
