@@ -138,6 +138,9 @@ pub fn build_launder_client(dir: &Path) -> PathBuf {
 /// Debian's `libssl.a` and stripped (no symbol left for enforcer to find), as
 /// `dir/hidden-tls-server`.
 pub fn build_hidden_server(dir: &Path) -> PathBuf {
+    if let Some(out) = prebuilt("hidden-tls-server", &dir.join("hidden-tls-server")) {
+        return out;
+    }
     let out = build_source(
         dir,
         "hidden-tls-server",

@@ -133,7 +133,8 @@ fn go_client_on_a_reused_inode_number_is_probed() {
     for i in 0..20 {
         // A program the watcher pauses and examines (a copy of `true`: not TLS), then deleted.
         let decoy = s.dir.path().join(format!("decoy-{i}"));
-        std::fs::copy("/bin/true", &decoy).expect("copy /bin/true");
+        // coreutils' (the VM image has it at this path too: xtask/src/vm/image.rs).
+        std::fs::copy("/usr/bin/true", &decoy).expect("copy /usr/bin/true");
         let out = run_with_timeout(&mut Command::new(&decoy), b"", CLIENT);
         assert!(out.success(), "{decoy:?}: {out:?}");
         let ino = std::fs::metadata(&decoy).unwrap().ino();

@@ -23,6 +23,9 @@ const TOOLS: &[(&str, bool)] = &[
     ("openssl", true),
     ("curl", true),
     ("gnutls-cli", true),
+    // coreutils' `true` at /usr/bin/true: a program that is not TLS, for the watcher tests to
+    // copy (busybox's applets are one binary that runs by its name).
+    ("true", true),
     ("tc", false),
     ("bpftool", false),
     // Only some tests of `cargo xtask vm --full` use these.

@@ -1,7 +1,8 @@
 //! The client programs some integration tests build at test time (Go's `crypto/tls` client with
-//! `go`, the new-library watcher's client with `gcc`), built here on the host for the VMs, which
-//! have no compiler. The tests take them from `ENFORCER_TEST_PREBUILT`
-//! (`enforcer_tests::programs::prebuilt`); `vm/init` points it at `/vm/programs`.
+//! `go`, the new-library watcher's client and the stripped static OpenSSL server with `gcc`),
+//! built here on the host for the VMs, which have no compiler. The tests take them from
+//! `ENFORCER_TEST_PREBUILT` (`enforcer_tests::programs::prebuilt`); `vm/init` points it at
+//! `/vm/programs`.
 
 use std::{
     fs,
@@ -52,6 +53,16 @@ pub fn build() -> Result<Vec<(String, PathBuf)>> {
         .arg(root().join("tests/programs/newlib-client/client.c"))
         .args(["-lssl", "-lcrypto"]))?;
     out.push(("newlib-client".to_string(), exe));
+
+    // The same as `enforcer_tests::programs::build_hidden_server`: static, then stripped.
+    let exe = dir.join("hidden-tls-server");
+    run(Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&exe)
+        .arg(root().join("tests/programs/hidden-tls-server/server.c"))
+        .args(["-static", "-l:libssl.a", "-l:libcrypto.a", "-lpthread"]))?;
+    run(Command::new("strip").arg("--strip-all").arg(&exe))?;
+    out.push(("hidden-tls-server".to_string(), exe));
     Ok(out)
 }
 
