@@ -25,10 +25,13 @@ pub const OFFERS_OPEN: u32 = OFFER_BUCKET_COUNT;
 pub const OFFER_TC: &str = "OFFER_TC";
 pub const OFFER_XDP: &str = "OFFER_XDP";
 pub const OFFER_XDP_NOFRAGS: &str = "OFFER_XDP_NOFRAGS";
+/// The host layer's (`--host-layer cgroup`: cgroup_skb egress).
+pub const OFFER_CG: &str = "OFFER_CG";
 /// The reader programs, by the table they go in.
 pub const READER_TC: &str = "offer_tc";
 pub const READER_XDP: &str = "offer_xdp";
 pub const READER_XDP_NOFRAGS: &str = "offer_xdp_nofrags";
+pub const READER_CG: &str = "offer_cg";
 
 /// Bytes of a ClientHello record reassembled (record header included); a longer one is read up
 /// to here and reported with the fields past it unread.

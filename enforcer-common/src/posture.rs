@@ -20,10 +20,13 @@ pub const POSTURE_ENABLED: &str = "POSTURE_ENABLED";
 pub const POSTURE_TC: &str = "POSTURE_TC";
 pub const POSTURE_XDP: &str = "POSTURE_XDP";
 pub const POSTURE_XDP_NOFRAGS: &str = "POSTURE_XDP_NOFRAGS";
+/// The host layer's (`--host-layer cgroup`: cgroup_skb egress).
+pub const POSTURE_CG: &str = "POSTURE_CG";
 /// The reader programs, by the table they go in.
 pub const READER_TC: &str = "posture_tc";
 pub const READER_XDP: &str = "posture_xdp";
 pub const READER_XDP_NOFRAGS: &str = "posture_xdp_nofrags";
+pub const READER_CG: &str = "posture_cg";
 
 /// `LruHashMap<FlowKey, Ja4Verdict>`: which of the policy's JA4 patterns each flow's
 /// ClientHello matched, written by userspace once it made the JA4 (`offered` event); the

@@ -45,12 +45,16 @@ pub enum Stat {
     /// applies, enforce mode): TCP sends them again.
     ServerHellosHeld = 16,
     /// Packets the host-wide layer dropped (`--host-layer cgroup`: cgroup_skb on the root cgroup,
-    /// every interface and network namespace): blocklisted flows only.
+    /// every interface and network namespace): blocklisted flows, hellos the policy denies.
     CgroupDrops = 17,
+    /// Segments the host layer's egress judge dropped unjudged because another run of it was in
+    /// progress on the same CPU (a softirq's transmit inside a process's): segments that could
+    /// be part of a hello not judged yet. TCP sends them again.
+    HostNestedDrops = 18,
 }
 
 /// Entries of `STATS`.
-pub const COUNT: u32 = 18;
+pub const COUNT: u32 = 19;
 
 /// Every counter, in index order.
 pub const ALL: [Stat; COUNT as usize] = [
@@ -72,6 +76,7 @@ pub const ALL: [Stat; COUNT as usize] = [
     Stat::TcIngressDrops,
     Stat::ServerHellosHeld,
     Stat::CgroupDrops,
+    Stat::HostNestedDrops,
 ];
 const _: () = {
     let mut i = 0;
@@ -206,6 +211,13 @@ impl Stat {
                 "enforcer_drops_total",
                 "{program=\"cgroup\"}",
                 DROPS,
+            ),
+            Stat::HostNestedDrops => (
+                "host_nested_drops",
+                "enforcer_host_nested_drops_total",
+                "",
+                "Segments the host layer dropped unjudged while another run of its judge was in \
+                 progress on the CPU (sent again by TCP).",
             ),
         };
         Shown {

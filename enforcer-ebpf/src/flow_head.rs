@@ -142,6 +142,13 @@ fn may_hold(flow: &FlowKey) -> bool {
     HEAD_BUCKETS.get(head_bucket_of(flow)).copied().unwrap_or(1) != 0
 }
 
+/// Whether the flow's head is being collected (for the host layer's runs without scratch).
+#[inline(always)]
+pub fn collecting(flow: &FlowKey) -> bool {
+    // SAFETY: only whether the entry exists is read.
+    may_hold(flow) && unsafe { FLOW_HEADS.get(flow) }.is_some()
+}
+
 /// Adds the segment to the flow's head and says whether a hello is now complete.
 #[inline(always)]
 pub fn feed<P: Packet>(packet: &P, flow: &FlowKey, data: &Data, out: &mut Hello) -> Head {

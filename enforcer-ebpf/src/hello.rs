@@ -3,7 +3,8 @@
 //! its random (`random.rs`), whichever thread, process or relay sends it, and judged by that
 //! library's rule; a hello no probed library made is unattributed TLS (`unattributed_tls`).
 //! Hellos split over segments are collected first (`flow_head.rs`). Called by `tc.rs` for every
-//! segment the blocklist lets through.
+//! segment the blocklist lets through, and by the host layer's egress program (`cgroup.rs`) for
+//! every local socket's.
 //!
 //! Evidence order: a found random decides the flow's library (`evidence::RANDOM`). Without one,
 //! a flow a thread of a library attributed (`verdict.rs`) keeps that verdict, unless the library
@@ -17,7 +18,7 @@
 //! the payload is linear, the helper where it sits in page fragments, as the local TCP stack
 //! builds it).
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_ns};
 use enforcer_common::{
     event::{self, UNATTRIBUTED, hello as hello_kind},
     flow::{FlowKey, FlowState, direction, op, verdict},
@@ -30,8 +31,9 @@ use crate::{
     events, flow,
     flow_head::{self, CLIENT_HELLO, Data, Head, Hello},
     offer,
-    packet::{self, Linear, Packet, Segment},
+    packet::{self, Frame, Linear, Packet},
     policy::{self, apply},
+    posture::{self, Caller},
     random, stats, who,
 };
 
@@ -42,12 +44,49 @@ const HEADER_BEFORE_RANDOM: usize = RANDOM_AT;
 /// A TLS record's largest length (2^14 plus the expansion RFC 5246 allows).
 const MAX_RECORD: u16 = (1 << 14) + 2048;
 
-/// Judges an egress TCP segment of `flow` that the blocklist let through. `len` is the frame's
-/// length. Fail-open where nothing is known (not a hello, scratch missing), fail-closed where the
+/// What an egress program (`tc.rs`, the host layer's `cgroup.rs`) does with a TCP segment of
+/// `flow` the blocklist let through: `judge`s it, and hands a hello it let through to the
+/// ClientHello or ServerHello reader of `caller`'s kind (a tail call: on success control does
+/// not come back, the reader's verdict is the program's). True: drop the segment.
+#[inline(always)]
+pub fn judge_egress<C: EbpfContext + Frame>(
+    ctx: &C,
+    l4: usize,
+    flow: &FlowKey,
+    len: usize,
+    caller: Caller,
+) -> bool {
+    match judge(ctx, l4, flow, len) {
+        Outcome::Pass => false,
+        Outcome::ClientHelloContinues => {
+            offer::hand_off(ctx, caller, offer::mode::CONTINUE_SEND);
+            false
+        }
+        Outcome::ClientHello => {
+            offer::hand_off(ctx, caller, offer::mode::START_SEND);
+            false
+        }
+        Outcome::ServerHello => {
+            if let Some(payload) = packet::payload_after(ctx, l4) {
+                let args = posture::Args {
+                    flow: *flow,
+                    payload: payload as u32,
+                    direction: direction::SEND,
+                    _pad: [0; 3],
+                };
+                posture::read(ctx, caller, args);
+            }
+            false
+        }
+        Outcome::Drop => true,
+    }
+}
+
+/// Judges an egress TCP segment of `flow` (its TCP header at `l4`) that the blocklist let
+/// through. `len` is the frame's length. Fail-open where nothing is known (not a hello, scratch missing), fail-closed where the
 /// policy asks for a decision it cannot take (an unattributed hello, a nameless scoped one).
 #[inline(always)]
-pub fn judge<P: Packet + Linear>(packet: &P, seg: &Segment, flow: &FlowKey, len: usize) -> Outcome {
-    let l4 = seg.l4 as usize;
+pub fn judge<P: Packet + Linear>(packet: &P, l4: usize, flow: &FlowKey, len: usize) -> Outcome {
     // Sequence number (4), acknowledgment (4), data offset (1), flags (1): in the linear head.
     let Some(tcp) = packet::read::<[u8; 10], P>(packet, l4 + 4) else {
         return Outcome::Pass;
@@ -213,12 +252,13 @@ fn judge_hello<P: Packet>(
     } else {
         random::origin(&hello.key)
     };
-    let known = flow::state(flow);
+    // A flag and a zeroed value, not an `Option` (`flow::state_found`).
+    let (found, stored) = flow::state_found(flow);
     // Rules scoped to who is talking (`who.rs`): `ask` is set when userspace is to judge the
     // sender; a verdict of `PENDING_WHO` means the hello is held (dropped, nothing recorded).
     let mut ask = false;
-    let (lib_id, new_verdict, outcome) = match (origin, known) {
-        (Some(origin), known) => {
+    let (lib_id, new_verdict, outcome) = match origin {
+        Some(origin) => {
             let mut state = FlowState {
                 first_seen_ns: now,
                 lib_id: origin.lib_id,
@@ -238,7 +278,7 @@ fn judge_hello<P: Packet>(
                 stats::count(Stat::HellosByRandom);
                 state.verdict = v;
                 flow::record(flow, &state);
-                if known.is_none_or(|k| k.lib_id != origin.lib_id) {
+                if !found || stored.lib_id != origin.lib_id {
                     stats::count(Stat::FlowsAttributed);
                     events::attributed_by_random(flow, &state, &origin, now);
                 }
@@ -246,23 +286,23 @@ fn judge_hello<P: Packet>(
             (origin.lib_id, v, client_hello::outcome_of(v))
         }
         // The library that claimed the socket makes its own randoms, and did not make this one.
-        (None, Some(state)) if random::binds_hellos(state.lib_id) && hello.retry == 0 => {
+        None if found && random::binds_hellos(stored.lib_id) && hello.retry == 0 => {
             unattributed(flow, policy.unattributed, client, now, &mut ask)
         }
-        (None, Some(state)) if state.verdict == verdict::PENDING_SERVER_NAME => {
-            let action = client_hello::scoped_action(&state, named.map(|()| &mut scratch.key));
-            let v = apply_who(flow, state.lib_id, action, now, &mut ask);
+        None if found && stored.verdict == verdict::PENDING_SERVER_NAME => {
+            let action = client_hello::scoped_action(&stored, named.map(|()| &mut scratch.key));
+            let v = apply_who(flow, stored.lib_id, action, now, &mut ask);
             let outcome = match v {
                 verdict::PENDING_WHO => client_hello::outcome_of(v),
-                _ => client_hello::settle(flow, state, v),
+                _ => client_hello::settle(flow, stored, v),
             };
-            (state.lib_id, v, outcome)
+            (stored.lib_id, v, outcome)
         }
         // Judged at attribution already: the hello only adds the name.
-        (None, Some(state)) => (state.lib_id, state.verdict, Outcome::Pass),
+        None if found => (stored.lib_id, stored.verdict, Outcome::Pass),
         // A hello no probed library made, on a flow no thread attributed: a library enforcer
         // does not probe, or one whose probes it dodged.
-        (None, None) => unattributed(flow, policy.unattributed, client, now, &mut ask),
+        None => unattributed(flow, policy.unattributed, client, now, &mut ask),
     };
     if new_verdict == verdict::PENDING_WHO {
         // Held: judged again when TCP sends it again; only the first hold is reported.
@@ -296,7 +336,7 @@ fn judge_hello<P: Packet>(
     };
     scratch.event.producer_pid = origin.map_or(0, |o| o.tgid);
     scratch.event.producer_comm = origin.map_or([0; 16], |o| o.comm);
-    scratch.event.flow_since_ns = known.map_or(0, |k| k.first_seen_ns);
+    scratch.event.flow_since_ns = if found { stored.first_seen_ns } else { 0 };
     scratch.event.flow = *flow;
     scratch.event.lib_id = lib_id;
     scratch.event.verdict = new_verdict;

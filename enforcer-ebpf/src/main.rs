@@ -22,11 +22,13 @@
 //! | `ingress.rs`      | (called by `xdp.rs`, `tc.rs`) the ingress judge | — |
 //! | `xdp.rs`          | ingress drop (XDP)                          | — |
 //! | `tc.rs`           | egress drop; ingress drop (tc)              | — |
-//! | `hello.rs`        | (called by `tc.rs`) hellos judged by their random; unattributed TLS | — |
+//! | `cgroup.rs`       | the host layer (`--host-layer cgroup`): drop on every interface; egress hello judge | — |
+//! | `host_guard.rs`   | (helpers) one host-layer judge run per CPU at a time | `HOST_BUSY` |
+//! | `hello.rs`        | (called by `tc.rs`, `cgroup.rs`) hellos judged by their random; unattributed TLS | — |
 //! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS`, `HEAD_BUCKETS` |
-//! | `posture.rs`      | ServerHello readers (tail-called by `tc.rs`, `xdp.rs`): negotiated version, suite, group; `tls_versions` / `groups` / `cipher_suites` | `POSTURES`, `POSTURE_RULES`, `POSTURE_ENABLED`, `JA4_VERDICTS`, `POSTURE_ARGS`, `POSTURE_TC`, `POSTURE_XDP`, `POSTURE_XDP_NOFRAGS` |
+//! | `posture.rs`      | ServerHello readers (tail-called by `tc.rs`, `xdp.rs`, `cgroup.rs`): negotiated version, suite, group; `tls_versions` / `groups` / `cipher_suites` | `POSTURES`, `POSTURE_RULES`, `POSTURE_ENABLED`, `JA4_VERDICTS`, `POSTURE_ARGS`, `POSTURE_TC`, `POSTURE_XDP`, `POSTURE_XDP_NOFRAGS`, `POSTURE_CG` |
 //! | `server_hello.rs` | (called by `posture.rs`) the ServerHello's fields | — |
-//! | `offer.rs`        | ClientHello readers (tail-called by `tc.rs`, `xdp.rs`): the hello reassembled across segments, its fields reported for JA4 | `OFFERS`, `OFFER_BUCKETS`, `OFFER_TEMPLATE`, `OFFER_EVENT`, `OFFER_ARGS`, `OFFER_TC`, `OFFER_XDP`, `OFFER_XDP_NOFRAGS` |
+//! | `offer.rs`        | ClientHello readers (tail-called by `tc.rs`, `xdp.rs`, `cgroup.rs`): the hello reassembled across segments, its fields reported for JA4 | `OFFERS`, `OFFER_BUCKETS`, `OFFER_TEMPLATE`, `OFFER_EVENT`, `OFFER_ARGS`, `OFFER_TC`, `OFFER_XDP`, `OFFER_XDP_NOFRAGS`, `OFFER_CG` |
 //! | `offer_fields.rs` | (called by `offer.rs`) the ClientHello's fields | — |
 //! | `ja4_cache.rs`    | (called by `offer.rs`) a read hello's JA4 verdict, if userspace cached it | `JA4_CACHE`, `JA4_GENERATION`, `JA4_KEY_SCRATCH` |
 //! | `client_hello.rs` | (called by `hello.rs`) ClientHello: SNI, name scopes | `HELLO_SCRATCH` |
@@ -72,6 +74,8 @@ mod flow_head;
 mod go;
 #[cfg(target_arch = "bpf")]
 mod hello;
+#[cfg(target_arch = "bpf")]
+mod host_guard;
 #[cfg(target_arch = "bpf")]
 mod ingress;
 #[cfg(target_arch = "bpf")]

@@ -31,9 +31,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::xdp_action,
     helpers::generated::bpf_ktime_get_ns,
-    macros::{classifier, map, xdp},
+    macros::{cgroup_skb, classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
-    programs::{TcContext, XdpContext},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 use enforcer_common::{
     flow::{FlowKey, direction, family, held},
@@ -46,8 +46,8 @@ use enforcer_common::{
 
 use crate::{
     client_hello::{HELLO_SCRATCH, MAX_OFFSET, load},
-    events, flow, ja4_cache, offer_fields,
-    packet::{self, Linear, Packet},
+    events, flow, host_guard, ja4_cache, offer_fields,
+    packet::{self, Frame, Packet},
     posture::Caller,
 };
 use enforcer_common::tc_return::PASS as TC_PASS;
@@ -78,6 +78,8 @@ static OFFER_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
 static OFFER_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "OFFER_XDP_NOFRAGS")]
 static OFFER_XDP_NOFRAGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map(name = "OFFER_CG")]
+static OFFER_CG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// The segment handed to the reader.
 #[repr(C)]
@@ -212,6 +214,7 @@ pub fn hand_off<C: EbpfContext>(ctx: &C, caller: Caller, mode: u8) {
         Caller::Tc => &OFFER_TC,
         Caller::Xdp => &OFFER_XDP,
         Caller::XdpNoFrags => &OFFER_XDP_NOFRAGS,
+        Caller::Cgroup => &OFFER_CG,
     };
     // SAFETY: control goes to the reader and does not come back on success.
     unsafe { table.tail_call(ctx, 0) };
@@ -242,6 +245,16 @@ pub fn offer_xdp_nofrags(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The host layer's (`cgroup.rs`, egress): the run it continues marked its CPU busy.
+#[cgroup_skb(egress)]
+pub fn offer_cg(ctx: SkBuffContext) -> i32 {
+    if stage_one(&ctx, ctx.len() as usize) {
+        read(&ctx);
+    }
+    host_guard::leave();
+    host_guard::PASS
+}
+
 /// Fills `OFFER_ARGS` from the segment and the caller's `mode`: its flow, TCP header offset
 /// and frame length, and where a hello starting now begins. The rest of the reader takes them
 /// from the map (`read`), so however the headers were parsed here, it starts in one verifier
@@ -249,14 +262,14 @@ pub fn offer_xdp_nofrags(ctx: XdpContext) -> u32 {
 /// a retransmission, or ciphertext that looks like one). A function of its own (a BPF call):
 /// its header parsing and the reading after it do not fit the 512-byte stack together.
 #[inline(never)]
-fn stage_one<P: Packet + Linear>(packet: &P, frame_len: usize) -> bool {
+fn stage_one<P: Frame>(packet: &P, frame_len: usize) -> bool {
     let Some(slot) = OFFER_ARGS.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: per-CPU map value, valid for this run.
     let args = unsafe { &mut *slot };
     let mode = args.mode;
-    let Some(seg) = packet::parse(packet) else {
+    let Some(seg) = packet.segment() else {
         return false;
     };
     if seg.udp {

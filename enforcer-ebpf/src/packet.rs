@@ -38,7 +38,7 @@ const IPV6_DSTOPTS: u8 = 60;
 const MAX_VLAN_TAGS: usize = 2;
 const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// Headers past this offset are not parsed (verifier-friendly bound; real headers are far smaller).
-const MAX_L4_OFFSET: usize = 512;
+pub const MAX_L4_OFFSET: usize = 512;
 const TCP_FLAG_RST: u8 = 0x04;
 
 /// A TCP segment's or UDP datagram's addressing, as on the wire (source / destination).
@@ -182,6 +182,16 @@ pub trait Linear {
     fn data_end(&self) -> usize;
 }
 
+/// Where a program's packets begin: at the Ethernet header (XDP, tc; the default) or at the IP
+/// header (cgroup_skb). The readers that the packet programs tail-call parse the headers again
+/// through this, as the program that called them did.
+pub trait Frame: Packet + Linear + Sized {
+    #[inline(always)]
+    fn segment(&self) -> Option<Segment> {
+        parse(self)
+    }
+}
+
 /// `None` for anything that is not a TCP segment or UDP datagram with a readable header:
 /// non-IP, other protocols, truncated, non-first fragments (they carry no ports), or headers
 /// nested too deep.
@@ -319,7 +329,12 @@ fn ipv6<P: Packet>(packet: &P, l3: usize, seg: &mut Segment) -> Option<usize> {
 /// The offset of a TCP segment's payload (from its data offset), if the header is readable.
 #[inline(always)]
 pub fn payload_of<P: Packet + Linear>(packet: &P, seg: &Segment) -> Option<usize> {
-    let l4 = seg.l4 as usize;
+    payload_after(packet, seg.l4 as usize)
+}
+
+/// Where the payload of the TCP segment whose header is at `l4` begins.
+#[inline(always)]
+pub fn payload_after<P: Packet + Linear>(packet: &P, l4: usize) -> Option<usize> {
     // Two bytes (data offset, flags), not one: LLVM turns a one-byte bound check into
     // `start >= data_end`, which the verifier does not take as a bound on the packet pointer.
     let [data_offset, _flags] = read::<[u8; 2], P>(packet, l4 + 12)?;

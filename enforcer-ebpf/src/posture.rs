@@ -22,9 +22,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_SHOT, xdp_action},
     helpers::generated::bpf_ktime_get_ns,
-    macros::{classifier, map, xdp},
+    macros::{cgroup_skb, classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
-    programs::{TcContext, XdpContext},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 use enforcer_common::{
     event::UNATTRIBUTED,
@@ -37,7 +37,7 @@ use enforcer_common::{
     stat::Stat,
 };
 
-use crate::{events, flow, packet, policy, server_hello, stats};
+use crate::{events, flow, host_guard, packet, policy, server_hello, stats};
 use enforcer_common::tc_return::PASS as TC_PASS;
 
 /// What each flow negotiated (LRU: closed flows make room). Not pinned: per run.
@@ -64,6 +64,8 @@ static POSTURE_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
 static POSTURE_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "POSTURE_XDP_NOFRAGS")]
 static POSTURE_XDP_NOFRAGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map(name = "POSTURE_CG")]
+static POSTURE_CG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// The segment handed to the reader.
 #[repr(C)]
@@ -97,6 +99,8 @@ pub enum Caller {
     Tc,
     Xdp,
     XdpNoFrags,
+    /// The host layer's egress program (`cgroup.rs`).
+    Cgroup,
 }
 
 /// Hands the segment to the reader. Returns only if the tail call failed (no reader loaded,
@@ -112,6 +116,7 @@ pub fn read<C: EbpfContext>(ctx: &C, caller: Caller, args: Args) {
         Caller::Tc => &POSTURE_TC,
         Caller::Xdp => &POSTURE_XDP,
         Caller::XdpNoFrags => &POSTURE_XDP_NOFRAGS,
+        Caller::Cgroup => &POSTURE_CG,
     };
     // SAFETY: control goes to the reader and does not come back on success.
     unsafe { table.tail_call(ctx, 0) };
@@ -134,6 +139,19 @@ pub fn posture_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn posture_xdp_nofrags(ctx: XdpContext) -> u32 {
     xdp_verdict(&ctx)
+}
+
+/// The host layer's (`cgroup.rs`, egress: servers on this host): the run it continues marked
+/// its CPU busy.
+#[cgroup_skb(egress)]
+pub fn posture_cg(ctx: SkBuffContext) -> i32 {
+    let drop = judge(&ctx);
+    host_guard::leave();
+    if drop {
+        stats::count(Stat::CgroupDrops);
+        return host_guard::DROP;
+    }
+    host_guard::PASS
 }
 
 #[inline(always)]

@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use enforcer_common::stat::Stat;
 
-use crate::{client_hello, flow, hello, ingress, offer, packet, posture, quic, stats};
+use crate::{flow, hello, ingress, offer, packet, posture, quic, stats};
 use enforcer_common::flow::direction;
 use enforcer_common::tc_return::PASS as TC_PASS;
 
@@ -38,33 +38,17 @@ pub fn enforcer_egress(ctx: TcContext) -> i32 {
         stats::count(Stat::TcDrops);
         return TC_ACT_SHOT;
     }
-    match hello::judge(&ctx, &segment, &flow, ctx.len() as usize) {
-        client_hello::Outcome::Pass => TC_PASS,
-        client_hello::Outcome::ClientHelloContinues => {
-            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::CONTINUE_SEND);
-            TC_PASS
-        }
-        client_hello::Outcome::ClientHello => {
-            offer::hand_off(&ctx, posture::Caller::Tc, offer::mode::START_SEND);
-            TC_PASS
-        }
-        client_hello::Outcome::ServerHello => {
-            if let Some(payload) = packet::payload_of(&ctx, &segment) {
-                let args = posture::Args {
-                    flow,
-                    payload: payload as u32,
-                    direction: direction::SEND,
-                    _pad: [0; 3],
-                };
-                posture::read(&ctx, posture::Caller::Tc, args);
-            }
-            TC_PASS
-        }
-        client_hello::Outcome::Drop => {
-            stats::count(Stat::TcDrops);
-            TC_ACT_SHOT
-        }
+    if hello::judge_egress(
+        &ctx,
+        segment.l4 as usize,
+        &flow,
+        ctx.len() as usize,
+        posture::Caller::Tc,
+    ) {
+        stats::count(Stat::TcDrops);
+        return TC_ACT_SHOT;
     }
+    TC_PASS
 }
 
 /// Ingress on the skb, after GRO: one run per aggregated skb rather than per wire frame, and no
@@ -91,6 +75,8 @@ pub fn enforcer_ingress_tc(ctx: TcContext) -> i32 {
         }
     }
 }
+
+impl packet::Frame for TcContext {}
 
 impl packet::Linear for TcContext {
     #[inline(always)]

@@ -50,6 +50,8 @@ fn verdict(ctx: &XdpContext, caller: posture::Caller) -> u32 {
     }
 }
 
+impl packet::Frame for XdpContext {}
+
 impl packet::Linear for XdpContext {
     #[inline(always)]
     fn data(&self) -> usize {

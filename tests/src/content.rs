@@ -2,7 +2,12 @@
 //! `content_programs.rs`): an agent under an OpenSSL-only policy that denies everything else,
 //! unattributed TLS included, its counters, and background helper processes.
 
-use std::{net::TcpListener, path::PathBuf, process::Child, time::Duration};
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::Child,
+    time::{Duration, Instant},
+};
 
 use crate::{Agent, NetNs};
 
@@ -59,4 +64,16 @@ impl Drop for Background {
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("0.0.0.0:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
+}
+
+/// Waits until something listens on `addr` (a server started in the background).
+pub fn wait_listening(addr: SocketAddr) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

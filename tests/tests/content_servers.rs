@@ -16,7 +16,9 @@ use std::{
 
 use enforcer_tests::{
     Cert, Mode, NetNs, Server,
-    content::{Background, REFUSED_WITHIN, free_port, openssl_only_agent, status_counter},
+    content::{
+        Background, REFUSED_WITHIN, free_port, openssl_only_agent, status_counter, wait_listening,
+    },
     programs, require_root, run_with_timeout,
 };
 
@@ -248,16 +250,4 @@ fn server_no_probe_sees_is_refused_by_its_server_hello() {
     }
     drop(agent);
     drop(servers);
-}
-
-/// Waits until something listens on `addr` (a server started in the background).
-fn wait_listening(addr: SocketAddr) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "nothing listens on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -226,11 +226,12 @@ pub fn status_text(v: &Value) -> String {
         v["maps"]["overflow_max"]
     ));
     out.push_str(&format!(
-        "drops: xdp {}, tc {}, tc ingress {}, host layer {}; flows attributed {}; events lost: connections {}, hellos {}; blocklist full {}\n",
+        "drops: xdp {}, tc {}, tc ingress {}, host layer {} ({} while busy); flows attributed {}; events lost: connections {}, hellos {}; blocklist full {}\n",
         c["xdp_drops"],
         c["tc_drops"],
         c["tc_ingress_drops"],
         c["cgroup_drops"],
+        c["host_nested_drops"],
         c["flows_attributed"],
         c["events_lost"],
         c["hello_events_lost"],

@@ -5,9 +5,10 @@
 //! ... pref 1`) can come at any time. A change is a warning and a `layer` event; `enforcer
 //! status` shows the last reading.
 //!
-//! What no layer sees: interfaces not given to `attach`, loopback among them. Attribution and
-//! the socket abort are host-wide (uprobes and TCP hooks see every process), but the packets of
-//! a denied flow are dropped only on the filtered interfaces.
+//! What no layer sees without the host layer: interfaces not given to `attach`, loopback among
+//! them. Attribution and the socket abort are host-wide (uprobes and TCP hooks see every
+//! process), but the packets of a denied flow are dropped, and hellos judged, only on the
+//! filtered interfaces. The host layer (`--host-layer cgroup`) does both for every local socket.
 
 use std::sync::{Arc, Mutex};
 
@@ -25,11 +26,12 @@ const READ_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 pub const NOT_FILTERED: &str = "packets on interfaces not given to attach (loopback included) are \
     not filtered; denied flows' sockets are aborted wherever they live";
 /// ... and with the host-wide layer on.
-pub const NOT_JUDGED: &str = "hellos are judged on the interfaces given to attach only; elsewhere \
-    blocklisted flows' packets are dropped by the host layer";
+pub const NOT_JUDGED: &str = "forwarded packets (no local socket: containers' and VMs' routed \
+    traffic) are judged on the interfaces given to attach only; every local socket's are judged \
+    by the host layer";
 /// What the host-wide layer sees.
-pub const HOST_SEES: &str = "every socket's packets on every interface and in every network \
-    namespace; drops blocklisted flows, judges no hello";
+pub const HOST_SEES: &str = "every local socket's packets on every interface and in every \
+    network namespace; drops blocklisted flows, judges hellos (egress)";
 
 /// One hook of one interface, as last read.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use enforcer_common::offer;
 use super::posture_readers::install;
 
 /// The packet programs that tail-call a ClientHello reader, with their table and reader.
-const READERS: [(&str, &str, &str); 4] = [
+const READERS: [(&str, &str, &str); 5] = [
     ("enforcer_egress", offer::OFFER_TC, offer::READER_TC),
     ("enforcer_ingress_tc", offer::OFFER_TC, offer::READER_TC),
     ("enforcer_ingress", offer::OFFER_XDP, offer::READER_XDP),
@@ -18,6 +18,7 @@ const READERS: [(&str, &str, &str); 4] = [
         offer::OFFER_XDP_NOFRAGS,
         offer::READER_XDP_NOFRAGS,
     ),
+    ("enforcer_cg_judge", offer::OFFER_CG, offer::READER_CG),
 ];
 
 /// Loads the ClientHello reader of packet program `caller` (once) and puts it in its table; a

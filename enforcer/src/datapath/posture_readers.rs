@@ -7,12 +7,12 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
     maps::ProgramArray,
-    programs::{Program, ProgramFd, SchedClassifier, Xdp},
+    programs::{CgroupSkb, Program, ProgramFd, SchedClassifier, Xdp},
 };
 use enforcer_common::posture;
 
 /// The packet programs that tail-call a reader, by name, with their table and reader.
-const READERS: [(&str, &str, &str); 4] = [
+const READERS: [(&str, &str, &str); 5] = [
     ("enforcer_egress", posture::POSTURE_TC, posture::READER_TC),
     (
         "enforcer_ingress_tc",
@@ -29,6 +29,7 @@ const READERS: [(&str, &str, &str); 4] = [
         posture::POSTURE_XDP_NOFRAGS,
         posture::READER_XDP_NOFRAGS,
     ),
+    ("enforcer_cg_judge", posture::POSTURE_CG, posture::READER_CG),
 ];
 
 /// Loads the reader of packet program `caller` (once: a loaded one is reused) and puts it in
@@ -55,7 +56,7 @@ pub fn install(ebpf: &mut Ebpf, table: &str, reader: &str, what: &str, caller: &
     Ok(())
 }
 
-/// Loads classifier or XDP program `name` (once: a loaded one is reused); its fd.
+/// Loads classifier, XDP or cgroup_skb program `name` (once: a loaded one is reused); its fd.
 pub fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
     let Some(program) = ebpf.program_mut(name) else {
         bail!("program {name} is missing from the eBPF object");
@@ -63,7 +64,8 @@ pub fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
     let loaded = match program {
         Program::SchedClassifier(p) => load_once(p, SchedClassifier::load, SchedClassifier::fd)?,
         Program::Xdp(p) => load_once(p, Xdp::load, Xdp::fd)?,
-        _ => bail!("program {name} is not a classifier or XDP program"),
+        Program::CgroupSkb(p) => load_once(p, CgroupSkb::load, CgroupSkb::fd)?,
+        _ => bail!("program {name} is not a classifier, XDP or cgroup_skb program"),
     };
     Ok(loaded)
 }

@@ -1,5 +1,6 @@
 //! `--host-layer cgroup`: the cgroup_skb programs (`enforcer-ebpf/src/cgroup.rs`) on the root of
-//! the cgroup v2 hierarchy, egress and ingress, as bpf links (which the kernel chains like
+//! the cgroup v2 hierarchy, egress (with its ClientHello and ServerHello readers) and ingress,
+//! as bpf links (which the kernel chains like
 //! `BPF_F_ALLOW_MULTI`: other tools' programs there keep running; a packet any of them drops is
 //! dropped). The links belong
 //! to the loaded object: they go when the agent exits, whatever way; they are not pinned.
@@ -13,18 +14,24 @@ use aya::{
 };
 use tracing::info;
 
+use crate::datapath::{offer_readers, posture_readers};
+
 /// `--host-layer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HostLayer {
     /// Packets are filtered on the `--iface` interfaces only.
     None,
-    /// Also cgroup_skb on the root cgroup v2: blocklisted flows' packets are dropped on every
-    /// interface and in every network namespace, loopback included.
+    /// Also cgroup_skb on the root cgroup v2: blocklisted flows' packets are dropped and every
+    /// local socket's hellos judged on every interface and in every network namespace, loopback
+    /// included.
     Cgroup,
 }
 
 pub const EGRESS: &str = "enforcer_cg_egress";
 pub const INGRESS: &str = "enforcer_cg_ingress";
+/// The egress program's hello judge, which it tail-calls through `JUDGE_TABLE`.
+const JUDGE: &str = "enforcer_cg_judge";
+const JUDGE_TABLE: &str = "JUDGE_CG";
 
 /// Attaches both programs to the root cgroup v2; returns the hierarchy's mount point.
 pub fn attach(ebpf: &mut Ebpf) -> Result<PathBuf> {
@@ -34,11 +41,17 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<PathBuf> {
         (EGRESS, CgroupSkbAttachType::Egress),
         (INGRESS, CgroupSkbAttachType::Ingress),
     ] {
-        let Some(program) = ebpf.program_mut(name) else {
-            bail!("program {name} is missing from the eBPF object");
-        };
-        let program: &mut CgroupSkb = program.try_into()?;
-        program.load().with_context(|| format!("loading {name}"))?;
+        cgroup_skb(ebpf, name)?
+            .load()
+            .with_context(|| format!("loading {name}"))?;
+        if name == EGRESS {
+            // Its judge and the judge's readers in their tables before it runs, so no hello
+            // goes unjudged or unread.
+            posture_readers::load_for(ebpf, JUDGE)?;
+            offer_readers::load_for(ebpf, JUDGE)?;
+            posture_readers::install(ebpf, JUDGE_TABLE, JUDGE, "hello judge", EGRESS)?;
+        }
+        let program = cgroup_skb(ebpf, name)?;
         // A bpf link (aya makes one on 5.7+, and enforcer needs 5.15): the kernel wants no
         // flags on a cgroup link (EINVAL) and chains links as BPF_F_ALLOW_MULTI does. `Single`
         // is aya's "no flags".
@@ -48,6 +61,13 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<PathBuf> {
     }
     info!(cgroup = %root.display(), "host layer attached: cgroup_skb egress and ingress");
     Ok(root)
+}
+
+fn cgroup_skb<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSkb> {
+    let Some(program) = ebpf.program_mut(name) else {
+        bail!("program {name} is missing from the eBPF object");
+    };
+    Ok(program.try_into()?)
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified host,

@@ -1,0 +1,236 @@
+//! The host layer judges hellos (issue 16, item 3): with `--host-layer cgroup`, the egress
+//! judge tc runs on the named interfaces also runs for every local socket, on every interface
+//! (loopback here, which no tc program of the agent is on). A hello no probed library made is
+//! unattributed TLS there as on the named interfaces, whichever end sends it; an allowed hello
+//! still has its fields read (`offered`) and its ServerHello judged (`negotiated`) through the
+//! host layer's own readers. On a named interface the same segment then meets tc, which finds
+//! it judged: one verdict, one count.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{
+    Agent, Cert, Mode, NetNs, Server,
+    adversary::unprivileged,
+    cmd,
+    content::{
+        Background, OPENSSL_ONLY, REFUSED_WITHIN, free_port, status_counter as counter,
+        wait_listening,
+    },
+    programs, require_root, run_with_timeout,
+    schema::{events_schema, validate_event},
+};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(60);
+const EVENT: Duration = Duration::from_secs(10);
+const CLIENT: Duration = Duration::from_secs(15);
+
+/// The agent on the host end of `ns` (the connections below never touch it but the last
+/// test's), with the host layer and a control socket in `dir`.
+fn agent(ns: &NetNs, dir: &tempfile::TempDir) -> (Agent, std::path::PathBuf) {
+    let socket = dir.path().join("agent.sock");
+    let (agent, _) = Agent::ready_with_policy(
+        ns,
+        OPENSSL_ONLY,
+        &[
+            "--host-layer",
+            "cgroup",
+            "--control-socket",
+            &socket.display().to_string(),
+        ],
+        READY,
+    );
+    (agent, socket)
+}
+
+/// The `client_hello` event of the hello `hello` (client or server) whose local end is
+/// 127.0.0.1:`local_port` (server) or whose remote port is `remote_port` (client).
+fn hello_event(agent: &mut Agent, hello: &'static str, port: u16) -> Value {
+    let event = agent.wait_for(
+        move |v| {
+            v["type"] == "client_hello"
+                && v["hello"] == hello
+                && v["local"]["addr"] == "127.0.0.1"
+                && match hello {
+                    "server" => v["local"]["port"] == port,
+                    _ => v["remote"]["port"] == port,
+                }
+        },
+        EVENT,
+    );
+    validate_event(&events_schema(), &event).unwrap_or_else(|e| panic!("{e}: {event}"));
+    event
+}
+
+/// A ClientHello record written by hand on a plain socket, from uid 65534 without
+/// capabilities: no TLS library made it, so it is unattributed TLS, and on loopback only the
+/// host layer sees it. The listener gets the connection and no byte of it.
+#[test]
+fn an_unattributed_client_hello_on_loopback_is_refused_by_the_host_layer() {
+    require_root();
+    let ns = NetNs::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut agent, socket) = agent(&ns, &dir);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen on loopback");
+    let port = listener.local_addr().expect("addr").port();
+    let received = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut got = vec![];
+        let _ = conn.read_to_end(&mut got);
+        got
+    });
+    // 52 bytes: record and handshake headers, version, a fresh random, one suite, no extension
+    // (the hello of tests/programs/hello-flood). It waits for an answer that never comes: the
+    // agent aborts its socket.
+    // The script times the refusal itself (from the hello's send), in milliseconds: the
+    // interpreter's start is not the agent's to answer for.
+    let script = format!(
+        "import os, socket, time\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         t = time.monotonic()\n\
+         s.sendall(bytes.fromhex('160301002f0100002b0303') + os.urandom(32) \
+         + bytes.fromhex('000002130101000000'))\n\
+         s.settimeout(10)\n\
+         try:\n    s.recv(1)\n    print('answered')\n\
+         except OSError as e:\n    print('refused', int((time.monotonic() - t) * 1000), e)\n"
+    );
+    let out = run_with_timeout(
+        &mut unprivileged("/usr/bin/python3", ["-c", script.as_str()]),
+        b"",
+        CLIENT,
+    );
+    let said = out.stdout_str();
+    let took_ms: u64 = said
+        .strip_prefix("refused ")
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the client was not refused: {out:?} {said:?}"));
+    assert!(
+        Duration::from_millis(took_ms) < REFUSED_WITHIN,
+        "refused after {took_ms} ms: {said}"
+    );
+    let event = hello_event(&mut agent, "client", port);
+    assert_eq!(event["attributed"], false, "{event}");
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    assert_eq!(event["remote"]["addr"], "127.0.0.1", "{event}");
+    let got = received.join().expect("listener thread");
+    assert!(got.is_empty(), "the listener received {} bytes", got.len());
+    assert!(counter(&socket, "cgroup_drops") >= 1, "{}", agent.stderr());
+    assert_eq!(counter(&socket, "tc_drops"), 0);
+}
+
+/// A stripped static OpenSSL server (no symbol for enforcer to probe) on loopback: its
+/// ServerHello has a random no probed library made, so it is refused, though the client's
+/// OpenSSL is allowed.
+#[test]
+fn a_server_no_probe_sees_is_refused_on_loopback_by_its_server_hello() {
+    require_root();
+    let ns = NetNs::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let cert = Cert::new(&[lo]);
+    let hidden = programs::build_hidden_server(dir.path());
+    let port = free_port();
+    let mut server = Command::new(&hidden);
+    server
+        .args(["127.0.0.1", &port.to_string()])
+        .arg(cert.cert_path())
+        .arg(cert.key_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Background(server.spawn().expect("hidden-tls-server"));
+    wait_listening(SocketAddr::new(lo, port));
+    let (mut agent, socket) = agent(&ns, &dir);
+    let connect = format!("127.0.0.1:{port}");
+    let out = run_with_timeout(
+        &mut cmd(
+            "openssl",
+            ["s_client", "-quiet", "-connect", connect.as_str()],
+        ),
+        b"MUST-NOT-ARRIVE\n",
+        CLIENT,
+    );
+    assert!(!out.success(), "s_client must fail: {out:?}");
+    assert!(out.elapsed < REFUSED_WITHIN, "took {:?}", out.elapsed);
+    let event = hello_event(&mut agent, "server", port);
+    assert_eq!(event["attributed"], false, "{event}");
+    assert_eq!(event["verdict"], "blocked", "{event}");
+    assert!(counter(&socket, "cgroup_drops") >= 1, "{}", agent.stderr());
+}
+
+/// Allowed OpenSSL both ways on loopback: the host layer's ClientHello reader reports what the
+/// client offered, its ServerHello reader what the server chose; and through the named
+/// interface, where the host layer and tc both see the hello, it is judged once.
+#[test]
+fn allowed_hellos_are_read_by_the_host_layer_and_judged_once_on_a_named_interface() {
+    require_root();
+    let ns = NetNs::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let cert = Cert::new(&[lo, IpAddr::V4(ns.peer_v4)]);
+    let port = free_port();
+    let server = Server::on_host(lo, port, &cert, Mode::Plain, &[]);
+    let (mut agent, socket) = agent(&ns, &dir);
+    let line = b"allowed over loopback\n";
+    let connect = format!("127.0.0.1:{port}");
+    let s_client = ["s_client", "-quiet", "-no_ign_eof", "-connect"];
+    let out = run_with_timeout(
+        &mut cmd(
+            "openssl",
+            s_client.iter().copied().chain([connect.as_str()]),
+        ),
+        line,
+        CLIENT,
+    );
+    assert!(out.success(), "s_client must complete: {out:?}");
+    server.wait_received(line, EVENT);
+    let hello = hello_event(&mut agent, "client", port);
+    assert_eq!(hello["verdict"], "allowed", "{hello}");
+    let offered = agent.wait_for(
+        move |v| v["type"] == "offered" && v["side"] == "client" && v["remote"]["port"] == port,
+        EVENT,
+    );
+    validate_event(&events_schema(), &offered).unwrap_or_else(|e| panic!("{e}: {offered}"));
+    let negotiated = agent.wait_for(
+        move |v| v["type"] == "negotiated" && v["local"]["port"] == port,
+        EVENT,
+    );
+    validate_event(&events_schema(), &negotiated).unwrap_or_else(|e| panic!("{e}: {negotiated}"));
+    assert_eq!(negotiated["verdict"], "allowed", "{negotiated}");
+    drop(server);
+
+    // Through the veth, where tc egress judges too.
+    let peer = Server::plain(&ns, IpAddr::V4(ns.peer_v4), 9561, &cert);
+    let before = counter(&socket, "client_hellos");
+    let connect = format!("{}:9561", ns.peer_v4);
+    let started = Instant::now();
+    let out = run_with_timeout(
+        &mut cmd(
+            "openssl",
+            s_client.iter().copied().chain([connect.as_str()]),
+        ),
+        line,
+        CLIENT,
+    );
+    assert!(out.success(), "s_client must complete: {out:?}");
+    peer.wait_received(line, EVENT);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let hellos = counter(&socket, "client_hellos") - before;
+    assert_eq!(
+        hellos,
+        1,
+        "one ClientHello, judged once: {}",
+        agent.stderr()
+    );
+    assert_eq!(counter(&socket, "tc_drops"), 0);
+}
