@@ -39,6 +39,7 @@ use crate::{
 };
 
 const TLS_HANDSHAKE: u8 = 0x16;
+const TCP_FLAG_SYN: u8 = 0x02;
 
 /// The judge (`enforcer_cg_judge`), reached by a tail call from `enforcer_cg_egress`: a program
 /// of its own so the verifier walks the hello judge from one state, not once for each way the
@@ -82,8 +83,21 @@ pub fn enforcer_cg_egress(ctx: SkBuffContext) -> i32 {
         stats::count(Stat::CgroupDrops);
         return DROP;
     }
+    // Sequence number (4), acknowledgment (4), data offset (1), flags (1).
+    let l4 = segment.l4 as usize;
+    let Some(tcp) = packet::read::<[u8; 10], _>(&ctx, l4 + 4) else {
+        return PASS;
+    };
+    let syn = tcp[9] & TCP_FLAG_SYN != 0;
+    let payload = l4 + ((tcp[8] >> 4) as usize) * 4;
+    let data = payload < ctx.len() as usize;
+    // Nothing for the judge: an ACK or a FIN without data, half the segments of a transfer.
+    if !syn && !data {
+        return PASS;
+    }
     if !host_guard::enter() {
-        return nested(&ctx, &segment, &flow);
+        let seq = u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]);
+        return nested(&ctx, &flow, syn.then_some(seq), data.then_some(payload));
     }
     if let Some(args) = JUDGE_ARGS.get_ptr_mut(0) {
         // SAFETY: per-CPU map value, valid for this run; the judge runs next on this CPU.
@@ -139,18 +153,22 @@ pub fn enforcer_cg_ingress(ctx: SkBuffContext) -> i32 {
 }
 
 /// A segment sent while another run of the egress judge is in progress on this CPU, judged
-/// without the scratch: one that carries data on a flow whose hello nobody judged yet, and that
-/// starts like a TLS handshake record or belongs to a head being collected, is dropped (TCP
-/// sends it again, most likely not from inside another send); the rest pass. Passing it would
-/// let a hello sent from a softirq (the peer's window opening) through unjudged, or leave a
-/// gap in a head that no retransmission fills.
+/// without the scratch (`syn`: its sequence number if it is a SYN; `payload`: where its data
+/// starts, if it has any). A SYN starts the flow's head as the judge would (map memory only).
+/// Data on a flow whose hello nobody judged yet that starts like a TLS handshake record or
+/// belongs to a head being collected is dropped (TCP sends it again, most likely not from inside
+/// another send); the rest passes. Passing it would let a hello sent from a softirq (the peer's
+/// window opening) through unjudged, or leave a gap in a head that no retransmission fills.
 #[inline(always)]
-fn nested(ctx: &SkBuffContext, seg: &Segment, flow: &FlowKey) -> i32 {
-    let Some(payload) = packet::payload_of(ctx, seg) else {
+fn nested(ctx: &SkBuffContext, flow: &FlowKey, syn: Option<u32>, payload: Option<usize>) -> i32 {
+    if let Some(isn) = syn {
+        flow_head::start(flow, isn);
+    }
+    let Some(payload) = payload else {
         return PASS;
     };
-    if payload >= ctx.len() as usize || flow::hello_seen(flow) {
-        return PASS; // no data (SYN, ACK, FIN), or past its hello
+    if flow::hello_seen(flow) {
+        return PASS; // past its hello
     }
     // Unreadable: as if it began a record.
     let record =
@@ -162,8 +180,6 @@ fn nested(ctx: &SkBuffContext, seg: &Segment, flow: &FlowKey) -> i32 {
     PASS
 }
 
-/// cgroup_skb programs may read the linear part through packet pointers (Linux 5.2+); aya's
-/// `SkBuffContext` keeps its `data`/`data_end` accessors crate-private, so they are read here.
 impl packet::Linear for SkBuffContext {
     #[inline(always)]
     fn data(&self) -> usize {
