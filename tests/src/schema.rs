@@ -5,12 +5,12 @@
 
 use serde_json::Value;
 
-/// docs/events.schema.json, parsed.
+/// docs/events.schema.json, parsed: built into the test binaries, which run where the source
+/// tree is not (`cargo xtask vm` copies only the binaries into the VMs).
 pub fn events_schema() -> Value {
-    let path = crate::workspace().join("docs/events.schema.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+    const SCHEMA: &str = include_str!("../../docs/events.schema.json");
+    serde_json::from_str(SCHEMA)
+        .unwrap_or_else(|e| panic!("docs/events.schema.json is not JSON: {e}"))
 }
 
 /// Checks one event record; `Err` says which key and why.
