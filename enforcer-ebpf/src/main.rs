@@ -22,7 +22,7 @@
 //! | `ingress.rs`      | (called by `xdp.rs`, `tc.rs`) the ingress judge | — |
 //! | `xdp.rs`          | ingress drop (XDP)                          | — |
 //! | `tc.rs`           | egress drop; ingress drop (tc)              | — |
-//! | `cgroup.rs`       | the host layer (`--host-layer cgroup`): drop on every interface; egress hello judge | — |
+//! | `cgroup.rs`       | the host layer (`--host-layer cgroup`): drop on every interface; egress hello judge | `JUDGE_CG`, `JUDGE_ARGS` |
 //! | `host_guard.rs`   | (helpers) one host-layer judge run per CPU at a time | `HOST_BUSY` |
 //! | `hello.rs`        | (called by `tc.rs`, `cgroup.rs`) hellos judged by their random; unattributed TLS | — |
 //! | `flow_head.rs`    | (called by `hello.rs`) the first 43 bytes of each new flow's stream | `FLOW_HEADS`, `HEAD_BUCKETS` |
