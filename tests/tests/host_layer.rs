@@ -168,18 +168,7 @@ fn allowed_hellos_are_read_by_the_host_layer_and_judged_once_on_a_named_interfac
     let server = Server::on_host(lo, port, &cert, Mode::Plain, &[]);
     let (mut agent, socket) = agent(&ns, &dir);
     let line = b"allowed over loopback\n";
-    let connect = format!("127.0.0.1:{port}");
-    let s_client = ["s_client", "-quiet", "-no_ign_eof", "-connect"];
-    let out = run_with_timeout(
-        &mut cmd(
-            "openssl",
-            s_client.iter().copied().chain([connect.as_str()]),
-        ),
-        line,
-        CLIENT,
-    );
-    assert!(out.success(), "s_client must complete: {out:?}");
-    server.wait_received(line, EVENT);
+    s_client_sends(&format!("127.0.0.1:{port}"), line, &server);
     let hello = hello_event(&mut agent, "client", port);
     assert_eq!(hello["verdict"], "allowed", "{hello}");
     let offered = agent.wait_for(
@@ -198,18 +187,8 @@ fn allowed_hellos_are_read_by_the_host_layer_and_judged_once_on_a_named_interfac
     // Through the veth, where tc egress judges too.
     let peer = Server::plain(&ns, IpAddr::V4(ns.peer_v4), 9561, &cert);
     let before = counter(&socket, "client_hellos");
-    let connect = format!("{}:9561", ns.peer_v4);
     let started = Instant::now();
-    let out = run_with_timeout(
-        &mut cmd(
-            "openssl",
-            s_client.iter().copied().chain([connect.as_str()]),
-        ),
-        line,
-        CLIENT,
-    );
-    assert!(out.success(), "s_client must complete: {out:?}");
-    peer.wait_received(line, EVENT);
+    s_client_sends(&format!("{}:9561", ns.peer_v4), line, &peer);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -223,4 +202,12 @@ fn allowed_hellos_are_read_by_the_host_layer_and_judged_once_on_a_named_interfac
         agent.stderr()
     );
     assert_eq!(counter(&socket, "tc_drops"), 0);
+}
+
+/// OpenSSL's `s_client` to `to` sends `line`, which `server` receives.
+fn s_client_sends(to: &str, line: &[u8], server: &Server) {
+    let args = ["s_client", "-quiet", "-no_ign_eof", "-connect", to];
+    let out = run_with_timeout(&mut cmd("openssl", args), line, CLIENT);
+    assert!(out.success(), "s_client must complete: {out:?}");
+    server.wait_received(line, EVENT);
 }
