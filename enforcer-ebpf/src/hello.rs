@@ -83,8 +83,9 @@ pub fn judge_egress<C: EbpfContext + Frame>(
 }
 
 /// Judges an egress TCP segment of `flow` (its TCP header at `l4`) that the blocklist let
-/// through. `len` is the frame's length. Fail-open where nothing is known (not a hello, scratch missing), fail-closed where the
-/// policy asks for a decision it cannot take (an unattributed hello, a nameless scoped one).
+/// through. `len` is the frame's length. Fail-open where nothing is known (not a hello, scratch
+/// missing), fail-closed where the policy asks for a decision it cannot take (an unattributed
+/// hello, a nameless scoped one).
 #[inline(always)]
 pub fn judge<P: Packet + Linear>(packet: &P, l4: usize, flow: &FlowKey, len: usize) -> Outcome {
     // Sequence number (4), acknowledgment (4), data offset (1), flags (1): in the linear head.
