@@ -77,3 +77,20 @@ pub fn wait_listening(addr: SocketAddr) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Whether `agent`'s kernel send hook attributes only after the send (the tracepoint form on
+/// `sock_send_length`: Linux 6.3 to 6.15, `tcp_sendmsg_locked` came in 6.16). There the agent
+/// applies `unattributed_tls: deny` as `audit`, and says so at start (docs/kernel-support.md):
+/// an unattributed hello is reported `audited` and passes, by design.
+pub fn late_attribution(agent: &Agent) -> bool {
+    let late = agent
+        .stderr()
+        .contains("attributes sends only after they leave");
+    if late {
+        eprintln!(
+            "late attribution (send hook on sock_send_length): unattributed TLS is audited, not \
+             refused; checking the report instead of the refusal"
+        );
+    }
+    late
+}

@@ -17,7 +17,8 @@ use std::{
 use enforcer_tests::{
     Cert, Mode, NetNs, Server,
     content::{
-        Background, REFUSED_WITHIN, free_port, openssl_only_agent, status_counter, wait_listening,
+        Background, REFUSED_WITHIN, free_port, late_attribution, openssl_only_agent,
+        status_counter, wait_listening,
     },
     programs, require_root, run_with_timeout,
 };
@@ -181,9 +182,15 @@ fn gnutls_server_is_refused() {
     let _serv = Background(serv.spawn().expect("gnutls-serv"));
     wait_listening(SocketAddr::new(IpAddr::V4(ns.host_v4), port));
     let (mut agent, _control) = openssl_only_agent(&ns);
+    let late = late_attribution(&agent);
     for ip in host_addrs(&ns) {
         let to = SocketAddr::new(ip, port);
-        refused_client(&ns, to);
+        if !late {
+            refused_client(&ns, to);
+        } else {
+            let mut c = ns.exec("openssl", ["s_client", "-connect", &to.to_string()]);
+            run_with_timeout(&mut c, b"", CLIENT);
+        }
         let e = agent.wait_for(
             move |v| {
                 v["type"] == "connection"
@@ -225,9 +232,15 @@ fn server_no_probe_sees_is_refused_by_its_server_hello() {
         wait_listening(SocketAddr::new(ip, port));
     }
     let (mut agent, _control) = openssl_only_agent(&ns);
+    let late = late_attribution(&agent);
     for ip in host_addrs(&ns) {
         let to = SocketAddr::new(ip, port);
-        refused_client(&ns, to);
+        if !late {
+            refused_client(&ns, to);
+        } else {
+            let mut c = ns.exec("openssl", ["s_client", "-connect", &to.to_string()]);
+            run_with_timeout(&mut c, b"", CLIENT);
+        }
         let e = agent.wait_for(
             move |v| {
                 v["type"] == "client_hello"
@@ -237,7 +250,8 @@ fn server_no_probe_sees_is_refused_by_its_server_hello() {
             EVENT,
         );
         assert_eq!(e["attributed"], false, "{e}");
-        assert_eq!(e["verdict"], "blocked", "{e}");
+        let verdict = if late { "audited" } else { "blocked" };
+        assert_eq!(e["verdict"], verdict, "{e}");
         assert_eq!(e["local"]["port"], port, "the server's end: {e}");
         assert_eq!(
             e["remote"]["addr"],

@@ -15,8 +15,8 @@ use std::{
 use enforcer_tests::{
     Agent, Cert, Mode, NetNs, Server, cmd,
     content::{
-        Background, OPENSSL_ONLY, REFUSED_WITHIN, free_port, status_counter as counter,
-        wait_listening,
+        Background, OPENSSL_ONLY, REFUSED_WITHIN, free_port, late_attribution,
+        status_counter as counter, wait_listening,
     },
     programs, require_root, run_with_timeout,
     schema::{events_schema, validate_event},
@@ -92,8 +92,15 @@ fn an_unattributed_client_hello_on_loopback_is_refused_by_the_host_layer() {
     let mut hello = vec![0x16, 0x03, 0x01, 0x00, 47, 0x01, 0x00, 0x00, 43, 0x03, 0x03];
     hello.extend((0..32u8).map(|i| i.wrapping_mul(37) ^ (port as u8)));
     hello.extend([0x00, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00, 0x00, 0x00]);
+    let late = late_attribution(&agent);
     let sent = Instant::now();
     client.write_all(&hello).expect("send the hello");
+    if late {
+        let event = hello_event(&mut agent, "client", port);
+        assert_eq!(event["attributed"], false, "{event}");
+        assert_eq!(event["verdict"], "audited", "{event}");
+        return;
+    }
     let answer = client.read(&mut [0u8; 1]);
     let took = sent.elapsed();
     assert!(
@@ -145,6 +152,13 @@ fn a_server_no_probe_sees_is_refused_on_loopback_by_its_server_hello() {
         let out = run_with_timeout(&mut cmd("openssl", args), b"MUST-NOT-ARRIVE\n", CLIENT);
         (out, started.elapsed())
     };
+    if late_attribution(&agent) {
+        s_client(format!("127.0.0.1:{port}"));
+        let event = hello_event(&mut agent, "server", port);
+        assert_eq!(event["attributed"], false, "{event}");
+        assert_eq!(event["verdict"], "audited", "{event}");
+        return;
+    }
     let (_, baseline) = s_client(format!("127.0.0.1:{}", free_port()));
     let (out, took) = s_client(format!("127.0.0.1:{port}"));
     assert!(!out.success(), "s_client must fail: {out:?}");
