@@ -78,14 +78,17 @@ pub fn wait_listening(addr: SocketAddr) {
     }
 }
 
-/// Whether `agent`'s kernel send hook attributes only after the send (the tracepoint form on
-/// `sock_send_length`: Linux 6.3 to 6.15, `tcp_sendmsg_locked` came in 6.16). There the agent
-/// applies `unattributed_tls: deny` as `audit`, and says so at start (docs/kernel-support.md):
-/// an unattributed hello is reported `audited` and passes, by design.
-pub fn late_attribution(agent: &Agent) -> bool {
-    let late = agent
-        .stderr()
-        .contains("attributes sends only after they leave");
+/// Whether the agent behind control socket `control` has its kernel send hook where it
+/// attributes only after the send (the tracepoint form on `sock_send_length`: Linux 6.3 to 6.15,
+/// `tcp_sendmsg_locked` came in 6.16), from its own `enforcer status`. There the agent applies
+/// `unattributed_tls: deny` as `audit` (docs/kernel-support.md): an unattributed hello is
+/// reported `audited` and passes, by design.
+pub fn late_attribution(control: &std::path::Path) -> bool {
+    let status = crate::ops::ctl(control, &["status"]);
+    let targets = status["kernel_hook_targets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no kernel_hook_targets in {status}"));
+    let late = targets.iter().any(|t| t == "sock_send_length");
     if late {
         eprintln!(
             "late attribution (send hook on sock_send_length): unattributed TLS is audited, not \

@@ -182,15 +182,9 @@ fn gnutls_server_is_refused() {
     let _serv = Background(serv.spawn().expect("gnutls-serv"));
     wait_listening(SocketAddr::new(IpAddr::V4(ns.host_v4), port));
     let (mut agent, _control) = openssl_only_agent(&ns);
-    let late = late_attribution(&agent);
     for ip in host_addrs(&ns) {
         let to = SocketAddr::new(ip, port);
-        if !late {
-            refused_client(&ns, to);
-        } else {
-            let mut c = ns.exec("openssl", ["s_client", "-connect", &to.to_string()]);
-            run_with_timeout(&mut c, b"", CLIENT);
-        }
+        refused_client(&ns, to);
         let e = agent.wait_for(
             move |v| {
                 v["type"] == "connection"
@@ -231,8 +225,8 @@ fn server_no_probe_sees_is_refused_by_its_server_hello() {
         servers.push(Background(c.spawn().expect("hidden-tls-server")));
         wait_listening(SocketAddr::new(ip, port));
     }
-    let (mut agent, _control) = openssl_only_agent(&ns);
-    let late = late_attribution(&agent);
+    let (mut agent, control) = openssl_only_agent(&ns);
+    let late = late_attribution(&control);
     for ip in host_addrs(&ns) {
         let to = SocketAddr::new(ip, port);
         if !late {

@@ -92,7 +92,7 @@ fn an_unattributed_client_hello_on_loopback_is_refused_by_the_host_layer() {
     let mut hello = vec![0x16, 0x03, 0x01, 0x00, 47, 0x01, 0x00, 0x00, 43, 0x03, 0x03];
     hello.extend((0..32u8).map(|i| i.wrapping_mul(37) ^ (port as u8)));
     hello.extend([0x00, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00, 0x00, 0x00]);
-    let late = late_attribution(&agent);
+    let late = late_attribution(&socket);
     let sent = Instant::now();
     client.write_all(&hello).expect("send the hello");
     if late {
@@ -152,7 +152,7 @@ fn a_server_no_probe_sees_is_refused_on_loopback_by_its_server_hello() {
         let out = run_with_timeout(&mut cmd("openssl", args), b"MUST-NOT-ARRIVE\n", CLIENT);
         (out, started.elapsed())
     };
-    if late_attribution(&agent) {
+    if late_attribution(&socket) {
         s_client(format!("127.0.0.1:{port}"));
         let event = hello_event(&mut agent, "server", port);
         assert_eq!(event["attributed"], false, "{event}");
