@@ -142,3 +142,24 @@ pub fn stop_cleanly(agent: &mut Agent) {
         agent.stderr()
     );
 }
+
+/// A pinned agent (`--pin pin`, control socket `socket`) under `policy` on `ns`'s host end,
+/// with the hook form of this run and then `extra` (`--ingress ...`, `--tc-attach ...`), ready.
+/// The hook form is given (the VM matrix sets it per cell): the pinning tests count the hook's
+/// links by its programs' names, so an agent left on `auto` would be counted as having none.
+pub fn start(
+    ns: &crate::NetNs,
+    policy: &str,
+    pin: &std::path::Path,
+    socket: &std::path::Path,
+    extra: &[&str],
+) -> Agent {
+    let mut args = crate::hook_args();
+    args.extend(["--pin", pin.to_str().expect("utf-8")].map(String::from));
+    args.extend(["--control-socket", socket.to_str().expect("utf-8")].map(String::from));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
+    agent.wait_ready(READY);
+    agent
+}

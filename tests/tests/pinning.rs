@@ -7,7 +7,7 @@ use enforcer_tests::{
     Agent, NetNs, cmd,
     ops::{SCOPED_ENFORCE, ctl, gnutls_named},
     pinned::{
-        EVENT, POLICY, READY, Setup, gnutls_blocked_by_name, gnutls_refused, ingress_attachments,
+        self, EVENT, POLICY, Setup, gnutls_blocked_by_name, gnutls_refused, ingress_attachments,
         our_tc_filters, stop_cleanly,
     },
     sh,
@@ -19,26 +19,7 @@ const SYNTHETIC: [&str; 2] = ["10.254.1.1:40001", "10.254.1.2:443"];
 
 /// `ingress`: the `--ingress` form (`auto` is tc on the test's veth).
 fn start_with(ns: &NetNs, policy: &str, pin: &Path, socket: &Path, ingress: &str) -> Agent {
-    let pin = pin.to_str().expect("utf-8");
-    let socket = socket.to_str().expect("utf-8");
-    // The hook form of this run (the VM matrix sets it per cell): `tcp_hook_programs` names
-    // its programs, so an agent left on `auto` would be counted as having no hook links.
-    let mut args = enforcer_tests::hook_args();
-    args.extend(
-        [
-            "--pin",
-            pin,
-            "--control-socket",
-            socket,
-            "--ingress",
-            ingress,
-        ]
-        .map(String::from),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::with_policy(&ns.host_if, policy, &args);
-    agent.wait_ready(READY);
-    agent
+    pinned::start(ns, policy, pin, socket, &["--ingress", ingress])
 }
 
 fn one_of(ingress: &str) -> (usize, usize) {

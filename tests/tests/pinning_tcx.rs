@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use enforcer_tests::{
     Agent, NetNs,
     pinned::{
-        POLICY, READY, Setup, gnutls_blocked_by_name, gnutls_refused, ingress_attachments,
+        self, POLICY, Setup, gnutls_blocked_by_name, gnutls_refused, ingress_attachments,
         our_tc_filters, stop_cleanly,
     },
     require_root, tcx,
@@ -14,24 +14,8 @@ use enforcer_tests::{
 
 /// A pinned agent with tc ingress and the classifiers attached as `tc_attach` says.
 fn start_tc(ns: &NetNs, pin: &Path, socket: &Path, tc_attach: &str) -> Agent {
-    let mut args = enforcer_tests::hook_args();
-    args.extend(
-        [
-            "--pin",
-            pin.to_str().expect("utf-8"),
-            "--control-socket",
-            socket.to_str().expect("utf-8"),
-            "--ingress",
-            "tc",
-            "--tc-attach",
-            tc_attach,
-        ]
-        .map(String::from),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::with_policy(&ns.host_if, POLICY, &args);
-    agent.wait_ready(READY);
-    agent
+    let extra = ["--ingress", "tc", "--tc-attach", tc_attach];
+    pinned::start(ns, POLICY, pin, socket, &extra)
 }
 
 /// The set-up of a tcx test, `None` (said why) where the kernel has no tcx hooks.
